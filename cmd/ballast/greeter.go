@@ -1,0 +1,114 @@
+package main
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"maps"
+	"net"
+	"net/http"
+	"slices"
+	"time"
+
+	"github.com/spf13/cobra"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/ballast-dev/ballast/greeter"
+)
+
+func newGreeterCmd() *cobra.Command {
+	cmd := &cobra.Command{Use: "greeter", Short: "The article's greeter service and client"}
+	cmd.AddCommand(newGreeterServeCmd(), newGreeterClientCmd())
+	return cmd
+}
+
+func newGreeterServeCmd() *cobra.Command {
+	var addr string
+	cmd := &cobra.Command{
+		Use:   "serve",
+		Short: "Serve helloworld.Greeter, replying with this pod's name",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			lis, err := net.Listen("tcp", addr)
+			if err != nil {
+				return err
+			}
+			s := &greeter.Server{Pod: greeter.PodName()}
+			return s.Serve(cmd.Context(), lis)
+		},
+	}
+	cmd.Flags().StringVar(&addr, "address", ":50051", "address to serve gRPC on")
+	return cmd
+}
+
+func newGreeterClientCmd() *cobra.Command {
+	var (
+		listen, target, service string
+		calls                   int
+	)
+	cmd := &cobra.Command{
+		Use:   "client",
+		Short: "Call the greeter over one connection: HTTP /grpc_client?name=<service>, or --calls N",
+		Long: `Without --calls, serves the article's HTTP endpoint: GET /grpc_client?name=<service>
+dials <service>:50051 (or --target) once and reuses that connection for every call.
+With --calls N, makes N calls over one connection to --target and prints the count per pod.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			dialOpts, err := balancingDialOptions()
+			if err != nil {
+				return err
+			}
+			if calls > 0 {
+				return countCalls(cmd, cmp.Or(target, service+":50051"), calls, dialOpts)
+			}
+			client := &greeter.Client{DialOptions: dialOpts}
+			if target != "" {
+				client.Target = func(string) string { return target }
+			}
+			defer client.Close()
+			mux := http.NewServeMux()
+			mux.Handle("/grpc_client", client)
+			srv := &http.Server{Addr: listen, Handler: mux, ReadHeaderTimeout: 10 * time.Second}
+			go func() {
+				<-cmd.Context().Done()
+				ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+				defer cancel()
+				srv.Shutdown(ctx)
+			}()
+			if err := srv.ListenAndServe(); !errors.Is(err, http.ErrServerClosed) {
+				return err
+			}
+			return nil
+		},
+	}
+	cmd.Flags().StringVar(&listen, "listen", ":8081", "address of the HTTP endpoint")
+	cmd.Flags().StringVar(&target, "target", "", "gRPC target to dial instead of <service>:50051 (dns:///, kubernetes:///, xds:///)")
+	cmd.Flags().StringVar(&service, "service", "native-tools-2", "service to call with --calls when no --target is given")
+	cmd.Flags().IntVar(&calls, "calls", 0, "make this many calls, print the count per pod and exit")
+	return cmd
+}
+
+func countCalls(cmd *cobra.Command, target string, n int, dialOpts []grpc.DialOption) error {
+	conn, err := grpc.NewClient(target, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, dialOpts...)...)
+	if err != nil {
+		return fmt.Errorf("dial %s: %w", target, err)
+	}
+	defer conn.Close()
+	t := greeter.Call(cmd.Context(), conn, n, 0, nil)
+	out := cmd.OutOrStdout()
+	for _, pod := range slices.Sorted(maps.Keys(t.Pods)) {
+		fmt.Fprintf(out, "%s\t%d\n", pod, t.Pods[pod])
+	}
+	if t.Errors > 0 {
+		return fmt.Errorf("%d of %d calls failed; last: %v", t.Errors, t.Calls, t.LastError)
+	}
+	return nil
+}
+
+// balancingDialOptions are the options every greeter client dials with, so
+// kubernetes:/// and xds:/// targets work from the same binary.
+func balancingDialOptions() ([]grpc.DialOption, error) {
+	return nil, nil
+}

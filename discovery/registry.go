@@ -1,0 +1,235 @@
+// Package discovery keeps the registry of Services and their endpoints that
+// every Ballast mode balances over. Sources (the Kubernetes API through
+// client-go informers, or a folder of the same YAML) compute whole Service
+// snapshots and store them; consumers (the kubernetes:/// resolver, the xDS
+// translator) read snapshots and are told which Services changed.
+package discovery
+
+import (
+	"fmt"
+	"net/netip"
+	"slices"
+	"strings"
+	"sync"
+)
+
+// Key names a Service.
+type Key struct {
+	Namespace string
+	Name      string
+}
+
+func (k Key) String() string { return k.Namespace + "/" + k.Name }
+
+// Service is an immutable snapshot of one Kubernetes Service and its endpoints,
+// merged from all of its EndpointSlices. Consumers must not modify it.
+type Service struct {
+	Key
+	// ClusterIPs are the Service's virtual addresses (none for headless Services).
+	ClusterIPs []netip.Addr
+	// Ports are sorted by port number.
+	Ports []Port
+}
+
+// Port is one port of a Service and the endpoints that serve it.
+type Port struct {
+	// Name is the Service port's name; empty only on single-port Services.
+	Name     string
+	Port     int32
+	Protocol string
+	// Endpoints are sorted by address; each carries the target port resolved
+	// for it, so a named targetPort may map to different numbers per pod.
+	Endpoints []Endpoint
+}
+
+// Endpoint is one address behind a Service port.
+type Endpoint struct {
+	Address netip.AddrPort
+	// Conditions, as in an EndpointSlice: Ready means take new traffic;
+	// Serving && Terminating means draining (finish, don't start, work).
+	Ready       bool
+	Serving     bool
+	Terminating bool
+	Zone        string
+	Node        string
+	// Pod is the name of the Pod behind the address, when the slice says.
+	Pod string
+}
+
+// Draining reports whether the endpoint is terminating but still serving.
+func (e Endpoint) Draining() bool { return e.Terminating && e.Serving && !e.Ready }
+
+// Port finds a port by name, or by number when ref parses as one.
+// An empty ref matches the only port of a single-port Service.
+func (s *Service) Port(ref string) (*Port, error) {
+	if ref == "" {
+		if len(s.Ports) == 1 {
+			return &s.Ports[0], nil
+		}
+		return nil, fmt.Errorf("service %s has %d ports; name one (%s)", s.Key, len(s.Ports), s.portList())
+	}
+	for i := range s.Ports {
+		p := &s.Ports[i]
+		if p.Name == ref || fmt.Sprint(p.Port) == ref {
+			return p, nil
+		}
+	}
+	return nil, fmt.Errorf("service %s has no port %q (ports: %s)", s.Key, ref, s.portList())
+}
+
+func (s *Service) portList() string {
+	var names []string
+	for _, p := range s.Ports {
+		if p.Name != "" {
+			names = append(names, fmt.Sprintf("%s=%d", p.Name, p.Port))
+		} else {
+			names = append(names, fmt.Sprint(p.Port))
+		}
+	}
+	if len(names) == 0 {
+		return "none"
+	}
+	return strings.Join(names, ", ")
+}
+
+// Ready returns the endpoints that take new traffic.
+func (p *Port) Ready() []Endpoint {
+	var out []Endpoint
+	for _, e := range p.Endpoints {
+		if e.Ready {
+			out = append(out, e)
+		}
+	}
+	return out
+}
+
+// Registry holds the current snapshot of every known Service. It is safe for
+// concurrent use. Writers replace whole snapshots; readers never see a
+// half-applied update.
+type Registry struct {
+	mu       sync.RWMutex
+	services map[Key]*Service
+	subs     map[*Subscription]struct{}
+}
+
+// NewRegistry returns an empty registry.
+func NewRegistry() *Registry {
+	return &Registry{services: map[Key]*Service{}, subs: map[*Subscription]struct{}{}}
+}
+
+// Get returns the snapshot of one Service.
+func (r *Registry) Get(k Key) (*Service, bool) {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	s, ok := r.services[k]
+	return s, ok
+}
+
+// List returns every Service, sorted by key.
+func (r *Registry) List() []*Service {
+	r.mu.RLock()
+	out := make([]*Service, 0, len(r.services))
+	for _, s := range r.services {
+		out = append(out, s)
+	}
+	r.mu.RUnlock()
+	slices.SortFunc(out, func(a, b *Service) int { return compareKeys(a.Key, b.Key) })
+	return out
+}
+
+// Set stores a snapshot, replacing any earlier one of the same Service, and
+// tells subscribers when it differs from what was stored.
+func (r *Registry) Set(s *Service) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if old, ok := r.services[s.Key]; ok && equalService(old, s) {
+		return
+	}
+	r.services[s.Key] = s
+	r.notifyLocked(s.Key)
+}
+
+// Delete forgets a Service and tells subscribers if it was known.
+func (r *Registry) Delete(k Key) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.services[k]; !ok {
+		return
+	}
+	delete(r.services, k)
+	r.notifyLocked(k)
+}
+
+func (r *Registry) notifyLocked(k Key) {
+	for sub := range r.subs {
+		sub.add(k)
+	}
+}
+
+// Subscribe returns a subscription that collects the keys of changed
+// Services. Changes coalesce: a subscriber that is slow to drain sees each
+// changed key once, however many times it changed, and never slows the
+// registry or other subscribers. Cancel it with Close.
+func (r *Registry) Subscribe() *Subscription {
+	sub := &Subscription{r: r, ready: make(chan struct{}, 1), pending: map[Key]struct{}{}}
+	r.mu.Lock()
+	r.subs[sub] = struct{}{}
+	r.mu.Unlock()
+	return sub
+}
+
+// Subscription collects changed Service keys for one consumer.
+type Subscription struct {
+	r     *Registry
+	ready chan struct{}
+
+	mu      sync.Mutex
+	pending map[Key]struct{}
+}
+
+// C receives a value whenever Drain has something to return.
+func (s *Subscription) C() <-chan struct{} { return s.ready }
+
+// Drain returns the keys changed since the last Drain, sorted.
+func (s *Subscription) Drain() []Key {
+	s.mu.Lock()
+	keys := make([]Key, 0, len(s.pending))
+	for k := range s.pending {
+		keys = append(keys, k)
+	}
+	clear(s.pending)
+	s.mu.Unlock()
+	slices.SortFunc(keys, compareKeys)
+	return keys
+}
+
+// Close stops the subscription.
+func (s *Subscription) Close() {
+	s.r.mu.Lock()
+	delete(s.r.subs, s)
+	s.r.mu.Unlock()
+}
+
+func (s *Subscription) add(k Key) {
+	s.mu.Lock()
+	s.pending[k] = struct{}{}
+	s.mu.Unlock()
+	select {
+	case s.ready <- struct{}{}:
+	default:
+	}
+}
+
+func compareKeys(a, b Key) int {
+	if c := strings.Compare(a.Namespace, b.Namespace); c != 0 {
+		return c
+	}
+	return strings.Compare(a.Name, b.Name)
+}
+
+func equalService(a, b *Service) bool {
+	return a.Key == b.Key && slices.Equal(a.ClusterIPs, b.ClusterIPs) &&
+		slices.EqualFunc(a.Ports, b.Ports, func(x, y Port) bool {
+			return x.Name == y.Name && x.Port == y.Port && x.Protocol == y.Protocol && slices.Equal(x.Endpoints, y.Endpoints)
+		})
+}

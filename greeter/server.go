@@ -1,0 +1,77 @@
+// Package greeter is the article's test service: a helloworld.Greeter that
+// answers with the name of the pod that served the call, and the client that
+// calls it over one long-lived connection.
+package greeter
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+
+	"google.golang.org/grpc"
+	pb "google.golang.org/grpc/examples/helloworld/helloworld"
+	"google.golang.org/grpc/health"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/reflection"
+)
+
+// PodName is the name a greeter reports: $POD_NAME, else the hostname.
+func PodName() string {
+	if n := os.Getenv("POD_NAME"); n != "" {
+		return n
+	}
+	n, _ := os.Hostname()
+	return n
+}
+
+// Reply is the message a greeter named pod sends to name, as in the article.
+func Reply(pod, name string) string { return fmt.Sprintf("hostname:%s, in:%s", pod, name) }
+
+// Server is a Greeter that replies with its pod name. It also serves
+// grpc.health.v1 and server reflection, as any operator would expect.
+type Server struct {
+	pb.UnimplementedGreeterServer
+	// Pod is the name put in every reply.
+	Pod string
+	// Log receives one debug line per call; nil means slog.Default().
+	Log *slog.Logger
+}
+
+// SayHello implements helloworld.GreeterServer.
+func (s *Server) SayHello(ctx context.Context, in *pb.HelloRequest) (*pb.HelloReply, error) {
+	s.logger().Debug("greeting", "name", in.GetName())
+	return &pb.HelloReply{Message: Reply(s.Pod, in.GetName())}, nil
+}
+
+func (s *Server) logger() *slog.Logger {
+	if s.Log != nil {
+		return s.Log
+	}
+	return slog.Default()
+}
+
+// Serve runs the greeter on lis until ctx ends, then stops taking calls,
+// lets in-flight calls finish (health turns NOT_SERVING first) and returns.
+func (s *Server) Serve(ctx context.Context, lis net.Listener, opts ...grpc.ServerOption) error {
+	gs := grpc.NewServer(opts...)
+	pb.RegisterGreeterServer(gs, s)
+	hs := health.NewServer()
+	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
+	hs.SetServingStatus(pb.Greeter_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	healthpb.RegisterHealthServer(gs, hs)
+	reflection.Register(gs)
+
+	served := make(chan error, 1)
+	go func() { served <- gs.Serve(lis) }()
+	select {
+	case err := <-served:
+		gs.Stop()
+		return fmt.Errorf("greeter serve %s: %w", lis.Addr(), err)
+	case <-ctx.Done():
+		hs.Shutdown()
+		gs.GracefulStop()
+		return <-served
+	}
+}
