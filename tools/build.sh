@@ -14,7 +14,15 @@ if [[ -x $bin/kube-apiserver && -x $bin/etcd && -x $bin/kubectl && -x $bin/kube-
   echo "$bin"
   exit 0
 fi
-tmp=$(mktemp -d "$cache/tools/.build-XXXXXX" 2>/dev/null || { mkdir -p "$cache/tools" && mktemp -d "$cache/tools/.build-XXXXXX"; })
+mkdir -p "$cache/tools"
+# One build at a time: parallel test packages and sessions wait for it.
+exec 9>"$cache/tools/.lock"
+flock 9
+if [[ -x $bin/kube-apiserver && -x $bin/etcd && -x $bin/kubectl && -x $bin/kube-controller-manager && -x $bin/kube-scheduler ]]; then
+  echo "$bin"
+  exit 0
+fi
+tmp=$(mktemp -d "$cache/tools/.build-XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 echo "building Kubernetes control-plane binaries into $bin (first run only, several minutes)" >&2
 (cd "$here/etcd" && go build -trimpath -o "$tmp/etcd" go.etcd.io/etcd/server/v3) >&2
