@@ -25,10 +25,10 @@ fi
 tmp=$(mktemp -d "$cache/tools/.build-XXXXXX")
 trap 'rm -rf "$tmp"' EXIT
 echo "building Kubernetes control-plane binaries into $bin (first run only, several minutes)" >&2
-(cd "$here/etcd" && go build -trimpath -o "$tmp/etcd" go.etcd.io/etcd/server/v3) >&2
+(cd "$here/etcd" && go build -o "$tmp/etcd" go.etcd.io/etcd/server/v3) >&2
 echo "  etcd done" >&2
 for cmd in kube-apiserver kube-controller-manager kube-scheduler kubectl; do
-  (cd "$here/kube" && go build -trimpath -o "$tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd") >&2
+  (cd "$here/kube" && go build -o "$tmp/$cmd" "k8s.io/kubernetes/cmd/$cmd") >&2
   echo "  $cmd done" >&2
 done
 mkdir -p "$(dirname "$bin")"
