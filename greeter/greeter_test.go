@@ -159,3 +159,24 @@ func get(t *testing.T, url string) (string, int) {
 	b, _ := io.ReadAll(resp.Body)
 	return string(b), resp.StatusCode
 }
+
+// A delayed greeter holds each call for Delay, and gives it up when the
+// caller's deadline ends first.
+func TestServerDelayHoldsCallsUntilDeadline(t *testing.T) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- (&Server{Pod: "slow", Delay: time.Hour}).Serve(ctx, lis) }()
+	t.Cleanup(func() { cancel(); <-done })
+	conn := dial(t, lis.Addr().String())
+
+	callCtx, callCancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer callCancel()
+	_, err = pb.NewGreeterClient(conn).SayHello(callCtx, &pb.HelloRequest{Name: "world"})
+	if status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("call to a greeter delayed by an hour: err %v, want DeadlineExceeded", err)
+	}
+}

@@ -9,12 +9,14 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"time"
 
 	"google.golang.org/grpc"
 	pb "google.golang.org/grpc/examples/helloworld/helloworld"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
+	"google.golang.org/grpc/status"
 )
 
 // PodName is the name a greeter reports: $POD_NAME, else the hostname.
@@ -37,11 +39,24 @@ type Server struct {
 	Pod string
 	// Log receives one debug line per call; nil means slog.Default().
 	Log *slog.Logger
+	// Delay is added to every call before it is answered, to play a slow
+	// pod (ballast bench's latency-aware scenario); a call whose context
+	// ends first fails with the context's status.
+	Delay time.Duration
 }
 
 // SayHello implements helloworld.GreeterServer.
 func (s *Server) SayHello(ctx context.Context, in *pb.HelloRequest) (*pb.HelloReply, error) {
 	s.logger().Debug("greeting", "name", in.GetName())
+	if s.Delay > 0 {
+		t := time.NewTimer(s.Delay)
+		select {
+		case <-t.C:
+		case <-ctx.Done():
+			t.Stop()
+			return nil, status.FromContextError(ctx.Err()).Err()
+		}
+	}
 	return &pb.HelloReply{Message: Reply(s.Pod, in.GetName())}, nil
 }
 

@@ -25,7 +25,10 @@ func newGreeterCmd() *cobra.Command {
 }
 
 func newGreeterServeCmd() *cobra.Command {
-	var addr string
+	var (
+		addr  string
+		delay time.Duration
+	)
 	cmd := &cobra.Command{
 		Use:   "serve",
 		Short: "Serve helloworld.Greeter, replying with this pod's name",
@@ -35,11 +38,15 @@ func newGreeterServeCmd() *cobra.Command {
 			if err != nil {
 				return err
 			}
-			s := &greeter.Server{Pod: greeter.PodName()}
+			if delay < 0 {
+				return fmt.Errorf("--delay %s: must not be negative", delay)
+			}
+			s := &greeter.Server{Pod: greeter.PodName(), Delay: delay}
 			return s.Serve(cmd.Context(), lis)
 		},
 	}
 	cmd.Flags().StringVar(&addr, "address", ":50051", "address to serve gRPC on")
+	cmd.Flags().DurationVar(&delay, "delay", 0, "wait this long before answering each call (plays a slow pod)")
 	return cmd
 }
 

@@ -1,0 +1,148 @@
+// Package bench measures what Ballast claims about balance and speed next
+// to what a user would pick instead, in the same run on the same machine:
+// nginx and haproxy, a plain Kubernetes Service, grpc-go's own policies.
+// Every scenario starts greeter pods as processes on 127.0.0.x, puts each
+// path in front of them, drives the same bounded load through each from
+// one client connection, and reads the proxies' CPU and memory from /proc.
+// The results become text tables, PNG charts and docs/benchmarks.md.
+package bench
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"io"
+	"os"
+	"runtime"
+	"strings"
+	"time"
+)
+
+// Options configure a benchmark run.
+type Options struct {
+	// Quick runs fewer calls, for a run of a few minutes.
+	Quick bool
+	// Runs is how many times each measurement is repeated; min, median
+	// and max are reported. Zero means 3.
+	Runs int
+	// Greeter starts the pods.
+	Greeter GreeterCommand
+	// InstallPeers lets the benchmark apt-get install nginx and haproxy
+	// when they are missing.
+	InstallPeers bool
+	// Progress receives one line per long step; nil means none.
+	Progress io.Writer
+}
+
+// Bench runs scenarios. It owns a temporary directory for the peers'
+// configurations, removed by Close.
+type Bench struct {
+	opts  Options
+	dir   string
+	peers *peers
+}
+
+// New validates opts and makes the temporary directory.
+func New(opts Options) (*Bench, error) {
+	opts.Runs = cmp.Or(opts.Runs, 3)
+	if opts.Runs < 1 || opts.Runs > 100 {
+		return nil, fmt.Errorf("runs %d: want 1 to 100", opts.Runs)
+	}
+	if opts.Greeter == nil {
+		return nil, fmt.Errorf("bench: no greeter command to start pods with")
+	}
+	dir, err := os.MkdirTemp("", "ballast-bench-")
+	if err != nil {
+		return nil, err
+	}
+	b := &Bench{opts: opts, dir: dir}
+	b.peers = &peers{install: opts.InstallPeers, progress: b.progress}
+	return b, nil
+}
+
+// Close removes what New made. Every scenario stops its own processes.
+func (b *Bench) Close() error { return os.RemoveAll(b.dir) }
+
+func (b *Bench) progress(format string, args ...any) {
+	if b.opts.Progress != nil {
+		fmt.Fprintf(b.opts.Progress, "bench: "+format+"\n", args...)
+	}
+}
+
+// Scenarios are the sizes of each scenario, quick or full.
+type Scenarios struct {
+	Balance  BalanceConfig
+	DataPath DataPathConfig
+	Latency  LatencyConfig
+}
+
+// DefaultScenarios are the scenarios `ballast bench` runs, with every path
+// known to this build.
+func DefaultScenarios(quick bool) Scenarios {
+	s := Scenarios{
+		Balance: BalanceConfig{Calls: 3000, Pods: 3, Paths: []Path{
+			Service(),
+			ClientSide("round_robin", "round_robin"),
+			ClientSide("ballast_p2c", "ballast_p2c"),
+			ClientSide("ballast_peak_ewma", "ballast_peak_ewma"),
+			Proxyless(),
+			Sidecar(),
+			Nginx(),
+			HAProxy(),
+		}},
+		DataPath: DataPathConfig{Calls: 100_000, Warmup: 2000, Concurrency: 16, Pods: 3, Paths: []Path{
+			Direct(), Nginx(), HAProxy(), Sidecar(),
+		}},
+		Latency: LatencyConfig{Calls: 5000, Concurrency: 8, SlowDelay: 20 * time.Millisecond, Paths: []Path{
+			ClientSide("round_robin", "round_robin"),
+			ClientSide("ballast_p2c", "ballast_p2c"),
+			ClientSide("ballast_peak_ewma", "ballast_peak_ewma"),
+			Sidecar(),
+		}},
+	}
+	if quick {
+		s.Balance.Calls = 300
+		s.DataPath.Calls, s.DataPath.Warmup = 20_000, 1000
+		s.Latency.Calls = 1500
+	}
+	return s
+}
+
+// Run runs every scenario and returns the report; a scenario that fails
+// is recorded as such and the others still run.
+func (b *Bench) Run(ctx context.Context, sc Scenarios) *Report {
+	start := time.Now()
+	r := &Report{Date: start.UTC(), Quick: b.opts.Quick, Runs: b.opts.Runs, Machine: machine()}
+	r.Sections = append(r.Sections,
+		b.Balance(ctx, sc.Balance),
+		b.DataPath(ctx, sc.DataPath),
+		b.Latency(ctx, sc.Latency),
+		notMeasured("convergence", "4. Convergence",
+			"A new ready pod → time to its first call; a removed pod → time to its last call; Ballast's control plane vs istiod on the same API server.",
+			"not yet measured: needs the xDS control plane (issue 4) and istiod built from its Go module"),
+		notMeasured("control-plane-scale", "5. Control-plane scale",
+			"1k and 5k Services × 10 endpoints, 100 and 1,000 simulated xDS clients: initial sync time, push latency p50/p99 under churn, CPU and RSS — Ballast vs istiod.",
+			"not yet measured: needs the xDS control plane (issue 4) and istiod built from its Go module"),
+	)
+	r.Machine.Peers = map[string]string{"nginx": peerVersion("nginx"), "haproxy": peerVersion("haproxy")}
+	r.Machine.PeerInstall = b.peers.installed
+	r.Wall = time.Since(start)
+	return r
+}
+
+func notMeasured(id, title, description, why string) *Section {
+	return &Section{ID: id, Title: title, Description: description, NotMeasured: why}
+}
+
+func machine() Machine {
+	m := Machine{Cores: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH}
+	if info, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.Lines(string(info)) {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return m
+}

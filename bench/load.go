@@ -1,0 +1,163 @@
+package bench
+
+import (
+	"cmp"
+	"context"
+	"maps"
+	"slices"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"google.golang.org/grpc"
+	pb "google.golang.org/grpc/examples/helloworld/helloworld"
+
+	"github.com/ballast-dev/ballast/greeter"
+)
+
+// Load is a bounded run of unary SayHello calls: Calls in all, Concurrency
+// at a time, spread over the given connections, stopped early when
+// Duration has passed. Bounding both count and time keeps a slow path from
+// holding the whole benchmark.
+type Load struct {
+	Calls       int
+	Concurrency int
+	// Duration bounds the whole run; zero means one minute.
+	Duration time.Duration
+	// Timeout bounds each call; zero means five seconds.
+	Timeout time.Duration
+}
+
+// LoadResult is what a Load measured.
+type LoadResult struct {
+	Calls     int
+	Errors    int
+	LastError string
+	Elapsed   time.Duration
+	// Latencies of the calls that succeeded, sorted ascending.
+	Latencies []time.Duration
+	// Pods counts the calls each pod answered.
+	Pods map[string]int
+}
+
+// Throughput is successful calls per second.
+func (r LoadResult) Throughput() float64 {
+	if r.Elapsed <= 0 {
+		return 0
+	}
+	return float64(r.Calls-r.Errors) / r.Elapsed.Seconds()
+}
+
+// Quantile is the latency below which the fraction q of successful calls
+// fell (nearest rank); 0 when none succeeded.
+func (r LoadResult) Quantile(q float64) time.Duration {
+	return quantile(r.Latencies, q)
+}
+
+func quantile(sorted []time.Duration, q float64) time.Duration {
+	if len(sorted) == 0 {
+		return 0
+	}
+	i := int(q*float64(len(sorted))+0.5) - 1
+	return sorted[min(max(i, 0), len(sorted)-1)]
+}
+
+// Run sends the load over conns, worker i using conns[i%len(conns)].
+func (l Load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) LoadResult {
+	workers := max(1, min(l.Concurrency, l.Calls))
+	ctx, cancel := context.WithTimeout(ctx, cmp.Or(l.Duration, time.Minute))
+	defer cancel()
+	timeout := cmp.Or(l.Timeout, 5*time.Second)
+
+	type tally struct {
+		calls, errors int
+		lastErr       error
+		lat           []time.Duration
+		pods          map[string]int
+	}
+	tallies := make([]tally, workers)
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	start := time.Now()
+	for w := range workers {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			t := &tallies[w]
+			t.pods = map[string]int{}
+			t.lat = make([]time.Duration, 0, l.Calls/workers+1)
+			client := pb.NewGreeterClient(conns[w%len(conns)])
+			req := &pb.HelloRequest{Name: "bench"}
+			for next.Add(1) <= int64(l.Calls) && ctx.Err() == nil {
+				callCtx, callCancel := context.WithTimeout(ctx, timeout)
+				began := time.Now()
+				reply, err := client.SayHello(callCtx, req)
+				took := time.Since(began)
+				callCancel()
+				if err != nil && ctx.Err() != nil {
+					return // the run's time is up: the call was cut short, not failed
+				}
+				t.calls++
+				if err != nil {
+					t.errors++
+					t.lastErr = err
+					continue
+				}
+				t.lat = append(t.lat, took)
+				t.pods[greeter.PodOf(reply.GetMessage())]++
+			}
+		}()
+	}
+	wg.Wait()
+	r := LoadResult{Elapsed: time.Since(start), Pods: map[string]int{}}
+	for _, t := range tallies {
+		r.Calls += t.calls
+		r.Errors += t.errors
+		if t.lastErr != nil {
+			r.LastError = t.lastErr.Error()
+		}
+		r.Latencies = append(r.Latencies, t.lat...)
+		for pod, n := range t.pods {
+			r.Pods[pod] += n
+		}
+	}
+	slices.Sort(r.Latencies)
+	return r
+}
+
+// MaxMean is the busiest pod's count over the mean count across pods: 1.0
+// is perfectly even, len(pods) means one pod took every call. Pods that
+// got nothing must be present with 0 to count in the mean.
+func MaxMean(pods map[string]int) float64 {
+	total, most := 0, 0
+	for _, n := range pods {
+		total += n
+		most = max(most, n)
+	}
+	if total == 0 {
+		return 0
+	}
+	return float64(most) * float64(len(pods)) / float64(total)
+}
+
+// Share is the fraction of counted calls that pod answered.
+func Share(pods map[string]int, pod string) float64 {
+	total := 0
+	for _, n := range pods {
+		total += n
+	}
+	if total == 0 {
+		return 0
+	}
+	return float64(pods[pod]) / float64(total)
+}
+
+// withPods returns counts with every one of pods present, zero if unseen.
+func withPods(counts map[string]int, pods []string) map[string]int {
+	out := make(map[string]int, len(pods))
+	for _, p := range pods {
+		out[p] = 0
+	}
+	maps.Copy(out, counts)
+	return out
+}

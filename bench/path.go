@@ -1,0 +1,114 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/balancer"
+
+	"github.com/ballast-dev/ballast/clusterip"
+)
+
+// A Path is one way for the client's connection to reach the pods: the
+// pods directly with a balancer in the client, a plain Service, or a proxy
+// in between. Scenarios measure the same load over every path they list.
+type Path interface {
+	// Name is the row's label.
+	Name() string
+	// Open puts the path in front of pods and says how to dial it. An
+	// error that wraps *Unavailable makes the row say why it has no
+	// numbers instead of failing the benchmark.
+	Open(ctx context.Context, b *Bench, pods []*Pod) (*Route, error)
+}
+
+// Route is an open path.
+type Route struct {
+	// Target and DialOptions are what the client dials.
+	Target      string
+	DialOptions []grpc.DialOption
+	// Proxy is the process in between whose CPU and memory the scenario
+	// reports; nil when the path has none of its own (client-side, or an
+	// in-process stand-in).
+	Proxy *process
+	// Close stops what Open started.
+	Close func()
+}
+
+// Unavailable says why a path cannot be measured: a peer that is not
+// installed, or a Ballast mode whose package has not landed yet.
+type Unavailable struct {
+	// Status is "unavailable" or "pending".
+	Status string
+	Reason string
+}
+
+func (u *Unavailable) Error() string { return u.Status + ": " + u.Reason }
+
+// Pending is a row for a path that is not built yet.
+func Pending(name, reason string) Path { return pendingPath{name, reason} }
+
+type pendingPath struct{ name, reason string }
+
+func (p pendingPath) Name() string { return p.name }
+func (p pendingPath) Open(context.Context, *Bench, []*Pod) (*Route, error) {
+	return nil, &Unavailable{Status: "pending", Reason: p.reason}
+}
+
+// whyNot is the note a row shows for an error from Open.
+func whyNot(err error) string {
+	if u, ok := errors.AsType[*Unavailable](err); ok {
+		return u.Error()
+	}
+	return "failed: " + err.Error()
+}
+
+// ClientSide is grpc-go in the client, balancing each call over the pods'
+// addresses with the named LB policy. The row is pending while the policy
+// is not registered (its package not linked into this binary).
+func ClientSide(name, policy string) Path { return clientSide{name, policy} }
+
+// Direct is the client balancing round_robin straight to the pods: the
+// data-path baseline with nothing in between.
+func Direct() Path { return clientSide{"direct", "round_robin"} }
+
+type clientSide struct{ name, policy string }
+
+func (c clientSide) Name() string { return c.name }
+
+func (c clientSide) Open(_ context.Context, _ *Bench, pods []*Pod) (*Route, error) {
+	if balancer.Get(c.policy) == nil {
+		return nil, &Unavailable{Status: "pending", Reason: fmt.Sprintf("LB policy %s is not registered in this build", c.policy)}
+	}
+	target, opts := clientDial(pods)
+	opts = append(opts, grpc.WithDefaultServiceConfig(fmt.Sprintf(`{"loadBalancingConfig":[{%q:{}}]}`, c.policy)))
+	return &Route{Target: target, DialOptions: opts, Close: func() {}}, nil
+}
+
+// Service is a plain Kubernetes Service: the client's one connection is
+// balanced once, when it opens, by a per-connection L4 balancer standing
+// in for kube-proxy. It runs inside the benchmark, so it has no CPU row.
+func Service() Path { return servicePath{} }
+
+type servicePath struct{}
+
+func (servicePath) Name() string { return "plain Service (L4)" }
+
+func (servicePath) Open(ctx context.Context, _ *Bench, pods []*Pod) (*Route, error) {
+	lis, err := net.Listen("tcp", "127.0.0.10:0")
+	if err != nil {
+		return nil, fmt.Errorf("plain Service: listen: %w", err)
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	eps := podAddrs(pods)
+	p := &clusterip.Proxy{Endpoints: func() []netip.AddrPort { return eps }}
+	done := make(chan error, 1)
+	go func() { done <- p.Serve(ctx, lis) }()
+	return &Route{
+		Target: "passthrough:///" + lis.Addr().String(),
+		Close:  func() { cancel(); <-done },
+	}, nil
+}

@@ -1,0 +1,97 @@
+package bench
+
+import (
+	"os"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+)
+
+func TestProcCPU(t *testing.T) {
+	tests := []struct {
+		name     string
+		line     string
+		wantCPU  time.Duration
+		wantPPID int
+		wantErr  string
+	}{
+		{
+			name:     "nginx worker",
+			line:     "4242 (nginx) S 4241 4241 3246 0 -1 4194560 880 0 0 0 1234 566 0 0 20 0 1 0 219224 3133440 394 18446744073709551615 0 0 0 0 0 0 0 0 0 0 0 0 17 0 0 0 0 0 0",
+			wantCPU:  (1234 + 566) * 10 * time.Millisecond,
+			wantPPID: 4241,
+		},
+		{
+			name:     "command name with spaces and parentheses",
+			line:     "7 (a) b (c)) R 1 7 7 0 -1 0 0 0 0 0 3 4 9 9 20 0 1 0 0 0 0",
+			wantCPU:  7 * 10 * time.Millisecond,
+			wantPPID: 1,
+		},
+		{name: "no command name", line: "7 a R 1", wantErr: "no ')'"},
+		{name: "cut short", line: "7 (a) R 1 7 7 0 -1 0 0 0 0 0 3", wantErr: "want field 15"},
+		{name: "not a number", line: "7 (a) R 1 7 7 0 -1 0 0 0 0 0 x 4", wantErr: "stat field 14"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			cpu, ppid, err := procCPU([]byte(tt.line + "\n"))
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err %v, want one containing %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cpu != tt.wantCPU || ppid != tt.wantPPID {
+				t.Errorf("cpu %v ppid %d, want %v %d", cpu, ppid, tt.wantCPU, tt.wantPPID)
+			}
+		})
+	}
+}
+
+func TestProcRSS(t *testing.T) {
+	tests := []struct {
+		name, status string
+		want         int64
+		wantErr      bool
+	}{
+		{name: "process", status: "Name:\tnginx\nVmPeak:\t   9000 kB\nVmRSS:\t    1944 kB\nThreads:\t1\n", want: 1944 * 1024},
+		{name: "zombie has none", status: "Name:\tx\nState:\tZ (zombie)\n", want: 0},
+		{name: "unexpected unit", status: "VmRSS:\t 12 MB\n", wantErr: true},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			got, err := procRSS([]byte(tt.status))
+			if (err != nil) != tt.wantErr || got != tt.want {
+				t.Errorf("procRSS = %d, %v; want %d, error %v", got, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
+
+// The test process reads its own usage: it exists, holds memory, and its
+// tree starts with itself.
+func TestTreeUsageOfThisProcess(t *testing.T) {
+	tree, err := processTree(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(tree) == 0 || tree[0] != os.Getpid() {
+		t.Fatalf("tree %v does not start with this process %d", tree, os.Getpid())
+	}
+	u, err := TreeUsage(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if u.RSS <= 0 {
+		t.Errorf("RSS %d, want > 0", u.RSS)
+	}
+	if _, err := TreeUsage(1 << 30); err == nil {
+		t.Error("usage of a pid that cannot exist: no error")
+	}
+	if slices.Contains(tree, 1) && os.Getpid() != 1 {
+		t.Errorf("tree of this process %v holds init", tree)
+	}
+}

@@ -1,0 +1,170 @@
+package bench
+
+import (
+	"fmt"
+	"math"
+	"slices"
+	"time"
+)
+
+// Report is everything one `ballast bench` run measured, in the shape the
+// text tables, the charts and docs/benchmarks.md are made from.
+type Report struct {
+	Date     time.Time     `json:"date"`
+	Wall     time.Duration `json:"wall"`
+	Quick    bool          `json:"quick"`
+	Runs     int           `json:"runs"`
+	Machine  Machine       `json:"machine"`
+	Sections []*Section    `json:"sections"`
+}
+
+// Machine is what the numbers were measured on.
+type Machine struct {
+	Cores     int               `json:"cores"`
+	CPU       string            `json:"cpu"`
+	GoVersion string            `json:"go_version"`
+	OS        string            `json:"os"`
+	Peers     map[string]string `json:"peers"` // name → version
+	// PeerInstall is how long installing the peers took in this run; zero
+	// when they were there already.
+	PeerInstall time.Duration `json:"peer_install"`
+}
+
+// Section is one scenario: what it does, a table of rows, charts of some
+// of its columns and headline ratios.
+type Section struct {
+	ID          string     `json:"id"`
+	Title       string     `json:"title"`
+	Description string     `json:"description"`
+	Columns     []Column   `json:"columns"`
+	Rows        []*Row     `json:"rows"`
+	Charts      []Chart    `json:"charts"`
+	Headlines   []Headline `json:"headlines"`
+	// NotMeasured, when set, says why the scenario has no numbers yet.
+	NotMeasured string `json:"not_measured,omitempty"`
+}
+
+// Column is one measured quantity.
+type Column struct {
+	Key    string `json:"key"`
+	Header string `json:"header"`
+	// Digits after the decimal point when printed.
+	Digits int `json:"digits"`
+}
+
+// Row is one path's numbers: a value per run for each column.
+type Row struct {
+	Path string `json:"path"`
+	// Note says why a row has no numbers ("pending: ...").
+	Note   string               `json:"note,omitempty"`
+	Values map[string][]float64 `json:"values,omitempty"`
+	// Detail is extra text for the row, e.g. the calls per pod of the
+	// last run.
+	Detail string `json:"detail,omitempty"`
+}
+
+// Chart draws one column's medians as bars, one per row with numbers.
+type Chart struct {
+	File   string `json:"file"`
+	Column string `json:"column"`
+	Title  string `json:"title"`
+	YLabel string `json:"y_label"`
+}
+
+// Headline is a ratio between two rows of one column, taken within each
+// run (so both sides saw the same machine at the same time) and then
+// summarised across runs.
+type Headline struct {
+	Text   string    `json:"text"`
+	Ratios []float64 `json:"ratios"`
+	// Target, when set, is the bound the ratio should stay at or under.
+	Target float64 `json:"target,omitempty"`
+	// Note says why there is no ratio (a side has no numbers).
+	Note string `json:"note,omitempty"`
+}
+
+func (s *Section) row(path string) *Row {
+	for _, r := range s.Rows {
+		if r.Path == path {
+			return r
+		}
+	}
+	r := &Row{Path: path, Values: map[string][]float64{}}
+	s.Rows = append(s.Rows, r)
+	return r
+}
+
+// add records one run's value of column for path.
+func (r *Row) add(column string, v float64) {
+	if r.Values == nil {
+		r.Values = map[string][]float64{}
+	}
+	r.Values[column] = append(r.Values[column], v)
+}
+
+// ratio adds a headline: column of path a over column of path b, run by run.
+func (s *Section) ratio(text, column, a, b string, target float64) {
+	h := Headline{Text: text, Target: target}
+	ra, rb := s.find(a), s.find(b)
+	switch {
+	case ra == nil || len(ra.Values[column]) == 0:
+		h.Note = a + " has no numbers" + noteOf(ra)
+	case rb == nil || len(rb.Values[column]) == 0:
+		h.Note = b + " has no numbers" + noteOf(rb)
+	default:
+		va, vb := ra.Values[column], rb.Values[column]
+		for i := range min(len(va), len(vb)) {
+			if vb[i] != 0 {
+				h.Ratios = append(h.Ratios, va[i]/vb[i])
+			}
+		}
+		if len(h.Ratios) == 0 {
+			h.Note = b + "'s " + column + " is zero"
+		}
+	}
+	s.Headlines = append(s.Headlines, h)
+}
+
+func noteOf(r *Row) string {
+	if r == nil || r.Note == "" {
+		return ""
+	}
+	return " (" + r.Note + ")"
+}
+
+func (s *Section) find(path string) *Row {
+	for _, r := range s.Rows {
+		if r.Path == path {
+			return r
+		}
+	}
+	return nil
+}
+
+// Summary is the spread of a value over runs.
+type Summary struct{ Min, Median, Max float64 }
+
+// Summarize returns min, median and max of vs; NaN for none.
+func Summarize(vs []float64) Summary {
+	if len(vs) == 0 {
+		return Summary{math.NaN(), math.NaN(), math.NaN()}
+	}
+	s := slices.Clone(vs)
+	slices.Sort(s)
+	med := s[len(s)/2]
+	if len(s)%2 == 0 {
+		med = (s[len(s)/2-1] + s[len(s)/2]) / 2
+	}
+	return Summary{s[0], med, s[len(s)-1]}
+}
+
+// Format prints the median, and the range when the runs differ.
+func (s Summary) Format(digits int) string {
+	if math.IsNaN(s.Median) {
+		return "–"
+	}
+	if s.Min == s.Max {
+		return fmt.Sprintf("%.*f", digits, s.Median)
+	}
+	return fmt.Sprintf("%.*f [%.*f–%.*f]", digits, s.Median, digits, s.Min, digits, s.Max)
+}

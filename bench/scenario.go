@@ -1,0 +1,358 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+	"sync"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+)
+
+// BalanceConfig sizes scenario 1.
+type BalanceConfig struct {
+	// Calls per path per run, one at a time over one connection.
+	Calls int
+	Pods  int
+	Paths []Path
+}
+
+// DataPathConfig sizes scenario 2.
+type DataPathConfig struct {
+	// Calls per path per run, Concurrency at a time over one connection;
+	// Warmup calls go first in every run and are not measured.
+	Calls, Warmup, Concurrency int
+	Pods                       int
+	Paths                      []Path
+}
+
+// LatencyConfig sizes scenario 3: two pods answer at once, a third holds
+// every call for SlowDelay.
+type LatencyConfig struct {
+	Calls, Concurrency int
+	SlowDelay          time.Duration
+	Paths              []Path
+}
+
+const (
+	colMaxMean   = "max_mean"
+	colErrors    = "errors"
+	colCPU       = "cpu_us"
+	colP50       = "p50_ms"
+	colP99       = "p99_ms"
+	colP999      = "p999_ms"
+	colP99Added  = "p99_added_ms"
+	colRPS       = "rps"
+	colRSSIdle   = "rss_idle_mib"
+	colRSSLoad   = "rss_load_mib"
+	colSlowShare = "slow_share_pct"
+)
+
+// Balance is scenario 1: one client connection, calls one after another,
+// through each path; how evenly the pods share them.
+func (b *Bench) Balance(ctx context.Context, c BalanceConfig) *Section {
+	s := &Section{
+		ID:    "balance",
+		Title: "1. Balance",
+		Description: fmt.Sprintf("One client connection, %d calls one after another, %d pods. "+
+			"max/mean is the busiest pod's calls over the mean: 1.00 is even, %d.00 is one pod taking every call. "+
+			"Each run opens a new connection.", c.Calls, c.Pods, c.Pods),
+		Columns: []Column{{colMaxMean, "max/mean", 2}, {colErrors, "errors", 0}},
+		Charts: []Chart{{File: "bench-balance.png", Column: colMaxMean, Title: "Balance over one connection",
+			YLabel: "busiest pod / mean (1 = even)"}},
+	}
+	specs := make([]PodSpec, c.Pods)
+	for i := range specs {
+		specs[i] = PodSpec{Name: fmt.Sprintf("pod-%c", 'a'+i)}
+	}
+	b.withPaths(ctx, s, specs, c.Paths, func(run int, o *opened, pods []*Pod) error {
+		conn, err := dial(o.route)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		res := Load{Calls: c.Calls, Concurrency: 1, Duration: 2 * time.Minute}.Run(ctx, conn)
+		counts := withPods(res.Pods, podNames(pods))
+		o.row.add(colMaxMean, MaxMean(counts))
+		o.row.add(colErrors, float64(res.Errors))
+		o.row.Detail = "calls per pod (last run): " + formatCounts(counts)
+		b.progress("balance run %d/%d: %-18s max/mean %.2f (%s)", run, b.opts.Runs, o.path.Name(), MaxMean(counts), formatCounts(counts))
+		return nil
+	})
+	for _, r := range s.Rows {
+		if r.Path != "haproxy" {
+			s.ratio(r.Path+" max/mean ÷ haproxy's", colMaxMean, r.Path, "haproxy", 0)
+		}
+	}
+	return s
+}
+
+// DataPath is scenario 2: unary calls at fixed concurrency over one
+// connection through each path; what the proxy in between costs.
+func (b *Bench) DataPath(ctx context.Context, c DataPathConfig) *Section {
+	s := &Section{
+		ID:    "data-path",
+		Title: "2. Data-path cost (unary)",
+		Description: fmt.Sprintf("%d unary calls per run (after %d warm-up calls), %d at a time over one client connection, "+
+			"%d pods. Proxy CPU is utime+stime of the proxy's processes from /proc over the measured calls, per call; "+
+			"RSS idle is VmRSS once the proxy has served its first call, RSS under load the highest VmRSS sampled during the calls. "+
+			"\"p99 added\" is the path's p99 minus direct's in the same run. The client, the pods and the proxy share the machine's cores.",
+			c.Calls, c.Warmup, c.Concurrency, c.Pods),
+		Columns: []Column{
+			{colCPU, "proxy CPU µs/call", 1}, {colP50, "p50 ms", 3}, {colP99, "p99 ms", 3}, {colP999, "p99.9 ms", 3},
+			{colP99Added, "p99 added ms", 3}, {colRPS, "calls/s", 0}, {colRSSIdle, "RSS idle MiB", 1},
+			{colRSSLoad, "RSS load MiB", 1}, {colErrors, "errors", 0},
+		},
+		Charts: []Chart{
+			{File: "bench-datapath-cpu.png", Column: colCPU, Title: "Proxy CPU per unary call", YLabel: "µs of proxy CPU per call"},
+			{File: "bench-datapath-p99.png", Column: colP99, Title: "p99 latency, 16 calls in flight", YLabel: "p99 latency (ms)"},
+		},
+	}
+	specs := make([]PodSpec, c.Pods)
+	for i := range specs {
+		specs[i] = PodSpec{Name: fmt.Sprintf("pod-%c", 'a'+i)}
+	}
+	directP99 := map[int]float64{} // run → direct's p99
+	b.withPaths(ctx, s, specs, c.Paths, func(run int, o *opened, _ []*Pod) error {
+		if o.conn == nil { // one connection for every run, as a long-lived client has
+			conn, err := dial(o.route)
+			if err != nil {
+				return err
+			}
+			o.conn = conn
+			if err := waitConn(ctx, conn); err != nil {
+				return err
+			}
+			if o.route.Proxy != nil {
+				u, err := TreeUsage(o.route.Proxy.pid())
+				if err != nil {
+					return err
+				}
+				o.idleRSS = u.RSS
+			}
+		}
+		Load{Calls: c.Warmup, Concurrency: c.Concurrency, Duration: time.Minute}.Run(ctx, o.conn)
+
+		var tree []int
+		var before Usage
+		if o.route.Proxy != nil {
+			var err error
+			if tree, err = processTree(o.route.Proxy.pid()); err != nil {
+				return err
+			}
+			if before, err = usageOf(tree); err != nil {
+				return err
+			}
+		}
+		peak := sampleRSS(ctx, tree)
+		res := Load{Calls: c.Calls, Concurrency: c.Concurrency, Duration: 2 * time.Minute}.Run(ctx, o.conn)
+		peakRSS := peak()
+		o.row.add(colP50, ms(res.Quantile(0.50)))
+		o.row.add(colP99, ms(res.Quantile(0.99)))
+		o.row.add(colP999, ms(res.Quantile(0.999)))
+		o.row.add(colRPS, res.Throughput())
+		o.row.add(colErrors, float64(res.Errors))
+		if o.path.Name() == "direct" {
+			directP99[run] = ms(res.Quantile(0.99))
+		}
+		if d, ok := directP99[run]; ok {
+			o.row.add(colP99Added, ms(res.Quantile(0.99))-d)
+		}
+		line := fmt.Sprintf("data-path run %d/%d: %-8s %6d calls, %6.0f calls/s, p99 %.3f ms", run, b.opts.Runs, o.path.Name(),
+			res.Calls, res.Throughput(), ms(res.Quantile(0.99)))
+		if o.route.Proxy != nil {
+			after, err := usageOf(tree)
+			if err != nil {
+				return err
+			}
+			ok := res.Calls - res.Errors
+			if ok > 0 {
+				cpu := float64((after.CPU - before.CPU).Microseconds()) / float64(ok)
+				o.row.add(colCPU, cpu)
+				line += fmt.Sprintf(", proxy CPU %.1f µs/call", cpu)
+			}
+			o.row.add(colRSSIdle, mib(o.idleRSS))
+			o.row.add(colRSSLoad, mib(max(peakRSS, after.RSS)))
+		}
+		b.progress("%s", line)
+		return nil
+	})
+	for _, p := range []string{"sidecar", "nginx", "direct"} {
+		var target float64
+		if p == "sidecar" {
+			target = 1
+		}
+		if p != "direct" {
+			s.ratio(p+" proxy CPU per call ÷ haproxy's", colCPU, p, "haproxy", target)
+		}
+		s.ratio(p+" p99 ÷ haproxy's", colP99, p, "haproxy", target)
+	}
+	s.ratio("sidecar p99 added ÷ haproxy's", colP99Added, "sidecar", "haproxy", 1)
+	return s
+}
+
+// Latency is scenario 3: one of three pods is slow; how much of the load
+// each policy still sends it, and what that does to the tail.
+func (b *Bench) Latency(ctx context.Context, c LatencyConfig) *Section {
+	s := &Section{
+		ID:    "latency-aware",
+		Title: "3. Latency-aware balancing",
+		Description: fmt.Sprintf("3 pods, one of them (pod-slow) holding every call for %s; %d calls per run, %d at a time over one "+
+			"client connection, a new connection (and so fresh balancer state) each run. "+
+			"Target: peak-EWMA's p99 ≤ 1/4 of round_robin's.", c.SlowDelay, c.Calls, c.Concurrency),
+		Columns: []Column{{colP50, "p50 ms", 3}, {colP99, "p99 ms", 3}, {colSlowShare, "slow pod's share %", 1},
+			{colRPS, "calls/s", 0}, {colErrors, "errors", 0}},
+		Charts: []Chart{{File: "bench-latency.png", Column: colP99, Title: fmt.Sprintf("p99 with one pod %s slower", c.SlowDelay),
+			YLabel: "p99 latency (ms)"}},
+	}
+	specs := []PodSpec{{Name: "pod-a"}, {Name: "pod-b"}, {Name: "pod-slow", Delay: c.SlowDelay}}
+	b.withPaths(ctx, s, specs, c.Paths, func(run int, o *opened, pods []*Pod) error {
+		conn, err := dial(o.route)
+		if err != nil {
+			return err
+		}
+		defer conn.Close()
+		res := Load{Calls: c.Calls, Concurrency: c.Concurrency, Duration: 2 * time.Minute}.Run(ctx, conn)
+		counts := withPods(res.Pods, podNames(pods))
+		o.row.add(colP50, ms(res.Quantile(0.50)))
+		o.row.add(colP99, ms(res.Quantile(0.99)))
+		o.row.add(colSlowShare, 100*Share(counts, "pod-slow"))
+		o.row.add(colRPS, res.Throughput())
+		o.row.add(colErrors, float64(res.Errors))
+		o.row.Detail = "calls per pod (last run): " + formatCounts(counts)
+		b.progress("latency run %d/%d: %-18s p99 %.3f ms, slow pod %.1f%%", run, b.opts.Runs, o.path.Name(),
+			ms(res.Quantile(0.99)), 100*Share(counts, "pod-slow"))
+		return nil
+	})
+	s.ratio("ballast_peak_ewma p99 ÷ round_robin's", colP99, "ballast_peak_ewma", "round_robin", 0.25)
+	s.ratio("ballast_p2c p99 ÷ round_robin's", colP99, "ballast_p2c", "round_robin", 0)
+	s.ratio("sidecar p99 ÷ round_robin's", colP99, "sidecar", "round_robin", 0.25)
+	return s
+}
+
+// opened is a path in front of the scenario's pods.
+type opened struct {
+	path    Path
+	row     *Row
+	route   *Route
+	conn    *grpc.ClientConn // kept across runs when the scenario wants it
+	idleRSS int64
+}
+
+// withPaths starts the pods, opens every path (a path that cannot open
+// gets a note in its row), then calls measure for each open path in each
+// run, paths interleaved so every run sees all of them under the same
+// conditions. Everything started is stopped before it returns.
+func (b *Bench) withPaths(ctx context.Context, s *Section, specs []PodSpec, paths []Path,
+	measure func(run int, o *opened, pods []*Pod) error) {
+	for _, p := range paths {
+		s.row(p.Name())
+	}
+	b.progress("%s: starting %d pods", s.ID, len(specs))
+	pods, err := startPods(ctx, b.opts.Greeter, specs)
+	if err != nil {
+		s.NotMeasured = "failed: " + err.Error()
+		return
+	}
+	defer stopPods(pods)
+	var open []*opened
+	defer func() {
+		for _, o := range open {
+			if o.conn != nil {
+				o.conn.Close()
+			}
+			o.route.Close()
+		}
+	}()
+	for _, p := range paths {
+		row := s.row(p.Name())
+		route, err := p.Open(ctx, b, pods)
+		if err != nil {
+			row.Note = whyNot(err)
+			b.progress("%s: %s: %s", s.ID, p.Name(), row.Note)
+			continue
+		}
+		open = append(open, &opened{path: p, row: row, route: route})
+	}
+	for run := 1; run <= b.opts.Runs && ctx.Err() == nil; run++ {
+		for _, o := range open {
+			if o.row.Note != "" {
+				continue // failed in an earlier run
+			}
+			if err := measure(run, o, pods); err != nil {
+				o.row.Note = "failed: " + err.Error()
+				o.row.Values = nil
+				b.progress("%s: %s: %s", s.ID, o.path.Name(), o.row.Note)
+			}
+		}
+	}
+	if err := ctx.Err(); err != nil && s.NotMeasured == "" {
+		s.NotMeasured = "interrupted: " + err.Error()
+	}
+}
+
+func dial(r *Route) (*grpc.ClientConn, error) {
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, r.DialOptions...)
+	conn, err := grpc.NewClient(r.Target, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("dial %s: %w", r.Target, err)
+	}
+	return conn, nil
+}
+
+// waitConn makes one call, so the connection (and the proxy's upstream
+// side) is up before anything is measured.
+func waitConn(ctx context.Context, conn *grpc.ClientConn) error {
+	res := Load{Calls: 1, Concurrency: 1, Duration: 10 * time.Second}.Run(ctx, conn)
+	if res.Errors > 0 || res.Calls == 0 {
+		return fmt.Errorf("first call through %s failed: %s", conn.Target(), res.LastError)
+	}
+	return nil
+}
+
+// sampleRSS samples the RSS of pids every 100 ms until the returned
+// function is called, which returns the highest seen.
+func sampleRSS(ctx context.Context, pids []int) func() int64 {
+	if len(pids) == 0 {
+		return func() int64 { return 0 }
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	var (
+		wg   sync.WaitGroup
+		peak int64
+	)
+	wg.Go(func() {
+		t := time.NewTicker(100 * time.Millisecond)
+		defer t.Stop()
+		for {
+			if u, err := usageOf(pids); err == nil {
+				peak = max(peak, u.RSS)
+			}
+			select {
+			case <-ctx.Done():
+				return
+			case <-t.C:
+			}
+		}
+	})
+	return func() int64 {
+		cancel()
+		wg.Wait()
+		return peak
+	}
+}
+
+func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
+func mib(b int64) float64        { return float64(b) / (1 << 20) }
+
+func formatCounts(counts map[string]int) string {
+	var parts []string
+	for _, p := range slices.Sorted(maps.Keys(counts)) {
+		parts = append(parts, fmt.Sprintf("%s %d", p, counts[p]))
+	}
+	return strings.Join(parts, ", ")
+}

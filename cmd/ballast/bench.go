@@ -1,0 +1,77 @@
+package main
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ballast-dev/ballast/bench"
+)
+
+func newBenchCmd() *cobra.Command {
+	var (
+		quick, install, jsonOut bool
+		runs                    int
+		out                     string
+	)
+	cmd := &cobra.Command{
+		Use:   "bench",
+		Short: "Measure balance and data-path cost next to nginx and haproxy; write docs/benchmarks.md",
+		Long: `Runs every scenario on 127.0.0.0/8 (greeter pods as processes on 127.0.0.20+, each peer as its
+own process with a configuration in a temporary directory), prints a table per scenario, and
+writes PNG charts and benchmarks.md into --out. nginx and haproxy are installed with apt-get
+when missing (unless --install-peers=false); a peer that cannot run is reported with the reason.
+Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if runs < 1 || runs > 100 {
+				return fmt.Errorf("--runs %d: want 1 to 100", runs)
+			}
+			exe, err := os.Executable()
+			if err != nil {
+				return fmt.Errorf("find the ballast binary to run greeter pods: %w", err)
+			}
+			b, err := bench.New(bench.Options{
+				Quick:        quick,
+				Runs:         runs,
+				Greeter:      bench.BinaryGreeter(exe),
+				InstallPeers: install,
+				Progress:     cmd.ErrOrStderr(),
+			})
+			if err != nil {
+				return err
+			}
+			defer b.Close()
+			start := time.Now()
+			report := b.Run(cmd.Context(), bench.DefaultScenarios(quick))
+			stdout := cmd.OutOrStdout()
+			if jsonOut {
+				enc := json.NewEncoder(stdout)
+				enc.SetIndent("", "  ")
+				if err := enc.Encode(report); err != nil {
+					return err
+				}
+			} else {
+				for _, s := range report.Sections {
+					s.WriteText(stdout)
+				}
+			}
+			if out != "" {
+				if err := report.Write(out); err != nil {
+					return fmt.Errorf("write report to %s: %w", out, err)
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "bench: wrote %s/benchmarks.md and charts in %s\n", out, time.Since(start).Round(time.Second))
+			}
+			return cmd.Context().Err()
+		},
+	}
+	cmd.Flags().BoolVar(&quick, "quick", false, "fewer calls per measurement: a few minutes on a 2-core machine")
+	cmd.Flags().IntVar(&runs, "runs", 3, "repeat each measurement this many times (min/median/max are reported)")
+	cmd.Flags().StringVar(&out, "out", "docs", "directory for benchmarks.md and the charts; empty to write nothing")
+	cmd.Flags().BoolVar(&install, "install-peers", true, "apt-get install nginx and haproxy when they are missing")
+	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the report as JSON instead of tables")
+	return cmd
+}
