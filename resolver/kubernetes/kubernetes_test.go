@@ -54,9 +54,9 @@ func greeterService(pods ...pod) *discovery.Service {
 	}}
 }
 
-func ready(p *greetertest.Pod) pod     { return pod{Pod: p, ready: true, serving: true} }
-func notReady(p *greetertest.Pod) pod  { return pod{Pod: p} }
-func draining(p *greetertest.Pod) pod  { return pod{Pod: p, serving: true, terminating: true} }
+func ready(p *greetertest.Pod) pod    { return pod{Pod: p, ready: true, serving: true} }
+func notReady(p *greetertest.Pod) pod { return pod{Pod: p} }
+func draining(p *greetertest.Pod) pod { return pod{Pod: p, serving: true, terminating: true} }
 func startPods(t *testing.T, n int) []*greetertest.Pod {
 	pods := make([]*greetertest.Pod, n)
 	for i := range pods {
