@@ -355,10 +355,26 @@ func (p *picker) choose(now int64) *choice {
 	}
 	a, b := pair(p.rand(), n)
 	ca, cb := &p.choices[a], &p.choices[b]
-	if cb.ep.cost(now) < ca.ep.cost(now) {
+	if cheaper(cb.ep, ca.ep, now) {
 		return cb
 	}
 	return ca
+}
+
+// cheaper reports whether x.cost(now) < y.cost(now), with one exponential
+// instead of two: both estimates decay by the same law, so only the
+// difference of their ages matters, and it is applied to the younger side
+// (a non-positive exponent, which cannot overflow).
+func cheaper(x, y *endpoint, now int64) bool {
+	tau := float64(x.decay.Load())
+	ageX := float64(max(now-x.stamp.Load(), 0))
+	ageY := float64(max(now-y.stamp.Load(), 0))
+	cx := math.Float64frombits(x.rtt.Load()) * float64(x.inFlight.Load()+1)
+	cy := math.Float64frombits(y.rtt.Load()) * float64(y.inFlight.Load()+1)
+	if ageX >= ageY {
+		return cx*math.Exp((ageY-ageX)/tau) < cy
+	}
+	return cx < cy*math.Exp((ageX-ageY)/tau)
 }
 
 // pair maps r to two distinct indexes below n (n >= 2), uniformly up to a

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"math"
+	rand "math/rand/v2"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -287,5 +288,29 @@ func TestResolverErrorWithoutEndpoints(t *testing.T) {
 	}
 	if _, err := st.Picker.Pick(balancer.PickInfo{}); err == nil || !strings.Contains(err.Error(), msg) {
 		t.Fatalf("Pick error %v, want one containing %q", err, msg)
+	}
+}
+
+// TestCheaperMatchesCost checks the one-exponential comparison against the
+// costs it stands for, over random statistics and ages.
+func TestCheaperMatchesCost(t *testing.T) {
+	var c clock
+	var d atomic.Int64
+	d.Store(int64(time.Second))
+	rnd := rand.New(rand.NewPCG(1, 2))
+	for i := range 100000 {
+		x, y := newEndpoint(c.now, &d, 0), newEndpoint(c.now, &d, 0)
+		for _, ep := range []*endpoint{x, y} {
+			ep.rtt.Store(math.Float64bits(rnd.Float64() * 50 * ms))
+			ep.stamp.Store(-rnd.Int64N(int64(5 * time.Second)))
+			ep.inFlight.Store(rnd.Int64N(5))
+		}
+		cx, cy := x.cost(0), y.cost(0)
+		if math.Abs(cx-cy) <= 1e-9*math.Max(cx, cy) {
+			continue // too close to call in floating point
+		}
+		if got := cheaper(x, y, 0); got != (cx < cy) {
+			t.Fatalf("case %d: cheaper = %v but costs are %g and %g", i, got, cx, cy)
+		}
 	}
 }
