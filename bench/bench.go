@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -93,7 +94,7 @@ func DefaultScenarios(quick bool) Scenarios {
 		DataPath: DataPathConfig{Calls: 100_000, Warmup: 2000, Concurrency: 16, Pods: 3, Paths: []Path{
 			Direct(), Nginx(), HAProxy(), Sidecar(),
 		}},
-		Latency: LatencyConfig{Calls: 5000, Concurrency: 8, SlowDelay: 20 * time.Millisecond, Paths: []Path{
+		Latency: LatencyConfig{Calls: 5000, Concurrency: 8, SlowDelay: 20 * time.Millisecond, Settle: 15 * time.Second, Paths: []Path{
 			ClientSide("round_robin", "round_robin"),
 			ClientSide("ballast_p2c", "ballast_p2c"),
 			ClientSide("ballast_peak_ewma", "ballast_peak_ewma"),
@@ -103,7 +104,7 @@ func DefaultScenarios(quick bool) Scenarios {
 	if quick {
 		s.Balance.Calls = 300
 		s.DataPath.Calls, s.DataPath.Warmup = 20_000, 1000
-		s.Latency.Calls = 1500
+		s.Latency.Calls, s.Latency.Settle = 1500, 5*time.Second
 	}
 	return s
 }
@@ -126,6 +127,7 @@ func (b *Bench) Run(ctx context.Context, sc Scenarios) *Report {
 	)
 	r.Machine.Peers = map[string]string{"nginx": peerVersion("nginx"), "haproxy": peerVersion("haproxy")}
 	r.Machine.PeerInstall = b.peers.installed
+	r.Machine.LoadEnd = loadAverage()
 	r.Wall = time.Since(start)
 	return r
 }
@@ -135,7 +137,7 @@ func notMeasured(id, title, description, why string) *Section {
 }
 
 func machine() Machine {
-	m := Machine{Cores: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH}
+	m := Machine{Cores: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH, LoadStart: loadAverage()}
 	if info, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for line := range strings.Lines(string(info)) {
 			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
@@ -145,4 +147,18 @@ func machine() Machine {
 		}
 	}
 	return m
+}
+
+// loadAverage is the 1-minute load average; 0 if unknown.
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
 }

@@ -134,7 +134,7 @@ func TestScenariosSmoke(t *testing.T) {
 		t.Errorf("direct errors %v, want [0]", got)
 	}
 
-	lat := b.Latency(ctx, LatencyConfig{Calls: 20, Concurrency: 2, SlowDelay: time.Millisecond, Paths: []Path{ClientSide("round_robin", "round_robin")}})
+	lat := b.Latency(ctx, LatencyConfig{Calls: 20, Concurrency: 2, SlowDelay: time.Millisecond, Settle: 50 * time.Millisecond, Paths: []Path{ClientSide("round_robin", "round_robin")}})
 	wantRows(t, lat, map[string]string{"round_robin": ""})
 }
 

@@ -2,19 +2,33 @@ package bench
 
 import (
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/resolver"
-	"google.golang.org/grpc/resolver/manual"
+
+	// Ballast's balancers register themselves, so ClientSide rows can name them.
+	_ "github.com/ballast-dev/ballast/balancer/p2c"
+	_ "github.com/ballast-dev/ballast/balancer/peakewma"
+	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/resolver/kubernetes"
 )
 
-// clientDial is how a Go client in the benchmark finds the pods: a
-// resolver that hands grpc-go every pod's address, so the LB policy named
-// in the service config balances each call.
+// The Service the client-side rows dial: a registry holding the pods as the
+// ready endpoints of one Service port, read by the kubernetes:/// resolver,
+// as a Go client in a cluster would find them.
+const (
+	benchNamespace = "bench"
+	benchService   = "greeter"
+	benchPort      = 50051
+	benchTarget    = "kubernetes:///greeter.bench:grpc"
+)
+
+// clientDial is how a Go client in the benchmark reaches the pods: through
+// the kubernetes:/// resolver over a registry that lists them, so the LB
+// policy named in the service config balances each call.
 func clientDial(pods []*Pod) (string, []grpc.DialOption) {
-	r := manual.NewBuilderWithScheme("bench")
-	var state resolver.State
+	port := discovery.Port{Name: "grpc", Port: benchPort, Protocol: "TCP"}
 	for _, p := range pods {
-		state.Endpoints = append(state.Endpoints, resolver.Endpoint{Addresses: []resolver.Address{{Addr: p.Addr.String()}}})
+		port.Endpoints = append(port.Endpoints, discovery.Endpoint{Address: p.Addr, Ready: true, Serving: true, Pod: p.Name})
 	}
-	r.InitialState(state)
-	return "bench:///greeter", []grpc.DialOption{grpc.WithResolvers(r)}
+	reg := discovery.NewRegistry()
+	reg.Set(&discovery.Service{Key: discovery.Key{Namespace: benchNamespace, Name: benchService}, Ports: []discovery.Port{port}})
+	return benchTarget, []grpc.DialOption{kubernetes.WithRegistry(reg)}
 }

@@ -85,7 +85,7 @@ func (l Load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) LoadRe
 			defer wg.Done()
 			t := &tallies[w]
 			t.pods = map[string]int{}
-			t.lat = make([]time.Duration, 0, l.Calls/workers+1)
+			t.lat = make([]time.Duration, 0, min(l.Calls/workers+1, 1<<16))
 			client := pb.NewGreeterClient(conns[w%len(conns)])
 			req := &pb.HelloRequest{Name: "bench"}
 			for next.Add(1) <= int64(l.Calls) && ctx.Err() == nil {

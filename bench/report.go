@@ -75,6 +75,8 @@ func (r *Report) Markdown() string {
 	fmt.Fprintf(&b, "| | |\n|---|---|\n")
 	fmt.Fprintf(&b, "| date | %s |\n", r.Date.Format(time.RFC3339))
 	fmt.Fprintf(&b, "| machine | %d cores, %s, %s |\n", r.Machine.Cores, mdCell(r.Machine.CPU), r.Machine.OS)
+	fmt.Fprintf(&b, "| load | 1-minute load average %.1f at the start, %.1f at the end (other work on the machine shares its cores) |\n",
+		r.Machine.LoadStart, r.Machine.LoadEnd)
 	fmt.Fprintf(&b, "| Go | %s |\n", r.Machine.GoVersion)
 	fmt.Fprintf(&b, "| peers | nginx %s, %s |\n", r.Machine.Peers["nginx"], r.Machine.Peers["haproxy"])
 	fmt.Fprintf(&b, "| mode | %s, %d runs per measurement; cells are median [min–max] over the runs |\n", mode, r.Runs)

@@ -25,6 +25,11 @@ type Machine struct {
 	GoVersion string            `json:"go_version"`
 	OS        string            `json:"os"`
 	Peers     map[string]string `json:"peers"` // name → version
+	// LoadStart and LoadEnd are /proc/loadavg's 1-minute load when the run
+	// began and ended: anything else running shares the cores and shows
+	// in the numbers.
+	LoadStart float64 `json:"load_start"`
+	LoadEnd   float64 `json:"load_end"`
 	// PeerInstall is how long installing the peers took in this run; zero
 	// when they were there already.
 	PeerInstall time.Duration `json:"peer_install"`

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"maps"
+	"math"
 	"slices"
 	"strings"
 	"sync"
@@ -31,10 +32,14 @@ type DataPathConfig struct {
 }
 
 // LatencyConfig sizes scenario 3: two pods answer at once, a third holds
-// every call for SlowDelay.
+// every call for SlowDelay. Each run measures Calls calls on a new
+// connection (cold: the balancer is still learning), keeps the load on for
+// Settle, then measures Calls more (warm: a long-lived client's steady
+// state).
 type LatencyConfig struct {
 	Calls, Concurrency int
 	SlowDelay          time.Duration
+	Settle             time.Duration
 	Paths              []Path
 }
 
@@ -50,6 +55,9 @@ const (
 	colRSSIdle   = "rss_idle_mib"
 	colRSSLoad   = "rss_load_mib"
 	colSlowShare = "slow_share_pct"
+	colWarmP50   = "warm_p50_ms"
+	colWarmP99   = "warm_p99_ms"
+	colWarmSlow  = "warm_slow_share_pct"
 )
 
 // Balance is scenario 1: one client connection, calls one after another,
@@ -196,18 +204,27 @@ func (b *Bench) DataPath(ctx context.Context, c DataPathConfig) *Section {
 }
 
 // Latency is scenario 3: one of three pods is slow; how much of the load
-// each policy still sends it, and what that does to the tail.
+// each policy still sends it, and what that does to the tail, both while
+// the balancer is learning and once it has settled.
 func (b *Bench) Latency(ctx context.Context, c LatencyConfig) *Section {
 	s := &Section{
 		ID:    "latency-aware",
 		Title: "3. Latency-aware balancing",
-		Description: fmt.Sprintf("3 pods, one of them (pod-slow) holding every call for %s; %d calls per run, %d at a time over one "+
-			"client connection, a new connection (and so fresh balancer state) each run. "+
-			"Target: peak-EWMA's p99 ≤ 1/4 of round_robin's.", c.SlowDelay, c.Calls, c.Concurrency),
-		Columns: []Column{{colP50, "p50 ms", 3}, {colP99, "p99 ms", 3}, {colSlowShare, "slow pod's share %", 1},
-			{colRPS, "calls/s", 0}, {colErrors, "errors", 0}},
-		Charts: []Chart{{File: "bench-latency.png", Column: colP99, Title: fmt.Sprintf("p99 with one pod %s slower", c.SlowDelay),
-			YLabel: "p99 latency (ms)"}},
+		Description: fmt.Sprintf("3 pods, one of them (pod-slow) holding every call for %s; %d at a time over one client connection. "+
+			"Each run opens a new connection (fresh balancer state) and measures %d calls (\"cold\"), keeps the same load on for %s, "+
+			"then measures %d more (\"warm\": a long-lived client's steady state). "+
+			"Target: peak-EWMA's p99 ≤ 1/4 of round_robin's.", c.SlowDelay, c.Concurrency, c.Calls, c.Settle, c.Calls),
+		Columns: []Column{
+			{colP50, "cold p50 ms", 3}, {colP99, "cold p99 ms", 3}, {colSlowShare, "cold slow share %", 1},
+			{colWarmP50, "warm p50 ms", 3}, {colWarmP99, "warm p99 ms", 3}, {colWarmSlow, "warm slow share %", 1},
+			{colRPS, "warm calls/s", 0}, {colErrors, "errors", 0},
+		},
+		Charts: []Chart{
+			{File: "bench-latency-warm.png", Column: colWarmP99, Title: fmt.Sprintf("Warm p99 with one pod %s slower", c.SlowDelay),
+				YLabel: "p99 latency (ms)"},
+			{File: "bench-latency-cold.png", Column: colP99, Title: fmt.Sprintf("Cold p99 with one pod %s slower", c.SlowDelay),
+				YLabel: "p99 latency (ms)"},
+		},
 	}
 	specs := []PodSpec{{Name: "pod-a"}, {Name: "pod-b"}, {Name: "pod-slow", Delay: c.SlowDelay}}
 	b.withPaths(ctx, s, specs, c.Paths, func(run int, o *opened, pods []*Pod) error {
@@ -216,21 +233,31 @@ func (b *Bench) Latency(ctx context.Context, c LatencyConfig) *Section {
 			return err
 		}
 		defer conn.Close()
-		res := Load{Calls: c.Calls, Concurrency: c.Concurrency, Duration: 2 * time.Minute}.Run(ctx, conn)
-		counts := withPods(res.Pods, podNames(pods))
-		o.row.add(colP50, ms(res.Quantile(0.50)))
-		o.row.add(colP99, ms(res.Quantile(0.99)))
-		o.row.add(colSlowShare, 100*Share(counts, "pod-slow"))
-		o.row.add(colRPS, res.Throughput())
-		o.row.add(colErrors, float64(res.Errors))
-		o.row.Detail = "calls per pod (last run): " + formatCounts(counts)
-		b.progress("latency run %d/%d: %-18s p99 %.3f ms, slow pod %.1f%%", run, b.opts.Runs, o.path.Name(),
-			ms(res.Quantile(0.99)), 100*Share(counts, "pod-slow"))
+		load := Load{Calls: c.Calls, Concurrency: c.Concurrency, Duration: 2 * time.Minute}
+		cold := load.Run(ctx, conn)
+		if c.Settle > 0 {
+			Load{Calls: math.MaxInt32, Concurrency: c.Concurrency, Duration: c.Settle}.Run(ctx, conn)
+		}
+		warm := load.Run(ctx, conn)
+		coldCounts := withPods(cold.Pods, podNames(pods))
+		warmCounts := withPods(warm.Pods, podNames(pods))
+		o.row.add(colP50, ms(cold.Quantile(0.50)))
+		o.row.add(colP99, ms(cold.Quantile(0.99)))
+		o.row.add(colSlowShare, 100*Share(coldCounts, "pod-slow"))
+		o.row.add(colWarmP50, ms(warm.Quantile(0.50)))
+		o.row.add(colWarmP99, ms(warm.Quantile(0.99)))
+		o.row.add(colWarmSlow, 100*Share(warmCounts, "pod-slow"))
+		o.row.add(colRPS, warm.Throughput())
+		o.row.add(colErrors, float64(cold.Errors+warm.Errors))
+		o.row.Detail = "warm calls per pod (last run): " + formatCounts(warmCounts)
+		b.progress("latency run %d/%d: %-18s cold p99 %.3f ms, slow pod %.1f%%; warm p99 %.3f ms, slow pod %.1f%%", run, b.opts.Runs,
+			o.path.Name(), ms(cold.Quantile(0.99)), 100*Share(coldCounts, "pod-slow"), ms(warm.Quantile(0.99)), 100*Share(warmCounts, "pod-slow"))
 		return nil
 	})
-	s.ratio("ballast_peak_ewma p99 ÷ round_robin's", colP99, "ballast_peak_ewma", "round_robin", 0.25)
-	s.ratio("ballast_p2c p99 ÷ round_robin's", colP99, "ballast_p2c", "round_robin", 0)
-	s.ratio("sidecar p99 ÷ round_robin's", colP99, "sidecar", "round_robin", 0.25)
+	s.ratio("ballast_peak_ewma warm p99 ÷ round_robin's", colWarmP99, "ballast_peak_ewma", "round_robin", 0.25)
+	s.ratio("ballast_peak_ewma cold p99 ÷ round_robin's", colP99, "ballast_peak_ewma", "round_robin", 0.25)
+	s.ratio("ballast_p2c warm p99 ÷ round_robin's", colWarmP99, "ballast_p2c", "round_robin", 0)
+	s.ratio("sidecar warm p99 ÷ round_robin's", colWarmP99, "sidecar", "round_robin", 0.25)
 	return s
 }
 
