@@ -14,8 +14,10 @@ import (
 	"io"
 	"os"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"time"
 )
 
@@ -26,6 +28,10 @@ type Options struct {
 	// Runs is how many times each measurement is repeated; min, median
 	// and max are reported. Zero means 3.
 	Runs int
+	// Binary is the ballast binary, run for the modes that are processes
+	// of their own (`ballast control`, `ballast proxy`); empty leaves their
+	// rows pending.
+	Binary string
 	// Greeter starts the pods.
 	Greeter GreeterCommand
 	// InstallPeers lets the benchmark apt-get install nginx and haproxy
@@ -41,6 +47,9 @@ type Bench struct {
 	opts  Options
 	dir   string
 	peers *peers
+
+	commandsMu sync.Mutex
+	commands   map[string]bool // ballast subcommand → present in Binary
 }
 
 // New validates opts and makes the temporary directory.
@@ -75,7 +84,14 @@ type Scenarios struct {
 	Balance  BalanceConfig
 	DataPath DataPathConfig
 	Latency  LatencyConfig
+	// Only, when not empty, names the scenarios to run (by Section ID:
+	// balance, data-path, latency-aware); the others are reported as
+	// skipped.
+	Only []string
 }
+
+// ScenarioIDs are the IDs Scenarios.Only accepts.
+var ScenarioIDs = []string{"balance", "data-path", "latency-aware"}
 
 // DefaultScenarios are the scenarios `ballast bench` runs, with every path
 // known to this build.
@@ -86,19 +102,20 @@ func DefaultScenarios(quick bool) Scenarios {
 			ClientSide("round_robin", "round_robin"),
 			ClientSide("ballast_p2c", "ballast_p2c"),
 			ClientSide("ballast_peak_ewma", "ballast_peak_ewma"),
-			Proxyless(),
-			Sidecar(),
+			Proxyless("round_robin"),
+			Sidecar("round_robin"),
 			Nginx(),
 			HAProxy(),
 		}},
 		DataPath: DataPathConfig{Calls: 100_000, Warmup: 2000, Concurrency: 16, Pods: 3, Paths: []Path{
-			Direct(), Nginx(), HAProxy(), Sidecar(),
+			Direct(), Nginx(), HAProxy(), Sidecar("round_robin"),
 		}},
 		Latency: LatencyConfig{Calls: 5000, Concurrency: 8, SlowDelay: 20 * time.Millisecond, Settle: 15 * time.Second, Paths: []Path{
 			ClientSide("round_robin", "round_robin"),
 			ClientSide("ballast_p2c", "ballast_p2c"),
 			ClientSide("ballast_peak_ewma", "ballast_peak_ewma"),
-			Sidecar(),
+			Proxyless("peak_ewma"),
+			Sidecar("peak_ewma"),
 		}},
 	}
 	if quick {
@@ -114,10 +131,16 @@ func DefaultScenarios(quick bool) Scenarios {
 func (b *Bench) Run(ctx context.Context, sc Scenarios) *Report {
 	start := time.Now()
 	r := &Report{Date: start.UTC(), Quick: b.opts.Quick, Runs: b.opts.Runs, Machine: machine()}
+	run := func(id, title string, scenario func() *Section) *Section {
+		if len(sc.Only) > 0 && !slices.Contains(sc.Only, id) {
+			return notMeasured(id, title, "", "skipped in this run (--only)")
+		}
+		return scenario()
+	}
 	r.Sections = append(r.Sections,
-		b.Balance(ctx, sc.Balance),
-		b.DataPath(ctx, sc.DataPath),
-		b.Latency(ctx, sc.Latency),
+		run("balance", "1. Balance", func() *Section { return b.Balance(ctx, sc.Balance) }),
+		run("data-path", "2. Data-path cost (unary)", func() *Section { return b.DataPath(ctx, sc.DataPath) }),
+		run("latency-aware", "3. Latency-aware balancing", func() *Section { return b.Latency(ctx, sc.Latency) }),
 		notMeasured("convergence", "4. Convergence",
 			"A new ready pod → time to its first call; a removed pod → time to its last call; Ballast's control plane vs istiod on the same API server.",
 			"not yet measured: needs the xDS control plane (issue 4) and istiod built from its Go module"),

@@ -118,7 +118,7 @@ func TestScenariosSmoke(t *testing.T) {
 	ctx := context.Background()
 
 	bal := b.Balance(ctx, BalanceConfig{Calls: 30, Pods: 3, Paths: []Path{
-		Service(), ClientSide("round_robin", "round_robin"), ClientSide("nope", "no_such_policy"), Sidecar(),
+		Service(), ClientSide("round_robin", "round_robin"), ClientSide("nope", "no_such_policy"), Sidecar("round_robin"),
 	}})
 	if bal.NotMeasured != "" {
 		t.Fatal(bal.NotMeasured)

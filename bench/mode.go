@@ -1,16 +1,278 @@
 package bench
 
-// Ballast's own modes that run in a process of their own. Each is pending
-// until its package lands on main; then its Path starts it in front of the
-// pods like a peer.
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"maps"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"time"
 
-// Proxyless is a grpc-go client dialling xds:/// targets served by
-// `ballast control`.
-func Proxyless() Path {
-	return Pending("proxyless xDS", "the xDS control plane (issue 4) has not landed on main yet")
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/xds" // the xds:/// resolver and xDS balancers, for the proxyless rows
+)
+
+// Ballast's own modes that run as processes: the control plane (`ballast
+// control`) serving the pods as one Service from a folder of YAML, and the
+// sidecar (`ballast proxy`) in front of the client. They run the ballast
+// binary given in Options.Binary; a row is pending while that binary lacks
+// the command (the package has not landed yet) or no binary was given.
+
+// Proxyless is a grpc-go client in the benchmark dialling
+// xds:///greeter.bench:50051, served by `ballast control` with the given
+// xDS LB policy (round_robin, least_request or peak_ewma).
+func Proxyless(policy string) Path { return proxylessPath{policy} }
+
+type proxylessPath struct{ policy string }
+
+func (p proxylessPath) Name() string { return "proxyless xDS " + p.policy }
+
+func (p proxylessPath) Open(ctx context.Context, b *Bench, pods []*Pod) (*Route, error) {
+	control, err := b.startControl(ctx, pods, p.policy)
+	if err != nil {
+		return nil, err
+	}
+	bootstrap, err := xdsBootstrap(control.xds, "ballast~bench-client."+benchNamespace)
+	if err != nil {
+		control.proc.stop()
+		return nil, err
+	}
+	builder, err := xds.NewXDSResolverWithConfigForTesting(bootstrap)
+	if err != nil {
+		control.proc.stop()
+		return nil, fmt.Errorf("xds bootstrap: %w", err)
+	}
+	return &Route{
+		Target:      fmt.Sprintf("xds:///%s.%s:%d", benchService, benchNamespace, benchPort),
+		DialOptions: []grpc.DialOption{grpc.WithResolvers(builder)},
+		Close:       control.proc.stop,
+	}, nil
 }
 
-// Sidecar is `ballast proxy` in front of an unmodified client.
-func Sidecar() Path {
-	return Pending("sidecar", "the sidecar proxy (issue 5) has not landed on main yet")
+// Sidecar is `ballast proxy` with an explicit listener for the client,
+// sending every call to greeter.bench:50051 as the control plane (with the
+// given xDS LB policy) describes it. Its CPU and memory are the proxy's
+// alone; the control plane is not on the data path.
+func Sidecar(policy string) Path { return sidecarPath{policy} }
+
+type sidecarPath struct{ policy string }
+
+func (p sidecarPath) Name() string {
+	if p.policy == "round_robin" {
+		return "sidecar"
+	}
+	return "sidecar " + p.policy
+}
+
+func (p sidecarPath) Open(ctx context.Context, b *Bench, pods []*Pod) (_ *Route, err error) {
+	if err := b.hasCommand("proxy", "the sidecar proxy (issue 5)"); err != nil {
+		return nil, err
+	}
+	control, err := b.startControl(ctx, pods, p.policy)
+	if err != nil {
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			control.proc.stop()
+		}
+	}()
+	var lastErr error
+	for range 3 { // the free ports may be taken before the proxy binds them
+		listen, err := freePort(netip.AddrFrom4([4]byte{127, 0, 0, 1}))
+		if err != nil {
+			return nil, err
+		}
+		admin, err := freePort(netip.AddrFrom4([4]byte{127, 0, 0, 1}))
+		if err != nil {
+			return nil, err
+		}
+		cmd := exec.Command(b.opts.Binary, "proxy",
+			"--outbound", fmt.Sprintf("%s=%s.%s:%d", listen, benchService, benchNamespace, benchPort),
+			"--xds-address", control.xds.String(),
+			"--node-id", "ballast~bench-sidecar."+benchNamespace,
+			"--admin-address", admin.String())
+		proc, err := startProcess(cmd, "ballast proxy")
+		if err != nil {
+			return nil, err
+		}
+		target := "passthrough:///" + listen.String()
+		if lastErr = waitServing(ctx, target, proc, 15*time.Second); lastErr == nil {
+			return &Route{Target: target, Proxy: proc, Close: func() { proc.stop(); control.proc.stop() }}, nil
+		}
+		proc.stop()
+	}
+	return nil, fmt.Errorf("start ballast proxy: %w", lastErr)
+}
+
+// hasCommand says whether the ballast binary has a subcommand; if not, the
+// row is pending on what would bring it.
+func (b *Bench) hasCommand(name, what string) error {
+	if b.opts.Binary == "" {
+		return &Unavailable{Status: "pending", Reason: "no ballast binary to run `ballast " + name + "` (run as `ballast bench`)"}
+	}
+	b.commandsMu.Lock()
+	defer b.commandsMu.Unlock()
+	if b.commands == nil {
+		b.commands = map[string]bool{}
+	}
+	ok, seen := b.commands[name]
+	if !seen {
+		ok = exec.Command(b.opts.Binary, name, "--help").Run() == nil
+		b.commands[name] = ok
+	}
+	if !ok {
+		return &Unavailable{Status: "pending", Reason: fmt.Sprintf("this ballast binary has no `%s` command: %s has not landed yet", name, what)}
+	}
+	return nil
+}
+
+// control is a running `ballast control`.
+type control struct {
+	xds  netip.AddrPort
+	proc *process
+}
+
+// startControl runs `ballast control` over a folder holding the pods as the
+// Service greeter.bench, and waits until it says it is ready.
+func (b *Bench) startControl(ctx context.Context, pods []*Pod, policy string) (*control, error) {
+	if err := b.hasCommand("control", "the xDS control plane (issue 4)"); err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp(b.dir, "control-")
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "greeter.yaml"), []byte(serviceManifest(pods)), 0o644); err != nil {
+		return nil, err
+	}
+	var lastErr error
+	for range 3 {
+		xdsAddr, err := freePort(netip.AddrFrom4([4]byte{127, 0, 0, 1}))
+		if err != nil {
+			return nil, err
+		}
+		httpAddr, err := freePort(netip.AddrFrom4([4]byte{127, 0, 0, 1}))
+		if err != nil {
+			return nil, err
+		}
+		proc, err := startProcess(exec.Command(b.opts.Binary, "control", "--files", dir,
+			"--xds-address", xdsAddr.String(), "--http-address", httpAddr.String(),
+			"--default-lb-policy", policy), "ballast control")
+		if err != nil {
+			return nil, err
+		}
+		if lastErr = waitHTTP(ctx, "http://"+httpAddr.String()+"/readyz", proc, 15*time.Second); lastErr == nil {
+			return &control{xds: xdsAddr, proc: proc}, nil
+		}
+		proc.stop()
+	}
+	return nil, fmt.Errorf("start ballast control: %w", lastErr)
+}
+
+// waitHTTP polls url until it answers 200, the process exits or the wait
+// is over.
+func waitHTTP(ctx context.Context, url string, proc *process, wait time.Duration) error {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+	var last string
+	for {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+		if err != nil {
+			return err
+		}
+		resp, err := http.DefaultClient.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode == http.StatusOK {
+				return nil
+			}
+			last = resp.Status
+		} else {
+			last = err.Error()
+		}
+		select {
+		case <-proc.exited:
+			return fmt.Errorf("%s exited before ready: %v; output: %s", proc.name, proc.err, proc.output())
+		case <-ctx.Done():
+			return fmt.Errorf("%s not ready at %s after %s: %s", proc.name, url, wait, last)
+		case <-tick.C:
+		}
+	}
+}
+
+// xdsBootstrap points a grpc-go xDS client at the control plane, in gRPC's
+// bootstrap format (gRFC A27).
+func xdsBootstrap(server netip.AddrPort, nodeID string) ([]byte, error) {
+	type creds struct {
+		Type string `json:"type"`
+	}
+	type xdsServer struct {
+		ServerURI      string   `json:"server_uri"`
+		ChannelCreds   []creds  `json:"channel_creds"`
+		ServerFeatures []string `json:"server_features"`
+	}
+	type node struct {
+		ID string `json:"id"`
+	}
+	return json.Marshal(struct {
+		XDSServers []xdsServer `json:"xds_servers"`
+		Node       node        `json:"node"`
+	}{
+		XDSServers: []xdsServer{{ServerURI: server.String(), ChannelCreds: []creds{{Type: "insecure"}}, ServerFeatures: []string{"xds_v3"}}},
+		Node:       node{ID: nodeID},
+	})
+}
+
+// serviceManifest is the pods as the Service greeter.bench and the
+// EndpointSlices the endpoint slice controller would write, one per target
+// port (a slice's ports apply to all of its endpoints).
+func serviceManifest(pods []*Pod) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `apiVersion: v1
+kind: Service
+metadata:
+  name: %[1]s
+  namespace: %[2]s
+spec:
+  clusterIP: 127.0.0.10
+  ports:
+  - name: grpc
+    port: %[3]d
+    targetPort: grpc
+`, benchService, benchNamespace, benchPort)
+	byPort := map[uint16][]*Pod{}
+	for _, p := range pods {
+		byPort[p.Addr.Port()] = append(byPort[p.Addr.Port()], p)
+	}
+	for _, port := range slices.Sorted(maps.Keys(byPort)) {
+		fmt.Fprintf(&b, `---
+apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: %[1]s-%[3]d
+  namespace: %[2]s
+  labels:
+    kubernetes.io/service-name: %[1]s
+addressType: IPv4
+ports:
+- name: grpc
+  port: %[3]d
+  protocol: TCP
+endpoints:
+`, benchService, benchNamespace, port)
+		for _, p := range byPort[port] {
+			fmt.Fprintf(&b, "- addresses: [%q]\n  conditions: {ready: true, serving: true, terminating: false}\n  targetRef: {kind: Pod, namespace: %s, name: %s}\n",
+				p.Addr.Addr().String(), benchNamespace, p.Name)
+		}
+	}
+	return b.String()
 }

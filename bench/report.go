@@ -44,13 +44,12 @@ func (s *Section) WriteText(w io.Writer) {
 	}
 }
 
-// format is a headline as one line; empty for a ratio whose sides are both
-// missing for a reason already shown in the table.
-func (h Headline) format() string {
+// format is a headline as one line.
+func (h *Headline) format() string {
 	if h.Note != "" {
-		return h.Text + ": no ratio, " + h.Note
+		return h.Text + ": no ratio yet, " + h.Note
 	}
-	sum := Summarize(h.Ratios)
+	sum := Summarize(h.Values)
 	line := fmt.Sprintf("%s: %s", h.Text, sum.Format(2))
 	if h.Target > 0 {
 		verdict := "met"
@@ -93,8 +92,8 @@ func (r *Report) Markdown() string {
 	b.WriteString("## Headlines\n\n")
 	for _, s := range r.Sections {
 		for _, h := range s.Headlines {
-			if line := h.format(); line != "" {
-				fmt.Fprintf(&b, "- %s: %s\n", s.Title, line)
+			if h.Top {
+				fmt.Fprintf(&b, "- %s: %s\n", s.Title, h.format())
 			}
 		}
 	}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"math"
 	"slices"
+	"strings"
 	"time"
 )
 
@@ -38,13 +39,13 @@ type Machine struct {
 // Section is one scenario: what it does, a table of rows, charts of some
 // of its columns and headline ratios.
 type Section struct {
-	ID          string     `json:"id"`
-	Title       string     `json:"title"`
-	Description string     `json:"description"`
-	Columns     []Column   `json:"columns"`
-	Rows        []*Row     `json:"rows"`
-	Charts      []Chart    `json:"charts"`
-	Headlines   []Headline `json:"headlines"`
+	ID          string      `json:"id"`
+	Title       string      `json:"title"`
+	Description string      `json:"description"`
+	Columns     []Column    `json:"columns"`
+	Rows        []*Row      `json:"rows"`
+	Charts      []Chart     `json:"charts"`
+	Headlines   []*Headline `json:"headlines"`
 	// NotMeasured, when set, says why the scenario has no numbers yet.
 	NotMeasured string `json:"not_measured,omitempty"`
 }
@@ -80,12 +81,16 @@ type Chart struct {
 // run (so both sides saw the same machine at the same time) and then
 // summarised across runs.
 type Headline struct {
-	Text   string    `json:"text"`
-	Ratios []float64 `json:"ratios"`
+	Text string `json:"text"`
+	// Values are the ratio per run, or for an absolute headline the value.
+	Values []float64 `json:"values"`
 	// Target, when set, is the bound the ratio should stay at or under.
 	Target float64 `json:"target,omitempty"`
 	// Note says why there is no ratio (a side has no numbers).
 	Note string `json:"note,omitempty"`
+	// Top puts the headline at the top of the report, not only in its
+	// section.
+	Top bool `json:"top,omitempty"`
 }
 
 func (s *Section) row(path string) *Row {
@@ -108,8 +113,8 @@ func (r *Row) add(column string, v float64) {
 }
 
 // ratio adds a headline: column of path a over column of path b, run by run.
-func (s *Section) ratio(text, column, a, b string, target float64) {
-	h := Headline{Text: text, Target: target}
+func (s *Section) ratio(text, column, a, b string, target float64) *Headline {
+	h := &Headline{Text: text, Target: target}
 	ra, rb := s.find(a), s.find(b)
 	switch {
 	case ra == nil || len(ra.Values[column]) == 0:
@@ -120,21 +125,25 @@ func (s *Section) ratio(text, column, a, b string, target float64) {
 		va, vb := ra.Values[column], rb.Values[column]
 		for i := range min(len(va), len(vb)) {
 			if vb[i] != 0 {
-				h.Ratios = append(h.Ratios, va[i]/vb[i])
+				h.Values = append(h.Values, va[i]/vb[i])
 			}
 		}
-		if len(h.Ratios) == 0 {
+		if len(h.Values) == 0 {
 			h.Note = b + "'s " + column + " is zero"
 		}
 	}
 	s.Headlines = append(s.Headlines, h)
+	return h
 }
 
+// noteOf is the first word of a row's note ("pending", "unavailable",
+// "failed"); the table says the rest.
 func noteOf(r *Row) string {
 	if r == nil || r.Note == "" {
 		return ""
 	}
-	return " (" + r.Note + ")"
+	status, _, _ := strings.Cut(r.Note, ":")
+	return " (" + status + ")"
 }
 
 func (s *Section) find(path string) *Row {
@@ -144,6 +153,18 @@ func (s *Section) find(path string) *Row {
 		}
 	}
 	return nil
+}
+
+// value adds an absolute headline: column of path, per run.
+func (s *Section) value(text, column, path string, target float64) *Headline {
+	h := &Headline{Text: text, Target: target}
+	if r := s.find(path); r == nil || len(r.Values[column]) == 0 {
+		h.Note = path + " has no numbers" + noteOf(r)
+	} else {
+		h.Values = r.Values[column]
+	}
+	s.Headlines = append(s.Headlines, h)
+	return h
 }
 
 // Summary is the spread of a value over runs.

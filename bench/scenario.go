@@ -93,7 +93,8 @@ func (b *Bench) Balance(ctx context.Context, c BalanceConfig) *Section {
 	})
 	for _, r := range s.Rows {
 		if r.Path != "haproxy" {
-			s.ratio(r.Path+" max/mean ÷ haproxy's", colMaxMean, r.Path, "haproxy", 0)
+			h := s.ratio(r.Path+" max/mean ÷ haproxy's", colMaxMean, r.Path, "haproxy", 0)
+			h.Top = r.Path == "plain Service (L4)" || r.Path == "ballast_p2c" || r.Path == "sidecar"
 		}
 	}
 	return s
@@ -189,17 +190,13 @@ func (b *Bench) DataPath(ctx context.Context, c DataPathConfig) *Section {
 		b.progress("%s", line)
 		return nil
 	})
-	for _, p := range []string{"sidecar", "nginx", "direct"} {
-		var target float64
-		if p == "sidecar" {
-			target = 1
-		}
-		if p != "direct" {
-			s.ratio(p+" proxy CPU per call ÷ haproxy's", colCPU, p, "haproxy", target)
-		}
-		s.ratio(p+" p99 ÷ haproxy's", colP99, p, "haproxy", target)
-	}
+	s.ratio("sidecar proxy CPU per call ÷ haproxy's", colCPU, "sidecar", "haproxy", 1).Top = true
+	s.ratio("nginx proxy CPU per call ÷ haproxy's", colCPU, "nginx", "haproxy", 0).Top = true
+	s.ratio("sidecar p99 ÷ haproxy's", colP99, "sidecar", "haproxy", 1).Top = true
+	s.ratio("nginx p99 ÷ haproxy's", colP99, "nginx", "haproxy", 0)
+	s.ratio("direct p99 ÷ haproxy's", colP99, "direct", "haproxy", 0)
 	s.ratio("sidecar p99 added ÷ haproxy's", colP99Added, "sidecar", "haproxy", 1)
+	s.value("sidecar idle RSS MiB", colRSSIdle, "sidecar", 20).Top = true
 	return s
 }
 
@@ -254,10 +251,11 @@ func (b *Bench) Latency(ctx context.Context, c LatencyConfig) *Section {
 			o.path.Name(), ms(cold.Quantile(0.99)), 100*Share(coldCounts, "pod-slow"), ms(warm.Quantile(0.99)), 100*Share(warmCounts, "pod-slow"))
 		return nil
 	})
-	s.ratio("ballast_peak_ewma warm p99 ÷ round_robin's", colWarmP99, "ballast_peak_ewma", "round_robin", 0.25)
+	s.ratio("ballast_peak_ewma warm p99 ÷ round_robin's", colWarmP99, "ballast_peak_ewma", "round_robin", 0.25).Top = true
 	s.ratio("ballast_peak_ewma cold p99 ÷ round_robin's", colP99, "ballast_peak_ewma", "round_robin", 0.25)
 	s.ratio("ballast_p2c warm p99 ÷ round_robin's", colWarmP99, "ballast_p2c", "round_robin", 0)
-	s.ratio("sidecar warm p99 ÷ round_robin's", colWarmP99, "sidecar", "round_robin", 0.25)
+	s.ratio("proxyless xDS peak_ewma warm p99 ÷ round_robin's", colWarmP99, "proxyless xDS peak_ewma", "round_robin", 0.25)
+	s.ratio("sidecar peak_ewma warm p99 ÷ round_robin's", colWarmP99, "sidecar peak_ewma", "round_robin", 0.25).Top = true
 	return s
 }
 

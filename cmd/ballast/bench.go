@@ -4,6 +4,8 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -16,6 +18,7 @@ func newBenchCmd() *cobra.Command {
 		quick, install, jsonOut bool
 		runs                    int
 		out                     string
+		only                    []string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -30,6 +33,11 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 			if runs < 1 || runs > 100 {
 				return fmt.Errorf("--runs %d: want 1 to 100", runs)
 			}
+			for _, id := range only {
+				if !slices.Contains(bench.ScenarioIDs, id) {
+					return fmt.Errorf("--only %q: want one of %s", id, strings.Join(bench.ScenarioIDs, ", "))
+				}
+			}
 			exe, err := os.Executable()
 			if err != nil {
 				return fmt.Errorf("find the ballast binary to run greeter pods: %w", err)
@@ -37,6 +45,7 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 			b, err := bench.New(bench.Options{
 				Quick:        quick,
 				Runs:         runs,
+				Binary:       exe,
 				Greeter:      bench.BinaryGreeter(exe),
 				InstallPeers: install,
 				Progress:     cmd.ErrOrStderr(),
@@ -46,7 +55,9 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 			}
 			defer b.Close()
 			start := time.Now()
-			report := b.Run(cmd.Context(), bench.DefaultScenarios(quick))
+			scenarios := bench.DefaultScenarios(quick)
+			scenarios.Only = only
+			report := b.Run(cmd.Context(), scenarios)
 			stdout := cmd.OutOrStdout()
 			if jsonOut {
 				enc := json.NewEncoder(stdout)
@@ -72,6 +83,7 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 	cmd.Flags().IntVar(&runs, "runs", 3, "repeat each measurement this many times (min/median/max are reported)")
 	cmd.Flags().StringVar(&out, "out", "docs", "directory for benchmarks.md and the charts; empty to write nothing")
 	cmd.Flags().BoolVar(&install, "install-peers", true, "apt-get install nginx and haproxy when they are missing")
+	cmd.Flags().StringSliceVar(&only, "only", nil, "run only these scenarios: "+strings.Join(bench.ScenarioIDs, ", "))
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the report as JSON instead of tables")
 	return cmd
 }
