@@ -3,6 +3,8 @@ package bench
 import (
 	"cmp"
 	"context"
+	"errors"
+	"fmt"
 	"maps"
 	"slices"
 	"sync"
@@ -46,6 +48,18 @@ func (r LoadResult) Throughput() float64 {
 		return 0
 	}
 	return float64(r.Calls-r.Errors) / r.Elapsed.Seconds()
+}
+
+// failed is an error when no call succeeded: the path does not work, and
+// its numbers would mean nothing.
+func (r LoadResult) failed() error {
+	if r.Calls > 0 && r.Errors < r.Calls {
+		return nil
+	}
+	if r.Calls == 0 {
+		return errors.New("no call was made")
+	}
+	return fmt.Errorf("all %d calls failed; last: %s", r.Calls, r.LastError)
 }
 
 // Quantile is the latency below which the fraction q of successful calls

@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"maps"
 	"math"
@@ -84,6 +85,9 @@ func (b *Bench) Balance(ctx context.Context, c BalanceConfig) *Section {
 		}
 		defer conn.Close()
 		res := Load{Calls: c.Calls, Concurrency: 1, Duration: 2 * time.Minute}.Run(ctx, conn)
+		if err := res.failed(); err != nil {
+			return err
+		}
 		counts := withPods(res.Pods, podNames(pods))
 		o.row.add(colMaxMean, MaxMean(counts))
 		o.row.add(colErrors, float64(res.Errors))
@@ -160,6 +164,9 @@ func (b *Bench) DataPath(ctx context.Context, c DataPathConfig) *Section {
 		peak := sampleRSS(ctx, tree)
 		res := Load{Calls: c.Calls, Concurrency: c.Concurrency, Duration: 2 * time.Minute}.Run(ctx, o.conn)
 		peakRSS := peak()
+		if err := res.failed(); err != nil {
+			return err
+		}
 		o.row.add(colP50, ms(res.Quantile(0.50)))
 		o.row.add(colP99, ms(res.Quantile(0.99)))
 		o.row.add(colP999, ms(res.Quantile(0.999)))
@@ -236,6 +243,9 @@ func (b *Bench) Latency(ctx context.Context, c LatencyConfig) *Section {
 			Load{Calls: math.MaxInt32, Concurrency: c.Concurrency, Duration: c.Settle}.Run(ctx, conn)
 		}
 		warm := load.Run(ctx, conn)
+		if err := errors.Join(cold.failed(), warm.failed()); err != nil {
+			return err
+		}
 		coldCounts := withPods(cold.Pods, podNames(pods))
 		warmCounts := withPods(warm.Pods, podNames(pods))
 		o.row.add(colP50, ms(cold.Quantile(0.50)))

@@ -1,0 +1,50 @@
+package bench
+
+import (
+	"net/netip"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/discovery/files"
+)
+
+// The manifest `ballast control --files` is given describes the pods as
+// the ready endpoints of greeter.bench's grpc port, as the files source
+// reads it.
+func TestServiceManifestLoads(t *testing.T) {
+	pods := []*Pod{
+		{Name: "pod-a", Addr: netip.MustParseAddrPort("127.0.0.20:40001")},
+		{Name: "pod-b", Addr: netip.MustParseAddrPort("127.0.0.21:40002")},
+		{Name: "pod-slow", Addr: netip.MustParseAddrPort("127.0.0.22:40001")},
+	}
+	dir := t.TempDir()
+	if err := os.WriteFile(filepath.Join(dir, "greeter.yaml"), []byte(serviceManifest(pods)), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	reg := discovery.NewRegistry()
+	if err := files.New(dir, reg, files.Options{}).Load(); err != nil {
+		t.Fatalf("load:\n%s\n%v", serviceManifest(pods), err)
+	}
+	svc, ok := reg.Get(discovery.Key{Namespace: benchNamespace, Name: benchService})
+	if !ok {
+		t.Fatalf("no Service %s.%s in the registry after loading:\n%s", benchService, benchNamespace, serviceManifest(pods))
+	}
+	port, err := svc.Port("grpc")
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[netip.AddrPort]string{}
+	for _, e := range port.Ready() {
+		got[e.Address] = e.Pod
+	}
+	for _, p := range pods {
+		if got[p.Addr] != p.Name {
+			t.Errorf("endpoint %s: pod %q, want %q (all: %v)", p.Addr, got[p.Addr], p.Name, got)
+		}
+	}
+	if port.Port != benchPort || len(got) != len(pods) {
+		t.Errorf("port %d with %d ready endpoints, want %d with %d", port.Port, len(got), benchPort, len(pods))
+	}
+}
