@@ -81,9 +81,10 @@ func (b *Bench) progress(format string, args ...any) {
 
 // Scenarios are the sizes of each scenario, quick or full.
 type Scenarios struct {
-	Balance  BalanceConfig
-	DataPath DataPathConfig
-	Latency  LatencyConfig
+	Balance        BalanceConfig
+	DataPath       DataPathConfig
+	DataPathStream DataPathConfig
+	Latency        LatencyConfig
 	// Only, when not empty, names the scenarios to run (by Section ID:
 	// balance, data-path, latency-aware); the others are reported as
 	// skipped.
@@ -91,7 +92,7 @@ type Scenarios struct {
 }
 
 // ScenarioIDs are the IDs Scenarios.Only accepts.
-var ScenarioIDs = []string{"balance", "data-path", "latency-aware"}
+var ScenarioIDs = []string{"balance", "data-path", "data-path-stream", "latency-aware"}
 
 // DefaultScenarios are the scenarios `ballast bench` runs, with every path
 // known to this build.
@@ -123,6 +124,8 @@ func DefaultScenarios(quick bool) Scenarios {
 		s.DataPath.Calls, s.DataPath.Warmup = 20_000, 1000
 		s.Latency.Calls, s.Latency.Settle = 1500, 5*time.Second
 	}
+	s.DataPathStream = s.DataPath
+	s.DataPathStream.Stream = true
 	return s
 }
 
@@ -140,6 +143,7 @@ func (b *Bench) Run(ctx context.Context, sc Scenarios) *Report {
 	r.Sections = append(r.Sections,
 		run("balance", "1. Balance", func() *Section { return b.Balance(ctx, sc.Balance) }),
 		run("data-path", "2. Data-path cost (unary)", func() *Section { return b.DataPath(ctx, sc.DataPath) }),
+		run("data-path-stream", "2b. Data-path cost (streaming)", func() *Section { return b.DataPath(ctx, sc.DataPathStream) }),
 		run("latency-aware", "3. Latency-aware balancing", func() *Section { return b.Latency(ctx, sc.Latency) }),
 		notMeasured("convergence", "4. Convergence",
 			"A new ready pod → time to its first call; a removed pod → time to its last call; Ballast's control plane vs istiod on the same API server.",

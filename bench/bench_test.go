@@ -109,6 +109,19 @@ func TestLoadCountsCallsDirect(t *testing.T) {
 			t.Fatal("latencies not sorted")
 		}
 	}
+
+	// The same on streams: 20 message round trips over 4 streams.
+	res = Load{Calls: 20, Concurrency: 4, Duration: time.Minute, Stream: true}.Run(context.Background(), conn)
+	if res.Calls != 20 || res.Errors != 0 || len(res.Latencies) != 20 {
+		t.Fatalf("stream: calls %d errors %d (%s) latencies %d, want 20, 0, 20", res.Calls, res.Errors, res.LastError, len(res.Latencies))
+	}
+	answered = 0
+	for _, n := range res.Pods {
+		answered += n
+	}
+	if answered != 20 || res.Pods[""] != 0 {
+		t.Errorf("stream: pods answered %v, want 20 calls from named pods", res.Pods)
+	}
 }
 
 // A tiny run of the scenarios fills every row it can and explains every
@@ -129,6 +142,8 @@ func TestScenariosSmoke(t *testing.T) {
 	}
 
 	dp := b.DataPath(ctx, DataPathConfig{Calls: 20, Warmup: 5, Concurrency: 4, Pods: 2, Paths: []Path{Direct()}})
+	wantRows(t, dp, map[string]string{"direct": ""})
+	dp = b.DataPath(ctx, DataPathConfig{Calls: 20, Warmup: 5, Concurrency: 4, Pods: 2, Paths: []Path{Direct()}, Stream: true})
 	wantRows(t, dp, map[string]string{"direct": ""})
 	if got := dp.find("direct").Values[colErrors]; len(got) != 1 || got[0] != 0 {
 		t.Errorf("direct errors %v, want [0]", got)

@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	echopb "google.golang.org/grpc/examples/features/proto/echo"
 	pb "google.golang.org/grpc/examples/helloworld/helloworld"
 
 	"github.com/ballast-dev/ballast/greeter"
@@ -28,6 +29,11 @@ type Load struct {
 	Duration time.Duration
 	// Timeout bounds each call; zero means five seconds.
 	Timeout time.Duration
+	// Stream, when set, makes each worker hold one bidirectional Echo
+	// stream and count every message round trip on it as a call, instead
+	// of making unary calls. A failed stream is counted as one error and
+	// opened again.
+	Stream bool
 }
 
 // LoadResult is what a Load measured.
@@ -83,12 +89,6 @@ func (l Load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) LoadRe
 	defer cancel()
 	timeout := cmp.Or(l.Timeout, 5*time.Second)
 
-	type tally struct {
-		calls, errors int
-		lastErr       error
-		lat           []time.Duration
-		pods          map[string]int
-	}
 	tallies := make([]tally, workers)
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -100,6 +100,10 @@ func (l Load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) LoadRe
 			t := &tallies[w]
 			t.pods = map[string]int{}
 			t.lat = make([]time.Duration, 0, min(l.Calls/workers+1, 1<<16))
+			if l.Stream {
+				l.streamWorker(ctx, conns[w%len(conns)], &next, t.record)
+				return
+			}
 			client := pb.NewGreeterClient(conns[w%len(conns)])
 			req := &pb.HelloRequest{Name: "bench"}
 			for next.Add(1) <= int64(l.Calls) && ctx.Err() == nil {
@@ -111,14 +115,7 @@ func (l Load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) LoadRe
 				if err != nil && ctx.Err() != nil {
 					return // the run's time is up: the call was cut short, not failed
 				}
-				t.calls++
-				if err != nil {
-					t.errors++
-					t.lastErr = err
-					continue
-				}
-				t.lat = append(t.lat, took)
-				t.pods[greeter.PodOf(reply.GetMessage())]++
+				t.record(reply.GetMessage(), took, err)
 			}
 		}()
 	}
@@ -137,6 +134,63 @@ func (l Load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) LoadRe
 	}
 	slices.Sort(r.Latencies)
 	return r
+}
+
+// tally is one worker's count.
+type tally struct {
+	calls, errors int
+	lastErr       error
+	lat           []time.Duration
+	pods          map[string]int
+}
+
+func (t *tally) record(reply string, took time.Duration, err error) {
+	t.calls++
+	if err != nil {
+		t.errors++
+		t.lastErr = err
+		return
+	}
+	t.lat = append(t.lat, took)
+	t.pods[greeter.PodOf(reply)]++
+}
+
+// streamWorker takes call tokens from next and spends each on one message
+// round trip over its stream.
+func (l Load) streamWorker(ctx context.Context, conn grpc.ClientConnInterface, next *atomic.Int64, record func(string, time.Duration, error)) {
+	client := echopb.NewEchoClient(conn)
+	req := &echopb.EchoRequest{Message: "bench"}
+	for ctx.Err() == nil && next.Load() < int64(l.Calls) {
+		streamCtx, cancel := context.WithCancel(ctx)
+		stream, err := client.BidirectionalStreamingEcho(streamCtx)
+		if err != nil {
+			cancel()
+			if ctx.Err() != nil {
+				return
+			}
+			next.Add(1)
+			record("", 0, err)
+			continue
+		}
+		for next.Add(1) <= int64(l.Calls) && ctx.Err() == nil {
+			began := time.Now()
+			err := stream.Send(req)
+			var resp *echopb.EchoResponse
+			if err == nil {
+				resp, err = stream.Recv()
+			}
+			took := time.Since(began)
+			if err != nil && ctx.Err() != nil {
+				break
+			}
+			record(resp.GetMessage(), took, err)
+			if err != nil {
+				break // open a new stream
+			}
+		}
+		stream.CloseSend()
+		cancel()
+	}
 }
 
 // MaxMean is the busiest pod's count over the mean count across pods: 1.0

@@ -30,6 +30,9 @@ type DataPathConfig struct {
 	Calls, Warmup, Concurrency int
 	Pods                       int
 	Paths                      []Path
+	// Stream sends messages on Concurrency long-lived bidirectional
+	// streams instead of unary calls; a "call" is one message round trip.
+	Stream bool
 }
 
 // LatencyConfig sizes scenario 3: two pods answer at once, a third holds
@@ -107,22 +110,27 @@ func (b *Bench) Balance(ctx context.Context, c BalanceConfig) *Section {
 // DataPath is scenario 2: unary calls at fixed concurrency over one
 // connection through each path; what the proxy in between costs.
 func (b *Bench) DataPath(ctx context.Context, c DataPathConfig) *Section {
+	id, title, what, file, unit := "data-path", "2. Data-path cost (unary)", "unary calls", "bench-datapath", "unary call"
+	if c.Stream {
+		id, title, file, unit = "data-path-stream", "2b. Data-path cost (streaming)", "bench-datapath-stream", "stream message round trip"
+		what = "message round trips on bidirectional Echo streams (one stream per concurrent caller, kept open)"
+	}
 	s := &Section{
-		ID:    "data-path",
-		Title: "2. Data-path cost (unary)",
-		Description: fmt.Sprintf("%d unary calls per run (after %d warm-up calls), %d at a time over one client connection, "+
+		ID:    id,
+		Title: title,
+		Description: fmt.Sprintf("%d %s per run (after %d warm-up), %d at a time over one client connection, "+
 			"%d pods. Proxy CPU is utime+stime of the proxy's processes from /proc over the measured calls, per call; "+
 			"RSS idle is VmRSS once the proxy has served its first call, RSS under load the highest VmRSS sampled during the calls. "+
 			"\"p99 added\" is the path's p99 minus direct's in the same run. The client, the pods and the proxy share the machine's cores.",
-			c.Calls, c.Warmup, c.Concurrency, c.Pods),
+			c.Calls, what, c.Warmup, c.Concurrency, c.Pods),
 		Columns: []Column{
 			{colCPU, "proxy CPU µs/call", 1}, {colP50, "p50 ms", 3}, {colP99, "p99 ms", 3}, {colP999, "p99.9 ms", 3},
 			{colP99Added, "p99 added ms", 3}, {colRPS, "calls/s", 0}, {colRSSIdle, "RSS idle MiB", 1},
 			{colRSSLoad, "RSS load MiB", 1}, {colErrors, "errors", 0},
 		},
 		Charts: []Chart{
-			{File: "bench-datapath-cpu.png", Column: colCPU, Title: "Proxy CPU per unary call", YLabel: "µs of proxy CPU per call"},
-			{File: "bench-datapath-p99.png", Column: colP99, Title: "p99 latency, 16 calls in flight", YLabel: "p99 latency (ms)"},
+			{File: file + "-cpu.png", Column: colCPU, Title: "Proxy CPU per " + unit, YLabel: "µs of proxy CPU per call"},
+			{File: file + "-p99.png", Column: colP99, Title: fmt.Sprintf("p99 latency, %d in flight", c.Concurrency), YLabel: "p99 latency (ms)"},
 		},
 	}
 	specs := make([]PodSpec, c.Pods)
@@ -148,7 +156,7 @@ func (b *Bench) DataPath(ctx context.Context, c DataPathConfig) *Section {
 				o.idleRSS = u.RSS
 			}
 		}
-		Load{Calls: c.Warmup, Concurrency: c.Concurrency, Duration: time.Minute}.Run(ctx, o.conn)
+		Load{Calls: c.Warmup, Concurrency: c.Concurrency, Duration: time.Minute, Stream: c.Stream}.Run(ctx, o.conn)
 
 		var tree []int
 		var before Usage
@@ -162,7 +170,7 @@ func (b *Bench) DataPath(ctx context.Context, c DataPathConfig) *Section {
 			}
 		}
 		peak := sampleRSS(ctx, tree)
-		res := Load{Calls: c.Calls, Concurrency: c.Concurrency, Duration: 2 * time.Minute}.Run(ctx, o.conn)
+		res := Load{Calls: c.Calls, Concurrency: c.Concurrency, Duration: 2 * time.Minute, Stream: c.Stream}.Run(ctx, o.conn)
 		peakRSS := peak()
 		if err := res.failed(); err != nil {
 			return err
@@ -178,7 +186,7 @@ func (b *Bench) DataPath(ctx context.Context, c DataPathConfig) *Section {
 		if d, ok := directP99[run]; ok {
 			o.row.add(colP99Added, ms(res.Quantile(0.99))-d)
 		}
-		line := fmt.Sprintf("data-path run %d/%d: %-8s %6d calls, %6.0f calls/s, p99 %.3f ms", run, b.opts.Runs, o.path.Name(),
+		line := fmt.Sprintf("%s run %d/%d: %-8s %6d calls, %6.0f calls/s, p99 %.3f ms", id, run, b.opts.Runs, o.path.Name(),
 			res.Calls, res.Throughput(), ms(res.Quantile(0.99)))
 		if o.route.Proxy != nil {
 			after, err := usageOf(tree)
@@ -198,12 +206,12 @@ func (b *Bench) DataPath(ctx context.Context, c DataPathConfig) *Section {
 		return nil
 	})
 	s.ratio("sidecar proxy CPU per call ÷ haproxy's", colCPU, "sidecar", "haproxy", 1).Top = true
-	s.ratio("nginx proxy CPU per call ÷ haproxy's", colCPU, "nginx", "haproxy", 0).Top = true
-	s.ratio("sidecar p99 ÷ haproxy's", colP99, "sidecar", "haproxy", 1).Top = true
+	s.ratio("nginx proxy CPU per call ÷ haproxy's", colCPU, "nginx", "haproxy", 0).Top = !c.Stream
+	s.ratio("sidecar p99 ÷ haproxy's", colP99, "sidecar", "haproxy", 1).Top = !c.Stream
 	s.ratio("nginx p99 ÷ haproxy's", colP99, "nginx", "haproxy", 0)
 	s.ratio("direct p99 ÷ haproxy's", colP99, "direct", "haproxy", 0)
 	s.ratio("sidecar p99 added ÷ haproxy's", colP99Added, "sidecar", "haproxy", 1)
-	s.value("sidecar idle RSS MiB", colRSSIdle, "sidecar", 20).Top = true
+	s.value("sidecar idle RSS MiB", colRSSIdle, "sidecar", 20).Top = !c.Stream
 	return s
 }
 

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
+	echopb "google.golang.org/grpc/examples/features/proto/echo"
 	pb "google.golang.org/grpc/examples/helloworld/helloworld"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	reflectionpb "google.golang.org/grpc/reflection/grpc_reflection_v1"
@@ -178,5 +179,35 @@ func TestServerDelayHoldsCallsUntilDeadline(t *testing.T) {
 	_, err = pb.NewGreeterClient(conn).SayHello(callCtx, &pb.HelloRequest{Name: "world"})
 	if status.Code(err) != codes.DeadlineExceeded {
 		t.Fatalf("call to a greeter delayed by an hour: err %v, want DeadlineExceeded", err)
+	}
+}
+
+// The echo stream answers every message, in order, with the pod's name.
+func TestServerEchoStream(t *testing.T) {
+	addr, _ := serve(t, "pod-a")
+	conn := dial(t, addr)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	stream, err := echopb.NewEchoClient(conn).BidirectionalStreamingEcho(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, msg := range []string{"one", "two", "three"} {
+		if err := stream.Send(&echopb.EchoRequest{Message: msg}); err != nil {
+			t.Fatal(err)
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if want := Reply("pod-a", msg); resp.GetMessage() != want {
+			t.Errorf("echo of %q = %q, want %q", msg, resp.GetMessage(), want)
+		}
+	}
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != io.EOF {
+		t.Errorf("after CloseSend: %v, want io.EOF", err)
 	}
 }

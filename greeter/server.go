@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	echopb "google.golang.org/grpc/examples/features/proto/echo"
 	pb "google.golang.org/grpc/examples/helloworld/helloworld"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -32,7 +33,9 @@ func PodName() string {
 func Reply(pod, name string) string { return fmt.Sprintf("hostname:%s, in:%s", pod, name) }
 
 // Server is a Greeter that replies with its pod name. It also serves
-// grpc.health.v1 and server reflection, as any operator would expect.
+// grpc.health.v1 and server reflection, as any operator would expect, and
+// grpc.examples.echo.Echo's bidirectional stream (answering each message
+// with the pod's name) for streaming benchmarks.
 type Server struct {
 	pb.UnimplementedGreeterServer
 	// Pod is the name put in every reply.
@@ -72,6 +75,7 @@ func (s *Server) logger() *slog.Logger {
 func (s *Server) Serve(ctx context.Context, lis net.Listener, opts ...grpc.ServerOption) error {
 	gs := grpc.NewServer(opts...)
 	pb.RegisterGreeterServer(gs, s)
+	echopb.RegisterEchoServer(gs, echo{pod: s.Pod})
 	hs := health.NewServer()
 	hs.SetServingStatus("", healthpb.HealthCheckResponse_SERVING)
 	hs.SetServingStatus(pb.Greeter_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
