@@ -188,7 +188,7 @@ func startWorld(ctx context.Context, n int, log *slog.Logger) (_ *world, err err
 	if err := os.WriteFile(filepath.Join(w.dir, "native-tools-2.yaml"), []byte(manifest(clusterIP, w.pods, addrs)), 0o644); err != nil {
 		return nil, err
 	}
-	if err := files.New(w.dir, w.registry, files.Options{Log: log}).Load(); err != nil {
+	if err := files.New(w.dir, w.registry, files.Options{Logger: log}).Load(); err != nil {
 		return nil, fmt.Errorf("load demo manifests: %w", err)
 	}
 
