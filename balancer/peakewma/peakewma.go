@@ -16,7 +16,9 @@ package peakewma
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	rand "math/rand/v2"
@@ -239,7 +241,7 @@ func (c *call) finish(di balancer.DoneInfo) {
 		return // Done called twice; grpc-go does not, but never corrupt a reused tracker
 	}
 	ep := c.ep
-	if di.BytesReceived || (di.Err != nil && status.Code(di.Err) == codes.DeadlineExceeded) {
+	if di.BytesReceived || timedOut(di.Err) {
 		now := ep.now()
 		ep.observe(float64(now-c.start), now)
 	}
@@ -250,6 +252,12 @@ func (c *call) finish(di balancer.DoneInfo) {
 	if childDone != nil {
 		childDone(di)
 	}
+}
+
+// timedOut reports whether a call failed by running out of time: its
+// duration is then a lower bound of the endpoint's latency, worth a sample.
+func timedOut(err error) bool {
+	return err != nil && (status.Code(err) == codes.DeadlineExceeded || errors.Is(err, context.DeadlineExceeded))
 }
 
 // picker is an immutable snapshot of the ready endpoints.

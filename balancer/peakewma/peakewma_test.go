@@ -199,6 +199,7 @@ func TestDoneSamples(t *testing.T) {
 		{name: "answered", info: balancer.DoneInfo{BytesReceived: true}, wantRTT: 5 * ms},
 		{name: "answered with an error", info: balancer.DoneInfo{BytesReceived: true, Err: status.Error(codes.NotFound, "x")}, wantRTT: 5 * ms},
 		{name: "deadline exceeded", info: balancer.DoneInfo{Err: status.Error(codes.DeadlineExceeded, "x")}, wantRTT: 5 * ms},
+		{name: "context deadline", info: balancer.DoneInfo{Err: fmt.Errorf("call: %w", context.DeadlineExceeded)}, wantRTT: 5 * ms},
 		{name: "refused", info: balancer.DoneInfo{Err: status.Error(codes.Unavailable, "connection refused")}, wantRTT: 1 * ms},
 		{name: "cancelled", info: balancer.DoneInfo{Err: context.Canceled}, wantRTT: 1 * ms},
 		{name: "transport not ready, repicked", info: balancer.DoneInfo{}, wantRTT: 1 * ms},
