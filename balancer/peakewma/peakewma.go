@@ -6,12 +6,25 @@
 // flight + 1). A slow endpoint loses traffic quickly and wins it back only as
 // its estimate decays or the fast ones fill up.
 //
-// Like grpc-go's own policies it stands on endpointsharding with a pickfirst
-// child per endpoint (through balancer/internal/readyset). The statistics belong to the balancer and survive picker
-// rebuilds; pickers are immutable snapshots; Pick takes no lock and allocates
-// nothing (each endpoint pools its call trackers, whose Done is bound once).
+// The estimate follows tower: an endpoint starts at DefaultRTT, stamped when
+// it became ready; a sample above the estimate replaces it; a lower one is
+// averaged in with weight 1 - exp(-elapsed/decay), elapsed being the time
+// since the previous sample (so the average is over time, not over calls);
+// between samples the estimate decays toward zero, which brings a shunned
+// endpoint back to be tried. Unlike tower, reading a cost does not write the
+// decay back, so picks only read. Calls answered by the server, and calls
+// that ran out of time, are samples; calls that failed without an answer
+// only leave the in-flight count, lest a broken endpoint look fast.
 //
-// Select it with {"loadBalancingConfig":[{"ballast_peak_ewma":{"decay":"10s","defaultRtt":"30ms"}}]}.
+// Like grpc-go's own policies it stands on endpointsharding with a pickfirst
+// child per endpoint (through balancer/internal/readyset). The statistics
+// belong to the balancer and survive picker rebuilds; pickers are immutable
+// snapshots; Pick takes no lock and allocates nothing (each endpoint pools
+// its call trackers, whose Done is bound once).
+//
+// Select it with
+//
+//	{"loadBalancingConfig":[{"ballast_peak_ewma":{"decay":"10s","defaultRtt":"30ms"}}]}
 package peakewma
 
 import (
