@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"cmp"
 	"context"
 	"encoding/json"
 	"maps"
@@ -32,14 +33,21 @@ import (
 type clientTable struct {
 	s *Server
 
-	mu      sync.Mutex
-	streams map[int64]*clientState
+	mu sync.Mutex
+	// streams are keyed by variant and id: go-control-plane numbers
+	// state-of-the-world and delta streams separately.
+	streams map[streamKey]*clientState
+}
+
+type streamKey struct {
+	mode string
+	id   int64
 }
 
 var _ serverv3.Callbacks = (*clientTable)(nil)
 
 func newClientTable(s *Server) *clientTable {
-	return &clientTable{s: s, streams: map[int64]*clientState{}}
+	return &clientTable{s: s, streams: map[streamKey]*clientState{}}
 }
 
 // clientState is one xDS stream (one client connection to this replica).
@@ -82,22 +90,22 @@ func (t *clientTable) open(ctx context.Context, id int64, mode string) {
 		c.Peer = p.Addr.String()
 	}
 	t.mu.Lock()
-	t.streams[id] = c
+	t.streams[streamKey{mode, id}] = c
 	t.mu.Unlock()
 	t.s.metrics.clients.WithLabelValues(mode).Inc()
 }
 
 func (t *clientTable) close(id int64, mode string) {
 	t.mu.Lock()
-	delete(t.streams, id)
+	delete(t.streams, streamKey{mode, id})
 	t.mu.Unlock()
 	t.s.metrics.clients.WithLabelValues(mode).Dec()
 }
 
 // requestLocked records a client request: its node, its subscription and
 // its answer (ACK or NACK) to the response its nonce names. Callers hold t.mu.
-func (t *clientTable) requestLocked(id int64, node *corev3.Node, typeURL, nonce string, errDetail string, subscribed []string, setSubscribed bool) (*clientState, *typeState) {
-	c := t.streams[id]
+func (t *clientTable) requestLocked(k streamKey, node *corev3.Node, typeURL, nonce string, errDetail string, subscribed []string, setSubscribed bool) (*clientState, *typeState) {
+	c := t.streams[k]
 	if c == nil {
 		return nil, nil
 	}
@@ -181,7 +189,7 @@ func (t *clientTable) OnDeltaStreamClosed(id int64, _ *corev3.Node) { t.close(id
 // error_detail is a NACK of the response its nonce names.
 func (t *clientTable) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 	t.mu.Lock()
-	c, _ := t.requestLocked(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(),
+	c, _ := t.requestLocked(streamKey{"sotw", id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(),
 		req.GetErrorDetail().GetMessage(), req.GetResourceNames(), true)
 	t.mu.Unlock()
 	if c != nil && req.GetErrorDetail() != nil {
@@ -198,7 +206,7 @@ func (t *clientTable) OnStreamResponse(_ context.Context, id int64, req *discove
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	c := t.streams[id]
+	c := t.streams[streamKey{"sotw", id}]
 	if c == nil {
 		return
 	}
@@ -221,7 +229,7 @@ func (t *clientTable) OnStreamResponse(_ context.Context, id int64, req *discove
 // is a NACK of the response its nonce names.
 func (t *clientTable) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
 	t.mu.Lock()
-	c, ts := t.requestLocked(id, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(),
+	c, ts := t.requestLocked(streamKey{"delta", id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(),
 		req.GetErrorDetail().GetMessage(), nil, false)
 	if ts != nil {
 		subs := map[string]bool{}
@@ -255,7 +263,7 @@ func (t *clientTable) OnStreamDeltaResponse(id int64, _ *discoveryv3.DeltaDiscov
 	}
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	if c := t.streams[id]; c != nil {
+	if c := t.streams[streamKey{"delta", id}]; c != nil {
 		t.sentLocked(c, resp.GetTypeUrl(), resp.GetSystemVersionInfo(), resp.GetNonce(), sent, resp.GetRemovedResources(), false)
 	}
 }
@@ -315,7 +323,9 @@ func (t *clientTable) snapshot() []clientState {
 		}
 		out = append(out, cp)
 	}
-	slices.SortFunc(out, func(a, b clientState) int { return int(a.Stream - b.Stream) })
+	slices.SortFunc(out, func(a, b clientState) int {
+		return cmp.Or(cmp.Compare(a.Mode, b.Mode), cmp.Compare(a.Stream, b.Stream))
+	})
 	return out
 }
 
