@@ -43,9 +43,13 @@ type plane struct {
 	metrics *prometheus.Registry
 	addr    string // xDS gRPC address
 	http    string // health/metrics/debug base URL
+	stop    func() // stops the plane; also run at cleanup
 }
 
-func startPlane(t *testing.T) *plane {
+func startPlane(t *testing.T) *plane { return startPlaneAt(t, "127.0.0.1:0") }
+
+// startPlaneAt serves a new control plane on addr, a loopback address.
+func startPlaneAt(t *testing.T, addr string) *plane {
 	t.Helper()
 	p := &plane{reg: discovery.NewRegistry(), metrics: prometheus.NewRegistry()}
 	var err error
@@ -64,8 +68,10 @@ func startPlane(t *testing.T) *plane {
 		defer wg.Done()
 		p.srv.Run(ctx)
 	}()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	lis, err := net.Listen("tcp", addr)
 	if err != nil {
+		cancel()
+		wg.Wait()
 		t.Fatal(err)
 	}
 	gs := grpc.NewServer()
@@ -76,12 +82,16 @@ func startPlane(t *testing.T) *plane {
 		gs.Serve(lis)
 	}()
 	hs := httptest.NewServer(p.srv.Handler())
-	t.Cleanup(func() {
-		hs.Close()
-		gs.Stop()
-		cancel()
-		wg.Wait()
-	})
+	var once sync.Once
+	p.stop = func() {
+		once.Do(func() {
+			hs.Close()
+			gs.Stop()
+			cancel()
+			wg.Wait()
+		})
+	}
+	t.Cleanup(p.stop)
 	p.addr, p.http = lis.Addr().String(), hs.URL
 	eventually(t, "the server is ready", func() bool { return p.srv.Ready() })
 	return p
@@ -233,43 +243,13 @@ func TestProxylessGRPC(t *testing.T) {
 	})
 
 	t.Run("remove a pod under load", func(t *testing.T) {
-		ctx, cancel := context.WithCancel(context.Background())
-		var (
-			wg       sync.WaitGroup
-			failures atomic.Int64
-			lastErr  atomic.Value
-			calls    atomic.Int64
-			streak   atomic.Int64 // calls in a row not answered by greeter-0
-		)
-		for range 4 {
-			wg.Add(1)
-			go func() {
-				defer wg.Done()
-				for i := 0; i < 20000 && ctx.Err() == nil; i++ {
-					pod, err := call(ctx, conn)
-					calls.Add(1)
-					switch {
-					case err != nil && ctx.Err() == nil:
-						failures.Add(1)
-						lastErr.Store(err)
-					case pod == "greeter-0":
-						streak.Store(0)
-					default:
-						streak.Add(1)
-					}
-				}
-			}()
-		}
-		eventually(t, "load is running", func() bool { return calls.Load() > 100 })
+		l := startLoad(conn)
+		eventually(t, "load is running", func() bool { return l.calls.Load() > 100 })
 		p.reg.Set(greeterService(addrs[1:], nil))
 		// greeter-0 keeps serving (as a terminating pod would): the client
 		// must stop picking it without failing a call.
-		eventually(t, "greeter-0 stops receiving calls", func() bool { return streak.Load() > 300 })
-		cancel()
-		wg.Wait()
-		if n := failures.Load(); n > 0 {
-			t.Fatalf("%d calls failed while a pod was removed; last: %v", n, lastErr.Load())
-		}
+		eventually(t, "greeter-0 stops receiving calls", func() bool { return l.callsSince("greeter-0") > 300 })
+		l.stop(t)
 	})
 
 	t.Run("NACK keeps the last good config", func(t *testing.T) {
@@ -315,6 +295,91 @@ func TestProxylessGRPC(t *testing.T) {
 		})
 		callUntil(t, conn, "greeter-1", "greeter-2", "greeter-3", "greeter-4")
 	})
+}
+
+// TestControlPlaneRestart replaces a client's control plane, under load,
+// with a new one at the same address: no call fails while it is gone (the
+// client keeps its config), and the client then follows the new plane.
+func TestControlPlaneRestart(t *testing.T) {
+	p1 := startPlane(t)
+	addrs := greeters(t, 4)
+	p1.reg.Set(greeterService(addrs[:3], nil))
+	conn := dialXDS(t, p1, "xds:///greeter.default:50051")
+	callUntil(t, conn, "greeter-0", "greeter-1", "greeter-2")
+
+	l := startLoad(conn)
+	eventually(t, "load is running", func() bool { return l.calls.Load() > 100 })
+	p1.stop()
+	before := l.calls.Load()
+	eventually(t, "calls go on without a control plane", func() bool { return l.calls.Load() > before+300 })
+	p2 := startPlaneAt(t, p1.addr)
+	p2.reg.Set(greeterService(addrs, nil))
+	eventually(t, "greeter-3, known only to the new plane, receives calls", func() bool { return l.count("greeter-3") > 0 })
+	l.stop(t)
+}
+
+// load makes calls on a few goroutines until stopped, and records which
+// pod answered and how many calls failed.
+type load struct {
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	calls    atomic.Int64
+	failures atomic.Int64
+	lastErr  atomic.Value
+
+	mu       sync.Mutex
+	counts   map[string]int
+	lastCall map[string]int64 // call number of each pod's last answer
+}
+
+func startLoad(conn *grpc.ClientConn) *load {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &load{cancel: cancel, counts: map[string]int{}, lastCall: map[string]int64{}}
+	for range 4 {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for i := 0; i < 50000 && ctx.Err() == nil; i++ {
+				pod, err := call(ctx, conn)
+				n := l.calls.Add(1)
+				if err != nil {
+					if ctx.Err() == nil {
+						l.failures.Add(1)
+						l.lastErr.Store(err)
+					}
+					continue
+				}
+				l.mu.Lock()
+				l.counts[pod]++
+				l.lastCall[pod] = n
+				l.mu.Unlock()
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) count(pod string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.counts[pod]
+}
+
+// callsSince is how many calls were made since pod last answered one.
+func (l *load) callsSince(pod string) int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.calls.Load() - l.lastCall[pod]
+}
+
+// stop ends the load and fails the test if any call failed.
+func (l *load) stop(t *testing.T) {
+	t.Helper()
+	l.cancel()
+	l.wg.Wait()
+	if n := l.failures.Load(); n > 0 {
+		t.Fatalf("%d of %d calls failed; last: %v", n, l.calls.Load(), l.lastErr.Load())
+	}
 }
 
 // TestPeakEWMAFallsBack checks that a client without Ballast's peak-EWMA
