@@ -39,6 +39,8 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(
 		newGreeterCmd(),
 		newDemoCmd(),
+		newControlCmd(),
+		newBootstrapCmd(),
 	)
 	return root
 }
