@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"net/netip"
 	"slices"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
@@ -21,6 +22,14 @@ import (
 // ignored.
 func Build(svc *corev1.Service, endpointSlices []*discoveryv1.EndpointSlice) *Service {
 	out := &Service{Key: Key{Namespace: svc.Namespace, Name: svc.Name}}
+	for k, v := range svc.Annotations {
+		if strings.HasPrefix(k, AnnotationPrefix) {
+			if out.Annotations == nil {
+				out.Annotations = map[string]string{}
+			}
+			out.Annotations[k] = v
+		}
+	}
 	for _, ip := range svc.Spec.ClusterIPs {
 		if a, err := netip.ParseAddr(ip); err == nil {
 			out.ClusterIPs = append(out.ClusterIPs, a)

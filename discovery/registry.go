@@ -7,6 +7,7 @@ package discovery
 
 import (
 	"fmt"
+	"maps"
 	"net/netip"
 	"slices"
 	"strings"
@@ -29,7 +30,14 @@ type Service struct {
 	ClusterIPs []netip.Addr
 	// Ports are sorted by port number.
 	Ports []Port
+	// Annotations holds the Service's annotations under the ballast.dev/
+	// prefix (e.g. ballast.dev/lb-policy), the only ones consumers read, so
+	// unrelated annotation churn never reaches them. Nil when there are none.
+	Annotations map[string]string
 }
+
+// AnnotationPrefix marks the Service annotations the registry keeps.
+const AnnotationPrefix = "ballast.dev/"
 
 // Port is one port of a Service and the endpoints that serve it.
 type Port struct {
@@ -231,7 +239,7 @@ func compareKeys(a, b Key) int {
 }
 
 func equalService(a, b *Service) bool {
-	return a.Key == b.Key && slices.Equal(a.ClusterIPs, b.ClusterIPs) &&
+	return a.Key == b.Key && slices.Equal(a.ClusterIPs, b.ClusterIPs) && maps.Equal(a.Annotations, b.Annotations) &&
 		slices.EqualFunc(a.Ports, b.Ports, func(x, y Port) bool {
 			return x.Name == y.Name && x.Port == y.Port && x.Protocol == y.Protocol && slices.Equal(x.Endpoints, y.Endpoints)
 		})

@@ -10,6 +10,7 @@ import (
 	"google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/connectivity"
 
+	"github.com/ballast-dev/ballast/balancer/internal/readyset"
 	"github.com/ballast-dev/ballast/internal/balancertest"
 )
 
@@ -34,36 +35,6 @@ func TestParseConfig(t *testing.T) {
 	}
 }
 
-// word returns a random number that pair maps to (a, b) among n.
-func word(a, b, n uint64) uint64 {
-	lo := (a<<32 + n - 1) / n
-	if b > a {
-		b--
-	}
-	hi := (b<<32 + n - 2) / (n - 1)
-	return hi<<32 | lo
-}
-
-func TestPairCoversEveryOrderedPair(t *testing.T) {
-	for n := uint64(2); n <= 9; n++ {
-		for a := range n {
-			for b := range n {
-				if a == b {
-					continue
-				}
-				if ga, gb := pair(word(a, b, n), n); ga != a || gb != b {
-					t.Fatalf("n=%d: pair(word(%d,%d)) = (%d,%d)", n, a, b, ga, gb)
-				}
-			}
-		}
-		for range 10000 {
-			if a, b := pair(rand.Uint64(), n); a == b || a >= n || b >= n {
-				t.Fatalf("n=%d: pair gave (%d,%d)", n, a, b)
-			}
-		}
-	}
-}
-
 type fakeSubConn struct {
 	balancer.SubConn
 	id int
@@ -76,11 +47,11 @@ func (f fakeChild) Pick(balancer.PickInfo) (balancer.PickResult, error) { return
 // testPicker builds a picker over endpoints with the given calls in flight,
 // in the given order; the SubConn of endpoint i has id ids[i].
 func testPicker(loads []int64, ids []int, rnd func() uint64) *picker {
-	choices := make([]choice, len(loads))
+	choices := make([]readyset.Choice[*endpoint], len(loads))
 	for i, l := range loads {
 		ep := newEndpoint()
 		ep.inFlight.Store(l)
-		choices[i] = choice{picker: fakeChild{balancer.PickResult{SubConn: &fakeSubConn{id: ids[i]}}}, ep: ep}
+		choices[i] = readyset.Choice[*endpoint]{Picker: fakeChild{balancer.PickResult{SubConn: &fakeSubConn{id: ids[i]}}}, Stats: ep}
 	}
 	return &picker{choices: choices, rand: rnd}
 }
@@ -128,7 +99,7 @@ func TestChooseOverEveryPairAndOrdering(t *testing.T) {
 						if a == b {
 							continue
 						}
-						w := word(uint64(a), uint64(b), uint64(n))
+						w := readyset.Draw(uint64(a), uint64(b), uint64(n))
 						p := testPicker(loads, order, func() uint64 { return w })
 						res, err := p.Pick(balancer.PickInfo{})
 						if err != nil {
@@ -148,11 +119,11 @@ func TestChooseOverEveryPairAndOrdering(t *testing.T) {
 func TestPickCountsUntilDone(t *testing.T) {
 	var childDone int
 	p := testPicker([]int64{0}, []int{0}, rand.Uint64)
-	p.choices[0].picker = fakeChild{balancer.PickResult{
+	p.choices[0].Picker = fakeChild{balancer.PickResult{
 		SubConn: &fakeSubConn{},
 		Done:    func(balancer.DoneInfo) { childDone++ },
 	}}
-	ep := p.choices[0].ep
+	ep := p.choices[0].Stats
 	var dones []func(balancer.DoneInfo)
 	for range 3 {
 		res, err := p.Pick(balancer.PickInfo{})
@@ -197,7 +168,7 @@ func TestSpreadWithRealRandom(t *testing.T) {
 		}
 		lo, hi := int64(picks), int64(0)
 		for _, c := range p.choices {
-			lo, hi = min(lo, c.ep.inFlight.Load()), max(hi, c.ep.inFlight.Load())
+			lo, hi = min(lo, c.Stats.inFlight.Load()), max(hi, c.Stats.inFlight.Load())
 		}
 		// Two choices keep the gap to O(log log n); 3 leaves a wide margin.
 		if hi-lo > 3 {
@@ -227,15 +198,15 @@ func TestCountsSurvivePickerRebuild(t *testing.T) {
 	}
 	loads := map[string]int64{}
 	for _, c := range second.choices {
-		r, _ := c.picker.Pick(balancer.PickInfo{})
-		loads[r.SubConn.(*balancertest.SubConn).Addr] = c.ep.inFlight.Load()
+		r, _ := c.Picker.Pick(balancer.PickInfo{})
+		loads[r.SubConn.(*balancertest.SubConn).Addr] = c.Stats.inFlight.Load()
 	}
 	if loads[held] != 1 {
 		t.Fatalf("in flight by endpoint after rebuild %v; want 1 on %s", loads, held)
 	}
 	res.Done(balancer.DoneInfo{})
 	for _, c := range second.choices {
-		if c.ep.inFlight.Load() != 0 {
+		if c.Stats.inFlight.Load() != 0 {
 			t.Fatalf("Done through the old picker did not reach the new one's counts")
 		}
 	}

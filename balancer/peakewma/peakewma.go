@@ -6,17 +6,32 @@
 // flight + 1). A slow endpoint loses traffic quickly and wins it back only as
 // its estimate decays or the fast ones fill up.
 //
-// Like grpc-go's own policies it stands on endpointsharding with a pickfirst
-// child per endpoint. The statistics belong to the balancer and survive picker
-// rebuilds; pickers are immutable snapshots; Pick takes no lock and allocates
-// nothing (each endpoint pools its call trackers, whose Done is bound once).
+// The estimate follows tower: an endpoint starts at DefaultRTT, stamped when
+// it became ready; a sample above the estimate replaces it; a lower one is
+// averaged in with weight 1 - exp(-elapsed/decay), elapsed being the time
+// since the previous sample (so the average is over time, not over calls);
+// between samples the estimate decays toward zero, which brings a shunned
+// endpoint back to be tried. Unlike tower, reading a cost does not write the
+// decay back, so picks only read. Calls answered by the server, and calls
+// that ran out of time, are samples; calls that failed without an answer
+// only leave the in-flight count, lest a broken endpoint look fast.
 //
-// Select it with {"loadBalancingConfig":[{"ballast_peak_ewma":{"decay":"10s","defaultRtt":"30ms"}}]}.
+// Like grpc-go's own policies it stands on endpointsharding with a pickfirst
+// child per endpoint (through balancer/internal/readyset). The statistics
+// belong to the balancer and survive picker rebuilds; pickers are immutable
+// snapshots; Pick takes no lock and allocates nothing (each endpoint pools
+// its call trackers, whose Done is bound once).
+//
+// Select it with
+//
+//	{"loadBalancingConfig":[{"ballast_peak_ewma":{"decay":"10s","defaultRtt":"30ms"}}]}
 package peakewma
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"math"
 	rand "math/rand/v2"
@@ -25,14 +40,11 @@ import (
 	"time"
 
 	"google.golang.org/grpc/balancer"
-	"google.golang.org/grpc/balancer/base"
-	"google.golang.org/grpc/balancer/endpointsharding"
-	"google.golang.org/grpc/balancer/pickfirst"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/connectivity"
-	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
 	"google.golang.org/grpc/status"
+
+	"github.com/ballast-dev/ballast/balancer/internal/readyset"
 )
 
 // Name is the policy's name in a gRPC service config.
@@ -118,102 +130,42 @@ func parseConfig(js []byte) (*Config, error) {
 }
 
 func (builder) Build(cc balancer.ClientConn, opts balancer.BuildOptions) balancer.Balancer {
-	b := &ewmaBalancer{
-		ClientConn: cc,
-		now:        nanotime,
-		endpoints:  resolver.NewEndpointMap[*endpoint](),
-	}
+	b := &ewmaBalancer{now: nanotime}
 	b.decay.Store(int64(DefaultDecay))
-	b.defaultRTT = DefaultDefaultRTT
-	b.child = endpointsharding.NewBalancer(b, opts, balancer.Get(pickfirst.Name).Build, endpointsharding.Options{})
+	b.defaultRTT.Store(int64(DefaultDefaultRTT))
+	b.Balancer = readyset.New(cc, opts, readyset.Options[*endpoint]{
+		NewStats: func() *endpoint {
+			return newEndpoint(b.now, &b.decay, time.Duration(b.defaultRTT.Load()))
+		},
+		NewPicker: func(choices []readyset.Choice[*endpoint]) balancer.Picker {
+			return &picker{choices: choices, rand: randUint64, now: b.now}
+		},
+	})
 	return b
 }
 
-// ewmaBalancer embeds the ClientConn to intercept the child's UpdateState and
-// replace its round-robin picker with a peak-EWMA one.
+// ewmaBalancer is the shared machinery plus the config its statistics read.
 type ewmaBalancer struct {
-	balancer.ClientConn
-	child balancer.Balancer
-	now   func() int64
-	// decay is the current Config.Decay in nanoseconds, read by every
-	// endpoint's statistics on each sample and pick.
+	*readyset.Balancer[*endpoint]
+	now func() int64
+	// decay is Config.Decay in nanoseconds, read by every endpoint's
+	// statistics on each sample and pick, so a new config applies at once.
 	decay atomic.Int64
-
-	mu         sync.Mutex
-	defaultRTT time.Duration
-	endpoints  *resolver.EndpointMap[*endpoint]
-	// resolverErr is the last resolver error since the last good update; it
-	// is what a call fails with when there are no endpoints at all.
-	resolverErr error
+	// defaultRTT is Config.DefaultRTT in nanoseconds, for endpoints that
+	// become ready from now on.
+	defaultRTT atomic.Int64
 }
 
 func (b *ewmaBalancer) UpdateClientConnState(ccs balancer.ClientConnState) error {
-	cfg, ok := ccs.BalancerConfig.(*Config)
-	if !ok && ccs.BalancerConfig != nil {
-		return fmt.Errorf("%s: config of type %T, want *peakewma.Config: %w", Name, ccs.BalancerConfig, balancer.ErrBadResolverState)
-	}
-	b.mu.Lock()
-	b.resolverErr = nil
-	if cfg != nil {
-		b.decay.Store(int64(cfg.Decay))
-		b.defaultRTT = cfg.DefaultRTT
-	}
-	b.mu.Unlock()
-	return b.child.UpdateClientConnState(balancer.ClientConnState{
-		ResolverState: pickfirst.EnableHealthListener(ccs.ResolverState),
-	})
-}
-
-func (b *ewmaBalancer) ResolverError(err error) {
-	b.mu.Lock()
-	b.resolverErr = err
-	b.mu.Unlock()
-	b.child.ResolverError(err) // updates the picker inline
-}
-
-func (b *ewmaBalancer) UpdateSubConnState(balancer.SubConn, balancer.SubConnState) {}
-
-func (b *ewmaBalancer) ExitIdle() { b.child.ExitIdle() }
-
-func (b *ewmaBalancer) Close() { b.child.Close() }
-
-// UpdateState receives endpointsharding's aggregate state and publishes a
-// picker over the ready endpoints.
-func (b *ewmaBalancer) UpdateState(state balancer.State) {
-	children := endpointsharding.ChildStatesFromPicker(state.Picker)
-	var ready []endpointsharding.ChildState
-	for _, c := range children {
-		if c.State.ConnectivityState == connectivity.Ready {
-			ready = append(ready, c)
-		}
-	}
-
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	if len(ready) == 0 {
-		// See p2c: without children, say why with the resolver's error.
-		if len(children) == 0 && b.resolverErr != nil {
-			state.Picker = base.NewErrPicker(fmt.Errorf("name resolver error: %w", b.resolverErr))
-		}
-		b.ClientConn.UpdateState(state)
-		return
-	}
-
-	keep := resolver.NewEndpointMap[*endpoint]()
-	choices := make([]choice, 0, len(ready))
-	for _, c := range ready {
-		ep, ok := b.endpoints.Get(c.Endpoint)
+	if ccs.BalancerConfig != nil {
+		cfg, ok := ccs.BalancerConfig.(*Config)
 		if !ok {
-			ep = newEndpoint(b.now, &b.decay, b.defaultRTT)
+			return fmt.Errorf("%s: config of type %T, want *peakewma.Config: %w", Name, ccs.BalancerConfig, balancer.ErrBadResolverState)
 		}
-		keep.Set(c.Endpoint, ep)
-		choices = append(choices, choice{picker: c.State.Picker, ep: ep})
+		b.decay.Store(int64(cfg.Decay))
+		b.defaultRTT.Store(int64(cfg.DefaultRTT))
 	}
-	b.endpoints = keep
-	b.ClientConn.UpdateState(balancer.State{
-		ConnectivityState: connectivity.Ready,
-		Picker:            &picker{choices: choices, rand: randUint64, now: b.now},
-	})
+	return b.Balancer.UpdateClientConnState(ccs)
 }
 
 // endpoint is the balancer's statistics for one endpoint. Samples update the
@@ -302,7 +254,7 @@ func (c *call) finish(di balancer.DoneInfo) {
 		return // Done called twice; grpc-go does not, but never corrupt a reused tracker
 	}
 	ep := c.ep
-	if di.BytesReceived || (di.Err != nil && status.Code(di.Err) == codes.DeadlineExceeded) {
+	if di.BytesReceived || timedOut(di.Err) {
 		now := ep.now()
 		ep.observe(float64(now-c.start), now)
 	}
@@ -315,15 +267,15 @@ func (c *call) finish(di balancer.DoneInfo) {
 	}
 }
 
-// choice is one ready endpoint as a picker sees it.
-type choice struct {
-	picker balancer.Picker // the endpoint's pickfirst child
-	ep     *endpoint
+// timedOut reports whether a call failed by running out of time: its
+// duration is then a lower bound of the endpoint's latency, worth a sample.
+func timedOut(err error) bool {
+	return err != nil && (status.Code(err) == codes.DeadlineExceeded || errors.Is(err, context.DeadlineExceeded))
 }
 
 // picker is an immutable snapshot of the ready endpoints.
 type picker struct {
-	choices []choice
+	choices []readyset.Choice[*endpoint]
 	rand    func() uint64
 	now     func() int64
 }
@@ -331,11 +283,11 @@ type picker struct {
 func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	now := p.now()
 	ch := p.choose(now)
-	res, err := ch.picker.Pick(info)
+	res, err := ch.Picker.Pick(info)
 	if err != nil {
 		return res, err
 	}
-	ep := ch.ep
+	ep := ch.Stats
 	c := ep.calls.Get().(*call)
 	c.start = now
 	c.childDone = res.Done // nil from pickfirst today
@@ -345,17 +297,16 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	return res, nil
 }
 
-// choose draws two distinct endpoints with one random number and returns the
-// cheaper. The draw is an ordered pair, so returning the first on a tie
-// breaks ties uniformly at random.
-func (p *picker) choose(now int64) *choice {
+// choose draws two distinct endpoints and returns the cheaper; on a tie,
+// the first of the (random, ordered) pair.
+func (p *picker) choose(now int64) *readyset.Choice[*endpoint] {
 	n := uint64(len(p.choices))
 	if n == 1 {
 		return &p.choices[0]
 	}
-	a, b := pair(p.rand(), n)
+	a, b := readyset.Pair(p.rand(), n)
 	ca, cb := &p.choices[a], &p.choices[b]
-	if cheaper(cb.ep, ca.ep, now) {
+	if cheaper(cb.Stats, ca.Stats, now) {
 		return cb
 	}
 	return ca
@@ -375,15 +326,4 @@ func cheaper(x, y *endpoint, now int64) bool {
 		return cx*math.Exp((ageY-ageX)/tau) < cy
 	}
 	return cx < cy*math.Exp((ageX-ageY)/tau)
-}
-
-// pair maps r to two distinct indexes below n (n >= 2), uniformly up to a
-// bias of n/2^32, by multiplying each 32-bit half into range.
-func pair(r, n uint64) (a, b uint64) {
-	a = ((r & 0xffffffff) * n) >> 32
-	b = ((r >> 32) * (n - 1)) >> 32
-	if b >= a {
-		b++
-	}
-	return a, b
 }

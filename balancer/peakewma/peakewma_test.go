@@ -16,6 +16,7 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/status"
 
+	"github.com/ballast-dev/ballast/balancer/internal/readyset"
 	"github.com/ballast-dev/ballast/internal/balancertest"
 )
 
@@ -130,16 +131,6 @@ type fakeChild struct{ res balancer.PickResult }
 
 func (f fakeChild) Pick(balancer.PickInfo) (balancer.PickResult, error) { return f.res, nil }
 
-// word returns a random number that pair maps to (a, b) among n.
-func word(a, b, n uint64) uint64 {
-	lo := (a<<32 + n - 1) / n
-	if b > a {
-		b--
-	}
-	hi := (b<<32 + n - 2) / (n - 1)
-	return hi<<32 | lo
-}
-
 type stat struct {
 	rtt      time.Duration
 	inFlight int64
@@ -152,7 +143,7 @@ func testPicker(c *clock, stats []stat, order []int, rnd func() uint64) *picker 
 	for _, id := range order {
 		ep := newEndpoint(c.now, &d, stats[id].rtt)
 		ep.inFlight.Store(stats[id].inFlight)
-		p.choices = append(p.choices, choice{picker: fakeChild{balancer.PickResult{SubConn: &fakeSubConn{id: id}}}, ep: ep})
+		p.choices = append(p.choices, readyset.Choice[*endpoint]{Picker: fakeChild{balancer.PickResult{SubConn: &fakeSubConn{id: id}}}, Stats: ep})
 	}
 	return p
 }
@@ -181,7 +172,7 @@ func TestChooseCheaper(t *testing.T) {
 						if a == b {
 							continue
 						}
-						w := word(a, b, 3)
+						w := readyset.Draw(a, b, 3)
 						p := testPicker(&c, tc.stats, order, func() uint64 { return w })
 						res, err := p.Pick(balancer.PickInfo{})
 						if err != nil {
@@ -208,6 +199,7 @@ func TestDoneSamples(t *testing.T) {
 		{name: "answered", info: balancer.DoneInfo{BytesReceived: true}, wantRTT: 5 * ms},
 		{name: "answered with an error", info: balancer.DoneInfo{BytesReceived: true, Err: status.Error(codes.NotFound, "x")}, wantRTT: 5 * ms},
 		{name: "deadline exceeded", info: balancer.DoneInfo{Err: status.Error(codes.DeadlineExceeded, "x")}, wantRTT: 5 * ms},
+		{name: "context deadline", info: balancer.DoneInfo{Err: fmt.Errorf("call: %w", context.DeadlineExceeded)}, wantRTT: 5 * ms},
 		{name: "refused", info: balancer.DoneInfo{Err: status.Error(codes.Unavailable, "connection refused")}, wantRTT: 1 * ms},
 		{name: "cancelled", info: balancer.DoneInfo{Err: context.Canceled}, wantRTT: 1 * ms},
 		{name: "transport not ready, repicked", info: balancer.DoneInfo{}, wantRTT: 1 * ms},
@@ -216,8 +208,8 @@ func TestDoneSamples(t *testing.T) {
 			var c clock
 			var childDone int
 			p := testPicker(&c, []stat{{time.Millisecond, 0}}, []int{0}, nil)
-			p.choices[0].picker = fakeChild{balancer.PickResult{SubConn: &fakeSubConn{}, Done: func(balancer.DoneInfo) { childDone++ }}}
-			ep := p.choices[0].ep
+			p.choices[0].Picker = fakeChild{balancer.PickResult{SubConn: &fakeSubConn{}, Done: func(balancer.DoneInfo) { childDone++ }}}
+			ep := p.choices[0].Stats
 			res, err := p.Pick(balancer.PickInfo{})
 			if err != nil {
 				t.Fatal(err)
@@ -261,12 +253,12 @@ func TestStatisticsSurvivePickerRebuild(t *testing.T) {
 		t.Fatalf("picker after adding an endpoint has %d choices; want a new picker with 3", len(second.choices))
 	}
 	for _, c := range second.choices {
-		r, _ := c.picker.Pick(balancer.PickInfo{})
+		r, _ := c.Picker.Pick(balancer.PickInfo{})
 		want := int64(0)
 		if r.SubConn.(*balancertest.SubConn).Addr == held {
 			want = 1
 		}
-		if got := c.ep.inFlight.Load(); got != want {
+		if got := c.Stats.inFlight.Load(); got != want {
 			t.Fatalf("%s: in flight %d after rebuild, want %d", r.SubConn.(*balancertest.SubConn).Addr, got, want)
 		}
 	}

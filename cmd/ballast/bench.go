@@ -1,6 +1,7 @@
 package main
 
 import (
+	"cmp"
 	"encoding/json"
 	"fmt"
 	"os"
@@ -19,6 +20,7 @@ func newBenchCmd() *cobra.Command {
 		runs                    int
 		out                     string
 		only                    []string
+		modesBinary             string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -45,7 +47,7 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 			b, err := bench.New(bench.Options{
 				Quick:        quick,
 				Runs:         runs,
-				Binary:       exe,
+				Binary:       cmp.Or(modesBinary, exe),
 				Greeter:      bench.BinaryGreeter(exe),
 				InstallPeers: install,
 				Progress:     cmd.ErrOrStderr(),
@@ -84,6 +86,8 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 	cmd.Flags().StringVar(&out, "out", "docs", "directory for benchmarks.md and the charts; empty to write nothing")
 	cmd.Flags().BoolVar(&install, "install-peers", true, "apt-get install nginx and haproxy when they are missing")
 	cmd.Flags().StringSliceVar(&only, "only", nil, "run only these scenarios: "+strings.Join(bench.ScenarioIDs, ", "))
+	cmd.Flags().StringVar(&modesBinary, "modes-binary", "", "ballast binary to run `control` and `proxy` from (default: this one)")
+	cmd.Flags().MarkHidden("modes-binary")
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the report as JSON instead of tables")
 	return cmd
 }

@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -72,54 +73,12 @@ func newNamespace(t *testing.T) string {
 	return ns.Name
 }
 
-// watchFailures counts the source's logged watch failures per resource.
-type watchFailures struct {
-	mu    sync.Mutex
-	count map[string]int
-}
-
-func (w *watchFailures) get(resource string) int {
-	w.mu.Lock()
-	defer w.mu.Unlock()
-	return w.count[resource]
-}
-
-// testLogger writes warnings and errors to the test's output and counts
-// the source's watch failures.
-type testLogger struct {
-	slog.Handler
-	failures *watchFailures
-}
-
-func (h testLogger) Handle(ctx context.Context, r slog.Record) error {
-	if r.Message == "watch failed; keeping the last known state" {
-		r.Attrs(func(a slog.Attr) bool {
-			if a.Key == "resource" {
-				h.failures.mu.Lock()
-				h.failures.count[a.Value.String()]++
-				h.failures.mu.Unlock()
-			}
-			return true
-		})
-	}
-	return h.Handler.Handle(ctx, r)
-}
-
-func (h testLogger) WithAttrs(as []slog.Attr) slog.Handler {
-	return testLogger{h.Handler.WithAttrs(as), h.failures}
-}
-
-func (h testLogger) WithGroup(name string) slog.Handler {
-	return testLogger{h.Handler.WithGroup(name), h.failures}
-}
-
 // run starts a Source on client for namespace ns and stops it, checking that
 // it returns and leaves no goroutine behind, when the test ends.
-func run(t *testing.T, client kubernetes.Interface, ns string) (*discovery.Registry, *kube.Source, *watchFailures) {
+func run(t *testing.T, client kubernetes.Interface, ns string) (*discovery.Registry, *kube.Source) {
 	t.Helper()
 	ignore := goleak.IgnoreCurrent()
-	failures := &watchFailures{count: map[string]int{}}
-	log := slog.New(testLogger{slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}), failures})
+	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	reg := discovery.NewRegistry()
 	src := kube.New(client, reg, kube.Options{Namespace: ns, Logger: log})
 	ctx, cancel := context.WithCancel(context.Background())
@@ -141,9 +100,12 @@ func run(t *testing.T, client kubernetes.Interface, ns string) (*discovery.Regis
 			goleak.IgnoreTopFunction("net/http.(*persistConn).writeLoop"),
 			goleak.IgnoreAnyFunction("golang.org/x/net/http2.(*ClientConn).readLoop"),
 			goleak.IgnoreAnyFunction("net/http.(*http2ClientConn).readLoop"),
+			// The test's proxy stops in its own cleanup, after this one.
+			goleak.IgnoreAnyFunction("github.com/ballast-dev/ballast/discovery/kube_test.(*cuttableProxy).serve"),
+			goleak.IgnoreAnyFunction("github.com/ballast-dev/ballast/discovery/kube_test.(*cuttableProxy).pipe"),
 		)
 	})
-	return reg, src, failures
+	return reg, src
 }
 
 // await waits until check passes, re-checking whenever the registry changes.
@@ -272,7 +234,7 @@ func greeterSnapshot(ns string, grpc map[string]conds, pods map[string]string) *
 // and checks that the registry converges to the right snapshot after each.
 func TestServiceLifecycle(t *testing.T) {
 	ns := newNamespace(t)
-	reg, _, _ := run(t, env.Client, ns)
+	reg, _ := run(t, env.Client, ns)
 	ctx := context.Background()
 	services := env.Client.CoreV1().Services(ns)
 	endpointSlices := env.Client.DiscoveryV1().EndpointSlices(ns)
@@ -418,7 +380,7 @@ func TestHasSyncedMeansInitialStateWritten(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	reg, src, _ := run(t, env.Client, ns)
+	reg, src := run(t, env.Client, ns)
 	poll := time.NewTicker(10 * time.Millisecond)
 	defer poll.Stop()
 	deadline := time.After(waitTimeout)
@@ -450,7 +412,7 @@ func TestHasSyncedMeansInitialStateWritten(t *testing.T) {
 func TestNamespaceOption(t *testing.T) {
 	watched, other := newNamespace(t), newNamespace(t)
 	ctx := context.Background()
-	reg, _, _ := run(t, env.Client, watched)
+	reg, _ := run(t, env.Client, watched)
 	for _, ns := range []string{other, watched} {
 		if _, err := env.Client.CoreV1().Services(ns).Create(ctx, greeterService(ns), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -489,7 +451,7 @@ func TestKeepsStateWhileAPIServerUnreachable(t *testing.T) {
 		metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	reg, _, failures := run(t, client, ns)
+	reg, _ := run(t, client, ns)
 	pods := map[string]string{"10.244.0.1:50051": "pod-greeter-a", "10.244.0.2:50051": "pod-greeter-a"}
 	before := greeterSnapshot(ns, map[string]conds{"10.244.0.1:50051": up, "10.244.0.2:50051": up}, pods)
 	await(t, reg, "initial state", hasSnapshot(reg, before))
@@ -502,14 +464,15 @@ func TestKeepsStateWhileAPIServerUnreachable(t *testing.T) {
 		metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(waitTimeout)
-	for failures.get("services") == 0 || failures.get("endpointslices") == 0 {
-		if time.Now().After(deadline) {
-			t.Fatalf("watch failures within %v of the cut: services %d, endpointslices %d; want both > 0",
-				waitTimeout, failures.get("services"), failures.get("endpointslices"))
+	// Once the source has been refused a few times, both informers have
+	// lost their watches and tried again: the outage is real to them.
+	deadline := time.After(waitTimeout)
+	for proxy.refusals() < 4 {
+		select {
+		case <-proxy.refused:
+		case <-deadline:
+			t.Fatalf("source made %d connection attempts within %v of the cut, want ≥ 4", proxy.refusals(), waitTimeout)
 		}
-		// Each refused reconnection attempt is followed by a logged failure.
-		proxy.awaitRefused(deadline)
 	}
 	if err := hasSnapshot(reg, before)(); err != nil {
 		t.Fatalf("registry changed while the API server was unreachable: %v", err)
@@ -525,7 +488,8 @@ func TestKeepsStateWhileAPIServerUnreachable(t *testing.T) {
 type cuttableProxy struct {
 	ln       net.Listener
 	upstream string
-	refused  chan struct{}
+	refused  chan struct{} // signalled on each refused connection
+	refusedN atomic.Int64
 
 	mu    sync.Mutex
 	cut   bool
@@ -566,6 +530,7 @@ func (p *cuttableProxy) serve() {
 		if p.cut {
 			p.mu.Unlock()
 			c.Close()
+			p.refusedN.Add(1)
 			select {
 			case p.refused <- struct{}{}:
 			default:
@@ -609,16 +574,40 @@ func (p *cuttableProxy) setCut(cut bool) {
 	}
 }
 
-// awaitRefused waits until the proxy refuses a connection or the deadline.
-func (p *cuttableProxy) awaitRefused(deadline time.Time) {
-	select {
-	case <-p.refused:
-	case <-time.After(time.Until(deadline)):
-	}
-}
+func (p *cuttableProxy) refusals() int64 { return p.refusedN.Load() }
 
 func (p *cuttableProxy) close() {
 	p.ln.Close()
 	p.setCut(true)
 	p.wg.Wait()
+}
+
+// TestUnreachableAtStart checks that a source that never reaches the API
+// server does not claim to be synced, and still stops with its context.
+func TestUnreachableAtStart(t *testing.T) {
+	proxy := newCuttableProxy(t, env.Config.Host)
+	proxy.setCut(true)
+	cfg := rest.CopyConfig(env.Config)
+	cfg.Host = "https://" + proxy.addr()
+	cfg.TLSClientConfig.ServerName = "localhost"
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, src := run(t, client, newNamespace(t))
+	deadline := time.After(waitTimeout)
+	for proxy.refusals() < 2 {
+		select {
+		case <-proxy.refused:
+		case <-deadline:
+			t.Fatalf("source made %d connection attempts within %v, want ≥ 2", proxy.refusals(), waitTimeout)
+		}
+	}
+	if src.HasSynced() {
+		t.Errorf("HasSynced() = true without ever reaching the API server")
+	}
+	if n := len(reg.List()); n != 0 {
+		t.Errorf("registry holds %d services without ever reaching the API server", n)
+	}
+	// run's cleanup checks that Run returns once its context ends.
 }

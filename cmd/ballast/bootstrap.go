@@ -1,0 +1,84 @@
+package main
+
+import (
+	"cmp"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+
+	"github.com/spf13/cobra"
+
+	"github.com/ballast-dev/ballast/xds"
+)
+
+func newBootstrapCmd() *cobra.Command {
+	var (
+		b        xds.Bootstrap
+		out      string
+		metadata []string
+	)
+	cmd := &cobra.Command{
+		Use:   "bootstrap",
+		Short: "Write the GRPC_XDS_BOOTSTRAP file that points a pod's gRPC clients at ballast control",
+		Long: `Writes the xDS bootstrap JSON for this pod: the control plane's address, a node id
+ballast~<pod>.<namespace>, the pod's zone and metadata. Run it as an init container
+writing to a shared volume, and set GRPC_XDS_BOOTSTRAP to that path in the app
+container. --pod, --namespace and --zone default to $POD_NAME, $POD_NAMESPACE and
+$ZONE (set them with the downward API).`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			b.Metadata = map[string]string{}
+			for _, kv := range metadata {
+				k, v, ok := strings.Cut(kv, "=")
+				if !ok || k == "" {
+					return fmt.Errorf("--metadata %q: want key=value", kv)
+				}
+				b.Metadata[k] = v
+			}
+			if len(b.Metadata) == 0 {
+				b.Metadata = nil
+			}
+			data, err := b.JSON()
+			if err != nil {
+				return err
+			}
+			if out == "-" {
+				_, err := cmd.OutOrStdout().Write(data)
+				return err
+			}
+			return writeFileAtomic(out, data)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&b.Server, "server", "ballast-control.ballast-system.svc:15010", "control plane xDS address (host:port)")
+	f.StringVar(&b.Pod, "pod", os.Getenv("POD_NAME"), "this pod's name")
+	f.StringVar(&b.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "this pod's namespace")
+	f.StringVar(&b.Zone, "zone", os.Getenv("ZONE"), "this pod's zone")
+	f.StringArrayVar(&metadata, "metadata", nil, "node metadata key=value (repeatable)")
+	f.StringVar(&out, "out", "-", `file to write ("-" for stdout), e.g. /etc/ballast/bootstrap.json`)
+	return cmd
+}
+
+// writeFileAtomic writes through a temporary file and a rename, so a reader
+// never sees a half-written bootstrap.
+func writeFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	if err := os.MkdirAll(dir, 0o755); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	tmp, err := os.CreateTemp(dir, "."+filepath.Base(path)+".*")
+	if err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	defer os.Remove(tmp.Name())
+	_, werr := tmp.Write(data)
+	cerr := tmp.Close()
+	if err := cmp.Or(werr, cerr, os.Chmod(tmp.Name(), 0o644)); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return fmt.Errorf("write %s: %w", path, err)
+	}
+	return nil
+}

@@ -1,0 +1,146 @@
+package main
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/spf13/cobra"
+	"golang.org/x/sync/errgroup"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/keepalive"
+
+	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/xds"
+)
+
+// controlConfig is `ballast control`'s validated configuration.
+type controlConfig struct {
+	// Kubeconfig is a kubeconfig path; empty with InCluster uses the pod's
+	// service account.
+	Kubeconfig string
+	InCluster  bool
+	// Files is a folder of Service and EndpointSlice YAML; empty means none.
+	Files       string
+	XDSAddress  string
+	HTTPAddress string
+	Translate   xds.Options
+	// DrainTimeout bounds how long a stopping server lets streams finish
+	// before closing them; clients reconnect to another replica and keep
+	// their config meanwhile.
+	DrainTimeout time.Duration
+}
+
+func newControlCmd() *cobra.Command {
+	var (
+		cfg    controlConfig
+		policy string
+	)
+	cmd := &cobra.Command{
+		Use:   "control",
+		Short: "Serve xDS to proxyless gRPC clients from Kubernetes (or a folder of YAML)",
+		Long: `Serves ADS (state-of-the-world and delta) on --xds-address: for every Service port,
+the Listeners, RouteConfiguration, Cluster and ClusterLoadAssignment that gRPC's xDS
+client needs to balance each call over the Service's pods. Clients dial
+xds:///<name>.<namespace>:<port> with a bootstrap file from 'ballast bootstrap'.
+
+Discovery comes from the Kubernetes API (--kubeconfig, or the in-cluster service
+account when neither --kubeconfig nor --files is given) and/or --files DIR.
+
+The LB policy is round_robin unless --default-lb-policy or the Service annotation
+ballast.dev/lb-policy (round_robin, least_request, peak_ewma) says otherwise.
+
+--http-address serves /healthz, /readyz (once discovery has synced), /metrics and
+/debug/clients (what each client was last sent; ?resources=1 for content). CSDS
+(envoy.service.status.v3) is served on the xDS port.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			p, err := xds.ParsePolicy(policy)
+			if err != nil {
+				return fmt.Errorf("--default-lb-policy: %w", err)
+			}
+			cfg.Translate.DefaultPolicy = p
+			cfg.InCluster = cfg.Kubeconfig == "" && cfg.Files == ""
+			return runControl(cmd.Context(), cfg, slog.Default())
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig to read the cluster from (default: in-cluster, unless --files is given)")
+	f.StringVar(&cfg.Files, "files", "", "folder of Service and EndpointSlice YAML to serve, watched for changes")
+	f.StringVar(&cfg.XDSAddress, "xds-address", ":15010", "address to serve ADS and CSDS on")
+	f.StringVar(&cfg.HTTPAddress, "http-address", ":15014", "address to serve /healthz, /readyz, /metrics and /debug/clients on")
+	f.StringVar(&policy, "default-lb-policy", string(xds.RoundRobin), "LB policy for Services without the ballast.dev/lb-policy annotation")
+	f.StringVar(&cfg.Translate.ClusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS domain")
+	f.StringVar(&cfg.Translate.BareNameNamespace, "bare-name-namespace", "default",
+		`namespace whose Services are also served as <name>:<port> ("-" for none)`)
+	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 5*time.Second, "how long to let streams finish on shutdown")
+	return cmd
+}
+
+// runControl serves until ctx ends. Every goroutine belongs to one errgroup
+// and stops with its context.
+func runControl(ctx context.Context, cfg controlConfig, log *slog.Logger) error {
+	reg := discovery.NewRegistry()
+	g, ctx := errgroup.WithContext(ctx)
+	synced, err := startSources(ctx, g, cfg, reg, log)
+	if err != nil {
+		return err
+	}
+	srv, err := xds.NewServer(xds.Config{Registry: reg, Translate: cfg.Translate, Synced: synced, Log: log})
+	if err != nil {
+		return err
+	}
+	xdsLis, err := net.Listen("tcp", cfg.XDSAddress)
+	if err != nil {
+		return fmt.Errorf("--xds-address: %w", err)
+	}
+	httpLis, err := net.Listen("tcp", cfg.HTTPAddress)
+	if err != nil {
+		xdsLis.Close()
+		return fmt.Errorf("--http-address: %w", err)
+	}
+	gs := grpc.NewServer(
+		// xDS streams live as long as their clients; let clients keep them
+		// alive through idle periods without being disconnected.
+		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
+		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+	)
+	srv.Register(gs)
+	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+
+	g.Go(func() error { return srv.Run(ctx) })
+	g.Go(func() error {
+		if err := gs.Serve(xdsLis); err != nil {
+			return fmt.Errorf("xds server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		if err := hs.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
+			return fmt.Errorf("http server: %w", err)
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		stopped := make(chan struct{})
+		go func() { gs.GracefulStop(); close(stopped) }()
+		timer := time.NewTimer(cfg.DrainTimeout)
+		select {
+		case <-stopped:
+		case <-timer.C:
+			gs.Stop()
+			<-stopped
+		}
+		timer.Stop()
+		sctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
+		defer cancel()
+		return hs.Shutdown(sctx)
+	})
+	log.Info("serving", "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String())
+	return g.Wait()
+}

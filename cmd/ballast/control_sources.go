@@ -1,0 +1,60 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
+
+	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/discovery/files"
+	"github.com/ballast-dev/ballast/discovery/kube"
+)
+
+// startSources starts the discovery sources cfg names, in g, writing to
+// reg, and returns what /readyz asks: whether all of them have synced.
+// The file source syncs with its first Load, done here, so a bad file is
+// reported at start; it then keeps serving the files that did load.
+func startSources(ctx context.Context, g *errgroup.Group, cfg controlConfig, reg *discovery.Registry, log *slog.Logger) (func() bool, error) {
+	var synced []func() bool
+	if cfg.Files != "" {
+		src := files.New(cfg.Files, reg, files.Options{})
+		if err := src.Load(); err != nil {
+			log.Error("some discovery files were not loaded; serving the rest", "dir", cfg.Files, "err", err)
+		}
+		g.Go(func() error { return src.Run(ctx) })
+	}
+	if cfg.Kubeconfig != "" || cfg.InCluster {
+		var (
+			restCfg *rest.Config
+			err     error
+		)
+		if cfg.InCluster {
+			restCfg, err = rest.InClusterConfig()
+		} else {
+			restCfg, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
+		}
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes config: %w (give --kubeconfig, or --files to run without a cluster)", err)
+		}
+		client, err := kubernetes.NewForConfig(restCfg)
+		if err != nil {
+			return nil, fmt.Errorf("kubernetes client: %w", err)
+		}
+		src := kube.New(client, reg, kube.Options{Logger: log})
+		synced = append(synced, src.HasSynced)
+		g.Go(func() error { return src.Run(ctx) })
+	}
+	return func() bool {
+		for _, s := range synced {
+			if !s() {
+				return false
+			}
+		}
+		return true
+	}, nil
+}

@@ -1,0 +1,189 @@
+// Package deploy_test checks the kustomize bases against a real
+// kube-apiserver: they render with kubectl, the API server accepts every
+// object, and the control plane's RBAC allows exactly what discovery reads.
+package deploy_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	appsv1 "k8s.io/api/apps/v1"
+	authorizationv1 "k8s.io/api/authorization/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/controller-runtime/pkg/client"
+
+	"github.com/ballast-dev/ballast/internal/testapi"
+)
+
+var api *testapi.Env
+
+func TestMain(m *testing.M) {
+	var err error
+	api, err = testapi.Start()
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "deploy tests:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	api.Stop()
+	os.Exit(code)
+}
+
+// render runs kubectl kustomize (the kubectl built beside the API server)
+// on a base and decodes the objects.
+func render(t *testing.T, base string) []*unstructured.Unstructured {
+	t.Helper()
+	assets, err := testapi.Assets()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr bytes.Buffer
+	cmd := exec.Command(filepath.Join(assets, "kubectl"), "kustomize", base)
+	cmd.Stderr = &stderr
+	out, err := cmd.Output()
+	if err != nil {
+		t.Fatalf("kubectl kustomize %s: %v: %s", base, err, stderr.String())
+	}
+	var objs []*unstructured.Unstructured
+	dec := utilyaml.NewYAMLOrJSONDecoder(bytes.NewReader(out), 4096)
+	for {
+		u := &unstructured.Unstructured{}
+		if err := dec.Decode(&u.Object); err != nil {
+			if errors.Is(err, io.EOF) {
+				break
+			}
+			t.Fatal(err)
+		}
+		if len(u.Object) > 0 {
+			objs = append(objs, u)
+		}
+	}
+	return objs
+}
+
+func TestControlBase(t *testing.T) {
+	ctx := context.Background()
+	c, err := client.New(api.Config, client.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	objs := render(t, "control")
+	kinds := map[string]int{}
+	for _, o := range objs {
+		kinds[o.GetKind()]++
+		if err := c.Create(ctx, o); err != nil {
+			t.Fatalf("API server rejects %s %s: %v", o.GetKind(), o.GetName(), err)
+		}
+	}
+	for _, k := range []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"} {
+		if kinds[k] != 1 {
+			t.Errorf("%d %s objects, want 1 (kinds: %v)", kinds[k], k, kinds)
+		}
+	}
+
+	t.Run("deployment", func(t *testing.T) {
+		d, err := api.Client.AppsV1().Deployments("ballast-system").Get(ctx, "ballast-control", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		checkDeployment(t, d)
+	})
+
+	t.Run("service", func(t *testing.T) {
+		s, err := api.Client.CoreV1().Services("ballast-system").Get(ctx, "ballast-control", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		got := map[string]int32{}
+		for _, p := range s.Spec.Ports {
+			got[p.Name] = p.Port
+		}
+		if got["grpc-xds"] != 15010 || got["http"] != 15014 || len(got) != 2 {
+			t.Fatalf("service ports = %v, want grpc-xds 15010 and http 15014", got)
+		}
+		if s.Spec.Selector["app.kubernetes.io/name"] != "ballast-control" {
+			t.Fatalf("service selector = %v", s.Spec.Selector)
+		}
+	})
+
+	t.Run("rbac is read-only discovery", func(t *testing.T) {
+		tests := []struct {
+			verb, group, resource string
+			allowed               bool
+		}{
+			{"list", "", "services", true},
+			{"watch", "", "services", true},
+			{"get", "", "services", true},
+			{"list", "discovery.k8s.io", "endpointslices", true},
+			{"watch", "discovery.k8s.io", "endpointslices", true},
+			{"list", "", "pods", true},
+			{"watch", "", "nodes", true},
+			{"create", "", "services", false},
+			{"update", "discovery.k8s.io", "endpointslices", false},
+			{"delete", "", "pods", false},
+			{"patch", "", "nodes", false},
+			{"get", "", "secrets", false},
+			{"list", "", "configmaps", false},
+			{"list", "", "endpoints", false},
+			{"create", "coordination.k8s.io", "leases", false},
+		}
+		for _, tt := range tests {
+			t.Run(fmt.Sprintf("%s %s/%s", tt.verb, tt.group, tt.resource), func(t *testing.T) {
+				review, err := api.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
+					Spec: authorizationv1.SubjectAccessReviewSpec{
+						User:   "system:serviceaccount:ballast-system:ballast-control",
+						Groups: []string{"system:serviceaccounts", "system:serviceaccounts:ballast-system", "system:authenticated"},
+						ResourceAttributes: &authorizationv1.ResourceAttributes{
+							Verb: tt.verb, Group: tt.group, Resource: tt.resource, Namespace: "default",
+						},
+					},
+				}, metav1.CreateOptions{})
+				if err != nil {
+					t.Fatal(err)
+				}
+				if review.Status.Allowed != tt.allowed {
+					t.Fatalf("allowed = %v, want %v (%s)", review.Status.Allowed, tt.allowed, review.Status.Reason)
+				}
+			})
+		}
+	})
+}
+
+func checkDeployment(t *testing.T, d *appsv1.Deployment) {
+	t.Helper()
+	if d.Spec.Replicas == nil || *d.Spec.Replicas != 2 {
+		t.Errorf("replicas = %v, want 2", d.Spec.Replicas)
+	}
+	if d.Spec.Template.Spec.ServiceAccountName != "ballast-control" {
+		t.Errorf("service account = %q", d.Spec.Template.Spec.ServiceAccountName)
+	}
+	if len(d.Spec.Template.Spec.Containers) != 1 {
+		t.Fatalf("%d containers, want 1", len(d.Spec.Template.Spec.Containers))
+	}
+	ctr := d.Spec.Template.Spec.Containers[0]
+	if ctr.Image != "ballast:dev" || len(ctr.Command) != 2 || ctr.Command[0] != "ballast" || ctr.Command[1] != "control" {
+		t.Errorf("image %q command %q, want ballast:dev [ballast control]", ctr.Image, ctr.Command)
+	}
+	ports := map[string]int32{}
+	for _, p := range ctr.Ports {
+		ports[p.Name] = p.ContainerPort
+	}
+	if ports["grpc-xds"] != 15010 || ports["http"] != 15014 {
+		t.Errorf("container ports = %v", ports)
+	}
+	if p := ctr.ReadinessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/readyz" || p.HTTPGet.Port.String() != "http" {
+		t.Errorf("readiness probe = %+v, want GET /readyz on http", p)
+	}
+	if p := ctr.LivenessProbe; p == nil || p.HTTPGet == nil || p.HTTPGet.Path != "/healthz" || p.HTTPGet.Port.String() != "http" {
+		t.Errorf("liveness probe = %+v, want GET /healthz on http", p)
+	}
+}

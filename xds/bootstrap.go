@@ -1,0 +1,94 @@
+package xds
+
+import (
+	"encoding/json"
+	"fmt"
+	"net"
+	"strings"
+)
+
+// BootstrapEnv is the variable gRPC's xDS client reads the bootstrap file
+// path from.
+const BootstrapEnv = "GRPC_XDS_BOOTSTRAP"
+
+// NodeIDPrefix starts the node id of every Ballast-bootstrapped client.
+const NodeIDPrefix = "ballast~"
+
+// Bootstrap describes one client pod, from which the GRPC_XDS_BOOTSTRAP
+// file is written.
+type Bootstrap struct {
+	// Server is the control plane's host:port, e.g.
+	// ballast-control.ballast-system.svc:15010.
+	Server string
+	// Pod and Namespace name the client; the node id is
+	// ballast~<pod>.<namespace>, which CSDS and logs show.
+	Pod       string
+	Namespace string
+	// Zone is the client's zone (the node's topology.kubernetes.io/zone).
+	Zone string
+	// Metadata is copied into the node metadata.
+	Metadata map[string]string
+}
+
+// NodeID is the xDS node id of the pod.
+func (b Bootstrap) NodeID() string { return NodeIDPrefix + b.Pod + "." + b.Namespace }
+
+// bootstrapJSON is the subset of gRPC's bootstrap format (gRFC A27) that
+// Ballast writes.
+type bootstrapJSON struct {
+	XDSServers []xdsServerJSON `json:"xds_servers"`
+	Node       nodeJSON        `json:"node"`
+}
+
+type xdsServerJSON struct {
+	ServerURI      string            `json:"server_uri"`
+	ChannelCreds   []channelCredJSON `json:"channel_creds"`
+	ServerFeatures []string          `json:"server_features"`
+}
+
+type channelCredJSON struct {
+	Type string `json:"type"`
+}
+
+type nodeJSON struct {
+	ID       string            `json:"id"`
+	Locality *localityJSON     `json:"locality,omitempty"`
+	Metadata map[string]string `json:"metadata,omitempty"`
+}
+
+type localityJSON struct {
+	Zone string `json:"zone"`
+}
+
+// JSON renders the bootstrap file. It fails, naming the field, when the
+// server address or the pod identity is missing or malformed.
+func (b Bootstrap) JSON() ([]byte, error) {
+	if b.Server == "" {
+		return nil, fmt.Errorf("bootstrap: no control plane address")
+	}
+	if _, _, err := net.SplitHostPort(b.Server); err != nil {
+		return nil, fmt.Errorf("bootstrap: control plane address %q: %w", b.Server, err)
+	}
+	if b.Pod == "" || b.Namespace == "" {
+		return nil, fmt.Errorf("bootstrap: pod name (%q) and namespace (%q) are both needed for the node id", b.Pod, b.Namespace)
+	}
+	if strings.ContainsAny(b.Pod+b.Namespace, "~ ") {
+		return nil, fmt.Errorf("bootstrap: pod %q or namespace %q has a character not allowed in a node id", b.Pod, b.Namespace)
+	}
+	out := bootstrapJSON{
+		XDSServers: []xdsServerJSON{{
+			ServerURI:      b.Server,
+			ChannelCreds:   []channelCredJSON{{Type: "insecure"}},
+			ServerFeatures: []string{"xds_v3"},
+		}},
+		Node: nodeJSON{ID: b.NodeID(), Metadata: b.Metadata},
+	}
+	if b.Zone != "" {
+		out.Node.Locality = &localityJSON{Zone: b.Zone}
+	}
+	data, err := json.MarshalIndent(out, "", "  ")
+	if err != nil {
+		return nil, fmt.Errorf("bootstrap: %w", err)
+	}
+	return append(data, '\n'), nil
+}

@@ -1,0 +1,63 @@
+package xds
+
+import (
+	"encoding/json"
+	"strings"
+	"testing"
+
+	grpcxds "google.golang.org/grpc/xds"
+)
+
+func TestBootstrap(t *testing.T) {
+	tests := []struct {
+		name    string
+		b       Bootstrap
+		wantErr string
+	}{
+		{"full", Bootstrap{Server: "ballast-control.ballast-system.svc:15010", Pod: "web-1", Namespace: "shop", Zone: "z1", Metadata: map[string]string{"app": "web"}}, ""},
+		{"no zone", Bootstrap{Server: "127.0.0.1:15010", Pod: "web-1", Namespace: "shop"}, ""},
+		{"no server", Bootstrap{Pod: "p", Namespace: "n"}, "no control plane address"},
+		{"server without port", Bootstrap{Server: "ballast-control", Pod: "p", Namespace: "n"}, `control plane address "ballast-control"`},
+		{"no pod", Bootstrap{Server: "a:1", Namespace: "n"}, "pod name"},
+		{"no namespace", Bootstrap{Server: "a:1", Pod: "p"}, "namespace"},
+		{"tilde in pod", Bootstrap{Server: "a:1", Pod: "p~x", Namespace: "n"}, "not allowed in a node id"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			data, err := tt.b.JSON()
+			if tt.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+					t.Fatalf("err = %v, want it to contain %q", err, tt.wantErr)
+				}
+				return
+			}
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got struct {
+				XDSServers []struct {
+					ServerURI      string   `json:"server_uri"`
+					ServerFeatures []string `json:"server_features"`
+				} `json:"xds_servers"`
+				Node struct {
+					ID       string `json:"id"`
+					Locality struct {
+						Zone string `json:"zone"`
+					} `json:"locality"`
+					Metadata map[string]string `json:"metadata"`
+				} `json:"node"`
+			}
+			if err := json.Unmarshal(data, &got); err != nil {
+				t.Fatal(err)
+			}
+			if got.XDSServers[0].ServerURI != tt.b.Server || got.Node.ID != "ballast~"+tt.b.Pod+"."+tt.b.Namespace ||
+				got.Node.Locality.Zone != tt.b.Zone || len(got.Node.Metadata) != len(tt.b.Metadata) {
+				t.Fatalf("bootstrap = %s", data)
+			}
+			// grpc-go itself must accept the file.
+			if _, err := grpcxds.NewXDSResolverWithConfigForTesting(data); err != nil {
+				t.Fatalf("grpc-go rejects the bootstrap: %v\n%s", err, data)
+			}
+		})
+	}
+}

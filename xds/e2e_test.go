@@ -1,0 +1,597 @@
+package xds
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/http/httptest"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	statusv3 "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	dto "github.com/prometheus/client_model/go"
+	statuspb "google.golang.org/genproto/googleapis/rpc/status"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	pb "google.golang.org/grpc/examples/helloworld/helloworld"
+	grpcxds "google.golang.org/grpc/xds"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/greeter"
+)
+
+// plane is a control plane serving on loopback, with the registry it reads.
+type plane struct {
+	reg     *discovery.Registry
+	srv     *Server
+	metrics *prometheus.Registry
+	addr    string // xDS gRPC address
+	http    string // health/metrics/debug base URL
+	stop    func() // stops the plane; also run at cleanup
+}
+
+func startPlane(t *testing.T) *plane { return startPlaneAt(t, "127.0.0.1:0") }
+
+// startPlaneAt serves a new control plane on addr, a loopback address.
+func startPlaneAt(t *testing.T, addr string) *plane {
+	t.Helper()
+	p := &plane{reg: discovery.NewRegistry(), metrics: prometheus.NewRegistry()}
+	var err error
+	p.srv, err = NewServer(Config{
+		Registry: p.reg,
+		Log:      slog.New(slog.NewTextHandler(io.Discard, nil)),
+		Metrics:  p.metrics,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		p.srv.Run(ctx)
+	}()
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		cancel()
+		wg.Wait()
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	p.srv.Register(gs)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		gs.Serve(lis)
+	}()
+	hs := httptest.NewServer(p.srv.Handler())
+	var once sync.Once
+	p.stop = func() {
+		once.Do(func() {
+			hs.Close()
+			gs.Stop()
+			cancel()
+			wg.Wait()
+		})
+	}
+	t.Cleanup(p.stop)
+	p.addr, p.http = lis.Addr().String(), hs.URL
+	eventually(t, "the server is ready", func() bool { return p.srv.Ready() })
+	return p
+}
+
+// greeters runs n greeter servers on loopback, named greeter-0..n-1.
+func greeters(t *testing.T, n int) []netip.AddrPort {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	t.Cleanup(func() { cancel(); wg.Wait() })
+	var addrs []netip.AddrPort
+	for i := range n {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addrs = append(addrs, netip.MustParseAddrPort(lis.Addr().String()))
+		s := &greeter.Server{Pod: fmt.Sprintf("greeter-%d", i), Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			s.Serve(ctx, lis)
+		}()
+	}
+	return addrs
+}
+
+func greeterService(addrs []netip.AddrPort, annotations map[string]string) *discovery.Service {
+	var eps []discovery.Endpoint
+	for i, a := range addrs {
+		eps = append(eps, discovery.Endpoint{Address: a, Ready: true, Serving: true,
+			Zone: fmt.Sprintf("zone-%d", i%2), Pod: fmt.Sprintf("greeter-%d", i)})
+	}
+	return &discovery.Service{
+		Key:         discovery.Key{Namespace: "default", Name: "greeter"},
+		Annotations: annotations,
+		Ports:       []discovery.Port{{Name: "grpc", Port: 50051, Protocol: "TCP", Endpoints: eps}},
+	}
+}
+
+// dialXDS dials target with grpc-go's own xDS resolver and client,
+// bootstrapped with the file `ballast bootstrap` would write.
+func dialXDS(t *testing.T, p *plane, target string) *grpc.ClientConn {
+	t.Helper()
+	bs, err := Bootstrap{Server: p.addr, Pod: "client-0", Namespace: "default", Zone: "zone-0"}.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, err := grpcxds.NewXDSResolverWithConfigForTesting(bs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient(target, grpc.WithResolvers(rb), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting until %s", what)
+		}
+		time.Sleep(10 * time.Millisecond) // polling interval, not synchronisation
+	}
+}
+
+func call(ctx context.Context, conn *grpc.ClientConn) (string, error) {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	r, err := pb.NewGreeterClient(conn).SayHello(ctx, &pb.HelloRequest{Name: "e2e"})
+	if err != nil {
+		return "", err
+	}
+	return greeter.PodOf(r.GetMessage()), nil
+}
+
+// callUntil makes calls until every pod in want has answered; any failed
+// call fails the test.
+func callUntil(t *testing.T, conn *grpc.ClientConn, want ...string) {
+	t.Helper()
+	seen := map[string]bool{}
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		missing := 0
+		for _, w := range want {
+			if !seen[w] {
+				missing++
+			}
+		}
+		if missing == 0 {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("pods %v never all answered; saw %v", want, seen)
+		}
+		pod, err := call(context.Background(), conn)
+		if err != nil {
+			t.Fatalf("call failed: %v", err)
+		}
+		seen[pod] = true
+	}
+}
+
+// TestProxylessGRPC drives grpc-go's real xDS client against the control
+// plane: calls spread evenly over 3 pods with round_robin, 2 more pods get
+// calls once the registry lists them, removing a pod under load fails no
+// call, and a config the client rejects is NACKed, counted and shown while
+// the client keeps working on its last good config.
+func TestProxylessGRPC(t *testing.T) {
+	p := startPlane(t)
+	addrs := greeters(t, 5)
+	p.reg.Set(greeterService(addrs[:3], nil))
+	conn := dialXDS(t, p, "xds:///greeter.default:50051")
+
+	t.Run("spread over 3 pods", func(t *testing.T) {
+		callUntil(t, conn, "greeter-0", "greeter-1", "greeter-2")
+		counts := map[string]int{}
+		for range 300 {
+			pod, err := call(context.Background(), conn)
+			if err != nil {
+				t.Fatalf("call failed: %v", err)
+			}
+			counts[pod]++
+		}
+		if len(counts) != 3 {
+			t.Fatalf("calls reached %v, want 3 pods", counts)
+		}
+		maxCount := 0
+		for _, c := range counts {
+			maxCount = max(maxCount, c)
+		}
+		if ratio := float64(maxCount) / 100; ratio > 1.1 {
+			t.Fatalf("max/mean = %.2f > 1.1: %v", ratio, counts)
+		}
+	})
+
+	t.Run("scale 3 to 5", func(t *testing.T) {
+		p.reg.Set(greeterService(addrs, nil))
+		callUntil(t, conn, "greeter-3", "greeter-4")
+		if n := histogramCount(t, p.metrics, "ballast_xds_push_latency_seconds", "endpoints"); n == 0 {
+			t.Fatal("no push latency observed for the endpoint change")
+		}
+	})
+
+	t.Run("remove a pod under load", func(t *testing.T) {
+		l := startLoad(conn)
+		eventually(t, "load is running", func() bool { return l.calls.Load() > 100 })
+		p.reg.Set(greeterService(addrs[1:], nil))
+		// greeter-0 keeps serving (as a terminating pod would): the client
+		// must stop picking it without failing a call.
+		eventually(t, "greeter-0 stops receiving calls", func() bool { return l.callsSince("greeter-0") > 300 })
+		l.stop(t)
+	})
+
+	t.Run("NACK keeps the last good config", func(t *testing.T) {
+		// grpc-go rejects a Cluster whose policy list has no policy it
+		// supports; Translate never writes one, so the test puts it in the
+		// cache directly to make the real client NACK.
+		name := "greeter.default.svc.cluster.local:50051"
+		bad := edsCluster(name, &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{{
+			TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: "unknown", TypedConfig: mustAny(wrapperspb.String("no such policy"))},
+		}}})
+		before := counterValue(t, p.metrics, "ballast_xds_nacks_total", "cluster")
+		if err := p.srv.caches[resourcev3.ClusterType].UpdateResource(name, bad); err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the client NACKs the cluster", func() bool {
+			return counterValue(t, p.metrics, "ballast_xds_nacks_total", "cluster") > before
+		})
+		callUntil(t, conn, "greeter-1", "greeter-2", "greeter-3", "greeter-4")
+
+		var clients []struct {
+			NodeID string `json:"nodeId"`
+			Types  map[string]struct {
+				Status string `json:"status"`
+				Error  string `json:"error"`
+			} `json:"types"`
+		}
+		getJSON(t, p.http+"/debug/clients", &clients)
+		if len(clients) != 1 || clients[0].NodeID != "ballast~client-0.default" {
+			t.Fatalf("/debug/clients = %+v, want one client ballast~client-0.default", clients)
+		}
+		if c := clients[0].Types["cluster"]; c.Status != "NACKED" || !strings.Contains(c.Error, "no supported policy") {
+			t.Fatalf("/debug/clients cluster state = %+v, want NACKED with grpc-go's error", c)
+		}
+		if !csdsHas(t, p, resourcev3.ClusterType, name, "NACKED") {
+			t.Fatal("CSDS does not show the cluster as NACKED")
+		}
+
+		// The next change of the Service's Cluster replaces the rejected
+		// one; the client ACKs it.
+		p.reg.Set(greeterService(addrs[1:], map[string]string{PolicyAnnotation: "least_request"}))
+		eventually(t, "the client ACKs the good cluster again", func() bool {
+			return csdsHas(t, p, resourcev3.ClusterType, name, "ACKED")
+		})
+		callUntil(t, conn, "greeter-1", "greeter-2", "greeter-3", "greeter-4")
+	})
+}
+
+// TestControlPlaneRestart replaces a client's control plane, under load,
+// with a new one at the same address: no call fails while it is gone (the
+// client keeps its config), and the client then follows the new plane.
+func TestControlPlaneRestart(t *testing.T) {
+	p1 := startPlane(t)
+	addrs := greeters(t, 4)
+	p1.reg.Set(greeterService(addrs[:3], nil))
+	conn := dialXDS(t, p1, "xds:///greeter.default:50051")
+	callUntil(t, conn, "greeter-0", "greeter-1", "greeter-2")
+
+	l := startLoad(conn)
+	eventually(t, "load is running", func() bool { return l.calls.Load() > 100 })
+	p1.stop()
+	before := l.calls.Load()
+	eventually(t, "calls go on without a control plane", func() bool { return l.calls.Load() > before+300 })
+	p2 := startPlaneAt(t, p1.addr)
+	p2.reg.Set(greeterService(addrs, nil))
+	eventually(t, "greeter-3, known only to the new plane, receives calls", func() bool { return l.count("greeter-3") > 0 })
+	l.stop(t)
+}
+
+// load makes calls on a few goroutines until stopped, and records which
+// pod answered and how many calls failed.
+type load struct {
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	calls    atomic.Int64
+	failures atomic.Int64
+	lastErr  atomic.Value
+
+	mu       sync.Mutex
+	counts   map[string]int
+	lastCall map[string]int64 // call number of each pod's last answer
+}
+
+func startLoad(conn *grpc.ClientConn) *load {
+	ctx, cancel := context.WithCancel(context.Background())
+	l := &load{cancel: cancel, counts: map[string]int{}, lastCall: map[string]int64{}}
+	for range 4 {
+		l.wg.Add(1)
+		go func() {
+			defer l.wg.Done()
+			for i := 0; i < 50000 && ctx.Err() == nil; i++ {
+				pod, err := call(ctx, conn)
+				n := l.calls.Add(1)
+				if err != nil {
+					if ctx.Err() == nil {
+						l.failures.Add(1)
+						l.lastErr.Store(err)
+					}
+					continue
+				}
+				l.mu.Lock()
+				l.counts[pod]++
+				l.lastCall[pod] = n
+				l.mu.Unlock()
+			}
+		}()
+	}
+	return l
+}
+
+func (l *load) count(pod string) int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.counts[pod]
+}
+
+// callsSince is how many calls were made since pod last answered one.
+func (l *load) callsSince(pod string) int64 {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return l.calls.Load() - l.lastCall[pod]
+}
+
+// stop ends the load and fails the test if any call failed.
+func (l *load) stop(t *testing.T) {
+	t.Helper()
+	l.cancel()
+	l.wg.Wait()
+	if n := l.failures.Load(); n > 0 {
+		t.Fatalf("%d of %d calls failed; last: %v", n, l.calls.Load(), l.lastErr.Load())
+	}
+}
+
+// TestPeakEWMAFallsBack checks that a client without Ballast's peak-EWMA
+// balancer registered (this test binary does not import it) skips the
+// custom policy and balances with the next one in the list.
+func TestPeakEWMAFallsBack(t *testing.T) {
+	p := startPlane(t)
+	addrs := greeters(t, 3)
+	p.reg.Set(greeterService(addrs, map[string]string{PolicyAnnotation: "peak_ewma"}))
+	conn := dialXDS(t, p, "xds:///greeter.default.svc.cluster.local:50051")
+	callUntil(t, conn, "greeter-0", "greeter-1", "greeter-2")
+	if !csdsHas(t, p, resourcev3.ClusterType, "greeter.default.svc.cluster.local:50051", "ACKED") {
+		t.Fatal("the peak_ewma cluster was not ACKed")
+	}
+}
+
+// TestTargetedPushes checks, over raw ADS streams in both protocol
+// variants, that an endpoint change reaches a subscriber of that resource
+// and no one else: after changing Service b then Service a, a subscriber of
+// a's endpoints must receive a's change first. It also checks delta
+// removals and that a NACK on a delta stream is counted.
+func TestTargetedPushes(t *testing.T) {
+	p := startPlane(t)
+	svc := func(name string, ports ...uint16) *discovery.Service {
+		var eps []discovery.Endpoint
+		for _, port := range ports {
+			eps = append(eps, discovery.Endpoint{Address: netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), port), Ready: true, Serving: true})
+		}
+		return &discovery.Service{Key: discovery.Key{Namespace: "default", Name: name},
+			Ports: []discovery.Port{{Port: 80, Protocol: "TCP", Endpoints: eps}}}
+	}
+	p.reg.Set(svc("a", 1000))
+	p.reg.Set(svc("b", 2000))
+	aName := "a.default.svc.cluster.local:80"
+
+	cc, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(cc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	node := &corev3.Node{Id: "ballast~raw.default"}
+
+	t.Run("sotw", func(t *testing.T) {
+		s, err := ads.StreamAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.CloseSend()
+		send := func(r *discoveryv3.DiscoveryRequest) {
+			if err := s.Send(r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		send(&discoveryv3.DiscoveryRequest{Node: node, TypeUrl: resourcev3.EndpointType, ResourceNames: []string{aName}})
+		resp, err := s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := endpointPorts(t, resp.GetResources()); got != "1000" {
+			t.Fatalf("first response endpoints = %s, want 1000", got)
+		}
+		send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResourceNames: []string{aName},
+			VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()})
+		p.reg.Set(svc("b", 2001))
+		p.reg.Set(svc("a", 1001))
+		resp, err = s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if got := endpointPorts(t, resp.GetResources()); got != "1001" {
+			t.Fatalf("next push = %s, want only a's change (1001)", got)
+		}
+	})
+
+	t.Run("delta", func(t *testing.T) {
+		s, err := ads.DeltaAggregatedResources(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.CloseSend()
+		send := func(r *discoveryv3.DeltaDiscoveryRequest) {
+			if err := s.Send(r); err != nil {
+				t.Fatal(err)
+			}
+		}
+		send(&discoveryv3.DeltaDiscoveryRequest{Node: node, TypeUrl: resourcev3.EndpointType, ResourceNamesSubscribe: []string{aName}})
+		resp, err := s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var anys []*anypb.Any
+		for _, r := range resp.GetResources() {
+			anys = append(anys, r.GetResource())
+		}
+		if got := endpointPorts(t, anys); got != "1001" {
+			t.Fatalf("first delta response endpoints = %s, want 1001", got)
+		}
+		// NACK it (a raw client can; grpc-go NACKs are covered above).
+		nacks := counterValue(t, p.metrics, "ballast_xds_nacks_total", "endpoints")
+		send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: resp.GetNonce(),
+			ErrorDetail: statusProto("test rejects this")})
+		eventually(t, "the delta NACK is counted", func() bool {
+			return counterValue(t, p.metrics, "ballast_xds_nacks_total", "endpoints") > nacks
+		})
+		p.reg.Set(svc("b", 2002))
+		p.reg.Set(svc("a", 1002))
+		resp, err = s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		anys = anys[:0]
+		for _, r := range resp.GetResources() {
+			anys = append(anys, r.GetResource())
+		}
+		if got := endpointPorts(t, anys); got != "1002" {
+			t.Fatalf("next delta push = %s, want only a's change (1002)", got)
+		}
+		send(&discoveryv3.DeltaDiscoveryRequest{TypeUrl: resourcev3.EndpointType, ResponseNonce: resp.GetNonce()})
+		p.reg.Delete(discovery.Key{Namespace: "default", Name: "a"})
+		resp, err = s.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if len(resp.GetRemovedResources()) != 1 || resp.GetRemovedResources()[0] != aName {
+			t.Fatalf("removed = %v, want [%s]", resp.GetRemovedResources(), aName)
+		}
+	})
+}
+
+func endpointPorts(t *testing.T, anys []*anypb.Any) string {
+	t.Helper()
+	var ports []string
+	for _, a := range anys {
+		cla := &endpointv3.ClusterLoadAssignment{}
+		if err := a.UnmarshalTo(cla); err != nil {
+			t.Fatal(err)
+		}
+		for _, l := range cla.GetEndpoints() {
+			for _, e := range l.GetLbEndpoints() {
+				ports = append(ports, fmt.Sprint(e.GetEndpoint().GetAddress().GetSocketAddress().GetPortValue()))
+			}
+		}
+	}
+	return strings.Join(ports, ",")
+}
+
+func csdsHas(t *testing.T, p *plane, typeURL, name, status string) bool {
+	t.Helper()
+	cc, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	resp, err := statusv3.NewClientStatusDiscoveryServiceClient(cc).FetchClientStatus(context.Background(), &statusv3.ClientStatusRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range resp.GetConfig() {
+		for _, g := range c.GetGenericXdsConfigs() {
+			if g.GetTypeUrl() == typeURL && g.GetName() == name && g.GetClientStatus().String() == status {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func getJSON(t *testing.T, url string, v any) {
+	t.Helper()
+	resp, err := http.Get(url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		t.Fatalf("GET %s: %s", url, resp.Status)
+	}
+	if err := json.NewDecoder(resp.Body).Decode(v); err != nil {
+		t.Fatalf("GET %s: %v", url, err)
+	}
+}
+
+func metricFamily(t *testing.T, reg *prometheus.Registry, name, typeLabel string) *dto.Metric {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "type" && l.GetValue() == typeLabel {
+					return m
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func counterValue(t *testing.T, reg *prometheus.Registry, name, typeLabel string) float64 {
+	return metricFamily(t, reg, name, typeLabel).GetCounter().GetValue()
+}
+
+func histogramCount(t *testing.T, reg *prometheus.Registry, name, typeLabel string) uint64 {
+	return metricFamily(t, reg, name, typeLabel).GetHistogram().GetSampleCount()
+}
+
+func statusProto(msg string) *statuspb.Status { return &statuspb.Status{Code: 3, Message: msg} }

@@ -1,0 +1,355 @@
+package xds
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"net/http"
+	"os"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	statusv3 "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ballast-dev/ballast/discovery"
+)
+
+// Config is everything a Server needs; flags become one of these.
+type Config struct {
+	// Registry is the source of Services. Required.
+	Registry *discovery.Registry
+	// Translate shapes the resources.
+	Translate Options
+	// Synced reports whether the discovery sources have listed everything
+	// once; /readyz fails until it does, so a new replica takes no clients
+	// before it knows every Service. Nil means synced.
+	Synced func() bool
+	// Log receives the server's structured logs; nil means slog.Default().
+	Log *slog.Logger
+	// Metrics is where the server registers its metrics and what /metrics
+	// serves; nil means a new registry with the Go and process collectors.
+	Metrics *prometheus.Registry
+	// VersionPrefix starts every version the server sends, so a client that
+	// moves to another replica is never told "nothing changed" against a
+	// version number the other replica counted. Empty means the hostname and
+	// the start time.
+	VersionPrefix string
+}
+
+// typeURLs are the resource types served, in make-before-break order:
+// a Cluster and its endpoints exist before a route points at them, and the
+// route before a listener names it.
+var typeURLs = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.RouteType, resourcev3.ListenerType}
+
+// typeName is the short name of a type URL, used in metrics and logs.
+func typeName(typeURL string) string {
+	switch typeURL {
+	case resourcev3.ListenerType:
+		return "listener"
+	case resourcev3.RouteType:
+		return "route"
+	case resourcev3.ClusterType:
+		return "cluster"
+	case resourcev3.EndpointType:
+		return "endpoints"
+	}
+	return "other"
+}
+
+// Server is Ballast's xDS control plane. It keeps one go-control-plane
+// LinearCache per resource type, all clients sharing them: every client of
+// a cluster sees the same Services, so per-client snapshots would only
+// multiply memory and work. A LinearCache versions each resource on its own
+// and wakes only the watches of the resources that changed, so an endpoint
+// change re-sends one ClusterLoadAssignment to the clients subscribed to it
+// and nothing to anyone else, in state-of-the-world and delta streams alike.
+//
+// Run owns the translation: it follows the Registry, retranslates the
+// Services that changed and writes only the resources whose content changed.
+type Server struct {
+	cfg     Config
+	log     *slog.Logger
+	caches  map[string]*cachev3.LinearCache
+	xds     serverv3.Server
+	clients *clientTable
+	metrics *metrics
+
+	// served is the last good translation of each Service; only Run uses it.
+	served map[discovery.Key]serviceResources
+
+	// changes remembers, per resource, when the change that produced its
+	// current content was noticed, for the push latency histogram.
+	changesMu sync.Mutex
+	changes   map[string]time.Time
+
+	started atomic.Bool // the first full translation is in the caches
+}
+
+// serviceResources are one Service's resources by type URL, then name.
+type serviceResources map[string]map[string]types.Resource
+
+// NewServer builds a Server; nothing runs until Run.
+func NewServer(cfg Config) (*Server, error) {
+	if cfg.Registry == nil {
+		return nil, fmt.Errorf("xds server: no registry")
+	}
+	if cfg.Translate.DefaultPolicy != "" {
+		if _, err := ParsePolicy(string(cfg.Translate.DefaultPolicy)); err != nil {
+			return nil, fmt.Errorf("xds server: default policy: %w", err)
+		}
+	}
+	if cfg.Metrics == nil {
+		cfg.Metrics = prometheus.NewRegistry()
+		cfg.Metrics.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	}
+	if cfg.VersionPrefix == "" {
+		host, _ := os.Hostname()
+		cfg.VersionPrefix = host + "-" + strconv.FormatInt(time.Now().Unix(), 36) + "-"
+	}
+	s := &Server{
+		cfg:     cfg,
+		log:     cmp.Or(cfg.Log, slog.Default()).With("component", "xds"),
+		caches:  map[string]*cachev3.LinearCache{},
+		served:  map[discovery.Key]serviceResources{},
+		changes: map[string]time.Time{},
+	}
+	m, err := newMetrics(cfg.Metrics, s)
+	if err != nil {
+		return nil, fmt.Errorf("xds server: %w", err)
+	}
+	s.metrics = m
+	mux := &cachev3.MuxCache{
+		Classify:      func(r *cachev3.Request) string { return r.GetTypeUrl() },
+		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return r.GetTypeUrl() },
+		Caches:        map[string]cachev3.Cache{},
+	}
+	for _, t := range typeURLs {
+		c := cachev3.NewLinearCache(t, cachev3.WithVersionPrefix(cfg.VersionPrefix))
+		s.caches[t] = c
+		mux.Caches[t] = c
+	}
+	s.clients = newClientTable(s)
+	// The server's context only bounds go-control-plane's own bookkeeping;
+	// streams end with their gRPC contexts, which GracefulStop ends.
+	s.xds = serverv3.NewServer(context.Background(), mux, s.clients)
+	return s, nil
+}
+
+// Register adds ADS (state-of-the-world and delta) and CSDS to a gRPC server.
+func (s *Server) Register(gs grpc.ServiceRegistrar) {
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, s.xds)
+	statusv3.RegisterClientStatusDiscoveryServiceServer(gs, &csds{clients: s.clients})
+}
+
+// Ready reports whether the server serves a full view: discovery has synced
+// and the Services it listed are in the caches.
+func (s *Server) Ready() bool {
+	return s.started.Load() && (s.cfg.Synced == nil || s.cfg.Synced())
+}
+
+// Run follows the Registry until ctx ends. A lone change is translated and
+// pushed at once; changes that arrive while a pass runs are drained together
+// by the next pass, so a burst costs few passes and no fixed delay.
+func (s *Server) Run(ctx context.Context) error {
+	sub := s.cfg.Registry.Subscribe()
+	defer sub.Close()
+	// Subscribed before listing, so nothing changed in between is missed.
+	var keys []discovery.Key
+	for _, svc := range s.cfg.Registry.List() {
+		keys = append(keys, svc.Key)
+	}
+	s.apply(keys, time.Now())
+	s.started.Store(true)
+	s.log.Info("initial translation done", "services", len(keys))
+	for {
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-sub.C():
+			noticed := time.Now()
+			s.apply(sub.Drain(), noticed)
+		}
+	}
+}
+
+// apply retranslates the given Services and writes what changed into the
+// caches, one update per type. A Service that fails to translate keeps
+// serving its last good resources.
+func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
+	toUpdate := map[string]map[string]types.Resource{}
+	toDelete := map[string][]string{}
+	for _, t := range typeURLs {
+		toUpdate[t] = map[string]types.Resource{}
+	}
+	for _, k := range keys {
+		next := serviceResources{}
+		if svc, ok := s.cfg.Registry.Get(k); ok {
+			res, err := TranslateService(svc, s.cfg.Translate)
+			if err != nil {
+				s.metrics.translateErrors.Inc()
+				s.log.Error("service not updated; still serving its last good resources", "service", k.String(), "err", err)
+				continue
+			}
+			next = byType(res)
+		}
+		prev := s.served[k]
+		for _, t := range typeURLs {
+			for name, r := range next[t] {
+				if old, ok := prev[t][name]; ok && proto.Equal(old, r) {
+					continue
+				}
+				toUpdate[t][name] = r
+			}
+			for name := range prev[t] {
+				if _, ok := next[t][name]; !ok {
+					toDelete[t] = append(toDelete[t], name)
+				}
+			}
+		}
+		if len(next) == 0 {
+			delete(s.served, k)
+		} else {
+			s.served[k] = next
+		}
+	}
+	s.changesMu.Lock()
+	for _, t := range typeURLs {
+		for name := range toUpdate[t] {
+			s.changes[changeKey(t, name)] = noticed
+		}
+		for _, name := range toDelete[t] {
+			delete(s.changes, changeKey(t, name))
+		}
+	}
+	s.changesMu.Unlock()
+	for _, t := range typeURLs {
+		if len(toUpdate[t]) == 0 && len(toDelete[t]) == 0 {
+			continue
+		}
+		if err := s.caches[t].UpdateResources(toUpdate[t], toDelete[t]); err != nil {
+			s.log.Error("cache update failed", "type", typeName(t), "err", err)
+		}
+		s.log.Debug("resources changed", "type", typeName(t), "updated", len(toUpdate[t]), "deleted", len(toDelete[t]))
+	}
+}
+
+func changeKey(typeURL, name string) string { return typeURL + "\x00" + name }
+
+// changedAt is when the current content of a resource was noticed.
+func (s *Server) changedAt(typeURL, name string) (time.Time, bool) {
+	s.changesMu.Lock()
+	defer s.changesMu.Unlock()
+	t, ok := s.changes[changeKey(typeURL, name)]
+	return t, ok
+}
+
+func byType(r Resources) serviceResources {
+	out := serviceResources{}
+	add := func(t, name string, res types.Resource) {
+		if out[t] == nil {
+			out[t] = map[string]types.Resource{}
+		}
+		out[t][name] = res
+	}
+	for _, l := range r.Listeners {
+		add(resourcev3.ListenerType, l.Name, l)
+	}
+	for _, rc := range r.Routes {
+		add(resourcev3.RouteType, rc.Name, rc)
+	}
+	for _, c := range r.Clusters {
+		add(resourcev3.ClusterType, c.Name, c)
+	}
+	for _, e := range r.Endpoints {
+		add(resourcev3.EndpointType, e.ClusterName, e)
+	}
+	return out
+}
+
+// Handler serves /healthz, /readyz, /metrics and /debug/clients.
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
+		fmt.Fprintln(w, "ok")
+	})
+	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, _ *http.Request) {
+		if !s.Ready() {
+			http.Error(w, "not ready: discovery has not synced yet", http.StatusServiceUnavailable)
+			return
+		}
+		fmt.Fprintln(w, "ok")
+	})
+	mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Metrics, promhttp.HandlerOpts{}))
+	mux.HandleFunc("GET /debug/clients", s.clients.serveDebug)
+	return mux
+}
+
+// metrics are the server's Prometheus metrics, ballast_xds_*.
+type metrics struct {
+	clients         *prometheus.GaugeVec
+	pushes          *prometheus.CounterVec
+	pushLatency     *prometheus.HistogramVec
+	nacks           *prometheus.CounterVec
+	translateErrors prometheus.Counter
+}
+
+func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
+	m := &metrics{
+		clients: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ballast_xds_connected_clients",
+			Help: "xDS streams open now, by protocol variant (sotw or delta).",
+		}, []string{"mode"}),
+		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_xds_pushes_total",
+			Help: "xDS responses sent, by resource type and protocol variant.",
+		}, []string{"type", "mode"}),
+		pushLatency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "ballast_xds_push_latency_seconds",
+			Help:    "Time from noticing a registry change to sending the changed resource to a client that already had it.",
+			Buckets: prometheus.ExponentialBuckets(0.0001, 2, 16),
+		}, []string{"type"}),
+		nacks: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_xds_nacks_total",
+			Help: "xDS responses rejected by clients, by resource type.",
+		}, []string{"type"}),
+		translateErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "ballast_xds_translate_errors_total",
+			Help: "Service updates that could not be translated; the Service keeps its last good resources.",
+		}),
+	}
+	for _, c := range []prometheus.Collector{m.clients, m.pushes, m.pushLatency, m.nacks, m.translateErrors, &resourceCollector{s: s}} {
+		if err := reg.Register(c); err != nil {
+			return nil, fmt.Errorf("register metrics: %w", err)
+		}
+	}
+	return m, nil
+}
+
+// resourceCollector reports ballast_xds_resources from the caches at scrape
+// time, so the count never drifts from what is served.
+type resourceCollector struct{ s *Server }
+
+var resourcesDesc = prometheus.NewDesc("ballast_xds_resources",
+	"xDS resources served, by type.", []string{"type"}, nil)
+
+func (c *resourceCollector) Describe(ch chan<- *prometheus.Desc) { ch <- resourcesDesc }
+
+func (c *resourceCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, t := range typeURLs {
+		ch <- prometheus.MustNewConstMetric(resourcesDesc, prometheus.GaugeValue,
+			float64(c.s.caches[t].NumResources()), typeName(t))
+	}
+}

@@ -1,0 +1,385 @@
+// Package xds serves the Registry's Services to proxyless gRPC clients over
+// the xDS protocol: a pure translation from discovery snapshots to
+// Listener, RouteConfiguration, Cluster and ClusterLoadAssignment resources,
+// a go-control-plane server that streams them (state-of-the-world and
+// delta), and the bootstrap file a client needs to find the server.
+package xds
+
+import (
+	"cmp"
+	"errors"
+	"fmt"
+	"maps"
+	"slices"
+	"strconv"
+
+	xdstypev3 "github.com/cncf/xds/go/xds/type/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	leastrequestv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/least_request/v3"
+	roundrobinv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/ballast-dev/ballast/discovery"
+)
+
+// PolicyAnnotation names the Service annotation that picks the LB policy of
+// all of the Service's ports: round_robin, least_request or peak_ewma.
+const PolicyAnnotation = discovery.AnnotationPrefix + "lb-policy"
+
+// Policy is a load-balancing policy a Cluster asks its clients to use.
+type Policy string
+
+// The policies a Service may ask for. Each becomes an ordered list in the
+// Cluster's load_balancing_policy; a client takes the first entry it
+// supports (gRFC A52), so every list ends with round_robin, which every gRPC
+// implementation has.
+const (
+	// RoundRobin spreads calls evenly over the ready endpoints.
+	RoundRobin Policy = "round_robin"
+	// LeastRequest picks the less loaded of two random endpoints (gRFC A48).
+	LeastRequest Policy = "least_request"
+	// PeakEWMA is Ballast's latency-aware policy. Only Go clients that import
+	// balancer/peakewma (which registers "ballast_peak_ewma") can run it;
+	// every other client falls back to least_request, then round_robin.
+	PeakEWMA Policy = "peak_ewma"
+)
+
+// PeakEWMABalancerName is the grpc-go balancer name of Ballast's peak-EWMA
+// policy (balancer/peakewma.Name). grpc-go turns a TypedStruct policy whose
+// type_url ends in this name into a config for the balancer registered under
+// it, and skips the entry when no such balancer is registered.
+const PeakEWMABalancerName = "ballast_peak_ewma"
+
+// peakEWMATypeURL is the TypedStruct type_url naming the peak-EWMA balancer.
+const peakEWMATypeURL = "type.googleapis.com/" + PeakEWMABalancerName
+
+// ParsePolicy reads a policy name, as written in the annotation or a flag.
+func ParsePolicy(s string) (Policy, error) {
+	switch p := Policy(s); p {
+	case RoundRobin, LeastRequest, PeakEWMA:
+		return p, nil
+	}
+	return "", fmt.Errorf("unknown lb policy %q (want %s, %s or %s)", s, RoundRobin, LeastRequest, PeakEWMA)
+}
+
+// Options shape the translation. The zero value is usable.
+type Options struct {
+	// DefaultPolicy applies to Services without the policy annotation;
+	// empty means RoundRobin.
+	DefaultPolicy Policy
+	// ClusterDomain is the cluster's DNS suffix; empty means "cluster.local".
+	ClusterDomain string
+	// BareNameNamespace is the one namespace whose Services are also served
+	// under their bare name (`name:port`). A bare name means "this name in my
+	// own namespace", but the resources are the same for every client, so a
+	// bare name can stand for only one namespace; "default" is the natural
+	// choice. Empty means "default"; "-" serves no bare names.
+	BareNameNamespace string
+}
+
+func (o Options) policy() Policy            { return cmp.Or(o.DefaultPolicy, RoundRobin) }
+func (o Options) clusterDomain() string     { return cmp.Or(o.ClusterDomain, "cluster.local") }
+func (o Options) bareNameNamespace() string { return cmp.Or(o.BareNameNamespace, "default") }
+
+// Resources are the xDS resources of some Services, each list sorted by
+// resource name.
+type Resources struct {
+	Listeners []*listenerv3.Listener
+	Routes    []*routev3.RouteConfiguration
+	Clusters  []*clusterv3.Cluster
+	Endpoints []*endpointv3.ClusterLoadAssignment
+}
+
+// Len is the number of resources of every type.
+func (r *Resources) Len() int {
+	return len(r.Listeners) + len(r.Routes) + len(r.Clusters) + len(r.Endpoints)
+}
+
+func (r *Resources) append(o Resources) {
+	r.Listeners = append(r.Listeners, o.Listeners...)
+	r.Routes = append(r.Routes, o.Routes...)
+	r.Clusters = append(r.Clusters, o.Clusters...)
+	r.Endpoints = append(r.Endpoints, o.Endpoints...)
+}
+
+func (r *Resources) sort() {
+	slices.SortFunc(r.Listeners, func(a, b *listenerv3.Listener) int { return cmp.Compare(a.Name, b.Name) })
+	slices.SortFunc(r.Routes, func(a, b *routev3.RouteConfiguration) int { return cmp.Compare(a.Name, b.Name) })
+	slices.SortFunc(r.Clusters, func(a, b *clusterv3.Cluster) int { return cmp.Compare(a.Name, b.Name) })
+	slices.SortFunc(r.Endpoints, func(a, b *endpointv3.ClusterLoadAssignment) int {
+		return cmp.Compare(a.ClusterName, b.ClusterName)
+	})
+}
+
+// Translate turns Services into the resources gRPC's xDS client asks for.
+// Services it cannot translate (a bad annotation) are left out and named in
+// the returned error, so one bad Service never hides the others.
+func Translate(services []*discovery.Service, opts Options) (Resources, error) {
+	var (
+		out  Resources
+		errs []error
+	)
+	for _, svc := range services {
+		r, err := TranslateService(svc, opts)
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		out.append(r)
+	}
+	out.sort()
+	return out, errors.Join(errs...)
+}
+
+// TranslateService turns one Service into its resources. For each TCP port
+// it makes:
+//
+//   - a Listener for every name a client may dial: name.ns:port,
+//     name.ns.svc:port, name.ns.svc.<domain>:port, and name:port for the
+//     BareNameNamespace; each an api_listener whose HttpConnectionManager
+//     names the port's RouteConfiguration over ADS and runs the router;
+//   - a RouteConfiguration named name.ns.svc.<domain>:port with one virtual
+//     host for those names, routing everything to the Cluster;
+//   - a Cluster of the same name, type EDS over ADS, with the Service's
+//     load_balancing_policy list;
+//   - a ClusterLoadAssignment of the same name with one locality per zone:
+//     ready endpoints HEALTHY, serving-and-terminating ones DRAINING, the
+//     rest left out.
+//
+// Every resource is checked with its Validate method; the error names the
+// Service and the resource.
+func TranslateService(svc *discovery.Service, opts Options) (Resources, error) {
+	var out Resources
+	policy := opts.policy()
+	if v, ok := svc.Annotations[PolicyAnnotation]; ok {
+		p, err := ParsePolicy(v)
+		if err != nil {
+			return Resources{}, fmt.Errorf("service %s: annotation %s: %w", svc.Key, PolicyAnnotation, err)
+		}
+		policy = p
+	}
+	lbPolicy, err := loadBalancingPolicy(policy)
+	if err != nil {
+		return Resources{}, fmt.Errorf("service %s: %w", svc.Key, err)
+	}
+	for i := range svc.Ports {
+		port := &svc.Ports[i]
+		if port.Protocol != "" && port.Protocol != "TCP" {
+			continue
+		}
+		names := DialNames(svc.Key, port.Port, opts)
+		canonical := names[len(names)-1]
+		for _, n := range names {
+			l, err := apiListener(n, canonical)
+			if err != nil {
+				return Resources{}, fmt.Errorf("service %s: listener %s: %w", svc.Key, n, err)
+			}
+			out.Listeners = append(out.Listeners, l)
+		}
+		out.Routes = append(out.Routes, routeConfiguration(canonical, names))
+		out.Clusters = append(out.Clusters, edsCluster(canonical, lbPolicy))
+		out.Endpoints = append(out.Endpoints, loadAssignment(canonical, port.Endpoints))
+	}
+	out.sort()
+	if err := out.validate(); err != nil {
+		return Resources{}, fmt.Errorf("service %s: %w", svc.Key, err)
+	}
+	return out, nil
+}
+
+// DialNames lists the target names (host:port) under which a client may
+// dial a Service port, shortest first; the last is the fully qualified one,
+// which also names the port's route, cluster and endpoints.
+func DialNames(k discovery.Key, port int32, opts Options) []string {
+	p := ":" + strconv.Itoa(int(port))
+	var names []string
+	if ns := opts.bareNameNamespace(); ns != "-" && ns == k.Namespace {
+		names = append(names, k.Name+p)
+	}
+	base := k.Name + "." + k.Namespace
+	return append(names, base+p, base+".svc"+p, base+".svc."+opts.clusterDomain()+p)
+}
+
+var adsSource = &corev3.ConfigSource{
+	ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+	ResourceApiVersion:    corev3.ApiVersion_V3,
+}
+
+// routerFilter is the terminal HTTP filter gRPC's xDS client requires.
+var routerFilter = mustAny(&routerv3.Router{})
+
+func apiListener(name, route string) (*listenerv3.Listener, error) {
+	m := &hcmv3.HttpConnectionManager{
+		StatPrefix: name,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			ConfigSource:    adsSource,
+			RouteConfigName: route,
+		}},
+		HttpFilters: []*hcmv3.HttpFilter{{
+			Name:       "envoy.filters.http.router",
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: routerFilter},
+		}},
+	}
+	if err := m.ValidateAll(); err != nil {
+		return nil, err
+	}
+	hcm, err := anypb.New(m)
+	if err != nil {
+		return nil, err
+	}
+	return &listenerv3.Listener{
+		Name:        name,
+		ApiListener: &listenerv3.ApiListener{ApiListener: hcm},
+	}, nil
+}
+
+func routeConfiguration(name string, domains []string) *routev3.RouteConfiguration {
+	return &routev3.RouteConfiguration{
+		Name: name,
+		VirtualHosts: []*routev3.VirtualHost{{
+			Name:    name,
+			Domains: domains,
+			Routes: []*routev3.Route{{
+				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+				Action: &routev3.Route_Route{Route: &routev3.RouteAction{
+					ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: name},
+				}},
+			}},
+		}},
+	}
+}
+
+func edsCluster(name string, policy *clusterv3.LoadBalancingPolicy) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource, ServiceName: name},
+		LoadBalancingPolicy:  policy,
+	}
+}
+
+// Policy list entries, shared by every Cluster (resources are immutable once
+// built).
+var (
+	roundRobinEntry   = policyEntry("envoy.load_balancing_policies.round_robin", &roundrobinv3.RoundRobin{})
+	leastRequestEntry = policyEntry("envoy.load_balancing_policies.least_request", &leastrequestv3.LeastRequest{
+		ChoiceCount: wrapperspb.UInt32(2),
+	})
+	peakEWMAEntry = policyEntry("ballast.load_balancing_policies.peak_ewma", &xdstypev3.TypedStruct{
+		TypeUrl: peakEWMATypeURL,
+		Value:   &structpb.Struct{},
+	})
+)
+
+// loadBalancingPolicy is the Cluster's ordered policy list for p. The
+// endpoint-picking policy is listed directly, not under wrr_locality: the
+// policy sees every endpoint of the priority, whatever its zone, which is
+// what per-call balancing across a Service's pods means.
+func loadBalancingPolicy(p Policy) (*clusterv3.LoadBalancingPolicy, error) {
+	var entries []*clusterv3.LoadBalancingPolicy_Policy
+	switch p {
+	case RoundRobin:
+		entries = []*clusterv3.LoadBalancingPolicy_Policy{roundRobinEntry}
+	case LeastRequest:
+		entries = []*clusterv3.LoadBalancingPolicy_Policy{leastRequestEntry, roundRobinEntry}
+	case PeakEWMA:
+		entries = []*clusterv3.LoadBalancingPolicy_Policy{peakEWMAEntry, leastRequestEntry, roundRobinEntry}
+	default:
+		return nil, fmt.Errorf("unknown lb policy %q", p)
+	}
+	return &clusterv3.LoadBalancingPolicy{Policies: entries}, nil
+}
+
+func policyEntry(name string, config proto.Message) *clusterv3.LoadBalancingPolicy_Policy {
+	return &clusterv3.LoadBalancingPolicy_Policy{
+		TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: name, TypedConfig: mustAny(config)},
+	}
+}
+
+// loadAssignment groups endpoints by zone, one locality each, in zone order.
+// A locality's weight is its endpoint count (gRPC ignores zero-weight
+// localities; the weight only matters to a client that weighs localities).
+func loadAssignment(name string, endpoints []discovery.Endpoint) *endpointv3.ClusterLoadAssignment {
+	byZone := map[string][]*endpointv3.LbEndpoint{}
+	for _, e := range endpoints {
+		var health corev3.HealthStatus
+		switch {
+		case e.Ready:
+			health = corev3.HealthStatus_HEALTHY
+		case e.Serving && e.Terminating:
+			health = corev3.HealthStatus_DRAINING
+		default:
+			continue
+		}
+		byZone[e.Zone] = append(byZone[e.Zone], &endpointv3.LbEndpoint{
+			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+				Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+					Address:       e.Address.Addr().String(),
+					PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(e.Address.Port())},
+				}}},
+				Hostname: e.Pod,
+			}},
+			HealthStatus: health,
+		})
+	}
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
+	for _, zone := range slices.Sorted(maps.Keys(byZone)) {
+		eps := byZone[zone]
+		cla.Endpoints = append(cla.Endpoints, &endpointv3.LocalityLbEndpoints{
+			Locality:            &corev3.Locality{Zone: zone},
+			LbEndpoints:         eps,
+			LoadBalancingWeight: wrapperspb.UInt32(uint32(len(eps))),
+		})
+	}
+	return cla
+}
+
+// validator is what every generated resource type implements.
+type validator interface{ ValidateAll() error }
+
+func (r *Resources) validate() error {
+	check := func(kind, name string, v validator) error {
+		if err := v.ValidateAll(); err != nil {
+			return fmt.Errorf("%s %s: %w", kind, name, err)
+		}
+		return nil
+	}
+	for _, l := range r.Listeners {
+		if err := check("listener", l.Name, l); err != nil {
+			return err
+		}
+	}
+	for _, rc := range r.Routes {
+		if err := check("route", rc.Name, rc); err != nil {
+			return err
+		}
+	}
+	for _, c := range r.Clusters {
+		if err := check("cluster", c.Name, c); err != nil {
+			return err
+		}
+	}
+	for _, e := range r.Endpoints {
+		if err := check("endpoints", e.ClusterName, e); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func mustAny(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(fmt.Sprintf("xds: marshal %T: %v", m, err))
+	}
+	return a
+}
