@@ -28,7 +28,7 @@ func (s *Section) WriteText(w io.Writer) {
 	for _, r := range s.Rows {
 		cells := []string{r.Path}
 		if r.Note != "" {
-			cells = append(cells, r.Note)
+			cells = append(cells, shorten(r.Note))
 		} else {
 			for _, c := range s.Columns {
 				cells = append(cells, Summarize(r.Values[c.Key]).Format(c.Digits))
@@ -117,7 +117,7 @@ func (r *Report) Markdown() string {
 		for _, row := range s.Rows {
 			fmt.Fprintf(&b, "| %s |", row.Path)
 			if row.Note != "" {
-				fmt.Fprintf(&b, " %s |%s\n", mdCell(row.Note), strings.Repeat(" |", len(s.Columns)-1))
+				fmt.Fprintf(&b, " %s |%s\n", mdCell(shorten(row.Note)), strings.Repeat(" |", len(s.Columns)-1))
 				continue
 			}
 			for _, c := range s.Columns {
@@ -145,6 +145,17 @@ func (r *Report) Markdown() string {
 		}
 	}
 	return b.String()
+}
+
+// shorten keeps a long note (a wrapped gRPC error) to its start, which
+// says what failed, and its end, which says why; the JSON report keeps it
+// whole.
+func shorten(note string) string {
+	const head, tail = 100, 200
+	if r := []rune(note); len(r) > head+tail+20 {
+		return string(r[:head]) + " … " + string(r[len(r)-tail:])
+	}
+	return note
 }
 
 // mdCell keeps text from breaking a markdown table row.

@@ -142,3 +142,14 @@ func TestQuantileAndBalance(t *testing.T) {
 		t.Errorf("Share = %v, want 0.25", got)
 	}
 }
+
+func TestShortenKeepsBothEnds(t *testing.T) {
+	long := "failed: all 1500 calls failed; " + strings.Repeat("x", 1000) + " cannot unmarshal number into decay"
+	got := shorten(long)
+	if len([]rune(got)) > 310 || !strings.HasPrefix(got, "failed: all 1500 calls failed;") || !strings.HasSuffix(got, "cannot unmarshal number into decay") {
+		t.Errorf("shorten = %q", got)
+	}
+	if shorten("pending: short") != "pending: short" {
+		t.Error("a short note was changed")
+	}
+}
