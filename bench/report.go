@@ -47,7 +47,7 @@ func (s *Section) WriteText(w io.Writer) {
 // format is a headline as one line.
 func (h *Headline) format() string {
 	if h.Note != "" {
-		return h.Text + ": no ratio yet, " + h.Note
+		return h.Text + ": not measured yet, " + h.Note
 	}
 	sum := Summarize(h.Values)
 	line := fmt.Sprintf("%s: %s", h.Text, sum.Format(2))

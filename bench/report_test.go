@@ -50,7 +50,7 @@ func TestReportMarkdown(t *testing.T) {
 		"| sidecar | pending: the sidecar proxy (issue 5) has not landed on main yet | |",
 		// Ratios within each run: 30/20 and 26/20.
 		"- 2. Data-path cost (unary): nginx proxy CPU per call ÷ haproxy's: 1.40 [1.30–1.50] (target ≤ 1.00: NOT met)",
-		"sidecar proxy CPU per call ÷ haproxy's: no ratio yet, sidecar has no numbers (pending)",
+		"sidecar proxy CPU per call ÷ haproxy's: not measured yet, sidecar has no numbers (pending)",
 		"![CPU per call](cpu.png)",
 		"## 4. Convergence",
 		"**not yet measured: needs istiod**",
