@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -195,5 +196,40 @@ func wantRows(t *testing.T, s *Section, want map[string]string) {
 		case note != "" && (len(r.Note) < len(note) || r.Note[:len(note)] != note):
 			t.Errorf("%s: row %q note %q, want it to start %q", s.ID, path, r.Note, note)
 		}
+	}
+}
+
+// A run names every scenario: the ones asked for measured, the others
+// skipped, and the ones not built yet not measured.
+func TestRunReportsEveryScenario(t *testing.T) {
+	b := newTestBench(t)
+	r := b.Run(context.Background(), Scenarios{
+		Balance: BalanceConfig{Calls: 10, Pods: 2, Paths: []Path{ClientSide("round_robin", "round_robin")}},
+		Only:    []string{"balance"},
+	})
+	want := map[string]string{
+		"balance":             "",
+		"data-path":           "skipped",
+		"data-path-stream":    "skipped",
+		"latency-aware":       "skipped",
+		"convergence":         "not yet measured",
+		"control-plane-scale": "not yet measured",
+	}
+	if len(r.Sections) != len(want) {
+		t.Errorf("%d sections, want %d", len(r.Sections), len(want))
+	}
+	for _, s := range r.Sections {
+		w, ok := want[s.ID]
+		switch {
+		case !ok:
+			t.Errorf("unexpected section %q", s.ID)
+		case w == "" && s.NotMeasured != "":
+			t.Errorf("%s not measured: %s", s.ID, s.NotMeasured)
+		case w != "" && !strings.HasPrefix(s.NotMeasured, w):
+			t.Errorf("%s: %q, want it to start %q", s.ID, s.NotMeasured, w)
+		}
+	}
+	if r.Runs != 1 || r.Machine.Cores < 1 || r.Machine.GoVersion == "" || r.Wall <= 0 {
+		t.Errorf("report header: runs %d, cores %d, go %q, wall %v", r.Runs, r.Machine.Cores, r.Machine.GoVersion, r.Wall)
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/ballast-dev/ballast/discovery"
@@ -46,5 +47,36 @@ func TestServiceManifestLoads(t *testing.T) {
 	}
 	if port.Port != benchPort || len(got) != len(pods) {
 		t.Errorf("port %d with %d ready endpoints, want %d with %d", port.Port, len(got), benchPort, len(pods))
+	}
+}
+
+// A mode's row is pending, saying why, while the ballast binary lacks its
+// command or there is no binary at all.
+func TestHasCommand(t *testing.T) {
+	tests := []struct {
+		name, binary string
+		want         string
+	}{
+		{"no binary", "", "pending: no ballast binary"},
+		{"binary without the command", "/bin/false", "pending: this ballast binary has no `proxy` command: the sidecar"},
+		{"binary with the command", "/bin/true", ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if tt.binary != "" {
+				if _, err := os.Stat(tt.binary); err != nil {
+					t.Skip(err)
+				}
+			}
+			b := &Bench{opts: Options{Binary: tt.binary}}
+			err := b.hasCommand("proxy", "the sidecar proxy (issue 5)")
+			got := ""
+			if err != nil {
+				got = whyNot(err)
+			}
+			if (tt.want == "") != (got == "") || !strings.HasPrefix(got, tt.want) {
+				t.Errorf("hasCommand with %q: %q, want a note starting %q", tt.binary, got, tt.want)
+			}
+		})
 	}
 }
