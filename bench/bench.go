@@ -147,10 +147,10 @@ func (b *Bench) Run(ctx context.Context, sc Scenarios) *Report {
 		run("latency-aware", "3. Latency-aware balancing", func() *Section { return b.Latency(ctx, sc.Latency) }),
 		notMeasured("convergence", "4. Convergence",
 			"A new ready pod → time to its first call; a removed pod → time to its last call; Ballast's control plane vs istiod on the same API server.",
-			"not yet measured: needs the xDS control plane (issue 4) and istiod built from its Go module"),
+			"not yet measured: the control plane has landed, but this scenario, and istiod built from its Go module to compare with, are not written yet"),
 		notMeasured("control-plane-scale", "5. Control-plane scale",
 			"1k and 5k Services × 10 endpoints, 100 and 1,000 simulated xDS clients: initial sync time, push latency p50/p99 under churn, CPU and RSS — Ballast vs istiod.",
-			"not yet measured: needs the xDS control plane (issue 4) and istiod built from its Go module"),
+			"not yet measured: needs simulated xDS clients and istiod built from its Go module; not written yet"),
 	)
 	r.Machine.Peers = map[string]string{"nginx": peerVersion("nginx"), "haproxy": peerVersion("haproxy")}
 	r.Machine.PeerInstall = b.peers.installed

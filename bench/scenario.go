@@ -225,7 +225,8 @@ func (b *Bench) Latency(ctx context.Context, c LatencyConfig) *Section {
 		Description: fmt.Sprintf("3 pods, one of them (pod-slow) holding every call for %s; %d at a time over one client connection. "+
 			"Each run opens a new connection (fresh balancer state) and measures %d calls (\"cold\"), keeps the same load on for %s, "+
 			"then measures %d more (\"warm\": a long-lived client's steady state). "+
-			"Target: peak-EWMA's p99 ≤ 1/4 of round_robin's.", c.SlowDelay, c.Concurrency, c.Calls, c.Settle, c.Calls),
+			"Target: peak-EWMA's p99 ≤ 1/4 of round_robin's; since every call to pod-slow takes at least %[1]s, "+
+			"p99 can only fall below that when under 1%% of calls go to it.", c.SlowDelay, c.Concurrency, c.Calls, c.Settle, c.Calls),
 		Columns: []Column{
 			{colP50, "cold p50 ms", 3}, {colP99, "cold p99 ms", 3}, {colSlowShare, "cold slow share %", 1},
 			{colWarmP50, "warm p50 ms", 3}, {colWarmP99, "warm p99 ms", 3}, {colWarmSlow, "warm slow share %", 1},
