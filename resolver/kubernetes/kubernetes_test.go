@@ -112,6 +112,12 @@ func TestSpread(t *testing.T) {
 				greetertest.Eventually(t, 10*time.Second, func() bool {
 					return pods[0].OpenConns() > 0 && pods[1].OpenConns() > 0 && pods[2].OpenConns() > 0
 				}, "the client did not connect to every pod")
+				if pol.name != "ballast_peak_ewma" {
+					// A pod that answered is READY in the client too.
+					greetertest.Eventually(t, 10*time.Second, func() bool {
+						return sayHello(conn) == nil && pods[0].Calls() > 0 && pods[1].Calls() > 0 && pods[2].Calls() > 0
+					}, "not every pod got a call")
+				}
 				counts := greetertest.Spread(t, conn, calls, workers)
 				ratio := greetertest.MaxOverMean(counts, 3)
 				t.Logf("%v max/mean %.3f", counts, ratio)
