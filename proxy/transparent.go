@@ -95,20 +95,19 @@ func sniff(c net.Conn, timeout time.Duration) (prefix []byte, isHTTP2 bool, err 
 		m, err = c.Read(buf[n:])
 		n += m
 		if !bytes.Equal(buf[:n], []byte(http2Preface[:n])) {
-			err = nil
-			break
+			break // not HTTP/2; whatever err says, the bytes go through
 		}
 		if err != nil {
-			break
+			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) {
+				return buf[:n], false, err
+			}
+			break // closed early or silent: not HTTP/2
 		}
 	}
-	if err != nil && !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) {
+	if err := c.SetReadDeadline(time.Time{}); err != nil {
 		return buf[:n], false, err
 	}
-	if derr := c.SetReadDeadline(time.Time{}); derr != nil {
-		return buf[:n], false, derr
-	}
-	return buf[:n], err == nil && n == len(buf), nil
+	return buf[:n], string(buf[:n]) == http2Preface, nil
 }
 
 // prefixConn replays bytes already read from a connection before reading
