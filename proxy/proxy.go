@@ -21,7 +21,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"net"
 	"net/http"
 	"net/netip"
@@ -156,7 +155,6 @@ func New(opts Options) (*Proxy, error) {
 		// The app's keepalive pings must not get it disconnected: the
 		// proxy accepts them as often as any sane client sends them.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-		grpc.MaxConcurrentStreams(math.MaxUint32),
 	)
 	return p, nil
 }

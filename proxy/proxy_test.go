@@ -66,7 +66,18 @@ func (s *testService) UnaryCall(ctx context.Context, req *testpb.SimpleRequest) 
 	return &testpb.SimpleResponse{Payload: &testpb.Payload{Body: bytes.Repeat([]byte{'r'}, int(req.GetResponseSize()))}}, nil
 }
 
+// StreamingOutputCall sends one response per requested size. Asked to
+// ("x-header-first"), it sends headers and then waits for the call to end
+// without sending a message.
 func (s *testService) StreamingOutputCall(req *testpb.StreamingOutputCallRequest, stream grpc.ServerStreamingServer[testpb.StreamingOutputCallResponse]) error {
+	if md, _ := metadata.FromIncomingContext(stream.Context()); len(md.Get("x-header-first")) > 0 {
+		if err := stream.SendHeader(metadata.Pairs("x-early", "1")); err != nil {
+			return err
+		}
+		<-stream.Context().Done()
+		s.ended <- stream.Context().Err()
+		return stream.Context().Err()
+	}
 	for _, p := range req.GetResponseParameters() {
 		if err := stream.Send(&testpb.StreamingOutputCallResponse{Payload: &testpb.Payload{Body: make([]byte, p.GetSize())}}); err != nil {
 			return err
@@ -90,9 +101,16 @@ func (s *testService) StreamingInputCall(stream grpc.ClientStreamingServer[testp
 }
 
 // FullDuplexCall answers each request at once with a payload of its first
-// response size, so a client can ping-pong.
+// response size, so a client can ping-pong. Asked to ("x-abort-after"), it
+// ends the call with Aborted after answering the first request, while the
+// client may still be sending.
 func (s *testService) FullDuplexCall(stream grpc.BidiStreamingServer[testpb.StreamingOutputCallRequest, testpb.StreamingOutputCallResponse]) error {
-	for {
+	md, _ := metadata.FromIncomingContext(stream.Context())
+	abort := len(md.Get("x-abort-after")) > 0
+	for answered := false; ; answered = true {
+		if abort && answered {
+			return status.Error(codes.Aborted, "server gave up")
+		}
 		req, err := stream.Recv()
 		if errors.Is(err, io.EOF) {
 			return nil
@@ -227,6 +245,68 @@ func TestStreamingKinds(t *testing.T) {
 			t.Fatalf("after half-close got %v, want EOF", err)
 		}
 	})
+}
+
+// TestHeadersBeforeMessages: response headers reach the client as soon as
+// the server sends them, before any message; and the client's cancel then
+// reaches the server.
+func TestHeadersBeforeMessages(t *testing.T) {
+	svc, client, _ := proxiedTestService(t)
+	ctx, cancel := context.WithCancel(metadata.AppendToOutgoingContext(t.Context(), "x-header-first", "1"))
+	stream, err := client.StreamingOutputCall(ctx, &testpb.StreamingOutputCallRequest{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	hdr, err := stream.Header()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := hdr.Get("x-early"); !slices.Equal(got, []string{"1"}) {
+		t.Fatalf("header x-early %q, want [1]", got)
+	}
+	cancel()
+	select {
+	case err := <-svc.ended:
+		if !errors.Is(err, context.Canceled) {
+			t.Fatalf("server stream ended with %v, want Canceled", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("server never saw the cancellation")
+	}
+}
+
+// TestServerEndsStreamEarly: the server ends a bidi call with an error while
+// the client is still sending; the client gets that status.
+func TestServerEndsStreamEarly(t *testing.T) {
+	_, client, _ := proxiedTestService(t)
+	stream, err := client.FullDuplexCall(metadata.AppendToOutgoingContext(t.Context(), "x-abort-after", "1"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	req := &testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}}
+	if err := stream.Send(req); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := stream.Recv(); err != nil {
+		t.Fatal(err)
+	}
+	// Keep sending until the proxy reports the end of the call (a Send
+	// after it returns io.EOF), bounded.
+	for range 1000 {
+		if err := stream.Send(req); err != nil {
+			break
+		}
+	}
+	for {
+		_, err := stream.Recv()
+		if err == nil {
+			continue
+		}
+		if st := status.Convert(err); st.Code() != codes.Aborted || st.Message() != "server gave up" {
+			t.Fatalf("got %v, want Aborted: server gave up", err)
+		}
+		break
+	}
 }
 
 func TestMetadataAndStatus(t *testing.T) {
