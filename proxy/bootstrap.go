@@ -6,6 +6,11 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/xds" // registers the xds:/// resolver and xDS balancers
+
+	// The control plane may name Ballast's own policies in a Cluster; the
+	// proxy must know them to decide as a proxyless Go client would.
+	_ "github.com/ballast-dev/ballast/balancer/p2c"
+	_ "github.com/ballast-dev/ballast/balancer/peakewma"
 )
 
 // XDSBootstrap is the xDS bootstrap that points a grpc-go client at the

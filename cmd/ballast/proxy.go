@@ -16,7 +16,12 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/discovery/files"
+	"github.com/ballast-dev/ballast/discovery/kube"
 	"github.com/ballast-dev/ballast/proxy"
 	"github.com/ballast-dev/ballast/proxy/iptables"
 )
@@ -26,6 +31,8 @@ type proxyConfig struct {
 	transparent  string
 	outbound     []string
 	services     []string
+	kubernetes   bool
+	filesDir     string
 	xdsAddress   string
 	nodeID       string
 	admin        string
@@ -45,8 +52,11 @@ proxyless client's would be.
 
 Transparent mode (the default): accepts connections redirected by
 'ballast proxy init' on --transparent-address, reads their original
-destination, and balances gRPC to known Services (--service); everything
-else passes through as plain TCP.
+destination, and balances gRPC to known Services; everything else passes
+through as plain TCP. Known Services are their ClusterIP:port pairs, from
+the Kubernetes API (--kubernetes: needs get/list/watch on Services and
+EndpointSlices), from a folder of Service YAML (--files), or given
+one by one (--service).
 
 Explicit mode: --outbound 127.0.0.1:15001=greeter.default:50051 listens on
 the address and sends every call to the target (name.namespace:port means
@@ -64,6 +74,8 @@ for up to --drain-timeout, then exits.`,
 	f.StringVar(&c.transparent, "transparent-address", "", "address of the transparent listener (default 127.0.0.1:15001 when no --outbound is given)")
 	f.StringArrayVar(&c.outbound, "outbound", nil, "explicit listener ADDR=TARGET (repeatable)")
 	f.StringArrayVar(&c.services, "service", nil, "transparent mode: a Service's CLUSTERIP:PORT=name.namespace:port (repeatable)")
+	f.BoolVar(&c.kubernetes, "kubernetes", false, "transparent mode: learn Services' ClusterIPs from the Kubernetes API (in-cluster or $KUBECONFIG)")
+	f.StringVar(&c.filesDir, "files", "", "transparent mode: learn Services' ClusterIPs from the Service YAML in this folder")
 	f.StringVar(&c.xdsAddress, "xds-address", "", "control plane host:port; without it xds:/// targets use GRPC_XDS_BOOTSTRAP like any proxyless client")
 	f.StringVar(&c.nodeID, "node-id", "", "xDS node id (default ballast-proxy~$POD_NAMESPACE~$POD_NAME)")
 	f.StringVar(&c.admin, "admin-address", ":15021", "address of /ready and /metrics")
@@ -98,8 +110,12 @@ func runProxy(ctx context.Context, c proxyConfig) error {
 		}
 		services[dst] = proxyTarget(target)
 	}
+	destinations, runDiscovery, err := proxyDestinations(c, services)
+	if err != nil {
+		return err
+	}
 	opts := proxy.Options{
-		Destinations:    services,
+		Destinations:    destinations,
 		MaxMessageBytes: c.maxMessage,
 		SniffTimeout:    c.sniffTimeout,
 		DrainTimeout:    c.drainTimeout,
@@ -152,6 +168,11 @@ func runProxy(ctx context.Context, c proxyConfig) error {
 	if err != nil {
 		return err
 	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	discoveryDone := make(chan error, 1)
+	go func() { discoveryDone <- runDiscovery(ctx) }()
+	defer func() { cancel(); <-discoveryDone }()
 	admin := &http.Server{Handler: p.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
 	adminDone := make(chan error, 1)
 	go func() { adminDone <- admin.Serve(adminLis) }()
@@ -163,6 +184,64 @@ func runProxy(ctx context.Context, c proxyConfig) error {
 		err = fmt.Errorf("admin server: %w", aerr)
 	}
 	return err
+}
+
+// proxyDestinations returns what maps an intercepted connection's original
+// destination to a Service target, and the function that keeps it current
+// (it blocks until ctx ends). Static --service entries come first; a
+// discovery source (Kubernetes or files) adds every Service's ClusterIPs.
+func proxyDestinations(c proxyConfig, static proxy.StaticDestinations) (proxy.Destinations, func(context.Context) error, error) {
+	idle := func(ctx context.Context) error { <-ctx.Done(); return nil }
+	if c.kubernetes && c.filesDir != "" {
+		return nil, nil, errors.New("--kubernetes and --files: choose one source of Services")
+	}
+	if !c.kubernetes && c.filesDir == "" {
+		return static, idle, nil
+	}
+	reg := discovery.NewRegistry()
+	var run func(context.Context) error
+	if c.kubernetes {
+		cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
+			clientcmd.NewDefaultClientConfigLoadingRules(), &clientcmd.ConfigOverrides{}).ClientConfig()
+		if err != nil {
+			return nil, nil, fmt.Errorf("--kubernetes: %w", err)
+		}
+		client, err := kubernetes.NewForConfig(cfg)
+		if err != nil {
+			return nil, nil, fmt.Errorf("--kubernetes: %w", err)
+		}
+		run = kube.New(client, reg, kube.Options{}).Run
+	} else {
+		src := files.New(c.filesDir, reg, files.Options{})
+		if err := src.Load(); err != nil {
+			// Keep going with the files that did load; Run reports again.
+			slog.Warn("loading Services", "dir", c.filesDir, "err", err)
+		}
+		run = src.Run
+	}
+	index := proxy.NewServiceIndex(reg)
+	both := func(ctx context.Context) error {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		indexDone := make(chan error, 1)
+		go func() { indexDone <- index.Run(ctx) }()
+		err := run(ctx)
+		cancel()
+		return errors.Join(err, <-indexDone)
+	}
+	return chained{static, index}, both, nil
+}
+
+// chained asks each Destinations in turn.
+type chained []proxy.Destinations
+
+func (c chained) Target(dst netip.AddrPort) (string, bool) {
+	for _, d := range c {
+		if t, ok := d.Target(dst); ok {
+			return t, true
+		}
+	}
+	return "", false
 }
 
 func newProxyInitCmd() *cobra.Command {
