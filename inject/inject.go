@@ -21,7 +21,9 @@ import (
 	"slices"
 	"strconv"
 
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
 )
@@ -117,9 +119,10 @@ func Inject(pod *corev1.Pod, c Config) {
 		FailureThreshold: 60,
 	}
 	initC := corev1.Container{
-		Name:  InitContainerName,
-		Image: c.Image,
-		Args:  initArgs,
+		Name:    InitContainerName,
+		Image:   c.Image,
+		Command: []string{"ballast"},
+		Args:    initArgs,
 		SecurityContext: &corev1.SecurityContext{
 			RunAsUser:    &root,
 			RunAsNonRoot: &no,
@@ -132,6 +135,7 @@ func Inject(pod *corev1.Pod, c Config) {
 	proxyC := corev1.Container{
 		Name:          ProxyContainerName,
 		Image:         c.Image,
+		Command:       []string{"ballast"},
 		Args:          proxyArgs,
 		RestartPolicy: &always,
 		Ports:         []corev1.ContainerPort{{Name: "ballast-admin", ContainerPort: c.adminPort()}},
@@ -175,4 +179,34 @@ func Handler(c Config) http.Handler {
 		}
 		return admission.PatchResponseFromRaw(req.Object.Raw, mutated)
 	})}
+}
+
+// WebhookConfiguration registers the injector with the API server: pod
+// creations in namespaces labelled ballast-injection=enabled, with
+// failurePolicy Ignore and a 5s timeout so that a down injector never
+// blocks pod creation (the pod is then created without the sidecar).
+func WebhookConfiguration(name string, client admissionregistrationv1.WebhookClientConfig) *admissionregistrationv1.MutatingWebhookConfiguration {
+	ignore := admissionregistrationv1.Ignore
+	none := admissionregistrationv1.SideEffectClassNone
+	never := admissionregistrationv1.NeverReinvocationPolicy
+	timeout := int32(5)
+	return &admissionregistrationv1.MutatingWebhookConfiguration{
+		ObjectMeta: metav1.ObjectMeta{Name: name},
+		Webhooks: []admissionregistrationv1.MutatingWebhook{{
+			Name:         "inject.ballast.dev",
+			ClientConfig: client,
+			Rules: []admissionregistrationv1.RuleWithOperations{{
+				Operations: []admissionregistrationv1.OperationType{admissionregistrationv1.Create},
+				Rule: admissionregistrationv1.Rule{
+					APIGroups: []string{""}, APIVersions: []string{"v1"}, Resources: []string{"pods"},
+				},
+			}},
+			NamespaceSelector:       &metav1.LabelSelector{MatchLabels: map[string]string{NamespaceLabel: NamespaceEnabled}},
+			FailurePolicy:           &ignore,
+			SideEffects:             &none,
+			TimeoutSeconds:          &timeout,
+			ReinvocationPolicy:      &never,
+			AdmissionReviewVersions: []string{"v1"},
+		}},
+	}
 }

@@ -40,6 +40,7 @@ func newRootCmd() *cobra.Command {
 		newGreeterCmd(),
 		newDemoCmd(),
 		newProxyCmd(),
+		newInjectCmd(),
 	)
 	return root
 }
