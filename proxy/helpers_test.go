@@ -131,3 +131,40 @@ func metricValue(m prometheus.Metric) float64 {
 	}
 	return d.Gauge.GetValue()
 }
+
+// spread waits until calls over conn have reached pods distinct backends
+// (round_robin only uses connected ones, and they connect in parallel),
+// then makes calls calls and returns how many each pod answered. It fails
+// the test if the backends are not all reached within the deadline.
+func spread(t testing.TB, conn *grpc.ClientConn, pods, calls int) map[string]int {
+	t.Helper()
+	seen := map[string]int{}
+	eventually(t, fmt.Sprintf("calls reaching %d pods", pods), func() bool {
+		tally := greeter.Call(context.Background(), conn, 1, 5*time.Second, nil)
+		if tally.Errors > 0 {
+			t.Fatalf("warm-up call: %v", tally.LastError)
+		}
+		for p := range tally.Pods {
+			seen[p]++
+		}
+		return len(seen) >= pods
+	})
+	tally := greeter.Call(context.Background(), conn, calls, 5*time.Second, nil)
+	if tally.Errors > 0 {
+		t.Fatalf("%d of %d calls failed; last: %v", tally.Errors, tally.Calls, tally.LastError)
+	}
+	return tally.Pods
+}
+
+// even reports whether counts has n pods that each got total/n.
+func even(counts map[string]int, n, total int) bool {
+	if len(counts) != n {
+		return false
+	}
+	for _, c := range counts {
+		if c != total/n {
+			return false
+		}
+	}
+	return true
+}

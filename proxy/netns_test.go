@@ -19,7 +19,6 @@ import (
 
 	"google.golang.org/grpc"
 
-	"github.com/ballast-dev/ballast/greeter"
 	"github.com/ballast-dev/ballast/proxy/iptables"
 )
 
@@ -176,12 +175,8 @@ func TestNetnsClient(t *testing.T) {
 		t.Skip("run by TestNetnsInside")
 	}
 	conn := dial(t, "passthrough:///"+netnsClusterIP)
-	tally := greeter.Call(t.Context(), conn, 12, 5*time.Second, nil)
-	if tally.Errors > 0 {
-		t.Fatalf("%d of %d calls failed; last: %v", tally.Errors, tally.Calls, tally.LastError)
-	}
-	if len(tally.Pods) != 3 {
-		t.Fatalf("12 calls over one connection to the ClusterIP reached %v, want all 3 pods", tally.Pods)
+	if pods := spread(t, conn, 3, 12); !even(pods, 3, 12) {
+		t.Fatalf("12 calls over one connection to the ClusterIP reached %v, want 4 on each of 3 pods", pods)
 	}
 	c, err := net.DialTimeout("tcp", netnsEcho, 5*time.Second)
 	if err != nil {

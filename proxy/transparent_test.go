@@ -100,15 +100,10 @@ func TestTransparentDispatch(t *testing.T) {
 	start(t, p)
 	proxyAddr := lis.Addr().String()
 
-	greet := func(t *testing.T, source string) map[string]int {
-		conn := dial(t, proxyAddr, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+	dialFrom := func(t *testing.T, source string) *grpc.ClientConn {
+		return dial(t, proxyAddr, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
 			return dialerFrom(source).DialContext(ctx, "tcp", addr)
 		}))
-		tally := greeter.Call(t.Context(), conn, 12, 5*time.Second, nil)
-		if tally.Errors > 0 {
-			t.Fatalf("%d of %d calls failed; last: %v", tally.Errors, tally.Calls, tally.LastError)
-		}
-		return tally.Pods
 	}
 	httpGet := func(t *testing.T, source string) string {
 		client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
@@ -137,13 +132,14 @@ func TestTransparentDispatch(t *testing.T) {
 	}
 
 	t.Run("gRPC to a known Service is balanced per call", func(t *testing.T) {
-		if pods := greet(t, "127.0.0.11"); len(pods) != 3 {
-			t.Fatalf("12 calls reached %v, want all 3 pods", pods)
+		if pods := spread(t, dialFrom(t, "127.0.0.11"), 3, 12); !even(pods, 3, 12) {
+			t.Fatalf("12 calls reached %v, want 4 on each of 3 pods", pods)
 		}
 	})
 	t.Run("gRPC to an unknown destination passes through", func(t *testing.T) {
-		if pods := greet(t, "127.0.0.12"); len(pods) != 1 || pods["pod-0"] != 12 {
-			t.Fatalf("12 calls reached %v, want all on the one destination pod-0", pods)
+		tally := greeter.Call(t.Context(), dialFrom(t, "127.0.0.12"), 12, 5*time.Second, nil)
+		if tally.Errors > 0 || len(tally.Pods) != 1 || tally.Pods["pod-0"] != 12 {
+			t.Fatalf("12 calls: %d errors (last %v), pods %v; want all on the one destination pod-0", tally.Errors, tally.LastError, tally.Pods)
 		}
 	})
 	t.Run("HTTP/1 to a known Service passes through", func(t *testing.T) {

@@ -5,7 +5,6 @@ import (
 	"net"
 	"net/netip"
 	"testing"
-	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -25,7 +24,6 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ballast-dev/ballast/discovery"
-	"github.com/ballast-dev/ballast/greeter"
 )
 
 // startControlPlane serves, over ADS on loopback, the xDS resources of one
@@ -127,15 +125,13 @@ func TestXDSUpstream(t *testing.T) {
 
 	t.Run("proxied", func(t *testing.T) {
 		_, addr := startOutbound(t, XDSTarget(keyOf("default", "greeter"), 50051), Options{DialOptions: []grpc.DialOption{xdsOpt}})
-		tally := greeter.Call(t.Context(), dial(t, addr), 30, 10*time.Second, nil)
-		if tally.Errors > 0 || len(tally.Pods) != 3 {
-			t.Fatalf("30 calls through the proxy: %d errors (last %v), pods %v; want no errors, all 3 pods", tally.Errors, tally.LastError, tally.Pods)
+		if pods := spread(t, dial(t, addr), 3, 30); !even(pods, 3, 30) {
+			t.Fatalf("30 calls through the proxy reached %v, want 10 on each of 3 pods", pods)
 		}
 	})
 	t.Run("proxyless, same option", func(t *testing.T) {
-		tally := greeter.Call(t.Context(), dial(t, "xds:///"+name, xdsOpt), 30, 10*time.Second, nil)
-		if tally.Errors > 0 || len(tally.Pods) != 3 {
-			t.Fatalf("30 proxyless calls: %d errors (last %v), pods %v; want no errors, all 3 pods", tally.Errors, tally.LastError, tally.Pods)
+		if pods := spread(t, dial(t, "xds:///"+name, xdsOpt), 3, 30); !even(pods, 3, 30) {
+			t.Fatalf("30 proxyless calls reached %v, want 10 on each of 3 pods", pods)
 		}
 	})
 }
