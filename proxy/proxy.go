@@ -83,6 +83,11 @@ type Options struct {
 	// connections may run after shutdown begins.
 	DrainTimeout time.Duration
 
+	// Synced, if set, must also report true before the proxy is ready: say
+	// the discovery source behind Destinations has filled its cache, so
+	// that the app's first calls are balanced, not passed through.
+	Synced func() bool
+
 	// Metrics receives the proxy's series; nil means a new registry, which
 	// the admin handler serves either way.
 	Metrics *prometheus.Registry
@@ -159,8 +164,11 @@ func New(opts Options) (*Proxy, error) {
 	return p, nil
 }
 
-// Ready reports whether the listeners are serving and shutdown has not begun.
-func (p *Proxy) Ready() bool { return p.ready.Load() }
+// Ready reports whether the listeners are serving, Destinations are synced
+// and shutdown has not begun.
+func (p *Proxy) Ready() bool {
+	return p.ready.Load() && (p.opts.Synced == nil || p.opts.Synced())
+}
 
 // AdminHandler serves /ready (200 when Ready, else 503) and /metrics.
 func (p *Proxy) AdminHandler() http.Handler {

@@ -5,8 +5,11 @@ import (
 	"context"
 	"errors"
 	"io"
+	"net/http"
+	"net/http/httptest"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -504,5 +507,42 @@ func TestGracefulShutdown(t *testing.T) {
 	}
 	if _, err := client.UnaryCall(t.Context(), &testpb.SimpleRequest{}); status.Code(err) != codes.Unavailable {
 		t.Fatalf("new call after shutdown: got %v, want Unavailable", err)
+	}
+}
+
+// TestReadyWaitsForSync: /ready says 503 until the listeners serve and the
+// discovery source has synced, 200 after, and 503 again once draining.
+func TestReadyWaitsForSync(t *testing.T) {
+	var synced atomic.Bool
+	lis := listen(t)
+	p, err := New(Options{Outbound: []Outbound{{Listener: lis, Target: "dns:///127.0.0.1:1"}}, Synced: synced.Load})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ready := func() int {
+		rec := httptest.NewRecorder()
+		p.AdminHandler().ServeHTTP(rec, httptest.NewRequest(http.MethodGet, "/ready", nil))
+		return rec.Code
+	}
+	if got := ready(); got != http.StatusServiceUnavailable {
+		t.Fatalf("/ready before Serve: %d, want 503", got)
+	}
+	ctx, stop := context.WithCancel(t.Context())
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ctx) }()
+	eventually(t, "listeners up", p.ready.Load)
+	if got := ready(); got != http.StatusServiceUnavailable {
+		t.Fatalf("/ready before sync: %d, want 503", got)
+	}
+	synced.Store(true)
+	if got := ready(); got != http.StatusOK {
+		t.Fatalf("/ready after sync: %d, want 200", got)
+	}
+	stop()
+	if err := <-served; err != nil {
+		t.Fatal(err)
+	}
+	if got := ready(); got != http.StatusServiceUnavailable {
+		t.Fatalf("/ready after shutdown: %d, want 503", got)
 	}
 }

@@ -110,12 +110,13 @@ func runProxy(ctx context.Context, c proxyConfig) error {
 		}
 		services[dst] = proxyTarget(target)
 	}
-	destinations, runDiscovery, err := proxyDestinations(c, services)
+	destinations, runDiscovery, synced, err := proxyDestinations(c, services)
 	if err != nil {
 		return err
 	}
 	opts := proxy.Options{
 		Destinations:    destinations,
+		Synced:          synced,
 		MaxMessageBytes: c.maxMessage,
 		SniffTimeout:    c.sniffTimeout,
 		DrainTimeout:    c.drainTimeout,
@@ -188,29 +189,34 @@ func runProxy(ctx context.Context, c proxyConfig) error {
 
 // proxyDestinations returns what maps an intercepted connection's original
 // destination to a Service target, and the function that keeps it current
-// (it blocks until ctx ends). Static --service entries come first; a
+// (it blocks until ctx ends), and whether the source has synced (nil when
+// there is nothing to wait for). Static --service entries come first; a
 // discovery source (Kubernetes or files) adds every Service's ClusterIPs.
-func proxyDestinations(c proxyConfig, static proxy.StaticDestinations) (proxy.Destinations, func(context.Context) error, error) {
+func proxyDestinations(c proxyConfig, static proxy.StaticDestinations) (proxy.Destinations, func(context.Context) error, func() bool, error) {
 	idle := func(ctx context.Context) error { <-ctx.Done(); return nil }
 	if c.kubernetes && c.filesDir != "" {
-		return nil, nil, errors.New("--kubernetes and --files: choose one source of Services")
+		return nil, nil, nil, errors.New("--kubernetes and --files: choose one source of Services")
 	}
 	if !c.kubernetes && c.filesDir == "" {
-		return static, idle, nil
+		return static, idle, nil, nil
 	}
 	reg := discovery.NewRegistry()
-	var run func(context.Context) error
+	var (
+		run    func(context.Context) error
+		synced func() bool
+	)
 	if c.kubernetes {
 		cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
 			clientcmd.NewDefaultClientConfigLoadingRules(), &clientcmd.ConfigOverrides{}).ClientConfig()
 		if err != nil {
-			return nil, nil, fmt.Errorf("--kubernetes: %w", err)
+			return nil, nil, nil, fmt.Errorf("--kubernetes: %w", err)
 		}
 		client, err := kubernetes.NewForConfig(cfg)
 		if err != nil {
-			return nil, nil, fmt.Errorf("--kubernetes: %w", err)
+			return nil, nil, nil, fmt.Errorf("--kubernetes: %w", err)
 		}
-		run = kube.New(client, reg, kube.Options{}).Run
+		src := kube.New(client, reg, kube.Options{})
+		run, synced = src.Run, src.HasSynced
 	} else {
 		src := files.New(c.filesDir, reg, files.Options{})
 		if err := src.Load(); err != nil {
@@ -229,7 +235,7 @@ func proxyDestinations(c proxyConfig, static proxy.StaticDestinations) (proxy.De
 		cancel()
 		return errors.Join(err, <-indexDone)
 	}
-	return chained{static, index}, both, nil
+	return chained{static, index}, both, synced, nil
 }
 
 // chained asks each Destinations in turn.
