@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -72,7 +73,10 @@ type ModeResult struct {
 type mode struct {
 	name, description string
 	target            string
-	dialOptions       []grpc.DialOption
+	// perCall modes balance each call, so they are warmed up until every
+	// pod is connected before counting.
+	perCall     bool
+	dialOptions []grpc.DialOption
 }
 
 // Run starts the pods, replays every mode and tears everything down.
@@ -97,6 +101,7 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		},
 		{
 			name:        "client-side",
+			perCall:     true,
 			description: "kubernetes:/// resolver + round_robin in the client, balanced per call",
 			target:      fmt.Sprintf("kubernetes:///%s.%s:%d", Service, Namespace, GRPCPort),
 			dialOptions: []grpc.DialOption{
@@ -106,12 +111,14 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		},
 		{
 			name:        "proxyless",
+			perCall:     true,
 			description: "xds:/// target, grpc-go's xDS client fed by an embedded ballast control, balanced per call",
 			target:      fmt.Sprintf("xds:///%s.%s:%d", Service, Namespace, GRPCPort),
 			dialOptions: []grpc.DialOption{grpc.WithResolvers(w.xdsResolver)},
 		},
 		{
 			name:        "sidecar",
+			perCall:     true,
 			description: "the unchanged client's one connection to ballast proxy, which balances each call (same xDS config as proxyless)",
 			target:      "passthrough:///" + w.sidecar.String(),
 		},
@@ -137,6 +144,9 @@ func (w *world) replay(ctx context.Context, m mode, opts Options) (ModeResult, e
 	if opts.Progress != nil {
 		progress = func(done int) { opts.Progress(m.name, done, opts.Calls) }
 	}
+	if m.perCall {
+		w.warmUp(ctx, conn)
+	}
 	t := greeter.Call(ctx, conn, opts.Calls, 0, progress)
 	r := ModeResult{Mode: m.name, Description: m.description, Calls: t.Calls, Errors: t.Errors, Pods: map[string]int{}}
 	if t.LastError != nil {
@@ -148,6 +158,22 @@ func (w *world) replay(ctx context.Context, m mode, opts Options) (ModeResult, e
 	maps.Copy(r.Pods, t.Pods)
 	r.MaxMean = MaxMean(r.Pods)
 	return r, ctx.Err()
+}
+
+// warmUp makes uncounted calls until every pod has answered one (for at most
+// ten seconds or 1,000 calls), so that the counted calls measure how a mode
+// balances, not how quickly its connections came up: a per-call balancer
+// picks only among pods it has already connected to, and on a loaded
+// machine the first tens of calls may find one connection up.
+func (w *world) warmUp(ctx context.Context, conn grpc.ClientConnInterface) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	seen := map[string]bool{}
+	for i := 0; i < 1000 && ctx.Err() == nil && len(seen) < len(w.pods); i++ {
+		for pod := range greeter.Call(ctx, conn, 1, 0, nil).Pods {
+			seen[pod] = true
+		}
+	}
 }
 
 // MaxMean is the largest count over the mean count; 0 when nothing was counted.
