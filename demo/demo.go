@@ -1,7 +1,7 @@
 // Package demo replays the article's experiment on one machine: three
 // greeter pods, one client with one long-lived gRPC connection, and the same
 // calls sent once through a plain Service (an L4, per-connection balancer)
-// and once through each of Ballast's per-call modes.
+// and once through each of Ballast's per-call modes (client-side, sidecar).
 package demo
 
 import (
@@ -17,15 +17,20 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	grpcxds "google.golang.org/grpc/xds"
 
 	"github.com/ballast-dev/ballast/clusterip"
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/discovery/files"
 	"github.com/ballast-dev/ballast/greeter"
+	sidecarproxy "github.com/ballast-dev/ballast/proxy"
 	"github.com/ballast-dev/ballast/resolver/kubernetes"
+	"github.com/ballast-dev/ballast/xds"
 )
 
 // The article's names.
@@ -68,7 +73,10 @@ type ModeResult struct {
 type mode struct {
 	name, description string
 	target            string
-	dialOptions       []grpc.DialOption
+	// perCall modes balance each call, so they are warmed up until every
+	// pod is connected before counting.
+	perCall     bool
+	dialOptions []grpc.DialOption
 }
 
 // Run starts the pods, replays every mode and tears everything down.
@@ -93,12 +101,26 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 		},
 		{
 			name:        "client-side",
+			perCall:     true,
 			description: "kubernetes:/// resolver + round_robin in the client, balanced per call",
 			target:      fmt.Sprintf("kubernetes:///%s.%s:%d", Service, Namespace, GRPCPort),
 			dialOptions: []grpc.DialOption{
 				grpc.WithResolvers(kubernetes.NewBuilder(w.registry)),
 				grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
 			},
+		},
+		{
+			name:        "proxyless",
+			perCall:     true,
+			description: "xds:/// target, grpc-go's xDS client fed by an embedded ballast control, balanced per call",
+			target:      fmt.Sprintf("xds:///%s.%s:%d", Service, Namespace, GRPCPort),
+			dialOptions: []grpc.DialOption{grpc.WithResolvers(w.xdsResolver)},
+		},
+		{
+			name:        "sidecar",
+			perCall:     true,
+			description: "the unchanged client's one connection to ballast proxy, which balances each call (same xDS config as proxyless)",
+			target:      "passthrough:///" + w.sidecar.String(),
 		},
 	}
 	res := &Result{}
@@ -122,6 +144,9 @@ func (w *world) replay(ctx context.Context, m mode, opts Options) (ModeResult, e
 	if opts.Progress != nil {
 		progress = func(done int) { opts.Progress(m.name, done, opts.Calls) }
 	}
+	if m.perCall {
+		w.warmUp(ctx, conn)
+	}
 	t := greeter.Call(ctx, conn, opts.Calls, 0, progress)
 	r := ModeResult{Mode: m.name, Description: m.description, Calls: t.Calls, Errors: t.Errors, Pods: map[string]int{}}
 	if t.LastError != nil {
@@ -133,6 +158,22 @@ func (w *world) replay(ctx context.Context, m mode, opts Options) (ModeResult, e
 	maps.Copy(r.Pods, t.Pods)
 	r.MaxMean = MaxMean(r.Pods)
 	return r, ctx.Err()
+}
+
+// warmUp makes uncounted calls until every pod has answered one (for at most
+// ten seconds or 1,000 calls), so that the counted calls measure how a mode
+// balances, not how quickly its connections came up: a per-call balancer
+// picks only among pods it has already connected to, and on a loaded
+// machine the first tens of calls may find one connection up.
+func (w *world) warmUp(ctx context.Context, conn grpc.ClientConnInterface) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	seen := map[string]bool{}
+	for i := 0; i < 1000 && ctx.Err() == nil && len(seen) < len(w.pods); i++ {
+		for pod := range greeter.Call(ctx, conn, 1, 0, nil).Pods {
+			seen[pod] = true
+		}
+	}
 }
 
 // MaxMean is the largest count over the mean count; 0 when nothing was counted.
@@ -155,9 +196,13 @@ type world struct {
 	pods      []string
 	registry  *discovery.Registry
 	clusterIP netip.AddrPort
-	dir       string
-	cancel    context.CancelFunc
-	done      []chan error
+	// xdsResolver resolves xds:/// targets through the embedded control
+	// plane, bootstrapped as `ballast bootstrap` would for a pod.
+	xdsResolver resolver.Builder
+	sidecar     netip.AddrPort
+	dir         string
+	cancel      context.CancelFunc
+	done        []chan error
 }
 
 func startWorld(ctx context.Context, n int, log *slog.Logger) (_ *world, err error) {
@@ -214,7 +259,59 @@ func startWorld(ctx context.Context, n int, log *slog.Logger) (_ *world, err err
 		return out
 	}}
 	w.run(func() error { return proxy.Serve(ctx, lis) })
+
+	if w.xdsResolver, err = w.startControlPlane(ctx, log); err != nil {
+		return nil, err
+	}
+
+	// The sidecar: an explicit listener (where iptables would redirect the
+	// client's connection to the ClusterIP) whose upstream is the same
+	// xDS config as the proxyless mode.
+	sidecarLis, err := listen(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 15001)
+	if err != nil {
+		return nil, fmt.Errorf("start sidecar: %w", err)
+	}
+	sidecar, err := sidecarproxy.New(sidecarproxy.Options{
+		Outbound:    []sidecarproxy.Outbound{{Listener: sidecarLis, Target: fmt.Sprintf("xds:///%s.%s:%d", Service, Namespace, GRPCPort)}},
+		DialOptions: []grpc.DialOption{grpc.WithResolvers(w.xdsResolver)},
+		Log:         log,
+	})
+	if err != nil {
+		sidecarLis.Close()
+		return nil, fmt.Errorf("start sidecar: %w", err)
+	}
+	w.sidecar = netip.MustParseAddrPort(sidecarLis.Addr().String())
+	w.run(func() error { return sidecar.Serve(ctx) })
 	return w, nil
+}
+
+// startControlPlane serves xDS from the world's registry on a loopback port
+// and returns a resolver bootstrapped to use it.
+func (w *world) startControlPlane(ctx context.Context, log *slog.Logger) (resolver.Builder, error) {
+	srv, err := xds.NewServer(xds.Config{Registry: w.registry, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("start control plane: %w", err)
+	}
+	gs := grpc.NewServer()
+	srv.Register(gs)
+	w.run(func() error { return srv.Run(ctx) })
+	w.run(func() error {
+		stop := context.AfterFunc(ctx, gs.Stop)
+		defer stop()
+		return gs.Serve(lis)
+	})
+	bootstrap, err := xds.Bootstrap{Server: lis.Addr().String(), Pod: "native-tools-65c5bd87fc-2fsmc", Namespace: Namespace}.JSON()
+	if err != nil {
+		return nil, err
+	}
+	// grpc-go reads a bootstrap file named by GRPC_XDS_BOOTSTRAP once per
+	// process; a resolver with its own bootstrap lets the demo run in a
+	// process (a test) that may already use another control plane.
+	return grpcxds.NewXDSResolverWithConfigForTesting(bootstrap)
 }
 
 // run starts a part of the world that stops when the world's context ends.
