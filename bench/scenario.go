@@ -72,7 +72,7 @@ func (b *Bench) Balance(ctx context.Context, c BalanceConfig) *Section {
 		Title: "1. Balance",
 		Description: fmt.Sprintf("One client connection, %d calls one after another, %d pods. "+
 			"max/mean is the busiest pod's calls over the mean: 1.00 is even, %d.00 is one pod taking every call. "+
-			"Each run opens a new connection.", c.Calls, c.Pods, c.Pods),
+			"Each run opens a new connection and warms it up (until every pod has answered, at most 100 calls) before counting.", c.Calls, c.Pods, c.Pods),
 		Columns: []Column{{colMaxMean, "max/mean", 2}, {colErrors, "errors", 0}},
 		Charts: []Chart{{File: "bench-balance.png", Column: colMaxMean, Title: "Balance over one connection",
 			YLabel: "busiest pod / mean (1 = even)"}},
@@ -87,6 +87,7 @@ func (b *Bench) Balance(ctx context.Context, c BalanceConfig) *Section {
 			return err
 		}
 		defer conn.Close()
+		warmUp(ctx, conn, len(pods))
 		res := Load{Calls: c.Calls, Concurrency: 1, Duration: 2 * time.Minute}.Run(ctx, conn)
 		if err := res.failed(); err != nil {
 			return err
@@ -346,6 +347,20 @@ func dial(r *Route) (*grpc.ClientConn, error) {
 		return nil, fmt.Errorf("dial %s: %w", r.Target, err)
 	}
 	return conn, nil
+}
+
+// warmUp makes calls, one at a time, until every one of pods has answered
+// or 100 calls are done (a per-connection path never reaches them all), so
+// the counted calls measure the policy, not how fast connections came up
+// on a loaded machine.
+func warmUp(ctx context.Context, conn *grpc.ClientConn, pods int) {
+	seen := map[string]bool{}
+	for done := 0; done < 100 && len(seen) < pods && ctx.Err() == nil; done += 5 {
+		res := Load{Calls: 5, Concurrency: 1, Duration: 10 * time.Second}.Run(ctx, conn)
+		for pod := range res.Pods {
+			seen[pod] = true
+		}
+	}
 }
 
 // waitConn makes one call, so the connection (and the proxy's upstream
