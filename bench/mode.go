@@ -3,6 +3,7 @@ package bench
 import (
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"maps"
 	"net/http"
@@ -107,6 +108,9 @@ func (p sidecarPath) Open(ctx context.Context, b *Bench, pods []*Pod) (_ *Route,
 			return &Route{Target: target, Proxy: proc, Close: func() { proc.stop(); control.proc.stop() }}, nil
 		}
 		proc.stop()
+		if !errors.Is(lastErr, errExited) {
+			break // it ran but never served: another port will not help
+		}
 	}
 	return nil, fmt.Errorf("start ballast proxy: %w", lastErr)
 }
@@ -172,6 +176,9 @@ func (b *Bench) startControl(ctx context.Context, pods []*Pod, policy string) (*
 			return &control{xds: xdsAddr, proc: proc}, nil
 		}
 		proc.stop()
+		if !errors.Is(lastErr, errExited) {
+			break // it ran but never served: another port will not help
+		}
 	}
 	return nil, fmt.Errorf("start ballast control: %w", lastErr)
 }
@@ -201,9 +208,9 @@ func waitHTTP(ctx context.Context, url string, proc *process, wait time.Duration
 		}
 		select {
 		case <-proc.exited:
-			return fmt.Errorf("%s exited before ready: %v; output: %s", proc.name, proc.err, proc.output())
+			return fmt.Errorf("%s %w before ready: %v; output: %s", proc.name, errExited, proc.err, proc.tail())
 		case <-ctx.Done():
-			return fmt.Errorf("%s not ready at %s after %s: %s", proc.name, url, wait, last)
+			return fmt.Errorf("%s not ready at %s after %s: %s; its last output: %s", proc.name, url, wait, last, proc.tail())
 		case <-tick.C:
 		}
 	}

@@ -153,6 +153,9 @@ func (p peerPath) Open(ctx context.Context, b *Bench, pods []*Pod) (*Route, erro
 			return &Route{Target: target, Proxy: proc, Close: proc.stop}, nil
 		}
 		proc.stop()
+		if !errors.Is(lastErr, errExited) {
+			break // it ran but never served: another port will not help
+		}
 	}
 	return nil, fmt.Errorf("start %s: %w", p.name, lastErr)
 }

@@ -3,11 +3,13 @@ package bench
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"net/netip"
 	"os"
 	"os/exec"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -83,6 +85,9 @@ func startPod(ctx context.Context, greet GreeterCommand, ip netip.Addr, s PodSpe
 			return p, nil
 		}
 		proc.stop()
+		if !errors.Is(lastErr, errExited) {
+			break // it ran but never served: another port will not help
+		}
 	}
 	return nil, fmt.Errorf("start pod %s: %w", s.Name, lastErr)
 }
@@ -141,9 +146,9 @@ func waitServing(ctx context.Context, target string, proc *process, wait time.Du
 		}
 		select {
 		case <-proc.exited:
-			return fmt.Errorf("%s exited before serving: %v; output: %s", proc.name, proc.err, proc.output())
+			return fmt.Errorf("%s %w before serving: %v; output: %s", proc.name, errExited, proc.err, proc.tail())
 		case <-ctx.Done():
-			return fmt.Errorf("%s not serving on %s after %s: %w", proc.name, target, wait, err)
+			return fmt.Errorf("%s not serving on %s after %s: %w; its last output: %s", proc.name, target, wait, err, proc.tail())
 		case <-tick.C:
 		}
 	}
@@ -179,6 +184,22 @@ func startProcess(cmd *exec.Cmd, name string) (*process, error) {
 func (p *process) pid() int { return p.cmd.Process.Pid }
 
 func (p *process) output() string { return p.out.String() }
+
+// tail is the end of the process's output, for an error message.
+func (p *process) tail() string {
+	out := strings.TrimSpace(p.output())
+	if r := []rune(out); len(r) > 600 {
+		return "…" + string(r[len(r)-600:])
+	}
+	if out == "" {
+		return "(none)"
+	}
+	return out
+}
+
+// errExited says a child process ended before it was ready, which is
+// worth a retry on another port; a child that runs but never serves is not.
+var errExited = errors.New("exited")
 
 // stop asks the process group to terminate, and kills it if it has not
 // within five seconds.

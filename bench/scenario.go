@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"maps"
 	"math"
@@ -249,11 +248,14 @@ func (b *Bench) Latency(ctx context.Context, c LatencyConfig) *Section {
 		defer conn.Close()
 		load := Load{Calls: c.Calls, Concurrency: c.Concurrency, Duration: 2 * time.Minute}
 		cold := load.Run(ctx, conn)
+		if err := cold.failed(); err != nil {
+			return err
+		}
 		if c.Settle > 0 {
 			Load{Calls: math.MaxInt32, Concurrency: c.Concurrency, Duration: c.Settle}.Run(ctx, conn)
 		}
 		warm := load.Run(ctx, conn)
-		if err := errors.Join(cold.failed(), warm.failed()); err != nil {
+		if err := warm.failed(); err != nil {
 			return err
 		}
 		coldCounts := withPods(cold.Pods, podNames(pods))
