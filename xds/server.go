@@ -77,6 +77,12 @@ func typeName(typeURL string) string {
 // change re-sends one ClusterLoadAssignment to the clients subscribed to it
 // and nothing to anyone else, in state-of-the-world and delta streams alike.
 //
+// A slow client never slows the others: go-control-plane keeps at most one
+// response in flight per stream and type, removing the watch once it has
+// answered and re-creating it on the client's ACK, so the cache never
+// blocks on a stream, and a client that ACKs late gets the newest state in
+// one response instead of a queue of stale ones.
+//
 // Run owns the translation: it follows the Registry, retranslates the
 // Services that changed and writes only the resources whose content changed.
 type Server struct {
