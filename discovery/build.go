@@ -13,11 +13,13 @@ import (
 // Build computes the snapshot of a Service from the Service object and all of
 // its EndpointSlices. It is the one place that reads Kubernetes semantics, so
 // the API-server source and the file source agree: slices are merged, each
-// Service port takes the slice port of the same name (this is how a named
-// targetPort is resolved, per slice), nil conditions read as the API says
-// (ready and serving unknown means ready; terminating unknown means not), and
-// an address listed by two slices appears once, ready if either says so.
-// Slices of other Services and FQDN slices are ignored.
+// Service port takes the slice port of the same name and protocol (this is how
+// a named targetPort is resolved, per slice), nil conditions read as the API
+// documents them (ready and serving unknown mean true, terminating unknown
+// means false), and an address listed by two slices appears once, with the
+// most available conditions either gives it (ready over serving over neither).
+// Slices of other Services, FQDN slices and addresses that are not IPs are
+// ignored.
 func Build(svc *corev1.Service, endpointSlices []*discoveryv1.EndpointSlice) *Service {
 	out := &Service{Key: Key{Namespace: svc.Namespace, Name: svc.Name}}
 	for k, v := range svc.Annotations {
@@ -60,7 +62,7 @@ func Build(svc *corev1.Service, endpointSlices []*discoveryv1.EndpointSlice) *Se
 					}
 					e := endpointOf(ep, netip.AddrPortFrom(ip, uint16(target)))
 					if i, seen := byAddr[e.Address]; seen {
-						if e.Ready && !port.Endpoints[i].Ready {
+						if availability(e) > availability(port.Endpoints[i]) {
 							port.Endpoints[i] = e
 						}
 						continue
@@ -73,7 +75,11 @@ func Build(svc *corev1.Service, endpointSlices []*discoveryv1.EndpointSlice) *Se
 		slices.SortFunc(port.Endpoints, func(a, b Endpoint) int { return a.Address.Compare(b.Address) })
 		out.Ports = append(out.Ports, port)
 	}
-	slices.SortFunc(out.Ports, func(a, b Port) int { return cmp.Compare(a.Port, b.Port) })
+	// A port number may appear once per protocol (DNS serves 53 on TCP and
+	// UDP); the tie-break keeps the order, and so snapshot equality, stable.
+	slices.SortFunc(out.Ports, func(a, b Port) int {
+		return cmp.Or(cmp.Compare(a.Port, b.Port), cmp.Compare(a.Protocol, b.Protocol))
+	})
 	return out
 }
 
@@ -101,10 +107,9 @@ func endpointOf(ep discoveryv1.Endpoint, addr netip.AddrPort) Endpoint {
 		Ready:       ep.Conditions.Ready == nil || *ep.Conditions.Ready,
 		Terminating: ep.Conditions.Terminating != nil && *ep.Conditions.Terminating,
 	}
-	e.Serving = e.Ready
-	if ep.Conditions.Serving != nil {
-		e.Serving = *ep.Conditions.Serving
-	}
+	// The API documents a nil serving as true, independent of ready: a
+	// terminating endpoint with ready=false and no serving field is draining.
+	e.Serving = ep.Conditions.Serving == nil || *ep.Conditions.Serving
 	if ep.Zone != nil {
 		e.Zone = *ep.Zone
 	}
@@ -115,4 +120,16 @@ func endpointOf(ep discoveryv1.Endpoint, addr netip.AddrPort) Endpoint {
 		e.Pod = ep.TargetRef.Name
 	}
 	return e
+}
+
+// availability ranks an endpoint's conditions, so that of two slices naming
+// the same address the one that lets it take more traffic wins.
+func availability(e Endpoint) int {
+	switch {
+	case e.Ready:
+		return 2
+	case e.Serving:
+		return 1
+	}
+	return 0
 }

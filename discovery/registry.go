@@ -70,6 +70,9 @@ func (e Endpoint) Draining() bool { return e.Terminating && e.Serving && !e.Read
 // Port finds a port by name, or by number when ref parses as one.
 // An empty ref matches the only port of a single-port Service.
 func (s *Service) Port(ref string) (*Port, error) {
+	if len(s.Ports) == 0 {
+		return nil, fmt.Errorf("service %s has no ports", s.Key)
+	}
 	if ref == "" {
 		if len(s.Ports) == 1 {
 			return &s.Ports[0], nil

@@ -1,0 +1,306 @@
+// Package demo replays the article's experiment on one machine: three
+// greeter pods, one client with one long-lived gRPC connection, and the same
+// calls sent once through a plain Service (an L4, per-connection balancer)
+// and once through each of Ballast's per-call modes.
+package demo
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"maps"
+	"net"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/ballast-dev/ballast/clusterip"
+	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/discovery/files"
+	"github.com/ballast-dev/ballast/greeter"
+	"github.com/ballast-dev/ballast/resolver/kubernetes"
+)
+
+// The article's names.
+const (
+	Namespace = "default"
+	Service   = "native-tools-2"
+	GRPCPort  = 50051
+)
+
+// Options says what to replay.
+type Options struct {
+	// Calls is the number of calls per mode; default 300.
+	Calls int
+	// Pods is the number of greeter pods; default 3.
+	Pods int
+	// Progress, if set, is told of every call made.
+	Progress func(mode string, done, total int)
+	Log      *slog.Logger
+}
+
+// Result is what the replay measured, in the shape `--output json` prints.
+type Result struct {
+	Modes []ModeResult `json:"modes"`
+}
+
+// ModeResult is the outcome of one mode: how many calls each pod answered.
+type ModeResult struct {
+	Mode        string         `json:"mode"`
+	Description string         `json:"description"`
+	Calls       int            `json:"calls"`
+	Errors      int            `json:"errors"`
+	LastError   string         `json:"last_error,omitempty"`
+	Pods        map[string]int `json:"pods"`
+	// MaxMean is the busiest pod's share over the mean share: 1.0 is even,
+	// and the number of pods means every call went to one pod.
+	MaxMean float64 `json:"max_mean"`
+}
+
+// mode is one way for the client to reach the pods.
+type mode struct {
+	name, description string
+	target            string
+	dialOptions       []grpc.DialOption
+}
+
+// Run starts the pods, replays every mode and tears everything down.
+func Run(ctx context.Context, opts Options) (*Result, error) {
+	opts.Calls = cmp.Or(opts.Calls, 300)
+	opts.Pods = cmp.Or(opts.Pods, 3)
+	log := cmp.Or(opts.Log, slog.Default())
+
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	w, err := startWorld(ctx, opts.Pods, log)
+	if err != nil {
+		return nil, err
+	}
+	defer w.stop()
+
+	modes := []mode{
+		{
+			name:        "plain-service",
+			description: "one connection to the Service's ClusterIP, balanced per connection (kube-proxy)",
+			target:      "passthrough:///" + w.clusterIP.String(),
+		},
+		{
+			name:        "client-side",
+			description: "kubernetes:/// resolver + round_robin in the client, balanced per call",
+			target:      fmt.Sprintf("kubernetes:///%s.%s:%d", Service, Namespace, GRPCPort),
+			dialOptions: []grpc.DialOption{
+				grpc.WithResolvers(kubernetes.NewBuilder(w.registry)),
+				grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
+			},
+		},
+	}
+	res := &Result{}
+	for _, m := range modes {
+		r, err := w.replay(ctx, m, opts)
+		if err != nil {
+			return nil, err
+		}
+		res.Modes = append(res.Modes, r)
+	}
+	return res, nil
+}
+
+func (w *world) replay(ctx context.Context, m mode, opts Options) (ModeResult, error) {
+	conn, err := grpc.NewClient(m.target, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, m.dialOptions...)...)
+	if err != nil {
+		return ModeResult{}, fmt.Errorf("mode %s: dial %s: %w", m.name, m.target, err)
+	}
+	defer conn.Close()
+	var progress func(int)
+	if opts.Progress != nil {
+		progress = func(done int) { opts.Progress(m.name, done, opts.Calls) }
+	}
+	t := greeter.Call(ctx, conn, opts.Calls, 0, progress)
+	r := ModeResult{Mode: m.name, Description: m.description, Calls: t.Calls, Errors: t.Errors, Pods: map[string]int{}}
+	if t.LastError != nil {
+		r.LastError = t.LastError.Error()
+	}
+	for _, p := range w.pods {
+		r.Pods[p] = 0
+	}
+	maps.Copy(r.Pods, t.Pods)
+	r.MaxMean = MaxMean(r.Pods)
+	return r, ctx.Err()
+}
+
+// MaxMean is the largest count over the mean count; 0 when nothing was counted.
+func MaxMean(counts map[string]int) float64 {
+	total, most := 0, 0
+	for _, n := range counts {
+		total += n
+		most = max(most, n)
+	}
+	if total == 0 {
+		return 0
+	}
+	return float64(most) * float64(len(counts)) / float64(total)
+}
+
+// world is the article's setup on loopback: greeter pods on 127.0.0.x, their
+// Service and EndpointSlice as YAML read by the file source, and a
+// per-connection balancer on the Service's ClusterIP.
+type world struct {
+	pods      []string
+	registry  *discovery.Registry
+	clusterIP netip.AddrPort
+	dir       string
+	cancel    context.CancelFunc
+	done      []chan error
+}
+
+func startWorld(ctx context.Context, n int, log *slog.Logger) (_ *world, err error) {
+	ctx, cancel := context.WithCancel(ctx)
+	w := &world{cancel: cancel, registry: discovery.NewRegistry()}
+	defer func() {
+		if err != nil {
+			w.stop()
+		}
+	}()
+	var addrs []netip.AddrPort
+	for i := range n {
+		pod := podName(i)
+		lis, err := listen(netip.AddrFrom4([4]byte{127, 0, 0, byte(2 + i)}), GRPCPort)
+		if err != nil {
+			return nil, fmt.Errorf("start pod %s: %w", pod, err)
+		}
+		w.pods = append(w.pods, pod)
+		addrs = append(addrs, netip.MustParseAddrPort(lis.Addr().String()))
+		w.run(func() error { return (&greeter.Server{Pod: pod, Log: log}).Serve(ctx, lis) })
+	}
+
+	w.dir, err = os.MkdirTemp("", "ballast-demo-")
+	if err != nil {
+		return nil, err
+	}
+	clusterIP := netip.AddrFrom4([4]byte{127, 0, 0, 10})
+	if err := os.WriteFile(filepath.Join(w.dir, "native-tools-2.yaml"), []byte(manifest(clusterIP, w.pods, addrs)), 0o644); err != nil {
+		return nil, err
+	}
+	if err := files.New(w.dir, w.registry, files.Options{Logger: log}).Load(); err != nil {
+		return nil, fmt.Errorf("load demo manifests: %w", err)
+	}
+
+	lis, err := listen(clusterIP, GRPCPort)
+	if err != nil {
+		return nil, fmt.Errorf("start ClusterIP stand-in: %w", err)
+	}
+	w.clusterIP = netip.MustParseAddrPort(lis.Addr().String())
+	key := discovery.Key{Namespace: Namespace, Name: Service}
+	proxy := &clusterip.Proxy{Log: log, Endpoints: func() []netip.AddrPort {
+		svc, ok := w.registry.Get(key)
+		if !ok {
+			return nil
+		}
+		port, err := svc.Port("grpc")
+		if err != nil {
+			return nil
+		}
+		var out []netip.AddrPort
+		for _, e := range port.Ready() {
+			out = append(out, e.Address)
+		}
+		return out
+	}}
+	w.run(func() error { return proxy.Serve(ctx, lis) })
+	return w, nil
+}
+
+// run starts a part of the world that stops when the world's context ends.
+func (w *world) run(serve func() error) {
+	done := make(chan error, 1)
+	w.done = append(w.done, done)
+	go func() { done <- serve() }()
+}
+
+func (w *world) stop() error {
+	w.cancel()
+	var errs []error
+	for _, d := range w.done {
+		errs = append(errs, <-d)
+	}
+	if w.dir != "" {
+		os.RemoveAll(w.dir)
+	}
+	return errors.Join(errs...)
+}
+
+// listen takes port on addr when it is free, else any port on addr.
+func listen(addr netip.Addr, port int) (net.Listener, error) {
+	if lis, err := net.Listen("tcp", netip.AddrPortFrom(addr, uint16(port)).String()); err == nil {
+		return lis, nil
+	}
+	return net.Listen("tcp", netip.AddrPortFrom(addr, 0).String())
+}
+
+// podName makes names shaped like a Deployment's pods in the article.
+func podName(i int) string {
+	suffixes := []string{"52wgd", "67rx4", "zpwxt", "b8k2q", "m4n7c", "t9v3h", "x2l6p", "q5r8s"}
+	return fmt.Sprintf("%s-d6c454689-%s", Service, suffixes[i%len(suffixes)])
+}
+
+// manifest is the article's Service and the EndpointSlice the endpoint slice
+// controller would write for the pods.
+func manifest(clusterIP netip.Addr, pods []string, addrs []netip.AddrPort) string {
+	var b strings.Builder
+	fmt.Fprintf(&b, `apiVersion: v1
+kind: Service
+metadata:
+  name: %[1]s
+  namespace: %[2]s
+spec:
+  clusterIP: %[3]s
+  selector:
+    app: %[1]s
+  ports:
+  - name: http
+    port: 8081
+    targetPort: 8081
+  - name: grpc
+    port: %[4]d
+    targetPort: grpc
+---
+`, Service, Namespace, clusterIP, GRPCPort)
+	// One slice per target port number: a slice's ports apply to all of its
+	// endpoints, and a pod that fell back to another port needs its own slice.
+	byPort := map[uint16][]int{}
+	for i, a := range addrs {
+		byPort[a.Port()] = append(byPort[a.Port()], i)
+	}
+	for _, port := range slices.Sorted(maps.Keys(byPort)) {
+		fmt.Fprintf(&b, `apiVersion: discovery.k8s.io/v1
+kind: EndpointSlice
+metadata:
+  name: %[1]s-%[3]d
+  namespace: %[2]s
+  labels:
+    kubernetes.io/service-name: %[1]s
+addressType: IPv4
+ports:
+- name: grpc
+  port: %[3]d
+  protocol: TCP
+endpoints:
+`, Service, Namespace, port)
+		for _, i := range byPort[port] {
+			fmt.Fprintf(&b, `- addresses: ["%s"]
+  conditions: {ready: true, serving: true, terminating: false}
+  zone: zone-%c
+  targetRef: {kind: Pod, namespace: %s, name: %s}
+`, addrs[i].Addr(), 'a'+rune(i%2), Namespace, pods[i])
+		}
+		b.WriteString("---\n")
+	}
+	return b.String()
+}

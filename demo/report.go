@@ -1,0 +1,33 @@
+package demo
+
+import (
+	"fmt"
+	"io"
+	"maps"
+	"slices"
+	"strings"
+)
+
+// WriteText prints, per mode, a row per pod with its count and a bar, and
+// the mode's max/mean figure.
+func (r *Result) WriteText(w io.Writer) {
+	const width = 40
+	for _, m := range r.Modes {
+		fmt.Fprintf(w, "%s: %s\n", m.Mode, m.Description)
+		for _, pod := range slices.Sorted(maps.Keys(m.Pods)) {
+			n := m.Pods[pod]
+			share := 0.0
+			if m.Calls > 0 {
+				share = float64(n) / float64(m.Calls)
+			}
+			bar := strings.Repeat("█", int(share*width+0.5))
+			fmt.Fprintf(w, "  %-32s %5d  %-*s %5.1f%%\n", pod, n, width, bar, 100*share)
+		}
+		fmt.Fprintf(w, "  calls %d, errors %d, max/mean %.2f (1.00 is even; %d means one pod took every call)\n",
+			m.Calls, m.Errors, m.MaxMean, len(m.Pods))
+		if m.LastError != "" {
+			fmt.Fprintf(w, "  last error: %s\n", m.LastError)
+		}
+		fmt.Fprintln(w)
+	}
+}

@@ -1,0 +1,223 @@
+// Package kube fills a discovery.Registry from the Kubernetes API: shared
+// informers on Services and EndpointSlices, a rate-limited work queue keyed by
+// Service, and one worker that recomputes a Service's whole snapshot from the
+// informer caches. Events only say "look at this Service again", so a missed,
+// repeated or reordered event is harmless, and a burst of events for one
+// Service costs one recomputation.
+//
+// The informer caches are the source's memory of the cluster: when the API
+// server is unreachable they keep their contents, and so does the registry,
+// until the watch resumes and the caches catch up.
+package kube
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"sync/atomic"
+
+	"github.com/go-logr/logr"
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+
+	"github.com/ballast-dev/ballast/discovery"
+)
+
+// Options configure a Source.
+type Options struct {
+	// Namespace restricts the source to one namespace; empty means all.
+	Namespace string
+	// Logger receives the source's logs, and client-go's for its informers.
+	// Nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// Source keeps a Registry in step with the Services and EndpointSlices of a
+// cluster. The informers never resync: the worker is level-triggered and the
+// watch delivers every change, so a periodic replay would only cost CPU.
+type Source struct {
+	client kubernetes.Interface
+	reg    *discovery.Registry
+	opts   Options
+	log    *slog.Logger
+	synced atomic.Bool
+}
+
+// New returns a Source that writes to reg once Run is called.
+func New(client kubernetes.Interface, reg *discovery.Registry, opts Options) *Source {
+	log := opts.Logger
+	if log == nil {
+		log = slog.Default()
+	}
+	return &Source{client: client, reg: reg, opts: opts, log: log.With("component", "discovery/kube")}
+}
+
+// HasSynced reports whether the informer caches have been filled and every
+// Service found then has been written to the registry, so that a consumer
+// starting afterwards sees the whole cluster, not a part of it.
+func (s *Source) HasSynced() bool { return s.synced.Load() }
+
+// byService indexes EndpointSlices by the "namespace/name" of their Service.
+const byService = "service"
+
+// Run watches the cluster and updates the registry until ctx is done. It
+// returns nil when ctx ends and an error only when it cannot start.
+func (s *Source) Run(ctx context.Context) error {
+	ctx, cancel := context.WithCancel(ctx)
+	// client-go logs through klog; route its contextual logger to ours.
+	ctx = klog.NewContext(ctx, logr.FromSlogHandler(s.log.Handler()))
+
+	factory := informers.NewSharedInformerFactoryWithOptions(s.client, 0, informers.WithNamespace(s.opts.Namespace))
+	defer factory.Shutdown() // runs after cancel: waits for the informers to stop.
+	defer cancel()
+
+	queue := workqueue.NewTypedRateLimitingQueueWithConfig(
+		workqueue.DefaultTypedControllerRateLimiter[discovery.Key](),
+		workqueue.TypedRateLimitingQueueConfig[discovery.Key]{},
+	)
+	defer queue.ShutDown()
+	stop := context.AfterFunc(ctx, queue.ShutDown)
+	defer stop()
+
+	services := factory.Core().V1().Services()
+	slices := factory.Discovery().V1().EndpointSlices()
+	svcInformer, sliceInformer := services.TypedInformer(), slices.TypedInformer()
+	if err := sliceInformer.AddTypedIndexers(cache.TypedIndexers[*discoveryv1.EndpointSlice]{
+		byService: func(es *discoveryv1.EndpointSlice) ([]string, error) {
+			if k, ok := serviceOf(es); ok {
+				return []string{k.String()}, nil
+			}
+			return nil, nil
+		},
+	}); err != nil {
+		return fmt.Errorf("index endpointslices by service: %w", err)
+	}
+
+	svcHandler, err := svcInformer.AddTypedEventHandler(cache.TypedResourceEventHandlerFuncs[*corev1.Service]{
+		AddFunc:    func(svc *corev1.Service) { queue.Add(keyOf(svc.Namespace, svc.Name)) },
+		UpdateFunc: func(_, svc *corev1.Service) { queue.Add(keyOf(svc.Namespace, svc.Name)) },
+		DeleteFunc: func(d cache.DeletedObject[*corev1.Service]) {
+			n := d.GetObjectName()
+			queue.Add(keyOf(n.Namespace, n.Name))
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("watch services: %w", err)
+	}
+	enqueueSlice := func(es *discoveryv1.EndpointSlice) {
+		if k, ok := serviceOf(es); ok {
+			queue.Add(k)
+		}
+	}
+	svcLister := services.Lister()
+	sliceHandler, err := sliceInformer.AddTypedEventHandler(cache.TypedResourceEventHandlerFuncs[*discoveryv1.EndpointSlice]{
+		AddFunc: enqueueSlice,
+		UpdateFunc: func(old, es *discoveryv1.EndpointSlice) {
+			// A slice moved to another Service changes both.
+			enqueueSlice(old)
+			enqueueSlice(es)
+		},
+		DeleteFunc: func(d cache.DeletedObject[*discoveryv1.EndpointSlice]) {
+			if d.OptionalObj != nil {
+				enqueueSlice(d.OptionalObj)
+				return
+			}
+			// The informer lost the slice without a copy, so its Service is
+			// unknown: look again at every Service of its namespace.
+			all, _ := svcLister.Services(d.GetNamespace()).List(labels.Everything())
+			for _, svc := range all {
+				queue.Add(keyOf(svc.Namespace, svc.Name))
+			}
+		},
+	})
+	if err != nil {
+		return fmt.Errorf("watch endpointslices: %w", err)
+	}
+	for name, inf := range map[string]cache.SharedIndexInformer{"services": svcInformer, "endpointslices": sliceInformer} {
+		if err := inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
+			s.log.Warn("watch failed; keeping the last known state", "resource", name, "err", err)
+		}); err != nil {
+			return fmt.Errorf("watch %s: %w", name, err)
+		}
+	}
+
+	factory.StartWithContext(ctx)
+	if !cache.WaitFor(ctx, "", svcHandler.HasSyncedChecker(), sliceHandler.HasSyncedChecker()) {
+		return nil // ctx ended before the caches filled.
+	}
+
+	w := worker{reg: s.reg, services: svcLister, slices: sliceInformer.GetTypedIndexer(), queue: queue, log: s.log}
+	// Every object in the caches has been handed to the handlers, so the
+	// queue holds the whole initial state; only this goroutine takes from it.
+	for queue.Len() > 0 && w.processNext() {
+	}
+	s.synced.Store(true)
+	s.log.Debug("caches synced and initial state written", "services", len(s.reg.List()))
+	for w.processNext() {
+	}
+	return nil
+}
+
+// worker turns queued Service keys into registry snapshots.
+type worker struct {
+	reg      *discovery.Registry
+	services corelisters.ServiceLister
+	slices   cache.TypedIndexer[*discoveryv1.EndpointSlice]
+	queue    workqueue.TypedRateLimitingInterface[discovery.Key]
+	log      *slog.Logger
+}
+
+// processNext handles one key; it returns false once the queue shuts down.
+func (w *worker) processNext() bool {
+	k, shutdown := w.queue.Get()
+	if shutdown {
+		return false
+	}
+	defer w.queue.Done(k)
+	if err := w.sync(k); err != nil {
+		w.log.Error("sync service", "service", k, "err", err)
+		w.queue.AddRateLimited(k)
+		return true
+	}
+	w.queue.Forget(k)
+	return true
+}
+
+// sync recomputes one Service from the caches.
+func (w *worker) sync(k discovery.Key) error {
+	svc, err := w.services.Services(k.Namespace).Get(k.Name)
+	if apierrors.IsNotFound(err) {
+		w.reg.Delete(k)
+		w.log.Debug("service deleted", "service", k)
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("get service %s from cache: %w", k, err)
+	}
+	slices, err := w.slices.ByTypedIndex(byService, k.String())
+	if err != nil {
+		return fmt.Errorf("endpointslices of service %s from cache: %w", k, err)
+	}
+	w.reg.Set(discovery.Build(svc, slices))
+	w.log.Debug("service synced", "service", k, "endpointslices", len(slices))
+	return nil
+}
+
+func keyOf(namespace, name string) discovery.Key {
+	return discovery.Key{Namespace: namespace, Name: name}
+}
+
+// serviceOf names the Service an EndpointSlice belongs to, by its
+// kubernetes.io/service-name label.
+func serviceOf(es *discoveryv1.EndpointSlice) (discovery.Key, bool) {
+	name := es.Labels[discoveryv1.LabelServiceName]
+	return keyOf(es.Namespace, name), name != ""
+}

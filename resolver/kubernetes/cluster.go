@@ -1,0 +1,67 @@
+package kubernetes
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/resolver"
+	k8s "k8s.io/client-go/kubernetes"
+
+	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/discovery/kube"
+)
+
+// Cluster resolves kubernetes:/// targets straight from a cluster's API: a
+// discovery/kube source filling a registry of its own. It is the default for
+// a client that has no registry to share; one Cluster serves any number of
+// ClientConns.
+type Cluster struct {
+	reg  *discovery.Registry
+	done chan struct{}
+	err  error // of the source's Run, once done is closed
+}
+
+// StartCluster runs a discovery/kube source on client until ctx ends and
+// returns once the source has synced, so the first calls see every Service
+// rather than "not found" for those not read yet. It fails if the source
+// stops before that, or ctx ends first.
+func StartCluster(ctx context.Context, client k8s.Interface, opts kube.Options) (*Cluster, error) {
+	c := &Cluster{reg: discovery.NewRegistry(), done: make(chan struct{})}
+	src := kube.New(client, c.reg, opts)
+	go func() {
+		defer close(c.done)
+		c.err = src.Run(ctx)
+	}()
+	// kube.Source offers HasSynced, not a channel; a start-up poll is cheap.
+	tick := time.NewTicker(10 * time.Millisecond)
+	defer tick.Stop()
+	for !src.HasSynced() {
+		select {
+		case <-c.done:
+			if c.err != nil {
+				return nil, fmt.Errorf("kubernetes resolver: discovery stopped before it synced: %w", c.err)
+			}
+			return nil, fmt.Errorf("kubernetes resolver: discovery stopped before it synced: %w", context.Cause(ctx))
+		case <-tick.C:
+		}
+	}
+	return c, nil
+}
+
+// Builder is the resolver builder reading this cluster.
+func (c *Cluster) Builder() resolver.Builder { return NewBuilder(c.reg) }
+
+// DialOption resolves kubernetes:/// targets of one ClientConn from this cluster.
+func (c *Cluster) DialOption() grpc.DialOption { return WithRegistry(c.reg) }
+
+// Registry is the registry the cluster's source fills, for other consumers.
+func (c *Cluster) Registry() *discovery.Registry { return c.reg }
+
+// Wait blocks until the source has stopped, after the context given to
+// StartCluster ends, and returns its error.
+func (c *Cluster) Wait() error {
+	<-c.done
+	return c.err
+}

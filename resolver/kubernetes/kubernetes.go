@@ -1,0 +1,290 @@
+// Package kubernetes is a grpc-go resolver for the scheme "kubernetes": it
+// turns a Service port into the addresses of its ready endpoints, read from a
+// discovery.Registry, and pushes the whole set again on every change to that
+// Service, so a client balances per call over the pods the Service has now.
+//
+// Targets (the Service's name and namespace are DNS labels, so dots are
+// unambiguous):
+//
+//	kubernetes:///<name>.<namespace>:<port>      the canonical form
+//	kubernetes:///<name>.<namespace>.svc[.<cluster domain>]:<port>
+//	kubernetes:///<name>:<port>                  namespace "default"
+//	kubernetes://<namespace>/<name>:<port>       the namespace as authority
+//
+// <port> is the Service port's number or name (not the target port); it may
+// be left out, with its colon, for a Service with a single port.
+//
+// Only ready endpoints are sent: terminating ones, even while still serving,
+// get no new calls. When the Service is missing, has no such port or has no
+// ready endpoint, the resolver reports an error that says which, and calls
+// fail fast with codes.Unavailable carrying that message (wait-for-ready
+// calls wait for endpoints instead). grpc-go's round_robin replaces the
+// message with its own "no children to pick from"; pick_first and Ballast's
+// balancers keep it.
+package kubernetes
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/attributes"
+	"google.golang.org/grpc/resolver"
+	"k8s.io/apimachinery/pkg/util/validation"
+
+	"github.com/ballast-dev/ballast/discovery"
+)
+
+// Scheme is the target scheme this resolver serves.
+const Scheme = "kubernetes"
+
+// NewBuilder returns a resolver builder that reads Services from reg. Pass it
+// to a ClientConn with grpc.WithResolvers, or use WithRegistry.
+func NewBuilder(reg *discovery.Registry) resolver.Builder {
+	return &builder{reg: reg, log: slog.Default().With("component", "resolver/kubernetes")}
+}
+
+// WithRegistry is the dial option that resolves kubernetes:/// targets from
+// reg for one ClientConn. It is preferred to registering a builder globally:
+// grpc-go's global resolver registry may only be written during init, and
+// each ClientConn can name the registry it means.
+func WithRegistry(reg *discovery.Registry) grpc.DialOption {
+	return grpc.WithResolvers(NewBuilder(reg))
+}
+
+type builder struct {
+	reg *discovery.Registry
+	log *slog.Logger
+}
+
+func (*builder) Scheme() string { return Scheme }
+
+func (b *builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolver.BuildOptions) (resolver.Resolver, error) {
+	t, err := parseTarget(target)
+	if err != nil {
+		return nil, err
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	r := &kubeResolver{
+		reg:     b.reg,
+		target:  t,
+		cc:      cc,
+		log:     b.log.With("service", t.key.String(), "port", t.port),
+		sub:     b.reg.Subscribe(), // before the first read, so no change is missed
+		cancel:  cancel,
+		stopped: make(chan struct{}),
+	}
+	go r.run(ctx)
+	return r, nil
+}
+
+// target is a parsed kubernetes:/// target.
+type target struct {
+	key discovery.Key
+	// port is the Service port's name or number as written; empty means
+	// the Service's only port.
+	port string
+}
+
+func (t target) String() string {
+	s := t.key.Name + "." + t.key.Namespace
+	if t.port != "" {
+		s += ":" + t.port
+	}
+	return s
+}
+
+const usage = "want kubernetes:///<name>.<namespace>:<port>"
+
+func parseTarget(rt resolver.Target) (target, error) {
+	raw := rt.String()
+	fail := func(format string, args ...any) (target, error) {
+		return target{}, fmt.Errorf("kubernetes target %q: %s (%s)", raw, fmt.Sprintf(format, args...), usage)
+	}
+	authority := rt.URL.Host
+	hostport := strings.TrimPrefix(rt.URL.Path, "/")
+	if hostport == "" {
+		hostport = rt.URL.Opaque
+	}
+	if hostport == "" {
+		return fail("no service named")
+	}
+	if strings.Contains(hostport, "/") {
+		return fail("unexpected path %q", hostport)
+	}
+	host, port, hasPort := strings.Cut(hostport, ":")
+	if hasPort {
+		if port == "" {
+			return fail("empty port after ':'")
+		}
+		if n, err := strconv.Atoi(port); err == nil {
+			if n < 1 || n > 65535 {
+				return fail("port %d out of range 1-65535", n)
+			}
+		} else if errs := validation.IsValidPortName(port); len(errs) > 0 {
+			return fail("port %q is neither a number nor a valid port name: %s", port, strings.Join(errs, "; "))
+		}
+	}
+	labels := strings.Split(host, ".")
+	name, namespace := labels[0], ""
+	if len(labels) > 1 {
+		namespace = labels[1]
+	}
+	if len(labels) > 2 && labels[2] != "svc" {
+		return fail("%q is not <name>.<namespace> or <name>.<namespace>.svc[.<cluster domain>]", host)
+	}
+	switch {
+	case authority != "" && namespace != "" && authority != namespace:
+		return fail("namespace %q in the authority and %q in the name disagree", authority, namespace)
+	case namespace == "" && authority != "":
+		namespace = authority
+	case namespace == "":
+		namespace = "default"
+	}
+	if errs := validation.IsDNS1035Label(name); len(errs) > 0 {
+		return fail("service name %q: %s", name, strings.Join(errs, "; "))
+	}
+	if errs := validation.IsDNS1123Label(namespace); len(errs) > 0 {
+		return fail("namespace %q: %s", namespace, strings.Join(errs, "; "))
+	}
+	return target{key: discovery.Key{Namespace: namespace, Name: name}, port: port}, nil
+}
+
+// kubeResolver watches one Service port. Its goroutine, started by Build and
+// stopped by Close, is the only writer to cc.
+type kubeResolver struct {
+	reg     *discovery.Registry
+	target  target
+	cc      resolver.ClientConn
+	log     *slog.Logger
+	sub     *discovery.Subscription
+	cancel  context.CancelFunc
+	stopped chan struct{}
+
+	// What was last sent, to skip changes to the Service that leave this
+	// port's ready set as it was.
+	sent     bool
+	lastAddr []string
+	lastErr  string
+}
+
+func (r *kubeResolver) run(ctx context.Context) {
+	defer close(r.stopped)
+	r.push()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-r.sub.C():
+		}
+		if slices.Contains(r.sub.Drain(), r.target.key) {
+			r.push()
+		}
+	}
+}
+
+// push reads the Service from the registry and sends the whole state, or
+// the reason there is none.
+func (r *kubeResolver) push() {
+	eps, err := r.resolve()
+	if err != nil {
+		if r.sent && r.lastErr == err.Error() {
+			return
+		}
+		r.log.Debug("no endpoints", "err", err)
+		if len(r.lastAddr) > 0 {
+			// A resolver error alone leaves balancers on the last good
+			// addresses; these are gone, so drop them first.
+			_ = r.cc.UpdateState(resolver.State{})
+		}
+		r.cc.ReportError(err)
+		r.sent, r.lastAddr, r.lastErr = true, nil, err.Error()
+		return
+	}
+	addrs := make([]string, len(eps))
+	for i, ep := range eps {
+		addrs[i] = ep.Addresses[0].Addr
+	}
+	if r.sent && r.lastErr == "" && slices.Equal(addrs, r.lastAddr) {
+		return
+	}
+	r.log.Debug("endpoints", "addresses", addrs)
+	if err := r.cc.UpdateState(resolver.State{Endpoints: eps}); err != nil {
+		r.log.Debug("update rejected", "err", err)
+	}
+	r.sent, r.lastAddr, r.lastErr = true, addrs, ""
+}
+
+// Errors the resolver reports wrap these, for errors.Is.
+var (
+	// ErrServiceNotFound: the registry has no such Service.
+	ErrServiceNotFound = errors.New("not found")
+	// ErrNoReadyEndpoint: the Service port has no ready endpoint.
+	ErrNoReadyEndpoint = errors.New("no ready endpoints")
+)
+
+func (r *kubeResolver) resolve() ([]resolver.Endpoint, error) {
+	svc, ok := r.reg.Get(r.target.key)
+	if !ok {
+		return nil, fmt.Errorf("service %s %w", r.target.key, ErrServiceNotFound)
+	}
+	port, err := svc.Port(r.target.port)
+	if err != nil {
+		return nil, err
+	}
+	ready := port.Ready()
+	if len(ready) == 0 {
+		ref := r.target
+		if ref.port == "" {
+			ref.port = strconv.Itoa(int(port.Port))
+		}
+		return nil, fmt.Errorf("%w for %s", ErrNoReadyEndpoint, ref)
+	}
+	eps := make([]resolver.Endpoint, 0, len(ready))
+	for _, e := range ready {
+		var attrs *attributes.Attributes
+		if e.Zone != "" {
+			attrs = attrs.WithValue(zoneKey{}, e.Zone)
+		}
+		if e.Pod != "" {
+			attrs = attrs.WithValue(podKey{}, e.Pod)
+		}
+		eps = append(eps, resolver.Endpoint{
+			Addresses:  []resolver.Address{{Addr: e.Address.String()}},
+			Attributes: attrs,
+		})
+	}
+	return eps, nil
+}
+
+// ResolveNow does nothing: the registry pushes every change.
+func (r *kubeResolver) ResolveNow(resolver.ResolveNowOptions) {}
+
+// Close stops the resolver's goroutine and its subscription.
+func (r *kubeResolver) Close() {
+	r.cancel()
+	<-r.stopped
+	r.sub.Close()
+}
+
+type (
+	zoneKey struct{}
+	podKey  struct{}
+)
+
+// Zone is the topology zone of an endpoint this resolver sent, or "".
+func Zone(ep resolver.Endpoint) string {
+	z, _ := ep.Attributes.Value(zoneKey{}).(string)
+	return z
+}
+
+// Pod is the name of the Pod behind an endpoint this resolver sent, or "".
+func Pod(ep resolver.Endpoint) string {
+	p, _ := ep.Attributes.Value(podKey{}).(string)
+	return p
+}

@@ -1,0 +1,111 @@
+package kubernetes
+
+import (
+	"net/netip"
+	"slices"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/resolver"
+
+	"github.com/ballast-dev/ballast/discovery"
+)
+
+// fakeCC records what a resolver sends.
+type fakeCC struct {
+	resolver.ClientConn
+	updates chan resolver.State
+	errs    chan error
+}
+
+func newFakeCC() *fakeCC {
+	return &fakeCC{updates: make(chan resolver.State, 16), errs: make(chan error, 16)}
+}
+
+func (f *fakeCC) UpdateState(s resolver.State) error { f.updates <- s; return nil }
+func (f *fakeCC) ReportError(err error)              { f.errs <- err }
+
+func (f *fakeCC) nextState(t *testing.T) resolver.State {
+	t.Helper()
+	select {
+	case s := <-f.updates:
+		return s
+	case err := <-f.errs:
+		t.Fatalf("resolver reported %v, want a state", err)
+	case <-time.After(10 * time.Second):
+		t.Fatal("no state from the resolver")
+	}
+	return resolver.State{}
+}
+
+// quiet checks nothing is pending. Everything the resolver does is in
+// response to a registry change it has already handled when the next
+// state arrives, so a later state proves the earlier change sent nothing.
+func (f *fakeCC) quiet(t *testing.T) {
+	t.Helper()
+	select {
+	case s := <-f.updates:
+		t.Fatalf("unexpected state %+v", s)
+	case err := <-f.errs:
+		t.Fatalf("unexpected error %v", err)
+	default:
+	}
+}
+
+func addrsOf(s resolver.State) []string {
+	var out []string
+	for _, ep := range s.Endpoints {
+		out = append(out, ep.Addresses[0].Addr)
+	}
+	return out
+}
+
+func svc(eps ...discovery.Endpoint) *discovery.Service {
+	return &discovery.Service{Key: discovery.Key{Namespace: "shop", Name: "greeter"},
+		Ports: []discovery.Port{{Name: "grpc", Port: 50051, Endpoints: eps}}}
+}
+
+func TestPushes(t *testing.T) {
+	v4 := discovery.Endpoint{Address: netip.MustParseAddrPort("10.1.0.7:8080"), Ready: true, Serving: true, Zone: "zone-a", Pod: "greeter-a"}
+	v6 := discovery.Endpoint{Address: netip.MustParseAddrPort("[fd00::7]:8080"), Ready: true, Serving: true, Zone: "zone-b", Pod: "greeter-b"}
+	off := discovery.Endpoint{Address: netip.MustParseAddrPort("10.1.0.9:8080")}
+
+	reg := discovery.NewRegistry()
+	reg.Set(svc(v4, v6, off))
+	cc := newFakeCC()
+	r, err := NewBuilder(reg).Build(parse(t, "kubernetes:///greeter.shop"), cc, resolver.BuildOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	s := cc.nextState(t)
+	if got := addrsOf(s); !slices.Equal(got, []string{"10.1.0.7:8080", "[fd00::7]:8080"}) {
+		t.Fatalf("first state %v; want the two ready endpoints, IPv6 bracketed", got)
+	}
+	if Zone(s.Endpoints[1]) != "zone-b" || Pod(s.Endpoints[1]) != "greeter-b" {
+		t.Fatalf("endpoint attributes zone=%q pod=%q; want zone-b greeter-b", Zone(s.Endpoints[1]), Pod(s.Endpoints[1]))
+	}
+
+	// A change that leaves the ready set as it was sends nothing; the next
+	// real change shows it.
+	off.Zone = "zone-c"
+	reg.Set(svc(v4, v6, off))
+	reg.Set(&discovery.Service{Key: discovery.Key{Namespace: "shop", Name: "other"}})
+	v6.Ready = false
+	reg.Set(svc(v4, v6, off))
+	if got := addrsOf(cc.nextState(t)); !slices.Equal(got, []string{"10.1.0.7:8080"}) {
+		t.Fatalf("state after v6 left: %v", got)
+	}
+	cc.quiet(t)
+
+	r.Close()
+	reg.Set(svc(v4))
+	cc.quiet(t) // Close waited for the goroutine: nothing more can come
+}
+
+func TestBuildRejectsBadTarget(t *testing.T) {
+	_, err := NewBuilder(discovery.NewRegistry()).Build(parse(t, "kubernetes:///a.b.c.d:1"), newFakeCC(), resolver.BuildOptions{})
+	if err == nil {
+		t.Fatal("Build accepted kubernetes:///a.b.c.d:1")
+	}
+}
