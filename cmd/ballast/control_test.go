@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -20,13 +21,17 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	pb "google.golang.org/grpc/examples/helloworld/helloworld"
+	grpcxds "google.golang.org/grpc/xds"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	"github.com/ballast-dev/ballast/greeter"
 	"github.com/ballast-dev/ballast/internal/testapi"
+	"github.com/ballast-dev/ballast/xds"
 )
 
 var api *testapi.Env
@@ -233,4 +238,110 @@ func TestBootstrapCommand(t *testing.T) {
 	if err := cmd.ExecuteContext(context.Background()); err == nil || !strings.Contains(err.Error(), `--metadata "novalue"`) {
 		t.Fatalf("err = %v, want one naming --metadata", err)
 	}
+}
+
+// TestControlServesFiles runs `ballast control --files` with grpc-go's real
+// xDS client dialing through it to greeters on loopback: every pod in the
+// folder's EndpointSlice gets calls, and a pod added to the file does too.
+func TestControlServesFiles(t *testing.T) {
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	defer cancel()
+	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
+
+	var ports []int
+	for i := range 3 {
+		lis, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		ports = append(ports, lis.Addr().(*net.TCPAddr).Port)
+		s := &greeter.Server{Pod: fmt.Sprintf("greeter-%d", i), Log: quiet}
+		wg.Add(1)
+		go func() { defer wg.Done(); s.Serve(ctx, lis) }()
+	}
+	dir := t.TempDir()
+	write := func(n int) {
+		t.Helper()
+		var b strings.Builder
+		b.WriteString("apiVersion: v1\nkind: Service\nmetadata: {name: greeter, namespace: default}\nspec:\n  ports: [{name: grpc, port: 50051}]\n")
+		for i := range n {
+			// One slice per pod: each pod listens on its own loopback port.
+			fmt.Fprintf(&b, "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"+
+				"metadata: {name: greeter-%d, namespace: default, labels: {kubernetes.io/service-name: greeter}}\n"+
+				"addressType: IPv4\nports: [{name: grpc, port: %d, protocol: TCP}]\n"+
+				"endpoints: [{addresses: [127.0.0.1], targetRef: {kind: Pod, name: greeter-%d}}]\n", i, ports[i], i)
+		}
+		tmp := filepath.Join(dir, ".greeter.yaml.tmp")
+		if err := os.WriteFile(tmp, []byte(b.String()), 0o644); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.Rename(tmp, filepath.Join(dir, "greeter.yaml")); err != nil {
+			t.Fatal(err)
+		}
+	}
+	write(2)
+
+	addrs := make(chan net.Addr, 1)
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		err := runControl(ctx, controlConfig{
+			Files: dir, XDSAddress: "127.0.0.1:0", HTTPAddress: "127.0.0.1:0", DrainTimeout: time.Second,
+			serving: func(x, _ net.Addr) { addrs <- x },
+		}, quiet)
+		if err != nil {
+			t.Errorf("control: %v", err)
+		}
+	}()
+	var xdsAddr net.Addr
+	select {
+	case xdsAddr = <-addrs:
+	case <-time.After(30 * time.Second):
+		t.Fatal("control never served")
+	}
+
+	bs, err := xds.Bootstrap{Server: xdsAddr.String(), Pod: "client", Namespace: "default"}.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
+	rb, err := grpcxds.NewXDSResolverWithConfigForTesting(bs)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient("xds:///greeter.default:50051", grpc.WithResolvers(rb), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	seen := map[string]bool{}
+	callUntilSeen := func(pods ...string) {
+		t.Helper()
+		deadline := time.Now().Add(30 * time.Second)
+		for !allSeen(seen, pods) {
+			if time.Now().After(deadline) {
+				t.Fatalf("pods %v never all answered; saw %v", pods, seen)
+			}
+			cctx, ccancel := context.WithTimeout(ctx, 5*time.Second)
+			r, err := pb.NewGreeterClient(conn).SayHello(cctx, &pb.HelloRequest{Name: "files"})
+			ccancel()
+			if err != nil {
+				t.Fatalf("call failed: %v", err)
+			}
+			seen[greeter.PodOf(r.GetMessage())] = true
+		}
+	}
+	callUntilSeen("greeter-0", "greeter-1")
+	write(3)
+	callUntilSeen("greeter-2")
+}
+
+func allSeen(seen map[string]bool, pods []string) bool {
+	for _, p := range pods {
+		if !seen[p] {
+			return false
+		}
+	}
+	return true
 }
