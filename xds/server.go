@@ -336,6 +336,11 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Help: "Service updates that could not be translated; the Service keeps its last good resources.",
 		}),
 	}
+	// Every type shows up at zero, so a dashboard sees "no NACKs", not "no data".
+	for _, t := range typeURLs {
+		m.nacks.WithLabelValues(typeName(t))
+		m.pushLatency.WithLabelValues(typeName(t))
+	}
 	for _, c := range []prometheus.Collector{m.clients, m.pushes, m.pushLatency, m.nacks, m.translateErrors, &resourceCollector{s: s}} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
