@@ -58,15 +58,22 @@ func TestHTTPEndpoints(t *testing.T) {
 	if code, _ := get("/readyz"); code != http.StatusServiceUnavailable {
 		t.Fatalf("/readyz before discovery synced = %d, want 503", code)
 	}
+	// A source writes what it listed, then reports synced: ready must mean
+	// those writes are served.
+	reg.Set(&discovery.Service{Key: discovery.Key{Namespace: "default", Name: "b"}, Ports: []discovery.Port{{Port: 80, Protocol: "TCP"}}})
 	synced.Store(true)
-	if code, _ := get("/readyz"); code != http.StatusOK {
-		t.Fatalf("/readyz once synced = %d, want 200", code)
+	eventually(t, "/readyz answers 200 once discovery synced", func() bool {
+		code, _ := get("/readyz")
+		return code == http.StatusOK
+	})
+	if n := srv.caches[resourcev3.ClusterType].NumResources(); n != 2 {
+		t.Fatalf("ready with %d clusters served, want 2", n)
 	}
 	_, metrics := get("/metrics")
 	for _, want := range []string{
-		`ballast_xds_resources{type="listener"} 4`,
-		`ballast_xds_resources{type="cluster"} 1`,
-		`ballast_xds_resources{type="endpoints"} 1`,
+		`ballast_xds_resources{type="listener"} 8`,
+		`ballast_xds_resources{type="cluster"} 2`,
+		`ballast_xds_resources{type="endpoints"} 2`,
 		`ballast_xds_translate_errors_total 0`,
 	} {
 		if !strings.Contains(metrics, want) {

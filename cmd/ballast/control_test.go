@@ -12,6 +12,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -34,7 +35,10 @@ import (
 	"github.com/ballast-dev/ballast/xds"
 )
 
-var api *testapi.Env
+var (
+	api  *testapi.Env
+	runs atomic.Int64
+)
 
 func TestMain(m *testing.M) {
 	var err error
@@ -69,7 +73,7 @@ func kubeconfig(t *testing.T) string {
 // endpoints over ADS, pushes an EndpointSlice change, and stops cleanly.
 func TestControlServesKubernetes(t *testing.T) {
 	ctx := context.Background()
-	const ns = "control-test"
+	ns := fmt.Sprintf("control-test-%d", runs.Add(1)) // fresh per run (-count)
 	if _, err := api.Client.CoreV1().Namespaces().Create(ctx, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{Name: ns}}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
