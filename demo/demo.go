@@ -20,12 +20,15 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	grpcxds "google.golang.org/grpc/xds"
 
 	"github.com/ballast-dev/ballast/clusterip"
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/discovery/files"
 	"github.com/ballast-dev/ballast/greeter"
 	"github.com/ballast-dev/ballast/resolver/kubernetes"
+	"github.com/ballast-dev/ballast/xds"
 )
 
 // The article's names.
@@ -100,6 +103,12 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 				grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
 			},
 		},
+		{
+			name:        "proxyless",
+			description: "xds:/// target, grpc-go's xDS client fed by an embedded ballast control, balanced per call",
+			target:      fmt.Sprintf("xds:///%s.%s:%d", Service, Namespace, GRPCPort),
+			dialOptions: []grpc.DialOption{grpc.WithResolvers(w.xdsResolver)},
+		},
 	}
 	res := &Result{}
 	for _, m := range modes {
@@ -155,9 +164,12 @@ type world struct {
 	pods      []string
 	registry  *discovery.Registry
 	clusterIP netip.AddrPort
-	dir       string
-	cancel    context.CancelFunc
-	done      []chan error
+	// xdsResolver resolves xds:/// targets through the embedded control
+	// plane, bootstrapped as `ballast bootstrap` would for a pod.
+	xdsResolver resolver.Builder
+	dir         string
+	cancel      context.CancelFunc
+	done        []chan error
 }
 
 func startWorld(ctx context.Context, n int, log *slog.Logger) (_ *world, err error) {
@@ -214,7 +226,40 @@ func startWorld(ctx context.Context, n int, log *slog.Logger) (_ *world, err err
 		return out
 	}}
 	w.run(func() error { return proxy.Serve(ctx, lis) })
+
+	if w.xdsResolver, err = w.startControlPlane(ctx, log); err != nil {
+		return nil, err
+	}
 	return w, nil
+}
+
+// startControlPlane serves xDS from the world's registry on a loopback port
+// and returns a resolver bootstrapped to use it.
+func (w *world) startControlPlane(ctx context.Context, log *slog.Logger) (resolver.Builder, error) {
+	srv, err := xds.NewServer(xds.Config{Registry: w.registry, Log: log})
+	if err != nil {
+		return nil, err
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("start control plane: %w", err)
+	}
+	gs := grpc.NewServer()
+	srv.Register(gs)
+	w.run(func() error { return srv.Run(ctx) })
+	w.run(func() error {
+		stop := context.AfterFunc(ctx, gs.Stop)
+		defer stop()
+		return gs.Serve(lis)
+	})
+	bootstrap, err := xds.Bootstrap{Server: lis.Addr().String(), Pod: "native-tools-65c5bd87fc-2fsmc", Namespace: Namespace}.JSON()
+	if err != nil {
+		return nil, err
+	}
+	// grpc-go reads a bootstrap file named by GRPC_XDS_BOOTSTRAP once per
+	// process; a resolver with its own bootstrap lets the demo run in a
+	// process (a test) that may already use another control plane.
+	return grpcxds.NewXDSResolverWithConfigForTesting(bootstrap)
 }
 
 // run starts a part of the world that stops when the world's context ends.

@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 
@@ -276,5 +277,24 @@ func TestEndpointDraining(t *testing.T) {
 				t.Errorf("Draining() = %v, want %v (endpoint %+v)", got, tt.want, eps[0])
 			}
 		})
+	}
+}
+
+// BenchmarkBuild measures one recomputation of a 300-endpoint Service
+// spread over three slices, the work each EndpointSlice event costs.
+func BenchmarkBuild(b *testing.B) {
+	grpc := []discoveryv1.EndpointPort{slicePortOf("grpc", 50051)}
+	var ess []*discoveryv1.EndpointSlice
+	for s := range 3 {
+		var eps []discoveryv1.Endpoint
+		for i := range 100 {
+			eps = append(eps, endpoint(fmt.Sprintf("10.244.%d.%d", s, i+1), readyConds))
+		}
+		ess = append(ess, endpointSlice(fmt.Sprintf("greeter-%d", s), discoveryv1.AddressTypeIPv4, grpc, eps...))
+	}
+	svc := service(grpcPort("grpc", 50051))
+	b.ReportAllocs()
+	for b.Loop() {
+		Build(svc, ess)
 	}
 }

@@ -9,13 +9,21 @@ import (
 	"net"
 	"net/http"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	k8s "k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/discovery/files"
+	"github.com/ballast-dev/ballast/discovery/kube"
 	"github.com/ballast-dev/ballast/greeter"
+	"github.com/ballast-dev/ballast/resolver/kubernetes"
 )
 
 func newGreeterCmd() *cobra.Command {
@@ -47,6 +55,7 @@ func newGreeterClientCmd() *cobra.Command {
 	var (
 		listen, target, service string
 		calls                   int
+		disc                    clientDiscovery
 	)
 	cmd := &cobra.Command{
 		Use:   "client",
@@ -56,7 +65,7 @@ dials <service>:50051 (or --target) once and reuses that connection for every ca
 With --calls N, makes N calls over one connection to --target and prints the count per pod.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			dialOpts, err := balancingDialOptions()
+			dialOpts, err := disc.dialOptions(cmd.Context(), target)
 			if err != nil {
 				return err
 			}
@@ -87,6 +96,9 @@ With --calls N, makes N calls over one connection to --target and prints the cou
 	cmd.Flags().StringVar(&target, "target", "", "gRPC target to dial instead of <service>:50051 (dns:///, kubernetes:///, xds:///)")
 	cmd.Flags().StringVar(&service, "service", "native-tools-2", "service to call with --calls when no --target is given")
 	cmd.Flags().IntVar(&calls, "calls", 0, "make this many calls, print the count per pod and exit")
+	cmd.Flags().StringVar(&disc.Kubeconfig, "kubeconfig", "", "kubeconfig for kubernetes:/// targets (default: in-cluster)")
+	cmd.Flags().StringVar(&disc.Files, "files", "", "resolve kubernetes:/// targets from this folder of Service and EndpointSlice YAML instead of a cluster")
+	cmd.Flags().StringVar(&disc.LBPolicy, "lb-policy", "round_robin", "LB policy for kubernetes:/// targets: round_robin, ballast_p2c, ballast_peak_ewma")
 	return cmd
 }
 
@@ -107,8 +119,45 @@ func countCalls(cmd *cobra.Command, target string, n int, dialOpts []grpc.DialOp
 	return nil
 }
 
-// balancingDialOptions are the options every greeter client dials with, so
-// kubernetes:/// and xds:/// targets work from the same binary.
-func balancingDialOptions() ([]grpc.DialOption, error) {
-	return nil, nil
+// clientDiscovery says where a greeter client's kubernetes:/// targets are
+// resolved from.
+type clientDiscovery struct {
+	Kubeconfig string
+	Files      string
+	LBPolicy   string
+}
+
+// dialOptions makes kubernetes:/// targets resolvable (from the cluster, or
+// from --files) and picks the LB policy; xds:/// targets need nothing here:
+// the xDS resolver and Ballast's balancers register when this binary starts.
+func (d clientDiscovery) dialOptions(ctx context.Context, target string) ([]grpc.DialOption, error) {
+	if !strings.HasPrefix(target, kubernetes.Scheme+":") {
+		return nil, nil
+	}
+	opts := []grpc.DialOption{grpc.WithDefaultServiceConfig(fmt.Sprintf(`{"loadBalancingConfig":[{%q:{}}]}`, d.LBPolicy))}
+	if d.Files != "" {
+		reg := discovery.NewRegistry()
+		src := files.New(d.Files, reg, files.Options{})
+		if err := src.Load(); err != nil {
+			return nil, fmt.Errorf("--files: %w", err)
+		}
+		go src.Run(ctx)
+		return append(opts, kubernetes.WithRegistry(reg)), nil
+	}
+	restCfg, err := rest.InClusterConfig()
+	if d.Kubeconfig != "" {
+		restCfg, err = clientcmd.BuildConfigFromFlags("", d.Kubeconfig)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kubernetes:/// target needs a cluster (--kubeconfig, or in-cluster) or --files: %w", err)
+	}
+	client, err := k8s.NewForConfig(restCfg)
+	if err != nil {
+		return nil, err
+	}
+	cluster, err := kubernetes.StartCluster(ctx, client, kube.Options{})
+	if err != nil {
+		return nil, err
+	}
+	return append(opts, cluster.DialOption()), nil
 }

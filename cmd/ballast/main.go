@@ -12,6 +12,11 @@ import (
 	"syscall"
 
 	"github.com/spf13/cobra"
+	// xds:/// targets, and the balancers xDS Clusters and service configs name.
+	_ "google.golang.org/grpc/xds"
+
+	_ "github.com/ballast-dev/ballast/balancer/p2c"
+	_ "github.com/ballast-dev/ballast/balancer/peakewma"
 )
 
 func main() {

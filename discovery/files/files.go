@@ -201,10 +201,8 @@ func (s *Source) Run(ctx context.Context) error {
 	// Any event in the directory means "read it again": editors replace
 	// files by rename, and ConfigMap updates swap the "..data" symlink, so
 	// the name in an event says little about which file changed.
-	settle := time.NewTimer(0)
-	if !settle.Stop() {
-		<-settle.C
-	}
+	settle := time.NewTimer(time.Hour)
+	settle.Stop() // armed by the first event; Go ≥1.23 timers leave no stale tick
 	for {
 		select {
 		case <-ctx.Done():

@@ -12,7 +12,9 @@ package kube
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"sync/atomic"
 
@@ -142,7 +144,15 @@ func (s *Source) Run(ctx context.Context) error {
 		return fmt.Errorf("watch endpointslices: %w", err)
 	}
 	for name, inf := range map[string]cache.SharedIndexInformer{"services": svcInformer, "endpointslices": sliceInformer} {
-		if err := inf.SetWatchErrorHandlerWithContext(func(_ context.Context, _ *cache.Reflector, err error) {
+		if err := inf.SetWatchErrorHandlerWithContext(func(ctx context.Context, r *cache.Reflector, err error) {
+			// Expired versions and closed streams are routine: the reflector
+			// lists again. Anything else (forbidden, unreachable) is worth
+			// a warning; either way the caches, and the registry, stay.
+			if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) ||
+				apierrors.IsResourceExpired(err) || apierrors.IsGone(err) {
+				cache.DefaultWatchErrorHandler(ctx, r, err)
+				return
+			}
 			s.log.Warn("watch failed; keeping the last known state", "resource", name, "err", err)
 		}); err != nil {
 			return fmt.Errorf("watch %s: %w", name, err)

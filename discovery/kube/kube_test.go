@@ -581,3 +581,33 @@ func (p *cuttableProxy) close() {
 	p.setCut(true)
 	p.wg.Wait()
 }
+
+// TestUnreachableAtStart checks that a source that never reaches the API
+// server does not claim to be synced, and still stops with its context.
+func TestUnreachableAtStart(t *testing.T) {
+	proxy := newCuttableProxy(t, env.Config.Host)
+	proxy.setCut(true)
+	cfg := rest.CopyConfig(env.Config)
+	cfg.Host = "https://" + proxy.addr()
+	cfg.TLSClientConfig.ServerName = "localhost"
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	reg, src := run(t, client, newNamespace(t))
+	deadline := time.After(waitTimeout)
+	for proxy.refusals() < 2 {
+		select {
+		case <-proxy.refused:
+		case <-deadline:
+			t.Fatalf("source made %d connection attempts within %v, want ≥ 2", proxy.refusals(), waitTimeout)
+		}
+	}
+	if src.HasSynced() {
+		t.Errorf("HasSynced() = true without ever reaching the API server")
+	}
+	if n := len(reg.List()); n != 0 {
+		t.Errorf("registry holds %d services without ever reaching the API server", n)
+	}
+	// run's cleanup checks that Run returns once its context ends.
+}

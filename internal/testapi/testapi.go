@@ -12,11 +12,19 @@ import (
 	"path/filepath"
 	"runtime"
 	"strings"
+	"time"
 
+	"github.com/go-logr/logr"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
+	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
 )
+
+func init() {
+	// envtest logs through controller-runtime; tests report errors themselves.
+	ctrllog.SetLogger(logr.Discard())
+}
 
 // Env is a running API server.
 type Env struct {
@@ -31,7 +39,13 @@ func Start() (*Env, error) {
 	if err != nil {
 		return nil, err
 	}
-	env := &envtest.Environment{BinaryAssetsDirectory: assets}
+	// Shared 2-core machines start kube-apiserver slowly when test packages
+	// run side by side: give it minutes, not envtest's default 20 seconds.
+	env := &envtest.Environment{
+		BinaryAssetsDirectory:    assets,
+		ControlPlaneStartTimeout: 3 * time.Minute,
+		ControlPlaneStopTimeout:  time.Minute,
+	}
 	cfg, err := env.Start()
 	if err != nil {
 		return nil, fmt.Errorf("start kube-apiserver and etcd from %s: %w", assets, err)

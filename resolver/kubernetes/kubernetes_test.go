@@ -94,10 +94,11 @@ func TestSpread(t *testing.T) {
 	// p2c breaks ties at random, so one call at a time it spreads like
 	// dice (about 1.15 at this count). Peak-EWMA prefers the pod that
 	// answered fastest, so among equal pods the spread follows their jitter;
-	// the one bound it keeps is P2C's: a pod wins at most the 2 of 3 pairs
-	// it is drawn in, max/mean 2, and a pod may see no call in a run this
-	// short.
-	bounds := map[string]float64{"round_robin": 1.05, "ballast_p2c": 1.3, "ballast_peak_ewma": 2.0}
+	// the one bound it keeps is P2C's: a pod wins at most the pairs it is
+	// drawn in, 2 of 3 on average (max/mean 2, plus 4 standard deviations
+	// of the draw at this count: 2.3), and a pod may see no call in a run
+	// this short.
+	bounds := map[string]float64{"round_robin": 1.05, "ballast_p2c": 1.3, "ballast_peak_ewma": 2.3}
 	for _, pol := range policies {
 		for _, workers := range []int{1, 4} {
 			t.Run(fmt.Sprintf("%s/workers=%d", pol.name, workers), func(t *testing.T) {
@@ -111,6 +112,12 @@ func TestSpread(t *testing.T) {
 				greetertest.Eventually(t, 10*time.Second, func() bool {
 					return pods[0].OpenConns() > 0 && pods[1].OpenConns() > 0 && pods[2].OpenConns() > 0
 				}, "the client did not connect to every pod")
+				if pol.name != "ballast_peak_ewma" {
+					// A pod that answered is READY in the client too.
+					greetertest.Eventually(t, 10*time.Second, func() bool {
+						return sayHello(conn) == nil && pods[0].Calls() > 0 && pods[1].Calls() > 0 && pods[2].Calls() > 0
+					}, "not every pod got a call")
+				}
 				counts := greetertest.Spread(t, conn, calls, workers)
 				ratio := greetertest.MaxOverMean(counts, 3)
 				t.Logf("%v max/mean %.3f", counts, ratio)

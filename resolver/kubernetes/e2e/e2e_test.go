@@ -7,6 +7,8 @@ package e2e_test
 import (
 	"context"
 	"fmt"
+	"net"
+	"net/netip"
 	"os"
 	"strings"
 	"testing"
@@ -66,9 +68,26 @@ func newNamespace(t *testing.T) string {
 	return ns.Name
 }
 
-// slice is the EndpointSlice of one pod: its own slice, because each
-// greeter listens on a port of its own.
-func slice(ns string, p *greetertest.Pod, ready, serving, terminating bool) *discoveryv1.EndpointSlice {
+// The API server refuses loopback addresses in EndpointSlices, so each pod
+// is published under a TEST-NET-1 address (RFC 5737, never routed) with its
+// real port, and the client's dialer maps those back to 127.0.0.1: calls
+// leave only on loopback, and anything else is refused, not dialled.
+var testNet = netip.MustParsePrefix("192.0.2.0/24")
+
+func publicAddr(i int) netip.Addr { return netip.AddrFrom4([4]byte{192, 0, 2, byte(i + 1)}) }
+
+func loopbackDialer(ctx context.Context, addr string) (net.Conn, error) {
+	ap, err := netip.ParseAddrPort(addr)
+	if err != nil || !testNet.Contains(ap.Addr()) {
+		return nil, fmt.Errorf("test dialer: refusing %s: not a TEST-NET-1 pod address", addr)
+	}
+	var d net.Dialer
+	return d.DialContext(ctx, "tcp", netip.AddrPortFrom(netip.MustParseAddr("127.0.0.1"), ap.Port()).String())
+}
+
+// slice is the EndpointSlice of pod i: its own slice, because each greeter
+// listens on a port of its own.
+func slice(ns string, i int, p *greetertest.Pod, ready, serving, terminating bool) *discoveryv1.EndpointSlice {
 	return &discoveryv1.EndpointSlice{
 		ObjectMeta: metav1.ObjectMeta{
 			Namespace: ns, Name: "greeter-" + p.Name,
@@ -76,7 +95,7 @@ func slice(ns string, p *greetertest.Pod, ready, serving, terminating bool) *dis
 		},
 		AddressType: discoveryv1.AddressTypeIPv4,
 		Endpoints: []discoveryv1.Endpoint{{
-			Addresses:  []string{p.Addr.Addr().String()},
+			Addresses:  []string{publicAddr(i).String()},
 			Conditions: discoveryv1.EndpointConditions{Ready: &ready, Serving: &serving, Terminating: &terminating},
 			TargetRef:  &corev1.ObjectReference{Kind: "Pod", Namespace: ns, Name: p.Name},
 		}},
@@ -94,9 +113,13 @@ func sayHello(conn *grpc.ClientConn) (string, error) {
 // TestResolverFollowsEndpointSlices walks one Service through the changes
 // a rollout makes and checks where calls go at each step.
 func TestResolverFollowsEndpointSlices(t *testing.T) {
-	// Registered first, so it runs last: after the pods have stopped.
+	// Registered first, so it runs last: after the pods have stopped. The
+	// shared API client's HTTP/2 connection may be opened during the test;
+	// it belongs to the package, not to the code under test.
 	ignore := goleak.IgnoreCurrent()
-	t.Cleanup(func() { goleak.VerifyNone(t, ignore) })
+	t.Cleanup(func() {
+		goleak.VerifyNone(t, ignore, goleak.IgnoreAnyFunction("golang.org/x/net/http2.(*ClientConn).readLoop"))
+	})
 	ctx := context.Background()
 	ns := newNamespace(t)
 	api := env.Client
@@ -113,8 +136,8 @@ func TestResolverFollowsEndpointSlices(t *testing.T) {
 	}, metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	for _, p := range pods {
-		if _, err := api.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice(ns, p, true, true, false), metav1.CreateOptions{}); err != nil {
+	for i, p := range pods {
+		if _, err := api.DiscoveryV1().EndpointSlices(ns).Create(ctx, slice(ns, i, p, true, true, false), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -127,6 +150,7 @@ func TestResolverFollowsEndpointSlices(t *testing.T) {
 	}
 	conn, err := grpc.NewClient("kubernetes:///greeter."+ns+":grpc", cluster.DialOption(),
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(loopbackDialer),
 		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"ballast_p2c":{}}]}`))
 	if err != nil {
 		t.Fatal(err)
@@ -148,7 +172,7 @@ func TestResolverFollowsEndpointSlices(t *testing.T) {
 	})
 
 	t.Run("a terminating pod gets no new calls", func(t *testing.T) {
-		if _, err := api.DiscoveryV1().EndpointSlices(ns).Update(ctx, slice(ns, pods[2], false, true, true), metav1.UpdateOptions{}); err != nil {
+		if _, err := api.DiscoveryV1().EndpointSlices(ns).Update(ctx, slice(ns, 2, pods[2], false, true, true), metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		greetertest.Eventually(t, waitTimeout, func() bool { return pods[2].OpenConns() == 0 },
@@ -161,8 +185,8 @@ func TestResolverFollowsEndpointSlices(t *testing.T) {
 	})
 
 	t.Run("no ready endpoint fails fast and says so", func(t *testing.T) {
-		for _, p := range pods {
-			if _, err := api.DiscoveryV1().EndpointSlices(ns).Update(ctx, slice(ns, p, false, false, false), metav1.UpdateOptions{}); err != nil {
+		for i, p := range pods {
+			if _, err := api.DiscoveryV1().EndpointSlices(ns).Update(ctx, slice(ns, i, p, false, false, false), metav1.UpdateOptions{}); err != nil {
 				t.Fatal(err)
 			}
 		}
@@ -174,7 +198,7 @@ func TestResolverFollowsEndpointSlices(t *testing.T) {
 	})
 
 	t.Run("ready again", func(t *testing.T) {
-		if _, err := api.DiscoveryV1().EndpointSlices(ns).Update(ctx, slice(ns, pods[1], true, true, false), metav1.UpdateOptions{}); err != nil {
+		if _, err := api.DiscoveryV1().EndpointSlices(ns).Update(ctx, slice(ns, 1, pods[1], true, true, false), metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		greetertest.Eventually(t, waitTimeout, func() bool {
@@ -185,7 +209,7 @@ func TestResolverFollowsEndpointSlices(t *testing.T) {
 
 	t.Run("unknown service", func(t *testing.T) {
 		other, err := grpc.NewClient("kubernetes:///nope."+ns+":grpc", cluster.DialOption(),
-			grpc.WithTransportCredentials(insecure.NewCredentials()))
+			grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithContextDialer(loopbackDialer))
 		if err != nil {
 			t.Fatal(err)
 		}
