@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
 	"log/slog"
@@ -270,6 +271,11 @@ func TestControlServesFiles(t *testing.T) {
 		t.Helper()
 		var b strings.Builder
 		b.WriteString("apiVersion: v1\nkind: Service\nmetadata: {name: greeter, namespace: default}\nspec:\n  ports: [{name: grpc, port: 50051}]\n")
+		// fast asks for peak-EWMA, which this binary registers (main.go).
+		fmt.Fprintf(&b, "---\napiVersion: v1\nkind: Service\nmetadata: {name: fast, namespace: default, annotations: {ballast.dev/lb-policy: peak_ewma}}\n"+
+			"spec:\n  ports: [{name: grpc, port: 50051}]\n---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"+
+			"metadata: {name: fast, namespace: default, labels: {kubernetes.io/service-name: fast}}\n"+
+			"addressType: IPv4\nports: [{name: grpc, port: %d, protocol: TCP}]\nendpoints: [{addresses: [127.0.0.1]}]\n", ports[0])
 		for i := range n {
 			// One slice per pod: each pod listens on its own loopback port.
 			fmt.Fprintf(&b, "---\napiVersion: discovery.k8s.io/v1\nkind: EndpointSlice\n"+
@@ -287,21 +293,22 @@ func TestControlServesFiles(t *testing.T) {
 	}
 	write(2)
 
-	addrs := make(chan net.Addr, 1)
+	addrs := make(chan [2]net.Addr, 1)
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		err := runControl(ctx, controlConfig{
 			Files: dir, XDSAddress: "127.0.0.1:0", HTTPAddress: "127.0.0.1:0", DrainTimeout: time.Second,
-			serving: func(x, _ net.Addr) { addrs <- x },
+			serving: func(x, h net.Addr) { addrs <- [2]net.Addr{x, h} },
 		}, quiet)
 		if err != nil {
 			t.Errorf("control: %v", err)
 		}
 	}()
-	var xdsAddr net.Addr
+	var xdsAddr, httpAddr net.Addr
 	select {
-	case xdsAddr = <-addrs:
+	case a := <-addrs:
+		xdsAddr, httpAddr = a[0], a[1]
 	case <-time.After(30 * time.Second):
 		t.Fatal("control never served")
 	}
@@ -339,6 +346,49 @@ func TestControlServesFiles(t *testing.T) {
 	callUntilSeen("greeter-0", "greeter-1")
 	write(3)
 	callUntilSeen("greeter-2")
+
+	// The peak-EWMA Cluster is accepted and serves calls: a config the
+	// balancer rejected would be NACKed.
+	fast, err := grpc.NewClient("xds:///fast.default:50051", grpc.WithResolvers(rb), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer fast.Close()
+	cctx, ccancel := context.WithTimeout(ctx, 20*time.Second)
+	defer ccancel()
+	if _, err := pb.NewGreeterClient(fast).SayHello(cctx, &pb.HelloRequest{Name: "fast"}); err != nil {
+		t.Fatalf("call through the peak-EWMA cluster: %v", err)
+	}
+	resp, err := http.Get("http://" + httpAddr.String() + "/debug/clients")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var clients []struct {
+		Types map[string]struct {
+			Status     string   `json:"status"`
+			Error      string   `json:"error"`
+			Subscribed []string `json:"subscribed"`
+		} `json:"types"`
+	}
+	if err := json.NewDecoder(resp.Body).Decode(&clients); err != nil {
+		t.Fatal(err)
+	}
+	// grpc-go runs one xDS client per target: find the one for fast.
+	found := false
+	for _, cl := range clients {
+		c := cl.Types["cluster"]
+		if !slices.Contains(c.Subscribed, "fast.default.svc.cluster.local:50051") {
+			continue
+		}
+		found = true
+		if c.Status != "ACKED" {
+			t.Fatalf("fast's cluster state = %+v, want ACKED", c)
+		}
+	}
+	if !found {
+		t.Fatalf("no xDS client subscribed to fast's cluster: %+v", clients)
+	}
 }
 
 func allSeen(seen map[string]bool, pods []string) bool {
