@@ -1,7 +1,7 @@
 // Package demo replays the article's experiment on one machine: three
 // greeter pods, one client with one long-lived gRPC connection, and the same
 // calls sent once through a plain Service (an L4, per-connection balancer)
-// and once through each of Ballast's per-call modes.
+// and once through each of Ballast's per-call modes (client-side, sidecar).
 package demo
 
 import (
@@ -27,6 +27,7 @@ import (
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/discovery/files"
 	"github.com/ballast-dev/ballast/greeter"
+	sidecarproxy "github.com/ballast-dev/ballast/proxy"
 	"github.com/ballast-dev/ballast/resolver/kubernetes"
 	"github.com/ballast-dev/ballast/xds"
 )
@@ -109,6 +110,11 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 			target:      fmt.Sprintf("xds:///%s.%s:%d", Service, Namespace, GRPCPort),
 			dialOptions: []grpc.DialOption{grpc.WithResolvers(w.xdsResolver)},
 		},
+		{
+			name:        "sidecar",
+			description: "the unchanged client's one connection to ballast proxy, which balances each call (same xDS config as proxyless)",
+			target:      "passthrough:///" + w.sidecar.String(),
+		},
 	}
 	res := &Result{}
 	for _, m := range modes {
@@ -167,6 +173,7 @@ type world struct {
 	// xdsResolver resolves xds:/// targets through the embedded control
 	// plane, bootstrapped as `ballast bootstrap` would for a pod.
 	xdsResolver resolver.Builder
+	sidecar     netip.AddrPort
 	dir         string
 	cancel      context.CancelFunc
 	done        []chan error
@@ -230,6 +237,25 @@ func startWorld(ctx context.Context, n int, log *slog.Logger) (_ *world, err err
 	if w.xdsResolver, err = w.startControlPlane(ctx, log); err != nil {
 		return nil, err
 	}
+
+	// The sidecar: an explicit listener (where iptables would redirect the
+	// client's connection to the ClusterIP) whose upstream is the same
+	// xDS config as the proxyless mode.
+	sidecarLis, err := listen(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 15001)
+	if err != nil {
+		return nil, fmt.Errorf("start sidecar: %w", err)
+	}
+	sidecar, err := sidecarproxy.New(sidecarproxy.Options{
+		Outbound:    []sidecarproxy.Outbound{{Listener: sidecarLis, Target: fmt.Sprintf("xds:///%s.%s:%d", Service, Namespace, GRPCPort)}},
+		DialOptions: []grpc.DialOption{grpc.WithResolvers(w.xdsResolver)},
+		Log:         log,
+	})
+	if err != nil {
+		sidecarLis.Close()
+		return nil, fmt.Errorf("start sidecar: %w", err)
+	}
+	w.sidecar = netip.MustParseAddrPort(sidecarLis.Addr().String())
+	w.run(func() error { return sidecar.Serve(ctx) })
 	return w, nil
 }
 

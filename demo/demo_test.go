@@ -29,7 +29,7 @@ func TestReplayShowsTheArticlesImbalanceAndItsFix(t *testing.T) {
 	if got := byMode["plain-service"].MaxMean; got != 3 {
 		t.Errorf("plain-service max/mean = %.2f, want 3 (every call on one pod): %v", got, byMode["plain-service"].Pods)
 	}
-	for _, mode := range []string{"client-side", "proxyless"} {
+	for _, mode := range []string{"client-side", "proxyless", "sidecar"} {
 		m, ok := byMode[mode]
 		if !ok {
 			t.Errorf("no %s row in %+v", mode, res.Modes)

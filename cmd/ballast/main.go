@@ -46,6 +46,8 @@ func newRootCmd() *cobra.Command {
 		newDemoCmd(),
 		newControlCmd(),
 		newBootstrapCmd(),
+		newProxyCmd(),
+		newInjectCmd(),
 	)
 	return root
 }

@@ -1,0 +1,162 @@
+package inject
+
+import (
+	"bytes"
+	"encoding/json"
+	"net/http"
+	"net/http/httptest"
+	"slices"
+	"testing"
+
+	jsonpatchv5 "github.com/evanphx/json-patch/v5"
+	"gomodules.xyz/jsonpatch/v2"
+	admissionv1 "k8s.io/api/admission/v1"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/runtime"
+)
+
+func testPod(annotations map[string]string, mutate ...func(*corev1.Pod)) *corev1.Pod {
+	p := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: "client", Namespace: "demo", Annotations: annotations},
+		Spec: corev1.PodSpec{
+			InitContainers: []corev1.Container{{Name: "app-init", Image: "busybox"}},
+			Containers:     []corev1.Container{{Name: "app", Image: "greeter"}},
+		},
+	}
+	for _, m := range mutate {
+		m(p)
+	}
+	return p
+}
+
+func TestDecide(t *testing.T) {
+	injected := testPod(nil)
+	Inject(injected, Config{Image: "ballast"})
+	tests := []struct {
+		name string
+		pod  *corev1.Pod
+		want bool
+	}{
+		{"plain pod", testPod(nil), true},
+		{"opt-out", testPod(map[string]string{OptOutAnnotation: "false"}), false},
+		{"explicit opt-in", testPod(map[string]string{OptOutAnnotation: "true"}), true},
+		{"unparsable annotation injects", testPod(map[string]string{OptOutAnnotation: "maybe"}), true},
+		{"host network", testPod(nil, func(p *corev1.Pod) { p.Spec.HostNetwork = true }), false},
+		{"already injected", injected, false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			if got, why := Decide(tc.pod); got != tc.want {
+				t.Fatalf("Decide = %v (%s), want %v", got, why, tc.want)
+			}
+		})
+	}
+}
+
+func TestInject(t *testing.T) {
+	pod := testPod(nil)
+	Inject(pod, Config{Image: "ballast:dev", XDSAddress: "ballast-control.ballast-system:18000", InitArgs: []string{"--include-cidrs=10.96.0.0/12"}})
+	names := func(cs []corev1.Container) []string {
+		var out []string
+		for _, c := range cs {
+			out = append(out, c.Name)
+		}
+		return out
+	}
+	if got, want := names(pod.Spec.InitContainers), []string{InitContainerName, ProxyContainerName, "app-init"}; !slices.Equal(got, want) {
+		t.Fatalf("init containers %v, want %v", got, want)
+	}
+	if got := names(pod.Spec.Containers); !slices.Equal(got, []string{"app"}) {
+		t.Fatalf("containers %v, want the app's unchanged", got)
+	}
+	initC, proxyC := pod.Spec.InitContainers[0], pod.Spec.InitContainers[1]
+	if want := []string{"proxy", "init", "--proxy-port", "15001", "--proxy-uid", "1337", "--include-cidrs=10.96.0.0/12"}; !slices.Equal(initC.Args, want) {
+		t.Errorf("init args %q, want %q", initC.Args, want)
+	}
+	if !slices.Contains(initC.SecurityContext.Capabilities.Add, "NET_ADMIN") {
+		t.Error("init container lacks NET_ADMIN")
+	}
+	if proxyC.RestartPolicy == nil || *proxyC.RestartPolicy != corev1.ContainerRestartPolicyAlways {
+		t.Error("proxy is not a native sidecar (restartPolicy Always)")
+	}
+	if *proxyC.SecurityContext.RunAsUser != 1337 {
+		t.Errorf("proxy runs as %d, want 1337 (the uid the redirect excludes)", *proxyC.SecurityContext.RunAsUser)
+	}
+	if !slices.Contains(proxyC.Args, "ballast-control.ballast-system:18000") {
+		t.Errorf("proxy args %q lack the xDS address", proxyC.Args)
+	}
+	if proxyC.StartupProbe == nil || proxyC.StartupProbe.HTTPGet.Path != "/ready" {
+		t.Error("proxy has no startup probe on /ready: the app could start first")
+	}
+	if pod.Annotations[InjectedAnnotation] != "true" {
+		t.Error("no injected annotation")
+	}
+}
+
+// TestHandler drives the webhook with AdmissionReviews as the API server
+// sends them and applies the returned patch.
+func TestHandler(t *testing.T) {
+	h := Handler(Config{Image: "ballast"})
+	review := func(t *testing.T, pod *corev1.Pod) *admissionv1.AdmissionResponse {
+		raw, _ := json.Marshal(pod)
+		body, _ := json.Marshal(admissionv1.AdmissionReview{
+			TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
+			Request: &admissionv1.AdmissionRequest{
+				UID: "1", Operation: admissionv1.Create, Namespace: "demo",
+				Kind:   metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+				Object: runtime.RawExtension{Raw: raw},
+			},
+		})
+		rec := httptest.NewRecorder()
+		req := httptest.NewRequest(http.MethodPost, "/inject", bytes.NewReader(body))
+		req.Header.Set("Content-Type", "application/json")
+		h.ServeHTTP(rec, req)
+		if rec.Code != http.StatusOK {
+			t.Fatalf("status %d: %s", rec.Code, rec.Body)
+		}
+		var out admissionv1.AdmissionReview
+		if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
+			t.Fatal(err)
+		}
+		if !out.Response.Allowed {
+			t.Fatalf("pod not allowed: %v", out.Response.Result)
+		}
+		return out.Response
+	}
+
+	t.Run("injects", func(t *testing.T) {
+		pod := testPod(nil)
+		resp := review(t, pod)
+		var ops []jsonpatch.Operation
+		if err := json.Unmarshal(resp.Patch, &ops); err != nil || len(ops) == 0 {
+			t.Fatalf("patch %s: %v", resp.Patch, err)
+		}
+		if ok, _ := Decide(applyPatch(t, pod, resp.Patch)); ok {
+			t.Fatal("after the patch the pod would be injected again")
+		}
+	})
+	t.Run("opt-out gets no patch", func(t *testing.T) {
+		if resp := review(t, testPod(map[string]string{OptOutAnnotation: "false"})); len(resp.Patch) != 0 {
+			t.Fatalf("patch %s for an opted-out pod", resp.Patch)
+		}
+	})
+}
+
+func applyPatch(t *testing.T, pod *corev1.Pod, patch []byte) *corev1.Pod {
+	t.Helper()
+	p, err := jsonpatchv5.DecodePatch(patch)
+	if err != nil {
+		t.Fatal(err)
+	}
+	raw, _ := json.Marshal(pod)
+	out, err := p.Apply(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var patched corev1.Pod
+	if err := json.Unmarshal(out, &patched); err != nil {
+		t.Fatal(err)
+	}
+	return &patched
+}

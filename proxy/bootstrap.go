@@ -1,0 +1,59 @@
+package proxy
+
+import (
+	"encoding/json"
+	"fmt"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/xds" // registers the xds:/// resolver and xDS balancers
+
+	// The control plane may name Ballast's own policies in a Cluster; the
+	// proxy must know them to decide as a proxyless Go client would.
+	_ "github.com/ballast-dev/ballast/balancer/p2c"
+	_ "github.com/ballast-dev/ballast/balancer/peakewma"
+)
+
+// XDSBootstrap is the xDS bootstrap that points a grpc-go client at the
+// control plane at server (host:port, plaintext), naming itself nodeID.
+func XDSBootstrap(server, nodeID string) ([]byte, error) {
+	type creds struct {
+		Type string `json:"type"`
+	}
+	type xdsServer struct {
+		ServerURI      string   `json:"server_uri"`
+		ChannelCreds   []creds  `json:"channel_creds"`
+		ServerFeatures []string `json:"server_features"`
+	}
+	type node struct {
+		ID string `json:"id"`
+	}
+	return json.Marshal(struct {
+		XDSServers []xdsServer `json:"xds_servers"`
+		Node       node        `json:"node"`
+	}{
+		XDSServers: []xdsServer{{ServerURI: server, ChannelCreds: []creds{{Type: "insecure"}}, ServerFeatures: []string{"xds_v3"}}},
+		Node:       node{ID: nodeID},
+	})
+}
+
+// XDSDialOption makes a ClientConn resolve xds:/// targets with the control
+// plane at server, without a bootstrap file or environment variable.
+//
+// grpc-go reads GRPC_XDS_BOOTSTRAP / GRPC_XDS_BOOTSTRAP_CONFIG once, at
+// package init, so a process cannot set them for itself; its one public way
+// to pass a bootstrap in memory is NewXDSResolverWithConfigForTesting
+// (marked for testing and experimental, but a plain resolver builder). All
+// upstreams share the one builder, hence one xDS client and one ADS stream.
+// Without --xds-address the proxy uses the environment like any proxyless
+// client.
+func XDSDialOption(server, nodeID string) (grpc.DialOption, error) {
+	bootstrap, err := XDSBootstrap(server, nodeID)
+	if err != nil {
+		return nil, err
+	}
+	builder, err := xds.NewXDSResolverWithConfigForTesting(bootstrap)
+	if err != nil {
+		return nil, fmt.Errorf("xds bootstrap for %s: %w", server, err)
+	}
+	return grpc.WithResolvers(builder), nil
+}

@@ -1,0 +1,55 @@
+package proxy
+
+import (
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc/codes"
+)
+
+// metrics are the proxy's Prometheus series. Per-Service children are made
+// once per upstream, so the per-call path only increments.
+type metrics struct {
+	streams         *prometheus.CounterVec
+	inFlight        *prometheus.GaugeVec
+	newStreamErrors *prometheus.CounterVec
+	passthrough     *prometheus.CounterVec
+}
+
+func newMetrics(reg prometheus.Registerer) *metrics {
+	m := &metrics{
+		streams: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_proxy_streams_total",
+			Help: "Calls (HTTP/2 streams) proxied, by destination Service and final gRPC status code.",
+		}, []string{"service", "code"}),
+		inFlight: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "ballast_proxy_streams_in_flight",
+			Help: "Calls being proxied now, by destination Service.",
+		}, []string{"service"}),
+		newStreamErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_proxy_upstream_errors_total",
+			Help: "Calls that could not start upstream (no ready endpoint, pick or connection failure), by Service.",
+		}, []string{"service"}),
+		passthrough: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_proxy_passthrough_connections_total",
+			Help: "Intercepted connections passed through as plain TCP, by reason.",
+		}, []string{"reason"}),
+	}
+	reg.MustRegister(m.streams, m.inFlight, m.newStreamErrors, m.passthrough)
+	return m
+}
+
+type upstreamMetrics struct {
+	streams         [maxCode + 1]prometheus.Counter
+	inFlight        prometheus.Gauge
+	newStreamErrors prometheus.Counter
+}
+
+func (m *metrics) forService(service string) upstreamMetrics {
+	um := upstreamMetrics{
+		inFlight:        m.inFlight.WithLabelValues(service),
+		newStreamErrors: m.newStreamErrors.WithLabelValues(service),
+	}
+	for c := codes.OK; c <= maxCode; c++ {
+		um.streams[c] = m.streams.WithLabelValues(service, c.String())
+	}
+	return um
+}

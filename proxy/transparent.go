@@ -1,0 +1,267 @@
+package proxy
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/netip"
+	"os"
+	"sync"
+	"time"
+)
+
+// http2Preface is what every HTTP/2 client (so every gRPC client) sends
+// first on a connection.
+const http2Preface = "PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
+
+// Reasons a connection is passed through, as metric label values.
+const (
+	reasonUnknownDestination = "unknown_destination"
+	reasonNotHTTP2           = "not_http2"
+	reasonNoUpstream         = "no_upstream"
+)
+
+// acceptTransparent accepts redirected connections until the listener is
+// closed, and dispatches each in its own goroutine.
+func (p *Proxy) acceptTransparent(ctx context.Context) error {
+	lis := p.opts.Transparent
+	for {
+		c, err := lis.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
+				return nil
+			}
+			return fmt.Errorf("proxy: accept on %s: %w", lis.Addr(), err)
+		}
+		p.conns.Go(func() {
+			dst, err := p.opts.OriginalDst(c)
+			if err != nil {
+				// Not a redirected connection: someone dialled the proxy's
+				// port itself. Forwarding it would loop.
+				p.log.Debug("no original destination; closing", "client", c.RemoteAddr(), "err", err)
+				c.Close()
+				return
+			}
+			p.dispatch(ctx, c, dst)
+		})
+	}
+}
+
+// dispatch sends an intercepted connection to the gRPC path if it speaks
+// HTTP/2 to a known Service, and through as plain TCP to dst otherwise. The
+// destination is checked first, so connections to anything else are never
+// delayed by sniffing.
+func (p *Proxy) dispatch(ctx context.Context, c net.Conn, dst netip.AddrPort) {
+	target, known := p.opts.Destinations.Target(dst)
+	if !known {
+		p.passThrough(ctx, c, dst, nil, reasonUnknownDestination)
+		return
+	}
+	prefix, isHTTP2, err := sniff(c, p.opts.SniffTimeout)
+	if err != nil {
+		p.log.Debug("reading connection preface", "client", c.RemoteAddr(), "destination", dst, "err", err)
+		c.Close()
+		return
+	}
+	if !isHTTP2 {
+		p.passThrough(ctx, c, dst, prefix, reasonNotHTTP2)
+		return
+	}
+	up, err := p.upstreams.get(target)
+	if err != nil {
+		p.log.Warn("no upstream; passing through", "destination", dst, "target", target, "err", err)
+		p.passThrough(ctx, c, dst, prefix, reasonNoUpstream)
+		return
+	}
+	local := net.TCPAddrFromAddrPort(dst)
+	p.intercepted.deliver(route(&prefixConn{Conn: c, prefix: prefix}, local, up))
+}
+
+// sniff reads until it has the HTTP/2 preface or bytes that differ from
+// it, or until timeout passes with the client silent. It returns what it
+// read, to be replayed. A client that closes early or stays silent is not
+// HTTP/2; only other read errors are errors.
+func sniff(c net.Conn, timeout time.Duration) (prefix []byte, isHTTP2 bool, err error) {
+	if err := c.SetReadDeadline(time.Now().Add(timeout)); err != nil {
+		return nil, false, err
+	}
+	buf := make([]byte, len(http2Preface))
+	n := 0
+	for n < len(buf) {
+		var m int
+		m, err = c.Read(buf[n:])
+		n += m
+		if !bytes.Equal(buf[:n], []byte(http2Preface[:n])) {
+			break // not HTTP/2; whatever err says, the bytes go through
+		}
+		if err != nil {
+			if !errors.Is(err, io.EOF) && !errors.Is(err, os.ErrDeadlineExceeded) {
+				return buf[:n], false, err
+			}
+			break // closed early or silent: not HTTP/2
+		}
+	}
+	if err := c.SetReadDeadline(time.Time{}); err != nil {
+		return buf[:n], false, err
+	}
+	return buf[:n], string(buf[:n]) == http2Preface, nil
+}
+
+// prefixConn replays bytes already read from a connection before reading
+// more from it.
+type prefixConn struct {
+	net.Conn
+	prefix []byte
+}
+
+func (c *prefixConn) Read(b []byte) (int, error) {
+	if len(c.prefix) > 0 {
+		n := copy(b, c.prefix)
+		c.prefix = c.prefix[n:]
+		return n, nil
+	}
+	return c.Conn.Read(b)
+}
+
+// passThrough connects the client to dst and copies bytes both ways,
+// replaying prefix first, until both sides are done. Half-closes are
+// forwarded, so request/response protocols that close their write side
+// still work.
+func (p *Proxy) passThrough(ctx context.Context, down net.Conn, dst netip.AddrPort, prefix []byte, reason string) {
+	p.metrics.passthrough.WithLabelValues(reason).Inc()
+	if !p.passthrough.add(down) {
+		return
+	}
+	defer p.passthrough.remove(down)
+	d := net.Dialer{Timeout: 10 * time.Second}
+	up, err := d.DialContext(ctx, "tcp", dst.String())
+	if err != nil {
+		p.log.Debug("passthrough dial", "destination", dst, "err", err)
+		return
+	}
+	if !p.passthrough.add(up) {
+		return
+	}
+	defer p.passthrough.remove(up)
+	if _, err := up.Write(prefix); err != nil {
+		return
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() { pipe(up, down) })
+	pipe(down, up)
+	wg.Wait()
+}
+
+// pipe copies src to dst, then half-closes dst's write side (or closes it
+// when it cannot half-close).
+func pipe(dst, src net.Conn) {
+	io.Copy(dst, src)
+	if cw, ok := dst.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	} else {
+		dst.Close()
+	}
+}
+
+// connSet tracks open passthrough connections so that shutdown can wait for
+// them and then close what remains.
+type connSet struct {
+	mu     sync.Mutex
+	m      map[net.Conn]struct{}
+	closed bool
+	empty  chan struct{} // closed when m becomes empty while someone waits
+}
+
+// add tracks c, or closes it and returns false once closeAll has run.
+func (s *connSet) add(c net.Conn) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.closed {
+		c.Close()
+		return false
+	}
+	s.m[c] = struct{}{}
+	return true
+}
+
+func (s *connSet) remove(c net.Conn) {
+	c.Close()
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.m, c)
+	if len(s.m) == 0 && s.empty != nil {
+		close(s.empty)
+		s.empty = nil
+	}
+}
+
+// waitEmpty waits until no connection is open or timeout fires; it reports
+// whether the set emptied.
+func (s *connSet) waitEmpty(timeout <-chan time.Time) bool {
+	s.mu.Lock()
+	if len(s.m) == 0 {
+		s.mu.Unlock()
+		return true
+	}
+	if s.empty == nil {
+		s.empty = make(chan struct{})
+	}
+	empty := s.empty
+	s.mu.Unlock()
+	select {
+	case <-empty:
+		return true
+	case <-timeout:
+		return false
+	}
+}
+
+func (s *connSet) closeAll() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.closed = true
+	for c := range s.m {
+		c.Close()
+	}
+}
+
+// connQueue is a net.Listener whose connections are handed to it by the
+// transparent dispatcher, so the grpc.Server serves them like any other.
+type connQueue struct {
+	addr net.Addr
+	ch   chan net.Conn
+	done chan struct{}
+	once sync.Once
+}
+
+func newConnQueue(addr net.Addr) *connQueue {
+	return &connQueue{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
+}
+
+// deliver hands c to Accept, or closes it if the queue is closed.
+func (q *connQueue) deliver(c net.Conn) {
+	select {
+	case q.ch <- c:
+	case <-q.done:
+		c.Close()
+	}
+}
+
+func (q *connQueue) Accept() (net.Conn, error) {
+	select {
+	case c := <-q.ch:
+		return c, nil
+	case <-q.done:
+		return nil, net.ErrClosed
+	}
+}
+
+func (q *connQueue) Close() error {
+	q.once.Do(func() { close(q.done) })
+	return nil
+}
+
+func (q *connQueue) Addr() net.Addr { return q.addr }

@@ -1,0 +1,262 @@
+package proxy
+
+import (
+	"bufio"
+	"context"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"net/netip"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+
+	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/greeter"
+)
+
+// serveTCP runs handle for each connection accepted on a loopback port and
+// returns the port's address.
+func serveTCP(t *testing.T, handle func(net.Conn)) netip.AddrPort {
+	t.Helper()
+	lis := listen(t)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		for {
+			c, err := lis.Accept()
+			if err != nil {
+				return
+			}
+			go func() { defer c.Close(); handle(c) }()
+		}
+	}()
+	t.Cleanup(func() { lis.Close(); <-done })
+	return lis.Addr().(*net.TCPAddr).AddrPort()
+}
+
+func serveHTTP(t *testing.T, body string) netip.AddrPort {
+	t.Helper()
+	lis := listen(t)
+	srv := &http.Server{Handler: http.HandlerFunc(func(w http.ResponseWriter, _ *http.Request) { io.WriteString(w, body) })}
+	done := make(chan struct{})
+	go func() { defer close(done); srv.Serve(lis) }()
+	t.Cleanup(func() { srv.Close(); <-done })
+	return lis.Addr().(*net.TCPAddr).AddrPort()
+}
+
+// dialerFrom returns a dialer whose connections come from source, the key
+// by which the test's OriginalDst knows where each was "going".
+func dialerFrom(source string) *net.Dialer {
+	return &net.Dialer{LocalAddr: &net.TCPAddr{IP: net.ParseIP(source)}}
+}
+
+// TestTransparentDispatch drives the transparent listener with connections
+// whose original destinations are given directly (iptables is what sets
+// them in production; see the netns test), keyed by the client's source
+// address on loopback.
+func TestTransparentDispatch(t *testing.T) {
+	balanced, resolve := staticTarget(startGreeters(t, 3))
+	solo := netip.MustParseAddrPort(startGreeters(t, 1)[0])
+	httpKnown := serveHTTP(t, "known http")
+	httpUnknown := serveHTTP(t, "unknown http")
+	echo := serveTCP(t, func(c net.Conn) { io.Copy(c, c) })
+	banner := serveTCP(t, func(c net.Conn) { io.WriteString(c, "220 hello\r\n") })
+	// A ClusterIP with nothing behind it: only the gRPC path can answer.
+	clusterIP := netip.MustParseAddrPort("127.0.0.250:50051")
+
+	destinations := StaticDestinations{
+		clusterIP: balanced,
+		httpKnown: balanced,
+		banner:    balanced,
+	}
+	origin := map[netip.Addr]netip.AddrPort{
+		netip.MustParseAddr("127.0.0.11"): clusterIP,
+		netip.MustParseAddr("127.0.0.12"): solo,
+		netip.MustParseAddr("127.0.0.13"): httpKnown,
+		netip.MustParseAddr("127.0.0.14"): httpUnknown,
+		netip.MustParseAddr("127.0.0.15"): echo,
+		netip.MustParseAddr("127.0.0.16"): banner,
+	}
+	lis := listen(t)
+	p, err := New(Options{
+		Transparent:  lis,
+		Destinations: destinations,
+		OriginalDst: func(c net.Conn) (netip.AddrPort, error) {
+			src := c.RemoteAddr().(*net.TCPAddr).AddrPort().Addr()
+			if dst, ok := origin[src]; ok {
+				return dst, nil
+			}
+			return netip.AddrPort{}, fmt.Errorf("connection from %s was not redirected", src)
+		},
+		DialOptions:  []grpc.DialOption{resolve},
+		SniffTimeout: 50 * time.Millisecond,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, p)
+	proxyAddr := lis.Addr().String()
+
+	dialFrom := func(t *testing.T, source string) *grpc.ClientConn {
+		return dial(t, proxyAddr, grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			return dialerFrom(source).DialContext(ctx, "tcp", addr)
+		}))
+	}
+	httpGet := func(t *testing.T, source string) string {
+		client := &http.Client{Transport: &http.Transport{DialContext: func(ctx context.Context, _, addr string) (net.Conn, error) {
+			return dialerFrom(source).DialContext(ctx, "tcp", addr)
+		}}}
+		defer client.CloseIdleConnections()
+		resp, err := client.Get("http://" + proxyAddr + "/")
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer resp.Body.Close()
+		b, err := io.ReadAll(resp.Body)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return string(b)
+	}
+	rawConn := func(t *testing.T, source string) *net.TCPConn {
+		c, err := dialerFrom(source).Dial("tcp", proxyAddr)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { c.Close() })
+		c.SetDeadline(time.Now().Add(10 * time.Second))
+		return c.(*net.TCPConn)
+	}
+
+	t.Run("gRPC to a known Service is balanced per call", func(t *testing.T) {
+		if pods := spread(t, dialFrom(t, "127.0.0.11"), 3, 12); !even(pods, 3, 12) {
+			t.Fatalf("12 calls reached %v, want 4 on each of 3 pods", pods)
+		}
+	})
+	t.Run("gRPC to an unknown destination passes through", func(t *testing.T) {
+		tally := greeter.Call(t.Context(), dialFrom(t, "127.0.0.12"), 12, 5*time.Second, nil)
+		if tally.Errors > 0 || len(tally.Pods) != 1 || tally.Pods["pod-0"] != 12 {
+			t.Fatalf("12 calls: %d errors (last %v), pods %v; want all on the one destination pod-0", tally.Errors, tally.LastError, tally.Pods)
+		}
+	})
+	t.Run("HTTP/1 to a known Service passes through", func(t *testing.T) {
+		if got := httpGet(t, "127.0.0.13"); got != "known http" {
+			t.Fatalf("body %q", got)
+		}
+	})
+	t.Run("HTTP/1 to an unknown destination passes through", func(t *testing.T) {
+		if got := httpGet(t, "127.0.0.14"); got != "unknown http" {
+			t.Fatalf("body %q", got)
+		}
+	})
+	t.Run("raw TCP with half-close passes through", func(t *testing.T) {
+		c := rawConn(t, "127.0.0.15")
+		io.WriteString(c, "ping\x00\xff")
+		c.CloseWrite()
+		got, err := io.ReadAll(c)
+		if err != nil || string(got) != "ping\x00\xff" {
+			t.Fatalf("echo %q, %v", got, err)
+		}
+	})
+	t.Run("server-speaks-first to a known Service passes through", func(t *testing.T) {
+		line, err := bufio.NewReader(rawConn(t, "127.0.0.16")).ReadString('\n')
+		if err != nil || line != "220 hello\r\n" {
+			t.Fatalf("banner %q, %v", line, err)
+		}
+	})
+	t.Run("a connection that was not redirected is closed", func(t *testing.T) {
+		c := rawConn(t, "127.0.0.17")
+		if n, err := c.Read(make([]byte, 1)); err != io.EOF {
+			t.Fatalf("read %d bytes, %v; want EOF", n, err)
+		}
+	})
+
+	for reason, want := range map[string]float64{
+		reasonUnknownDestination: 3, // gRPC, HTTP/1 and raw TCP to unknown destinations
+		reasonNotHTTP2:           2, // HTTP/1 and the silent client to known ones
+	} {
+		if got := metricValue(p.metrics.passthrough.WithLabelValues(reason)); got != want {
+			t.Errorf("ballast_proxy_passthrough_connections_total{reason=%q} = %v, want %v", reason, got, want)
+		}
+	}
+}
+
+func TestServiceTargets(t *testing.T) {
+	svc := func(ns, name string, ips []string, ports ...discovery.Port) *discovery.Service {
+		s := &discovery.Service{Key: discovery.Key{Namespace: ns, Name: name}, Ports: ports}
+		for _, ip := range ips {
+			s.ClusterIPs = append(s.ClusterIPs, netip.MustParseAddr(ip))
+		}
+		return s
+	}
+	tests := []struct {
+		name     string
+		services []*discovery.Service
+		want     map[string]string
+	}{
+		{
+			name:     "one port",
+			services: []*discovery.Service{svc("default", "greeter", []string{"10.96.0.10"}, discovery.Port{Port: 50051, Protocol: "TCP"})},
+			want:     map[string]string{"10.96.0.10:50051": "xds:///greeter.default:50051"},
+		},
+		{
+			name: "dual stack, two ports, UDP skipped",
+			services: []*discovery.Service{svc("ns", "multi", []string{"10.96.0.11", "fd00::11"},
+				discovery.Port{Name: "grpc", Port: 50051, Protocol: "TCP"},
+				discovery.Port{Name: "dns", Port: 53, Protocol: "UDP"},
+				discovery.Port{Name: "admin", Port: 8080})},
+			want: map[string]string{
+				"10.96.0.11:50051": "xds:///multi.ns:50051",
+				"10.96.0.11:8080":  "xds:///multi.ns:8080",
+				"[fd00::11]:50051": "xds:///multi.ns:50051",
+				"[fd00::11]:8080":  "xds:///multi.ns:8080",
+			},
+		},
+		{
+			name:     "headless",
+			services: []*discovery.Service{svc("default", "headless", nil, discovery.Port{Port: 50051})},
+			want:     map[string]string{},
+		},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got := ServiceTargets(tc.services)
+			if len(got) != len(tc.want) {
+				t.Fatalf("got %v, want %v", got, tc.want)
+			}
+			for dst, target := range tc.want {
+				if got[netip.MustParseAddrPort(dst)] != target {
+					t.Errorf("%s → %q, want %q", dst, got[netip.MustParseAddrPort(dst)], target)
+				}
+			}
+		})
+	}
+}
+
+// TestServiceIndexFollowsRegistry: a Service added to the registry becomes
+// a known destination, and stops being one when deleted.
+func TestServiceIndexFollowsRegistry(t *testing.T) {
+	reg := discovery.NewRegistry()
+	x := NewServiceIndex(reg)
+	ctx, cancel := context.WithCancel(t.Context())
+	done := make(chan error, 1)
+	go func() { done <- x.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+
+	dst := netip.MustParseAddrPort("10.96.0.10:50051")
+	key := discovery.Key{Namespace: "default", Name: "greeter"}
+	reg.Set(&discovery.Service{Key: key, ClusterIPs: []netip.Addr{dst.Addr()}, Ports: []discovery.Port{{Port: 50051}}})
+	eventually(t, "index learns the Service", func() bool {
+		target, ok := x.Target(dst)
+		return ok && target == "xds:///greeter.default:50051"
+	})
+	// A v4-mapped destination (from an IPv6 socket) is the same address.
+	if _, ok := x.Target(netip.AddrPortFrom(netip.AddrFrom16(dst.Addr().As16()), 50051)); !ok {
+		t.Error("v4-mapped destination not found")
+	}
+	reg.Delete(key)
+	eventually(t, "index forgets the Service", func() bool { _, ok := x.Target(dst); return !ok })
+}

@@ -1,0 +1,139 @@
+package proxy
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"testing"
+
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	discoverygrpc "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/cache/types"
+	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
+	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/ballast-dev/ballast/discovery"
+)
+
+// startControlPlane serves, over ADS on loopback, the xDS resources of one
+// Service (listener name) backed by addrs: the shape Ballast's control
+// plane gives proxyless clients. It returns the server's address.
+func startControlPlane(t *testing.T, nodeID, name string, addrs []string) string {
+	t.Helper()
+	anyOf := func(m proto.Message) *anypb.Any {
+		a, err := anypb.New(m)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return a
+	}
+	hcm := &hcmv3.HttpConnectionManager{
+		RouteSpecifier: &hcmv3.HttpConnectionManager_RouteConfig{RouteConfig: &routev3.RouteConfiguration{
+			Name: name,
+			VirtualHosts: []*routev3.VirtualHost{{
+				Name:    name,
+				Domains: []string{"*"},
+				Routes: []*routev3.Route{{
+					Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
+					Action: &routev3.Route_Route{Route: &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: name}}},
+				}},
+			}},
+		}},
+		HttpFilters: []*hcmv3.HttpFilter{{Name: "router", ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: anyOf(&routerv3.Router{})}}},
+	}
+	listener := &listenerv3.Listener{Name: name, ApiListener: &listenerv3.ApiListener{ApiListener: anyOf(hcm)}}
+	cluster := &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig: &clusterv3.Cluster_EdsClusterConfig{EdsConfig: &corev3.ConfigSource{
+			ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+		}},
+		LbPolicy: clusterv3.Cluster_ROUND_ROBIN,
+	}
+	var lbEndpoints []*endpointv3.LbEndpoint
+	for _, a := range addrs {
+		ap := netip.MustParseAddrPort(a)
+		lbEndpoints = append(lbEndpoints, &endpointv3.LbEndpoint{
+			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{Address: &corev3.Address{
+				Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+					Address:       ap.Addr().String(),
+					PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(ap.Port())},
+				}},
+			}}},
+			HealthStatus: corev3.HealthStatus_HEALTHY,
+		})
+	}
+	cla := &endpointv3.ClusterLoadAssignment{
+		ClusterName: name,
+		Endpoints: []*endpointv3.LocalityLbEndpoints{{
+			Locality:            &corev3.Locality{},
+			LbEndpoints:         lbEndpoints,
+			LoadBalancingWeight: wrapperspb.UInt32(1),
+		}},
+	}
+	snap, err := cachev3.NewSnapshot("1", map[resource.Type][]types.Resource{
+		resource.ListenerType: {listener},
+		resource.ClusterType:  {cluster},
+		resource.EndpointType: {cla},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := snap.Consistent(); err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+	if err := cache.SetSnapshot(ctx, nodeID, snap); err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, serverv3.NewServer(ctx, cache, nil))
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan struct{})
+	go func() { defer close(done); gs.Serve(lis) }()
+	t.Cleanup(func() { cancel(); gs.Stop(); <-done })
+	return lis.Addr().String()
+}
+
+// TestXDSUpstream: the proxy's upstream is a real grpc-go xDS client of a
+// go-control-plane server, configured in memory by XDSDialOption, and
+// balances calls across the endpoints the control plane names, exactly
+// like a proxyless client given the same option.
+func TestXDSUpstream(t *testing.T) {
+	const nodeID = "ballast-proxy~default~test"
+	const name = "greeter.default:50051"
+	cp := startControlPlane(t, nodeID, name, startGreeters(t, 3))
+	xdsOpt, err := XDSDialOption(cp, nodeID)
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	t.Run("proxied", func(t *testing.T) {
+		_, addr := startOutbound(t, XDSTarget(keyOf("default", "greeter"), 50051), Options{DialOptions: []grpc.DialOption{xdsOpt}})
+		if pods := spread(t, dial(t, addr), 3, 30); !even(pods, 3, 30) {
+			t.Fatalf("30 calls through the proxy reached %v, want 10 on each of 3 pods", pods)
+		}
+	})
+	t.Run("proxyless, same option", func(t *testing.T) {
+		if pods := spread(t, dial(t, "xds:///"+name, xdsOpt), 3, 30); !even(pods, 3, 30) {
+			t.Fatalf("30 proxyless calls reached %v, want 10 on each of 3 pods", pods)
+		}
+	})
+}
+
+func keyOf(ns, name string) discovery.Key { return discovery.Key{Namespace: ns, Name: name} }
