@@ -17,6 +17,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -73,6 +74,12 @@ type mode struct {
 	name, description string
 	target            string
 	dialOptions       []grpc.DialOption
+	// warmUp makes uncounted calls until every pod has answered one, so a
+	// client that balances itself is counted once it has connected to every
+	// pod, not while its first connection races the others (round_robin
+	// uses only connected pods; on a loaded machine the first one can take
+	// dozens of calls alone).
+	warmUp bool
 }
 
 // Run starts the pods, replays every mode and tears everything down.
@@ -103,12 +110,14 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 				grpc.WithResolvers(kubernetes.NewBuilder(w.registry)),
 				grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
 			},
+			warmUp: true,
 		},
 		{
 			name:        "proxyless",
 			description: "xds:/// target, grpc-go's xDS client fed by an embedded ballast control, balanced per call",
 			target:      fmt.Sprintf("xds:///%s.%s:%d", Service, Namespace, GRPCPort),
 			dialOptions: []grpc.DialOption{grpc.WithResolvers(w.xdsResolver)},
+			warmUp:      true,
 		},
 		{
 			name:        "sidecar",
@@ -133,6 +142,11 @@ func (w *world) replay(ctx context.Context, m mode, opts Options) (ModeResult, e
 		return ModeResult{}, fmt.Errorf("mode %s: dial %s: %w", m.name, m.target, err)
 	}
 	defer conn.Close()
+	if m.warmUp {
+		if err := w.warmUp(ctx, conn); err != nil {
+			return ModeResult{}, fmt.Errorf("mode %s: %w", m.name, err)
+		}
+	}
 	var progress func(int)
 	if opts.Progress != nil {
 		progress = func(done int) { opts.Progress(m.name, done, opts.Calls) }
@@ -148,6 +162,26 @@ func (w *world) replay(ctx context.Context, m mode, opts Options) (ModeResult, e
 	maps.Copy(r.Pods, t.Pods)
 	r.MaxMean = MaxMean(r.Pods)
 	return r, ctx.Err()
+}
+
+// warmUp calls until every pod has answered, within bounds.
+func (w *world) warmUp(ctx context.Context, conn *grpc.ClientConn) error {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	seen := map[string]bool{}
+	for i := 0; i < 1000 && len(seen) < len(w.pods); i++ {
+		t := greeter.Call(ctx, conn, 1, 0, nil)
+		if t.Errors > 0 {
+			return fmt.Errorf("warm-up call: %w", t.LastError)
+		}
+		for p := range t.Pods {
+			seen[p] = true
+		}
+	}
+	if len(seen) < len(w.pods) {
+		return fmt.Errorf("warm-up: only %d of %d pods answered", len(seen), len(w.pods))
+	}
+	return nil
 }
 
 // MaxMean is the largest count over the mean count; 0 when nothing was counted.
