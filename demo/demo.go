@@ -140,12 +140,14 @@ func (w *world) replay(ctx context.Context, m mode, opts Options) (ModeResult, e
 		return ModeResult{}, fmt.Errorf("mode %s: dial %s: %w", m.name, m.target, err)
 	}
 	defer conn.Close()
+	if m.perCall {
+		if err := w.warmUp(ctx, conn); err != nil {
+			return ModeResult{}, fmt.Errorf("mode %s: %w", m.name, err)
+		}
+	}
 	var progress func(int)
 	if opts.Progress != nil {
 		progress = func(done int) { opts.Progress(m.name, done, opts.Calls) }
-	}
-	if m.perCall {
-		w.warmUp(ctx, conn)
 	}
 	t := greeter.Call(ctx, conn, opts.Calls, 0, progress)
 	r := ModeResult{Mode: m.name, Description: m.description, Calls: t.Calls, Errors: t.Errors, Pods: map[string]int{}}
@@ -165,15 +167,23 @@ func (w *world) replay(ctx context.Context, m mode, opts Options) (ModeResult, e
 // balances, not how quickly its connections came up: a per-call balancer
 // picks only among pods it has already connected to, and on a loaded
 // machine the first tens of calls may find one connection up.
-func (w *world) warmUp(ctx context.Context, conn grpc.ClientConnInterface) {
+func (w *world) warmUp(ctx context.Context, conn grpc.ClientConnInterface) error {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	seen := map[string]bool{}
 	for i := 0; i < 1000 && ctx.Err() == nil && len(seen) < len(w.pods); i++ {
-		for pod := range greeter.Call(ctx, conn, 1, 0, nil).Pods {
+		t := greeter.Call(ctx, conn, 1, 0, nil)
+		if t.Errors > 0 {
+			return fmt.Errorf("warm-up call: %w", t.LastError)
+		}
+		for pod := range t.Pods {
 			seen[pod] = true
 		}
 	}
+	if len(seen) < len(w.pods) {
+		return fmt.Errorf("warm-up: only %d of %d pods answered", len(seen), len(w.pods))
+	}
+	return nil
 }
 
 // MaxMean is the largest count over the mean count; 0 when nothing was counted.

@@ -346,7 +346,7 @@ func (t *clientTable) serveDebug(w http.ResponseWriter, r *http.Request) {
 		clientState
 		Types map[string]typeJSON `json:"types"`
 	}
-	var out []clientJSON
+	out := []clientJSON{}
 	for _, c := range t.snapshot() {
 		cj := clientJSON{clientState: c, Types: map[string]typeJSON{}}
 		for typ, ts := range c.Types {

@@ -77,6 +77,12 @@ func typeName(typeURL string) string {
 // change re-sends one ClusterLoadAssignment to the clients subscribed to it
 // and nothing to anyone else, in state-of-the-world and delta streams alike.
 //
+// A slow client never slows the others: go-control-plane keeps at most one
+// response in flight per stream and type, removing the watch once it has
+// answered and re-creating it on the client's ACK, so the cache never
+// blocks on a stream, and a client that ACKs late gets the newest state in
+// one response instead of a queue of stale ones.
+//
 // Run owns the translation: it follows the Registry, retranslates the
 // Services that changed and writes only the resources whose content changed.
 type Server struct {
@@ -96,6 +102,7 @@ type Server struct {
 	changes   map[string]time.Time
 
 	started atomic.Bool // the first full translation is in the caches
+	ready   atomic.Bool // the caches hold everything discovery listed at sync
 }
 
 // serviceResources are one Service's resources by type URL, then name.
@@ -155,10 +162,14 @@ func (s *Server) Register(gs grpc.ServiceRegistrar) {
 }
 
 // Ready reports whether the server serves a full view: discovery has synced
-// and the Services it listed are in the caches.
-func (s *Server) Ready() bool {
-	return s.started.Load() && (s.cfg.Synced == nil || s.cfg.Synced())
-}
+// and every Service it had written by then is in the caches.
+func (s *Server) Ready() bool { return s.ready.Load() }
+
+func (s *Server) synced() bool { return s.cfg.Synced == nil || s.cfg.Synced() }
+
+// syncPoll is how often Run asks an unsynced discovery whether it has
+// synced; it stops asking once it has.
+const syncPoll = 20 * time.Millisecond
 
 // Run follows the Registry until ctx ends. A lone change is translated and
 // pushed at once; changes that arrive while a pass runs are drained together
@@ -166,6 +177,9 @@ func (s *Server) Ready() bool {
 func (s *Server) Run(ctx context.Context) error {
 	sub := s.cfg.Registry.Subscribe()
 	defer sub.Close()
+	// Sources write what they listed before they report synced, so a sync
+	// seen before a pass means that pass covers it.
+	synced := s.synced()
 	// Subscribed before listing, so nothing changed in between is missed.
 	var keys []discovery.Key
 	for _, svc := range s.cfg.Registry.List() {
@@ -173,7 +187,15 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	s.apply(keys, time.Now())
 	s.started.Store(true)
-	s.log.Info("initial translation done", "services", len(keys))
+	s.log.Info("initial translation done", "services", len(keys), "synced", synced)
+	var syncTick <-chan time.Time
+	if synced {
+		s.ready.Store(true)
+	} else {
+		t := time.NewTicker(syncPoll)
+		defer t.Stop()
+		syncTick = t.C
+	}
 	for {
 		select {
 		case <-ctx.Done():
@@ -181,6 +203,14 @@ func (s *Server) Run(ctx context.Context) error {
 		case <-sub.C():
 			noticed := time.Now()
 			s.apply(sub.Drain(), noticed)
+		case <-syncTick:
+			if !s.synced() {
+				continue
+			}
+			s.apply(sub.Drain(), time.Now())
+			s.ready.Store(true)
+			syncTick = nil
+			s.log.Info("discovery synced; ready")
 		}
 	}
 }
@@ -329,6 +359,11 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Name: "ballast_xds_translate_errors_total",
 			Help: "Service updates that could not be translated; the Service keeps its last good resources.",
 		}),
+	}
+	// Every type shows up at zero, so a dashboard sees "no NACKs", not "no data".
+	for _, t := range typeURLs {
+		m.nacks.WithLabelValues(typeName(t))
+		m.pushLatency.WithLabelValues(typeName(t))
 	}
 	for _, c := range []prometheus.Collector{m.clients, m.pushes, m.pushLatency, m.nacks, m.translateErrors, &resourceCollector{s: s}} {
 		if err := reg.Register(c); err != nil {

@@ -80,6 +80,16 @@ type Config struct {
 	DefaultRTT time.Duration
 }
 
+// MarshalJSON writes the config the way ParseConfig reads it. grpc-go's
+// parent policies (the xDS priority and cluster_impl balancers) marshal a
+// parsed child config and parse it again, so the two must round-trip; without
+// this a peak-EWMA Cluster from the xDS control plane fails to load.
+func (c Config) MarshalJSON() ([]byte, error) {
+	return json.Marshal(jsonConfig{Decay: ptrTo(c.Decay.String()), DefaultRTT: ptrTo(c.DefaultRTT.String())})
+}
+
+func ptrTo[T any](v T) *T { return &v }
+
 // jsonConfig is Config as written in a service config: durations as strings.
 type jsonConfig struct {
 	Decay      *string `json:"decay"`

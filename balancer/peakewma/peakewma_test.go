@@ -2,6 +2,7 @@ package peakewma
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"math"
@@ -303,6 +304,28 @@ func TestCheaperMatchesCost(t *testing.T) {
 		}
 		if got := cheaper(x, y, 0); got != (cx < cy) {
 			t.Fatalf("case %d: cheaper = %v but costs are %g and %g", i, got, cx, cy)
+		}
+	}
+}
+
+// TestConfigRoundTrips checks that a parsed config marshals to JSON that
+// parses to the same config, as grpc-go's xDS parent policies require.
+func TestConfigRoundTrips(t *testing.T) {
+	for _, js := range []string{`{}`, `{"decay":"3s"}`, `{"decay":"1m","defaultRtt":"5ms"}`, `{"defaultRtt":"0s"}`} {
+		cfg, err := parseConfig([]byte(js))
+		if err != nil {
+			t.Fatalf("parse %s: %v", js, err)
+		}
+		out, err := json.Marshal(cfg)
+		if err != nil {
+			t.Fatal(err)
+		}
+		again, err := parseConfig(out)
+		if err != nil {
+			t.Fatalf("parse of marshalled %s (%s): %v", js, out, err)
+		}
+		if again.Decay != cfg.Decay || again.DefaultRTT != cfg.DefaultRTT {
+			t.Fatalf("%s → %s → %+v, want %+v", js, out, again, cfg)
 		}
 	}
 }

@@ -33,6 +33,9 @@ type controlConfig struct {
 	// before closing them; clients reconnect to another replica and keep
 	// their config meanwhile.
 	DrainTimeout time.Duration
+
+	// serving, if set, is told the bound addresses (tests listen on port 0).
+	serving func(xdsAddr, httpAddr net.Addr)
 }
 
 func newControlCmd() *cobra.Command {
@@ -142,5 +145,8 @@ func runControl(ctx context.Context, cfg controlConfig, log *slog.Logger) error 
 		return hs.Shutdown(sctx)
 	})
 	log.Info("serving", "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String())
+	if cfg.serving != nil {
+		cfg.serving(xdsLis.Addr(), httpLis.Addr())
+	}
 	return g.Wait()
 }

@@ -22,7 +22,7 @@ import (
 func startSources(ctx context.Context, g *errgroup.Group, cfg controlConfig, reg *discovery.Registry, log *slog.Logger) (func() bool, error) {
 	var synced []func() bool
 	if cfg.Files != "" {
-		src := files.New(cfg.Files, reg, files.Options{})
+		src := files.New(cfg.Files, reg, files.Options{Logger: log})
 		if err := src.Load(); err != nil {
 			log.Error("some discovery files were not loaded; serving the rest", "dir", cfg.Files, "err", err)
 		}
