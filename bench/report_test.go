@@ -153,3 +153,18 @@ func TestShortenKeepsBothEnds(t *testing.T) {
 		t.Error("a short note was changed")
 	}
 }
+
+// Runs where the other side is zero or negative give no ratio.
+func TestRatioSkipsNonPositiveDenominators(t *testing.T) {
+	s := &Section{Rows: []*Row{
+		{Path: "sidecar", Values: map[string][]float64{colP99Added: {2, 3, 4}}},
+		{Path: "haproxy", Values: map[string][]float64{colP99Added: {-1, 0, 2}}},
+	}}
+	if h := s.ratio("added", colP99Added, "sidecar", "haproxy", 1); len(h.Values) != 1 || h.Values[0] != 2 {
+		t.Errorf("ratio values %v, want [2] (only the run where haproxy's is above zero)", h.Values)
+	}
+	s.Rows[1].Values[colP99Added] = []float64{-1, 0, -2}
+	if h := s.ratio("added", colP99Added, "sidecar", "haproxy", 1); len(h.Values) != 0 || h.Note == "" {
+		t.Errorf("ratio %v note %q, want none with a note", h.Values, h.Note)
+	}
+}

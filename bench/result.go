@@ -122,14 +122,16 @@ func (s *Section) ratio(text, column, a, b string, target float64) *Headline {
 	case rb == nil || len(rb.Values[column]) == 0:
 		h.Note = b + " has no numbers" + noteOf(rb)
 	default:
+		// A ratio to a value at or below zero (an "added" latency lost in
+		// noise) says nothing; such runs are left out.
 		va, vb := ra.Values[column], rb.Values[column]
 		for i := range min(len(va), len(vb)) {
-			if vb[i] != 0 {
+			if vb[i] > 0 {
 				h.Values = append(h.Values, va[i]/vb[i])
 			}
 		}
 		if len(h.Values) == 0 {
-			h.Note = b + "'s " + column + " is zero"
+			h.Note = b + "'s " + column + " is not above zero in any run"
 		}
 	}
 	s.Headlines = append(s.Headlines, h)
