@@ -39,6 +39,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(
 		newGreeterCmd(),
 		newDemoCmd(),
+		newDevCmd(),
 	)
 	return root
 }

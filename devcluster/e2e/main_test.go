@@ -1,0 +1,66 @@
+// Package e2e tests the dev cluster end to end: real control plane, pods as
+// processes in their own network namespaces, ClusterIP by iptables, DNS.
+// One cluster serves the whole package (TestMain); it needs root.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	"github.com/ballast-dev/ballast/devcluster"
+)
+
+var cluster *devcluster.Cluster
+
+const image = "ballast:dev"
+
+func TestMain(m *testing.M) {
+	os.Exit(run(m))
+}
+
+func run(m *testing.M) int {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "devcluster e2e: needs root (network namespaces); run as root, as scripts/test does in CI")
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	tmp, err := os.MkdirTemp("", "ballast-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	bin := filepath.Join(tmp, "ballast")
+	fmt.Fprintln(os.Stderr, "devcluster e2e: building ballast")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/ballast-dev/ballast/cmd/ballast")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build ballast:", err)
+		return 1
+	}
+	level := slog.LevelInfo
+	if os.Getenv("BALLAST_DEVCLUSTER_DEBUG") != "" {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	start := time.Now()
+	cluster, err = devcluster.Start(ctx, devcluster.Options{Images: map[string]string{image: bin}, Log: log})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start dev cluster:", err)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "devcluster e2e: cluster up in %s\n", time.Since(start).Round(time.Millisecond))
+	defer func() {
+		if err := cluster.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stop dev cluster:", err)
+		}
+	}()
+	return m.Run()
+}
