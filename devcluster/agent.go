@@ -94,6 +94,7 @@ type nodeAgent struct {
 	zone  string
 	log   *slog.Logger
 	pods  corev1listers.PodLister
+	env   envResolver
 	ctx   context.Context
 
 	mu       sync.Mutex
@@ -126,6 +127,7 @@ func (a *agent) startNode(ctx context.Context, client kubernetes.Interface, name
 	mux := http.NewServeMux()
 	vk, err := nodeutil.NewNode(name, func(pc nodeutil.ProviderConfig) (nodeutil.Provider, node.NodeProvider, error) {
 		n.pods = pc.Pods
+		n.env = envResolver{configMaps: pc.ConfigMaps, secrets: pc.Secrets}
 		return n, nil, nil
 	},
 		nodeutil.WithClient(client),
@@ -135,6 +137,9 @@ func (a *agent) startNode(ctx context.Context, client kubernetes.Interface, name
 			cfg.TLSConfig = &tls.Config{Certificates: []tls.Certificate{pair}, MinVersion: tls.VersionTLS12}
 			cfg.Handler = mux
 			cfg.NumWorkers = 4
+			// Our own resolver knows status.podIP, which virtual-kubelet's
+			// cannot resolve before the pod has an address.
+			cfg.SkipDownwardAPIResolution = true
 			cfg.InformerResyncPeriod = time.Minute
 			n.nodeSpec(&cfg.NodeSpec, port)
 			return nil
@@ -214,7 +219,6 @@ func (n *nodeAgent) CreatePod(_ context.Context, pod *corev1.Pod) error {
 		return err
 	}
 	pod = pod.DeepCopy()
-	n.resolvePodFields(pod, pn)
 	dir := filepath.Join(n.agent.dir, "pods", pn.netns)
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		n.agent.net.removePod(n.ctx, pn)
@@ -223,11 +227,18 @@ func (n *nodeAgent) CreatePod(_ context.Context, pod *corev1.Pod) error {
 	ctx, cancel := context.WithCancel(n.ctx)
 	p := &podRuntime{node: n, dir: dir, net: pn, start: metav1.Now(), ctx: ctx, cancel: cancel, pod: pod,
 		log: n.log.With("pod", key, "ip", pn.ip.String())}
-	for _, c := range pod.Spec.InitContainers {
-		p.inits = append(p.inits, newContainerRuntime(dir, c))
-	}
-	for _, c := range pod.Spec.Containers {
-		p.containers = append(p.containers, newContainerRuntime(dir, c))
+	for i, c := range append(append([]corev1.Container{}, pod.Spec.InitContainers...), pod.Spec.Containers...) {
+		cr := newContainerRuntime(dir, c)
+		if cr.env, err = n.env.resolve(pod, c, pn.ip.String()); err != nil {
+			cancel()
+			n.agent.net.removePod(n.ctx, pn)
+			return err
+		}
+		if i < len(pod.Spec.InitContainers) {
+			p.inits = append(p.inits, cr)
+		} else {
+			p.containers = append(p.containers, cr)
+		}
 	}
 	n.mu.Lock()
 	n.running[key] = p
@@ -237,43 +248,6 @@ func (n *nodeAgent) CreatePod(_ context.Context, pod *corev1.Pod) error {
 	go p.run()
 	p.changed()
 	return nil
-}
-
-// resolvePodFields fills the downward-API variables virtual-kubelet could
-// not know before the pod had an address (status.podIP and friends),
-// reading which variables ask for them from the unresolved pod.
-func (n *nodeAgent) resolvePodFields(pod *corev1.Pod, pn *podNet) {
-	orig, err := n.pods.Pods(pod.Namespace).Get(pod.Name)
-	if err != nil {
-		return
-	}
-	fields := map[string]string{
-		"status.podIP": pn.ip.String(), "status.podIPs": pn.ip.String(),
-		"status.hostIP": "127.0.0.1", "status.hostIPs": "127.0.0.1",
-	}
-	fix := func(origCs []corev1.Container, cs []corev1.Container) {
-		for i := range cs {
-			if i >= len(origCs) {
-				return
-			}
-			for _, oe := range origCs[i].Env {
-				if oe.ValueFrom == nil || oe.ValueFrom.FieldRef == nil {
-					continue
-				}
-				v, ok := fields[oe.ValueFrom.FieldRef.FieldPath]
-				if !ok {
-					continue
-				}
-				for j := range cs[i].Env {
-					if cs[i].Env[j].Name == oe.Name {
-						cs[i].Env[j].Value = v
-					}
-				}
-			}
-		}
-	}
-	fix(orig.Spec.InitContainers, pod.Spec.InitContainers)
-	fix(orig.Spec.Containers, pod.Spec.Containers)
 }
 
 // UpdatePod takes the new metadata; a pod's containers are immutable.
@@ -456,7 +430,7 @@ func (n *nodeAgent) RunInContainer(ctx context.Context, namespace, podName, cont
 		return err
 	}
 	x := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", p.net.netns}, argv...)...)
-	x.Env = p.env(c.spec)
+	x.Env = p.env(c)
 	x.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if attach.Stdin() != nil {
 		x.Stdin = attach.Stdin()

@@ -183,7 +183,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
-			if err := n.node.Run(runCtx); err != nil && runCtx.Err() == nil {
+			if err := n.node.Run(withVKLogger(runCtx, n.log)); err != nil && runCtx.Err() == nil {
 				log.Error("node agent stopped", "node", n.name, "err", err)
 			}
 		}()

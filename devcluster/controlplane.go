@@ -112,6 +112,9 @@ func (cp *controlPlane) start(ctx context.Context, svcCIDR string, log *slog.Log
 		"--service-account-key-file="+saPub,
 		"--service-account-signing-key-file="+saKey,
 		"--kubelet-preferred-address-types=InternalIP",
+		// The apiserver listens on loopback only, which the endpoint
+		// reconciler refuses to publish; pods cannot reach it anyway.
+		"--endpoint-reconciler-type=none",
 		// Pods are processes without volumes: no token mounts, and no race
 		// with the controller creating each namespace's default account.
 		"--disable-admission-plugins=ServiceAccount",
@@ -148,7 +151,7 @@ func (cp *controlPlane) start(ctx context.Context, svcCIDR string, log *slog.Log
 		"--root-ca-file="+filepath.Join(pki, "apiserver.crt"),
 		"--use-service-account-credentials=false",
 		"--cluster-name="+filepath.Base(cp.dir),
-		"--concurrent-deployment-syncs=10", "--concurrent-endpointslice-syncs=10",
+		"--concurrent-deployment-syncs=10", "--concurrent-service-endpoint-syncs=10",
 		"--endpointslice-updates-batch-period=0s",
 		"--v=0",
 	); err != nil {

@@ -6,7 +6,6 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -43,6 +42,7 @@ type podRuntime struct {
 // containerRuntime is one container's process and status.
 type containerRuntime struct {
 	spec     corev1.Container
+	env      []string // resolved at pod creation
 	logPath  string
 	proc     *process
 	restarts int32
@@ -163,7 +163,7 @@ func (p *podRuntime) runOnce(c *containerRuntime) (code int, ok bool) {
 	argv, err := p.node.agent.command(c.spec)
 	if err == nil {
 		var proc *process
-		env := p.env(c.spec)
+		env := p.env(c)
 		proc, err = startProcess(c.spec.Name, c.logPath, env,
 			append([]string{"ip", "netns", "exec", p.net.netns}, argv...)...)
 		if err == nil {
@@ -202,19 +202,14 @@ func (p *podRuntime) runOnce(c *containerRuntime) (code int, ok bool) {
 	return code, true
 }
 
-// env is the container's environment: a minimal base, then the pod's own
-// variables (already resolved by virtual-kubelet, downward API included).
-func (p *podRuntime) env(c corev1.Container) []string {
-	env := []string{
+// env is the container's environment: a minimal base, then the
+// container's own variables.
+func (p *podRuntime) env(c *containerRuntime) []string {
+	return append([]string{
 		"PATH=" + os.Getenv("PATH"),
 		"HOME=/root",
 		"HOSTNAME=" + p.pod.Name,
-		"KUBERNETES_SERVICE_HOST=", // nothing in a pod can reach the apiserver
-	}
-	for _, e := range c.Env {
-		env = append(env, e.Name+"="+e.Value)
-	}
-	return env
+	}, c.env...)
 }
 
 // terminate stops every container (SIGTERM, SIGKILL after grace), removes
@@ -390,4 +385,3 @@ func (p *podRuntime) String() string {
 	return podKey(p.pod.Namespace, p.pod.Name)
 }
 
-var _ = strings.TrimSpace

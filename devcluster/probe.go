@@ -152,7 +152,7 @@ func (p *podRuntime) probe(ctx context.Context, c *containerRuntime, probe *core
 			return err
 		}
 		cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", p.net.netns}, argv...)...)
-		cmd.Env = p.env(c.spec)
+		cmd.Env = p.env(c)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("exec probe: %w: %s", err, out)
