@@ -216,6 +216,9 @@ func (n *nodeAgent) CreatePod(_ context.Context, pod *corev1.Pod) error {
 
 	pn, err := n.agent.net.addPod(n.ctx, n.index, n.agent.files(pod))
 	if err != nil {
+		if n.ctx.Err() == nil {
+			n.log.Warn("pod network", "pod", key, "err", err)
+		}
 		return err
 	}
 	pod = pod.DeepCopy()
@@ -225,11 +228,12 @@ func (n *nodeAgent) CreatePod(_ context.Context, pod *corev1.Pod) error {
 		return err
 	}
 	ctx, cancel := context.WithCancel(n.ctx)
-	p := &podRuntime{node: n, dir: dir, net: pn, start: metav1.Now(), ctx: ctx, cancel: cancel, pod: pod,
+	p := &podRuntime{node: n, dir: dir, net: pn, start: metav1.Now(), ctx: ctx, cancel: cancel, pod: pod, finishedCh: make(chan struct{}),
 		log: n.log.With("pod", key, "ip", pn.ip.String())}
 	for i, c := range append(append([]corev1.Container{}, pod.Spec.InitContainers...), pod.Spec.Containers...) {
 		cr := newContainerRuntime(dir, c)
 		if cr.env, err = n.env.resolve(pod, c, pn.ip.String()); err != nil {
+			n.log.Warn("pod environment", "pod", key, "err", err)
 			cancel()
 			n.agent.net.removePod(n.ctx, pn)
 			return err
@@ -481,7 +485,8 @@ func (n *nodeAgent) PortForward(ctx context.Context, namespace, podName string, 
 	return err
 }
 
-// shutdown kills every pod at once (the cluster is going away) and waits.
+// shutdown kills every pod at once (the cluster is going away) and waits
+// for them, at most a minute.
 func (n *nodeAgent) shutdown() {
 	n.mu.Lock()
 	ps := make([]*podRuntime, 0, len(n.running))
@@ -492,16 +497,14 @@ func (n *nodeAgent) shutdown() {
 	for _, p := range ps {
 		p.terminate(0)
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	timeout := time.NewTimer(time.Minute)
+	defer timeout.Stop()
 	for _, p := range ps {
-		for time.Now().Before(deadline) {
-			p.mu.Lock()
-			done := p.finished
-			p.mu.Unlock()
-			if done {
-				break
-			}
-			time.Sleep(20 * time.Millisecond)
+		select {
+		case <-p.finishedCh:
+		case <-timeout.C:
+			n.log.Warn("pods did not finish within a minute")
+			return
 		}
 	}
 }

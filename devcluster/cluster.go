@@ -228,13 +228,15 @@ func (c *Cluster) Stop() error {
 	c.once.Do(func() {
 		var errs []error
 		ctx := context.Background()
-		for _, n := range c.nodes {
-			n.shutdown()
-		}
+		// Controllers first, so nothing starts pods or rewrites statuses
+		// while the pods are killed.
 		if c.cancel != nil {
 			c.cancel()
 		}
 		c.wg.Wait()
+		for _, n := range c.nodes {
+			n.shutdown()
+		}
 		if c.cp != nil {
 			c.cp.stop()
 		}

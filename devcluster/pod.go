@@ -35,7 +35,8 @@ type podRuntime struct {
 	containers  []*containerRuntime
 	initsDone   bool
 	terminating bool
-	finished    bool // every process ended and the namespace is gone
+	finished    bool          // every process ended and the namespace is gone
+	finishedCh  chan struct{} // closed when finished turns true
 	failMessage string
 }
 
@@ -247,6 +248,7 @@ func (p *podRuntime) terminate(grace time.Duration) {
 		p.mu.Lock()
 		p.finished = true
 		p.mu.Unlock()
+		close(p.finishedCh)
 		p.log.Info("pod terminated")
 		p.changed()
 	}()
@@ -384,4 +386,3 @@ func podKey(namespace, name string) string { return namespace + "/" + name }
 func (p *podRuntime) String() string {
 	return podKey(p.pod.Namespace, p.pod.Name)
 }
-

@@ -9,8 +9,8 @@ import (
 	vklog "github.com/virtual-kubelet/virtual-kubelet/log"
 )
 
-// vkLogger routes virtual-kubelet's logs to slog: its errors and warnings
-// as warnings, the rest as debug (it is chatty at info).
+// vkLogger routes virtual-kubelet's logs to slog at debug: it reports the
+// update conflicts it retries as errors. The provider logs its own failures.
 type vkLogger struct{ l *slog.Logger }
 
 var _ vklog.Logger = vkLogger{}
@@ -19,10 +19,10 @@ func (v vkLogger) Debug(a ...any)                         { v.l.Debug(fmt.Sprint
 func (v vkLogger) Debugf(f string, a ...any)              { v.l.Debug(fmt.Sprintf(f, a...)) }
 func (v vkLogger) Info(a ...any)                          { v.l.Debug(fmt.Sprint(a...)) }
 func (v vkLogger) Infof(f string, a ...any)               { v.l.Debug(fmt.Sprintf(f, a...)) }
-func (v vkLogger) Warn(a ...any)                          { v.l.Warn(fmt.Sprint(a...)) }
-func (v vkLogger) Warnf(f string, a ...any)               { v.l.Warn(fmt.Sprintf(f, a...)) }
-func (v vkLogger) Error(a ...any)                         { v.l.Warn(fmt.Sprint(a...)) }
-func (v vkLogger) Errorf(f string, a ...any)              { v.l.Warn(fmt.Sprintf(f, a...)) }
+func (v vkLogger) Warn(a ...any)                          { v.l.Debug(fmt.Sprint(a...)) }
+func (v vkLogger) Warnf(f string, a ...any)               { v.l.Debug(fmt.Sprintf(f, a...)) }
+func (v vkLogger) Error(a ...any)                         { v.l.Debug(fmt.Sprint(a...)) }
+func (v vkLogger) Errorf(f string, a ...any)              { v.l.Debug(fmt.Sprintf(f, a...)) }
 func (v vkLogger) Fatal(a ...any)                         { v.l.Error(fmt.Sprint(a...)) }
 func (v vkLogger) Fatalf(f string, a ...any)              { v.l.Error(fmt.Sprintf(f, a...)) }
 func (v vkLogger) WithField(k string, a any) vklog.Logger { return vkLogger{v.l.With(k, a)} }

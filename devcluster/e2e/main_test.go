@@ -6,12 +6,15 @@ package e2e
 import (
 	"context"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
+
+	"google.golang.org/grpc/grpclog"
 
 	"github.com/ballast-dev/ballast/devcluster"
 )
@@ -45,6 +48,8 @@ func run(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "build ballast:", err)
 		return 1
 	}
+	// Readiness probes dial pods before they listen; that is not news.
+	grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
 	level := slog.LevelInfo
 	if os.Getenv("BALLAST_DEVCLUSTER_DEBUG") != "" {
 		level = slog.LevelDebug
