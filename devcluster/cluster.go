@@ -19,6 +19,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -362,4 +363,15 @@ func assets() (string, error) {
 		return strings.TrimSpace(string(out)), nil
 	}
 	return "", errors.New("no control-plane binaries: set KUBEBUILDER_ASSETS to the directory tools/build.sh prints")
+}
+
+// PodDialer dials from inside a pod's network namespace, as a process in
+// the pod would: pod IPs, ClusterIPs (through the DNAT rules) and the
+// pod's own 127.0.0.1.
+func (c *Cluster) PodDialer(namespace, name string) (func(ctx context.Context, network, addr string) (net.Conn, error), error) {
+	ns, err := c.PodNetns(namespace, name)
+	if err != nil {
+		return nil, err
+	}
+	return netnsDialer{netns: ns}.DialContext, nil
 }

@@ -24,10 +24,10 @@ var cluster *devcluster.Cluster
 const image = "ballast:dev"
 
 func TestMain(m *testing.M) {
-	os.Exit(run(m))
+	os.Exit(runTests(m))
 }
 
-func run(m *testing.M) int {
+func runTests(m *testing.M) int {
 	if os.Geteuid() != 0 {
 		fmt.Fprintln(os.Stderr, "devcluster e2e: needs root (network namespaces); run as root, as scripts/test does in CI")
 		return 1
