@@ -26,6 +26,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -43,8 +44,6 @@ type Options struct {
 	// Bin is the directory with the control-plane binaries; empty means
 	// $KUBEBUILDER_ASSETS, else what tools/build.sh prints.
 	Bin string
-	// BaseDir holds run directories; empty means /tmp/ballast-devcluster.
-	BaseDir string
 	// Zones are the Nodes' topology.kubernetes.io/zone labels, one Node
 	// each; empty means zone-a and zone-b.
 	Zones []string
@@ -82,6 +81,19 @@ type Cluster struct {
 
 const maxSlots = 64
 
+// BaseDir holds every run's directory and the slot locks. It is fixed,
+// not per user or $TMPDIR, so that every run on the machine sees every
+// other run when it sweeps.
+const BaseDir = "/run/ballast-devcluster"
+
+// slotCIDRs are the pod and Service CIDRs of slot k: 10.(64+k).0.0/16 and
+// 10.(128+k).0.0/16, room for 65k Services.
+func slotCIDRs(k int) (pods, services netip.Prefix) {
+	return netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", 64+k)), netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", 128+k))
+}
+
+func slotLock(base string, k int) string { return filepath.Join(base, fmt.Sprintf("slot-%d.lock", k)) }
+
 // Start brings a cluster up; it returns when both Nodes are Ready and the
 // ClusterIP rules are in place. On error everything it made is removed.
 func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
@@ -104,10 +116,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			return nil, err
 		}
 	}
-	base := opts.BaseDir
-	if base == "" {
-		base = filepath.Join(os.TempDir(), "ballast-devcluster")
-	}
+	base := BaseDir
 	if err := os.MkdirAll(base, 0o755); err != nil {
 		return nil, err
 	}
@@ -127,20 +136,18 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			c.Stop()
 		}
 	}()
-	// A slot picks CIDRs no other live run uses: 10.(64+k).0.0/16 for
-	// pods, 10.(128+k).0.0/16 for Services.
+	// A slot picks CIDRs no other live run uses.
 	k := 0
 	for ; k < maxSlots; k++ {
-		if c.slot, err = lockFile(filepath.Join(base, fmt.Sprintf("slot-%d.lock", k))); err == nil {
+		if c.slot, err = lockFile(slotLock(base, k)); err == nil {
 			break
 		}
 	}
 	if c.slot == nil {
 		return nil, fmt.Errorf("all %d dev cluster slots are in use", maxSlots)
 	}
-	c.PodCIDR = netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", 64+k))
-	c.ServiceCIDR = netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", 128+k))
-	if err := os.WriteFile(filepath.Join(c.Dir, "routes"), []byte(c.PodCIDR.String()+" "+c.ServiceCIDR.String()+"\n"), 0o644); err != nil {
+	c.PodCIDR, c.ServiceCIDR = slotCIDRs(k)
+	if err := os.WriteFile(filepath.Join(c.Dir, "slot"), []byte(strconv.Itoa(k)), 0o644); err != nil {
 		return nil, err
 	}
 	c.net = &network{prefix: netnsPrefix + c.id + "-", podCIDR: c.PodCIDR, svcCIDR: c.ServiceCIDR,

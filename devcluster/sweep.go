@@ -55,9 +55,16 @@ func sweep(ctx context.Context, base string, log *slog.Logger) error {
 		log.Info("removing leftovers of a dead dev cluster", "run", id)
 		killByArg(dir)
 		errs = append(errs, removeNetns(ctx, netnsPrefix+id+"-"))
-		if routes, err := os.ReadFile(filepath.Join(dir, "routes")); err == nil {
-			for _, cidr := range strings.Fields(string(routes)) {
-				_ = ipCmd(ctx, "route", "del", "blackhole", cidr)
+		// Its blackhole routes, unless a live run has taken the slot
+		// since (and with it the same CIDRs).
+		if data, err := os.ReadFile(filepath.Join(dir, "slot")); err == nil {
+			if k, err := strconv.Atoi(strings.TrimSpace(string(data))); err == nil && k >= 0 && k < maxSlots {
+				if slot, err := lockFile(slotLock(base, k)); err == nil {
+					pods, services := slotCIDRs(k)
+					_ = ipCmd(ctx, "route", "del", "blackhole", pods.String())
+					_ = ipCmd(ctx, "route", "del", "blackhole", services.String())
+					slot.Close()
+				}
 			}
 		}
 		lock.Close()
@@ -141,8 +148,8 @@ func forEachProc(fn func(pid int)) {
 	}
 }
 
-// Sweep removes the leftovers of dead runs under the default base
-// directory (what `ballast dev cluster down` does after stopping `up`).
+// Sweep removes the leftovers of dead runs (what `ballast dev cluster
+// down` does after stopping `up`, and every Start does first).
 func Sweep(ctx context.Context, log *slog.Logger) error {
-	return sweep(ctx, filepath.Join(os.TempDir(), "ballast-devcluster"), log)
+	return sweep(ctx, BaseDir, log)
 }

@@ -30,7 +30,7 @@ func newDevCmd() *cobra.Command {
 
 // devClusterPidFile records the pid of the running `up`, for `down`.
 func devClusterPidFile() string {
-	return filepath.Join(os.TempDir(), "ballast-devcluster", "up.pid")
+	return filepath.Join(devcluster.BaseDir, "up.pid")
 }
 
 func newDevClusterUpCmd() *cobra.Command {
