@@ -41,6 +41,10 @@ type agent struct {
 	dir    string
 	log    *slog.Logger
 	files  func(pod *corev1.Pod) map[string]string // /etc/netns files for a pod
+	// baseEnv is in every container's environment: how to reach the API
+	// server from a pod (KUBERNETES_SERVICE_HOST/PORT, and KUBECONFIG,
+	// since a process cannot have the service-account files mounted).
+	baseEnv []string
 }
 
 // command is a container's argv: its command (default: the image's

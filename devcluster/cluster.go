@@ -63,6 +63,8 @@ type Cluster struct {
 	PodCIDR, ServiceCIDR netip.Prefix
 	// Dir is the run directory: logs of every process and container.
 	Dir string
+	// Bin is the directory with the control-plane binaries and kubectl.
+	Bin string
 
 	id      string
 	bin     string
@@ -74,6 +76,7 @@ type Cluster struct {
 	agent   *agent
 	nodes   []*nodeAgent
 	cancel  context.CancelFunc
+	runCtx  context.Context // ends at Stop; owns the relays
 	wg      sync.WaitGroup
 	once    sync.Once
 	stopErr error
@@ -124,6 +127,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		log.Warn("removing leftovers of dead runs", "err", err)
 	}
 	c := &Cluster{id: randomHex(3), bin: bin, log: log}
+	c.Bin = bin
 	c.Dir = filepath.Join(base, "run-"+c.id)
 	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
 		return nil, err
@@ -167,7 +171,15 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}
 
 	runCtx, cancel := context.WithCancel(context.Background())
-	c.cancel = cancel
+	c.cancel, c.runCtx = cancel, runCtx
+	api, err := c.exposeAPIServer(ctx, strings.TrimPrefix(c.Config.Host, "https://"))
+	if err != nil {
+		return nil, err
+	}
+	podKubeconfig := filepath.Join(c.Dir, "pod-kubeconfig")
+	if err := writeKubeconfig(podKubeconfig, "https://"+api.String(), c.Config.BearerToken); err != nil {
+		return nil, err
+	}
 	log.Info("starting CoreDNS")
 	dns := &dnsServer{net: c.net, log: log.With("component", "dns")}
 	if err := dns.start(runCtx, c.Kubeconfig, c.Dir); err != nil {
@@ -177,6 +189,11 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	go func() { defer c.wg.Done(); dns.wait() }()
 
 	c.agent = &agent{images: opts.Images, net: c.net, dir: c.Dir, log: log.With("component", "node-agent"),
+		baseEnv: []string{
+			"KUBERNETES_SERVICE_HOST=" + api.Addr().String(),
+			"KUBERNETES_SERVICE_PORT=" + strconv.Itoa(int(api.Port())),
+			"KUBECONFIG=" + podKubeconfig,
+		},
 		files: func(pod *corev1.Pod) map[string]string { return podFiles(pod, dns.addr) }}
 	zones := opts.Zones
 	if len(zones) == 0 {

@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -94,7 +93,7 @@ func (d *dnsServer) start(ctx context.Context, kubeconfig, dir string) error {
 	d.wg.Add(3)
 	go func() { defer d.wg.Done(); <-ctx.Done(); pc.Close(); l.Close() }()
 	go func() { defer d.wg.Done(); d.relayUDP(pc, upstream) }()
-	go func() { defer d.wg.Done(); d.relayTCP(ctx, l, upstream) }()
+	go func() { defer d.wg.Done(); relayTCP(ctx, l, upstream, 30*time.Second) }()
 	return nil
 }
 
@@ -138,38 +137,6 @@ func (d *dnsServer) relayUDP(pc net.PacketConn, upstream string) {
 				return
 			}
 			pc.WriteTo(ans[:m], from)
-		}()
-	}
-}
-
-// relayTCP forwards DNS-over-TCP connections (large answers).
-func (d *dnsServer) relayTCP(ctx context.Context, l net.Listener, upstream string) {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	for {
-		conn, err := l.Accept()
-		if err != nil {
-			return
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer conn.Close()
-			up, err := net.Dial("tcp", upstream)
-			if err != nil {
-				return
-			}
-			defer up.Close()
-			deadline := time.Now().Add(30 * time.Second)
-			conn.SetDeadline(deadline)
-			up.SetDeadline(deadline)
-			done := make(chan struct{}, 2)
-			go func() { io.Copy(up, conn); done <- struct{}{} }()
-			go func() { io.Copy(conn, up); done <- struct{}{} }()
-			select {
-			case <-done:
-			case <-ctx.Done():
-			}
 		}()
 	}
 }

@@ -204,13 +204,15 @@ func (p *podRuntime) runOnce(c *containerRuntime) (code int, ok bool) {
 }
 
 // env is the container's environment: a minimal base, then the
-// container's own variables.
+// container's own variables (the last of duplicates wins).
 func (p *podRuntime) env(c *containerRuntime) []string {
-	return append([]string{
+	env := []string{
 		"PATH=" + os.Getenv("PATH"),
 		"HOME=/root",
 		"HOSTNAME=" + p.pod.Name,
-	}, c.env...)
+	}
+	env = append(env, p.node.agent.baseEnv...)
+	return append(env, c.env...)
 }
 
 // terminate stops every container (SIGTERM, SIGKILL after grace), removes
