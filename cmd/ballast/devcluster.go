@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"path/filepath"
@@ -13,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/grpclog"
 
 	"github.com/ballast-dev/ballast/devcluster"
 )
@@ -68,6 +70,8 @@ image is ballast:dev runs this ballast binary.`,
 				return err
 			}
 			log := slog.New(slog.NewTextHandler(cmd.ErrOrStderr(), &slog.HandlerOptions{Level: slog.LevelInfo}))
+			// Readiness probes dial pods before they listen; that is not news.
+			grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, cmd.ErrOrStderr()))
 			c, err := devcluster.Start(cmd.Context(), devcluster.Options{Images: imgs, Log: log})
 			if err != nil {
 				return err
@@ -105,7 +109,12 @@ func newDevClusterDownCmd() *cobra.Command {
 			data, err := os.ReadFile(devClusterPidFile())
 			if err == nil {
 				pid, _ := strconv.Atoi(strings.TrimSpace(string(data)))
-				if pid > 0 && syscall.Kill(pid, syscall.SIGTERM) == nil {
+				// Only a live `ballast dev cluster up`: the pid may be stale
+				// and reused by an unrelated process.
+				cmdline, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+				isUp := strings.Contains(string(cmdline), "dev\x00cluster\x00up")
+				os.Remove(devClusterPidFile())
+				if pid > 0 && isUp && syscall.Kill(pid, syscall.SIGTERM) == nil {
 					fmt.Fprintf(cmd.OutOrStdout(), "stopping dev cluster (pid %d)\n", pid)
 					deadline := time.Now().Add(2 * time.Minute)
 					for syscall.Kill(pid, 0) == nil && time.Now().Before(deadline) {

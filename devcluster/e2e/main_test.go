@@ -10,7 +10,9 @@ import (
 	"log/slog"
 	"os"
 	"os/exec"
+	"os/signal"
 	"path/filepath"
+	"syscall"
 	"testing"
 	"time"
 
@@ -65,6 +67,18 @@ func runTests(m *testing.M) int {
 	defer func() {
 		if err := cluster.Stop(); err != nil {
 			fmt.Fprintln(os.Stderr, "stop dev cluster:", err)
+		}
+	}()
+	// Ctrl-C or a CI cancel: tear down before dying. (A SIGKILL or a test
+	// timeout panic leaves leftovers that the next Start sweeps.)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		if _, ok := <-sigs; ok {
+			fmt.Fprintln(os.Stderr, "devcluster e2e: interrupted, tearing down")
+			cluster.Stop()
+			os.Exit(2)
 		}
 	}()
 	return m.Run()
