@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -165,8 +166,7 @@ func (p *podRuntime) runOnce(c *containerRuntime) (code int, ok bool) {
 	if err == nil {
 		var proc *process
 		env := p.env(c)
-		proc, err = startProcess(c.spec.Name, c.logPath, env,
-			append([]string{"ip", "netns", "exec", p.net.netns}, argv...)...)
+		proc, err = startProcessFlags(c.spec.Name, c.logPath, env, syscall.CLONE_NEWUTS, p.launcher(argv)...)
 		if err == nil {
 			c.proc = proc
 			c.started = metav1.Now()
@@ -201,6 +201,19 @@ func (p *podRuntime) runOnce(c *containerRuntime) (code int, ok bool) {
 	p.log.Info("container exited", "container", c.spec.Name, "code", code)
 	p.changed()
 	return code, true
+}
+
+// launcher is the command line that runs argv as a container process:
+// inside the pod's network namespace (with its /etc/resolv.conf), and in
+// its own UTS namespace (the caller adds CLONE_NEWUTS) named after the pod,
+// as the kubelet does, so os.Hostname() is the pod name.
+func (p *podRuntime) launcher(argv []string) []string {
+	host := p.pod.Name
+	if len(host) > 63 {
+		host = host[:63]
+	}
+	host = strings.TrimRight(host, "-.")
+	return append([]string{"ip", "netns", "exec", p.net.netns, "sh", "-c", `hostname "$0" && exec "$@"`, host}, argv...)
 }
 
 // env is the container's environment: a minimal base, then the

@@ -22,6 +22,11 @@ type process struct {
 
 // startProcess starts argv with stdout and stderr appended to logPath.
 func startProcess(name, logPath string, env []string, argv ...string) (*process, error) {
+	return startProcessFlags(name, logPath, env, 0, argv...)
+}
+
+// startProcessFlags is startProcess with extra clone flags (namespaces).
+func startProcessFlags(name, logPath string, env []string, cloneflags uintptr, argv ...string) (*process, error) {
 	logf, err := os.OpenFile(logPath, os.O_CREATE|os.O_WRONLY|os.O_APPEND, 0o644)
 	if err != nil {
 		return nil, err
@@ -31,7 +36,7 @@ func startProcess(name, logPath string, env []string, argv ...string) (*process,
 	cmd.Stdout = logf
 	cmd.Stderr = logf
 	cmd.Env = env
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL, Cloneflags: cloneflags}
 	if err := cmd.Start(); err != nil {
 		return nil, fmt.Errorf("start %s: %w", name, err)
 	}

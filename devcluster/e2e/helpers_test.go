@@ -100,7 +100,7 @@ spec:
       containers:
       - name: sleeper
         image: host:sh
-        command: ["sh", "-c", "echo hello from $POD_NAME; trap '' TERM; while true; do sleep 1; done"]
+        command: ["sh", "-c", "echo hello from $POD_NAME; echo hostname $(hostname); trap '' TERM; while true; do sleep 1; done"]
         env:
         - name: POD_NAME
           valueFrom: {fieldRef: {fieldPath: metadata.name}}

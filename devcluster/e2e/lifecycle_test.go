@@ -149,6 +149,13 @@ func TestLogsExecAndDNS(t *testing.T) {
 	if got := strings.TrimSpace(out); got != pod.Status.PodIP {
 		t.Fatalf("exec: POD_IP = %q, want %q", got, pod.Status.PodIP)
 	}
+	// The container process itself runs under the pod's hostname.
+	if err := devcluster.Poll(ctx, 30*time.Second, func(ctx context.Context) (bool, error) {
+		out, err := cluster.Kubectl(ctx, nil, "-n", ns, "logs", pod.Name)
+		return err == nil && hasLine(out, "hostname "+pod.Name), nil
+	}); err != nil {
+		t.Fatalf("container did not run under hostname %s: %v", pod.Name, err)
+	}
 	ip := clusterIP(t, ctx, ns, "sleeper")
 	for _, name := range []string{"sleeper", "sleeper.tools", "sleeper.tools.svc", "sleeper.tools.svc.cluster.local"} {
 		t.Run(name, func(t *testing.T) {
