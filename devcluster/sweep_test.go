@@ -2,6 +2,7 @@ package devcluster
 
 import (
 	"context"
+	"fmt"
 	"log/slog"
 	"os"
 	"os/exec"
@@ -59,16 +60,24 @@ func TestSweepRemovesWhatADeadRunLeft(t *testing.T) {
 	must(ipCmd(ctx, "netns", "add", prefix+"p1"))
 	must(os.MkdirAll("/etc/netns/"+prefix+"p1", 0o755))
 	must(os.WriteFile("/etc/netns/"+prefix+"p1/resolv.conf", []byte("nameserver 10.64.0.1\n"), 0o644))
-	start := func(argv ...string) chan struct{} {
+	start := func(argv ...string) (chan struct{}, int) {
 		cmd := exec.Command(argv[0], argv[1:]...)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setsid: true} // outlives its parent, like an orphan
 		must(cmd.Start())
 		done := make(chan struct{})
 		go func() { cmd.Wait(); close(done) }()
-		return done
+		return done, cmd.Process.Pid
 	}
-	inPod := start("ip", "netns", "exec", prefix+"p1", "sleep", "300")
-	controlPlane := start("tail", "-f", filepath.Join(dir, "marker"))
+	inPod, pid := start("ip", "netns", "exec", prefix+"p1", "sleep", "300")
+	controlPlane, _ := start("tail", "-f", filepath.Join(dir, "marker"))
+	// Sweep only once the process has entered the namespace, as a pod's has.
+	var want syscall.Stat_t
+	must(syscall.Stat(filepath.Join(netnsDir, prefix+"p1"), &want))
+	must(Poll(ctx, 30*time.Second, func(context.Context) (bool, error) {
+		var st syscall.Stat_t
+		err := syscall.Stat(fmt.Sprintf("/proc/%d/ns/net", pid), &st)
+		return err == nil && st.Ino == want.Ino, nil
+	}))
 
 	must(sweep(ctx, BaseDir, slog.New(slog.DiscardHandler)))
 
