@@ -212,9 +212,21 @@ func (n *nodeAgent) notify(pod *corev1.Pod) {
 func (n *nodeAgent) CreatePod(_ context.Context, pod *corev1.Pod) error {
 	key := podKey(pod.Namespace, pod.Name)
 	n.mu.Lock()
-	if _, ok := n.running[key]; ok {
-		n.mu.Unlock()
-		return nil
+	if old, ok := n.running[key]; ok {
+		old.mu.Lock()
+		sameUID, finished := old.pod.UID == pod.UID, old.finished
+		old.mu.Unlock()
+		switch {
+		case sameUID:
+			n.mu.Unlock()
+			return nil
+		case !finished:
+			// A new pod with the name of one still shutting down (e.g. a
+			// StatefulSet's): virtual-kubelet retries until it is gone.
+			n.mu.Unlock()
+			return fmt.Errorf("pod %s: previous pod with this name is still terminating", key)
+		}
+		delete(n.running, key)
 	}
 	n.mu.Unlock()
 
@@ -259,12 +271,18 @@ func (n *nodeAgent) CreatePod(_ context.Context, pod *corev1.Pod) error {
 }
 
 // UpdatePod takes the new metadata; a pod's containers are immutable.
-func (n *nodeAgent) UpdatePod(_ context.Context, pod *corev1.Pod) error {
+func (n *nodeAgent) UpdatePod(ctx context.Context, pod *corev1.Pod) error {
 	p := n.get(pod.Namespace, pod.Name)
 	if p == nil {
 		return errdefs.NotFoundf("pod %s/%s", pod.Namespace, pod.Name)
 	}
 	p.mu.Lock()
+	if p.pod.UID != pod.UID {
+		// virtual-kubelet looks pods up by name: this is a new pod that
+		// reuses the name of an old one.
+		p.mu.Unlock()
+		return n.CreatePod(ctx, pod)
+	}
 	p.pod.ObjectMeta = *pod.ObjectMeta.DeepCopy()
 	p.mu.Unlock()
 	return nil

@@ -237,3 +237,33 @@ spec:
 		})
 	}
 }
+
+// TestPodNameReuse: a pod deleted and created again under the same name
+// runs again (the node agent tells the two apart by UID).
+func TestPodNameReuse(t *testing.T) {
+	ctx := ctxFor(t, 2*time.Minute)
+	pod := `apiVersion: v1
+kind: Namespace
+metadata:
+  name: reuse
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: same
+  namespace: reuse
+  labels: {app: same}
+spec:
+  terminationGracePeriodSeconds: 1
+  containers:
+  - {name: c, image: host:sh, command: ["sh", "-c", "while true; do sleep 1; done"]}
+`
+	apply(t, ctx, pod)
+	first := waitReadyPods(t, ctx, "reuse", "same", 1)[0]
+	kubectl(t, ctx, "-n", "reuse", "delete", "pod", "same", "--wait=true", "--timeout=60s")
+	apply(t, ctx, pod)
+	second := waitReadyPods(t, ctx, "reuse", "same", 1)[0]
+	if second.UID == first.UID {
+		t.Fatal("the second pod has the first one's UID")
+	}
+}
