@@ -128,12 +128,19 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}
 	c := &Cluster{id: randomHex(3), bin: bin, log: log}
 	c.Bin = bin
-	c.Dir = filepath.Join(base, "run-"+c.id)
-	if err := os.MkdirAll(c.Dir, 0o755); err != nil {
+	// Lock the run directory before it gets the name a sweep looks for,
+	// so a concurrent sweep never takes a starting run for a dead one.
+	tmpDir := filepath.Join(base, ".new-"+c.id)
+	if err := os.MkdirAll(tmpDir, 0o755); err != nil {
 		return nil, err
 	}
-	if c.lock, err = lockFile(filepath.Join(c.Dir, "lock")); err != nil {
+	if c.lock, err = lockFile(filepath.Join(tmpDir, "lock")); err != nil {
 		return nil, fmt.Errorf("lock run dir: %w", err)
+	}
+	c.Dir = filepath.Join(base, "run-"+c.id)
+	if err := os.Rename(tmpDir, c.Dir); err != nil {
+		c.lock.Close()
+		return nil, err
 	}
 	defer func() {
 		if err != nil {

@@ -42,6 +42,13 @@ func sweep(ctx context.Context, base string, log *slog.Logger) error {
 	var errs []error
 	entries, _ := os.ReadDir(base)
 	for _, e := range entries {
+		if strings.HasPrefix(e.Name(), ".new-") { // a run killed while it started
+			if lock, err := lockFile(filepath.Join(base, e.Name(), "lock")); err == nil {
+				lock.Close()
+				os.RemoveAll(filepath.Join(base, e.Name()))
+			}
+			continue
+		}
 		id, ok := strings.CutPrefix(e.Name(), "run-")
 		if !ok || !e.IsDir() {
 			continue
