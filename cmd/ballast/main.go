@@ -49,6 +49,7 @@ func newRootCmd() *cobra.Command {
 		newProxyCmd(),
 		newInjectCmd(),
 		newBenchCmd(),
+		newDevCmd(),
 	)
 	return root
 }

@@ -1,0 +1,215 @@
+package devcluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"net/http"
+	"strings"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ballast-dev/ballast/greeter"
+)
+
+// ArticleNamespace is where the article's objects live.
+const ArticleNamespace = "default"
+
+// ArticleManifests are the article's objects: the Service native-tools-2
+// (http 8081, grpc 50051), a Deployment of greeters behind it, and the
+// client pod native-tools that serves /grpc_client on 8081. image is the
+// image that maps to the ballast binary (e.g. "ballast:dev"); clientArgs
+// are extra arguments of `ballast greeter client`.
+func ArticleManifests(image string, replicas int, clientArgs ...string) string {
+	args := ""
+	for _, a := range clientArgs {
+		args += fmt.Sprintf(", %q", a)
+	}
+	return fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata:
+  name: native-tools-2
+  namespace: default
+spec:
+  selector:
+    app: native-tools-2
+  ports:
+  - name: http
+    port: 8081
+    targetPort: 8081
+  - name: grpc
+    port: 50051
+    targetPort: 50051
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: native-tools-2
+  namespace: default
+spec:
+  replicas: %[2]d
+  selector:
+    matchLabels:
+      app: native-tools-2
+  template:
+    metadata:
+      labels:
+        app: native-tools-2
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: greeter
+        image: %[1]s
+        command: ["ballast", "greeter", "serve", "--address", ":50051"]
+        env:
+        - name: POD_NAME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+        - name: POD_NAMESPACE
+          valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+        - name: POD_IP
+          valueFrom: {fieldRef: {fieldPath: status.podIP}}
+        ports:
+        - {name: grpc, containerPort: 50051}
+        readinessProbe:
+          grpc: {port: 50051}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: Pod
+metadata:
+  name: native-tools
+  namespace: default
+  labels:
+    app: native-tools
+spec:
+  terminationGracePeriodSeconds: 5
+  containers:
+  - name: client
+    image: %[1]s
+    command: ["ballast", "greeter", "client", "--listen", ":8081"%[3]s]
+    env:
+    - name: POD_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    ports:
+    - {name: http, containerPort: 8081}
+    readinessProbe:
+      tcpSocket: {port: 8081}
+      periodSeconds: 1
+`, image, replicas, args)
+}
+
+// ArticleCalls makes n calls through the client pod's
+// /grpc_client?name=native-tools-2, from inside its network namespace,
+// and counts the pod that answered each: the article's experiment.
+func (c *Cluster) ArticleCalls(ctx context.Context, n int) (map[string]int, error) {
+	client, err := c.PodHTTPClient(ArticleNamespace, "native-tools")
+	if err != nil {
+		return nil, err
+	}
+	counts := map[string]int{}
+	for i := range n {
+		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:8081/grpc_client?name=native-tools-2", nil)
+		if err != nil {
+			return nil, err
+		}
+		resp, err := client.Do(req)
+		if err != nil {
+			return counts, fmt.Errorf("call %d: %w", i+1, err)
+		}
+		body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+		resp.Body.Close()
+		if err != nil {
+			return counts, fmt.Errorf("call %d: %w", i+1, err)
+		}
+		if resp.StatusCode != http.StatusOK {
+			return counts, fmt.Errorf("call %d: %s: %s", i+1, resp.Status, strings.TrimSpace(string(body)))
+		}
+		msg, ok := strings.CutPrefix(string(body), "Greeting: ")
+		if !ok {
+			return counts, fmt.Errorf("call %d: unexpected answer %q", i+1, body)
+		}
+		counts[greeter.PodOf(msg)]++
+	}
+	return counts, nil
+}
+
+// RunArticle applies the article's objects with the given greeter
+// replicas, waits until they serve, and returns the per-pod counts of n
+// calls. It is what `ballast demo --kube` replays.
+func (c *Cluster) RunArticle(ctx context.Context, image string, replicas, n int, clientArgs ...string) (map[string]int, error) {
+	if err := c.Apply(ctx, ArticleManifests(image, replicas, clientArgs...)); err != nil {
+		return nil, err
+	}
+	if err := c.WaitReadyEndpoints(ctx, ArticleNamespace, "native-tools-2", "grpc", replicas, 2*time.Minute); err != nil {
+		return nil, err
+	}
+	if err := c.WaitPodReady(ctx, ArticleNamespace, "native-tools", 2*time.Minute); err != nil {
+		return nil, err
+	}
+	return c.ArticleCalls(ctx, n)
+}
+
+// WaitPodReady waits for the pod's Ready condition.
+func (c *Cluster) WaitPodReady(ctx context.Context, namespace, name string, timeout time.Duration) error {
+	err := Poll(ctx, timeout, func(ctx context.Context) (bool, error) {
+		pod, err := c.Client.CoreV1().Pods(namespace).Get(ctx, name, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		for _, cond := range pod.Status.Conditions {
+			if cond.Type == "Ready" && cond.Status == "True" {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err != nil {
+		return fmt.Errorf("pod %s/%s ready: %w", namespace, name, err)
+	}
+	return nil
+}
+
+// ReadyEndpoints counts the ready endpoints of a Service port across its
+// EndpointSlices, as the endpointslice controller wrote them.
+func (c *Cluster) ReadyEndpoints(ctx context.Context, namespace, service, port string) (ready, terminating int, err error) {
+	slices, err := c.Client.DiscoveryV1().EndpointSlices(namespace).List(ctx, metav1.ListOptions{LabelSelector: "kubernetes.io/service-name=" + service})
+	if err != nil {
+		return 0, 0, err
+	}
+	for _, s := range slices.Items {
+		has := false
+		for _, p := range s.Ports {
+			if p.Name != nil && *p.Name == port {
+				has = true
+			}
+		}
+		if !has {
+			continue
+		}
+		for _, e := range s.Endpoints {
+			switch {
+			case e.Conditions.Terminating != nil && *e.Conditions.Terminating:
+				terminating++
+			case e.Conditions.Ready == nil || *e.Conditions.Ready:
+				ready++
+			}
+		}
+	}
+	return ready, terminating, nil
+}
+
+// WaitReadyEndpoints waits until a Service port has exactly want ready
+// endpoints.
+func (c *Cluster) WaitReadyEndpoints(ctx context.Context, namespace, service, port string, want int, timeout time.Duration) error {
+	var got int
+	err := Poll(ctx, timeout, func(ctx context.Context) (bool, error) {
+		r, _, err := c.ReadyEndpoints(ctx, namespace, service, port)
+		got = r
+		return err == nil && r == want, nil
+	})
+	if err != nil {
+		return fmt.Errorf("service %s/%s port %s: want %d ready endpoints, have %d: %w", namespace, service, port, want, got, err)
+	}
+	return nil
+}

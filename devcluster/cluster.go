@@ -1,0 +1,408 @@
+// Package devcluster runs a real Kubernetes control plane on one machine,
+// with pods as local processes, for end-to-end tests and `ballast dev
+// cluster`: etcd, kube-apiserver, kube-controller-manager and
+// kube-scheduler built from their Go modules (tools/build.sh), two Nodes in
+// different zones played by virtual-kubelet providers that run each
+// container's command inside the pod's own network namespace, ClusterIP
+// Services balanced per connection by iptables DNAT as kube-proxy does, and
+// cluster DNS.
+//
+// It needs root, ip(8) and iptables (tools/deps.sh installs them). Pod and
+// Service addresses exist only inside namespaces it creates; the host gets
+// blackhole routes for both CIDRs while the cluster is up. Everything is
+// torn down by Stop, and a later Start removes what a killed run left.
+package devcluster
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"runtime"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+)
+
+// Options configures a cluster.
+type Options struct {
+	// Images maps an image name to the local binary that is its entrypoint,
+	// e.g. "ballast:dev" → the freshly built ballast.
+	Images map[string]string
+	// Bin is the directory with the control-plane binaries; empty means
+	// $KUBEBUILDER_ASSETS, else what tools/build.sh prints.
+	Bin string
+	// Zones are the Nodes' topology.kubernetes.io/zone labels, one Node
+	// each; empty means zone-a and zone-b.
+	Zones []string
+	// Log receives progress (Info) and details (Debug); nil discards.
+	Log *slog.Logger
+}
+
+// Cluster is a running dev cluster.
+type Cluster struct {
+	// Kubeconfig is the path of an admin kubeconfig for kubectl.
+	Kubeconfig string
+	// Config and Client talk to the API server as admin.
+	Config *rest.Config
+	Client kubernetes.Interface
+	// PodCIDR and ServiceCIDR are this run's ranges (unique among the runs
+	// alive on the machine).
+	PodCIDR, ServiceCIDR netip.Prefix
+	// Dir is the run directory: logs of every process and container.
+	Dir string
+	// Bin is the directory with the control-plane binaries and kubectl.
+	Bin string
+
+	id      string
+	bin     string
+	log     *slog.Logger
+	lock    *os.File
+	slot    *os.File
+	net     *network
+	cp      *controlPlane
+	agent   *agent
+	nodes   []*nodeAgent
+	cancel  context.CancelFunc
+	runCtx  context.Context // ends at Stop; owns the relays
+	wg      sync.WaitGroup
+	once    sync.Once
+	stopErr error
+}
+
+const maxSlots = 64
+
+// BaseDir holds every run's directory and the slot locks. It is fixed,
+// not per user or $TMPDIR, so that every run on the machine sees every
+// other run when it sweeps.
+const BaseDir = "/run/ballast-devcluster"
+
+// slotCIDRs are the pod and Service CIDRs of slot k: 10.(64+k).0.0/16 and
+// 10.(128+k).0.0/16, room for 65k Services.
+func slotCIDRs(k int) (pods, services netip.Prefix) {
+	return netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", 64+k)), netip.MustParsePrefix(fmt.Sprintf("10.%d.0.0/16", 128+k))
+}
+
+func slotLock(base string, k int) string { return filepath.Join(base, fmt.Sprintf("slot-%d.lock", k)) }
+
+// Start brings a cluster up; it returns when both Nodes are Ready and the
+// ClusterIP rules are in place. On error everything it made is removed.
+func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
+	began := time.Now()
+	log := opts.Log
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	if os.Geteuid() != 0 {
+		return nil, errors.New("devcluster needs root (network namespaces, routes, iptables)")
+	}
+	for _, tool := range []string{"ip", "iptables", "iptables-restore"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			return nil, fmt.Errorf("devcluster needs %s: run tools/deps.sh: %w", tool, err)
+		}
+	}
+	bin := opts.Bin
+	if bin == "" {
+		if bin, err = assets(); err != nil {
+			return nil, err
+		}
+	}
+	base := BaseDir
+	if err := os.MkdirAll(base, 0o755); err != nil {
+		return nil, err
+	}
+	if err := sweep(ctx, base, log); err != nil {
+		log.Warn("removing leftovers of dead runs", "err", err)
+	}
+	c := &Cluster{id: randomHex(3), bin: bin, log: log}
+	c.Bin = bin
+	// Lock the run directory before it gets the name a sweep looks for,
+	// so a concurrent sweep never takes a starting run for a dead one.
+	tmpDir := filepath.Join(base, ".new-"+c.id)
+	if err := os.MkdirAll(tmpDir, 0o755); err != nil {
+		return nil, err
+	}
+	if c.lock, err = lockFile(filepath.Join(tmpDir, "lock")); err != nil {
+		return nil, fmt.Errorf("lock run dir: %w", err)
+	}
+	c.Dir = filepath.Join(base, "run-"+c.id)
+	if err := os.Rename(tmpDir, c.Dir); err != nil {
+		c.lock.Close()
+		return nil, err
+	}
+	defer func() {
+		if err != nil {
+			c.Stop()
+		}
+	}()
+	// A slot picks CIDRs no other live run uses.
+	k := 0
+	for ; k < maxSlots; k++ {
+		if c.slot, err = lockFile(slotLock(base, k)); err == nil {
+			break
+		}
+	}
+	if c.slot == nil {
+		return nil, fmt.Errorf("all %d dev cluster slots are in use", maxSlots)
+	}
+	c.PodCIDR, c.ServiceCIDR = slotCIDRs(k)
+	if err := os.WriteFile(filepath.Join(c.Dir, "slot"), []byte(strconv.Itoa(k)), 0o644); err != nil {
+		return nil, err
+	}
+	c.net = &network{prefix: netnsPrefix + c.id + "-", podCIDR: c.PodCIDR, svcCIDR: c.ServiceCIDR,
+		gateway: c.PodCIDR.Addr().Next()}
+	log.Info("dev cluster: network", "run", c.id, "pods", c.PodCIDR, "services", c.ServiceCIDR)
+	if err := c.net.setup(ctx); err != nil {
+		return nil, err
+	}
+
+	c.cp = &controlPlane{dir: c.Dir, bin: bin}
+	if err := c.cp.start(ctx, c.ServiceCIDR.String(), log); err != nil {
+		return nil, err
+	}
+	c.Kubeconfig, c.Config = c.cp.kubeconfig, c.cp.config
+	if c.Client, err = kubernetes.NewForConfig(c.Config); err != nil {
+		return nil, err
+	}
+
+	runCtx, cancel := context.WithCancel(context.Background())
+	c.cancel, c.runCtx = cancel, runCtx
+	api, err := c.exposeAPIServer(ctx, strings.TrimPrefix(c.Config.Host, "https://"))
+	if err != nil {
+		return nil, err
+	}
+	podKubeconfig := filepath.Join(c.Dir, "pod-kubeconfig")
+	if err := writeKubeconfig(podKubeconfig, "https://"+api.String(), c.Config.BearerToken); err != nil {
+		return nil, err
+	}
+	log.Info("starting CoreDNS")
+	dns := &dnsServer{net: c.net, log: log.With("component", "dns")}
+	if err := dns.start(runCtx, c.Kubeconfig, c.Dir); err != nil {
+		return nil, err
+	}
+	c.wg.Add(1)
+	go func() { defer c.wg.Done(); dns.wait() }()
+
+	c.agent = &agent{images: opts.Images, net: c.net, dir: c.Dir, log: log.With("component", "node-agent"),
+		baseEnv: []string{
+			"KUBERNETES_SERVICE_HOST=" + api.Addr().String(),
+			"KUBERNETES_SERVICE_PORT=" + strconv.Itoa(int(api.Port())),
+			"KUBECONFIG=" + podKubeconfig,
+		},
+		files: func(pod *corev1.Pod) map[string]string { return podFiles(pod, dns.addr) }}
+	zones := opts.Zones
+	if len(zones) == 0 {
+		zones = []string{"zone-a", "zone-b"}
+	}
+	for i, zone := range zones {
+		n, err := c.agent.startNode(runCtx, c.Client, fmt.Sprintf("node-%s", zone), zone, i)
+		if err != nil {
+			return nil, err
+		}
+		c.nodes = append(c.nodes, n)
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			if err := n.node.Run(withVKLogger(runCtx, n.log)); err != nil && runCtx.Err() == nil {
+				log.Error("node agent stopped", "node", n.name, "err", err)
+			}
+		}()
+	}
+	px := &proxy{net: c.net, log: log.With("component", "proxy"), synced: make(chan struct{})}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		if err := px.run(runCtx, c.Client); err != nil {
+			log.Error("ClusterIP proxy stopped", "err", err)
+		}
+	}()
+	for _, n := range c.nodes {
+		if err := n.node.WaitReady(ctx, 2*time.Minute); err != nil {
+			return nil, fmt.Errorf("node %s: %w", n.name, err)
+		}
+	}
+	select {
+	case <-px.synced:
+	case <-ctx.Done():
+		return nil, ctx.Err()
+	}
+	if err := c.waitDefaultServiceAccount(ctx); err != nil {
+		return nil, err
+	}
+	log.Info("dev cluster: up", "run", c.id, "took", time.Since(began).Round(time.Millisecond), "kubeconfig", c.Kubeconfig)
+	return c, nil
+}
+
+// waitDefaultServiceAccount waits for the controller manager to be working
+// (its service account controller creates default/default).
+func (c *Cluster) waitDefaultServiceAccount(ctx context.Context) error {
+	return Poll(ctx, 2*time.Minute, func(ctx context.Context) (bool, error) {
+		_, err := c.Client.CoreV1().ServiceAccounts("default").Get(ctx, "default", metav1GetOptions)
+		return err == nil, nil
+	})
+}
+
+// Stop tears everything down: pods, node agents, control plane, network,
+// routes. It is safe to call more than once and returns every error.
+func (c *Cluster) Stop() error {
+	c.once.Do(func() {
+		var errs []error
+		ctx := context.Background()
+		// Controllers first, so nothing starts pods or rewrites statuses
+		// while the pods are killed.
+		if c.cancel != nil {
+			c.cancel()
+		}
+		c.wg.Wait()
+		for _, n := range c.nodes {
+			n.shutdown()
+		}
+		if c.cp != nil {
+			c.cp.stop()
+		}
+		if c.net != nil && c.net.used != nil {
+			// Anything a pod left (it should be gone already).
+			errs = append(errs, removeNetns(ctx, c.net.prefix+"p"), c.net.teardown(ctx))
+		}
+		if c.Dir != "" {
+			killByArg(c.Dir)
+		}
+		if c.slot != nil {
+			c.slot.Close()
+		}
+		if c.lock != nil {
+			c.lock.Close()
+			if os.Getenv("BALLAST_DEVCLUSTER_KEEP") == "" {
+				errs = append(errs, os.RemoveAll(c.Dir))
+			}
+		}
+		c.stopErr = errors.Join(errs...)
+		if c.log != nil {
+			c.log.Info("dev cluster: down", "run", c.id, "err", c.stopErr)
+		}
+	})
+	return c.stopErr
+}
+
+// Kubectl runs the real kubectl against the cluster and returns its
+// standard output; stdin may be nil.
+func (c *Cluster) Kubectl(ctx context.Context, stdin io.Reader, args ...string) (string, error) {
+	var out, errb strings.Builder
+	cmd := exec.CommandContext(ctx, filepath.Join(c.bin, "kubectl"), append([]string{"--kubeconfig", c.Kubeconfig}, args...)...)
+	cmd.Stdin = stdin
+	cmd.Stdout = &out
+	cmd.Stderr = &errb
+	if err := cmd.Run(); err != nil {
+		return out.String(), fmt.Errorf("kubectl %s: %w: %s", strings.Join(args, " "), err, strings.TrimSpace(errb.String()))
+	}
+	return out.String(), nil
+}
+
+// Apply is `kubectl apply -f -` of manifests (YAML, several documents).
+func (c *Cluster) Apply(ctx context.Context, manifests string) error {
+	_, err := c.Kubectl(ctx, strings.NewReader(manifests), "apply", "-f", "-")
+	return err
+}
+
+// pod finds a running pod's runtime.
+func (c *Cluster) pod(namespace, name string) (*podRuntime, error) {
+	for _, n := range c.nodes {
+		if p := n.get(namespace, name); p != nil {
+			return p, nil
+		}
+	}
+	return nil, fmt.Errorf("pod %s/%s is not running on any node", namespace, name)
+}
+
+// PodNetns is the name of the network namespace a pod runs in (for `ip
+// netns exec`).
+func (c *Cluster) PodNetns(namespace, name string) (string, error) {
+	p, err := c.pod(namespace, name)
+	if err != nil {
+		return "", err
+	}
+	return p.net.netns, nil
+}
+
+// PodHTTPClient is an HTTP client whose connections start inside the pod's
+// network namespace: http://127.0.0.1:<port>/ reaches the pod itself.
+func (c *Cluster) PodHTTPClient(namespace, name string) (*http.Client, error) {
+	ns, err := c.PodNetns(namespace, name)
+	if err != nil {
+		return nil, err
+	}
+	return &http.Client{
+		Timeout:   10 * time.Second,
+		Transport: &http.Transport{DialContext: netnsDialer{netns: ns}.DialContext, DisableKeepAlives: true},
+	}, nil
+}
+
+// Poll calls cond until it returns true, returns an error, or timeout
+// passes; it is how tests wait without sleeping blindly.
+func Poll(ctx context.Context, timeout time.Duration, cond func(context.Context) (bool, error)) error {
+	ctx, cancel := context.WithTimeout(ctx, timeout)
+	defer cancel()
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	for {
+		ok, err := cond(ctx)
+		if err != nil {
+			return err
+		}
+		if ok {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return fmt.Errorf("condition not met within %s: %w", timeout, ctx.Err())
+		case <-tick.C:
+		}
+	}
+}
+
+// assets is the control-plane binary directory: $KUBEBUILDER_ASSETS, else
+// what tools/build.sh prints (building on first use), found next to this
+// source file or in the working directory's checkout.
+func assets() (string, error) {
+	if dir := os.Getenv("KUBEBUILDER_ASSETS"); dir != "" {
+		return dir, nil
+	}
+	_, file, _, _ := runtime.Caller(0)
+	candidates := []string{filepath.Join(filepath.Dir(file), "..", "tools", "build.sh"), filepath.Join("tools", "build.sh")}
+	for _, script := range candidates {
+		if _, err := os.Stat(script); err != nil {
+			continue
+		}
+		cmd := exec.Command("bash", script)
+		cmd.Stderr = os.Stderr
+		out, err := cmd.Output()
+		if err != nil {
+			return "", fmt.Errorf("build control-plane binaries with %s: %w", script, err)
+		}
+		return strings.TrimSpace(string(out)), nil
+	}
+	return "", errors.New("no control-plane binaries: set KUBEBUILDER_ASSETS to the directory tools/build.sh prints")
+}
+
+// PodDialer dials from inside a pod's network namespace, as a process in
+// the pod would: pod IPs, ClusterIPs (through the DNAT rules) and the
+// pod's own 127.0.0.1.
+func (c *Cluster) PodDialer(namespace, name string) (func(ctx context.Context, network, addr string) (net.Conn, error), error) {
+	ns, err := c.PodNetns(namespace, name)
+	if err != nil {
+		return nil, err
+	}
+	return netnsDialer{netns: ns}.DialContext, nil
+}

@@ -1,0 +1,85 @@
+// Package e2e tests the dev cluster end to end: real control plane, pods as
+// processes in their own network namespaces, ClusterIP by iptables, DNS.
+// One cluster serves the whole package (TestMain); it needs root.
+package e2e
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/exec"
+	"os/signal"
+	"path/filepath"
+	"syscall"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc/grpclog"
+
+	"github.com/ballast-dev/ballast/devcluster"
+)
+
+var cluster *devcluster.Cluster
+
+const image = "ballast:dev"
+
+func TestMain(m *testing.M) {
+	os.Exit(runTests(m))
+}
+
+func runTests(m *testing.M) int {
+	if os.Geteuid() != 0 {
+		fmt.Fprintln(os.Stderr, "devcluster e2e: needs root (network namespaces); run as root, as scripts/test does in CI")
+		return 1
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
+	defer cancel()
+	tmp, err := os.MkdirTemp("", "ballast-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	bin := filepath.Join(tmp, "ballast")
+	fmt.Fprintln(os.Stderr, "devcluster e2e: building ballast")
+	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/ballast-dev/ballast/cmd/ballast")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "build ballast:", err)
+		return 1
+	}
+	// Readiness probes dial pods before they listen; that is not news.
+	grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
+	level := slog.LevelInfo
+	if os.Getenv("BALLAST_DEVCLUSTER_DEBUG") != "" {
+		level = slog.LevelDebug
+	}
+	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
+	start := time.Now()
+	cluster, err = devcluster.Start(ctx, devcluster.Options{Images: map[string]string{image: bin}, Log: log})
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "start dev cluster:", err)
+		return 1
+	}
+	fmt.Fprintf(os.Stderr, "devcluster e2e: cluster up in %s\n", time.Since(start).Round(time.Millisecond))
+	defer func() {
+		if err := cluster.Stop(); err != nil {
+			fmt.Fprintln(os.Stderr, "stop dev cluster:", err)
+		}
+	}()
+	// Ctrl-C or a CI cancel: tear down before dying. (A SIGKILL or a test
+	// timeout panic leaves leftovers that the next Start sweeps.)
+	sigs := make(chan os.Signal, 1)
+	signal.Notify(sigs, os.Interrupt, syscall.SIGTERM)
+	defer signal.Stop(sigs)
+	go func() {
+		if _, ok := <-sigs; ok {
+			fmt.Fprintln(os.Stderr, "devcluster e2e: interrupted, tearing down")
+			cluster.Stop()
+			os.Exit(2)
+		}
+	}()
+	return m.Run()
+}

@@ -1,0 +1,403 @@
+package devcluster
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// podRuntime runs one pod: its network namespace, init containers in
+// order, then every container under a supervisor that restarts it per the
+// pod's restartPolicy, and readiness probes. Its status is rebuilt from
+// this state and pushed to the node agent after every change.
+type podRuntime struct {
+	node  *nodeAgent
+	log   *slog.Logger
+	dir   string
+	net   *podNet
+	start metav1.Time
+
+	ctx    context.Context // ends when the pod is torn down
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+
+	mu          sync.Mutex
+	pod         *corev1.Pod // spec as given (env resolved), status maintained here
+	inits       []*containerRuntime
+	containers  []*containerRuntime
+	initsDone   bool
+	terminating bool
+	finished    bool          // every process ended and the namespace is gone
+	finishedCh  chan struct{} // closed when finished turns true
+	failMessage string
+}
+
+// containerRuntime is one container's process and status.
+type containerRuntime struct {
+	spec     corev1.Container
+	env      []string // resolved at pod creation
+	logPath  string
+	proc     *process
+	restarts int32
+	ready    bool
+	started  metav1.Time
+	last     *corev1.ContainerStateTerminated
+	waiting  string // reason while not running, e.g. CrashLoopBackOff
+}
+
+func newContainerRuntime(dir string, c corev1.Container) *containerRuntime {
+	return &containerRuntime{spec: c, logPath: filepath.Join(dir, c.Name+".log"), waiting: "ContainerCreating"}
+}
+
+// run drives the pod until its context ends. It owns the supervisors and
+// probes it starts, and waits for them.
+func (p *podRuntime) run() {
+	defer p.wg.Done()
+	for _, c := range p.inits {
+		if !p.runInit(c) {
+			return
+		}
+	}
+	p.mu.Lock()
+	p.initsDone = true
+	p.mu.Unlock()
+	p.changed()
+	for _, c := range p.containers {
+		p.wg.Add(1)
+		go p.supervise(c)
+		if c.spec.ReadinessProbe != nil {
+			p.wg.Add(1)
+			go p.probeLoop(c, c.spec.ReadinessProbe, false)
+		}
+		if c.spec.LivenessProbe != nil {
+			p.wg.Add(1)
+			go p.probeLoop(c, c.spec.LivenessProbe, true)
+		}
+	}
+}
+
+// runInit runs an init container to success, retrying per restartPolicy.
+// It returns false if the pod cannot proceed.
+func (p *podRuntime) runInit(c *containerRuntime) bool {
+	for attempt := 0; ; attempt++ {
+		if p.ctx.Err() != nil {
+			return false
+		}
+		code, ok := p.runOnce(c)
+		if !ok {
+			return false
+		}
+		if code == 0 {
+			return true
+		}
+		if p.pod.Spec.RestartPolicy == corev1.RestartPolicyNever {
+			p.mu.Lock()
+			p.failMessage = fmt.Sprintf("init container %s exited with %d", c.spec.Name, code)
+			p.mu.Unlock()
+			p.changed()
+			return false
+		}
+		if !p.backoff(c, attempt) {
+			return false
+		}
+	}
+}
+
+// supervise runs a container and restarts it per restartPolicy.
+func (p *podRuntime) supervise(c *containerRuntime) {
+	defer p.wg.Done()
+	for attempt := 0; ; attempt++ {
+		code, ok := p.runOnce(c)
+		if !ok {
+			return
+		}
+		switch p.pod.Spec.RestartPolicy {
+		case corev1.RestartPolicyNever:
+			return
+		case corev1.RestartPolicyOnFailure:
+			if code == 0 {
+				return
+			}
+		}
+		if !p.backoff(c, attempt) {
+			return
+		}
+	}
+}
+
+// backoff waits before a restart, as the kubelet's CrashLoopBackOff does
+// (shorter: 1s doubling to 20s), and counts the restart.
+func (p *podRuntime) backoff(c *containerRuntime, attempt int) bool {
+	p.mu.Lock()
+	c.restarts++
+	c.waiting = "CrashLoopBackOff"
+	p.mu.Unlock()
+	p.changed()
+	d := time.Second << min(attempt, 5)
+	d = min(d, 20*time.Second)
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-p.ctx.Done():
+		return false
+	case <-t.C:
+		return true
+	}
+}
+
+// runOnce starts the container's process and waits for it to end. ok is
+// false if it could not start or the pod is going away.
+func (p *podRuntime) runOnce(c *containerRuntime) (code int, ok bool) {
+	p.mu.Lock()
+	if p.terminating || p.ctx.Err() != nil {
+		p.mu.Unlock()
+		return 0, false
+	}
+	argv, err := p.node.agent.command(c.spec)
+	if err == nil {
+		var proc *process
+		env := p.env(c)
+		proc, err = startProcessFlags(c.spec.Name, c.logPath, env, syscall.CLONE_NEWUTS, p.launcher(argv)...)
+		if err == nil {
+			c.proc = proc
+			c.started = metav1.Now()
+			c.waiting = ""
+			c.ready = c.spec.ReadinessProbe == nil
+		}
+	}
+	if err != nil {
+		c.waiting = "RunContainerError"
+		p.mu.Unlock()
+		p.log.Warn("container did not start", "container", c.spec.Name, "err", err)
+		p.changed()
+		// A missing binary stays missing: fail like an image pull error.
+		return 1, p.pod.Spec.RestartPolicy != corev1.RestartPolicyNever && p.backoff(c, 5)
+	}
+	proc := c.proc
+	p.mu.Unlock()
+	p.log.Info("container started", "container", c.spec.Name, "pid", proc.cmd.Process.Pid)
+	p.changed()
+
+	<-proc.done
+	proc.signal(syscall.SIGKILL) // anything it left in its group
+	code = proc.exitCode()
+	p.mu.Lock()
+	c.ready = false
+	c.last = &corev1.ContainerStateTerminated{
+		ExitCode: int32(code), StartedAt: c.started, FinishedAt: metav1.Now(),
+		Reason: map[bool]string{true: "Completed", false: "Error"}[code == 0],
+	}
+	c.proc = nil
+	p.mu.Unlock()
+	p.log.Info("container exited", "container", c.spec.Name, "code", code)
+	p.changed()
+	return code, true
+}
+
+// launcher is the command line that runs argv as a container process:
+// inside the pod's network namespace (with its /etc/resolv.conf), and in
+// its own UTS namespace (the caller adds CLONE_NEWUTS) named after the pod,
+// as the kubelet does, so os.Hostname() is the pod name.
+func (p *podRuntime) launcher(argv []string) []string {
+	host := p.pod.Name
+	if len(host) > 63 {
+		host = host[:63]
+	}
+	host = strings.TrimRight(host, "-.")
+	return append([]string{"ip", "netns", "exec", p.net.netns, "sh", "-c", `hostname "$0" && exec "$@"`, host}, argv...)
+}
+
+// env is the container's environment: a minimal base, then the
+// container's own variables (the last of duplicates wins).
+func (p *podRuntime) env(c *containerRuntime) []string {
+	env := []string{
+		"PATH=" + os.Getenv("PATH"),
+		"HOME=/root",
+		"HOSTNAME=" + p.pod.Name,
+	}
+	env = append(env, p.node.agent.baseEnv...)
+	return append(env, c.env...)
+}
+
+// terminate stops every container (SIGTERM, SIGKILL after grace), removes
+// the namespace and marks the pod finished. Safe to call more than once.
+func (p *podRuntime) terminate(grace time.Duration) {
+	p.mu.Lock()
+	if p.terminating {
+		p.mu.Unlock()
+		return
+	}
+	p.terminating = true
+	p.mu.Unlock()
+	p.log.Info("terminating pod", "grace", grace)
+	p.changed()
+	go func() {
+		p.cancel() // no restarts, no new processes, probes stop
+		var procs []*process
+		p.mu.Lock()
+		for _, c := range append(append([]*containerRuntime{}, p.inits...), p.containers...) {
+			if c.proc != nil {
+				procs = append(procs, c.proc)
+			}
+		}
+		p.mu.Unlock()
+		var wg sync.WaitGroup
+		for _, proc := range procs {
+			wg.Add(1)
+			go func() { defer wg.Done(); proc.stop(grace) }()
+		}
+		wg.Wait()
+		p.wg.Wait()
+		if err := p.node.agent.net.removePod(context.Background(), p.net); err != nil {
+			p.log.Warn("removing pod network", "err", err)
+		}
+		p.mu.Lock()
+		p.finished = true
+		p.mu.Unlock()
+		close(p.finishedCh)
+		p.log.Info("pod terminated")
+		p.changed()
+	}()
+}
+
+// changed pushes the current status to the node agent.
+func (p *podRuntime) changed() {
+	p.node.notify(p.snapshot())
+}
+
+// snapshot is the pod with its current status.
+func (p *podRuntime) snapshot() *corev1.Pod {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	pod := p.pod.DeepCopy()
+	st := &pod.Status
+	st.HostIP = "127.0.0.1"
+	st.HostIPs = []corev1.HostIP{{IP: "127.0.0.1"}}
+	st.PodIP = p.net.ip.String()
+	st.PodIPs = []corev1.PodIP{{IP: st.PodIP}}
+	st.StartTime = &p.start
+	st.QOSClass = corev1.PodQOSBestEffort
+	st.InitContainerStatuses = nil
+	st.ContainerStatuses = nil
+	for _, c := range p.inits {
+		st.InitContainerStatuses = append(st.InitContainerStatuses, p.containerStatus(c))
+	}
+	allReady, running, exited, failed := true, 0, 0, 0
+	for _, c := range p.containers {
+		cs := p.containerStatus(c)
+		st.ContainerStatuses = append(st.ContainerStatuses, cs)
+		allReady = allReady && cs.Ready
+		switch {
+		case cs.State.Running != nil:
+			running++
+		case cs.State.Terminated != nil:
+			exited++
+			if cs.State.Terminated.ExitCode != 0 {
+				failed++
+			}
+		}
+	}
+	n := len(p.containers)
+	switch {
+	case p.failMessage != "":
+		st.Phase, st.Message = corev1.PodFailed, p.failMessage
+	case p.finished || (exited == n && p.pod.Spec.RestartPolicy != corev1.RestartPolicyAlways) ||
+		(exited == n && failed == 0 && p.pod.Spec.RestartPolicy == corev1.RestartPolicyOnFailure):
+		st.Phase = corev1.PodSucceeded
+		if failed > 0 {
+			st.Phase = corev1.PodFailed
+		}
+	case p.initsDone && running+exited > 0:
+		st.Phase = corev1.PodRunning
+	default:
+		st.Phase = corev1.PodPending
+	}
+	ready := allReady && p.initsDone && !p.terminating && !p.finished && running == n
+	now := metav1.Now()
+	cond := func(t corev1.PodConditionType, ok bool) corev1.PodCondition {
+		s := corev1.ConditionFalse
+		if ok {
+			s = corev1.ConditionTrue
+		}
+		return corev1.PodCondition{Type: t, Status: s, LastTransitionTime: now}
+	}
+	st.Conditions = []corev1.PodCondition{
+		cond(corev1.PodScheduled, true),
+		cond(corev1.PodReadyToStartContainers, true),
+		cond(corev1.PodInitialized, p.initsDone),
+		cond(corev1.ContainersReady, ready),
+		cond(corev1.PodReady, ready),
+	}
+	// Keep transition times stable so an unchanged status compares equal.
+	for i := range st.Conditions {
+		for _, old := range p.pod.Status.Conditions {
+			if old.Type == st.Conditions[i].Type && old.Status == st.Conditions[i].Status {
+				st.Conditions[i].LastTransitionTime = old.LastTransitionTime
+			}
+		}
+	}
+	p.pod.Status.Conditions = st.Conditions
+	return pod
+}
+
+// containerStatus must be called with p.mu held.
+func (p *podRuntime) containerStatus(c *containerRuntime) corev1.ContainerStatus {
+	cs := corev1.ContainerStatus{
+		Name:         c.spec.Name,
+		Image:        c.spec.Image,
+		ImageID:      "ballast-dev://" + c.spec.Image,
+		ContainerID:  "ballast-dev://" + filepath.Base(p.dir) + "/" + c.spec.Name,
+		RestartCount: c.restarts,
+		Ready:        c.ready && c.proc != nil && !p.terminating,
+	}
+	started := c.proc != nil
+	cs.Started = &started
+	switch {
+	case c.proc != nil:
+		cs.State.Running = &corev1.ContainerStateRunning{StartedAt: c.started}
+		if c.last != nil {
+			cs.LastTerminationState.Terminated = c.last.DeepCopy()
+		}
+	case c.last != nil && (p.finished || c.waiting == "" || p.terminating):
+		cs.State.Terminated = c.last.DeepCopy()
+	case p.finished:
+		cs.State.Terminated = &corev1.ContainerStateTerminated{ExitCode: 0, Reason: "Completed"}
+	default:
+		cs.State.Waiting = &corev1.ContainerStateWaiting{Reason: c.waiting}
+		if c.last != nil {
+			cs.LastTerminationState.Terminated = c.last.DeepCopy()
+		}
+	}
+	if cs.State.Waiting != nil && cs.State.Waiting.Reason == "" {
+		cs.State.Waiting.Reason = "PodInitializing"
+	}
+	return cs
+}
+
+// setReady records a readiness result and reports a change.
+func (p *podRuntime) setReady(c *containerRuntime, ready bool) {
+	p.mu.Lock()
+	changed := c.ready != ready
+	c.ready = ready
+	p.mu.Unlock()
+	if changed {
+		p.log.Info("readiness changed", "container", c.spec.Name, "ready", ready)
+		p.changed()
+	}
+}
+
+// key is namespace/name.
+func podKey(namespace, name string) string { return namespace + "/" + name }
+
+func (p *podRuntime) String() string {
+	return podKey(p.pod.Namespace, p.pod.Name)
+}
