@@ -1,9 +1,11 @@
 package main
 
 import (
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"os"
 	"strings"
 
@@ -11,12 +13,14 @@ import (
 	"golang.org/x/term"
 
 	"github.com/ballast-dev/ballast/demo"
+	"github.com/ballast-dev/ballast/devcluster"
 )
 
 func newDemoCmd() *cobra.Command {
 	var (
 		opts   demo.Options
 		output string
+		kube   bool
 	)
 	cmd := &cobra.Command{
 		Use:   "demo",
@@ -33,7 +37,11 @@ printing how many calls each pod answered.`,
 				return fmt.Errorf("--calls must be ≥ 1 and --pods between 1 and 8 (got %d, %d)", opts.Calls, opts.Pods)
 			}
 			opts.Progress = progressBar(cmd.ErrOrStderr())
-			res, err := demo.Run(cmd.Context(), opts)
+			run := demo.Run
+			if kube {
+				run = runKubeDemo
+			}
+			res, err := run(cmd.Context(), opts)
 			if err != nil {
 				return err
 			}
@@ -50,6 +58,7 @@ printing how many calls each pod answered.`,
 	cmd.Flags().IntVar(&opts.Calls, "calls", 300, "calls per mode")
 	cmd.Flags().IntVar(&opts.Pods, "pods", 3, "greeter pods")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	cmd.Flags().BoolVar(&kube, "kube", false, "replay on a real Kubernetes started on this machine (needs root; see ballast dev cluster)")
 	return cmd
 }
 
@@ -72,4 +81,24 @@ func progressBar(w io.Writer) func(mode string, done, total int) {
 			fmt.Fprintln(w)
 		}
 	}
+}
+
+// runKubeDemo starts a dev cluster whose ballast:dev image is this binary,
+// replays the article on it and tears it down.
+func runKubeDemo(ctx context.Context, opts demo.Options) (*demo.Result, error) {
+	exe, err := os.Executable()
+	if err != nil {
+		return nil, err
+	}
+	fmt.Fprintln(os.Stderr, "starting a dev cluster (etcd, kube-apiserver, controllers, 2 nodes, CoreDNS)…")
+	c, err := devcluster.Start(ctx, devcluster.Options{
+		Images: map[string]string{"ballast:dev": exe},
+		Log:    slog.Default(),
+	})
+	if err != nil {
+		return nil, err
+	}
+	defer c.Stop()
+	fmt.Fprintln(os.Stderr, "cluster up; applying the article's Service, Deployment and client pod")
+	return demo.RunKube(ctx, c, "ballast:dev", opts)
 }

@@ -16,7 +16,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	k8s "k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ballast-dev/ballast/discovery"
@@ -103,7 +102,7 @@ With --calls N, makes N calls over one connection to --target and prints the cou
 	cmd.Flags().StringVar(&target, "target", "", "gRPC target to dial instead of <service>:50051 (dns:///, kubernetes:///, xds:///)")
 	cmd.Flags().StringVar(&service, "service", "native-tools-2", "service to call with --calls when no --target is given")
 	cmd.Flags().IntVar(&calls, "calls", 0, "make this many calls, print the count per pod and exit")
-	cmd.Flags().StringVar(&disc.Kubeconfig, "kubeconfig", "", "kubeconfig for kubernetes:/// targets (default: in-cluster)")
+	cmd.Flags().StringVar(&disc.Kubeconfig, "kubeconfig", "", "kubeconfig for kubernetes:/// targets (default: $KUBECONFIG, ~/.kube/config, then in-cluster)")
 	cmd.Flags().StringVar(&disc.Files, "files", "", "resolve kubernetes:/// targets from this folder of Service and EndpointSlice YAML instead of a cluster")
 	cmd.Flags().StringVar(&disc.LBPolicy, "lb-policy", "round_robin", "LB policy for kubernetes:/// targets: round_robin, ballast_p2c, ballast_peak_ewma")
 	return cmd
@@ -151,10 +150,11 @@ func (d clientDiscovery) dialOptions(ctx context.Context, target string) ([]grpc
 		go src.Run(ctx)
 		return append(opts, kubernetes.WithRegistry(reg)), nil
 	}
-	restCfg, err := rest.InClusterConfig()
-	if d.Kubeconfig != "" {
-		restCfg, err = clientcmd.BuildConfigFromFlags("", d.Kubeconfig)
-	}
+	// --kubeconfig, else $KUBECONFIG or ~/.kube/config, else the pod's
+	// service account: client-go's usual order.
+	rules := clientcmd.NewDefaultClientConfigLoadingRules()
+	rules.ExplicitPath = d.Kubeconfig
+	restCfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes:/// target needs a cluster (--kubeconfig, or in-cluster) or --files: %w", err)
 	}
