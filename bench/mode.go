@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"maps"
@@ -17,6 +16,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/xds" // the xds:/// resolver and xDS balancers, for the proxyless rows
+
+	"github.com/ballast-dev/ballast/proxy"
 )
 
 // Ballast's own modes that run as processes: the control plane (`ballast
@@ -39,7 +40,7 @@ func (p proxylessPath) Open(ctx context.Context, b *Bench, pods []*Pod) (*Route,
 	if err != nil {
 		return nil, err
 	}
-	bootstrap, err := xdsBootstrap(control.xds, "ballast~bench-client."+benchNamespace)
+	bootstrap, err := proxy.XDSBootstrap(control.xds.String(), "ballast~bench-client."+benchNamespace)
 	if err != nil {
 		control.proc.stop()
 		return nil, err
@@ -214,29 +215,6 @@ func waitHTTP(ctx context.Context, url string, proc *process, wait time.Duration
 		case <-tick.C:
 		}
 	}
-}
-
-// xdsBootstrap points a grpc-go xDS client at the control plane, in gRPC's
-// bootstrap format (gRFC A27).
-func xdsBootstrap(server netip.AddrPort, nodeID string) ([]byte, error) {
-	type creds struct {
-		Type string `json:"type"`
-	}
-	type xdsServer struct {
-		ServerURI      string   `json:"server_uri"`
-		ChannelCreds   []creds  `json:"channel_creds"`
-		ServerFeatures []string `json:"server_features"`
-	}
-	type node struct {
-		ID string `json:"id"`
-	}
-	return json.Marshal(struct {
-		XDSServers []xdsServer `json:"xds_servers"`
-		Node       node        `json:"node"`
-	}{
-		XDSServers: []xdsServer{{ServerURI: server.String(), ChannelCreds: []creds{{Type: "insecure"}}, ServerFeatures: []string{"xds_v3"}}},
-		Node:       node{ID: nodeID},
-	})
 }
 
 // serviceManifest is the pods as the Service greeter.bench and the
