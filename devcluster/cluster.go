@@ -25,7 +25,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -34,6 +33,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
+
+	"github.com/ballast-dev/ballast/internal/toolcache"
 )
 
 // Options configures a cluster.
@@ -373,28 +374,8 @@ func Poll(ctx context.Context, timeout time.Duration, cond func(context.Context)
 }
 
 // assets is the control-plane binary directory: $KUBEBUILDER_ASSETS, else
-// what tools/build.sh prints (building on first use), found next to this
-// source file or in the working directory's checkout.
-func assets() (string, error) {
-	if dir := os.Getenv("KUBEBUILDER_ASSETS"); dir != "" {
-		return dir, nil
-	}
-	_, file, _, _ := runtime.Caller(0)
-	candidates := []string{filepath.Join(filepath.Dir(file), "..", "tools", "build.sh"), filepath.Join("tools", "build.sh")}
-	for _, script := range candidates {
-		if _, err := os.Stat(script); err != nil {
-			continue
-		}
-		cmd := exec.Command("bash", script)
-		cmd.Stderr = os.Stderr
-		out, err := cmd.Output()
-		if err != nil {
-			return "", fmt.Errorf("build control-plane binaries with %s: %w", script, err)
-		}
-		return strings.TrimSpace(string(out)), nil
-	}
-	return "", errors.New("no control-plane binaries: set KUBEBUILDER_ASSETS to the directory tools/build.sh prints")
-}
+// what tools/build.sh prints (building on first use).
+func assets() (string, error) { return toolcache.Path("KUBEBUILDER_ASSETS", "build.sh") }
 
 // PodDialer dials from inside a pod's network namespace, as a process in
 // the pod would: pod IPs, ClusterIPs (through the DNAT rules) and the

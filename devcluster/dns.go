@@ -2,15 +2,12 @@ package devcluster
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
 	"os"
-	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strconv"
 	"strings"
 	"sync"
@@ -18,6 +15,8 @@ import (
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ballast-dev/ballast/internal/toolcache"
 )
 
 var metav1GetOptions = metav1.GetOptions{}
@@ -143,25 +142,7 @@ func (d *dnsServer) relayUDP(pc net.PacketConn, upstream string) {
 
 // corednsBinary is $BALLAST_COREDNS, else what tools/build-coredns.sh
 // prints (building on first use).
-func corednsBinary() (string, error) {
-	if bin := os.Getenv("BALLAST_COREDNS"); bin != "" {
-		return bin, nil
-	}
-	_, file, _, _ := runtime.Caller(0)
-	for _, script := range []string{filepath.Join(filepath.Dir(file), "..", "tools", "build-coredns.sh"), filepath.Join("tools", "build-coredns.sh")} {
-		if _, err := os.Stat(script); err != nil {
-			continue
-		}
-		cmd := exec.Command("bash", script)
-		cmd.Stderr = os.Stderr
-		out, err := cmd.Output()
-		if err != nil {
-			return "", fmt.Errorf("build coredns with %s: %w", script, err)
-		}
-		return strings.TrimSpace(string(out)), nil
-	}
-	return "", errors.New("no coredns: set BALLAST_COREDNS to the binary tools/build-coredns.sh prints")
-}
+func corednsBinary() (string, error) { return toolcache.Path("BALLAST_COREDNS", "build-coredns.sh") }
 
 // podFiles are the files `ip netns exec` bind-mounts over /etc for a pod:
 // resolv.conf with the kubelet's search path, and hostname.

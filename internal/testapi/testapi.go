@@ -7,11 +7,6 @@ package testapi
 
 import (
 	"fmt"
-	"os"
-	"os/exec"
-	"path/filepath"
-	"runtime"
-	"strings"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -19,6 +14,8 @@ import (
 	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	ctrllog "sigs.k8s.io/controller-runtime/pkg/log"
+
+	"github.com/ballast-dev/ballast/internal/toolcache"
 )
 
 func init() {
@@ -64,17 +61,4 @@ func (e *Env) Stop() error { return e.env.Stop() }
 // Assets returns the directory with etcd, kube-apiserver and kubectl:
 // $KUBEBUILDER_ASSETS if set, else what tools/build.sh prints (building on
 // first use).
-func Assets() (string, error) {
-	if dir := os.Getenv("KUBEBUILDER_ASSETS"); dir != "" {
-		return dir, nil
-	}
-	_, file, _, _ := runtime.Caller(0)
-	script := filepath.Join(filepath.Dir(file), "..", "..", "tools", "build.sh")
-	cmd := exec.Command("bash", script)
-	cmd.Stderr = os.Stderr
-	out, err := cmd.Output()
-	if err != nil {
-		return "", fmt.Errorf("build control-plane binaries with %s: %w", script, err)
-	}
-	return strings.TrimSpace(string(out)), nil
-}
+func Assets() (string, error) { return toolcache.Path("KUBEBUILDER_ASSETS", "build.sh") }
