@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -19,6 +20,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	statusv3 "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
@@ -595,3 +597,61 @@ func histogramCount(t *testing.T, reg *prometheus.Registry, name, typeLabel stri
 }
 
 func statusProto(msg string) *statuspb.Status { return &statuspb.Status{Code: 3, Message: msg} }
+
+// A sidecar cannot know the ClusterIPs it will intercept, so it asks for
+// listeners by wildcard and gets one per ClusterIP:port; a proxyless client
+// names the listener it dials and gets only that api_listener.
+func TestSidecarListenersByWildcard(t *testing.T) {
+	p := startPlane(t)
+	p.reg.Set(&discovery.Service{
+		Key:        discovery.Key{Namespace: "default", Name: "greeter"},
+		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
+		Ports:      []discovery.Port{{Port: 50051, Protocol: "TCP"}, {Port: 8081, Protocol: "TCP"}},
+	})
+	cc, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(cc)
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	tests := []struct {
+		name  string
+		names []string
+		want  string
+	}{
+		{"wildcard gets sidecar listeners", nil, "10.96.0.10:50051 10.96.0.10:8081"},
+		{"explicit wildcard too", []string{"*"}, "10.96.0.10:50051 10.96.0.10:8081"},
+		{"named gets its api_listener", []string{"greeter.default:50051"}, "greeter.default:50051"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			s, err := ads.StreamAggregatedResources(ctx)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer s.CloseSend()
+			if err := s.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "ballast-proxy~default~client"},
+				TypeUrl: resourcev3.ListenerType, ResourceNames: tt.names}); err != nil {
+				t.Fatal(err)
+			}
+			resp, err := s.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, a := range resp.GetResources() {
+				l := &listenerv3.Listener{}
+				if err := a.UnmarshalTo(l); err != nil {
+					t.Fatal(err)
+				}
+				got = append(got, l.GetName())
+			}
+			slices.Sort(got)
+			if strings.Join(got, " ") != tt.want {
+				t.Fatalf("listeners %q, want %q", got, tt.want)
+			}
+		})
+	}
+}

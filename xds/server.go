@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"net/http"
 	"os"
+	"slices"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -54,6 +55,38 @@ type Config struct {
 // route before a listener names it.
 var typeURLs = []string{resourcev3.ClusterType, resourcev3.EndpointType, resourcev3.RouteType, resourcev3.ListenerType}
 
+// sidecarListenerCache keys the cache of the sidecar listeners (see
+// Resources.SidecarListeners). A state-of-the-world LDS request that names
+// no listener, a wildcard, is what a sidecar sends, since it cannot know the
+// addresses it will intercept; it is served from this cache. Proxyless
+// clients name the listener of the target they dial and are served from the
+// Listener cache, so neither sees the other's listeners.
+const sidecarListenerCache = "sidecar-listeners"
+
+// cacheKeys are the caches, in make-before-break order: sidecar listeners
+// name routes too, so they come last.
+var cacheKeys = append(slices.Clone(typeURLs), sidecarListenerCache)
+
+// cacheType is the type URL of the resources in a cache.
+func cacheType(key string) string {
+	if key == sidecarListenerCache {
+		return resourcev3.ListenerType
+	}
+	return key
+}
+
+// classify picks the cache that serves a state-of-the-world request.
+func classify(r *cachev3.Request) string {
+	if r.GetTypeUrl() == resourcev3.ListenerType && isWildcard(r.GetResourceNames()) {
+		return sidecarListenerCache
+	}
+	return r.GetTypeUrl()
+}
+
+func isWildcard(names []string) bool {
+	return len(names) == 0 || slices.Contains(names, "*")
+}
+
 // typeName is the short name of a type URL, used in metrics and logs.
 func typeName(typeURL string) string {
 	switch typeURL {
@@ -65,6 +98,8 @@ func typeName(typeURL string) string {
 		return "cluster"
 	case resourcev3.EndpointType:
 		return "endpoints"
+	case sidecarListenerCache:
+		return "sidecar_listener"
 	}
 	return "other"
 }
@@ -105,7 +140,7 @@ type Server struct {
 	ready   atomic.Bool // the caches hold everything discovery listed at sync
 }
 
-// serviceResources are one Service's resources by type URL, then name.
+// serviceResources are one Service's resources by cache (cacheKeys), then name.
 type serviceResources map[string]map[string]types.Resource
 
 // NewServer builds a Server; nothing runs until Run.
@@ -139,14 +174,16 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	s.metrics = m
 	mux := &cachev3.MuxCache{
-		Classify:      func(r *cachev3.Request) string { return r.GetTypeUrl() },
+		Classify: classify,
+		// Delta clients are proxyless ones (grpc-go's sidecar listeners
+		// come over state of the world): every delta request goes by type.
 		ClassifyDelta: func(r *cachev3.DeltaRequest) string { return r.GetTypeUrl() },
 		Caches:        map[string]cachev3.Cache{},
 	}
-	for _, t := range typeURLs {
-		c := cachev3.NewLinearCache(t, cachev3.WithVersionPrefix(cfg.VersionPrefix))
-		s.caches[t] = c
-		mux.Caches[t] = c
+	for _, k := range cacheKeys {
+		c := cachev3.NewLinearCache(cacheType(k), cachev3.WithVersionPrefix(cfg.VersionPrefix))
+		s.caches[k] = c
+		mux.Caches[k] = c
 	}
 	s.clients = newClientTable(s)
 	// The server's context only bounds go-control-plane's own bookkeeping;
@@ -221,7 +258,7 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 	toUpdate := map[string]map[string]types.Resource{}
 	toDelete := map[string][]string{}
-	for _, t := range typeURLs {
+	for _, t := range cacheKeys {
 		toUpdate[t] = map[string]types.Resource{}
 	}
 	for _, k := range keys {
@@ -236,7 +273,7 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 			next = byType(res)
 		}
 		prev := s.served[k]
-		for _, t := range typeURLs {
+		for _, t := range cacheKeys {
 			for name, r := range next[t] {
 				if old, ok := prev[t][name]; ok && proto.Equal(old, r) {
 					continue
@@ -256,16 +293,16 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 		}
 	}
 	s.changesMu.Lock()
-	for _, t := range typeURLs {
+	for _, t := range cacheKeys {
 		for name := range toUpdate[t] {
-			s.changes[changeKey(t, name)] = noticed
+			s.changes[changeKey(cacheType(t), name)] = noticed
 		}
 		for _, name := range toDelete[t] {
-			delete(s.changes, changeKey(t, name))
+			delete(s.changes, changeKey(cacheType(t), name))
 		}
 	}
 	s.changesMu.Unlock()
-	for _, t := range typeURLs {
+	for _, t := range cacheKeys {
 		if len(toUpdate[t]) == 0 && len(toDelete[t]) == 0 {
 			continue
 		}
@@ -296,6 +333,9 @@ func byType(r Resources) serviceResources {
 	}
 	for _, l := range r.Listeners {
 		add(resourcev3.ListenerType, l.Name, l)
+	}
+	for _, l := range r.SidecarListeners {
+		add(sidecarListenerCache, l.Name, l)
 	}
 	for _, rc := range r.Routes {
 		add(resourcev3.RouteType, rc.Name, rc)
@@ -383,7 +423,7 @@ var resourcesDesc = prometheus.NewDesc("ballast_xds_resources",
 func (c *resourceCollector) Describe(ch chan<- *prometheus.Desc) { ch <- resourcesDesc }
 
 func (c *resourceCollector) Collect(ch chan<- prometheus.Metric) {
-	for _, t := range typeURLs {
+	for _, t := range cacheKeys {
 		ch <- prometheus.MustNewConstMetric(resourcesDesc, prometheus.GaugeValue,
 			float64(c.s.caches[t].NumResources()), typeName(t))
 	}

@@ -10,6 +10,7 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"net/netip"
 	"slices"
 	"strconv"
 
@@ -29,6 +30,7 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/xds/sidecar"
 )
 
 // PolicyAnnotation names the Service annotation that picks the LB policy of
@@ -94,18 +96,26 @@ func (o Options) bareNameNamespace() string { return cmp.Or(o.BareNameNamespace,
 // resource name.
 type Resources struct {
 	Listeners []*listenerv3.Listener
-	Routes    []*routev3.RouteConfiguration
-	Clusters  []*clusterv3.Cluster
-	Endpoints []*endpointv3.ClusterLoadAssignment
+	// SidecarListeners are the listeners a sidecar subscribes to (by
+	// wildcard: it cannot know the addresses beforehand): one per
+	// ClusterIP:port, named by that address, each naming the port's
+	// RouteConfiguration. They are how `ballast proxy` maps an intercepted
+	// connection's original destination to its Service without reading the
+	// Kubernetes API itself.
+	SidecarListeners []*listenerv3.Listener
+	Routes           []*routev3.RouteConfiguration
+	Clusters         []*clusterv3.Cluster
+	Endpoints        []*endpointv3.ClusterLoadAssignment
 }
 
 // Len is the number of resources of every type.
 func (r *Resources) Len() int {
-	return len(r.Listeners) + len(r.Routes) + len(r.Clusters) + len(r.Endpoints)
+	return len(r.Listeners) + len(r.SidecarListeners) + len(r.Routes) + len(r.Clusters) + len(r.Endpoints)
 }
 
 func (r *Resources) append(o Resources) {
 	r.Listeners = append(r.Listeners, o.Listeners...)
+	r.SidecarListeners = append(r.SidecarListeners, o.SidecarListeners...)
 	r.Routes = append(r.Routes, o.Routes...)
 	r.Clusters = append(r.Clusters, o.Clusters...)
 	r.Endpoints = append(r.Endpoints, o.Endpoints...)
@@ -113,6 +123,7 @@ func (r *Resources) append(o Resources) {
 
 func (r *Resources) sort() {
 	slices.SortFunc(r.Listeners, func(a, b *listenerv3.Listener) int { return cmp.Compare(a.Name, b.Name) })
+	slices.SortFunc(r.SidecarListeners, func(a, b *listenerv3.Listener) int { return cmp.Compare(a.Name, b.Name) })
 	slices.SortFunc(r.Routes, func(a, b *routev3.RouteConfiguration) int { return cmp.Compare(a.Name, b.Name) })
 	slices.SortFunc(r.Clusters, func(a, b *clusterv3.Cluster) int { return cmp.Compare(a.Name, b.Name) })
 	slices.SortFunc(r.Endpoints, func(a, b *endpointv3.ClusterLoadAssignment) int {
@@ -147,6 +158,9 @@ func Translate(services []*discovery.Service, opts Options) (Resources, error) {
 //     name.ns.svc:port, name.ns.svc.<domain>:port, and name:port for the
 //     BareNameNamespace; each an api_listener whose HttpConnectionManager
 //     names the port's RouteConfiguration over ADS and runs the router;
+//   - for each ClusterIP, a sidecar Listener named <ClusterIP>:port with
+//     that socket address and the same HttpConnectionManager in a filter
+//     chain, as Envoy takes it;
 //   - a RouteConfiguration named name.ns.svc.<domain>:port with one virtual
 //     host for those names, routing everything to the Cluster;
 //   - a Cluster of the same name, type EDS over ADS, with the Service's
@@ -185,6 +199,17 @@ func TranslateService(svc *discovery.Service, opts Options) (Resources, error) {
 			}
 			out.Listeners = append(out.Listeners, l)
 		}
+		for _, ip := range svc.ClusterIPs {
+			if !ip.IsValid() || ip.IsUnspecified() {
+				continue // headless: nothing to intercept
+			}
+			addr := netip.AddrPortFrom(ip.Unmap(), uint16(port.Port))
+			l, err := sidecarListener(addr, canonical)
+			if err != nil {
+				return Resources{}, fmt.Errorf("service %s: sidecar listener %s: %w", svc.Key, addr, err)
+			}
+			out.SidecarListeners = append(out.SidecarListeners, l)
+		}
 		out.Routes = append(out.Routes, routeConfiguration(canonical, names))
 		out.Clusters = append(out.Clusters, edsCluster(canonical, lbPolicy))
 		out.Endpoints = append(out.Endpoints, loadAssignment(canonical, port.Endpoints))
@@ -218,8 +243,31 @@ var adsSource = &corev3.ConfigSource{
 var routerFilter = mustAny(&routerv3.Router{})
 
 func apiListener(name, route string) (*listenerv3.Listener, error) {
+	hcm, err := connectionManager(name, route)
+	if err != nil {
+		return nil, err
+	}
+	return &listenerv3.Listener{
+		Name:        name,
+		ApiListener: &listenerv3.ApiListener{ApiListener: hcm},
+	}, nil
+}
+
+// sidecarListener is a Service port's ClusterIP:port as Envoy would listen
+// on it; route names the port's RouteConfiguration.
+func sidecarListener(addr netip.AddrPort, route string) (*listenerv3.Listener, error) {
+	hcm, err := connectionManager(addr.String(), route)
+	if err != nil {
+		return nil, err
+	}
+	return sidecar.Listener(addr, hcm), nil
+}
+
+// connectionManager is the HttpConnectionManager of every listener: RDS
+// over ADS for route, then the router.
+func connectionManager(statPrefix, route string) (*anypb.Any, error) {
 	m := &hcmv3.HttpConnectionManager{
-		StatPrefix: name,
+		StatPrefix: statPrefix,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
 			ConfigSource:    adsSource,
 			RouteConfigName: route,
@@ -232,14 +280,7 @@ func apiListener(name, route string) (*listenerv3.Listener, error) {
 	if err := m.ValidateAll(); err != nil {
 		return nil, err
 	}
-	hcm, err := anypb.New(m)
-	if err != nil {
-		return nil, err
-	}
-	return &listenerv3.Listener{
-		Name:        name,
-		ApiListener: &listenerv3.ApiListener{ApiListener: hcm},
-	}, nil
+	return anypb.New(m)
 }
 
 func routeConfiguration(name string, domains []string) *routev3.RouteConfiguration {
@@ -355,6 +396,11 @@ func (r *Resources) validate() error {
 	}
 	for _, l := range r.Listeners {
 		if err := check("listener", l.Name, l); err != nil {
+			return err
+		}
+	}
+	for _, l := range r.SidecarListeners {
+		if err := check("sidecar listener", l.Name, l); err != nil {
 			return err
 		}
 	}

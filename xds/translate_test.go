@@ -11,10 +11,12 @@ import (
 	"strings"
 	"testing"
 
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/xds/sidecar"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden from the current output")
@@ -35,7 +37,8 @@ func TestTranslateGolden(t *testing.T) {
 	}{{
 		name: "default_namespace_zones_and_conditions",
 		services: []*discovery.Service{{
-			Key: discovery.Key{Namespace: "default", Name: "greeter"},
+			Key:        discovery.Key{Namespace: "default", Name: "greeter"},
+			ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
 			Ports: []discovery.Port{{Port: 50051, Protocol: "TCP", Endpoints: []discovery.Endpoint{
 				ep("10.0.0.1:8080", true, true, false, "zone-a", "greeter-1"),
 				ep("10.0.0.2:8080", false, true, true, "zone-a", "greeter-2"),   // draining
@@ -61,6 +64,7 @@ func TestTranslateGolden(t *testing.T) {
 		opts: Options{DefaultPolicy: LeastRequest, ClusterDomain: "example.org", BareNameNamespace: "-"},
 		services: []*discovery.Service{{
 			Key:         discovery.Key{Namespace: "default", Name: "fast"},
+			ClusterIPs:  []netip.Addr{netip.MustParseAddr("fd00:96::1")},
 			Annotations: map[string]string{PolicyAnnotation: "peak_ewma"},
 			Ports:       []discovery.Port{{Port: 80, Protocol: "TCP", Endpoints: []discovery.Endpoint{ep("[fd00::1]:8080", true, true, false, "z", "fast-1")}}},
 		}, {
@@ -114,6 +118,86 @@ func TestTranslateNames(t *testing.T) {
 				if !contains(vh.Domains, l.Name) {
 					t.Errorf("listener %s is not a domain of virtual host %v", l.Name, vh.Domains)
 				}
+			}
+		})
+	}
+}
+
+func TestSidecarListeners(t *testing.T) {
+	tests := []struct {
+		name       string
+		clusterIPs []string
+		protocol   string
+		want       []string // listener addresses
+	}{
+		{"one ClusterIP", []string{"10.96.0.10"}, "TCP", []string{"10.96.0.10:50051"}},
+		{"dual stack", []string{"10.96.0.10", "fd00:96::a"}, "TCP", []string{"10.96.0.10:50051", "[fd00:96::a]:50051"}},
+		{"IPv4-mapped address is unmapped", []string{"::ffff:10.96.0.10"}, "TCP", []string{"10.96.0.10:50051"}},
+		{"headless", nil, "TCP", nil},
+		{"ClusterIP None parses as unspecified", []string{"0.0.0.0"}, "TCP", nil},
+		{"UDP port", []string{"10.96.0.10"}, "UDP", nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			svc := &discovery.Service{
+				Key:   discovery.Key{Namespace: "shop", Name: "cart"},
+				Ports: []discovery.Port{{Port: 50051, Protocol: tt.protocol}},
+			}
+			for _, ip := range tt.clusterIPs {
+				svc.ClusterIPs = append(svc.ClusterIPs, netip.MustParseAddr(ip))
+			}
+			res, err := TranslateService(svc, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			var got []string
+			for _, l := range res.SidecarListeners {
+				addr, route, err := sidecar.Route(l)
+				if err != nil {
+					t.Fatalf("sidecar.Route(%s): %v", l.Name, err)
+				}
+				if l.Name != addr.String() {
+					t.Errorf("listener %s has address %s; want them equal", l.Name, addr)
+				}
+				if route != "cart.shop.svc.cluster.local:50051" {
+					t.Errorf("listener %s routes to %q, want the port's canonical route", l.Name, route)
+				}
+				got = append(got, addr.String())
+			}
+			if strings.Join(got, " ") != strings.Join(tt.want, " ") {
+				t.Fatalf("sidecar listeners %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestSidecarRouteRejects(t *testing.T) {
+	good, err := sidecarListener(netip.MustParseAddrPort("10.96.0.10:80"), "a.b.svc.cluster.local:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	noChain := proto.Clone(good).(*listenerv3.Listener)
+	noChain.FilterChains = nil
+	badAddr := proto.Clone(good).(*listenerv3.Listener)
+	badAddr.Address.GetSocketAddress().Address = "cart.shop"
+	api, err := apiListener("a.b:80", "a.b.svc.cluster.local:80")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		l       *listenerv3.Listener
+		wantErr string
+	}{
+		{"no filter chain", noChain, "listener 10.96.0.10:80: want one filter chain with one filter"},
+		{"hostname address", badAddr, "listener 10.96.0.10:80: address:"},
+		{"api listener", api, "listener a.b:80: address:"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, _, err := sidecar.Route(tt.l)
+			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
+				t.Fatalf("SidecarRoute error %v, want it to contain %q", err, tt.wantErr)
 			}
 		})
 	}
@@ -219,6 +303,9 @@ func dump(t *testing.T, r Resources) []byte {
 	t.Helper()
 	var msgs []proto.Message
 	for _, m := range r.Listeners {
+		msgs = append(msgs, m)
+	}
+	for _, m := range r.SidecarListeners {
 		msgs = append(msgs, m)
 	}
 	for _, m := range r.Routes {
