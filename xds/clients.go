@@ -18,7 +18,9 @@ import (
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	cachev3 "github.com/envoyproxy/go-control-plane/pkg/cache/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/peer"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/encoding/protowire"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -187,7 +189,15 @@ func (t *clientTable) OnDeltaStreamClosed(id int64, _ *corev3.Node) { t.close(id
 
 // OnStreamRequest records a state-of-the-world request; one carrying
 // error_detail is a NACK of the response its nonce names.
+//
+// A wildcard request before the server is ready is refused: the answer
+// would be an incomplete world, and a sidecar would take the Services
+// missing from it for unknown destinations. Named requests just wait for
+// their resources, so they need no such guard.
 func (t *clientTable) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
+	if classify(req) == sidecarListenerCache && !t.s.Ready() {
+		return status.Error(codes.Unavailable, "control plane not ready: discovery has not synced")
+	}
 	t.mu.Lock()
 	c, _ := t.requestLocked(streamKey{"sotw", id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(),
 		req.GetErrorDetail().GetMessage(), req.GetResourceNames(), true)

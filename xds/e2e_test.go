@@ -28,8 +28,10 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 	pb "google.golang.org/grpc/examples/helloworld/helloworld"
+	"google.golang.org/grpc/status"
 	grpcxds "google.golang.org/grpc/xds"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -653,5 +655,42 @@ func TestSidecarListenersByWildcard(t *testing.T) {
 				t.Fatalf("listeners %q, want %q", got, tt.want)
 			}
 		})
+	}
+}
+
+// Before discovery has synced the world is incomplete; a sidecar given it
+// would treat the missing Services as unknown destinations, so its wildcard
+// request is refused and it retries.
+func TestWildcardRefusedUntilReady(t *testing.T) {
+	srv, err := NewServer(Config{Registry: discovery.NewRegistry(), Synced: func() bool { return false },
+		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: prometheus.NewRegistry()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	srv.Register(gs)
+	go gs.Serve(lis)
+	defer gs.Stop()
+	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := s.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "ballast-proxy~default~c"}, TypeUrl: resourcev3.ListenerType}); err != nil {
+		t.Fatal(err)
+	}
+	_, err = s.Recv()
+	if status.Code(err) != codes.Unavailable {
+		t.Fatalf("wildcard request before sync: %v, want Unavailable", err)
 	}
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -53,10 +54,11 @@ proxyless client's would be.
 Transparent mode (the default): accepts connections redirected by
 'ballast proxy init' on --transparent-address, reads their original
 destination, and balances gRPC to known Services; everything else passes
-through as plain TCP. Known Services are their ClusterIP:port pairs, from
-the Kubernetes API (--kubernetes: needs get/list/watch on Services and
-EndpointSlices), from a folder of Service YAML (--files), or given
-one by one (--service).
+through as plain TCP. Known Services are their ClusterIP:port pairs: by
+default, with --xds-address, from the control plane's sidecar listeners
+(no Kubernetes API access needed); or from the Kubernetes API
+(--kubernetes: needs get/list/watch on Services and EndpointSlices), from a
+folder of Service YAML (--files), or given one by one (--service).
 
 Explicit mode: --outbound 127.0.0.1:15001=greeter.default:50051 listens on
 the address and sends every call to the target (name.namespace:port means
@@ -198,7 +200,21 @@ func proxyDestinations(c proxyConfig, static proxy.StaticDestinations) (proxy.De
 		return nil, nil, nil, errors.New("--kubernetes and --files: choose one source of Services")
 	}
 	if !c.kubernetes && c.filesDir == "" {
-		return static, idle, nil, nil
+		if c.xdsAddress == "" || c.transparent == "" {
+			return static, idle, nil, nil
+		}
+		// The control plane's sidecar listeners name every ClusterIP:port:
+		// no Kubernetes API access needed.
+		conn, err := grpc.NewClient(c.xdsAddress, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			return nil, nil, nil, fmt.Errorf("--xds-address %s: %w", c.xdsAddress, err)
+		}
+		listeners := proxy.NewSidecarListeners(conn, c.nodeID, slog.Default())
+		run := func(ctx context.Context) error {
+			defer conn.Close()
+			return listeners.Run(ctx)
+		}
+		return chained{static, listeners}, run, listeners.Synced, nil
 	}
 	reg := discovery.NewRegistry()
 	var (
