@@ -88,6 +88,9 @@ func (s *statusSync) once(ctx context.Context) int {
 		}
 		update := have.DeepCopy()
 		update.Status = want.Status
+		if have.Status.QOSClass != "" { // immutable, set by the API server
+			update.Status.QOSClass = have.Status.QOSClass
+		}
 		_, err = s.client.CoreV1().Pods(want.Namespace).UpdateStatus(ctx, update, metav1.UpdateOptions{})
 		switch {
 		case err == nil:

@@ -134,3 +134,20 @@ func TestStatusSummaryIgnoresTimesAndOrder(t *testing.T) {
 		t.Fatal("a Ready flip does not change the summary")
 	}
 }
+
+// TestSnapshotKeepsQOSClass: the API server computes a pod's QoS class at
+// creation and rejects any status that changes it, so a pod with requests
+// (Burstable) must not be reported BestEffort, or none of its statuses is
+// ever written.
+func TestSnapshotKeepsQOSClass(t *testing.T) {
+	for _, qos := range []corev1.PodQOSClass{corev1.PodQOSBurstable, corev1.PodQOSGuaranteed, corev1.PodQOSBestEffort} {
+		p := runningPod(&nodeAgent{})
+		p.pod.Status.QOSClass = qos
+		if got := p.snapshot().Status.QOSClass; got != qos {
+			t.Errorf("snapshot of a %s pod says %s", qos, got)
+		}
+	}
+	if got := runningPod(&nodeAgent{}).snapshot().Status.QOSClass; got != corev1.PodQOSBestEffort {
+		t.Errorf("snapshot of a pod with no class yet says %q, want BestEffort", got)
+	}
+}
