@@ -31,12 +31,14 @@ type statusSync struct {
 	node   *nodeAgent
 	client kubernetes.Interface
 	// differing holds, per pod, the summary of the agent's status when it
-	// last differed from the API server's. Owned by the loop.
+	// last differed from the API server's; failed, the last write error
+	// logged, so a write that keeps failing warns once. Owned by the loop.
 	differing map[types.UID]string
+	failed    map[types.UID]string
 }
 
 func newStatusSync(node *nodeAgent, client kubernetes.Interface) *statusSync {
-	return &statusSync{node: node, client: client, differing: map[types.UID]string{}}
+	return &statusSync{node: node, client: client, differing: map[types.UID]string{}, failed: map[types.UID]string{}}
 }
 
 // run compares and repairs every tick until ctx ends.
@@ -67,7 +69,7 @@ func (s *statusSync) once(ctx context.Context) int {
 	s.node.mu.Unlock()
 
 	written := 0
-	differing := map[types.UID]string{}
+	differing, failed := map[types.UID]string{}, map[types.UID]string{}
 	for _, p := range runtimes {
 		want := p.snapshot()
 		have, err := s.node.pods.Pods(want.Namespace).Get(want.Name)
@@ -99,13 +101,16 @@ func (s *statusSync) once(ctx context.Context) int {
 		case apierrors.IsNotFound(err), apierrors.IsConflict(err), ctx.Err() != nil:
 			// Gone, or changed since the cache saw it: the next tick looks again.
 		default:
-			p.log.Warn("rewriting stale pod status", "err", err)
+			failed[want.UID] = err.Error()
+			if s.failed[want.UID] != err.Error() {
+				p.log.Warn("rewriting stale pod status", "err", err)
+			}
 		}
 		// Virtual-kubelet's last status for the pod may be the stale one;
 		// tell it the current one, so its own retries write that.
 		s.node.notify(want)
 	}
-	s.differing = differing
+	s.differing, s.failed = differing, failed
 	return written
 }
 
