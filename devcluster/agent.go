@@ -254,6 +254,7 @@ func (n *nodeAgent) CreatePod(_ context.Context, pod *corev1.Pod) error {
 			n.agent.net.removePod(n.ctx, pn)
 			return err
 		}
+		cr.spec.Command, cr.spec.Args = expandArgs(c.Command, cr.env), expandArgs(c.Args, cr.env)
 		if i < len(pod.Spec.InitContainers) {
 			p.inits = append(p.inits, cr)
 		} else {

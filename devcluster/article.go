@@ -109,29 +109,40 @@ func (c *Cluster) ArticleCalls(ctx context.Context, n int) (map[string]int, erro
 	}
 	counts := map[string]int{}
 	for i := range n {
-		req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:8081/grpc_client?name=native-tools-2", nil)
-		if err != nil {
-			return nil, err
-		}
-		resp, err := client.Do(req)
+		pod, err := Greet(ctx, client)
 		if err != nil {
 			return counts, fmt.Errorf("call %d: %w", i+1, err)
 		}
-		body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
-		resp.Body.Close()
-		if err != nil {
-			return counts, fmt.Errorf("call %d: %w", i+1, err)
-		}
-		if resp.StatusCode != http.StatusOK {
-			return counts, fmt.Errorf("call %d: %s: %s", i+1, resp.Status, strings.TrimSpace(string(body)))
-		}
-		msg, ok := strings.CutPrefix(string(body), "Greeting: ")
-		if !ok {
-			return counts, fmt.Errorf("call %d: unexpected answer %q", i+1, body)
-		}
-		counts[greeter.PodOf(msg)]++
+		counts[pod]++
 	}
 	return counts, nil
+}
+
+// Greet makes one call through a greeter client pod's
+// /grpc_client?name=native-tools-2 with client (from PodHTTPClient of that
+// pod) and returns the name of the pod that answered.
+func Greet(ctx context.Context, client *http.Client) (string, error) {
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:8081/grpc_client?name=native-tools-2", nil)
+	if err != nil {
+		return "", err
+	}
+	resp, err := client.Do(req)
+	if err != nil {
+		return "", err
+	}
+	body, err := io.ReadAll(io.LimitReader(resp.Body, 64<<10))
+	resp.Body.Close()
+	if err != nil {
+		return "", err
+	}
+	if resp.StatusCode != http.StatusOK {
+		return "", fmt.Errorf("%s: %s", resp.Status, strings.TrimSpace(string(body)))
+	}
+	msg, ok := strings.CutPrefix(string(body), "Greeting: ")
+	if !ok {
+		return "", fmt.Errorf("unexpected answer %q", body)
+	}
+	return greeter.PodOf(msg), nil
 }
 
 // RunArticle applies the article's objects with the given greeter

@@ -85,6 +85,10 @@ type Cluster struct {
 
 const maxSlots = 64
 
+// statusSyncPeriod is how often a node compares its pods' statuses with the
+// API server's (statusSync); a lost status is repaired within two periods.
+const statusSyncPeriod = time.Second
+
 // BaseDir holds every run's directory and the slot locks. It is fixed,
 // not per user or $TMPDIR, so that every run on the machine sees every
 // other run when it sweeps.
@@ -219,6 +223,11 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			if err := n.node.Run(withVKLogger(runCtx, n.log)); err != nil && runCtx.Err() == nil {
 				log.Error("node agent stopped", "node", n.name, "err", err)
 			}
+		}()
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			newStatusSync(n, c.Client).run(runCtx, statusSyncPeriod)
 		}()
 	}
 	px := &proxy{net: c.net, log: log.With("component", "proxy"), synced: make(chan struct{})}

@@ -161,3 +161,24 @@ func expand(s string, vars map[string]string) string {
 	}
 	return b.String()
 }
+
+// expandArgs expands $(VAR) references in a container's command or args
+// with its resolved environment (KEY=value entries), as the kubelet does:
+// an init container can then write to the path an env var names, e.g.
+// `ballast bootstrap --out $(GRPC_XDS_BOOTSTRAP)`.
+func expandArgs(args, env []string) []string {
+	if len(args) == 0 {
+		return args
+	}
+	vars := make(map[string]string, len(env))
+	for _, kv := range env {
+		if k, v, ok := strings.Cut(kv, "="); ok {
+			vars[k] = v
+		}
+	}
+	out := make([]string, len(args))
+	for i, a := range args {
+		out[i] = expand(a, vars)
+	}
+	return out
+}

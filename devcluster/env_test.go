@@ -73,3 +73,27 @@ func TestEnvResolve(t *testing.T) {
 		})
 	}
 }
+
+func TestExpandArgs(t *testing.T) {
+	env := []string{"POD_NAME=web-1", "GRPC_XDS_BOOTSTRAP=/run/xds/web-1.json", "EMPTY="}
+	tests := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"a variable is replaced", []string{"bootstrap", "--out", "$(GRPC_XDS_BOOTSTRAP)"}, []string{"bootstrap", "--out", "/run/xds/web-1.json"}},
+		{"inside a word", []string{"--pod=$(POD_NAME)x"}, []string{"--pod=web-1x"}},
+		{"unknown stays as written", []string{"$(NOPE)"}, []string{"$(NOPE)"}},
+		{"$$ escapes", []string{"$$(POD_NAME)"}, []string{"$(POD_NAME)"}},
+		{"shell syntax is left alone", []string{"echo $POD_NAME ${POD_NAME}"}, []string{"echo $POD_NAME ${POD_NAME}"}},
+		{"empty value", []string{"[$(EMPTY)]"}, []string{"[]"}},
+		{"no args", nil, nil},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := expandArgs(tt.args, env); !slices.Equal(got, tt.want) {
+				t.Fatalf("got %q, want %q", got, tt.want)
+			}
+		})
+	}
+}
