@@ -311,7 +311,11 @@ func (p *podRuntime) snapshot() *corev1.Pod {
 	st.PodIP = p.net.ip.String()
 	st.PodIPs = []corev1.PodIP{{IP: st.PodIP}}
 	st.StartTime = &p.start
-	st.QOSClass = corev1.PodQOSBestEffort
+	// The API server sets the QoS class at creation and refuses a status
+	// that changes it (a pod with requests is Burstable, not BestEffort).
+	if st.QOSClass == "" {
+		st.QOSClass = corev1.PodQOSBestEffort
+	}
 	st.InitContainerStatuses = nil
 	st.ContainerStatuses = nil
 	allReady, running, exited, failed := true, 0, 0, 0

@@ -67,6 +67,11 @@ func setupMesh(t *testing.T, ctx context.Context) {
 	if meshReady {
 		return
 	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpState(t, meshNS, "ballast-system")
+		}
+	})
 	apply(t, ctx, renderDeploy(t, ctx, "control", nil))
 	injectObjs := decodeObjects(t, kubectl(t, ctx, "kustomize", deployDir(t, "inject")))
 	var svc, rest []*unstructured.Unstructured
@@ -684,4 +689,18 @@ func TestInjection(t *testing.T) {
 func output(ctx context.Context, name string, args ...string) string {
 	out, _ := osexec.CommandContext(ctx, name, args...).CombinedOutput()
 	return string(out)
+}
+
+// dumpState logs what a failed test needs to see: pods, their container
+// states, and EndpointSlices of the namespaces.
+func dumpState(t *testing.T, namespaces ...string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, ns := range namespaces {
+		out, err := cluster.Kubectl(ctx, nil, "-n", ns, "get", "pods,endpointslices", "-o", "wide")
+		t.Logf("namespace %s:\n%s%v", ns, out, err)
+		out, _ = cluster.Kubectl(ctx, nil, "-n", ns, "get", "pods", "-o",
+			`jsonpath={range .items[*]}{.metadata.name}{": "}{.status.conditions}{" init="}{.status.initContainerStatuses}{" containers="}{.status.containerStatuses}{"\n"}{end}`)
+		t.Logf("namespace %s pod status:\n%s", ns, out)
+	}
 }
