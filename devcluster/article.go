@@ -22,6 +22,13 @@ const ArticleNamespace = "default"
 // image that maps to the ballast binary (e.g. "ballast:dev"); clientArgs
 // are extra arguments of `ballast greeter client`.
 func ArticleManifests(image string, replicas int, clientArgs ...string) string {
+	return ArticleManifestsIn(ArticleNamespace, image, replicas, clientArgs...)
+}
+
+// ArticleManifestsIn is ArticleManifests in another namespace (which must
+// exist): the same objects, say for a namespace labelled for sidecar
+// injection while default stays plain.
+func ArticleManifestsIn(namespace, image string, replicas int, clientArgs ...string) string {
 	args := ""
 	for _, a := range clientArgs {
 		args += fmt.Sprintf(", %q", a)
@@ -30,7 +37,7 @@ func ArticleManifests(image string, replicas int, clientArgs ...string) string {
 kind: Service
 metadata:
   name: native-tools-2
-  namespace: default
+  namespace: %[4]s
 spec:
   selector:
     app: native-tools-2
@@ -46,7 +53,7 @@ apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: native-tools-2
-  namespace: default
+  namespace: %[4]s
 spec:
   replicas: %[2]d
   selector:
@@ -79,7 +86,7 @@ apiVersion: v1
 kind: Pod
 metadata:
   name: native-tools
-  namespace: default
+  namespace: %[4]s
   labels:
     app: native-tools
 spec:
@@ -96,14 +103,19 @@ spec:
     readinessProbe:
       tcpSocket: {port: 8081}
       periodSeconds: 1
-`, image, replicas, args)
+`, image, replicas, args, namespace)
 }
 
 // ArticleCalls makes n calls through the client pod's
 // /grpc_client?name=native-tools-2, from inside its network namespace,
 // and counts the pod that answered each: the article's experiment.
 func (c *Cluster) ArticleCalls(ctx context.Context, n int) (map[string]int, error) {
-	client, err := c.PodHTTPClient(ArticleNamespace, "native-tools")
+	return c.ArticleCallsIn(ctx, ArticleNamespace, n)
+}
+
+// ArticleCallsIn is ArticleCalls for the client pod in namespace.
+func (c *Cluster) ArticleCallsIn(ctx context.Context, namespace string, n int) (map[string]int, error) {
+	client, err := c.PodHTTPClient(namespace, "native-tools")
 	if err != nil {
 		return nil, err
 	}

@@ -63,6 +63,12 @@ func newContainerRuntime(dir string, c corev1.Container) *containerRuntime {
 func (p *podRuntime) run() {
 	defer p.wg.Done()
 	for _, c := range p.inits {
+		if isSidecar(c.spec) {
+			if !p.startSidecar(c) {
+				return
+			}
+			continue
+		}
 		if !p.runInit(c) {
 			return
 		}
@@ -112,15 +118,20 @@ func (p *podRuntime) runInit(c *containerRuntime) bool {
 	}
 }
 
-// supervise runs a container and restarts it per restartPolicy.
+// supervise runs a container and restarts it per restartPolicy (a native
+// sidecar's own restartPolicy Always overrides the pod's).
 func (p *podRuntime) supervise(c *containerRuntime) {
 	defer p.wg.Done()
+	policy := p.pod.Spec.RestartPolicy
+	if isSidecar(c.spec) {
+		policy = corev1.RestartPolicyAlways
+	}
 	for attempt := 0; ; attempt++ {
 		code, ok := p.runOnce(c)
 		if !ok {
 			return
 		}
-		switch p.pod.Spec.RestartPolicy {
+		switch policy {
 		case corev1.RestartPolicyNever:
 			return
 		case corev1.RestartPolicyOnFailure:
@@ -163,10 +174,17 @@ func (p *podRuntime) runOnce(c *containerRuntime) (code int, ok bool) {
 		return 0, false
 	}
 	argv, err := p.node.agent.command(c.spec)
+	var u user
+	if err == nil {
+		u, err = containerUser(p.pod, c.spec)
+	}
+	var env []string
+	if err == nil {
+		env, err = p.userEnv(p.env(c), u)
+	}
 	if err == nil {
 		var proc *process
-		env := p.env(c)
-		proc, err = startProcessFlags(c.spec.Name, c.logPath, env, syscall.CLONE_NEWUTS, p.launcher(argv)...)
+		proc, err = startProcessFlags(c.spec.Name, c.logPath, env, syscall.CLONE_NEWUTS, p.launcher(u.wrap(argv))...)
 		if err == nil {
 			c.proc = proc
 			c.started = metav1.Now()
@@ -242,20 +260,28 @@ func (p *podRuntime) terminate(grace time.Duration) {
 	p.changed()
 	go func() {
 		p.cancel() // no restarts, no new processes, probes stop
-		var procs []*process
+		// The app's containers first, then native sidecars with what is
+		// left of the grace period (at least 2s, as the kubelet gives), so
+		// a proxy outlives the app that sends through it.
+		var apps, sidecars []*process
 		p.mu.Lock()
 		for _, c := range append(append([]*containerRuntime{}, p.inits...), p.containers...) {
-			if c.proc != nil {
-				procs = append(procs, c.proc)
+			switch {
+			case c.proc == nil:
+			case isSidecar(c.spec):
+				sidecars = append(sidecars, c.proc)
+			default:
+				apps = append(apps, c.proc)
 			}
 		}
 		p.mu.Unlock()
-		var wg sync.WaitGroup
-		for _, proc := range procs {
-			wg.Add(1)
-			go func() { defer wg.Done(); proc.stop(grace) }()
+		began := time.Now()
+		stopAll(apps, grace)
+		rest := max(grace-time.Since(began), 0)
+		if grace > 0 {
+			rest = max(rest, 2*time.Second)
 		}
-		wg.Wait()
+		stopAll(sidecars, rest)
 		p.wg.Wait()
 		if err := p.node.agent.net.removePod(context.Background(), p.net); err != nil {
 			p.log.Warn("removing pod network", "err", err)
@@ -292,10 +318,15 @@ func (p *podRuntime) snapshot() *corev1.Pod {
 	}
 	st.InitContainerStatuses = nil
 	st.ContainerStatuses = nil
-	for _, c := range p.inits {
-		st.InitContainerStatuses = append(st.InitContainerStatuses, p.containerStatus(c))
-	}
 	allReady, running, exited, failed := true, 0, 0, 0
+	for _, c := range p.inits {
+		cs := p.containerStatus(c)
+		st.InitContainerStatuses = append(st.InitContainerStatuses, cs)
+		if isSidecar(c.spec) {
+			// A native sidecar counts towards the pod's readiness.
+			allReady = allReady && cs.Ready && cs.State.Running != nil
+		}
+	}
 	for _, c := range p.containers {
 		cs := p.containerStatus(c)
 		st.ContainerStatuses = append(st.ContainerStatuses, cs)

@@ -2,6 +2,7 @@ package devcluster
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"net/http"
@@ -113,7 +114,10 @@ func (p *podRuntime) probe(ctx context.Context, c *containerRuntime, probe *core
 		for _, h := range g.HTTPHeaders {
 			req.Header.Add(h.Name, h.Value)
 		}
-		client := &http.Client{Transport: &http.Transport{DialContext: dialer.DialContext, DisableKeepAlives: true}}
+		// Like the kubelet, an HTTPS probe does not verify the certificate:
+		// a webhook's self-signed one is not for the pod's IP.
+		client := &http.Client{Transport: &http.Transport{DialContext: dialer.DialContext, DisableKeepAlives: true,
+			TLSClientConfig: &tls.Config{InsecureSkipVerify: true}}} //nolint:gosec // as the kubelet's prober
 		resp, err := client.Do(req)
 		if err != nil {
 			return err

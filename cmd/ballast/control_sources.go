@@ -34,7 +34,11 @@ func startSources(ctx context.Context, g *errgroup.Group, cfg controlConfig, reg
 			err     error
 		)
 		if cfg.InCluster {
-			restCfg, err = rest.InClusterConfig()
+			// $KUBECONFIG first, then the pod's service account: client-go's
+			// usual order, as the proxy and the greeter client load it (the
+			// dev cluster's pods get a KUBECONFIG, not a mounted token).
+			restCfg, err = clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
+				clientcmd.NewDefaultClientConfigLoadingRules(), &clientcmd.ConfigOverrides{}).ClientConfig()
 		} else {
 			restCfg, err = clientcmd.BuildConfigFromFlags("", cfg.Kubeconfig)
 		}

@@ -42,6 +42,12 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
+	// Containers with a runAsUser (the injected proxy as 1337, the control
+	// plane as 65532) must reach the binary.
+	if err := os.Chmod(tmp, 0o755); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	bin := filepath.Join(tmp, "ballast")
 	fmt.Fprintln(os.Stderr, "devcluster e2e: building ballast")
 	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/ballast-dev/ballast/cmd/ballast")

@@ -1,0 +1,706 @@
+package e2e
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"maps"
+	"net"
+	"net/http"
+	osexec "os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	echopb "google.golang.org/grpc/examples/features/proto/echo"
+	pb "google.golang.org/grpc/examples/helloworld/helloworld"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/status"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
+	"sigs.k8s.io/yaml"
+
+	"github.com/ballast-dev/ballast/devcluster"
+	"github.com/ballast-dev/ballast/greeter"
+	"github.com/ballast-dev/ballast/inject"
+)
+
+// The article's second half, on the dev cluster: ballast control and the
+// injector deployed from deploy/ as written, the injector registered with
+// the real kube-apiserver, and the article's client pod, unchanged, in a
+// namespace labelled for injection.
+
+const (
+	// meshNS is labelled ballast-injection=enabled and holds the
+	// article's objects.
+	meshNS = "mesh"
+	// slowDelay is how long the slow greeter holds every call: far longer
+	// than any test, so a call still in flight at the proxy after its
+	// deadline or cancellation would show for the whole run.
+	slowDelay = "1h"
+)
+
+// meshReady is set once ballast control and the injector serve; later
+// tests reuse them.
+var meshReady bool
+
+// setupMesh deploys deploy/control and deploy/inject (once per run) and
+// waits until the API server's calls to the webhook inject pods.
+//
+// The only change to deploy/inject: the kube-apiserver runs on the host and
+// cannot route to a ClusterIP, so its webhook registration uses a
+// clientConfig.url on 127.0.0.1, relayed to the injector's Service
+// (ExposeService); and the self-signed certificate also names 127.0.0.1.
+func setupMesh(t *testing.T, ctx context.Context) {
+	t.Helper()
+	if meshReady {
+		return
+	}
+	t.Cleanup(func() {
+		if t.Failed() {
+			dumpState(t, meshNS, "ballast-system")
+		}
+	})
+	apply(t, ctx, renderDeploy(t, ctx, "control", nil))
+	injectObjs := decodeObjects(t, kubectl(t, ctx, "kustomize", deployDir(t, "inject")))
+	var svc, rest []*unstructured.Unstructured
+	for _, o := range injectObjs {
+		if o.GetKind() == "Service" {
+			svc = append(svc, o)
+		} else {
+			rest = append(rest, o)
+		}
+	}
+	apply(t, ctx, encodeObjects(t, svc))
+	webhook, err := cluster.ExposeService(ctx, "ballast-system", "ballast-inject", 443)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, o := range rest {
+		switch o.GetKind() {
+		case "MutatingWebhookConfiguration":
+			hooks, _, _ := unstructured.NestedSlice(o.Object, "webhooks")
+			if len(hooks) != 1 {
+				t.Fatalf("deploy/inject: %d webhooks, want 1", len(hooks))
+			}
+			h := hooks[0].(map[string]any)
+			h["clientConfig"] = map[string]any{"url": "https://" + webhook.String() + "/inject"}
+			if err := unstructured.SetNestedSlice(o.Object, hooks, "webhooks"); err != nil {
+				t.Fatal(err)
+			}
+		case "Deployment":
+			containers, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
+			c := containers[0].(map[string]any)
+			args := c["args"].([]any)
+			found := false
+			for i, a := range args {
+				if s := a.(string); strings.HasPrefix(s, "--dns-names=") {
+					args[i], found = s+",127.0.0.1", true
+				}
+			}
+			if !found {
+				t.Fatalf("deploy/inject: the injector has no --dns-names: %v", args)
+			}
+			if err := unstructured.SetNestedSlice(o.Object, containers, "spec", "template", "spec", "containers"); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	apply(t, ctx, encodeObjects(t, rest))
+	if err := cluster.WaitReadyEndpoints(ctx, "ballast-system", "ballast-control", "grpc-xds", 2, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.WaitReadyEndpoints(ctx, "ballast-system", "ballast-inject", "https", 1, 2*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	apply(t, ctx, fmt.Sprintf("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n  labels: {%s: %s}\n", meshNS, inject.NamespaceLabel, inject.NamespaceEnabled))
+	waitInjecting(t, ctx, meshNS, true)
+	meshReady = true
+}
+
+// waitInjecting waits until a dry-run pod creation in ns is (or is not)
+// mutated by the webhook: the API server calls it on dry runs too.
+func waitInjecting(t *testing.T, ctx context.Context, ns string, want bool) {
+	t.Helper()
+	var got bool
+	err := devcluster.Poll(ctx, 2*time.Minute, func(ctx context.Context) (bool, error) {
+		pod, err := cluster.Client.CoreV1().Pods(ns).Create(ctx, plainPod("dry-run", nil), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
+		if err != nil {
+			return false, nil
+		}
+		got = injected(pod)
+		return got == want, nil
+	})
+	if err != nil {
+		t.Fatalf("namespace %s: dry-run pods injected = %v, want %v: %v", ns, got, want, err)
+	}
+}
+
+func deployDir(t *testing.T, name string) string {
+	dir, err := filepath.Abs(filepath.Join("..", "..", "deploy", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return dir
+}
+
+// renderDeploy is `kubectl kustomize deploy/<name>`, each object passed
+// through edit (when not nil).
+func renderDeploy(t *testing.T, ctx context.Context, name string, edit func(*unstructured.Unstructured)) string {
+	t.Helper()
+	objs := decodeObjects(t, kubectl(t, ctx, "kustomize", deployDir(t, name)))
+	if edit != nil {
+		for _, o := range objs {
+			edit(o)
+		}
+	}
+	return encodeObjects(t, objs)
+}
+
+func decodeObjects(t *testing.T, manifests string) []*unstructured.Unstructured {
+	t.Helper()
+	dec := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(manifests), 4096)
+	var out []*unstructured.Unstructured
+	for {
+		var u unstructured.Unstructured
+		if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
+			return out
+		} else if err != nil {
+			t.Fatal(err)
+		}
+		if len(u.Object) > 0 {
+			out = append(out, &u)
+		}
+	}
+}
+
+func encodeObjects(t *testing.T, objs []*unstructured.Unstructured) string {
+	t.Helper()
+	var b strings.Builder
+	for _, o := range objs {
+		y, err := yaml.Marshal(o.Object)
+		if err != nil {
+			t.Fatal(err)
+		}
+		b.WriteString("---\n")
+		b.Write(y)
+	}
+	return b.String()
+}
+
+// plainPod is a pod that sleeps; annotations may opt it out.
+func plainPod(name string, annotations map[string]string) *corev1.Pod {
+	grace := int64(1)
+	return &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: name, Annotations: annotations, Labels: map[string]string{"app": name}},
+		Spec: corev1.PodSpec{
+			TerminationGracePeriodSeconds: &grace,
+			Containers: []corev1.Container{{Name: "app", Image: "host:sh",
+				Command: []string{"sh", "-c", "while true; do sleep 1; done"}}},
+		},
+	}
+}
+
+// injected reports whether pod has the init container and the sidecar.
+func injected(pod *corev1.Pod) bool {
+	var names []string
+	for _, c := range pod.Spec.InitContainers {
+		names = append(names, c.Name)
+	}
+	return slices.Contains(names, inject.InitContainerName) && slices.Contains(names, inject.ProxyContainerName) &&
+		pod.Annotations[inject.InjectedAnnotation] == "true"
+}
+
+// slowGreeter is a Deployment of one greeter that holds every call for
+// slowDelay, behind the Service slow.
+func slowGreeter(ns string) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Service
+metadata:
+  name: slow
+  namespace: %[1]s
+spec:
+  selector: {app: slow}
+  ports:
+  - {name: grpc, port: 50051}
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata:
+  name: slow
+  namespace: %[1]s
+spec:
+  replicas: 1
+  selector:
+    matchLabels: {app: slow}
+  template:
+    metadata:
+      labels: {app: slow}
+    spec:
+      terminationGracePeriodSeconds: 1
+      containers:
+      - name: greeter
+        image: %[2]s
+        command: ["ballast", "greeter", "serve", "--delay", "%[3]s"]
+        env:
+        - name: POD_NAME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+        readinessProbe:
+          grpc: {port: 50051}
+          periodSeconds: 1
+`, ns, image, slowDelay)
+}
+
+// meshArticle deploys the article in meshNS (once) and returns the greeter
+// pods, all ready, with the client pod ready.
+var meshArticleUp bool
+
+func meshArticle(t *testing.T, ctx context.Context) []corev1.Pod {
+	t.Helper()
+	setupMesh(t, ctx)
+	if !meshArticleUp {
+		apply(t, ctx, devcluster.ArticleManifestsIn(meshNS, image, 3)+"---\n"+slowGreeter(meshNS))
+		meshArticleUp = true
+	}
+	if err := cluster.WaitReadyEndpoints(ctx, meshNS, "native-tools-2", "grpc", 3, 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.WaitReadyEndpoints(ctx, meshNS, "slow", "grpc", 1, 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	if err := cluster.WaitPodReady(ctx, meshNS, "native-tools", 3*time.Minute); err != nil {
+		t.Fatal(err)
+	}
+	return waitReadyPods(t, ctx, meshNS, "native-tools-2", 3)
+}
+
+// TestSidecarArticle is the article's second half: the same client pod,
+// unchanged (one connection to native-tools-2:50051 through DNS and the
+// ClusterIP), in a namespace labelled for injection, gets the proxy, and
+// its calls spread over the three greeters.
+func TestSidecarArticle(t *testing.T) {
+	ctx := ctxFor(t, 8*time.Minute)
+	greeters := meshArticle(t, ctx)
+	client, err := cluster.Client.CoreV1().Pods(meshNS).Get(ctx, "native-tools", metav1.GetOptions{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !injected(client) {
+		t.Fatalf("client pod not injected: init containers %v", client.Spec.InitContainers)
+	}
+	if got := client.Spec.Containers; len(got) != 1 || got[0].Name != "client" {
+		t.Fatalf("client pod's own containers changed: %v", got)
+	}
+	// The client's connection is already open from the readiness wait of
+	// the pods; the xDS client may not have every endpoint yet. Warm up
+	// until each greeter has answered once (bounded), then count.
+	seen := map[string]int{}
+	if err := devcluster.Poll(ctx, time.Minute, func(ctx context.Context) (bool, error) {
+		counts, err := cluster.ArticleCallsIn(ctx, meshNS, 3)
+		if err != nil {
+			return false, err
+		}
+		for p, n := range counts {
+			seen[p] += n
+		}
+		return len(seen) == 3, nil
+	}); err != nil {
+		t.Fatalf("warm-up: only %v answered: %v", seen, err)
+	}
+	counts, err := cluster.ArticleCallsIn(ctx, meshNS, 30)
+	if err != nil {
+		t.Fatalf("30 calls through /grpc_client: %v (so far %v)", err, counts)
+	}
+	total, most := 0, 0
+	for _, p := range greeters {
+		if counts[p.Name] == 0 {
+			t.Errorf("greeter %s answered none of the 30 calls: %v", p.Name, counts)
+		}
+	}
+	for _, n := range counts {
+		total += n
+		most = max(most, n)
+	}
+	if total != 30 {
+		t.Fatalf("%d of 30 calls counted: %v", total, counts)
+	}
+	maxMean := float64(most) / (float64(total) / float64(len(greeters)))
+	// round_robin (the control plane's default) gives 1.00; one call of
+	// ten moved gives 1.3.
+	if maxMean > 1.3 {
+		t.Errorf("max/mean %.2f over %v, want ≤ 1.3", maxMean, counts)
+	}
+	t.Logf("30 calls, one client connection, through the injected sidecar: %v (max/mean %.2f)", counts, maxMean)
+}
+
+// podGRPC dials target from inside the client pod's network namespace as
+// root: the connection is caught by the pod's iptables rules and goes
+// through its sidecar, as the app's own would.
+func podGRPC(t *testing.T, ns, pod, target string) *grpc.ClientConn {
+	t.Helper()
+	dial, err := cluster.PodDialer(ns, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	conn, err := grpc.NewClient("passthrough:///"+target,
+		grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) { return dial(ctx, "tcp", addr) }))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// proxyMetrics reads the sidecar's Prometheus text from its admin port in
+// the pod (loopback is never redirected) and returns the samples of name
+// whose labels contain every one of match ("k=\"v\"" pairs).
+func proxyMetrics(t *testing.T, ctx context.Context, ns, pod, name string, match ...string) float64 {
+	t.Helper()
+	client, err := cluster.PodHTTPClient(ns, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:15021/metrics", nil)
+	resp, err := client.Do(req)
+	if err != nil {
+		t.Fatalf("sidecar metrics of %s/%s: %v", ns, pod, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	sum := 0.0
+	sc := bufio.NewScanner(bytes.NewReader(body))
+	for sc.Scan() {
+		line := sc.Text()
+		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
+			continue
+		}
+		ok := true
+		for _, m := range match {
+			ok = ok && strings.Contains(line, m)
+		}
+		if !ok {
+			continue
+		}
+		f := strings.Fields(line)
+		v, err := strconv.ParseFloat(f[len(f)-1], 64)
+		if err != nil {
+			t.Fatalf("metric line %q: %v", line, err)
+		}
+		sum += v
+	}
+	return sum
+}
+
+// waitMetric polls a sidecar metric until cond holds.
+func waitMetric(t *testing.T, ctx context.Context, what, name string, cond func(float64) bool, match ...string) {
+	t.Helper()
+	var v float64
+	if err := devcluster.Poll(ctx, 30*time.Second, func(ctx context.Context) (bool, error) {
+		v = proxyMetrics(t, ctx, meshNS, "native-tools", name, match...)
+		return cond(v), nil
+	}); err != nil {
+		t.Fatalf("%s: %s%v = %v: %v", what, name, match, v, err)
+	}
+}
+
+// TestSidecarGRPCSemantics: unary, server- and bidi-streaming, deadline and
+// cancellation, from inside the injected client pod to ClusterIPs, through
+// its sidecar.
+func TestSidecarGRPCSemantics(t *testing.T) {
+	ctx := ctxFor(t, 8*time.Minute)
+	greeters := meshArticle(t, ctx)
+	target := net.JoinHostPort(clusterIP(t, ctx, meshNS, "native-tools-2"), "50051")
+	conn := podGRPC(t, meshNS, "native-tools", target)
+	const svc = `service="native-tools-2.` + meshNS + `:50051"`
+	const inFlight = "ballast_proxy_streams_in_flight"
+
+	t.Run("unary over one connection reaches every pod", func(t *testing.T) {
+		before := proxyMetrics(t, ctx, meshNS, "native-tools", "ballast_proxy_streams_total", svc, `code="OK"`)
+		tally := greeter.Call(ctx, conn, 30, 10*time.Second, nil)
+		if tally.Errors > 0 {
+			t.Fatalf("%d of 30 calls failed: %v", tally.Errors, tally.LastError)
+		}
+		for _, p := range greeters {
+			if tally.Pods[p.Name] == 0 {
+				t.Errorf("greeter %s answered none of 30 calls over one connection: %v", p.Name, tally.Pods)
+			}
+		}
+		// They went through the sidecar (not straight to one pod).
+		waitMetric(t, ctx, "30 OK calls counted by the sidecar", "ballast_proxy_streams_total",
+			func(v float64) bool { return v >= before+30 }, svc, `code="OK"`)
+	})
+
+	t.Run("server streaming", func(t *testing.T) {
+		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		w, err := healthpb.NewHealthClient(conn).Watch(sctx, &healthpb.HealthCheckRequest{Service: pb.Greeter_ServiceDesc.ServiceName})
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp, err := w.Recv()
+		if err != nil {
+			t.Fatal(err)
+		}
+		if resp.GetStatus() != healthpb.HealthCheckResponse_SERVING {
+			t.Fatalf("health watch: %v", resp.GetStatus())
+		}
+		waitMetric(t, ctx, "open watch is in flight at the sidecar", inFlight, func(v float64) bool { return v >= 1 }, svc)
+		cancel()
+		if _, err := w.Recv(); status.Code(err) != codes.Canceled {
+			t.Fatalf("after cancel: %v, want Canceled", err)
+		}
+		waitMetric(t, ctx, "cancelled watch ends at the sidecar", inFlight, func(v float64) bool { return v == 0 }, svc)
+	})
+
+	t.Run("bidi streams: one pod per stream, streams spread", func(t *testing.T) {
+		echo := echopb.NewEchoClient(conn)
+		pods := map[string]int{}
+		for s := range 6 {
+			sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+			stream, err := echo.BidirectionalStreamingEcho(sctx)
+			if err != nil {
+				cancel()
+				t.Fatal(err)
+			}
+			first := ""
+			for i := range 5 {
+				msg := fmt.Sprintf("stream %d message %d", s, i)
+				if err := stream.Send(&echopb.EchoRequest{Message: msg}); err != nil {
+					cancel()
+					t.Fatal(err)
+				}
+				resp, err := stream.Recv()
+				if err != nil {
+					cancel()
+					t.Fatal(err)
+				}
+				pod := greeter.PodOf(resp.GetMessage())
+				if !strings.HasSuffix(resp.GetMessage(), "in:"+msg) {
+					t.Errorf("stream %d: reply %q to %q", s, resp.GetMessage(), msg)
+				}
+				if first == "" {
+					first = pod
+				} else if pod != first {
+					t.Errorf("stream %d moved from %s to %s mid-stream", s, first, pod)
+				}
+			}
+			if err := stream.CloseSend(); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := stream.Recv(); err != io.EOF {
+				t.Errorf("stream %d end: %v, want EOF", s, err)
+			}
+			cancel()
+			pods[first]++
+		}
+		if len(pods) < 2 {
+			t.Errorf("6 streams on one connection all went to %v: not balanced per call", pods)
+		}
+		t.Logf("6 bidi streams over one connection, per pod: %v", pods)
+	})
+
+	slowTarget := net.JoinHostPort(clusterIP(t, ctx, meshNS, "slow"), "50051")
+	slow := pb.NewGreeterClient(podGRPC(t, meshNS, "native-tools", slowTarget))
+	const slowSvc = `service="slow.` + meshNS + `:50051"`
+
+	t.Run("deadline", func(t *testing.T) {
+		dctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
+		defer cancel()
+		_, err := slow.SayHello(dctx, &pb.HelloRequest{Name: "deadline"})
+		if status.Code(err) != codes.DeadlineExceeded {
+			t.Fatalf("call past its deadline: %v, want DeadlineExceeded", err)
+		}
+		// The server holds calls for an hour: the sidecar let go of the
+		// upstream call because the deadline reached it.
+		waitMetric(t, ctx, "call past its deadline ends at the sidecar", inFlight, func(v float64) bool { return v == 0 }, slowSvc)
+		waitMetric(t, ctx, "the sidecar saw it end", "ballast_proxy_streams_total", func(v float64) bool { return v >= 1 },
+			slowSvc)
+	})
+
+	t.Run("cancel", func(t *testing.T) {
+		cctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		errc := make(chan error, 1)
+		go func() {
+			_, err := slow.SayHello(cctx, &pb.HelloRequest{Name: "cancel"})
+			errc <- err
+		}()
+		waitMetric(t, ctx, "held call in flight at the sidecar", inFlight, func(v float64) bool { return v == 1 }, slowSvc)
+		cancel()
+		if err := <-errc; status.Code(err) != codes.Canceled {
+			t.Fatalf("cancelled call: %v, want Canceled", err)
+		}
+		waitMetric(t, ctx, "cancelled call ends at the sidecar", inFlight, func(v float64) bool { return v == 0 }, slowSvc)
+	})
+}
+
+// TestSidecarPassthrough: what the sidecar does not balance it passes
+// through untouched, on the intercepted path: HTTP/1 to a Service's
+// ClusterIP (the control plane's HTTP port), and gRPC to a pod IP, which
+// is no Service's address and so stays on that pod.
+func TestSidecarPassthrough(t *testing.T) {
+	ctx := ctxFor(t, 8*time.Minute)
+	greeters := meshArticle(t, ctx)
+
+	t.Run("HTTP/1 to a ClusterIP", func(t *testing.T) {
+		before := proxyMetrics(t, ctx, meshNS, "native-tools", "ballast_proxy_passthrough_connections_total", `reason="not_http2"`)
+		client, err := cluster.PodHTTPClient(meshNS, "native-tools")
+		if err != nil {
+			t.Fatal(err)
+		}
+		url := "http://" + net.JoinHostPort(clusterIP(t, ctx, "ballast-system", "ballast-control"), "15014") + "/healthz"
+		for range 3 {
+			req, _ := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
+			resp, err := client.Do(req)
+			if err != nil {
+				t.Fatalf("GET %s from the injected pod: %v", url, err)
+			}
+			body, _ := io.ReadAll(resp.Body)
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusOK {
+				t.Fatalf("GET %s: %s: %s", url, resp.Status, body)
+			}
+		}
+		waitMetric(t, ctx, "3 HTTP/1 connections passed through", "ballast_proxy_passthrough_connections_total",
+			func(v float64) bool { return v >= before+3 }, `reason="not_http2"`)
+	})
+
+	t.Run("gRPC to a pod IP stays on that pod", func(t *testing.T) {
+		before := proxyMetrics(t, ctx, meshNS, "native-tools", "ballast_proxy_passthrough_connections_total", `reason="unknown_destination"`)
+		pod := greeters[0]
+		conn := podGRPC(t, meshNS, "native-tools", net.JoinHostPort(pod.Status.PodIP, "50051"))
+		tally := greeter.Call(ctx, conn, 20, 10*time.Second, nil)
+		if tally.Errors > 0 {
+			t.Fatalf("%d of 20 calls failed: %v", tally.Errors, tally.LastError)
+		}
+		if got := slices.Collect(maps.Keys(tally.Pods)); len(got) != 1 || got[0] != pod.Name {
+			t.Fatalf("20 calls to %s's IP answered by %v, want only %s", pod.Name, tally.Pods, pod.Name)
+		}
+		waitMetric(t, ctx, "the connection passed through", "ballast_proxy_passthrough_connections_total",
+			func(v float64) bool { return v >= before+1 }, `reason="unknown_destination"`)
+	})
+}
+
+// TestInjection: against the real API server, the webhook injects pods in
+// labelled namespaces only, honours the per-pod opt-out, and when it is
+// down pods are still created (failurePolicy Ignore), without the sidecar.
+// The injected pod runs: iptables installed by the init container, and
+// the proxy, as uid 1337, excluded from them.
+func TestInjection(t *testing.T) {
+	ctx := ctxFor(t, 8*time.Minute)
+	setupMesh(t, ctx)
+	const plainNS = "no-injection"
+	apply(t, ctx, "apiVersion: v1\nkind: Namespace\nmetadata:\n  name: "+plainNS+"\n")
+	tests := []struct {
+		name, ns    string
+		annotations map[string]string
+		want        bool
+	}{
+		{"labelled namespace", meshNS, nil, true},
+		{"unlabelled namespace", plainNS, nil, false},
+		{"opt-out annotation", meshNS, map[string]string{inject.OptOutAnnotation: "false"}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			name := "inject-" + strings.ReplaceAll(tt.name, " ", "-")
+			pod, err := cluster.Client.CoreV1().Pods(tt.ns).Create(ctx, plainPod(name, tt.annotations), metav1.CreateOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			t.Cleanup(func() {
+				cluster.Client.CoreV1().Pods(tt.ns).Delete(context.Background(), name, metav1.DeleteOptions{})
+			})
+			if got := injected(pod); got != tt.want {
+				t.Fatalf("injected = %v, want %v; init containers %v", got, tt.want, pod.Spec.InitContainers)
+			}
+			if err := cluster.WaitPodReady(ctx, tt.ns, name, 2*time.Minute); err != nil {
+				t.Fatal(err)
+			}
+			netns, err := cluster.PodNetns(tt.ns, name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rules := output(ctx, "ip", "netns", "exec", netns, "iptables", "-t", "nat", "-S", "BALLAST_OUTPUT")
+			if has := strings.Contains(rules, "--uid-owner 1337 -j RETURN"); has != tt.want {
+				t.Fatalf("BALLAST_OUTPUT excludes uid 1337 = %v, want %v:\n%s", has, tt.want, rules)
+			}
+			if !tt.want {
+				return
+			}
+			ss := run(t, ctx, "ip", "netns", "exec", netns, "ss", "-Htlne", "sport", "=", ":15001")
+			if !strings.Contains(ss, "uid:1337") {
+				t.Fatalf("the proxy's listener is not owned by uid 1337:\n%s", ss)
+			}
+		})
+	}
+
+	t.Run("webhook down", func(t *testing.T) {
+		kubectl(t, ctx, "-n", "ballast-system", "scale", "deployment/ballast-inject", "--replicas=0")
+		t.Cleanup(func() {
+			// Leave it serving for whatever runs next.
+			kubectl(t, ctx, "-n", "ballast-system", "scale", "deployment/ballast-inject", "--replicas=1")
+			if err := cluster.WaitReadyEndpoints(ctx, "ballast-system", "ballast-inject", "https", 1, 2*time.Minute); err != nil {
+				t.Error(err)
+			}
+			waitInjecting(t, ctx, meshNS, true)
+		})
+		if err := devcluster.Poll(ctx, 2*time.Minute, func(ctx context.Context) (bool, error) {
+			ready, terminating, err := cluster.ReadyEndpoints(ctx, "ballast-system", "ballast-inject", "https")
+			return err == nil && ready == 0 && terminating == 0, nil
+		}); err != nil {
+			t.Fatalf("injector endpoint still there: %v", err)
+		}
+		const name = "webhook-down"
+		began := time.Now()
+		pod, err := cluster.Client.CoreV1().Pods(meshNS).Create(ctx, plainPod(name, nil), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("pod creation with the webhook down: %v (failurePolicy must be Ignore)", err)
+		}
+		took := time.Since(began)
+		t.Cleanup(func() {
+			cluster.Client.CoreV1().Pods(meshNS).Delete(context.Background(), name, metav1.DeleteOptions{})
+		})
+		if injected(pod) {
+			t.Fatal("injected with the webhook down?")
+		}
+		if err := cluster.WaitPodReady(ctx, meshNS, name, 2*time.Minute); err != nil {
+			t.Fatal(err)
+		}
+		t.Logf("pod created without the sidecar in %s while the injector had no endpoint", took.Round(time.Millisecond))
+	})
+}
+
+// output runs a command and returns its combined output, failed or not.
+func output(ctx context.Context, name string, args ...string) string {
+	out, _ := osexec.CommandContext(ctx, name, args...).CombinedOutput()
+	return string(out)
+}
+
+// dumpState logs what a failed test needs to see: pods, their container
+// states, and EndpointSlices of the namespaces.
+func dumpState(t *testing.T, namespaces ...string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	for _, ns := range namespaces {
+		out, err := cluster.Kubectl(ctx, nil, "-n", ns, "get", "pods,endpointslices", "-o", "wide")
+		t.Logf("namespace %s:\n%s%v", ns, out, err)
+		out, _ = cluster.Kubectl(ctx, nil, "-n", ns, "get", "pods", "-o",
+			`jsonpath={range .items[*]}{.metadata.name}{": "}{.status.conditions}{" init="}{.status.initContainerStatuses}{" containers="}{.status.containerStatuses}{"\n"}{end}`)
+		t.Logf("namespace %s pod status:\n%s", ns, out)
+	}
+}

@@ -1,0 +1,103 @@
+package devcluster
+
+import (
+	"context"
+	"fmt"
+	"io"
+	"math/rand/v2"
+	"net"
+	"net/netip"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+)
+
+// ExposeService makes a Service reachable from host loopback, the other
+// way round from ForwardToHost: it returns a 127.0.0.1 address whose
+// connections are relayed, from inside the cluster's router namespace, to
+// one ready endpoint of the Service's port, picked at random per
+// connection from its EndpointSlices, as a ClusterIP would. This is how the
+// host's kube-apiserver calls an admission webhook served by a pod (a
+// clientConfig.url on 127.0.0.1): it cannot route to ClusterIPs, which are
+// blackholed on the host. When the Service has no ready endpoint,
+// connections are closed at once. The relay lives until Stop.
+func (c *Cluster) ExposeService(ctx context.Context, namespace, name string, port int32) (netip.AddrPort, error) {
+	svc, err := c.Client.CoreV1().Services(namespace).Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("expose service %s/%s: %w", namespace, name, err)
+	}
+	var sp *corev1.ServicePort
+	for i := range svc.Spec.Ports {
+		if svc.Spec.Ports[i].Port == port {
+			sp = &svc.Spec.Ports[i]
+		}
+	}
+	if sp == nil {
+		return netip.AddrPort{}, fmt.Errorf("expose service %s/%s: no port %d", namespace, name, port)
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("expose service %s/%s: %w", namespace, name, err)
+	}
+	dial := netnsDialer{netns: c.net.routerNetns()}
+	log := c.log.With("component", "expose", "service", namespace+"/"+name)
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		relayDial(c.runCtx, l, func(ctx context.Context) (net.Conn, error) {
+			ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			list, err := c.Client.DiscoveryV1().EndpointSlices(namespace).List(ctx,
+				metav1.ListOptions{LabelSelector: discoveryv1.LabelServiceName + "=" + name})
+			if err != nil {
+				log.Debug("listing endpoints", "err", err)
+				return nil, err
+			}
+			ptrs := make([]*discoveryv1.EndpointSlice, len(list.Items))
+			for i := range list.Items {
+				ptrs[i] = &list.Items[i]
+			}
+			eps := endpointsFor(c.net, ptrs, *sp)
+			if len(eps) == 0 {
+				log.Debug("no ready endpoint")
+				return nil, fmt.Errorf("service %s/%s port %d: no ready endpoint", namespace, name, port)
+			}
+			return dial.DialContext(ctx, "tcp", eps[rand.IntN(len(eps))].String())
+		})
+	}()
+	return netip.MustParseAddrPort(l.Addr().String()), nil
+}
+
+// relayDial accepts connections on l and joins each to a connection made
+// by dial, until ctx ends.
+func relayDial(ctx context.Context, l net.Listener, dial func(context.Context) (net.Conn, error)) {
+	var wg sync.WaitGroup
+	defer wg.Wait()
+	go func() { <-ctx.Done(); l.Close() }()
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			return
+		}
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			defer conn.Close()
+			up, err := dial(ctx)
+			if err != nil {
+				return
+			}
+			defer up.Close()
+			done := make(chan struct{}, 2)
+			go func() { io.Copy(up, conn); done <- struct{}{} }()
+			go func() { io.Copy(conn, up); done <- struct{}{} }()
+			select {
+			case <-done:
+			case <-ctx.Done():
+			}
+		}()
+	}
+}
