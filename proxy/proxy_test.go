@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/encoding/gzip"
@@ -24,6 +25,12 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
+
+// transportStream is the part of grpc-go's server transport stream that
+// says which compression a call arrived with.
+type transportStream interface {
+	RecvCompress() string
+}
 
 // testService is the upstream for semantics tests: grpc's interop
 // TestService, with behaviours chosen by request metadata.
@@ -157,7 +164,7 @@ func proxiedTestService(t *testing.T) (*testService, testpb.TestServiceClient, *
 // connection, calls spread over every backend.
 func TestUnaryBalancedPerCall(t *testing.T) {
 	target, resolve := staticTarget(startGreeters(t, 3))
-	p, addr := startOutbound(t, target, Options{DialOptions: []grpc.DialOption{resolve}})
+	p, addr := startOutbound(t, target, Options{Resolvers: []resolver.Builder{resolve}})
 	conn := dial(t, addr)
 	up, _ := p.upstreams.get(target)
 	if got := metricValue(up.metrics.streams[codes.OK]); got != 0 {

@@ -124,7 +124,7 @@ func TestXDSUpstream(t *testing.T) {
 	}
 
 	t.Run("proxied", func(t *testing.T) {
-		_, addr := startOutbound(t, XDSTarget(keyOf("default", "greeter"), 50051), Options{DialOptions: []grpc.DialOption{xdsOpt}})
+		_, addr := startOutbound(t, XDSTarget(keyOf("default", "greeter"), 50051), Options{XDS: &XDSConfig{Server: cp, NodeID: nodeID}})
 		if pods := spread(t, dial(t, addr), 3, 30); !even(pods, 3, 30) {
 			t.Fatalf("30 calls through the proxy reached %v, want 10 on each of 3 pods", pods)
 		}

@@ -15,7 +15,6 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
-	"google.golang.org/grpc"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -46,9 +45,10 @@ func newProxyCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "proxy",
 		Short: "The sidecar: balance every call of unmodified gRPC clients",
-		Long: `Runs the sidecar's data path. Each destination Service is dialled as
-xds:///<name>.<namespace>:<port>, so every call is balanced exactly as a
-proxyless client's would be.
+		Long: `Runs the sidecar's data path. Each destination Service is resolved as
+xds:///<name>.<namespace>:<port> with the control plane, and every call
+(HTTP/2 stream) is placed by the balancer its Cluster names, the same
+implementation a proxyless client runs.
 
 Transparent mode (the default): accepts connections redirected by
 'ballast proxy init' on --transparent-address, reads their original
@@ -76,7 +76,7 @@ for up to --drain-timeout, then exits.`,
 	f.StringArrayVar(&c.services, "service", nil, "transparent mode: a Service's CLUSTERIP:PORT=name.namespace:port (repeatable)")
 	f.BoolVar(&c.kubernetes, "kubernetes", false, "transparent mode: learn Services' ClusterIPs from the Kubernetes API (in-cluster or $KUBECONFIG)")
 	f.StringVar(&c.filesDir, "files", "", "transparent mode: learn Services' ClusterIPs from the Service YAML in this folder")
-	f.StringVar(&c.xdsAddress, "xds-address", "", "control plane host:port; without it xds:/// targets use GRPC_XDS_BOOTSTRAP like any proxyless client")
+	f.StringVar(&c.xdsAddress, "xds-address", "", "control plane host:port that resolves xds:/// targets (name.namespace:port)")
 	f.StringVar(&c.nodeID, "node-id", "", "xDS node id (default ballast-proxy~$POD_NAMESPACE~$POD_NAME)")
 	f.StringVar(&c.admin, "admin-address", ":15021", "address of /ready and /metrics")
 	f.IntVar(&c.maxMessage, "max-message-bytes", proxy.DefaultMaxMessageBytes, "largest message forwarded in either direction")
@@ -123,11 +123,7 @@ func runProxy(ctx context.Context, c proxyConfig) error {
 		Log:             slog.Default(),
 	}
 	if c.xdsAddress != "" {
-		opt, err := proxy.XDSDialOption(c.xdsAddress, c.nodeID)
-		if err != nil {
-			return fmt.Errorf("--xds-address: %w", err)
-		}
-		opts.DialOptions = []grpc.DialOption{opt}
+		opts.XDS = &proxy.XDSConfig{Server: c.xdsAddress, NodeID: c.nodeID}
 	}
 	var listeners []net.Listener
 	defer func() {
