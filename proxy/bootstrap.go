@@ -2,15 +2,12 @@ package proxy
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/xds" // registers the xds:/// resolver and xDS balancers
 
-	// The control plane may name Ballast's own policies in a Cluster; the
-	// proxy must know them to decide as a proxyless Go client would.
-	_ "github.com/ballast-dev/ballast/balancer/p2c"
-	_ "github.com/ballast-dev/ballast/balancer/peakewma"
 )
 
 // XDSBootstrap is the xDS bootstrap that points a grpc-go client at the
@@ -34,6 +31,28 @@ func XDSBootstrap(server, nodeID string) ([]byte, error) {
 		XDSServers: []xdsServer{{ServerURI: server, ChannelCreds: []creds{{Type: "insecure"}}, ServerFeatures: []string{"xds_v3"}}},
 		Node:       node{ID: nodeID},
 	})
+}
+
+// XDSConfigFromBootstrap reads the control plane's address and the node id
+// from a grpc-go xDS bootstrap (the JSON GRPC_XDS_BOOTSTRAP names), so a
+// proxy configured like a proxyless client talks to the same control plane
+// as the same node. Only the first server is used, without credentials.
+func XDSConfigFromBootstrap(bootstrap []byte) (XDSConfig, error) {
+	var b struct {
+		XDSServers []struct {
+			ServerURI string `json:"server_uri"`
+		} `json:"xds_servers"`
+		Node struct {
+			ID string `json:"id"`
+		} `json:"node"`
+	}
+	if err := json.Unmarshal(bootstrap, &b); err != nil {
+		return XDSConfig{}, fmt.Errorf("xds bootstrap: %w", err)
+	}
+	if len(b.XDSServers) == 0 || b.XDSServers[0].ServerURI == "" {
+		return XDSConfig{}, errors.New("xds bootstrap: no xds_servers[0].server_uri")
+	}
+	return XDSConfig{Server: b.XDSServers[0].ServerURI, NodeID: b.Node.ID}, nil
 }
 
 // XDSDialOption makes a ClientConn resolve xds:/// targets with the control

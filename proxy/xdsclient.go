@@ -171,6 +171,7 @@ func (x *xdsClient) stream(conn *grpc.ClientConn) error {
 			req.ErrorDetail = &status.Status{Code: 3, Message: nack.Error()}
 		}
 		node = nil // the node goes in the first request only
+		x.log.Debug("xds request", "type", typ, "names", ts.names, "version", ts.version, "nack", nack)
 		return st.Send(req)
 	}
 	// resubscribe sends requests for types whose names changed.
@@ -223,6 +224,7 @@ func (x *xdsClient) stream(conn *grpc.ClientConn) error {
 			}
 			return err
 		}
+		x.log.Debug("xds response", "type", resp.GetTypeUrl(), "version", resp.GetVersionInfo(), "resources", len(resp.GetResources()))
 		ts := state[resp.GetTypeUrl()]
 		if ts == nil {
 			continue

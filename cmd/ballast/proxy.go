@@ -76,7 +76,7 @@ for up to --drain-timeout, then exits.`,
 	f.StringArrayVar(&c.services, "service", nil, "transparent mode: a Service's CLUSTERIP:PORT=name.namespace:port (repeatable)")
 	f.BoolVar(&c.kubernetes, "kubernetes", false, "transparent mode: learn Services' ClusterIPs from the Kubernetes API (in-cluster or $KUBECONFIG)")
 	f.StringVar(&c.filesDir, "files", "", "transparent mode: learn Services' ClusterIPs from the Service YAML in this folder")
-	f.StringVar(&c.xdsAddress, "xds-address", "", "control plane host:port that resolves xds:/// targets (name.namespace:port)")
+	f.StringVar(&c.xdsAddress, "xds-address", "", "control plane host:port that resolves xds:/// targets (name.namespace:port); without it, the one in $GRPC_XDS_BOOTSTRAP(_CONFIG)")
 	f.StringVar(&c.nodeID, "node-id", "", "xDS node id (default ballast-proxy~$POD_NAMESPACE~$POD_NAME)")
 	f.StringVar(&c.admin, "admin-address", ":15021", "address of /ready and /metrics")
 	f.IntVar(&c.maxMessage, "max-message-bytes", proxy.DefaultMaxMessageBytes, "largest message forwarded in either direction")
@@ -124,6 +124,10 @@ func runProxy(ctx context.Context, c proxyConfig) error {
 	}
 	if c.xdsAddress != "" {
 		opts.XDS = &proxy.XDSConfig{Server: c.xdsAddress, NodeID: c.nodeID}
+	} else if cfg, ok, err := xdsFromEnv(); err != nil {
+		return err
+	} else if ok {
+		opts.XDS = &cfg
 	}
 	var listeners []net.Listener
 	defer func() {
@@ -181,6 +185,28 @@ func runProxy(ctx context.Context, c proxyConfig) error {
 		err = fmt.Errorf("admin server: %w", aerr)
 	}
 	return err
+}
+
+// xdsFromEnv reads the control plane from the grpc-go bootstrap a
+// proxyless client would use (GRPC_XDS_BOOTSTRAP names a file,
+// GRPC_XDS_BOOTSTRAP_CONFIG holds the JSON), for a proxy run without
+// --xds-address.
+func xdsFromEnv() (proxy.XDSConfig, bool, error) {
+	data := []byte(os.Getenv("GRPC_XDS_BOOTSTRAP_CONFIG"))
+	if file := os.Getenv("GRPC_XDS_BOOTSTRAP"); file != "" {
+		var err error
+		if data, err = os.ReadFile(file); err != nil {
+			return proxy.XDSConfig{}, false, fmt.Errorf("GRPC_XDS_BOOTSTRAP: %w", err)
+		}
+	}
+	if len(data) == 0 {
+		return proxy.XDSConfig{}, false, nil
+	}
+	cfg, err := proxy.XDSConfigFromBootstrap(data)
+	if err != nil {
+		return proxy.XDSConfig{}, false, fmt.Errorf("GRPC_XDS_BOOTSTRAP: %w", err)
+	}
+	return cfg, true, nil
 }
 
 // proxyDestinations returns what maps an intercepted connection's original
