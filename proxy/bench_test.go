@@ -5,8 +5,8 @@ import (
 	"testing"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/resolver"
 	pb "google.golang.org/grpc/examples/helloworld/helloworld"
+	"google.golang.org/grpc/resolver"
 )
 
 // BenchmarkProxyUnary measures one SayHello over one client connection to

@@ -7,7 +7,6 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/xds" // registers the xds:/// resolver and xDS balancers
-
 )
 
 // XDSBootstrap is the xDS bootstrap that points a grpc-go client at the
