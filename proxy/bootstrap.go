@@ -4,9 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/xds" // registers the xds:/// resolver and xDS balancers
 )
 
 // XDSBootstrap is the xDS bootstrap that points a grpc-go client at the
@@ -52,26 +49,4 @@ func XDSConfigFromBootstrap(bootstrap []byte) (XDSConfig, error) {
 		return XDSConfig{}, errors.New("xds bootstrap: no xds_servers[0].server_uri")
 	}
 	return XDSConfig{Server: b.XDSServers[0].ServerURI, NodeID: b.Node.ID}, nil
-}
-
-// XDSDialOption makes a ClientConn resolve xds:/// targets with the control
-// plane at server, without a bootstrap file or environment variable.
-//
-// grpc-go reads GRPC_XDS_BOOTSTRAP / GRPC_XDS_BOOTSTRAP_CONFIG once, at
-// package init, so a process cannot set them for itself; its one public way
-// to pass a bootstrap in memory is NewXDSResolverWithConfigForTesting
-// (marked for testing and experimental, but a plain resolver builder). All
-// upstreams share the one builder, hence one xDS client and one ADS stream.
-// Without --xds-address the proxy uses the environment like any proxyless
-// client.
-func XDSDialOption(server, nodeID string) (grpc.DialOption, error) {
-	bootstrap, err := XDSBootstrap(server, nodeID)
-	if err != nil {
-		return nil, err
-	}
-	builder, err := xds.NewXDSResolverWithConfigForTesting(bootstrap)
-	if err != nil {
-		return nil, fmt.Errorf("xds bootstrap for %s: %w", server, err)
-	}
-	return grpc.WithResolvers(builder), nil
 }

@@ -21,6 +21,7 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
+	grpcxds "google.golang.org/grpc/xds"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -113,18 +114,22 @@ func startControlPlane(t *testing.T, nodeID, name string, addrs []string) string
 	return lis.Addr().String()
 }
 
-// TestXDSUpstream: the proxy's upstream is a real grpc-go xDS client of a
-// go-control-plane server, configured in memory by XDSDialOption, and
-// balances calls across the endpoints the control plane names, exactly
-// like a proxyless client given the same option.
+// TestXDSUpstream: the proxy resolves its target with a go-control-plane
+// server and balances calls across the endpoints it names, like a
+// proxyless grpc-go client of the same server.
 func TestXDSUpstream(t *testing.T) {
 	const nodeID = "ballast-proxy~default~test"
 	const name = "greeter.default:50051"
 	cp := startControlPlane(t, nodeID, name, startGreeters(t, 3))
-	xdsOpt, err := XDSDialOption(cp, nodeID)
+	bootstrap, err := XDSBootstrap(cp, nodeID)
 	if err != nil {
 		t.Fatal(err)
 	}
+	xdsResolver, err := grpcxds.NewXDSResolverWithConfigForTesting(bootstrap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xdsOpt := grpc.WithResolvers(xdsResolver)
 
 	t.Run("proxied", func(t *testing.T) {
 		_, addr := startOutbound(t, XDSTarget(keyOf("default", "greeter"), 50051), Options{XDS: &XDSConfig{Server: cp, NodeID: nodeID}})
