@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -38,6 +39,7 @@ type proxyConfig struct {
 	maxMessage   int
 	sniffTimeout time.Duration
 	drainTimeout time.Duration
+	procs        int
 }
 
 func newProxyCmd() *cobra.Command {
@@ -82,6 +84,7 @@ for up to --drain-timeout, then exits.`,
 	f.IntVar(&c.maxMessage, "max-message-bytes", proxy.DefaultMaxMessageBytes, "largest message forwarded in either direction")
 	f.DurationVar(&c.sniffTimeout, "sniff-timeout", proxy.DefaultSniffTimeout, "how long to wait for an HTTP/2 preface before passing a connection through")
 	f.DurationVar(&c.drainTimeout, "drain-timeout", proxy.DefaultDrainTimeout, "how long in-flight calls may run after SIGTERM")
+	f.IntVar(&c.procs, "procs", 1, "CPUs the data path may use at once (GOMAXPROCS); 0 keeps Go's default, the container's CPU limit")
 	cmd.AddCommand(newProxyInitCmd())
 	return cmd
 }
@@ -95,6 +98,15 @@ func proxyTarget(s string) string {
 }
 
 func runProxy(ctx context.Context, c proxyConfig) error {
+	if c.procs < 0 {
+		return fmt.Errorf("--procs %d: want 0 (Go's default) or more", c.procs)
+	}
+	if c.procs > 0 {
+		// A sidecar shares its pod's CPUs with the app: like one nginx or
+		// haproxy worker, it runs its Go code on one thread by default,
+		// which also spares the scheduler's spinning between threads.
+		runtime.GOMAXPROCS(c.procs)
+	}
 	if c.transparent == "" && len(c.outbound) == 0 {
 		c.transparent = "127.0.0.1:15001"
 	}
