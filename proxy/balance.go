@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/connectivity"
@@ -243,6 +244,10 @@ func (h *host) park(s *stream, gen uint64, b *batch) bool {
 	if ps := h.picker.Load(); ps != nil && ps.gen != gen {
 		h.mu.Unlock()
 		return false
+	}
+	// The request headers may still borrow the read loop's buffer.
+	for i, it := range s.upl.pending {
+		s.upl.pending[i] = it.own()
 	}
 	h.parked = append(h.parked, s)
 	h.mu.Unlock()
@@ -529,7 +534,7 @@ type upstreamConn struct {
 	once  sync.Once
 }
 
-func (u *upstreamConn) newStream(*h2conn, *http2.MetaHeadersFrame, *batch) {}
+func (u *upstreamConn) newStream(*h2conn, uint32, []hpack.HeaderField, bool, *batch) {}
 
 func (u *upstreamConn) settings(*h2conn) { u.once.Do(func() { close(u.ready) }) }
 

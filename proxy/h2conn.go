@@ -50,6 +50,16 @@ type h2conn struct {
 	fr     *http2.Framer
 	client bool // the proxy opened it (upstream)
 
+	// Header decoding, by the read loop only: fields is reused for every
+	// block (copied only when a block must wait), block gathers a block
+	// split over CONTINUATION frames.
+	hdec      *hpack.Decoder
+	fields    []hpack.HeaderField
+	fieldSize int
+	block     []byte
+	blockID   uint32
+	blockEnd  bool
+
 	mu sync.Mutex
 	bw *bufio.Writer
 	// henc encodes header blocks into hbuf; its dynamic table is this
@@ -92,8 +102,11 @@ func newH2Conn(nc net.Conn, r io.Reader, client bool) *h2conn {
 	}
 	c.fr = http2.NewFramer(c.bw, c.br)
 	c.fr.SetReuseFrames()
-	c.fr.ReadMetaHeaders = hpack.NewDecoder(4096, nil)
-	c.fr.MaxHeaderListSize = maxHeaderList
+	c.hdec = hpack.NewDecoder(4096, func(hf hpack.HeaderField) {
+		c.fieldSize += int(hf.Size())
+		c.fields = append(c.fields, hf)
+	})
+	c.hdec.SetMaxStringLength(maxHeaderList)
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	return c
 }
@@ -198,8 +211,9 @@ func (c *h2conn) giveCredit(l *leg, n int64, b *batch) {
 // peerHandler is what a connection's read loop calls for the frames that
 // depend on its role.
 type peerHandler interface {
-	// newStream handles HEADERS opening a stream (server conns only).
-	newStream(c *h2conn, f *http2.MetaHeadersFrame, b *batch)
+	// newStream handles a header block opening a stream (server conns
+	// only); fields are only valid during the call.
+	newStream(c *h2conn, id uint32, fields []hpack.HeaderField, end bool, b *batch)
 	// goAway handles the peer's GOAWAY.
 	goAway(c *h2conn, f *http2.GoAwayFrame, b *batch)
 	// settings is called after each SETTINGS frame from the peer.
@@ -230,8 +244,21 @@ func (c *h2conn) readLoop(h peerHandler) error {
 			return err
 		}
 		switch f := f.(type) {
-		case *http2.MetaHeadersFrame:
-			c.onHeaders(f, h, &b)
+		case *http2.HeadersFrame:
+			if f.HeadersEnded() {
+				err = c.onHeaders(f.StreamID, f.StreamEnded(), f.HeaderBlockFragment(), h, &b)
+			} else {
+				c.block = append(c.block[:0], f.HeaderBlockFragment()...)
+				c.blockID, c.blockEnd = f.StreamID, f.StreamEnded()
+			}
+		case *http2.ContinuationFrame:
+			c.block = append(c.block, f.HeaderBlockFragment()...)
+			if len(c.block) > maxHeaderList {
+				return errors.New("http2: header block too large")
+			}
+			if f.HeadersEnded() {
+				err = c.onHeaders(c.blockID, c.blockEnd, c.block, h, &b)
+			}
 		case *http2.DataFrame:
 			c.onData(f, &b)
 		case *http2.RSTStreamFrame:
@@ -254,6 +281,9 @@ func (c *h2conn) readLoop(h peerHandler) error {
 			h.goAway(c, f, &b)
 		case *http2.PushPromiseFrame:
 			return errors.New("http2: PUSH_PROMISE, which the proxy disabled")
+		}
+		if err != nil {
+			return err
 		}
 		b.settle()
 	}
@@ -324,18 +354,31 @@ func (c *h2conn) onWindowUpdate(f *http2.WindowUpdateFrame, b *batch) {
 	}
 }
 
-func (c *h2conn) onHeaders(f *http2.MetaHeadersFrame, h peerHandler, b *batch) {
-	id := f.StreamID
+// onHeaders decodes a complete header block and forwards it, or starts a
+// stream with it. A block that cannot be decoded breaks the connection's
+// header compression state: that is a connection error.
+func (c *h2conn) onHeaders(id uint32, end bool, block []byte, h peerHandler, b *batch) error {
+	c.fields, c.fieldSize = c.fields[:0], 0
+	if _, err := c.hdec.Write(block); err != nil {
+		return fmt.Errorf("http2: decoding headers: %w", err)
+	}
+	if err := c.hdec.Close(); err != nil {
+		return fmt.Errorf("http2: decoding headers: %w", err)
+	}
+	if c.fieldSize > maxHeaderList {
+		return fmt.Errorf("http2: header list of %d bytes, over %d", c.fieldSize, maxHeaderList)
+	}
 	c.mu.Lock()
 	l := c.legs[id]
 	c.mu.Unlock()
 	if l == nil {
 		if !c.client {
-			h.newStream(c, f, b)
+			h.newStream(c, id, c.fields, end, b)
 		}
-		return // a stream that already ended
+		return nil // else a stream that already ended
 	}
-	l.s.forwardHeaders(l, f, b)
+	l.s.forwardHeaders(l, c.fields, end, b)
+	return nil
 }
 
 func (c *h2conn) onData(f *http2.DataFrame, b *batch) {

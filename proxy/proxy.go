@@ -34,6 +34,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/resolver"
 )
 
@@ -343,8 +344,7 @@ func (d *downstream) goAway(*h2conn, *http2.GoAwayFrame, *batch) {}
 
 // newStream starts a call: it registers the client's stream, and has the
 // balancer place it.
-func (d *downstream) newStream(c *h2conn, f *http2.MetaHeadersFrame, b *batch) {
-	id := f.StreamID
+func (d *downstream) newStream(c *h2conn, id uint32, fields []hpack.HeaderField, end bool, b *batch) {
 	c.mu.Lock()
 	if id%2 == 0 || id <= c.lastPeerID {
 		c.mu.Unlock()
@@ -357,8 +357,14 @@ func (d *downstream) newStream(c *h2conn, f *http2.MetaHeadersFrame, b *batch) {
 		c.mu.Unlock()
 		return
 	}
-	s := newStream(d.up, f.PseudoValue("path"))
-	end := f.StreamEnded()
+	var path string
+	for _, hf := range fields {
+		if hf.Name == ":path" {
+			path = hf.Value
+			break
+		}
+	}
+	s := newStream(d.up, path)
 	s.down.c, s.down.id = c, id
 	s.down.sendWindow = c.peerWindow
 	s.down.recvDone = end
@@ -367,6 +373,6 @@ func (d *downstream) newStream(c *h2conn, f *http2.MetaHeadersFrame, b *batch) {
 	c.legs[id] = &s.down
 	c.mu.Unlock()
 	d.up.metrics.inFlight.Inc()
-	s.upl.pending = append(s.upl.pending, item{fields: f.Fields, end: end})
+	s.upl.pending = append(s.upl.pending, item{fields: fields, end: end})
 	d.up.host.route(s, b)
 }

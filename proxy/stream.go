@@ -152,10 +152,9 @@ func (l *leg) checkDoneLocked(b *batch) {
 }
 
 // forwardHeaders forwards a header block received on from to its peer.
-func (s *stream) forwardHeaders(from *leg, f *http2.MetaHeadersFrame, b *batch) {
-	end := f.StreamEnded()
+func (s *stream) forwardHeaders(from *leg, fields []hpack.HeaderField, end bool, b *batch) {
 	if end && from == &s.upl {
-		s.setCode(grpcStatus(f.Fields))
+		s.setCode(grpcStatus(fields))
 	}
 	c := from.c
 	c.mu.Lock()
@@ -165,7 +164,7 @@ func (s *stream) forwardHeaders(from *leg, f *http2.MetaHeadersFrame, b *batch) 
 		from.checkDoneLocked(b)
 	}
 	c.mu.Unlock()
-	s.send(from.peer, item{fields: f.Fields, end: end, from: from}, b)
+	s.send(from.peer, item{fields: fields, end: end, from: from}, b)
 }
 
 // grpcStatus reads grpc-status from a trailer block; a block without one
@@ -239,10 +238,7 @@ func (s *stream) send(to *leg, it item, b *batch) {
 				b.dropped(it)
 				return
 			}
-			if it.data != nil {
-				it.data = append([]byte(nil), it.data...)
-			}
-			to.pending = append(to.pending, it)
+			to.pending = append(to.pending, it.own())
 			h.mu.Unlock()
 			return
 		}
@@ -259,11 +255,20 @@ func (s *stream) send(to *leg, it item, b *batch) {
 		c.mu.Unlock()
 		return
 	}
+	to.pending = append(to.pending, it.own())
+	c.mu.Unlock()
+}
+
+// own copies what an item borrows from its read loop's buffers, for an
+// item that must wait.
+func (it item) own() item {
 	if it.data != nil {
 		it.data = append([]byte(nil), it.data...)
 	}
-	to.pending = append(to.pending, it)
-	c.mu.Unlock()
+	if it.fields != nil {
+		it.fields = append([]hpack.HeaderField(nil), it.fields...)
+	}
+	return it
 }
 
 // dropped credits the window for data that will never be written.
