@@ -190,6 +190,7 @@ func (h *host) route(s *stream, b *batch) {
 				if !ok {
 					st = status.New(codes.Unavailable, err.Error())
 				}
+				s.up.metrics.newStreamErrors.Inc()
 				s.fail(st.Code(), st.Message(), b)
 				return
 			}
@@ -217,16 +218,31 @@ func (h *host) place(s *stream, res balancer.PickResult, b *batch) bool {
 		return true
 	}
 	s.done = res.Done
-	ok := c != nil && s.attach(c, b)
-	if !ok {
+	result := errConnGone
+	if c != nil {
+		result = s.attach(c, b)
+	}
+	if result != nil {
 		s.done = nil
 	}
 	h.mu.Unlock()
-	if !ok && res.Done != nil {
+	if result != nil && res.Done != nil {
 		res.Done(balancer.DoneInfo{Err: errNotReady})
 	}
-	return ok
+	if result == errConnFull {
+		// Waiting would need another stream to end on that connection;
+		// the client is better served by an answer now.
+		s.up.metrics.newStreamErrors.Inc()
+		s.fail(codes.Unavailable, "ballast proxy: upstream connection is at its peer's maximum of concurrent streams", b)
+		return true
+	}
+	return result == nil
 }
+
+var (
+	errConnGone = errors.New("connection closed or going away")
+	errConnFull = errors.New("connection at its maximum of concurrent streams")
+)
 
 // park queues s for the next picker; false means a newer picker than gen
 // exists, so the caller should pick again.
@@ -256,12 +272,15 @@ func (h *host) park(s *stream, gen uint64, b *batch) bool {
 
 // attach opens the upstream leg of s on c and writes what waits for it
 // (the request headers, and anything that arrived while parked).
-func (s *stream) attach(c *h2conn, b *batch) bool {
+func (s *stream) attach(c *h2conn, b *batch) error {
 	up := &s.upl
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.closed || c.goingAway || uint32(len(c.legs)) >= c.peerMaxStreams {
-		return false
+	if c.closed || c.goingAway {
+		return errConnGone
+	}
+	if uint32(len(c.legs)) >= c.peerMaxStreams {
+		return errConnFull
 	}
 	up.c, up.id = c, c.nextID
 	c.nextID += 2
@@ -273,7 +292,7 @@ func (s *stream) attach(c *h2conn, b *batch) bool {
 	}
 	c.drainLocked(up, b)
 	b.markDirty(c)
-	return true
+	return nil
 }
 
 // retireLocked stops new streams on an upstream connection; its SubConn

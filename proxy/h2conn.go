@@ -102,6 +102,9 @@ func newH2Conn(nc net.Conn, r io.Reader, client bool) *h2conn {
 	}
 	c.fr = http2.NewFramer(c.bw, c.br)
 	c.fr.SetReuseFrames()
+	// Peers may send frames no larger than the default the proxy keeps,
+	// so every frame can go on to the other side as it is.
+	c.fr.SetMaxReadFrameSize(frameSize)
 	c.hdec = hpack.NewDecoder(4096, func(hf hpack.HeaderField) {
 		c.fieldSize += int(hf.Size())
 		c.fields = append(c.fields, hf)
