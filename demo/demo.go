@@ -270,7 +270,8 @@ func startWorld(ctx context.Context, n int, log *slog.Logger) (_ *world, err err
 	}}
 	w.run(func() error { return proxy.Serve(ctx, lis) })
 
-	if w.xdsResolver, err = w.startControlPlane(ctx, log); err != nil {
+	var controlAddr string
+	if w.xdsResolver, controlAddr, err = w.startControlPlane(ctx, log); err != nil {
 		return nil, err
 	}
 
@@ -282,9 +283,9 @@ func startWorld(ctx context.Context, n int, log *slog.Logger) (_ *world, err err
 		return nil, fmt.Errorf("start sidecar: %w", err)
 	}
 	sidecar, err := sidecarproxy.New(sidecarproxy.Options{
-		Outbound:    []sidecarproxy.Outbound{{Listener: sidecarLis, Target: fmt.Sprintf("xds:///%s.%s:%d", Service, Namespace, GRPCPort)}},
-		DialOptions: []grpc.DialOption{grpc.WithResolvers(w.xdsResolver)},
-		Log:         log,
+		Outbound: []sidecarproxy.Outbound{{Listener: sidecarLis, Target: fmt.Sprintf("xds:///%s.%s:%d", Service, Namespace, GRPCPort)}},
+		XDS:      &sidecarproxy.XDSConfig{Server: controlAddr, NodeID: xds.Bootstrap{Pod: "native-tools-65c5bd87fc-2fsmc", Namespace: Namespace}.NodeID()},
+		Log:      log,
 	})
 	if err != nil {
 		sidecarLis.Close()
@@ -296,15 +297,15 @@ func startWorld(ctx context.Context, n int, log *slog.Logger) (_ *world, err err
 }
 
 // startControlPlane serves xDS from the world's registry on a loopback port
-// and returns a resolver bootstrapped to use it.
-func (w *world) startControlPlane(ctx context.Context, log *slog.Logger) (resolver.Builder, error) {
+// and returns a resolver bootstrapped to use it, and its address.
+func (w *world) startControlPlane(ctx context.Context, log *slog.Logger) (resolver.Builder, string, error) {
 	srv, err := xds.NewServer(xds.Config{Registry: w.registry, Log: log})
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
-		return nil, fmt.Errorf("start control plane: %w", err)
+		return nil, "", fmt.Errorf("start control plane: %w", err)
 	}
 	gs := grpc.NewServer()
 	srv.Register(gs)
@@ -316,12 +317,13 @@ func (w *world) startControlPlane(ctx context.Context, log *slog.Logger) (resolv
 	})
 	bootstrap, err := xds.Bootstrap{Server: lis.Addr().String(), Pod: "native-tools-65c5bd87fc-2fsmc", Namespace: Namespace}.JSON()
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	// grpc-go reads a bootstrap file named by GRPC_XDS_BOOTSTRAP once per
 	// process; a resolver with its own bootstrap lets the demo run in a
 	// process (a test) that may already use another control plane.
-	return grpcxds.NewXDSResolverWithConfigForTesting(bootstrap)
+	r, err := grpcxds.NewXDSResolverWithConfigForTesting(bootstrap)
+	return r, lis.Addr().String(), err
 }
 
 // run starts a part of the world that stops when the world's context ends.

@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/grpc"
 	pb "google.golang.org/grpc/examples/helloworld/helloworld"
+	"google.golang.org/grpc/resolver"
 )
 
 // BenchmarkProxyUnary measures one SayHello over one client connection to
@@ -19,11 +20,11 @@ func BenchmarkProxyUnary(b *testing.B) {
 	addrs := startGreeters(b, 3)
 	direct := func(b *testing.B) *grpc.ClientConn {
 		target, resolve := staticTarget(addrs)
-		return dial(b, target, resolve, grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`))
+		return dial(b, target, grpc.WithResolvers(resolve), grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`))
 	}
 	proxied := func(b *testing.B) *grpc.ClientConn {
 		target, resolve := staticTarget(addrs)
-		_, proxyAddr := startOutbound(b, target, Options{DialOptions: []grpc.DialOption{resolve}})
+		_, proxyAddr := startOutbound(b, target, Options{Resolvers: []resolver.Builder{resolve}})
 		return dial(b, proxyAddr)
 	}
 	b.Run("direct", func(b *testing.B) { benchmarkUnary(b, direct(b)) })

@@ -2,15 +2,8 @@ package proxy
 
 import (
 	"encoding/json"
+	"errors"
 	"fmt"
-
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/xds" // registers the xds:/// resolver and xDS balancers
-
-	// The control plane may name Ballast's own policies in a Cluster; the
-	// proxy must know them to decide as a proxyless Go client would.
-	_ "github.com/ballast-dev/ballast/balancer/p2c"
-	_ "github.com/ballast-dev/ballast/balancer/peakewma"
 )
 
 // XDSBootstrap is the xDS bootstrap that points a grpc-go client at the
@@ -36,24 +29,24 @@ func XDSBootstrap(server, nodeID string) ([]byte, error) {
 	})
 }
 
-// XDSDialOption makes a ClientConn resolve xds:/// targets with the control
-// plane at server, without a bootstrap file or environment variable.
-//
-// grpc-go reads GRPC_XDS_BOOTSTRAP / GRPC_XDS_BOOTSTRAP_CONFIG once, at
-// package init, so a process cannot set them for itself; its one public way
-// to pass a bootstrap in memory is NewXDSResolverWithConfigForTesting
-// (marked for testing and experimental, but a plain resolver builder). All
-// upstreams share the one builder, hence one xDS client and one ADS stream.
-// Without --xds-address the proxy uses the environment like any proxyless
-// client.
-func XDSDialOption(server, nodeID string) (grpc.DialOption, error) {
-	bootstrap, err := XDSBootstrap(server, nodeID)
-	if err != nil {
-		return nil, err
+// XDSConfigFromBootstrap reads the control plane's address and the node id
+// from a grpc-go xDS bootstrap (the JSON GRPC_XDS_BOOTSTRAP names), so a
+// proxy configured like a proxyless client talks to the same control plane
+// as the same node. Only the first server is used, without credentials.
+func XDSConfigFromBootstrap(bootstrap []byte) (XDSConfig, error) {
+	var b struct {
+		XDSServers []struct {
+			ServerURI string `json:"server_uri"`
+		} `json:"xds_servers"`
+		Node struct {
+			ID string `json:"id"`
+		} `json:"node"`
 	}
-	builder, err := xds.NewXDSResolverWithConfigForTesting(bootstrap)
-	if err != nil {
-		return nil, fmt.Errorf("xds bootstrap for %s: %w", server, err)
+	if err := json.Unmarshal(bootstrap, &b); err != nil {
+		return XDSConfig{}, fmt.Errorf("xds bootstrap: %w", err)
 	}
-	return grpc.WithResolvers(builder), nil
+	if len(b.XDSServers) == 0 || b.XDSServers[0].ServerURI == "" {
+		return XDSConfig{}, errors.New("xds bootstrap: no xds_servers[0].server_uri")
+	}
+	return XDSConfig{Server: b.XDSServers[0].ServerURI, NodeID: b.Node.ID}, nil
 }

@@ -61,9 +61,10 @@ func startGreeters(t testing.TB, n int) []string {
 
 var schemes atomic.Int64
 
-// staticTarget returns a target naming addrs and the dial option that
-// resolves it, a stand-in for the xDS resolver's endpoint list.
-func staticTarget(addrs []string) (string, grpc.DialOption) {
+// staticTarget returns a target naming addrs and the resolver of it, a
+// stand-in for the endpoint list xDS gives: the proxy takes it in
+// Options.Resolvers, a grpc-go client with grpc.WithResolvers.
+func staticTarget(addrs []string) (string, resolver.Builder) {
 	scheme := fmt.Sprintf("ballast-test-%d", schemes.Add(1))
 	r := manual.NewBuilderWithScheme(scheme)
 	var state resolver.State
@@ -71,7 +72,7 @@ func staticTarget(addrs []string) (string, grpc.DialOption) {
 		state.Endpoints = append(state.Endpoints, resolver.Endpoint{Addresses: []resolver.Address{{Addr: a}}})
 	}
 	r.InitialState(state)
-	return scheme + ":///" + strings.Join(addrs, ","), grpc.WithResolvers(r)
+	return scheme + ":///" + strings.Join(addrs, ","), r
 }
 
 // runningProxy is a Proxy serving in the background.

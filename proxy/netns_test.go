@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc"
+	"google.golang.org/grpc/resolver"
 
 	"github.com/ballast-dev/ballast/proxy/iptables"
 )
@@ -144,7 +144,7 @@ func TestNetnsInside(t *testing.T) {
 	p, err := New(Options{
 		Transparent:  lis,
 		Destinations: StaticDestinations{netip.MustParseAddrPort(netnsClusterIP): target},
-		DialOptions:  []grpc.DialOption{resolve},
+		Resolvers:    []resolver.Builder{resolve},
 	})
 	if err != nil {
 		t.Fatal(err)

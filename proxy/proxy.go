@@ -2,12 +2,15 @@
 // connections an unmodified client opens to a Service and balances every
 // call (every HTTP/2 stream) across the Service's endpoints.
 //
-// The upstream side of each destination Service is a grpc-go ClientConn
-// dialled with the Service's xds:/// target, so the proxy's per-call decision
-// is the proxyless client's: the same xDS resources, the same balancers. The
-// downstream side is a grpc.Server that knows no services: every call goes
-// to one handler that forwards messages as opaque bytes, with metadata,
-// deadlines, cancellation and status passing through.
+// It forwards HTTP/2 frames, not messages: each stream the client opens is
+// placed by a grpc-go balancer (the one the Service's xDS Cluster names,
+// the implementation a proxyless client runs) on a long-lived, multiplexed
+// HTTP/2 connection to the picked endpoint; its HEADERS, DATA, trailers and
+// RST_STREAM are forwarded both ways with stream ids remapped and header
+// blocks re-encoded. Metadata, deadlines (grpc-timeout), cancellation,
+// status, compression and message bytes pass through untouched. Flow
+// control is end to end: a window update goes back to the sender only once
+// its bytes were written to the other side.
 //
 // Connections reach it either through explicit listeners, one per upstream
 // target, or through one transparent listener fed by iptables REDIRECT,
@@ -30,9 +33,9 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
-	"google.golang.org/grpc"
-	_ "google.golang.org/grpc/encoding/gzip" // accept gzip-compressed calls
-	"google.golang.org/grpc/keepalive"
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/resolver"
 )
 
 // Defaults for Options fields left zero.
@@ -43,7 +46,8 @@ const (
 )
 
 // Outbound is an explicit listener: every call accepted on Listener goes to
-// Target, any grpc-go target (xds:///name.ns:port, dns:///host:port, ...).
+// Target: xds:///name.ns:port (resolved with the control plane), or any
+// target a grpc-go resolver understands (dns:///host:port, host:port, ...).
 type Outbound struct {
 	Listener net.Listener
 	Target   string
@@ -68,12 +72,15 @@ type Options struct {
 	// means SO_ORIGINAL_DST, which only exists for REDIRECTed connections.
 	OriginalDst func(net.Conn) (netip.AddrPort, error)
 
-	// DialOptions are added to every upstream ClientConn's options, after
-	// the proxy's own (insecure transport, round_robin default, sizes).
-	DialOptions []grpc.DialOption
+	// XDS, if set, is the control plane that resolves xds:/// targets:
+	// their endpoints and the balancer their Cluster names.
+	XDS *XDSConfig
+	// Resolvers resolve targets of their schemes, before grpc-go's
+	// registry (passthrough, dns, and any registered by imports).
+	Resolvers []resolver.Builder
 	// MaxMessageBytes bounds one message in either direction; zero means
-	// DefaultMaxMessageBytes. The proxy holds at most one message per
-	// direction per call.
+	// DefaultMaxMessageBytes. Messages are never held whole: the limit is
+	// checked from each message's length prefix as its bytes pass.
 	MaxMessageBytes int
 	// SniffTimeout bounds the wait for an HTTP/2 preface on a connection
 	// to a known Service; a client that says nothing by then (a
@@ -94,26 +101,37 @@ type Options struct {
 	Log     *slog.Logger
 }
 
+// XDSConfig names the control plane (host:port, plaintext) and the node id
+// the proxy presents to it.
+type XDSConfig struct {
+	Server string
+	NodeID string
+}
+
 // Proxy is a running sidecar data path. Create it with New, run it with
 // Serve, and expose AdminHandler for readiness and metrics.
 type Proxy struct {
-	opts      Options
-	log       *slog.Logger
-	registry  *prometheus.Registry
-	metrics   *metrics
-	server    *grpc.Server
-	upstreams *upstreams
-	outbound  []*routedListener
-	// intercepted feeds the grpc.Server the transparent listener's
-	// connections that turned out to be gRPC to a known Service.
-	intercepted *connQueue
+	opts        Options
+	log         *slog.Logger
+	registry    *prometheus.Registry
+	metrics     *metrics
+	upstreams   *upstreams
+	outbound    []*routedListener
 	passthrough *connSet
 
 	ready atomic.Bool
-	// streams tracks request-copying goroutines; conns tracks transparent
-	// connection handlers. Serve waits for both.
-	streams sync.WaitGroup
-	conns   sync.WaitGroup
+	// conns tracks downstream connection handlers; Serve waits for them.
+	conns sync.WaitGroup
+
+	downMu   sync.Mutex
+	down     map[*h2conn]struct{}
+	draining bool
+}
+
+// routedListener binds every connection it accepts to one upstream.
+type routedListener struct {
+	net.Listener
+	up *upstream
 }
 
 // New validates opts and builds a Proxy; nothing runs until Serve.
@@ -138,29 +156,28 @@ func New(opts Options) (*Proxy, error) {
 		log:         cmp.Or(opts.Log, slog.Default()).With("component", "proxy"),
 		registry:    cmp.Or(opts.Metrics, prometheus.NewRegistry()),
 		passthrough: &connSet{m: map[net.Conn]struct{}{}},
+		down:        map[*h2conn]struct{}{},
 	}
 	p.metrics = newMetrics(p.registry)
-	p.upstreams = newUpstreams(dialOptions(opts.MaxMessageBytes, opts.DialOptions), callOptions(), p.metrics)
+	p.upstreams = &upstreams{
+		resolvers:  opts.Resolvers,
+		metrics:    p.metrics,
+		maxMessage: uint32(min(opts.MaxMessageBytes, 1<<32-1)),
+		log:        p.log,
+		byName:     map[string]*upstream{},
+	}
+	if opts.XDS != nil {
+		p.upstreams.xds = newXDSClient(*opts.XDS, p.log)
+	}
 	for _, o := range opts.Outbound {
 		up, err := p.upstreams.get(o.Target)
 		if err != nil {
 			p.upstreams.close()
+			p.upstreams.xds.close()
 			return nil, fmt.Errorf("proxy: outbound %s: %w", o.Listener.Addr(), err)
 		}
 		p.outbound = append(p.outbound, &routedListener{Listener: o.Listener, up: up})
 	}
-	if opts.Transparent != nil {
-		p.intercepted = newConnQueue(opts.Transparent.Addr())
-	}
-	p.server = grpc.NewServer(
-		grpc.UnknownServiceHandler(p.handle),
-		grpc.ForceServerCodecV2(rawCodec{}),
-		grpc.MaxRecvMsgSize(opts.MaxMessageBytes),
-		grpc.MaxSendMsgSize(opts.MaxMessageBytes),
-		// The app's keepalive pings must not get it disconnected: the
-		// proxy accepts them as often as any sane client sends them.
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 5 * time.Second, PermitWithoutStream: true}),
-	)
 	return p, nil
 }
 
@@ -189,25 +206,26 @@ func (p *Proxy) AdminHandler() http.Handler {
 // call starts, lets in-flight calls and passthrough connections finish for
 // up to DrainTimeout, closes what is left and returns.
 func (p *Proxy) Serve(ctx context.Context) error {
-	failed := make(chan error, len(p.outbound)+2)
+	failed := make(chan error, len(p.outbound)+1)
 	var serving sync.WaitGroup
-	serve := func(lis net.Listener) {
+	for _, lis := range p.outbound {
 		serving.Go(func() {
-			if err := p.server.Serve(lis); err != nil && !errors.Is(err, grpc.ErrServerStopped) {
-				failed <- fmt.Errorf("proxy: serve %s: %w", lis.Addr(), err)
+			if err := p.acceptOutbound(lis); err != nil {
+				failed <- err
 			}
 		})
 	}
-	for _, lis := range p.outbound {
-		serve(lis)
-	}
 	if p.opts.Transparent != nil {
-		serve(p.intercepted)
 		serving.Go(func() {
 			if err := p.acceptTransparent(ctx); err != nil {
 				failed <- err
 			}
 		})
+	}
+	var xdsDone chan struct{}
+	if x := p.upstreams.xds; x != nil {
+		xdsDone = make(chan struct{})
+		go func() { defer close(xdsDone); x.run() }()
 	}
 	p.ready.Store(true)
 	p.log.Debug("serving", "outbound", len(p.outbound), "transparent", p.opts.Transparent != nil)
@@ -218,51 +236,143 @@ func (p *Proxy) Serve(ctx context.Context) error {
 	case err = <-failed:
 	}
 	p.ready.Store(false)
-	p.drain()
-	serving.Wait()
+	p.drain(&serving)
 	p.conns.Wait()
-	p.streams.Wait()
 	p.upstreams.close()
+	if xdsDone != nil {
+		p.upstreams.xds.close()
+		<-xdsDone
+	}
 	return err
 }
 
-// drain stops the downstream side: GracefulStop closes the listeners and
-// sends GOAWAY, then waits for in-flight calls; after DrainTimeout it stops
-// hard. Passthrough connections get the same deadline.
-func (p *Proxy) drain() {
+// acceptOutbound serves the connections of an explicit listener until it
+// is closed.
+func (p *Proxy) acceptOutbound(lis *routedListener) error {
+	for {
+		c, err := lis.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return nil
+			}
+			return fmt.Errorf("proxy: accept on %s: %w", lis.Addr(), err)
+		}
+		p.conns.Go(func() { p.serveDownstream(c, lis.up) })
+	}
+}
+
+// serveDownstream runs one client connection: every stream on it goes to
+// up.
+func (p *Proxy) serveDownstream(nc net.Conn, up *upstream) {
+	if tc, ok := nc.(*net.TCPConn); ok {
+		tc.SetNoDelay(true)
+	}
+	c := newH2Conn(nc, nc, false)
+	p.downMu.Lock()
+	if p.draining {
+		p.downMu.Unlock()
+		nc.Close()
+		return
+	}
+	p.down[c] = struct{}{}
+	p.downMu.Unlock()
+	defer func() {
+		p.downMu.Lock()
+		delete(p.down, c)
+		p.downMu.Unlock()
+	}()
+	if err := c.readPreface(); err != nil {
+		p.log.Debug("client connection", "client", nc.RemoteAddr(), "err", err)
+		nc.Close()
+		return
+	}
+	if err := c.start(); err != nil {
+		nc.Close()
+		return
+	}
+	err := c.readLoop(&downstream{up: up})
+	p.log.Debug("client connection ended", "client", nc.RemoteAddr(), "err", err)
+}
+
+// drain stops the downstream side: it closes the listeners, sends GOAWAY
+// on every client connection (each closes when its last stream ends), and
+// after DrainTimeout closes what is left. Passthrough connections get the
+// same deadline.
+func (p *Proxy) drain(serving *sync.WaitGroup) {
 	deadline := time.NewTimer(p.opts.DrainTimeout)
 	defer deadline.Stop()
+	for _, lis := range p.outbound {
+		lis.Close()
+	}
 	if p.opts.Transparent != nil {
 		p.opts.Transparent.Close()
 	}
-	stopped := make(chan struct{})
-	go func() {
-		p.server.GracefulStop()
-		close(stopped)
-	}()
-	select {
-	case <-stopped:
-	case <-deadline.C:
-		p.log.Warn("drain timeout: cancelling in-flight calls", "timeout", p.opts.DrainTimeout)
-		p.server.Stop()
-		<-stopped
+	serving.Wait()
+	p.downMu.Lock()
+	p.draining = true
+	for c := range p.down {
+		c.mu.Lock()
+		c.goAwayLocked()
+		c.mu.Unlock()
 	}
-	if !p.passthrough.waitEmpty(deadline.C) {
-		p.log.Warn("drain timeout: closing passthrough connections", "timeout", p.opts.DrainTimeout)
+	p.downMu.Unlock()
+	done := make(chan struct{})
+	go func() { p.conns.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-deadline.C:
+		p.log.Warn("drain timeout: closing client connections", "timeout", p.opts.DrainTimeout)
+		p.downMu.Lock()
+		for c := range p.down {
+			c.nc.Close()
+		}
+		p.downMu.Unlock()
+		p.passthrough.closeAll()
+		<-done
 	}
 	p.passthrough.closeAll()
 }
 
-// routedListener binds every connection it accepts to one upstream.
-type routedListener struct {
-	net.Listener
+// downstream handles the connection-level frames of a client connection.
+type downstream struct {
 	up *upstream
 }
 
-func (l *routedListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
+func (d *downstream) settings(*h2conn) {}
+
+func (d *downstream) goAway(*h2conn, *http2.GoAwayFrame, *batch) {}
+
+// newStream starts a call: it registers the client's stream, and has the
+// balancer place it.
+func (d *downstream) newStream(c *h2conn, id uint32, fields []hpack.HeaderField, end bool, b *batch) {
+	c.mu.Lock()
+	if id%2 == 0 || id <= c.lastPeerID {
+		c.mu.Unlock()
+		return // a frame for a closed stream
 	}
-	return route(c, c.LocalAddr(), l.up), nil
+	c.lastPeerID = id
+	if c.goingAway {
+		c.fr.WriteRSTStream(id, http2.ErrCodeRefusedStream)
+		b.markDirty(c)
+		c.mu.Unlock()
+		return
+	}
+	var path string
+	for _, hf := range fields {
+		if hf.Name == ":path" {
+			path = hf.Value
+			break
+		}
+	}
+	s := newStream(d.up, path)
+	s.down.c, s.down.id = c, id
+	s.down.sendWindow = c.peerWindow
+	s.down.recvDone = end
+	s.down.headersRecv = true
+	s.down.ready.Store(true)
+	c.legs[id] = &s.down
+	c.mu.Unlock()
+	d.up.metrics.inFlight.Inc()
+	s.upl.pending = append(s.upl.pending, item{fields: fields, end: end})
+	d.up.host.route(s, b)
 }

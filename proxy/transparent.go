@@ -76,8 +76,7 @@ func (p *Proxy) dispatch(ctx context.Context, c net.Conn, dst netip.AddrPort) {
 		p.passThrough(ctx, c, dst, prefix, reasonNoUpstream)
 		return
 	}
-	local := net.TCPAddrFromAddrPort(dst)
-	p.intercepted.deliver(route(&prefixConn{Conn: c, prefix: prefix}, local, up))
+	p.serveDownstream(&prefixConn{Conn: c, prefix: prefix}, up)
 }
 
 // sniff reads until it has the HTTP/2 preface or bytes that differ from
@@ -227,41 +226,3 @@ func (s *connSet) closeAll() {
 		c.Close()
 	}
 }
-
-// connQueue is a net.Listener whose connections are handed to it by the
-// transparent dispatcher, so the grpc.Server serves them like any other.
-type connQueue struct {
-	addr net.Addr
-	ch   chan net.Conn
-	done chan struct{}
-	once sync.Once
-}
-
-func newConnQueue(addr net.Addr) *connQueue {
-	return &connQueue{addr: addr, ch: make(chan net.Conn), done: make(chan struct{})}
-}
-
-// deliver hands c to Accept, or closes it if the queue is closed.
-func (q *connQueue) deliver(c net.Conn) {
-	select {
-	case q.ch <- c:
-	case <-q.done:
-		c.Close()
-	}
-}
-
-func (q *connQueue) Accept() (net.Conn, error) {
-	select {
-	case c := <-q.ch:
-		return c, nil
-	case <-q.done:
-		return nil, net.ErrClosed
-	}
-}
-
-func (q *connQueue) Close() error {
-	q.once.Do(func() { close(q.done) })
-	return nil
-}
-
-func (q *connQueue) Addr() net.Addr { return q.addr }

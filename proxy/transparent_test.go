@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/resolver"
 
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/greeter"
@@ -91,7 +92,7 @@ func TestTransparentDispatch(t *testing.T) {
 			}
 			return netip.AddrPort{}, fmt.Errorf("connection from %s was not redirected", src)
 		},
-		DialOptions:  []grpc.DialOption{resolve},
+		Resolvers:    []resolver.Builder{resolve},
 		SniffTimeout: 50 * time.Millisecond,
 	})
 	if err != nil {

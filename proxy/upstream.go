@@ -2,46 +2,59 @@ package proxy
 
 import (
 	"fmt"
-	"net"
+	"log/slog"
+	"net/url"
 	"strings"
 	"sync"
 
-	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/serviceconfig"
+
+	// The balancers a Cluster may name, registered with grpc-go: the proxy
+	// runs the very implementations a proxyless Go client runs.
+	_ "github.com/ballast-dev/ballast/balancer/p2c"
+	_ "github.com/ballast-dev/ballast/balancer/peakewma"
+	_ "google.golang.org/grpc/balancer/leastrequest"
+	_ "google.golang.org/grpc/balancer/roundrobin"
 )
 
-// upstream is one destination Service as the proxy's client side sees it: a
-// grpc-go ClientConn whose resolver and balancer make the per-call decision,
-// exactly as a proxyless client dialling the same target would.
+// defaultBalancer places calls to targets whose resolver names no policy
+// (dns:///, static lists): a proxy that pinned each client connection to
+// one backend would defeat its purpose.
+const defaultBalancer = "round_robin"
+
+// upstream is one destination Service as the proxy's client side sees it:
+// a balancer host fed by the target's resolver (or by xDS), and the
+// Service's metrics.
 type upstream struct {
 	target string
 	// service names the upstream in metrics: the target without its
 	// "xds:///" scheme.
-	service     string
-	conn        *grpc.ClientConn
-	callOptions []grpc.CallOption
-	metrics     upstreamMetrics
+	service    string
+	host       *host
+	metrics    upstreamMetrics
+	maxMessage uint32
+	// stopResolver stops what feeds host endpoints.
+	stopResolver func()
 }
 
 // upstreams holds one upstream per target, created on first use and kept
 // until the proxy stops, so every connection to a Service shares one
-// ClientConn and one balancer (and its load statistics).
+// balancer (and its load statistics).
 type upstreams struct {
-	dialOptions []grpc.DialOption
-	callOptions []grpc.CallOption
-	metrics     *metrics
+	resolvers  []resolver.Builder
+	xds        *xdsClient
+	metrics    *metrics
+	maxMessage uint32
+	log        *slog.Logger
 
 	mu     sync.Mutex
 	byName map[string]*upstream
 	closed bool
 }
 
-func newUpstreams(dialOptions []grpc.DialOption, callOptions []grpc.CallOption, m *metrics) *upstreams {
-	return &upstreams{dialOptions: dialOptions, callOptions: callOptions, metrics: m, byName: map[string]*upstream{}}
-}
-
-// get returns the upstream for target, creating its ClientConn (which
+// get returns the upstream for target, starting its resolution (which
 // connects lazily) the first time.
 func (u *upstreams) get(target string) (*upstream, error) {
 	u.mu.Lock()
@@ -52,30 +65,97 @@ func (u *upstreams) get(target string) (*upstream, error) {
 	if u.closed {
 		return nil, fmt.Errorf("upstream %s: proxy is stopping", target)
 	}
-	conn, err := grpc.NewClient(target, u.dialOptions...)
-	if err != nil {
-		return nil, fmt.Errorf("upstream %s: %w", target, err)
-	}
 	service := serviceLabel(target)
 	up := &upstream{
-		target:      target,
-		service:     service,
-		conn:        conn,
-		callOptions: u.callOptions,
-		metrics:     u.metrics.forService(service),
+		target:     target,
+		service:    service,
+		host:       newHost(target, u.log),
+		metrics:    u.metrics.forService(service),
+		maxMessage: u.maxMessage,
 	}
+	stop, err := u.resolve(target, up.host)
+	if err != nil {
+		up.host.close()
+		return nil, fmt.Errorf("upstream %s: %w", target, err)
+	}
+	up.stopResolver = stop
 	u.byName[target] = up
 	return up, nil
 }
 
-// close closes every ClientConn; later gets fail.
+// resolve starts feeding h the endpoints of target: from the control
+// plane for xds:/// targets when the proxy has one, otherwise from the
+// grpc-go resolver registered for the target's scheme (passthrough for a
+// bare host:port, as grpc.NewClient does).
+func (u *upstreams) resolve(target string, h *host) (func(), error) {
+	if name, ok := strings.CutPrefix(target, "xds:///"); ok && u.xds != nil {
+		return u.xds.watch(name, h), nil
+	}
+	parsed, err := url.Parse(target)
+	var builder resolver.Builder
+	if err == nil {
+		builder = u.builder(parsed.Scheme)
+	}
+	if builder == nil {
+		parsed, err = url.Parse("passthrough:///" + target)
+		if err != nil {
+			return nil, fmt.Errorf("parsing target: %w", err)
+		}
+		builder = u.builder("passthrough")
+	}
+	if builder == nil {
+		return nil, fmt.Errorf("no resolver for scheme %q", parsed.Scheme)
+	}
+	r, err := builder.Build(resolver.Target{URL: *parsed}, &resolverConn{h: h}, resolver.BuildOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("resolver %s: %w", parsed.Scheme, err)
+	}
+	return r.Close, nil
+}
+
+func (u *upstreams) builder(scheme string) resolver.Builder {
+	for _, b := range u.resolvers {
+		if b.Scheme() == scheme {
+			return b
+		}
+	}
+	return resolver.Get(scheme)
+}
+
+// close stops every upstream; later gets fail.
 func (u *upstreams) close() {
 	u.mu.Lock()
-	defer u.mu.Unlock()
 	u.closed = true
+	ups := make([]*upstream, 0, len(u.byName))
 	for _, up := range u.byName {
-		up.conn.Close()
+		ups = append(ups, up)
 	}
+	u.mu.Unlock()
+	for _, up := range ups {
+		up.stopResolver()
+		up.host.close()
+	}
+}
+
+// resolverConn is the resolver.ClientConn a grpc-go resolver reports to.
+type resolverConn struct {
+	resolver.ClientConn // embedded for methods grpc-go may add
+	h                   *host
+}
+
+func (r *resolverConn) UpdateState(s resolver.State) error {
+	r.h.update(defaultBalancer, nil, s)
+	return nil
+}
+
+func (r *resolverConn) ReportError(err error) { r.h.resolverError(err) }
+
+func (r *resolverConn) NewAddress(addrs []resolver.Address) {
+	r.UpdateState(resolver.State{Addresses: addrs})
+}
+
+func (r *resolverConn) ParseServiceConfig(string) *serviceconfig.ParseResult {
+	return &serviceconfig.ParseResult{Err: fmt.Errorf("ballast proxy: service configs from resolvers are not used")}
 }
 
 func serviceLabel(target string) string {
@@ -83,46 +163,6 @@ func serviceLabel(target string) string {
 		return rest
 	}
 	return target
-}
-
-// dialOptions are the options of every upstream ClientConn. The default
-// service config asks for round_robin where the resolver says nothing (a
-// dns:/// or static target), because a proxy that pinned each client
-// connection to one backend would defeat its purpose; xDS targets get their
-// policy from the control plane instead.
-func dialOptions(maxMessageBytes int, extra []grpc.DialOption) []grpc.DialOption {
-	return append([]grpc.DialOption{
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`),
-		grpc.WithDefaultCallOptions(
-			grpc.MaxCallRecvMsgSize(maxMessageBytes),
-			grpc.MaxCallSendMsgSize(maxMessageBytes),
-		),
-	}, extra...)
-}
-
-func callOptions() []grpc.CallOption {
-	return []grpc.CallOption{grpc.ForceCodecV2(rawCodec{})}
-}
-
-// routedAddr is the local address of a connection the proxy accepted,
-// carrying the upstream chosen for it. grpc-go hands it to every call as
-// peer.LocalAddr, so a call finds its upstream without a lookup.
-type routedAddr struct {
-	net.Addr
-	up *upstream
-}
-
-// routedConn is an accepted connection bound to its upstream.
-type routedConn struct {
-	net.Conn
-	local *routedAddr
-}
-
-func (c *routedConn) LocalAddr() net.Addr { return c.local }
-
-func route(c net.Conn, local net.Addr, up *upstream) net.Conn {
-	return &routedConn{Conn: c, local: &routedAddr{Addr: local, up: up}}
 }
 
 // codeIndex maps a status code to its slot in per-code metric arrays.

@@ -2,8 +2,10 @@ package proxy
 
 import (
 	"context"
+	"fmt"
 	"net"
 	"net/netip"
+	"strings"
 	"testing"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -19,11 +21,13 @@ import (
 	"github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	serverv3 "github.com/envoyproxy/go-control-plane/pkg/server/v3"
 	"google.golang.org/grpc"
+	grpcxds "google.golang.org/grpc/xds"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/xds"
 )
 
 // startControlPlane serves, over ADS on loopback, the xDS resources of one
@@ -110,21 +114,25 @@ func startControlPlane(t *testing.T, nodeID, name string, addrs []string) string
 	return lis.Addr().String()
 }
 
-// TestXDSUpstream: the proxy's upstream is a real grpc-go xDS client of a
-// go-control-plane server, configured in memory by XDSDialOption, and
-// balances calls across the endpoints the control plane names, exactly
-// like a proxyless client given the same option.
+// TestXDSUpstream: the proxy resolves its target with a go-control-plane
+// server and balances calls across the endpoints it names, like a
+// proxyless grpc-go client of the same server.
 func TestXDSUpstream(t *testing.T) {
 	const nodeID = "ballast-proxy~default~test"
 	const name = "greeter.default:50051"
 	cp := startControlPlane(t, nodeID, name, startGreeters(t, 3))
-	xdsOpt, err := XDSDialOption(cp, nodeID)
+	bootstrap, err := XDSBootstrap(cp, nodeID)
 	if err != nil {
 		t.Fatal(err)
 	}
+	xdsResolver, err := grpcxds.NewXDSResolverWithConfigForTesting(bootstrap)
+	if err != nil {
+		t.Fatal(err)
+	}
+	xdsOpt := grpc.WithResolvers(xdsResolver)
 
 	t.Run("proxied", func(t *testing.T) {
-		_, addr := startOutbound(t, XDSTarget(keyOf("default", "greeter"), 50051), Options{DialOptions: []grpc.DialOption{xdsOpt}})
+		_, addr := startOutbound(t, XDSTarget(keyOf("default", "greeter"), 50051), Options{XDS: &XDSConfig{Server: cp, NodeID: nodeID}})
 		if pods := spread(t, dial(t, addr), 3, 30); !even(pods, 3, 30) {
 			t.Fatalf("30 calls through the proxy reached %v, want 10 on each of 3 pods", pods)
 		}
@@ -137,3 +145,120 @@ func TestXDSUpstream(t *testing.T) {
 }
 
 func keyOf(ns, name string) discovery.Key { return discovery.Key{Namespace: ns, Name: name} }
+
+// startBallastControlPlane serves over ADS the resources Ballast's control
+// plane makes for svc (xds.TranslateService: Listener → RDS route →
+// Cluster with the Service's policy list → endpoints), to nodeID.
+func startBallastControlPlane(t *testing.T, nodeID string, svc *discovery.Service) string {
+	t.Helper()
+	res, err := xds.TranslateService(svc, xds.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var listeners, routes, clusters, endpoints []types.Resource
+	for _, r := range res.Listeners {
+		listeners = append(listeners, r)
+	}
+	for _, r := range res.Routes {
+		routes = append(routes, r)
+	}
+	for _, r := range res.Clusters {
+		clusters = append(clusters, r)
+	}
+	for _, r := range res.Endpoints {
+		endpoints = append(endpoints, r)
+	}
+	snap, err := cachev3.NewSnapshot("1", map[resource.Type][]types.Resource{
+		resource.ListenerType: listeners, resource.RouteType: routes,
+		resource.ClusterType: clusters, resource.EndpointType: endpoints,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	cache := cachev3.NewSnapshotCache(false, cachev3.IDHash{}, nil)
+	if err := cache.SetSnapshot(ctx, nodeID, snap); err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer()
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, serverv3.NewServer(ctx, cache, nil))
+	lis := listen(t)
+	done := make(chan struct{})
+	go func() { defer close(done); gs.Serve(lis) }()
+	t.Cleanup(func() { cancel(); gs.Stop(); <-done })
+	return lis.Addr().String()
+}
+
+// TestXDSPolicy: with each policy Ballast's control plane can name, the
+// proxy runs the balancer a proxyless grpc-go client would pick from the
+// same Cluster, and balances with it.
+func TestXDSPolicy(t *testing.T) {
+	const nodeID = "ballast-proxy~default~policy"
+	addrs := startGreeters(t, 3)
+	tests := []struct {
+		policy       xds.Policy
+		wantBalancer string
+	}{
+		{xds.RoundRobin, "round_robin"},
+		{xds.LeastRequest, "least_request_experimental"},
+		{xds.PeakEWMA, "ballast_peak_ewma"},
+	}
+	for _, tc := range tests {
+		t.Run(string(tc.policy), func(t *testing.T) {
+			svc := &discovery.Service{
+				Key:         keyOf("default", "greeter"),
+				Annotations: map[string]string{xds.PolicyAnnotation: string(tc.policy)},
+				Ports:       []discovery.Port{{Port: 50051, Protocol: "TCP"}},
+			}
+			for i, a := range addrs {
+				svc.Ports[0].Endpoints = append(svc.Ports[0].Endpoints, discovery.Endpoint{
+					Address: netip.MustParseAddrPort(a), Ready: true, Serving: true, Pod: fmt.Sprintf("pod-%d", i),
+				})
+			}
+			cp := startBallastControlPlane(t, nodeID, svc)
+			target := XDSTarget(svc.Key, 50051)
+			p, addr := startOutbound(t, target, Options{XDS: &XDSConfig{Server: cp, NodeID: nodeID}})
+			// spread fails unless calls reach all 3 pods (in its warm-up)
+			// and all 30 counted calls succeed; how they spread is the
+			// policy's business.
+			spread(t, dial(t, addr), 3, 30)
+			up, _ := p.upstreams.get(target)
+			got := make(chan string, 1)
+			up.host.work.schedule(func() { got <- up.host.balName })
+			if b := <-got; b != tc.wantBalancer {
+				t.Fatalf("the proxy runs balancer %q, want %q", b, tc.wantBalancer)
+			}
+		})
+	}
+}
+
+func TestXDSConfigFromBootstrap(t *testing.T) {
+	good, err := XDSBootstrap("127.0.0.1:18000", "ballast-proxy~ns~pod")
+	if err != nil {
+		t.Fatal(err)
+	}
+	tests := []struct {
+		name    string
+		json    string
+		want    XDSConfig
+		wantErr string
+	}{
+		{name: "ours", json: string(good), want: XDSConfig{Server: "127.0.0.1:18000", NodeID: "ballast-proxy~ns~pod"}},
+		{name: "no server", json: `{"node":{"id":"x"}}`, wantErr: "xds_servers"},
+		{name: "not json", json: `{`, wantErr: "xds bootstrap"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := XDSConfigFromBootstrap([]byte(tc.json))
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("error %v, want one mentioning %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("got %+v, %v; want %+v", got, err, tc.want)
+			}
+		})
+	}
+}

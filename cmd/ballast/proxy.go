@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime"
 	"strconv"
 	"strings"
 	"time"
@@ -40,6 +41,7 @@ type proxyConfig struct {
 	maxMessage   int
 	sniffTimeout time.Duration
 	drainTimeout time.Duration
+	procs        int
 }
 
 func newProxyCmd() *cobra.Command {
@@ -47,9 +49,10 @@ func newProxyCmd() *cobra.Command {
 	cmd := &cobra.Command{
 		Use:   "proxy",
 		Short: "The sidecar: balance every call of unmodified gRPC clients",
-		Long: `Runs the sidecar's data path. Each destination Service is dialled as
-xds:///<name>.<namespace>:<port>, so every call is balanced exactly as a
-proxyless client's would be.
+		Long: `Runs the sidecar's data path. Each destination Service is resolved as
+xds:///<name>.<namespace>:<port> with the control plane, and every call
+(HTTP/2 stream) is placed by the balancer its Cluster names, the same
+implementation a proxyless client runs.
 
 Transparent mode (the default): accepts connections redirected by
 'ballast proxy init' on --transparent-address, reads their original
@@ -78,12 +81,13 @@ for up to --drain-timeout, then exits.`,
 	f.StringArrayVar(&c.services, "service", nil, "transparent mode: a Service's CLUSTERIP:PORT=name.namespace:port (repeatable)")
 	f.BoolVar(&c.kubernetes, "kubernetes", false, "transparent mode: learn Services' ClusterIPs from the Kubernetes API (in-cluster or $KUBECONFIG)")
 	f.StringVar(&c.filesDir, "files", "", "transparent mode: learn Services' ClusterIPs from the Service YAML in this folder")
-	f.StringVar(&c.xdsAddress, "xds-address", "", "control plane host:port; without it xds:/// targets use GRPC_XDS_BOOTSTRAP like any proxyless client")
+	f.StringVar(&c.xdsAddress, "xds-address", "", "control plane host:port that resolves xds:/// targets (name.namespace:port); without it, the one in $GRPC_XDS_BOOTSTRAP(_CONFIG)")
 	f.StringVar(&c.nodeID, "node-id", "", "xDS node id (default ballast-proxy~$POD_NAMESPACE~$POD_NAME)")
 	f.StringVar(&c.admin, "admin-address", ":15021", "address of /ready and /metrics")
 	f.IntVar(&c.maxMessage, "max-message-bytes", proxy.DefaultMaxMessageBytes, "largest message forwarded in either direction")
 	f.DurationVar(&c.sniffTimeout, "sniff-timeout", proxy.DefaultSniffTimeout, "how long to wait for an HTTP/2 preface before passing a connection through")
 	f.DurationVar(&c.drainTimeout, "drain-timeout", proxy.DefaultDrainTimeout, "how long in-flight calls may run after SIGTERM")
+	f.IntVar(&c.procs, "procs", 1, "CPUs the data path may use at once (GOMAXPROCS); 0 keeps Go's default, the container's CPU limit")
 	cmd.AddCommand(newProxyInitCmd())
 	return cmd
 }
@@ -97,6 +101,15 @@ func proxyTarget(s string) string {
 }
 
 func runProxy(ctx context.Context, c proxyConfig) error {
+	if c.procs < 0 {
+		return fmt.Errorf("--procs %d: want 0 (Go's default) or more", c.procs)
+	}
+	if c.procs > 0 {
+		// A sidecar shares its pod's CPUs with the app: like one nginx or
+		// haproxy worker, it runs its Go code on one thread by default,
+		// which also spares the scheduler's spinning between threads.
+		runtime.GOMAXPROCS(c.procs)
+	}
 	if c.transparent == "" && len(c.outbound) == 0 {
 		c.transparent = "127.0.0.1:15001"
 	}
@@ -125,11 +138,11 @@ func runProxy(ctx context.Context, c proxyConfig) error {
 		Log:             slog.Default(),
 	}
 	if c.xdsAddress != "" {
-		opt, err := proxy.XDSDialOption(c.xdsAddress, c.nodeID)
-		if err != nil {
-			return fmt.Errorf("--xds-address: %w", err)
-		}
-		opts.DialOptions = []grpc.DialOption{opt}
+		opts.XDS = &proxy.XDSConfig{Server: c.xdsAddress, NodeID: c.nodeID}
+	} else if cfg, ok, err := xdsFromEnv(); err != nil {
+		return err
+	} else if ok {
+		opts.XDS = &cfg
 	}
 	var listeners []net.Listener
 	defer func() {
@@ -187,6 +200,28 @@ func runProxy(ctx context.Context, c proxyConfig) error {
 		err = fmt.Errorf("admin server: %w", aerr)
 	}
 	return err
+}
+
+// xdsFromEnv reads the control plane from the grpc-go bootstrap a
+// proxyless client would use (GRPC_XDS_BOOTSTRAP names a file,
+// GRPC_XDS_BOOTSTRAP_CONFIG holds the JSON), for a proxy run without
+// --xds-address.
+func xdsFromEnv() (proxy.XDSConfig, bool, error) {
+	data := []byte(os.Getenv("GRPC_XDS_BOOTSTRAP_CONFIG"))
+	if file := os.Getenv("GRPC_XDS_BOOTSTRAP"); file != "" {
+		var err error
+		if data, err = os.ReadFile(file); err != nil {
+			return proxy.XDSConfig{}, false, fmt.Errorf("GRPC_XDS_BOOTSTRAP: %w", err)
+		}
+	}
+	if len(data) == 0 {
+		return proxy.XDSConfig{}, false, nil
+	}
+	cfg, err := proxy.XDSConfigFromBootstrap(data)
+	if err != nil {
+		return proxy.XDSConfig{}, false, fmt.Errorf("GRPC_XDS_BOOTSTRAP: %w", err)
+	}
+	return cfg, true, nil
 }
 
 // proxyDestinations returns what maps an intercepted connection's original

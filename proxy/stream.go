@@ -1,0 +1,494 @@
+package proxy
+
+import (
+	"fmt"
+	"strconv"
+	"sync/atomic"
+
+	"golang.org/x/net/http2"
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/balancer"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// stream is one proxied call: an HTTP/2 stream of a downstream connection
+// (down) paired with one of an upstream connection (up). Frames are
+// forwarded as they arrive; header blocks are re-encoded for the other
+// connection and stream ids remapped; message bytes are never copied
+// unless the other side's flow-control window makes them wait.
+type stream struct {
+	up   *upstream
+	down leg
+	upl  leg
+	path string
+	// done reports the call's outcome to the balancer that picked it.
+	done func(balancer.DoneInfo)
+	// parked: waiting for a picker that can place it (guarded by
+	// up.host.mu).
+	parked bool
+	// open counts legs not yet closed; the stream ends at zero.
+	open atomic.Int32
+	// code is the call's final status, for metrics and the balancer; set
+	// by whichever goroutine ends the call, before the last leg closes.
+	code    atomic.Int32
+	codeSet atomic.Bool
+}
+
+// leg is a stream as seen on one connection. Fields about sending on c
+// (sendWindow, pending, blocked, sendDone, headersSent) and about
+// receiving (recvDone, recvUnacked) are guarded by c.mu; the message
+// framing state is only touched by c's read loop.
+type leg struct {
+	s    *stream
+	c    *h2conn
+	id   uint32
+	peer *leg
+	// ready says c and id are set (an upstream leg is not while its
+	// stream is parked).
+	ready atomic.Bool
+
+	sendWindow  int64
+	pending     []item
+	blocked     bool
+	sendDone    bool
+	headersSent bool
+	recvDone    bool
+	recvUnacked int64
+	headersRecv bool
+	closed      bool
+
+	// gRPC message framing of received DATA, to enforce the size limit.
+	msgHdr    [5]byte
+	msgHdrN   int
+	msgRemain uint32
+}
+
+// item is a frame waiting for its leg's send window: DATA (data), HEADERS
+// (fields), or RST_STREAM (rst).
+type item struct {
+	data   []byte
+	fields []hpack.HeaderField
+	end    bool
+	rst    bool
+	code   http2.ErrCode
+	// from is the leg the data arrived on, credited once it is written.
+	from *leg
+}
+
+func newStream(up *upstream, path string) *stream {
+	s := &stream{up: up, path: path}
+	s.down.s, s.upl.s = s, s
+	s.down.peer, s.upl.peer = &s.upl, &s.down
+	s.open.Store(2)
+	return s
+}
+
+// setCode records the call's status once.
+func (s *stream) setCode(c codes.Code) {
+	if s.codeSet.CompareAndSwap(false, true) {
+		s.code.Store(int32(c))
+	}
+}
+
+// legClosedLocked removes l from its connection (c.mu held) and ends the
+// stream with its last leg.
+func (l *leg) closeLocked(b *batch) {
+	if l.closed {
+		return
+	}
+	l.closed = true
+	if l.c != nil && l.ready.Load() {
+		delete(l.c.legs, l.id)
+		if l.blocked {
+			l.c.unblockLocked(l)
+		}
+		l.c.idleCheckLocked()
+	}
+	l.s.legClosed()
+}
+
+func (s *stream) legClosed() {
+	if s.open.Add(-1) != 0 {
+		return
+	}
+	code := codes.Code(s.code.Load())
+	s.up.metrics.inFlight.Dec()
+	s.up.metrics.streams[codeIndex(code)].Inc()
+	if s.done != nil {
+		di := balancer.DoneInfo{BytesSent: true, BytesReceived: true}
+		if code != codes.OK {
+			di.Err = status.Error(code, "")
+		}
+		s.done(di)
+	}
+}
+
+func (c *h2conn) unblockLocked(l *leg) {
+	for i, b := range c.blocked {
+		if b == l {
+			c.blocked = append(c.blocked[:i], c.blocked[i+1:]...)
+			break
+		}
+	}
+	l.blocked = false
+}
+
+// checkDoneLocked closes l once both directions are done. A downstream
+// leg whose response ended while the client still sends is reset with
+// NO_ERROR, as a gRPC server does, so the client stops sending.
+func (l *leg) checkDoneLocked(b *batch) {
+	c := l.c
+	if l.sendDone && !l.recvDone && !c.client {
+		if !c.closed {
+			c.fr.WriteRSTStream(l.id, http2.ErrCodeNo)
+			b.markDirty(c)
+		}
+		l.recvDone = true
+	}
+	if l.sendDone && l.recvDone {
+		l.closeLocked(b)
+	}
+}
+
+// forwardHeaders forwards a header block received on from to its peer.
+func (s *stream) forwardHeaders(from *leg, fields []hpack.HeaderField, end bool, b *batch) {
+	if end && from == &s.upl {
+		s.setCode(grpcStatus(fields))
+	}
+	c := from.c
+	c.mu.Lock()
+	from.headersRecv = true
+	if end {
+		from.recvDone = true
+		from.checkDoneLocked(b)
+	}
+	c.mu.Unlock()
+	s.send(from.peer, item{fields: fields, end: end, from: from}, b)
+}
+
+// grpcStatus reads grpc-status from a trailer block; a block without one
+// (not gRPC, or a broken server) counts as Unknown.
+func grpcStatus(fields []hpack.HeaderField) codes.Code {
+	for _, hf := range fields {
+		if hf.Name == "grpc-status" {
+			if n, err := strconv.Atoi(hf.Value); err == nil {
+				return codes.Code(n)
+			}
+		}
+	}
+	return codes.Unknown
+}
+
+// forwardData forwards DATA received on from to its peer, unless a
+// message in it is over the size limit.
+func (s *stream) forwardData(from *leg, data []byte, end bool, b *batch) {
+	if err := from.checkMessages(data, s.up.maxMessage); err != nil {
+		b.credits = append(b.credits, credit{l: from, n: int64(len(data))})
+		s.fail(codes.ResourceExhausted, err.Error(), b)
+		return
+	}
+	if end {
+		c := from.c
+		c.mu.Lock()
+		from.recvDone = true
+		from.checkDoneLocked(b)
+		c.mu.Unlock()
+	}
+	s.send(from.peer, item{data: data, end: end, from: from}, b)
+}
+
+// checkMessages follows the gRPC message framing (5-byte header, then the
+// message) through the received bytes and fails on a message over max.
+func (l *leg) checkMessages(data []byte, max uint32) error {
+	for len(data) > 0 {
+		if l.msgRemain > 0 {
+			n := uint32(len(data))
+			if n > l.msgRemain {
+				n = l.msgRemain
+			}
+			l.msgRemain -= n
+			data = data[n:]
+			continue
+		}
+		n := copy(l.msgHdr[l.msgHdrN:], data)
+		l.msgHdrN += n
+		data = data[n:]
+		if l.msgHdrN < len(l.msgHdr) {
+			return nil
+		}
+		l.msgHdrN = 0
+		size := grpcMessageLength(l.msgHdr[:])
+		if size > max {
+			return fmt.Errorf("grpc: received message larger than max (%d vs. %d)", size, max)
+		}
+		l.msgRemain = size
+	}
+	return nil
+}
+
+// send writes it on leg to, or queues it there until the window allows.
+func (s *stream) send(to *leg, it item, b *batch) {
+	if !to.ready.Load() {
+		h := s.up.host
+		h.mu.Lock()
+		if !to.ready.Load() {
+			if to.sendDone {
+				h.mu.Unlock()
+				b.dropped(it)
+				return
+			}
+			to.pending = append(to.pending, it.own())
+			h.mu.Unlock()
+			return
+		}
+		h.mu.Unlock()
+	}
+	c := to.c
+	c.mu.Lock()
+	if c.closed || to.sendDone {
+		c.mu.Unlock()
+		b.dropped(it)
+		return
+	}
+	if len(to.pending) == 0 && c.writeItemLocked(to, &it, b) {
+		c.mu.Unlock()
+		return
+	}
+	to.pending = append(to.pending, it.own())
+	c.mu.Unlock()
+}
+
+// own copies what an item borrows from its read loop's buffers, for an
+// item that must wait.
+func (it item) own() item {
+	if it.data != nil {
+		it.data = append([]byte(nil), it.data...)
+	}
+	if it.fields != nil {
+		it.fields = append([]hpack.HeaderField(nil), it.fields...)
+	}
+	return it
+}
+
+// dropped credits the window for data that will never be written.
+func (b *batch) dropped(it item) {
+	if len(it.data) > 0 && it.from != nil {
+		b.credits = append(b.credits, credit{l: it.from, n: int64(len(it.data))})
+	}
+}
+
+// writeItemLocked writes as much of it as the windows allow and reports
+// whether all of it was written.
+func (c *h2conn) writeItemLocked(l *leg, it *item, b *batch) bool {
+	b.markDirty(c)
+	switch {
+	case it.rst:
+		c.fr.WriteRSTStream(l.id, it.code)
+		l.sendDone, l.recvDone = true, true
+		l.dropPendingLocked(b)
+		l.closeLocked(b)
+		return true
+	case it.fields != nil:
+		c.writeHeadersLocked(l.id, it.fields, it.end)
+		l.headersSent = true
+		it.fields = nil
+	default:
+		for {
+			n := int64(len(it.data))
+			n = min(n, c.sendWindow, l.sendWindow)
+			if n <= 0 && len(it.data) > 0 {
+				if c.sendWindow <= 0 && !l.blocked {
+					l.blocked = true
+					c.blocked = append(c.blocked, l)
+				}
+				return false
+			}
+			last := n == int64(len(it.data))
+			c.fr.WriteData(l.id, it.end && last, it.data[:n])
+			c.sendWindow -= n
+			l.sendWindow -= n
+			if n > 0 && it.from != nil {
+				b.credits = append(b.credits, credit{l: it.from, n: n})
+			}
+			it.data = it.data[n:]
+			if last {
+				break
+			}
+		}
+	}
+	if it.end {
+		l.sendDone = true
+		l.checkDoneLocked(b)
+	}
+	return true
+}
+
+// drainLocked writes l's pending items while the windows allow.
+func (c *h2conn) drainLocked(l *leg, b *batch) {
+	for len(l.pending) > 0 {
+		if !c.writeItemLocked(l, &l.pending[0], b) {
+			return
+		}
+		if len(l.pending) == 0 { // an RST dropped the rest
+			return
+		}
+		l.pending[0] = item{}
+		l.pending = l.pending[1:]
+	}
+	l.pending = nil
+}
+
+func (l *leg) dropPendingLocked(b *batch) {
+	for _, it := range l.pending {
+		b.dropped(it)
+	}
+	l.pending = nil
+}
+
+// reset handles RST_STREAM received on from: the stream ends on both
+// sides. A NO_ERROR reset after a complete response only means the server
+// wants no more of the request, so the client is not reset.
+func (s *stream) reset(from *leg, code http2.ErrCode, b *batch) {
+	c := from.c
+	c.mu.Lock()
+	responseComplete := from.recvDone
+	from.recvDone, from.sendDone = true, true
+	from.dropPendingLocked(b)
+	from.closeLocked(b)
+	c.mu.Unlock()
+	if from == &s.down {
+		s.setCode(codes.Canceled)
+		s.sendReset(&s.upl, http2.ErrCodeCancel, b)
+		return
+	}
+	if code == http2.ErrCodeNo && responseComplete {
+		return
+	}
+	switch code {
+	case http2.ErrCodeCancel:
+		s.setCode(codes.Canceled)
+	case http2.ErrCodeRefusedStream:
+		s.setCode(codes.Unavailable)
+	default:
+		s.setCode(codes.Internal)
+	}
+	s.sendReset(&s.down, code, b)
+}
+
+// sendReset resets leg to at once, dropping what waits there.
+func (s *stream) sendReset(to *leg, code http2.ErrCode, b *batch) {
+	if !to.ready.Load() {
+		if s.unpark(b) {
+			return
+		}
+	}
+	c := to.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if to.closed {
+		return
+	}
+	to.dropPendingLocked(b)
+	if !c.closed {
+		c.fr.WriteRSTStream(to.id, code)
+		b.markDirty(c)
+	}
+	to.sendDone, to.recvDone = true, true
+	to.closeLocked(b)
+}
+
+// unpark ends a parked stream's upstream leg; it reports false if the
+// stream got placed meanwhile (then the leg is ready).
+func (s *stream) unpark(b *batch) bool {
+	h := s.up.host
+	h.mu.Lock()
+	defer h.mu.Unlock()
+	if s.upl.ready.Load() {
+		return false
+	}
+	if !s.upl.closed {
+		s.parked = false
+		s.upl.sendDone, s.upl.recvDone = true, true
+		s.upl.dropPendingLocked(b)
+		s.upl.closeLocked(b)
+	}
+	return true
+}
+
+// fail ends the call with a status made by the proxy: the client gets it
+// in trailers, the upstream stream (if any) is cancelled.
+func (s *stream) fail(code codes.Code, msg string, b *batch) {
+	s.setCode(code)
+	s.abort(code, msg, b)
+	s.sendReset(&s.upl, http2.ErrCodeCancel, b)
+}
+
+// abort ends the downstream leg with a status: trailers after response
+// headers, or a trailers-only response.
+func (s *stream) abort(code codes.Code, msg string, b *batch) {
+	l := &s.down
+	c := l.c
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if l.closed {
+		return
+	}
+	l.dropPendingLocked(b)
+	if !c.closed && !l.sendDone {
+		fields := make([]hpack.HeaderField, 0, 4)
+		if !l.headersSent {
+			fields = append(fields, hpack.HeaderField{Name: ":status", Value: "200"}, hpack.HeaderField{Name: "content-type", Value: "application/grpc"})
+		}
+		fields = append(fields, hpack.HeaderField{Name: "grpc-status", Value: strconv.Itoa(int(code))})
+		if msg != "" {
+			fields = append(fields, hpack.HeaderField{Name: "grpc-message", Value: encodeGRPCMessage(msg)})
+		}
+		c.writeHeadersLocked(l.id, fields, true)
+		b.markDirty(c)
+	}
+	l.sendDone = true
+	l.checkDoneLocked(b)
+}
+
+// connLost ends the stream of leg l, whose connection is gone.
+func (s *stream) connLost(l *leg, b *batch) {
+	c := l.c
+	c.mu.Lock()
+	l.recvDone, l.sendDone = true, true
+	l.dropPendingLocked(b)
+	l.closeLocked(b)
+	c.mu.Unlock()
+	if l == &s.down {
+		s.setCode(codes.Canceled)
+		s.sendReset(&s.upl, http2.ErrCodeCancel, b)
+		return
+	}
+	s.setCode(codes.Unavailable)
+	s.abort(codes.Unavailable, "ballast proxy: upstream connection lost", b)
+}
+
+// encodeGRPCMessage percent-encodes a status message as gRPC requires
+// (bytes outside printable ASCII, and '%').
+func encodeGRPCMessage(msg string) string {
+	clean := true
+	for i := 0; i < len(msg); i++ {
+		if c := msg[i]; c < ' ' || c > '~' || c == '%' {
+			clean = false
+			break
+		}
+	}
+	if clean {
+		return msg
+	}
+	const hex = "0123456789ABCDEF"
+	out := make([]byte, 0, len(msg)*3)
+	for i := 0; i < len(msg); i++ {
+		if c := msg[i]; c < ' ' || c > '~' || c == '%' {
+			out = append(out, '%', hex[c>>4], hex[c&15])
+		} else {
+			out = append(out, c)
+		}
+	}
+	return string(out)
+}
