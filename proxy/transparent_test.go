@@ -14,7 +14,6 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/resolver"
 
-	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/greeter"
 )
 
@@ -183,81 +182,4 @@ func TestTransparentDispatch(t *testing.T) {
 			t.Errorf("ballast_proxy_passthrough_connections_total{reason=%q} = %v, want %v", reason, got, want)
 		}
 	}
-}
-
-func TestServiceTargets(t *testing.T) {
-	svc := func(ns, name string, ips []string, ports ...discovery.Port) *discovery.Service {
-		s := &discovery.Service{Key: discovery.Key{Namespace: ns, Name: name}, Ports: ports}
-		for _, ip := range ips {
-			s.ClusterIPs = append(s.ClusterIPs, netip.MustParseAddr(ip))
-		}
-		return s
-	}
-	tests := []struct {
-		name     string
-		services []*discovery.Service
-		want     map[string]string
-	}{
-		{
-			name:     "one port",
-			services: []*discovery.Service{svc("default", "greeter", []string{"10.96.0.10"}, discovery.Port{Port: 50051, Protocol: "TCP"})},
-			want:     map[string]string{"10.96.0.10:50051": "xds:///greeter.default:50051"},
-		},
-		{
-			name: "dual stack, two ports, UDP skipped",
-			services: []*discovery.Service{svc("ns", "multi", []string{"10.96.0.11", "fd00::11"},
-				discovery.Port{Name: "grpc", Port: 50051, Protocol: "TCP"},
-				discovery.Port{Name: "dns", Port: 53, Protocol: "UDP"},
-				discovery.Port{Name: "admin", Port: 8080})},
-			want: map[string]string{
-				"10.96.0.11:50051": "xds:///multi.ns:50051",
-				"10.96.0.11:8080":  "xds:///multi.ns:8080",
-				"[fd00::11]:50051": "xds:///multi.ns:50051",
-				"[fd00::11]:8080":  "xds:///multi.ns:8080",
-			},
-		},
-		{
-			name:     "headless",
-			services: []*discovery.Service{svc("default", "headless", nil, discovery.Port{Port: 50051})},
-			want:     map[string]string{},
-		},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			got := ServiceTargets(tc.services)
-			if len(got) != len(tc.want) {
-				t.Fatalf("got %v, want %v", got, tc.want)
-			}
-			for dst, target := range tc.want {
-				if got[netip.MustParseAddrPort(dst)] != target {
-					t.Errorf("%s → %q, want %q", dst, got[netip.MustParseAddrPort(dst)], target)
-				}
-			}
-		})
-	}
-}
-
-// TestServiceIndexFollowsRegistry: a Service added to the registry becomes
-// a known destination, and stops being one when deleted.
-func TestServiceIndexFollowsRegistry(t *testing.T) {
-	reg := discovery.NewRegistry()
-	x := NewServiceIndex(reg)
-	ctx, cancel := context.WithCancel(t.Context())
-	done := make(chan error, 1)
-	go func() { done <- x.Run(ctx) }()
-	t.Cleanup(func() { cancel(); <-done })
-
-	dst := netip.MustParseAddrPort("10.96.0.10:50051")
-	key := discovery.Key{Namespace: "default", Name: "greeter"}
-	reg.Set(&discovery.Service{Key: key, ClusterIPs: []netip.Addr{dst.Addr()}, Ports: []discovery.Port{{Port: 50051}}})
-	eventually(t, "index learns the Service", func() bool {
-		target, ok := x.Target(dst)
-		return ok && target == "xds:///greeter.default:50051"
-	})
-	// A v4-mapped destination (from an IPv6 socket) is the same address.
-	if _, ok := x.Target(netip.AddrPortFrom(netip.AddrFrom16(dst.Addr().As16()), 50051)); !ok {
-		t.Error("v4-mapped destination not found")
-	}
-	reg.Delete(key)
-	eventually(t, "index forgets the Service", func() bool { _, ok := x.Target(dst); return !ok })
 }

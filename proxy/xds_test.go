@@ -132,7 +132,7 @@ func TestXDSUpstream(t *testing.T) {
 	xdsOpt := grpc.WithResolvers(xdsResolver)
 
 	t.Run("proxied", func(t *testing.T) {
-		_, addr := startOutbound(t, XDSTarget(keyOf("default", "greeter"), 50051), Options{XDS: &XDSConfig{Server: cp, NodeID: nodeID}})
+		_, addr := startOutbound(t, XDSTarget("greeter", "default", 50051), Options{XDS: &XDSConfig{Server: cp, NodeID: nodeID}})
 		if pods := spread(t, dial(t, addr), 3, 30); !even(pods, 3, 30) {
 			t.Fatalf("30 calls through the proxy reached %v, want 10 on each of 3 pods", pods)
 		}
@@ -216,7 +216,7 @@ func TestXDSPolicy(t *testing.T) {
 				})
 			}
 			cp := startBallastControlPlane(t, nodeID, svc)
-			target := XDSTarget(svc.Key, 50051)
+			target := XDSTarget(svc.Key.Name, svc.Key.Namespace, 50051)
 			p, addr := startOutbound(t, target, Options{XDS: &XDSConfig{Server: cp, NodeID: nodeID}})
 			// spread fails unless calls reach all 3 pods (in its warm-up)
 			// and all 30 counted calls succeed; how they spread is the

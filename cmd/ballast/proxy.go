@@ -276,7 +276,7 @@ func proxyDestinations(c proxyConfig, static proxy.StaticDestinations) (proxy.De
 		}
 		run = src.Run
 	}
-	index := proxy.NewServiceIndex(reg)
+	index := discovery.NewClusterIPIndex(reg)
 	both := func(ctx context.Context) error {
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -286,7 +286,19 @@ func proxyDestinations(c proxyConfig, static proxy.StaticDestinations) (proxy.De
 		cancel()
 		return errors.Join(err, <-indexDone)
 	}
-	return chained{static, index}, both, synced, nil
+	return chained{static, registryDestinations{index}}, both, synced, nil
+}
+
+// registryDestinations sends a connection to a Service's ClusterIP to the
+// Service's xds:/// target.
+type registryDestinations struct{ index *discovery.ClusterIPIndex }
+
+func (r registryDestinations) Target(dst netip.AddrPort) (string, bool) {
+	sp, ok := r.index.Lookup(dst)
+	if !ok {
+		return "", false
+	}
+	return proxy.XDSTarget(sp.Key.Name, sp.Key.Namespace, sp.Port), true
 }
 
 // chained asks each Destinations in turn.
