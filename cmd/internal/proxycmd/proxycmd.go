@@ -1,0 +1,366 @@
+// Package proxycmd is the `proxy` command, shared by the ballast binary
+// (`ballast proxy`) and the slim sidecar binary (`ballast-proxy`). The slim
+// one links no Kubernetes client: it learns Services' ClusterIPs from the
+// control plane. The ballast binary adds Sources that read them from the
+// Kubernetes API or from YAML files.
+package proxycmd
+
+import (
+	"cmp"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/http"
+	"net/netip"
+	"os"
+	"runtime"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/spf13/cobra"
+	"github.com/spf13/pflag"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/ballast-dev/ballast/proxy"
+	"github.com/ballast-dev/ballast/proxy/iptables"
+)
+
+// proxyConfig is `ballast proxy`'s flags, validated into one value.
+type proxyConfig struct {
+	transparent  string
+	outbound     []string
+	services     []string
+	xdsAddress   string
+	nodeID       string
+	admin        string
+	maxMessage   int
+	sniffTimeout time.Duration
+	drainTimeout time.Duration
+	procs        int
+}
+
+// A Source is a further way for transparent mode to learn which Service
+// is behind each ClusterIP:port, turned on by its own flags.
+type Source interface {
+	AddFlags(f *pflag.FlagSet)
+	// Destinations returns nil when the source's flags were not given;
+	// otherwise what it knows, the function that keeps that current (it
+	// blocks until ctx ends), and whether it has synced (nil: nothing to
+	// wait for).
+	Destinations() (proxy.Destinations, func(context.Context) error, func() bool, error)
+}
+
+// New is the proxy command, with init as its subcommand.
+func New(sources ...Source) *cobra.Command {
+	var c proxyConfig
+	cmd := &cobra.Command{
+		Use:   "proxy",
+		Short: "The sidecar: balance every call of unmodified gRPC clients",
+		Long: `Runs the sidecar's data path. Each destination Service is resolved as
+xds:///<name>.<namespace>:<port> with the control plane, and every call
+(HTTP/2 stream) is placed by the balancer its Cluster names, the same
+implementation a proxyless client runs.
+
+Transparent mode (the default): accepts connections redirected by
+'ballast proxy init' on --transparent-address, reads their original
+destination, and balances gRPC to known Services; everything else passes
+through as plain TCP. Known Services are their ClusterIP:port pairs, given
+one by one (--service) and, by default, from the control plane's sidecar
+listeners (no Kubernetes API access needed). 'ballast proxy' can read them
+instead from the Kubernetes API (--kubernetes: needs get/list/watch on
+Services and EndpointSlices) or from a folder of Service YAML (--files).
+
+Explicit mode: --outbound 127.0.0.1:15001=greeter.default:50051 listens on
+the address and sends every call to the target (name.namespace:port means
+xds:///name.namespace:port; any other grpc target, like dns:///host:port,
+is used as is).
+
+On SIGTERM it stops taking new calls (GOAWAY), lets in-flight calls finish
+for up to --drain-timeout, then exits.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			return runProxy(cmd.Context(), c, sources)
+		},
+	}
+	f := cmd.Flags()
+	f.StringVar(&c.transparent, "transparent-address", "", "address of the transparent listener (default 127.0.0.1:15001 when no --outbound is given)")
+	f.StringArrayVar(&c.outbound, "outbound", nil, "explicit listener ADDR=TARGET (repeatable)")
+	f.StringArrayVar(&c.services, "service", nil, "transparent mode: a Service's CLUSTERIP:PORT=name.namespace:port (repeatable)")
+	f.StringVar(&c.xdsAddress, "xds-address", "", "control plane host:port that resolves xds:/// targets (name.namespace:port); without it, the one in $GRPC_XDS_BOOTSTRAP(_CONFIG)")
+	f.StringVar(&c.nodeID, "node-id", "", "xDS node id (default ballast-proxy~$POD_NAMESPACE~$POD_NAME)")
+	f.StringVar(&c.admin, "admin-address", ":15021", "address of /ready and /metrics")
+	f.IntVar(&c.maxMessage, "max-message-bytes", proxy.DefaultMaxMessageBytes, "largest message forwarded in either direction")
+	f.DurationVar(&c.sniffTimeout, "sniff-timeout", proxy.DefaultSniffTimeout, "how long to wait for an HTTP/2 preface before passing a connection through")
+	f.DurationVar(&c.drainTimeout, "drain-timeout", proxy.DefaultDrainTimeout, "how long in-flight calls may run after SIGTERM")
+	f.IntVar(&c.procs, "procs", 1, "CPUs the data path may use at once (GOMAXPROCS); 0 keeps Go's default, the container's CPU limit")
+	for _, src := range sources {
+		src.AddFlags(f)
+	}
+	cmd.AddCommand(newInitCmd())
+	return cmd
+}
+
+// proxyTarget turns an --outbound or --service target into a grpc target.
+func proxyTarget(s string) string {
+	if strings.Contains(s, ":///") || strings.Contains(s, "://") {
+		return s
+	}
+	return "xds:///" + s
+}
+
+func runProxy(ctx context.Context, c proxyConfig, sources []Source) error {
+	if c.procs < 0 {
+		return fmt.Errorf("--procs %d: want 0 (Go's default) or more", c.procs)
+	}
+	if c.procs > 0 {
+		// A sidecar shares its pod's CPUs with the app: like one nginx or
+		// haproxy worker, it runs its Go code on one thread by default,
+		// which also spares the scheduler's spinning between threads.
+		runtime.GOMAXPROCS(c.procs)
+	}
+	if c.transparent == "" && len(c.outbound) == 0 {
+		c.transparent = "127.0.0.1:15001"
+	}
+	if c.nodeID == "" {
+		c.nodeID = fmt.Sprintf("ballast-proxy~%s~%s", os.Getenv("POD_NAMESPACE"), cmp.Or(os.Getenv("POD_NAME"), hostname()))
+	}
+	services := proxy.StaticDestinations{}
+	for _, s := range c.services {
+		addr, target, ok := strings.Cut(s, "=")
+		dst, err := netip.ParseAddrPort(addr)
+		if !ok || err != nil || target == "" {
+			return fmt.Errorf("--service %q: want CLUSTERIP:PORT=name.namespace:port", s)
+		}
+		services[dst] = proxyTarget(target)
+	}
+	opts := proxy.Options{
+		MaxMessageBytes: c.maxMessage,
+		SniffTimeout:    c.sniffTimeout,
+		DrainTimeout:    c.drainTimeout,
+		Log:             slog.Default(),
+	}
+	if c.xdsAddress != "" {
+		opts.XDS = &proxy.XDSConfig{Server: c.xdsAddress, NodeID: c.nodeID}
+	} else if cfg, ok, err := xdsFromEnv(); err != nil {
+		return err
+	} else if ok {
+		opts.XDS = &cfg
+	}
+	destinations, runDiscovery, synced, err := proxyDestinations(c.transparent != "", opts.XDS, services, sources)
+	if err != nil {
+		return err
+	}
+	opts.Destinations, opts.Synced = destinations, synced
+	var listeners []net.Listener
+	defer func() {
+		for _, l := range listeners {
+			l.Close()
+		}
+	}()
+	listen := func(flag, addr string) (net.Listener, error) {
+		l, err := net.Listen("tcp", addr)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", flag, addr, err)
+		}
+		listeners = append(listeners, l)
+		return l, nil
+	}
+	for _, o := range c.outbound {
+		addr, target, ok := strings.Cut(o, "=")
+		if !ok || addr == "" || target == "" {
+			return fmt.Errorf("--outbound %q: want ADDR=TARGET, e.g. 127.0.0.1:15001=greeter.default:50051", o)
+		}
+		l, err := listen("--outbound", addr)
+		if err != nil {
+			return err
+		}
+		opts.Outbound = append(opts.Outbound, proxy.Outbound{Listener: l, Target: proxyTarget(target)})
+	}
+	if c.transparent != "" {
+		l, err := listen("--transparent-address", c.transparent)
+		if err != nil {
+			return err
+		}
+		opts.Transparent = l
+	}
+	adminLis, err := listen("--admin-address", c.admin)
+	if err != nil {
+		return err
+	}
+	p, err := proxy.New(opts)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	discoveryDone := make(chan error, 1)
+	go func() { discoveryDone <- runDiscovery(ctx) }()
+	defer func() { cancel(); <-discoveryDone }()
+	admin := &http.Server{Handler: p.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	adminDone := make(chan error, 1)
+	go func() { adminDone <- admin.Serve(adminLis) }()
+	err = p.Serve(ctx)
+	shutdownCtx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	admin.Shutdown(shutdownCtx)
+	if aerr := <-adminDone; !errors.Is(aerr, http.ErrServerClosed) && err == nil {
+		err = fmt.Errorf("admin server: %w", aerr)
+	}
+	return err
+}
+
+// xdsFromEnv reads the control plane from the grpc-go bootstrap a
+// proxyless client would use (GRPC_XDS_BOOTSTRAP names a file,
+// GRPC_XDS_BOOTSTRAP_CONFIG holds the JSON), for a proxy run without
+// --xds-address.
+func xdsFromEnv() (proxy.XDSConfig, bool, error) {
+	data := []byte(os.Getenv("GRPC_XDS_BOOTSTRAP_CONFIG"))
+	if file := os.Getenv("GRPC_XDS_BOOTSTRAP"); file != "" {
+		var err error
+		if data, err = os.ReadFile(file); err != nil {
+			return proxy.XDSConfig{}, false, fmt.Errorf("GRPC_XDS_BOOTSTRAP: %w", err)
+		}
+	}
+	if len(data) == 0 {
+		return proxy.XDSConfig{}, false, nil
+	}
+	cfg, err := proxy.XDSConfigFromBootstrap(data)
+	if err != nil {
+		return proxy.XDSConfig{}, false, fmt.Errorf("GRPC_XDS_BOOTSTRAP: %w", err)
+	}
+	return cfg, true, nil
+}
+
+// proxyDestinations returns what maps an intercepted connection's original
+// destination to a Service target, the function that keeps it current (it
+// blocks until ctx ends), and whether it has synced (nil when there is
+// nothing to wait for). Static --service entries come first; then the one
+// Source whose flags were given or, by default, the control plane's sidecar
+// listeners.
+func proxyDestinations(transparent bool, xds *proxy.XDSConfig, static proxy.StaticDestinations, sources []Source) (proxy.Destinations, func(context.Context) error, func() bool, error) {
+	idle := func(ctx context.Context) error { <-ctx.Done(); return nil }
+	var (
+		chosen proxy.Destinations
+		run    func(context.Context) error
+		synced func() bool
+	)
+	for _, src := range sources {
+		d, r, s, err := src.Destinations()
+		if err != nil {
+			return nil, nil, nil, err
+		}
+		if d == nil {
+			continue
+		}
+		if chosen != nil {
+			return nil, nil, nil, errors.New("more than one source of Services (--kubernetes, --files): choose one")
+		}
+		chosen, run, synced = d, r, s
+	}
+	if chosen != nil {
+		return chained{static, chosen}, run, synced, nil
+	}
+	if !transparent || xds == nil {
+		return static, idle, nil, nil
+	}
+	// The control plane's sidecar listeners name every ClusterIP:port: no
+	// Kubernetes API access needed.
+	conn, err := grpc.NewClient(xds.Server, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		return nil, nil, nil, fmt.Errorf("xDS server %s: %w", xds.Server, err)
+	}
+	listeners := proxy.NewSidecarListeners(conn, xds.NodeID, slog.Default())
+	run = func(ctx context.Context) error {
+		defer conn.Close()
+		return listeners.Run(ctx)
+	}
+	return chained{static, listeners}, run, listeners.Synced, nil
+}
+
+// chained asks each Destinations in turn.
+type chained []proxy.Destinations
+
+func (c chained) Target(dst netip.AddrPort) (string, bool) {
+	for _, d := range c {
+		if t, ok := d.Target(dst); ok {
+			return t, true
+		}
+	}
+	return "", false
+}
+
+func newInitCmd() *cobra.Command {
+	var (
+		c                          iptables.Config
+		includeCIDRs, excludeCIDRs []string
+		includePorts, excludePorts []string
+	)
+	cmd := &cobra.Command{
+		Use:   "init",
+		Short: "Install the iptables rules that redirect the pod's outbound TCP to the proxy (init container)",
+		Args:  cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			var err error
+			if c.IncludePorts, err = parsePorts("--include-ports", includePorts); err != nil {
+				return err
+			}
+			if c.ExcludePorts, err = parsePorts("--exclude-ports", excludePorts); err != nil {
+				return err
+			}
+			if c.IncludeCIDRs, err = parseCIDRs("--include-cidrs", includeCIDRs); err != nil {
+				return err
+			}
+			if c.ExcludeCIDRs, err = parseCIDRs("--exclude-cidrs", excludeCIDRs); err != nil {
+				return err
+			}
+			return iptables.Apply(cmd.Context(), c, nil)
+		},
+	}
+	f := cmd.Flags()
+	f.IntVar(&c.ProxyPort, "proxy-port", 15001, "the proxy's transparent listener port")
+	f.IntVar(&c.ProxyUID, "proxy-uid", 1337, "uid the proxy runs as; its own connections are not redirected")
+	f.StringSliceVar(&includePorts, "include-ports", nil, "redirect only these destination ports (default all)")
+	f.StringSliceVar(&excludePorts, "exclude-ports", nil, "never redirect these destination ports")
+	f.StringSliceVar(&includeCIDRs, "include-cidrs", nil, "redirect only these destinations, e.g. the Service CIDR (default all)")
+	f.StringSliceVar(&excludeCIDRs, "exclude-cidrs", nil, "never redirect these destinations")
+	f.BoolVar(&c.IPv6, "ipv6", false, "also install the rules with ip6tables")
+	return cmd
+}
+
+func parsePorts(flag string, ss []string) ([]int, error) {
+	var out []int
+	for _, s := range ss {
+		p, err := strconv.Atoi(strings.TrimSpace(s))
+		if err != nil || p < 1 || p > 65535 {
+			return nil, fmt.Errorf("%s: %q is not a port", flag, s)
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func parseCIDRs(flag string, ss []string) ([]netip.Prefix, error) {
+	var out []netip.Prefix
+	for _, s := range ss {
+		s = strings.TrimSpace(s)
+		p, err := netip.ParsePrefix(s)
+		if err != nil {
+			a, aerr := netip.ParseAddr(s)
+			if aerr != nil {
+				return nil, fmt.Errorf("%s: %q is not a CIDR or address", flag, s)
+			}
+			p = netip.PrefixFrom(a, a.BitLen())
+		}
+		out = append(out, p)
+	}
+	return out, nil
+}
+
+func hostname() string {
+	h, _ := os.Hostname()
+	return h
+}
