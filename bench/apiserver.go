@@ -36,6 +36,7 @@ func init() {
 // cluster for proxyless clients.
 type apiServer struct {
 	env        *envtest.Environment
+	etcdDir    string // removed by stop
 	client     kubernetes.Interface
 	kubeconfig string // file path, for the control planes' --kubeconfig
 }
@@ -55,8 +56,22 @@ func startAPIServer(dir string) (*apiServer, error) {
 		ControlPlaneStopTimeout:  time.Minute,
 	}
 	env.ControlPlane.GetAPIServer().Configure().Set("service-cluster-ip-range", "10.96.0.0/16")
+	// etcd's data on tmpfs where there is one: every write waits for two
+	// fsyncs, and on this kind of machine's shared disk those alone take
+	// milliseconds and spike to tens, which is the disk's latency, not the
+	// API server's or a control plane's. A production etcd has a fast disk
+	// of its own.
+	var etcdDir string
+	if st, err := os.Stat("/dev/shm"); err == nil && st.IsDir() {
+		if etcdDir, err = os.MkdirTemp("/dev/shm", "ballast-bench-etcd-"); err == nil {
+			env.ControlPlane.Etcd = &envtest.Etcd{DataDir: etcdDir}
+		}
+	}
 	cfg, err := env.Start()
 	if err != nil {
+		if etcdDir != "" {
+			os.RemoveAll(etcdDir)
+		}
 		return nil, fmt.Errorf("start kube-apiserver and etcd from %s: %w", assets, err)
 	}
 	// The benchmark writes thousands of objects, then a steady churn: the
@@ -64,18 +79,24 @@ func startAPIServer(dir string) (*apiServer, error) {
 	cfg.QPS, cfg.Burst = 2000, 4000
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
-		env.Stop()
+		(&apiServer{env: env, etcdDir: etcdDir}).stop()
 		return nil, err
 	}
 	kubeconfig := filepath.Join(dir, "kubeconfig")
 	if err := os.WriteFile(kubeconfig, env.KubeConfig, 0o600); err != nil {
-		env.Stop()
+		(&apiServer{env: env, etcdDir: etcdDir}).stop()
 		return nil, err
 	}
-	return &apiServer{env: env, client: client, kubeconfig: kubeconfig}, nil
+	return &apiServer{env: env, etcdDir: etcdDir, client: client, kubeconfig: kubeconfig}, nil
 }
 
-func (a *apiServer) stop() error { return a.env.Stop() }
+func (a *apiServer) stop() error {
+	err := a.env.Stop()
+	if a.etcdDir != "" {
+		os.RemoveAll(a.etcdDir)
+	}
+	return err
+}
 
 // ensureNamespace creates a namespace unless it exists.
 func (a *apiServer) ensureNamespace(ctx context.Context, name string) error {
@@ -240,4 +261,43 @@ func (a *apiServer) setEndpoints(ctx context.Context, namespace, name string, en
 		return fmt.Errorf("patch endpointslice %s/%s: %w", namespace, name, err)
 	}
 	return nil
+}
+
+// watchMarkers watches the scale namespace's EndpointSlices and calls got
+// with the marker of every update to one of Services 0..services-1, as it
+// arrives, until stop is called.
+func (a *apiServer) watchMarkers(ctx context.Context, services int, got func(svc, seq int, at time.Time)) (stop func(), err error) {
+	slices := a.client.DiscoveryV1().EndpointSlices(scaleNamespace)
+	list, err := slices.List(ctx, metav1.ListOptions{Limit: 1})
+	if err != nil {
+		return nil, fmt.Errorf("list endpointslices in %s: %w", scaleNamespace, err)
+	}
+	w, err := slices.Watch(ctx, metav1.ListOptions{ResourceVersion: list.ResourceVersion})
+	if err != nil {
+		return nil, fmt.Errorf("watch endpointslices in %s: %w", scaleNamespace, err)
+	}
+	var wg sync.WaitGroup
+	wg.Go(func() {
+		for ev := range w.ResultChan() {
+			at := time.Now()
+			es, ok := ev.Object.(*discoveryv1.EndpointSlice)
+			if !ok {
+				continue
+			}
+			var svc int
+			if _, err := fmt.Sscanf(es.Name, "scale-%d", &svc); err != nil || svc >= services {
+				continue
+			}
+			for _, e := range es.Endpoints {
+				for _, raw := range e.Addresses {
+					if a, err := netip.ParseAddr(raw); err == nil {
+						if seq, ok := markerOf(a); ok {
+							got(svc, seq, at)
+						}
+					}
+				}
+			}
+		}
+	})
+	return func() { w.Stop(); wg.Wait() }, nil
 }

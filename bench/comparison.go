@@ -27,9 +27,12 @@ func (b *Bench) ControlPlanes(ctx context.Context, c ControlPlaneConfig, converg
 	}
 	for _, cp := range c.ControlPlanes {
 		conv.row(cp.Name())
-		for _, size := range c.Scale.Sizes {
+	}
+	for _, size := range c.Scale.Sizes {
+		for _, cp := range c.ControlPlanes {
 			sc.row(scaleRow(cp, size))
 		}
+		sc.row(floorRow(size))
 	}
 	defer func() {
 		if err := ctx.Err(); err != nil {
@@ -125,7 +128,7 @@ func (b *Bench) ControlPlanes(ctx context.Context, c ControlPlaneConfig, converg
 					continue
 				}
 				if wantScale {
-					if err := b.measureScale(ctx, rc, api, c.Scale, size, st, scaleRow); err != nil && ctx.Err() == nil {
+					if err := b.measureScale(ctx, rc, api, c.Scale, size, st, scaleRow, sc.row(floorRow(size))); err != nil && ctx.Err() == nil {
 						note(scaleRow, "failed: "+err.Error())
 						b.progress("control planes: scale %s: %s: %v", size, cp.Name(), err)
 					}

@@ -332,3 +332,25 @@ func TestLoopbackDialRefuses(t *testing.T) {
 	}
 	conn.Close()
 }
+
+func TestStatusKB(t *testing.T) {
+	status := []byte("Name:\tballast\nVmRSS:\t   67608 kB\nRssAnon:\t   11384 kB\nRssFile:\t   56224 kB\n")
+	tests := []struct {
+		field   string
+		want    int64
+		wantErr bool
+	}{
+		{"VmRSS", 67608 << 10, false},
+		{"RssAnon", 11384 << 10, false},
+		{"VmSwap", 0, false}, // missing reads as 0
+	}
+	for _, tt := range tests {
+		got, err := statusKB(status, tt.field)
+		if got != tt.want || (err != nil) != tt.wantErr {
+			t.Errorf("%s: %d, %v; want %d", tt.field, got, err, tt.want)
+		}
+	}
+	if _, err := statusKB([]byte("VmRSS:\t12 MB\n"), "VmRSS"); err == nil || !strings.Contains(err.Error(), "VmRSS") {
+		t.Errorf("bad unit: error %v, want one naming VmRSS", err)
+	}
+}

@@ -51,6 +51,7 @@ const (
 	colMissed    = "missed"
 	colChurnCPU  = "churn_cores"
 	colRSS       = "rss_mib"
+	colAnon      = "anon_mib"
 	colFirstCall = "first_call_ms"
 	colLastCall  = "last_call_ms"
 )
@@ -73,7 +74,7 @@ func scaleSection(c ScaleConfig) *Section {
 		Columns: []Column{
 			{colReady, "ready s", 2}, {colSync, "synced ms", 0}, {colSyncCPU, "sync CPU s", 2},
 			{colPushP50, "push p50 ms", 1}, {colPushP99, "push p99 ms", 1}, {colPushMax, "push max ms", 1},
-			{colPushes, "pushes measured", 0}, {colMissed, "missed", 0}, {colChurnCPU, "churn cores", 2}, {colRSS, "RSS MiB", 1},
+			{colPushes, "pushes measured", 0}, {colMissed, "missed", 0}, {colChurnCPU, "churn cores", 2}, {colRSS, "RSS MiB", 1}, {colAnon, "anon RSS MiB", 1},
 		},
 		Charts: []Chart{
 			{File: "bench-cp-push-p99.png", Column: colPushP99, Title: "Endpoint change → client, p99", YLabel: "push latency p99 (ms)"},
@@ -86,6 +87,11 @@ func scaleSection(c ScaleConfig) *Section {
 // scaleRow names a control plane's row at a size.
 func scaleRow(cp ControlPlane, size ScaleSize) string {
 	return fmt.Sprintf("%s (%s)", cp.Name(), size)
+}
+
+// floorRow names the row of the API server's own watch latency at a size.
+func floorRow(size ScaleSize) string {
+	return fmt.Sprintf("API server watch, floor (%s)", size)
 }
 
 // scaleHeadlines adds the targets of issue 4 (at the first size) and the
@@ -115,7 +121,7 @@ type scaleState struct {
 
 // measureScale runs one measurement of scenario 5 against a started
 // control plane and records it in row.
-func (b *Bench) measureScale(ctx context.Context, rc *runningControl, api *apiServer, c ScaleConfig, size ScaleSize, st *scaleState, row *Row) error {
+func (b *Bench) measureScale(ctx context.Context, rc *runningControl, api *apiServer, c ScaleConfig, size ScaleSize, st *scaleState, row, floorRow *Row) error {
 	watched := watchedServices(size.Clients, size.Services, c.ClientsPerService)
 	if st.seq+c.Changes > maxScaleChanges {
 		return fmt.Errorf("change numbers would pass %d: fewer changes or runs", maxScaleChanges)
@@ -179,31 +185,45 @@ func (b *Bench) measureScale(ctx context.Context, rc *runningControl, api *apiSe
 		return err
 	}
 
-	peak := sampleRSS(ctx, []int{rc.proc.pid()})
+	mem := sampleMemory(ctx, rc.proc.pid())
+	// The API server's own share of the latency: a plain watch in this
+	// process, timed against the same writes.
+	floor := newPushTracker()
+	for svc := range watched {
+		floor.watch(-1-svc, svc)
+	}
+	stopWatch, err := api.watchMarkers(ctx, watched, func(svc, seq int, at time.Time) { floor.received(-1-svc, seq, at) })
+	if err != nil {
+		mem()
+		return err
+	}
 	churnStart := time.Now()
-	writeErrs, written := b.churn(ctx, api, c, size, watched, st, tracker)
+	writeErrs, written := b.churn(ctx, api, c, size, watched, st, tracker, floor)
 	churnTime := time.Since(churnStart)
 	drain := time.NewTimer(c.Drain)
 	defer drain.Stop()
 	tick := time.NewTicker(10 * time.Millisecond)
 	defer tick.Stop()
 wait:
-	for tracker.pending() > 0 {
+	for tracker.pending() > 0 || floor.pending() > 0 {
 		select {
 		case <-drain.C:
 			break wait
 		case err := <-streamErr:
-			peak()
+			stopWatch()
+			mem()
 			return err
 		case <-ctx.Done():
-			peak()
+			stopWatch()
+			mem()
 			return ctx.Err()
 		case <-tick.C:
 		}
 	}
 	busy := time.Since(churnStart)
+	stopWatch()
 	end, err := TreeUsage(rc.proc.pid())
-	rss := peak()
+	peak := mem()
 	if err != nil {
 		return err
 	}
@@ -214,28 +234,39 @@ wait:
 	if len(lat) == 0 {
 		return fmt.Errorf("no client received any of %d changes within %s; %s's last output: %s", written, c.Drain, rc.name, rc.proc.tail())
 	}
+	cores := (end.CPU - atSync.CPU).Seconds() / busy.Seconds()
 	row.add(colReady, rc.ready.Seconds())
 	row.add(colSync, ms(syncTime))
 	row.add(colSyncCPU, atSync.CPU.Seconds())
-	row.add(colPushP50, ms(quantile(lat, 0.50)))
-	row.add(colPushP99, ms(quantile(lat, 0.99)))
-	row.add(colPushMax, ms(lat[len(lat)-1]))
-	row.add(colPushes, float64(len(lat)))
-	row.add(colMissed, float64(tracker.pending()))
-	row.add(colChurnCPU, (end.CPU-atSync.CPU).Seconds()/busy.Seconds())
-	row.add(colRSS, mib(max(rss, end.RSS)))
-	b.progress("scale %s: %-8s ready %.1fs, %d clients synced in %.0f ms; %d changes in %.1fs (%d failed): push p50 %.1f ms p99 %.1f ms max %.1f ms, %d missed; %.2f cores, RSS %.1f MiB",
+	addPushes(row, lat, tracker.pending())
+	row.add(colChurnCPU, cores)
+	row.add(colRSS, mib(max(peak.RSS, end.RSS)))
+	row.add(colAnon, mib(peak.Anon))
+	if fl := floor.sorted(); len(fl) > 0 {
+		addPushes(floorRow, fl, floor.pending())
+	}
+	b.progress("scale %s: %-8s ready %.1fs, %d clients synced in %.0f ms; %d changes in %.1fs (%d failed): push p50 %.1f ms p99 %.1f ms max %.1f ms, %d missed "+
+		"(API watch p50 %.1f ms p99 %.1f ms); %.2f cores, RSS %.1f MiB (anon %.1f)",
 		size, rc.name, rc.ready.Seconds(), size.Clients, ms(syncTime), written, churnTime.Seconds(), writeErrs,
 		ms(quantile(lat, 0.5)), ms(quantile(lat, 0.99)), ms(lat[len(lat)-1]), tracker.pending(),
-		(end.CPU-atSync.CPU).Seconds()/busy.Seconds(), mib(max(rss, end.RSS)))
+		ms(quantile(floor.sorted(), 0.5)), ms(quantile(floor.sorted(), 0.99)), cores, mib(max(peak.RSS, end.RSS)), mib(peak.Anon))
 	return nil
+}
+
+// addPushes records one run's push latencies (sorted) and misses.
+func addPushes(row *Row, sorted []time.Duration, missed int) {
+	row.add(colPushP50, ms(quantile(sorted, 0.50)))
+	row.add(colPushP99, ms(quantile(sorted, 0.99)))
+	row.add(colPushMax, ms(sorted[len(sorted)-1]))
+	row.add(colPushes, float64(len(sorted)))
+	row.add(colMissed, float64(missed))
 }
 
 // churn writes c.Changes endpoint changes at c.ChangesPerSecond over the
 // watched Services, in turn. A few writers send them, each owning a fixed
 // share of the Services, so one Service's changes reach the API server in
 // order while a slow write does not hold back the rate.
-func (b *Bench) churn(ctx context.Context, api *apiServer, c ScaleConfig, size ScaleSize, watched int, st *scaleState, tracker *pushTracker) (failed, written int) {
+func (b *Bench) churn(ctx context.Context, api *apiServer, c ScaleConfig, size ScaleSize, watched int, st *scaleState, trackers ...*pushTracker) (failed, written int) {
 	type change struct{ svc, seq int }
 	const writers = 4
 	queues := make([]chan change, writers)
@@ -248,11 +279,16 @@ func (b *Bench) churn(ctx context.Context, api *apiServer, c ScaleConfig, size S
 		queues[w] = make(chan change, c.Changes)
 		wg.Go(func() {
 			for ch := range queues[w] {
-				tracker.wrote(ch.svc, ch.seq, time.Now())
+				now := time.Now()
+				for _, t := range trackers {
+					t.wrote(ch.svc, ch.seq, now)
+				}
 				err := api.setEndpoints(ctx, scaleNamespace, scaleServiceName(ch.svc), scaleEndpoints(ch.svc, size.Endpoints, ch.seq))
 				mu.Lock()
 				if err != nil {
-					tracker.forget(ch.svc, ch.seq)
+					for _, t := range trackers {
+						t.forget(ch.svc, ch.seq)
+					}
 					failed++
 					firstError = cmpOrErr(firstError, err)
 				} else {
