@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"math/rand/v2"
 	"context"
 	"errors"
 	"fmt"
@@ -37,6 +38,9 @@ type adsClient struct {
 	// onEndpoints is called on the stream's goroutine with the endpoint
 	// addresses of every ClusterLoadAssignment received, and when.
 	onEndpoints func(addrs []netip.Addr, at time.Time)
+	// onRetry, if set, is called with the error that ended a stream, before
+	// it is opened again.
+	onRetry func(err error)
 }
 
 // subscription is what the client asks for of one type, and what it last
@@ -46,16 +50,73 @@ type subscription struct {
 	version, nonce string
 }
 
-// run keeps the stream until ctx ends or the stream fails.
+// run keeps a stream open until ctx ends. A stream the control plane
+// ends or refuses (istiod admits only so many new streams a second) is
+// opened again after grpc-go's xDS backoff: 1 s, growing 1.6 times per
+// failure in a row, jittered by 20%, at most 2 minutes; a stream that got
+// a response resets it. A response the client cannot read ends run with
+// the error.
 func (c *adsClient) run(ctx context.Context) error {
 	conn, err := grpc.NewClient("passthrough:///"+c.server.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", c.server, err)
 	}
 	defer conn.Close()
-	stream, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(conn)
+	for failures := 0; ; {
+		answered, err := c.session(ctx, ads)
+		if ctx.Err() != nil {
+			return nil
+		}
+		var bad *badResponse
+		if errors.As(err, &bad) {
+			return err
+		}
+		if answered {
+			failures = 0
+		}
+		if c.onRetry != nil {
+			c.onRetry(err)
+		}
+		wait := xdsBackoff(failures, rand.Float64())
+		failures++
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-time.After(wait):
+		}
+	}
+}
+
+// xdsBackoff is grpc-go's default exponential backoff (the xDS client's):
+// the wait before retry number failures+1, r a uniform draw in [0, 1).
+func xdsBackoff(failures int, r float64) time.Duration {
+	const base, factor, jitter, most = float64(time.Second), 1.6, 0.2, float64(120 * time.Second)
+	d := base
+	for range failures {
+		d *= factor
+		if d > most {
+			d = most
+			break
+		}
+	}
+	d *= 1 + jitter*(2*r-1)
+	return time.Duration(d)
+}
+
+// badResponse is a response the client could not read: a fault of the
+// control plane, not of the connection, so retrying would not help.
+type badResponse struct{ err error }
+
+func (e *badResponse) Error() string { return e.err.Error() }
+func (e *badResponse) Unwrap() error { return e.err }
+
+// session is one ADS stream, until it fails; answered says whether the
+// control plane sent anything on it.
+func (c *adsClient) session(ctx context.Context, ads discoveryv3.AggregatedDiscoveryServiceClient) (answered bool, _ error) {
+	stream, err := ads.StreamAggregatedResources(ctx)
 	if err != nil {
-		return fmt.Errorf("ads stream to %s: %w", c.server, err)
+		return false, c.streamErr(ctx, err)
 	}
 	subs := map[string]*subscription{}
 	first := true
@@ -82,13 +143,14 @@ func (c *adsClient) run(ctx context.Context) error {
 		return send(typeURL)
 	}
 	if err := subscribe(resourcev3.ListenerType, c.listener); err != nil {
-		return c.streamErr(ctx, err)
+		return false, c.streamErr(ctx, err)
 	}
 	for {
 		resp, err := stream.Recv()
 		if err != nil {
-			return c.streamErr(ctx, err)
+			return answered, c.streamErr(ctx, err)
 		}
+		answered = true
 		at := time.Now()
 		s := subs[resp.GetTypeUrl()]
 		if s == nil {
@@ -96,18 +158,18 @@ func (c *adsClient) run(ctx context.Context) error {
 		}
 		s.version, s.nonce = resp.GetVersionInfo(), resp.GetNonce()
 		if err := send(resp.GetTypeUrl()); err != nil { // ACK
-			return c.streamErr(ctx, err)
+			return answered, c.streamErr(ctx, err)
 		}
 		next, name, addrs, err := c.read(resp)
 		if err != nil {
-			return fmt.Errorf("%s: %w", c.listener, err)
+			return answered, &badResponse{fmt.Errorf("%s: %w", c.listener, err)}
 		}
 		if addrs != nil {
 			c.onEndpoints(addrs, at)
 		}
 		if next != "" {
 			if err := subscribe(next, name); err != nil {
-				return c.streamErr(ctx, err)
+				return answered, c.streamErr(ctx, err)
 			}
 		}
 	}

@@ -41,7 +41,7 @@ func TestControlPlanesEndToEnd(t *testing.T) {
 		ControlPlanes: []ControlPlane{BallastControl(), Istiod()},
 		Scale: ScaleConfig{
 			Sizes: []ScaleSize{size}, ChangesPerSecond: 50, Changes: changes, ClientsPerService: 1,
-			SyncTimeout: 2 * time.Minute, Drain: 30 * time.Second,
+			SyncTimeout: 2 * time.Minute, Drain: 30 * time.Second, LoneChanges: 3, LoneGap: 50 * time.Millisecond,
 		},
 		Convergence: ConvergenceConfig{Quiet: 500 * time.Millisecond, Timeout: time.Minute},
 	}
@@ -66,7 +66,7 @@ func TestControlPlanesEndToEnd(t *testing.T) {
 		if got := r.Values[colMissed]; len(got) != 1 || got[0] != 0 {
 			t.Errorf("%s: %v changes missed, want 0", r.Path, got)
 		}
-		for _, col := range []string{colReady, colSync, colPushP50, colPushP99, colRSS, colAnon, colSyncCPU} {
+		for _, col := range []string{colReady, colSync, colPushP50, colPushP99, colRSS, colAnon, colSyncCPU, colLoneP50} {
 			if v := r.Values[col]; len(v) != 1 || !(v[0] > 0) {
 				t.Errorf("%s: %s %v, want one value above 0", r.Path, col, v)
 			}

@@ -22,9 +22,15 @@ type pushTracker struct {
 	// Service's changes it has received.
 	service map[int]int
 	done    map[int]int
-	// latencies are the measured pushes, one per change and subscribed
+	// samples are the measured pushes, one per change and subscribed
 	// client.
-	latencies []time.Duration
+	samples []pushSample
+}
+
+type pushSample struct {
+	seq     int
+	at      time.Time // when the client received it
+	latency time.Duration
 }
 
 type writtenChange struct {
@@ -70,7 +76,7 @@ func (t *pushTracker) received(client, seq int, at time.Time) {
 	list := t.changes[svc]
 	i := t.done[client]
 	for ; i < len(list) && list[i].seq <= seq; i++ {
-		t.latencies = append(t.latencies, at.Sub(list[i].at))
+		t.samples = append(t.samples, pushSample{list[i].seq, at, at.Sub(list[i].at)})
 	}
 	t.done[client] = i
 }
@@ -90,7 +96,40 @@ func (t *pushTracker) pending() int {
 func (t *pushTracker) sorted() []time.Duration {
 	t.mu.Lock()
 	defer t.mu.Unlock()
-	out := slices.Clone(t.latencies)
+	out := make([]time.Duration, len(t.samples))
+	for i, s := range t.samples {
+		out[i] = s.latency
+	}
+	slices.Sort(out)
+	return out
+}
+
+// arrivals is when each change first arrived anywhere.
+func (t *pushTracker) arrivals() map[int]time.Time {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	out := make(map[int]time.Time, len(t.samples))
+	for _, s := range t.samples {
+		if first, ok := out[s.seq]; !ok || s.at.Before(first) {
+			out[s.seq] = s.at
+		}
+	}
+	return out
+}
+
+// beyond is, for every push measured, how much later than floor (when
+// the same change arrived elsewhere: the API server's own watch) it
+// arrived, ascending; changes floor never saw are left out. It is the
+// control plane's own share of the latency.
+func (t *pushTracker) beyond(floor map[int]time.Time) []time.Duration {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	var out []time.Duration
+	for _, s := range t.samples {
+		if f, ok := floor[s.seq]; ok {
+			out = append(out, s.at.Sub(f))
+		}
+	}
 	slices.Sort(out)
 	return out
 }

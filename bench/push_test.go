@@ -354,3 +354,57 @@ func TestStatusKB(t *testing.T) {
 		t.Errorf("bad unit: error %v, want one naming VmRSS", err)
 	}
 }
+
+// Refused streams are retried on grpc-go's xDS schedule.
+func TestXDSBackoff(t *testing.T) {
+	tests := []struct {
+		failures int
+		r        float64
+		want     time.Duration
+	}{
+		{0, 0.5, time.Second},
+		{0, 0, 800 * time.Millisecond},
+		{0, 1, 1200 * time.Millisecond},
+		{1, 0.5, 1600 * time.Millisecond},
+		{2, 0.5, 2560 * time.Millisecond},
+		{30, 0.5, 120 * time.Second},
+	}
+	for _, tt := range tests {
+		got := xdsBackoff(tt.failures, tt.r)
+		if d := got - tt.want; d < -time.Microsecond || d > time.Microsecond {
+			t.Errorf("xdsBackoff(%d, %v) = %v, want %v", tt.failures, tt.r, got, tt.want)
+		}
+	}
+}
+
+// A control plane's own share is each push's arrival minus when the same
+// change reached the API server's plain watch.
+func TestPushTrackerBeyondFloor(t *testing.T) {
+	t0 := time.Unix(1000, 0)
+	at := func(msec int) time.Time { return t0.Add(time.Duration(msec) * time.Millisecond) }
+	floor, cp := newPushTracker(), newPushTracker()
+	floor.watch(-1, 0)
+	cp.watch(0, 0)
+	cp.watch(1, 0)
+	for _, tr := range []*pushTracker{floor, cp} {
+		tr.wrote(0, 1, at(0))
+		tr.wrote(0, 2, at(100))
+		tr.wrote(0, 3, at(200))
+	}
+	floor.received(-1, 1, at(8))
+	floor.received(-1, 2, at(105))
+	// The floor never saw change 3 on its own (say the watch ended).
+	cp.received(0, 1, at(10))
+	cp.received(1, 2, at(150)) // 1 and 2 together
+	cp.received(0, 3, at(230))
+	got := []int{}
+	for _, d := range cp.beyond(floor.arrivals()) {
+		got = append(got, int(d/time.Millisecond))
+	}
+	// client 0: change 1 at 10 (floor 8) → 2, changes 2 and 3 at 230 →
+	// 125 and left out; client 1: change 1 at 150 → 142, change 2 at 150
+	// (floor 105) → 45.
+	if want := []int{2, 45, 125, 142}; !slices.Equal(got, want) {
+		t.Errorf("beyond the floor %v ms, want %v", got, want)
+	}
+}

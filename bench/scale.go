@@ -21,6 +21,10 @@ type ScaleConfig struct {
 	// SyncTimeout bounds the wait for every client's first endpoints, and
 	// Drain the wait for the last pushes after the last change.
 	SyncTimeout, Drain time.Duration
+	// LoneChanges are written after the churn one at a time, each LoneGap
+	// after the last has reached every subscribed client.
+	LoneChanges int
+	LoneGap     time.Duration
 }
 
 // ScaleSize is one point of scenario 5.
@@ -52,6 +56,11 @@ const (
 	colChurnCPU  = "churn_cores"
 	colRSS       = "rss_mib"
 	colAnon      = "anon_mib"
+	colRetries   = "retries"
+	colOwnP50    = "own_p50_ms"
+	colOwnP99    = "own_p99_ms"
+	colLoneP50   = "lone_p50_ms"
+	colLoneMax   = "lone_max_ms"
 	colFirstCall = "first_call_ms"
 	colLastCall  = "last_call_ms"
 )
@@ -60,21 +69,32 @@ func scaleSection(c ScaleConfig) *Section {
 	return &Section{
 		ID:    "control-plane-scale",
 		Title: "5. Control-plane scale",
-		Description: fmt.Sprintf("Ballast's control plane (`ballast control --kubeconfig`) and istiod (pilot-discovery, built from istio.io/istio, run outside a cluster) "+
-			"each watch the same real kube-apiserver holding N Services of one port, each with one EndpointSlice of 10 ready endpoints. "+
-			"Each run starts the control plane afresh (never both at once), connects simulated proxyless clients (one ADS stream each, asking "+
-			"Listener → RouteConfiguration → Cluster → ClusterLoadAssignment for one Service, as grpc-go does; istiod sees node metadata GENERATOR=grpc), "+
-			"%d clients per watched Service, then writes %d endpoint changes at %.0f/s (one endpoint of a watched Service replaced per change). "+
-			"Push latency: from sending the EndpointSlice update to the API server to a subscribed client receiving endpoints that include it, "+
-			"for every change and every subscribed client. Ready: process start to its readiness endpoint; synced: all clients connected to all holding endpoints; "+
-			"sync CPU: the control plane's CPU from its start to then; churn cores: its CPU over the churn (and the drain of its last pushes) per second of it; "+
-			"RSS: the highest VmRSS sampled from the moment the clients were synced to the end of the churn. Both run at their defaults: istiod debounces pushes "+
-			"(PILOT_DEBOUNCE_AFTER 100 ms). Targets (issue 4, at 1k Services × 10 endpoints and 100 clients): Ballast push p50 ≤ 10 ms, p99 ≤ 50 ms, "+
-			"memory ≤ 1/5 of istiod's.", c.ClientsPerService, c.Changes, c.ChangesPerSecond),
+		Description: fmt.Sprintf("Ballast's control plane (`ballast control --kubeconfig`) and istiod (pilot-discovery built from istio.io/istio, run outside a cluster: "+
+			"plaintext xDS on 127.0.0.1, no CA, no webhooks, the default mesh config) each watch the same real kube-apiserver holding N Services of one port, "+
+			"each with one EndpointSlice of 10 ready endpoints. Each run starts the control plane afresh (never both at once) and connects simulated proxyless "+
+			"clients: one ADS stream each, asking Listener → RouteConfiguration → Cluster → ClusterLoadAssignment for one Service as grpc-go does "+
+			"(istiod's node metadata says GENERATOR=grpc), %d clients per watched Service. Then %d endpoint changes at %.0f/s (one endpoint of a watched "+
+			"Service replaced per change), then %d lone changes, each %s after the last had reached every client.\n\n"+
+			"- push: from sending the EndpointSlice update to the API server to a subscribed client receiving endpoints that include it, for every change "+
+			"and every subscribed client, during the churn. Both run at their defaults, so istiod debounces: it pushes after 100 ms without a change "+
+			"(PILOT_DEBOUNCE_AFTER) or, when changes keep coming, once the oldest has waited 10 s (PILOT_DEBOUNCE_MAX).\n"+
+			"- beyond API watch: the same pushes minus when the change reached a plain watch on the API server in the benchmark: the control plane's "+
+			"own share. The \"API server watch, floor\" row is that watch's own latency from the write.\n"+
+			"- lone change: push latency of a change with no other change around it.\n"+
+			"- ready: process start to its readiness endpoint; synced: all clients connecting at once to all holding endpoints (istiod admits 25 new "+
+			"streams a second on 2 cores, PILOT_MAX_REQUESTS_PER_SECOND's default, and refuses the rest; a refused client retries with grpc-go's xDS "+
+			"backoff, 1 s ×1.6 per failure ±20%%, counted in \"streams retried\"); sync CPU: the control plane's CPU from its start to then.\n"+
+			"- churn cores: its CPU over the churn (and the drain of its last pushes) per second; RSS: the highest VmRSS sampled from the clients' "+
+			"sync to the end of the churn, and its anonymous part (heap and stacks; the rest is mostly the pages of its own binary).\n\n"+
+			"Targets (issue 4, at 1k Services × 10 endpoints and 100 clients): Ballast push p50 ≤ 10 ms, p99 ≤ 50 ms, memory ≤ 1/5 of istiod's.",
+			c.ClientsPerService, c.Changes, c.ChangesPerSecond, c.LoneChanges, c.LoneGap),
 		Columns: []Column{
-			{colReady, "ready s", 2}, {colSync, "synced ms", 0}, {colSyncCPU, "sync CPU s", 2},
+			{colReady, "ready s", 2}, {colSync, "synced ms", 0}, {colRetries, "streams retried", 0}, {colSyncCPU, "sync CPU s", 2},
 			{colPushP50, "push p50 ms", 1}, {colPushP99, "push p99 ms", 1}, {colPushMax, "push max ms", 1},
-			{colPushes, "pushes measured", 0}, {colMissed, "missed", 0}, {colChurnCPU, "churn cores", 2}, {colRSS, "RSS MiB", 1}, {colAnon, "anon RSS MiB", 1},
+			{colPushes, "pushes measured", 0}, {colMissed, "missed", 0},
+			{colOwnP50, "beyond API watch p50 ms", 1}, {colOwnP99, "beyond API watch p99 ms", 1},
+			{colLoneP50, "lone change p50 ms", 1}, {colLoneMax, "lone change max ms", 1},
+			{colChurnCPU, "churn cores", 2}, {colRSS, "RSS MiB", 1}, {colAnon, "anon RSS MiB", 1},
 		},
 		Charts: []Chart{
 			{File: "bench-cp-push-p99.png", Column: colPushP99, Title: "Endpoint change → client, p99", YLabel: "push latency p99 (ms)"},
@@ -105,10 +125,14 @@ func scaleHeadlines(s *Section, sizes []ScaleSize) {
 			s.ratio(fmt.Sprintf("Ballast RSS ÷ istiod's (%s)", size), colRSS, ballast, istio, 0.2).Top = true
 		}
 		s.ratio(fmt.Sprintf("Ballast push p50 ÷ istiod's (%s)", size), colPushP50, ballast, istio, 0).Top = i == 0
+		s.ratio(fmt.Sprintf("Ballast lone change p50 ÷ istiod's (%s)", size), colLoneP50, ballast, istio, 0).Top = i == 0
+		s.ratio(fmt.Sprintf("Ballast anon RSS ÷ istiod's (%s)", size), colAnon, ballast, istio, 0).Top = i == 0
+		s.value(fmt.Sprintf("Ballast push beyond the API server's watch, p50 ms (%s)", size), colOwnP50, ballast, 0)
 		s.ratio(fmt.Sprintf("Ballast push p99 ÷ istiod's (%s)", size), colPushP99, ballast, istio, 0)
 		s.ratio(fmt.Sprintf("Ballast churn CPU ÷ istiod's (%s)", size), colChurnCPU, ballast, istio, 0)
 		s.ratio(fmt.Sprintf("Ballast ready time ÷ istiod's (%s)", size), colReady, ballast, istio, 0)
 		s.value(fmt.Sprintf("istiod push p50 ms (%s)", size), colPushP50, istio, 0)
+		s.value(fmt.Sprintf("istiod lone change p50 ms (%s)", size), colLoneP50, istio, 0)
 	}
 }
 
@@ -120,136 +144,230 @@ type scaleState struct {
 }
 
 // measureScale runs one measurement of scenario 5 against a started
-// control plane and records it in row.
+// control plane and records it in row (and the API server's own watch
+// latency in floorRow): the clients' initial sync, the churn, then a few
+// lone changes.
 func (b *Bench) measureScale(ctx context.Context, rc *runningControl, api *apiServer, c ScaleConfig, size ScaleSize, st *scaleState, row, floorRow *Row) error {
 	watched := watchedServices(size.Clients, size.Services, c.ClientsPerService)
-	if st.seq+c.Changes > maxScaleChanges {
+	if st.seq+c.Changes+c.LoneChanges > maxScaleChanges {
 		return fmt.Errorf("change numbers would pass %d: fewer changes or runs", maxScaleChanges)
 	}
-	tracker := newPushTracker()
-	clientCtx, stopClients := context.WithCancel(ctx)
-	var wg sync.WaitGroup
-	defer func() {
-		stopClients()
-		wg.Wait()
-	}()
-	streamErr := make(chan error, 1)
-	allSynced := make(chan struct{})
-	var synced atomic.Int32
-	start := time.Now()
-	for i := range size.Clients {
-		svc := i % watched
-		tracker.watch(i, svc)
-		first := true // only the client's stream goroutine reads it
-		cl := &adsClient{
-			server:   rc.xds,
-			node:     rc.node(fmt.Sprintf("client-%d", i), scaleNamespace).proto(),
-			listener: rc.listener(scaleServiceName(svc), scaleNamespace, scalePort),
-			onEndpoints: func(addrs []netip.Addr, at time.Time) {
-				if first && len(addrs) >= size.Endpoints {
-					first = false
-					if int(synced.Add(1)) == size.Clients {
-						close(allSynced)
-					}
-				}
-				for _, a := range addrs {
-					if seq, ok := markerOf(a); ok {
-						tracker.received(i, seq, at)
-					}
-				}
-			},
-		}
-		wg.Go(func() {
-			if err := cl.run(clientCtx); err != nil {
-				select {
-				case streamErr <- err:
-				default:
-				}
-			}
-		})
-	}
-	syncWait := time.NewTimer(c.SyncTimeout)
-	defer syncWait.Stop()
-	select {
-	case <-allSynced:
-	case err := <-streamErr:
-		return err
-	case <-syncWait.C:
-		return fmt.Errorf("%d of %d clients held endpoints after %s; %s's last output: %s", synced.Load(), size.Clients, c.SyncTimeout, rc.name, rc.proc.tail())
-	case <-ctx.Done():
-		return ctx.Err()
-	}
-	syncTime := time.Since(start)
-	atSync, err := TreeUsage(rc.proc.pid())
-	if err != nil {
-		return err
-	}
-
-	mem := sampleMemory(ctx, rc.proc.pid())
+	churn, lone := newPushTracker(), newPushTracker()
 	// The API server's own share of the latency: a plain watch in this
 	// process, timed against the same writes.
 	floor := newPushTracker()
 	for svc := range watched {
 		floor.watch(-1-svc, svc)
 	}
+	cs := &clientSet{control: rc, size: size, watched: watched, trackers: []*pushTracker{churn, lone}}
+	defer cs.stop()
+	start := time.Now()
+	cs.start(ctx)
+	if err := cs.waitSynced(ctx, c.SyncTimeout); err != nil {
+		return err
+	}
+	syncTime := time.Since(start)
+	syncRetries := cs.retries.Load()
+	atSync, err := TreeUsage(rc.proc.pid())
+	if err != nil {
+		return err
+	}
+
+	mem := sampleMemory(ctx, rc.proc.pid())
 	stopWatch, err := api.watchMarkers(ctx, watched, func(svc, seq int, at time.Time) { floor.received(-1-svc, seq, at) })
 	if err != nil {
 		mem()
 		return err
 	}
 	churnStart := time.Now()
-	writeErrs, written := b.churn(ctx, api, c, size, watched, st, tracker, floor)
+	writeErrs, written := b.churn(ctx, api, c, size, watched, st, churn, floor)
 	churnTime := time.Since(churnStart)
-	drain := time.NewTimer(c.Drain)
-	defer drain.Stop()
-	tick := time.NewTicker(10 * time.Millisecond)
-	defer tick.Stop()
-wait:
-	for tracker.pending() > 0 || floor.pending() > 0 {
-		select {
-		case <-drain.C:
-			break wait
-		case err := <-streamErr:
-			stopWatch()
-			mem()
-			return err
-		case <-ctx.Done():
-			stopWatch()
-			mem()
-			return ctx.Err()
-		case <-tick.C:
-		}
-	}
+	err = cs.drain(ctx, c.Drain, churn, floor)
 	busy := time.Since(churnStart)
 	stopWatch()
-	end, err := TreeUsage(rc.proc.pid())
+	end, uerr := TreeUsage(rc.proc.pid())
 	peak := mem()
 	if err != nil {
 		return err
 	}
-	if writeErrs > 0 && written == 0 {
-		return fmt.Errorf("every endpoint change failed to write")
+	if uerr != nil {
+		return uerr
 	}
-	lat := tracker.sorted()
+	if written == 0 {
+		return fmt.Errorf("none of %d endpoint changes could be written to the API server", writeErrs)
+	}
+	lat := churn.sorted()
 	if len(lat) == 0 {
 		return fmt.Errorf("no client received any of %d changes within %s; %s's last output: %s", written, c.Drain, rc.name, rc.proc.tail())
 	}
+	own := churn.beyond(floor.arrivals())
+
+	// Lone changes, each written once the last has reached every client
+	// and the control plane has been quiet for a moment: the latency of a
+	// change that comes alone.
+	for n := range c.LoneChanges {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(c.LoneGap):
+		}
+		st.seq++
+		svc := n % watched
+		lone.wrote(svc, st.seq, time.Now())
+		if err := api.setEndpoints(ctx, scaleNamespace, scaleServiceName(svc), scaleEndpoints(svc, size.Endpoints, st.seq)); err != nil {
+			return err
+		}
+		if err := cs.drain(ctx, c.Drain, lone); err != nil {
+			return err
+		}
+	}
+	loneLat := lone.sorted()
+
 	cores := (end.CPU - atSync.CPU).Seconds() / busy.Seconds()
 	row.add(colReady, rc.ready.Seconds())
 	row.add(colSync, ms(syncTime))
+	row.add(colRetries, float64(syncRetries))
 	row.add(colSyncCPU, atSync.CPU.Seconds())
-	addPushes(row, lat, tracker.pending())
+	addPushes(row, lat, churn.pending())
+	if len(own) > 0 {
+		row.add(colOwnP50, ms(quantile(own, 0.50)))
+		row.add(colOwnP99, ms(quantile(own, 0.99)))
+	}
+	if len(loneLat) > 0 {
+		row.add(colLoneP50, ms(quantile(loneLat, 0.50)))
+		row.add(colLoneMax, ms(loneLat[len(loneLat)-1]))
+	}
 	row.add(colChurnCPU, cores)
 	row.add(colRSS, mib(max(peak.RSS, end.RSS)))
 	row.add(colAnon, mib(peak.Anon))
 	if fl := floor.sorted(); len(fl) > 0 {
 		addPushes(floorRow, fl, floor.pending())
 	}
-	b.progress("scale %s: %-8s ready %.1fs, %d clients synced in %.0f ms; %d changes in %.1fs (%d failed): push p50 %.1f ms p99 %.1f ms max %.1f ms, %d missed "+
-		"(API watch p50 %.1f ms p99 %.1f ms); %.2f cores, RSS %.1f MiB (anon %.1f)",
-		size, rc.name, rc.ready.Seconds(), size.Clients, ms(syncTime), written, churnTime.Seconds(), writeErrs,
-		ms(quantile(lat, 0.5)), ms(quantile(lat, 0.99)), ms(lat[len(lat)-1]), tracker.pending(),
-		ms(quantile(floor.sorted(), 0.5)), ms(quantile(floor.sorted(), 0.99)), cores, mib(max(peak.RSS, end.RSS)), mib(peak.Anon))
+	if n := cs.retries.Load() - syncRetries; n > 0 {
+		b.progress("scale %s: %s: %d streams ended after the sync and were opened again; last because %v", size, rc.name, n, cs.lastRetry.Load())
+	}
+	b.progress("scale %s: %-8s ready %.1fs, %d clients synced in %.0f ms (%d streams retried); %d changes in %.1fs (%d failed): "+
+		"push p50 %.1f ms p99 %.1f ms max %.1f ms, %d missed (API watch p50 %.1f ms p99 %.1f ms; beyond it p50 %.1f ms p99 %.1f ms); "+
+		"lone changes p50 %.1f ms; %.2f cores, RSS %.1f MiB (anon %.1f)",
+		size, rc.name, rc.ready.Seconds(), size.Clients, ms(syncTime), syncRetries, written, churnTime.Seconds(), writeErrs,
+		ms(quantile(lat, 0.5)), ms(quantile(lat, 0.99)), ms(lat[len(lat)-1]), churn.pending(),
+		ms(quantile(floor.sorted(), 0.5)), ms(quantile(floor.sorted(), 0.99)), ms(quantile(own, 0.5)), ms(quantile(own, 0.99)),
+		ms(quantile(loneLat, 0.5)), cores, mib(max(peak.RSS, end.RSS)), mib(peak.Anon))
+	return nil
+}
+
+// clientSet is the simulated clients of one measurement: client i watches
+// Service i mod watched, and every endpoint list it receives is reported
+// to every tracker.
+type clientSet struct {
+	control  *runningControl
+	size     ScaleSize
+	watched  int
+	trackers []*pushTracker
+
+	cancel    context.CancelFunc
+	wg        sync.WaitGroup
+	failed    chan error // a client that cannot go on (a response it cannot read)
+	synced    chan struct{}
+	nSynced   atomic.Int32
+	retries   atomic.Int32
+	lastRetry atomic.Value // error
+}
+
+func (cs *clientSet) start(ctx context.Context) {
+	ctx, cs.cancel = context.WithCancel(ctx)
+	cs.failed, cs.synced = make(chan error, 1), make(chan struct{})
+	for i := range cs.size.Clients {
+		svc := i % cs.watched
+		for _, t := range cs.trackers {
+			t.watch(i, svc)
+		}
+		first := true // only the client's stream goroutine uses it
+		cl := &adsClient{
+			server:   cs.control.xds,
+			node:     cs.control.node(fmt.Sprintf("client-%d", i), scaleNamespace).proto(),
+			listener: cs.control.listener(scaleServiceName(svc), scaleNamespace, scalePort),
+			onEndpoints: func(addrs []netip.Addr, at time.Time) {
+				if first && len(addrs) >= cs.size.Endpoints {
+					first = false
+					if int(cs.nSynced.Add(1)) == cs.size.Clients {
+						close(cs.synced)
+					}
+				}
+				for _, a := range addrs {
+					if seq, ok := markerOf(a); ok {
+						for _, t := range cs.trackers {
+							t.received(i, seq, at)
+						}
+					}
+				}
+			},
+			onRetry: func(err error) {
+				cs.retries.Add(1)
+				cs.lastRetry.Store(err)
+			},
+		}
+		cs.wg.Go(func() {
+			if err := cl.run(ctx); err != nil {
+				select {
+				case cs.failed <- err:
+				default:
+				}
+			}
+		})
+	}
+}
+
+func (cs *clientSet) stop() {
+	if cs.cancel != nil {
+		cs.cancel()
+	}
+	cs.wg.Wait()
+}
+
+// waitSynced waits until every client holds its Service's endpoints.
+func (cs *clientSet) waitSynced(ctx context.Context, timeout time.Duration) error {
+	t := time.NewTimer(timeout)
+	defer t.Stop()
+	select {
+	case <-cs.synced:
+		return nil
+	case err := <-cs.failed:
+		return err
+	case <-t.C:
+		return fmt.Errorf("%d of %d clients held endpoints after %s (%d streams retried, last because %v); %s's last output: %s",
+			cs.nSynced.Load(), cs.size.Clients, timeout, cs.retries.Load(), cs.lastRetry.Load(), cs.control.name, cs.control.proc.tail())
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// drain waits until nothing is pending in trackers, or timeout has
+// passed (what is still pending then counts as missed).
+func (cs *clientSet) drain(ctx context.Context, timeout time.Duration, trackers ...*pushTracker) error {
+	pending := func() bool {
+		for _, t := range trackers {
+			if t.pending() > 0 {
+				return true
+			}
+		}
+		return false
+	}
+	deadline := time.NewTimer(timeout)
+	defer deadline.Stop()
+	tick := time.NewTicker(time.Millisecond)
+	defer tick.Stop()
+	for pending() {
+		select {
+		case <-deadline.C:
+			return nil
+		case err := <-cs.failed:
+			return err
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-tick.C:
+		}
+	}
 	return nil
 }
 
