@@ -1,10 +1,10 @@
 package bench
 
 import (
-	"math/rand/v2"
 	"context"
 	"errors"
 	"fmt"
+	"math/rand/v2"
 	"net/netip"
 	"strings"
 	"time"
