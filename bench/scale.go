@@ -86,6 +86,9 @@ func scaleSection(c ScaleConfig) *Section {
 			"backoff, 1 s ×1.6 per failure ±20%%, counted in \"streams retried\"); sync CPU: the control plane's CPU from its start to then.\n"+
 			"- churn cores: its CPU over the churn (and the drain of its last pushes) per second; RSS: the highest VmRSS sampled from the clients' "+
 			"sync to the end of the churn, and its anonymous part (heap and stacks; the rest is mostly the pages of its own binary).\n\n"+
+			"Why istiod's pushes take long here: besides the debounce, its gRPC generator answers every push, even one that only changes endpoints, "+
+			"by regenerating and sending Listeners, Routes and Clusters (built by walking every Service it knows) to every connected gRPC client, "+
+			"and EDS to the subscribed ones; Ballast sends only the changed ClusterLoadAssignment, only to its subscribers.\n\n"+
 			"Targets (issue 4, at 1k Services × 10 endpoints and 100 clients): Ballast push p50 ≤ 10 ms, p99 ≤ 50 ms, memory ≤ 1/5 of istiod's.",
 			c.ClientsPerService, c.Changes, c.ChangesPerSecond, c.LoneChanges, c.LoneGap),
 		Columns: []Column{
