@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -50,6 +51,10 @@ type Bench struct {
 
 	commandsMu sync.Mutex
 	commands   map[string]bool // ballast subcommand → present in Binary
+
+	// istiodVersion is the module and version of the istiod the
+	// control-plane scenarios ran, for the report.
+	istiodVersion atomic.Value // string
 }
 
 // New validates opts and makes the temporary directory.
@@ -178,6 +183,9 @@ func (b *Bench) Run(ctx context.Context, sc Scenarios) *Report {
 	}
 	r.Sections = append(r.Sections, conv, scale)
 	r.Machine.Peers = map[string]string{"nginx": peerVersion("nginx"), "haproxy": peerVersion("haproxy")}
+	if v, ok := b.istiodVersion.Load().(string); ok {
+		r.Machine.Peers["istiod"] = v
+	}
 	r.Machine.PeerInstall = b.peers.installed
 	r.Machine.LoadEnd = loadAverage()
 	r.Wall = time.Since(start)

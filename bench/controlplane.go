@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"debug/buildinfo"
 	"context"
 	"encoding/json"
 	"errors"
@@ -194,6 +195,9 @@ func (istiod) start(ctx context.Context, b *Bench, api *apiServer) (*runningCont
 	bin, err := findIstiod()
 	if err != nil {
 		return nil, err
+	}
+	if info, err := buildinfo.ReadFile(bin); err == nil {
+		b.istiodVersion.Store(info.Main.Path + " " + info.Main.Version)
 	}
 	if err := api.ensureNamespace(ctx, istiodNamespace); err != nil {
 		return nil, err
