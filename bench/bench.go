@@ -142,8 +142,8 @@ func DefaultScenarios(quick bool) Scenarios {
 	}
 	if quick {
 		s.ControlPlanes.Scale.Sizes = s.ControlPlanes.Scale.Sizes[:1]
-		s.ControlPlanes.Scale.Changes = 150
-		s.ControlPlanes.Scale.LoneChanges = 5
+		s.ControlPlanes.Scale.Changes = 100
+		s.ControlPlanes.Scale.LoneChanges = 3
 		s.Balance.Calls = 300
 		s.DataPath.Calls, s.DataPath.Warmup = 20_000, 1000
 		s.Latency.Calls, s.Latency.Settle = 1500, 5*time.Second

@@ -1,8 +1,8 @@
 package bench
 
 import (
-	"debug/buildinfo"
 	"context"
+	"debug/buildinfo"
 	"encoding/json"
 	"errors"
 	"fmt"

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"math"
@@ -50,7 +51,7 @@ func (h *Headline) format() string {
 		return h.Text + ": not measured yet, " + h.Note
 	}
 	sum := Summarize(h.Values)
-	line := fmt.Sprintf("%s: %s", h.Text, sum.Format(2))
+	line := fmt.Sprintf("%s: %s", h.Text, sum.Format(cmp.Or(h.Digits, 2)))
 	if h.Target > 0 {
 		verdict := "met"
 		if sum.Median > h.Target {

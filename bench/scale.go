@@ -127,14 +127,17 @@ func scaleHeadlines(s *Section, sizes []ScaleSize) {
 			s.value(fmt.Sprintf("Ballast push p99 ms (%s)", size), colPushP99, ballast, 50).Top = true
 			s.ratio(fmt.Sprintf("Ballast RSS ÷ istiod's (%s)", size), colRSS, ballast, istio, 0.2).Top = true
 		}
-		s.ratio(fmt.Sprintf("Ballast push p50 ÷ istiod's (%s)", size), colPushP50, ballast, istio, 0).Top = i == 0
-		s.ratio(fmt.Sprintf("Ballast lone change p50 ÷ istiod's (%s)", size), colLoneP50, ballast, istio, 0).Top = i == 0
+		s.value(fmt.Sprintf("istiod push p50 ms (%s)", size), colPushP50, istio, 0).Top = i == 0
+		h := s.ratio(fmt.Sprintf("Ballast push p50 ÷ istiod's (%s)", size), colPushP50, ballast, istio, 0)
+		h.Top, h.Digits = i == 0, 4
+		h = s.ratio(fmt.Sprintf("Ballast lone change p50 ÷ istiod's (%s)", size), colLoneP50, ballast, istio, 0)
+		h.Top, h.Digits = i == 0, 3
 		s.ratio(fmt.Sprintf("Ballast anon RSS ÷ istiod's (%s)", size), colAnon, ballast, istio, 0).Top = i == 0
-		s.value(fmt.Sprintf("Ballast push beyond the API server's watch, p50 ms (%s)", size), colOwnP50, ballast, 0)
-		s.ratio(fmt.Sprintf("Ballast push p99 ÷ istiod's (%s)", size), colPushP99, ballast, istio, 0)
+		s.value(fmt.Sprintf("Ballast push beyond the API server's watch, p50 ms (%s)", size), colOwnP50, ballast, 0).Top = i == 0
+		s.ratio(fmt.Sprintf("Ballast push p99 ÷ istiod's (%s)", size), colPushP99, ballast, istio, 0).Digits = 4
 		s.ratio(fmt.Sprintf("Ballast churn CPU ÷ istiod's (%s)", size), colChurnCPU, ballast, istio, 0)
 		s.ratio(fmt.Sprintf("Ballast ready time ÷ istiod's (%s)", size), colReady, ballast, istio, 0)
-		s.value(fmt.Sprintf("istiod push p50 ms (%s)", size), colPushP50, istio, 0)
+		s.ratio(fmt.Sprintf("Ballast clients synced time ÷ istiod's (%s)", size), colSync, ballast, istio, 0).Digits = 3
 		s.value(fmt.Sprintf("istiod lone change p50 ms (%s)", size), colLoneP50, istio, 0)
 	}
 }
