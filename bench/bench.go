@@ -18,6 +18,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 )
 
@@ -50,6 +51,10 @@ type Bench struct {
 
 	commandsMu sync.Mutex
 	commands   map[string]bool // ballast subcommand → present in Binary
+
+	// istiodVersion is the module and version of the istiod the
+	// control-plane scenarios ran, for the report.
+	istiodVersion atomic.Value // string
 }
 
 // New validates opts and makes the temporary directory.
@@ -85,14 +90,16 @@ type Scenarios struct {
 	DataPath       DataPathConfig
 	DataPathStream DataPathConfig
 	Latency        LatencyConfig
-	// Only, when not empty, names the scenarios to run (by Section ID:
-	// balance, data-path, latency-aware); the others are reported as
-	// skipped.
+	// ControlPlanes sizes scenarios 4 (convergence) and 5
+	// (control-plane-scale).
+	ControlPlanes ControlPlaneConfig
+	// Only, when not empty, names the scenarios to run (by Section ID, one
+	// of ScenarioIDs); the others are reported as skipped.
 	Only []string
 }
 
 // ScenarioIDs are the IDs Scenarios.Only accepts.
-var ScenarioIDs = []string{"balance", "data-path", "data-path-stream", "latency-aware"}
+var ScenarioIDs = []string{"balance", "data-path", "data-path-stream", "latency-aware", "convergence", "control-plane-scale"}
 
 // DefaultScenarios are the scenarios `ballast bench` runs, with every path
 // known to this build.
@@ -118,8 +125,25 @@ func DefaultScenarios(quick bool) Scenarios {
 			Proxyless("peak_ewma"),
 			Sidecar("peak_ewma"),
 		}},
+		ControlPlanes: ControlPlaneConfig{
+			ControlPlanes: []ControlPlane{BallastControl(), Istiod()},
+			Scale: ScaleConfig{
+				Sizes:             []ScaleSize{{Services: 1000, Endpoints: 10, Clients: 100}, {Services: 5000, Endpoints: 10, Clients: 1000}},
+				ChangesPerSecond:  50,
+				Changes:           1000,
+				ClientsPerService: 10,
+				SyncTimeout:       2 * time.Minute,
+				Drain:             15 * time.Second,
+				LoneChanges:       10,
+				LoneGap:           200 * time.Millisecond,
+			},
+			Convergence: ConvergenceConfig{Quiet: time.Second, Timeout: 30 * time.Second},
+		},
 	}
 	if quick {
+		s.ControlPlanes.Scale.Sizes = s.ControlPlanes.Scale.Sizes[:1]
+		s.ControlPlanes.Scale.Changes = 100
+		s.ControlPlanes.Scale.LoneChanges = 3
 		s.Balance.Calls = 300
 		s.DataPath.Calls, s.DataPath.Warmup = 20_000, 1000
 		s.Latency.Calls, s.Latency.Settle = 1500, 5*time.Second
@@ -135,7 +159,7 @@ func (b *Bench) Run(ctx context.Context, sc Scenarios) *Report {
 	start := time.Now()
 	r := &Report{Date: start.UTC(), Quick: b.opts.Quick, Runs: b.opts.Runs, Machine: machine()}
 	run := func(id, title string, scenario func() *Section) *Section {
-		if len(sc.Only) > 0 && !slices.Contains(sc.Only, id) {
+		if !selected(sc.Only, id) {
 			return notMeasured(id, title, "", "skipped in this run (--only)")
 		}
 		return scenario()
@@ -145,19 +169,30 @@ func (b *Bench) Run(ctx context.Context, sc Scenarios) *Report {
 		run("data-path", "2. Data-path cost (unary)", func() *Section { return b.DataPath(ctx, sc.DataPath) }),
 		run("data-path-stream", "2b. Data-path cost (streaming)", func() *Section { return b.DataPath(ctx, sc.DataPathStream) }),
 		run("latency-aware", "3. Latency-aware balancing", func() *Section { return b.Latency(ctx, sc.Latency) }),
-		notMeasured("convergence", "4. Convergence",
-			"A new ready pod → time to its first call; a removed pod → time to its last call; Ballast's control plane vs istiod on the same API server.",
-			"not yet measured: the control plane has landed, but this scenario, and istiod built from its Go module to compare with, are not written yet"),
-		notMeasured("control-plane-scale", "5. Control-plane scale",
-			"1k and 5k Services × 10 endpoints, 100 and 1,000 simulated xDS clients: initial sync time, push latency p50/p99 under churn, CPU and RSS — Ballast vs istiod.",
-			"not yet measured: needs simulated xDS clients and istiod built from its Go module; not written yet"),
 	)
+	wantConv, wantScale := selected(sc.Only, "convergence"), selected(sc.Only, "control-plane-scale")
+	var conv, scale *Section
+	if wantConv || wantScale {
+		conv, scale = b.ControlPlanes(ctx, sc.ControlPlanes, wantConv, wantScale)
+	}
+	if conv == nil {
+		conv = notMeasured("convergence", "4. Convergence", "", "skipped in this run (--only)")
+	}
+	if scale == nil {
+		scale = notMeasured("control-plane-scale", "5. Control-plane scale", "", "skipped in this run (--only)")
+	}
+	r.Sections = append(r.Sections, conv, scale)
 	r.Machine.Peers = map[string]string{"nginx": peerVersion("nginx"), "haproxy": peerVersion("haproxy")}
+	if v, ok := b.istiodVersion.Load().(string); ok {
+		r.Machine.Peers["istiod"] = v
+	}
 	r.Machine.PeerInstall = b.peers.installed
 	r.Machine.LoadEnd = loadAverage()
 	r.Wall = time.Since(start)
 	return r
 }
+
+func selected(only []string, id string) bool { return len(only) == 0 || slices.Contains(only, id) }
 
 func notMeasured(id, title, description, why string) *Section {
 	return &Section{ID: id, Title: title, Description: description, NotMeasured: why}

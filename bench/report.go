@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"fmt"
 	"io"
 	"math"
@@ -50,7 +51,7 @@ func (h *Headline) format() string {
 		return h.Text + ": not measured yet, " + h.Note
 	}
 	sum := Summarize(h.Values)
-	line := fmt.Sprintf("%s: %s", h.Text, sum.Format(2))
+	line := fmt.Sprintf("%s: %s", h.Text, sum.Format(cmp.Or(h.Digits, 2)))
 	if h.Target > 0 {
 		verdict := "met"
 		if sum.Median > h.Target {
@@ -77,7 +78,11 @@ func (r *Report) Markdown() string {
 	fmt.Fprintf(&b, "| load | 1-minute load average %.1f at the start, %.1f at the end (other work on the machine shares its cores) |\n",
 		r.Machine.LoadStart, r.Machine.LoadEnd)
 	fmt.Fprintf(&b, "| Go | %s |\n", r.Machine.GoVersion)
-	fmt.Fprintf(&b, "| peers | nginx %s, %s |\n", r.Machine.Peers["nginx"], r.Machine.Peers["haproxy"])
+	peers := fmt.Sprintf("nginx %s, %s", r.Machine.Peers["nginx"], r.Machine.Peers["haproxy"])
+	if v := r.Machine.Peers["istiod"]; v != "" {
+		peers += ", istiod (pilot-discovery) from " + v
+	}
+	fmt.Fprintf(&b, "| peers | %s |\n", mdCell(peers))
 	fmt.Fprintf(&b, "| mode | %s, %d runs per measurement; cells are median [min–max] over the runs |\n", mode, r.Runs)
 	install := "already installed"
 	if r.Machine.PeerInstall > 0 {

@@ -91,6 +91,8 @@ type Headline struct {
 	// Top puts the headline at the top of the report, not only in its
 	// section.
 	Top bool `json:"top,omitempty"`
+	// Digits after the decimal point when printed; zero means 2.
+	Digits int `json:"digits,omitempty"`
 }
 
 func (s *Section) row(path string) *Row {

@@ -129,7 +129,7 @@ type Server struct {
 	metrics *metrics
 
 	// served is the last good translation of each Service; only Run uses it.
-	served map[discovery.Key]serviceResources
+	served map[discovery.Key]servedService
 
 	// changes remembers, per resource, when the change that produced its
 	// current content was noticed, for the push latency histogram.
@@ -142,6 +142,13 @@ type Server struct {
 
 // serviceResources are one Service's resources by cache (cacheKeys), then name.
 type serviceResources map[string]map[string]types.Resource
+
+// servedService is a Service's last good translation and the shape it was
+// made from.
+type servedService struct {
+	shape     shape
+	resources serviceResources
+}
 
 // NewServer builds a Server; nothing runs until Run.
 func NewServer(cfg Config) (*Server, error) {
@@ -165,7 +172,7 @@ func NewServer(cfg Config) (*Server, error) {
 		cfg:     cfg,
 		log:     cmp.Or(cfg.Log, slog.Default()).With("component", "xds"),
 		caches:  map[string]*cachev3.LinearCache{},
-		served:  map[discovery.Key]serviceResources{},
+		served:  map[discovery.Key]servedService{},
 		changes: map[string]time.Time{},
 	}
 	m, err := newMetrics(cfg.Metrics, s)
@@ -262,31 +269,33 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 		toUpdate[t] = map[string]types.Resource{}
 	}
 	for _, k := range keys {
-		next := serviceResources{}
+		prev := s.served[k]
+		next := servedService{resources: serviceResources{}}
 		if svc, ok := s.cfg.Registry.Get(k); ok {
-			res, err := TranslateService(svc, s.cfg.Translate)
+			res, err := s.translate(svc, prev)
 			if err != nil {
 				s.metrics.translateErrors.Inc()
 				s.log.Error("service not updated; still serving its last good resources", "service", k.String(), "err", err)
 				continue
 			}
-			next = byType(res)
+			next = res
 		}
-		prev := s.served[k]
 		for _, t := range cacheKeys {
-			for name, r := range next[t] {
-				if old, ok := prev[t][name]; ok && proto.Equal(old, r) {
+			for name, r := range next.resources[t] {
+				// A resource kept from the last translation is the same
+				// pointer: no need to compare its content.
+				if old, ok := prev.resources[t][name]; ok && (old == r || proto.Equal(old, r)) {
 					continue
 				}
 				toUpdate[t][name] = r
 			}
-			for name := range prev[t] {
-				if _, ok := next[t][name]; !ok {
+			for name := range prev.resources[t] {
+				if _, ok := next.resources[t][name]; !ok {
 					toDelete[t] = append(toDelete[t], name)
 				}
 			}
 		}
-		if len(next) == 0 {
+		if len(next.resources) == 0 {
 			delete(s.served, k)
 		} else {
 			s.served[k] = next
@@ -311,6 +320,40 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 		}
 		s.log.Debug("resources changed", "type", typeName(t), "updated", len(toUpdate[t]), "deleted", len(toDelete[t]))
 	}
+}
+
+// translate turns a Service into its resources. When its shape is the
+// one prev was made from, only the endpoints have changed: the Listeners,
+// RouteConfigurations and Clusters of prev are kept as they are (the same
+// objects, never modified once built) and only the ClusterLoadAssignments
+// are rebuilt, which is most of what an endpoint change would otherwise
+// cost before it can be pushed.
+func (s *Server) translate(svc *discovery.Service, prev servedService) (servedService, error) {
+	sh := shapeOf(svc)
+	if prev.resources != nil && prev.shape == sh {
+		endpoints, err := translateEndpoints(svc, s.cfg.Translate)
+		if err != nil {
+			return servedService{}, err
+		}
+		next := serviceResources{}
+		for _, t := range []string{resourcev3.ListenerType, resourcev3.RouteType, resourcev3.ClusterType, sidecarListenerCache} {
+			if len(prev.resources[t]) > 0 {
+				next[t] = prev.resources[t]
+			}
+		}
+		for _, e := range endpoints {
+			if next[resourcev3.EndpointType] == nil {
+				next[resourcev3.EndpointType] = map[string]types.Resource{}
+			}
+			next[resourcev3.EndpointType][e.ClusterName] = e
+		}
+		return servedService{shape: sh, resources: next}, nil
+	}
+	res, err := TranslateService(svc, s.cfg.Translate)
+	if err != nil {
+		return servedService{}, err
+	}
+	return servedService{shape: sh, resources: byType(res)}, nil
 }
 
 func changeKey(typeURL, name string) string { return typeURL + "\x00" + name }

@@ -221,6 +221,49 @@ func TranslateService(svc *discovery.Service, opts Options) (Resources, error) {
 	return out, nil
 }
 
+// shape is what a Service's Listeners, RouteConfigurations and Clusters
+// are made from: everything TranslateService reads except the endpoints
+// (the server's Options never change). Two snapshots of a Service with the
+// same shape differ only in their ClusterLoadAssignments, so an endpoint
+// change, by far the most frequent change, needs only those rebuilt.
+type shape struct {
+	policy    string
+	hasPolicy bool
+	ports     string // "port/protocol," for every port, in order
+	ips       string // the ClusterIPs, which the sidecar listeners name
+}
+
+func shapeOf(svc *discovery.Service) shape {
+	sh := shape{}
+	sh.policy, sh.hasPolicy = svc.Annotations[PolicyAnnotation]
+	for _, p := range svc.Ports {
+		sh.ports += strconv.Itoa(int(p.Port)) + "/" + p.Protocol + ","
+	}
+	for _, ip := range svc.ClusterIPs {
+		sh.ips += ip.String() + ","
+	}
+	return sh
+}
+
+// translateEndpoints is TranslateService's ClusterLoadAssignments alone,
+// each checked with its Validate method.
+func translateEndpoints(svc *discovery.Service, opts Options) ([]*endpointv3.ClusterLoadAssignment, error) {
+	var out []*endpointv3.ClusterLoadAssignment
+	for i := range svc.Ports {
+		port := &svc.Ports[i]
+		if port.Protocol != "" && port.Protocol != "TCP" {
+			continue
+		}
+		names := DialNames(svc.Key, port.Port, opts)
+		cla := loadAssignment(names[len(names)-1], port.Endpoints)
+		if err := cla.ValidateAll(); err != nil {
+			return nil, fmt.Errorf("service %s: endpoints %s: %w", svc.Key, cla.ClusterName, err)
+		}
+		out = append(out, cla)
+	}
+	return out, nil
+}
+
 // DialNames lists the target names (host:port) under which a client may
 // dial a Service port, shortest first; the last is the fully qualified one,
 // which also names the port's route, cluster and endpoints.

@@ -24,11 +24,14 @@ func newBenchCmd() *cobra.Command {
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
-		Short: "Measure balance and data-path cost next to nginx and haproxy; write docs/benchmarks.md",
+		Short: "Measure balance, data-path cost and the control plane next to nginx, haproxy and istiod; write docs/benchmarks.md",
 		Long: `Runs every scenario on 127.0.0.0/8 (greeter pods as processes on 127.0.0.20+, each peer as its
 own process with a configuration in a temporary directory), prints a table per scenario, and
 writes PNG charts and benchmarks.md into --out. nginx and haproxy are installed with apt-get
-when missing (unless --install-peers=false); a peer that cannot run is reported with the reason.
+when missing (unless --install-peers=false); istiod (pilot-discovery) is built from the Go module
+pinned in tools/istio on first use (tools/build-istiod.sh, cached in ~/.cache/ballast; set
+BALLAST_ISTIOD to use another build), and the control planes watch a kube-apiserver and etcd
+from tools/build.sh. A peer that cannot run is reported with the reason.
 Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {

@@ -1,0 +1,94 @@
+package xds
+
+import (
+	"io"
+	"log/slog"
+	"net/netip"
+	"testing"
+
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
+
+	"github.com/ballast-dev/ballast/discovery"
+)
+
+// The server's translation of a changed Service is always what
+// TranslateService says; when only the endpoints changed, it keeps the
+// Listeners, Routes and Clusters it already serves (the same objects, so
+// nothing but the ClusterLoadAssignments is compared or re-sent).
+func TestServerTranslateKeepsShape(t *testing.T) {
+	base := func() *discovery.Service {
+		return &discovery.Service{
+			Key: discovery.Key{Namespace: "ns", Name: "svc"},
+			Ports: []discovery.Port{
+				{Name: "grpc", Port: 50051, Protocol: "TCP", Endpoints: []discovery.Endpoint{
+					{Address: netip.MustParseAddrPort("10.0.0.1:8080"), Ready: true, Serving: true, Zone: "a"},
+					{Address: netip.MustParseAddrPort("10.0.0.2:8080"), Ready: true, Serving: true, Zone: "b"},
+				}},
+				{Name: "dns", Port: 53, Protocol: "UDP"},
+			},
+		}
+	}
+	tests := []struct {
+		name   string
+		change func(*discovery.Service)
+		kept   bool // Listeners, Routes and Clusters kept from before
+	}{
+		{"an endpoint replaced", func(s *discovery.Service) {
+			s.Ports[0].Endpoints[1].Address = netip.MustParseAddrPort("10.0.0.3:8080")
+		}, true},
+		{"an endpoint no longer ready", func(s *discovery.Service) { s.Ports[0].Endpoints[0].Ready = false }, true},
+		{"every endpoint gone", func(s *discovery.Service) { s.Ports[0].Endpoints = nil }, true},
+		{"nothing changed", func(*discovery.Service) {}, true},
+		{"the port number changed", func(s *discovery.Service) { s.Ports[0].Port = 50052 }, false},
+		{"a port added", func(s *discovery.Service) {
+			s.Ports = append(s.Ports, discovery.Port{Name: "http", Port: 80, Protocol: "TCP"})
+		}, false},
+		{"the UDP port became TCP", func(s *discovery.Service) { s.Ports[1].Protocol = "TCP" }, false},
+		{"the LB policy annotation set", func(s *discovery.Service) {
+			s.Annotations = map[string]string{PolicyAnnotation: "least_request"}
+		}, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv, err := NewServer(Config{Registry: discovery.NewRegistry(), Metrics: prometheus.NewRegistry(),
+				Log: slog.New(slog.NewTextHandler(io.Discard, nil))})
+			if err != nil {
+				t.Fatal(err)
+			}
+			before, err := srv.translate(base(), servedService{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			svc := base()
+			tt.change(svc)
+			got, err := srv.translate(svc, before)
+			if err != nil {
+				t.Fatal(err)
+			}
+			want, err := TranslateService(svc, Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			wantByType := byType(want)
+			for _, typ := range typeURLs {
+				if len(got.resources[typ]) != len(wantByType[typ]) {
+					t.Errorf("%s: %d resources, want %d", typeName(typ), len(got.resources[typ]), len(wantByType[typ]))
+				}
+				for name, w := range wantByType[typ] {
+					g, ok := got.resources[typ][name]
+					if !ok || !proto.Equal(g, w) {
+						t.Errorf("%s %s: %v, want %v", typeName(typ), name, g, w)
+					}
+					if typ == resourcev3.EndpointType {
+						continue
+					}
+					if same := before.resources[typ][name] == g; same != tt.kept {
+						t.Errorf("%s %s kept from before: %v, want %v", typeName(typ), name, same, tt.kept)
+					}
+				}
+			}
+		})
+	}
+}
