@@ -417,6 +417,7 @@ func TestTargetedPushes(t *testing.T) {
 	}
 	p.reg.Set(svc("a", 1000))
 	p.reg.Set(svc("b", 2000))
+	waitResources(t, p, resourcev3.EndpointType, 2)
 	aName := "a.default.svc.cluster.local:80"
 
 	cc, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
@@ -610,6 +611,7 @@ func TestSidecarListenersByWildcard(t *testing.T) {
 		ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
 		Ports:      []discovery.Port{{Port: 50051, Protocol: "TCP"}, {Port: 8081, Protocol: "TCP"}},
 	})
+	waitResources(t, p, sidecarListenerCache, 2)
 	cc, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -693,4 +695,70 @@ func TestWildcardRefusedUntilReady(t *testing.T) {
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("wildcard request before sync: %v, want Unavailable", err)
 	}
+}
+
+// A Service whose ClusterIP changes (deleted and re-created with another)
+// keeps its ports and endpoints; its sidecar listener must still move.
+func TestSidecarListenerFollowsClusterIP(t *testing.T) {
+	p := startPlane(t)
+	svc := func(ip string) *discovery.Service {
+		return &discovery.Service{
+			Key:        discovery.Key{Namespace: "default", Name: "greeter"},
+			ClusterIPs: []netip.Addr{netip.MustParseAddr(ip)},
+			Ports:      []discovery.Port{{Port: 50051, Protocol: "TCP"}},
+		}
+	}
+	p.reg.Set(svc("10.96.0.10"))
+	waitResources(t, p, sidecarListenerCache, 1)
+	cc, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cc.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	s, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.CloseSend()
+	names := func(resp *discoveryv3.DiscoveryResponse) string {
+		var out []string
+		for _, a := range resp.GetResources() {
+			l := &listenerv3.Listener{}
+			if err := a.UnmarshalTo(l); err != nil {
+				t.Fatal(err)
+			}
+			out = append(out, l.GetName())
+		}
+		return strings.Join(out, " ")
+	}
+	if err := s.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "ballast-proxy~default~c"}, TypeUrl: resourcev3.ListenerType}); err != nil {
+		t.Fatal(err)
+	}
+	resp, err := s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := names(resp); got != "10.96.0.10:50051" {
+		t.Fatalf("listeners %q, want 10.96.0.10:50051", got)
+	}
+	if err := s.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ListenerType, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}); err != nil {
+		t.Fatal(err)
+	}
+	p.reg.Set(svc("10.96.0.20"))
+	resp, err = s.Recv()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := names(resp); got != "10.96.0.20:50051" {
+		t.Fatalf("after the ClusterIP changed: listeners %q, want 10.96.0.20:50051", got)
+	}
+}
+
+// waitResources waits until the cache holds n resources: the Registry's
+// change has been translated.
+func waitResources(t *testing.T, p *plane, cache string, n int) {
+	t.Helper()
+	eventually(t, fmt.Sprintf("%d resources in the %s cache", n, cache), func() bool { return p.srv.caches[cache].NumResources() == n })
 }
