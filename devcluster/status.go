@@ -107,8 +107,9 @@ func (s *statusSync) once(ctx context.Context) int {
 			}
 		}
 		// Virtual-kubelet's last status for the pod may be the stale one;
-		// tell it the current one, so its own retries write that.
-		s.node.notify(want)
+		// tell it the current one (in order with the pod's own
+		// notifications), so its own retries write that.
+		p.changed()
 	}
 	s.differing, s.failed = differing, failed
 	return written
