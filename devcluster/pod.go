@@ -30,6 +30,8 @@ type podRuntime struct {
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 
+	notifyMu sync.Mutex // orders notifications; see changed
+
 	mu          sync.Mutex
 	pod         *corev1.Pod // spec as given (env resolved), status maintained here
 	inits       []*containerRuntime
@@ -295,8 +297,15 @@ func (p *podRuntime) terminate(grace time.Duration) {
 	}()
 }
 
-// changed pushes the current status to the node agent.
+// changed pushes the current status to the node agent. Snapshot and
+// notification happen under notifyMu, so notifications leave in the order
+// their snapshots were taken and the last one is the newest: virtual-kubelet
+// writes the last status it is told, and a stale snapshot delivered after a
+// newer one (CreatePod's Pending overtaking the container's Running and
+// Ready) would otherwise stay in the API server.
 func (p *podRuntime) changed() {
+	p.notifyMu.Lock()
+	defer p.notifyMu.Unlock()
 	p.node.notify(p.snapshot())
 }
 

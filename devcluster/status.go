@@ -18,15 +18,16 @@ import (
 //
 // virtual-kubelet's pod controller is edge-triggered: the agent notifies it
 // of each change and it writes the last status it was told, keyed by pod
-// name. A notification can be lost that way: a late one from a finished pod
-// replaces, in that per-name cache, the status of a new pod that reuses its
-// name; a write that keeps failing is dropped after its retries. If nothing
-// changes afterwards, the API server keeps the stale status for good (a
-// re-created pod never turns Ready). So every tick the node compares each of
-// its pods' status as the API server has it (the informer cache) with its
-// own, and where they differ in what controllers read on two ticks in a row
-// (the first tick leaves the edge-triggered path time to deliver), it
-// writes its own status and notifies again.
+// name. A status can be lost that way: notifications that overtook each
+// other (fixed in podRuntime.changed, found as a pod that never turned
+// Ready), a write that keeps failing and is dropped after its retries (a
+// pod with requests, whose QoS class the agent once misreported), a status
+// someone else wrote. If nothing changes afterwards, the API server keeps
+// the stale status for good. So every tick the node compares each of its
+// pods' status as the API server has it (the informer cache) with its own,
+// and where they differ in what controllers read on two ticks in a row (the
+// first tick leaves the edge-triggered path time to deliver), it writes its
+// own status and notifies again, as the kubelet's status manager does.
 type statusSync struct {
 	node   *nodeAgent
 	client kubernetes.Interface
@@ -107,8 +108,9 @@ func (s *statusSync) once(ctx context.Context) int {
 			}
 		}
 		// Virtual-kubelet's last status for the pod may be the stale one;
-		// tell it the current one, so its own retries write that.
-		s.node.notify(want)
+		// tell it the current one (in order with the pod's own
+		// notifications), so its own retries write that.
+		p.changed()
 	}
 	s.differing, s.failed = differing, failed
 	return written

@@ -4,6 +4,7 @@ import (
 	"context"
 	"log/slog"
 	"net/netip"
+	"sync"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
@@ -149,5 +150,45 @@ func TestSnapshotKeepsQOSClass(t *testing.T) {
 	}
 	if got := runningPod(&nodeAgent{}).snapshot().Status.QOSClass; got != corev1.PodQOSBestEffort {
 		t.Errorf("snapshot of a pod with no class yet says %q, want BestEffort", got)
+	}
+}
+
+// TestNotificationsArriveInOrder: however the pod's goroutines interleave
+// their changes, the status virtual-kubelet is told last is the pod's
+// current one (a Pending snapshot taken at creation once overtook the
+// container's Running and Ready, and the pod stayed unready).
+func TestNotificationsArriveInOrder(t *testing.T) {
+	for i := range 200 {
+		n := &nodeAgent{running: map[string]*podRuntime{}}
+		p := runningPod(n)
+		c := p.containers[0]
+		p.mu.Lock()
+		c.proc, c.ready, c.waiting, p.initsDone = nil, false, "ContainerCreating", false
+		p.mu.Unlock()
+		var mu sync.Mutex
+		var last string
+		n.notifyFn = func(pod *corev1.Pod) {
+			mu.Lock()
+			last = statusSummary(pod.Status)
+			mu.Unlock()
+		}
+		var wg sync.WaitGroup
+		wg.Add(2)
+		go func() { defer wg.Done(); p.changed() }() // CreatePod's
+		go func() {                                  // the pod's run: inits done, container up and ready
+			defer wg.Done()
+			p.mu.Lock()
+			p.initsDone = true
+			p.mu.Unlock()
+			p.changed()
+			p.mu.Lock()
+			c.proc, c.ready, c.waiting = &process{}, true, ""
+			p.mu.Unlock()
+			p.changed()
+		}()
+		wg.Wait()
+		if want := statusSummary(p.snapshot().Status); last != want {
+			t.Fatalf("run %d: last notified %s, want the current %s", i, last, want)
+		}
 	}
 }

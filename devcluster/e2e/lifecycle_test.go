@@ -240,9 +240,12 @@ spec:
 
 // TestPodNameReuse: a pod deleted and created again under the same name
 // runs again (the node agent tells the two apart by UID) and its Ready
-// status reaches the API server. A status update lost on its way through
-// virtual-kubelet once left it unready for good; the node's status sync
-// (devcluster/status.go) now rewrites a status that stays stale.
+// status reaches the API server. It once stayed unready for good, about one
+// run in five on a loaded machine: a Pending snapshot taken at creation
+// reached virtual-kubelet after the container's Running/Ready one, and
+// virtual-kubelet writes the last status it is told. Notifications are now
+// ordered (podRuntime.changed), and the node's status sync rewrites any
+// status that stays stale (TestLostStatusIsRepaired).
 func TestPodNameReuse(t *testing.T) {
 	ctx := ctxFor(t, 2*time.Minute)
 	pod := `apiVersion: v1

@@ -25,6 +25,7 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
@@ -126,8 +127,14 @@ func TestProxylessOnKubernetes(t *testing.T) {
 	}
 	greeters := podNames(waitReadyPods(t, ctx, "default", "native-tools-2", 3))
 	clients := podNames(waitReadyPods(t, ctx, "default", xdsClients, 2))
+	// Each step starts from where the last one left the cluster.
+	step := func(name string, f func(t *testing.T)) {
+		if !t.Run(name, f) {
+			t.FailNow()
+		}
+	}
 
-	t.Run("bootstrap", func(t *testing.T) {
+	step("bootstrap", func(t *testing.T) {
 		for _, c := range clients {
 			data, err := os.ReadFile(filepath.Join(bootstrapDir, c+".json"))
 			if err != nil {
@@ -150,7 +157,7 @@ func TestProxylessOnKubernetes(t *testing.T) {
 		}
 	})
 
-	t.Run("spread over 3 pods", func(t *testing.T) {
+	step("spread over 3 pods", func(t *testing.T) {
 		for _, c := range clients {
 			// The channel connects to each pod on its own; count once
 			// every pod has answered this client.
@@ -161,7 +168,7 @@ func TestProxylessOnKubernetes(t *testing.T) {
 		}
 	})
 
-	t.Run("scale 3 to 5", func(t *testing.T) {
+	step("scale 3 to 5", func(t *testing.T) {
 		began := time.Now()
 		kubectl(t, ctx, "-n", "default", "scale", "deployment/native-tools-2", "--replicas=5")
 		if err := cluster.WaitReadyEndpoints(ctx, "default", "native-tools-2", "grpc", 5, 2*time.Minute); err != nil {
@@ -182,7 +189,7 @@ func TestProxylessOnKubernetes(t *testing.T) {
 		greeters = five
 	})
 
-	t.Run("greeter pod deleted under load", func(t *testing.T) {
+	step("greeter pod deleted under load", func(t *testing.T) {
 		l := startLoad(t, ctx, clients)
 		l.waitAnswered(t, ctx, greeters...)
 		victim := greeters[0]
@@ -190,27 +197,21 @@ func TestProxylessOnKubernetes(t *testing.T) {
 		if err := cluster.Client.CoreV1().Pods("default").Delete(ctx, victim, metav1.DeleteOptions{}); err != nil {
 			t.Fatal(err)
 		}
-		var replacement string
-		err := devcluster.Poll(ctx, 2*time.Minute, func(ctx context.Context) (bool, error) {
-			ready := podNames(readyPods(t, ctx, "default", "native-tools-2"))
-			for _, p := range ready {
-				if !slices.Contains(greeters, p) {
-					replacement = p
-				}
-			}
-			_, err := cluster.Client.CoreV1().Pods("default").Get(ctx, victim, metav1.GetOptions{})
-			return replacement != "" && len(ready) == 5 && err != nil, nil
-		})
-		if err != nil {
-			t.Fatalf("pod %s never replaced: %v", victim, err)
-		}
+		replacement := newReadyGreeter(t, ctx, greeters)
 		l.waitAnswered(t, ctx, replacement)
-		t.Logf("deleted %s; %s answered every client %s later", victim, replacement, time.Since(began).Round(time.Millisecond))
+		t.Logf("deleted %s; its replacement %s answered every client after %s", victim, replacement, time.Since(began).Round(time.Millisecond))
+		if err := devcluster.Poll(ctx, 2*time.Minute, func(ctx context.Context) (bool, error) {
+			_, err := cluster.Client.CoreV1().Pods("default").Get(ctx, victim, metav1.GetOptions{})
+			return apierrors.IsNotFound(err), nil
+		}); err != nil {
+			t.Fatalf("pod %s still there: %v", victim, err)
+		}
+		t.Logf("%s gone after %s", victim, time.Since(began).Round(time.Millisecond))
 		l.stopAndCheck(t)
 		greeters = podNames(waitReadyPods(t, ctx, "default", "native-tools-2", 5))
 	})
 
-	t.Run("control plane restart under load", func(t *testing.T) {
+	step("control plane restart under load", func(t *testing.T) {
 		l := startLoad(t, ctx, clients)
 		l.waitAnswered(t, ctx, greeters...)
 		serving := controlPodsServing(t, ctx, clients)
@@ -240,22 +241,13 @@ func TestProxylessOnKubernetes(t *testing.T) {
 			serving, time.Since(began).Round(time.Millisecond))
 		// The replicas that now serve them push: a new pod gets calls.
 		kubectl(t, ctx, "-n", "default", "scale", "deployment/native-tools-2", "--replicas=6")
-		var added string
-		if err := devcluster.Poll(ctx, 2*time.Minute, func(ctx context.Context) (bool, error) {
-			for _, p := range podNames(readyPods(t, ctx, "default", "native-tools-2")) {
-				if !slices.Contains(greeters, p) {
-					added = p
-				}
-			}
-			return added != "", nil
-		}); err != nil {
-			t.Fatalf("no sixth greeter: %v", err)
-		}
+		added := newReadyGreeter(t, ctx, greeters)
 		l.waitAnswered(t, ctx, added)
+		t.Logf("after the restart, a sixth greeter %s answered every client", added)
 		l.stopAndCheck(t)
 	})
 
-	t.Run("NACK", func(t *testing.T) {
+	step("NACK", func(t *testing.T) {
 		nackOnTheHarness(t, ctx, clients[0])
 	})
 }
@@ -784,6 +776,24 @@ func nacks(t *testing.T, ctx context.Context, pod string) float64 {
 	}
 	t.Fatalf("%s /metrics has no ballast_xds_nacks_total{type=\"cluster\"}", pod)
 	return 0
+}
+
+// newReadyGreeter waits for a Ready greeter pod that is not one of known
+// and returns its name.
+func newReadyGreeter(t *testing.T, ctx context.Context, known []string) string {
+	t.Helper()
+	var added string
+	if err := devcluster.Poll(ctx, 2*time.Minute, func(ctx context.Context) (bool, error) {
+		for _, p := range podNames(readyPods(t, ctx, "default", "native-tools-2")) {
+			if !slices.Contains(known, p) {
+				added = p
+			}
+		}
+		return added != "", nil
+	}); err != nil {
+		t.Fatalf("no new ready greeter besides %v: %v", known, err)
+	}
+	return added
 }
 
 // readyControlPods lists the control-plane pods that are Ready and not
