@@ -519,6 +519,7 @@ func TestSidecarGRPCSemantics(t *testing.T) {
 	const slowSvc = `service="slow.` + meshNS + `:50051"`
 
 	t.Run("deadline", func(t *testing.T) {
+		ended := proxyMetrics(t, ctx, meshNS, "native-tools", "ballast_proxy_streams_total", slowSvc)
 		dctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 		defer cancel()
 		_, err := slow.SayHello(dctx, &pb.HelloRequest{Name: "deadline"})
@@ -528,7 +529,7 @@ func TestSidecarGRPCSemantics(t *testing.T) {
 		// The server holds calls for an hour: the sidecar let go of the
 		// upstream call because the deadline reached it.
 		waitMetric(t, ctx, "call past its deadline ends at the sidecar", inFlight, func(v float64) bool { return v == 0 }, slowSvc)
-		waitMetric(t, ctx, "the sidecar saw it end", "ballast_proxy_streams_total", func(v float64) bool { return v >= 1 },
+		waitMetric(t, ctx, "the sidecar saw it end", "ballast_proxy_streams_total", func(v float64) bool { return v >= ended+1 },
 			slowSvc)
 	})
 
@@ -648,6 +649,40 @@ func TestInjection(t *testing.T) {
 			}
 		})
 	}
+
+	// A webhook that accepts connections but never answers: the API
+	// server gives up after the registration's timeoutSeconds and, with
+	// failurePolicy Ignore, creates the pod as it is.
+	t.Run("webhook hangs", func(t *testing.T) {
+		pods, err := cluster.Client.CoreV1().Pods("ballast-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=ballast-inject"})
+		if err != nil || len(pods.Items) != 1 {
+			t.Fatalf("injector pods: %v, %v", pods, err)
+		}
+		netns, err := cluster.PodNetns("ballast-system", pods.Items[0].Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids := strings.Fields(run(t, ctx, "ip", "netns", "pids", netns))
+		if len(pids) == 0 {
+			t.Fatalf("no process in the injector's netns %s", netns)
+		}
+		t.Cleanup(func() { run(t, ctx, "kill", append([]string{"-CONT"}, pids...)...) })
+		run(t, ctx, "kill", append([]string{"-STOP"}, pids...)...)
+		const name = "webhook-hangs"
+		began := time.Now()
+		pod, err := cluster.Client.CoreV1().Pods(meshNS).Create(ctx, plainPod(name, nil), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("pod creation with the webhook hanging: %v (failurePolicy Ignore, timeoutSeconds)", err)
+		}
+		took := time.Since(began)
+		t.Cleanup(func() {
+			cluster.Client.CoreV1().Pods(meshNS).Delete(context.Background(), name, metav1.DeleteOptions{})
+		})
+		if injected(pod) {
+			t.Fatal("injected by a stopped webhook?")
+		}
+		t.Logf("pod created without the sidecar in %s while the injector was stopped", took.Round(time.Millisecond))
+	})
 
 	t.Run("webhook down", func(t *testing.T) {
 		kubectl(t, ctx, "-n", "ballast-system", "scale", "deployment/ballast-inject", "--replicas=0")
