@@ -10,6 +10,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"os"
 	osexec "os/exec"
 	"path/filepath"
 	"slices"
@@ -342,6 +343,36 @@ func TestSidecarArticle(t *testing.T) {
 		t.Errorf("max/mean %.2f over %v, want ≤ 1.3", maxMean, counts)
 	}
 	t.Logf("30 calls, one client connection, through the injected sidecar: %v (max/mean %.2f)", counts, maxMean)
+	t.Logf("the client pod's sidecar: %s", proxyProcess(t, ctx, meshNS, "native-tools"))
+}
+
+// proxyProcess describes the pod's sidecar process as the kernel sees it:
+// its uid and resident memory (a measurement, not a target).
+func proxyProcess(t *testing.T, ctx context.Context, ns, pod string) string {
+	t.Helper()
+	netns, err := cluster.PodNetns(ns, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range strings.Fields(run(t, ctx, "ip", "netns", "pids", netns)) {
+		cmdline, err := os.ReadFile("/proc/" + pid + "/cmdline")
+		if err != nil || !bytes.Contains(cmdline, []byte("\x00proxy\x00--transparent-address")) {
+			continue
+		}
+		st, err := os.ReadFile("/proc/" + pid + "/status")
+		if err != nil {
+			continue
+		}
+		var fields []string
+		for _, l := range strings.Split(string(st), "\n") {
+			if k, _, _ := strings.Cut(l, ":"); k == "Uid" || k == "VmRSS" {
+				fields = append(fields, strings.Join(strings.Fields(l), " "))
+			}
+		}
+		return "pid " + pid + ": " + strings.Join(fields, ", ")
+	}
+	t.Errorf("no sidecar process in %s/%s's netns", ns, pod)
+	return ""
 }
 
 // podGRPC dials target from inside the client pod's network namespace as
@@ -619,6 +650,7 @@ func TestInjection(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			name := "inject-" + strings.ReplaceAll(tt.name, " ", "-")
+			began := time.Now()
 			pod, err := cluster.Client.CoreV1().Pods(tt.ns).Create(ctx, plainPod(name, tt.annotations), metav1.CreateOptions{})
 			if err != nil {
 				t.Fatal(err)
@@ -632,6 +664,7 @@ func TestInjection(t *testing.T) {
 			if err := cluster.WaitPodReady(ctx, tt.ns, name, 2*time.Minute); err != nil {
 				t.Fatal(err)
 			}
+			t.Logf("created → Ready in %s (injected %v)", time.Since(began).Round(100*time.Millisecond), tt.want)
 			netns, err := cluster.PodNetns(tt.ns, name)
 			if err != nil {
 				t.Fatal(err)
