@@ -476,6 +476,32 @@ func TestSidecarGRPCSemantics(t *testing.T) {
 			func(v float64) bool { return v >= before+30 }, svc, `code="OK"`)
 	})
 
+	t.Run("status codes and messages pass through", func(t *testing.T) {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		_, err := healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{Service: "no.such.Service"})
+		if st := status.Convert(err); st.Code() != codes.NotFound || !strings.Contains(st.Message(), "unknown service") {
+			t.Errorf("health check of an unknown service: %v, want NotFound from the greeter", err)
+		}
+		err = conn.Invoke(cctx, "/helloworld.Greeter/NoSuchMethod", &pb.HelloRequest{}, &pb.HelloReply{})
+		if st := status.Convert(err); st.Code() != codes.Unimplemented || !strings.Contains(st.Message(), "NoSuchMethod") {
+			t.Errorf("unknown method: %v, want Unimplemented naming it", err)
+		}
+	})
+
+	t.Run("large messages both ways", func(t *testing.T) {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		name := strings.Repeat("x", 1<<20)
+		reply, err := pb.NewGreeterClient(conn).SayHello(cctx, &pb.HelloRequest{Name: name})
+		if err != nil {
+			t.Fatalf("1 MiB request: %v", err)
+		}
+		if !strings.HasSuffix(reply.GetMessage(), "in:"+name) {
+			t.Fatalf("1 MiB request: reply of %d bytes does not end with it", len(reply.GetMessage()))
+		}
+	})
+
 	t.Run("server streaming", func(t *testing.T) {
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
