@@ -180,6 +180,9 @@ func (p *podRuntime) runOnce(c *containerRuntime) (code int, ok bool) {
 	if err == nil {
 		u, err = containerUser(p.pod, c.spec)
 	}
+	if err == nil {
+		err = u.available()
+	}
 	var env []string
 	if err == nil {
 		env, err = p.userEnv(p.env(c), u)

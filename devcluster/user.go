@@ -3,6 +3,7 @@ package devcluster
 import (
 	"fmt"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -62,6 +63,18 @@ func containerUser(pod *corev1.Pod, c corev1.Container) (user, error) {
 
 // root reports whether the process keeps the harness's root identity.
 func (u user) root() bool { return u.uid == 0 && u.gid == 0 && len(u.groups) == 0 && !u.noNewPrivs }
+
+// available reports whether this machine can run as u: leaving root
+// needs setpriv(1), from util-linux (tools/deps.sh installs it).
+func (u user) available() error {
+	if u.root() {
+		return nil
+	}
+	if _, err := exec.LookPath("setpriv"); err != nil {
+		return fmt.Errorf("runAsUser %d needs setpriv (util-linux; run tools/deps.sh): %w", u.uid, err)
+	}
+	return nil
+}
 
 // wrap prefixes argv with setpriv(1), which switches to the user right
 // before exec. It cannot be the harness's own SysProcAttr.Credential: the

@@ -1,13 +1,16 @@
 #!/usr/bin/env bash
 # Installs the system packages the dev cluster (devcluster/) needs and that a
 # fresh Debian machine may lack: iptables (ClusterIP DNAT inside the harness's
-# own network namespace), iproute2 (ip netns, veth), and nginx and haproxy
+# own network namespace), iproute2 (ip netns, veth), util-linux (setpriv, for
+# runAsUser), and nginx and haproxy
 # (the peers of ballast bench). Idempotent: installs
 # only what is missing, and does nothing when everything is present.
 set -euo pipefail
 missing=()
 command -v iptables >/dev/null 2>&1 || missing+=(iptables)
 command -v ip >/dev/null 2>&1 || missing+=(iproute2)
+# setpriv: containers with a securityContext.runAsUser (the injected proxy).
+command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 # The benchmark's peers; their tests check the configs ballast bench renders.
 command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)

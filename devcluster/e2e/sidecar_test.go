@@ -10,6 +10,7 @@ import (
 	"maps"
 	"net"
 	"net/http"
+	"os"
 	osexec "os/exec"
 	"path/filepath"
 	"slices"
@@ -342,6 +343,36 @@ func TestSidecarArticle(t *testing.T) {
 		t.Errorf("max/mean %.2f over %v, want ≤ 1.3", maxMean, counts)
 	}
 	t.Logf("30 calls, one client connection, through the injected sidecar: %v (max/mean %.2f)", counts, maxMean)
+	t.Logf("the client pod's sidecar: %s", proxyProcess(t, ctx, meshNS, "native-tools"))
+}
+
+// proxyProcess describes the pod's sidecar process as the kernel sees it:
+// its uid and resident memory (a measurement, not a target).
+func proxyProcess(t *testing.T, ctx context.Context, ns, pod string) string {
+	t.Helper()
+	netns, err := cluster.PodNetns(ns, pod)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, pid := range strings.Fields(run(t, ctx, "ip", "netns", "pids", netns)) {
+		cmdline, err := os.ReadFile("/proc/" + pid + "/cmdline")
+		if err != nil || !bytes.Contains(cmdline, []byte("\x00proxy\x00--transparent-address")) {
+			continue
+		}
+		st, err := os.ReadFile("/proc/" + pid + "/status")
+		if err != nil {
+			continue
+		}
+		var fields []string
+		for _, l := range strings.Split(string(st), "\n") {
+			if k, _, _ := strings.Cut(l, ":"); k == "Uid" || k == "VmRSS" {
+				fields = append(fields, strings.Join(strings.Fields(l), " "))
+			}
+		}
+		return "pid " + pid + ": " + strings.Join(fields, ", ")
+	}
+	t.Errorf("no sidecar process in %s/%s's netns", ns, pod)
+	return ""
 }
 
 // podGRPC dials target from inside the client pod's network namespace as
@@ -445,6 +476,32 @@ func TestSidecarGRPCSemantics(t *testing.T) {
 			func(v float64) bool { return v >= before+30 }, svc, `code="OK"`)
 	})
 
+	t.Run("status codes and messages pass through", func(t *testing.T) {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		_, err := healthpb.NewHealthClient(conn).Check(cctx, &healthpb.HealthCheckRequest{Service: "no.such.Service"})
+		if st := status.Convert(err); st.Code() != codes.NotFound || !strings.Contains(st.Message(), "unknown service") {
+			t.Errorf("health check of an unknown service: %v, want NotFound from the greeter", err)
+		}
+		err = conn.Invoke(cctx, "/helloworld.Greeter/NoSuchMethod", &pb.HelloRequest{}, &pb.HelloReply{})
+		if st := status.Convert(err); st.Code() != codes.Unimplemented || !strings.Contains(st.Message(), "NoSuchMethod") {
+			t.Errorf("unknown method: %v, want Unimplemented naming it", err)
+		}
+	})
+
+	t.Run("large messages both ways", func(t *testing.T) {
+		cctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+		defer cancel()
+		name := strings.Repeat("x", 1<<20)
+		reply, err := pb.NewGreeterClient(conn).SayHello(cctx, &pb.HelloRequest{Name: name})
+		if err != nil {
+			t.Fatalf("1 MiB request: %v", err)
+		}
+		if !strings.HasSuffix(reply.GetMessage(), "in:"+name) {
+			t.Fatalf("1 MiB request: reply of %d bytes does not end with it", len(reply.GetMessage()))
+		}
+	})
+
 	t.Run("server streaming", func(t *testing.T) {
 		sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
 		defer cancel()
@@ -519,6 +576,7 @@ func TestSidecarGRPCSemantics(t *testing.T) {
 	const slowSvc = `service="slow.` + meshNS + `:50051"`
 
 	t.Run("deadline", func(t *testing.T) {
+		ended := proxyMetrics(t, ctx, meshNS, "native-tools", "ballast_proxy_streams_total", slowSvc)
 		dctx, cancel := context.WithTimeout(ctx, 300*time.Millisecond)
 		defer cancel()
 		_, err := slow.SayHello(dctx, &pb.HelloRequest{Name: "deadline"})
@@ -528,7 +586,7 @@ func TestSidecarGRPCSemantics(t *testing.T) {
 		// The server holds calls for an hour: the sidecar let go of the
 		// upstream call because the deadline reached it.
 		waitMetric(t, ctx, "call past its deadline ends at the sidecar", inFlight, func(v float64) bool { return v == 0 }, slowSvc)
-		waitMetric(t, ctx, "the sidecar saw it end", "ballast_proxy_streams_total", func(v float64) bool { return v >= 1 },
+		waitMetric(t, ctx, "the sidecar saw it end", "ballast_proxy_streams_total", func(v float64) bool { return v >= ended+1 },
 			slowSvc)
 	})
 
@@ -618,6 +676,7 @@ func TestInjection(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			name := "inject-" + strings.ReplaceAll(tt.name, " ", "-")
+			began := time.Now()
 			pod, err := cluster.Client.CoreV1().Pods(tt.ns).Create(ctx, plainPod(name, tt.annotations), metav1.CreateOptions{})
 			if err != nil {
 				t.Fatal(err)
@@ -631,6 +690,7 @@ func TestInjection(t *testing.T) {
 			if err := cluster.WaitPodReady(ctx, tt.ns, name, 2*time.Minute); err != nil {
 				t.Fatal(err)
 			}
+			t.Logf("created → Ready in %s (injected %v)", time.Since(began).Round(100*time.Millisecond), tt.want)
 			netns, err := cluster.PodNetns(tt.ns, name)
 			if err != nil {
 				t.Fatal(err)
@@ -648,6 +708,40 @@ func TestInjection(t *testing.T) {
 			}
 		})
 	}
+
+	// A webhook that accepts connections but never answers: the API
+	// server gives up after the registration's timeoutSeconds and, with
+	// failurePolicy Ignore, creates the pod as it is.
+	t.Run("webhook hangs", func(t *testing.T) {
+		pods, err := cluster.Client.CoreV1().Pods("ballast-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=ballast-inject"})
+		if err != nil || len(pods.Items) != 1 {
+			t.Fatalf("injector pods: %v, %v", pods, err)
+		}
+		netns, err := cluster.PodNetns("ballast-system", pods.Items[0].Name)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pids := strings.Fields(run(t, ctx, "ip", "netns", "pids", netns))
+		if len(pids) == 0 {
+			t.Fatalf("no process in the injector's netns %s", netns)
+		}
+		t.Cleanup(func() { run(t, ctx, "kill", append([]string{"-CONT"}, pids...)...) })
+		run(t, ctx, "kill", append([]string{"-STOP"}, pids...)...)
+		const name = "webhook-hangs"
+		began := time.Now()
+		pod, err := cluster.Client.CoreV1().Pods(meshNS).Create(ctx, plainPod(name, nil), metav1.CreateOptions{})
+		if err != nil {
+			t.Fatalf("pod creation with the webhook hanging: %v (failurePolicy Ignore, timeoutSeconds)", err)
+		}
+		took := time.Since(began)
+		t.Cleanup(func() {
+			cluster.Client.CoreV1().Pods(meshNS).Delete(context.Background(), name, metav1.DeleteOptions{})
+		})
+		if injected(pod) {
+			t.Fatal("injected by a stopped webhook?")
+		}
+		t.Logf("pod created without the sidecar in %s while the injector was stopped", took.Round(time.Millisecond))
+	})
 
 	t.Run("webhook down", func(t *testing.T) {
 		kubectl(t, ctx, "-n", "ballast-system", "scale", "deployment/ballast-inject", "--replicas=0")
