@@ -134,9 +134,12 @@ func (c *h2conn) unblockLocked(l *leg) {
 	l.blocked = false
 }
 
-// checkDoneLocked closes l once both directions are done. A downstream
-// leg whose response ended while the client still sends is reset with
-// NO_ERROR, as a gRPC server does, so the client stops sending.
+// checkDoneLocked closes l once both directions are done. Once the
+// response is complete the call is over, whatever the request still had to
+// say: a downstream leg whose response ended while the client still sends
+// is reset with NO_ERROR, as a gRPC server does, so the client stops; an
+// upstream leg whose response ended before the request did is reset with
+// CANCEL, dropping the rest of the request.
 func (l *leg) checkDoneLocked(b *batch) {
 	c := l.c
 	if l.sendDone && !l.recvDone && !c.client {
@@ -145,6 +148,14 @@ func (l *leg) checkDoneLocked(b *batch) {
 			b.markDirty(c)
 		}
 		l.recvDone = true
+	}
+	if l.recvDone && !l.sendDone && c.client {
+		if !c.closed {
+			c.fr.WriteRSTStream(l.id, http2.ErrCodeCancel)
+			b.markDirty(c)
+		}
+		l.dropPendingLocked(b)
+		l.sendDone = true
 	}
 	if l.sendDone && l.recvDone {
 		l.closeLocked(b)
