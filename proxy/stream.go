@@ -55,6 +55,7 @@ type leg struct {
 	headersSent bool
 	recvDone    bool
 	recvUnacked int64
+	recvWindow  int64
 	headersRecv bool
 	closed      bool
 
@@ -80,6 +81,7 @@ func newStream(up *upstream, path string) *stream {
 	s := &stream{up: up, path: path}
 	s.down.s, s.upl.s = s, s
 	s.down.peer, s.upl.peer = &s.upl, &s.down
+	s.down.recvWindow, s.upl.recvWindow = streamWindow, streamWindow
 	s.open.Store(2)
 	return s
 }
@@ -195,7 +197,7 @@ func grpcStatus(fields []hpack.HeaderField) codes.Code {
 // message in it is over the size limit.
 func (s *stream) forwardData(from *leg, data []byte, end bool, b *batch) {
 	if err := from.checkMessages(data, s.up.maxMessage); err != nil {
-		b.credits = append(b.credits, credit{l: from, n: int64(len(data))})
+		b.credits = append(b.credits, credit{c: from.c, l: from, n: int64(len(data))})
 		s.fail(codes.ResourceExhausted, err.Error(), b)
 		return
 	}
@@ -285,7 +287,7 @@ func (it item) own() item {
 // dropped credits the window for data that will never be written.
 func (b *batch) dropped(it item) {
 	if len(it.data) > 0 && it.from != nil {
-		b.credits = append(b.credits, credit{l: it.from, n: int64(len(it.data))})
+		b.credits = append(b.credits, credit{c: it.from.c, l: it.from, n: int64(len(it.data))})
 	}
 }
 
@@ -320,7 +322,7 @@ func (c *h2conn) writeItemLocked(l *leg, it *item, b *batch) bool {
 			c.sendWindow -= n
 			l.sendWindow -= n
 			if n > 0 && it.from != nil {
-				b.credits = append(b.credits, credit{l: it.from, n: n})
+				b.credits = append(b.credits, credit{c: it.from.c, l: it.from, n: n})
 			}
 			it.data = it.data[n:]
 			if last {
