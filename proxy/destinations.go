@@ -19,17 +19,24 @@ func (s StaticDestinations) Target(dst netip.AddrPort) (string, bool) {
 }
 
 // ServiceIndex maps every ClusterIP:port of the Services in a Registry to
-// the Service's xds:/// target, so an intercepted connection to a ClusterIP
-// is balanced by the same xDS resources a proxyless client would use. It is
-// rebuilt whole whenever the Registry changes and read without locks.
+// a target for the Service port: its xds:/// target (XDSTarget), so an
+// intercepted connection to a ClusterIP is balanced by the same xDS
+// resources a proxyless client would use, or, with no control plane, its
+// kubernetes:/// target (KubernetesTarget), resolved from the same
+// Registry. It is rebuilt whole whenever the Registry changes and read
+// without locks.
 type ServiceIndex struct {
 	reg     *discovery.Registry
+	target  ServiceTarget
 	targets atomic.Pointer[map[netip.AddrPort]string]
 }
 
+// ServiceTarget names the target of a Service port.
+type ServiceTarget func(k discovery.Key, port int32) string
+
 // NewServiceIndex indexes reg's current Services; Run keeps it current.
-func NewServiceIndex(reg *discovery.Registry) *ServiceIndex {
-	x := &ServiceIndex{reg: reg}
+func NewServiceIndex(reg *discovery.Registry, target ServiceTarget) *ServiceIndex {
+	x := &ServiceIndex{reg: reg, target: target}
 	x.rebuild()
 	return x
 }
@@ -57,14 +64,14 @@ func (x *ServiceIndex) Run(ctx context.Context) error {
 }
 
 func (x *ServiceIndex) rebuild() {
-	m := ServiceTargets(x.reg.List())
+	m := ServiceTargets(x.reg.List(), x.target)
 	x.targets.Store(&m)
 }
 
-// ServiceTargets maps each ClusterIP:port of services to the target
-// "xds:///<name>.<namespace>:<port>". Headless Services (no ClusterIP) and
-// non-TCP ports have no entry: there is nothing to intercept.
-func ServiceTargets(services []*discovery.Service) map[netip.AddrPort]string {
+// ServiceTargets maps each ClusterIP:port of services to its target.
+// Headless Services (no ClusterIP) and non-TCP ports have no entry: there
+// is nothing to intercept.
+func ServiceTargets(services []*discovery.Service, target ServiceTarget) map[netip.AddrPort]string {
 	m := map[netip.AddrPort]string{}
 	for _, s := range services {
 		for _, ip := range s.ClusterIPs {
@@ -75,7 +82,7 @@ func ServiceTargets(services []*discovery.Service) map[netip.AddrPort]string {
 				if p.Protocol != "" && p.Protocol != "TCP" {
 					continue
 				}
-				m[netip.AddrPortFrom(ip.Unmap(), uint16(p.Port))] = XDSTarget(s.Key, p.Port)
+				m[netip.AddrPortFrom(ip.Unmap(), uint16(p.Port))] = target(s.Key, p.Port)
 			}
 		}
 	}
@@ -85,6 +92,12 @@ func ServiceTargets(services []*discovery.Service) map[netip.AddrPort]string {
 // XDSTarget is the target a proxyless client dials for a Service port.
 func XDSTarget(k discovery.Key, port int32) string {
 	return fmt.Sprintf("xds:///%s.%s:%d", k.Name, k.Namespace, port)
+}
+
+// KubernetesTarget is the target resolver/kubernetes resolves for a
+// Service port, from a discovery Registry.
+func KubernetesTarget(k discovery.Key, port int32) string {
+	return fmt.Sprintf("kubernetes:///%s.%s:%d", k.Name, k.Namespace, port)
 }
 
 func unmap(a netip.AddrPort) netip.AddrPort {

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/greeter"
+	k8sresolver "github.com/ballast-dev/ballast/resolver/kubernetes"
 )
 
 // serveTCP runs handle for each connection accepted on a loopback port and
@@ -224,7 +225,7 @@ func TestServiceTargets(t *testing.T) {
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			got := ServiceTargets(tc.services)
+			got := ServiceTargets(tc.services, XDSTarget)
 			if len(got) != len(tc.want) {
 				t.Fatalf("got %v, want %v", got, tc.want)
 			}
@@ -241,7 +242,7 @@ func TestServiceTargets(t *testing.T) {
 // a known destination, and stops being one when deleted.
 func TestServiceIndexFollowsRegistry(t *testing.T) {
 	reg := discovery.NewRegistry()
-	x := NewServiceIndex(reg)
+	x := NewServiceIndex(reg, XDSTarget)
 	ctx, cancel := context.WithCancel(t.Context())
 	done := make(chan error, 1)
 	go func() { done <- x.Run(ctx) }()
@@ -260,4 +261,32 @@ func TestServiceIndexFollowsRegistry(t *testing.T) {
 	}
 	reg.Delete(key)
 	eventually(t, "index forgets the Service", func() bool { _, ok := x.Target(dst); return !ok })
+}
+
+// TestRegistryResolved: without a control plane, Services known from the
+// registry (Kubernetes or files) resolve through resolver/kubernetes from
+// the same registry, and calls to a ClusterIP are balanced per call.
+func TestRegistryResolved(t *testing.T) {
+	addrs := startGreeters(t, 3)
+	reg := discovery.NewRegistry()
+	clusterIP := netip.MustParseAddrPort("10.96.0.10:50051")
+	svc := &discovery.Service{Key: keyOf("default", "greeter"), ClusterIPs: []netip.Addr{clusterIP.Addr()}, Ports: []discovery.Port{{Port: 50051, Protocol: "TCP"}}}
+	for i, a := range addrs {
+		svc.Ports[0].Endpoints = append(svc.Ports[0].Endpoints, discovery.Endpoint{Address: netip.MustParseAddrPort(a), Ready: true, Serving: true, Pod: fmt.Sprintf("pod-%d", i)})
+	}
+	reg.Set(svc)
+	lis := listen(t)
+	p, err := New(Options{
+		Transparent:  lis,
+		Destinations: NewServiceIndex(reg, KubernetesTarget),
+		OriginalDst:  func(net.Conn) (netip.AddrPort, error) { return clusterIP, nil },
+		Resolvers:    []resolver.Builder{k8sresolver.NewBuilder(reg)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, p)
+	if pods := spread(t, dial(t, lis.Addr().String()), 3, 30); !even(pods, 3, 30) {
+		t.Fatalf("30 calls reached %v, want 10 on each of 3 pods", pods)
+	}
 }

@@ -16,6 +16,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/resolver"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -24,6 +25,7 @@ import (
 	"github.com/ballast-dev/ballast/discovery/kube"
 	"github.com/ballast-dev/ballast/proxy"
 	"github.com/ballast-dev/ballast/proxy/iptables"
+	k8sresolver "github.com/ballast-dev/ballast/resolver/kubernetes"
 )
 
 // proxyConfig is `ballast proxy`'s flags, validated into one value.
@@ -122,13 +124,7 @@ func runProxy(ctx context.Context, c proxyConfig) error {
 		}
 		services[dst] = proxyTarget(target)
 	}
-	destinations, runDiscovery, synced, err := proxyDestinations(c, services)
-	if err != nil {
-		return err
-	}
 	opts := proxy.Options{
-		Destinations:    destinations,
-		Synced:          synced,
 		MaxMessageBytes: c.maxMessage,
 		SniffTimeout:    c.sniffTimeout,
 		DrainTimeout:    c.drainTimeout,
@@ -141,6 +137,11 @@ func runProxy(ctx context.Context, c proxyConfig) error {
 	} else if ok {
 		opts.XDS = &cfg
 	}
+	destinations, runDiscovery, synced, resolvers, err := proxyDestinations(c, services, opts.XDS != nil)
+	if err != nil {
+		return err
+	}
+	opts.Destinations, opts.Synced, opts.Resolvers = destinations, synced, resolvers
 	var listeners []net.Listener
 	defer func() {
 		for _, l := range listeners {
@@ -226,13 +227,16 @@ func xdsFromEnv() (proxy.XDSConfig, bool, error) {
 // (it blocks until ctx ends), and whether the source has synced (nil when
 // there is nothing to wait for). Static --service entries come first; a
 // discovery source (Kubernetes or files) adds every Service's ClusterIPs.
-func proxyDestinations(c proxyConfig, static proxy.StaticDestinations) (proxy.Destinations, func(context.Context) error, func() bool, error) {
+// With a control plane (withXDS) Services resolve as xds:/// targets;
+// without one, as kubernetes:/// targets from the same source's Registry
+// (the resolvers returned), balanced round robin.
+func proxyDestinations(c proxyConfig, static proxy.StaticDestinations, withXDS bool) (proxy.Destinations, func(context.Context) error, func() bool, []resolver.Builder, error) {
 	idle := func(ctx context.Context) error { <-ctx.Done(); return nil }
 	if c.kubernetes && c.filesDir != "" {
-		return nil, nil, nil, errors.New("--kubernetes and --files: choose one source of Services")
+		return nil, nil, nil, nil, errors.New("--kubernetes and --files: choose one source of Services")
 	}
 	if !c.kubernetes && c.filesDir == "" {
-		return static, idle, nil, nil
+		return static, idle, nil, nil, nil
 	}
 	reg := discovery.NewRegistry()
 	var (
@@ -243,11 +247,11 @@ func proxyDestinations(c proxyConfig, static proxy.StaticDestinations) (proxy.De
 		cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
 			clientcmd.NewDefaultClientConfigLoadingRules(), &clientcmd.ConfigOverrides{}).ClientConfig()
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("--kubernetes: %w", err)
+			return nil, nil, nil, nil, fmt.Errorf("--kubernetes: %w", err)
 		}
 		client, err := kubernetes.NewForConfig(cfg)
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("--kubernetes: %w", err)
+			return nil, nil, nil, nil, fmt.Errorf("--kubernetes: %w", err)
 		}
 		src := kube.New(client, reg, kube.Options{})
 		run, synced = src.Run, src.HasSynced
@@ -259,7 +263,11 @@ func proxyDestinations(c proxyConfig, static proxy.StaticDestinations) (proxy.De
 		}
 		run = src.Run
 	}
-	index := proxy.NewServiceIndex(reg)
+	target, resolvers := proxy.ServiceTarget(proxy.XDSTarget), []resolver.Builder(nil)
+	if !withXDS {
+		target, resolvers = proxy.KubernetesTarget, []resolver.Builder{k8sresolver.NewBuilder(reg)}
+	}
+	index := proxy.NewServiceIndex(reg, target)
 	both := func(ctx context.Context) error {
 		ctx, cancel := context.WithCancel(ctx)
 		defer cancel()
@@ -269,7 +277,7 @@ func proxyDestinations(c proxyConfig, static proxy.StaticDestinations) (proxy.De
 		cancel()
 		return errors.Join(err, <-indexDone)
 	}
-	return chained{static, index}, both, synced, nil
+	return chained{static, index}, both, synced, resolvers, nil
 }
 
 // chained asks each Destinations in turn.
