@@ -24,9 +24,6 @@ type stream struct {
 	path string
 	// done reports the call's outcome to the balancer that picked it.
 	done func(balancer.DoneInfo)
-	// parked: waiting for a picker that can place it (guarded by
-	// up.host.mu).
-	parked bool
 	// open counts legs not yet closed; the stream ends at zero.
 	open atomic.Int32
 	// code is the call's final status, for metrics and the balancer; set
@@ -421,7 +418,6 @@ func (s *stream) unpark(b *batch) bool {
 		return false
 	}
 	if !s.upl.closed {
-		s.parked = false
 		s.upl.sendDone, s.upl.recvDone = true, true
 		s.upl.dropPendingLocked(b)
 		s.upl.closeLocked(b)
