@@ -90,7 +90,7 @@ func (s *stream) setCode(c codes.Code) {
 	}
 }
 
-// legClosedLocked removes l from its connection (c.mu held) and ends the
+// closeLocked removes l from its connection (c.mu held) and ends the
 // stream with its last leg.
 func (l *leg) closeLocked(b *batch) {
 	if l.closed {
