@@ -85,7 +85,9 @@ type h2conn struct {
 	// goingAway: no new streams. A server conn sent GOAWAY; a client conn
 	// got one, or ran out of stream ids.
 	goingAway bool
-	closed    bool
+	// draining: a server conn sent the first GOAWAY of a drain.
+	draining bool
+	closed   bool
 	// onGoingAway runs (under mu) when a client conn stops taking new
 	// streams.
 	onGoingAway func()
@@ -281,12 +283,14 @@ func (c *h2conn) readLoop(h peerHandler) error {
 			}
 			h.settings(c)
 		case *http2.PingFrame:
+			c.mu.Lock()
 			if !f.IsAck() {
-				c.mu.Lock()
 				c.fr.WritePing(true, f.Data)
-				c.mu.Unlock()
 				b.markDirty(c)
+			} else if f.Data == drainPing && c.draining {
+				c.goAwayLocked()
 			}
+			c.mu.Unlock()
 		case *http2.GoAwayFrame:
 			h.goAway(c, f, &b)
 		case *http2.PushPromiseFrame:
@@ -493,7 +497,29 @@ func (c *h2conn) writeHeadersLocked(id uint32, fields []hpack.HeaderField, end b
 	}
 }
 
-// goAwayLocked tells the peer to open no more streams (server conns).
+// drainPing is the PING payload of the first phase of a drain.
+var drainPing = [8]byte{'b', 'a', 'l', 'l', 'a', 's', 't', 0}
+
+// startDrainLocked starts a graceful drain of a server conn in two phases, as
+// grpc-go's server does: a GOAWAY that lets no stream be refused (last
+// stream id 2^31-1) and a PING; the PING's ack proves the client has seen
+// the GOAWAY, so the final GOAWAY (goAwayLocked) can name the last stream
+// the proxy will serve without refusing a stream the client sent before
+// it knew.
+func (c *h2conn) startDrainLocked() {
+	if c.draining || c.goingAway || c.closed {
+		return
+	}
+	c.draining = true
+	c.fr.WriteGoAway(1<<31-1, http2.ErrCodeNo, nil)
+	c.fr.WritePing(false, drainPing)
+	if err := c.bw.Flush(); err != nil {
+		c.failLocked()
+	}
+}
+
+// goAwayLocked tells the peer to open no more streams (server conns) and
+// closes the conn once the streams it has end.
 func (c *h2conn) goAwayLocked() {
 	if c.goingAway || c.closed {
 		return
