@@ -19,6 +19,13 @@ func XDSTarget(name, namespace string, port int32) string {
 	return fmt.Sprintf("xds:///%s.%s:%d", name, namespace, port)
 }
 
+// KubernetesTarget is the target resolver/kubernetes resolves for a
+// Service port, from a discovery Registry: what the proxy dials for a
+// Service when it has no control plane.
+func KubernetesTarget(name, namespace string, port int32) string {
+	return fmt.Sprintf("kubernetes:///%s.%s:%d", name, namespace, port)
+}
+
 func unmap(a netip.AddrPort) netip.AddrPort {
 	return netip.AddrPortFrom(a.Addr().Unmap(), a.Port())
 }

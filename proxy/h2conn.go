@@ -77,12 +77,17 @@ type h2conn struct {
 	// blocked are legs whose pending data waits for sendWindow.
 	blocked []*leg
 	// recvUnacked are bytes received and forwarded (or dropped) but not
-	// yet given back to the peer with a connection WINDOW_UPDATE.
+	// yet given back to the peer with a connection WINDOW_UPDATE;
+	// recvWindow is what the peer may still send. A peer that sends more
+	// breaks flow control and loses the connection: buffers stay bounded.
 	recvUnacked int64
+	recvWindow  int64
 	// goingAway: no new streams. A server conn sent GOAWAY; a client conn
 	// got one, or ran out of stream ids.
 	goingAway bool
-	closed    bool
+	// draining: a server conn sent the first GOAWAY of a drain.
+	draining bool
+	closed   bool
 	// onGoingAway runs (under mu) when a client conn stops taking new
 	// streams.
 	onGoingAway func()
@@ -99,6 +104,7 @@ func newH2Conn(nc net.Conn, r io.Reader, client bool) *h2conn {
 		peerMaxStreams: ^uint32(0),
 		legs:           map[uint32]*leg{},
 		nextID:         1,
+		recvWindow:     connWindow,
 	}
 	c.fr = http2.NewFramer(c.bw, c.br)
 	c.fr.SetReuseFrames()
@@ -147,7 +153,8 @@ type batch struct {
 }
 
 type credit struct {
-	l *leg // the leg the bytes were received on
+	c *h2conn // the connection the bytes were received on
+	l *leg    // and the stream, if it is still known
 	n int64
 }
 
@@ -165,7 +172,7 @@ func (b *batch) markDirty(c *h2conn) {
 func (b *batch) settle() {
 	for i := 0; i < len(b.credits); i++ {
 		cr := b.credits[i]
-		cr.l.c.giveCredit(cr.l, cr.n, b)
+		cr.c.giveCredit(cr.l, cr.n, b)
 	}
 	b.credits = b.credits[:0]
 }
@@ -197,6 +204,7 @@ func (c *h2conn) giveCredit(l *leg, n int64, b *batch) {
 	c.recvUnacked += n
 	if c.recvUnacked >= connWindow/4 {
 		c.fr.WriteWindowUpdate(0, uint32(c.recvUnacked))
+		c.recvWindow += c.recvUnacked
 		c.recvUnacked = 0
 		b.markDirty(c)
 	}
@@ -206,6 +214,7 @@ func (c *h2conn) giveCredit(l *leg, n int64, b *batch) {
 	l.recvUnacked += n
 	if l.recvUnacked >= streamWindow/4 {
 		c.fr.WriteWindowUpdate(l.id, uint32(l.recvUnacked))
+		l.recvWindow += l.recvUnacked
 		l.recvUnacked = 0
 		b.markDirty(c)
 	}
@@ -263,7 +272,7 @@ func (c *h2conn) readLoop(h peerHandler) error {
 				err = c.onHeaders(c.blockID, c.blockEnd, c.block, h, &b)
 			}
 		case *http2.DataFrame:
-			c.onData(f, &b)
+			err = c.onData(f, &b)
 		case *http2.RSTStreamFrame:
 			c.onReset(f.StreamID, f.ErrCode, &b)
 		case *http2.WindowUpdateFrame:
@@ -274,12 +283,14 @@ func (c *h2conn) readLoop(h peerHandler) error {
 			}
 			h.settings(c)
 		case *http2.PingFrame:
+			c.mu.Lock()
 			if !f.IsAck() {
-				c.mu.Lock()
 				c.fr.WritePing(true, f.Data)
-				c.mu.Unlock()
 				b.markDirty(c)
+			} else if f.Data == drainPing && c.draining {
+				c.goAwayLocked()
 			}
+			c.mu.Unlock()
 		case *http2.GoAwayFrame:
 			h.goAway(c, f, &b)
 		case *http2.PushPromiseFrame:
@@ -384,20 +395,30 @@ func (c *h2conn) onHeaders(id uint32, end bool, block []byte, h peerHandler, b *
 	return nil
 }
 
-func (c *h2conn) onData(f *http2.DataFrame, b *batch) {
+func (c *h2conn) onData(f *http2.DataFrame, b *batch) error {
+	n := int64(f.Length)
 	c.mu.Lock()
 	l := c.legs[f.StreamID]
+	c.recvWindow -= n
+	overrun := c.recvWindow < 0
+	if l != nil {
+		l.recvWindow -= n
+		overrun = overrun || l.recvWindow < 0
+	}
 	c.mu.Unlock()
-	n := int64(f.Length)
+	if overrun {
+		return fmt.Errorf("http2: peer sent DATA beyond its flow-control window (stream %d)", f.StreamID)
+	}
 	if l == nil {
-		b.credits = append(b.credits, credit{l: &leg{c: c, recvDone: true}, n: n})
-		return
+		b.credits = append(b.credits, credit{c: c, n: n})
+		return nil
 	}
 	data := f.Data()
 	if pad := n - int64(len(data)); pad > 0 {
-		b.credits = append(b.credits, credit{l: l, n: pad})
+		b.credits = append(b.credits, credit{c: c, l: l, n: pad})
 	}
 	l.s.forwardData(l, data, f.StreamEnded(), b)
+	return nil
 }
 
 // onReset handles RST_STREAM from the peer.
@@ -476,7 +497,29 @@ func (c *h2conn) writeHeadersLocked(id uint32, fields []hpack.HeaderField, end b
 	}
 }
 
-// goAwayLocked tells the peer to open no more streams (server conns).
+// drainPing is the PING payload of the first phase of a drain.
+var drainPing = [8]byte{'b', 'a', 'l', 'l', 'a', 's', 't', 0}
+
+// startDrainLocked starts a graceful drain of a server conn in two phases, as
+// grpc-go's server does: a GOAWAY that lets no stream be refused (last
+// stream id 2^31-1) and a PING; the PING's ack proves the client has seen
+// the GOAWAY, so the final GOAWAY (goAwayLocked) can name the last stream
+// the proxy will serve without refusing a stream the client sent before
+// it knew.
+func (c *h2conn) startDrainLocked() {
+	if c.draining || c.goingAway || c.closed {
+		return
+	}
+	c.draining = true
+	c.fr.WriteGoAway(1<<31-1, http2.ErrCodeNo, nil)
+	c.fr.WritePing(false, drainPing)
+	if err := c.bw.Flush(); err != nil {
+		c.failLocked()
+	}
+}
+
+// goAwayLocked tells the peer to open no more streams (server conns) and
+// closes the conn once the streams it has end.
 func (c *h2conn) goAwayLocked() {
 	if c.goingAway || c.closed {
 		return

@@ -294,8 +294,8 @@ func (p *Proxy) serveDownstream(nc net.Conn, up *upstream) {
 	p.log.Debug("client connection ended", "client", nc.RemoteAddr(), "err", err)
 }
 
-// drain stops the downstream side: it closes the listeners, sends GOAWAY
-// on every client connection (each closes when its last stream ends), and
+// drain stops the downstream side: it closes the listeners, drains every
+// client connection with GOAWAY (each closes when its last stream ends), and
 // after DrainTimeout closes what is left. Passthrough connections get the
 // same deadline.
 func (p *Proxy) drain(serving *sync.WaitGroup) {
@@ -312,7 +312,7 @@ func (p *Proxy) drain(serving *sync.WaitGroup) {
 	p.draining = true
 	for c := range p.down {
 		c.mu.Lock()
-		c.goAwayLocked()
+		c.startDrainLocked()
 		c.mu.Unlock()
 	}
 	p.downMu.Unlock()

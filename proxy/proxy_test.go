@@ -24,6 +24,8 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/ballast-dev/ballast/greeter"
 )
 
 // transportStream is the part of grpc-go's server transport stream that
@@ -596,5 +598,65 @@ func TestReadyWaitsForSync(t *testing.T) {
 	}
 	if got := ready(); got != http.StatusServiceUnavailable {
 		t.Fatalf("/ready after shutdown: %d, want 503", got)
+	}
+}
+
+// TestUpstreamGoesAway: an endpoint that shuts down gracefully (GOAWAY)
+// while calls flow loses no call: streams it will not serve are refused
+// back to the client, which retries them, and the balancer moves on to the
+// endpoint left. An endpoint killed under an in-flight call fails that
+// call with Unavailable, not a hang.
+func TestUpstreamGoesAway(t *testing.T) {
+	type backend struct {
+		gs   *grpc.Server
+		addr string
+	}
+	start := func(pod string, svc *testService) backend {
+		lis := listen(t)
+		gs := grpc.NewServer()
+		pb.RegisterGreeterServer(gs, &greeter.Server{Pod: pod})
+		testpb.RegisterTestServiceServer(gs, svc)
+		done := make(chan struct{})
+		go func() { defer close(done); gs.Serve(lis) }()
+		t.Cleanup(func() { gs.Stop(); <-done })
+		return backend{gs: gs, addr: lis.Addr().String()}
+	}
+	svcA := newTestService()
+	a, b := start("pod-a", svcA), start("pod-b", newTestService())
+	target, resolve := staticTarget([]string{a.addr, b.addr})
+	_, addr := startOutbound(t, target, Options{Resolvers: []resolver.Builder{resolve}})
+	conn := dial(t, addr)
+	spread(t, conn, 2, 10)
+
+	// Two blocking calls: round robin puts one on each pod. The one on
+	// pod-a is in flight when pod-a is killed.
+	client := testpb.NewTestServiceClient(conn)
+	blockCtx, unblock := context.WithCancel(metadata.AppendToOutgoingContext(t.Context(), "x-block", "1"))
+	defer unblock()
+	blocked := make(chan error, 2)
+	for range 2 {
+		go func() {
+			_, err := client.UnaryCall(blockCtx, &testpb.SimpleRequest{})
+			blocked <- err
+		}()
+	}
+	<-svcA.started
+
+	graceful := make(chan struct{})
+	go func() { defer close(graceful); a.gs.GracefulStop() }()
+	tally := greeter.Call(t.Context(), conn, 50, 5*time.Second, nil)
+	if tally.Errors > 0 {
+		t.Fatalf("%d of 50 calls failed while pod-a went away; last: %v", tally.Errors, tally.LastError)
+	}
+	a.gs.Stop() // kills the in-flight call's connection
+	<-graceful
+	if err := <-blocked; status.Code(err) != codes.Unavailable {
+		t.Fatalf("call in flight on a killed endpoint ended with %v, want Unavailable", err)
+	}
+	unblock()
+	<-blocked
+	tally = greeter.Call(t.Context(), conn, 20, 5*time.Second, nil)
+	if tally.Errors > 0 || tally.Pods["pod-b"] != 20 {
+		t.Fatalf("after pod-a left: %d errors (last %v), pods %v; want all 20 on pod-b", tally.Errors, tally.LastError, tally.Pods)
 	}
 }

@@ -24,9 +24,6 @@ type stream struct {
 	path string
 	// done reports the call's outcome to the balancer that picked it.
 	done func(balancer.DoneInfo)
-	// parked: waiting for a picker that can place it (guarded by
-	// up.host.mu).
-	parked bool
 	// open counts legs not yet closed; the stream ends at zero.
 	open atomic.Int32
 	// code is the call's final status, for metrics and the balancer; set
@@ -55,6 +52,7 @@ type leg struct {
 	headersSent bool
 	recvDone    bool
 	recvUnacked int64
+	recvWindow  int64
 	headersRecv bool
 	closed      bool
 
@@ -80,6 +78,7 @@ func newStream(up *upstream, path string) *stream {
 	s := &stream{up: up, path: path}
 	s.down.s, s.upl.s = s, s
 	s.down.peer, s.upl.peer = &s.upl, &s.down
+	s.down.recvWindow, s.upl.recvWindow = streamWindow, streamWindow
 	s.open.Store(2)
 	return s
 }
@@ -91,7 +90,7 @@ func (s *stream) setCode(c codes.Code) {
 	}
 }
 
-// legClosedLocked removes l from its connection (c.mu held) and ends the
+// closeLocked removes l from its connection (c.mu held) and ends the
 // stream with its last leg.
 func (l *leg) closeLocked(b *batch) {
 	if l.closed {
@@ -134,9 +133,12 @@ func (c *h2conn) unblockLocked(l *leg) {
 	l.blocked = false
 }
 
-// checkDoneLocked closes l once both directions are done. A downstream
-// leg whose response ended while the client still sends is reset with
-// NO_ERROR, as a gRPC server does, so the client stops sending.
+// checkDoneLocked closes l once both directions are done. Once the
+// response is complete the call is over, whatever the request still had to
+// say: a downstream leg whose response ended while the client still sends
+// is reset with NO_ERROR, as a gRPC server does, so the client stops; an
+// upstream leg whose response ended before the request did is reset with
+// CANCEL, dropping the rest of the request.
 func (l *leg) checkDoneLocked(b *batch) {
 	c := l.c
 	if l.sendDone && !l.recvDone && !c.client {
@@ -145,6 +147,14 @@ func (l *leg) checkDoneLocked(b *batch) {
 			b.markDirty(c)
 		}
 		l.recvDone = true
+	}
+	if l.recvDone && !l.sendDone && c.client {
+		if !c.closed {
+			c.fr.WriteRSTStream(l.id, http2.ErrCodeCancel)
+			b.markDirty(c)
+		}
+		l.dropPendingLocked(b)
+		l.sendDone = true
 	}
 	if l.sendDone && l.recvDone {
 		l.closeLocked(b)
@@ -184,7 +194,7 @@ func grpcStatus(fields []hpack.HeaderField) codes.Code {
 // message in it is over the size limit.
 func (s *stream) forwardData(from *leg, data []byte, end bool, b *batch) {
 	if err := from.checkMessages(data, s.up.maxMessage); err != nil {
-		b.credits = append(b.credits, credit{l: from, n: int64(len(data))})
+		b.credits = append(b.credits, credit{c: from.c, l: from, n: int64(len(data))})
 		s.fail(codes.ResourceExhausted, err.Error(), b)
 		return
 	}
@@ -274,7 +284,7 @@ func (it item) own() item {
 // dropped credits the window for data that will never be written.
 func (b *batch) dropped(it item) {
 	if len(it.data) > 0 && it.from != nil {
-		b.credits = append(b.credits, credit{l: it.from, n: int64(len(it.data))})
+		b.credits = append(b.credits, credit{c: it.from.c, l: it.from, n: int64(len(it.data))})
 	}
 }
 
@@ -309,7 +319,7 @@ func (c *h2conn) writeItemLocked(l *leg, it *item, b *batch) bool {
 			c.sendWindow -= n
 			l.sendWindow -= n
 			if n > 0 && it.from != nil {
-				b.credits = append(b.credits, credit{l: it.from, n: n})
+				b.credits = append(b.credits, credit{c: it.from.c, l: it.from, n: n})
 			}
 			it.data = it.data[n:]
 			if last {
@@ -408,7 +418,6 @@ func (s *stream) unpark(b *batch) bool {
 		return false
 	}
 	if !s.upl.closed {
-		s.parked = false
 		s.upl.sendDone, s.upl.recvDone = true, true
 		s.upl.dropPendingLocked(b)
 		s.upl.closeLocked(b)

@@ -14,7 +14,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/resolver"
 
+	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/greeter"
+	k8sresolver "github.com/ballast-dev/ballast/resolver/kubernetes"
 )
 
 // serveTCP runs handle for each connection accepted on a loopback port and
@@ -181,5 +183,33 @@ func TestTransparentDispatch(t *testing.T) {
 		if got := metricValue(p.metrics.passthrough.WithLabelValues(reason)); got != want {
 			t.Errorf("ballast_proxy_passthrough_connections_total{reason=%q} = %v, want %v", reason, got, want)
 		}
+	}
+}
+
+// TestRegistryResolved: without a control plane, Services known from a
+// registry (Kubernetes or files) resolve through resolver/kubernetes from
+// that registry, and calls to a ClusterIP are balanced per call.
+func TestRegistryResolved(t *testing.T) {
+	addrs := startGreeters(t, 3)
+	reg := discovery.NewRegistry()
+	clusterIP := netip.MustParseAddrPort("10.96.0.10:50051")
+	svc := &discovery.Service{Key: keyOf("default", "greeter"), ClusterIPs: []netip.Addr{clusterIP.Addr()}, Ports: []discovery.Port{{Port: 50051, Protocol: "TCP"}}}
+	for i, a := range addrs {
+		svc.Ports[0].Endpoints = append(svc.Ports[0].Endpoints, discovery.Endpoint{Address: netip.MustParseAddrPort(a), Ready: true, Serving: true, Pod: fmt.Sprintf("pod-%d", i)})
+	}
+	reg.Set(svc)
+	lis := listen(t)
+	p, err := New(Options{
+		Transparent:  lis,
+		Destinations: StaticDestinations{clusterIP: KubernetesTarget("greeter", "default", 50051)},
+		OriginalDst:  func(net.Conn) (netip.AddrPort, error) { return clusterIP, nil },
+		Resolvers:    []resolver.Builder{k8sresolver.NewBuilder(reg)},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	start(t, p)
+	if pods := spread(t, dial(t, lis.Addr().String()), 3, 30); !even(pods, 3, 30) {
+		t.Fatalf("30 calls reached %v, want 10 on each of 3 pods", pods)
 	}
 }

@@ -9,6 +9,7 @@ import (
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
+	"google.golang.org/grpc/resolver"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -17,6 +18,7 @@ import (
 	"github.com/ballast-dev/ballast/discovery/files"
 	"github.com/ballast-dev/ballast/discovery/kube"
 	"github.com/ballast-dev/ballast/proxy"
+	k8sresolver "github.com/ballast-dev/ballast/resolver/kubernetes"
 )
 
 // newProxyCmd is the sidecar (the same command as the ballast-proxy
@@ -38,12 +40,16 @@ func (s *registrySource) AddFlags(f *pflag.FlagSet) {
 	f.StringVar(&s.filesDir, "files", "", "transparent mode: learn Services' ClusterIPs from the Service YAML in this folder")
 }
 
-func (s *registrySource) Destinations() (proxy.Destinations, func(context.Context) error, func() bool, error) {
+// Known reads Services into a Registry. With a control plane their
+// ClusterIPs lead to xds:/// targets; without one, to kubernetes:///
+// targets that resolver/kubernetes resolves from the same Registry,
+// balanced round robin.
+func (s *registrySource) Known(withXDS bool) (*proxycmd.Known, error) {
 	if s.kubernetes && s.filesDir != "" {
-		return nil, nil, nil, errors.New("--kubernetes and --files: choose one source of Services")
+		return nil, errors.New("--kubernetes and --files: choose one source of Services")
 	}
 	if !s.kubernetes && s.filesDir == "" {
-		return nil, nil, nil, nil
+		return nil, nil
 	}
 	reg := discovery.NewRegistry()
 	var (
@@ -54,11 +60,11 @@ func (s *registrySource) Destinations() (proxy.Destinations, func(context.Contex
 		cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
 			clientcmd.NewDefaultClientConfigLoadingRules(), &clientcmd.ConfigOverrides{}).ClientConfig()
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("--kubernetes: %w", err)
+			return nil, fmt.Errorf("--kubernetes: %w", err)
 		}
 		client, err := kubernetes.NewForConfig(cfg)
 		if err != nil {
-			return nil, nil, nil, fmt.Errorf("--kubernetes: %w", err)
+			return nil, fmt.Errorf("--kubernetes: %w", err)
 		}
 		src := kube.New(client, reg, kube.Options{})
 		run, synced = src.Run, src.HasSynced
@@ -80,17 +86,25 @@ func (s *registrySource) Destinations() (proxy.Destinations, func(context.Contex
 		cancel()
 		return errors.Join(err, <-indexDone)
 	}
-	return registryDestinations{index}, both, synced, nil
+	k := &proxycmd.Known{Destinations: registryDestinations{index, proxy.XDSTarget}, Run: both, Synced: synced}
+	if !withXDS {
+		k.Destinations = registryDestinations{index, proxy.KubernetesTarget}
+		k.Resolvers = []resolver.Builder{k8sresolver.NewBuilder(reg)}
+	}
+	return k, nil
 }
 
 // registryDestinations sends a connection to a Service's ClusterIP to the
-// Service's xds:/// target.
-type registryDestinations struct{ index *discovery.ClusterIPIndex }
+// Service port's target.
+type registryDestinations struct {
+	index  *discovery.ClusterIPIndex
+	target func(name, namespace string, port int32) string
+}
 
 func (r registryDestinations) Target(dst netip.AddrPort) (string, bool) {
 	sp, ok := r.index.Lookup(dst)
 	if !ok {
 		return "", false
 	}
-	return proxy.XDSTarget(sp.Key.Name, sp.Key.Namespace, sp.Port), true
+	return r.target(sp.Key.Name, sp.Key.Namespace, sp.Port), true
 }

@@ -24,6 +24,7 @@ import (
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/resolver"
 
 	"github.com/ballast-dev/ballast/proxy"
 	"github.com/ballast-dev/ballast/proxy/iptables"
@@ -47,11 +48,23 @@ type proxyConfig struct {
 // is behind each ClusterIP:port, turned on by its own flags.
 type Source interface {
 	AddFlags(f *pflag.FlagSet)
-	// Destinations returns nil when the source's flags were not given;
-	// otherwise what it knows, the function that keeps that current (it
-	// blocks until ctx ends), and whether it has synced (nil: nothing to
-	// wait for).
-	Destinations() (proxy.Destinations, func(context.Context) error, func() bool, error)
+	// Known returns nil when the source's flags were not given. withXDS
+	// says whether a control plane resolves xds:/// targets; without one
+	// the source must bring resolvers for the targets it names.
+	Known(withXDS bool) (*Known, error)
+}
+
+// Known is what a Source knows of Services.
+type Known struct {
+	Destinations proxy.Destinations
+	// Run keeps Destinations current; it blocks until ctx ends.
+	Run func(ctx context.Context) error
+	// Synced reports whether the source has listed everything once (nil:
+	// nothing to wait for).
+	Synced func() bool
+	// Resolvers resolve the targets Destinations names, when they are not
+	// xds:/// ones.
+	Resolvers []resolver.Builder
 }
 
 // New is the proxy command, with init as its subcommand.
@@ -150,11 +163,12 @@ func runProxy(ctx context.Context, c proxyConfig, sources []Source) error {
 	} else if ok {
 		opts.XDS = &cfg
 	}
-	destinations, runDiscovery, synced, err := proxyDestinations(c.transparent != "", opts.XDS, services, sources)
+	known, err := known(c.transparent != "", opts.XDS, services, sources)
 	if err != nil {
 		return err
 	}
-	opts.Destinations, opts.Synced = destinations, synced
+	opts.Destinations, opts.Synced, opts.Resolvers = known.Destinations, known.Synced, known.Resolvers
+	runDiscovery := known.Run
 	var listeners []net.Listener
 	defer func() {
 		for _, l := range listeners {
@@ -235,50 +249,47 @@ func xdsFromEnv() (proxy.XDSConfig, bool, error) {
 	return cfg, true, nil
 }
 
-// proxyDestinations returns what maps an intercepted connection's original
-// destination to a Service target, the function that keeps it current (it
-// blocks until ctx ends), and whether it has synced (nil when there is
-// nothing to wait for). Static --service entries come first; then the one
+// known is what maps an intercepted connection's original destination to
+// a Service target. Static --service entries come first; then the one
 // Source whose flags were given or, by default, the control plane's sidecar
 // listeners.
-func proxyDestinations(transparent bool, xds *proxy.XDSConfig, static proxy.StaticDestinations, sources []Source) (proxy.Destinations, func(context.Context) error, func() bool, error) {
-	idle := func(ctx context.Context) error { <-ctx.Done(); return nil }
-	var (
-		chosen proxy.Destinations
-		run    func(context.Context) error
-		synced func() bool
-	)
+func known(transparent bool, xds *proxy.XDSConfig, static proxy.StaticDestinations, sources []Source) (*Known, error) {
+	var chosen *Known
 	for _, src := range sources {
-		d, r, s, err := src.Destinations()
+		k, err := src.Known(xds != nil)
 		if err != nil {
-			return nil, nil, nil, err
+			return nil, err
 		}
-		if d == nil {
+		if k == nil {
 			continue
 		}
 		if chosen != nil {
-			return nil, nil, nil, errors.New("more than one source of Services (--kubernetes, --files): choose one")
+			return nil, errors.New("more than one source of Services (--kubernetes, --files): choose one")
 		}
-		chosen, run, synced = d, r, s
+		chosen = k
 	}
 	if chosen != nil {
-		return chained{static, chosen}, run, synced, nil
+		chosen.Destinations = chained{static, chosen.Destinations}
+		return chosen, nil
 	}
 	if !transparent || xds == nil {
-		return static, idle, nil, nil
+		return &Known{Destinations: static, Run: func(ctx context.Context) error { <-ctx.Done(); return nil }}, nil
 	}
 	// The control plane's sidecar listeners name every ClusterIP:port: no
 	// Kubernetes API access needed.
 	conn, err := grpc.NewClient(xds.Server, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
-		return nil, nil, nil, fmt.Errorf("xDS server %s: %w", xds.Server, err)
+		return nil, fmt.Errorf("xDS server %s: %w", xds.Server, err)
 	}
 	listeners := proxy.NewSidecarListeners(conn, xds.NodeID, slog.Default())
-	run = func(ctx context.Context) error {
-		defer conn.Close()
-		return listeners.Run(ctx)
-	}
-	return chained{static, listeners}, run, listeners.Synced, nil
+	return &Known{
+		Destinations: chained{static, listeners},
+		Run: func(ctx context.Context) error {
+			defer conn.Close()
+			return listeners.Run(ctx)
+		},
+		Synced: listeners.Synced,
+	}, nil
 }
 
 // chained asks each Destinations in turn.
