@@ -57,7 +57,8 @@ func (p proxylessPath) Open(ctx context.Context, b *Bench, pods []*Pod) (*Route,
 	}, nil
 }
 
-// Sidecar is `ballast proxy` with an explicit listener for the client,
+// Sidecar is the sidecar proxy (ballast-proxy, or else `ballast proxy`)
+// with an explicit listener for the client,
 // sending every call to greeter.bench:50051 as the control plane (with the
 // given xDS LB policy) describes it. Its CPU and memory are the proxy's
 // alone; the control plane is not on the data path.
@@ -95,12 +96,16 @@ func (p sidecarPath) Open(ctx context.Context, b *Bench, pods []*Pod) (_ *Route,
 		if err != nil {
 			return nil, err
 		}
-		cmd := exec.Command(b.opts.Binary, "proxy",
+		bin, args, name := b.opts.Binary, []string{"proxy"}, "ballast proxy"
+		if b.opts.ProxyBinary != "" {
+			bin, args, name = b.opts.ProxyBinary, nil, "ballast-proxy"
+		}
+		cmd := exec.Command(bin, append(args,
 			"--outbound", fmt.Sprintf("%s=%s.%s:%d", listen, benchService, benchNamespace, benchPort),
 			"--xds-address", control.xds.String(),
 			"--node-id", "ballast~bench-sidecar."+benchNamespace,
-			"--admin-address", admin.String())
-		proc, err := startProcess(cmd, "ballast proxy")
+			"--admin-address", admin.String())...)
+		proc, err := startProcess(cmd, name)
 		if err != nil {
 			return nil, err
 		}
@@ -113,7 +118,7 @@ func (p sidecarPath) Open(ctx context.Context, b *Bench, pods []*Pod) (_ *Route,
 			break // it ran but never served: another port will not help
 		}
 	}
-	return nil, fmt.Errorf("start ballast proxy: %w", lastErr)
+	return nil, fmt.Errorf("start the sidecar proxy: %w", lastErr)
 }
 
 // hasCommand says whether the ballast binary has a subcommand; if not, the

@@ -2,9 +2,13 @@ package main
 
 import (
 	"cmp"
+	"context"
 	"encoding/json"
 	"fmt"
+	"io"
 	"os"
+	"os/exec"
+	"path/filepath"
 	"slices"
 	"strings"
 	"time"
@@ -20,7 +24,7 @@ func newBenchCmd() *cobra.Command {
 		runs                    int
 		out                     string
 		only                    []string
-		modesBinary             string
+		modesBinary, proxyBin   string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -47,10 +51,13 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 			if err != nil {
 				return fmt.Errorf("find the ballast binary to run greeter pods: %w", err)
 			}
+			proxyPath, cleanup := proxyBinary(cmd.Context(), proxyBin, cmd.ErrOrStderr())
+			defer cleanup()
 			b, err := bench.New(bench.Options{
 				Quick:        quick,
 				Runs:         runs,
 				Binary:       cmp.Or(modesBinary, exe),
+				ProxyBinary:  proxyPath,
 				Greeter:      bench.BinaryGreeter(exe),
 				InstallPeers: install,
 				Progress:     cmd.ErrOrStderr(),
@@ -92,5 +99,50 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 	cmd.Flags().StringVar(&modesBinary, "modes-binary", "", "ballast binary to run `control` and `proxy` from (default: this one)")
 	cmd.Flags().MarkHidden("modes-binary")
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the report as JSON instead of tables")
+	cmd.Flags().StringVar(&proxyBin, "proxy-binary", "", "the ballast-proxy binary the sidecar rows run (default: next to this binary, on $PATH, or built from this checkout)")
 	return cmd
+}
+
+// proxyBinary finds the ballast-proxy binary the sidecar rows run, as a
+// pod would: the flag's, one next to this binary or on $PATH, or one built
+// (static, as a sidecar image holds it) from the checkout in the working
+// directory, removed by cleanup. Empty means none: the rows run
+// `ballast proxy` instead.
+func proxyBinary(ctx context.Context, flag string, progress io.Writer) (path string, cleanup func()) {
+	none := func() {}
+	if flag != "" {
+		return flag, none
+	}
+	if exe, err := os.Executable(); err == nil {
+		if p := filepath.Join(filepath.Dir(exe), "ballast-proxy"); isExecutable(p) {
+			return p, none
+		}
+	}
+	if p, err := exec.LookPath("ballast-proxy"); err == nil {
+		return p, none
+	}
+	if _, err := os.Stat("cmd/ballast-proxy/main.go"); err != nil {
+		return "", none
+	}
+	dir, err := os.MkdirTemp("", "ballast-bench-proxy-")
+	if err != nil {
+		return "", none
+	}
+	cleanup = func() { os.RemoveAll(dir) }
+	out := filepath.Join(dir, "ballast-proxy")
+	fmt.Fprintln(progress, "bench: building ballast-proxy (static) for the sidecar rows")
+	build := exec.CommandContext(ctx, "go", "build", "-o", out, "./cmd/ballast-proxy")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	build.Stderr = progress
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(progress, "bench: ballast-proxy did not build; the sidecar rows run `ballast proxy`:", err)
+		cleanup()
+		return "", none
+	}
+	return out, cleanup
+}
+
+func isExecutable(path string) bool {
+	fi, err := os.Stat(path)
+	return err == nil && !fi.IsDir() && fi.Mode()&0o111 != 0
 }
