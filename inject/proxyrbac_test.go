@@ -16,7 +16,6 @@ import (
 
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/discovery/kube"
-	"github.com/ballast-dev/ballast/proxy"
 )
 
 // TestProxyRBAC: the injected sidecar's `--kubernetes` mode runs under the
@@ -113,7 +112,7 @@ func TestProxyRBAC(t *testing.T) {
 		// As `ballast proxy --kubernetes` wires them.
 		reg := discovery.NewRegistry()
 		src := kube.New(as, reg, kube.Options{})
-		index := proxy.NewServiceIndex(reg)
+		index := discovery.NewClusterIPIndex(reg)
 		runCtx, stop := context.WithCancel(ctx)
 		done := make(chan struct{}, 2)
 		go func() { src.Run(runCtx); done <- struct{}{} }()
@@ -121,19 +120,19 @@ func TestProxyRBAC(t *testing.T) {
 		defer func() { stop(); <-done; <-done }()
 
 		dst := netip.AddrPortFrom(netip.MustParseAddr(svc.Spec.ClusterIP), 50051)
-		want := "xds:///greeter.backend:50051"
+		want := discovery.ServicePort{Key: discovery.Key{Namespace: "backend", Name: "greeter"}, Port: 50051}
 		deadline := time.NewTimer(30 * time.Second)
 		defer deadline.Stop()
 		tick := time.NewTicker(50 * time.Millisecond)
 		defer tick.Stop()
 		for {
-			if got, ok := index.Target(dst); src.HasSynced() && ok && got == want {
+			if got, ok := index.Lookup(dst); src.HasSynced() && ok && got == want {
 				return
 			}
 			select {
 			case <-deadline.C:
-				got, ok := index.Target(dst)
-				t.Fatalf("as %s: synced %v, %s → %q (%v), want %s", user, src.HasSynced(), dst, got, ok, want)
+				got, ok := index.Lookup(dst)
+				t.Fatalf("as %s: synced %v, %s → %v (%v), want %v", user, src.HasSynced(), dst, got, ok, want)
 			case <-tick.C:
 			}
 		}
