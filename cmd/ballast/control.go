@@ -80,7 +80,7 @@ ballast.dev/lb-policy (round_robin, least_request, peak_ewma) says otherwise.
 	f.StringVar(&cfg.Translate.ClusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS domain")
 	f.StringVar(&cfg.Translate.BareNameNamespace, "bare-name-namespace", "default",
 		`namespace whose Services are also served as <name>:<port> ("-" for none)`)
-	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", 5*time.Second, "how long to let streams finish on shutdown")
+	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", time.Second, "on shutdown, how long unary calls (CSDS) may finish before xDS streams are closed")
 	return cmd
 }
 
@@ -130,6 +130,10 @@ func runControl(ctx context.Context, cfg controlConfig, log *slog.Logger) error 
 	})
 	g.Go(func() error {
 		<-ctx.Done()
+		// GOAWAY first, so clients open no new stream here; then close the
+		// xDS streams, which never end on their own: clients reconnect to
+		// another replica and serve their last config meanwhile, so waiting
+		// longer would only delay their next update.
 		stopped := make(chan struct{})
 		go func() { gs.GracefulStop(); close(stopped) }()
 		timer := time.NewTimer(cfg.DrainTimeout)
