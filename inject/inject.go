@@ -18,6 +18,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"net/http"
+	"path"
 	"slices"
 	"strconv"
 
@@ -43,8 +44,12 @@ const (
 
 // Config is what the injected containers look like.
 type Config struct {
-	// Image holds the ballast binary.
+	// Image holds the sidecar binary.
 	Image string
+	// Command is that binary: ballast-proxy (the default), the sidecar
+	// alone at a quarter of the memory, or ballast, which runs it as
+	// `ballast proxy`.
+	Command string
 	// ProxyUID is the uid the proxy runs as; the redirect excludes it.
 	// Zero means 1337.
 	ProxyUID int64
@@ -53,13 +58,23 @@ type Config struct {
 	AdminPort int32
 	// XDSAddress is the control plane the proxy dials for xds:/// targets.
 	XDSAddress string
-	// InitArgs and ProxyArgs are appended to `ballast proxy init` and
-	// `ballast proxy` (say --include-cidrs=<Service CIDR>, --kubernetes).
+	// InitArgs and ProxyArgs are appended to the proxy's init and to the
+	// proxy (say --include-cidrs=<Service CIDR>).
 	InitArgs  []string
 	ProxyArgs []string
 }
 
-func (c Config) uid() int64       { return cmp.Or(c.ProxyUID, 1337) }
+func (c Config) uid() int64      { return cmp.Or(c.ProxyUID, 1337) }
+func (c Config) command() string { return cmp.Or(c.Command, "ballast-proxy") }
+
+// argv is the command line of the proxy (sub is nil) or of its init.
+func (c Config) argv(sub ...string) []string {
+	argv := []string{c.command()}
+	if path.Base(c.command()) == "ballast" {
+		argv = append(argv, "proxy")
+	}
+	return append(argv, sub...)
+}
 func (c Config) proxyPort() int32 { return cmp.Or(c.ProxyPort, 15001) }
 func (c Config) adminPort() int32 { return cmp.Or(c.AdminPort, 15021) }
 
@@ -99,18 +114,18 @@ func Inject(pod *corev1.Pod, c Config) {
 	always := corev1.ContainerRestartPolicyAlways
 	uid, root := c.uid(), int64(0)
 	yes, no := true, false
-	initArgs := append([]string{"proxy", "init",
+	initArgv := append(c.argv("init",
 		"--proxy-port", strconv.Itoa(int(c.proxyPort())),
 		"--proxy-uid", strconv.FormatInt(uid, 10),
-	}, c.InitArgs...)
-	proxyArgs := []string{"proxy",
+	), c.InitArgs...)
+	proxyArgv := c.argv(
 		"--transparent-address", fmt.Sprintf("127.0.0.1:%d", c.proxyPort()),
 		"--admin-address", fmt.Sprintf(":%d", c.adminPort()),
-	}
+	)
 	if c.XDSAddress != "" {
-		proxyArgs = append(proxyArgs, "--xds-address", c.XDSAddress)
+		proxyArgv = append(proxyArgv, "--xds-address", c.XDSAddress)
 	}
-	proxyArgs = append(proxyArgs, c.ProxyArgs...)
+	proxyArgv = append(proxyArgv, c.ProxyArgs...)
 	ready := &corev1.Probe{
 		ProbeHandler: corev1.ProbeHandler{HTTPGet: &corev1.HTTPGetAction{
 			Path: "/ready", Port: intstr.FromInt32(c.adminPort()),
@@ -121,8 +136,8 @@ func Inject(pod *corev1.Pod, c Config) {
 	initC := corev1.Container{
 		Name:    InitContainerName,
 		Image:   c.Image,
-		Command: []string{"ballast"},
-		Args:    initArgs,
+		Command: initArgv[:1],
+		Args:    initArgv[1:],
 		SecurityContext: &corev1.SecurityContext{
 			RunAsUser:    &root,
 			RunAsNonRoot: &no,
@@ -135,8 +150,8 @@ func Inject(pod *corev1.Pod, c Config) {
 	proxyC := corev1.Container{
 		Name:          ProxyContainerName,
 		Image:         c.Image,
-		Command:       []string{"ballast"},
-		Args:          proxyArgs,
+		Command:       proxyArgv[:1],
+		Args:          proxyArgv[1:],
 		RestartPolicy: &always,
 		Ports:         []corev1.ContainerPort{{Name: "ballast-admin", ContainerPort: c.adminPort()}},
 		Env: []corev1.EnvVar{

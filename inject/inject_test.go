@@ -71,8 +71,16 @@ func TestInject(t *testing.T) {
 		t.Fatalf("containers %v, want the app's unchanged", got)
 	}
 	initC, proxyC := pod.Spec.InitContainers[0], pod.Spec.InitContainers[1]
-	if want := []string{"proxy", "init", "--proxy-port", "15001", "--proxy-uid", "1337", "--include-cidrs=10.96.0.0/12"}; !slices.Equal(initC.Args, want) {
-		t.Errorf("init args %q, want %q", initC.Args, want)
+	if want := []string{"ballast-proxy", "init", "--proxy-port", "15001", "--proxy-uid", "1337", "--include-cidrs=10.96.0.0/12"}; !slices.Equal(append(initC.Command, initC.Args...), want) {
+		t.Errorf("init command line %q, want %q", append(initC.Command, initC.Args...), want)
+	}
+	if got := proxyC.Command; !slices.Equal(got, []string{"ballast-proxy"}) {
+		t.Errorf("proxy command %q, want the slim sidecar binary", got)
+	}
+	full := &corev1.Pod{}
+	Inject(full, Config{Image: "ballast:dev", Command: "ballast"})
+	if got := append(full.Spec.InitContainers[1].Command, full.Spec.InitContainers[1].Args[:2]...); !slices.Equal(got, []string{"ballast", "proxy", "--transparent-address"}) {
+		t.Errorf("with the ballast binary the proxy runs as %q, want `ballast proxy ...`", got)
 	}
 	if !slices.Contains(initC.SecurityContext.Capabilities.Add, "NET_ADMIN") {
 		t.Error("init container lacks NET_ADMIN")

@@ -58,6 +58,11 @@ image is ballast:dev runs this ballast binary.`,
 				return err
 			}
 			imgs := map[string]string{"ballast:dev": self}
+			// The injected sidecar's image: ballast-proxy next to this
+			// binary (go build -o DIR/ ./cmd/...), or --image overrides.
+			if p := filepath.Join(filepath.Dir(self), "ballast-proxy"); isExecutable(p) {
+				imgs["ballast-proxy:dev"] = p
+			}
 			for _, m := range images {
 				name, bin, ok := strings.Cut(m, "=")
 				if !ok || name == "" || bin == "" {

@@ -23,7 +23,10 @@ import (
 
 var cluster *devcluster.Cluster
 
-const image = "ballast:dev"
+const (
+	image      = "ballast:dev"
+	proxyImage = "ballast-proxy:dev" // what deploy/inject injects
+)
 
 func TestMain(m *testing.M) {
 	os.Exit(runTests(m))
@@ -48,13 +51,23 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	bin := filepath.Join(tmp, "ballast")
-	fmt.Fprintln(os.Stderr, "devcluster e2e: building ballast")
-	build := exec.CommandContext(ctx, "go", "build", "-o", bin, "github.com/ballast-dev/ballast/cmd/ballast")
-	build.Stderr = os.Stderr
-	if err := build.Run(); err != nil {
-		fmt.Fprintln(os.Stderr, "build ballast:", err)
-		return 1
+	bin, proxyBin := filepath.Join(tmp, "ballast"), filepath.Join(tmp, "ballast-proxy")
+	fmt.Fprintln(os.Stderr, "devcluster e2e: building ballast and ballast-proxy")
+	for _, b := range []struct {
+		out, pkg string
+		env      []string
+	}{
+		{bin, "github.com/ballast-dev/ballast/cmd/ballast", nil},
+		// Static, as the sidecar image holds it.
+		{proxyBin, "github.com/ballast-dev/ballast/cmd/ballast-proxy", []string{"CGO_ENABLED=0"}},
+	} {
+		build := exec.CommandContext(ctx, "go", "build", "-o", b.out, b.pkg)
+		build.Env = append(os.Environ(), b.env...)
+		build.Stderr = os.Stderr
+		if err := build.Run(); err != nil {
+			fmt.Fprintln(os.Stderr, "build", b.pkg+":", err)
+			return 1
+		}
 	}
 	// Readiness probes dial pods before they listen; that is not news.
 	grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
@@ -64,7 +77,7 @@ func runTests(m *testing.M) int {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	start := time.Now()
-	cluster, err = devcluster.Start(ctx, devcluster.Options{Images: map[string]string{image: bin}, Log: log})
+	cluster, err = devcluster.Start(ctx, devcluster.Options{Images: map[string]string{image: bin, proxyImage: proxyBin}, Log: log})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start dev cluster:", err)
 		return 1
