@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"time"
@@ -22,8 +23,11 @@ type ControlPlaneConfig struct {
 func (b *Bench) ControlPlanes(ctx context.Context, c ControlPlaneConfig, convergence, scale bool) (conv, sc *Section) {
 	conv, sc = convergenceSection(c.Convergence), scaleSection(c.Scale)
 	sizes := c.Scale.Sizes
-	if !scale {
-		sizes = sizes[:min(1, len(sizes))] // convergence runs with the first size loaded
+	switch {
+	case len(sizes) == 0:
+		sizes = []ScaleSize{{}} // convergence on an otherwise empty API server
+	case !scale:
+		sizes = sizes[:1] // convergence runs with the first size loaded
 	}
 	for _, cp := range c.ControlPlanes {
 		conv.row(cp.Name())
@@ -52,8 +56,8 @@ func (b *Bench) ControlPlanes(ctx context.Context, c ControlPlaneConfig, converg
 		}
 	}()
 	fail := func(why string) {
-		conv.NotMeasured = cmpOrString(conv.NotMeasured, why)
-		sc.NotMeasured = cmpOrString(sc.NotMeasured, why)
+		conv.NotMeasured = cmp.Or(conv.NotMeasured, why)
+		sc.NotMeasured = cmp.Or(sc.NotMeasured, why)
 	}
 
 	b.progress("control planes: starting kube-apiserver and etcd")
@@ -105,7 +109,7 @@ func (b *Bench) ControlPlanes(ctx context.Context, c ControlPlaneConfig, converg
 			for _, cp := range c.ControlPlanes {
 				scaleRow := sc.row(scaleRow(cp, size))
 				convRow := conv.row(cp.Name())
-				wantScale := scale && scaleRow.Note == ""
+				wantScale := scale && len(c.Scale.Sizes) > 0 && scaleRow.Note == ""
 				wantConv := convergence && si == 0 && conv.NotMeasured == "" && convRow.Note == ""
 				if !wantScale && !wantConv {
 					continue
@@ -144,11 +148,4 @@ func (b *Bench) ControlPlanes(ctx context.Context, c ControlPlaneConfig, converg
 		}
 	}
 	return
-}
-
-func cmpOrString(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/netip"
@@ -414,7 +415,7 @@ func (b *Bench) churn(ctx context.Context, api *apiServer, c ScaleConfig, size S
 						t.forget(ch.svc, ch.seq)
 					}
 					failed++
-					firstError = cmpOrErr(firstError, err)
+					firstError = cmp.Or(firstError, err)
 				} else {
 					written++
 				}
@@ -441,11 +442,4 @@ func (b *Bench) churn(ctx context.Context, api *apiServer, c ScaleConfig, size S
 		b.progress("scale: %d endpoint changes failed to write; first: %v", failed, firstError)
 	}
 	return failed, written
-}
-
-func cmpOrErr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
 }
