@@ -277,6 +277,7 @@ type clientSet struct {
 	failed    chan error // a client that cannot go on (a response it cannot read)
 	synced    chan struct{}
 	nSynced   atomic.Int32
+	answered  atomic.Int32 // clients that got any response
 	retries   atomic.Int32
 	lastRetry atomic.Value // error
 }
@@ -313,6 +314,7 @@ func (cs *clientSet) start(ctx context.Context) {
 				cs.retries.Add(1)
 				cs.lastRetry.Store(err)
 			},
+			onAnswer: func() { cs.answered.Add(1) },
 		}
 		cs.wg.Go(func() {
 			if err := cl.run(ctx); err != nil {
@@ -342,8 +344,8 @@ func (cs *clientSet) waitSynced(ctx context.Context, timeout time.Duration) erro
 	case err := <-cs.failed:
 		return err
 	case <-t.C:
-		return fmt.Errorf("%d of %d clients held endpoints after %s (%d streams retried, last because %v); %s's last output: %s",
-			cs.nSynced.Load(), cs.size.Clients, timeout, cs.retries.Load(), cs.lastRetry.Load(), cs.control.name, cs.control.proc.tail())
+		return fmt.Errorf("%d of %d clients held endpoints after %s, %d had any response (%d streams retried, last because %v); %s's last output: %s",
+			cs.nSynced.Load(), cs.size.Clients, timeout, cs.answered.Load(), cs.retries.Load(), cs.lastRetry.Load(), cs.control.name, cs.control.proc.tail())
 	case <-ctx.Done():
 		return ctx.Err()
 	}
