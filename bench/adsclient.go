@@ -41,6 +41,8 @@ type adsClient struct {
 	// onRetry, if set, is called with the error that ended a stream, before
 	// it is opened again.
 	onRetry func(err error)
+	// onAnswer, if set, is called on the first response the client gets.
+	onAnswer func()
 }
 
 // subscription is what the client asks for of one type, and what it last
@@ -149,6 +151,10 @@ func (c *adsClient) session(ctx context.Context, ads discoveryv3.AggregatedDisco
 		resp, err := stream.Recv()
 		if err != nil {
 			return answered, c.streamErr(ctx, err)
+		}
+		if !answered && c.onAnswer != nil {
+			c.onAnswer()
+			c.onAnswer = nil
 		}
 		answered = true
 		at := time.Now()

@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"time"
@@ -20,10 +21,68 @@ type ControlPlaneConfig struct {
 // (when scale is set) and returns their sections; a section not asked for
 // is nil.
 func (b *Bench) ControlPlanes(ctx context.Context, c ControlPlaneConfig, convergence, scale bool) (conv, sc *Section) {
+	return b.controlPlanes(ctx, c, convergence, scale, nil)
+}
+
+// preparedAPI is the API server of scenarios 4 and 5, started and loaded
+// with the first size's Services in the background.
+type preparedAPI struct {
+	done   chan struct{}
+	api    *apiServer
+	err    error
+	loaded ScaleSize
+	taken  bool
+}
+
+// prepareAPI starts the API server and loads the first size of c into
+// it, in the background.
+func (b *Bench) prepareAPI(ctx context.Context, c ScaleConfig) *preparedAPI {
+	p := &preparedAPI{done: make(chan struct{})}
+	if len(c.Sizes) > 0 {
+		p.loaded = c.Sizes[0]
+	}
+	go func() {
+		defer close(p.done)
+		b.progress("control planes: starting kube-apiserver and etcd (in the background)")
+		p.api, p.err = startAPIServer(b.dir)
+		if p.err != nil {
+			return
+		}
+		began := time.Now()
+		if p.err = p.api.loadServices(ctx, p.loaded.Services, p.loaded.Endpoints); p.err != nil {
+			return
+		}
+		b.progress("control planes: %d Services × %d endpoints in the API server (%s)", p.loaded.Services, p.loaded.Endpoints, time.Since(began).Round(time.Millisecond))
+	}()
+	return p
+}
+
+// wait waits until the API server is ready or has failed; a nil p is
+// ready at once.
+func (p *preparedAPI) wait() {
+	if p != nil {
+		<-p.done
+	}
+}
+
+// discard stops the API server unless controlPlanes took it.
+func (p *preparedAPI) discard() {
+	p.wait()
+	if !p.taken && p.api != nil {
+		p.api.stop()
+	}
+}
+
+// controlPlanes is ControlPlanes on an API server prepared ahead, or
+// started here when prepared is nil.
+func (b *Bench) controlPlanes(ctx context.Context, c ControlPlaneConfig, convergence, scale bool, prepared *preparedAPI) (conv, sc *Section) {
 	conv, sc = convergenceSection(c.Convergence), scaleSection(c.Scale)
 	sizes := c.Scale.Sizes
-	if !scale {
-		sizes = sizes[:min(1, len(sizes))] // convergence runs with the first size loaded
+	switch {
+	case len(sizes) == 0:
+		sizes = []ScaleSize{{}} // convergence on an otherwise empty API server
+	case !scale:
+		sizes = sizes[:1] // convergence runs with the first size loaded
 	}
 	for _, cp := range c.ControlPlanes {
 		conv.row(cp.Name())
@@ -52,13 +111,27 @@ func (b *Bench) ControlPlanes(ctx context.Context, c ControlPlaneConfig, converg
 		}
 	}()
 	fail := func(why string) {
-		conv.NotMeasured = cmpOrString(conv.NotMeasured, why)
-		sc.NotMeasured = cmpOrString(sc.NotMeasured, why)
+		conv.NotMeasured = cmp.Or(conv.NotMeasured, why)
+		sc.NotMeasured = cmp.Or(sc.NotMeasured, why)
 	}
 
-	b.progress("control planes: starting kube-apiserver and etcd")
-	api, err := startAPIServer(b.dir)
+	var (
+		api    *apiServer
+		err    error
+		loaded ScaleSize // already in the API server
+	)
+	if prepared != nil {
+		prepared.wait()
+		api, err, loaded = prepared.api, prepared.err, prepared.loaded
+		prepared.taken = true
+	} else {
+		b.progress("control planes: starting kube-apiserver and etcd")
+		api, err = startAPIServer(b.dir)
+	}
 	if err != nil {
+		if api != nil {
+			api.stop()
+		}
 		fail("failed: " + err.Error())
 		return
 	}
@@ -95,17 +168,19 @@ func (b *Bench) ControlPlanes(ctx context.Context, c ControlPlaneConfig, converg
 	}
 	st := &scaleState{}
 	for si, size := range sizes {
-		began := time.Now()
-		if err := api.loadServices(ctx, size.Services, size.Endpoints); err != nil {
-			fail("failed: " + err.Error())
-			return
+		if si > 0 || size != loaded {
+			began := time.Now()
+			if err := api.loadServices(ctx, size.Services, size.Endpoints); err != nil {
+				fail("failed: " + err.Error())
+				return
+			}
+			b.progress("control planes: %d Services × %d endpoints in the API server (%s)", size.Services, size.Endpoints, time.Since(began).Round(time.Millisecond))
 		}
-		b.progress("control planes: %d Services × %d endpoints in the API server (%s)", size.Services, size.Endpoints, time.Since(began).Round(time.Millisecond))
 		for run := 1; run <= b.opts.Runs && ctx.Err() == nil; run++ {
 			for _, cp := range c.ControlPlanes {
 				scaleRow := sc.row(scaleRow(cp, size))
 				convRow := conv.row(cp.Name())
-				wantScale := scale && scaleRow.Note == ""
+				wantScale := scale && len(c.Scale.Sizes) > 0 && scaleRow.Note == ""
 				wantConv := convergence && si == 0 && conv.NotMeasured == "" && convRow.Note == ""
 				if !wantScale && !wantConv {
 					continue
@@ -144,11 +219,4 @@ func (b *Bench) ControlPlanes(ctx context.Context, c ControlPlaneConfig, converg
 		}
 	}
 	return
-}
-
-func cmpOrString(a, b string) string {
-	if a != "" {
-		return a
-	}
-	return b
 }

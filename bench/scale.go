@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/netip"
@@ -276,6 +277,7 @@ type clientSet struct {
 	failed    chan error // a client that cannot go on (a response it cannot read)
 	synced    chan struct{}
 	nSynced   atomic.Int32
+	answered  atomic.Int32 // clients that got any response
 	retries   atomic.Int32
 	lastRetry atomic.Value // error
 }
@@ -312,6 +314,7 @@ func (cs *clientSet) start(ctx context.Context) {
 				cs.retries.Add(1)
 				cs.lastRetry.Store(err)
 			},
+			onAnswer: func() { cs.answered.Add(1) },
 		}
 		cs.wg.Go(func() {
 			if err := cl.run(ctx); err != nil {
@@ -341,8 +344,8 @@ func (cs *clientSet) waitSynced(ctx context.Context, timeout time.Duration) erro
 	case err := <-cs.failed:
 		return err
 	case <-t.C:
-		return fmt.Errorf("%d of %d clients held endpoints after %s (%d streams retried, last because %v); %s's last output: %s",
-			cs.nSynced.Load(), cs.size.Clients, timeout, cs.retries.Load(), cs.lastRetry.Load(), cs.control.name, cs.control.proc.tail())
+		return fmt.Errorf("%d of %d clients held endpoints after %s, %d had any response (%d streams retried, last because %v); %s's last output: %s",
+			cs.nSynced.Load(), cs.size.Clients, timeout, cs.answered.Load(), cs.retries.Load(), cs.lastRetry.Load(), cs.control.name, cs.control.proc.tail())
 	case <-ctx.Done():
 		return ctx.Err()
 	}
@@ -414,7 +417,7 @@ func (b *Bench) churn(ctx context.Context, api *apiServer, c ScaleConfig, size S
 						t.forget(ch.svc, ch.seq)
 					}
 					failed++
-					firstError = cmpOrErr(firstError, err)
+					firstError = cmp.Or(firstError, err)
 				} else {
 					written++
 				}
@@ -441,11 +444,4 @@ func (b *Bench) churn(ctx context.Context, api *apiServer, c ScaleConfig, size S
 		b.progress("scale: %d endpoint changes failed to write; first: %v", failed, firstError)
 	}
 	return failed, written
-}
-
-func cmpOrErr(a, b error) error {
-	if a != nil {
-		return a
-	}
-	return b
 }
