@@ -22,6 +22,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
@@ -77,7 +78,8 @@ func (s *Source) Run(ctx context.Context) error {
 	// client-go logs through klog; route its contextual logger to ours.
 	ctx = klog.NewContext(ctx, logr.FromSlogHandler(s.log.Handler()))
 
-	factory := informers.NewSharedInformerFactoryWithOptions(s.client, 0, informers.WithNamespace(s.opts.Namespace))
+	factory := informers.NewSharedInformerFactoryWithOptions(s.client, 0,
+		informers.WithNamespace(s.opts.Namespace), informers.WithTransform(trim))
 	defer factory.Shutdown() // runs after cancel: waits for the informers to stop.
 	defer cancel()
 
@@ -230,4 +232,18 @@ func keyOf(namespace, name string) discovery.Key {
 func serviceOf(es *discoveryv1.EndpointSlice) (discovery.Key, bool) {
 	name := es.Labels[discoveryv1.LabelServiceName]
 	return keyOf(es.Namespace, name), name != ""
+}
+
+// trim drops what discovery never reads from the objects the informers
+// keep: managedFields and kubectl's last-applied copy of the object, often
+// most of a small object's size. The caches hold every Service and
+// EndpointSlice of the cluster, so this is most of their memory.
+func trim(obj any) (any, error) {
+	if m, err := meta.Accessor(obj); err == nil {
+		m.SetManagedFields(nil)
+		if a := m.GetAnnotations(); a != nil {
+			delete(a, corev1.LastAppliedConfigAnnotation)
+		}
+	}
+	return obj, nil
 }
