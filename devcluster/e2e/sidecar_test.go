@@ -395,31 +395,43 @@ func podGRPC(t *testing.T, ns, pod, target string) *grpc.ClientConn {
 }
 
 // proxyMetrics reads the sidecar's Prometheus text from its admin port in
-// the pod (loopback is never redirected) and returns the samples of name
-// whose labels contain every one of match ("k=\"v\"" pairs).
+// the pod (loopback is never redirected) and sums the samples of name
+// whose line contains every one of match (say `service="slow.mesh`).
 func proxyMetrics(t *testing.T, ctx context.Context, ns, pod, name string, match ...string) float64 {
 	t.Helper()
-	client, err := cluster.PodHTTPClient(ns, pod)
+	v, _, err := readMetric(ctx, ns, pod, name, match...)
 	if err != nil {
 		t.Fatal(err)
+	}
+	return v
+}
+
+// readMetric is proxyMetrics returning its error, and the lines of name
+// for a failure message.
+func readMetric(ctx context.Context, ns, pod, name string, match ...string) (float64, string, error) {
+	client, err := cluster.PodHTTPClient(ns, pod)
+	if err != nil {
+		return 0, "", err
 	}
 	req, _ := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:15021/metrics", nil)
 	resp, err := client.Do(req)
 	if err != nil {
-		t.Fatalf("sidecar metrics of %s/%s: %v", ns, pod, err)
+		return 0, "", fmt.Errorf("sidecar metrics of %s/%s: %w", ns, pod, err)
 	}
 	defer resp.Body.Close()
 	body, err := io.ReadAll(resp.Body)
 	if err != nil {
-		t.Fatal(err)
+		return 0, "", fmt.Errorf("sidecar metrics of %s/%s: %w", ns, pod, err)
 	}
 	sum := 0.0
+	var family strings.Builder
 	sc := bufio.NewScanner(bytes.NewReader(body))
 	for sc.Scan() {
 		line := sc.Text()
 		if !strings.HasPrefix(line, name+"{") && !strings.HasPrefix(line, name+" ") {
 			continue
 		}
+		family.WriteString(line + "\n")
 		ok := true
 		for _, m := range match {
 			ok = ok && strings.Contains(line, m)
@@ -430,23 +442,36 @@ func proxyMetrics(t *testing.T, ctx context.Context, ns, pod, name string, match
 		f := strings.Fields(line)
 		v, err := strconv.ParseFloat(f[len(f)-1], 64)
 		if err != nil {
-			t.Fatalf("metric line %q: %v", line, err)
+			return 0, "", fmt.Errorf("metric line %q: %w", line, err)
 		}
 		sum += v
 	}
-	return sum
+	return sum, family.String(), nil
 }
 
 // waitMetric polls a sidecar metric until cond holds.
 func waitMetric(t *testing.T, ctx context.Context, what, name string, cond func(float64) bool, match ...string) {
 	t.Helper()
-	var v float64
-	if err := devcluster.Poll(ctx, 30*time.Second, func(ctx context.Context) (bool, error) {
-		v = proxyMetrics(t, ctx, meshNS, "native-tools", name, match...)
-		return cond(v), nil
-	}); err != nil {
-		t.Fatalf("%s: %s%v = %v: %v", what, name, match, v, err)
+	var (
+		v        float64
+		lines    string
+		last     error
+		deadline = time.Now().Add(30 * time.Second)
+	)
+	for time.Now().Before(deadline) {
+		rctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+		v, lines, last = readMetric(rctx, meshNS, "native-tools", name, match...)
+		cancel()
+		if last == nil && cond(v) {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("%s: %v", what, ctx.Err())
+		case <-time.After(100 * time.Millisecond):
+		}
 	}
+	t.Fatalf("%s: %s%v = %v (last error %v); the sidecar has:\n%s", what, name, match, v, last, lines)
 }
 
 // TestSidecarGRPCSemantics: unary, server- and bidi-streaming, deadline and
@@ -457,7 +482,9 @@ func TestSidecarGRPCSemantics(t *testing.T) {
 	greeters := meshArticle(t, ctx)
 	target := net.JoinHostPort(clusterIP(t, ctx, meshNS, "native-tools-2"), "50051")
 	conn := podGRPC(t, meshNS, "native-tools", target)
-	const svc = `service="native-tools-2.` + meshNS + `:50051"`
+	// The label names the Service (its form follows the proxy's target:
+	// name.namespace:port or the cluster's FQDN); match the prefix.
+	const svc = `service="native-tools-2.` + meshNS
 	const inFlight = "ballast_proxy_streams_in_flight"
 
 	t.Run("unary over one connection reaches every pod", func(t *testing.T) {
@@ -573,7 +600,7 @@ func TestSidecarGRPCSemantics(t *testing.T) {
 
 	slowTarget := net.JoinHostPort(clusterIP(t, ctx, meshNS, "slow"), "50051")
 	slow := pb.NewGreeterClient(podGRPC(t, meshNS, "native-tools", slowTarget))
-	const slowSvc = `service="slow.` + meshNS + `:50051"`
+	const slowSvc = `service="slow.` + meshNS
 
 	t.Run("deadline", func(t *testing.T) {
 		ended := proxyMetrics(t, ctx, meshNS, "native-tools", "ballast_proxy_streams_total", slowSvc)
