@@ -356,7 +356,7 @@ func proxyProcess(t *testing.T, ctx context.Context, ns, pod string) string {
 	}
 	for _, pid := range strings.Fields(run(t, ctx, "ip", "netns", "pids", netns)) {
 		cmdline, err := os.ReadFile("/proc/" + pid + "/cmdline")
-		if err != nil || !bytes.Contains(cmdline, []byte("\x00proxy\x00--transparent-address")) {
+		if err != nil || !bytes.Contains(cmdline, []byte("\x00--transparent-address\x00")) {
 			continue
 		}
 		st, err := os.ReadFile("/proc/" + pid + "/status")
