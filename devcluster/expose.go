@@ -3,11 +3,9 @@ package devcluster
 import (
 	"context"
 	"fmt"
-	"io"
 	"math/rand/v2"
 	"net"
 	"net/netip"
-	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -47,7 +45,7 @@ func (c *Cluster) ExposeService(ctx context.Context, namespace, name string, por
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()
-		relayDial(c.runCtx, l, func(ctx context.Context) (net.Conn, error) {
+		relayDial(c.runCtx, l, 0, func(ctx context.Context) (net.Conn, error) {
 			ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 			defer cancel()
 			list, err := c.Client.DiscoveryV1().EndpointSlices(namespace).List(ctx,
@@ -69,35 +67,4 @@ func (c *Cluster) ExposeService(ctx context.Context, namespace, name string, por
 		})
 	}()
 	return netip.MustParseAddrPort(l.Addr().String()), nil
-}
-
-// relayDial accepts connections on l and joins each to a connection made
-// by dial, until ctx ends.
-func relayDial(ctx context.Context, l net.Listener, dial func(context.Context) (net.Conn, error)) {
-	var wg sync.WaitGroup
-	defer wg.Wait()
-	go func() { <-ctx.Done(); l.Close() }()
-	for {
-		conn, err := l.Accept()
-		if err != nil {
-			return
-		}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			defer conn.Close()
-			up, err := dial(ctx)
-			if err != nil {
-				return
-			}
-			defer up.Close()
-			done := make(chan struct{}, 2)
-			go func() { io.Copy(up, conn); done <- struct{}{} }()
-			go func() { io.Copy(conn, up); done <- struct{}{} }()
-			select {
-			case <-done:
-			case <-ctx.Done():
-			}
-		}()
-	}
 }

@@ -15,6 +15,14 @@ import (
 // joins each to a new connection to upstream on host loopback, until ctx
 // ends. limit > 0 bounds each connection's life.
 func relayTCP(ctx context.Context, l net.Listener, upstream string, limit time.Duration) {
+	relayDial(ctx, l, limit, func(ctx context.Context) (net.Conn, error) {
+		return (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", upstream)
+	})
+}
+
+// relayDial accepts connections on l and joins each to a connection made
+// by dial, until ctx ends. limit > 0 bounds each connection's life.
+func relayDial(ctx context.Context, l net.Listener, limit time.Duration, dial func(context.Context) (net.Conn, error)) {
 	var wg sync.WaitGroup
 	defer wg.Wait()
 	go func() { <-ctx.Done(); l.Close() }()
@@ -27,7 +35,7 @@ func relayTCP(ctx context.Context, l net.Listener, upstream string, limit time.D
 		go func() {
 			defer wg.Done()
 			defer conn.Close()
-			up, err := (&net.Dialer{Timeout: 5 * time.Second}).DialContext(ctx, "tcp", upstream)
+			up, err := dial(ctx)
 			if err != nil {
 				return
 			}
