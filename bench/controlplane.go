@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"debug/buildinfo"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -18,6 +17,7 @@ import (
 	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/ballast-dev/ballast/internal/toolcache"
+	ballastxds "github.com/ballast-dev/ballast/xds"
 )
 
 // A ControlPlane is one xDS control plane under comparison, run as a
@@ -70,25 +70,7 @@ func (n clientNode) proto() *corev3.Node {
 // bootstrap is the gRPC xDS bootstrap (gRFC A27) for a real grpc-go
 // client with this node, plaintext to server.
 func (n clientNode) bootstrap(server netip.AddrPort) ([]byte, error) {
-	type creds struct {
-		Type string `json:"type"`
-	}
-	type xdsServer struct {
-		ServerURI      string   `json:"server_uri"`
-		ChannelCreds   []creds  `json:"channel_creds"`
-		ServerFeatures []string `json:"server_features"`
-	}
-	type node struct {
-		ID       string            `json:"id"`
-		Metadata map[string]string `json:"metadata,omitempty"`
-	}
-	return json.Marshal(struct {
-		XDSServers []xdsServer `json:"xds_servers"`
-		Node       node        `json:"node"`
-	}{
-		XDSServers: []xdsServer{{ServerURI: server.String(), ChannelCreds: []creds{{Type: "insecure"}}, ServerFeatures: []string{"xds_v3"}}},
-		Node:       node{ID: n.ID, Metadata: n.Metadata},
-	})
+	return ballastxds.Bootstrap{Server: server.String(), ID: n.ID, Metadata: n.Metadata}.JSON()
 }
 
 func fqdnListener(name, namespace string, port int) string {

@@ -17,7 +17,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/xds" // the xds:/// resolver and xDS balancers, for the proxyless rows
 
-	"github.com/ballast-dev/ballast/proxy"
+	ballastxds "github.com/ballast-dev/ballast/xds"
 )
 
 // Ballast's own modes that run as processes: the control plane (`ballast
@@ -40,7 +40,7 @@ func (p proxylessPath) Open(ctx context.Context, b *Bench, pods []*Pod) (*Route,
 	if err != nil {
 		return nil, err
 	}
-	bootstrap, err := proxy.XDSBootstrap(control.xds.String(), "ballast~bench-client."+benchNamespace)
+	bootstrap, err := ballastxds.Bootstrap{Server: control.xds.String(), Pod: "bench-client", Namespace: benchNamespace}.JSON()
 	if err != nil {
 		control.proc.stop()
 		return nil, err

@@ -6,29 +6,6 @@ import (
 	"fmt"
 )
 
-// XDSBootstrap is the xDS bootstrap that points a grpc-go client at the
-// control plane at server (host:port, plaintext), naming itself nodeID.
-func XDSBootstrap(server, nodeID string) ([]byte, error) {
-	type creds struct {
-		Type string `json:"type"`
-	}
-	type xdsServer struct {
-		ServerURI      string   `json:"server_uri"`
-		ChannelCreds   []creds  `json:"channel_creds"`
-		ServerFeatures []string `json:"server_features"`
-	}
-	type node struct {
-		ID string `json:"id"`
-	}
-	return json.Marshal(struct {
-		XDSServers []xdsServer `json:"xds_servers"`
-		Node       node        `json:"node"`
-	}{
-		XDSServers: []xdsServer{{ServerURI: server, ChannelCreds: []creds{{Type: "insecure"}}, ServerFeatures: []string{"xds_v3"}}},
-		Node:       node{ID: nodeID},
-	})
-}
-
 // XDSConfigFromBootstrap reads the control plane's address and the node id
 // from a grpc-go xDS bootstrap (the JSON GRPC_XDS_BOOTSTRAP names), so a
 // proxy configured like a proxyless client talks to the same control plane

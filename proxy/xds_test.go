@@ -121,7 +121,7 @@ func TestXDSUpstream(t *testing.T) {
 	const nodeID = "ballast-proxy~default~test"
 	const name = "greeter.default:50051"
 	cp := startControlPlane(t, nodeID, name, startGreeters(t, 3))
-	bootstrap, err := XDSBootstrap(cp, nodeID)
+	bootstrap, err := xds.Bootstrap{Server: cp, ID: nodeID}.JSON()
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -233,7 +233,7 @@ func TestXDSPolicy(t *testing.T) {
 }
 
 func TestXDSConfigFromBootstrap(t *testing.T) {
-	good, err := XDSBootstrap("127.0.0.1:18000", "ballast-proxy~ns~pod")
+	good, err := xds.Bootstrap{Server: "127.0.0.1:18000", ID: "ballast-proxy~ns~pod"}.JSON()
 	if err != nil {
 		t.Fatal(err)
 	}

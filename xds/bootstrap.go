@@ -28,10 +28,18 @@ type Bootstrap struct {
 	Zone string
 	// Metadata is copied into the node metadata.
 	Metadata map[string]string
+	// ID, when set, is the node id as is (a sidecar's, or another control
+	// plane's format), and Pod and Namespace are not needed.
+	ID string
 }
 
 // NodeID is the xDS node id of the pod.
-func (b Bootstrap) NodeID() string { return NodeIDPrefix + b.Pod + "." + b.Namespace }
+func (b Bootstrap) NodeID() string {
+	if b.ID != "" {
+		return b.ID
+	}
+	return NodeIDPrefix + b.Pod + "." + b.Namespace
+}
 
 // bootstrapJSON is the subset of gRPC's bootstrap format (gRFC A27) that
 // Ballast writes.
@@ -69,7 +77,7 @@ func (b Bootstrap) JSON() ([]byte, error) {
 	if _, _, err := net.SplitHostPort(b.Server); err != nil {
 		return nil, fmt.Errorf("bootstrap: control plane address %q: %w", b.Server, err)
 	}
-	if b.Pod == "" || b.Namespace == "" {
+	if b.ID == "" && (b.Pod == "" || b.Namespace == "") {
 		return nil, fmt.Errorf("bootstrap: pod name (%q) and namespace (%q) are both needed for the node id", b.Pod, b.Namespace)
 	}
 	if strings.ContainsAny(b.Pod+b.Namespace, "~ ") {

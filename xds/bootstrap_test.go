@@ -21,6 +21,7 @@ func TestBootstrap(t *testing.T) {
 		{"no pod", Bootstrap{Server: "a:1", Namespace: "n"}, "pod name"},
 		{"no namespace", Bootstrap{Server: "a:1", Pod: "p"}, "namespace"},
 		{"tilde in pod", Bootstrap{Server: "a:1", Pod: "p~x", Namespace: "n"}, "not allowed in a node id"},
+		{"node id as given", Bootstrap{Server: "127.0.0.1:15010", ID: "sidecar~198.51.100.1~p.n~n.svc.cluster.local", Metadata: map[string]string{"GENERATOR": "grpc"}}, ""},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -50,7 +51,11 @@ func TestBootstrap(t *testing.T) {
 			if err := json.Unmarshal(data, &got); err != nil {
 				t.Fatal(err)
 			}
-			if got.XDSServers[0].ServerURI != tt.b.Server || got.Node.ID != "ballast~"+tt.b.Pod+"."+tt.b.Namespace ||
+			wantID := "ballast~" + tt.b.Pod + "." + tt.b.Namespace
+			if tt.b.ID != "" {
+				wantID = tt.b.ID
+			}
+			if got.XDSServers[0].ServerURI != tt.b.Server || got.Node.ID != wantID ||
 				got.Node.Locality.Zone != tt.b.Zone || len(got.Node.Metadata) != len(tt.b.Metadata) {
 				t.Fatalf("bootstrap = %s", data)
 			}
