@@ -4,6 +4,11 @@
 // paid once per pod: idle, this binary holds about a quarter of the RSS of
 // the full ballast binary, most of which is code and data pages touched by
 // package initialisation. It learns Services from the control plane.
+//
+// Build it as the image does: CGO_ENABLED=0 go build -tags grpcnotrace.
+// The tag drops x/net/trace, whose html/template would keep every exported
+// method of every reachable type (all of Envoy's generated validators) in
+// the binary: 20 MB instead of 33, about 4 MiB less idle RSS.
 package main
 
 import (

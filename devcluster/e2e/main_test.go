@@ -58,10 +58,11 @@ func runTests(m *testing.M) int {
 		env      []string
 	}{
 		{bin, "github.com/ballast-dev/ballast/cmd/ballast", nil},
-		// Static, as the sidecar image holds it.
+		// Static and without x/net/trace, as the sidecar image holds it
+		// (see proxyBuildTags in cmd/ballast).
 		{proxyBin, "github.com/ballast-dev/ballast/cmd/ballast-proxy", []string{"CGO_ENABLED=0"}},
 	} {
-		build := exec.CommandContext(ctx, "go", "build", "-o", b.out, b.pkg)
+		build := exec.CommandContext(ctx, "go", "build", "-tags", "grpcnotrace", "-o", b.out, b.pkg)
 		build.Env = append(os.Environ(), b.env...)
 		build.Stderr = os.Stderr
 		if err := build.Run(); err != nil {
