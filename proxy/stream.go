@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -30,6 +31,9 @@ type stream struct {
 	// by whichever goroutine ends the call, before the last leg closes.
 	code    atomic.Int32
 	codeSet atomic.Bool
+	// start is when the call began, kept only when its duration is
+	// observed.
+	start time.Time
 }
 
 // leg is a stream as seen on one connection. Fields about sending on c
@@ -80,6 +84,9 @@ func newStream(up *upstream, path string) *stream {
 	s.down.peer, s.upl.peer = &s.upl, &s.down
 	s.down.recvWindow, s.upl.recvWindow = streamWindow, streamWindow
 	s.open.Store(2)
+	if up.metrics.duration != nil {
+		s.start = time.Now()
+	}
 	return s
 }
 
@@ -114,6 +121,9 @@ func (s *stream) legClosed() {
 	code := codes.Code(s.code.Load())
 	s.up.metrics.inFlight.Dec()
 	s.up.metrics.streams[codeIndex(code)].Inc()
+	if d := s.up.metrics.duration; d != nil {
+		d.Observe(time.Since(s.start).Seconds())
+	}
 	if s.done != nil {
 		di := balancer.DoneInfo{BytesSent: true, BytesReceived: true}
 		if code != codes.OK {

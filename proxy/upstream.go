@@ -48,6 +48,9 @@ type upstreams struct {
 	metrics    *metrics
 	maxMessage uint32
 	log        *slog.Logger
+	// forService, if set, makes an upstream's metrics instead of
+	// metrics.forService (the inbound side has its own series).
+	forService func(service string) upstreamMetrics
 
 	mu     sync.Mutex
 	byName map[string]*upstream
@@ -66,11 +69,15 @@ func (u *upstreams) get(target string) (*upstream, error) {
 		return nil, fmt.Errorf("upstream %s: proxy is stopping", target)
 	}
 	service := serviceLabel(target)
+	forService := u.forService
+	if forService == nil {
+		forService = u.metrics.forService
+	}
 	up := &upstream{
 		target:     target,
 		service:    service,
 		host:       newHost(target, u.log),
-		metrics:    u.metrics.forService(service),
+		metrics:    forService(service),
 		maxMessage: u.maxMessage,
 	}
 	stop, err := u.resolve(target, up.host)
