@@ -33,6 +33,7 @@ import (
 // proxyConfig is `ballast proxy`'s flags, validated into one value.
 type proxyConfig struct {
 	transparent  string
+	inbound      string
 	outbound     []string
 	services     []string
 	xdsAddress   string
@@ -92,8 +93,14 @@ the address and sends every call to the target (name.namespace:port means
 xds:///name.namespace:port; any other grpc target, like dns:///host:port,
 is used as is).
 
-On SIGTERM it stops taking new calls (GOAWAY), lets in-flight calls finish
-for up to --drain-timeout, then exits.`,
+Inbound (--inbound-address, fed by 'ballast proxy init --inbound-ports'):
+connections coming into the pod go on to the app at their original
+destination; its calls are counted (ballast_proxy_inbound_* metrics) and
+drained on shutdown. Anything but cleartext HTTP/2 passes through.
+
+On SIGTERM it stops taking new calls (GOAWAY, on inbound connections too,
+so callers move to other pods), lets in-flight calls finish for up to
+--drain-timeout, then exits.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runProxy(cmd.Context(), c, sources)
@@ -101,6 +108,7 @@ for up to --drain-timeout, then exits.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&c.transparent, "transparent-address", "", "address of the transparent listener (default 127.0.0.1:15001 when no --outbound is given)")
+	f.StringVar(&c.inbound, "inbound-address", "", "address of the inbound listener, for connections 'ballast proxy init --inbound-ports' redirects into the pod (say :15006); empty: none")
 	f.StringArrayVar(&c.outbound, "outbound", nil, "explicit listener ADDR=TARGET (repeatable)")
 	f.StringArrayVar(&c.services, "service", nil, "transparent mode: a Service's CLUSTERIP:PORT=name.namespace:port (repeatable)")
 	f.StringVar(&c.xdsAddress, "xds-address", "", "control plane host:port that resolves xds:/// targets (name.namespace:port); without it, the one in $GRPC_XDS_BOOTSTRAP(_CONFIG)")
@@ -200,6 +208,13 @@ func runProxy(ctx context.Context, c proxyConfig, sources []Source) error {
 			return err
 		}
 		opts.Transparent = l
+	}
+	if c.inbound != "" {
+		l, err := listen("--inbound-address", c.inbound)
+		if err != nil {
+			return err
+		}
+		opts.Inbound = l
 	}
 	adminLis, err := listen("--admin-address", c.admin)
 	if err != nil {
