@@ -10,6 +10,7 @@ import (
 	"strings"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc/codes"
 )
 
@@ -36,9 +37,13 @@ func newInbound(lis net.Listener, reg prometheus.Registerer, maxMessage uint32, 
 		lis: lis,
 		upstreams: &upstreams{
 			forService: m.forTarget,
-			maxMessage: maxMessage,
-			log:        log.With("side", "inbound"),
-			byName:     map[string]*upstream{},
+			// The app is the only place for a call; one it cannot take
+			// (say it is shutting down, its listener closed) never
+			// reached it, so the caller may safely retry elsewhere.
+			refuseUnplaced: true,
+			maxMessage:     maxMessage,
+			log:            log.With("side", "inbound"),
+			byName:         map[string]*upstream{},
 		},
 		metrics: m,
 	}
@@ -90,6 +95,23 @@ func (p *Proxy) serveInbound(ctx context.Context, c net.Conn) {
 		return
 	}
 	p.serveDownstream(&prefixConn{Conn: c, prefix: prefix}, up)
+}
+
+// refuse ends a call that never reached the upstream with RST_STREAM
+// REFUSED_STREAM, which gRPC clients retry transparently, rather than with
+// a status they would return to the application. The app not taking calls
+// means it is gone or going (say it got the same SIGTERM as the proxy and
+// closed its listener first), so the caller's connection is drained
+// first: a client reads the GOAWAY before the reset, and retries on
+// another connection, to another pod, instead of here again.
+func (s *stream) refuse(b *batch) {
+	c := s.down.c
+	c.mu.Lock()
+	c.startDrainLocked()
+	c.mu.Unlock()
+	s.setCode(codes.Unavailable)
+	s.sendReset(&s.upl, http2.ErrCodeCancel, b)
+	s.sendReset(&s.down, http2.ErrCodeRefusedStream, b)
 }
 
 // redirected reports whether dst differs from where the connection

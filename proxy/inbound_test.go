@@ -7,7 +7,9 @@ import (
 	"net"
 	"net/http"
 	"net/netip"
+	"runtime"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -19,6 +21,10 @@ import (
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
+
+	pb "google.golang.org/grpc/examples/helloworld/helloworld"
+
+	"github.com/ballast-dev/ballast/greeter"
 )
 
 // inboundProxy runs a proxy with only an inbound listener. Connections
@@ -182,8 +188,10 @@ func TestInbound(t *testing.T) {
 	})
 }
 
-// TestInboundAppDown: a call to a port where the app does not listen
-// fails Unavailable and counts as an app error.
+// TestInboundAppDown: a call to a port where the app does not listen is
+// refused (REFUSED_STREAM: it never reached the app), so grpc-go retries
+// it transparently once, on the only connection it has here, and then
+// fails Unavailable; both attempts count as app errors.
 func TestInboundAppDown(t *testing.T) {
 	lis := listen(t)
 	app := lis.Addr().(*net.TCPAddr).AddrPort()
@@ -196,11 +204,11 @@ func TestInboundAppDown(t *testing.T) {
 		t.Fatalf("call to a closed app port: %v, want Unavailable", err)
 	}
 	port := strconv.Itoa(int(app.Port()))
-	if got := metricValue(p.inbound.metrics.appErrors.WithLabelValues(port)); got != 1 {
-		t.Fatalf("app errors %v, want 1", got)
+	if got := metricValue(p.inbound.metrics.appErrors.WithLabelValues(port)); got != 2 {
+		t.Fatalf("app errors %v, want 2 (the call and its transparent retry after REFUSED_STREAM)", got)
 	}
-	if got := metricValue(p.inbound.metrics.requests.WithLabelValues(port, "Unavailable")); got != 1 {
-		t.Fatalf("requests{code=Unavailable} %v, want 1", got)
+	if got := metricValue(p.inbound.metrics.requests.WithLabelValues(port, "Unavailable")); got != 2 {
+		t.Fatalf("requests{code=Unavailable} %v, want 2", got)
 	}
 }
 
@@ -271,5 +279,104 @@ func TestInboundDrain(t *testing.T) {
 	}
 	if _, err := net.DialTimeout("tcp", lis.Addr().String(), time.Second); err == nil {
 		t.Fatal("inbound listener still accepts after shutdown")
+	}
+}
+
+// TestInboundPodShutdown is a pod going away under load, as Kubernetes
+// stops it: the app (a greeter, which stops gracefully) and its proxy get
+// the signal at the same moment. A caller balancing over two such pods
+// loses no call: calls in flight finish, the proxy's GOAWAY moves new
+// calls to the other pod, and a call that arrives after the app closed
+// its listener is refused, which grpc-go retries elsewhere.
+func TestInboundPodShutdown(t *testing.T) {
+	type pod struct {
+		lis  net.Listener
+		stop context.CancelFunc
+		done chan struct{}
+	}
+	startPod := func(name string) *pod {
+		appLis := listen(t)
+		app := appLis.Addr().(*net.TCPAddr).AddrPort()
+		lis := listen(t)
+		p, err := New(Options{Inbound: lis, OriginalDst: func(net.Conn) (netip.AddrPort, error) { return app, nil }})
+		if err != nil {
+			t.Fatal(err)
+		}
+		ctx, stop := context.WithCancel(context.Background())
+		done := make(chan struct{})
+		var both sync.WaitGroup
+		both.Go(func() { (&greeter.Server{Pod: name}).Serve(ctx, appLis) })
+		both.Go(func() {
+			if err := p.Serve(ctx); err != nil {
+				t.Errorf("%s proxy: %v", name, err)
+			}
+		})
+		go func() { both.Wait(); close(done) }()
+		t.Cleanup(func() {
+			stop()
+			select {
+			case <-done:
+			case <-time.After(time.Minute):
+				t.Errorf("%s did not stop", name)
+			}
+		})
+		eventually(t, name+" proxy ready", p.Ready)
+		return &pod{lis: lis, stop: stop, done: done}
+	}
+	a, b := startPod("pod-a"), startPod("pod-b")
+	target, resolve := staticTarget([]string{a.lis.Addr().String(), b.lis.Addr().String()})
+	conn := dial(t, target, grpc.WithResolvers(resolve), grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`))
+	if pods := spread(t, conn, 2, 10); len(pods) != 2 {
+		t.Fatalf("calls reached %v, want both pods", pods)
+	}
+
+	// Load: a few callers, each making calls back to back until stopped
+	// (bounded in count). A call the test's own stop cancels is not lost.
+	ctx, stopLoad := context.WithCancel(t.Context())
+	defer stopLoad()
+	const callers, maxCalls = 4, 5000
+	type result struct {
+		calls int
+		lost  []error
+	}
+	results := make(chan result, callers)
+	client := pb.NewGreeterClient(conn)
+	for range callers {
+		go func() {
+			var r result
+			for ; r.calls < maxCalls && ctx.Err() == nil; r.calls++ {
+				callCtx, cancel := context.WithTimeout(ctx, 10*time.Second)
+				_, err := client.SayHello(callCtx, &pb.HelloRequest{Name: "load"})
+				cancel()
+				if err != nil && ctx.Err() == nil {
+					r.lost = append(r.lost, err)
+				}
+			}
+			results <- r
+		}()
+	}
+	a.stop() // SIGTERM to the app and the proxy of pod a
+	select {
+	case <-a.done:
+	case <-time.After(30 * time.Second):
+		buf := make([]byte, 1<<20)
+		t.Fatalf("pod a did not stop:\n%s", buf[:runtime.Stack(buf, true)])
+	}
+	// Calls keep flowing, to pod b only, after a is gone.
+	after := greeter.Call(t.Context(), conn, 20, 10*time.Second, nil)
+	stopLoad()
+	var calls int
+	var lost []error
+	for range callers {
+		r := <-results
+		calls += r.calls
+		lost = append(lost, r.lost...)
+	}
+	t.Logf("%d calls while pod a stopped", calls)
+	if len(lost) > 0 {
+		t.Fatalf("%d of %d calls lost while pod a stopped: %v", len(lost), calls, lost)
+	}
+	if after.Errors > 0 || after.Pods["pod-b"] != 20 {
+		t.Fatalf("after pod a stopped: %+v, want 20 calls on pod-b", after)
 	}
 }
