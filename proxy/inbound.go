@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
@@ -88,6 +89,17 @@ func (p *Proxy) serveInbound(ctx context.Context, c net.Conn) {
 		p.passThrough(ctx, c, dst, prefix, reasonInboundNotHTTP2)
 		return
 	}
+	// A caller must not find this pod ready when its app is not: the app
+	// may have got SIGTERM before the proxy and closed its listener while
+	// callers still pick this pod. Then the caller's connection is closed
+	// before the HTTP/2 handshake, as a refused connection would be, so
+	// its balancer stops picking this pod instead of retrying here. One
+	// dial per caller connection, not per call.
+	if err := probeApp(ctx, dst); err != nil {
+		p.log.Debug("inbound: app not accepting; closing", "client", c.RemoteAddr(), "destination", dst, "err", err)
+		c.Close()
+		return
+	}
 	up, err := p.inbound.upstreams.get(appTarget(dst))
 	if err != nil {
 		p.log.Debug("inbound: no upstream; passing through", "destination", dst, "err", err)
@@ -112,6 +124,16 @@ func (s *stream) refuse(b *batch) {
 	s.setCode(codes.Unavailable)
 	s.sendReset(&s.upl, http2.ErrCodeCancel, b)
 	s.sendReset(&s.down, http2.ErrCodeRefusedStream, b)
+}
+
+// probeApp checks that the app accepts connections at dst.
+func probeApp(ctx context.Context, dst netip.AddrPort) error {
+	d := net.Dialer{Timeout: 2 * time.Second}
+	c, err := d.DialContext(ctx, "tcp", dst.String())
+	if err != nil {
+		return err
+	}
+	return c.Close()
 }
 
 // redirected reports whether dst differs from where the connection

@@ -188,28 +188,75 @@ func TestInbound(t *testing.T) {
 	})
 }
 
-// TestInboundAppDown: a call to a port where the app does not listen is
-// refused (REFUSED_STREAM: it never reached the app), so grpc-go retries
-// it transparently once, on the only connection it has here, and then
-// fails Unavailable; both attempts count as app errors.
+// TestInboundAppDown: when the app does not accept connections, callers
+// must stop picking this pod. A new caller connection is closed before the
+// HTTP/2 handshake (as a refused connection would be); a call on a
+// connection made while the app was up is refused (GOAWAY, then
+// REFUSED_STREAM: it never reached the app), so grpc-go retries it on a
+// new connection, which is closed in turn. Either way the call fails
+// Unavailable here, and a balancer with another pod would have sent it
+// there (see TestInboundPodShutdown).
 func TestInboundAppDown(t *testing.T) {
-	lis := listen(t)
-	app := lis.Addr().(*net.TCPAddr).AddrPort()
-	lis.Close() // nothing listens there now
-	p, inLis := inboundProxy(t, app, app)
-	client := testpb.NewTestServiceClient(dialInbound(t, inLis, "127.0.0.2"))
-	ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
-	defer cancel()
-	if _, err := client.UnaryCall(ctx, &testpb.SimpleRequest{}); status.Code(err) != codes.Unavailable {
-		t.Fatalf("call to a closed app port: %v, want Unavailable", err)
-	}
-	port := strconv.Itoa(int(app.Port()))
-	if got := metricValue(p.inbound.metrics.appErrors.WithLabelValues(port)); got != 2 {
-		t.Fatalf("app errors %v, want 2 (the call and its transparent retry after REFUSED_STREAM)", got)
-	}
-	if got := metricValue(p.inbound.metrics.requests.WithLabelValues(port, "Unavailable")); got != 2 {
-		t.Fatalf("requests{code=Unavailable} %v, want 2", got)
-	}
+	t.Run("down before the caller connects", func(t *testing.T) {
+		lis := listen(t)
+		app := lis.Addr().(*net.TCPAddr).AddrPort()
+		lis.Close() // nothing listens there now
+		p, inLis := inboundProxy(t, app, app)
+		client := testpb.NewTestServiceClient(dialInbound(t, inLis, "127.0.0.2"))
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		if _, err := client.UnaryCall(ctx, &testpb.SimpleRequest{}); status.Code(err) != codes.Unavailable {
+			t.Fatalf("call to a closed app port: %v, want Unavailable", err)
+		}
+		port := strconv.Itoa(int(app.Port()))
+		if got := metricValue(p.inbound.metrics.requests.WithLabelValues(port, "Unavailable")); got != 0 {
+			t.Fatalf("requests{code=Unavailable} %v, want 0: the connection should close before any call", got)
+		}
+	})
+	t.Run("down after the caller connected", func(t *testing.T) {
+		svc := newTestService()
+		appLis := listen(t)
+		app := appLis.Addr().(*net.TCPAddr).AddrPort()
+		gs := grpc.NewServer()
+		testpb.RegisterTestServiceServer(gs, svc)
+		served := make(chan struct{})
+		go func() { defer close(served); gs.Serve(appLis) }()
+		t.Cleanup(func() { gs.Stop(); <-served })
+		p, inLis := inboundProxy(t, app, app)
+		conn := dialInbound(t, inLis, "127.0.0.2")
+		client := testpb.NewTestServiceClient(conn)
+		if _, err := client.UnaryCall(t.Context(), &testpb.SimpleRequest{}); err != nil {
+			t.Fatal(err)
+		}
+		gs.Stop() // the app goes; the caller's connection to the proxy stays
+		<-served
+		// Once the proxy has seen its connection to the app end (a call
+		// racing that would be lost with it, as with any hard stop).
+		up, err := p.inbound.upstreams.get(appTarget(app))
+		if err != nil {
+			t.Fatal(err)
+		}
+		eventually(t, "the proxy's connection to the app closed", func() bool {
+			up.host.mu.Lock()
+			defer up.host.mu.Unlock()
+			return len(up.host.live) == 0
+		})
+		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
+		defer cancel()
+		_, err = client.UnaryCall(ctx, &testpb.SimpleRequest{})
+		if status.Code(err) != codes.Unavailable {
+			t.Fatalf("call after the app stopped: %v, want Unavailable", err)
+		}
+		port := strconv.Itoa(int(app.Port()))
+		// The first attempt reached the proxy and was refused; the
+		// transparent retry found the pod's connections closed.
+		if got := metricValue(p.inbound.metrics.appErrors.WithLabelValues(port)); got != 1 {
+			t.Fatalf("app errors %v, want 1", got)
+		}
+		if got := metricValue(p.inbound.metrics.requests.WithLabelValues(port, "Unavailable")); got != 1 {
+			t.Fatalf("requests{code=Unavailable} %v, want 1", got)
+		}
+	})
 }
 
 // TestInboundDrain: on shutdown the inbound side sends GOAWAY (the
