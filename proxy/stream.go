@@ -23,6 +23,9 @@ type stream struct {
 	down leg
 	upl  leg
 	path string
+	// start is when the call began, kept only when its duration is
+	// observed.
+	start time.Time
 	// done reports the call's outcome to the balancer that picked it.
 	done func(balancer.DoneInfo)
 	// open counts legs not yet closed; the stream ends at zero.
@@ -31,9 +34,6 @@ type stream struct {
 	// by whichever goroutine ends the call, before the last leg closes.
 	code    atomic.Int32
 	codeSet atomic.Bool
-	// start is when the call began, kept only when its duration is
-	// observed.
-	start time.Time
 }
 
 // leg is a stream as seen on one connection. Fields about sending on c
