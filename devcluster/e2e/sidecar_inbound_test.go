@@ -19,7 +19,9 @@ import (
 	"github.com/ballast-dev/ballast/inject"
 )
 
-// TestSidecarInbound: the greeters in the injected namespace declare their
+// TestSidecarInbound (in a file that sorts after proxyless_test.go, whose
+// cleanup removes the control plane that setupMesh then deploys once for
+// the sidecar tests): the greeters in the injected namespace declare their
 // gRPC port, so the injector captures it inbound by default. Calls still
 // succeed, each greeter's sidecar counts the calls into its pod, and a
 // greeter deleted under load loses no call: its sidecar refuses what its
