@@ -10,6 +10,14 @@
 // sidecar is left alone, so injecting twice changes nothing. The webhook is
 // registered with failurePolicy Ignore and a short timeout: when it is down,
 // pods are created without the sidecar rather than not at all.
+//
+// Inbound capture is on by default, as in Istio, for the TCP ports the
+// pod's containers declare: the proxy then counts every call into the pod
+// and drains callers with GOAWAY when the pod stops. A pod that declares
+// no ports (a pure client) gets no inbound rules. The annotation
+// ballast.dev/inbound-ports overrides the ports ("*" for all, a list, or
+// "" for none, like Istio's includeInboundPorts), and
+// ballast.dev/exclude-inbound-ports removes some.
 package inject
 
 import (
@@ -21,6 +29,7 @@ import (
 	"path"
 	"slices"
 	"strconv"
+	"strings"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -37,6 +46,12 @@ const (
 	OptOutAnnotation = "ballast.dev/inject"
 	// InjectedAnnotation records that the pod was injected.
 	InjectedAnnotation = "ballast.dev/injected"
+	// InboundPortsAnnotation overrides which ports are captured inbound:
+	// "*" for all, "50051,8080", or "" for none. Without it, the ports
+	// the pod's containers declare.
+	InboundPortsAnnotation = "ballast.dev/inbound-ports"
+	// ExcludeInboundPortsAnnotation lists ports never captured inbound.
+	ExcludeInboundPortsAnnotation = "ballast.dev/exclude-inbound-ports"
 
 	InitContainerName  = "ballast-proxy-init"
 	ProxyContainerName = "ballast-proxy"
@@ -53,9 +68,11 @@ type Config struct {
 	// ProxyUID is the uid the proxy runs as; the redirect excludes it.
 	// Zero means 1337.
 	ProxyUID int64
-	// ProxyPort and AdminPort: zero means 15001 and 15021.
-	ProxyPort int32
-	AdminPort int32
+	// ProxyPort, InboundPort and AdminPort: zero means 15001, 15006 and
+	// 15021.
+	ProxyPort   int32
+	InboundPort int32
+	AdminPort   int32
 	// XDSAddress is the control plane the proxy dials for xds:/// targets.
 	XDSAddress string
 	// InitArgs and ProxyArgs are appended to the proxy's init and to the
@@ -75,8 +92,9 @@ func (c Config) argv(sub ...string) []string {
 	}
 	return append(argv, sub...)
 }
-func (c Config) proxyPort() int32 { return cmp.Or(c.ProxyPort, 15001) }
-func (c Config) adminPort() int32 { return cmp.Or(c.AdminPort, 15021) }
+func (c Config) proxyPort() int32   { return cmp.Or(c.ProxyPort, 15001) }
+func (c Config) inboundPort() int32 { return cmp.Or(c.InboundPort, 15006) }
+func (c Config) adminPort() int32   { return cmp.Or(c.AdminPort, 15021) }
 
 // Validate reports a config that cannot produce a working pod.
 func (c Config) Validate() error {
@@ -114,14 +132,28 @@ func Inject(pod *corev1.Pod, c Config) {
 	always := corev1.ContainerRestartPolicyAlways
 	uid, root := c.uid(), int64(0)
 	yes, no := true, false
-	initArgv := append(c.argv("init",
+	initArgv := c.argv("init",
 		"--proxy-port", strconv.Itoa(int(c.proxyPort())),
 		"--proxy-uid", strconv.FormatInt(uid, 10),
-	), c.InitArgs...)
+	)
 	proxyArgv := c.argv(
 		"--transparent-address", fmt.Sprintf("127.0.0.1:%d", c.proxyPort()),
 		"--admin-address", fmt.Sprintf(":%d", c.adminPort()),
 	)
+	// The Handler rejects bad annotations before Inject runs; a caller
+	// that skips it gets no inbound capture from them.
+	if in, err := Inbound(pod, c); err == nil && in.Ports != "" {
+		initArgv = append(initArgv,
+			"--inbound-ports", in.Ports,
+			"--inbound-port", strconv.Itoa(int(c.inboundPort())),
+			"--admin-port", strconv.Itoa(int(c.adminPort())),
+		)
+		if in.Exclude != "" {
+			initArgv = append(initArgv, "--exclude-inbound-ports", in.Exclude)
+		}
+		proxyArgv = append(proxyArgv, "--inbound-address", fmt.Sprintf(":%d", c.inboundPort()))
+	}
+	initArgv = append(initArgv, c.InitArgs...)
 	if c.XDSAddress != "" {
 		proxyArgv = append(proxyArgv, "--xds-address", c.XDSAddress)
 	}
@@ -176,6 +208,81 @@ func Inject(pod *corev1.Pod, c Config) {
 	pod.Annotations[InjectedAnnotation] = "true"
 }
 
+// InboundCapture is what a pod's inbound rules capture, as flag values
+// for `ballast proxy init`: Ports is "*", a comma-separated list, or ""
+// for nothing; Exclude a list or "".
+type InboundCapture struct {
+	Ports   string
+	Exclude string
+}
+
+// Inbound reads which ports of pod are captured inbound: the annotation
+// when set, else the TCP ports its containers declare (the proxy's own
+// ports left out). A bad annotation is an error naming it.
+func Inbound(pod *corev1.Pod, c Config) (InboundCapture, error) {
+	own := []int{int(c.proxyPort()), int(c.inboundPort()), int(c.adminPort())}
+	var in InboundCapture
+	if v, ok := pod.Annotations[InboundPortsAnnotation]; ok {
+		v = strings.TrimSpace(v)
+		if v != "*" && v != "" {
+			ports, err := parsePorts(v)
+			if err != nil {
+				return InboundCapture{}, fmt.Errorf("annotation %s: %w", InboundPortsAnnotation, err)
+			}
+			for _, p := range ports {
+				if slices.Contains(own, p) {
+					return InboundCapture{}, fmt.Errorf("annotation %s: %d is one of the proxy's own ports", InboundPortsAnnotation, p)
+				}
+			}
+			v = joinPorts(ports)
+		}
+		in.Ports = v
+	} else {
+		var ports []int
+		for _, cs := range [][]corev1.Container{pod.Spec.InitContainers, pod.Spec.Containers} {
+			for _, ctr := range cs {
+				for _, p := range ctr.Ports {
+					port := int(p.ContainerPort)
+					if (p.Protocol == "" || p.Protocol == corev1.ProtocolTCP) && port > 0 && !slices.Contains(own, port) && !slices.Contains(ports, port) {
+						ports = append(ports, port)
+					}
+				}
+			}
+		}
+		slices.Sort(ports)
+		in.Ports = joinPorts(ports)
+	}
+	if v, ok := pod.Annotations[ExcludeInboundPortsAnnotation]; ok && strings.TrimSpace(v) != "" {
+		ports, err := parsePorts(v)
+		if err != nil {
+			return InboundCapture{}, fmt.Errorf("annotation %s: %w", ExcludeInboundPortsAnnotation, err)
+		}
+		in.Exclude = joinPorts(ports)
+	}
+	return in, nil
+}
+
+func parsePorts(s string) ([]int, error) {
+	var ports []int
+	for f := range strings.SplitSeq(s, ",") {
+		f = strings.TrimSpace(f)
+		p, err := strconv.Atoi(f)
+		if err != nil || p < 1 || p > 65535 {
+			return nil, fmt.Errorf("%q is not a port (want \"*\", or ports like \"50051,8080\")", f)
+		}
+		ports = append(ports, p)
+	}
+	return ports, nil
+}
+
+func joinPorts(ports []int) string {
+	s := make([]string, len(ports))
+	for i, p := range ports {
+		s[i] = strconv.Itoa(p)
+	}
+	return strings.Join(s, ",")
+}
+
 // Handler is the webhook: it answers AdmissionReviews for pod creation with
 // a JSON patch adding the sidecar, or with no change.
 func Handler(c Config) http.Handler {
@@ -186,6 +293,9 @@ func Handler(c Config) http.Handler {
 		}
 		if ok, why := Decide(&pod); !ok {
 			return admission.Allowed("not injected: " + why)
+		}
+		if _, err := Inbound(&pod, c); err != nil {
+			return admission.Denied(fmt.Sprintf("pod %s/%s: %v", req.Namespace, cmp.Or(pod.Name, pod.GenerateName), err))
 		}
 		Inject(&pod, c)
 		mutated, err := json.Marshal(&pod)

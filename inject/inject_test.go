@@ -6,6 +6,7 @@ import (
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
 	"testing"
 
 	jsonpatchv5 "github.com/evanphx/json-patch/v5"
@@ -106,7 +107,7 @@ func TestInject(t *testing.T) {
 // sends them and applies the returned patch.
 func TestHandler(t *testing.T) {
 	h := Handler(Config{Image: "ballast"})
-	review := func(t *testing.T, pod *corev1.Pod) *admissionv1.AdmissionResponse {
+	send := func(t *testing.T, pod *corev1.Pod) *admissionv1.AdmissionResponse {
 		raw, _ := json.Marshal(pod)
 		body, _ := json.Marshal(admissionv1.AdmissionReview{
 			TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
@@ -127,10 +128,14 @@ func TestHandler(t *testing.T) {
 		if err := json.Unmarshal(rec.Body.Bytes(), &out); err != nil {
 			t.Fatal(err)
 		}
-		if !out.Response.Allowed {
-			t.Fatalf("pod not allowed: %v", out.Response.Result)
-		}
 		return out.Response
+	}
+	review := func(t *testing.T, pod *corev1.Pod) *admissionv1.AdmissionResponse {
+		resp := send(t, pod)
+		if !resp.Allowed {
+			t.Fatalf("pod not allowed: %v", resp.Result)
+		}
+		return resp
 	}
 
 	t.Run("injects", func(t *testing.T) {
@@ -142,6 +147,12 @@ func TestHandler(t *testing.T) {
 		}
 		if ok, _ := Decide(applyPatch(t, pod, resp.Patch)); ok {
 			t.Fatal("after the patch the pod would be injected again")
+		}
+	})
+	t.Run("a bad inbound annotation is refused, naming it", func(t *testing.T) {
+		resp := send(t, testPod(map[string]string{InboundPortsAnnotation: "grpc"}))
+		if resp.Allowed || !strings.Contains(resp.Result.Message, InboundPortsAnnotation) {
+			t.Fatalf("allowed %v, message %q; want refused naming %s", resp.Allowed, resp.Result.Message, InboundPortsAnnotation)
 		}
 	})
 	t.Run("opt-out gets no patch", func(t *testing.T) {
@@ -167,4 +178,79 @@ func applyPatch(t *testing.T, pod *corev1.Pod, patch []byte) *corev1.Pod {
 		t.Fatal(err)
 	}
 	return &patched
+}
+
+func TestInboundCapture(t *testing.T) {
+	withPorts := func(ports ...corev1.ContainerPort) func(*corev1.Pod) {
+		return func(p *corev1.Pod) { p.Spec.Containers[0].Ports = ports }
+	}
+	tests := []struct {
+		name    string
+		pod     *corev1.Pod
+		want    InboundCapture
+		wantErr string
+	}{
+		{"no declared ports: none", testPod(nil), InboundCapture{}, ""},
+		{"declared TCP ports, sorted, deduplicated, UDP and the proxy's own left out",
+			testPod(nil, withPorts(
+				corev1.ContainerPort{Name: "http", ContainerPort: 8080},
+				corev1.ContainerPort{Name: "grpc", ContainerPort: 50051, Protocol: corev1.ProtocolTCP},
+				corev1.ContainerPort{Name: "dns", ContainerPort: 53, Protocol: corev1.ProtocolUDP},
+				corev1.ContainerPort{Name: "again", ContainerPort: 8080},
+				corev1.ContainerPort{Name: "clash", ContainerPort: 15021},
+			), func(p *corev1.Pod) {
+				p.Spec.InitContainers[0].Ports = []corev1.ContainerPort{{ContainerPort: 9090}}
+			}),
+			InboundCapture{Ports: "8080,9090,50051"}, ""},
+		{"annotation: all", testPod(map[string]string{InboundPortsAnnotation: "*"}, withPorts(corev1.ContainerPort{ContainerPort: 8080})), InboundCapture{Ports: "*"}, ""},
+		{"annotation: a list replaces the declared ports", testPod(map[string]string{InboundPortsAnnotation: "50051, 9000"}, withPorts(corev1.ContainerPort{ContainerPort: 8080})), InboundCapture{Ports: "50051,9000"}, ""},
+		{"annotation: empty turns capture off", testPod(map[string]string{InboundPortsAnnotation: ""}, withPorts(corev1.ContainerPort{ContainerPort: 8080})), InboundCapture{}, ""},
+		{"exclude", testPod(map[string]string{InboundPortsAnnotation: "*", ExcludeInboundPortsAnnotation: "22,9090"}), InboundCapture{Ports: "*", Exclude: "22,9090"}, ""},
+		{"bad list", testPod(map[string]string{InboundPortsAnnotation: "grpc"}), InboundCapture{}, `annotation ballast.dev/inbound-ports: "grpc" is not a port`},
+		{"proxy's port", testPod(map[string]string{InboundPortsAnnotation: "15006"}), InboundCapture{}, "annotation ballast.dev/inbound-ports: 15006 is one of the proxy's own ports"},
+		{"bad exclude", testPod(map[string]string{ExcludeInboundPortsAnnotation: "70000"}), InboundCapture{}, `annotation ballast.dev/exclude-inbound-ports: "70000" is not a port`},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := Inbound(tc.pod, Config{Image: "ballast"})
+			if tc.wantErr != "" {
+				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
+					t.Fatalf("got %v, want an error containing %q", err, tc.wantErr)
+				}
+				return
+			}
+			if err != nil || got != tc.want {
+				t.Fatalf("got %+v, %v; want %+v", got, err, tc.want)
+			}
+		})
+	}
+}
+
+// TestInjectInbound: a pod serving ports gets the inbound rules and the
+// proxy its inbound listener; one serving none (the client) gets neither.
+func TestInjectInbound(t *testing.T) {
+	server := testPod(map[string]string{ExcludeInboundPortsAnnotation: "9090"}, func(p *corev1.Pod) {
+		p.Spec.Containers[0].Ports = []corev1.ContainerPort{{Name: "grpc", ContainerPort: 50051}}
+	})
+	Inject(server, Config{Image: "ballast:dev", InitArgs: []string{"--include-cidrs=10.96.0.0/12"}})
+	initC, proxyC := server.Spec.InitContainers[0], server.Spec.InitContainers[1]
+	want := []string{"ballast-proxy", "init", "--proxy-port", "15001", "--proxy-uid", "1337",
+		"--inbound-ports", "50051", "--inbound-port", "15006", "--admin-port", "15021",
+		"--exclude-inbound-ports", "9090", "--include-cidrs=10.96.0.0/12"}
+	if got := append(initC.Command, initC.Args...); !slices.Equal(got, want) {
+		t.Errorf("init command line %q, want %q", got, want)
+	}
+	if !slices.Contains(proxyC.Args, "--inbound-address") || !slices.Contains(proxyC.Args, ":15006") {
+		t.Errorf("proxy args %q lack --inbound-address :15006", proxyC.Args)
+	}
+
+	client := testPod(nil)
+	Inject(client, Config{Image: "ballast:dev"})
+	for _, c := range client.Spec.InitContainers[:2] {
+		for _, a := range c.Args {
+			if strings.Contains(a, "inbound") {
+				t.Errorf("%s of a pod serving no port has %q", c.Name, a)
+			}
+		}
+	}
 }

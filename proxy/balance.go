@@ -128,11 +128,27 @@ func (h *host) UpdateAddresses(sc balancer.SubConn, addrs []resolver.Address) {
 }
 
 // UpdateState implements balancer.ClientConn: the new picker places new
-// streams at once, and the streams parked waiting for one.
+// streams at once, and the streams parked waiting for one soon after.
+// Not during this call: a balancer may hold its own lock while it calls
+// UpdateState, and a Pick may take that lock (pickfirst's idle picker
+// asks its balancer to exit idle), which would deadlock. As in grpc-go,
+// picks run outside the balancer's calls: on work, once this one returns.
 func (h *host) UpdateState(st balancer.State) {
 	h.mu.Lock()
 	h.gen++
 	h.picker.Store(&pickerState{p: st.Picker, gen: h.gen})
+	parked := len(h.parked) > 0
+	h.mu.Unlock()
+	if parked {
+		h.work.schedule(h.routeParked)
+	}
+}
+
+// routeParked places the parked streams with the current picker (those it
+// cannot place park again). Streams stay parked until it runs, so a host
+// closed meanwhile fails them.
+func (h *host) routeParked() {
+	h.mu.Lock()
 	parked := h.parked
 	h.parked = nil
 	h.mu.Unlock()
@@ -191,6 +207,10 @@ func (h *host) route(s *stream, b *batch) {
 					st = status.New(codes.Unavailable, err.Error())
 				}
 				s.up.metrics.newStreamErrors.Inc()
+				if s.up.refuseUnplaced {
+					s.refuse(b)
+					return
+				}
 				s.fail(st.Code(), st.Message(), b)
 				return
 			}

@@ -41,6 +41,9 @@ type upstreamMetrics struct {
 	streams         [maxCode + 1]prometheus.Counter
 	inFlight        prometheus.Gauge
 	newStreamErrors prometheus.Counter
+	// duration, if set, observes each call's duration in seconds (inbound
+	// calls only: outbound ones do not pay for reading the clock).
+	duration prometheus.Observer
 }
 
 func (m *metrics) forService(service string) upstreamMetrics {

@@ -68,6 +68,10 @@ type Options struct {
 	// Destinations says which of them are calls to a known Service.
 	Transparent  net.Listener
 	Destinations Destinations
+	// Inbound, if set, accepts connections redirected on their way into
+	// the pod (`ballast proxy init --inbound-ports`): each goes on to the
+	// app at its original destination, its calls counted and drained.
+	Inbound net.Listener
 	// OriginalDst reads where an intercepted connection was going; nil
 	// means SO_ORIGINAL_DST, which only exists for REDIRECTed connections.
 	OriginalDst func(net.Conn) (netip.AddrPort, error)
@@ -117,6 +121,7 @@ type Proxy struct {
 	metrics     *metrics
 	upstreams   *upstreams
 	outbound    []*routedListener
+	inbound     *inbound
 	passthrough *connSet
 
 	ready atomic.Bool
@@ -136,8 +141,8 @@ type routedListener struct {
 
 // New validates opts and builds a Proxy; nothing runs until Serve.
 func New(opts Options) (*Proxy, error) {
-	if len(opts.Outbound) == 0 && opts.Transparent == nil {
-		return nil, errors.New("proxy: no listeners: give an outbound listener or a transparent one")
+	if len(opts.Outbound) == 0 && opts.Transparent == nil && opts.Inbound == nil {
+		return nil, errors.New("proxy: no listeners: give an outbound listener, a transparent one or an inbound one")
 	}
 	if opts.Transparent != nil && opts.Destinations == nil {
 		return nil, errors.New("proxy: transparent listener needs Destinations to map original destinations to Services")
@@ -168,6 +173,9 @@ func New(opts Options) (*Proxy, error) {
 	}
 	if opts.XDS != nil {
 		p.upstreams.xds = newXDSClient(*opts.XDS, p.log)
+	}
+	if opts.Inbound != nil {
+		p.inbound = newInbound(opts.Inbound, p.registry, p.upstreams.maxMessage, p.log)
 	}
 	for _, o := range opts.Outbound {
 		up, err := p.upstreams.get(o.Target)
@@ -206,7 +214,7 @@ func (p *Proxy) AdminHandler() http.Handler {
 // call starts, lets in-flight calls and passthrough connections finish for
 // up to DrainTimeout, closes what is left and returns.
 func (p *Proxy) Serve(ctx context.Context) error {
-	failed := make(chan error, len(p.outbound)+1)
+	failed := make(chan error, len(p.outbound)+2)
 	var serving sync.WaitGroup
 	for _, lis := range p.outbound {
 		serving.Go(func() {
@@ -222,13 +230,20 @@ func (p *Proxy) Serve(ctx context.Context) error {
 			}
 		})
 	}
+	if p.inbound != nil {
+		serving.Go(func() {
+			if err := p.acceptInbound(ctx); err != nil {
+				failed <- err
+			}
+		})
+	}
 	var xdsDone chan struct{}
 	if x := p.upstreams.xds; x != nil {
 		xdsDone = make(chan struct{})
 		go func() { defer close(xdsDone); x.run() }()
 	}
 	p.ready.Store(true)
-	p.log.Debug("serving", "outbound", len(p.outbound), "transparent", p.opts.Transparent != nil)
+	p.log.Debug("serving", "outbound", len(p.outbound), "transparent", p.opts.Transparent != nil, "inbound", p.inbound != nil)
 
 	var err error
 	select {
@@ -239,6 +254,9 @@ func (p *Proxy) Serve(ctx context.Context) error {
 	p.drain(&serving)
 	p.conns.Wait()
 	p.upstreams.close()
+	if p.inbound != nil {
+		p.inbound.upstreams.close()
+	}
 	if xdsDone != nil {
 		p.upstreams.xds.close()
 		<-xdsDone
@@ -306,6 +324,9 @@ func (p *Proxy) drain(serving *sync.WaitGroup) {
 	}
 	if p.opts.Transparent != nil {
 		p.opts.Transparent.Close()
+	}
+	if p.inbound != nil {
+		p.inbound.lis.Close()
 	}
 	serving.Wait()
 	p.downMu.Lock()

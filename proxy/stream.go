@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"strconv"
 	"sync/atomic"
+	"time"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -22,6 +23,9 @@ type stream struct {
 	down leg
 	upl  leg
 	path string
+	// start is when the call began, kept only when its duration is
+	// observed.
+	start time.Time
 	// done reports the call's outcome to the balancer that picked it.
 	done func(balancer.DoneInfo)
 	// open counts legs not yet closed; the stream ends at zero.
@@ -80,6 +84,9 @@ func newStream(up *upstream, path string) *stream {
 	s.down.peer, s.upl.peer = &s.upl, &s.down
 	s.down.recvWindow, s.upl.recvWindow = streamWindow, streamWindow
 	s.open.Store(2)
+	if up.metrics.duration != nil {
+		s.start = time.Now()
+	}
 	return s
 }
 
@@ -114,6 +121,9 @@ func (s *stream) legClosed() {
 	code := codes.Code(s.code.Load())
 	s.up.metrics.inFlight.Dec()
 	s.up.metrics.streams[codeIndex(code)].Inc()
+	if d := s.up.metrics.duration; d != nil {
+		d.Observe(time.Since(s.start).Seconds())
+	}
 	if s.done != nil {
 		di := balancer.DoneInfo{BytesSent: true, BytesReceived: true}
 		if code != codes.OK {

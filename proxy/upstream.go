@@ -37,6 +37,9 @@ type upstream struct {
 	maxMessage uint32
 	// stopResolver stops what feeds host endpoints.
 	stopResolver func()
+	// refuseUnplaced answers a call that cannot be placed with
+	// REFUSED_STREAM instead of a status (see stream.refuse).
+	refuseUnplaced bool
 }
 
 // upstreams holds one upstream per target, created on first use and kept
@@ -48,6 +51,11 @@ type upstreams struct {
 	metrics    *metrics
 	maxMessage uint32
 	log        *slog.Logger
+	// forService, if set, makes an upstream's metrics instead of
+	// metrics.forService (the inbound side has its own series).
+	forService func(service string) upstreamMetrics
+	// refuseUnplaced is given to every upstream.
+	refuseUnplaced bool
 
 	mu     sync.Mutex
 	byName map[string]*upstream
@@ -66,12 +74,18 @@ func (u *upstreams) get(target string) (*upstream, error) {
 		return nil, fmt.Errorf("upstream %s: proxy is stopping", target)
 	}
 	service := serviceLabel(target)
+	forService := u.forService
+	if forService == nil {
+		forService = u.metrics.forService
+	}
 	up := &upstream{
 		target:     target,
 		service:    service,
 		host:       newHost(target, u.log),
-		metrics:    u.metrics.forService(service),
+		metrics:    forService(service),
 		maxMessage: u.maxMessage,
+
+		refuseUnplaced: u.refuseUnplaced,
 	}
 	stop, err := u.resolve(target, up.host)
 	if err != nil {

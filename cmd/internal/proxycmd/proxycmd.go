@@ -33,6 +33,7 @@ import (
 // proxyConfig is `ballast proxy`'s flags, validated into one value.
 type proxyConfig struct {
 	transparent  string
+	inbound      string
 	outbound     []string
 	services     []string
 	xdsAddress   string
@@ -92,8 +93,14 @@ the address and sends every call to the target (name.namespace:port means
 xds:///name.namespace:port; any other grpc target, like dns:///host:port,
 is used as is).
 
-On SIGTERM it stops taking new calls (GOAWAY), lets in-flight calls finish
-for up to --drain-timeout, then exits.`,
+Inbound (--inbound-address, fed by 'ballast proxy init --inbound-ports'):
+connections coming into the pod go on to the app at their original
+destination; its calls are counted (ballast_proxy_inbound_* metrics) and
+drained on shutdown. Anything but cleartext HTTP/2 passes through.
+
+On SIGTERM it stops taking new calls (GOAWAY, on inbound connections too,
+so callers move to other pods), lets in-flight calls finish for up to
+--drain-timeout, then exits.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			return runProxy(cmd.Context(), c, sources)
@@ -101,6 +108,7 @@ for up to --drain-timeout, then exits.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&c.transparent, "transparent-address", "", "address of the transparent listener (default 127.0.0.1:15001 when no --outbound is given)")
+	f.StringVar(&c.inbound, "inbound-address", "", "address of the inbound listener, for connections 'ballast proxy init --inbound-ports' redirects into the pod (say :15006); empty: none")
 	f.StringArrayVar(&c.outbound, "outbound", nil, "explicit listener ADDR=TARGET (repeatable)")
 	f.StringArrayVar(&c.services, "service", nil, "transparent mode: a Service's CLUSTERIP:PORT=name.namespace:port (repeatable)")
 	f.StringVar(&c.xdsAddress, "xds-address", "", "control plane host:port that resolves xds:/// targets (name.namespace:port); without it, the one in $GRPC_XDS_BOOTSTRAP(_CONFIG)")
@@ -200,6 +208,13 @@ func runProxy(ctx context.Context, c proxyConfig, sources []Source) error {
 			return err
 		}
 		opts.Transparent = l
+	}
+	if c.inbound != "" {
+		l, err := listen("--inbound-address", c.inbound)
+		if err != nil {
+			return err
+		}
+		opts.Inbound = l
 	}
 	adminLis, err := listen("--admin-address", c.admin)
 	if err != nil {
@@ -309,13 +324,36 @@ func newInitCmd() *cobra.Command {
 		c                          iptables.Config
 		includeCIDRs, excludeCIDRs []string
 		includePorts, excludePorts []string
+		inboundPorts               string
+		excludeInbound             []string
+		remove                     bool
 	)
 	cmd := &cobra.Command{
 		Use:   "init",
-		Short: "Install the iptables rules that redirect the pod's outbound TCP to the proxy (init container)",
-		Args:  cobra.NoArgs,
+		Short: "Install the iptables rules that redirect the pod's TCP to the proxy (init container)",
+		Long: `Installs, in the pod's network namespace, the nat rules that redirect the
+app's outbound TCP to the proxy's transparent listener (--proxy-port),
+except the proxy's own connections (--proxy-uid) and loopback.
+
+With --inbound-ports, connections coming into the pod on the app's ports
+(a list, or * for every port) are redirected to the proxy's inbound
+listener (--inbound-port), which forwards them to the app and counts and
+drains its calls. The proxy's own ports and --exclude-inbound-ports are
+never captured.
+
+Applying again rewrites the rules in place; --remove deletes them all.`,
+		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
+			if remove {
+				return iptables.Remove(cmd.Context(), c.IPv6, nil)
+			}
 			var err error
+			if c.InboundAll, c.InboundPorts, err = parseInboundPorts(inboundPorts); err != nil {
+				return err
+			}
+			if c.ExcludeInboundPorts, err = parsePorts("--exclude-inbound-ports", excludeInbound); err != nil {
+				return err
+			}
 			if c.IncludePorts, err = parsePorts("--include-ports", includePorts); err != nil {
 				return err
 			}
@@ -339,7 +377,25 @@ func newInitCmd() *cobra.Command {
 	f.StringSliceVar(&includeCIDRs, "include-cidrs", nil, "redirect only these destinations, e.g. the Service CIDR (default all)")
 	f.StringSliceVar(&excludeCIDRs, "exclude-cidrs", nil, "never redirect these destinations")
 	f.BoolVar(&c.IPv6, "ipv6", false, "also install the rules with ip6tables")
+	f.StringVar(&inboundPorts, "inbound-ports", "", "capture incoming connections to these app ports (comma-separated, or * for all); empty captures none")
+	f.StringSliceVar(&excludeInbound, "exclude-inbound-ports", nil, "never capture incoming connections to these ports")
+	f.IntVar(&c.InboundPort, "inbound-port", 15006, "the proxy's inbound listener port")
+	f.IntVar(&c.AdminPort, "admin-port", 15021, "the proxy's admin port (readiness, metrics), never captured inbound; 0 for none")
+	f.BoolVar(&remove, "remove", false, "delete every rule and chain init installs, and exit")
 	return cmd
+}
+
+// parseInboundPorts reads --inbound-ports: "*" for every port, or a list.
+func parseInboundPorts(s string) (all bool, ports []int, err error) {
+	s = strings.TrimSpace(s)
+	if s == "*" {
+		return true, nil, nil
+	}
+	if s == "" {
+		return false, nil, nil
+	}
+	ports, err = parsePorts("--inbound-ports", strings.Split(s, ","))
+	return false, ports, err
 }
 
 func parsePorts(flag string, ss []string) ([]int, error) {

@@ -46,3 +46,32 @@ func TestParseInitFlags(t *testing.T) {
 }
 
 func second[T any](_ T, err error) error { return err }
+
+func TestParseInboundPorts(t *testing.T) {
+	tests := []struct {
+		in      string
+		all     bool
+		ports   []int
+		wantErr bool
+	}{
+		{"", false, nil, false},
+		{"*", true, nil, false},
+		{" * ", true, nil, false},
+		{"50051,8080", false, []int{50051, 8080}, false},
+		{"50051, 8080", false, []int{50051, 8080}, false},
+		{"50051,*", false, nil, true},
+		{"grpc", false, nil, true},
+	}
+	for _, tc := range tests {
+		all, ports, err := parseInboundPorts(tc.in)
+		if tc.wantErr {
+			if err == nil || !strings.HasPrefix(err.Error(), "--inbound-ports") {
+				t.Errorf("parseInboundPorts(%q) = %v, want an error naming --inbound-ports", tc.in, err)
+			}
+			continue
+		}
+		if err != nil || all != tc.all || !slices.Equal(ports, tc.ports) {
+			t.Errorf("parseInboundPorts(%q) = %v, %v, %v; want %v, %v", tc.in, all, ports, err, tc.all, tc.ports)
+		}
+	}
+}
