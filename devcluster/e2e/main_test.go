@@ -59,7 +59,7 @@ func runTests(m *testing.M) int {
 	}{
 		{bin, "github.com/ballast-dev/ballast/cmd/ballast", nil},
 		// Static and without x/net/trace, as the sidecar image holds it
-		// (see proxyBuildTags in cmd/ballast).
+		// (see slimBuildTags in cmd/ballast).
 		{proxyBin, "github.com/ballast-dev/ballast/cmd/ballast-proxy", []string{"CGO_ENABLED=0"}},
 	} {
 		build := exec.CommandContext(ctx, "go", "build", "-tags", "grpcnotrace", "-o", b.out, b.pkg)

@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 
 	"github.com/go-logr/logr"
@@ -24,9 +25,8 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
@@ -47,20 +47,21 @@ type Options struct {
 // cluster. The informers never resync: the worker is level-triggered and the
 // watch delivers every change, so a periodic replay would only cost CPU.
 type Source struct {
-	client kubernetes.Interface
+	cfg    *rest.Config
 	reg    *discovery.Registry
 	opts   Options
 	log    *slog.Logger
 	synced atomic.Bool
 }
 
-// New returns a Source that writes to reg once Run is called.
-func New(client kubernetes.Interface, reg *discovery.Registry, opts Options) *Source {
+// New returns a Source that reads the cluster cfg points at and writes to
+// reg once Run is called.
+func New(cfg *rest.Config, reg *discovery.Registry, opts Options) *Source {
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Source{client: client, reg: reg, opts: opts, log: log.With("component", "discovery/kube")}
+	return &Source{cfg: cfg, reg: reg, opts: opts, log: log.With("component", "discovery/kube")}
 }
 
 // HasSynced reports whether the informer caches have been filled and every
@@ -74,14 +75,18 @@ const byService = "service"
 // Run watches the cluster and updates the registry until ctx is done. It
 // returns nil when ctx ends and an error only when it cannot start.
 func (s *Source) Run(ctx context.Context) error {
+	c, err := newClient(s.cfg)
+	if err != nil {
+		return err
+	}
+	// The informers' goroutines: waited for after cancel, deferred next,
+	// has told them to stop.
+	var running sync.WaitGroup
+	defer running.Wait()
 	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	// client-go logs through klog; route its contextual logger to ours.
 	ctx = klog.NewContext(ctx, logr.FromSlogHandler(s.log.Handler()))
-
-	factory := informers.NewSharedInformerFactoryWithOptions(s.client, 0,
-		informers.WithNamespace(s.opts.Namespace), informers.WithTransform(trim))
-	defer factory.Shutdown() // runs after cancel: waits for the informers to stop.
-	defer cancel()
 
 	queue := workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.DefaultTypedControllerRateLimiter[discovery.Key](),
@@ -91,9 +96,16 @@ func (s *Source) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, queue.ShutDown)
 	defer stop()
 
-	services := factory.Core().V1().Services()
-	slices := factory.Discovery().V1().EndpointSlices()
-	svcInformer, sliceInformer := services.TypedInformer(), slices.TypedInformer()
+	svcs, err := c.informer(&corev1.Service{}, c.core, "services", s.opts.Namespace)
+	if err != nil {
+		return err
+	}
+	slices, err := c.informer(&discoveryv1.EndpointSlice{}, c.discovery, "endpointslices", s.opts.Namespace)
+	if err != nil {
+		return err
+	}
+	svcInformer := cache.NewTypedSharedIndexInformer[*corev1.Service](svcs)
+	sliceInformer := cache.NewTypedSharedIndexInformer[*discoveryv1.EndpointSlice](slices)
 	if err := sliceInformer.AddTypedIndexers(cache.TypedIndexers[*discoveryv1.EndpointSlice]{
 		byService: func(es *discoveryv1.EndpointSlice) ([]string, error) {
 			if k, ok := serviceOf(es); ok {
@@ -121,7 +133,7 @@ func (s *Source) Run(ctx context.Context) error {
 			queue.Add(k)
 		}
 	}
-	svcLister := services.Lister()
+	svcLister := corelisters.NewServiceLister(svcInformer.GetIndexer())
 	sliceHandler, err := sliceInformer.AddTypedEventHandler(cache.TypedResourceEventHandlerFuncs[*discoveryv1.EndpointSlice]{
 		AddFunc: enqueueSlice,
 		UpdateFunc: func(old, es *discoveryv1.EndpointSlice) {
@@ -161,7 +173,8 @@ func (s *Source) Run(ctx context.Context) error {
 		}
 	}
 
-	factory.StartWithContext(ctx)
+	running.Go(func() { svcInformer.RunWithContext(ctx) })
+	running.Go(func() { sliceInformer.RunWithContext(ctx) })
 	if !cache.WaitFor(ctx, "", svcHandler.HasSyncedChecker(), sliceHandler.HasSyncedChecker()) {
 		return nil // ctx ended before the caches filled.
 	}
