@@ -301,16 +301,22 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 			s.served[k] = next
 		}
 	}
-	s.changesMu.Lock()
-	for _, t := range cacheKeys {
-		for name := range toUpdate[t] {
-			s.changes[changeKey(cacheType(t), name)] = noticed
+	// The first pass fills empty caches: no client can have an older
+	// version of anything yet, so there is no push latency to time, and
+	// remembering when every resource of the cluster was first seen would
+	// only hold memory (a map entry per resource).
+	if s.started.Load() {
+		s.changesMu.Lock()
+		for _, t := range cacheKeys {
+			for name := range toUpdate[t] {
+				s.changes[changeKey(cacheType(t), name)] = noticed
+			}
+			for _, name := range toDelete[t] {
+				delete(s.changes, changeKey(cacheType(t), name))
+			}
 		}
-		for _, name := range toDelete[t] {
-			delete(s.changes, changeKey(cacheType(t), name))
-		}
+		s.changesMu.Unlock()
 	}
-	s.changesMu.Unlock()
 	for _, t := range cacheKeys {
 		if len(toUpdate[t]) == 0 && len(toDelete[t]) == 0 {
 			continue

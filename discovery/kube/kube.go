@@ -16,6 +16,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
 	"sync"
 	"sync/atomic"
 
@@ -23,7 +24,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/rest"
@@ -247,16 +248,63 @@ func serviceOf(es *discoveryv1.EndpointSlice) (discovery.Key, bool) {
 	return keyOf(es.Namespace, name), name != ""
 }
 
-// trim drops what discovery never reads from the objects the informers
-// keep: managedFields and kubectl's last-applied copy of the object, often
-// most of a small object's size. The caches hold every Service and
-// EndpointSlice of the cluster, so this is most of their memory.
+// trim keeps, of the objects the informers hold, only what discovery
+// reads (see discovery.Build) and what the informers key them by. The
+// caches hold every Service and EndpointSlice of the cluster for the life
+// of the process, so what is dropped here (managedFields, kubectl's
+// last-applied copy, annotations other than ballast.dev/ ones, owner
+// references, Service status and selectors, each
+// endpoint's hints, hostname and full pod reference) is most of their
+// memory. It is idempotent, as client-go requires of a transform.
 func trim(obj any) (any, error) {
-	if m, err := meta.Accessor(obj); err == nil {
-		m.SetManagedFields(nil)
-		if a := m.GetAnnotations(); a != nil {
-			delete(a, corev1.LastAppliedConfigAnnotation)
-		}
+	switch o := obj.(type) {
+	case *corev1.Service:
+		return trimService(o), nil
+	case *discoveryv1.EndpointSlice:
+		return trimSlice(o), nil
 	}
 	return obj, nil
+}
+
+func trimService(svc *corev1.Service) *corev1.Service {
+	out := &corev1.Service{ObjectMeta: trimMeta(svc.ObjectMeta)}
+	for k, v := range svc.Annotations {
+		if strings.HasPrefix(k, discovery.AnnotationPrefix) {
+			if out.Annotations == nil {
+				out.Annotations = map[string]string{}
+			}
+			out.Annotations[k] = v
+		}
+	}
+	out.Spec.ClusterIP, out.Spec.ClusterIPs = svc.Spec.ClusterIP, svc.Spec.ClusterIPs
+	if len(svc.Spec.Ports) > 0 {
+		out.Spec.Ports = make([]corev1.ServicePort, len(svc.Spec.Ports))
+		for i, p := range svc.Spec.Ports {
+			out.Spec.Ports[i] = corev1.ServicePort{Name: p.Name, Protocol: p.Protocol, Port: p.Port}
+		}
+	}
+	return out
+}
+
+func trimSlice(es *discoveryv1.EndpointSlice) *discoveryv1.EndpointSlice {
+	out := &discoveryv1.EndpointSlice{ObjectMeta: trimMeta(es.ObjectMeta), AddressType: es.AddressType, Ports: es.Ports}
+	if name, ok := es.Labels[discoveryv1.LabelServiceName]; ok {
+		out.Labels = map[string]string{discoveryv1.LabelServiceName: name}
+	}
+	if len(es.Endpoints) > 0 {
+		out.Endpoints = make([]discoveryv1.Endpoint, len(es.Endpoints))
+		for i, ep := range es.Endpoints {
+			e := discoveryv1.Endpoint{Addresses: ep.Addresses, Conditions: ep.Conditions, NodeName: ep.NodeName, Zone: ep.Zone}
+			if r := ep.TargetRef; r != nil {
+				e.TargetRef = &corev1.ObjectReference{Kind: r.Kind, Name: r.Name}
+			}
+			out.Endpoints[i] = e
+		}
+	}
+	return out
+}
+
+// trimMeta keeps what identifies an object to the informer's store.
+func trimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion}
 }
