@@ -140,8 +140,30 @@ type Server struct {
 	ready   atomic.Bool // the caches hold everything discovery listed at sync
 }
 
-// serviceResources are one Service's resources by cache (cacheKeys), then name.
-type serviceResources map[string]map[string]types.Resource
+// servedResource is one resource of a Service, with the cache it is in.
+type servedResource struct {
+	cache, name string
+	res         types.Resource
+}
+
+// serviceResources are one Service's resources, sorted by cache then name.
+// A sorted slice rather than a map per type: the server keeps this for
+// every Service of the cluster, and a few small maps per Service would
+// take more memory than the handful of entries they hold.
+type serviceResources []servedResource
+
+func compareServed(a, b servedResource) int {
+	return cmp.Or(cmp.Compare(a.cache, b.cache), cmp.Compare(a.name, b.name))
+}
+
+// get finds the resource of a cache with a name.
+func (rs serviceResources) get(cache, name string) (types.Resource, bool) {
+	i, ok := slices.BinarySearchFunc(rs, servedResource{cache: cache, name: name}, compareServed)
+	if !ok {
+		return nil, false
+	}
+	return rs[i].res, true
+}
 
 // servedService is a Service's last good translation and the shape it was
 // made from.
@@ -270,7 +292,7 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 	}
 	for _, k := range keys {
 		prev := s.served[k]
-		next := servedService{resources: serviceResources{}}
+		var next servedService
 		if svc, ok := s.cfg.Registry.Get(k); ok {
 			res, err := s.translate(svc, prev)
 			if err != nil {
@@ -280,19 +302,17 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 			}
 			next = res
 		}
-		for _, t := range cacheKeys {
-			for name, r := range next.resources[t] {
-				// A resource kept from the last translation is the same
-				// pointer: no need to compare its content.
-				if old, ok := prev.resources[t][name]; ok && (old == r || proto.Equal(old, r)) {
-					continue
-				}
-				toUpdate[t][name] = r
+		for _, r := range next.resources {
+			// A resource kept from the last translation is the same
+			// pointer: no need to compare its content.
+			if old, ok := prev.resources.get(r.cache, r.name); ok && (old == r.res || proto.Equal(old, r.res)) {
+				continue
 			}
-			for name := range prev.resources[t] {
-				if _, ok := next.resources[t][name]; !ok {
-					toDelete[t] = append(toDelete[t], name)
-				}
+			toUpdate[r.cache][r.name] = r.res
+		}
+		for _, r := range prev.resources {
+			if _, ok := next.resources.get(r.cache, r.name); !ok {
+				toDelete[r.cache] = append(toDelete[r.cache], r.name)
 			}
 		}
 		if len(next.resources) == 0 {
@@ -336,23 +356,21 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 // cost before it can be pushed.
 func (s *Server) translate(svc *discovery.Service, prev servedService) (servedService, error) {
 	sh := shapeOf(svc)
-	if prev.resources != nil && prev.shape == sh {
+	if len(prev.resources) > 0 && prev.shape == sh {
 		endpoints, err := translateEndpoints(svc, s.cfg.Translate)
 		if err != nil {
 			return servedService{}, err
 		}
-		next := serviceResources{}
-		for _, t := range []string{resourcev3.ListenerType, resourcev3.RouteType, resourcev3.ClusterType, sidecarListenerCache} {
-			if len(prev.resources[t]) > 0 {
-				next[t] = prev.resources[t]
+		next := make(serviceResources, 0, len(prev.resources))
+		for _, r := range prev.resources {
+			if r.cache != resourcev3.EndpointType {
+				next = append(next, r)
 			}
 		}
 		for _, e := range endpoints {
-			if next[resourcev3.EndpointType] == nil {
-				next[resourcev3.EndpointType] = map[string]types.Resource{}
-			}
-			next[resourcev3.EndpointType][e.ClusterName] = e
+			next = append(next, servedResource{resourcev3.EndpointType, e.ClusterName, e})
 		}
+		slices.SortFunc(next, compareServed)
 		return servedService{shape: sh, resources: next}, nil
 	}
 	res, err := TranslateService(svc, s.cfg.Translate)
@@ -373,28 +391,25 @@ func (s *Server) changedAt(typeURL, name string) (time.Time, bool) {
 }
 
 func byType(r Resources) serviceResources {
-	out := serviceResources{}
-	add := func(t, name string, res types.Resource) {
-		if out[t] == nil {
-			out[t] = map[string]types.Resource{}
-		}
-		out[t][name] = res
-	}
+	out := make(serviceResources, 0, len(r.Listeners)+len(r.SidecarListeners)+len(r.Routes)+len(r.Clusters)+len(r.Endpoints))
 	for _, l := range r.Listeners {
-		add(resourcev3.ListenerType, l.Name, l)
+		out = append(out, servedResource{resourcev3.ListenerType, l.Name, l})
 	}
 	for _, l := range r.SidecarListeners {
-		add(sidecarListenerCache, l.Name, l)
+		out = append(out, servedResource{sidecarListenerCache, l.Name, l})
 	}
 	for _, rc := range r.Routes {
-		add(resourcev3.RouteType, rc.Name, rc)
+		out = append(out, servedResource{resourcev3.RouteType, rc.Name, rc})
 	}
 	for _, c := range r.Clusters {
-		add(resourcev3.ClusterType, c.Name, c)
+		out = append(out, servedResource{resourcev3.ClusterType, c.Name, c})
 	}
 	for _, e := range r.Endpoints {
-		add(resourcev3.EndpointType, e.ClusterName, e)
+		out = append(out, servedResource{resourcev3.EndpointType, e.ClusterName, e})
 	}
+	// Translation names every resource of a type differently; were two
+	// alike, get would find one of them, as a map would have kept one.
+	slices.SortFunc(out, compareServed)
 	return out
 }
 
