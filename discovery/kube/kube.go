@@ -266,42 +266,52 @@ func trim(obj any) (any, error) {
 	return obj, nil
 }
 
+// trimService and trimSlice trim in place: the object is the one the
+// informer just decoded, and a trimmed copy would double what each decode
+// allocates.
 func trimService(svc *corev1.Service) *corev1.Service {
-	out := &corev1.Service{ObjectMeta: trimMeta(svc.ObjectMeta)}
-	for k, v := range svc.Annotations {
-		if strings.HasPrefix(k, discovery.AnnotationPrefix) {
-			if out.Annotations == nil {
-				out.Annotations = map[string]string{}
+	annotations := svc.Annotations
+	for k := range annotations {
+		if !strings.HasPrefix(k, discovery.AnnotationPrefix) {
+			annotations = nil
+			for k, v := range svc.Annotations {
+				if strings.HasPrefix(k, discovery.AnnotationPrefix) {
+					if annotations == nil {
+						annotations = map[string]string{}
+					}
+					annotations[k] = v
+				}
 			}
-			out.Annotations[k] = v
+			break
 		}
 	}
-	out.Spec.ClusterIP, out.Spec.ClusterIPs = svc.Spec.ClusterIP, svc.Spec.ClusterIPs
-	if len(svc.Spec.Ports) > 0 {
-		out.Spec.Ports = make([]corev1.ServicePort, len(svc.Spec.Ports))
-		for i, p := range svc.Spec.Ports {
-			out.Spec.Ports[i] = corev1.ServicePort{Name: p.Name, Protocol: p.Protocol, Port: p.Port}
-		}
+	svc.ObjectMeta = trimMeta(svc.ObjectMeta)
+	svc.Annotations = annotations
+	ports := svc.Spec.Ports
+	for i, p := range ports {
+		ports[i] = corev1.ServicePort{Name: p.Name, Protocol: p.Protocol, Port: p.Port}
 	}
-	return out
+	svc.Spec = corev1.ServiceSpec{ClusterIP: svc.Spec.ClusterIP, ClusterIPs: svc.Spec.ClusterIPs, Ports: ports}
+	svc.Status = corev1.ServiceStatus{}
+	return svc
 }
 
 func trimSlice(es *discoveryv1.EndpointSlice) *discoveryv1.EndpointSlice {
-	out := &discoveryv1.EndpointSlice{ObjectMeta: trimMeta(es.ObjectMeta), AddressType: es.AddressType, Ports: es.Ports}
-	if name, ok := es.Labels[discoveryv1.LabelServiceName]; ok {
-		out.Labels = map[string]string{discoveryv1.LabelServiceName: name}
+	labels := es.Labels
+	if name, ok := labels[discoveryv1.LabelServiceName]; !ok {
+		labels = nil
+	} else if len(labels) > 1 {
+		labels = map[string]string{discoveryv1.LabelServiceName: name}
 	}
-	if len(es.Endpoints) > 0 {
-		out.Endpoints = make([]discoveryv1.Endpoint, len(es.Endpoints))
-		for i, ep := range es.Endpoints {
-			e := discoveryv1.Endpoint{Addresses: ep.Addresses, Conditions: ep.Conditions, NodeName: ep.NodeName, Zone: ep.Zone}
-			if r := ep.TargetRef; r != nil {
-				e.TargetRef = &corev1.ObjectReference{Kind: r.Kind, Name: r.Name}
-			}
-			out.Endpoints[i] = e
+	es.ObjectMeta = trimMeta(es.ObjectMeta)
+	es.Labels = labels
+	for i, ep := range es.Endpoints {
+		if r := ep.TargetRef; r != nil {
+			*r = corev1.ObjectReference{Kind: r.Kind, Name: r.Name}
 		}
+		es.Endpoints[i] = discoveryv1.Endpoint{Addresses: ep.Addresses, Conditions: ep.Conditions, NodeName: ep.NodeName, Zone: ep.Zone, TargetRef: ep.TargetRef}
 	}
-	return out
+	return es
 }
 
 // trimMeta keeps what identifies an object to the informer's store.
