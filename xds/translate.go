@@ -192,23 +192,23 @@ func TranslateService(svc *discovery.Service, opts Options) (Resources, error) {
 		}
 		names := DialNames(svc.Key, port.Port, opts)
 		canonical := names[len(names)-1]
+		// Every listener of the port, one per dial name and one per
+		// ClusterIP, holds the same connection manager: one message, made
+		// and validated once, shared (resources are never modified once
+		// built). Its stat prefix is the canonical name, so an Envoy
+		// counts every alias of the port together.
+		hcm, err := connectionManager(canonical, canonical)
+		if err != nil {
+			return Resources{}, fmt.Errorf("service %s: listener %s: %w", svc.Key, canonical, err)
+		}
 		for _, n := range names {
-			l, err := apiListener(n, canonical)
-			if err != nil {
-				return Resources{}, fmt.Errorf("service %s: listener %s: %w", svc.Key, n, err)
-			}
-			out.Listeners = append(out.Listeners, l)
+			out.Listeners = append(out.Listeners, apiListener(n, hcm))
 		}
 		for _, ip := range svc.ClusterIPs {
 			if !ip.IsValid() || ip.IsUnspecified() {
 				continue // headless: nothing to intercept
 			}
-			addr := netip.AddrPortFrom(ip.Unmap(), uint16(port.Port))
-			l, err := sidecarListener(addr, canonical)
-			if err != nil {
-				return Resources{}, fmt.Errorf("service %s: sidecar listener %s: %w", svc.Key, addr, err)
-			}
-			out.SidecarListeners = append(out.SidecarListeners, l)
+			out.SidecarListeners = append(out.SidecarListeners, sidecar.Listener(netip.AddrPortFrom(ip.Unmap(), uint16(port.Port)), hcm))
 		}
 		out.Routes = append(out.Routes, routeConfiguration(canonical, names))
 		out.Clusters = append(out.Clusters, edsCluster(canonical, lbPolicy))
@@ -285,25 +285,13 @@ var adsSource = &corev3.ConfigSource{
 // routerFilter is the terminal HTTP filter gRPC's xDS client requires.
 var routerFilter = mustAny(&routerv3.Router{})
 
-func apiListener(name, route string) (*listenerv3.Listener, error) {
-	hcm, err := connectionManager(name, route)
-	if err != nil {
-		return nil, err
-	}
+// apiListener is the listener gRPC's xDS client asks for when it dials
+// name; hcm is the port's connection manager.
+func apiListener(name string, hcm *anypb.Any) *listenerv3.Listener {
 	return &listenerv3.Listener{
 		Name:        name,
 		ApiListener: &listenerv3.ApiListener{ApiListener: hcm},
-	}, nil
-}
-
-// sidecarListener is a Service port's ClusterIP:port as Envoy would listen
-// on it; route names the port's RouteConfiguration.
-func sidecarListener(addr netip.AddrPort, route string) (*listenerv3.Listener, error) {
-	hcm, err := connectionManager(addr.String(), route)
-	if err != nil {
-		return nil, err
 	}
-	return sidecar.Listener(addr, hcm), nil
 }
 
 // connectionManager is the HttpConnectionManager of every listener: RDS
