@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/ballast-dev/ballast/discovery"
 )
@@ -368,7 +369,11 @@ func (s *Server) translate(svc *discovery.Service, prev servedService) (servedSe
 			}
 		}
 		for _, e := range endpoints {
-			next = append(next, servedResource{resourcev3.EndpointType, e.ClusterName, e})
+			p, err := pack(e)
+			if err != nil {
+				return servedService{}, fmt.Errorf("service %s: endpoints %s: %w", svc.Key, e.ClusterName, err)
+			}
+			next = append(next, servedResource{resourcev3.EndpointType, e.ClusterName, p})
 		}
 		slices.SortFunc(next, compareServed)
 		return servedService{shape: sh, resources: next}, nil
@@ -377,7 +382,42 @@ func (s *Server) translate(svc *discovery.Service, prev servedService) (servedSe
 	if err != nil {
 		return servedService{}, err
 	}
-	return servedService{shape: sh, resources: byType(res)}, nil
+	packed, err := packAll(byType(res))
+	if err != nil {
+		return servedService{}, fmt.Errorf("service %s: %w", svc.Key, err)
+	}
+	return servedService{shape: sh, resources: packed}, nil
+}
+
+// pack turns a resource into what the caches hold: its wire encoding
+// (deterministic, so equal content is equal bytes), carried as the unknown
+// fields of a message that has no fields of its own. Such a message
+// marshals to exactly those bytes, which go-control-plane sends in an Any
+// of the cache's type, so clients receive the resource unchanged. The
+// server holds every resource of the cluster for as long as it runs, and
+// the encoding takes a tenth of the memory of the message tree (a
+// ClusterLoadAssignment's endpoints are eight allocations each); the tree
+// is built, validated and dropped.
+func pack(r types.Resource) (types.Resource, error) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("marshal: %w", err)
+	}
+	p := &emptypb.Empty{}
+	p.ProtoReflect().SetUnknown(b)
+	return p, nil
+}
+
+// packAll packs rs in place.
+func packAll(rs serviceResources) (serviceResources, error) {
+	for i, r := range rs {
+		p, err := pack(r.res)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", typeName(r.cache), r.name, err)
+		}
+		rs[i].res = p
+	}
+	return rs, nil
 }
 
 func changeKey(typeURL, name string) string { return typeURL + "\x00" + name }

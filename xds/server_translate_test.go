@@ -71,7 +71,10 @@ func TestServerTranslateKeepsShape(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			wantByType := byType(want)
+			wantByType, err := packAll(byType(want))
+			if err != nil {
+				t.Fatal(err)
+			}
 			if len(got.resources) != len(wantByType) {
 				t.Fatalf("%d resources, want %d", len(got.resources), len(wantByType))
 			}
