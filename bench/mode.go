@@ -4,19 +4,20 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"maps"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
-	"slices"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/xds" // the xds:/// resolver and xDS balancers, for the proxyless rows
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
+	"github.com/ballast-dev/ballast/discovery/files"
 	ballastxds "github.com/ballast-dev/ballast/xds"
 )
 
@@ -156,7 +157,11 @@ func (b *Bench) startControl(ctx context.Context, pods []*Pod, policy string) (*
 	if err != nil {
 		return nil, err
 	}
-	if err := os.WriteFile(filepath.Join(dir, "greeter.yaml"), []byte(serviceManifest(pods)), 0o644); err != nil {
+	manifest, err := serviceManifest(pods)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, "greeter.yaml"), manifest, 0o644); err != nil {
 		return nil, err
 	}
 	var lastErr error
@@ -232,46 +237,18 @@ func waitHTTP(ctx context.Context, url string, proc *process, wait time.Duration
 }
 
 // serviceManifest is the pods as the Service greeter.bench and the
-// EndpointSlices the endpoint slice controller would write, one per target
-// port (a slice's ports apply to all of its endpoints).
-func serviceManifest(pods []*Pod) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, `apiVersion: v1
-kind: Service
-metadata:
-  name: %[1]s
-  namespace: %[2]s
-spec:
-  clusterIP: 127.0.0.10
-  ports:
-  - name: grpc
-    port: %[3]d
-    targetPort: grpc
-`, benchService, benchNamespace, benchPort)
-	byPort := map[uint16][]*Pod{}
-	for _, p := range pods {
-		byPort[p.Addr.Port()] = append(byPort[p.Addr.Port()], p)
+// EndpointSlices the endpoint slice controller would write.
+func serviceManifest(pods []*Pod) ([]byte, error) {
+	service := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: benchService, Namespace: benchNamespace},
+		Spec: corev1.ServiceSpec{
+			ClusterIP: "127.0.0.10",
+			Ports:     []corev1.ServicePort{{Name: "grpc", Port: benchPort, TargetPort: intstr.FromString("grpc")}},
+		},
 	}
-	for _, port := range slices.Sorted(maps.Keys(byPort)) {
-		fmt.Fprintf(&b, `---
-apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: %[1]s-%[3]d
-  namespace: %[2]s
-  labels:
-    kubernetes.io/service-name: %[1]s
-addressType: IPv4
-ports:
-- name: grpc
-  port: %[3]d
-  protocol: TCP
-endpoints:
-`, benchService, benchNamespace, port)
-		for _, p := range byPort[port] {
-			fmt.Fprintf(&b, "- addresses: [%q]\n  conditions: {ready: true, serving: true, terminating: false}\n  targetRef: {kind: Pod, namespace: %s, name: %s}\n",
-				p.Addr.Addr().String(), benchNamespace, p.Name)
-		}
+	eps := make([]files.Pod, len(pods))
+	for i, p := range pods {
+		eps[i] = files.Pod{Name: p.Name, Addr: p.Addr}
 	}
-	return b.String()
+	return files.Manifest(service, "grpc", eps)
 }

@@ -20,17 +20,21 @@ func TestServiceManifestLoads(t *testing.T) {
 		{Name: "pod-b", Addr: netip.MustParseAddrPort("127.0.0.21:40002")},
 		{Name: "pod-slow", Addr: netip.MustParseAddrPort("127.0.0.22:40001")},
 	}
+	manifest, err := serviceManifest(pods)
+	if err != nil {
+		t.Fatal(err)
+	}
 	dir := t.TempDir()
-	if err := os.WriteFile(filepath.Join(dir, "greeter.yaml"), []byte(serviceManifest(pods)), 0o644); err != nil {
+	if err := os.WriteFile(filepath.Join(dir, "greeter.yaml"), manifest, 0o644); err != nil {
 		t.Fatal(err)
 	}
 	reg := discovery.NewRegistry()
 	if err := files.New(dir, reg, files.Options{}).Load(); err != nil {
-		t.Fatalf("load:\n%s\n%v", serviceManifest(pods), err)
+		t.Fatalf("load:\n%s\n%v", manifest, err)
 	}
 	svc, ok := reg.Get(discovery.Key{Namespace: benchNamespace, Name: benchService})
 	if !ok {
-		t.Fatalf("no Service %s.%s in the registry after loading:\n%s", benchService, benchNamespace, serviceManifest(pods))
+		t.Fatalf("no Service %s.%s in the registry after loading:\n%s", benchService, benchNamespace, manifest)
 	}
 	port, err := svc.Port("grpc")
 	if err != nil {

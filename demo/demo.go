@@ -15,14 +15,15 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
-	"slices"
-	"strings"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/resolver"
 	grpcxds "google.golang.org/grpc/xds"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/ballast-dev/ballast/clusterip"
 	"github.com/ballast-dev/ballast/discovery"
@@ -240,7 +241,11 @@ func startWorld(ctx context.Context, n int, log *slog.Logger) (_ *world, err err
 		return nil, err
 	}
 	clusterIP := netip.AddrFrom4([4]byte{127, 0, 0, 10})
-	if err := os.WriteFile(filepath.Join(w.dir, "native-tools-2.yaml"), []byte(manifest(clusterIP, w.pods, addrs)), 0o644); err != nil {
+	yaml, err := manifest(clusterIP, w.pods, addrs)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(w.dir, "native-tools-2.yaml"), yaml, 0o644); err != nil {
 		return nil, err
 	}
 	if err := files.New(w.dir, w.registry, files.Options{Logger: log}).Load(); err != nil {
@@ -359,57 +364,23 @@ func podName(i int) string {
 	return fmt.Sprintf("%s-d6c454689-%s", Service, suffixes[i%len(suffixes)])
 }
 
-// manifest is the article's Service and the EndpointSlice the endpoint slice
-// controller would write for the pods.
-func manifest(clusterIP netip.Addr, pods []string, addrs []netip.AddrPort) string {
-	var b strings.Builder
-	fmt.Fprintf(&b, `apiVersion: v1
-kind: Service
-metadata:
-  name: %[1]s
-  namespace: %[2]s
-spec:
-  clusterIP: %[3]s
-  selector:
-    app: %[1]s
-  ports:
-  - name: http
-    port: 8081
-    targetPort: 8081
-  - name: grpc
-    port: %[4]d
-    targetPort: grpc
----
-`, Service, Namespace, clusterIP, GRPCPort)
-	// One slice per target port number: a slice's ports apply to all of its
-	// endpoints, and a pod that fell back to another port needs its own slice.
-	byPort := map[uint16][]int{}
-	for i, a := range addrs {
-		byPort[a.Port()] = append(byPort[a.Port()], i)
+// manifest is the article's Service and the EndpointSlices the endpoint
+// slice controller would write for the pods, two zones taking turns.
+func manifest(clusterIP netip.Addr, pods []string, addrs []netip.AddrPort) ([]byte, error) {
+	service := &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: Service, Namespace: Namespace},
+		Spec: corev1.ServiceSpec{
+			ClusterIP: clusterIP.String(),
+			Selector:  map[string]string{"app": Service},
+			Ports: []corev1.ServicePort{
+				{Name: "http", Port: 8081, TargetPort: intstr.FromInt32(8081)},
+				{Name: "grpc", Port: GRPCPort, TargetPort: intstr.FromString("grpc")},
+			},
+		},
 	}
-	for _, port := range slices.Sorted(maps.Keys(byPort)) {
-		fmt.Fprintf(&b, `apiVersion: discovery.k8s.io/v1
-kind: EndpointSlice
-metadata:
-  name: %[1]s-%[3]d
-  namespace: %[2]s
-  labels:
-    kubernetes.io/service-name: %[1]s
-addressType: IPv4
-ports:
-- name: grpc
-  port: %[3]d
-  protocol: TCP
-endpoints:
-`, Service, Namespace, port)
-		for _, i := range byPort[port] {
-			fmt.Fprintf(&b, `- addresses: ["%s"]
-  conditions: {ready: true, serving: true, terminating: false}
-  zone: zone-%c
-  targetRef: {kind: Pod, namespace: %s, name: %s}
-`, addrs[i].Addr(), 'a'+rune(i%2), Namespace, pods[i])
-		}
-		b.WriteString("---\n")
+	var eps []files.Pod
+	for i, addr := range addrs {
+		eps = append(eps, files.Pod{Name: pods[i], Addr: addr, Zone: fmt.Sprintf("zone-%c", 'a'+rune(i%2))})
 	}
-	return b.String()
+	return files.Manifest(service, "grpc", eps)
 }
