@@ -358,10 +358,7 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 func (s *Server) translate(svc *discovery.Service, prev servedService) (servedService, error) {
 	sh := shapeOf(svc)
 	if len(prev.resources) > 0 && prev.shape == sh {
-		endpoints, err := translateEndpoints(svc, s.cfg.Translate)
-		if err != nil {
-			return servedService{}, err
-		}
+		endpoints := translateEndpoints(svc, s.cfg.Translate)
 		next := make(serviceResources, 0, len(prev.resources))
 		for _, r := range prev.resources {
 			if r.cache != resourcev3.EndpointType {

@@ -78,6 +78,9 @@ func TestTranslateGolden(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Translate: %v", err)
 			}
+			if err := res.validate(); err != nil {
+				t.Fatalf("invalid resource: %v", err)
+			}
 			checkGolden(t, filepath.Join("testdata", tt.name+".golden"), dump(t, res))
 		})
 	}
