@@ -322,11 +322,12 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 			s.served[k] = next
 		}
 	}
-	// The first pass fills empty caches: no client can have an older
-	// version of anything yet, so there is no push latency to time, and
-	// remembering when every resource of the cluster was first seen would
-	// only hold memory (a map entry per resource).
-	if s.started.Load() {
+	// Until the server is ready, the passes fill the caches with what
+	// discovery lists: clients are not sent to a replica that is not
+	// ready, so there is no push latency to time yet, and remembering when
+	// every resource of the cluster was first seen would only hold memory
+	// (a map entry per resource).
+	if s.ready.Load() {
 		s.changesMu.Lock()
 		for _, t := range cacheKeys {
 			for name := range toUpdate[t] {
