@@ -38,6 +38,11 @@ type Options struct {
 	// about 50 MiB more RSS: the control plane and Kubernetes client it
 	// links).
 	ProxyBinary string
+	// ControlBinary is the ballast-control binary, the control plane
+	// alone, as deploy/control runs it; empty runs `ballast control` from
+	// Binary (same control plane, several times the RSS: the pages of the
+	// code it links and never runs).
+	ControlBinary string
 	// Greeter starts the pods.
 	Greeter GreeterCommand
 	// InstallPeers lets the benchmark apt-get install nginx and haproxy

@@ -79,8 +79,9 @@ func fqdnListener(name, namespace string, port int) string {
 
 var loopback = netip.AddrFrom4([4]byte{127, 0, 0, 1})
 
-// BallastControl is `ballast control --kubeconfig`, the ballast binary of
-// Options.Binary.
+// BallastControl is the control plane on --kubeconfig: ballast-control
+// (Options.ControlBinary), as deploy/control runs it, or else
+// `ballast control` from Options.Binary.
 func BallastControl() ControlPlane { return ballastControl{} }
 
 type ballastControl struct{}
@@ -88,9 +89,6 @@ type ballastControl struct{}
 func (ballastControl) Name() string { return "Ballast" }
 
 func (ballastControl) start(ctx context.Context, b *Bench, api *apiServer) (*runningControl, error) {
-	if err := b.hasCommand("control", "the xDS control plane (issue 4)"); err != nil {
-		return nil, err
-	}
 	var lastErr error
 	for range 3 { // the free ports may be taken before the child binds them
 		xdsAddr, err := freePort(loopback)
@@ -102,8 +100,8 @@ func (ballastControl) start(ctx context.Context, b *Bench, api *apiServer) (*run
 			return nil, err
 		}
 		began := time.Now()
-		proc, err := startProcess(exec.Command(b.opts.Binary, "control", "--kubeconfig", api.kubeconfig,
-			"--xds-address", xdsAddr.String(), "--http-address", httpAddr.String()), "ballast control")
+		proc, err := b.startControlProcess("--kubeconfig", api.kubeconfig,
+			"--xds-address", xdsAddr.String(), "--http-address", httpAddr.String())
 		if err != nil {
 			return nil, err
 		}

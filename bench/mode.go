@@ -153,9 +153,6 @@ type control struct {
 // startControl runs `ballast control` over a folder holding the pods as the
 // Service greeter.bench, and waits until it says it is ready.
 func (b *Bench) startControl(ctx context.Context, pods []*Pod, policy string) (*control, error) {
-	if err := b.hasCommand("control", "the xDS control plane (issue 4)"); err != nil {
-		return nil, err
-	}
 	dir, err := os.MkdirTemp(b.dir, "control-")
 	if err != nil {
 		return nil, err
@@ -177,9 +174,9 @@ func (b *Bench) startControl(ctx context.Context, pods []*Pod, policy string) (*
 		if err != nil {
 			return nil, err
 		}
-		proc, err := startProcess(exec.Command(b.opts.Binary, "control", "--files", dir,
+		proc, err := b.startControlProcess("--files", dir,
 			"--xds-address", xdsAddr.String(), "--http-address", httpAddr.String(),
-			"--default-lb-policy", policy), "ballast control")
+			"--default-lb-policy", policy)
 		if err != nil {
 			return nil, err
 		}
@@ -192,6 +189,18 @@ func (b *Bench) startControl(ctx context.Context, pods []*Pod, policy string) (*
 		}
 	}
 	return nil, fmt.Errorf("start ballast control: %w", lastErr)
+}
+
+// startControlProcess runs the control plane with args: ballast-control
+// when Options.ControlBinary names it, else `ballast control`.
+func (b *Bench) startControlProcess(args ...string) (*process, error) {
+	if b.opts.ControlBinary != "" {
+		return startProcess(exec.Command(b.opts.ControlBinary, args...), "ballast-control")
+	}
+	if err := b.hasCommand("control", "the xDS control plane (issue 4)"); err != nil {
+		return nil, err
+	}
+	return startProcess(exec.Command(b.opts.Binary, append([]string{"control"}, args...)...), "ballast control")
 }
 
 // waitHTTP polls url until it answers 200, the process exits or the wait

@@ -70,7 +70,7 @@ func scaleSection(c ScaleConfig) *Section {
 	return &Section{
 		ID:    "control-plane-scale",
 		Title: "5. Control-plane scale",
-		Description: fmt.Sprintf("Ballast's control plane (`ballast control --kubeconfig`) and istiod (pilot-discovery built from istio.io/istio, run outside a cluster: "+
+		Description: fmt.Sprintf("Ballast's control plane (`ballast-control --kubeconfig`, the binary deploy/control runs; without it, `ballast control` from the full binary) and istiod (pilot-discovery built from istio.io/istio, run outside a cluster: "+
 			"plaintext xDS on 127.0.0.1, no CA, no webhooks, the default mesh config) each watch the same real kube-apiserver holding N Services of one port, "+
 			"each with one EndpointSlice of 10 ready endpoints. Each run starts the control plane afresh (never both at once) and connects simulated proxyless "+
 			"clients: one ADS stream each, asking Listener → RouteConfiguration → Cluster → ClusterLoadAssignment for one Service as grpc-go does "+

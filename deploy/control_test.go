@@ -170,8 +170,8 @@ func checkDeployment(t *testing.T, d *appsv1.Deployment) {
 		t.Fatalf("%d containers, want 1", len(d.Spec.Template.Spec.Containers))
 	}
 	ctr := d.Spec.Template.Spec.Containers[0]
-	if ctr.Image != "ballast:dev" || len(ctr.Command) != 2 || ctr.Command[0] != "ballast" || ctr.Command[1] != "control" {
-		t.Errorf("image %q command %q, want ballast:dev [ballast control]", ctr.Image, ctr.Command)
+	if ctr.Image != "ballast-control:dev" || len(ctr.Command) != 1 || ctr.Command[0] != "ballast-control" {
+		t.Errorf("image %q command %q, want ballast-control:dev [ballast-control]", ctr.Image, ctr.Command)
 	}
 	ports := map[string]int32{}
 	for _, p := range ctr.Ports {

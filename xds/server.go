@@ -24,6 +24,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/ballast-dev/ballast/discovery"
 )
@@ -140,8 +141,30 @@ type Server struct {
 	ready   atomic.Bool // the caches hold everything discovery listed at sync
 }
 
-// serviceResources are one Service's resources by cache (cacheKeys), then name.
-type serviceResources map[string]map[string]types.Resource
+// servedResource is one resource of a Service, with the cache it is in.
+type servedResource struct {
+	cache, name string
+	res         types.Resource
+}
+
+// serviceResources are one Service's resources, sorted by cache then name.
+// A sorted slice rather than a map per type: the server keeps this for
+// every Service of the cluster, and a few small maps per Service would
+// take more memory than the handful of entries they hold.
+type serviceResources []servedResource
+
+func compareServed(a, b servedResource) int {
+	return cmp.Or(cmp.Compare(a.cache, b.cache), cmp.Compare(a.name, b.name))
+}
+
+// get finds the resource of a cache with a name.
+func (rs serviceResources) get(cache, name string) (types.Resource, bool) {
+	i, ok := slices.BinarySearchFunc(rs, servedResource{cache: cache, name: name}, compareServed)
+	if !ok {
+		return nil, false
+	}
+	return rs[i].res, true
+}
 
 // servedService is a Service's last good translation and the shape it was
 // made from.
@@ -270,7 +293,7 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 	}
 	for _, k := range keys {
 		prev := s.served[k]
-		next := servedService{resources: serviceResources{}}
+		var next servedService
 		if svc, ok := s.cfg.Registry.Get(k); ok {
 			res, err := s.translate(svc, prev)
 			if err != nil {
@@ -280,19 +303,17 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 			}
 			next = res
 		}
-		for _, t := range cacheKeys {
-			for name, r := range next.resources[t] {
-				// A resource kept from the last translation is the same
-				// pointer: no need to compare its content.
-				if old, ok := prev.resources[t][name]; ok && (old == r || proto.Equal(old, r)) {
-					continue
-				}
-				toUpdate[t][name] = r
+		for _, r := range next.resources {
+			// A resource kept from the last translation is the same
+			// pointer: no need to compare its content.
+			if old, ok := prev.resources.get(r.cache, r.name); ok && (old == r.res || proto.Equal(old, r.res)) {
+				continue
 			}
-			for name := range prev.resources[t] {
-				if _, ok := next.resources[t][name]; !ok {
-					toDelete[t] = append(toDelete[t], name)
-				}
+			toUpdate[r.cache][r.name] = r.res
+		}
+		for _, r := range prev.resources {
+			if _, ok := next.resources.get(r.cache, r.name); !ok {
+				toDelete[r.cache] = append(toDelete[r.cache], r.name)
 			}
 		}
 		if len(next.resources) == 0 {
@@ -301,16 +322,23 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 			s.served[k] = next
 		}
 	}
-	s.changesMu.Lock()
-	for _, t := range cacheKeys {
-		for name := range toUpdate[t] {
-			s.changes[changeKey(cacheType(t), name)] = noticed
+	// Until the server is ready, the passes fill the caches with what
+	// discovery lists: clients are not sent to a replica that is not
+	// ready, so there is no push latency to time yet, and remembering when
+	// every resource of the cluster was first seen would only hold memory
+	// (a map entry per resource).
+	if s.ready.Load() {
+		s.changesMu.Lock()
+		for _, t := range cacheKeys {
+			for name := range toUpdate[t] {
+				s.changes[changeKey(cacheType(t), name)] = noticed
+			}
+			for _, name := range toDelete[t] {
+				delete(s.changes, changeKey(cacheType(t), name))
+			}
 		}
-		for _, name := range toDelete[t] {
-			delete(s.changes, changeKey(cacheType(t), name))
-		}
+		s.changesMu.Unlock()
 	}
-	s.changesMu.Unlock()
 	for _, t := range cacheKeys {
 		if len(toUpdate[t]) == 0 && len(toDelete[t]) == 0 {
 			continue
@@ -330,30 +358,64 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 // cost before it can be pushed.
 func (s *Server) translate(svc *discovery.Service, prev servedService) (servedService, error) {
 	sh := shapeOf(svc)
-	if prev.resources != nil && prev.shape == sh {
-		endpoints, err := translateEndpoints(svc, s.cfg.Translate)
-		if err != nil {
-			return servedService{}, err
-		}
-		next := serviceResources{}
-		for _, t := range []string{resourcev3.ListenerType, resourcev3.RouteType, resourcev3.ClusterType, sidecarListenerCache} {
-			if len(prev.resources[t]) > 0 {
-				next[t] = prev.resources[t]
+	if len(prev.resources) > 0 && prev.shape == sh {
+		endpoints := translateEndpoints(svc, s.cfg.Translate)
+		next := make(serviceResources, 0, len(prev.resources))
+		for _, r := range prev.resources {
+			if r.cache != resourcev3.EndpointType {
+				next = append(next, r)
 			}
 		}
 		for _, e := range endpoints {
-			if next[resourcev3.EndpointType] == nil {
-				next[resourcev3.EndpointType] = map[string]types.Resource{}
+			p, err := pack(e)
+			if err != nil {
+				return servedService{}, fmt.Errorf("service %s: endpoints %s: %w", svc.Key, e.ClusterName, err)
 			}
-			next[resourcev3.EndpointType][e.ClusterName] = e
+			next = append(next, servedResource{resourcev3.EndpointType, e.ClusterName, p})
 		}
+		slices.SortFunc(next, compareServed)
 		return servedService{shape: sh, resources: next}, nil
 	}
 	res, err := TranslateService(svc, s.cfg.Translate)
 	if err != nil {
 		return servedService{}, err
 	}
-	return servedService{shape: sh, resources: byType(res)}, nil
+	packed, err := packAll(byType(res))
+	if err != nil {
+		return servedService{}, fmt.Errorf("service %s: %w", svc.Key, err)
+	}
+	return servedService{shape: sh, resources: packed}, nil
+}
+
+// pack turns a resource into what the caches hold: its wire encoding
+// (deterministic, so equal content is equal bytes), carried as the unknown
+// fields of a message that has no fields of its own. Such a message
+// marshals to exactly those bytes, which go-control-plane sends in an Any
+// of the cache's type, so clients receive the resource unchanged. The
+// server holds every resource of the cluster for as long as it runs, and
+// the encoding takes about a third of the memory of the message tree (a
+// ClusterLoadAssignment's endpoints are eight allocations each); the tree
+// is built, validated and dropped.
+func pack(r types.Resource) (types.Resource, error) {
+	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
+	if err != nil {
+		return nil, fmt.Errorf("marshal: %w", err)
+	}
+	p := &emptypb.Empty{}
+	p.ProtoReflect().SetUnknown(b)
+	return p, nil
+}
+
+// packAll packs rs in place.
+func packAll(rs serviceResources) (serviceResources, error) {
+	for i, r := range rs {
+		p, err := pack(r.res)
+		if err != nil {
+			return nil, fmt.Errorf("%s %s: %w", typeName(r.cache), r.name, err)
+		}
+		rs[i].res = p
+	}
+	return rs, nil
 }
 
 func changeKey(typeURL, name string) string { return typeURL + "\x00" + name }
@@ -367,28 +429,25 @@ func (s *Server) changedAt(typeURL, name string) (time.Time, bool) {
 }
 
 func byType(r Resources) serviceResources {
-	out := serviceResources{}
-	add := func(t, name string, res types.Resource) {
-		if out[t] == nil {
-			out[t] = map[string]types.Resource{}
-		}
-		out[t][name] = res
-	}
+	out := make(serviceResources, 0, len(r.Listeners)+len(r.SidecarListeners)+len(r.Routes)+len(r.Clusters)+len(r.Endpoints))
 	for _, l := range r.Listeners {
-		add(resourcev3.ListenerType, l.Name, l)
+		out = append(out, servedResource{resourcev3.ListenerType, l.Name, l})
 	}
 	for _, l := range r.SidecarListeners {
-		add(sidecarListenerCache, l.Name, l)
+		out = append(out, servedResource{sidecarListenerCache, l.Name, l})
 	}
 	for _, rc := range r.Routes {
-		add(resourcev3.RouteType, rc.Name, rc)
+		out = append(out, servedResource{resourcev3.RouteType, rc.Name, rc})
 	}
 	for _, c := range r.Clusters {
-		add(resourcev3.ClusterType, c.Name, c)
+		out = append(out, servedResource{resourcev3.ClusterType, c.Name, c})
 	}
 	for _, e := range r.Endpoints {
-		add(resourcev3.EndpointType, e.ClusterName, e)
+		out = append(out, servedResource{resourcev3.EndpointType, e.ClusterName, e})
 	}
+	// Translation names every resource of a type differently; were two
+	// alike, get would find one of them, as a map would have kept one.
+	slices.SortFunc(out, compareServed)
 	return out
 }
 

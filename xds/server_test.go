@@ -15,6 +15,7 @@ import (
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/protobuf/proto"
 
 	"github.com/ballast-dev/ballast/discovery"
 )
@@ -100,9 +101,18 @@ func TestServerKeepsLastGoodOnBadInput(t *testing.T) {
 		srv.apply([]discovery.Key{key}, time.Now())
 	}
 	firstPolicy := func() string {
-		c, ok := srv.caches[resourcev3.ClusterType].GetResources()[name].(*clusterv3.Cluster)
+		packed, ok := srv.caches[resourcev3.ClusterType].GetResources()[name]
 		if !ok {
 			return "none"
+		}
+		// The cache holds the Cluster's encoding (see pack).
+		raw, err := proto.Marshal(packed)
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := &clusterv3.Cluster{}
+		if err := proto.Unmarshal(raw, c); err != nil {
+			t.Fatal(err)
 		}
 		return c.GetLoadBalancingPolicy().GetPolicies()[0].GetTypedExtensionConfig().GetName()
 	}

@@ -71,22 +71,24 @@ func TestServerTranslateKeepsShape(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			wantByType := byType(want)
-			for _, typ := range typeURLs {
-				if len(got.resources[typ]) != len(wantByType[typ]) {
-					t.Errorf("%s: %d resources, want %d", typeName(typ), len(got.resources[typ]), len(wantByType[typ]))
+			wantByType, err := packAll(byType(want))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if len(got.resources) != len(wantByType) {
+				t.Fatalf("%d resources, want %d", len(got.resources), len(wantByType))
+			}
+			for i, w := range wantByType {
+				g := got.resources[i]
+				if g.cache != w.cache || g.name != w.name || !proto.Equal(g.res, w.res) {
+					t.Errorf("%s %s: %v, want %s %s: %v", typeName(g.cache), g.name, g.res, typeName(w.cache), w.name, w.res)
 				}
-				for name, w := range wantByType[typ] {
-					g, ok := got.resources[typ][name]
-					if !ok || !proto.Equal(g, w) {
-						t.Errorf("%s %s: %v, want %v", typeName(typ), name, g, w)
-					}
-					if typ == resourcev3.EndpointType {
-						continue
-					}
-					if same := before.resources[typ][name] == g; same != tt.kept {
-						t.Errorf("%s %s kept from before: %v, want %v", typeName(typ), name, same, tt.kept)
-					}
+				if w.cache == resourcev3.EndpointType {
+					continue
+				}
+				old, _ := before.resources.get(w.cache, w.name)
+				if same := old == g.res; same != tt.kept {
+					t.Errorf("%s %s kept from before: %v, want %v", typeName(w.cache), w.name, same, tt.kept)
 				}
 			}
 		})

@@ -78,6 +78,9 @@ func TestTranslateGolden(t *testing.T) {
 			if err != nil {
 				t.Fatalf("Translate: %v", err)
 			}
+			if err := res.validate(); err != nil {
+				t.Fatalf("invalid resource: %v", err)
+			}
 			checkGolden(t, filepath.Join("testdata", tt.name+".golden"), dump(t, res))
 		})
 	}
@@ -172,18 +175,16 @@ func TestSidecarListeners(t *testing.T) {
 }
 
 func TestSidecarRouteRejects(t *testing.T) {
-	good, err := sidecarListener(netip.MustParseAddrPort("10.96.0.10:80"), "a.b.svc.cluster.local:80")
+	hcm, err := connectionManager("a.b.svc.cluster.local:80", "a.b.svc.cluster.local:80")
 	if err != nil {
 		t.Fatal(err)
 	}
+	good := sidecar.Listener(netip.MustParseAddrPort("10.96.0.10:80"), hcm)
 	noChain := proto.Clone(good).(*listenerv3.Listener)
 	noChain.FilterChains = nil
 	badAddr := proto.Clone(good).(*listenerv3.Listener)
 	badAddr.Address.GetSocketAddress().Address = "cart.shop"
-	api, err := apiListener("a.b:80", "a.b.svc.cluster.local:80")
-	if err != nil {
-		t.Fatal(err)
-	}
+	api := apiListener("a.b:80", hcm)
 	tests := []struct {
 		name    string
 		l       *listenerv3.Listener

@@ -25,6 +25,7 @@ func newBenchCmd() *cobra.Command {
 		out                     string
 		only                    []string
 		modesBinary, proxyBin   string
+		controlBin              string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -51,16 +52,19 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 			if err != nil {
 				return fmt.Errorf("find the ballast binary to run greeter pods: %w", err)
 			}
-			proxyPath, cleanup := proxyBinary(cmd.Context(), proxyBin, cmd.ErrOrStderr())
-			defer cleanup()
+			proxyPath, cleanupProxy := slimBinary(cmd.Context(), "ballast-proxy", "the sidecar rows", proxyBin, cmd.ErrOrStderr())
+			defer cleanupProxy()
+			controlPath, cleanupControl := slimBinary(cmd.Context(), "ballast-control", "the control-plane rows", controlBin, cmd.ErrOrStderr())
+			defer cleanupControl()
 			b, err := bench.New(bench.Options{
-				Quick:        quick,
-				Runs:         runs,
-				Binary:       cmp.Or(modesBinary, exe),
-				ProxyBinary:  proxyPath,
-				Greeter:      bench.BinaryGreeter(exe),
-				InstallPeers: install,
-				Progress:     cmd.ErrOrStderr(),
+				Quick:         quick,
+				Runs:          runs,
+				Binary:        cmp.Or(modesBinary, exe),
+				ProxyBinary:   proxyPath,
+				ControlBinary: controlPath,
+				Greeter:       bench.BinaryGreeter(exe),
+				InstallPeers:  install,
+				Progress:      cmd.ErrOrStderr(),
 			})
 			if err != nil {
 				return err
@@ -99,55 +103,56 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 	cmd.Flags().StringVar(&modesBinary, "modes-binary", "", "ballast binary to run `control` and `proxy` from (default: this one)")
 	cmd.Flags().MarkHidden("modes-binary")
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the report as JSON instead of tables")
+	cmd.Flags().StringVar(&controlBin, "control-binary", "", "the ballast-control binary the control-plane rows run (default: next to this binary, on $PATH, or built from this checkout)")
 	cmd.Flags().StringVar(&proxyBin, "proxy-binary", "", "the ballast-proxy binary the sidecar rows run (default: next to this binary, on $PATH, or built from this checkout)")
 	return cmd
 }
 
-// proxyBinary finds the ballast-proxy binary the sidecar rows run, as a
-// pod would: the flag's, one next to this binary or on $PATH, or one built
-// (static, as a sidecar image holds it) from the checkout in the working
-// directory, removed by cleanup. Empty means none: the rows run
-// `ballast proxy` instead.
-func proxyBinary(ctx context.Context, flag string, progress io.Writer) (path string, cleanup func()) {
+// slimBinary finds the binary name (ballast-proxy, ballast-control) that
+// the rows of what run, as a pod would: the flag's, one next to this binary
+// or on $PATH, or one built (static, as its image holds it) from the
+// checkout in the working directory, removed by cleanup. Empty means none:
+// the rows run the same command from this binary instead.
+func slimBinary(ctx context.Context, name, what, flag string, progress io.Writer) (path string, cleanup func()) {
 	none := func() {}
 	if flag != "" {
 		return flag, none
 	}
 	if exe, err := os.Executable(); err == nil {
-		if p := filepath.Join(filepath.Dir(exe), "ballast-proxy"); isExecutable(p) {
+		if p := filepath.Join(filepath.Dir(exe), name); isExecutable(p) {
 			return p, none
 		}
 	}
-	if p, err := exec.LookPath("ballast-proxy"); err == nil {
+	if p, err := exec.LookPath(name); err == nil {
 		return p, none
 	}
-	if _, err := os.Stat("cmd/ballast-proxy/main.go"); err != nil {
+	if _, err := os.Stat(filepath.Join("cmd", name, "main.go")); err != nil {
 		return "", none
 	}
-	dir, err := os.MkdirTemp("", "ballast-bench-proxy-")
+	dir, err := os.MkdirTemp("", "ballast-bench-"+name+"-")
 	if err != nil {
 		return "", none
 	}
 	cleanup = func() { os.RemoveAll(dir) }
-	out := filepath.Join(dir, "ballast-proxy")
-	fmt.Fprintln(progress, "bench: building ballast-proxy (static) for the sidecar rows")
-	build := exec.CommandContext(ctx, "go", "build", "-tags", proxyBuildTags, "-o", out, "./cmd/ballast-proxy")
+	out := filepath.Join(dir, name)
+	fmt.Fprintf(progress, "bench: building %s (static) for %s\n", name, what)
+	build := exec.CommandContext(ctx, "go", "build", "-tags", slimBuildTags, "-o", out, "./cmd/"+name)
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	build.Stderr = progress
 	if err := build.Run(); err != nil {
-		fmt.Fprintln(progress, "bench: ballast-proxy did not build; the sidecar rows run `ballast proxy`:", err)
+		fmt.Fprintf(progress, "bench: %s did not build; %s run this binary's command: %v\n", name, what, err)
 		cleanup()
 		return "", none
 	}
 	return out, cleanup
 }
 
-// proxyBuildTags are the tags ballast-proxy is built with. grpcnotrace
-// leaves out golang.org/x/net/trace (off unless grpc.EnableTracing is set);
-// through html/template it links reflection that keeps every exported method
-// of every reachable type, so without it the binary is 33 MB instead of 20 and
-// idles about 4 MiB larger.
-const proxyBuildTags = "grpcnotrace"
+// slimBuildTags are the tags ballast-proxy and ballast-control are built
+// with. grpcnotrace leaves out golang.org/x/net/trace (off unless
+// grpc.EnableTracing is set); through html/template it links reflection
+// that keeps every exported method of every reachable type, so without it
+// ballast-proxy is 33 MB instead of 20 and idles about 4 MiB larger.
+const slimBuildTags = "grpcnotrace"
 
 func isExecutable(path string) bool {
 	fi, err := os.Stat(path)

@@ -58,10 +58,13 @@ image is ballast:dev runs this ballast binary.`,
 				return err
 			}
 			imgs := map[string]string{"ballast:dev": self}
-			// The injected sidecar's image: ballast-proxy next to this
-			// binary (go build -o DIR/ ./cmd/...), or --image overrides.
-			if p := filepath.Join(filepath.Dir(self), "ballast-proxy"); isExecutable(p) {
-				imgs["ballast-proxy:dev"] = p
+			// The injected sidecar's image and deploy/control's:
+			// ballast-proxy and ballast-control next to this binary
+			// (go build -o DIR/ ./cmd/...), or --image overrides.
+			for _, name := range []string{"ballast-proxy", "ballast-control"} {
+				if p := filepath.Join(filepath.Dir(self), name); isExecutable(p) {
+					imgs[name+":dev"] = p
+				}
 			}
 			for _, m := range images {
 				name, bin, ok := strings.Cut(m, "=")

@@ -15,7 +15,6 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	k8s "k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ballast-dev/ballast/discovery"
@@ -158,11 +157,7 @@ func (d clientDiscovery) dialOptions(ctx context.Context, target string) ([]grpc
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes:/// target needs a cluster (--kubeconfig, or in-cluster) or --files: %w", err)
 	}
-	client, err := k8s.NewForConfig(restCfg)
-	if err != nil {
-		return nil, err
-	}
-	cluster, err := kubernetes.StartCluster(ctx, client, kube.Options{})
+	cluster, err := kubernetes.StartCluster(ctx, restCfg, kube.Options{})
 	if err != nil {
 		return nil, err
 	}

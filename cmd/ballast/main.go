@@ -11,6 +11,7 @@ import (
 	_ "github.com/ballast-dev/ballast/balancer/p2c"
 	_ "github.com/ballast-dev/ballast/balancer/peakewma"
 	"github.com/ballast-dev/ballast/cmd/internal/cli"
+	"github.com/ballast-dev/ballast/cmd/internal/controlcmd"
 )
 
 func main() { cli.Main(newRootCmd()) }
@@ -24,7 +25,7 @@ func newRootCmd() *cobra.Command {
 	root.AddCommand(
 		newGreeterCmd(),
 		newDemoCmd(),
-		newControlCmd(),
+		controlcmd.New(),
 		newBootstrapCmd(),
 		newProxyCmd(),
 		newInjectCmd(),

@@ -10,7 +10,6 @@ import (
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc/resolver"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ballast-dev/ballast/cmd/internal/proxycmd"
@@ -62,11 +61,7 @@ func (s *registrySource) Known(withXDS bool) (*proxycmd.Known, error) {
 		if err != nil {
 			return nil, fmt.Errorf("--kubernetes: %w", err)
 		}
-		client, err := kubernetes.NewForConfig(cfg)
-		if err != nil {
-			return nil, fmt.Errorf("--kubernetes: %w", err)
-		}
-		src := kube.New(client, reg, kube.Options{})
+		src := kube.New(cfg, reg, kube.Options{})
 		run, synced = src.Run, src.HasSynced
 	} else {
 		src := files.New(s.filesDir, reg, files.Options{})

@@ -26,6 +26,8 @@ var cluster *devcluster.Cluster
 const (
 	image      = "ballast:dev"
 	proxyImage = "ballast-proxy:dev" // what deploy/inject injects
+	// controlImage is what deploy/control runs.
+	controlImage = "ballast-control:dev"
 )
 
 func TestMain(m *testing.M) {
@@ -51,16 +53,17 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
-	bin, proxyBin := filepath.Join(tmp, "ballast"), filepath.Join(tmp, "ballast-proxy")
-	fmt.Fprintln(os.Stderr, "devcluster e2e: building ballast and ballast-proxy")
+	bin, proxyBin, controlBin := filepath.Join(tmp, "ballast"), filepath.Join(tmp, "ballast-proxy"), filepath.Join(tmp, "ballast-control")
+	fmt.Fprintln(os.Stderr, "devcluster e2e: building ballast, ballast-proxy and ballast-control")
 	for _, b := range []struct {
 		out, pkg string
 		env      []string
 	}{
 		{bin, "github.com/ballast-dev/ballast/cmd/ballast", nil},
 		// Static and without x/net/trace, as the sidecar image holds it
-		// (see proxyBuildTags in cmd/ballast).
+		// (see slimBuildTags in cmd/ballast).
 		{proxyBin, "github.com/ballast-dev/ballast/cmd/ballast-proxy", []string{"CGO_ENABLED=0"}},
+		{controlBin, "github.com/ballast-dev/ballast/cmd/ballast-control", []string{"CGO_ENABLED=0"}},
 	} {
 		build := exec.CommandContext(ctx, "go", "build", "-tags", "grpcnotrace", "-o", b.out, b.pkg)
 		build.Env = append(os.Environ(), b.env...)
@@ -78,7 +81,7 @@ func runTests(m *testing.M) int {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	start := time.Now()
-	cluster, err = devcluster.Start(ctx, devcluster.Options{Images: map[string]string{image: bin, proxyImage: proxyBin}, Log: log})
+	cluster, err = devcluster.Start(ctx, devcluster.Options{Images: map[string]string{image: bin, proxyImage: proxyBin, controlImage: controlBin}, Log: log})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start dev cluster:", err)
 		return 1

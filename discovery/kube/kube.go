@@ -16,17 +16,18 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"strings"
+	"sync"
 	"sync/atomic"
 
 	"github.com/go-logr/logr"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
+	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 	"k8s.io/klog/v2"
@@ -47,20 +48,21 @@ type Options struct {
 // cluster. The informers never resync: the worker is level-triggered and the
 // watch delivers every change, so a periodic replay would only cost CPU.
 type Source struct {
-	client kubernetes.Interface
+	cfg    *rest.Config
 	reg    *discovery.Registry
 	opts   Options
 	log    *slog.Logger
 	synced atomic.Bool
 }
 
-// New returns a Source that writes to reg once Run is called.
-func New(client kubernetes.Interface, reg *discovery.Registry, opts Options) *Source {
+// New returns a Source that reads the cluster cfg points at and writes to
+// reg once Run is called.
+func New(cfg *rest.Config, reg *discovery.Registry, opts Options) *Source {
 	log := opts.Logger
 	if log == nil {
 		log = slog.Default()
 	}
-	return &Source{client: client, reg: reg, opts: opts, log: log.With("component", "discovery/kube")}
+	return &Source{cfg: cfg, reg: reg, opts: opts, log: log.With("component", "discovery/kube")}
 }
 
 // HasSynced reports whether the informer caches have been filled and every
@@ -74,14 +76,18 @@ const byService = "service"
 // Run watches the cluster and updates the registry until ctx is done. It
 // returns nil when ctx ends and an error only when it cannot start.
 func (s *Source) Run(ctx context.Context) error {
+	c, err := newClient(s.cfg)
+	if err != nil {
+		return err
+	}
+	// The informers' goroutines: waited for after cancel, deferred next,
+	// has told them to stop.
+	var running sync.WaitGroup
+	defer running.Wait()
 	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
 	// client-go logs through klog; route its contextual logger to ours.
 	ctx = klog.NewContext(ctx, logr.FromSlogHandler(s.log.Handler()))
-
-	factory := informers.NewSharedInformerFactoryWithOptions(s.client, 0,
-		informers.WithNamespace(s.opts.Namespace), informers.WithTransform(trim))
-	defer factory.Shutdown() // runs after cancel: waits for the informers to stop.
-	defer cancel()
 
 	queue := workqueue.NewTypedRateLimitingQueueWithConfig(
 		workqueue.DefaultTypedControllerRateLimiter[discovery.Key](),
@@ -91,9 +97,16 @@ func (s *Source) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, queue.ShutDown)
 	defer stop()
 
-	services := factory.Core().V1().Services()
-	slices := factory.Discovery().V1().EndpointSlices()
-	svcInformer, sliceInformer := services.TypedInformer(), slices.TypedInformer()
+	svcs, err := c.informer(&corev1.Service{}, c.core, "services", s.opts.Namespace)
+	if err != nil {
+		return err
+	}
+	slices, err := c.informer(&discoveryv1.EndpointSlice{}, c.discovery, "endpointslices", s.opts.Namespace)
+	if err != nil {
+		return err
+	}
+	svcInformer := cache.NewTypedSharedIndexInformer[*corev1.Service](svcs)
+	sliceInformer := cache.NewTypedSharedIndexInformer[*discoveryv1.EndpointSlice](slices)
 	if err := sliceInformer.AddTypedIndexers(cache.TypedIndexers[*discoveryv1.EndpointSlice]{
 		byService: func(es *discoveryv1.EndpointSlice) ([]string, error) {
 			if k, ok := serviceOf(es); ok {
@@ -121,7 +134,7 @@ func (s *Source) Run(ctx context.Context) error {
 			queue.Add(k)
 		}
 	}
-	svcLister := services.Lister()
+	svcLister := corelisters.NewServiceLister(svcInformer.GetIndexer())
 	sliceHandler, err := sliceInformer.AddTypedEventHandler(cache.TypedResourceEventHandlerFuncs[*discoveryv1.EndpointSlice]{
 		AddFunc: enqueueSlice,
 		UpdateFunc: func(old, es *discoveryv1.EndpointSlice) {
@@ -161,7 +174,8 @@ func (s *Source) Run(ctx context.Context) error {
 		}
 	}
 
-	factory.StartWithContext(ctx)
+	running.Go(func() { svcInformer.RunWithContext(ctx) })
+	running.Go(func() { sliceInformer.RunWithContext(ctx) })
 	if !cache.WaitFor(ctx, "", svcHandler.HasSyncedChecker(), sliceHandler.HasSyncedChecker()) {
 		return nil // ctx ended before the caches filled.
 	}
@@ -234,16 +248,73 @@ func serviceOf(es *discoveryv1.EndpointSlice) (discovery.Key, bool) {
 	return keyOf(es.Namespace, name), name != ""
 }
 
-// trim drops what discovery never reads from the objects the informers
-// keep: managedFields and kubectl's last-applied copy of the object, often
-// most of a small object's size. The caches hold every Service and
-// EndpointSlice of the cluster, so this is most of their memory.
+// trim keeps, of the objects the informers hold, only what discovery
+// reads (see discovery.Build) and what the informers key them by. The
+// caches hold every Service and EndpointSlice of the cluster for the life
+// of the process, so what is dropped here (managedFields, kubectl's
+// last-applied copy, annotations other than ballast.dev/ ones, owner
+// references, Service status and selectors, each
+// endpoint's hints, hostname and full pod reference) is most of their
+// memory. It is idempotent, as client-go requires of a transform.
 func trim(obj any) (any, error) {
-	if m, err := meta.Accessor(obj); err == nil {
-		m.SetManagedFields(nil)
-		if a := m.GetAnnotations(); a != nil {
-			delete(a, corev1.LastAppliedConfigAnnotation)
-		}
+	switch o := obj.(type) {
+	case *corev1.Service:
+		return trimService(o), nil
+	case *discoveryv1.EndpointSlice:
+		return trimSlice(o), nil
 	}
 	return obj, nil
+}
+
+// trimService and trimSlice trim in place: the object is the one the
+// informer just decoded, and a trimmed copy would double what each decode
+// allocates.
+func trimService(svc *corev1.Service) *corev1.Service {
+	annotations := svc.Annotations
+	for k := range annotations {
+		if !strings.HasPrefix(k, discovery.AnnotationPrefix) {
+			annotations = nil
+			for k, v := range svc.Annotations {
+				if strings.HasPrefix(k, discovery.AnnotationPrefix) {
+					if annotations == nil {
+						annotations = map[string]string{}
+					}
+					annotations[k] = v
+				}
+			}
+			break
+		}
+	}
+	svc.ObjectMeta = trimMeta(svc.ObjectMeta)
+	svc.Annotations = annotations
+	ports := svc.Spec.Ports
+	for i, p := range ports {
+		ports[i] = corev1.ServicePort{Name: p.Name, Protocol: p.Protocol, Port: p.Port}
+	}
+	svc.Spec = corev1.ServiceSpec{ClusterIP: svc.Spec.ClusterIP, ClusterIPs: svc.Spec.ClusterIPs, Ports: ports}
+	svc.Status = corev1.ServiceStatus{}
+	return svc
+}
+
+func trimSlice(es *discoveryv1.EndpointSlice) *discoveryv1.EndpointSlice {
+	labels := es.Labels
+	if name, ok := labels[discoveryv1.LabelServiceName]; !ok {
+		labels = nil
+	} else if len(labels) > 1 {
+		labels = map[string]string{discoveryv1.LabelServiceName: name}
+	}
+	es.ObjectMeta = trimMeta(es.ObjectMeta)
+	es.Labels = labels
+	for i, ep := range es.Endpoints {
+		if r := ep.TargetRef; r != nil {
+			*r = corev1.ObjectReference{Kind: r.Kind, Name: r.Name}
+		}
+		es.Endpoints[i] = discoveryv1.Endpoint{Addresses: ep.Addresses, Conditions: ep.Conditions, NodeName: ep.NodeName, Zone: ep.Zone, TargetRef: ep.TargetRef}
+	}
+	return es
+}
+
+// trimMeta keeps what identifies an object to the informer's store.
+func trimMeta(m metav1.ObjectMeta) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: m.Name, Namespace: m.Namespace, UID: m.UID, ResourceVersion: m.ResourceVersion}
 }

@@ -24,7 +24,6 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
 	"github.com/ballast-dev/ballast/discovery"
@@ -75,12 +74,12 @@ func newNamespace(t *testing.T) string {
 
 // run starts a Source on client for namespace ns and stops it, checking that
 // it returns and leaves no goroutine behind, when the test ends.
-func run(t *testing.T, client kubernetes.Interface, ns string) (*discovery.Registry, *kube.Source) {
+func run(t *testing.T, cfg *rest.Config, ns string) (*discovery.Registry, *kube.Source) {
 	t.Helper()
 	ignore := goleak.IgnoreCurrent()
 	log := slog.New(slog.NewTextHandler(t.Output(), &slog.HandlerOptions{Level: slog.LevelWarn}))
 	reg := discovery.NewRegistry()
-	src := kube.New(client, reg, kube.Options{Namespace: ns, Logger: log})
+	src := kube.New(cfg, reg, kube.Options{Namespace: ns, Logger: log})
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- src.Run(ctx) }()
@@ -234,7 +233,7 @@ func greeterSnapshot(ns string, grpc map[string]conds, pods map[string]string) *
 // and checks that the registry converges to the right snapshot after each.
 func TestServiceLifecycle(t *testing.T) {
 	ns := newNamespace(t)
-	reg, _ := run(t, env.Client, ns)
+	reg, _ := run(t, env.Config, ns)
 	ctx := context.Background()
 	services := env.Client.CoreV1().Services(ns)
 	endpointSlices := env.Client.DiscoveryV1().EndpointSlices(ns)
@@ -380,7 +379,7 @@ func TestHasSyncedMeansInitialStateWritten(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	reg, src := run(t, env.Client, ns)
+	reg, src := run(t, env.Config, ns)
 	poll := time.NewTicker(10 * time.Millisecond)
 	defer poll.Stop()
 	deadline := time.After(waitTimeout)
@@ -412,7 +411,7 @@ func TestHasSyncedMeansInitialStateWritten(t *testing.T) {
 func TestNamespaceOption(t *testing.T) {
 	watched, other := newNamespace(t), newNamespace(t)
 	ctx := context.Background()
-	reg, _ := run(t, env.Client, watched)
+	reg, _ := run(t, env.Config, watched)
 	for _, ns := range []string{other, watched} {
 		if _, err := env.Client.CoreV1().Services(ns).Create(ctx, greeterService(ns), metav1.CreateOptions{}); err != nil {
 			t.Fatal(err)
@@ -439,10 +438,6 @@ func TestKeepsStateWhileAPIServerUnreachable(t *testing.T) {
 	cfg := rest.CopyConfig(env.Config)
 	cfg.Host = "https://" + proxy.addr()
 	cfg.TLSClientConfig.ServerName = "localhost"
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
 	if _, err := env.Client.CoreV1().Services(ns).Create(ctx, greeterService(ns), metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
@@ -451,7 +446,7 @@ func TestKeepsStateWhileAPIServerUnreachable(t *testing.T) {
 		metav1.CreateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	reg, _ := run(t, client, ns)
+	reg, _ := run(t, cfg, ns)
 	pods := map[string]string{"10.244.0.1:50051": "pod-greeter-a", "10.244.0.2:50051": "pod-greeter-a"}
 	before := greeterSnapshot(ns, map[string]conds{"10.244.0.1:50051": up, "10.244.0.2:50051": up}, pods)
 	await(t, reg, "initial state", hasSnapshot(reg, before))
@@ -590,11 +585,7 @@ func TestUnreachableAtStart(t *testing.T) {
 	cfg := rest.CopyConfig(env.Config)
 	cfg.Host = "https://" + proxy.addr()
 	cfg.TLSClientConfig.ServerName = "localhost"
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	reg, src := run(t, client, newNamespace(t))
+	reg, src := run(t, cfg, newNamespace(t))
 	deadline := time.After(waitTimeout)
 	for proxy.refusals() < 2 {
 		select {

@@ -7,7 +7,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/resolver"
-	k8s "k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
 
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/discovery/kube"
@@ -23,13 +23,13 @@ type Cluster struct {
 	err  error // of the source's Run, once done is closed
 }
 
-// StartCluster runs a discovery/kube source on client until ctx ends and
+// StartCluster runs a discovery/kube source on the cluster cfg points at until ctx ends and
 // returns once the source has synced, so the first calls see every Service
 // rather than "not found" for those not read yet. It fails if the source
 // stops before that, or ctx ends first.
-func StartCluster(ctx context.Context, client k8s.Interface, opts kube.Options) (*Cluster, error) {
+func StartCluster(ctx context.Context, cfg *rest.Config, opts kube.Options) (*Cluster, error) {
 	c := &Cluster{reg: discovery.NewRegistry(), done: make(chan struct{})}
-	src := kube.New(client, c.reg, opts)
+	src := kube.New(cfg, c.reg, opts)
 	go func() {
 		defer close(c.done)
 		c.err = src.Run(ctx)

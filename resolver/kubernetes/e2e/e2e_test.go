@@ -143,7 +143,7 @@ func TestResolverFollowsEndpointSlices(t *testing.T) {
 	}
 
 	runCtx, stop := context.WithCancel(ctx)
-	cluster, err := kubernetes.StartCluster(runCtx, api, kube.Options{Namespace: ns})
+	cluster, err := kubernetes.StartCluster(runCtx, env.Config, kube.Options{Namespace: ns})
 	if err != nil {
 		stop()
 		t.Fatal(err)

@@ -1,4 +1,8 @@
-package main
+// Package controlcmd is the `control` command, shared by the ballast binary
+// (`ballast control`) and the control plane's own binary (`ballast-control`),
+// which links only what the control plane runs: no sidecar, bench, dev
+// cluster or demo, so its RSS is not spent on their code pages.
+package controlcmd
 
 import (
 	"context"
@@ -7,6 +11,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/http/pprof"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -18,8 +23,8 @@ import (
 	"github.com/ballast-dev/ballast/xds"
 )
 
-// controlConfig is `ballast control`'s validated configuration.
-type controlConfig struct {
+// Config is the control command's validated configuration.
+type Config struct {
 	// Kubeconfig is a kubeconfig path; empty with InCluster uses the pod's
 	// service account.
 	Kubeconfig string
@@ -33,14 +38,19 @@ type controlConfig struct {
 	// before closing them; clients reconnect to another replica and keep
 	// their config meanwhile.
 	DrainTimeout time.Duration
+	// Pprof serves Go's profiles under /debug/pprof/ on the HTTP address.
+	// Off by default: the address also serves probes and metrics, which
+	// are for everyone; profiles are for whoever debugs the process.
+	Pprof bool
 
-	// serving, if set, is told the bound addresses (tests listen on port 0).
-	serving func(xdsAddr, httpAddr net.Addr)
+	// Serving, if set, is told the bound addresses (tests listen on port 0).
+	Serving func(xdsAddr, httpAddr net.Addr)
 }
 
-func newControlCmd() *cobra.Command {
+// New is the control command.
+func New() *cobra.Command {
 	var (
-		cfg    controlConfig
+		cfg    Config
 		policy string
 	)
 	cmd := &cobra.Command{
@@ -58,7 +68,8 @@ The LB policy is round_robin unless --default-lb-policy or the Service annotatio
 ballast.dev/lb-policy (round_robin, least_request, peak_ewma) says otherwise.
 
 --http-address serves /healthz, /readyz (once discovery has synced), /metrics and
-/debug/clients (what each client was last sent; ?resources=1 for content). CSDS
+/debug/clients (what each client was last sent; ?resources=1 for content), and
+with --pprof Go's profiles under /debug/pprof/. CSDS
 (envoy.service.status.v3) is served on the xDS port.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -68,7 +79,7 @@ ballast.dev/lb-policy (round_robin, least_request, peak_ewma) says otherwise.
 			}
 			cfg.Translate.DefaultPolicy = p
 			cfg.InCluster = cfg.Kubeconfig == "" && cfg.Files == ""
-			return runControl(cmd.Context(), cfg, slog.Default())
+			return Run(cmd.Context(), cfg, slog.Default())
 		},
 	}
 	f := cmd.Flags()
@@ -80,13 +91,17 @@ ballast.dev/lb-policy (round_robin, least_request, peak_ewma) says otherwise.
 	f.StringVar(&cfg.Translate.ClusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS domain")
 	f.StringVar(&cfg.Translate.BareNameNamespace, "bare-name-namespace", "default",
 		`namespace whose Services are also served as <name>:<port> ("-" for none)`)
+	f.BoolVar(&cfg.Pprof, "pprof", false, "also serve Go's profiles (heap, CPU, goroutines) under /debug/pprof/ on --http-address")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", time.Second, "on shutdown, how long unary calls (CSDS) may finish before xDS streams are closed")
 	return cmd
 }
 
-// runControl serves until ctx ends. Every goroutine belongs to one errgroup
+// connBufferSize is the read and write buffer of each client connection.
+const connBufferSize = 8 << 10
+
+// Run serves until ctx ends. Every goroutine belongs to one errgroup
 // and stops with its context.
-func runControl(ctx context.Context, cfg controlConfig, log *slog.Logger) error {
+func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	reg := discovery.NewRegistry()
 	g, ctx := errgroup.WithContext(ctx)
 	synced, err := startSources(ctx, g, cfg, reg, log)
@@ -111,9 +126,27 @@ func runControl(ctx context.Context, cfg controlConfig, log *slog.Logger) error 
 		// alive through idle periods without being disconnected.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
+		// Every client holds a connection, and gRPC's default 32 KiB
+		// buffers per connection came to 2 MiB of the heap with a hundred
+		// clients (measured), more while they connect together; 8 KiB
+		// ones hold a tenth of that. xDS messages are small; a large
+		// response is only written in more chunks.
+		grpc.ReadBufferSize(connBufferSize),
+		grpc.WriteBufferSize(connBufferSize),
 	)
 	srv.Register(gs)
-	hs := &http.Server{Handler: srv.Handler(), ReadHeaderTimeout: 10 * time.Second}
+	handler := srv.Handler()
+	if cfg.Pprof {
+		mux := http.NewServeMux()
+		mux.Handle("/", handler)
+		mux.HandleFunc("/debug/pprof/", pprof.Index)
+		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
+		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+		handler = mux
+	}
+	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
 
 	g.Go(func() error { return srv.Run(ctx) })
 	g.Go(func() error {
@@ -149,8 +182,8 @@ func runControl(ctx context.Context, cfg controlConfig, log *slog.Logger) error 
 		return hs.Shutdown(sctx)
 	})
 	log.Info("serving", "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String())
-	if cfg.serving != nil {
-		cfg.serving(xdsLis.Addr(), httpLis.Addr())
+	if cfg.Serving != nil {
+		cfg.Serving(xdsLis.Addr(), httpLis.Addr())
 	}
 	return g.Wait()
 }

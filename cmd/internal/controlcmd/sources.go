@@ -1,4 +1,4 @@
-package main
+package controlcmd
 
 import (
 	"context"
@@ -6,7 +6,6 @@ import (
 	"log/slog"
 
 	"golang.org/x/sync/errgroup"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 
@@ -19,7 +18,7 @@ import (
 // reg, and returns what /readyz asks: whether all of them have synced.
 // The file source syncs with its first Load, done here, so a bad file is
 // reported at start; it then keeps serving the files that did load.
-func startSources(ctx context.Context, g *errgroup.Group, cfg controlConfig, reg *discovery.Registry, log *slog.Logger) (func() bool, error) {
+func startSources(ctx context.Context, g *errgroup.Group, cfg Config, reg *discovery.Registry, log *slog.Logger) (func() bool, error) {
 	var synced []func() bool
 	if cfg.Files != "" {
 		src := files.New(cfg.Files, reg, files.Options{Logger: log})
@@ -45,11 +44,7 @@ func startSources(ctx context.Context, g *errgroup.Group, cfg controlConfig, reg
 		if err != nil {
 			return nil, fmt.Errorf("kubernetes config: %w (give --kubeconfig, or --files to run without a cluster)", err)
 		}
-		client, err := kubernetes.NewForConfig(restCfg)
-		if err != nil {
-			return nil, fmt.Errorf("kubernetes client: %w", err)
-		}
-		src := kube.New(client, reg, kube.Options{Logger: log})
+		src := kube.New(restCfg, reg, kube.Options{Logger: log})
 		synced = append(synced, src.HasSynced)
 		g.Go(func() error { return src.Run(ctx) })
 	}

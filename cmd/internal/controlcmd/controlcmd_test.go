@@ -1,4 +1,4 @@
-package main
+package controlcmd
 
 import (
 	"context"
@@ -31,6 +31,10 @@ import (
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
+	// The files' Services name Ballast's balancers, which the test's
+	// grpc-go client must know, as the ballast binary's do.
+	_ "github.com/ballast-dev/ballast/balancer/p2c"
+	_ "github.com/ballast-dev/ballast/balancer/peakewma"
 	"github.com/ballast-dev/ballast/greeter"
 	"github.com/ballast-dev/ballast/internal/testapi"
 	"github.com/ballast-dev/ballast/xds"
@@ -103,12 +107,12 @@ func TestControlServesKubernetes(t *testing.T) {
 	addrs := make(chan [2]net.Addr, 1)
 	done := make(chan error, 1)
 	go func() {
-		done <- runControl(runCtx, controlConfig{
+		done <- Run(runCtx, Config{
 			Kubeconfig:   kubeconfig(t),
 			XDSAddress:   "127.0.0.1:0",
 			HTTPAddress:  "127.0.0.1:0",
 			DrainTimeout: time.Second,
-			serving:      func(x, h net.Addr) { addrs <- [2]net.Addr{x, h} },
+			Serving:      func(x, h net.Addr) { addrs <- [2]net.Addr{x, h} },
 		}, slog.New(slog.NewTextHandler(io.Discard, nil)))
 	}()
 	var xdsAddr, httpAddr net.Addr
@@ -221,30 +225,6 @@ func poll(t *testing.T, what string, cond func() bool) {
 
 func ptr[T any](v T) *T { return &v }
 
-// TestBootstrapCommand writes a bootstrap file as an init container would.
-func TestBootstrapCommand(t *testing.T) {
-	out := filepath.Join(t.TempDir(), "etc", "bootstrap.json")
-	cmd := newRootCmd()
-	cmd.SetArgs([]string{"bootstrap", "--server", "ctl.example:15010", "--pod", "web-1", "--namespace", "shop", "--zone", "z", "--metadata", "app=web", "--out", out})
-	if err := cmd.ExecuteContext(context.Background()); err != nil {
-		t.Fatal(err)
-	}
-	data, err := os.ReadFile(out)
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, want := range []string{`"server_uri": "ctl.example:15010"`, `"id": "ballast~web-1.shop"`, `"zone": "z"`, `"app": "web"`} {
-		if !strings.Contains(string(data), want) {
-			t.Errorf("bootstrap lacks %s:\n%s", want, data)
-		}
-	}
-	cmd = newRootCmd()
-	cmd.SetArgs([]string{"bootstrap", "--pod", "p", "--namespace", "n", "--metadata", "novalue"})
-	if err := cmd.ExecuteContext(context.Background()); err == nil || !strings.Contains(err.Error(), `--metadata "novalue"`) {
-		t.Fatalf("err = %v, want one naming --metadata", err)
-	}
-}
-
 // TestControlServesFiles runs `ballast control --files` with grpc-go's real
 // xDS client dialing through it to greeters on loopback: every pod in the
 // folder's EndpointSlice gets calls, and a pod added to the file does too.
@@ -297,9 +277,9 @@ func TestControlServesFiles(t *testing.T) {
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
-		err := runControl(ctx, controlConfig{
+		err := Run(ctx, Config{
 			Files: dir, XDSAddress: "127.0.0.1:0", HTTPAddress: "127.0.0.1:0", DrainTimeout: time.Second,
-			serving: func(x, h net.Addr) { addrs <- [2]net.Addr{x, h} },
+			Serving: func(x, h net.Addr) { addrs <- [2]net.Addr{x, h} },
 		}, quiet)
 		if err != nil {
 			t.Errorf("control: %v", err)
