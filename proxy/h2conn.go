@@ -94,10 +94,11 @@ type h2conn struct {
 }
 
 func newH2Conn(nc net.Conn, r io.Reader, client bool) *h2conn {
+	rd, wr := socketIO(nc, r)
 	c := &h2conn{
 		nc:             nc,
-		br:             bufio.NewReaderSize(r, ioBufferSize),
-		bw:             bufio.NewWriterSize(nc, ioBufferSize),
+		br:             bufio.NewReaderSize(rd, ioBufferSize),
+		bw:             bufio.NewWriterSize(wr, ioBufferSize),
 		client:         client,
 		sendWindow:     initialWindow,
 		peerWindow:     initialWindow,
