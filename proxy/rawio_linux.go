@@ -36,7 +36,7 @@ func socketIO(nc net.Conn, r io.Reader) (io.Reader, io.Writer) {
 	if err != nil {
 		return r, nc
 	}
-	s := &rawSocket{rc: rc}
+	s := newRawSocket(rc)
 	if r != io.Reader(nc) {
 		return r, s
 	}
@@ -55,33 +55,38 @@ func (p *prefixReader) Read(b []byte) (int, error) {
 	return n, nil
 }
 
-// rawSocket reads and writes a socket with raw system calls.
+// rawSocket reads and writes a socket with raw system calls. Reads come
+// from one goroutine at a time (the read loop), writes too (under the
+// conn's lock); each side keeps its call's state here and its callback is
+// made once, so a call allocates nothing.
 type rawSocket struct {
 	rc syscall.RawConn
+
+	rbuf    []byte
+	rn      int
+	rerrno  syscall.Errno
+	readFn  func(fd uintptr) bool
+	wbuf    []byte
+	wn      int
+	werrno  syscall.Errno
+	writeFn func(fd uintptr) bool
+}
+
+func newRawSocket(rc syscall.RawConn) *rawSocket {
+	s := &rawSocket{rc: rc}
+	s.readFn = s.read
+	s.writeFn = s.write
+	return s
 }
 
 func (s *rawSocket) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
-	var n int
-	var errno syscall.Errno
-	err := s.rc.Read(func(fd uintptr) bool {
-		for {
-			r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
-			switch e {
-			case 0:
-				n = int(r)
-				return true
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false
-			default:
-				errno = e
-				return true
-			}
-		}
-	})
+	s.rbuf, s.rn, s.rerrno = b, 0, 0
+	err := s.rc.Read(s.readFn)
+	n, errno := s.rn, s.rerrno
+	s.rbuf = nil
 	switch {
 	case err != nil:
 		return 0, err
@@ -93,25 +98,30 @@ func (s *rawSocket) Read(b []byte) (int, error) {
 	return n, nil
 }
 
-func (s *rawSocket) Write(b []byte) (int, error) {
-	var n int
-	var errno syscall.Errno
-	err := s.rc.Write(func(fd uintptr) bool {
-		for n < len(b) {
-			r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[n])), uintptr(len(b)-n))
-			switch e {
-			case 0:
-				n += int(r)
-			case syscall.EINTR:
-			case syscall.EAGAIN:
-				return false
-			default:
-				errno = e
-				return true
-			}
+// read makes one read(2) call; false means nothing to read yet.
+func (s *rawSocket) read(fd uintptr) bool {
+	b := s.rbuf
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_READ, fd, uintptr(unsafe.Pointer(&b[0])), uintptr(len(b)))
+		switch e {
+		case 0:
+			s.rn = int(r)
+			return true
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			s.rerrno = e
+			return true
 		}
-		return true
-	})
+	}
+}
+
+func (s *rawSocket) Write(b []byte) (int, error) {
+	s.wbuf, s.wn, s.werrno = b, 0, 0
+	err := s.rc.Write(s.writeFn)
+	n, errno := s.wn, s.werrno
+	s.wbuf = nil
 	switch {
 	case err != nil:
 		return n, err
@@ -119,4 +129,24 @@ func (s *rawSocket) Write(b []byte) (int, error) {
 		return n, os.NewSyscallError("write", errno)
 	}
 	return n, nil
+}
+
+// write makes write(2) calls until all of wbuf is written; false means the
+// socket's buffer is full.
+func (s *rawSocket) write(fd uintptr) bool {
+	b := s.wbuf
+	for s.wn < len(b) {
+		r, _, e := syscall.RawSyscall(syscall.SYS_WRITE, fd, uintptr(unsafe.Pointer(&b[s.wn])), uintptr(len(b)-s.wn))
+		switch e {
+		case 0:
+			s.wn += int(r)
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			s.werrno = e
+			return true
+		}
+	}
+	return true
 }
