@@ -31,7 +31,10 @@ import (
 //	direct (no proxy)    154 allocs,  9.0 KB     154 allocs,  9.0 KB
 //
 // so the proxy's own share went from about 175 allocations per call to
-// about 2.
+// about 2. With -benchtime 20000x the frame path measured 166 allocs
+// (proxied) and 150 (proxied-parallel) before its raw socket calls stopped
+// allocating a closure per read and write; now 154 and 147, against 154 and
+// 145 direct: the proxy's share is 0 to 2 allocations per call.
 func BenchmarkProxyUnary(b *testing.B) {
 	addrs := startGreeters(b, 3)
 	direct := func(b *testing.B) *grpc.ClientConn {
