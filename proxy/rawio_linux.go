@@ -58,7 +58,11 @@ func (p *prefixReader) Read(b []byte) (int, error) {
 // rawSocket reads and writes a socket with raw system calls. Reads come
 // from one goroutine at a time (the read loop), writes too (under the
 // conn's lock); each side keeps its call's state here and its callback is
-// made once, so a call allocates nothing.
+// made once, so a call allocates nothing (grpc-go's
+// internal/transport/readyreader reads through RawConn the same way, with
+// syscall.Read). Unlike syscall.Read and Write, raw calls do not tell the
+// race detector about the buffer they fill or drain; the buffers are the
+// conn's bufio buffers, used only under the read loop or the conn's lock.
 type rawSocket struct {
 	rc syscall.RawConn
 
