@@ -8,6 +8,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"runtime"
 	"sync"
 
 	"golang.org/x/net/http2"
@@ -94,10 +95,11 @@ type h2conn struct {
 }
 
 func newH2Conn(nc net.Conn, r io.Reader, client bool) *h2conn {
+	rd, wr := socketIO(nc, r)
 	c := &h2conn{
 		nc:             nc,
-		br:             bufio.NewReaderSize(r, ioBufferSize),
-		bw:             bufio.NewWriterSize(nc, ioBufferSize),
+		br:             bufio.NewReaderSize(rd, ioBufferSize),
+		bw:             bufio.NewWriterSize(wr, ioBufferSize),
 		client:         client,
 		sendWindow:     initialWindow,
 		peerWindow:     initialWindow,
@@ -244,6 +246,14 @@ func (c *h2conn) readLoop(h peerHandler) error {
 	}()
 	for {
 		if !c.frameBuffered() {
+			if len(b.dirty) > 0 {
+				// Yield once before writing: the read loops the
+				// netpoller woke with this one run first, and what they
+				// forward to the same connections (responses from several
+				// upstreams to one client) leaves in this flush, one
+				// write instead of one per read loop.
+				runtime.Gosched()
+			}
 			b.flush()
 		}
 		f, err := c.fr.ReadFrame()

@@ -34,6 +34,9 @@ type stream struct {
 	// by whichever goroutine ends the call, before the last leg closes.
 	code    atomic.Int32
 	codeSet atomic.Bool
+	// firstPending holds the request headers while the stream is placed,
+	// so that queueing them allocates nothing.
+	firstPending [1]item
 }
 
 // leg is a stream as seen on one connection. Fields about sending on c
