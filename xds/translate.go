@@ -35,24 +35,19 @@ import (
 
 // PolicyAnnotation names the Service annotation that picks the LB policy of
 // all of the Service's ports: round_robin, least_request or peak_ewma.
-const PolicyAnnotation = discovery.AnnotationPrefix + "lb-policy"
+const PolicyAnnotation = discovery.LBPolicyAnnotation
 
-// Policy is a load-balancing policy a Cluster asks its clients to use.
-type Policy string
+// Policy is a load-balancing policy a Cluster asks its clients to use; the
+// policies and their fallback order are discovery's (discovery.LBPolicy),
+// shared with the kubernetes:/// resolver. Each becomes an ordered list in
+// the Cluster's load_balancing_policy (gRFC A52).
+type Policy = discovery.LBPolicy
 
-// The policies a Service may ask for. Each becomes an ordered list in the
-// Cluster's load_balancing_policy; a client takes the first entry it
-// supports (gRFC A52), so every list ends with round_robin, which every gRPC
-// implementation has.
+// The policies a Service may ask for.
 const (
-	// RoundRobin spreads calls evenly over the ready endpoints.
-	RoundRobin Policy = "round_robin"
-	// LeastRequest picks the less loaded of two random endpoints (gRFC A48).
-	LeastRequest Policy = "least_request"
-	// PeakEWMA is Ballast's latency-aware policy. Only Go clients that import
-	// balancer/peakewma (which registers "ballast_peak_ewma") can run it;
-	// every other client falls back to least_request, then round_robin.
-	PeakEWMA Policy = "peak_ewma"
+	RoundRobin   = discovery.RoundRobin
+	LeastRequest = discovery.LeastRequest
+	PeakEWMA     = discovery.PeakEWMA
 )
 
 // PeakEWMABalancerName is the grpc-go balancer name of Ballast's peak-EWMA
@@ -65,13 +60,7 @@ const PeakEWMABalancerName = "ballast_peak_ewma"
 const peakEWMATypeURL = "type.googleapis.com/" + PeakEWMABalancerName
 
 // ParsePolicy reads a policy name, as written in the annotation or a flag.
-func ParsePolicy(s string) (Policy, error) {
-	switch p := Policy(s); p {
-	case RoundRobin, LeastRequest, PeakEWMA:
-		return p, nil
-	}
-	return "", fmt.Errorf("unknown lb policy %q (want %s, %s or %s)", s, RoundRobin, LeastRequest, PeakEWMA)
-}
+func ParsePolicy(s string) (Policy, error) { return discovery.ParseLBPolicy(s) }
 
 // Options shape the translation. The zero value is usable.
 type Options struct {
@@ -180,11 +169,9 @@ func Translate(services []*discovery.Service, opts Options) (Resources, error) {
 func TranslateService(svc *discovery.Service, opts Options) (Resources, error) {
 	var out Resources
 	policy := opts.policy()
-	if v, ok := svc.Annotations[PolicyAnnotation]; ok {
-		p, err := ParsePolicy(v)
-		if err != nil {
-			return Resources{}, fmt.Errorf("service %s: annotation %s: %w", svc.Key, PolicyAnnotation, err)
-		}
+	if p, ok, err := svc.LBPolicy(); err != nil {
+		return Resources{}, err
+	} else if ok {
 		policy = p
 	}
 	lbPolicy, err := loadBalancingPolicy(policy)

@@ -21,6 +21,16 @@
 // calls wait for endpoints instead). grpc-go's round_robin replaces the
 // message with its own "no children to pick from"; pick_first and Ballast's
 // balancers keep it.
+//
+// A Service annotated ballast.dev/lb-policy (round_robin, least_request or
+// peak_ewma) gets that policy through the service config the resolver
+// sends, the same choice and fallback order the control plane puts in the
+// Service's xDS Clusters, so a library client balances as proxyless
+// clients and the sidecar do. As in gRPC generally, a service config from
+// the resolver overrides the client's grpc.WithDefaultServiceConfig;
+// grpc.WithDisableServiceConfig keeps the client's own. Without the
+// annotation none is sent and the client's default applies. An annotation
+// that names no policy is logged and the last good one stays.
 package kubernetes
 
 import (
@@ -34,9 +44,12 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/attributes"
+	"google.golang.org/grpc/balancer/leastrequest"
+	"google.golang.org/grpc/balancer/roundrobin"
 	"google.golang.org/grpc/resolver"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/ballast-dev/ballast/balancer/peakewma"
 	"github.com/ballast-dev/ballast/discovery"
 )
 
@@ -167,10 +180,12 @@ type kubeResolver struct {
 	stopped chan struct{}
 
 	// What was last sent, to skip changes to the Service that leave this
-	// port's ready set as it was.
-	sent     bool
-	lastAddr []string
-	lastErr  string
+	// port's ready set and policy as they were.
+	sent       bool
+	lastAddr   []string
+	lastErr    string
+	lastPolicy discovery.LBPolicy // "" for none
+	badPolicy  string             // the annotation error last logged
 }
 
 func (r *kubeResolver) run(ctx context.Context) {
@@ -191,7 +206,7 @@ func (r *kubeResolver) run(ctx context.Context) {
 // push reads the Service from the registry and sends the whole state, or
 // the reason there is none.
 func (r *kubeResolver) push() {
-	eps, err := r.resolve()
+	eps, policy, err := r.resolve()
 	if err != nil {
 		if r.sent && r.lastErr == err.Error() {
 			return
@@ -210,14 +225,58 @@ func (r *kubeResolver) push() {
 	for i, ep := range eps {
 		addrs[i] = ep.Addresses[0].Addr
 	}
-	if r.sent && r.lastErr == "" && slices.Equal(addrs, r.lastAddr) {
+	if r.sent && r.lastErr == "" && slices.Equal(addrs, r.lastAddr) && policy == r.lastPolicy {
 		return
 	}
-	r.log.Debug("endpoints", "addresses", addrs)
-	if err := r.cc.UpdateState(resolver.State{Endpoints: eps}); err != nil {
+	r.log.Debug("endpoints", "addresses", addrs, "policy", policy)
+	state := resolver.State{Endpoints: eps}
+	if policy != "" {
+		state.ServiceConfig = r.cc.ParseServiceConfig(serviceConfig(policy))
+	}
+	if err := r.cc.UpdateState(state); err != nil {
 		r.log.Debug("update rejected", "err", err)
 	}
-	r.sent, r.lastAddr, r.lastErr = true, addrs, ""
+	r.sent, r.lastAddr, r.lastErr, r.lastPolicy = true, addrs, "", policy
+}
+
+// policy is the LB policy the Service asks for, "" for none; an
+// annotation that names no policy keeps the last one sent.
+func (r *kubeResolver) policy(svc *discovery.Service) discovery.LBPolicy {
+	p, _, err := svc.LBPolicy()
+	if err != nil {
+		if err.Error() != r.badPolicy {
+			r.log.Warn("keeping the last good lb policy", "err", err, "policy", r.lastPolicy)
+			r.badPolicy = err.Error()
+		}
+		return r.lastPolicy
+	}
+	r.badPolicy = ""
+	return p
+}
+
+// serviceConfig is a gRPC service config asking for the policy, with the
+// fallbacks of the control plane's Clusters: a client takes the first
+// entry it has registered.
+func serviceConfig(p discovery.LBPolicy) string {
+	var entries []string
+	switch p {
+	case discovery.PeakEWMA:
+		entries = []string{peakewma.Name, leastrequest.Name, roundrobin.Name}
+	case discovery.LeastRequest:
+		entries = []string{leastrequest.Name, roundrobin.Name}
+	default:
+		entries = []string{roundrobin.Name}
+	}
+	var b strings.Builder
+	b.WriteString(`{"loadBalancingConfig":[`)
+	for i, name := range entries {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{%q:{}}`, name)
+	}
+	b.WriteString(`]}`)
+	return b.String()
 }
 
 // Errors the resolver reports wrap these, for errors.Is.
@@ -228,14 +287,14 @@ var (
 	ErrNoReadyEndpoint = errors.New("no ready endpoints")
 )
 
-func (r *kubeResolver) resolve() ([]resolver.Endpoint, error) {
+func (r *kubeResolver) resolve() ([]resolver.Endpoint, discovery.LBPolicy, error) {
 	svc, ok := r.reg.Get(r.target.key)
 	if !ok {
-		return nil, fmt.Errorf("service %s %w", r.target.key, ErrServiceNotFound)
+		return nil, "", fmt.Errorf("service %s %w", r.target.key, ErrServiceNotFound)
 	}
 	port, err := svc.Port(r.target.port)
 	if err != nil {
-		return nil, err
+		return nil, "", err
 	}
 	ready := port.Ready()
 	if len(ready) == 0 {
@@ -243,7 +302,7 @@ func (r *kubeResolver) resolve() ([]resolver.Endpoint, error) {
 		if ref.port == "" {
 			ref.port = strconv.Itoa(int(port.Port))
 		}
-		return nil, fmt.Errorf("%w for %s", ErrNoReadyEndpoint, ref)
+		return nil, "", fmt.Errorf("%w for %s", ErrNoReadyEndpoint, ref)
 	}
 	eps := make([]resolver.Endpoint, 0, len(ready))
 	for _, e := range ready {
@@ -259,7 +318,7 @@ func (r *kubeResolver) resolve() ([]resolver.Endpoint, error) {
 			Attributes: attrs,
 		})
 	}
-	return eps, nil
+	return eps, r.policy(svc), nil
 }
 
 // ResolveNow does nothing: the registry pushes every change.

@@ -6,7 +6,10 @@ import (
 	"testing"
 	"time"
 
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/serviceconfig"
 
 	"github.com/ballast-dev/ballast/discovery"
 )
@@ -16,10 +19,16 @@ type fakeCC struct {
 	resolver.ClientConn
 	updates chan resolver.State
 	errs    chan error
+	configs chan string // service configs given to ParseServiceConfig
 }
 
 func newFakeCC() *fakeCC {
-	return &fakeCC{updates: make(chan resolver.State, 16), errs: make(chan error, 16)}
+	return &fakeCC{updates: make(chan resolver.State, 16), errs: make(chan error, 16), configs: make(chan string, 16)}
+}
+
+func (f *fakeCC) ParseServiceConfig(js string) *serviceconfig.ParseResult {
+	f.configs <- js
+	return &serviceconfig.ParseResult{}
 }
 
 func (f *fakeCC) UpdateState(s resolver.State) error { f.updates <- s; return nil }
@@ -107,5 +116,70 @@ func TestBuildRejectsBadTarget(t *testing.T) {
 	_, err := NewBuilder(discovery.NewRegistry()).Build(parse(t, "kubernetes:///a.b.c.d:1"), newFakeCC(), resolver.BuildOptions{})
 	if err == nil {
 		t.Fatal("Build accepted kubernetes:///a.b.c.d:1")
+	}
+}
+
+// The Service's lb-policy annotation reaches the client as a service
+// config with the control plane's fallback order; without it none is sent
+// (the client's default applies), and a bad value keeps the last good one.
+func TestPolicyFromAnnotation(t *testing.T) {
+	ep := discovery.Endpoint{Address: netip.MustParseAddrPort("10.1.0.7:8080"), Ready: true, Serving: true}
+	annotated := func(policy string) *discovery.Service {
+		s := svc(ep)
+		s.Annotations = map[string]string{discovery.LBPolicyAnnotation: policy}
+		return s
+	}
+	const (
+		peakEWMA     = `{"loadBalancingConfig":[{"ballast_peak_ewma":{}},{"least_request_experimental":{}},{"round_robin":{}}]}`
+		leastRequest = `{"loadBalancingConfig":[{"least_request_experimental":{}},{"round_robin":{}}]}`
+		roundRobin   = `{"loadBalancingConfig":[{"round_robin":{}}]}`
+	)
+	steps := []struct {
+		name    string
+		service *discovery.Service
+		want    string // "" for no service config
+	}{
+		{"no annotation", svc(ep), ""},
+		{"peak_ewma", annotated("peak_ewma"), peakEWMA},
+		{"least_request", annotated("least_request"), leastRequest},
+		{"a typo keeps the last good policy", annotated("least-request"), leastRequest},
+		{"round_robin", annotated("round_robin"), roundRobin},
+		{"annotation removed", svc(ep), ""},
+	}
+	reg := discovery.NewRegistry()
+	cc := newFakeCC()
+	var r resolver.Resolver
+	for i, step := range steps {
+		reg.Set(step.service)
+		if i == 0 {
+			var err error
+			if r, err = NewBuilder(reg).Build(parse(t, "kubernetes:///greeter.shop"), cc, resolver.BuildOptions{}); err != nil {
+				t.Fatal(err)
+			}
+		}
+		if step.name == "a typo keeps the last good policy" {
+			continue // nothing changed for the client: the next step's state shows nothing was sent
+		}
+		s := cc.nextState(t)
+		var got string
+		if s.ServiceConfig != nil {
+			got = <-cc.configs
+		}
+		if got != step.want {
+			t.Errorf("%s: service config %q, want %q", step.name, got, step.want)
+		}
+	}
+	cc.quiet(t)
+	r.Close()
+
+	// Each is a service config gRPC takes.
+	for _, js := range []string{peakEWMA, leastRequest, roundRobin} {
+		conn, err := grpc.NewClient("passthrough:///127.0.0.1:1", grpc.WithTransportCredentials(insecure.NewCredentials()),
+			grpc.WithDefaultServiceConfig(js))
+		if err != nil {
+			t.Errorf("gRPC refuses %s: %v", js, err)
+			continue
+		}
+		conn.Close()
 	}
 }
