@@ -213,3 +213,62 @@ func TestRegistryResolved(t *testing.T) {
 		t.Fatalf("30 calls reached %v, want 10 on each of 3 pods", pods)
 	}
 }
+
+// TestRegistryPolicy: without a control plane the Service's lb-policy
+// annotation still picks the balancer, through the service config the
+// kubernetes:/// resolver sends, as it picks the xDS Cluster's policy
+// (TestXDSPolicy). A value that names no policy keeps the last good one.
+func TestRegistryPolicy(t *testing.T) {
+	addrs := startGreeters(t, 3)
+	tests := []struct {
+		name         string
+		annotations  []string // set one after the other; "" for none
+		wantBalancer string
+	}{
+		{"none", []string{""}, "round_robin"},
+		{"least_request", []string{"least_request"}, "least_request_experimental"},
+		{"peak_ewma", []string{"peak_ewma"}, "ballast_peak_ewma"},
+		{"a bad value keeps the last good", []string{"peak_ewma", "peak-ewma"}, "ballast_peak_ewma"},
+		{"changed", []string{"peak_ewma", "round_robin"}, "round_robin"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			service := func(policy string, pods int) *discovery.Service {
+				svc := &discovery.Service{Key: keyOf("default", "greeter"), Ports: []discovery.Port{{Port: 50051, Protocol: "TCP"}}}
+				if policy != "" {
+					svc.Annotations = map[string]string{discovery.LBPolicyAnnotation: policy}
+				}
+				for i, a := range addrs[:pods] {
+					svc.Ports[0].Endpoints = append(svc.Ports[0].Endpoints, discovery.Endpoint{Address: netip.MustParseAddrPort(a), Ready: true, Serving: true, Pod: fmt.Sprintf("pod-%d", i)})
+				}
+				return svc
+			}
+			reg := discovery.NewRegistry()
+			reg.Set(service(tc.annotations[0], 3))
+			target := KubernetesTarget("greeter", "default", 50051)
+			p, addr := startOutbound(t, target, Options{Resolvers: []resolver.Builder{k8sresolver.NewBuilder(reg)}})
+			conn := dial(t, addr)
+			spread(t, conn, 3, 30)
+			for _, a := range tc.annotations[1:] {
+				reg.Set(service(a, 3))
+			}
+			// The last change also drops a pod: once no call reaches it,
+			// the balancer has the resolver's last state, policy and all.
+			reg.Set(service(tc.annotations[len(tc.annotations)-1], 2))
+			eventually(t, "calls stop reaching the dropped pod", func() bool {
+				tally := greeter.Call(context.Background(), conn, 30, 5*time.Second, nil)
+				if tally.Errors > 0 {
+					t.Fatalf("%d calls failed; last: %v", tally.Errors, tally.LastError)
+				}
+				_, dropped := tally.Pods["pod-2"]
+				return !dropped
+			})
+			up, _ := p.upstreams.get(target)
+			got := make(chan string, 1)
+			up.host.work.schedule(func() { got <- up.host.balName })
+			if b := <-got; b != tc.wantBalancer {
+				t.Fatalf("the proxy runs balancer %q, want %q", b, tc.wantBalancer)
+			}
+		})
+	}
+}

@@ -1,12 +1,14 @@
 package proxy
 
 import (
+	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/url"
 	"strings"
 	"sync"
 
+	"google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
@@ -155,10 +157,20 @@ func (u *upstreams) close() {
 type resolverConn struct {
 	resolver.ClientConn // embedded for methods grpc-go may add
 	h                   *host
+	last                *lbChoice // the balancer last given to h
 }
 
 func (r *resolverConn) UpdateState(s resolver.State) error {
-	r.h.update(defaultBalancer, nil, s)
+	name, cfg := defaultBalancer, serviceconfig.LoadBalancingConfig(nil)
+	if sc := s.ServiceConfig; sc != nil {
+		if c, ok := sc.Config.(*lbChoice); ok && sc.Err == nil {
+			name, cfg = c.name, c.cfg
+		} else if r.last != nil {
+			name, cfg = r.last.name, r.last.cfg // a bad config keeps the last good one
+		}
+	}
+	r.last = &lbChoice{name: name, cfg: cfg}
+	r.h.update(name, cfg, s)
 	return nil
 }
 
@@ -168,8 +180,38 @@ func (r *resolverConn) NewAddress(addrs []resolver.Address) {
 	r.UpdateState(resolver.State{Addresses: addrs})
 }
 
-func (r *resolverConn) ParseServiceConfig(string) *serviceconfig.ParseResult {
-	return &serviceconfig.ParseResult{Err: fmt.Errorf("ballast proxy: service configs from resolvers are not used")}
+// ParseServiceConfig reads the one part of a service config the proxy
+// uses: loadBalancingConfig, the first entry whose balancer is registered,
+// as a grpc-go channel picks it. The kubernetes:/// resolver sends one for
+// Services annotated ballast.dev/lb-policy, so the registry-only proxy
+// honours the annotation as the control plane's Clusters do.
+func (r *resolverConn) ParseServiceConfig(js string) *serviceconfig.ParseResult {
+	var sc struct {
+		LoadBalancingConfig []map[string]json.RawMessage `json:"loadBalancingConfig"`
+	}
+	if err := json.Unmarshal([]byte(js), &sc); err != nil {
+		return &serviceconfig.ParseResult{Err: fmt.Errorf("service config: %w", err)}
+	}
+	for _, entry := range sc.LoadBalancingConfig {
+		for name, raw := range entry { // one key per entry
+			if balancer.Get(name) == nil {
+				continue
+			}
+			name, cfg, err := parsePolicy(name, raw)
+			if err != nil {
+				return &serviceconfig.ParseResult{Err: fmt.Errorf("service config: %w", err)}
+			}
+			return &serviceconfig.ParseResult{Config: &lbChoice{name: name, cfg: cfg}}
+		}
+	}
+	return &serviceconfig.ParseResult{Config: &lbChoice{name: defaultBalancer}}
+}
+
+// lbChoice is a parsed service config: the balancer and its config.
+type lbChoice struct {
+	serviceconfig.Config // for its marker method; never called
+	name                 string
+	cfg                  serviceconfig.LoadBalancingConfig
 }
 
 func serviceLabel(target string) string {

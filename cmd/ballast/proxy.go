@@ -42,7 +42,8 @@ func (s *registrySource) AddFlags(f *pflag.FlagSet) {
 // Known reads Services into a Registry. With a control plane their
 // ClusterIPs lead to xds:/// targets; without one, to kubernetes:///
 // targets that resolver/kubernetes resolves from the same Registry,
-// balanced round robin.
+// balanced by the policy the Service's ballast.dev/lb-policy annotation
+// names (round robin without one), as the control plane would.
 func (s *registrySource) Known(withXDS bool) (*proxycmd.Known, error) {
 	if s.kubernetes && s.filesDir != "" {
 		return nil, errors.New("--kubernetes and --files: choose one source of Services")
