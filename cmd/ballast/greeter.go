@@ -103,7 +103,7 @@ With --calls N, makes N calls over one connection to --target and prints the cou
 	cmd.Flags().IntVar(&calls, "calls", 0, "make this many calls, print the count per pod and exit")
 	cmd.Flags().StringVar(&disc.Kubeconfig, "kubeconfig", "", "kubeconfig for kubernetes:/// targets (default: $KUBECONFIG, ~/.kube/config, then in-cluster)")
 	cmd.Flags().StringVar(&disc.Files, "files", "", "resolve kubernetes:/// targets from this folder of Service and EndpointSlice YAML instead of a cluster")
-	cmd.Flags().StringVar(&disc.LBPolicy, "lb-policy", "round_robin", "LB policy for kubernetes:/// targets: round_robin, ballast_p2c, ballast_peak_ewma")
+	cmd.Flags().StringVar(&disc.LBPolicy, "lb-policy", "round_robin", "LB policy for kubernetes:/// targets: round_robin, ballast_p2c, ballast_peak_ewma (a Service annotated ballast.dev/lb-policy gets that policy instead)")
 	return cmd
 }
 
