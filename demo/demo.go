@@ -15,6 +15,7 @@ import (
 	"net/netip"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"google.golang.org/grpc"
@@ -213,7 +214,13 @@ type world struct {
 	sidecar     netip.AddrPort
 	dir         string
 	cancel      context.CancelFunc
-	done        []chan error
+	parts       []part
+}
+
+// part is one running part of the world.
+type part struct {
+	cancel context.CancelFunc
+	done   chan error
 }
 
 func startWorld(ctx context.Context, n int, log *slog.Logger) (_ *world, err error) {
@@ -233,7 +240,7 @@ func startWorld(ctx context.Context, n int, log *slog.Logger) (_ *world, err err
 		}
 		w.pods = append(w.pods, pod)
 		addrs = append(addrs, netip.MustParseAddrPort(lis.Addr().String()))
-		w.run(func() error { return (&greeter.Server{Pod: pod, Log: log}).Serve(ctx, lis) })
+		w.run(ctx, func(ctx context.Context) error { return (&greeter.Server{Pod: pod, Log: log}).Serve(ctx, lis) })
 	}
 
 	w.dir, err = os.MkdirTemp("", "ballast-demo-")
@@ -273,7 +280,7 @@ func startWorld(ctx context.Context, n int, log *slog.Logger) (_ *world, err err
 		}
 		return out
 	}}
-	w.run(func() error { return proxy.Serve(ctx, lis) })
+	w.run(ctx, func(ctx context.Context) error { return proxy.Serve(ctx, lis) })
 
 	var controlAddr string
 	if w.xdsResolver, controlAddr, err = w.startControlPlane(ctx, log); err != nil {
@@ -297,7 +304,7 @@ func startWorld(ctx context.Context, n int, log *slog.Logger) (_ *world, err err
 		return nil, fmt.Errorf("start sidecar: %w", err)
 	}
 	w.sidecar = netip.MustParseAddrPort(sidecarLis.Addr().String())
-	w.run(func() error { return sidecar.Serve(ctx) })
+	w.run(ctx, func(ctx context.Context) error { return sidecar.Serve(ctx) })
 	return w, nil
 }
 
@@ -314,8 +321,8 @@ func (w *world) startControlPlane(ctx context.Context, log *slog.Logger) (resolv
 	}
 	gs := grpc.NewServer()
 	srv.Register(gs)
-	w.run(func() error { return srv.Run(ctx) })
-	w.run(func() error {
+	w.run(ctx, func(ctx context.Context) error { return srv.Run(ctx) })
+	w.run(ctx, func(ctx context.Context) error {
 		stop := context.AfterFunc(ctx, gs.Stop)
 		defer stop()
 		return gs.Serve(lis)
@@ -331,19 +338,26 @@ func (w *world) startControlPlane(ctx context.Context, log *slog.Logger) (resolv
 	return r, lis.Addr().String(), err
 }
 
-// run starts a part of the world that stops when the world's context ends.
-func (w *world) run(serve func() error) {
+// run starts a part of the world that stops when ctx ends or the world
+// stops, whichever comes first.
+func (w *world) run(ctx context.Context, serve func(context.Context) error) {
+	ctx, cancel := context.WithCancel(ctx)
 	done := make(chan error, 1)
-	w.done = append(w.done, done)
-	go func() { done <- serve() }()
+	w.parts = append(w.parts, part{cancel, done})
+	go func() { done <- serve(ctx) }()
 }
 
+// stop stops the parts in the reverse of the order they started, each
+// before the one it depends on: the sidecar before the control plane it
+// streams from (which would otherwise vanish under it and make it warn),
+// the control plane and the proxies before the pods.
 func (w *world) stop() error {
-	w.cancel()
 	var errs []error
-	for _, d := range w.done {
-		errs = append(errs, <-d)
+	for _, p := range slices.Backward(w.parts) {
+		p.cancel()
+		errs = append(errs, <-p.done)
 	}
+	w.cancel()
 	if w.dir != "" {
 		os.RemoveAll(w.dir)
 	}
