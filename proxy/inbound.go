@@ -3,7 +3,6 @@ package proxy
 import (
 	"context"
 	"errors"
-	"fmt"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -47,22 +46,6 @@ func newInbound(lis net.Listener, reg prometheus.Registerer, maxMessage uint32, 
 			byName:         map[string]*upstream{},
 		},
 		metrics: m,
-	}
-}
-
-// acceptInbound accepts redirected inbound connections until the listener
-// is closed.
-func (p *Proxy) acceptInbound(ctx context.Context) error {
-	lis := p.inbound.lis
-	for {
-		c, err := lis.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("proxy: accept on %s: %w", lis.Addr(), err)
-		}
-		p.conns.Go(func() { p.serveInbound(ctx, c) })
 	}
 }
 

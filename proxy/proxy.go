@@ -216,26 +216,21 @@ func (p *Proxy) AdminHandler() http.Handler {
 func (p *Proxy) Serve(ctx context.Context) error {
 	failed := make(chan error, len(p.outbound)+2)
 	var serving sync.WaitGroup
-	for _, lis := range p.outbound {
+	serve := func(lis net.Listener, conn func(net.Conn)) {
 		serving.Go(func() {
-			if err := p.acceptOutbound(lis); err != nil {
+			if err := p.accept(ctx, lis, conn); err != nil {
 				failed <- err
 			}
 		})
+	}
+	for _, lis := range p.outbound {
+		serve(lis, func(c net.Conn) { p.serveDownstream(c, lis.up) })
 	}
 	if p.opts.Transparent != nil {
-		serving.Go(func() {
-			if err := p.acceptTransparent(ctx); err != nil {
-				failed <- err
-			}
-		})
+		serve(p.opts.Transparent, func(c net.Conn) { p.serveTransparent(ctx, c) })
 	}
 	if p.inbound != nil {
-		serving.Go(func() {
-			if err := p.acceptInbound(ctx); err != nil {
-				failed <- err
-			}
-		})
+		serve(p.inbound.lis, func(c net.Conn) { p.serveInbound(ctx, c) })
 	}
 	var xdsDone chan struct{}
 	if x := p.upstreams.xds; x != nil {
@@ -264,18 +259,18 @@ func (p *Proxy) Serve(ctx context.Context) error {
 	return err
 }
 
-// acceptOutbound serves the connections of an explicit listener until it
-// is closed.
-func (p *Proxy) acceptOutbound(lis *routedListener) error {
+// accept serves each connection lis accepts in its own goroutine, until
+// lis is closed.
+func (p *Proxy) accept(ctx context.Context, lis net.Listener, serve func(net.Conn)) error {
 	for {
 		c, err := lis.Accept()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) {
+			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
 				return nil
 			}
 			return fmt.Errorf("proxy: accept on %s: %w", lis.Addr(), err)
 		}
-		p.conns.Go(func() { p.serveDownstream(c, lis.up) })
+		p.conns.Go(func() { serve(c) })
 	}
 }
 

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"fmt"
 	"io"
 	"net"
 	"net/netip"
@@ -24,30 +23,18 @@ const (
 	reasonNoUpstream         = "no_upstream"
 )
 
-// acceptTransparent accepts redirected connections until the listener is
-// closed, and dispatches each in its own goroutine.
-func (p *Proxy) acceptTransparent(ctx context.Context) error {
-	lis := p.opts.Transparent
-	for {
-		c, err := lis.Accept()
-		if err != nil {
-			if errors.Is(err, net.ErrClosed) || ctx.Err() != nil {
-				return nil
-			}
-			return fmt.Errorf("proxy: accept on %s: %w", lis.Addr(), err)
-		}
-		p.conns.Go(func() {
-			dst, err := p.opts.OriginalDst(c)
-			if err != nil {
-				// Not a redirected connection: someone dialled the proxy's
-				// port itself. Forwarding it would loop.
-				p.log.Debug("no original destination; closing", "client", c.RemoteAddr(), "err", err)
-				c.Close()
-				return
-			}
-			p.dispatch(ctx, c, dst)
-		})
+// serveTransparent sends one redirected connection on to its original
+// destination.
+func (p *Proxy) serveTransparent(ctx context.Context, c net.Conn) {
+	dst, err := p.opts.OriginalDst(c)
+	if err != nil {
+		// Not a redirected connection: someone dialled the proxy's port
+		// itself. Forwarding it would loop.
+		p.log.Debug("no original destination; closing", "client", c.RemoteAddr(), "err", err)
+		c.Close()
+		return
 	}
+	p.dispatch(ctx, c, dst)
 }
 
 // dispatch sends an intercepted connection to the gRPC path if it speaks
