@@ -38,22 +38,10 @@ func TestInboundNetns(t *testing.T) {
 	if os.Getenv(envInboundInside) != "" || os.Getenv(envInboundClient) != "" {
 		t.Skip("runs in the parent only")
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root to create network namespaces")
-	}
-	for _, tool := range []string{"ip", "iptables", "iptables-restore", "iptables-save"} {
-		if _, err := exec.LookPath(tool); err != nil {
-			t.Skipf("needs %s (tools/deps.sh installs iptables)", tool)
-		}
-	}
+	needNetns(t)
 	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
 	defer cancel()
-	run := func(args ...string) {
-		t.Helper()
-		if out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput(); err != nil {
-			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
-		}
-	}
+	run := commandRunner(ctx, t)
 	id := fmt.Sprintf("%d-%d", os.Getpid(), rand.Uint32()%100000)
 	pod, caller := "ballast-inpod-"+id, "ballast-incall-"+id
 	for _, ns := range []string{pod, caller} {

@@ -37,26 +37,39 @@ const (
 	netnsClientUID = 65534
 )
 
-func TestTransparentNetns(t *testing.T) {
-	if os.Getenv(envInside) != "" || os.Getenv(envClient) != "" {
-		t.Skip("runs in the parent only")
-	}
+// needNetns skips t unless this process may make network namespaces and
+// has the tools to fill them with links and iptables rules.
+func needNetns(t *testing.T) {
+	t.Helper()
 	if os.Geteuid() != 0 {
-		t.Skip("needs root to create a network namespace")
+		t.Skip("needs root to create network namespaces")
 	}
 	for _, tool := range []string{"ip", "iptables", "iptables-restore", "iptables-save"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			t.Skipf("needs %s (tools/deps.sh installs iptables)", tool)
 		}
 	}
-	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
-	defer cancel()
-	run := func(args ...string) {
+}
+
+// commandRunner returns a function that runs a command and fails t, with
+// the command's output, if it fails.
+func commandRunner(ctx context.Context, t *testing.T) func(args ...string) {
+	return func(args ...string) {
 		t.Helper()
 		if out, err := exec.CommandContext(ctx, args[0], args[1:]...).CombinedOutput(); err != nil {
 			t.Fatalf("%s: %v: %s", strings.Join(args, " "), err, out)
 		}
 	}
+}
+
+func TestTransparentNetns(t *testing.T) {
+	if os.Getenv(envInside) != "" || os.Getenv(envClient) != "" {
+		t.Skip("runs in the parent only")
+	}
+	needNetns(t)
+	ctx, cancel := context.WithTimeout(t.Context(), 2*time.Minute)
+	defer cancel()
+	run := commandRunner(ctx, t)
 	ns := fmt.Sprintf("ballast-test-%d-%d", os.Getpid(), rand.Uint32())
 	run("ip", "netns", "add", ns)
 	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
