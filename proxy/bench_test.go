@@ -37,19 +37,26 @@ import (
 // 145 direct: the proxy's share is 0 to 2 allocations per call.
 func BenchmarkProxyUnary(b *testing.B) {
 	addrs := startGreeters(b, 3)
-	direct := func(b *testing.B) *grpc.ClientConn {
-		target, resolve := staticTarget(addrs)
-		return dial(b, target, grpc.WithResolvers(resolve), grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`))
-	}
-	proxied := func(b *testing.B) *grpc.ClientConn {
-		target, resolve := staticTarget(addrs)
-		_, proxyAddr := startOutbound(b, target, Options{Resolvers: []resolver.Builder{resolve}})
-		return dial(b, proxyAddr)
-	}
+	direct, proxied := directAndProxied(addrs)
 	b.Run("direct", func(b *testing.B) { benchmarkUnary(b, direct(b)) })
 	b.Run("proxied", func(b *testing.B) { benchmarkUnary(b, proxied(b)) })
 	b.Run("direct-parallel", func(b *testing.B) { benchmarkUnaryParallel(b, direct(b)) })
 	b.Run("proxied-parallel", func(b *testing.B) { benchmarkUnaryParallel(b, proxied(b)) })
+}
+
+// directAndProxied dial the backends at addrs round robin: directly, or
+// through a proxy started for the benchmark.
+func directAndProxied(addrs []string) (direct, proxied func(*testing.B) *grpc.ClientConn) {
+	direct = func(b *testing.B) *grpc.ClientConn {
+		target, resolve := staticTarget(addrs)
+		return dial(b, target, grpc.WithResolvers(resolve), grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`))
+	}
+	proxied = func(b *testing.B) *grpc.ClientConn {
+		target, resolve := staticTarget(addrs)
+		_, proxyAddr := startOutbound(b, target, Options{Resolvers: []resolver.Builder{resolve}})
+		return dial(b, proxyAddr)
+	}
+	return direct, proxied
 }
 
 func benchmarkUnary(b *testing.B, conn *grpc.ClientConn) {
@@ -94,15 +101,7 @@ func BenchmarkProxyStream(b *testing.B) {
 	for i := range addrs {
 		addrs[i] = startTestService(b, newTestService())
 	}
-	direct := func(b *testing.B) *grpc.ClientConn {
-		target, resolve := staticTarget(addrs)
-		return dial(b, target, grpc.WithResolvers(resolve), grpc.WithDefaultServiceConfig(`{"loadBalancingConfig":[{"round_robin":{}}]}`))
-	}
-	proxied := func(b *testing.B) *grpc.ClientConn {
-		target, resolve := staticTarget(addrs)
-		_, proxyAddr := startOutbound(b, target, Options{Resolvers: []resolver.Builder{resolve}})
-		return dial(b, proxyAddr)
-	}
+	direct, proxied := directAndProxied(addrs)
 	b.Run("direct-parallel", func(b *testing.B) { benchmarkStreamParallel(b, direct(b)) })
 	b.Run("proxied-parallel", func(b *testing.B) { benchmarkStreamParallel(b, proxied(b)) })
 }
