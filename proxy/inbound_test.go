@@ -279,20 +279,7 @@ func TestInboundDrain(t *testing.T) {
 	eventually(t, "proxy ready", p.Ready)
 
 	conn := dial(t, lis.Addr().String())
-	client := testpb.NewTestServiceClient(conn)
-	stream, err := client.FullDuplexCall(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ping := func() {
-		t.Helper()
-		if err := stream.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := stream.Recv(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	stream, ping := pingStream(t, conn)
 	ping()
 	eventually(t, "client connection READY", func() bool { return conn.GetState() == connectivity.Ready })
 	port := strconv.Itoa(int(app.Port()))

@@ -503,6 +503,24 @@ func TestNoUpstreamIsUnavailable(t *testing.T) {
 	}
 }
 
+// pingStream opens a bidi stream on conn; ping sends one message on it and
+// fails t unless the answer comes back.
+func pingStream(t *testing.T, conn *grpc.ClientConn) (testpb.TestService_FullDuplexCallClient, func()) {
+	stream, err := testpb.NewTestServiceClient(conn).FullDuplexCall(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return stream, func() {
+		t.Helper()
+		if err := stream.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := stream.Recv(); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
 // TestGracefulShutdown: on shutdown the proxy stops being ready, sends
 // GOAWAY (the client's connection leaves READY), lets the in-flight stream
 // finish, and only then returns.
@@ -520,20 +538,7 @@ func TestGracefulShutdown(t *testing.T) {
 	eventually(t, "proxy ready", p.Ready)
 
 	conn := dial(t, lis.Addr().String())
-	client := testpb.NewTestServiceClient(conn)
-	stream, err := client.FullDuplexCall(t.Context())
-	if err != nil {
-		t.Fatal(err)
-	}
-	ping := func() {
-		t.Helper()
-		if err := stream.Send(&testpb.StreamingOutputCallRequest{ResponseParameters: []*testpb.ResponseParameters{{Size: 1}}}); err != nil {
-			t.Fatal(err)
-		}
-		if _, err := stream.Recv(); err != nil {
-			t.Fatal(err)
-		}
-	}
+	stream, ping := pingStream(t, conn)
 	ping()
 	// (grpc-go publishes the picker before the state, so poll.)
 	eventually(t, "client connection READY", func() bool { return conn.GetState() == connectivity.Ready })
@@ -559,7 +564,7 @@ func TestGracefulShutdown(t *testing.T) {
 	case <-time.After(10 * time.Second):
 		t.Fatal("Serve did not return after the last stream finished")
 	}
-	if _, err := client.UnaryCall(t.Context(), &testpb.SimpleRequest{}); status.Code(err) != codes.Unavailable {
+	if _, err := testpb.NewTestServiceClient(conn).UnaryCall(t.Context(), &testpb.SimpleRequest{}); status.Code(err) != codes.Unavailable {
 		t.Fatalf("new call after shutdown: got %v, want Unavailable", err)
 	}
 }
