@@ -677,17 +677,7 @@ func TestWildcardRefusedUntilReady(t *testing.T) {
 	srv.Register(gs)
 	go gs.Serve(lis)
 	defer gs.Stop()
-	cc, err := grpc.NewClient(lis.Addr().String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	s, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := adsStream(t, lis.Addr().String())
 	if err := s.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "ballast-proxy~default~c"}, TypeUrl: resourcev3.ListenerType}); err != nil {
 		t.Fatal(err)
 	}
@@ -695,6 +685,24 @@ func TestWildcardRefusedUntilReady(t *testing.T) {
 	if status.Code(err) != codes.Unavailable {
 		t.Fatalf("wildcard request before sync: %v, want Unavailable", err)
 	}
+}
+
+// adsStream opens a raw ADS stream to the server at addr, closed with the
+// test, for tests that speak the protocol themselves.
+func adsStream(t *testing.T, addr string) discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+	t.Helper()
+	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cc.Close() })
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	t.Cleanup(cancel)
+	s, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
 }
 
 // A Service whose ClusterIP changes (deleted and re-created with another)
@@ -710,17 +718,7 @@ func TestSidecarListenerFollowsClusterIP(t *testing.T) {
 	}
 	p.reg.Set(svc("10.96.0.10"))
 	waitResources(t, p, sidecarListenerCache, 1)
-	cc, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
-	s, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
-	if err != nil {
-		t.Fatal(err)
-	}
+	s := adsStream(t, p.addr)
 	defer s.CloseSend()
 	names := func(resp *discoveryv3.DiscoveryResponse) string {
 		var out []string
