@@ -80,16 +80,7 @@ func (p *podRuntime) run() {
 	p.mu.Unlock()
 	p.changed()
 	for _, c := range p.containers {
-		p.wg.Add(1)
-		go p.supervise(c)
-		if c.spec.ReadinessProbe != nil {
-			p.wg.Add(1)
-			go p.probeLoop(c, c.spec.ReadinessProbe, false)
-		}
-		if c.spec.LivenessProbe != nil {
-			p.wg.Add(1)
-			go p.probeLoop(c, c.spec.LivenessProbe, true)
-		}
+		p.startContainer(c)
 	}
 }
 

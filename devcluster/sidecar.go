@@ -23,16 +23,7 @@ func isSidecar(c corev1.Container) bool {
 // Only then does the next init container (or the app) start, as with the
 // kubelet. It returns false if the pod goes away first.
 func (p *podRuntime) startSidecar(c *containerRuntime) bool {
-	p.wg.Add(1)
-	go p.supervise(c)
-	if c.spec.ReadinessProbe != nil {
-		p.wg.Add(1)
-		go p.probeLoop(c, c.spec.ReadinessProbe, false)
-	}
-	if c.spec.LivenessProbe != nil {
-		p.wg.Add(1)
-		go p.probeLoop(c, c.spec.LivenessProbe, true)
-	}
+	p.startContainer(c)
 	return p.waitStarted(c)
 }
 
@@ -91,4 +82,19 @@ func stopAll(procs []*process, grace time.Duration) {
 		go func() { defer wg.Done(); proc.stop(grace) }()
 	}
 	wg.Wait()
+}
+
+// startContainer runs c under supervision (restarts per the pod's policy)
+// with its readiness and liveness probes, each in a goroutine of the pod.
+func (p *podRuntime) startContainer(c *containerRuntime) {
+	p.wg.Add(1)
+	go p.supervise(c)
+	if c.spec.ReadinessProbe != nil {
+		p.wg.Add(1)
+		go p.probeLoop(c, c.spec.ReadinessProbe, false)
+	}
+	if c.spec.LivenessProbe != nil {
+		p.wg.Add(1)
+		go p.probeLoop(c, c.spec.LivenessProbe, true)
+	}
 }
