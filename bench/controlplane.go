@@ -3,7 +3,6 @@ package bench
 import (
 	"context"
 	"debug/buildinfo"
-	"errors"
 	"fmt"
 	"net/netip"
 	"os"
@@ -89,37 +88,27 @@ type ballastControl struct{}
 func (ballastControl) Name() string { return "Ballast" }
 
 func (ballastControl) start(ctx context.Context, b *Bench, api *apiServer) (*runningControl, error) {
-	var lastErr error
-	for range 3 { // the free ports may be taken before the child binds them
-		xdsAddr, err := freePort(loopback)
-		if err != nil {
-			return nil, err
-		}
-		httpAddr, err := freePort(loopback)
-		if err != nil {
-			return nil, err
-		}
-		began := time.Now()
-		proc, err := b.startControlProcess("--kubeconfig", api.kubeconfig,
-			"--xds-address", xdsAddr.String(), "--http-address", httpAddr.String())
-		if err != nil {
-			return nil, err
-		}
-		if lastErr = waitHTTP(ctx, "http://"+httpAddr.String()+"/readyz", proc, 2*time.Minute); lastErr == nil {
-			return &runningControl{
-				name: "Ballast", proc: proc, xds: xdsAddr, ready: time.Since(began),
-				node: func(client, namespace string) clientNode {
-					return clientNode{ID: "ballast~" + client + "." + namespace}
-				},
-				listener: fqdnListener,
-			}, nil
-		}
-		proc.stop()
-		if !errors.Is(lastErr, errExited) {
-			break
-		}
+	var began time.Time
+	// ports: xDS, HTTP
+	proc, ports, err := onFreePorts(loopback, 2,
+		func(ports []netip.AddrPort) (*process, error) {
+			began = time.Now()
+			return b.startControlProcess("--kubeconfig", api.kubeconfig,
+				"--xds-address", ports[0].String(), "--http-address", ports[1].String())
+		},
+		func(proc *process, ports []netip.AddrPort) error {
+			return waitHTTP(ctx, "http://"+ports[1].String()+"/readyz", proc, 2*time.Minute)
+		})
+	if err != nil {
+		return nil, fmt.Errorf("start ballast control: %w", err)
 	}
-	return nil, fmt.Errorf("start ballast control: %w", lastErr)
+	return &runningControl{
+		name: "Ballast", proc: proc, xds: ports[0], ready: time.Since(began),
+		node: func(client, namespace string) clientNode {
+			return clientNode{ID: "ballast~" + client + "." + namespace}
+		},
+		listener: fqdnListener,
+	}, nil
 }
 
 // Istiod is pilot-discovery from the istio.io/istio module pinned in
@@ -186,35 +175,27 @@ func (istiod) start(ctx context.Context, b *Bench, api *apiServer) (*runningCont
 	if err != nil {
 		return nil, err
 	}
-	var lastErr error
-	for range 3 {
-		var addrs [4]netip.AddrPort // http, grpc, monitoring, ctrlz
-		for i := range addrs {
-			if addrs[i], err = freePort(loopback); err != nil {
-				return nil, err
-			}
-		}
-		cmd := exec.Command(bin, istiodArgs(api.kubeconfig, addrs[0], addrs[1], addrs[2], addrs[3], dir)...)
-		cmd.Dir = dir
-		cmd.Env = istiodEnv(os.Environ())
-		began := time.Now()
-		proc, err := startProcess(cmd, "istiod")
-		if err != nil {
-			return nil, err
-		}
-		if lastErr = waitHTTP(ctx, "http://"+addrs[0].String()+"/ready", proc, 3*time.Minute); lastErr == nil {
-			return &runningControl{
-				name: "istiod", proc: proc, xds: addrs[1], ready: time.Since(began),
-				node:     istiodNode,
-				listener: fqdnListener,
-			}, nil
-		}
-		proc.stop()
-		if !errors.Is(lastErr, errExited) {
-			break
-		}
+	var began time.Time
+	// ports: http, grpc, monitoring, ctrlz
+	proc, ports, err := onFreePorts(loopback, 4,
+		func(ports []netip.AddrPort) (*process, error) {
+			cmd := exec.Command(bin, istiodArgs(api.kubeconfig, ports[0], ports[1], ports[2], ports[3], dir)...)
+			cmd.Dir = dir
+			cmd.Env = istiodEnv(os.Environ())
+			began = time.Now()
+			return startProcess(cmd, "istiod")
+		},
+		func(proc *process, ports []netip.AddrPort) error {
+			return waitHTTP(ctx, "http://"+ports[0].String()+"/ready", proc, 3*time.Minute)
+		})
+	if err != nil {
+		return nil, fmt.Errorf("start istiod: %w", err)
 	}
-	return nil, fmt.Errorf("start istiod: %w", lastErr)
+	return &runningControl{
+		name: "istiod", proc: proc, xds: ports[1], ready: time.Since(began),
+		node:     istiodNode,
+		listener: fqdnListener,
+	}, nil
 }
 
 // istiodArgs are pilot-discovery's flags: the API server, and every

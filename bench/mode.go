@@ -2,7 +2,6 @@ package bench
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -87,39 +86,26 @@ func (p sidecarPath) Open(ctx context.Context, b *Bench, pods []*Pod) (_ *Route,
 			control.proc.stop()
 		}
 	}()
-	var lastErr error
-	for range 3 { // the free ports may be taken before the proxy binds them
-		listen, err := freePort(netip.AddrFrom4([4]byte{127, 0, 0, 1}))
-		if err != nil {
-			return nil, err
-		}
-		admin, err := freePort(netip.AddrFrom4([4]byte{127, 0, 0, 1}))
-		if err != nil {
-			return nil, err
-		}
-		bin, args, name := b.opts.Binary, []string{"proxy"}, "ballast proxy"
-		if b.opts.ProxyBinary != "" {
-			bin, args, name = b.opts.ProxyBinary, nil, "ballast-proxy"
-		}
-		cmd := exec.Command(bin, append(args,
-			"--outbound", fmt.Sprintf("%s=%s.%s:%d", listen, benchService, benchNamespace, benchPort),
-			"--xds-address", control.xds.String(),
-			"--node-id", "ballast~bench-sidecar."+benchNamespace,
-			"--admin-address", admin.String())...)
-		proc, err := startProcess(cmd, name)
-		if err != nil {
-			return nil, err
-		}
-		target := "passthrough:///" + listen.String()
-		if lastErr = waitServing(ctx, target, proc, 15*time.Second); lastErr == nil {
-			return &Route{Target: target, Proxy: proc, Close: func() { proc.stop(); control.proc.stop() }}, nil
-		}
-		proc.stop()
-		if !errors.Is(lastErr, errExited) {
-			break // it ran but never served: another port will not help
-		}
+	bin, args, name := b.opts.Binary, []string{"proxy"}, "ballast proxy"
+	if b.opts.ProxyBinary != "" {
+		bin, args, name = b.opts.ProxyBinary, nil, "ballast-proxy"
 	}
-	return nil, fmt.Errorf("start the sidecar proxy: %w", lastErr)
+	// ports: the client's listener, admin
+	proc, ports, err := onFreePorts(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 2,
+		func(ports []netip.AddrPort) (*process, error) {
+			return startProcess(exec.Command(bin, append(args,
+				"--outbound", fmt.Sprintf("%s=%s.%s:%d", ports[0], benchService, benchNamespace, benchPort),
+				"--xds-address", control.xds.String(),
+				"--node-id", "ballast~bench-sidecar."+benchNamespace,
+				"--admin-address", ports[1].String())...), name)
+		},
+		func(proc *process, ports []netip.AddrPort) error {
+			return waitServing(ctx, "passthrough:///"+ports[0].String(), proc, 15*time.Second)
+		})
+	if err != nil {
+		return nil, fmt.Errorf("start the sidecar proxy: %w", err)
+	}
+	return &Route{Target: "passthrough:///" + ports[0].String(), Proxy: proc, Close: func() { proc.stop(); control.proc.stop() }}, nil
 }
 
 // hasCommand says whether the ballast binary has a subcommand; if not, the
@@ -164,31 +150,20 @@ func (b *Bench) startControl(ctx context.Context, pods []*Pod, policy string) (*
 	if err := os.WriteFile(filepath.Join(dir, "greeter.yaml"), manifest, 0o644); err != nil {
 		return nil, err
 	}
-	var lastErr error
-	for range 3 {
-		xdsAddr, err := freePort(netip.AddrFrom4([4]byte{127, 0, 0, 1}))
-		if err != nil {
-			return nil, err
-		}
-		httpAddr, err := freePort(netip.AddrFrom4([4]byte{127, 0, 0, 1}))
-		if err != nil {
-			return nil, err
-		}
-		proc, err := b.startControlProcess("--files", dir,
-			"--xds-address", xdsAddr.String(), "--http-address", httpAddr.String(),
-			"--default-lb-policy", policy)
-		if err != nil {
-			return nil, err
-		}
-		if lastErr = waitHTTP(ctx, "http://"+httpAddr.String()+"/readyz", proc, 15*time.Second); lastErr == nil {
-			return &control{xds: xdsAddr, proc: proc}, nil
-		}
-		proc.stop()
-		if !errors.Is(lastErr, errExited) {
-			break // it ran but never served: another port will not help
-		}
+	// ports: xDS, HTTP
+	proc, ports, err := onFreePorts(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 2,
+		func(ports []netip.AddrPort) (*process, error) {
+			return b.startControlProcess("--files", dir,
+				"--xds-address", ports[0].String(), "--http-address", ports[1].String(),
+				"--default-lb-policy", policy)
+		},
+		func(proc *process, ports []netip.AddrPort) error {
+			return waitHTTP(ctx, "http://"+ports[1].String()+"/readyz", proc, 15*time.Second)
+		})
+	if err != nil {
+		return nil, fmt.Errorf("start ballast control: %w", err)
 	}
-	return nil, fmt.Errorf("start ballast control: %w", lastErr)
+	return &control{xds: ports[0], proc: proc}, nil
 }
 
 // startControlProcess runs the control plane with args: ballast-control

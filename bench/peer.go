@@ -130,34 +130,25 @@ func (p peerPath) Open(ctx context.Context, b *Bench, pods []*Pod) (*Route, erro
 	if err != nil {
 		return nil, err
 	}
-	var lastErr error
-	for range 3 { // the free port may be taken before the peer binds it
-		listen, err := freePort(netip.AddrFrom4([4]byte{127, 0, 0, 1}))
-		if err != nil {
-			return nil, err
-		}
-		conf, err := render(p.template, proxyConfig{Dir: dir, Listen: listen, Backends: podAddrs(pods)})
-		if err != nil {
-			return nil, err
-		}
-		confPath := filepath.Join(dir, p.file)
-		if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
-			return nil, err
-		}
-		proc, err := startProcess(exec.Command(bin, p.args(dir, confPath)...), p.name)
-		if err != nil {
-			return nil, err
-		}
-		target := "passthrough:///" + listen.String()
-		if lastErr = waitServing(ctx, target, proc, 10*time.Second); lastErr == nil {
-			return &Route{Target: target, Proxy: proc, Close: proc.stop}, nil
-		}
-		proc.stop()
-		if !errors.Is(lastErr, errExited) {
-			break // it ran but never served: another port will not help
-		}
+	proc, ports, err := onFreePorts(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 1,
+		func(ports []netip.AddrPort) (*process, error) {
+			conf, err := render(p.template, proxyConfig{Dir: dir, Listen: ports[0], Backends: podAddrs(pods)})
+			if err != nil {
+				return nil, err
+			}
+			confPath := filepath.Join(dir, p.file)
+			if err := os.WriteFile(confPath, []byte(conf), 0o644); err != nil {
+				return nil, err
+			}
+			return startProcess(exec.Command(bin, p.args(dir, confPath)...), p.name)
+		},
+		func(proc *process, ports []netip.AddrPort) error {
+			return waitServing(ctx, "passthrough:///"+ports[0].String(), proc, 10*time.Second)
+		})
+	if err != nil {
+		return nil, fmt.Errorf("start %s: %w", p.name, err)
 	}
-	return nil, fmt.Errorf("start %s: %w", p.name, lastErr)
+	return &Route{Target: "passthrough:///" + ports[0].String(), Proxy: proc, Close: proc.stop}, nil
 }
 
 // peers finds the peers' binaries, installing them once with apt-get when

@@ -68,28 +68,17 @@ func startPods(ctx context.Context, greet GreeterCommand, specs []PodSpec) (_ []
 }
 
 func startPod(ctx context.Context, greet GreeterCommand, ip netip.Addr, s PodSpec) (*Pod, error) {
-	// A port picked by the kernel can be taken by someone else before the
-	// child binds it; try a few.
-	var lastErr error
-	for range 3 {
-		addr, err := freePort(ip)
-		if err != nil {
-			return nil, err
-		}
-		proc, err := startProcess(greet(addr.String(), s.Name, s.Delay), "greeter "+s.Name)
-		if err != nil {
-			return nil, err
-		}
-		p := &Pod{Name: s.Name, Addr: addr, Delay: s.Delay, proc: proc}
-		if lastErr = waitServing(ctx, "passthrough:///"+addr.String(), proc, 10*time.Second); lastErr == nil {
-			return p, nil
-		}
-		proc.stop()
-		if !errors.Is(lastErr, errExited) {
-			break // it ran but never served: another port will not help
-		}
+	proc, ports, err := onFreePorts(ip, 1,
+		func(ports []netip.AddrPort) (*process, error) {
+			return startProcess(greet(ports[0].String(), s.Name, s.Delay), "greeter "+s.Name)
+		},
+		func(proc *process, ports []netip.AddrPort) error {
+			return waitServing(ctx, "passthrough:///"+ports[0].String(), proc, 10*time.Second)
+		})
+	if err != nil {
+		return nil, fmt.Errorf("start pod %s: %w", s.Name, err)
 	}
-	return nil, fmt.Errorf("start pod %s: %w", s.Name, lastErr)
+	return &Pod{Name: s.Name, Addr: ports[0], Delay: s.Delay, proc: proc}, nil
 }
 
 func stopPods(pods []*Pod) {
@@ -122,6 +111,37 @@ func freePort(ip netip.Addr) (netip.AddrPort, error) {
 	}
 	defer lis.Close()
 	return netip.MustParseAddrPort(lis.Addr().String()), nil
+}
+
+// onFreePorts starts a child process on n free ports of ip (start) and
+// waits until it serves (ready). A port the kernel picked can be taken by
+// someone else before the child binds it, so a child that exits before it
+// is ready is tried again on other ports, three tries in all; one that
+// runs but never serves is not (another port will not help). A child that
+// never became ready is stopped.
+func onFreePorts(ip netip.Addr, n int, start func(ports []netip.AddrPort) (*process, error), ready func(*process, []netip.AddrPort) error) (*process, []netip.AddrPort, error) {
+	var lastErr error
+	for range 3 {
+		ports := make([]netip.AddrPort, n)
+		for i := range ports {
+			var err error
+			if ports[i], err = freePort(ip); err != nil {
+				return nil, nil, err
+			}
+		}
+		proc, err := start(ports)
+		if err != nil {
+			return nil, nil, err
+		}
+		if lastErr = ready(proc, ports); lastErr == nil {
+			return proc, ports, nil
+		}
+		proc.stop()
+		if !errors.Is(lastErr, errExited) {
+			break
+		}
+	}
+	return nil, nil, lastErr
 }
 
 // waitServing polls target with SayHello until one succeeds, the process
