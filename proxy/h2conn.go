@@ -10,6 +10,9 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"time"
+
+	"google.golang.org/grpc/codes"
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
@@ -31,8 +34,9 @@ const (
 	frameSize = 16 << 10
 	// initialWindow is HTTP/2's window before SETTINGS say otherwise.
 	initialWindow = 65535
-	// maxHeaderList bounds a decoded header block (metadata).
-	maxHeaderList = 16 << 20
+	// upstreamHeaderList bounds a decoded header block from an upstream
+	// (response metadata); client connections have Limits.MaxHeaderListBytes.
+	upstreamHeaderList = 16 << 20
 	// maxClientStreamID is where an upstream connection stops opening
 	// streams and is replaced (stream ids are 31 bits and never reused).
 	maxClientStreamID = 1<<31 - 1 - 1<<16
@@ -51,15 +55,28 @@ type h2conn struct {
 	fr     *http2.Framer
 	client bool // the proxy opened it (upstream)
 
-	// Header decoding, by the read loop only: fields is reused for every
-	// block (copied only when a block must wait), block gathers a block
-	// split over CONTINUATION frames.
-	hdec      *hpack.Decoder
-	fields    []hpack.HeaderField
-	fieldSize int
-	block     []byte
-	blockID   uint32
-	blockEnd  bool
+	// Header decoding, by the read loop only: a block is decoded as its
+	// fragments arrive (HEADERS, then CONTINUATION), so nothing of it is
+	// held but its fields; fields is reused for every block (copied only
+	// when a block must wait). Fields past maxHeaderList are decoded (the
+	// compression state must stay in step) but not kept; the block's raw
+	// bytes, frame headers included, are bounded too, so an endless run
+	// of CONTINUATION frames ends the connection.
+	hdec          *hpack.Decoder
+	fields        []hpack.HeaderField
+	fieldSize     int
+	maxHeaderList int
+	blockRaw      int
+	blockID       uint32
+	blockEnd      bool
+	blockNew      bool // the block opens a stream (server conns)
+	blockSelfDep  bool // its priority makes the stream depend on itself
+	// head is the checked request of a block that opens a stream, for
+	// peerHandler.newStream.
+	head requestHead
+	// limits bound what the peer of a server conn may hold (nil on
+	// client conns).
+	limits *Limits
 
 	mu sync.Mutex
 	bw *bufio.Writer
@@ -101,6 +118,7 @@ func newH2Conn(nc net.Conn, r io.Reader, client bool) *h2conn {
 		br:             bufio.NewReaderSize(rd, ioBufferSize),
 		bw:             bufio.NewWriterSize(wr, ioBufferSize),
 		client:         client,
+		maxHeaderList:  upstreamHeaderList,
 		sendWindow:     initialWindow,
 		peerWindow:     initialWindow,
 		peerMaxStreams: ^uint32(0),
@@ -115,10 +133,22 @@ func newH2Conn(nc net.Conn, r io.Reader, client bool) *h2conn {
 	c.fr.SetMaxReadFrameSize(frameSize)
 	c.hdec = hpack.NewDecoder(4096, func(hf hpack.HeaderField) {
 		c.fieldSize += int(hf.Size())
-		c.fields = append(c.fields, hf)
+		if c.fieldSize <= c.maxHeaderList {
+			c.fields = append(c.fields, hf)
+		}
 	})
-	c.hdec.SetMaxStringLength(maxHeaderList)
+	c.hdec.SetMaxStringLength(c.maxHeaderList)
 	c.henc = hpack.NewEncoder(&c.hbuf)
+	return c
+}
+
+// newServerConn makes a connection the proxy serves (a client's), whose
+// peer is held to limits.
+func newServerConn(nc net.Conn, limits *Limits) *h2conn {
+	c := newH2Conn(nc, nc, false)
+	c.limits = limits
+	c.maxHeaderList = int(limits.MaxHeaderListBytes)
+	c.hdec.SetMaxStringLength(c.maxHeaderList)
 	return c
 }
 
@@ -132,9 +162,11 @@ func (c *h2conn) start() error {
 			return err
 		}
 	}
-	settings := []http2.Setting{{ID: http2.SettingInitialWindowSize, Val: streamWindow}, {ID: http2.SettingMaxHeaderListSize, Val: maxHeaderList}}
+	settings := []http2.Setting{{ID: http2.SettingInitialWindowSize, Val: streamWindow}, {ID: http2.SettingMaxHeaderListSize, Val: uint32(c.maxHeaderList)}}
 	if c.client {
 		settings = append(settings, http2.Setting{ID: http2.SettingEnablePush, Val: 0})
+	} else {
+		settings = append(settings, http2.Setting{ID: http2.SettingMaxConcurrentStreams, Val: c.limits.MaxConcurrentStreams})
 	}
 	if err := c.fr.WriteSettings(settings...); err != nil {
 		return err
@@ -226,7 +258,8 @@ func (c *h2conn) giveCredit(l *leg, n int64, b *batch) {
 // depend on its role.
 type peerHandler interface {
 	// newStream handles a header block opening a stream (server conns
-	// only); fields are only valid during the call.
+	// only), checked as c.head says; fields are only valid during the
+	// call.
 	newStream(c *h2conn, id uint32, fields []hpack.HeaderField, end bool, b *batch)
 	// goAway handles the peer's GOAWAY.
 	goAway(c *h2conn, f *http2.GoAwayFrame, b *batch)
@@ -236,13 +269,21 @@ type peerHandler interface {
 
 // readLoop reads and forwards frames until the connection fails or is
 // closed, then ends every stream still on it. Buffers are flushed when no
-// further complete frame is already buffered.
-func (c *h2conn) readLoop(h peerHandler) error {
+// further complete frame is already buffered. A peer that breaks the
+// protocol in a way that spoils the whole connection gets GOAWAY with the
+// error's code (RFC 9113 §5.4.1) before the connection closes.
+func (c *h2conn) readLoop(h peerHandler) (err error) {
 	var b batch
 	defer func() {
+		var ce connError
+		goAway := errors.As(err, &ce) && c.writeGoAwayError(ce)
 		b.flush()
 		c.closeStreams(&b)
 		b.flush()
+		if goAway {
+			c.linger()
+		}
+		c.nc.Close()
 	}()
 	for {
 		if !c.frameBuffered() {
@@ -263,54 +304,251 @@ func (c *h2conn) readLoop(h peerHandler) error {
 				c.resetStream(se.StreamID, se.Code, &b)
 				continue
 			}
-			return err
+			return c.framerError(err)
 		}
-		switch f := f.(type) {
-		case *http2.HeadersFrame:
-			if f.HeadersEnded() {
-				err = c.onHeaders(f.StreamID, f.StreamEnded(), f.HeaderBlockFragment(), h, &b)
-			} else {
-				c.block = append(c.block[:0], f.HeaderBlockFragment()...)
-				c.blockID, c.blockEnd = f.StreamID, f.StreamEnded()
-			}
-		case *http2.ContinuationFrame:
-			c.block = append(c.block, f.HeaderBlockFragment()...)
-			if len(c.block) > maxHeaderList {
-				return errors.New("http2: header block too large")
-			}
-			if f.HeadersEnded() {
-				err = c.onHeaders(c.blockID, c.blockEnd, c.block, h, &b)
-			}
-		case *http2.DataFrame:
-			err = c.onData(f, &b)
-		case *http2.RSTStreamFrame:
-			c.onReset(f.StreamID, f.ErrCode, &b)
-		case *http2.WindowUpdateFrame:
-			c.onWindowUpdate(f, &b)
-		case *http2.SettingsFrame:
-			if err := c.onSettings(f, &b); err != nil {
-				return err
-			}
-			h.settings(c)
-		case *http2.PingFrame:
-			c.mu.Lock()
-			if !f.IsAck() {
-				c.fr.WritePing(true, f.Data)
-				b.markDirty(c)
-			} else if f.Data == drainPing && c.draining {
-				c.goAwayLocked()
-			}
-			c.mu.Unlock()
-		case *http2.GoAwayFrame:
-			h.goAway(c, f, &b)
-		case *http2.PushPromiseFrame:
-			return errors.New("http2: PUSH_PROMISE, which the proxy disabled")
-		}
-		if err != nil {
+		if err := c.onFrame(f, h, &b); err != nil {
 			return err
 		}
 		b.settle()
 	}
+}
+
+// onFrame handles one frame read from the peer.
+func (c *h2conn) onFrame(f http2.Frame, h peerHandler, b *batch) error {
+	switch f := f.(type) {
+	case *http2.HeadersFrame:
+		if err := c.startBlock(f); err != nil {
+			return err
+		}
+		if f.HeadersEnded() {
+			return c.endBlock(h, b)
+		}
+	case *http2.ContinuationFrame:
+		if err := c.decodeFragment(f.HeaderBlockFragment()); err != nil {
+			return err
+		}
+		if f.HeadersEnded() {
+			return c.endBlock(h, b)
+		}
+	case *http2.DataFrame:
+		return c.onData(f, b)
+	case *http2.RSTStreamFrame:
+		if c.idle(f.StreamID) {
+			return connError{http2.ErrCodeProtocol, fmt.Sprintf("RST_STREAM on idle stream %d", f.StreamID)}
+		}
+		c.onReset(f.StreamID, f.ErrCode, b)
+	case *http2.WindowUpdateFrame:
+		if f.StreamID != 0 && c.idle(f.StreamID) {
+			return connError{http2.ErrCodeProtocol, fmt.Sprintf("WINDOW_UPDATE on idle stream %d", f.StreamID)}
+		}
+		return c.onWindowUpdate(f, b)
+	case *http2.PriorityFrame:
+		if f.StreamDep == f.StreamID {
+			c.resetStream(f.StreamID, http2.ErrCodeProtocol, b)
+		}
+	case *http2.SettingsFrame:
+		if err := c.onSettings(f, b); err != nil {
+			return err
+		}
+		h.settings(c)
+	case *http2.PingFrame:
+		c.mu.Lock()
+		if !f.IsAck() {
+			c.fr.WritePing(true, f.Data)
+			b.markDirty(c)
+		} else if f.Data == drainPing && c.draining {
+			c.goAwayLocked()
+		}
+		c.mu.Unlock()
+	case *http2.GoAwayFrame:
+		h.goAway(c, f, b)
+	case *http2.PushPromiseFrame:
+		return connError{http2.ErrCodeProtocol, "PUSH_PROMISE, which the proxy does not allow"}
+	}
+	return nil
+}
+
+// connError is a connection error (RFC 9113 §5.4.1): the connection ends
+// with a GOAWAY carrying code, and reason as its debug data.
+type connError struct {
+	code   http2.ErrCode
+	reason string
+}
+
+func (e connError) Error() string { return fmt.Sprintf("http2: %v: %s", e.code, e.reason) }
+
+// framerError turns an error of the framer into a connError when the
+// framer found the peer at fault.
+func (c *h2conn) framerError(err error) error {
+	var code http2.ConnectionError
+	switch {
+	case errors.As(err, &code):
+		reason := "malformed frame"
+		if d := c.fr.ErrorDetail(); d != nil {
+			reason = d.Error()
+		}
+		return connError{http2.ErrCode(code), reason}
+	case errors.Is(err, http2.ErrFrameTooLarge):
+		return connError{http2.ErrCodeFrameSize, fmt.Sprintf("frame larger than SETTINGS_MAX_FRAME_SIZE %d", frameSize)}
+	}
+	return err
+}
+
+// writeGoAwayError sends the GOAWAY of a connection error; it reports
+// whether it was sent.
+func (c *h2conn) writeGoAwayError(e connError) bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.closed {
+		return false
+	}
+	c.goingAway = true
+	c.fr.WriteGoAway(c.lastPeerID, e.code, []byte(e.reason))
+	if err := c.bw.Flush(); err != nil {
+		c.failLocked()
+		return false
+	}
+	return true
+}
+
+// lingerTimeout and lingerBytes bound how long and how much the proxy
+// reads after a GOAWAY for a connection error before closing: closing a
+// socket with unread bytes makes the kernel reset it, and the peer may
+// lose the GOAWAY that says why.
+const (
+	lingerTimeout = time.Second
+	lingerBytes   = 1 << 20
+)
+
+// linger half-closes the connection and discards what the peer still
+// sends, until it closes too or a bound is reached.
+func (c *h2conn) linger() {
+	nc := c.nc
+	if pc, ok := nc.(*prefixConn); ok {
+		nc = pc.Conn
+	}
+	if cw, ok := nc.(interface{ CloseWrite() error }); ok {
+		cw.CloseWrite()
+	}
+	c.nc.SetReadDeadline(time.Now().Add(lingerTimeout))
+	io.Copy(io.Discard, io.LimitReader(c.br, lingerBytes))
+}
+
+// idle reports whether stream id of a server conn was never opened by
+// the peer (RFC 9113 §5.1): a higher id than any it opened, or an even
+// one, which only the proxy could open and never does.
+func (c *h2conn) idle(id uint32) bool {
+	if c.client {
+		return false
+	}
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return id%2 == 0 || id > c.lastPeerID
+}
+
+// startBlock begins a header block. On a server conn it opens a stream
+// (an odd id above every earlier one) or belongs to an open one;
+// anything else breaks §5.1.1.
+func (c *h2conn) startBlock(f *http2.HeadersFrame) error {
+	id := f.StreamID
+	c.blockID, c.blockEnd, c.blockNew = id, f.StreamEnded(), false
+	c.blockSelfDep = f.HasPriority() && f.Priority.StreamDep == id
+	c.fields, c.fieldSize, c.blockRaw = c.fields[:0], 0, 0
+	if !c.client {
+		if id%2 == 0 {
+			return connError{http2.ErrCodeProtocol, fmt.Sprintf("HEADERS on even stream %d, which a client may not open", id)}
+		}
+		c.mu.Lock()
+		l, last := c.legs[id], c.lastPeerID
+		if id > last {
+			c.lastPeerID = id
+			c.blockNew = true
+		}
+		c.mu.Unlock()
+		if l == nil && id <= last {
+			return connError{http2.ErrCodeProtocol, fmt.Sprintf("HEADERS on stream %d, closed or below stream %d already opened", id, last)}
+		}
+	}
+	return c.decodeFragment(f.HeaderBlockFragment())
+}
+
+// decodeFragment decodes the next fragment of the current header block.
+// A block that cannot be decoded breaks the connection's header
+// compression state: that is a connection error.
+func (c *h2conn) decodeFragment(frag []byte) error {
+	c.blockRaw += 9 + len(frag)
+	if c.blockRaw > 4*c.maxHeaderList+frameSize {
+		return connError{http2.ErrCodeEnhanceYourCalm, fmt.Sprintf("header block on stream %d over %d bytes", c.blockID, 4*c.maxHeaderList+frameSize)}
+	}
+	if _, err := c.hdec.Write(frag); err != nil {
+		return connError{http2.ErrCodeCompression, fmt.Sprintf("decoding headers of stream %d: %v", c.blockID, err)}
+	}
+	return nil
+}
+
+// endBlock finishes the current header block and forwards it, or starts
+// a stream with it, or answers a malformed one with a stream error.
+func (c *h2conn) endBlock(h peerHandler, b *batch) error {
+	if err := c.hdec.Close(); err != nil {
+		return connError{http2.ErrCodeCompression, fmt.Sprintf("decoding headers of stream %d: %v", c.blockID, err)}
+	}
+	id, end := c.blockID, c.blockEnd
+	c.mu.Lock()
+	l := c.legs[id]
+	c.mu.Unlock()
+	if c.client {
+		if l != nil {
+			if c.fieldSize > c.maxHeaderList {
+				return connError{http2.ErrCodeEnhanceYourCalm, fmt.Sprintf("header list of %d bytes, over %d", c.fieldSize, c.maxHeaderList)}
+			}
+			l.s.forwardHeaders(l, c.fields, end, b)
+		}
+		return nil // else a stream that already ended
+	}
+	if !c.blockNew {
+		switch {
+		case l == nil || l.recvDone: // §5.1: half-closed (remote) or closed
+			c.resetStream(id, http2.ErrCodeStreamClosed, b)
+		case c.blockSelfDep:
+			c.resetStream(id, http2.ErrCodeProtocol, b)
+		case c.fieldSize > c.maxHeaderList:
+			l.s.fail(codes.ResourceExhausted, c.headerListError("trailers"), b)
+		case checkTrailers(c.fields, end) != nil:
+			c.resetStream(id, http2.ErrCodeProtocol, b)
+		case l.contentLength >= 0 && l.dataRecv != l.contentLength:
+			c.resetStream(id, http2.ErrCodeProtocol, b)
+		default:
+			l.s.forwardHeaders(l, c.fields, end, b)
+		}
+		return nil
+	}
+	if c.blockSelfDep {
+		c.resetStream(id, http2.ErrCodeProtocol, b)
+		return nil
+	}
+	if c.fieldSize > c.maxHeaderList {
+		c.mu.Lock()
+		c.writeHeadersLocked(id, statusFields(codes.ResourceExhausted, c.headerListError("request headers"), false), true)
+		c.mu.Unlock()
+		b.markDirty(c)
+		return nil
+	}
+	head, err := checkRequest(c.fields)
+	if err != nil {
+		c.resetStream(id, http2.ErrCodeProtocol, b)
+		return nil
+	}
+	if head.contentLength > 0 && end {
+		c.resetStream(id, http2.ErrCodeProtocol, b)
+		return nil
+	}
+	c.head = head
+	h.newStream(c, id, c.fields, end, b)
+	return nil
+}
+
+func (c *h2conn) headerListError(what string) string {
+	return fmt.Sprintf("ballast proxy: %s of %d bytes, over the limit of %d", what, c.fieldSize, c.maxHeaderList)
 }
 
 // frameBuffered says whether a whole frame is already in the read buffer,
@@ -325,6 +563,9 @@ func (c *h2conn) frameBuffered() bool {
 	return n >= 9+length
 }
 
+// maxWindow is the largest flow-control window HTTP/2 allows.
+const maxWindow = 1<<31 - 1
+
 func (c *h2conn) onSettings(f *http2.SettingsFrame, b *batch) error {
 	if f.IsAck() {
 		return nil
@@ -332,15 +573,20 @@ func (c *h2conn) onSettings(f *http2.SettingsFrame, b *batch) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	err := f.ForeachSetting(func(s http2.Setting) error {
+		if err := s.Valid(); err != nil {
+			var code http2.ConnectionError
+			errors.As(err, &code)
+			return connError{http2.ErrCode(code), fmt.Sprintf("invalid setting %v", s)}
+		}
 		switch s.ID {
 		case http2.SettingInitialWindowSize:
-			if s.Val > 1<<31-1 {
-				return fmt.Errorf("http2: initial window size %d", s.Val)
-			}
 			delta := int64(s.Val) - c.peerWindow
 			c.peerWindow = int64(s.Val)
 			for _, l := range c.legs {
 				l.sendWindow += delta
+				if l.sendWindow > maxWindow {
+					return connError{http2.ErrCodeFlowControl, fmt.Sprintf("SETTINGS_INITIAL_WINDOW_SIZE %d takes stream %d's window past 2^31-1", s.Val, l.id)}
+				}
 				if delta > 0 && len(l.pending) > 0 {
 					c.drainLocked(l, b)
 				}
@@ -352,15 +598,21 @@ func (c *h2conn) onSettings(f *http2.SettingsFrame, b *batch) error {
 		}
 		return nil
 	})
+	if err != nil {
+		return err
+	}
 	c.fr.WriteSettingsAck()
 	b.markDirty(c)
-	return err
+	return nil
 }
 
-func (c *h2conn) onWindowUpdate(f *http2.WindowUpdateFrame, b *batch) {
+func (c *h2conn) onWindowUpdate(f *http2.WindowUpdateFrame, b *batch) error {
 	c.mu.Lock()
-	defer c.mu.Unlock()
 	if f.StreamID == 0 {
+		defer c.mu.Unlock()
+		if c.sendWindow+int64(f.Increment) > maxWindow {
+			return connError{http2.ErrCodeFlowControl, "WINDOW_UPDATE takes the connection's window past 2^31-1"}
+		}
 		c.sendWindow += int64(f.Increment)
 		for len(c.blocked) > 0 && c.sendWindow > 0 {
 			l := c.blocked[0]
@@ -368,47 +620,31 @@ func (c *h2conn) onWindowUpdate(f *http2.WindowUpdateFrame, b *batch) {
 			l.blocked = false
 			c.drainLocked(l, b)
 		}
-		return
+		return nil
 	}
-	if l := c.legs[f.StreamID]; l != nil {
+	l := c.legs[f.StreamID]
+	overflow := l != nil && l.sendWindow+int64(f.Increment) > maxWindow
+	if l != nil && !overflow {
 		l.sendWindow += int64(f.Increment)
 		if len(l.pending) > 0 && !l.blocked {
 			c.drainLocked(l, b)
 		}
 	}
-}
-
-// onHeaders decodes a complete header block and forwards it, or starts a
-// stream with it. A block that cannot be decoded breaks the connection's
-// header compression state: that is a connection error.
-func (c *h2conn) onHeaders(id uint32, end bool, block []byte, h peerHandler, b *batch) error {
-	c.fields, c.fieldSize = c.fields[:0], 0
-	if _, err := c.hdec.Write(block); err != nil {
-		return fmt.Errorf("http2: decoding headers: %w", err)
-	}
-	if err := c.hdec.Close(); err != nil {
-		return fmt.Errorf("http2: decoding headers: %w", err)
-	}
-	if c.fieldSize > maxHeaderList {
-		return fmt.Errorf("http2: header list of %d bytes, over %d", c.fieldSize, maxHeaderList)
-	}
-	c.mu.Lock()
-	l := c.legs[id]
 	c.mu.Unlock()
-	if l == nil {
-		if !c.client {
-			h.newStream(c, id, c.fields, end, b)
-		}
-		return nil // else a stream that already ended
+	if overflow {
+		c.resetStream(f.StreamID, http2.ErrCodeFlowControl, b)
 	}
-	l.s.forwardHeaders(l, c.fields, end, b)
-	return nil
+	return nil // a closed stream's update is allowed, and ignored
 }
 
 func (c *h2conn) onData(f *http2.DataFrame, b *batch) error {
+	id := f.StreamID
+	if c.idle(id) {
+		return connError{http2.ErrCodeProtocol, fmt.Sprintf("DATA on idle stream %d", id)}
+	}
 	n := int64(f.Length)
 	c.mu.Lock()
-	l := c.legs[f.StreamID]
+	l := c.legs[id]
 	c.recvWindow -= n
 	overrun := c.recvWindow < 0
 	if l != nil {
@@ -417,13 +653,27 @@ func (c *h2conn) onData(f *http2.DataFrame, b *batch) error {
 	}
 	c.mu.Unlock()
 	if overrun {
-		return fmt.Errorf("http2: peer sent DATA beyond its flow-control window (stream %d)", f.StreamID)
+		return connError{http2.ErrCodeFlowControl, fmt.Sprintf("DATA beyond the flow-control window (stream %d)", id)}
 	}
-	if l == nil {
+	if l == nil || (!c.client && l.recvDone) {
+		// §5.1: closed, or half-closed (remote) after the peer's
+		// END_STREAM. The bytes still count against the connection's
+		// window, so they are credited back.
 		b.credits = append(b.credits, credit{c: c, n: n})
+		if !c.client {
+			c.resetStream(id, http2.ErrCodeStreamClosed, b)
+		}
 		return nil
 	}
 	data := f.Data()
+	if !c.client && l.contentLength >= 0 {
+		l.dataRecv += int64(len(data))
+		if l.dataRecv > l.contentLength || (f.StreamEnded() && l.dataRecv != l.contentLength) {
+			b.credits = append(b.credits, credit{c: c, n: n})
+			c.resetStream(id, http2.ErrCodeProtocol, b)
+			return nil
+		}
+	}
 	if pad := n - int64(len(data)); pad > 0 {
 		b.credits = append(b.credits, credit{c: c, l: l, n: pad})
 	}
@@ -441,22 +691,19 @@ func (c *h2conn) onReset(id uint32, code http2.ErrCode, b *batch) {
 	}
 }
 
-// resetStream sends RST_STREAM for a stream the framer found malformed,
-// and ends the proxied stream.
+// resetStream answers a stream error (RFC 9113 §5.4.2): RST_STREAM with
+// code to the peer, and the proxied stream, if any, ends on both sides.
 func (c *h2conn) resetStream(id uint32, code http2.ErrCode, b *batch) {
 	c.mu.Lock()
 	l := c.legs[id]
 	c.mu.Unlock()
-	if l == nil {
-		c.mu.Lock()
-		c.fr.WriteRSTStream(id, code)
-		c.mu.Unlock()
-		b.markDirty(c)
-		return
+	if l != nil {
+		l.s.reset(l, code, b)
 	}
-	l.s.reset(l, code, b)
 	c.mu.Lock()
-	c.fr.WriteRSTStream(id, code)
+	if !c.closed {
+		c.fr.WriteRSTStream(id, code)
+	}
 	c.mu.Unlock()
 	b.markDirty(c)
 }
@@ -470,7 +717,6 @@ func (c *h2conn) closeStreams(b *batch) {
 		legs = append(legs, l)
 	}
 	c.mu.Unlock()
-	c.nc.Close()
 	for _, l := range legs {
 		l.s.connLost(l, b)
 	}

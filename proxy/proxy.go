@@ -93,6 +93,8 @@ type Options struct {
 	// DrainTimeout bounds how long in-flight calls and passthrough
 	// connections may run after shutdown begins.
 	DrainTimeout time.Duration
+	// Limits bound each client connection; zero fields take defaults.
+	Limits Limits
 
 	// Synced, if set, must also report true before the proxy is ready: say
 	// the discovery source behind Destinations has filled its cache, so
@@ -153,6 +155,11 @@ func New(opts Options) (*Proxy, error) {
 	opts.MaxMessageBytes = cmp.Or(opts.MaxMessageBytes, DefaultMaxMessageBytes)
 	opts.SniffTimeout = cmp.Or(opts.SniffTimeout, DefaultSniffTimeout)
 	opts.DrainTimeout = cmp.Or(opts.DrainTimeout, DefaultDrainTimeout)
+	limits, err := opts.Limits.withDefaults()
+	if err != nil {
+		return nil, fmt.Errorf("proxy: %w", err)
+	}
+	opts.Limits = limits
 	if opts.OriginalDst == nil {
 		opts.OriginalDst = originalDst
 	}
@@ -280,7 +287,7 @@ func (p *Proxy) serveDownstream(nc net.Conn, up *upstream) {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
-	c := newH2Conn(nc, nc, false)
+	c := newServerConn(nc, &p.opts.Limits)
 	p.downMu.Lock()
 	if p.draining {
 		p.downMu.Unlock()
@@ -362,26 +369,15 @@ func (d *downstream) goAway(*h2conn, *http2.GoAwayFrame, *batch) {}
 // balancer place it.
 func (d *downstream) newStream(c *h2conn, id uint32, fields []hpack.HeaderField, end bool, b *batch) {
 	c.mu.Lock()
-	if id%2 == 0 || id <= c.lastPeerID {
-		c.mu.Unlock()
-		return // a frame for a closed stream
-	}
-	c.lastPeerID = id
-	if c.goingAway {
+	if c.goingAway || uint32(len(c.legs)) >= c.limits.MaxConcurrentStreams {
 		c.fr.WriteRSTStream(id, http2.ErrCodeRefusedStream)
 		b.markDirty(c)
 		c.mu.Unlock()
 		return
 	}
-	var path string
-	for _, hf := range fields {
-		if hf.Name == ":path" {
-			path = hf.Value
-			break
-		}
-	}
-	s := newStream(d.up, path)
+	s := newStream(d.up, c.head.path)
 	s.down.c, s.down.id = c, id
+	s.down.contentLength = c.head.contentLength
 	s.down.sendWindow = c.peerWindow
 	s.down.recvDone = end
 	s.down.headersRecv = true

@@ -62,6 +62,11 @@ type leg struct {
 	recvWindow  int64
 	headersRecv bool
 	closed      bool
+	// contentLength is the request's declared content-length (-1 if
+	// none) and dataRecv the DATA bytes received so far, on a server
+	// conn's leg; only its read loop touches them.
+	contentLength int64
+	dataRecv      int64
 
 	// gRPC message framing of received DATA, to enforce the size limit.
 	msgHdr    [5]byte
@@ -458,19 +463,25 @@ func (s *stream) abort(code codes.Code, msg string, b *batch) {
 	}
 	l.dropPendingLocked(b)
 	if !c.closed && !l.sendDone {
-		fields := make([]hpack.HeaderField, 0, 4)
-		if !l.headersSent {
-			fields = append(fields, hpack.HeaderField{Name: ":status", Value: "200"}, hpack.HeaderField{Name: "content-type", Value: "application/grpc"})
-		}
-		fields = append(fields, hpack.HeaderField{Name: "grpc-status", Value: strconv.Itoa(int(code))})
-		if msg != "" {
-			fields = append(fields, hpack.HeaderField{Name: "grpc-message", Value: encodeGRPCMessage(msg)})
-		}
-		c.writeHeadersLocked(l.id, fields, true)
+		c.writeHeadersLocked(l.id, statusFields(code, msg, l.headersSent), true)
 		b.markDirty(c)
 	}
 	l.sendDone = true
 	l.checkDoneLocked(b)
+}
+
+// statusFields is a gRPC status as trailers, or as a trailers-only
+// response when no response headers were sent.
+func statusFields(code codes.Code, msg string, headersSent bool) []hpack.HeaderField {
+	fields := make([]hpack.HeaderField, 0, 4)
+	if !headersSent {
+		fields = append(fields, hpack.HeaderField{Name: ":status", Value: "200"}, hpack.HeaderField{Name: "content-type", Value: "application/grpc"})
+	}
+	fields = append(fields, hpack.HeaderField{Name: "grpc-status", Value: strconv.Itoa(int(code))})
+	if msg != "" {
+		fields = append(fields, hpack.HeaderField{Name: "grpc-message", Value: encodeGRPCMessage(msg)})
+	}
+	return fields
 }
 
 // connLost ends the stream of leg l, whose connection is gone.
