@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"math/rand/v2"
 	"net"
 	"runtime"
 	"sync"
@@ -75,8 +76,22 @@ type h2conn struct {
 	// peerHandler.newStream.
 	head requestHead
 	// limits bound what the peer of a server conn may hold (nil on
-	// client conns).
-	limits *Limits
+	// client conns). The read loop counts what the peer spends of them:
+	// streams it opened and reset before their responses ended, control
+	// and empty frames in a row.
+	limits  *Limits
+	opened  uint64
+	resets  uint64
+	control int
+	empty   int
+	// idleTimer fires when a server conn has had no stream for
+	// limits.IdleTimeout; ageTimer steps through the drain at
+	// limits.MaxConnectionAge (ageStep says which step is next). Both
+	// are guarded by mu.
+	idleTimer  *time.Timer
+	ageTimer   *time.Timer
+	ageStep    int
+	drainStart time.Time
 
 	mu sync.Mutex
 	bw *bufio.Writer
@@ -143,13 +158,85 @@ func newH2Conn(nc net.Conn, r io.Reader, client bool) *h2conn {
 }
 
 // newServerConn makes a connection the proxy serves (a client's), whose
-// peer is held to limits.
+// peer is held to limits. Its timers run from now; stopTimers stops them.
 func newServerConn(nc net.Conn, limits *Limits) *h2conn {
 	c := newH2Conn(nc, nc, false)
 	c.limits = limits
 	c.maxHeaderList = int(limits.MaxHeaderListBytes)
 	c.hdec.SetMaxStringLength(c.maxHeaderList)
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if limits.IdleTimeout > 0 {
+		c.idleTimer = time.AfterFunc(limits.IdleTimeout, c.onIdle)
+	}
+	if age := limits.MaxConnectionAge; age > 0 {
+		age += time.Duration(rand.Int64N(int64(age)/5+1)) - age/10
+		c.ageTimer = time.AfterFunc(age, c.onAge)
+	}
 	return c
+}
+
+// drainAckTimeout bounds the wait for the PING ack of a drain the
+// connection's age started, before the final GOAWAY.
+const drainAckTimeout = 5 * time.Second
+
+// onIdle closes a server conn that has no stream: GOAWAY naming the last
+// stream the proxy took, so a stream the client opened meanwhile is
+// known to be unprocessed and safe to retry.
+func (c *h2conn) onIdle() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if len(c.legs) == 0 {
+		c.goAwayLocked()
+		if !c.closed {
+			c.closed = true
+			c.nc.Close()
+		}
+	}
+}
+
+// onAge drains a server conn that reached its maximum age: the two-phase
+// GOAWAY of a shutdown; the final GOAWAY if the client did not ack the
+// PING in time; then, once the grace from the drain's start has passed,
+// the connection is closed.
+func (c *h2conn) onAge() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	grace := c.limits.MaxConnectionAgeGrace
+	step := c.ageStep
+	c.ageStep++
+	switch step {
+	case 0:
+		c.drainStart = time.Now()
+		c.startDrainLocked()
+		wait := drainAckTimeout
+		if grace > 0 {
+			wait = min(wait, grace)
+		}
+		c.ageTimer.Reset(wait)
+	case 1:
+		c.goAwayLocked()
+		if grace > 0 {
+			c.ageTimer.Reset(max(0, grace-time.Since(c.drainStart)))
+		}
+	default:
+		if !c.closed {
+			c.closed = true
+			c.nc.Close()
+		}
+	}
+}
+
+// stopTimers stops a server conn's timers once it is done.
+func (c *h2conn) stopTimers() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.idleTimer != nil {
+		c.idleTimer.Stop()
+	}
+	if c.ageTimer != nil {
+		c.ageTimer.Stop()
+	}
 }
 
 // start writes the proxy's half of the connection preface (the client
@@ -315,6 +402,11 @@ func (c *h2conn) readLoop(h peerHandler) (err error) {
 
 // onFrame handles one frame read from the peer.
 func (c *h2conn) onFrame(f http2.Frame, h peerHandler, b *batch) error {
+	if !c.client {
+		if err := c.account(f); err != nil {
+			return err
+		}
+	}
 	switch f := f.(type) {
 	case *http2.HeadersFrame:
 		if err := c.startBlock(f); err != nil {
@@ -336,13 +428,27 @@ func (c *h2conn) onFrame(f http2.Frame, h peerHandler, b *batch) error {
 		if c.idle(f.StreamID) {
 			return connError{http2.ErrCodeProtocol, fmt.Sprintf("RST_STREAM on idle stream %d", f.StreamID)}
 		}
-		c.onReset(f.StreamID, f.ErrCode, b)
+		if !c.onReset(f.StreamID, f.ErrCode, b) {
+			return c.spendControl()
+		}
+		if !c.client {
+			// Rapid reset (CVE-2023-44487): each stream opened and reset
+			// at once costs an upstream a stream while the client pays
+			// nothing, and the concurrency limit never binds.
+			c.resets++
+			if c.resets > uint64(c.limits.MaxConcurrentStreams) && 2*c.resets > c.opened {
+				return connError{http2.ErrCodeEnhanceYourCalm, fmt.Sprintf("%d of %d streams reset before their responses ended", c.resets, c.opened)}
+			}
+		}
 	case *http2.WindowUpdateFrame:
 		if f.StreamID != 0 && c.idle(f.StreamID) {
 			return connError{http2.ErrCodeProtocol, fmt.Sprintf("WINDOW_UPDATE on idle stream %d", f.StreamID)}
 		}
 		return c.onWindowUpdate(f, b)
 	case *http2.PriorityFrame:
+		if err := c.spendControl(); err != nil {
+			return err
+		}
 		if f.StreamDep == f.StreamID {
 			c.resetStream(f.StreamID, http2.ErrCodeProtocol, b)
 		}
@@ -364,6 +470,51 @@ func (c *h2conn) onFrame(f http2.Frame, h peerHandler, b *batch) error {
 		h.goAway(c, f, b)
 	case *http2.PushPromiseFrame:
 		return connError{http2.ErrCodeProtocol, "PUSH_PROMISE, which the proxy does not allow"}
+	}
+	return nil
+}
+
+// account charges a frame from a server conn's peer against the budgets
+// of frames that do not move a call forward.
+func (c *h2conn) account(f http2.Frame) error {
+	empty := false
+	switch f := f.(type) {
+	case *http2.DataFrame:
+		empty = len(f.Data()) == 0 && !f.StreamEnded()
+		if len(f.Data()) > 0 {
+			c.control = 0
+		}
+	case *http2.ContinuationFrame:
+		empty = len(f.HeaderBlockFragment()) == 0 && !f.HeadersEnded()
+	case *http2.PingFrame:
+		if !f.IsAck() {
+			return c.spendControl()
+		}
+	case *http2.SettingsFrame:
+		if !f.IsAck() {
+			return c.spendControl()
+		}
+	}
+	if !empty {
+		c.empty = 0
+		return nil
+	}
+	c.empty++
+	if c.empty > maxEmptyFrames {
+		return connError{http2.ErrCodeEnhanceYourCalm, fmt.Sprintf("more than %d empty frames in a row", maxEmptyFrames)}
+	}
+	return nil
+}
+
+// spendControl counts a control frame (or one for a closed stream) from
+// a server conn's peer.
+func (c *h2conn) spendControl() error {
+	if c.client {
+		return nil
+	}
+	c.control++
+	if c.control > maxControlFrames {
+		return connError{http2.ErrCodeEnhanceYourCalm, fmt.Sprintf("more than %d control frames without a request", maxControlFrames)}
 	}
 	return nil
 }
@@ -543,6 +694,8 @@ func (c *h2conn) endBlock(h peerHandler, b *batch) error {
 		return nil
 	}
 	c.head = head
+	c.opened++
+	c.control = 0
 	h.newStream(c, id, c.fields, end, b)
 	return nil
 }
@@ -623,8 +776,12 @@ func (c *h2conn) onWindowUpdate(f *http2.WindowUpdateFrame, b *batch) error {
 		return nil
 	}
 	l := c.legs[f.StreamID]
-	overflow := l != nil && l.sendWindow+int64(f.Increment) > maxWindow
-	if l != nil && !overflow {
+	if l == nil {
+		c.mu.Unlock()
+		return c.spendControl() // a closed stream's update is allowed, and ignored
+	}
+	overflow := l.sendWindow+int64(f.Increment) > maxWindow
+	if !overflow {
 		l.sendWindow += int64(f.Increment)
 		if len(l.pending) > 0 && !l.blocked {
 			c.drainLocked(l, b)
@@ -634,7 +791,7 @@ func (c *h2conn) onWindowUpdate(f *http2.WindowUpdateFrame, b *batch) error {
 	if overflow {
 		c.resetStream(f.StreamID, http2.ErrCodeFlowControl, b)
 	}
-	return nil // a closed stream's update is allowed, and ignored
+	return nil
 }
 
 func (c *h2conn) onData(f *http2.DataFrame, b *batch) error {
@@ -681,14 +838,17 @@ func (c *h2conn) onData(f *http2.DataFrame, b *batch) error {
 	return nil
 }
 
-// onReset handles RST_STREAM from the peer.
-func (c *h2conn) onReset(id uint32, code http2.ErrCode, b *batch) {
+// onReset handles RST_STREAM from the peer; it reports whether the
+// stream was open.
+func (c *h2conn) onReset(id uint32, code http2.ErrCode, b *batch) bool {
 	c.mu.Lock()
 	l := c.legs[id]
 	c.mu.Unlock()
-	if l != nil {
-		l.s.reset(l, code, b)
+	if l == nil {
+		return false
 	}
+	l.s.reset(l, code, b)
+	return true
 }
 
 // resetStream answers a stream error (RFC 9113 §5.4.2): RST_STREAM with
@@ -789,8 +949,12 @@ func (c *h2conn) goAwayLocked() {
 }
 
 // idleCheckLocked closes a connection that is going away and has no
-// streams left.
+// streams left, and starts a server conn's idle timer when its last
+// stream ends.
 func (c *h2conn) idleCheckLocked() {
+	if c.idleTimer != nil && len(c.legs) == 0 {
+		c.idleTimer.Reset(c.limits.IdleTimeout)
+	}
 	if c.goingAway && len(c.legs) == 0 && !c.closed {
 		c.bw.Flush()
 		c.closed = true

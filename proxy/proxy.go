@@ -288,6 +288,7 @@ func (p *Proxy) serveDownstream(nc net.Conn, up *upstream) {
 		tc.SetNoDelay(true)
 	}
 	c := newServerConn(nc, &p.opts.Limits)
+	defer c.stopTimers()
 	p.downMu.Lock()
 	if p.draining {
 		p.downMu.Unlock()
@@ -374,6 +375,9 @@ func (d *downstream) newStream(c *h2conn, id uint32, fields []hpack.HeaderField,
 		b.markDirty(c)
 		c.mu.Unlock()
 		return
+	}
+	if len(c.legs) == 0 && c.idleTimer != nil {
+		c.idleTimer.Stop()
 	}
 	s := newStream(d.up, c.head.path)
 	s.down.c, s.down.id = c, id

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"fmt"
+	"slices"
 	"strconv"
 	"sync/atomic"
 	"time"
@@ -439,6 +440,12 @@ func (s *stream) unpark(b *batch) bool {
 		s.upl.sendDone, s.upl.recvDone = true, true
 		s.upl.dropPendingLocked(b)
 		s.upl.closeLocked(b)
+	}
+	// A stream reset while parked leaves the queue now: a client that
+	// opens and resets streams while no endpoint is ready must not grow
+	// it (rapid reset before the upstream saw the streams).
+	if i := slices.Index(h.parked, s); i >= 0 {
+		h.parked = slices.Delete(h.parked, i, i+1)
 	}
 	return true
 }
