@@ -1,7 +1,11 @@
 package proxy
 
 import (
+	"context"
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"io"
 	"net"
 	"slices"
 	"strings"
@@ -11,6 +15,9 @@ import (
 
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/protobuf/proto"
 )
 
 // The published HTTP/2 attacks against the client-facing edge. Each test
@@ -19,9 +26,11 @@ import (
 
 // held is what the proxy holds for client connections: connections,
 // open streams, bytes waiting for a flow-control window on either leg,
-// and streams parked waiting for an endpoint.
+// and streams parked waiting for an endpoint; upstreamHeld is what the
+// upstream connections count as held for clients' windows.
 type held struct {
 	conns, streams, bytes, parked int
+	upstreamHeld                  int64
 }
 
 func (p *Proxy) held() held {
@@ -59,6 +68,9 @@ func (p *Proxy) held() held {
 		for _, up := range u.byName {
 			up.host.mu.Lock()
 			h.parked += len(up.host.parked)
+			for c := range up.host.live {
+				h.upstreamHeld += c.held.Load()
+			}
 			up.host.mu.Unlock()
 		}
 		u.mu.Unlock()
@@ -476,5 +488,70 @@ func TestConnectionTimeouts(t *testing.T) {
 		if !slices.Equal(seen, want) {
 			t.Errorf("an old connection with a stream got %q, want %q", seen, want)
 		}
+	})
+}
+
+// TestZeroWindowStall: a client that opens streaming calls and never
+// opens its flow-control windows must not stall other clients' calls on
+// the same upstream connection. The proxy holds at most half that
+// connection's window for such clients, ending (RESOURCE_EXHAUSTED) the
+// streams that would hold more, and another client's large streaming
+// call completes meanwhile.
+func TestZeroWindowStall(t *testing.T) {
+	svc := newTestService()
+	up := startTestService(t, svc)
+	p, addr := startOutbound(t, up, Options{})
+	conn := dial(t, addr, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(2*bigMessage)))
+	client := testpb.NewTestServiceClient(conn)
+	// One call first, so the upstream connection is up and shared.
+	if _, err := client.UnaryCall(t.Context(), &testpb.SimpleRequest{}); err != nil {
+		t.Fatal(err)
+	}
+
+	r := dialRaw(t, addr, "127.0.0.1")
+	req := &testpb.StreamingOutputCallRequest{}
+	for range 4 {
+		req.ResponseParameters = append(req.ResponseParameters, &testpb.ResponseParameters{Size: 1 << 20})
+	}
+	msg, err := proto.Marshal(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	framed := append([]byte{0, 0, 0, 0, 0}, msg...)
+	binary.BigEndian.PutUint32(framed[1:5], uint32(len(msg)))
+	const stalled = 40 // streams whose windows never open, 4 MiB asked on each
+	stop := peak(p.Proxy)
+	for i := range stalled {
+		id := uint32(2*i + 1)
+		r.headers(id, false, with(":path", "/grpc.testing.TestService/StreamingOutputCall")...)
+		r.fr.WriteData(id, true, framed)
+	}
+
+	ctx, cancel := context.WithTimeout(t.Context(), 20*time.Second)
+	defer cancel()
+	streamReq := &testpb.StreamingOutputCallRequest{}
+	for range 8 {
+		streamReq.ResponseParameters = append(streamReq.ResponseParameters, &testpb.ResponseParameters{Size: 1 << 20})
+	}
+	stream, err := client.StreamingOutputCall(ctx, streamReq)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for n := 0; ; n++ {
+		if _, err := stream.Recv(); err != nil {
+			if !errors.Is(err, io.EOF) || n != 8 {
+				t.Fatalf("a reading client's streaming call, after %d of 8 responses: %v", n, err)
+			}
+			break
+		}
+	}
+	max := stop()
+	if bound := maxHeldPerUpstream + 2*frameSize; max.bytes > bound {
+		t.Errorf("the proxy held %d bytes for stalled clients, want at most %d", max.bytes, bound)
+	}
+	r.c.Close()
+	eventually(t, "nothing held once the stalled client is gone", func() bool {
+		h := p.held()
+		return h.bytes == 0 && h.upstreamHeld == 0
 	})
 }

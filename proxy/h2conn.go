@@ -11,6 +11,7 @@ import (
 	"net"
 	"runtime"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"google.golang.org/grpc/codes"
@@ -124,6 +125,11 @@ type h2conn struct {
 	// onGoingAway runs (under mu) when a client conn stops taking new
 	// streams.
 	onGoingAway func()
+	// held counts the bytes received on a client conn that wait in
+	// pending items for a client's flow-control window; heldOut, on a
+	// server conn, those waiting for its own windows.
+	held    atomic.Int64
+	heldOut atomic.Int64
 }
 
 func newH2Conn(nc net.Conn, r io.Reader, client bool) *h2conn {

@@ -68,6 +68,9 @@ type leg struct {
 	// conn's leg; only its read loop touches them.
 	contentLength int64
 	dataRecv      int64
+	// held counts the bytes of pending items that came from an upstream
+	// connection (see maxHeldPerUpstream).
+	held atomic.Int64
 
 	// gRPC message framing of received DATA, to enforce the size limit.
 	msgHdr    [5]byte
@@ -85,6 +88,9 @@ type item struct {
 	code   http2.ErrCode
 	// from is the leg the data arrived on, credited once it is written.
 	from *leg
+	// held says data counts in the held bytes of from.c, of the leg it
+	// waits on and of that leg's conn.
+	held bool
 }
 
 func newStream(up *upstream, path string) *stream {
@@ -284,8 +290,62 @@ func (s *stream) send(to *leg, it item, b *batch) {
 		c.mu.Unlock()
 		return
 	}
-	to.pending = append(to.pending, it.own())
+	it = it.own()
+	over := false
+	if from := it.from; from != nil && from.c.client && len(it.data) > 0 {
+		n := int64(len(it.data))
+		it.held = true
+		to.held.Add(n)
+		c.heldOut.Add(n)
+		over = from.c.held.Add(n) > maxHeldPerUpstream
+	}
+	to.pending = append(to.pending, it)
 	c.mu.Unlock()
+	if over {
+		evictStalled(it.from.c, b)
+	}
+}
+
+// maxHeldPerUpstream bounds the bytes received on one upstream connection
+// that wait for clients' flow-control windows: half its receive window,
+// so the other half stays open for calls whose clients read.
+const maxHeldPerUpstream = connWindow / 2
+
+// evictStalled handles a zero-window stall: clients that do not open
+// their windows leave the bytes sent to them on the proxy, and they hold
+// the window of the upstream connection they came on, shared with every
+// other client's calls there. Once half of it is held, the stream holding
+// most, of the client connection holding most, ends with
+// RESOURCE_EXHAUSTED, and its bytes are credited back.
+func evictStalled(up *h2conn, b *batch) {
+	up.mu.Lock()
+	var worst *leg
+	var worstConn, worstLeg int64
+	for _, l := range up.legs {
+		d := l.peer
+		if !d.ready.Load() {
+			continue
+		}
+		nc, nl := d.c.heldOut.Load(), d.held.Load()
+		if nl > 0 && (nc > worstConn || nc == worstConn && nl > worstLeg) {
+			worst, worstConn, worstLeg = d, nc, nl
+		}
+	}
+	up.mu.Unlock()
+	if worst != nil {
+		worst.s.up.metrics.newStreamErrors.Inc()
+		worst.s.fail(codes.ResourceExhausted, "ballast proxy: the client is not reading the response (its flow-control window stays closed)", b)
+	}
+}
+
+// unhold takes n bytes of it, leaving l's pending items (written or
+// dropped), out of the counts of held bytes.
+func (l *leg) unhold(it *item, n int64) {
+	if it.held {
+		it.from.c.held.Add(-n)
+		l.held.Add(-n)
+		l.c.heldOut.Add(-n)
+	}
 }
 
 // own copies what an item borrows from its read loop's buffers, for an
@@ -337,6 +397,7 @@ func (c *h2conn) writeItemLocked(l *leg, it *item, b *batch) bool {
 			c.fr.WriteData(l.id, it.end && last, it.data[:n])
 			c.sendWindow -= n
 			l.sendWindow -= n
+			l.unhold(it, n)
 			if n > 0 && it.from != nil {
 				b.credits = append(b.credits, credit{c: it.from.c, l: it.from, n: n})
 			}
@@ -369,7 +430,8 @@ func (c *h2conn) drainLocked(l *leg, b *batch) {
 }
 
 func (l *leg) dropPendingLocked(b *batch) {
-	for _, it := range l.pending {
+	for i, it := range l.pending {
+		l.unhold(&l.pending[i], int64(len(it.data)))
 		b.dropped(it)
 	}
 	l.pending = nil
