@@ -13,6 +13,9 @@ import (
 // goroutine started by this package is still running: every goroutine the
 // proxy starts must stop with its Serve.
 func TestMain(m *testing.M) {
+	if target := os.Getenv(envEdgeChild); target != "" {
+		os.Exit(runEdgeChild(target))
+	}
 	code := m.Run()
 	if code == 0 {
 		if leaked := waitForOwnGoroutines(10 * time.Second); leaked != "" {
