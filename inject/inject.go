@@ -287,6 +287,16 @@ func joinPorts(ports []int) string {
 // a JSON patch adding the sidecar, or with no change.
 func Handler(c Config) http.Handler {
 	return &admission.Webhook{Handler: admission.HandlerFunc(func(_ context.Context, req admission.Request) admission.Response {
+		// A review of anything but a Pod (a webhook configuration that
+		// matches more than pods) would decode into an empty Pod and be
+		// patched as one: refuse to handle it, naming what it was. With
+		// failurePolicy Ignore the object is admitted unchanged.
+		if len(req.Object.Raw) == 0 {
+			return admission.Errored(http.StatusBadRequest, fmt.Errorf("AdmissionReview %q has no request.object", req.UID))
+		}
+		if k := req.Kind; k.Group != "" || k.Version != "v1" || k.Kind != "Pod" {
+			return admission.Errored(http.StatusBadRequest, fmt.Errorf("ballast injector handles v1 Pods; got %q %s/%s", k.String(), req.Namespace, req.Name))
+		}
 		var pod corev1.Pod
 		if err := json.Unmarshal(req.Object.Raw, &pod); err != nil {
 			return admission.Errored(http.StatusBadRequest, fmt.Errorf("decode pod %s/%s: %w", req.Namespace, req.Name, err))

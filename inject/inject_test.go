@@ -107,16 +107,24 @@ func TestInject(t *testing.T) {
 // sends them and applies the returned patch.
 func TestHandler(t *testing.T) {
 	h := Handler(Config{Image: "ballast"})
-	send := func(t *testing.T, pod *corev1.Pod) *admissionv1.AdmissionResponse {
-		raw, _ := json.Marshal(pod)
+	var post func(t *testing.T, body []byte) *admissionv1.AdmissionResponse
+	review := func(kind metav1.GroupVersionKind, raw []byte) []byte {
 		body, _ := json.Marshal(admissionv1.AdmissionReview{
 			TypeMeta: metav1.TypeMeta{APIVersion: "admission.k8s.io/v1", Kind: "AdmissionReview"},
 			Request: &admissionv1.AdmissionRequest{
 				UID: "1", Operation: admissionv1.Create, Namespace: "demo",
-				Kind:   metav1.GroupVersionKind{Version: "v1", Kind: "Pod"},
+				Kind:   kind,
 				Object: runtime.RawExtension{Raw: raw},
 			},
 		})
+		return body
+	}
+	podKind := metav1.GroupVersionKind{Version: "v1", Kind: "Pod"}
+	send := func(t *testing.T, pod *corev1.Pod) *admissionv1.AdmissionResponse {
+		raw, _ := json.Marshal(pod)
+		return post(t, review(podKind, raw))
+	}
+	post = func(t *testing.T, body []byte) *admissionv1.AdmissionResponse {
 		rec := httptest.NewRecorder()
 		req := httptest.NewRequest(http.MethodPost, "/inject", bytes.NewReader(body))
 		req.Header.Set("Content-Type", "application/json")
@@ -130,7 +138,7 @@ func TestHandler(t *testing.T) {
 		}
 		return out.Response
 	}
-	review := func(t *testing.T, pod *corev1.Pod) *admissionv1.AdmissionResponse {
+	allowed := func(t *testing.T, pod *corev1.Pod) *admissionv1.AdmissionResponse {
 		resp := send(t, pod)
 		if !resp.Allowed {
 			t.Fatalf("pod not allowed: %v", resp.Result)
@@ -140,7 +148,7 @@ func TestHandler(t *testing.T) {
 
 	t.Run("injects", func(t *testing.T) {
 		pod := testPod(nil)
-		resp := review(t, pod)
+		resp := allowed(t, pod)
 		var ops []jsonpatch.Operation
 		if err := json.Unmarshal(resp.Patch, &ops); err != nil || len(ops) == 0 {
 			t.Fatalf("patch %s: %v", resp.Patch, err)
@@ -156,10 +164,29 @@ func TestHandler(t *testing.T) {
 		}
 	})
 	t.Run("opt-out gets no patch", func(t *testing.T) {
-		if resp := review(t, testPod(map[string]string{OptOutAnnotation: "false"})); len(resp.Patch) != 0 {
+		if resp := allowed(t, testPod(map[string]string{OptOutAnnotation: "false"})); len(resp.Patch) != 0 {
 			t.Fatalf("patch %s for an opted-out pod", resp.Patch)
 		}
 	})
+	// Bad input: each gets a 400 in the review's result, naming what was
+	// wrong, and no patch.
+	deployment, _ := json.Marshal(map[string]any{"apiVersion": "apps/v1", "kind": "Deployment", "metadata": map[string]any{"name": "greeter"}})
+	for _, tc := range []struct {
+		name, body, want string
+	}{
+		{"not JSON", `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":`, "unexpected"},
+		{"not an AdmissionReview", `{"apiVersion":"v1","kind":"Pod"}`, "AdmissionReview"},
+		{"no request", `{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview"}`, "no request.object"},
+		{"a Deployment", string(review(metav1.GroupVersionKind{Group: "apps", Version: "v1", Kind: "Deployment"}, deployment)), "handles v1 Pods; got \"apps/v1, Kind=Deployment\""},
+		{"a pod that is not an object", string(review(podKind, []byte(`[1,2]`))), "decode pod demo/"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			resp := post(t, []byte(tc.body))
+			if resp == nil || resp.Allowed || resp.Result == nil || resp.Result.Code != http.StatusBadRequest || !strings.Contains(resp.Result.Message, tc.want) || len(resp.Patch) != 0 {
+				t.Fatalf("response %+v; want refused with 400 naming %q, no patch", resp, tc.want)
+			}
+		})
+	}
 }
 
 func applyPatch(t *testing.T, pod *corev1.Pod, patch []byte) *corev1.Pod {

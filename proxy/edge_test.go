@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"fmt"
+	"io"
 	"net"
 	"net/netip"
 	"strings"
@@ -14,6 +15,9 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	testpb "google.golang.org/grpc/interop/grpc_testing"
+	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
 )
 
@@ -608,5 +612,69 @@ func TestRFC9113(t *testing.T) {
 			}
 			t.Logf("| %s | %v | %v |", rule.name, rule.want, got)
 		})
+	}
+}
+
+// TestNotHTTP2 sends what is not HTTP/2 to the explicit listener: an
+// HTTP/1.1 client gets a 400 saying what the port speaks, anything else
+// a GOAWAY PROTOCOL_ERROR saying the same, and the listener goes on
+// serving gRPC.
+func TestNotHTTP2(t *testing.T) {
+	tests := []struct {
+		name string
+		send string
+		want string // the start of the answer
+	}{
+		{"HTTP/1.1 request", "GET / HTTP/1.1\r\nHost: greeter\r\n\r\n", "HTTP/1.1 400 Bad Request"},
+		{"HTTP/1.1 upgrade to h2c", "GET / HTTP/1.1\r\nHost: greeter\r\nConnection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAAQAAP__\r\n\r\n", "HTTP/1.1 400 Bad Request"},
+		{"POST", "POST /greeter.Greeter/SayHello HTTP/1.1\r\nContent-Length: 0\r\n\r\n", "HTTP/1.1 400 Bad Request"},
+		{"garbage", "\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03 garbage that is no preface", "GOAWAY PROTOCOL_ERROR"},
+		{"almost the preface", "PRI * HTTP/2.0\r\n\r\nXX\r\n\r\n", "GOAWAY PROTOCOL_ERROR"},
+	}
+	e := startEdge(t, Options{})
+	lis := e.listeners[0]
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c, err := net.Dial("tcp", lis.addr)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer c.Close()
+			c.SetDeadline(time.Now().Add(10 * time.Second))
+			if _, err := c.Write([]byte(tc.send)); err != nil {
+				t.Fatal(err)
+			}
+			reply, err := io.ReadAll(c)
+			if err != nil {
+				t.Fatalf("reading the answer: %v", err)
+			}
+			got := string(reply)
+			if f, err := http2.NewFramer(nil, bytes.NewReader(reply)).ReadFrame(); err == nil {
+				if ga, ok := f.(*http2.GoAwayFrame); ok {
+					got = fmt.Sprintf("GOAWAY %v %s", ga.ErrCode, ga.DebugData())
+				}
+			}
+			if !strings.HasPrefix(got, tc.want) || !strings.Contains(got, "HTTP/2 with prior knowledge") {
+				t.Errorf("answered %q, want %q and what the port speaks", got, tc.want)
+			}
+			e.sentinel(t, lis)
+		})
+	}
+}
+
+// TestResponseOverLimit: a response message over MaxMessageBytes ends the
+// call with RESOURCE_EXHAUSTED naming the sizes, the upstream's stream is
+// cancelled, and the next call on the same connection succeeds.
+func TestResponseOverLimit(t *testing.T) {
+	svc := newTestService()
+	addr := startTestService(t, svc)
+	_, proxyAddr := startOutbound(t, addr, Options{MaxMessageBytes: 1 << 20})
+	client := testpb.NewTestServiceClient(dial(t, proxyAddr, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(4<<20))))
+	_, err := client.UnaryCall(t.Context(), &testpb.SimpleRequest{ResponseSize: 2 << 20})
+	if status.Code(err) != codes.ResourceExhausted || !strings.Contains(status.Convert(err).Message(), "larger than max") {
+		t.Fatalf("a 2 MiB response through a 1 MiB proxy: got %v, want ResourceExhausted naming the sizes", err)
+	}
+	if _, err := client.UnaryCall(t.Context(), &testpb.SimpleRequest{ResponseSize: 1 << 10}); err != nil {
+		t.Fatalf("the next call: %v", err)
 	}
 }

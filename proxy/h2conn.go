@@ -969,16 +969,53 @@ func (c *h2conn) idleCheckLocked() {
 }
 
 // readPreface reads the client connection preface of a downstream conn.
+// It compares bytes as they arrive, so a client that sends something else
+// (an HTTP/1.1 request shorter than the preface, say) is answered at once
+// rather than left waiting for bytes it will never send. HTTP/1 gets an
+// HTTP/1.1 400 saying what the listener speaks; anything else a GOAWAY
+// (RFC 9113 §3.4: PROTOCOL_ERROR).
 func (c *h2conn) readPreface() error {
-	buf, err := c.br.Peek(len(http2.ClientPreface))
-	if err != nil {
-		return fmt.Errorf("reading HTTP/2 preface: %w", err)
+	for n := 1; n <= len(http2.ClientPreface); n++ {
+		buf, err := c.br.Peek(n)
+		if len(buf) == n && buf[n-1] != http2.ClientPreface[n-1] {
+			buf, _ = c.br.Peek(c.br.Buffered())
+			return c.rejectPreface(buf)
+		}
+		if err != nil {
+			return fmt.Errorf("reading HTTP/2 preface: %w", err)
+		}
 	}
-	if string(buf) != http2.ClientPreface {
-		return errors.New("not an HTTP/2 client preface")
-	}
-	c.br.Discard(len(buf))
+	c.br.Discard(len(http2.ClientPreface))
 	return nil
+}
+
+// notHTTP2 is the answer to a client that does not speak HTTP/2.
+const notHTTP2 = "ballast proxy: this port takes gRPC, which is HTTP/2 with prior knowledge (h2c); the connection did not start with the HTTP/2 preface"
+
+// rejectPreface answers a connection that did not start with the preface.
+func (c *h2conn) rejectPreface(got []byte) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if looksLikeHTTP1(got) {
+		fmt.Fprintf(c.bw, "HTTP/1.1 400 Bad Request\r\nContent-Type: text/plain\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s\n", len(notHTTP2)+1, notHTTP2)
+	} else {
+		c.fr.WriteGoAway(0, http2.ErrCodeProtocol, []byte(notHTTP2))
+	}
+	c.bw.Flush()
+	return errors.New("not an HTTP/2 client preface")
+}
+
+// looksLikeHTTP1 reports whether b starts like an HTTP/1 request line: an
+// uppercase method token and a space (PRI, the preface's, aside).
+func looksLikeHTTP1(b []byte) bool {
+	if bytes.HasPrefix(b, []byte("PRI ")) {
+		return false
+	}
+	i := 0
+	for i < len(b) && 'A' <= b[i] && b[i] <= 'Z' {
+		i++
+	}
+	return i > 0 && i < len(b) && b[i] == ' '
 }
 
 // grpcMessageLength is the length in a gRPC message header (1 byte flag,

@@ -304,6 +304,7 @@ func (p *Proxy) serveDownstream(nc net.Conn, up *upstream) {
 	}()
 	if err := c.readPreface(); err != nil {
 		p.log.Debug("client connection", "client", nc.RemoteAddr(), "err", err)
+		c.linger()
 		nc.Close()
 		return
 	}

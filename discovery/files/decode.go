@@ -12,6 +12,7 @@ import (
 	yamlv3 "go.yaml.in/yaml/v3"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
 	sigjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 )
@@ -172,6 +173,9 @@ func decodeObject(j []byte, prefix string, out *objects) error {
 		if err := checkMeta(&svc.ObjectMeta, "Service", prefix); err != nil {
 			return err
 		}
+		if err := checkServicePorts(svc, prefix); err != nil {
+			return err
+		}
 		out.services = append(out.services, svc)
 	case tm.APIVersion == discoveryv1.SchemeGroupVersion.String() && tm.Kind == "EndpointSlice":
 		es := &discoveryv1.EndpointSlice{}
@@ -231,8 +235,30 @@ func checkMeta(m interface {
 	return nil
 }
 
+// checkServicePorts rejects ports outside 1–65535, which the API server
+// would refuse too.
+func checkServicePorts(svc *corev1.Service, prefix string) error {
+	for i, p := range svc.Spec.Ports {
+		if p.Port < 1 || p.Port > 65535 {
+			return &fieldError{path: fmt.Sprintf("%sspec.ports[%d].port", prefix, i), err: fmt.Errorf(
+				"Service %s/%s: port %d is outside 1-65535", svc.Namespace, svc.Name, p.Port)}
+		}
+		if t := p.TargetPort; t.Type == intstr.Int && (t.IntVal < 0 || t.IntVal > 65535) {
+			return &fieldError{path: fmt.Sprintf("%sspec.ports[%d].targetPort", prefix, i), err: fmt.Errorf(
+				"Service %s/%s: targetPort %d is outside 1-65535", svc.Namespace, svc.Name, t.IntVal)}
+		}
+	}
+	return nil
+}
+
 // checkSlice rejects slices Ballast would silently drop entries of.
 func checkSlice(es *discoveryv1.EndpointSlice, prefix string) error {
+	for i, p := range es.Ports {
+		if p.Port != nil && (*p.Port < 1 || *p.Port > 65535) {
+			return &fieldError{path: fmt.Sprintf("%sports[%d].port", prefix, i), err: fmt.Errorf(
+				"EndpointSlice %s/%s: port %d is outside 1-65535", es.Namespace, es.Name, *p.Port)}
+		}
+	}
 	if es.Labels[discoveryv1.LabelServiceName] == "" {
 		return &fieldError{path: prefix + "metadata", err: fmt.Errorf(
 			"EndpointSlice %s/%s has no label %s naming its Service", es.Namespace, es.Name, discoveryv1.LabelServiceName)}

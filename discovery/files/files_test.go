@@ -209,6 +209,41 @@ items:
 			wantErrs: []string{"family.yaml:15: document 1: ", `address "fd00::1" is not an IPv4 address`},
 		},
 		{
+			name: "Service port 0",
+			files: map[string]string{
+				"port0.yaml": strings.Replace(greeterService, "port: 80", "port: 0", 1),
+			},
+			wantErrs: []string{"port0.yaml:10: document 1: ", "Service demo/greeter: port 0 is outside 1-65535"},
+		},
+		{
+			name: "Service port over 65535",
+			files: map[string]string{
+				"port70000.yaml": strings.Replace(greeterService, "port: 80", "port: 70000", 1),
+			},
+			wantErrs: []string{"port70000.yaml:10: document 1: ", "port 70000 is outside 1-65535"},
+		},
+		{
+			name: "Service targetPort over 65535",
+			files: map[string]string{
+				"target.yaml": strings.Replace(greeterService, "targetPort: grpc", "targetPort: 65536", 1),
+			},
+			wantErrs: []string{"target.yaml:11: document 1: ", "targetPort 65536 is outside 1-65535"},
+		},
+		{
+			name: "EndpointSlice port over 65535",
+			files: map[string]string{
+				"slice.yaml": strings.Replace(greeterSlice("a", "10.244.0.1"), "port: 50051", "port: 70000", 1),
+			},
+			wantErrs: []string{"slice.yaml:11: document 1: ", "EndpointSlice demo/a: port 70000 is outside 1-65535"},
+		},
+		{
+			name: "unknown addressType",
+			files: map[string]string{
+				"type.yaml": strings.Replace(greeterSlice("a", "10.244.0.1"), "addressType: IPv4", "addressType: IPv5", 1),
+			},
+			wantErrs: []string{"type.yaml:8: document 1: ", `addressType "IPv5": want IPv4, IPv6 or FQDN`},
+		},
+		{
 			name: "List item errors name the item",
 			files: map[string]string{
 				"list.yaml": "apiVersion: v1\nkind: List\nitems:\n- apiVersion: v1\n  kind: Service\n  metadata: {name: a}\n  spec: {prots: []}\n",
