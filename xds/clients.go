@@ -195,10 +195,17 @@ func (t *clientTable) OnDeltaStreamClosed(id int64, _ *corev3.Node) { t.close(id
 // missing from it for unknown destinations. Named requests just wait for
 // their resources, so they need no such guard.
 func (t *clientTable) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
+	if err := checkRequest(req.GetTypeUrl(), len(req.GetResourceNames())); err != nil {
+		return err
+	}
 	if classify(req) == sidecarListenerCache && !t.s.Ready() {
 		return status.Error(codes.Unavailable, "control plane not ready: discovery has not synced")
 	}
 	t.mu.Lock()
+	if err := t.checkNodeLocked(streamKey{"sotw", id}, req.GetNode()); err != nil {
+		t.mu.Unlock()
+		return err
+	}
 	c, _ := t.requestLocked(streamKey{"sotw", id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(),
 		req.GetErrorDetail().GetMessage(), req.GetResourceNames(), true)
 	t.mu.Unlock()
@@ -206,6 +213,42 @@ func (t *clientTable) OnStreamRequest(id int64, req *discoveryv3.DiscoveryReques
 		t.nack(c, req.GetTypeUrl(), req.GetVersionInfo(), req.GetResponseNonce(), req.GetErrorDetail().GetMessage())
 	}
 	return nil
+}
+
+// maxResourceNames bounds the resource names one stream may subscribe to
+// per type, so that the client table stays bounded: far more Services
+// than a cluster has.
+const maxResourceNames = 100_000
+
+// checkRequest refuses, before anything of it is recorded, a request for
+// a type this control plane does not serve or one naming too many
+// resources.
+func checkRequest(typeURL string, names int) error {
+	if !slices.Contains(typeURLs, typeURL) {
+		return status.Errorf(codes.InvalidArgument, "unknown resource type %q: this control plane serves %s", typeURL, strings.Join(typeURLs, ", "))
+	}
+	if names > maxResourceNames {
+		return status.Errorf(codes.ResourceExhausted, "request names %d %s resources, over the limit of %d a stream may hold", names, typeName(typeURL), maxResourceNames)
+	}
+	return nil
+}
+
+// checkNodeLocked refuses a stream whose first request does not say which
+// node it is: xDS clients identify themselves there, and the control
+// plane's answer and debugging depend on it. Callers hold t.mu.
+func (t *clientTable) checkNodeLocked(k streamKey, node *corev3.Node) error {
+	if c := t.streams[k]; c != nil && c.node == nil && node.GetId() == "" {
+		return status.Error(codes.InvalidArgument, "the stream's first request has no node id: an xDS client must identify itself (node.id)")
+	}
+	return nil
+}
+
+// typeState returns c's state of a type, if any.
+func (c *clientState) typeState(typeURL string) *typeState {
+	if c == nil {
+		return nil
+	}
+	return c.Types[typeURL]
 }
 
 // OnStreamResponse records a state-of-the-world response about to be sent.
@@ -238,7 +281,18 @@ func (t *clientTable) OnStreamResponse(_ context.Context, id int64, req *discove
 // OnStreamDeltaRequest records a delta request; one carrying error_detail
 // is a NACK of the response its nonce names.
 func (t *clientTable) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
+	if err := checkRequest(req.GetTypeUrl(), len(req.GetResourceNamesSubscribe())); err != nil {
+		return err
+	}
 	t.mu.Lock()
+	if err := t.checkNodeLocked(streamKey{"delta", id}, req.GetNode()); err != nil {
+		t.mu.Unlock()
+		return err
+	}
+	if ts := t.streams[streamKey{"delta", id}].typeState(req.GetTypeUrl()); ts != nil && len(ts.Subscribed)+len(req.GetResourceNamesSubscribe()) > maxResourceNames {
+		t.mu.Unlock()
+		return status.Errorf(codes.ResourceExhausted, "subscriptions to %d %s resources would be over the limit of %d a stream may hold", len(ts.Subscribed)+len(req.GetResourceNamesSubscribe()), typeName(req.GetTypeUrl()), maxResourceNames)
+	}
 	c, ts := t.requestLocked(streamKey{"delta", id}, req.GetNode(), req.GetTypeUrl(), req.GetResponseNonce(),
 		req.GetErrorDetail().GetMessage(), nil, false)
 	if ts != nil {
