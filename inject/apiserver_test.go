@@ -3,6 +3,7 @@ package inject
 import (
 	"context"
 	"crypto/tls"
+	"flag"
 	"fmt"
 	"net/http/httptest"
 	"os"
@@ -16,9 +17,15 @@ import (
 	"github.com/ballast-dev/ballast/internal/testapi"
 )
 
+// api is the API server of the tests that need one; fuzzing runs (whose
+// workers each run TestMain) start none.
 var api *testapi.Env
 
 func TestMain(m *testing.M) {
+	flag.Parse()
+	if flag.Lookup("test.fuzz").Value.String() != "" || flag.Lookup("test.fuzzworker").Value.String() == "true" {
+		os.Exit(m.Run())
+	}
 	var err error
 	api, err = testapi.Start()
 	if err != nil {
@@ -30,12 +37,19 @@ func TestMain(m *testing.M) {
 	os.Exit(code)
 }
 
+func needAPI(t *testing.T) {
+	if api == nil {
+		t.Skip("no API server while fuzzing")
+	}
+}
+
 // TestWebhookWithAPIServer registers the injector with a real
 // kube-apiserver, which calls it over TLS for every pod created: labelled
 // namespaces get the sidecar (and the API server accepts the result),
 // unlabelled ones and opted-out pods do not, and with the injector down
 // pods are still created.
 func TestWebhookWithAPIServer(t *testing.T) {
+	needAPI(t)
 	ctx, cancel := context.WithTimeout(t.Context(), time.Minute)
 	defer cancel()
 	client := api.Client

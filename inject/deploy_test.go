@@ -57,6 +57,7 @@ func readObjects(t *testing.T) []*unstructured.Unstructured {
 // deploy/inject, and its webhook registration is the one
 // WebhookConfiguration builds (the one the webhook test exercised).
 func TestDeployManifests(t *testing.T) {
+	needAPI(t)
 	ctx := context.Background()
 	c, err := client.New(api.Config, client.Options{})
 	if err != nil {
