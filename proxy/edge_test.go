@@ -604,6 +604,12 @@ func TestRFC9113(t *testing.T) {
 					t.Errorf("through the %s listener the upstream saw %+v, want %+v", lis.kind, got, rule.upstream)
 				}
 			}
+			if scope := map[string]string{"GOAWAY": "connection", "RST_STREAM": "stream"}[rule.want.frame]; scope != "" {
+				counted := metricValue(e.p.metrics.clientErrors.WithLabelValues(scope, rule.want.code.String()))
+				if counted != float64(len(e.listeners)) {
+					t.Errorf("ballast_proxy_client_errors_total{scope=%q,error=%q} = %v, want %d", scope, rule.want.code, counted, len(e.listeners))
+				}
+			}
 			r := dialRaw(t, grpcGo.Addr().String(), "127.0.0.1")
 			rule.send(r)
 			got := r.answer(rule.grpcGo.frame == "response")

@@ -14,10 +14,10 @@ import (
 	"sync/atomic"
 	"time"
 
-	"google.golang.org/grpc/codes"
-
+	"github.com/prometheus/client_golang/prometheus"
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
 )
 
 // HTTP/2 parameters of both sides of the proxy.
@@ -81,6 +81,7 @@ type h2conn struct {
 	// streams it opened and reset before their responses ended, control
 	// and empty frames in a row.
 	limits  *Limits
+	errs    *prometheus.CounterVec
 	opened  uint64
 	resets  uint64
 	control int
@@ -164,10 +165,11 @@ func newH2Conn(nc net.Conn, r io.Reader, client bool) *h2conn {
 }
 
 // newServerConn makes a connection the proxy serves (a client's), whose
-// peer is held to limits. Its timers run from now; stopTimers stops them.
-func newServerConn(nc net.Conn, limits *Limits) *h2conn {
+// peer is held to limits; errs counts what it does wrong. Its timers run
+// from now; stopTimers stops them.
+func newServerConn(nc net.Conn, limits *Limits, errs *prometheus.CounterVec) *h2conn {
 	c := newH2Conn(nc, nc, false)
-	c.limits = limits
+	c.limits, c.errs = limits, errs
 	c.maxHeaderList = int(limits.MaxHeaderListBytes)
 	c.hdec.SetMaxStringLength(c.maxHeaderList)
 	c.mu.Lock()
@@ -230,6 +232,13 @@ func (c *h2conn) onAge() {
 			c.closed = true
 			c.nc.Close()
 		}
+	}
+}
+
+// clientError counts an error of a server conn's peer.
+func (c *h2conn) clientError(scope, err string) {
+	if c.errs != nil {
+		c.errs.WithLabelValues(scope, err).Inc()
 	}
 }
 
@@ -559,6 +568,7 @@ func (c *h2conn) writeGoAwayError(e connError) bool {
 	if c.closed {
 		return false
 	}
+	c.clientError("connection", e.code.String())
 	c.goingAway = true
 	c.fr.WriteGoAway(c.lastPeerID, e.code, []byte(e.reason))
 	if err := c.bw.Flush(); err != nil {
@@ -669,6 +679,7 @@ func (c *h2conn) endBlock(h peerHandler, b *batch) error {
 		case c.blockSelfDep:
 			c.resetStream(id, http2.ErrCodeProtocol, b)
 		case c.fieldSize > c.maxHeaderList:
+			c.clientError("stream", "header_list_too_large")
 			l.s.fail(codes.ResourceExhausted, c.headerListError("trailers"), b)
 		case checkTrailers(c.fields, end) != nil:
 			c.resetStream(id, http2.ErrCodeProtocol, b)
@@ -684,6 +695,7 @@ func (c *h2conn) endBlock(h peerHandler, b *batch) error {
 		return nil
 	}
 	if c.fieldSize > c.maxHeaderList {
+		c.clientError("stream", "header_list_too_large")
 		c.mu.Lock()
 		c.writeHeadersLocked(id, statusFields(codes.ResourceExhausted, c.headerListError("request headers"), false), true)
 		c.mu.Unlock()
@@ -860,6 +872,7 @@ func (c *h2conn) onReset(id uint32, code http2.ErrCode, b *batch) bool {
 // resetStream answers a stream error (RFC 9113 §5.4.2): RST_STREAM with
 // code to the peer, and the proxied stream, if any, ends on both sides.
 func (c *h2conn) resetStream(id uint32, code http2.ErrCode, b *batch) {
+	c.clientError("stream", code.String())
 	c.mu.Lock()
 	l := c.legs[id]
 	c.mu.Unlock()

@@ -12,6 +12,7 @@ type metrics struct {
 	inFlight        *prometheus.GaugeVec
 	newStreamErrors *prometheus.CounterVec
 	passthrough     *prometheus.CounterVec
+	clientErrors    *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -32,8 +33,12 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "ballast_proxy_passthrough_connections_total",
 			Help: "Intercepted connections passed through as plain TCP, by reason.",
 		}, []string{"reason"}),
+		clientErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_proxy_client_errors_total",
+			Help: "Protocol violations and abuse by clients, by scope (connection: GOAWAY; stream: RST_STREAM or a status) and error (the HTTP/2 error code, or header_list_too_large, client_stalled).",
+		}, []string{"scope", "error"}),
 	}
-	reg.MustRegister(m.streams, m.inFlight, m.newStreamErrors, m.passthrough)
+	reg.MustRegister(m.streams, m.inFlight, m.newStreamErrors, m.passthrough, m.clientErrors)
 	return m
 }
 

@@ -287,7 +287,7 @@ func (p *Proxy) serveDownstream(nc net.Conn, up *upstream) {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
 	}
-	c := newServerConn(nc, &p.opts.Limits)
+	c := newServerConn(nc, &p.opts.Limits, p.metrics.clientErrors)
 	defer c.stopTimers()
 	p.downMu.Lock()
 	if p.draining {

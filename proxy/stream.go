@@ -314,26 +314,29 @@ const maxHeldPerUpstream = connWindow / 2
 // evictStalled handles a zero-window stall: clients that do not open
 // their windows leave the bytes sent to them on the proxy, and they hold
 // the window of the upstream connection they came on, shared with every
-// other client's calls there. Once half of it is held, the stream holding
-// most, of the client connection holding most, ends with
+// other client's calls there. While more than half of it is held, the
+// stream holding most, of the client connection holding most, ends with
 // RESOURCE_EXHAUSTED, and its bytes are credited back.
 func evictStalled(up *h2conn, b *batch) {
-	up.mu.Lock()
-	var worst *leg
-	var worstConn, worstLeg int64
-	for _, l := range up.legs {
-		d := l.peer
-		if !d.ready.Load() {
-			continue
+	for up.held.Load() > maxHeldPerUpstream {
+		up.mu.Lock()
+		var worst *leg
+		var worstConn, worstLeg int64
+		for _, l := range up.legs {
+			d := l.peer
+			if !d.ready.Load() {
+				continue
+			}
+			nc, nl := d.c.heldOut.Load(), d.held.Load()
+			if nl > 0 && (nc > worstConn || nc == worstConn && nl > worstLeg) {
+				worst, worstConn, worstLeg = d, nc, nl
+			}
 		}
-		nc, nl := d.c.heldOut.Load(), d.held.Load()
-		if nl > 0 && (nc > worstConn || nc == worstConn && nl > worstLeg) {
-			worst, worstConn, worstLeg = d, nc, nl
+		up.mu.Unlock()
+		if worst == nil {
+			return
 		}
-	}
-	up.mu.Unlock()
-	if worst != nil {
-		worst.s.up.metrics.newStreamErrors.Inc()
+		worst.c.clientError("stream", "client_stalled")
 		worst.s.fail(codes.ResourceExhausted, "ballast proxy: the client is not reading the response (its flow-control window stays closed)", b)
 	}
 }
