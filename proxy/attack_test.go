@@ -442,7 +442,7 @@ func TestMaxConcurrentStreams(t *testing.T) {
 // naming its last stream) and, after MaxConnectionAgeGrace, closed.
 func TestConnectionTimeouts(t *testing.T) {
 	t.Run("idle", func(t *testing.T) {
-		e := startEdge(t, Options{Limits: Limits{IdleTimeout: 50 * time.Millisecond}})
+		e := startEdge(t, Options{Limits: Limits{IdleTimeout: 200 * time.Millisecond}})
 		lis := e.listeners[0]
 		r := dialRaw(t, lis.addr, lis.source)
 		res := r.flood(func(int) bool { return false })
@@ -466,7 +466,7 @@ func TestConnectionTimeouts(t *testing.T) {
 		}
 	})
 	t.Run("age", func(t *testing.T) {
-		e := startEdge(t, Options{Limits: Limits{MaxConnectionAge: 50 * time.Millisecond, MaxConnectionAgeGrace: 50 * time.Millisecond}})
+		e := startEdge(t, Options{Limits: Limits{MaxConnectionAge: 50 * time.Millisecond, MaxConnectionAgeGrace: time.Second}})
 		lis := e.listeners[0]
 		r := dialRaw(t, lis.addr, lis.source)
 		r.request(1, true)

@@ -94,6 +94,10 @@ type h2conn struct {
 	ageTimer   *time.Timer
 	ageStep    int
 	drainStart time.Time
+	// started says the proxy's SETTINGS went out (guarded by mu): a timer
+	// that fires before then closes the connection without a GOAWAY,
+	// which may not precede the SETTINGS.
+	started bool
 
 	mu sync.Mutex
 	bw *bufio.Writer
@@ -195,7 +199,9 @@ func (c *h2conn) onIdle() {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if len(c.legs) == 0 {
-		c.goAwayLocked()
+		if c.started {
+			c.goAwayLocked()
+		}
 		if !c.closed {
 			c.closed = true
 			c.nc.Close()
@@ -213,6 +219,9 @@ func (c *h2conn) onAge() {
 	grace := c.limits.MaxConnectionAgeGrace
 	step := c.ageStep
 	c.ageStep++
+	if !c.started {
+		step = 2
+	}
 	switch step {
 	case 0:
 		c.drainStart = time.Now()
@@ -259,6 +268,10 @@ func (c *h2conn) stopTimers() {
 func (c *h2conn) start() error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	c.started = true
+	if c.idleTimer != nil {
+		c.idleTimer.Reset(c.limits.IdleTimeout) // idle from the SETTINGS on
+	}
 	if c.client {
 		if _, err := c.bw.WriteString(http2.ClientPreface); err != nil {
 			return err
