@@ -303,6 +303,7 @@ func TestOversizedHeaders(t *testing.T) {
 		fields []string
 	}{
 		{"large fields", requestFields("x-a", strings.Repeat("a", 40<<10), "x-b", strings.Repeat("b", 40<<10))},
+		{"one field over the limit", requestFields("x-a", strings.Repeat("a", 100<<10))},
 		{"hpack bomb", func() []string {
 			f := requestFields()
 			for range 1000 {

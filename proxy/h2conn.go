@@ -163,7 +163,7 @@ func newH2Conn(nc net.Conn, r io.Reader, client bool) *h2conn {
 			c.fields = append(c.fields, hf)
 		}
 	})
-	c.hdec.SetMaxStringLength(c.maxHeaderList)
+	c.hdec.SetMaxStringLength(c.maxBlockRaw())
 	c.henc = hpack.NewEncoder(&c.hbuf)
 	return c
 }
@@ -175,7 +175,7 @@ func newServerConn(nc net.Conn, limits *Limits, errs *prometheus.CounterVec) *h2
 	c := newH2Conn(nc, nc, false)
 	c.limits, c.errs = limits, errs
 	c.maxHeaderList = int(limits.MaxHeaderListBytes)
-	c.hdec.SetMaxStringLength(c.maxHeaderList)
+	c.hdec.SetMaxStringLength(c.maxBlockRaw())
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if limits.IdleTimeout > 0 {
@@ -652,13 +652,20 @@ func (c *h2conn) startBlock(f *http2.HeadersFrame) error {
 	return c.decodeFragment(f.HeaderBlockFragment())
 }
 
+// maxBlockRaw bounds the encoded bytes of one header block, frame
+// headers included, and so the longest string in it. A block whose list
+// is over maxHeaderList but whose bytes are within this is still decoded
+// (the compression state must stay in step) and answered per stream; one
+// beyond it ends the connection, as a CONTINUATION flood would.
+func (c *h2conn) maxBlockRaw() int { return 4*c.maxHeaderList + frameSize }
+
 // decodeFragment decodes the next fragment of the current header block.
 // A block that cannot be decoded breaks the connection's header
 // compression state: that is a connection error.
 func (c *h2conn) decodeFragment(frag []byte) error {
 	c.blockRaw += 9 + len(frag)
-	if c.blockRaw > 4*c.maxHeaderList+frameSize {
-		return connError{http2.ErrCodeEnhanceYourCalm, fmt.Sprintf("header block on stream %d over %d bytes", c.blockID, 4*c.maxHeaderList+frameSize)}
+	if c.blockRaw > c.maxBlockRaw() {
+		return connError{http2.ErrCodeEnhanceYourCalm, fmt.Sprintf("header block on stream %d over %d bytes", c.blockID, c.maxBlockRaw())}
 	}
 	if _, err := c.hdec.Write(frag); err != nil {
 		return connError{http2.ErrCodeCompression, fmt.Sprintf("decoding headers of stream %d: %v", c.blockID, err)}
