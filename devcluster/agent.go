@@ -41,6 +41,7 @@ type agent struct {
 	dir    string
 	log    *slog.Logger
 	files  func(pod *corev1.Pod) map[string]string // /etc/netns files for a pod
+	tokens tokenSource                             // for serviceAccountToken volumes
 	// baseEnv is in every container's environment: how to reach the API
 	// server from a pod (KUBERNETES_SERVICE_HOST/PORT, and KUBECONFIG,
 	// since a process cannot have the service-account files mounted).
@@ -243,8 +244,20 @@ func (n *nodeAgent) CreatePod(_ context.Context, pod *corev1.Pod) error {
 		n.agent.net.removePod(n.ctx, pn)
 		return err
 	}
+	vols := newPodVolumes(dir, volumeSources{configMaps: n.env.configMaps, secrets: n.env.secrets, tokens: n.agent.tokens})
+	err = os.WriteFile(filepath.Join("/etc/netns", pn.netns, "hosts"), []byte(podHosts(pod, pn.ip)), 0o644)
+	if err == nil {
+		err = vols.sync(pod, pn.ip.String())
+	}
+	if err != nil {
+		// virtual-kubelet retries, as the kubelet waits for a missing
+		// ConfigMap or Secret.
+		n.log.Warn("pod volumes", "pod", key, "err", err)
+		n.agent.net.removePod(n.ctx, pn)
+		return fmt.Errorf("pod %s: %w", key, err)
+	}
 	ctx, cancel := context.WithCancel(n.ctx)
-	p := &podRuntime{node: n, dir: dir, net: pn, start: metav1.Now(), ctx: ctx, cancel: cancel, pod: pod, finishedCh: make(chan struct{}),
+	p := &podRuntime{node: n, dir: dir, net: pn, vols: vols, start: metav1.Now(), ctx: ctx, cancel: cancel, pod: pod, finishedCh: make(chan struct{}),
 		log: n.log.With("pod", key, "ip", pn.ip.String())}
 	for i, c := range append(append([]corev1.Container{}, pod.Spec.InitContainers...), pod.Spec.Containers...) {
 		cr := newContainerRuntime(dir, c)
@@ -445,8 +458,9 @@ func (n *nodeAgent) GetContainerLogs(ctx context.Context, namespace, podName, co
 	return pr, nil
 }
 
-// RunInContainer serves `kubectl exec`: the command runs in the pod's
-// network namespace with the container's environment.
+// RunInContainer serves `kubectl exec`: the command runs in the
+// container's namespaces (so it sees its volumes and hostname) with its
+// environment.
 func (n *nodeAgent) RunInContainer(ctx context.Context, namespace, podName, containerName string, cmd []string, attach api.AttachIO) error {
 	p, c, err := n.container(namespace, podName, containerName)
 	if err != nil {
@@ -456,7 +470,8 @@ func (n *nodeAgent) RunInContainer(ctx context.Context, namespace, podName, cont
 	if err != nil {
 		return err
 	}
-	x := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", p.net.netns}, argv...)...)
+	enter := p.enter(c)
+	x := exec.CommandContext(ctx, enter[0], append(enter[1:], argv...)...)
 	x.Env = p.env(c)
 	x.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if attach.Stdin() != nil {

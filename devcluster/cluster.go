@@ -206,7 +206,8 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			"KUBERNETES_SERVICE_PORT=" + strconv.Itoa(int(api.Port())),
 			"KUBECONFIG=" + podKubeconfig,
 		},
-		files: func(pod *corev1.Pod) map[string]string { return podFiles(pod, dns.addr) }}
+		files:  func(pod *corev1.Pod) map[string]string { return podFiles(pod, dns.addr) },
+		tokens: newTokenManager(c.Client)}
 	zones := opts.Zones
 	if len(zones) == 0 {
 		zones = []string{"zone-a", "zone-b"}

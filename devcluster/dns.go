@@ -145,11 +145,79 @@ func (d *dnsServer) relayUDP(pc net.PacketConn, upstream string) {
 func corednsBinary() (string, error) { return toolcache.Path("BALLAST_COREDNS", "build-coredns.sh") }
 
 // podFiles are the files `ip netns exec` bind-mounts over /etc for a pod:
-// resolv.conf with the kubelet's search path, and hostname.
+// resolv.conf from its dnsPolicy and dnsConfig (ClusterFirst: the cluster
+// DNS with the kubelet's search path; Default: none, so the host's shows
+// through; None: dnsConfig alone), and hostname.
 func podFiles(pod *corev1.Pod, dns netip.Addr) map[string]string {
-	search := []string{pod.Namespace + ".svc." + clusterDomain, "svc." + clusterDomain, clusterDomain}
-	return map[string]string{
-		"resolv.conf": fmt.Sprintf("nameserver %s\nsearch %s\noptions ndots:5\n", dns, strings.Join(search, " ")),
-		"hostname":    pod.Name + "\n",
+	files := map[string]string{"hostname": podHostname(pod) + "\n"}
+	var servers, search, options []string
+	switch pod.Spec.DNSPolicy {
+	case corev1.DNSDefault:
+		if pod.Spec.DNSConfig == nil {
+			return files
+		}
+	case corev1.DNSNone:
+	default:
+		servers = []string{dns.String()}
+		search = []string{pod.Namespace + ".svc." + clusterDomain, "svc." + clusterDomain, clusterDomain}
+		options = []string{"ndots:5"}
 	}
+	if dc := pod.Spec.DNSConfig; dc != nil {
+		servers = append(servers, dc.Nameservers...)
+		search = append(search, dc.Searches...)
+		for _, o := range dc.Options {
+			opt := o.Name
+			if o.Value != nil {
+				opt += ":" + *o.Value
+			}
+			options = append(options, opt)
+		}
+	}
+	var b strings.Builder
+	for _, s := range servers {
+		fmt.Fprintf(&b, "nameserver %s\n", s)
+	}
+	if len(search) > 0 {
+		fmt.Fprintf(&b, "search %s\n", strings.Join(search, " "))
+	}
+	if len(options) > 0 {
+		fmt.Fprintf(&b, "options %s\n", strings.Join(options, " "))
+	}
+	files["resolv.conf"] = b.String()
+	return files
+}
+
+// podHostname is the pod's hostname as the kubelet sets it: spec.hostname,
+// else the pod's name, cut to 63 characters.
+func podHostname(pod *corev1.Pod) string {
+	host := pod.Name
+	if pod.Spec.Hostname != "" {
+		host = pod.Spec.Hostname
+	}
+	if len(host) > 63 {
+		host = host[:63]
+	}
+	return strings.TrimRight(host, "-.")
+}
+
+// podHosts is the pod's /etc/hosts as the kubelet writes it: localhost,
+// the pod's own name (fully qualified when it has a subdomain), and
+// hostAliases.
+func podHosts(pod *corev1.Pod, ip netip.Addr) string {
+	var b strings.Builder
+	b.WriteString("# Kubernetes-managed hosts file.\n127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n")
+	b.WriteString("fe00::0\tip6-localnet\nfe00::0\tip6-mcastprefix\nfe00::1\tip6-allnodes\nfe00::2\tip6-allrouters\n")
+	host := podHostname(pod)
+	if pod.Spec.Subdomain != "" {
+		fmt.Fprintf(&b, "%s\t%s.%s.%s.svc.%s\t%s\n", ip, host, pod.Spec.Subdomain, pod.Namespace, clusterDomain, host)
+	} else {
+		fmt.Fprintf(&b, "%s\t%s\n", ip, host)
+	}
+	if len(pod.Spec.HostAliases) > 0 {
+		b.WriteString("\n# Entries added by HostAliases.\n")
+		for _, a := range pod.Spec.HostAliases {
+			fmt.Fprintf(&b, "%s\t%s\n", a.IP, strings.Join(a.Hostnames, "\t"))
+		}
+	}
+	return b.String()
 }

@@ -6,7 +6,7 @@ import (
 	"log/slog"
 	"os"
 	"path/filepath"
-	"strings"
+	"strconv"
 	"sync"
 	"syscall"
 	"time"
@@ -24,6 +24,7 @@ type podRuntime struct {
 	log   *slog.Logger
 	dir   string
 	net   *podNet
+	vols  *podVolumes // written by the volume sync alone after creation
 	start metav1.Time
 
 	ctx    context.Context // ends when the pod is torn down
@@ -64,6 +65,8 @@ func newContainerRuntime(dir string, c corev1.Container) *containerRuntime {
 // probes it starts, and waits for them.
 func (p *podRuntime) run() {
 	defer p.wg.Done()
+	p.wg.Add(1)
+	go p.syncVolumes()
 	for _, c := range p.inits {
 		if isSidecar(c.spec) {
 			if !p.startSidecar(c) {
@@ -178,9 +181,13 @@ func (p *podRuntime) runOnce(c *containerRuntime) (code int, ok bool) {
 	if err == nil {
 		env, err = p.userEnv(p.env(c), u)
 	}
+	var mounts string
+	if err == nil {
+		mounts, err = p.vols.mountScript(c.spec)
+	}
 	if err == nil {
 		var proc *process
-		proc, err = startProcessFlags(c.spec.Name, c.logPath, env, syscall.CLONE_NEWUTS, p.launcher(u.wrap(argv))...)
+		proc, err = startProcessFlags(c.spec.Name, c.logPath, env, syscall.CLONE_NEWUTS, p.launcher(mounts, u.wrap(argv))...)
 		if err == nil {
 			c.proc = proc
 			c.started = metav1.Now()
@@ -218,16 +225,46 @@ func (p *podRuntime) runOnce(c *containerRuntime) (code int, ok bool) {
 }
 
 // launcher is the command line that runs argv as a container process:
-// inside the pod's network namespace (with its /etc/resolv.conf), and in
-// its own UTS namespace (the caller adds CLONE_NEWUTS) named after the pod,
-// as the kubelet does, so os.Hostname() is the pod name.
-func (p *podRuntime) launcher(argv []string) []string {
-	host := p.pod.Name
-	if len(host) > 63 {
-		host = host[:63]
+// inside the pod's network namespace and its own mount namespace (both
+// made by `ip netns exec`, which also binds the pod's /etc/resolv.conf,
+// /etc/hosts and /etc/hostname over the host's), where mounts (shell
+// commands from mountScript) bind its volumes, and in its own UTS
+// namespace (the caller adds CLONE_NEWUTS) named as the kubelet names it,
+// so os.Hostname() is the pod's hostname.
+func (p *podRuntime) launcher(mounts string, argv []string) []string {
+	return append([]string{"ip", "netns", "exec", p.net.netns, "sh", "-c", mounts + `hostname "$0" && exec "$@"`, podHostname(p.pod)}, argv...)
+}
+
+// enter is the command prefix that runs a program beside c's process: in
+// its network, mount and UTS namespaces while it runs, else in the pod's
+// network namespace.
+func (p *podRuntime) enter(c *containerRuntime) []string {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if c.proc != nil {
+		return []string{"nsenter", "-t", strconv.Itoa(c.proc.cmd.Process.Pid), "-n", "-m", "-u", "--"}
 	}
-	host = strings.TrimRight(host, "-.")
-	return append([]string{"ip", "netns", "exec", p.net.netns, "sh", "-c", `hostname "$0" && exec "$@"`, host}, argv...)
+	return []string{"ip", "netns", "exec", p.net.netns}
+}
+
+// syncVolumes keeps the pod's volumes up to date until the pod goes.
+func (p *podRuntime) syncVolumes() {
+	defer p.wg.Done()
+	t := time.NewTicker(volumeSyncPeriod)
+	defer t.Stop()
+	for {
+		select {
+		case <-p.ctx.Done():
+			return
+		case <-t.C:
+		}
+		p.mu.Lock()
+		pod := p.pod.DeepCopy()
+		p.mu.Unlock()
+		if err := p.vols.sync(pod, p.net.ip.String()); err != nil {
+			p.log.Warn("volume sync", "err", err)
+		}
+	}
 }
 
 // env is the container's environment: a minimal base, then the
@@ -279,6 +316,14 @@ func (p *podRuntime) terminate(grace time.Duration) {
 		}
 		stopAll(sidecars, rest)
 		p.wg.Wait()
+		// Every process that had the volumes mounted is gone: their
+		// mount namespaces with them.
+		if err := os.RemoveAll(p.vols.dir); err != nil {
+			p.log.Warn("removing pod volumes", "err", err)
+		}
+		if p.node.agent.tokens != nil {
+			p.node.agent.tokens.forget(string(p.pod.UID))
+		}
 		if err := p.node.agent.net.removePod(context.Background(), p.net); err != nil {
 			p.log.Warn("removing pod network", "err", err)
 		}

@@ -155,7 +155,8 @@ func (p *podRuntime) probe(ctx context.Context, c *containerRuntime, probe *core
 		if err != nil {
 			return err
 		}
-		cmd := exec.CommandContext(ctx, "ip", append([]string{"netns", "exec", p.net.netns}, argv...)...)
+		enter := p.enter(c)
+		cmd := exec.CommandContext(ctx, enter[0], append(enter[1:], argv...)...)
 		cmd.Env = p.env(c)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 		if out, err := cmd.CombinedOutput(); err != nil {
