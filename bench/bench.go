@@ -13,10 +13,7 @@ import (
 	"fmt"
 	"io"
 	"os"
-	"runtime"
 	"slices"
-	"strconv"
-	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -96,13 +93,13 @@ func (b *Bench) progress(format string, args ...any) {
 
 // Scenarios are the sizes of each scenario, quick or full.
 type Scenarios struct {
-	Balance        BalanceConfig
-	DataPath       DataPathConfig
-	DataPathStream DataPathConfig
-	Latency        LatencyConfig
-	// ControlPlanes sizes scenarios 4 (convergence) and 5
+	balance        balanceConfig
+	dataPath       dataPathConfig
+	dataPathStream dataPathConfig
+	latency        latencyConfig
+	// controlPlanes sizes scenarios 4 (convergence) and 5
 	// (control-plane-scale).
-	ControlPlanes ControlPlaneConfig
+	controlPlanes controlPlaneConfig
 	// Only, when not empty, names the scenarios to run (by Section ID, one
 	// of ScenarioIDs); the others are reported as skipped.
 	Only []string
@@ -115,30 +112,30 @@ var ScenarioIDs = []string{"balance", "data-path", "data-path-stream", "latency-
 // known to this build.
 func DefaultScenarios(quick bool) Scenarios {
 	s := Scenarios{
-		Balance: BalanceConfig{Calls: 3000, Pods: 3, Paths: []Path{
-			Service(),
-			ClientSide("round_robin", "round_robin"),
-			ClientSide("ballast_p2c", "ballast_p2c"),
-			ClientSide("ballast_peak_ewma", "ballast_peak_ewma"),
-			Proxyless("round_robin"),
-			Sidecar("round_robin"),
-			Nginx(),
-			HAProxy(),
+		balance: balanceConfig{Calls: 3000, Pods: 3, Paths: []path{
+			service(),
+			clientSide("round_robin", "round_robin"),
+			clientSide("ballast_p2c", "ballast_p2c"),
+			clientSide("ballast_peak_ewma", "ballast_peak_ewma"),
+			proxyless("round_robin"),
+			sidecar("round_robin"),
+			nginx(),
+			haproxy(),
 		}},
-		DataPath: DataPathConfig{Calls: 100_000, Warmup: 2000, Concurrency: 16, Pods: 3, Paths: []Path{
-			Direct(), Nginx(), HAProxy(), Sidecar("round_robin"),
+		dataPath: dataPathConfig{Calls: 100_000, Warmup: 2000, Concurrency: 16, Pods: 3, Paths: []path{
+			direct(), nginx(), haproxy(), sidecar("round_robin"),
 		}},
-		Latency: LatencyConfig{Calls: 5000, Concurrency: 8, SlowDelay: 20 * time.Millisecond, Settle: 15 * time.Second, Paths: []Path{
-			ClientSide("round_robin", "round_robin"),
-			ClientSide("ballast_p2c", "ballast_p2c"),
-			ClientSide("ballast_peak_ewma", "ballast_peak_ewma"),
-			Proxyless("peak_ewma"),
-			Sidecar("peak_ewma"),
+		latency: latencyConfig{Calls: 5000, Concurrency: 8, SlowDelay: 20 * time.Millisecond, Settle: 15 * time.Second, Paths: []path{
+			clientSide("round_robin", "round_robin"),
+			clientSide("ballast_p2c", "ballast_p2c"),
+			clientSide("ballast_peak_ewma", "ballast_peak_ewma"),
+			proxyless("peak_ewma"),
+			sidecar("peak_ewma"),
 		}},
-		ControlPlanes: ControlPlaneConfig{
-			ControlPlanes: []ControlPlane{BallastControl(), Istiod()},
-			Scale: ScaleConfig{
-				Sizes:             []ScaleSize{{Services: 1000, Endpoints: 10, Clients: 100}, {Services: 5000, Endpoints: 10, Clients: 1000}},
+		controlPlanes: controlPlaneConfig{
+			ControlPlanes: []controlPlane{ballastControl{}, istiod{}},
+			Scale: scaleConfig{
+				Sizes:             []scaleSize{{Services: 1000, Endpoints: 10, Clients: 100}, {Services: 5000, Endpoints: 10, Clients: 1000}},
 				ChangesPerSecond:  50,
 				Changes:           1000,
 				ClientsPerService: 10,
@@ -147,19 +144,19 @@ func DefaultScenarios(quick bool) Scenarios {
 				LoneChanges:       10,
 				LoneGap:           200 * time.Millisecond,
 			},
-			Convergence: ConvergenceConfig{Quiet: time.Second, Timeout: 30 * time.Second},
+			Convergence: convergenceConfig{Quiet: time.Second, Timeout: 30 * time.Second},
 		},
 	}
 	if quick {
-		s.ControlPlanes.Scale.Sizes = s.ControlPlanes.Scale.Sizes[:1]
-		s.ControlPlanes.Scale.Changes = 100
-		s.ControlPlanes.Scale.LoneChanges = 3
-		s.Balance.Calls = 300
-		s.DataPath.Calls, s.DataPath.Warmup = 20_000, 1000
-		s.Latency.Calls, s.Latency.Settle = 1500, 5*time.Second
+		s.controlPlanes.Scale.Sizes = s.controlPlanes.Scale.Sizes[:1]
+		s.controlPlanes.Scale.Changes = 100
+		s.controlPlanes.Scale.LoneChanges = 3
+		s.balance.Calls = 300
+		s.dataPath.Calls, s.dataPath.Warmup = 20_000, 1000
+		s.latency.Calls, s.latency.Settle = 1500, 5*time.Second
 	}
-	s.DataPathStream = s.DataPath
-	s.DataPathStream.Stream = true
+	s.dataPathStream = s.dataPath
+	s.dataPathStream.Stream = true
 	return s
 }
 
@@ -167,7 +164,7 @@ func DefaultScenarios(quick bool) Scenarios {
 // is recorded as such and the others still run.
 func (b *Bench) Run(ctx context.Context, sc Scenarios) *Report {
 	start := time.Now()
-	r := &Report{Date: start.UTC(), Quick: b.opts.Quick, Runs: b.opts.Runs, Machine: machine()}
+	r := &Report{Date: start.UTC(), Quick: b.opts.Quick, Runs: b.opts.Runs, Machine: thisMachine()}
 	run := func(id, title string, scenario func() *Section) *Section {
 		if !selected(sc.Only, id) {
 			return notMeasured(id, title, "", "skipped in this run (--only)")
@@ -180,19 +177,19 @@ func (b *Bench) Run(ctx context.Context, sc Scenarios) *Report {
 		// Scenario 1 counts calls, not time, so the API server of scenarios
 		// 4 and 5 starts and fills up meanwhile; it is ready (and idle)
 		// before the scenarios that time anything.
-		prepared = b.prepareAPI(ctx, sc.ControlPlanes.Scale)
+		prepared = b.prepareAPI(ctx, sc.controlPlanes.Scale)
 		defer prepared.discard()
 	}
-	r.Sections = append(r.Sections, run("balance", "1. Balance", func() *Section { return b.Balance(ctx, sc.Balance) }))
+	r.Sections = append(r.Sections, run("balance", "1. Balance", func() *Section { return b.balance(ctx, sc.balance) }))
 	prepared.wait()
 	r.Sections = append(r.Sections,
-		run("data-path", "2. Data-path cost (unary)", func() *Section { return b.DataPath(ctx, sc.DataPath) }),
-		run("data-path-stream", "2b. Data-path cost (streaming)", func() *Section { return b.DataPath(ctx, sc.DataPathStream) }),
-		run("latency-aware", "3. Latency-aware balancing", func() *Section { return b.Latency(ctx, sc.Latency) }),
+		run("data-path", "2. Data-path cost (unary)", func() *Section { return b.dataPath(ctx, sc.dataPath) }),
+		run("data-path-stream", "2b. Data-path cost (streaming)", func() *Section { return b.dataPath(ctx, sc.dataPathStream) }),
+		run("latency-aware", "3. Latency-aware balancing", func() *Section { return b.latency(ctx, sc.latency) }),
 	)
 	var conv, scale *Section
 	if wantConv || wantScale {
-		conv, scale = b.controlPlanes(ctx, sc.ControlPlanes, wantConv, wantScale, prepared)
+		conv, scale = b.controlPlanes(ctx, sc.controlPlanes, wantConv, wantScale, prepared)
 	}
 	if conv == nil {
 		conv = notMeasured("convergence", "4. Convergence", "", "skipped in this run (--only)")
@@ -215,31 +212,4 @@ func selected(only []string, id string) bool { return len(only) == 0 || slices.C
 
 func notMeasured(id, title, description, why string) *Section {
 	return &Section{ID: id, Title: title, Description: description, NotMeasured: why}
-}
-
-func machine() Machine {
-	m := Machine{Cores: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH, LoadStart: loadAverage()}
-	if info, err := os.ReadFile("/proc/cpuinfo"); err == nil {
-		for line := range strings.Lines(string(info)) {
-			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
-				m.CPU = strings.TrimSpace(v)
-				break
-			}
-		}
-	}
-	return m
-}
-
-// loadAverage is the 1-minute load average; 0 if unknown.
-func loadAverage() float64 {
-	b, err := os.ReadFile("/proc/loadavg")
-	if err != nil {
-		return 0
-	}
-	f := strings.Fields(string(b))
-	if len(f) == 0 {
-		return 0
-	}
-	v, _ := strconv.ParseFloat(f[0], 64)
-	return v
 }

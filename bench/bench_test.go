@@ -75,12 +75,12 @@ func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return le
 // connection straight to the pods, and counts each pod's answers.
 func TestLoadCountsCallsDirect(t *testing.T) {
 	b := newTestBench(t)
-	pods, err := startPods(context.Background(), b.opts.Greeter, []PodSpec{{Name: "pod-a"}, {Name: "pod-b"}})
+	pods, err := startPods(context.Background(), b.opts.Greeter, []podSpec{{Name: "pod-a"}, {Name: "pod-b"}})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer stopPods(pods)
-	route, err := Direct().Open(context.Background(), b, pods)
+	route, err := direct().Open(context.Background(), b, pods)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -91,7 +91,7 @@ func TestLoadCountsCallsDirect(t *testing.T) {
 	}
 	defer conn.Close()
 
-	res := Load{Calls: 20, Concurrency: 4, Duration: time.Minute}.Run(context.Background(), conn)
+	res := load{Calls: 20, Concurrency: 4, Duration: time.Minute}.Run(context.Background(), conn)
 	if res.Calls != 20 || res.Errors != 0 || len(res.Latencies) != 20 {
 		t.Fatalf("calls %d errors %d (%s) latencies %d, want 20, 0, 20", res.Calls, res.Errors, res.LastError, len(res.Latencies))
 	}
@@ -112,7 +112,7 @@ func TestLoadCountsCallsDirect(t *testing.T) {
 	}
 
 	// The same on streams: 20 message round trips over 4 streams.
-	res = Load{Calls: 20, Concurrency: 4, Duration: time.Minute, Stream: true}.Run(context.Background(), conn)
+	res = load{Calls: 20, Concurrency: 4, Duration: time.Minute, Stream: true}.Run(context.Background(), conn)
 	if res.Calls != 20 || res.Errors != 0 || len(res.Latencies) != 20 {
 		t.Fatalf("stream: calls %d errors %d (%s) latencies %d, want 20, 0, 20", res.Calls, res.Errors, res.LastError, len(res.Latencies))
 	}
@@ -131,8 +131,8 @@ func TestScenariosSmoke(t *testing.T) {
 	b := newTestBench(t)
 	ctx := context.Background()
 
-	bal := b.Balance(ctx, BalanceConfig{Calls: 30, Pods: 3, Paths: []Path{
-		Service(), ClientSide("round_robin", "round_robin"), ClientSide("nope", "no_such_policy"), Sidecar("round_robin"),
+	bal := b.balance(ctx, balanceConfig{Calls: 30, Pods: 3, Paths: []path{
+		service(), clientSide("round_robin", "round_robin"), clientSide("nope", "no_such_policy"), sidecar("round_robin"),
 	}})
 	if bal.NotMeasured != "" {
 		t.Fatal(bal.NotMeasured)
@@ -142,15 +142,15 @@ func TestScenariosSmoke(t *testing.T) {
 		t.Errorf("one connection through the plain Service: max/mean %v, want [3] (every call on one pod)", got)
 	}
 
-	dp := b.DataPath(ctx, DataPathConfig{Calls: 20, Warmup: 5, Concurrency: 4, Pods: 2, Paths: []Path{Direct()}})
+	dp := b.dataPath(ctx, dataPathConfig{Calls: 20, Warmup: 5, Concurrency: 4, Pods: 2, Paths: []path{direct()}})
 	wantRows(t, dp, map[string]string{"direct": ""})
-	dp = b.DataPath(ctx, DataPathConfig{Calls: 20, Warmup: 5, Concurrency: 4, Pods: 2, Paths: []Path{Direct()}, Stream: true})
+	dp = b.dataPath(ctx, dataPathConfig{Calls: 20, Warmup: 5, Concurrency: 4, Pods: 2, Paths: []path{direct()}, Stream: true})
 	wantRows(t, dp, map[string]string{"direct": ""})
 	if got := dp.find("direct").Values[colErrors]; len(got) != 1 || got[0] != 0 {
 		t.Errorf("direct errors %v, want [0]", got)
 	}
 
-	lat := b.Latency(ctx, LatencyConfig{Calls: 20, Concurrency: 2, SlowDelay: time.Millisecond, Settle: 50 * time.Millisecond, Paths: []Path{ClientSide("round_robin", "round_robin")}})
+	lat := b.latency(ctx, latencyConfig{Calls: 20, Concurrency: 2, SlowDelay: time.Millisecond, Settle: 50 * time.Millisecond, Paths: []path{clientSide("round_robin", "round_robin")}})
 	wantRows(t, lat, map[string]string{"round_robin": ""})
 }
 
@@ -163,7 +163,7 @@ func TestPeersCarryCalls(t *testing.T) {
 		}
 	}
 	b := newTestBench(t)
-	s := b.Balance(context.Background(), BalanceConfig{Calls: 30, Pods: 3, Paths: []Path{Nginx(), HAProxy()}})
+	s := b.balance(context.Background(), balanceConfig{Calls: 30, Pods: 3, Paths: []path{nginx(), haproxy()}})
 	wantRows(t, s, map[string]string{"nginx": "", "haproxy": ""})
 	for _, r := range s.Rows {
 		if errs := r.Values[colErrors]; len(errs) != 1 || errs[0] != 0 {
@@ -204,7 +204,7 @@ func wantRows(t *testing.T, s *Section, want map[string]string) {
 func TestRunReportsEveryScenario(t *testing.T) {
 	b := newTestBench(t)
 	r := b.Run(context.Background(), Scenarios{
-		Balance: BalanceConfig{Calls: 10, Pods: 2, Paths: []Path{ClientSide("round_robin", "round_robin")}},
+		balance: balanceConfig{Calls: 10, Pods: 2, Paths: []path{clientSide("round_robin", "round_robin")}},
 		Only:    []string{"balance"},
 	})
 	want := map[string]string{

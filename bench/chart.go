@@ -14,7 +14,7 @@ import (
 
 // drawChart draws one column of a section as a PNG bar chart: one bar per
 // row with numbers, the median over runs, its value written above it.
-func drawChart(s *Section, c Chart, file string) error {
+func drawChart(s *Section, c chart, file string) error {
 	labels, values := medians(s, c.Column)
 	if len(values) == 0 {
 		return errors.New("no row has numbers to draw")

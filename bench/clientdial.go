@@ -3,7 +3,7 @@ package bench
 import (
 	"google.golang.org/grpc"
 
-	// Ballast's balancers register themselves, so ClientSide rows can name them.
+	// Ballast's balancers register themselves, so clientSide rows can name them.
 	_ "github.com/ballast-dev/ballast/balancer/p2c"
 	_ "github.com/ballast-dev/ballast/balancer/peakewma"
 	"github.com/ballast-dev/ballast/discovery"
@@ -23,7 +23,7 @@ const (
 // clientDial is how a Go client in the benchmark reaches the pods: through
 // the kubernetes:/// resolver over a registry that lists them, so the LB
 // policy named in the service config balances each call.
-func clientDial(pods []*Pod) (string, []grpc.DialOption) {
+func clientDial(pods []*pod) (string, []grpc.DialOption) {
 	port := discovery.Port{Name: "grpc", Port: benchPort, Protocol: "TCP"}
 	for _, p := range pods {
 		port.Endpoints = append(port.Endpoints, discovery.Endpoint{Address: p.Addr, Ready: true, Serving: true, Pod: p.Name})

@@ -7,21 +7,14 @@ import (
 	"time"
 )
 
-// ControlPlaneConfig sizes scenarios 4 and 5, which share one API server
+// controlPlaneConfig sizes scenarios 4 and 5, which share one API server
 // and the control-plane processes: each run starts each control plane in
 // turn (never two at once), measures scale at a size, then, at the first
 // size, convergence on the same process, and stops it.
-type ControlPlaneConfig struct {
-	ControlPlanes []ControlPlane
-	Scale         ScaleConfig
-	Convergence   ConvergenceConfig
-}
-
-// ControlPlanes runs scenario 4 (when convergence is set) and scenario 5
-// (when scale is set) and returns their sections; a section not asked for
-// is nil.
-func (b *Bench) ControlPlanes(ctx context.Context, c ControlPlaneConfig, convergence, scale bool) (conv, sc *Section) {
-	return b.controlPlanes(ctx, c, convergence, scale, nil)
+type controlPlaneConfig struct {
+	ControlPlanes []controlPlane
+	Scale         scaleConfig
+	Convergence   convergenceConfig
 }
 
 // preparedAPI is the API server of scenarios 4 and 5, started and loaded
@@ -30,13 +23,13 @@ type preparedAPI struct {
 	done   chan struct{}
 	api    *apiServer
 	err    error
-	loaded ScaleSize
+	loaded scaleSize
 	taken  bool
 }
 
 // prepareAPI starts the API server and loads the first size of c into
 // it, in the background.
-func (b *Bench) prepareAPI(ctx context.Context, c ScaleConfig) *preparedAPI {
+func (b *Bench) prepareAPI(ctx context.Context, c scaleConfig) *preparedAPI {
 	p := &preparedAPI{done: make(chan struct{})}
 	if len(c.Sizes) > 0 {
 		p.loaded = c.Sizes[0]
@@ -73,14 +66,16 @@ func (p *preparedAPI) discard() {
 	}
 }
 
-// controlPlanes is ControlPlanes on an API server prepared ahead, or
-// started here when prepared is nil.
-func (b *Bench) controlPlanes(ctx context.Context, c ControlPlaneConfig, convergence, scale bool, prepared *preparedAPI) (conv, sc *Section) {
+// controlPlanes runs scenario 4 (when convergence is set) and scenario 5
+// (when scale is set) and returns their sections; a section not asked for
+// is nil. It uses an API server prepared ahead, or starts one here when
+// prepared is nil.
+func (b *Bench) controlPlanes(ctx context.Context, c controlPlaneConfig, convergence, scale bool, prepared *preparedAPI) (conv, sc *Section) {
 	conv, sc = convergenceSection(c.Convergence), scaleSection(c.Scale)
 	sizes := c.Scale.Sizes
 	switch {
 	case len(sizes) == 0:
-		sizes = []ScaleSize{{}} // convergence on an otherwise empty API server
+		sizes = []scaleSize{{}} // convergence on an otherwise empty API server
 	case !scale:
 		sizes = sizes[:1] // convergence runs with the first size loaded
 	}
@@ -118,7 +113,7 @@ func (b *Bench) controlPlanes(ctx context.Context, c ControlPlaneConfig, converg
 	var (
 		api    *apiServer
 		err    error
-		loaded ScaleSize // already in the API server
+		loaded scaleSize // already in the API server
 	)
 	if prepared != nil {
 		prepared.wait()
@@ -140,9 +135,9 @@ func (b *Bench) controlPlanes(ctx context.Context, c ControlPlaneConfig, converg
 			b.progress("control planes: stop kube-apiserver: %v", err)
 		}
 	}()
-	var pods []*Pod
+	var pods []*pod
 	if convergence {
-		pods, err = startPods(ctx, b.opts.Greeter, []PodSpec{{Name: "pod-a"}, {Name: "pod-b"}, {Name: "pod-new"}})
+		pods, err = startPods(ctx, b.opts.Greeter, []podSpec{{Name: "pod-a"}, {Name: "pod-b"}, {Name: "pod-new"}})
 		if err == nil {
 			defer stopPods(pods)
 			err = api.setUpConvergence(ctx, pods)
@@ -154,14 +149,14 @@ func (b *Bench) controlPlanes(ctx context.Context, c ControlPlaneConfig, converg
 
 	// rows of a control plane in both sections, for a note that applies
 	// to all of them (it cannot run at all).
-	rowsOf := func(cp ControlPlane) []*Row {
-		rows := []*Row{conv.row(cp.Name())}
+	rowsOf := func(cp controlPlane) []*row {
+		rows := []*row{conv.row(cp.Name())}
 		for _, size := range c.Scale.Sizes {
 			rows = append(rows, sc.row(scaleRow(cp, size)))
 		}
 		return rows
 	}
-	note := func(r *Row, why string) {
+	note := func(r *row, why string) {
 		if r.Note == "" {
 			r.Note, r.Values = why, nil
 		}
@@ -190,7 +185,7 @@ func (b *Bench) controlPlanes(ctx context.Context, c ControlPlaneConfig, converg
 				if err != nil {
 					why := whyNot(err)
 					b.progress("control planes: %s: %s", cp.Name(), why)
-					if _, ok := errors.AsType[*Unavailable](err); ok {
+					if _, ok := errors.AsType[*unavailable](err); ok {
 						for _, r := range rowsOf(cp) {
 							note(r, why)
 						}

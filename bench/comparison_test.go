@@ -36,20 +36,20 @@ func TestControlPlanesEndToEnd(t *testing.T) {
 	b := newTestBench(t)
 	b.opts.Binary = ballastBinary(t)
 	const changes = 20
-	size := ScaleSize{Services: 20, Endpoints: 10, Clients: 3}
-	cfg := ControlPlaneConfig{
-		ControlPlanes: []ControlPlane{BallastControl(), Istiod()},
-		Scale: ScaleConfig{
-			Sizes: []ScaleSize{size}, ChangesPerSecond: 50, Changes: changes, ClientsPerService: 1,
+	size := scaleSize{Services: 20, Endpoints: 10, Clients: 3}
+	cfg := controlPlaneConfig{
+		ControlPlanes: []controlPlane{ballastControl{}, istiod{}},
+		Scale: scaleConfig{
+			Sizes: []scaleSize{size}, ChangesPerSecond: 50, Changes: changes, ClientsPerService: 1,
 			SyncTimeout: 2 * time.Minute, Drain: 30 * time.Second, LoneChanges: 3, LoneGap: 50 * time.Millisecond,
 		},
-		Convergence: ConvergenceConfig{Quiet: 500 * time.Millisecond, Timeout: time.Minute},
+		Convergence: convergenceConfig{Quiet: 500 * time.Millisecond, Timeout: time.Minute},
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 8*time.Minute)
 	defer cancel()
-	conv, scale := b.ControlPlanes(ctx, cfg, true, true)
+	conv, scale := b.controlPlanes(ctx, cfg, true, true, nil)
 
-	wantRows(t, scale, map[string]string{scaleRow(BallastControl(), size): "", scaleRow(Istiod(), size): "", floorRow(size): ""})
+	wantRows(t, scale, map[string]string{scaleRow(ballastControl{}, size): "", scaleRow(istiod{}, size): "", floorRow(size): ""})
 	if got := scale.find(floorRow(size)).Values[colPushes]; len(got) != 2 || got[0] != changes || got[1] != changes {
 		t.Errorf("the API server's own watch saw %v changes in the two churns, want %d each", got, changes)
 	}

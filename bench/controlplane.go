@@ -19,14 +19,14 @@ import (
 	ballastxds "github.com/ballast-dev/ballast/xds"
 )
 
-// A ControlPlane is one xDS control plane under comparison, run as a
+// A controlPlane is one xDS control plane under comparison, run as a
 // process of its own against the benchmark's API server, so its CPU and
 // memory can be read from /proc.
-type ControlPlane interface {
+type controlPlane interface {
 	// Name is the row's label.
 	Name() string
 	// start runs the control plane against api and waits until it says it
-	// is ready. An error wrapping *Unavailable makes the row say why it
+	// is ready. An error wrapping *unavailable makes the row say why it
 	// has no numbers (istiod could not be built).
 	start(ctx context.Context, b *Bench, api *apiServer) (*runningControl, error)
 }
@@ -78,11 +78,9 @@ func fqdnListener(name, namespace string, port int) string {
 
 var loopback = netip.AddrFrom4([4]byte{127, 0, 0, 1})
 
-// BallastControl is the control plane on --kubeconfig: ballast-control
+// ballastControl is the control plane on --kubeconfig: ballast-control
 // (Options.ControlBinary), as deploy/control runs it, or else
 // `ballast control` from Options.Binary.
-func BallastControl() ControlPlane { return ballastControl{} }
-
 type ballastControl struct{}
 
 func (ballastControl) Name() string { return "Ballast" }
@@ -111,7 +109,7 @@ func (ballastControl) start(ctx context.Context, b *Bench, api *apiServer) (*run
 	}, nil
 }
 
-// Istiod is pilot-discovery from the istio.io/istio module pinned in
+// istiod is pilot-discovery from the istio.io/istio module pinned in
 // tools/istio, run outside a cluster the way `ballast control` is:
 //
 //   - --kubeconfig to the benchmark's API server, every listener on
@@ -134,8 +132,6 @@ func (ballastControl) start(ctx context.Context, b *Bench, api *apiServer) (*run
 // id sidecar~<ip>~<pod>.<ns>~<ns>.svc.cluster.local and metadata
 // GENERATOR=grpc, so istiod answers with its gRPC generator (api_listener
 // Listeners named host:port, routes and clusters outbound|port||host).
-func Istiod() ControlPlane { return istiod{} }
-
 type istiod struct{}
 
 func (istiod) Name() string { return "istiod" }
@@ -152,10 +148,10 @@ const istiodVersion = "1.31.0"
 func findIstiod() (string, error) {
 	bin, err := toolcache.Path("BALLAST_ISTIOD", "build-istiod.sh")
 	if err != nil {
-		return "", &Unavailable{Status: "unavailable", Reason: "istiod could not be built: " + err.Error()}
+		return "", &unavailable{Status: "unavailable", Reason: "istiod could not be built: " + err.Error()}
 	}
 	if _, err := os.Stat(bin); err != nil {
-		return "", &Unavailable{Status: "unavailable", Reason: "istiod binary: " + err.Error()}
+		return "", &unavailable{Status: "unavailable", Reason: "istiod binary: " + err.Error()}
 	}
 	return bin, nil
 }

@@ -19,10 +19,10 @@ import (
 	"github.com/ballast-dev/ballast/greeter"
 )
 
-// ConvergenceConfig sizes scenario 4: per run and control plane, a real
+// convergenceConfig sizes scenario 4: per run and control plane, a real
 // grpc-go xDS client calling greeter.bench through the control plane sees
 // a third pod's endpoint added, then removed.
-type ConvergenceConfig struct {
+type convergenceConfig struct {
 	// Quiet is how long a removed pod must go without a call before its
 	// last call is taken as the last one (the client makes thousands of
 	// calls a second, a third of them to the pod while it is listed).
@@ -32,7 +32,7 @@ type ConvergenceConfig struct {
 	Timeout time.Duration
 }
 
-func convergenceSection(c ConvergenceConfig) *Section {
+func convergenceSection(c convergenceConfig) *Section {
 	return &Section{
 		ID:    "convergence",
 		Title: "4. Convergence",
@@ -41,8 +41,8 @@ func convergenceSection(c ConvergenceConfig) *Section {
 			"created: time from sending it to the API server to the first call the new pod answers. Then it is deleted: time from sending that to the last call "+
 			"the pod answers (taken as the last once the pod has had no call for %s). Errors are failed calls during both. Pods listen on 127.0.0.x and are "+
 			"published as 192.0.2.x (the API server refuses loopback endpoints); the client's dialer maps them back, so nothing leaves loopback.", c.Quiet),
-		Columns: []Column{{colFirstCall, "new pod → first call ms", 1}, {colLastCall, "removed pod → last call ms", 1}, {colErrors, "errors", 0}},
-		Charts: []Chart{
+		Columns: []column{{colFirstCall, "new pod → first call ms", 1}, {colLastCall, "removed pod → last call ms", 1}, {colErrors, "errors", 0}},
+		Charts: []chart{
 			{File: "bench-convergence-add.png", Column: colFirstCall, Title: "New ready pod → its first call", YLabel: "ms"},
 			{File: "bench-convergence-remove.png", Column: colLastCall, Title: "Removed pod → its last call", YLabel: "ms"},
 		},
@@ -80,11 +80,11 @@ func loopbackDial(ctx context.Context, addr string) (net.Conn, error) {
 	return d.DialContext(ctx, "tcp", netip.AddrPortFrom(netip.AddrFrom4([4]byte{127, 0, 0, b[3]}), ap.Port()).String())
 }
 
-func podSliceName(p *Pod) string { return benchService + "-" + p.Name }
+func podSliceName(p *pod) string { return benchService + "-" + p.Name }
 
 // publishPod creates the pod's own EndpointSlice (each pod listens on a
 // port of its own, and a slice's ports apply to all of its endpoints).
-func (a *apiServer) publishPod(ctx context.Context, p *Pod) error {
+func (a *apiServer) publishPod(ctx context.Context, p *pod) error {
 	slice := endpointSlice(benchNamespace, podSliceName(p), benchService, int32(p.Addr.Port()),
 		[]discoveryv1.Endpoint{readyEndpoint(publishedAddr(p.Addr.Addr()))})
 	if _, err := a.client.DiscoveryV1().EndpointSlices(benchNamespace).Create(ctx, slice, metav1.CreateOptions{}); err != nil {
@@ -93,7 +93,7 @@ func (a *apiServer) publishPod(ctx context.Context, p *Pod) error {
 	return nil
 }
 
-func (a *apiServer) unpublishPod(ctx context.Context, p *Pod) error {
+func (a *apiServer) unpublishPod(ctx context.Context, p *pod) error {
 	err := a.client.DiscoveryV1().EndpointSlices(benchNamespace).Delete(ctx, podSliceName(p), metav1.DeleteOptions{})
 	if err != nil && !apierrors.IsNotFound(err) {
 		return fmt.Errorf("delete endpointslice %s/%s: %w", benchNamespace, podSliceName(p), err)
@@ -102,7 +102,7 @@ func (a *apiServer) unpublishPod(ctx context.Context, p *Pod) error {
 }
 
 // setUpConvergence creates greeter.bench with pods[:2] published.
-func (a *apiServer) setUpConvergence(ctx context.Context, pods []*Pod) error {
+func (a *apiServer) setUpConvergence(ctx context.Context, pods []*pod) error {
 	if err := a.ensureNamespace(ctx, benchNamespace); err != nil {
 		return err
 	}
@@ -170,7 +170,7 @@ func (l *callLog) failures() (int, error) {
 // measureConvergence runs one measurement of scenario 4 against a started
 // control plane and records it in row. pods[2] is the one added and
 // removed.
-func (b *Bench) measureConvergence(ctx context.Context, rc *runningControl, api *apiServer, c ConvergenceConfig, pods []*Pod, row *Row) error {
+func (b *Bench) measureConvergence(ctx context.Context, rc *runningControl, api *apiServer, c convergenceConfig, pods []*pod, row *row) error {
 	bootstrap, err := rc.node("convergence-client", benchNamespace).bootstrap(rc.xds)
 	if err != nil {
 		return err

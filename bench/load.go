@@ -18,11 +18,11 @@ import (
 	"github.com/ballast-dev/ballast/greeter"
 )
 
-// Load is a bounded run of unary SayHello calls: Calls in all, Concurrency
+// load is a bounded run of unary SayHello calls: Calls in all, Concurrency
 // at a time, spread over the given connections, stopped early when
 // Duration has passed. Bounding both count and time keeps a slow path from
 // holding the whole benchmark.
-type Load struct {
+type load struct {
 	Calls       int
 	Concurrency int
 	// Duration bounds the whole run; zero means one minute.
@@ -36,8 +36,8 @@ type Load struct {
 	Stream bool
 }
 
-// LoadResult is what a Load measured.
-type LoadResult struct {
+// loadResult is what a load measured.
+type loadResult struct {
 	Calls     int
 	Errors    int
 	LastError string
@@ -49,7 +49,7 @@ type LoadResult struct {
 }
 
 // Throughput is successful calls per second.
-func (r LoadResult) Throughput() float64 {
+func (r loadResult) Throughput() float64 {
 	if r.Elapsed <= 0 {
 		return 0
 	}
@@ -58,7 +58,7 @@ func (r LoadResult) Throughput() float64 {
 
 // failed is an error when no call succeeded: the path does not work, and
 // its numbers would mean nothing.
-func (r LoadResult) failed() error {
+func (r loadResult) failed() error {
 	if r.Calls > 0 && r.Errors < r.Calls {
 		return nil
 	}
@@ -70,7 +70,7 @@ func (r LoadResult) failed() error {
 
 // Quantile is the latency below which the fraction q of successful calls
 // fell (nearest rank); 0 when none succeeded.
-func (r LoadResult) Quantile(q float64) time.Duration {
+func (r loadResult) Quantile(q float64) time.Duration {
 	return quantile(r.Latencies, q)
 }
 
@@ -83,7 +83,7 @@ func quantile(sorted []time.Duration, q float64) time.Duration {
 }
 
 // Run sends the load over conns, worker i using conns[i%len(conns)].
-func (l Load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) LoadResult {
+func (l load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) loadResult {
 	workers := max(1, min(l.Concurrency, l.Calls))
 	ctx, cancel := context.WithTimeout(ctx, cmp.Or(l.Duration, time.Minute))
 	defer cancel()
@@ -120,7 +120,7 @@ func (l Load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) LoadRe
 		}()
 	}
 	wg.Wait()
-	r := LoadResult{Elapsed: time.Since(start), Pods: map[string]int{}}
+	r := loadResult{Elapsed: time.Since(start), Pods: map[string]int{}}
 	for _, t := range tallies {
 		r.Calls += t.calls
 		r.Errors += t.errors
@@ -157,7 +157,7 @@ func (t *tally) record(reply string, took time.Duration, err error) {
 
 // streamWorker takes call tokens from next and spends each on one message
 // round trip over its stream.
-func (l Load) streamWorker(ctx context.Context, conn grpc.ClientConnInterface, next *atomic.Int64, record func(string, time.Duration, error)) {
+func (l load) streamWorker(ctx context.Context, conn grpc.ClientConnInterface, next *atomic.Int64, record func(string, time.Duration, error)) {
 	client := echopb.NewEchoClient(conn)
 	req := &echopb.EchoRequest{Message: "bench"}
 	for ctx.Err() == nil && next.Load() < int64(l.Calls) {
@@ -193,10 +193,10 @@ func (l Load) streamWorker(ctx context.Context, conn grpc.ClientConnInterface, n
 	}
 }
 
-// MaxMean is the busiest pod's count over the mean count across pods: 1.0
+// maxMean is the busiest pod's count over the mean count across pods: 1.0
 // is perfectly even, len(pods) means one pod took every call. Pods that
 // got nothing must be present with 0 to count in the mean.
-func MaxMean(pods map[string]int) float64 {
+func maxMean(pods map[string]int) float64 {
 	total, most := 0, 0
 	for _, n := range pods {
 		total += n
@@ -208,8 +208,8 @@ func MaxMean(pods map[string]int) float64 {
 	return float64(most) * float64(len(pods)) / float64(total)
 }
 
-// Share is the fraction of counted calls that pod answered.
-func Share(pods map[string]int, pod string) float64 {
+// share is the fraction of counted calls that pod answered.
+func share(pods map[string]int, pod string) float64 {
 	total := 0
 	for _, n := range pods {
 		total += n

@@ -26,16 +26,16 @@ import (
 // binary given in Options.Binary; a row is pending while that binary lacks
 // the command (the package has not landed yet) or no binary was given.
 
-// Proxyless is a grpc-go client in the benchmark dialling
+// proxyless is a grpc-go client in the benchmark dialling
 // xds:///greeter.bench:50051, served by `ballast control` with the given
 // xDS LB policy (round_robin, least_request or peak_ewma).
-func Proxyless(policy string) Path { return proxylessPath{policy} }
+func proxyless(policy string) path { return proxylessPath{policy} }
 
 type proxylessPath struct{ policy string }
 
 func (p proxylessPath) Name() string { return "proxyless xDS " + p.policy }
 
-func (p proxylessPath) Open(ctx context.Context, b *Bench, pods []*Pod) (*Route, error) {
+func (p proxylessPath) Open(ctx context.Context, b *Bench, pods []*pod) (*route, error) {
 	control, err := b.startControl(ctx, pods, p.policy)
 	if err != nil {
 		return nil, err
@@ -50,19 +50,19 @@ func (p proxylessPath) Open(ctx context.Context, b *Bench, pods []*Pod) (*Route,
 		control.proc.stop()
 		return nil, fmt.Errorf("xds bootstrap: %w", err)
 	}
-	return &Route{
+	return &route{
 		Target:      fmt.Sprintf("xds:///%s.%s:%d", benchService, benchNamespace, benchPort),
 		DialOptions: []grpc.DialOption{grpc.WithResolvers(builder)},
 		Close:       control.proc.stop,
 	}, nil
 }
 
-// Sidecar is the sidecar proxy (ballast-proxy, or else `ballast proxy`)
+// sidecar is the sidecar proxy (ballast-proxy, or else `ballast proxy`)
 // with an explicit listener for the client,
 // sending every call to greeter.bench:50051 as the control plane (with the
 // given xDS LB policy) describes it. Its CPU and memory are the proxy's
 // alone; the control plane is not on the data path.
-func Sidecar(policy string) Path { return sidecarPath{policy} }
+func sidecar(policy string) path { return sidecarPath{policy} }
 
 type sidecarPath struct{ policy string }
 
@@ -73,7 +73,7 @@ func (p sidecarPath) Name() string {
 	return "sidecar " + p.policy
 }
 
-func (p sidecarPath) Open(ctx context.Context, b *Bench, pods []*Pod) (_ *Route, err error) {
+func (p sidecarPath) Open(ctx context.Context, b *Bench, pods []*pod) (_ *route, err error) {
 	if err := b.hasCommand("proxy", "the sidecar proxy (issue 5)"); err != nil {
 		return nil, err
 	}
@@ -105,14 +105,14 @@ func (p sidecarPath) Open(ctx context.Context, b *Bench, pods []*Pod) (_ *Route,
 	if err != nil {
 		return nil, fmt.Errorf("start the sidecar proxy: %w", err)
 	}
-	return &Route{Target: "passthrough:///" + ports[0].String(), Proxy: proc, Close: func() { proc.stop(); control.proc.stop() }}, nil
+	return &route{Target: "passthrough:///" + ports[0].String(), Proxy: proc, Close: func() { proc.stop(); control.proc.stop() }}, nil
 }
 
 // hasCommand says whether the ballast binary has a subcommand; if not, the
 // row is pending on what would bring it.
 func (b *Bench) hasCommand(name, what string) error {
 	if b.opts.Binary == "" {
-		return &Unavailable{Status: "pending", Reason: "no ballast binary to run `ballast " + name + "` (run as `ballast bench`)"}
+		return &unavailable{Status: "pending", Reason: "no ballast binary to run `ballast " + name + "` (run as `ballast bench`)"}
 	}
 	b.commandsMu.Lock()
 	defer b.commandsMu.Unlock()
@@ -125,7 +125,7 @@ func (b *Bench) hasCommand(name, what string) error {
 		b.commands[name] = ok
 	}
 	if !ok {
-		return &Unavailable{Status: "pending", Reason: fmt.Sprintf("this ballast binary has no `%s` command: %s has not landed yet", name, what)}
+		return &unavailable{Status: "pending", Reason: fmt.Sprintf("this ballast binary has no `%s` command: %s has not landed yet", name, what)}
 	}
 	return nil
 }
@@ -138,7 +138,7 @@ type control struct {
 
 // startControl runs `ballast control` over a folder holding the pods as the
 // Service greeter.bench, and waits until it says it is ready.
-func (b *Bench) startControl(ctx context.Context, pods []*Pod, policy string) (*control, error) {
+func (b *Bench) startControl(ctx context.Context, pods []*pod, policy string) (*control, error) {
 	dir, err := os.MkdirTemp(b.dir, "control-")
 	if err != nil {
 		return nil, err
@@ -213,7 +213,7 @@ func waitHTTP(ctx context.Context, url string, proc *process, wait time.Duration
 
 // serviceManifest is the pods as the Service greeter.bench and the
 // EndpointSlices the endpoint slice controller would write.
-func serviceManifest(pods []*Pod) ([]byte, error) {
+func serviceManifest(pods []*pod) ([]byte, error) {
 	service := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: benchService, Namespace: benchNamespace},
 		Spec: corev1.ServiceSpec{

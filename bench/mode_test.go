@@ -15,7 +15,7 @@ import (
 // the ready endpoints of greeter.bench's grpc port, as the files source
 // reads it.
 func TestServiceManifestLoads(t *testing.T) {
-	pods := []*Pod{
+	pods := []*pod{
 		{Name: "pod-a", Addr: netip.MustParseAddrPort("127.0.0.20:40001")},
 		{Name: "pod-b", Addr: netip.MustParseAddrPort("127.0.0.21:40002")},
 		{Name: "pod-slow", Addr: netip.MustParseAddrPort("127.0.0.22:40001")},

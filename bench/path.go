@@ -13,20 +13,20 @@ import (
 	"github.com/ballast-dev/ballast/clusterip"
 )
 
-// A Path is one way for the client's connection to reach the pods: the
+// A path is one way for the client's connection to reach the pods: the
 // pods directly with a balancer in the client, a plain Service, or a proxy
 // in between. Scenarios measure the same load over every path they list.
-type Path interface {
+type path interface {
 	// Name is the row's label.
 	Name() string
 	// Open puts the path in front of pods and says how to dial it. An
-	// error that wraps *Unavailable makes the row say why it has no
+	// error that wraps *unavailable makes the row say why it has no
 	// numbers instead of failing the benchmark.
-	Open(ctx context.Context, b *Bench, pods []*Pod) (*Route, error)
+	Open(ctx context.Context, b *Bench, pods []*pod) (*route, error)
 }
 
-// Route is an open path.
-type Route struct {
+// route is an open path.
+type route struct {
 	// Target and DialOptions are what the client dials.
 	Target      string
 	DialOptions []grpc.DialOption
@@ -38,66 +38,66 @@ type Route struct {
 	Close func()
 }
 
-// Unavailable says why a path cannot be measured: a peer that is not
+// unavailable says why a path cannot be measured: a peer that is not
 // installed, or a Ballast mode whose package has not landed yet.
-type Unavailable struct {
+type unavailable struct {
 	// Status is "unavailable" or "pending".
 	Status string
 	Reason string
 }
 
-func (u *Unavailable) Error() string { return u.Status + ": " + u.Reason }
+func (u *unavailable) Error() string { return u.Status + ": " + u.Reason }
 
-// Pending is a row for a path that is not built yet.
-func Pending(name, reason string) Path { return pendingPath{name, reason} }
+// pending is a row for a path that is not built yet.
+func pending(name, reason string) path { return pendingPath{name, reason} }
 
 type pendingPath struct{ name, reason string }
 
 func (p pendingPath) Name() string { return p.name }
-func (p pendingPath) Open(context.Context, *Bench, []*Pod) (*Route, error) {
-	return nil, &Unavailable{Status: "pending", Reason: p.reason}
+func (p pendingPath) Open(context.Context, *Bench, []*pod) (*route, error) {
+	return nil, &unavailable{Status: "pending", Reason: p.reason}
 }
 
 // whyNot is the note a row shows for an error from Open.
 func whyNot(err error) string {
-	if u, ok := errors.AsType[*Unavailable](err); ok {
+	if u, ok := errors.AsType[*unavailable](err); ok {
 		return u.Error()
 	}
 	return "failed: " + err.Error()
 }
 
-// ClientSide is grpc-go in the client, balancing each call over the pods'
+// clientSide is grpc-go in the client, balancing each call over the pods'
 // addresses with the named LB policy. The row is pending while the policy
 // is not registered (its package not linked into this binary).
-func ClientSide(name, policy string) Path { return clientSide{name, policy} }
+func clientSide(name, policy string) path { return clientSidePath{name, policy} }
 
-// Direct is the client balancing round_robin straight to the pods: the
+// direct is the client balancing round_robin straight to the pods: the
 // data-path baseline with nothing in between.
-func Direct() Path { return clientSide{"direct", "round_robin"} }
+func direct() path { return clientSidePath{"direct", "round_robin"} }
 
-type clientSide struct{ name, policy string }
+type clientSidePath struct{ name, policy string }
 
-func (c clientSide) Name() string { return c.name }
+func (c clientSidePath) Name() string { return c.name }
 
-func (c clientSide) Open(_ context.Context, _ *Bench, pods []*Pod) (*Route, error) {
+func (c clientSidePath) Open(_ context.Context, _ *Bench, pods []*pod) (*route, error) {
 	if balancer.Get(c.policy) == nil {
-		return nil, &Unavailable{Status: "pending", Reason: fmt.Sprintf("LB policy %s is not registered in this build", c.policy)}
+		return nil, &unavailable{Status: "pending", Reason: fmt.Sprintf("LB policy %s is not registered in this build", c.policy)}
 	}
 	target, opts := clientDial(pods)
 	opts = append(opts, grpc.WithDefaultServiceConfig(fmt.Sprintf(`{"loadBalancingConfig":[{%q:{}}]}`, c.policy)))
-	return &Route{Target: target, DialOptions: opts, Close: func() {}}, nil
+	return &route{Target: target, DialOptions: opts, Close: func() {}}, nil
 }
 
-// Service is a plain Kubernetes Service: the client's one connection is
+// service is a plain Kubernetes service: the client's one connection is
 // balanced once, when it opens, by a per-connection L4 balancer standing
 // in for kube-proxy. It runs inside the benchmark, so it has no CPU row.
-func Service() Path { return servicePath{} }
+func service() path { return servicePath{} }
 
 type servicePath struct{}
 
 func (servicePath) Name() string { return "plain Service (L4)" }
 
-func (servicePath) Open(ctx context.Context, _ *Bench, pods []*Pod) (*Route, error) {
+func (servicePath) Open(ctx context.Context, _ *Bench, pods []*pod) (*route, error) {
 	lis, err := net.Listen("tcp", "127.0.0.10:0")
 	if err != nil {
 		return nil, fmt.Errorf("plain Service: listen: %w", err)
@@ -107,7 +107,7 @@ func (servicePath) Open(ctx context.Context, _ *Bench, pods []*Pod) (*Route, err
 	p := &clusterip.Proxy{Endpoints: func() []netip.AddrPort { return eps }}
 	done := make(chan error, 1)
 	go func() { done <- p.Serve(ctx, lis) }()
-	return &Route{
+	return &route{
 		Target: "passthrough:///" + lis.Addr().String(),
 		Close:  func() { cancel(); <-done },
 	}, nil

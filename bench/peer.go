@@ -99,16 +99,16 @@ func render(t *template.Template, c proxyConfig) (string, error) {
 	return b.String(), nil
 }
 
-// Nginx is nginx's grpc_pass with an upstream keepalive pool, one worker.
-func Nginx() Path {
+// nginx is nginx's grpc_pass with an upstream keepalive pool, one worker.
+func nginx() path {
 	return peerPath{name: "nginx", binary: "nginx", template: nginxTemplate, file: "nginx.conf",
 		args: func(dir, conf string) []string {
 			return []string{"-p", dir + "/", "-c", conf, "-e", filepath.Join(dir, "error.log")}
 		}}
 }
 
-// HAProxy is haproxy in HTTP mode, h2 on both sides, round robin, one thread.
-func HAProxy() Path {
+// haproxy is haproxy in HTTP mode, h2 on both sides, round robin, one thread.
+func haproxy() path {
 	return peerPath{name: "haproxy", binary: "haproxy", template: haproxyTemplate, file: "haproxy.cfg",
 		args: func(_, conf string) []string { return []string{"-f", conf, "-db"} }}
 }
@@ -121,7 +121,7 @@ type peerPath struct {
 
 func (p peerPath) Name() string { return p.name }
 
-func (p peerPath) Open(ctx context.Context, b *Bench, pods []*Pod) (*Route, error) {
+func (p peerPath) Open(ctx context.Context, b *Bench, pods []*pod) (*route, error) {
 	bin, err := b.peers.find(ctx, p.binary)
 	if err != nil {
 		return nil, err
@@ -148,7 +148,7 @@ func (p peerPath) Open(ctx context.Context, b *Bench, pods []*Pod) (*Route, erro
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", p.name, err)
 	}
-	return &Route{Target: "passthrough:///" + ports[0].String(), Proxy: proc, Close: proc.stop}, nil
+	return &route{Target: "passthrough:///" + ports[0].String(), Proxy: proc, Close: proc.stop}, nil
 }
 
 // peers finds the peers' binaries, installing them once with apt-get when
@@ -162,21 +162,21 @@ type peers struct {
 	installed  time.Duration
 }
 
-// find returns the path of binary, or an *Unavailable saying why not.
+// find returns the path of binary, or an *unavailable saying why not.
 func (ps *peers) find(ctx context.Context, binary string) (string, error) {
 	if path, err := lookPeer(binary); err == nil {
 		return path, nil
 	}
 	if !ps.install {
-		return "", &Unavailable{Status: "unavailable", Reason: binary + " is not installed (and installing was not asked for)"}
+		return "", &unavailable{Status: "unavailable", Reason: binary + " is not installed (and installing was not asked for)"}
 	}
 	ps.once.Do(func() { ps.installErr = ps.aptInstall(ctx) })
 	if ps.installErr != nil {
-		return "", &Unavailable{Status: "unavailable", Reason: ps.installErr.Error()}
+		return "", &unavailable{Status: "unavailable", Reason: ps.installErr.Error()}
 	}
 	path, err := lookPeer(binary)
 	if err != nil {
-		return "", &Unavailable{Status: "unavailable", Reason: binary + " not found after apt-get install"}
+		return "", &unavailable{Status: "unavailable", Reason: binary + " not found after apt-get install"}
 	}
 	return path, nil
 }

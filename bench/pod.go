@@ -1,17 +1,11 @@
 package bench
 
 import (
-	"bytes"
 	"context"
-	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os"
 	"os/exec"
-	"strings"
-	"sync"
-	"syscall"
 	"time"
 
 	"google.golang.org/grpc"
@@ -33,24 +27,24 @@ func BinaryGreeter(binary string) GreeterCommand {
 	}
 }
 
-// Pod is a running greeter process.
-type Pod struct {
+// pod is a running greeter process.
+type pod struct {
 	Name  string
 	Addr  netip.AddrPort
 	Delay time.Duration
 	proc  *process
 }
 
-// PodSpec says what pod to start.
-type PodSpec struct {
+// podSpec says what pod to start.
+type podSpec struct {
 	Name  string
 	Delay time.Duration
 }
 
 // startPods starts one greeter per spec, pod i on 127.0.0.(20+i), and
 // waits until each answers a call. On error the ones started are stopped.
-func startPods(ctx context.Context, greet GreeterCommand, specs []PodSpec) (_ []*Pod, err error) {
-	var pods []*Pod
+func startPods(ctx context.Context, greet GreeterCommand, specs []podSpec) (_ []*pod, err error) {
+	var pods []*pod
 	defer func() {
 		if err != nil {
 			stopPods(pods)
@@ -67,7 +61,7 @@ func startPods(ctx context.Context, greet GreeterCommand, specs []PodSpec) (_ []
 	return pods, nil
 }
 
-func startPod(ctx context.Context, greet GreeterCommand, ip netip.Addr, s PodSpec) (*Pod, error) {
+func startPod(ctx context.Context, greet GreeterCommand, ip netip.Addr, s podSpec) (*pod, error) {
 	proc, ports, err := onFreePorts(ip, 1,
 		func(ports []netip.AddrPort) (*process, error) {
 			return startProcess(greet(ports[0].String(), s.Name, s.Delay), "greeter "+s.Name)
@@ -78,16 +72,16 @@ func startPod(ctx context.Context, greet GreeterCommand, ip netip.Addr, s PodSpe
 	if err != nil {
 		return nil, fmt.Errorf("start pod %s: %w", s.Name, err)
 	}
-	return &Pod{Name: s.Name, Addr: ports[0], Delay: s.Delay, proc: proc}, nil
+	return &pod{Name: s.Name, Addr: ports[0], Delay: s.Delay, proc: proc}, nil
 }
 
-func stopPods(pods []*Pod) {
+func stopPods(pods []*pod) {
 	for _, p := range pods {
 		p.proc.stop()
 	}
 }
 
-func podNames(pods []*Pod) []string {
+func podNames(pods []*pod) []string {
 	names := make([]string, len(pods))
 	for i, p := range pods {
 		names[i] = p.Name
@@ -95,53 +89,12 @@ func podNames(pods []*Pod) []string {
 	return names
 }
 
-func podAddrs(pods []*Pod) []netip.AddrPort {
+func podAddrs(pods []*pod) []netip.AddrPort {
 	addrs := make([]netip.AddrPort, len(pods))
 	for i, p := range pods {
 		addrs[i] = p.Addr
 	}
 	return addrs
-}
-
-// freePort asks the kernel for a free port on ip.
-func freePort(ip netip.Addr) (netip.AddrPort, error) {
-	lis, err := net.Listen("tcp", netip.AddrPortFrom(ip, 0).String())
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("find a free port on %s: %w", ip, err)
-	}
-	defer lis.Close()
-	return netip.MustParseAddrPort(lis.Addr().String()), nil
-}
-
-// onFreePorts starts a child process on n free ports of ip (start) and
-// waits until it serves (ready). A port the kernel picked can be taken by
-// someone else before the child binds it, so a child that exits before it
-// is ready is tried again on other ports, three tries in all; one that
-// runs but never serves is not (another port will not help). A child that
-// never became ready is stopped.
-func onFreePorts(ip netip.Addr, n int, start func(ports []netip.AddrPort) (*process, error), ready func(*process, []netip.AddrPort) error) (*process, []netip.AddrPort, error) {
-	var lastErr error
-	for range 3 {
-		ports := make([]netip.AddrPort, n)
-		for i := range ports {
-			var err error
-			if ports[i], err = freePort(ip); err != nil {
-				return nil, nil, err
-			}
-		}
-		proc, err := start(ports)
-		if err != nil {
-			return nil, nil, err
-		}
-		if lastErr = ready(proc, ports); lastErr == nil {
-			return proc, ports, nil
-		}
-		proc.stop()
-		if !errors.Is(lastErr, errExited) {
-			break
-		}
-	}
-	return nil, nil, lastErr
 }
 
 // waitServing polls target with SayHello until one succeeds, the process
@@ -172,95 +125,4 @@ func waitServing(ctx context.Context, target string, proc *process, wait time.Du
 		case <-tick.C:
 		}
 	}
-}
-
-// process is a child the benchmark started and must stop: it runs in its
-// own process group, so stop reaches its children too (nginx's worker),
-// and it is killed if the benchmark dies.
-type process struct {
-	name   string
-	cmd    *exec.Cmd
-	out    *syncBuffer
-	exited chan struct{}
-	err    error
-}
-
-func startProcess(cmd *exec.Cmd, name string) (*process, error) {
-	out := &syncBuffer{}
-	cmd.Stdout = out
-	cmd.Stderr = out
-	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
-	if err := cmd.Start(); err != nil {
-		return nil, fmt.Errorf("start %s: %w", name, err)
-	}
-	p := &process{name: name, cmd: cmd, out: out, exited: make(chan struct{})}
-	go func() {
-		p.err = cmd.Wait()
-		close(p.exited)
-	}()
-	return p, nil
-}
-
-func (p *process) pid() int { return p.cmd.Process.Pid }
-
-func (p *process) output() string { return p.out.String() }
-
-// tail is the end of the process's output, for an error message.
-func (p *process) tail() string {
-	out := strings.TrimSpace(p.output())
-	if r := []rune(out); len(r) > 600 {
-		return "…" + string(r[len(r)-600:])
-	}
-	if out == "" {
-		return "(none)"
-	}
-	return out
-}
-
-// errExited says a child process ended before it was ready, which is
-// worth a retry on another port; a child that runs but never serves is not.
-var errExited = errors.New("exited")
-
-// stop asks the process group to terminate, and kills it if it has not
-// within five seconds.
-func (p *process) stop() {
-	pgid := p.cmd.Process.Pid
-	select {
-	case <-p.exited:
-		syscall.Kill(-pgid, syscall.SIGKILL) // any child it left behind
-		return
-	default:
-	}
-	syscall.Kill(-pgid, syscall.SIGTERM)
-	t := time.NewTimer(5 * time.Second)
-	defer t.Stop()
-	select {
-	case <-p.exited:
-	case <-t.C:
-	}
-	syscall.Kill(-pgid, syscall.SIGKILL)
-	<-p.exited
-}
-
-// syncBuffer keeps a child's output for error messages, bounded to its
-// last 64 KiB.
-type syncBuffer struct {
-	mu  sync.Mutex
-	buf bytes.Buffer
-}
-
-func (b *syncBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	b.buf.Write(p)
-	if over := b.buf.Len() - 64<<10; over > 0 {
-		b.buf.Next(over)
-	}
-	return len(p), nil
-}
-
-func (b *syncBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.buf.String()
 }

@@ -199,10 +199,10 @@ func TestQuantile(t *testing.T) {
 // the targets of issue 4 at the first, and a side that could not run
 // named in the headline instead of a number.
 func TestScaleHeadlines(t *testing.T) {
-	sizes := []ScaleSize{{1000, 10, 100}, {5000, 10, 1000}}
-	s := scaleSection(ScaleConfig{Sizes: sizes, Changes: 10, ChangesPerSecond: 50, ClientsPerService: 10})
-	b := s.row(scaleRow(BallastControl(), sizes[0]))
-	i := s.row(scaleRow(Istiod(), sizes[0]))
+	sizes := []scaleSize{{1000, 10, 100}, {5000, 10, 1000}}
+	s := scaleSection(scaleConfig{Sizes: sizes, Changes: 10, ChangesPerSecond: 50, ClientsPerService: 10})
+	b := s.row(scaleRow(ballastControl{}, sizes[0]))
+	i := s.row(scaleRow(istiod{}, sizes[0]))
 	for _, v := range []struct{ bp50, bp99, brss, ip50, ip99, irss float64 }{
 		{2, 8, 30, 110, 180, 200},
 		{4, 12, 32, 105, 170, 190},
@@ -214,11 +214,11 @@ func TestScaleHeadlines(t *testing.T) {
 		i.add(colPushP99, v.ip99)
 		i.add(colRSS, v.irss)
 	}
-	s.row(scaleRow(BallastControl(), sizes[1])).add(colPushP99, 20)
-	s.row(scaleRow(Istiod(), sizes[1])).Note = "unavailable: istiod could not be built: exit status 1"
+	s.row(scaleRow(ballastControl{}, sizes[1])).add(colPushP99, 20)
+	s.row(scaleRow(istiod{}, sizes[1])).Note = "unavailable: istiod could not be built: exit status 1"
 	scaleHeadlines(s, sizes)
 
-	byText := map[string]*Headline{}
+	byText := map[string]*headline{}
 	for _, h := range s.Headlines {
 		byText[h.Text] = h
 	}
@@ -331,28 +331,6 @@ func TestLoopbackDialRefuses(t *testing.T) {
 		t.Fatalf("dial the published address of %s: %v", lis.Addr(), err)
 	}
 	conn.Close()
-}
-
-func TestStatusKB(t *testing.T) {
-	status := []byte("Name:\tballast\nVmRSS:\t   67608 kB\nRssAnon:\t   11384 kB\nRssFile:\t   56224 kB\n")
-	tests := []struct {
-		field   string
-		want    int64
-		wantErr bool
-	}{
-		{"VmRSS", 67608 << 10, false},
-		{"RssAnon", 11384 << 10, false},
-		{"VmSwap", 0, false}, // missing reads as 0
-	}
-	for _, tt := range tests {
-		got, err := statusKB(status, tt.field)
-		if got != tt.want || (err != nil) != tt.wantErr {
-			t.Errorf("%s: %d, %v; want %d", tt.field, got, err, tt.want)
-		}
-	}
-	if _, err := statusKB([]byte("VmRSS:\t12 MB\n"), "VmRSS"); err == nil || !strings.Contains(err.Error(), "VmRSS") {
-		t.Errorf("bad unit: error %v, want one naming VmRSS", err)
-	}
 }
 
 // Refused streams are retried on grpc-go's xDS schedule.

@@ -32,7 +32,7 @@ func (s *Section) WriteText(w io.Writer) {
 			cells = append(cells, shorten(r.Note))
 		} else {
 			for _, c := range s.Columns {
-				cells = append(cells, Summarize(r.Values[c.Key]).Format(c.Digits))
+				cells = append(cells, summarize(r.Values[c.Key]).format(c.Digits))
 			}
 		}
 		fmt.Fprintln(tw, strings.Join(cells, "\t"))
@@ -46,12 +46,12 @@ func (s *Section) WriteText(w io.Writer) {
 }
 
 // format is a headline as one line.
-func (h *Headline) format() string {
+func (h *headline) format() string {
 	if h.Note != "" {
 		return h.Text + ": not measured yet, " + h.Note
 	}
-	sum := Summarize(h.Values)
-	line := fmt.Sprintf("%s: %s", h.Text, sum.Format(cmp.Or(h.Digits, 2)))
+	sum := summarize(h.Values)
+	line := fmt.Sprintf("%s: %s", h.Text, sum.format(cmp.Or(h.Digits, 2)))
 	if h.Target > 0 {
 		verdict := "met"
 		if sum.Median > h.Target {
@@ -62,9 +62,9 @@ func (h *Headline) format() string {
 	return line
 }
 
-// Markdown renders the report as docs/benchmarks.md. Charts are linked by
+// markdown renders the report as docs/benchmarks.md. Charts are linked by
 // file name, next to the report.
-func (r *Report) Markdown() string {
+func (r *Report) markdown() string {
 	var b strings.Builder
 	mode := "full"
 	if r.Quick {
@@ -126,7 +126,7 @@ func (r *Report) Markdown() string {
 				continue
 			}
 			for _, c := range s.Columns {
-				fmt.Fprintf(&b, " %s |", Summarize(row.Values[c.Key]).Format(c.Digits))
+				fmt.Fprintf(&b, " %s |", summarize(row.Values[c.Key]).format(c.Digits))
 			}
 			b.WriteString("\n")
 		}
@@ -183,7 +183,7 @@ func (r *Report) Write(dir string) error {
 			}
 		}
 	}
-	return os.WriteFile(filepath.Join(dir, "benchmarks.md"), []byte(r.Markdown()), 0o644)
+	return os.WriteFile(filepath.Join(dir, "benchmarks.md"), []byte(r.markdown()), 0o644)
 }
 
 // medians is a column's median per row that has one, in row order.
@@ -192,7 +192,7 @@ func medians(s *Section, column string) (labels []string, values []float64) {
 		if r.Note != "" {
 			continue
 		}
-		if m := Summarize(r.Values[column]).Median; !math.IsNaN(m) {
+		if m := summarize(r.Values[column]).Median; !math.IsNaN(m) {
 			labels = append(labels, r.Path)
 			values = append(values, m)
 		}

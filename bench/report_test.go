@@ -15,26 +15,26 @@ import (
 func fakeReport() *Report {
 	data := &Section{
 		ID: "data-path", Title: "2. Data-path cost (unary)", Description: "unary calls",
-		Columns: []Column{{colCPU, "proxy CPU µs/call", 1}, {colP99, "p99 ms", 3}},
-		Rows: []*Row{
+		Columns: []column{{colCPU, "proxy CPU µs/call", 1}, {colP99, "p99 ms", 3}},
+		Rows: []*row{
 			{Path: "nginx", Values: map[string][]float64{colCPU: {30, 26}, colP99: {2, 2}}},
 			{Path: "haproxy", Values: map[string][]float64{colCPU: {20, 20}, colP99: {1, 1}}},
 			{Path: "sidecar", Note: "pending: the sidecar proxy (issue 5) has not landed on main yet"},
 		},
-		Charts: []Chart{{File: "cpu.png", Column: colCPU, Title: "CPU per call", YLabel: "µs"}},
+		Charts: []chart{{File: "cpu.png", Column: colCPU, Title: "CPU per call", YLabel: "µs"}},
 	}
 	data.ratio("nginx proxy CPU per call ÷ haproxy's", colCPU, "nginx", "haproxy", 1).Top = true
 	data.ratio("sidecar proxy CPU per call ÷ haproxy's", colCPU, "sidecar", "haproxy", 1)
 	return &Report{
 		Date: time.Date(2026, 11, 25, 21, 0, 0, 0, time.UTC), Wall: 95 * time.Second, Quick: true, Runs: 2,
-		Machine: Machine{Cores: 2, CPU: "AMD EPYC", GoVersion: "go1.26.8", OS: "linux/amd64",
+		Machine: machine{Cores: 2, CPU: "AMD EPYC", GoVersion: "go1.26.8", OS: "linux/amd64",
 			Peers: map[string]string{"nginx": "nginx/1.22.1", "haproxy": "haproxy/2.6.12"}},
 		Sections: []*Section{data, notMeasured("convergence", "4. Convergence", "new pod → first call", "not yet measured: needs istiod")},
 	}
 }
 
 func TestReportMarkdown(t *testing.T) {
-	md := fakeReport().Markdown()
+	md := fakeReport().markdown()
 	for _, want := range []string{
 		"# Benchmarks",
 		"| date | 2026-11-25T21:00:00Z |",
@@ -91,21 +91,21 @@ func TestSectionWriteText(t *testing.T) {
 func TestSummarize(t *testing.T) {
 	tests := []struct {
 		in   []float64
-		want Summary
+		want summary
 		text string
 	}{
-		{[]float64{3, 1, 2}, Summary{1, 2, 3}, "2.0 [1.0–3.0]"},
-		{[]float64{4, 1, 2, 3}, Summary{1, 2.5, 4}, "2.5 [1.0–4.0]"},
-		{[]float64{5}, Summary{5, 5, 5}, "5.0"},
+		{[]float64{3, 1, 2}, summary{1, 2, 3}, "2.0 [1.0–3.0]"},
+		{[]float64{4, 1, 2, 3}, summary{1, 2.5, 4}, "2.5 [1.0–4.0]"},
+		{[]float64{5}, summary{5, 5, 5}, "5.0"},
 	}
 	for _, tt := range tests {
-		got := Summarize(tt.in)
-		if got != tt.want || got.Format(1) != tt.text {
-			t.Errorf("Summarize(%v) = %v %q, want %v %q", tt.in, got, got.Format(1), tt.want, tt.text)
+		got := summarize(tt.in)
+		if got != tt.want || got.format(1) != tt.text {
+			t.Errorf("summarize(%v) = %v %q, want %v %q", tt.in, got, got.format(1), tt.want, tt.text)
 		}
 	}
-	if s := Summarize(nil); !math.IsNaN(s.Median) || s.Format(1) != "–" {
-		t.Errorf("Summarize(nil) = %v %q", s, s.Format(1))
+	if s := summarize(nil); !math.IsNaN(s.Median) || s.format(1) != "–" {
+		t.Errorf("summarize(nil) = %v %q", s, s.format(1))
 	}
 }
 
@@ -134,12 +134,12 @@ func TestQuantileAndBalance(t *testing.T) {
 		{map[string]int{"a": 50, "b": 100, "c": 150}, 1.5},
 		{map[string]int{}, 0},
 	} {
-		if got := MaxMean(tt.pods); math.Abs(got-tt.want) > 1e-9 {
-			t.Errorf("MaxMean(%v) = %v, want %v", tt.pods, got, tt.want)
+		if got := maxMean(tt.pods); math.Abs(got-tt.want) > 1e-9 {
+			t.Errorf("maxMean(%v) = %v, want %v", tt.pods, got, tt.want)
 		}
 	}
-	if got := Share(map[string]int{"slow": 25, "a": 75}, "slow"); got != 0.25 {
-		t.Errorf("Share = %v, want 0.25", got)
+	if got := share(map[string]int{"slow": 25, "a": 75}, "slow"); got != 0.25 {
+		t.Errorf("share = %v, want 0.25", got)
 	}
 }
 
@@ -156,7 +156,7 @@ func TestShortenKeepsBothEnds(t *testing.T) {
 
 // Runs where the other side is zero or negative give no ratio.
 func TestRatioSkipsNonPositiveDenominators(t *testing.T) {
-	s := &Section{Rows: []*Row{
+	s := &Section{Rows: []*row{
 		{Path: "sidecar", Values: map[string][]float64{colP99Added: {2, 3, 4}}},
 		{Path: "haproxy", Values: map[string][]float64{colP99Added: {-1, 0, 2}}},
 	}}

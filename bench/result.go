@@ -3,7 +3,10 @@ package bench
 import (
 	"fmt"
 	"math"
+	"os"
+	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -15,12 +18,12 @@ type Report struct {
 	Wall     time.Duration `json:"wall"`
 	Quick    bool          `json:"quick"`
 	Runs     int           `json:"runs"`
-	Machine  Machine       `json:"machine"`
+	Machine  machine       `json:"machine"`
 	Sections []*Section    `json:"sections"`
 }
 
-// Machine is what the numbers were measured on.
-type Machine struct {
+// machine is what the numbers were measured on.
+type machine struct {
 	Cores     int               `json:"cores"`
 	CPU       string            `json:"cpu"`
 	GoVersion string            `json:"go_version"`
@@ -42,24 +45,24 @@ type Section struct {
 	ID          string      `json:"id"`
 	Title       string      `json:"title"`
 	Description string      `json:"description"`
-	Columns     []Column    `json:"columns"`
-	Rows        []*Row      `json:"rows"`
-	Charts      []Chart     `json:"charts"`
-	Headlines   []*Headline `json:"headlines"`
+	Columns     []column    `json:"columns"`
+	Rows        []*row      `json:"rows"`
+	Charts      []chart     `json:"charts"`
+	Headlines   []*headline `json:"headlines"`
 	// NotMeasured, when set, says why the scenario has no numbers yet.
 	NotMeasured string `json:"not_measured,omitempty"`
 }
 
-// Column is one measured quantity.
-type Column struct {
+// column is one measured quantity.
+type column struct {
 	Key    string `json:"key"`
 	Header string `json:"header"`
 	// Digits after the decimal point when printed.
 	Digits int `json:"digits"`
 }
 
-// Row is one path's numbers: a value per run for each column.
-type Row struct {
+// row is one path's numbers: a value per run for each column.
+type row struct {
 	Path string `json:"path"`
 	// Note says why a row has no numbers ("pending: ...").
 	Note   string               `json:"note,omitempty"`
@@ -69,18 +72,18 @@ type Row struct {
 	Detail string `json:"detail,omitempty"`
 }
 
-// Chart draws one column's medians as bars, one per row with numbers.
-type Chart struct {
+// chart draws one column's medians as bars, one per row with numbers.
+type chart struct {
 	File   string `json:"file"`
 	Column string `json:"column"`
 	Title  string `json:"title"`
 	YLabel string `json:"y_label"`
 }
 
-// Headline is a ratio between two rows of one column, taken within each
+// headline is a ratio between two rows of one column, taken within each
 // run (so both sides saw the same machine at the same time) and then
 // summarised across runs.
-type Headline struct {
+type headline struct {
 	Text string `json:"text"`
 	// Values are the ratio per run, or for an absolute headline the value.
 	Values []float64 `json:"values"`
@@ -95,19 +98,19 @@ type Headline struct {
 	Digits int `json:"digits,omitempty"`
 }
 
-func (s *Section) row(path string) *Row {
+func (s *Section) row(path string) *row {
 	for _, r := range s.Rows {
 		if r.Path == path {
 			return r
 		}
 	}
-	r := &Row{Path: path, Values: map[string][]float64{}}
+	r := &row{Path: path, Values: map[string][]float64{}}
 	s.Rows = append(s.Rows, r)
 	return r
 }
 
 // add records one run's value of column for path.
-func (r *Row) add(column string, v float64) {
+func (r *row) add(column string, v float64) {
 	if r.Values == nil {
 		r.Values = map[string][]float64{}
 	}
@@ -115,8 +118,8 @@ func (r *Row) add(column string, v float64) {
 }
 
 // ratio adds a headline: column of path a over column of path b, run by run.
-func (s *Section) ratio(text, column, a, b string, target float64) *Headline {
-	h := &Headline{Text: text, Target: target}
+func (s *Section) ratio(text, column, a, b string, target float64) *headline {
+	h := &headline{Text: text, Target: target}
 	ra, rb := s.find(a), s.find(b)
 	switch {
 	case ra == nil || len(ra.Values[column]) == 0:
@@ -142,7 +145,7 @@ func (s *Section) ratio(text, column, a, b string, target float64) *Headline {
 
 // noteOf is the first word of a row's note ("pending", "unavailable",
 // "failed"); the table says the rest.
-func noteOf(r *Row) string {
+func noteOf(r *row) string {
 	if r == nil || r.Note == "" {
 		return ""
 	}
@@ -150,7 +153,7 @@ func noteOf(r *Row) string {
 	return " (" + status + ")"
 }
 
-func (s *Section) find(path string) *Row {
+func (s *Section) find(path string) *row {
 	for _, r := range s.Rows {
 		if r.Path == path {
 			return r
@@ -160,8 +163,8 @@ func (s *Section) find(path string) *Row {
 }
 
 // value adds an absolute headline: column of path, per run.
-func (s *Section) value(text, column, path string, target float64) *Headline {
-	h := &Headline{Text: text, Target: target}
+func (s *Section) value(text, column, path string, target float64) *headline {
+	h := &headline{Text: text, Target: target}
 	if r := s.find(path); r == nil || len(r.Values[column]) == 0 {
 		h.Note = path + " has no numbers" + noteOf(r)
 	} else {
@@ -171,13 +174,13 @@ func (s *Section) value(text, column, path string, target float64) *Headline {
 	return h
 }
 
-// Summary is the spread of a value over runs.
-type Summary struct{ Min, Median, Max float64 }
+// summary is the spread of a value over runs.
+type summary struct{ Min, Median, Max float64 }
 
-// Summarize returns min, median and max of vs; NaN for none.
-func Summarize(vs []float64) Summary {
+// summarize returns min, median and max of vs; NaN for none.
+func summarize(vs []float64) summary {
 	if len(vs) == 0 {
-		return Summary{math.NaN(), math.NaN(), math.NaN()}
+		return summary{math.NaN(), math.NaN(), math.NaN()}
 	}
 	s := slices.Clone(vs)
 	slices.Sort(s)
@@ -185,11 +188,11 @@ func Summarize(vs []float64) Summary {
 	if len(s)%2 == 0 {
 		med = (s[len(s)/2-1] + s[len(s)/2]) / 2
 	}
-	return Summary{s[0], med, s[len(s)-1]}
+	return summary{s[0], med, s[len(s)-1]}
 }
 
-// Format prints the median, and the range when the runs differ.
-func (s Summary) Format(digits int) string {
+// format prints the median, and the range when the runs differ.
+func (s summary) format(digits int) string {
 	if math.IsNaN(s.Median) {
 		return "–"
 	}
@@ -197,4 +200,31 @@ func (s Summary) Format(digits int) string {
 		return fmt.Sprintf("%.*f", digits, s.Median)
 	}
 	return fmt.Sprintf("%.*f [%.*f–%.*f]", digits, s.Median, digits, s.Min, digits, s.Max)
+}
+
+func thisMachine() machine {
+	m := machine{Cores: runtime.NumCPU(), GoVersion: runtime.Version(), OS: runtime.GOOS + "/" + runtime.GOARCH, LoadStart: loadAverage()}
+	if info, err := os.ReadFile("/proc/cpuinfo"); err == nil {
+		for line := range strings.Lines(string(info)) {
+			if k, v, ok := strings.Cut(line, ":"); ok && strings.TrimSpace(k) == "model name" {
+				m.CPU = strings.TrimSpace(v)
+				break
+			}
+		}
+	}
+	return m
+}
+
+// loadAverage is the 1-minute load average; 0 if unknown.
+func loadAverage() float64 {
+	b, err := os.ReadFile("/proc/loadavg")
+	if err != nil {
+		return 0
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		return 0
+	}
+	v, _ := strconv.ParseFloat(f[0], 64)
+	return v
 }

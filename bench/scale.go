@@ -10,12 +10,12 @@ import (
 	"time"
 )
 
-// ScaleConfig sizes scenario 5: for each size, a fresh control plane per
+// scaleConfig sizes scenario 5: for each size, a fresh control plane per
 // run against an API server holding that many Services, Clients simulated
 // proxyless clients (ClientsPerService on each watched Service), then
 // Changes endpoint changes at ChangesPerSecond.
-type ScaleConfig struct {
-	Sizes             []ScaleSize
+type scaleConfig struct {
+	Sizes             []scaleSize
 	ChangesPerSecond  float64
 	Changes           int
 	ClientsPerService int
@@ -28,12 +28,12 @@ type ScaleConfig struct {
 	LoneGap     time.Duration
 }
 
-// ScaleSize is one point of scenario 5.
-type ScaleSize struct {
+// scaleSize is one point of scenario 5.
+type scaleSize struct {
 	Services, Endpoints, Clients int
 }
 
-func (s ScaleSize) String() string {
+func (s scaleSize) String() string {
 	return fmt.Sprintf("%s svc × %d, %d clients", thousands(s.Services), s.Endpoints, s.Clients)
 }
 
@@ -66,7 +66,7 @@ const (
 	colLastCall  = "last_call_ms"
 )
 
-func scaleSection(c ScaleConfig) *Section {
+func scaleSection(c scaleConfig) *Section {
 	return &Section{
 		ID:    "control-plane-scale",
 		Title: "5. Control-plane scale",
@@ -92,7 +92,7 @@ func scaleSection(c ScaleConfig) *Section {
 			"and EDS to the subscribed ones; Ballast sends only the changed ClusterLoadAssignment, only to its subscribers.\n\n"+
 			"Targets (issue 4, at 1k Services × 10 endpoints and 100 clients): Ballast push p50 ≤ 10 ms, p99 ≤ 50 ms, memory ≤ 1/5 of istiod's.",
 			c.ClientsPerService, c.Changes, c.ChangesPerSecond, c.LoneChanges, c.LoneGap),
-		Columns: []Column{
+		Columns: []column{
 			{colReady, "ready s", 2}, {colSync, "synced ms", 0}, {colRetries, "streams retried", 0}, {colSyncCPU, "sync CPU s", 2},
 			{colPushP50, "push p50 ms", 1}, {colPushP99, "push p99 ms", 1}, {colPushMax, "push max ms", 1},
 			{colPushes, "pushes measured", 0}, {colMissed, "missed", 0},
@@ -100,7 +100,7 @@ func scaleSection(c ScaleConfig) *Section {
 			{colLoneP50, "lone change p50 ms", 1}, {colLoneMax, "lone change max ms", 1},
 			{colChurnCPU, "churn cores", 2}, {colRSS, "RSS MiB", 1}, {colAnon, "anon RSS MiB", 1},
 		},
-		Charts: []Chart{
+		Charts: []chart{
 			{File: "bench-cp-push-p99.png", Column: colPushP99, Title: "Endpoint change → client, p99", YLabel: "push latency p99 (ms)"},
 			{File: "bench-cp-push-p50.png", Column: colPushP50, Title: "Endpoint change → client, p50", YLabel: "push latency p50 (ms)"},
 			{File: "bench-cp-rss.png", Column: colRSS, Title: "Control-plane memory", YLabel: "RSS (MiB)"},
@@ -109,20 +109,20 @@ func scaleSection(c ScaleConfig) *Section {
 }
 
 // scaleRow names a control plane's row at a size.
-func scaleRow(cp ControlPlane, size ScaleSize) string {
+func scaleRow(cp controlPlane, size scaleSize) string {
 	return fmt.Sprintf("%s (%s)", cp.Name(), size)
 }
 
 // floorRow names the row of the API server's own watch latency at a size.
-func floorRow(size ScaleSize) string {
+func floorRow(size scaleSize) string {
 	return fmt.Sprintf("API server watch, floor (%s)", size)
 }
 
 // scaleHeadlines adds the targets of issue 4 (at the first size) and the
 // Ballast ÷ istiod ratios at every size.
-func scaleHeadlines(s *Section, sizes []ScaleSize) {
+func scaleHeadlines(s *Section, sizes []scaleSize) {
 	for i, size := range sizes {
-		ballast, istio := scaleRow(BallastControl(), size), scaleRow(Istiod(), size)
+		ballast, istio := scaleRow(ballastControl{}, size), scaleRow(istiod{}, size)
 		if i == 0 {
 			s.value(fmt.Sprintf("Ballast push p50 ms (%s)", size), colPushP50, ballast, 10).Top = true
 			s.value(fmt.Sprintf("Ballast push p99 ms (%s)", size), colPushP99, ballast, 50).Top = true
@@ -154,7 +154,7 @@ type scaleState struct {
 // control plane and records it in row (and the API server's own watch
 // latency in floorRow): the clients' initial sync, the churn, then a few
 // lone changes.
-func (b *Bench) measureScale(ctx context.Context, rc *runningControl, api *apiServer, c ScaleConfig, size ScaleSize, st *scaleState, row, floorRow *Row) error {
+func (b *Bench) measureScale(ctx context.Context, rc *runningControl, api *apiServer, c scaleConfig, size scaleSize, st *scaleState, row, floorRow *row) error {
 	watched := watchedServices(size.Clients, size.Services, c.ClientsPerService)
 	if st.seq+c.Changes+c.LoneChanges > maxScaleChanges {
 		return fmt.Errorf("change numbers would pass %d: fewer changes or runs", maxScaleChanges)
@@ -175,7 +175,7 @@ func (b *Bench) measureScale(ctx context.Context, rc *runningControl, api *apiSe
 	}
 	syncTime := time.Since(start)
 	syncRetries := cs.retries.Load()
-	atSync, err := TreeUsage(rc.proc.pid())
+	atSync, err := treeUsage(rc.proc.pid())
 	if err != nil {
 		return err
 	}
@@ -192,7 +192,7 @@ func (b *Bench) measureScale(ctx context.Context, rc *runningControl, api *apiSe
 	err = cs.drain(ctx, c.Drain, churn, floor)
 	busy := time.Since(churnStart)
 	stopWatch()
-	end, uerr := TreeUsage(rc.proc.pid())
+	end, uerr := treeUsage(rc.proc.pid())
 	peak := mem()
 	if err != nil {
 		return err
@@ -268,7 +268,7 @@ func (b *Bench) measureScale(ctx context.Context, rc *runningControl, api *apiSe
 // to every tracker.
 type clientSet struct {
 	control  *runningControl
-	size     ScaleSize
+	size     scaleSize
 	watched  int
 	trackers []*pushTracker
 
@@ -381,7 +381,7 @@ func (cs *clientSet) drain(ctx context.Context, timeout time.Duration, trackers 
 }
 
 // addPushes records one run's push latencies (sorted) and misses.
-func addPushes(row *Row, sorted []time.Duration, missed int) {
+func addPushes(row *row, sorted []time.Duration, missed int) {
 	row.add(colPushP50, ms(quantile(sorted, 0.50)))
 	row.add(colPushP99, ms(quantile(sorted, 0.99)))
 	row.add(colPushMax, ms(sorted[len(sorted)-1]))
@@ -393,7 +393,7 @@ func addPushes(row *Row, sorted []time.Duration, missed int) {
 // watched Services, in turn. A few writers send them, each owning a fixed
 // share of the Services, so one Service's changes reach the API server in
 // order while a slow write does not hold back the rate.
-func (b *Bench) churn(ctx context.Context, api *apiServer, c ScaleConfig, size ScaleSize, watched int, st *scaleState, trackers ...*pushTracker) (failed, written int) {
+func (b *Bench) churn(ctx context.Context, api *apiServer, c scaleConfig, size scaleSize, watched int, st *scaleState, trackers ...*pushTracker) (failed, written int) {
 	type change struct{ svc, seq int }
 	const writers = 4
 	queues := make([]chan change, writers)

@@ -7,43 +7,42 @@ import (
 	"math"
 	"slices"
 	"strings"
-	"sync"
 	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
 
-// BalanceConfig sizes scenario 1.
-type BalanceConfig struct {
+// balanceConfig sizes scenario 1.
+type balanceConfig struct {
 	// Calls per path per run, one at a time over one connection.
 	Calls int
 	Pods  int
-	Paths []Path
+	Paths []path
 }
 
-// DataPathConfig sizes scenario 2.
-type DataPathConfig struct {
+// dataPathConfig sizes scenario 2.
+type dataPathConfig struct {
 	// Calls per path per run, Concurrency at a time over one connection;
 	// Warmup calls go first in every run and are not measured.
 	Calls, Warmup, Concurrency int
 	Pods                       int
-	Paths                      []Path
+	Paths                      []path
 	// Stream sends messages on Concurrency long-lived bidirectional
 	// streams instead of unary calls; a "call" is one message round trip.
 	Stream bool
 }
 
-// LatencyConfig sizes scenario 3: two pods answer at once, a third holds
+// latencyConfig sizes scenario 3: two pods answer at once, a third holds
 // every call for SlowDelay. Each run measures Calls calls on a new
 // connection (cold: the balancer is still learning), keeps the load on for
 // Settle, then measures Calls more (warm: a long-lived client's steady
 // state).
-type LatencyConfig struct {
+type latencyConfig struct {
 	Calls, Concurrency int
 	SlowDelay          time.Duration
 	Settle             time.Duration
-	Paths              []Path
+	Paths              []path
 }
 
 const (
@@ -63,39 +62,39 @@ const (
 	colWarmSlow  = "warm_slow_share_pct"
 )
 
-// Balance is scenario 1: one client connection, calls one after another,
+// balance is scenario 1: one client connection, calls one after another,
 // through each path; how evenly the pods share them.
-func (b *Bench) Balance(ctx context.Context, c BalanceConfig) *Section {
+func (b *Bench) balance(ctx context.Context, c balanceConfig) *Section {
 	s := &Section{
 		ID:    "balance",
 		Title: "1. Balance",
 		Description: fmt.Sprintf("One client connection, %d calls one after another, %d pods. "+
 			"max/mean is the busiest pod's calls over the mean: 1.00 is even, %d.00 is one pod taking every call. "+
 			"Each run opens a new connection and warms it up (until every pod has answered, at most 100 calls) before counting.", c.Calls, c.Pods, c.Pods),
-		Columns: []Column{{colMaxMean, "max/mean", 2}, {colErrors, "errors", 0}},
-		Charts: []Chart{{File: "bench-balance.png", Column: colMaxMean, Title: "Balance over one connection",
+		Columns: []column{{colMaxMean, "max/mean", 2}, {colErrors, "errors", 0}},
+		Charts: []chart{{File: "bench-balance.png", Column: colMaxMean, Title: "Balance over one connection",
 			YLabel: "busiest pod / mean (1 = even)"}},
 	}
-	specs := make([]PodSpec, c.Pods)
+	specs := make([]podSpec, c.Pods)
 	for i := range specs {
-		specs[i] = PodSpec{Name: fmt.Sprintf("pod-%c", 'a'+i)}
+		specs[i] = podSpec{Name: fmt.Sprintf("pod-%c", 'a'+i)}
 	}
-	b.withPaths(ctx, s, specs, c.Paths, func(run int, o *opened, pods []*Pod) error {
+	b.withPaths(ctx, s, specs, c.Paths, func(run int, o *opened, pods []*pod) error {
 		conn, err := dial(o.route)
 		if err != nil {
 			return err
 		}
 		defer conn.Close()
 		warmUp(ctx, conn, len(pods))
-		res := Load{Calls: c.Calls, Concurrency: 1, Duration: 2 * time.Minute}.Run(ctx, conn)
+		res := load{Calls: c.Calls, Concurrency: 1, Duration: 2 * time.Minute}.Run(ctx, conn)
 		if err := res.failed(); err != nil {
 			return err
 		}
 		counts := withPods(res.Pods, podNames(pods))
-		o.row.add(colMaxMean, MaxMean(counts))
+		o.row.add(colMaxMean, maxMean(counts))
 		o.row.add(colErrors, float64(res.Errors))
 		o.row.Detail = "calls per pod (last run): " + formatCounts(counts)
-		b.progress("balance run %d/%d: %-18s max/mean %.2f (%s)", run, b.opts.Runs, o.path.Name(), MaxMean(counts), formatCounts(counts))
+		b.progress("balance run %d/%d: %-18s max/mean %.2f (%s)", run, b.opts.Runs, o.path.Name(), maxMean(counts), formatCounts(counts))
 		return nil
 	})
 	for _, r := range s.Rows {
@@ -107,9 +106,9 @@ func (b *Bench) Balance(ctx context.Context, c BalanceConfig) *Section {
 	return s
 }
 
-// DataPath is scenario 2: unary calls at fixed concurrency over one
+// dataPath is scenario 2: unary calls at fixed concurrency over one
 // connection through each path; what the proxy in between costs.
-func (b *Bench) DataPath(ctx context.Context, c DataPathConfig) *Section {
+func (b *Bench) dataPath(ctx context.Context, c dataPathConfig) *Section {
 	id, title, what, file, unit := "data-path", "2. Data-path cost (unary)", "unary calls", "bench-datapath", "unary call"
 	if c.Stream {
 		id, title, file, unit = "data-path-stream", "2b. Data-path cost (streaming)", "bench-datapath-stream", "stream message round trip"
@@ -124,22 +123,22 @@ func (b *Bench) DataPath(ctx context.Context, c DataPathConfig) *Section {
 			"\"p99 added\" is the path's p99 minus direct's in the same run. The client, the pods and the proxy share the machine's cores. "+
 			"The sidecar is the ballast-proxy binary, built static as a sidecar image holds it (without it, `ballast proxy`: the same data path in the full binary, about 50 MiB more RSS).",
 			c.Calls, what, c.Warmup, c.Concurrency, c.Pods),
-		Columns: []Column{
+		Columns: []column{
 			{colCPU, "proxy CPU µs/call", 1}, {colP50, "p50 ms", 3}, {colP99, "p99 ms", 3}, {colP999, "p99.9 ms", 3},
 			{colP99Added, "p99 added ms", 3}, {colRPS, "calls/s", 0}, {colRSSIdle, "RSS idle MiB", 1},
 			{colRSSLoad, "RSS load MiB", 1}, {colErrors, "errors", 0},
 		},
-		Charts: []Chart{
+		Charts: []chart{
 			{File: file + "-cpu.png", Column: colCPU, Title: "Proxy CPU per " + unit, YLabel: "µs of proxy CPU per call"},
 			{File: file + "-p99.png", Column: colP99, Title: fmt.Sprintf("p99 latency, %d in flight", c.Concurrency), YLabel: "p99 latency (ms)"},
 		},
 	}
-	specs := make([]PodSpec, c.Pods)
+	specs := make([]podSpec, c.Pods)
 	for i := range specs {
-		specs[i] = PodSpec{Name: fmt.Sprintf("pod-%c", 'a'+i)}
+		specs[i] = podSpec{Name: fmt.Sprintf("pod-%c", 'a'+i)}
 	}
 	directP99 := map[int]float64{} // run → direct's p99
-	b.withPaths(ctx, s, specs, c.Paths, func(run int, o *opened, _ []*Pod) error {
+	b.withPaths(ctx, s, specs, c.Paths, func(run int, o *opened, _ []*pod) error {
 		if o.conn == nil { // one connection for every run, as a long-lived client has
 			conn, err := dial(o.route)
 			if err != nil {
@@ -150,17 +149,17 @@ func (b *Bench) DataPath(ctx context.Context, c DataPathConfig) *Section {
 				return err
 			}
 			if o.route.Proxy != nil {
-				u, err := TreeUsage(o.route.Proxy.pid())
+				u, err := treeUsage(o.route.Proxy.pid())
 				if err != nil {
 					return err
 				}
 				o.idleRSS = u.RSS
 			}
 		}
-		Load{Calls: c.Warmup, Concurrency: c.Concurrency, Duration: time.Minute, Stream: c.Stream}.Run(ctx, o.conn)
+		load{Calls: c.Warmup, Concurrency: c.Concurrency, Duration: time.Minute, Stream: c.Stream}.Run(ctx, o.conn)
 
 		var tree []int
-		var before Usage
+		var before usage
 		if o.route.Proxy != nil {
 			var err error
 			if tree, err = processTree(o.route.Proxy.pid()); err != nil {
@@ -171,7 +170,7 @@ func (b *Bench) DataPath(ctx context.Context, c DataPathConfig) *Section {
 			}
 		}
 		peak := sampleRSS(ctx, tree)
-		res := Load{Calls: c.Calls, Concurrency: c.Concurrency, Duration: 2 * time.Minute, Stream: c.Stream}.Run(ctx, o.conn)
+		res := load{Calls: c.Calls, Concurrency: c.Concurrency, Duration: 2 * time.Minute, Stream: c.Stream}.Run(ctx, o.conn)
 		peakRSS := peak()
 		if err := res.failed(); err != nil {
 			return err
@@ -216,10 +215,10 @@ func (b *Bench) DataPath(ctx context.Context, c DataPathConfig) *Section {
 	return s
 }
 
-// Latency is scenario 3: one of three pods is slow; how much of the load
+// latency is scenario 3: one of three pods is slow; how much of the load
 // each policy still sends it, and what that does to the tail, both while
 // the balancer is learning and once it has settled.
-func (b *Bench) Latency(ctx context.Context, c LatencyConfig) *Section {
+func (b *Bench) latency(ctx context.Context, c latencyConfig) *Section {
 	s := &Section{
 		ID:    "latency-aware",
 		Title: "3. Latency-aware balancing",
@@ -228,34 +227,34 @@ func (b *Bench) Latency(ctx context.Context, c LatencyConfig) *Section {
 			"then measures %d more (\"warm\": a long-lived client's steady state). "+
 			"Target: peak-EWMA's p99 ≤ 1/4 of round_robin's; since every call to pod-slow takes at least %[1]s, "+
 			"p99 can only fall below that when under 1%% of calls go to it.", c.SlowDelay, c.Concurrency, c.Calls, c.Settle, c.Calls),
-		Columns: []Column{
+		Columns: []column{
 			{colP50, "cold p50 ms", 3}, {colP99, "cold p99 ms", 3}, {colSlowShare, "cold slow share %", 1},
 			{colWarmP50, "warm p50 ms", 3}, {colWarmP99, "warm p99 ms", 3}, {colWarmSlow, "warm slow share %", 1},
 			{colRPS, "warm calls/s", 0}, {colErrors, "errors", 0},
 		},
-		Charts: []Chart{
+		Charts: []chart{
 			{File: "bench-latency-warm.png", Column: colWarmP99, Title: fmt.Sprintf("Warm p99 with one pod %s slower", c.SlowDelay),
 				YLabel: "p99 latency (ms)"},
 			{File: "bench-latency-cold.png", Column: colP99, Title: fmt.Sprintf("Cold p99 with one pod %s slower", c.SlowDelay),
 				YLabel: "p99 latency (ms)"},
 		},
 	}
-	specs := []PodSpec{{Name: "pod-a"}, {Name: "pod-b"}, {Name: "pod-slow", Delay: c.SlowDelay}}
-	b.withPaths(ctx, s, specs, c.Paths, func(run int, o *opened, pods []*Pod) error {
+	specs := []podSpec{{Name: "pod-a"}, {Name: "pod-b"}, {Name: "pod-slow", Delay: c.SlowDelay}}
+	b.withPaths(ctx, s, specs, c.Paths, func(run int, o *opened, pods []*pod) error {
 		conn, err := dial(o.route)
 		if err != nil {
 			return err
 		}
 		defer conn.Close()
-		load := Load{Calls: c.Calls, Concurrency: c.Concurrency, Duration: 2 * time.Minute}
-		cold := load.Run(ctx, conn)
+		measured := load{Calls: c.Calls, Concurrency: c.Concurrency, Duration: 2 * time.Minute}
+		cold := measured.Run(ctx, conn)
 		if err := cold.failed(); err != nil {
 			return err
 		}
 		if c.Settle > 0 {
-			Load{Calls: math.MaxInt32, Concurrency: c.Concurrency, Duration: c.Settle}.Run(ctx, conn)
+			load{Calls: math.MaxInt32, Concurrency: c.Concurrency, Duration: c.Settle}.Run(ctx, conn)
 		}
-		warm := load.Run(ctx, conn)
+		warm := measured.Run(ctx, conn)
 		if err := warm.failed(); err != nil {
 			return err
 		}
@@ -263,15 +262,15 @@ func (b *Bench) Latency(ctx context.Context, c LatencyConfig) *Section {
 		warmCounts := withPods(warm.Pods, podNames(pods))
 		o.row.add(colP50, ms(cold.Quantile(0.50)))
 		o.row.add(colP99, ms(cold.Quantile(0.99)))
-		o.row.add(colSlowShare, 100*Share(coldCounts, "pod-slow"))
+		o.row.add(colSlowShare, 100*share(coldCounts, "pod-slow"))
 		o.row.add(colWarmP50, ms(warm.Quantile(0.50)))
 		o.row.add(colWarmP99, ms(warm.Quantile(0.99)))
-		o.row.add(colWarmSlow, 100*Share(warmCounts, "pod-slow"))
+		o.row.add(colWarmSlow, 100*share(warmCounts, "pod-slow"))
 		o.row.add(colRPS, warm.Throughput())
 		o.row.add(colErrors, float64(cold.Errors+warm.Errors))
 		o.row.Detail = "warm calls per pod (last run): " + formatCounts(warmCounts)
 		b.progress("latency run %d/%d: %-18s cold p99 %.3f ms, slow pod %.1f%%; warm p99 %.3f ms, slow pod %.1f%%", run, b.opts.Runs,
-			o.path.Name(), ms(cold.Quantile(0.99)), 100*Share(coldCounts, "pod-slow"), ms(warm.Quantile(0.99)), 100*Share(warmCounts, "pod-slow"))
+			o.path.Name(), ms(cold.Quantile(0.99)), 100*share(coldCounts, "pod-slow"), ms(warm.Quantile(0.99)), 100*share(warmCounts, "pod-slow"))
 		return nil
 	})
 	s.ratio("ballast_peak_ewma warm p99 ÷ round_robin's", colWarmP99, "ballast_peak_ewma", "round_robin", 0.25).Top = true
@@ -284,9 +283,9 @@ func (b *Bench) Latency(ctx context.Context, c LatencyConfig) *Section {
 
 // opened is a path in front of the scenario's pods.
 type opened struct {
-	path    Path
-	row     *Row
-	route   *Route
+	path    path
+	row     *row
+	route   *route
 	conn    *grpc.ClientConn // kept across runs when the scenario wants it
 	idleRSS int64
 }
@@ -295,8 +294,8 @@ type opened struct {
 // gets a note in its row), then calls measure for each open path in each
 // run, paths interleaved so every run sees all of them under the same
 // conditions. Everything started is stopped before it returns.
-func (b *Bench) withPaths(ctx context.Context, s *Section, specs []PodSpec, paths []Path,
-	measure func(run int, o *opened, pods []*Pod) error) {
+func (b *Bench) withPaths(ctx context.Context, s *Section, specs []podSpec, paths []path,
+	measure func(run int, o *opened, pods []*pod) error) {
 	for _, p := range paths {
 		s.row(p.Name())
 	}
@@ -343,7 +342,7 @@ func (b *Bench) withPaths(ctx context.Context, s *Section, specs []PodSpec, path
 	}
 }
 
-func dial(r *Route) (*grpc.ClientConn, error) {
+func dial(r *route) (*grpc.ClientConn, error) {
 	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, r.DialOptions...)
 	conn, err := grpc.NewClient(r.Target, opts...)
 	if err != nil {
@@ -359,7 +358,7 @@ func dial(r *Route) (*grpc.ClientConn, error) {
 func warmUp(ctx context.Context, conn *grpc.ClientConn, pods int) {
 	seen := map[string]bool{}
 	for done := 0; done < 100 && len(seen) < pods && ctx.Err() == nil; done += 5 {
-		res := Load{Calls: 5, Concurrency: 1, Duration: 10 * time.Second}.Run(ctx, conn)
+		res := load{Calls: 5, Concurrency: 1, Duration: 10 * time.Second}.Run(ctx, conn)
 		for pod := range res.Pods {
 			seen[pod] = true
 		}
@@ -369,43 +368,11 @@ func warmUp(ctx context.Context, conn *grpc.ClientConn, pods int) {
 // waitConn makes one call, so the connection (and the proxy's upstream
 // side) is up before anything is measured.
 func waitConn(ctx context.Context, conn *grpc.ClientConn) error {
-	res := Load{Calls: 1, Concurrency: 1, Duration: 10 * time.Second}.Run(ctx, conn)
+	res := load{Calls: 1, Concurrency: 1, Duration: 10 * time.Second}.Run(ctx, conn)
 	if res.Errors > 0 || res.Calls == 0 {
 		return fmt.Errorf("first call through %s failed: %s", conn.Target(), res.LastError)
 	}
 	return nil
-}
-
-// sampleRSS samples the RSS of pids every 100 ms until the returned
-// function is called, which returns the highest seen.
-func sampleRSS(ctx context.Context, pids []int) func() int64 {
-	if len(pids) == 0 {
-		return func() int64 { return 0 }
-	}
-	ctx, cancel := context.WithCancel(ctx)
-	var (
-		wg   sync.WaitGroup
-		peak int64
-	)
-	wg.Go(func() {
-		t := time.NewTicker(100 * time.Millisecond)
-		defer t.Stop()
-		for {
-			if u, err := usageOf(pids); err == nil {
-				peak = max(peak, u.RSS)
-			}
-			select {
-			case <-ctx.Done():
-				return
-			case <-t.C:
-			}
-		}
-	})
-	return func() int64 {
-		cancel()
-		wg.Wait()
-		return peak
-	}
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

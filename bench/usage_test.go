@@ -63,9 +63,9 @@ func TestProcRSS(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, err := procRSS([]byte(tt.status))
+			got, err := statusKB([]byte(tt.status), "VmRSS")
 			if (err != nil) != tt.wantErr || got != tt.want {
-				t.Errorf("procRSS = %d, %v; want %d, error %v", got, err, tt.want, tt.wantErr)
+				t.Errorf("statusKB = %d, %v; want %d, error %v", got, err, tt.want, tt.wantErr)
 			}
 		})
 	}
@@ -81,17 +81,39 @@ func TestTreeUsageOfThisProcess(t *testing.T) {
 	if len(tree) == 0 || tree[0] != os.Getpid() {
 		t.Fatalf("tree %v does not start with this process %d", tree, os.Getpid())
 	}
-	u, err := TreeUsage(os.Getpid())
+	u, err := treeUsage(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
 	if u.RSS <= 0 {
 		t.Errorf("RSS %d, want > 0", u.RSS)
 	}
-	if _, err := TreeUsage(1 << 30); err == nil {
+	if _, err := treeUsage(1 << 30); err == nil {
 		t.Error("usage of a pid that cannot exist: no error")
 	}
 	if slices.Contains(tree, 1) && os.Getpid() != 1 {
 		t.Errorf("tree of this process %v holds init", tree)
+	}
+}
+
+func TestStatusKB(t *testing.T) {
+	status := []byte("Name:\tballast\nVmRSS:\t   67608 kB\nRssAnon:\t   11384 kB\nRssFile:\t   56224 kB\n")
+	tests := []struct {
+		field   string
+		want    int64
+		wantErr bool
+	}{
+		{"VmRSS", 67608 << 10, false},
+		{"RssAnon", 11384 << 10, false},
+		{"VmSwap", 0, false}, // missing reads as 0
+	}
+	for _, tt := range tests {
+		got, err := statusKB(status, tt.field)
+		if got != tt.want || (err != nil) != tt.wantErr {
+			t.Errorf("%s: %d, %v; want %d", tt.field, got, err, tt.want)
+		}
+	}
+	if _, err := statusKB([]byte("VmRSS:\t12 MB\n"), "VmRSS"); err == nil || !strings.Contains(err.Error(), "VmRSS") {
+		t.Errorf("bad unit: error %v, want one naming VmRSS", err)
 	}
 }

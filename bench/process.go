@@ -1,0 +1,146 @@
+package bench
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"net"
+	"net/netip"
+	"os/exec"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// freePort asks the kernel for a free port on ip.
+func freePort(ip netip.Addr) (netip.AddrPort, error) {
+	lis, err := net.Listen("tcp", netip.AddrPortFrom(ip, 0).String())
+	if err != nil {
+		return netip.AddrPort{}, fmt.Errorf("find a free port on %s: %w", ip, err)
+	}
+	defer lis.Close()
+	return netip.MustParseAddrPort(lis.Addr().String()), nil
+}
+
+// onFreePorts starts a child process on n free ports of ip (start) and
+// waits until it serves (ready). A port the kernel picked can be taken by
+// someone else before the child binds it, so a child that exits before it
+// is ready is tried again on other ports, three tries in all; one that
+// runs but never serves is not (another port will not help). A child that
+// never became ready is stopped.
+func onFreePorts(ip netip.Addr, n int, start func(ports []netip.AddrPort) (*process, error), ready func(*process, []netip.AddrPort) error) (*process, []netip.AddrPort, error) {
+	var lastErr error
+	for range 3 {
+		ports := make([]netip.AddrPort, n)
+		for i := range ports {
+			var err error
+			if ports[i], err = freePort(ip); err != nil {
+				return nil, nil, err
+			}
+		}
+		proc, err := start(ports)
+		if err != nil {
+			return nil, nil, err
+		}
+		if lastErr = ready(proc, ports); lastErr == nil {
+			return proc, ports, nil
+		}
+		proc.stop()
+		if !errors.Is(lastErr, errExited) {
+			break
+		}
+	}
+	return nil, nil, lastErr
+}
+
+// process is a child the benchmark started and must stop: it runs in its
+// own process group, so stop reaches its children too (nginx's worker),
+// and it is killed if the benchmark dies.
+type process struct {
+	name   string
+	cmd    *exec.Cmd
+	out    *syncBuffer
+	exited chan struct{}
+	err    error
+}
+
+func startProcess(cmd *exec.Cmd, name string) (*process, error) {
+	out := &syncBuffer{}
+	cmd.Stdout = out
+	cmd.Stderr = out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+	if err := cmd.Start(); err != nil {
+		return nil, fmt.Errorf("start %s: %w", name, err)
+	}
+	p := &process{name: name, cmd: cmd, out: out, exited: make(chan struct{})}
+	go func() {
+		p.err = cmd.Wait()
+		close(p.exited)
+	}()
+	return p, nil
+}
+
+func (p *process) pid() int { return p.cmd.Process.Pid }
+
+func (p *process) output() string { return p.out.String() }
+
+// tail is the end of the process's output, for an error message.
+func (p *process) tail() string {
+	out := strings.TrimSpace(p.output())
+	if r := []rune(out); len(r) > 600 {
+		return "…" + string(r[len(r)-600:])
+	}
+	if out == "" {
+		return "(none)"
+	}
+	return out
+}
+
+// errExited says a child process ended before it was ready, which is
+// worth a retry on another port; a child that runs but never serves is not.
+var errExited = errors.New("exited")
+
+// stop asks the process group to terminate, and kills it if it has not
+// within five seconds.
+func (p *process) stop() {
+	pgid := p.cmd.Process.Pid
+	select {
+	case <-p.exited:
+		syscall.Kill(-pgid, syscall.SIGKILL) // any child it left behind
+		return
+	default:
+	}
+	syscall.Kill(-pgid, syscall.SIGTERM)
+	t := time.NewTimer(5 * time.Second)
+	defer t.Stop()
+	select {
+	case <-p.exited:
+	case <-t.C:
+	}
+	syscall.Kill(-pgid, syscall.SIGKILL)
+	<-p.exited
+}
+
+// syncBuffer keeps a child's output for error messages, bounded to its
+// last 64 KiB.
+type syncBuffer struct {
+	mu  sync.Mutex
+	buf bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	b.buf.Write(p)
+	if over := b.buf.Len() - 64<<10; over > 0 {
+		b.buf.Next(over)
+	}
+	return len(p), nil
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.buf.String()
+}
