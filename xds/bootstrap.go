@@ -5,14 +5,13 @@ import (
 	"fmt"
 	"net"
 	"strings"
+
+	"github.com/ballast-dev/ballast/xds/node"
 )
 
 // BootstrapEnv is the variable gRPC's xDS client reads the bootstrap file
 // path from.
 const BootstrapEnv = "GRPC_XDS_BOOTSTRAP"
-
-// NodeIDPrefix starts the node id of every Ballast-bootstrapped client.
-const NodeIDPrefix = "ballast~"
 
 // Bootstrap describes one client pod, from which the GRPC_XDS_BOOTSTRAP
 // file is written.
@@ -20,7 +19,7 @@ type Bootstrap struct {
 	// Server is the control plane's host:port, e.g.
 	// ballast-control.ballast-system.svc:15010.
 	Server string
-	// Pod and Namespace name the client; the node id is
+	// Pod and Namespace name the client; the node id is node.ID's,
 	// ballast~<pod>.<namespace>, which CSDS and logs show.
 	Pod       string
 	Namespace string
@@ -38,14 +37,20 @@ func (b Bootstrap) NodeID() string {
 	if b.ID != "" {
 		return b.ID
 	}
-	return NodeIDPrefix + b.Pod + "." + b.Namespace
+	return node.ID(b.Pod, b.Namespace)
 }
 
 // bootstrapJSON is the subset of gRPC's bootstrap format (gRFC A27) that
-// Ballast writes.
+// Ballast writes: what the strictest parser needs, which every other one
+// accepts (bootstrap_test.go runs each that runs here). grpc-js refuses a
+// node without a locality, so one is always written, empty without a zone.
+// The listener name template is written as every parser defaults it ("%s",
+// the target's authority and path as the Listener name), so a parser that
+// reads it under federation finds it.
 type bootstrapJSON struct {
-	XDSServers []xdsServerJSON `json:"xds_servers"`
-	Node       nodeJSON        `json:"node"`
+	XDSServers               []xdsServerJSON `json:"xds_servers"`
+	Node                     nodeJSON        `json:"node"`
+	ClientListenerNameFormat string          `json:"client_default_listener_resource_name_template"`
 }
 
 type xdsServerJSON struct {
@@ -60,12 +65,12 @@ type channelCredJSON struct {
 
 type nodeJSON struct {
 	ID       string            `json:"id"`
-	Locality *localityJSON     `json:"locality,omitempty"`
+	Locality localityJSON      `json:"locality"`
 	Metadata map[string]string `json:"metadata,omitempty"`
 }
 
 type localityJSON struct {
-	Zone string `json:"zone"`
+	Zone string `json:"zone,omitempty"`
 }
 
 // JSON renders the bootstrap file. It fails, naming the field, when the
@@ -89,10 +94,8 @@ func (b Bootstrap) JSON() ([]byte, error) {
 			ChannelCreds:   []channelCredJSON{{Type: "insecure"}},
 			ServerFeatures: []string{"xds_v3"},
 		}},
-		Node: nodeJSON{ID: b.NodeID(), Metadata: b.Metadata},
-	}
-	if b.Zone != "" {
-		out.Node.Locality = &localityJSON{Zone: b.Zone}
+		Node:                     nodeJSON{ID: b.NodeID(), Locality: localityJSON{Zone: b.Zone}, Metadata: b.Metadata},
+		ClientListenerNameFormat: "%s",
 	}
 	data, err := json.MarshalIndent(out, "", "  ")
 	if err != nil {

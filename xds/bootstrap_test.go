@@ -51,6 +51,13 @@ func TestBootstrap(t *testing.T) {
 			if err := json.Unmarshal(data, &got); err != nil {
 				t.Fatal(err)
 			}
+			// grpc-js refuses a node without a locality, zone or not.
+			var raw struct {
+				Node map[string]json.RawMessage `json:"node"`
+			}
+			if err := json.Unmarshal(data, &raw); err != nil || raw.Node["locality"] == nil {
+				t.Fatalf("node has no locality: %s", data)
+			}
 			wantID := "ballast~" + tt.b.Pod + "." + tt.b.Namespace
 			if tt.b.ID != "" {
 				wantID = tt.b.ID

@@ -22,7 +22,9 @@ func newBootstrapCmd() *cobra.Command {
 		Use:   "bootstrap",
 		Short: "Write the GRPC_XDS_BOOTSTRAP file that points a pod's gRPC clients at ballast control",
 		Long: `Writes the xDS bootstrap JSON for this pod: the control plane's address, a node id
-ballast~<pod>.<namespace>, the pod's zone and metadata. Run it as an init container
+ballast~<pod>.<namespace>, the pod's zone and metadata, in a form grpc-go, grpc-js
+and C-core (Python, C++, …) all accept, with or without a zone (docs/languages.md).
+Run it as an init container
 writing to a shared volume, and set GRPC_XDS_BOOTSTRAP to that path in the app
 container. --pod, --namespace and --zone default to $POD_NAME, $POD_NAMESPACE and
 $ZONE (set them with the downward API).`,

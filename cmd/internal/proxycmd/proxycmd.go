@@ -28,6 +28,7 @@ import (
 
 	"github.com/ballast-dev/ballast/proxy"
 	"github.com/ballast-dev/ballast/proxy/iptables"
+	"github.com/ballast-dev/ballast/xds/node"
 )
 
 // proxyConfig is `ballast proxy`'s flags, validated into one value.
@@ -112,7 +113,7 @@ so callers move to other pods), lets in-flight calls finish for up to
 	f.StringArrayVar(&c.outbound, "outbound", nil, "explicit listener ADDR=TARGET (repeatable)")
 	f.StringArrayVar(&c.services, "service", nil, "transparent mode: a Service's CLUSTERIP:PORT=name.namespace:port (repeatable)")
 	f.StringVar(&c.xdsAddress, "xds-address", "", "control plane host:port that resolves xds:/// targets (name.namespace:port); without it, the one in $GRPC_XDS_BOOTSTRAP(_CONFIG)")
-	f.StringVar(&c.nodeID, "node-id", "", "xDS node id (default ballast-proxy~$POD_NAMESPACE~$POD_NAME)")
+	f.StringVar(&c.nodeID, "node-id", "", "xDS node id (default ballast~$POD_NAME.$POD_NAMESPACE, as ballast bootstrap writes)")
 	f.StringVar(&c.admin, "admin-address", ":15021", "address of /ready and /metrics")
 	f.IntVar(&c.maxMessage, "max-message-bytes", proxy.DefaultMaxMessageBytes, "largest message forwarded in either direction")
 	f.DurationVar(&c.sniffTimeout, "sniff-timeout", proxy.DefaultSniffTimeout, "how long to wait for an HTTP/2 preface before passing a connection through")
@@ -147,7 +148,7 @@ func runProxy(ctx context.Context, c proxyConfig, sources []Source) error {
 		c.transparent = "127.0.0.1:15001"
 	}
 	if c.nodeID == "" {
-		c.nodeID = fmt.Sprintf("ballast-proxy~%s~%s", os.Getenv("POD_NAMESPACE"), cmp.Or(os.Getenv("POD_NAME"), hostname()))
+		c.nodeID = node.ID(cmp.Or(os.Getenv("POD_NAME"), hostname()), os.Getenv("POD_NAMESPACE"))
 	}
 	services := proxy.StaticDestinations{}
 	for _, s := range c.services {
