@@ -2,8 +2,10 @@
 # Installs the system packages the dev cluster (devcluster/) needs and that a
 # fresh Debian machine may lack: iptables (ClusterIP DNAT inside the harness's
 # own network namespace), iproute2 (ip netns, veth), util-linux (setpriv, for
-# runAsUser), and nginx and haproxy
-# (the peers of ballast bench). Idempotent: installs
+# runAsUser), nginx and haproxy (the peers of ballast bench), and
+# python3-grpcio (Debian's gRPC Python on C-core: the Python client of the
+# language matrix, interop/python, run by Debian's /usr/bin/python3).
+# Idempotent: installs
 # only what is missing, and does nothing when everything is present.
 set -euo pipefail
 missing=()
@@ -14,6 +16,7 @@ command -v setpriv >/dev/null 2>&1 || missing+=(util-linux)
 # The benchmark's peers; their tests check the configs ballast bench renders.
 command -v nginx >/dev/null 2>&1 || missing+=(nginx)
 command -v haproxy >/dev/null 2>&1 || missing+=(haproxy)
+/usr/bin/python3 -c 'import grpc' >/dev/null 2>&1 || missing+=(python3-grpcio)
 if ((${#missing[@]} == 0)); then
   exit 0
 fi

@@ -1,10 +1,11 @@
-// Package greetertest runs real greeter servers on 127.0.0.1 for tests of the
+// Package greetertest runs real greeter servers on loopback for tests of the
 // parts that balance calls between them, as net/http/httptest does for HTTP:
 // each Pod counts the calls it answered and the connections open to it, so a
 // test can wait for a client to let go of a pod instead of sleeping.
 package greetertest
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"net"
@@ -24,6 +25,10 @@ import (
 type Options struct {
 	// Delay is added to every call on the server side, to make a slow pod.
 	Delay time.Duration
+	// Host is the loopback address to listen on; empty means 127.0.0.1.
+	// Pods on addresses of their own (127.0.0.2, …) tell apart in a
+	// client's endpoint list as pods do in a cluster.
+	Host string
 }
 
 // Pod is one greeter serving on a 127.0.0.1 port chosen by the kernel.
@@ -38,7 +43,7 @@ type Pod struct {
 // Start serves a greeter named name until the test ends.
 func Start(t testing.TB, name string, opts Options) *Pod {
 	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	lis, err := net.Listen("tcp", net.JoinHostPort(cmp.Or(opts.Host, "127.0.0.1"), "0"))
 	if err != nil {
 		t.Fatalf("greetertest: listen: %v", err)
 	}

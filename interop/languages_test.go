@@ -1,0 +1,285 @@
+package interop
+
+import (
+	"bufio"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"slices"
+	"syscall"
+	"testing"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ballast-dev/ballast/discovery/files"
+	"github.com/ballast-dev/ballast/greeter/greetertest"
+	"github.com/ballast-dev/ballast/xds"
+)
+
+// services are the matrix's Services, by the policy their lb-policy
+// annotation asks for ("" for none: round_robin).
+var services = []struct{ name, policy string }{
+	{"greeter", ""},
+	{"lr", "least_request"},
+	{"ewma", "peak_ewma"},
+}
+
+func target(service string) string { return "xds:///" + service + ".default:50051" }
+
+// mesh is one language's world: greeter pods on loopback addresses of
+// their own, the YAML folder that lists them, and `ballast control --files`
+// serving it.
+type mesh struct {
+	t    *testing.T
+	dir  string
+	pods map[string]*greetertest.Pod // every pod started, listed or not
+	// listed are the pods of each Service in the files now.
+	listed map[string][]string
+	addr   string // the control plane's xDS address, kept across restarts
+	stop   func()
+}
+
+func newMesh(t *testing.T) *mesh {
+	m := &mesh{t: t, dir: t.TempDir(), pods: map[string]*greetertest.Pod{}, listed: map[string][]string{}}
+	host := 10
+	for _, s := range services {
+		for i := range 3 {
+			name := fmt.Sprintf("%s-%d", s.name, i)
+			m.pods[name] = greetertest.Start(t, name, greetertest.Options{Host: fmt.Sprintf("127.0.0.%d", host)})
+			host++
+			m.listed[s.name] = append(m.listed[s.name], name)
+		}
+	}
+	m.write()
+	m.startControl("127.0.0.1:0")
+	t.Cleanup(func() { m.stop() })
+	return m
+}
+
+// addPod starts a pod of service and lists it.
+func (m *mesh) addPod(service, name string) {
+	m.pods[name] = greetertest.Start(m.t, name, greetertest.Options{Host: fmt.Sprintf("127.0.0.%d", 10+len(m.pods))})
+	m.listed[service] = append(m.listed[service], name)
+	m.write()
+}
+
+// unlistPod takes name out of service's EndpointSlice; the pod keeps
+// serving, so only the client's config can stop its calls.
+func (m *mesh) unlistPod(service, name string) {
+	m.listed[service] = slices.DeleteFunc(m.listed[service], func(p string) bool { return p == name })
+	m.write()
+}
+
+// write renders the folder through a rename, as a ConfigMap update lands.
+func (m *mesh) write() {
+	m.t.Helper()
+	var all []byte
+	for _, s := range services {
+		svc := &corev1.Service{
+			ObjectMeta: metav1.ObjectMeta{Name: s.name, Namespace: "default"},
+			Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "grpc", Port: 50051}}},
+		}
+		if s.policy != "" {
+			svc.Annotations = map[string]string{"ballast.dev/lb-policy": s.policy}
+		}
+		var pods []files.Pod
+		for _, name := range m.listed[s.name] {
+			pods = append(pods, files.Pod{Name: name, Addr: m.pods[name].Addr})
+		}
+		doc, err := files.Manifest(svc, "grpc", pods)
+		if err != nil {
+			m.t.Fatal(err)
+		}
+		all = append(all, doc...)
+	}
+	tmp := filepath.Join(m.dir, ".services.yaml.tmp")
+	if err := os.WriteFile(tmp, all, 0o644); err != nil {
+		m.t.Fatal(err)
+	}
+	if err := os.Rename(tmp, filepath.Join(m.dir, "services.yaml")); err != nil {
+		m.t.Fatal(err)
+	}
+}
+
+// startControl runs `ballast-control --files` on addr until stop.
+func (m *mesh) startControl(addr string) {
+	m.t.Helper()
+	cmd := exec.Command(controlBinary, "--files", m.dir, "--xds-address", addr, "--http-address", "127.0.0.1:0", "--log-level", "info")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		m.t.Fatal(err)
+	}
+	// The log line `msg=serving xds=ADDR` says it listens; the rest of its
+	// log is kept for a failure's report.
+	served := make(chan string, 1)
+	log := &syncBuffer{}
+	copied := make(chan struct{})
+	go func() {
+		defer close(copied)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			line := sc.Text()
+			log.Write([]byte(line + "\n"))
+			if sm := servingLine.FindStringSubmatch(line); sm != nil {
+				served <- sm[1]
+			}
+		}
+	}()
+	stop := func() error {
+		cmd.Process.Signal(syscall.SIGTERM)
+		<-copied
+		return cmd.Wait()
+	}
+	select {
+	case a := <-served:
+		m.addr = a
+	case <-copied:
+		m.t.Fatalf("ballast-control on %s exited: %v\n%s", addr, cmd.Wait(), log.String())
+	case <-time.After(30 * time.Second):
+		stop()
+		m.t.Fatalf("ballast-control never served\n%s", log.String())
+	}
+	m.stop = func() {
+		m.stop = func() {}
+		if err := stop(); err != nil {
+			m.t.Errorf("ballast-control: %v\n%s", err, log.String())
+		}
+	}
+}
+
+var servingLine = regexp.MustCompile(`msg=serving xds=(\S+)`)
+
+// controlBinary is ballast-control built by TestMain.
+var controlBinary string
+
+// bootstrap writes what `ballast bootstrap --pod client --namespace default`
+// writes, with no zone: the case grpc-js once refused.
+func (m *mesh) bootstrap() string {
+	m.t.Helper()
+	data, err := xds.Bootstrap{Server: m.addr, Pod: "client", Namespace: "default"}.JSON()
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	path := filepath.Join(m.t.TempDir(), "bootstrap.json")
+	if err := os.WriteFile(path, data, 0o644); err != nil {
+		m.t.Fatal(err)
+	}
+	return path
+}
+
+// until makes batches of calls to target until done accepts one, failing
+// on any failed call or at the deadline.
+func until(t *testing.T, c client, tgt string, size int, what string, done func(batch) bool) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		b := c.calls(t, tgt, size)
+		if b.Errors > 0 {
+			t.Fatalf("%s: %d of %d calls failed, first: %s", what, b.Errors, b.total(), b.FirstError)
+		}
+		if done(b) {
+			return
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("%s: not seen in 30s; last batch %v", what, b.Pods)
+		}
+	}
+}
+
+// spread makes n calls once every listed pod of service answers, and
+// returns their max/mean over those pods.
+func spread(t *testing.T, c client, m *mesh, service string, n int) (batch, float64) {
+	t.Helper()
+	seen := map[string]bool{}
+	until(t, c, target(service), 10, service+": every pod answering", func(b batch) bool {
+		for p := range b.Pods {
+			seen[p] = true
+		}
+		for _, p := range m.listed[service] {
+			if !seen[p] {
+				return false
+			}
+		}
+		return true
+	})
+	b := c.calls(t, target(service), n)
+	if b.Errors > 0 {
+		t.Fatalf("%s: %d of %d calls failed, first: %s", service, b.Errors, n, b.FirstError)
+	}
+	for p := range b.Pods {
+		if !slices.Contains(m.listed[service], p) {
+			t.Fatalf("%s: calls reached %s, which is not listed: %v", service, p, b.Pods)
+		}
+	}
+	most := 0
+	for _, p := range m.listed[service] {
+		most = max(most, b.Pods[p])
+	}
+	return b, float64(most) / (float64(n) / float64(len(m.listed[service])))
+}
+
+func TestLanguages(t *testing.T) {
+	ran(t.Name())
+	for _, lang := range languages {
+		t.Run(lang.name, func(t *testing.T) {
+			m := newMesh(t)
+			c, versions := lang.start(t, m.bootstrap())
+			record(lang.name, versions)
+
+			t.Run("balance", func(t *testing.T) {
+				b, ratio := spread(t, c, m, "greeter", 300)
+				t.Logf("300 calls: %v, max/mean %.2f", b.Pods, ratio)
+				if ratio > 1.05 {
+					t.Fatalf("max/mean %.2f > 1.05: %v", ratio, b.Pods)
+				}
+				pass(lang.name, "balance")
+			})
+			for _, s := range services[1:] {
+				t.Run("policy "+s.policy, func(t *testing.T) {
+					// The client runs the first policy of the Cluster's list it
+					// has; each list ends in round_robin. least_request picks
+					// between two random pods, so the bound is looser.
+					b, ratio := spread(t, c, m, s.name, 300)
+					t.Logf("300 calls: %v, max/mean %.2f", b.Pods, ratio)
+					if ratio > 1.5 {
+						t.Fatalf("max/mean %.2f > 1.5: %v", ratio, b.Pods)
+					}
+					pass(lang.name, "policy "+s.policy)
+				})
+			}
+			t.Run("scale-up", func(t *testing.T) {
+				m.addPod("greeter", "greeter-3")
+				until(t, c, target("greeter"), 20, "calls on the added pod", func(b batch) bool { return b.Pods["greeter-3"] > 0 })
+				pass(lang.name, "scale-up")
+			})
+			t.Run("removal", func(t *testing.T) {
+				m.unlistPod("greeter", "greeter-1")
+				until(t, c, target("greeter"), 30, "no calls on the removed pod", func(b batch) bool { return b.Pods["greeter-1"] == 0 })
+				b, _ := spread(t, c, m, "greeter", 90)
+				if b.Pods["greeter-1"] != 0 {
+					t.Fatalf("removed pod still called: %v", b.Pods)
+				}
+				pass(lang.name, "removal")
+			})
+			t.Run("control-plane restart", func(t *testing.T) {
+				m.stop()
+				// Without a control plane the client keeps its last config.
+				b := c.calls(t, target("greeter"), 60)
+				if b.Errors > 0 || len(b.Pods) != len(m.listed["greeter"]) {
+					t.Fatalf("with the control plane down: %v, %d failed, first: %s", b.Pods, b.Errors, b.FirstError)
+				}
+				m.addPod("greeter", "greeter-4")
+				m.startControl(m.addr)
+				until(t, c, target("greeter"), 20, "calls on the pod added while the control plane was down", func(b batch) bool { return b.Pods["greeter-4"] > 0 })
+				pass(lang.name, "control-plane restart")
+			})
+		})
+	}
+}
