@@ -32,12 +32,12 @@ type Options struct {
 	Binary string
 	// ProxyBinary is the ballast-proxy binary, the sidecar alone, as a
 	// pod runs it; empty runs `ballast proxy` from Binary (same data path,
-	// about 50 MiB more RSS: the control plane and Kubernetes client it
+	// but its RSS includes the control plane and Kubernetes client it
 	// links).
 	ProxyBinary string
 	// ControlBinary is the ballast-control binary, the control plane
 	// alone, as deploy/control runs it; empty runs `ballast control` from
-	// Binary (same control plane, several times the RSS: the pages of the
+	// Binary (same control plane, but its RSS includes the pages of the
 	// code it links and never runs).
 	ControlBinary string
 	// Greeter starts the pods.

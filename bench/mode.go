@@ -24,7 +24,7 @@ import (
 // control`) serving the pods as one Service from a folder of YAML, and the
 // sidecar (`ballast proxy`) in front of the client. They run the ballast
 // binary given in Options.Binary; a row is pending while that binary lacks
-// the command (the package has not landed yet) or no binary was given.
+// the command or no binary was given.
 
 // proxyless is a grpc-go client in the benchmark dialling
 // xds:///greeter.bench:50051, served by `ballast control` with the given

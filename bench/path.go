@@ -39,7 +39,7 @@ type route struct {
 }
 
 // unavailable says why a path cannot be measured: a peer that is not
-// installed, or a Ballast mode whose package has not landed yet.
+// installed, or a Ballast mode the given binary lacks.
 type unavailable struct {
 	// Status is "unavailable" or "pending".
 	Status string
@@ -47,16 +47,6 @@ type unavailable struct {
 }
 
 func (u *unavailable) Error() string { return u.Status + ": " + u.Reason }
-
-// pending is a row for a path that is not built yet.
-func pending(name, reason string) path { return pendingPath{name, reason} }
-
-type pendingPath struct{ name, reason string }
-
-func (p pendingPath) Name() string { return p.name }
-func (p pendingPath) Open(context.Context, *Bench, []*pod) (*route, error) {
-	return nil, &unavailable{Status: "pending", Reason: p.reason}
-}
 
 // whyNot is the note a row shows for an error from Open.
 func whyNot(err error) string {

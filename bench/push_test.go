@@ -196,7 +196,7 @@ func TestQuantile(t *testing.T) {
 }
 
 // The report rows and headlines: Ballast against istiod at every size,
-// the targets of issue 4 at the first, and a side that could not run
+// the control-plane targets at the first, and a side that could not run
 // named in the headline instead of a number.
 func TestScaleHeadlines(t *testing.T) {
 	sizes := []scaleSize{{1000, 10, 100}, {5000, 10, 1000}}

@@ -118,7 +118,7 @@ func floorRow(size scaleSize) string {
 	return fmt.Sprintf("API server watch, floor (%s)", size)
 }
 
-// scaleHeadlines adds the targets of issue 4 (at the first size) and the
+// scaleHeadlines adds the control-plane targets (at the first size) and the
 // Ballast ÷ istiod ratios at every size.
 func scaleHeadlines(s *Section, sizes []scaleSize) {
 	for i, size := range sizes {

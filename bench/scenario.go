@@ -121,7 +121,7 @@ func (b *Bench) dataPath(ctx context.Context, c dataPathConfig) *Section {
 			"%d pods. Proxy CPU is utime+stime of the proxy's processes from /proc over the measured calls, per call; "+
 			"RSS idle is VmRSS once the proxy has served its first call, RSS under load the highest VmRSS sampled during the calls. "+
 			"\"p99 added\" is the path's p99 minus direct's in the same run. The client, the pods and the proxy share the machine's cores. "+
-			"The sidecar is the ballast-proxy binary, built static as a sidecar image holds it (without it, `ballast proxy`: the same data path in the full binary, about 50 MiB more RSS).",
+			"The sidecar is the ballast-proxy binary, built static as a sidecar image holds it (without it, `ballast proxy`: the same data path in the full binary, whose RSS includes the control plane and Kubernetes client it links).",
 			c.Calls, what, c.Warmup, c.Concurrency, c.Pods),
 		Columns: []column{
 			{colCPU, "proxy CPU µs/call", 1}, {colP50, "p50 ms", 3}, {colP99, "p99 ms", 3}, {colP999, "p99.9 ms", 3},

@@ -18,11 +18,9 @@ import (
 //
 // virtual-kubelet's pod controller is edge-triggered: the agent notifies it
 // of each change and it writes the last status it was told, keyed by pod
-// name. A status can be lost that way: notifications that overtook each
-// other (fixed in podRuntime.changed, found as a pod that never turned
-// Ready), a write that keeps failing and is dropped after its retries (a
-// pod with requests, whose QoS class the agent once misreported), a status
-// someone else wrote. If nothing changes afterwards, the API server keeps
+// name. A status can be lost that way: notifications that overtake each
+// other, a write that keeps failing and is dropped after its retries, a
+// status someone else wrote. If nothing changes afterwards, the API server keeps
 // the stale status for good. So every tick the node compares each of its
 // pods' status as the API server has it (the informer cache) with its own,
 // and where they differ in what controllers read on two ticks in a row (the

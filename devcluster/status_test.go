@@ -155,8 +155,8 @@ func TestSnapshotKeepsQOSClass(t *testing.T) {
 
 // TestNotificationsArriveInOrder: however the pod's goroutines interleave
 // their changes, the status virtual-kubelet is told last is the pod's
-// current one (a Pending snapshot taken at creation once overtook the
-// container's Running and Ready, and the pod stayed unready).
+// current one: a Pending snapshot taken at creation never overtakes the
+// container's Running and Ready, which would leave the pod unready.
 func TestNotificationsArriveInOrder(t *testing.T) {
 	for i := range 200 {
 		n := &nodeAgent{running: map[string]*podRuntime{}}

@@ -62,8 +62,8 @@ type Config struct {
 	// Image holds the sidecar binary.
 	Image string
 	// Command is that binary: ballast-proxy (the default), the sidecar
-	// alone at a quarter of the memory, or ballast, which runs it as
-	// `ballast proxy`.
+	// alone, which links no Kubernetes client and no control plane and so
+	// holds less memory, or ballast, which runs it as `ballast proxy`.
 	Command string
 	// ProxyUID is the uid the proxy runs as; the redirect excludes it.
 	// Zero means 1337.

@@ -17,24 +17,10 @@ import (
 // so allocs/op include client and server work too. The sequential runs
 // measure latency; the parallel ones (16 calls in flight on one
 // connection) keep the CPUs busy, so their ns/op is CPU time per call.
-//
-// Old vs new data path: the grpc-go one (a grpc.Server forwarding through a
-// grpc.ClientConn, up to commit da6b915) against the frame-level one, run
-// with `go test -bench ProxyUnary -count 3` on each commit (benchstat-ready).
-// On the 2-core dev machine (allocs are exact; ns/op swung ±40% with
-// other load on the machine, so the CPU comparison that counts is
-// `ballast bench`, same run as haproxy):
-//
-//	                     old (grpc-go)           new (frames)
-//	proxied              329 allocs, 21.1 KB     155 allocs, 9.4 KB
-//	proxied-parallel     311 allocs, 20.9 KB     148 allocs, 9.3 KB
-//	direct (no proxy)    154 allocs,  9.0 KB     154 allocs,  9.0 KB
-//
-// so the proxy's own share went from about 175 allocations per call to
-// about 2. With -benchtime 20000x the frame path measured 166 allocs
-// (proxied) and 150 (proxied-parallel) before its raw socket calls stopped
-// allocating a closure per read and write; now 154 and 147, against 154 and
-// 145 direct: the proxy's share is 0 to 2 allocations per call.
+// The proxy's own allocations per call are proxied's allocs/op minus
+// direct's. ns/op moves with other load on the machine; the CPU comparison
+// that counts is `ballast bench` (docs/benchmarks.md), which runs the
+// sidecar beside haproxy and nginx in the same run.
 func BenchmarkProxyUnary(b *testing.B) {
 	addrs := startGreeters(b, 3)
 	direct, proxied := directAndProxied(addrs)

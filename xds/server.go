@@ -393,9 +393,9 @@ func (s *Server) translate(svc *discovery.Service, prev servedService) (servedSe
 // marshals to exactly those bytes, which go-control-plane sends in an Any
 // of the cache's type, so clients receive the resource unchanged. The
 // server holds every resource of the cluster for as long as it runs, and
-// the encoding takes about a third of the memory of the message tree (a
-// ClusterLoadAssignment's endpoints are eight allocations each); the tree
-// is built, validated and dropped.
+// the encoding is far smaller than the message tree (each endpoint of a
+// ClusterLoadAssignment is a tree of small messages); the tree is built,
+// validated and dropped.
 func pack(r types.Resource) (types.Resource, error) {
 	b, err := proto.MarshalOptions{Deterministic: true}.Marshal(r)
 	if err != nil {

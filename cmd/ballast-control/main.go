@@ -4,7 +4,7 @@
 // pilot-discovery apart from its other commands. deploy/control runs it.
 // Most of an idle Go process's RSS is the code and data pages of its binary
 // touched by package initialisation, so the full ballast binary, with the
-// sidecar, bench, dev cluster and demo in it, would spend tens of MiB per
+// sidecar, bench, dev cluster and demo in it, would spend memory in every
 // replica on code the control plane never runs.
 //
 // Build it as the image does: CGO_ENABLED=0 go build -tags grpcnotrace.

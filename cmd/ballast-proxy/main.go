@@ -1,14 +1,15 @@
 // Command ballast-proxy is Ballast's sidecar on its own: the same command
 // as `ballast proxy` (and its init), in a binary that links no Kubernetes
 // client and no control plane. Every meshed pod runs one, so its memory is
-// paid once per pod: idle, this binary holds about a quarter of the RSS of
-// the full ballast binary, most of which is code and data pages touched by
-// package initialisation. It learns Services from the control plane.
+// paid once per pod, and most of an idle Go process's RSS is the code and
+// data pages of its binary touched by package initialisation: what this
+// binary does not link, no pod holds. It learns Services from the control
+// plane. `ballast bench` measures its idle RSS (docs/benchmarks.md).
 //
 // Build it as the image does: CGO_ENABLED=0 go build -tags grpcnotrace.
 // The tag drops x/net/trace, whose html/template would keep every exported
 // method of every reachable type (all of Envoy's generated validators) in
-// the binary: 20 MB instead of 33, about 4 MiB less idle RSS.
+// the binary.
 package main
 
 import (

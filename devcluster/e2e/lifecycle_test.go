@@ -240,12 +240,11 @@ spec:
 
 // TestPodNameReuse: a pod deleted and created again under the same name
 // runs again (the node agent tells the two apart by UID) and its Ready
-// status reaches the API server. It once stayed unready for good, about one
-// run in five on a loaded machine: a Pending snapshot taken at creation
-// reached virtual-kubelet after the container's Running/Ready one, and
-// virtual-kubelet writes the last status it is told. Notifications are now
-// ordered (podRuntime.changed), and the node's status sync rewrites any
-// status that stays stale (TestLostStatusIsRepaired).
+// status reaches the API server. virtual-kubelet writes the last status it
+// is told, so a Pending snapshot taken at creation must not reach it after
+// the container's Running/Ready one: notifications are ordered
+// (podRuntime.changed), and the node's status sync rewrites any status that
+// stays stale (TestLostStatusIsRepaired).
 func TestPodNameReuse(t *testing.T) {
 	ctx := ctxFor(t, 2*time.Minute)
 	pod := `apiVersion: v1

@@ -16,8 +16,8 @@ import (
 // client reads the two API groups discovery needs, and only those. It
 // stands in for client-go's clientset on purpose: the clientset's scheme
 // registers every built-in API group at init, which links all of their
-// types (about 9 MB of code, most of a control-plane binary's) and keeps
-// their registration in memory in every process that imports this package.
+// types (most of a control-plane binary's code) and keeps their
+// registration in memory in every process that imports this package.
 // The objects come as protobuf, as kube-controller-manager reads them:
 // smaller on the wire and cheaper to decode than JSON.
 type client struct {
