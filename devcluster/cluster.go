@@ -50,6 +50,11 @@ type Options struct {
 	Zones []string
 	// Log receives progress (Info) and details (Debug); nil discards.
 	Log *slog.Logger
+	// TokenClock is the clock by which ServiceAccount tokens in pods'
+	// volumes age and are rotated (at 80% of their lifetime, as the
+	// kubelet does); nil is time.Now. A test moves it forward to see a
+	// rotation without waiting the API server's 10-minute minimum.
+	TokenClock func() time.Time
 }
 
 // Cluster is a running dev cluster.
@@ -174,7 +179,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	}
 
 	c.cp = &controlPlane{dir: c.Dir, bin: bin}
-	if err := c.cp.start(ctx, c.ServiceCIDR.String(), log); err != nil {
+	if err := c.cp.start(ctx, c.ServiceCIDR.String(), c.net.gateway, log); err != nil {
 		return nil, err
 	}
 	c.Kubeconfig, c.Config = c.cp.kubeconfig, c.cp.config
@@ -184,9 +189,16 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 
 	runCtx, cancel := context.WithCancel(context.Background())
 	c.cancel, c.runCtx = cancel, runCtx
-	api, err := c.exposeAPIServer(ctx, strings.TrimPrefix(c.Config.Host, "https://"))
+	apiHost := strings.TrimPrefix(c.Config.Host, "https://")
+	api, err := c.exposeAPIServer(ctx, apiHost)
 	if err != nil {
 		return nil, err
+	}
+	// The kubernetes Service's endpoint, as the API server advertises it.
+	if ep, err := c.ForwardToHost(apiHost); err != nil {
+		return nil, err
+	} else if ep.Port() != netip.MustParseAddrPort(apiHost).Port() {
+		return nil, fmt.Errorf("expose API server to pods: port %d is taken at %s", netip.MustParseAddrPort(apiHost).Port(), c.net.gateway)
 	}
 	podKubeconfig := filepath.Join(c.Dir, "pod-kubeconfig")
 	if err := writeKubeconfig(podKubeconfig, "https://"+api.String(), c.Config.BearerToken); err != nil {
@@ -207,7 +219,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			"KUBECONFIG=" + podKubeconfig,
 		},
 		files:  func(pod *corev1.Pod) map[string]string { return podFiles(pod, dns.addr) },
-		tokens: newTokenManager(c.Client)}
+		tokens: newTokenManager(c.Client, opts.TokenClock)}
 	zones := opts.Zones
 	if len(zones) == 0 {
 		zones = []string{"zone-a", "zone-b"}
@@ -322,9 +334,25 @@ func (c *Cluster) Kubectl(ctx context.Context, stdin io.Reader, args ...string) 
 }
 
 // Apply is `kubectl apply -f -` of manifests (YAML, several documents).
+//
+// A Pod applied with its Namespace is refused until the namespace's
+// default ServiceAccount exists (the ServiceAccount admission plugin looks
+// it up); Apply tries again then, as a user would.
 func (c *Cluster) Apply(ctx context.Context, manifests string) error {
-	_, err := c.Kubectl(ctx, strings.NewReader(manifests), "apply", "-f", "-")
-	return err
+	var err error
+	for {
+		_, err = c.Kubectl(ctx, strings.NewReader(manifests), "apply", "-f", "-")
+		if err == nil || !strings.Contains(err.Error(), "error looking up service account") {
+			return err
+		}
+		t := time.NewTimer(200 * time.Millisecond)
+		select {
+		case <-ctx.Done():
+			t.Stop()
+			return err
+		case <-t.C:
+		}
+	}
 }
 
 // pod finds a running pod's runtime.

@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"net/netip"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -50,7 +51,7 @@ func randomHex(n int) string {
 	return hex.EncodeToString(b)
 }
 
-func (cp *controlPlane) start(ctx context.Context, svcCIDR string, log *slog.Logger) error {
+func (cp *controlPlane) start(ctx context.Context, svcCIDR string, advertise netip.Addr, log *slog.Logger) error {
 	for _, sub := range []string{"etcd", "pki"} {
 		if err := os.MkdirAll(filepath.Join(cp.dir, sub), 0o700); err != nil {
 			return err
@@ -102,7 +103,11 @@ func (cp *controlPlane) start(ctx context.Context, svcCIDR string, log *slog.Log
 	log.Info("starting kube-apiserver", "url", apiURL, "serviceCIDR", svcCIDR)
 	if err := cp.spawn("kube-apiserver",
 		"--etcd-servers="+etcdURL,
-		"--bind-address=127.0.0.1", "--advertise-address=127.0.0.1",
+		// It listens on loopback; pods reach it at the advertised address,
+		// the router's, where the harness relays its port to loopback.
+		// The endpoint reconciler publishes that address as the kubernetes
+		// Service's endpoint.
+		"--bind-address=127.0.0.1", "--advertise-address="+advertise.String(),
 		"--secure-port="+strconv.Itoa(apiPort),
 		"--cert-dir="+pki,
 		"--token-auth-file="+tokens,
@@ -112,12 +117,6 @@ func (cp *controlPlane) start(ctx context.Context, svcCIDR string, log *slog.Log
 		"--service-account-key-file="+saPub,
 		"--service-account-signing-key-file="+saKey,
 		"--kubelet-preferred-address-types=InternalIP",
-		// The apiserver listens on loopback only, which the endpoint
-		// reconciler refuses to publish; pods cannot reach it anyway.
-		"--endpoint-reconciler-type=none",
-		// Pods are processes without volumes: no token mounts, and no race
-		// with the controller creating each namespace's default account.
-		"--disable-admission-plugins=ServiceAccount",
 		"--allow-privileged=true",
 		"--enable-priority-and-fairness=false",
 		"--v=0",

@@ -37,8 +37,11 @@ type cachedToken struct {
 	issued, expiration time.Time
 }
 
-func newTokenManager(client kubernetes.Interface) *tokenManager {
-	return &tokenManager{client: client, now: time.Now, cache: map[string]cachedToken{}}
+func newTokenManager(client kubernetes.Interface, now func() time.Time) *tokenManager {
+	if now == nil {
+		now = time.Now
+	}
+	return &tokenManager{client: client, now: now, cache: map[string]cachedToken{}}
 }
 
 func (m *tokenManager) token(ctx context.Context, pod *corev1.Pod, audience string, exp int64) (string, error) {
@@ -67,7 +70,10 @@ func (m *tokenManager) token(ctx context.Context, pod *corev1.Pod, audience stri
 		}
 		return "", fmt.Errorf("token for serviceaccount %s/%s: %w", pod.Namespace, sa, err)
 	}
-	c = cachedToken{token: resp.Status.Token, issued: m.now(), expiration: resp.Status.ExpirationTimestamp.Time}
+	// The lifetime is the server's (it may extend it), measured from now
+	// on the manager's clock.
+	issued := m.now()
+	c = cachedToken{token: resp.Status.Token, issued: issued, expiration: issued.Add(time.Until(resp.Status.ExpirationTimestamp.Time))}
 	m.mu.Lock()
 	m.cache[key] = c
 	m.mu.Unlock()

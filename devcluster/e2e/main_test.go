@@ -81,7 +81,8 @@ func runTests(m *testing.M) int {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	start := time.Now()
-	cluster, err = devcluster.Start(ctx, devcluster.Options{Images: map[string]string{image: bin, proxyImage: proxyBin, controlImage: controlBin}, Log: log})
+	cluster, err = devcluster.Start(ctx, devcluster.Options{Images: map[string]string{image: bin, proxyImage: proxyBin, controlImage: controlBin}, Log: log,
+		TokenClock: func() time.Time { return time.Now().Add(time.Duration(tokenClockAhead.Load())) }})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start dev cluster:", err)
 		return 1
