@@ -48,6 +48,9 @@ type client interface {
 // language is a column of the matrix: how to start its client.
 type language struct {
 	name string
+	// sidecar runs the client without a bootstrap, dialling ballast-proxy's
+	// explicit listeners, which take the xDS config in its place.
+	sidecar bool
 	// start runs a client with the bootstrap file; it returns the versions
 	// the client reports (for the matrix header).
 	start func(t *testing.T, bootstrap string) (client, map[string]string)
@@ -97,14 +100,20 @@ func checkPython(t *testing.T) {
 
 var languages = []language{
 	{name: "grpc-go", start: startGo},
-	{name: "node", start: func(t *testing.T, bootstrap string) (client, map[string]string) {
-		mods := nodeModules(t)
-		return startScript(t, bootstrap, []string{"NODE_PATH=" + mods}, "node", filepath.Join(interopDir(), "node", "client.js"))
-	}},
-	{name: "python", start: func(t *testing.T, bootstrap string) (client, map[string]string) {
-		checkPython(t)
-		return startScript(t, bootstrap, nil, debianPython, filepath.Join(interopDir(), "python", "client.py"))
-	}},
+	{name: "node", start: startNode},
+	{name: "python", start: startPython},
+	{name: "node-sidecar", sidecar: true, start: startNode},
+	{name: "python-sidecar", sidecar: true, start: startPython},
+}
+
+func startNode(t *testing.T, bootstrap string) (client, map[string]string) {
+	mods := nodeModules(t)
+	return startScript(t, bootstrap, []string{"NODE_PATH=" + mods}, "node", filepath.Join(interopDir(), "node", "client.js"))
+}
+
+func startPython(t *testing.T, bootstrap string) (client, map[string]string) {
+	checkPython(t)
+	return startScript(t, bootstrap, nil, debianPython, filepath.Join(interopDir(), "python", "client.py"))
 }
 
 // scriptClient drives a client script over its stdin and stdout (see
@@ -118,7 +127,10 @@ type scriptClient struct {
 func startScript(t *testing.T, bootstrap string, env []string, name string, args ...string) (client, map[string]string) {
 	t.Helper()
 	cmd := exec.Command(name, args...)
-	cmd.Env = append(os.Environ(), append(env, "GRPC_XDS_BOOTSTRAP="+bootstrap)...)
+	cmd.Env = append(os.Environ(), env...)
+	if bootstrap != "" {
+		cmd.Env = append(cmd.Env, "GRPC_XDS_BOOTSTRAP="+bootstrap)
+	}
 	stdin, err := cmd.StdinPipe()
 	if err != nil {
 		t.Fatal(err)
