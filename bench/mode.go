@@ -2,6 +2,7 @@ package bench
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/http"
 	"net/netip"
@@ -10,14 +11,13 @@ import (
 	"path/filepath"
 	"time"
 
+	"github.com/ballast-dev/ballast/discovery/files"
+	ballastxds "github.com/ballast-dev/ballast/xds"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/xds" // the xds:/// resolver and xDS balancers, for the proxyless rows
+	"google.golang.org/grpc/xds"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-
-	"github.com/ballast-dev/ballast/discovery/files"
-	ballastxds "github.com/ballast-dev/ballast/xds"
 )
 
 // Ballast's own modes that run as processes: the control plane (`ballast
@@ -181,34 +181,21 @@ func (b *Bench) startControlProcess(args ...string) (*process, error) {
 // waitHTTP polls url until it answers 200, the process exits or the wait
 // is over.
 func waitHTTP(ctx context.Context, url string, proc *process, wait time.Duration) error {
-	ctx, cancel := context.WithTimeout(ctx, wait)
-	defer cancel()
-	tick := time.NewTicker(50 * time.Millisecond)
-	defer tick.Stop()
-	var last string
-	for {
+	return proc.waitReady(ctx, wait, 50*time.Millisecond, "ready at "+url, func(ctx context.Context) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
 			return err
 		}
 		resp, err := http.DefaultClient.Do(req)
-		if err == nil {
-			resp.Body.Close()
-			if resp.StatusCode == http.StatusOK {
-				return nil
-			}
-			last = resp.Status
-		} else {
-			last = err.Error()
+		if err != nil {
+			return err
 		}
-		select {
-		case <-proc.exited:
-			return fmt.Errorf("%s %w before ready: %v; output: %s", proc.name, errExited, proc.err, proc.tail())
-		case <-ctx.Done():
-			return fmt.Errorf("%s not ready at %s after %s: %s; its last output: %s", proc.name, url, wait, last, proc.tail())
-		case <-tick.C:
+		resp.Body.Close()
+		if resp.StatusCode != http.StatusOK {
+			return errors.New(resp.Status)
 		}
-	}
+		return nil
+	})
 }
 
 // serviceManifest is the pods as the Service greeter.bench and the

@@ -105,24 +105,11 @@ func waitServing(ctx context.Context, target string, proc *process, wait time.Du
 		return fmt.Errorf("dial %s: %w", target, err)
 	}
 	defer conn.Close()
-	ctx, cancel := context.WithTimeout(ctx, wait)
-	defer cancel()
 	client := pb.NewGreeterClient(conn)
-	tick := time.NewTicker(20 * time.Millisecond)
-	defer tick.Stop()
-	for {
-		callCtx, callCancel := context.WithTimeout(ctx, time.Second)
-		_, err = client.SayHello(callCtx, &pb.HelloRequest{Name: "ready"}, grpc.WaitForReady(false))
-		callCancel()
-		if err == nil {
-			return nil
-		}
-		select {
-		case <-proc.exited:
-			return fmt.Errorf("%s %w before serving: %v; output: %s", proc.name, errExited, proc.err, proc.tail())
-		case <-ctx.Done():
-			return fmt.Errorf("%s not serving on %s after %s: %w; its last output: %s", proc.name, target, wait, err, proc.tail())
-		case <-tick.C:
-		}
-	}
+	return proc.waitReady(ctx, wait, 20*time.Millisecond, "serving on "+target, func(ctx context.Context) error {
+		ctx, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		_, err := client.SayHello(ctx, &pb.HelloRequest{Name: "ready"}, grpc.WaitForReady(false))
+		return err
+	})
 }

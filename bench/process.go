@@ -2,6 +2,7 @@ package bench
 
 import (
 	"bytes"
+	"context"
 	"errors"
 	"fmt"
 	"net"
@@ -100,6 +101,29 @@ func (p *process) tail() string {
 // errExited says a child process ended before it was ready, which is
 // worth a retry on another port; a child that runs but never serves is not.
 var errExited = errors.New("exited")
+
+// waitReady calls check every interval until it succeeds, the process
+// exits (an error wrapping errExited) or wait is over; what says what
+// success means, for the error.
+func (p *process) waitReady(ctx context.Context, wait, interval time.Duration, what string, check func(context.Context) error) error {
+	ctx, cancel := context.WithTimeout(ctx, wait)
+	defer cancel()
+	tick := time.NewTicker(interval)
+	defer tick.Stop()
+	for {
+		err := check(ctx)
+		if err == nil {
+			return nil
+		}
+		select {
+		case <-p.exited:
+			return fmt.Errorf("%s %w before %s: %v; output: %s", p.name, errExited, what, p.err, p.tail())
+		case <-ctx.Done():
+			return fmt.Errorf("%s not %s after %s: %w; its last output: %s", p.name, what, wait, err, p.tail())
+		case <-tick.C:
+		}
+	}
+}
 
 // stop asks the process group to terminate, and kills it if it has not
 // within five seconds.

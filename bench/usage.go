@@ -124,15 +124,11 @@ func processUsage(pid int) (usage, error) {
 	if err != nil {
 		return usage{}, fmt.Errorf("process %d: %w", pid, err)
 	}
-	status, err := os.ReadFile(filepath.Join(dir, "status"))
+	m, err := processMemory(pid)
 	if err != nil {
-		return usage{}, fmt.Errorf("process %d: %w", pid, err)
+		return usage{}, err
 	}
-	rss, err := statusKB(status, "VmRSS")
-	if err != nil {
-		return usage{}, fmt.Errorf("process %d: %w", pid, err)
-	}
-	return usage{CPU: cpu, RSS: rss}, nil
+	return usage{CPU: cpu, RSS: m.RSS}, nil
 }
 
 // processParents maps every running process to its parent.

@@ -287,27 +287,7 @@ func TestInboundDrain(t *testing.T) {
 		t.Fatalf("in flight %v, want 1", got)
 	}
 
-	stop() // what SIGTERM does in the command
-	eventually(t, "proxy not ready", func() bool { return !p.Ready() })
-	eventually(t, "GOAWAY moves the caller's connection out of READY", func() bool { return conn.GetState() != connectivity.Ready })
-	ping() // the in-flight call still works
-	select {
-	case err := <-served:
-		t.Fatalf("Serve returned (%v) while a call was in flight", err)
-	default:
-	}
-	stream.CloseSend()
-	if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
-		t.Fatalf("in-flight call ended with %v, want EOF", err)
-	}
-	select {
-	case err := <-served:
-		if err != nil {
-			t.Fatalf("Serve: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Serve did not return after the last call finished")
-	}
+	checkDrain(t, p, conn, stop, served, stream, ping)
 	if got := metricValue(p.inbound.metrics.requests.WithLabelValues(port, "OK")); got != 1 {
 		t.Fatalf("requests{code=OK} = %v after the drained call, want 1", got)
 	}

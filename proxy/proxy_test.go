@@ -521,6 +521,35 @@ func pingStream(t *testing.T, conn *grpc.ClientConn) (testpb.TestService_FullDup
 	}
 }
 
+// checkDrain stops p (stop is what SIGTERM does in the command) while
+// stream is in flight on conn, and checks the drain: p stops being ready,
+// its GOAWAY moves conn out of READY, the stream still works and Serve
+// waits for it, and Serve returns nil once the stream ends.
+func checkDrain(t *testing.T, p *Proxy, conn *grpc.ClientConn, stop func(), served <-chan error, stream testpb.TestService_FullDuplexCallClient, ping func()) {
+	t.Helper()
+	stop()
+	eventually(t, "proxy not ready", func() bool { return !p.Ready() })
+	eventually(t, "GOAWAY moves the client connection out of READY", func() bool { return conn.GetState() != connectivity.Ready })
+	ping() // the in-flight stream still works
+	select {
+	case err := <-served:
+		t.Fatalf("Serve returned (%v) while a stream was in flight", err)
+	default:
+	}
+	stream.CloseSend()
+	if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
+		t.Fatalf("in-flight stream ended with %v, want EOF", err)
+	}
+	select {
+	case err := <-served:
+		if err != nil {
+			t.Fatalf("Serve: %v", err)
+		}
+	case <-time.After(10 * time.Second):
+		t.Fatal("Serve did not return after the last stream finished")
+	}
+}
+
 // TestGracefulShutdown: on shutdown the proxy stops being ready, sends
 // GOAWAY (the client's connection leaves READY), lets the in-flight stream
 // finish, and only then returns.
@@ -543,27 +572,7 @@ func TestGracefulShutdown(t *testing.T) {
 	// (grpc-go publishes the picker before the state, so poll.)
 	eventually(t, "client connection READY", func() bool { return conn.GetState() == connectivity.Ready })
 
-	stop()
-	eventually(t, "proxy not ready", func() bool { return !p.Ready() })
-	eventually(t, "GOAWAY moves the client connection out of READY", func() bool { return conn.GetState() != connectivity.Ready })
-	ping() // the in-flight stream still works
-	select {
-	case err := <-served:
-		t.Fatalf("Serve returned (%v) while a stream was in flight", err)
-	default:
-	}
-	stream.CloseSend()
-	if _, err := stream.Recv(); !errors.Is(err, io.EOF) {
-		t.Fatalf("in-flight stream ended with %v, want EOF", err)
-	}
-	select {
-	case err := <-served:
-		if err != nil {
-			t.Fatalf("Serve: %v", err)
-		}
-	case <-time.After(10 * time.Second):
-		t.Fatal("Serve did not return after the last stream finished")
-	}
+	checkDrain(t, p, conn, stop, served, stream, ping)
 	if _, err := testpb.NewTestServiceClient(conn).UnaryCall(t.Context(), &testpb.SimpleRequest{}); status.Code(err) != codes.Unavailable {
 		t.Fatalf("new call after shutdown: got %v, want Unavailable", err)
 	}
