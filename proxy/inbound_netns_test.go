@@ -9,7 +9,6 @@ import (
 	"net"
 	"os"
 	"os/exec"
-	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -57,24 +56,7 @@ func TestInboundNetns(t *testing.T) {
 	run("ip", "-n", pod, "link", "set", "eth0", "up")
 	run("ip", "-n", caller, "link", "set", "eth0", "up")
 
-	dir, err := os.MkdirTemp("", "ballast-inbound-netns-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
-	bin := filepath.Join(dir, "proxy.test")
-	copyFile(t, must(os.Executable()), bin)
-
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", pod, bin, "-test.run=^TestInboundNetnsInside$", "-test.v", "-test.count=1")
-	cmd.Env = append(os.Environ(), envInboundInside+"=1", envBinary+"="+bin, envCallerNetns+"="+caller)
-	out, err := cmd.CombinedOutput()
-	if err != nil {
-		t.Fatalf("inside the pod's namespace: %v\n%s", err, out)
-	}
-	if !strings.Contains(string(out), "--- PASS: TestInboundNetnsInside") {
-		t.Fatalf("inside test did not run:\n%s", out)
-	}
-	t.Logf("inside the pod's namespace:\n%s", out)
+	runInside(ctx, t, pod, "TestInboundNetnsInside", envInboundInside+"=1", envCallerNetns+"="+caller)
 }
 
 // TestInboundNetnsInside runs in the pod's namespace as root: it installs

@@ -17,7 +17,6 @@ import (
 	dto "github.com/prometheus/client_model/go"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/connectivity"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -273,21 +272,12 @@ func TestInboundDrain(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, stop := context.WithCancel(t.Context())
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(ctx) }()
-	eventually(t, "proxy ready", p.Ready)
-
-	conn := dial(t, lis.Addr().String())
-	stream, ping := pingStream(t, conn)
-	ping()
-	eventually(t, "client connection READY", func() bool { return conn.GetState() == connectivity.Ready })
 	port := strconv.Itoa(int(app.Port()))
-	if got := metricValue(p.inbound.metrics.inFlight.WithLabelValues(port)); got != 1 {
-		t.Fatalf("in flight %v, want 1", got)
-	}
-
-	checkDrain(t, p, conn, stop, served, stream, ping)
+	checkDrain(t, p, lis.Addr().String(), func() {
+		if got := metricValue(p.inbound.metrics.inFlight.WithLabelValues(port)); got != 1 {
+			t.Fatalf("in flight %v, want 1", got)
+		}
+	})
 	if got := metricValue(p.inbound.metrics.requests.WithLabelValues(port, "OK")); got != 1 {
 		t.Fatalf("requests{code=OK} = %v after the drained call, want 1", got)
 	}

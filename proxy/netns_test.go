@@ -78,8 +78,15 @@ func TestTransparentNetns(t *testing.T) {
 	// the rest of the /24 routes to lo, so nothing can leave.
 	run("ip", "-n", ns, "addr", "add", "10.255.0.1/24", "dev", "lo")
 
-	// The client runs as an unprivileged uid, which must be able to exec
-	// the test binary.
+	runInside(ctx, t, ns, "TestNetnsInside", envInside+"=1")
+}
+
+// runInside runs test, from a copy of this test binary, in the network
+// namespace ns with env added (and envBinary naming the copy, for the
+// processes it starts), and fails unless it passes. The copy is readable
+// and executable by every uid: a client may run as an unprivileged one.
+func runInside(ctx context.Context, t *testing.T, ns, test string, env ...string) {
+	t.Helper()
 	dir, err := os.MkdirTemp("", "ballast-netns-")
 	if err != nil {
 		t.Fatal(err)
@@ -90,17 +97,16 @@ func TestTransparentNetns(t *testing.T) {
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
-
-	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns, bin, "-test.run=^TestNetnsInside$", "-test.v", "-test.count=1")
-	cmd.Env = append(os.Environ(), envInside+"=1", envBinary+"="+bin)
+	cmd := exec.CommandContext(ctx, "ip", "netns", "exec", ns, bin, "-test.run=^"+test+"$", "-test.v", "-test.count=1")
+	cmd.Env = append(append(os.Environ(), env...), envBinary+"="+bin)
 	out, err := cmd.CombinedOutput()
 	if err != nil {
-		t.Fatalf("inside the namespace: %v\n%s", err, out)
+		t.Fatalf("%s in namespace %s: %v\n%s", test, ns, err, out)
 	}
-	if !strings.Contains(string(out), "--- PASS: TestNetnsInside") {
-		t.Fatalf("inside test did not run:\n%s", out)
+	if !strings.Contains(string(out), "--- PASS: "+test) {
+		t.Fatalf("%s did not run:\n%s", test, out)
 	}
-	t.Logf("inside the namespace:\n%s", out)
+	t.Logf("%s in namespace %s:\n%s", test, ns, out)
 }
 
 // TestNetnsInside runs inside the namespace as root.

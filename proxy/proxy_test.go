@@ -521,12 +521,25 @@ func pingStream(t *testing.T, conn *grpc.ClientConn) (testpb.TestService_FullDup
 	}
 }
 
-// checkDrain stops p (stop is what SIGTERM does in the command) while
-// stream is in flight on conn, and checks the drain: p stops being ready,
-// its GOAWAY moves conn out of READY, the stream still works and Serve
-// waits for it, and Serve returns nil once the stream ends.
-func checkDrain(t *testing.T, p *Proxy, conn *grpc.ClientConn, stop func(), served <-chan error, stream testpb.TestService_FullDuplexCallClient, ping func()) {
+// checkDrain serves p, opens a stream through it at addr and, while the
+// stream is in flight (inFlight checks what it must), stops p as SIGTERM
+// does in the command. It checks the drain: p stops being ready, its
+// GOAWAY moves the client connection out of READY, the stream still works
+// and Serve waits for it, and Serve returns nil once the stream ends. It
+// returns the client connection.
+func checkDrain(t *testing.T, p *Proxy, addr string, inFlight func()) *grpc.ClientConn {
 	t.Helper()
+	ctx, stop := context.WithCancel(t.Context())
+	served := make(chan error, 1)
+	go func() { served <- p.Serve(ctx) }()
+	eventually(t, "proxy ready", p.Ready)
+	conn := dial(t, addr)
+	stream, ping := pingStream(t, conn)
+	ping()
+	// (grpc-go publishes the picker before the state, so poll.)
+	eventually(t, "client connection READY", func() bool { return conn.GetState() == connectivity.Ready })
+	inFlight()
+
 	stop()
 	eventually(t, "proxy not ready", func() bool { return !p.Ready() })
 	eventually(t, "GOAWAY moves the client connection out of READY", func() bool { return conn.GetState() != connectivity.Ready })
@@ -548,6 +561,7 @@ func checkDrain(t *testing.T, p *Proxy, conn *grpc.ClientConn, stop func(), serv
 	case <-time.After(10 * time.Second):
 		t.Fatal("Serve did not return after the last stream finished")
 	}
+	return conn
 }
 
 // TestGracefulShutdown: on shutdown the proxy stops being ready, sends
@@ -561,18 +575,7 @@ func TestGracefulShutdown(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, stop := context.WithCancel(t.Context())
-	served := make(chan error, 1)
-	go func() { served <- p.Serve(ctx) }()
-	eventually(t, "proxy ready", p.Ready)
-
-	conn := dial(t, lis.Addr().String())
-	stream, ping := pingStream(t, conn)
-	ping()
-	// (grpc-go publishes the picker before the state, so poll.)
-	eventually(t, "client connection READY", func() bool { return conn.GetState() == connectivity.Ready })
-
-	checkDrain(t, p, conn, stop, served, stream, ping)
+	conn := checkDrain(t, p, lis.Addr().String(), func() {})
 	if _, err := testpb.NewTestServiceClient(conn).UnaryCall(t.Context(), &testpb.SimpleRequest{}); status.Code(err) != codes.Unavailable {
 		t.Fatalf("new call after shutdown: got %v, want Unavailable", err)
 	}
