@@ -11,13 +11,14 @@ import (
 	"path/filepath"
 	"time"
 
-	"github.com/ballast-dev/ballast/discovery/files"
-	ballastxds "github.com/ballast-dev/ballast/xds"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/xds"
+	"google.golang.org/grpc/xds" // the xds:/// resolver and xDS balancers, for the proxyless rows
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+
+	"github.com/ballast-dev/ballast/discovery/files"
+	ballastxds "github.com/ballast-dev/ballast/xds"
 )
 
 // Ballast's own modes that run as processes: the control plane (`ballast

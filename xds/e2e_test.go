@@ -420,14 +420,7 @@ func TestTargetedPushes(t *testing.T) {
 	waitResources(t, p, resourcev3.EndpointType, 2)
 	aName := "a.default.svc.cluster.local:80"
 
-	cc, err := grpc.NewClient(p.addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cc.Close()
-	ads := discoveryv3.NewAggregatedDiscoveryServiceClient(cc)
-	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
-	defer cancel()
+	ads, ctx := adsService(t, p.addr)
 	node := &corev3.Node{Id: "ballast~raw.default"}
 
 	t.Run("sotw", func(t *testing.T) {
@@ -687,9 +680,10 @@ func TestWildcardRefusedUntilReady(t *testing.T) {
 	}
 }
 
-// adsStream opens a raw ADS stream to the server at addr, closed with the
-// test, for tests that speak the protocol themselves.
-func adsStream(t *testing.T, addr string) discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+// adsService dials the server at addr for a test that speaks the
+// protocol itself. The connection, and the returned context that bounds
+// the test's streams, end with the test.
+func adsService(t *testing.T, addr string) (discoveryv3.AggregatedDiscoveryServiceClient, context.Context) {
 	t.Helper()
 	cc, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
@@ -698,7 +692,15 @@ func adsStream(t *testing.T, addr string) discoveryv3.AggregatedDiscoveryService
 	t.Cleanup(func() { cc.Close() })
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	t.Cleanup(cancel)
-	s, err := discoveryv3.NewAggregatedDiscoveryServiceClient(cc).StreamAggregatedResources(ctx)
+	return discoveryv3.NewAggregatedDiscoveryServiceClient(cc), ctx
+}
+
+// adsStream opens a raw ADS stream to the server at addr, closed with the
+// test.
+func adsStream(t *testing.T, addr string) discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient {
+	t.Helper()
+	ads, ctx := adsService(t, addr)
+	s, err := ads.StreamAggregatedResources(ctx)
 	if err != nil {
 		t.Fatal(err)
 	}
