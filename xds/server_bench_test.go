@@ -34,7 +34,9 @@ func withEndpointPort(svc *discovery.Service, port uint16) *discovery.Service {
 	return &cp
 }
 
-func loadedServer(b *testing.B, services []*discovery.Service) (*Server, *discovery.Registry) {
+// benchServer is a server, quiet and with metrics of its own, over a
+// registry holding services; it serves nothing until it runs.
+func benchServer(b *testing.B, services []*discovery.Service) (*Server, *discovery.Registry) {
 	b.Helper()
 	reg := discovery.NewRegistry()
 	for _, s := range services {
@@ -44,6 +46,13 @@ func loadedServer(b *testing.B, services []*discovery.Service) (*Server, *discov
 	if err != nil {
 		b.Fatal(err)
 	}
+	return srv, reg
+}
+
+// loadedServer is benchServer with every Service already translated.
+func loadedServer(b *testing.B, services []*discovery.Service) (*Server, *discovery.Registry) {
+	b.Helper()
+	srv, reg := benchServer(b, services)
 	keys := make([]discovery.Key, len(services))
 	for i, s := range services {
 		keys[i] = s.Key
@@ -84,14 +93,7 @@ func BenchmarkServerEndpointChange(b *testing.B) {
 func BenchmarkPushLatency(b *testing.B) {
 	const clients = 100
 	services := benchServices(1000, 10)
-	reg := discovery.NewRegistry()
-	for _, s := range services {
-		reg.Set(s)
-	}
-	srv, err := NewServer(Config{Registry: reg, Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: prometheus.NewRegistry()})
-	if err != nil {
-		b.Fatal(err)
-	}
+	srv, reg := benchServer(b, services)
 	ctx, cancel := context.WithCancel(context.Background())
 	var wg sync.WaitGroup
 	defer wg.Wait()
