@@ -193,21 +193,6 @@ func (l load) streamWorker(ctx context.Context, conn grpc.ClientConnInterface, n
 	}
 }
 
-// maxMean is the busiest pod's count over the mean count across pods: 1.0
-// is perfectly even, len(pods) means one pod took every call. Pods that
-// got nothing must be present with 0 to count in the mean.
-func maxMean(pods map[string]int) float64 {
-	total, most := 0, 0
-	for _, n := range pods {
-		total += n
-		most = max(most, n)
-	}
-	if total == 0 {
-		return 0
-	}
-	return float64(most) * float64(len(pods)) / float64(total)
-}
-
 // share is the fraction of counted calls that pod answered.
 func share(pods map[string]int, pod string) float64 {
 	total := 0

@@ -8,6 +8,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/ballast-dev/ballast/greeter"
 )
 
 // fakeReport is a report as a run would make it, with one measured
@@ -134,8 +136,8 @@ func TestQuantileAndBalance(t *testing.T) {
 		{map[string]int{"a": 50, "b": 100, "c": 150}, 1.5},
 		{map[string]int{}, 0},
 	} {
-		if got := maxMean(tt.pods); math.Abs(got-tt.want) > 1e-9 {
-			t.Errorf("maxMean(%v) = %v, want %v", tt.pods, got, tt.want)
+		if got := greeter.MaxOverMean(tt.pods, len(tt.pods)); math.Abs(got-tt.want) > 1e-9 {
+			t.Errorf("MaxOverMean(%v) = %v, want %v", tt.pods, got, tt.want)
 		}
 	}
 	if got := share(map[string]int{"slow": 25, "a": 75}, "slow"); got != 0.25 {

@@ -11,6 +11,8 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/ballast-dev/ballast/greeter"
 )
 
 // balanceConfig sizes scenario 1.
@@ -91,10 +93,10 @@ func (b *Bench) balance(ctx context.Context, c balanceConfig) *Section {
 			return err
 		}
 		counts := withPods(res.Pods, podNames(pods))
-		o.row.add(colMaxMean, maxMean(counts))
+		o.row.add(colMaxMean, greeter.MaxOverMean(counts, len(counts)))
 		o.row.add(colErrors, float64(res.Errors))
 		o.row.Detail = "calls per pod (last run): " + formatCounts(counts)
-		b.progress("balance run %d/%d: %-18s max/mean %.2f (%s)", run, b.opts.Runs, o.path.Name(), maxMean(counts), formatCounts(counts))
+		b.progress("balance run %d/%d: %-18s max/mean %.2f (%s)", run, b.opts.Runs, o.path.Name(), greeter.MaxOverMean(counts, len(counts)), formatCounts(counts))
 		return nil
 	})
 	for _, r := range s.Rows {

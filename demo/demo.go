@@ -190,15 +190,7 @@ func (w *world) warmUp(ctx context.Context, conn grpc.ClientConnInterface) error
 
 // MaxMean is the largest count over the mean count; 0 when nothing was counted.
 func MaxMean(counts map[string]int) float64 {
-	total, most := 0, 0
-	for _, n := range counts {
-		total += n
-		most = max(most, n)
-	}
-	if total == 0 {
-		return 0
-	}
-	return float64(most) * float64(len(counts)) / float64(total)
+	return greeter.MaxOverMean(counts, len(counts))
 }
 
 // world is the article's setup on loopback: greeter pods on 127.0.0.x, their

@@ -125,6 +125,21 @@ func Call(ctx context.Context, conn grpc.ClientConnInterface, n int, timeout tim
 	return t
 }
 
+// MaxOverMean is the busiest pod's count over the mean count across pods
+// (pods of them, counting those that got no call): 1 is a perfect spread,
+// pods means one pod took every call, and 0 says nothing was counted.
+func MaxOverMean(counts map[string]int, pods int) float64 {
+	total, most := 0, 0
+	for _, n := range counts {
+		total += n
+		most = max(most, n)
+	}
+	if total == 0 {
+		return 0
+	}
+	return float64(most) * float64(pods) / float64(total)
+}
+
 // PodOf extracts the pod name from a greeter reply ("hostname:<pod>, in:<name>").
 func PodOf(message string) string {
 	pod, _, _ := strings.Cut(strings.TrimPrefix(message, "hostname:"), ", in:")

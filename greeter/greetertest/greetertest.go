@@ -170,13 +170,5 @@ func Spread(t testing.TB, conn grpc.ClientConnInterface, n, workers int) map[str
 // MaxOverMean is the busiest pod's share over the mean share across pods,
 // counting pods that got no call: 1 is a perfect spread.
 func MaxOverMean(counts map[string]int, pods int) float64 {
-	total, most := 0, 0
-	for _, c := range counts {
-		total += c
-		most = max(most, c)
-	}
-	if total == 0 {
-		return 0
-	}
-	return float64(most) / (float64(total) / float64(pods))
+	return greeter.MaxOverMean(counts, pods)
 }
