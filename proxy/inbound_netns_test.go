@@ -43,11 +43,8 @@ func TestInboundNetns(t *testing.T) {
 	run := commandRunner(ctx, t)
 	id := fmt.Sprintf("%d-%d", os.Getpid(), rand.Uint32()%100000)
 	pod, caller := "ballast-inpod-"+id, "ballast-incall-"+id
-	for _, ns := range []string{pod, caller} {
-		run("ip", "netns", "add", ns)
-		t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-		run("ip", "-n", ns, "link", "set", "lo", "up")
-	}
+	addNetns(t, run, pod)
+	addNetns(t, run, caller)
 	// The veth pair lives only in the two namespaces (deleting them
 	// deletes it) and its /30 is their only route.
 	run("ip", "-n", pod, "link", "add", "eth0", "type", "veth", "peer", "name", "eth0", "netns", caller)

@@ -62,6 +62,15 @@ func commandRunner(ctx context.Context, t *testing.T) func(args ...string) {
 	}
 }
 
+// addNetns makes the network namespace name, with its loopback up, and
+// deletes it when the test ends.
+func addNetns(t *testing.T, run func(args ...string), name string) {
+	t.Helper()
+	run("ip", "netns", "add", name)
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", name).Run() })
+	run("ip", "-n", name, "link", "set", "lo", "up")
+}
+
 func TestTransparentNetns(t *testing.T) {
 	if os.Getenv(envInside) != "" || os.Getenv(envClient) != "" {
 		t.Skip("runs in the parent only")
@@ -71,9 +80,7 @@ func TestTransparentNetns(t *testing.T) {
 	defer cancel()
 	run := commandRunner(ctx, t)
 	ns := fmt.Sprintf("ballast-test-%d-%d", os.Getpid(), rand.Uint32())
-	run("ip", "netns", "add", ns)
-	t.Cleanup(func() { exec.Command("ip", "netns", "del", ns).Run() })
-	run("ip", "-n", ns, "link", "set", "lo", "up")
+	addNetns(t, run, ns)
 	// A test subnet on the namespace's own loopback: 10.255.0.1 is local,
 	// the rest of the /24 routes to lo, so nothing can leave.
 	run("ip", "-n", ns, "addr", "add", "10.255.0.1/24", "dev", "lo")
