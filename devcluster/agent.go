@@ -43,8 +43,8 @@ type agent struct {
 	files  func(pod *corev1.Pod) map[string]string // /etc/netns files for a pod
 	tokens tokenSource                             // for serviceAccountToken volumes
 	// baseEnv is in every container's environment: how to reach the API
-	// server from a pod (KUBERNETES_SERVICE_HOST/PORT, and KUBECONFIG,
-	// since a process cannot have the service-account files mounted).
+	// server from a pod (KUBERNETES_SERVICE_HOST/PORT), which client-go's
+	// in-cluster config reads with the mounted ServiceAccount token.
 	baseEnv []string
 }
 
@@ -243,6 +243,10 @@ func (n *nodeAgent) CreatePod(_ context.Context, pod *corev1.Pod) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {
 		n.agent.net.removePod(n.ctx, pn)
 		return err
+	}
+	// HOME for its containers, writable by any user as an image's /tmp.
+	if err := os.Mkdir(filepath.Join(dir, "home"), 0o777); err == nil {
+		os.Chmod(filepath.Join(dir, "home"), 0o1777)
 	}
 	vols := newPodVolumes(dir, volumeSources{configMaps: n.env.configMaps, secrets: n.env.secrets, tokens: n.agent.tokens})
 	err = os.WriteFile(filepath.Join("/etc/netns", pn.netns, "hosts"), []byte(podHosts(pod, pn.ip)), 0o644)

@@ -200,10 +200,6 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	} else if ep.Port() != netip.MustParseAddrPort(apiHost).Port() {
 		return nil, fmt.Errorf("expose API server to pods: port %d is taken at %s", netip.MustParseAddrPort(apiHost).Port(), c.net.gateway)
 	}
-	podKubeconfig := filepath.Join(c.Dir, "pod-kubeconfig")
-	if err := writeKubeconfig(podKubeconfig, "https://"+api.String(), c.Config.BearerToken); err != nil {
-		return nil, err
-	}
 	log.Info("starting CoreDNS")
 	dns := &dnsServer{net: c.net, log: log.With("component", "dns")}
 	if err := dns.start(runCtx, c.Kubeconfig, c.Dir); err != nil {
@@ -216,7 +212,6 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		baseEnv: []string{
 			"KUBERNETES_SERVICE_HOST=" + api.Addr().String(),
 			"KUBERNETES_SERVICE_PORT=" + strconv.Itoa(int(api.Port())),
-			"KUBECONFIG=" + podKubeconfig,
 		},
 		files:  func(pod *corev1.Pod) map[string]string { return podFiles(pod, dns.addr) },
 		tokens: newTokenManager(c.Client, opts.TokenClock)}

@@ -177,10 +177,7 @@ func (p *podRuntime) runOnce(c *containerRuntime) (code int, ok bool) {
 	if err == nil {
 		err = u.available()
 	}
-	var env []string
-	if err == nil {
-		env, err = p.userEnv(p.env(c), u)
-	}
+	env := p.env(c)
 	var mounts string
 	if err == nil {
 		mounts, err = p.vols.mountScript(c.spec)
@@ -272,7 +269,9 @@ func (p *podRuntime) syncVolumes() {
 func (p *podRuntime) env(c *containerRuntime) []string {
 	env := []string{
 		"PATH=" + os.Getenv("PATH"),
-		"HOME=/root",
+		// Not the host's home: client-go would load the host's
+		// ~/.kube/config there before falling back to in-cluster config.
+		"HOME=" + filepath.Join(p.dir, "home"),
 		"HOSTNAME=" + p.pod.Name,
 	}
 	env = append(env, p.node.agent.baseEnv...)

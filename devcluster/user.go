@@ -2,9 +2,7 @@ package devcluster
 
 import (
 	"fmt"
-	"os"
 	"os/exec"
-	"path/filepath"
 	"strconv"
 	"strings"
 
@@ -103,35 +101,4 @@ func (u user) wrap(argv []string) []string {
 		w = append(w, "--no-new-privs")
 	}
 	return append(append(w, "--"), argv...)
-}
-
-// userEnv gives a non-root container a copy of the pod kubeconfig that its
-// user owns (mode 0600), in the pod's directory: the harness's own copy
-// is root's alone, and a process cannot have a service-account token
-// mounted. The copy replaces KUBECONFIG in env (the last one wins).
-func (p *podRuntime) userEnv(env []string, u user) ([]string, error) {
-	if u.root() {
-		return env, nil
-	}
-	var src string
-	for _, kv := range env {
-		if v, ok := strings.CutPrefix(kv, "KUBECONFIG="); ok {
-			src = v
-		}
-	}
-	if src == "" {
-		return env, nil
-	}
-	data, err := os.ReadFile(src)
-	if err != nil {
-		return nil, fmt.Errorf("kubeconfig for uid %d: %w", u.uid, err)
-	}
-	dst := filepath.Join(p.dir, fmt.Sprintf("kubeconfig-%d-%d", u.uid, u.gid))
-	if err := os.WriteFile(dst, data, 0o600); err != nil {
-		return nil, fmt.Errorf("kubeconfig for uid %d: %w", u.uid, err)
-	}
-	if err := os.Chown(dst, int(u.uid), int(u.gid)); err != nil {
-		return nil, fmt.Errorf("kubeconfig for uid %d: %w", u.uid, err)
-	}
-	return append(env, "KUBECONFIG="+dst), nil
 }

@@ -23,12 +23,9 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
-	authenticationv1 "k8s.io/api/authentication/v1"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/tools/clientcmd"
-	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
 
 	"github.com/ballast-dev/ballast/devcluster"
 	"github.com/ballast-dev/ballast/xds"
@@ -252,89 +249,60 @@ func TestProxylessOnKubernetes(t *testing.T) {
 	})
 }
 
-// deployControlPlane installs deploy/control as a user would, with one
-// change: the control plane authenticates with a token of its own
-// ServiceAccount (pods here have no token volume), so the API server
-// enforces the manifests' RBAC on it. It waits for both replicas to be
-// Ready and the Service to have them as endpoints, and removes everything
-// at cleanup.
+// deployControlPlane installs deploy/control as written, as a user would:
+// the control plane runs on its own ServiceAccount through client-go's
+// in-cluster config, with the manifests' RBAC enforced. It waits for both
+// replicas to be Ready and the Service to have them as endpoints, checks
+// that the pods' identity is refused what the ClusterRole does not grant,
+// and removes everything at cleanup.
 func deployControlPlane(t *testing.T, ctx context.Context) {
 	t.Helper()
-	base, err := filepath.Abs("../../deploy/control")
-	if err != nil {
-		t.Fatal(err)
-	}
-	overlay := t.TempDir()
-	rel, err := filepath.Rel(overlay, base)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kubeconfig := filepath.Join(hostDir(t, "ballast-control-"), "kubeconfig")
-	kustomization := fmt.Sprintf(`apiVersion: kustomize.config.k8s.io/v1beta1
-kind: Kustomization
-resources:
-  - %s
-patches:
-  - target: {group: apps, version: v1, kind: Deployment, name: ballast-control}
-    patch: |-
-      - op: add
-        path: /spec/template/spec/containers/0/args/-
-        value: --kubeconfig=%s
-`, rel, kubeconfig)
-	if err := os.WriteFile(filepath.Join(overlay, "kustomization.yaml"), []byte(kustomization), 0o644); err != nil {
-		t.Fatal(err)
-	}
-	rendered := kubectl(t, ctx, "kustomize", overlay)
-	var identity, workload []string
-	for _, doc := range strings.Split(rendered, "\n---\n") {
-		if strings.Contains("\n"+doc, "\nkind: Deployment\n") {
-			workload = append(workload, doc)
-		} else {
-			identity = append(identity, doc)
-		}
-	}
-	if len(workload) != 1 {
-		t.Fatalf("deploy/control renders %d Deployments, want 1", len(workload))
-	}
+	dir := deployDir(t, "control")
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
-		if _, err := cluster.Kubectl(ctx, nil, "delete", "--ignore-not-found", "--wait=true", "--timeout=2m", "-k", overlay); err != nil {
+		if _, err := cluster.Kubectl(ctx, nil, "delete", "--ignore-not-found", "--wait=true", "--timeout=2m", "-k", dir); err != nil {
 			t.Errorf("remove the control plane: %v", err)
 		}
 	})
-	apply(t, ctx, strings.Join(identity, "\n---\n"))
-	writeServiceAccountKubeconfig(t, ctx, kubeconfig)
-	apply(t, ctx, workload[0])
+	kubectl(t, ctx, "apply", "-k", dir)
 	kubectl(t, ctx, "-n", controlNS, "rollout", "status", "deployment/ballast-control", "--timeout=2m")
 	if err := cluster.WaitReadyEndpoints(ctx, controlNS, "ballast-control", "grpc-xds", 2, time.Minute); err != nil {
 		t.Fatal(err)
 	}
+	checkControlRBAC(t, ctx)
 }
 
-// writeServiceAccountKubeconfig writes a kubeconfig for the control plane's
-// ServiceAccount: a TokenRequest token, and the API server at the
-// kubernetes Service, as in-cluster config would have it.
-func writeServiceAccountKubeconfig(t *testing.T, ctx context.Context, path string) {
+// checkControlRBAC: from inside a control-plane pod, with its mounted
+// token and in-cluster config (kubectl reads them as client-go does), the
+// API server knows the pod as its ServiceAccount, lets it read what
+// discovery reads and refuses the rest.
+func checkControlRBAC(t *testing.T, ctx context.Context) {
 	t.Helper()
-	expiry := int64(3600)
-	tok, err := cluster.Client.CoreV1().ServiceAccounts(controlNS).CreateToken(ctx, "ballast-control",
-		&authenticationv1.TokenRequest{Spec: authenticationv1.TokenRequestSpec{ExpirationSeconds: &expiry}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
+	pods := readyControlPods(t, ctx)
+	if len(pods) == 0 {
+		t.Fatal("no ready control-plane pod")
 	}
-	server := "https://" + net.JoinHostPort(clusterIP(t, ctx, "default", "kubernetes"), "443")
-	cfg := clientcmdapi.NewConfig()
-	// The API server's certificate does not name the Service address.
-	cfg.Clusters["dev"] = &clientcmdapi.Cluster{Server: server, InsecureSkipTLSVerify: true}
-	cfg.AuthInfos["ballast-control"] = &clientcmdapi.AuthInfo{Token: tok.Status.Token}
-	cfg.Contexts["dev"] = &clientcmdapi.Context{Cluster: "dev", AuthInfo: "ballast-control"}
-	cfg.CurrentContext = "dev"
-	if err := clientcmd.WriteToFile(*cfg, path); err != nil {
-		t.Fatal(err)
+	inPod := func(args ...string) (string, error) {
+		return cluster.Kubectl(ctx, nil, append([]string{"-n", controlNS, "exec", pods[0], "-c", "control", "--",
+			filepath.Join(cluster.Bin, "kubectl")}, args...)...)
 	}
-	if err := os.Chmod(path, 0o644); err != nil {
-		t.Fatal(err)
+	who, err := inPod("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
+	if err != nil || who != "system:serviceaccount:"+controlNS+":ballast-control" {
+		t.Fatalf("in the control-plane pod, the API server knows %q (%v)", who, err)
+	}
+	if _, err := inPod("get", "endpointslices", "-A"); err != nil {
+		t.Fatalf("the control plane may not list EndpointSlices: %v", err)
+	}
+	for _, denied := range [][]string{
+		{"get", "secrets", "-n", controlNS},
+		{"get", "configmaps", "-A"},
+		{"delete", "service", "-n", controlNS, "ballast-control", "--dry-run=server"},
+	} {
+		out, err := inPod(denied...)
+		if err == nil || !strings.Contains(err.Error(), "Forbidden") {
+			t.Fatalf("kubectl %v as ballast-control: %q, %v; want Forbidden by RBAC", denied, out, err)
+		}
 	}
 }
 
