@@ -333,28 +333,6 @@ func TestLoopbackDialRefuses(t *testing.T) {
 	conn.Close()
 }
 
-// Refused streams are retried on grpc-go's xDS schedule.
-func TestXDSBackoff(t *testing.T) {
-	tests := []struct {
-		failures int
-		r        float64
-		want     time.Duration
-	}{
-		{0, 0.5, time.Second},
-		{0, 0, 800 * time.Millisecond},
-		{0, 1, 1200 * time.Millisecond},
-		{1, 0.5, 1600 * time.Millisecond},
-		{2, 0.5, 2560 * time.Millisecond},
-		{30, 0.5, 120 * time.Second},
-	}
-	for _, tt := range tests {
-		got := xdsBackoff(tt.failures, tt.r)
-		if d := got - tt.want; d < -time.Microsecond || d > time.Microsecond {
-			t.Errorf("xdsBackoff(%d, %v) = %v, want %v", tt.failures, tt.r, got, tt.want)
-		}
-	}
-}
-
 // A control plane's own share is each push's arrival minus when the same
 // change reached the API server's plain watch.
 func TestPushTrackerBeyondFloor(t *testing.T) {

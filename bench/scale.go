@@ -4,10 +4,13 @@ import (
 	"cmp"
 	"context"
 	"fmt"
+	"log/slog"
 	"net/netip"
 	"sync"
 	"sync/atomic"
 	"time"
+
+	xdsclient "github.com/ballast-dev/ballast/xds/client"
 )
 
 // scaleConfig sizes scenario 5: for each size, a fresh control plane per
@@ -291,33 +294,61 @@ func (cs *clientSet) start(ctx context.Context) {
 			t.watch(i, svc)
 		}
 		first := true // only the client's stream goroutine uses it
-		cl := &adsClient{
-			server:   cs.control.xds,
-			node:     cs.control.node(fmt.Sprintf("client-%d", i), scaleNamespace).proto(),
-			listener: cs.control.listener(scaleServiceName(svc), scaleNamespace, scalePort),
-			onEndpoints: func(addrs []netip.Addr, at time.Time) {
-				if first && len(addrs) >= cs.size.Endpoints {
-					first = false
-					if int(cs.nSynced.Add(1)) == cs.size.Clients {
-						close(cs.synced)
-					}
-				}
-				for _, a := range addrs {
-					if seq, ok := markerOf(a); ok {
-						for _, t := range cs.trackers {
-							t.received(i, seq, at)
-						}
-					}
+		answered := false
+		cl, err := xdsclient.New(xdsclient.Config{
+			Server: "passthrough:///" + cs.control.xds.String(),
+			Node:   cs.control.node(fmt.Sprintf("client-%d", i), scaleNamespace).proto(),
+			Log:    slog.New(slog.DiscardHandler),
+			OnResponse: func() {
+				if !answered {
+					answered = true
+					cs.answered.Add(1)
 				}
 			},
-			onRetry: func(err error) {
+			// A response the client cannot read is a fault of the control
+			// plane, not of the connection: the measurement cannot go on.
+			OnReject: func(typeURL string, err error) {
+				select {
+				case cs.failed <- fmt.Errorf("client %d: %s: %w", i, typeURL, err):
+				default:
+				}
+			},
+			OnStreamEnd: func(err error) {
 				cs.retries.Add(1)
 				cs.lastRetry.Store(err)
 			},
-			onAnswer: func() { cs.answered.Add(1) },
+		})
+		if err != nil {
+			select {
+			case cs.failed <- err:
+			default:
+			}
+			continue
 		}
+		cl.Watch(cs.control.listener(scaleServiceName(svc), scaleNamespace, scalePort), func(u xdsclient.Update) {
+			at := time.Now()
+			var addrs []netip.Addr
+			for _, e := range u.Endpoints {
+				for _, ep := range e.Endpoints {
+					addrs = append(addrs, ep.Address.Addr())
+				}
+			}
+			if first && len(addrs) >= cs.size.Endpoints {
+				first = false
+				if int(cs.nSynced.Add(1)) == cs.size.Clients {
+					close(cs.synced)
+				}
+			}
+			for _, a := range addrs {
+				if seq, ok := markerOf(a); ok {
+					for _, t := range cs.trackers {
+						t.received(i, seq, at)
+					}
+				}
+			}
+		})
 		cs.wg.Go(func() {
-			if err := cl.run(ctx); err != nil {
+			if err := cl.Run(ctx); err != nil {
 				select {
 				case cs.failed <- err:
 				default:

@@ -18,6 +18,8 @@ import (
 	"slices"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/resolver"
@@ -33,6 +35,7 @@ import (
 	sidecarproxy "github.com/ballast-dev/ballast/proxy"
 	"github.com/ballast-dev/ballast/resolver/kubernetes"
 	"github.com/ballast-dev/ballast/xds"
+	xdsclient "github.com/ballast-dev/ballast/xds/client"
 )
 
 // The article's names.
@@ -286,9 +289,19 @@ func startWorld(ctx context.Context, n int, log *slog.Logger) (_ *world, err err
 	if err != nil {
 		return nil, fmt.Errorf("start sidecar: %w", err)
 	}
+	sidecarXDS, err := xdsclient.New(xdsclient.Config{
+		Server: controlAddr,
+		Node:   &corev3.Node{Id: xds.Bootstrap{Pod: "native-tools-65c5bd87fc-2fsmc", Namespace: Namespace}.NodeID()},
+		Log:    log,
+	})
+	if err != nil {
+		sidecarLis.Close()
+		return nil, fmt.Errorf("start sidecar: %w", err)
+	}
+	w.run(ctx, sidecarXDS.Run)
 	sidecar, err := sidecarproxy.New(sidecarproxy.Options{
 		Outbound: []sidecarproxy.Outbound{{Listener: sidecarLis, Target: fmt.Sprintf("xds:///%s.%s:%d", Service, Namespace, GRPCPort)}},
-		XDS:      &sidecarproxy.XDSConfig{Server: controlAddr, NodeID: xds.Bootstrap{Pod: "native-tools-65c5bd87fc-2fsmc", Namespace: Namespace}.NodeID()},
+		XDS:      sidecarXDS,
 		Log:      log,
 	})
 	if err != nil {

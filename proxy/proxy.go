@@ -36,6 +36,8 @@ import (
 	"golang.org/x/net/http2"
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/resolver"
+
+	"github.com/ballast-dev/ballast/xds/client"
 )
 
 // Defaults for Options fields left zero.
@@ -76,9 +78,9 @@ type Options struct {
 	// means SO_ORIGINAL_DST, which only exists for REDIRECTed connections.
 	OriginalDst func(net.Conn) (netip.AddrPort, error)
 
-	// XDS, if set, is the control plane that resolves xds:/// targets:
-	// their endpoints and the balancer their Cluster names.
-	XDS *XDSConfig
+	// XDS, if set, resolves xds:/// targets with the control plane: their
+	// endpoints and the balancer their Cluster names.
+	XDS XDS
 	// Resolvers resolve targets of their schemes, before grpc-go's
 	// registry (passthrough, dns, and any registered by imports).
 	Resolvers []resolver.Builder
@@ -107,11 +109,10 @@ type Options struct {
 	Log     *slog.Logger
 }
 
-// XDSConfig names the control plane (host:port, plaintext) and the node id
-// the proxy presents to it.
-type XDSConfig struct {
-	Server string
-	NodeID string
+// XDS follows xds:/// targets: the process's one xDS client
+// (xds/client.Client), which the caller runs.
+type XDS interface {
+	Watch(target string, fn func(client.Update)) (cancel func())
 }
 
 // Proxy is a running sidecar data path. Create it with New, run it with
@@ -178,9 +179,7 @@ func New(opts Options) (*Proxy, error) {
 		log:        p.log,
 		byName:     map[string]*upstream{},
 	}
-	if opts.XDS != nil {
-		p.upstreams.xds = newXDSClient(*opts.XDS, p.log)
-	}
+	p.upstreams.xds = opts.XDS
 	if opts.Inbound != nil {
 		p.inbound = newInbound(opts.Inbound, p.registry, p.upstreams.maxMessage, p.log)
 	}
@@ -188,7 +187,6 @@ func New(opts Options) (*Proxy, error) {
 		up, err := p.upstreams.get(o.Target)
 		if err != nil {
 			p.upstreams.close()
-			p.upstreams.xds.close()
 			return nil, fmt.Errorf("proxy: outbound %s: %w", o.Listener.Addr(), err)
 		}
 		p.outbound = append(p.outbound, &routedListener{Listener: o.Listener, up: up})
@@ -239,11 +237,6 @@ func (p *Proxy) Serve(ctx context.Context) error {
 	if p.inbound != nil {
 		serve(p.inbound.lis, func(c net.Conn) { p.serveInbound(ctx, c) })
 	}
-	var xdsDone chan struct{}
-	if x := p.upstreams.xds; x != nil {
-		xdsDone = make(chan struct{})
-		go func() { defer close(xdsDone); x.run() }()
-	}
 	p.ready.Store(true)
 	p.log.Debug("serving", "outbound", len(p.outbound), "transparent", p.opts.Transparent != nil, "inbound", p.inbound != nil)
 
@@ -258,10 +251,6 @@ func (p *Proxy) Serve(ctx context.Context) error {
 	p.upstreams.close()
 	if p.inbound != nil {
 		p.inbound.upstreams.close()
-	}
-	if xdsDone != nil {
-		p.upstreams.xds.close()
-		<-xdsDone
 	}
 	return err
 }

@@ -16,6 +16,7 @@ import (
 
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/greeter"
+	"github.com/ballast-dev/ballast/policy"
 	k8sresolver "github.com/ballast-dev/ballast/resolver/kubernetes"
 )
 
@@ -226,17 +227,17 @@ func TestRegistryPolicy(t *testing.T) {
 		wantBalancer string
 	}{
 		{"none", []string{""}, "round_robin"},
-		{"least_request", []string{"least_request"}, "least_request_experimental"},
+		{"least_request", []string{"least_request"}, "ballast_p2c"},
 		{"peak_ewma", []string{"peak_ewma"}, "ballast_peak_ewma"},
 		{"a bad value keeps the last good", []string{"peak_ewma", "peak-ewma"}, "ballast_peak_ewma"},
 		{"changed", []string{"peak_ewma", "round_robin"}, "round_robin"},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {
-			service := func(policy string, pods int) *discovery.Service {
+			service := func(lb string, pods int) *discovery.Service {
 				svc := &discovery.Service{Key: keyOf("default", "greeter"), Ports: []discovery.Port{{Port: 50051, Protocol: "TCP"}}}
-				if policy != "" {
-					svc.Annotations = map[string]string{discovery.LBPolicyAnnotation: policy}
+				if lb != "" {
+					svc.Annotations = map[string]string{policy.LBAnnotation: lb}
 				}
 				for i, a := range addrs[:pods] {
 					svc.Ports[0].Endpoints = append(svc.Ports[0].Endpoints, discovery.Endpoint{Address: netip.MustParseAddrPort(a), Ready: true, Serving: true, Pod: fmt.Sprintf("pod-%d", i)})

@@ -1,7 +1,6 @@
 package proxy
 
 import (
-	"encoding/json"
 	"fmt"
 	"log/slog"
 	"net/url"
@@ -13,6 +12,9 @@ import (
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
 
+	"github.com/ballast-dev/ballast/policy"
+	"github.com/ballast-dev/ballast/xds/client"
+
 	// The balancers a Cluster may name, registered with grpc-go: the proxy
 	// runs the very implementations a proxyless Go client runs.
 	_ "github.com/ballast-dev/ballast/balancer/p2c"
@@ -20,11 +22,6 @@ import (
 	_ "google.golang.org/grpc/balancer/leastrequest"
 	_ "google.golang.org/grpc/balancer/roundrobin"
 )
-
-// defaultBalancer places calls to targets whose resolver names no policy
-// (dns:///, static lists): a proxy that pinned each client connection to
-// one backend would defeat its purpose.
-const defaultBalancer = "round_robin"
 
 // upstream is one destination Service as the proxy's client side sees it:
 // a balancer host fed by the target's resolver (or by xDS), and the
@@ -49,7 +46,7 @@ type upstream struct {
 // balancer (and its load statistics).
 type upstreams struct {
 	resolvers  []resolver.Builder
-	xds        *xdsClient
+	xds        XDS
 	metrics    *metrics
 	maxMessage uint32
 	log        *slog.Logger
@@ -105,7 +102,7 @@ func (u *upstreams) get(target string) (*upstream, error) {
 // bare host:port, as grpc.NewClient does).
 func (u *upstreams) resolve(target string, h *host) (func(), error) {
 	if name, ok := strings.CutPrefix(target, "xds:///"); ok && u.xds != nil {
-		return u.xds.watch(name, h), nil
+		return u.xds.Watch(name, func(up client.Update) { h.updateXDS(up) }), nil
 	}
 	parsed, err := url.Parse(target)
 	var builder resolver.Builder
@@ -157,20 +154,20 @@ func (u *upstreams) close() {
 type resolverConn struct {
 	resolver.ClientConn // embedded for methods grpc-go may add
 	h                   *host
-	last                *lbChoice // the balancer last given to h
+	last                policy.LB // the policy last given to h
 }
 
 func (r *resolverConn) UpdateState(s resolver.State) error {
-	name, cfg := defaultBalancer, serviceconfig.LoadBalancingConfig(nil)
+	lb := policy.RoundRobin
 	if sc := s.ServiceConfig; sc != nil {
 		if c, ok := sc.Config.(*lbChoice); ok && sc.Err == nil {
-			name, cfg = c.name, c.cfg
-		} else if r.last != nil {
-			name, cfg = r.last.name, r.last.cfg // a bad config keeps the last good one
+			lb = c.lb
+		} else if r.last != "" {
+			lb = r.last // a bad config keeps the last good one
 		}
 	}
-	r.last = &lbChoice{name: name, cfg: cfg}
-	r.h.update(name, cfg, s)
+	r.last = lb
+	r.h.updatePolicy(lb, s)
 	return nil
 }
 
@@ -180,38 +177,68 @@ func (r *resolverConn) NewAddress(addrs []resolver.Address) {
 	r.UpdateState(resolver.State{Addresses: addrs})
 }
 
-// ParseServiceConfig reads the one part of a service config the proxy
-// uses: loadBalancingConfig, the first entry whose balancer is registered,
-// as a grpc-go channel picks it. The kubernetes:/// resolver sends one for
-// Services annotated ballast.dev/lb-policy, so the registry-only proxy
-// honours the annotation as the control plane's Clusters do.
+// ParseServiceConfig reads the policy of a service config (the
+// kubernetes:/// resolver sends one for Services annotated
+// ballast.dev/lb-policy, so the registry-only proxy honours the annotation
+// as the control plane's Clusters do).
 func (r *resolverConn) ParseServiceConfig(js string) *serviceconfig.ParseResult {
-	var sc struct {
-		LoadBalancingConfig []map[string]json.RawMessage `json:"loadBalancingConfig"`
+	lb, err := policy.ParseServiceConfig(js)
+	if err != nil {
+		return &serviceconfig.ParseResult{Err: err}
 	}
-	if err := json.Unmarshal([]byte(js), &sc); err != nil {
-		return &serviceconfig.ParseResult{Err: fmt.Errorf("service config: %w", err)}
-	}
-	for _, entry := range sc.LoadBalancingConfig {
-		for name, raw := range entry { // one key per entry
-			if balancer.Get(name) == nil {
-				continue
-			}
-			name, cfg, err := parsePolicy(name, raw)
-			if err != nil {
-				return &serviceconfig.ParseResult{Err: fmt.Errorf("service config: %w", err)}
-			}
-			return &serviceconfig.ParseResult{Config: &lbChoice{name: name, cfg: cfg}}
-		}
-	}
-	return &serviceconfig.ParseResult{Config: &lbChoice{name: defaultBalancer}}
+	return &serviceconfig.ParseResult{Config: &lbChoice{lb: lb}}
 }
 
-// lbChoice is a parsed service config: the balancer and its config.
+// lbChoice is a parsed service config: its policy.
 type lbChoice struct {
 	serviceconfig.Config // for its marker method; never called
-	name                 string
-	cfg                  serviceconfig.LoadBalancingConfig
+	lb                   policy.LB
+}
+
+// updateXDS hands h what the control plane says of its target: the
+// endpoints and policy of the Cluster its route sends calls to.
+func (h *host) updateXDS(u client.Update) {
+	if len(u.Route.Rules) == 0 || len(u.Route.Rules[0].Backends) == 0 {
+		h.resolverError(fmt.Errorf("route %s sends calls nowhere", u.Route.Name))
+		return
+	}
+	name := u.Route.Rules[0].Backends[0].Cluster
+	var state resolver.State
+	for _, ep := range u.Endpoints[name].Usable() {
+		state.Endpoints = append(state.Endpoints, resolver.Endpoint{Addresses: []resolver.Address{{Addr: ep.Address.String()}}})
+	}
+	h.updatePolicy(u.Clusters[name].LB, state)
+}
+
+// updatePolicy hands h endpoints and the balancer of the policy.
+func (h *host) updatePolicy(lb policy.LB, state resolver.State) {
+	name, cfg, err := balancerFor(lb)
+	if err != nil {
+		h.log.Error("keeping the current balancer", "target", h.target, "err", err)
+		return
+	}
+	h.update(name, cfg, state)
+}
+
+// balancerFor is the first balancer of the policy's list that grpc-go has
+// registered, as a channel picks it, with its parsed config.
+func balancerFor(lb policy.LB) (string, serviceconfig.LoadBalancingConfig, error) {
+	for _, b := range lb.Balancers() {
+		bb := balancer.Get(b.Name)
+		if bb == nil {
+			continue
+		}
+		p, ok := bb.(balancer.ConfigParser)
+		if !ok {
+			return b.Name, nil, nil
+		}
+		cfg, err := p.ParseConfig(b.Config)
+		if err != nil {
+			return "", nil, fmt.Errorf("balancer %s config: %w", b.Name, err)
+		}
+		return b.Name, cfg, nil
+	}
+	return "", nil, fmt.Errorf("no balancer of policy %s is registered", lb)
 }
 
 func serviceLabel(target string) string {

@@ -3,9 +3,10 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"io"
+	"log/slog"
 	"net"
 	"net/netip"
-	"strings"
 	"testing"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
@@ -27,7 +28,9 @@ import (
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/policy"
 	"github.com/ballast-dev/ballast/xds"
+	"github.com/ballast-dev/ballast/xds/client"
 )
 
 // startControlPlane serves, over ADS on loopback, the xDS resources of one
@@ -132,7 +135,7 @@ func TestXDSUpstream(t *testing.T) {
 	xdsOpt := grpc.WithResolvers(xdsResolver)
 
 	t.Run("proxied", func(t *testing.T) {
-		_, addr := startOutbound(t, XDSTarget("greeter", "default", 50051), Options{XDS: &XDSConfig{Server: cp, NodeID: nodeID}})
+		_, addr := startOutbound(t, XDSTarget("greeter", "default", 50051), Options{XDS: runXDSClient(t, cp, nodeID)})
 		if pods := spread(t, dial(t, addr), 3, 30); !even(pods, 3, 30) {
 			t.Fatalf("30 calls through the proxy reached %v, want 10 on each of 3 pods", pods)
 		}
@@ -196,18 +199,18 @@ func TestXDSPolicy(t *testing.T) {
 	const nodeID = "ballast-proxy~default~policy"
 	addrs := startGreeters(t, 3)
 	tests := []struct {
-		policy       xds.Policy
+		policy       policy.LB
 		wantBalancer string
 	}{
-		{xds.RoundRobin, "round_robin"},
-		{xds.LeastRequest, "least_request_experimental"},
-		{xds.PeakEWMA, "ballast_peak_ewma"},
+		{policy.RoundRobin, "round_robin"},
+		{policy.LeastRequest, "ballast_p2c"},
+		{policy.PeakEWMA, "ballast_peak_ewma"},
 	}
 	for _, tc := range tests {
 		t.Run(string(tc.policy), func(t *testing.T) {
 			svc := &discovery.Service{
 				Key:         keyOf("default", "greeter"),
-				Annotations: map[string]string{xds.PolicyAnnotation: string(tc.policy)},
+				Annotations: map[string]string{policy.LBAnnotation: string(tc.policy)},
 				Ports:       []discovery.Port{{Port: 50051, Protocol: "TCP"}},
 			}
 			for i, a := range addrs {
@@ -217,7 +220,7 @@ func TestXDSPolicy(t *testing.T) {
 			}
 			cp := startBallastControlPlane(t, nodeID, svc)
 			target := XDSTarget(svc.Key.Name, svc.Key.Namespace, 50051)
-			p, addr := startOutbound(t, target, Options{XDS: &XDSConfig{Server: cp, NodeID: nodeID}})
+			p, addr := startOutbound(t, target, Options{XDS: runXDSClient(t, cp, nodeID)})
 			// spread fails unless calls reach all 3 pods (in its warm-up)
 			// and all 30 counted calls succeed; how they spread is the
 			// policy's business.
@@ -232,33 +235,19 @@ func TestXDSPolicy(t *testing.T) {
 	}
 }
 
-func TestXDSConfigFromBootstrap(t *testing.T) {
-	good, err := xds.Bootstrap{Server: "127.0.0.1:18000", ID: "ballast-proxy~ns~pod"}.JSON()
+// runXDSClient runs the process's xDS client for server as nodeID until
+// the test ends.
+func runXDSClient(t *testing.T, server, nodeID string) *client.Client {
+	t.Helper()
+	c, err := client.New(client.Config{Server: server, Node: &corev3.Node{Id: nodeID}, Log: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}
-	tests := []struct {
-		name    string
-		json    string
-		want    XDSConfig
-		wantErr string
-	}{
-		{name: "ours", json: string(good), want: XDSConfig{Server: "127.0.0.1:18000", NodeID: "ballast-proxy~ns~pod"}},
-		{name: "no server", json: `{"node":{"id":"x"}}`, wantErr: "xds_servers"},
-		{name: "not json", json: `{`, wantErr: "xds bootstrap"},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := XDSConfigFromBootstrap([]byte(tc.json))
-			if tc.wantErr != "" {
-				if err == nil || !strings.Contains(err.Error(), tc.wantErr) {
-					t.Fatalf("error %v, want one mentioning %q", err, tc.wantErr)
-				}
-				return
-			}
-			if err != nil || got != tc.want {
-				t.Fatalf("got %+v, %v; want %+v", got, err, tc.want)
-			}
-		})
-	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return c
 }
+
+var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))

@@ -38,6 +38,7 @@ import (
 
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/greeter"
+	"github.com/ballast-dev/ballast/policy"
 )
 
 // plane is a control plane serving on loopback, with the registry it reads.
@@ -293,7 +294,7 @@ func TestProxylessGRPC(t *testing.T) {
 
 		// The next change of the Service's Cluster replaces the rejected
 		// one; the client ACKs it.
-		p.reg.Set(greeterService(addrs[1:], map[string]string{PolicyAnnotation: "least_request"}))
+		p.reg.Set(greeterService(addrs[1:], map[string]string{policy.LBAnnotation: "least_request"}))
 		eventually(t, "the client ACKs the good cluster again", func() bool {
 			return csdsHas(t, p, resourcev3.ClusterType, name, "ACKED")
 		})
@@ -392,7 +393,7 @@ func (l *load) stop(t *testing.T) {
 func TestPeakEWMAFallsBack(t *testing.T) {
 	p := startPlane(t)
 	addrs := greeters(t, 3)
-	p.reg.Set(greeterService(addrs, map[string]string{PolicyAnnotation: "peak_ewma"}))
+	p.reg.Set(greeterService(addrs, map[string]string{policy.LBAnnotation: "peak_ewma"}))
 	conn := dialXDS(t, p, "xds:///greeter.default.svc.cluster.local:50051")
 	callUntil(t, conn, "greeter-0", "greeter-1", "greeter-2")
 	if !csdsHas(t, p, resourcev3.ClusterType, "greeter.default.svc.cluster.local:50051", "ACKED") {

@@ -27,6 +27,7 @@ import (
 	"google.golang.org/protobuf/types/known/emptypb"
 
 	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/policy"
 )
 
 // Config is everything a Server needs; flags become one of these.
@@ -179,7 +180,7 @@ func NewServer(cfg Config) (*Server, error) {
 		return nil, fmt.Errorf("xds server: no registry")
 	}
 	if cfg.Translate.DefaultPolicy != "" {
-		if _, err := ParsePolicy(string(cfg.Translate.DefaultPolicy)); err != nil {
+		if _, err := policy.ParseLB(string(cfg.Translate.DefaultPolicy)); err != nil {
 			return nil, fmt.Errorf("xds server: default policy: %w", err)
 		}
 	}

@@ -18,6 +18,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/policy"
 )
 
 // TestHTTPEndpoints checks /healthz, /readyz before and after discovery
@@ -95,8 +96,8 @@ func TestServerKeepsLastGoodOnBadInput(t *testing.T) {
 	}
 	key := discovery.Key{Namespace: "default", Name: "a"}
 	name := "a.default.svc.cluster.local:80"
-	set := func(policy string) {
-		reg.Set(&discovery.Service{Key: key, Annotations: map[string]string{PolicyAnnotation: policy},
+	set := func(lb string) {
+		reg.Set(&discovery.Service{Key: key, Annotations: map[string]string{policy.LBAnnotation: lb},
 			Ports: []discovery.Port{{Port: 80, Protocol: "TCP"}}})
 		srv.apply([]discovery.Key{key}, time.Now())
 	}
@@ -130,11 +131,12 @@ func TestServerKeepsLastGoodOnBadInput(t *testing.T) {
 	}
 
 	set("least_request")
-	if got := firstPolicy(); got != "envoy.load_balancing_policies.least_request" {
+	// least_request's list starts with Ballast's own least-request balancer.
+	if got := firstPolicy(); got != "ballast.load_balancing_policies.p2c" {
 		t.Fatalf("policy = %s, want least_request", got)
 	}
 	set("fastest")
-	if got := firstPolicy(); got != "envoy.load_balancing_policies.least_request" {
+	if got := firstPolicy(); got != "ballast.load_balancing_policies.p2c" {
 		t.Fatalf("after a bad annotation, policy = %s, want the last good least_request", got)
 	}
 	if n := errorsCounted(); n != 1 {

@@ -11,6 +11,7 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/policy"
 )
 
 // The server's translation of a changed Service is always what
@@ -47,7 +48,7 @@ func TestServerTranslateKeepsShape(t *testing.T) {
 		}, false},
 		{"the UDP port became TCP", func(s *discovery.Service) { s.Ports[1].Protocol = "TCP" }, false},
 		{"the LB policy annotation set", func(s *discovery.Service) {
-			s.Annotations = map[string]string{PolicyAnnotation: "least_request"}
+			s.Annotations = map[string]string{policy.LBAnnotation: "least_request"}
 		}, false},
 	}
 	for _, tt := range tests {

@@ -9,64 +9,25 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
-	"maps"
 	"net/netip"
 	"slices"
 	"strconv"
 
-	xdstypev3 "github.com/cncf/xds/go/xds/type/v3"
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
-	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	leastrequestv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/least_request/v3"
-	roundrobinv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
-	"google.golang.org/protobuf/proto"
-	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/structpb"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/policy"
 	"github.com/ballast-dev/ballast/xds/sidecar"
 )
 
-// PolicyAnnotation names the Service annotation that picks the LB policy of
-// all of the Service's ports: round_robin, least_request or peak_ewma.
-const PolicyAnnotation = discovery.LBPolicyAnnotation
-
-// Policy is a load-balancing policy a Cluster asks its clients to use; the
-// policies and their fallback order are discovery's (discovery.LBPolicy),
-// shared with the kubernetes:/// resolver. Each becomes an ordered list in
-// the Cluster's load_balancing_policy (gRFC A52).
-type Policy = discovery.LBPolicy
-
-// The policies a Service may ask for.
-const (
-	RoundRobin   = discovery.RoundRobin
-	LeastRequest = discovery.LeastRequest
-	PeakEWMA     = discovery.PeakEWMA
-)
-
-// PeakEWMABalancerName is the grpc-go balancer name of Ballast's peak-EWMA
-// policy (balancer/peakewma.Name). grpc-go turns a TypedStruct policy whose
-// type_url ends in this name into a config for the balancer registered under
-// it, and skips the entry when no such balancer is registered.
-const PeakEWMABalancerName = "ballast_peak_ewma"
-
-// peakEWMATypeURL is the TypedStruct type_url naming the peak-EWMA balancer.
-const peakEWMATypeURL = "type.googleapis.com/" + PeakEWMABalancerName
-
-// ParsePolicy reads a policy name, as written in the annotation or a flag.
-func ParsePolicy(s string) (Policy, error) { return discovery.ParseLBPolicy(s) }
-
 // Options shape the translation. The zero value is usable.
 type Options struct {
-	// DefaultPolicy applies to Services without the policy annotation;
-	// empty means RoundRobin.
-	DefaultPolicy Policy
+	// DefaultPolicy applies to Services without the lb-policy annotation;
+	// empty means round_robin.
+	DefaultPolicy policy.LB
 	// ClusterDomain is the cluster's DNS suffix; empty means "cluster.local".
 	ClusterDomain string
 	// BareNameNamespace is the one namespace whose Services are also served
@@ -77,7 +38,7 @@ type Options struct {
 	BareNameNamespace string
 }
 
-func (o Options) policy() Policy            { return cmp.Or(o.DefaultPolicy, RoundRobin) }
+func (o Options) defaults() policy.Defaults { return policy.Defaults{LB: o.DefaultPolicy} }
 func (o Options) clusterDomain() string     { return cmp.Or(o.ClusterDomain, "cluster.local") }
 func (o Options) bareNameNamespace() string { return cmp.Or(o.BareNameNamespace, "default") }
 
@@ -167,48 +128,81 @@ func Translate(services []*discovery.Service, opts Options) (Resources, error) {
 // linked (a fifth of ballast-control's code, about 4 MiB of RSS) would
 // stay in the binary for a check that cannot fail.
 func TranslateService(svc *discovery.Service, opts Options) (Resources, error) {
-	var out Resources
-	policy := opts.policy()
-	if p, ok, err := svc.LBPolicy(); err != nil {
-		return Resources{}, err
-	} else if ok {
-		policy = p
-	}
-	lbPolicy, err := loadBalancingPolicy(policy)
+	ports, err := Model(svc, opts)
 	if err != nil {
-		return Resources{}, fmt.Errorf("service %s: %w", svc.Key, err)
+		return Resources{}, err
 	}
-	for i := range svc.Ports {
-		port := &svc.Ports[i]
-		if port.Protocol != "" && port.Protocol != "TCP" {
-			continue
-		}
-		names := DialNames(svc.Key, port.Port, opts)
-		canonical := names[len(names)-1]
+	var out Resources
+	for _, m := range ports {
+		canonical := m.Route.Name
 		// Every listener of the port, one per dial name and one per
 		// ClusterIP, holds the same connection manager: one message, made
-		// and validated once, shared (resources are never modified once
-		// built). Its stat prefix is the canonical name, so an Envoy
-		// counts every alias of the port together.
+		// once, shared (resources are never modified once built). Its stat
+		// prefix is the canonical name, so an Envoy counts every alias of
+		// the port together.
 		hcm, err := connectionManager(canonical, canonical)
 		if err != nil {
 			return Resources{}, fmt.Errorf("service %s: listener %s: %w", svc.Key, canonical, err)
 		}
-		for _, n := range names {
+		for _, n := range m.Route.Domains {
 			out.Listeners = append(out.Listeners, apiListener(n, hcm))
 		}
 		for _, ip := range svc.ClusterIPs {
 			if !ip.IsValid() || ip.IsUnspecified() {
 				continue // headless: nothing to intercept
 			}
-			out.SidecarListeners = append(out.SidecarListeners, sidecar.Listener(netip.AddrPortFrom(ip.Unmap(), uint16(port.Port)), hcm))
+			out.SidecarListeners = append(out.SidecarListeners, sidecar.Listener(netip.AddrPortFrom(ip.Unmap(), m.Port), hcm))
 		}
-		out.Routes = append(out.Routes, routeConfiguration(canonical, names))
-		out.Clusters = append(out.Clusters, edsCluster(canonical, lbPolicy))
-		out.Endpoints = append(out.Endpoints, loadAssignment(canonical, port.Endpoints))
+		out.Routes = append(out.Routes, renderRoute(m.Route))
+		out.Clusters = append(out.Clusters, renderCluster(m.Cluster))
+		out.Endpoints = append(out.Endpoints, renderEndpoints(m.Endpoints))
 	}
 	out.sort()
 	return out, nil
+}
+
+// PortModel is what a Service port asks of its clients, in the policy
+// model: the route of the port's dial names, the Cluster it names and
+// that Cluster's endpoints.
+type PortModel struct {
+	Port      uint16
+	Route     policy.Route
+	Cluster   policy.Cluster
+	Endpoints policy.Endpoints
+}
+
+// Model is the policy model of each of svc's TCP ports, which
+// TranslateService renders: a route for the port's dial names (the last,
+// fully qualified one names the route, the Cluster and its endpoints)
+// sending every call to the port's Cluster, with the Service's policy.
+func Model(svc *discovery.Service, opts Options) ([]PortModel, error) {
+	lb, _, err := policy.ServiceLB(svc, opts.defaults())
+	if err != nil {
+		return nil, err
+	}
+	var out []PortModel
+	for _, port := range tcpPorts(svc) {
+		names := DialNames(svc.Key, port.Port, opts)
+		canonical := names[len(names)-1]
+		out = append(out, PortModel{
+			Port:      uint16(port.Port),
+			Route:     policy.RouteTo(canonical, names, canonical),
+			Cluster:   policy.Cluster{Name: canonical, LB: lb},
+			Endpoints: policy.EndpointsOf(canonical, port.Endpoints),
+		})
+	}
+	return out, nil
+}
+
+// tcpPorts are the ports of svc that gRPC can use.
+func tcpPorts(svc *discovery.Service) []*discovery.Port {
+	var out []*discovery.Port
+	for i := range svc.Ports {
+		if p := &svc.Ports[i]; p.Protocol == "" || p.Protocol == "TCP" {
+			out = append(out, p)
+		}
+	}
+	return out
 }
 
 // shape is what a Service's Listeners, RouteConfigurations and Clusters
@@ -225,7 +219,7 @@ type shape struct {
 
 func shapeOf(svc *discovery.Service) shape {
 	sh := shape{}
-	sh.policy, sh.hasPolicy = svc.Annotations[PolicyAnnotation]
+	sh.policy, sh.hasPolicy = svc.Annotations[policy.LBAnnotation]
 	for _, p := range svc.Ports {
 		sh.ports += strconv.Itoa(int(p.Port)) + "/" + p.Protocol + ","
 	}
@@ -238,13 +232,9 @@ func shapeOf(svc *discovery.Service) shape {
 // translateEndpoints is TranslateService's ClusterLoadAssignments alone.
 func translateEndpoints(svc *discovery.Service, opts Options) []*endpointv3.ClusterLoadAssignment {
 	var out []*endpointv3.ClusterLoadAssignment
-	for i := range svc.Ports {
-		port := &svc.Ports[i]
-		if port.Protocol != "" && port.Protocol != "TCP" {
-			continue
-		}
+	for _, port := range tcpPorts(svc) {
 		names := DialNames(svc.Key, port.Port, opts)
-		out = append(out, loadAssignment(names[len(names)-1], port.Endpoints))
+		out = append(out, renderEndpoints(policy.EndpointsOf(names[len(names)-1], port.Endpoints)))
 	}
 	return out
 }
@@ -260,147 +250,4 @@ func DialNames(k discovery.Key, port int32, opts Options) []string {
 	}
 	base := k.Name + "." + k.Namespace
 	return append(names, base+p, base+".svc"+p, base+".svc."+opts.clusterDomain()+p)
-}
-
-var adsSource = &corev3.ConfigSource{
-	ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
-	ResourceApiVersion:    corev3.ApiVersion_V3,
-}
-
-// routerFilter is the terminal HTTP filter gRPC's xDS client requires.
-var routerFilter = mustAny(&routerv3.Router{})
-
-// apiListener is the listener gRPC's xDS client asks for when it dials
-// name; hcm is the port's connection manager.
-func apiListener(name string, hcm *anypb.Any) *listenerv3.Listener {
-	return &listenerv3.Listener{
-		Name:        name,
-		ApiListener: &listenerv3.ApiListener{ApiListener: hcm},
-	}
-}
-
-// connectionManager is the HttpConnectionManager of every listener: RDS
-// over ADS for route, then the router.
-func connectionManager(statPrefix, route string) (*anypb.Any, error) {
-	m := &hcmv3.HttpConnectionManager{
-		StatPrefix: statPrefix,
-		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
-			ConfigSource:    adsSource,
-			RouteConfigName: route,
-		}},
-		HttpFilters: []*hcmv3.HttpFilter{{
-			Name:       "envoy.filters.http.router",
-			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: routerFilter},
-		}},
-	}
-	return anypb.New(m)
-}
-
-func routeConfiguration(name string, domains []string) *routev3.RouteConfiguration {
-	return &routev3.RouteConfiguration{
-		Name: name,
-		VirtualHosts: []*routev3.VirtualHost{{
-			Name:    name,
-			Domains: domains,
-			Routes: []*routev3.Route{{
-				Match: &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: "/"}},
-				Action: &routev3.Route_Route{Route: &routev3.RouteAction{
-					ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: name},
-				}},
-			}},
-		}},
-	}
-}
-
-func edsCluster(name string, policy *clusterv3.LoadBalancingPolicy) *clusterv3.Cluster {
-	return &clusterv3.Cluster{
-		Name:                 name,
-		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
-		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource, ServiceName: name},
-		LoadBalancingPolicy:  policy,
-	}
-}
-
-// Policy list entries, shared by every Cluster (resources are immutable once
-// built).
-var (
-	roundRobinEntry   = policyEntry("envoy.load_balancing_policies.round_robin", &roundrobinv3.RoundRobin{})
-	leastRequestEntry = policyEntry("envoy.load_balancing_policies.least_request", &leastrequestv3.LeastRequest{
-		ChoiceCount: wrapperspb.UInt32(2),
-	})
-	peakEWMAEntry = policyEntry("ballast.load_balancing_policies.peak_ewma", &xdstypev3.TypedStruct{
-		TypeUrl: peakEWMATypeURL,
-		Value:   &structpb.Struct{},
-	})
-)
-
-// loadBalancingPolicy is the Cluster's ordered policy list for p. The
-// endpoint-picking policy is listed directly, not under wrr_locality: the
-// policy sees every endpoint of the priority, whatever its zone, which is
-// what per-call balancing across a Service's pods means.
-func loadBalancingPolicy(p Policy) (*clusterv3.LoadBalancingPolicy, error) {
-	var entries []*clusterv3.LoadBalancingPolicy_Policy
-	switch p {
-	case RoundRobin:
-		entries = []*clusterv3.LoadBalancingPolicy_Policy{roundRobinEntry}
-	case LeastRequest:
-		entries = []*clusterv3.LoadBalancingPolicy_Policy{leastRequestEntry, roundRobinEntry}
-	case PeakEWMA:
-		entries = []*clusterv3.LoadBalancingPolicy_Policy{peakEWMAEntry, leastRequestEntry, roundRobinEntry}
-	default:
-		return nil, fmt.Errorf("unknown lb policy %q", p)
-	}
-	return &clusterv3.LoadBalancingPolicy{Policies: entries}, nil
-}
-
-func policyEntry(name string, config proto.Message) *clusterv3.LoadBalancingPolicy_Policy {
-	return &clusterv3.LoadBalancingPolicy_Policy{
-		TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: name, TypedConfig: mustAny(config)},
-	}
-}
-
-// loadAssignment groups endpoints by zone, one locality each, in zone order.
-// A locality's weight is its endpoint count (gRPC ignores zero-weight
-// localities; the weight only matters to a client that weighs localities).
-func loadAssignment(name string, endpoints []discovery.Endpoint) *endpointv3.ClusterLoadAssignment {
-	byZone := map[string][]*endpointv3.LbEndpoint{}
-	for _, e := range endpoints {
-		var health corev3.HealthStatus
-		switch {
-		case e.Ready:
-			health = corev3.HealthStatus_HEALTHY
-		case e.Serving && e.Terminating:
-			health = corev3.HealthStatus_DRAINING
-		default:
-			continue
-		}
-		byZone[e.Zone] = append(byZone[e.Zone], &endpointv3.LbEndpoint{
-			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
-				Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
-					Address:       e.Address.Addr().String(),
-					PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(e.Address.Port())},
-				}}},
-				Hostname: e.Pod,
-			}},
-			HealthStatus: health,
-		})
-	}
-	cla := &endpointv3.ClusterLoadAssignment{ClusterName: name}
-	for _, zone := range slices.Sorted(maps.Keys(byZone)) {
-		eps := byZone[zone]
-		cla.Endpoints = append(cla.Endpoints, &endpointv3.LocalityLbEndpoints{
-			Locality:            &corev3.Locality{Zone: zone},
-			LbEndpoints:         eps,
-			LoadBalancingWeight: wrapperspb.UInt32(uint32(len(eps))),
-		})
-	}
-	return cla
-}
-
-func mustAny(m proto.Message) *anypb.Any {
-	a, err := anypb.New(m)
-	if err != nil {
-		panic(fmt.Sprintf("xds: marshal %T: %v", m, err))
-	}
-	return a
 }

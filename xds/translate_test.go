@@ -16,72 +16,26 @@ import (
 	"google.golang.org/protobuf/proto"
 
 	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/policy"
+	"github.com/ballast-dev/ballast/xds/internal/cases"
 	"github.com/ballast-dev/ballast/xds/sidecar"
 )
 
 var update = flag.Bool("update", false, "rewrite testdata/*.golden from the current output")
 
-func ep(addr string, ready, serving, terminating bool, zone, pod string) discovery.Endpoint {
-	return discovery.Endpoint{
-		Address: netip.MustParseAddrPort(addr),
-		Ready:   ready, Serving: serving, Terminating: terminating,
-		Zone: zone, Pod: pod,
-	}
-}
+var ep = cases.Endpoint
 
 func TestTranslateGolden(t *testing.T) {
-	tests := []struct {
-		name     string
-		opts     Options
-		services []*discovery.Service
-	}{{
-		name: "default_namespace_zones_and_conditions",
-		services: []*discovery.Service{{
-			Key:        discovery.Key{Namespace: "default", Name: "greeter"},
-			ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
-			Ports: []discovery.Port{{Port: 50051, Protocol: "TCP", Endpoints: []discovery.Endpoint{
-				ep("10.0.0.1:8080", true, true, false, "zone-a", "greeter-1"),
-				ep("10.0.0.2:8080", false, true, true, "zone-a", "greeter-2"),   // draining
-				ep("10.0.0.3:8080", false, false, true, "zone-b", "greeter-3"),  // gone
-				ep("10.0.0.4:8080", false, false, false, "zone-b", "greeter-4"), // not ready yet
-				ep("10.0.0.5:8080", true, true, false, "zone-b", "greeter-5"),
-				ep("10.0.0.6:8080", true, true, false, "", ""),
-			}}},
-		}},
-	}, {
-		name: "other_namespace_multi_port_least_request",
-		services: []*discovery.Service{{
-			Key:         discovery.Key{Namespace: "shop", Name: "cart"},
-			Annotations: map[string]string{PolicyAnnotation: "least_request"},
-			Ports: []discovery.Port{
-				{Name: "grpc", Port: 9090, Protocol: "TCP", Endpoints: []discovery.Endpoint{ep("10.1.0.1:9090", true, true, false, "z", "cart-1")}},
-				{Name: "dns", Port: 9053, Protocol: "UDP", Endpoints: []discovery.Endpoint{ep("10.1.0.1:53", true, true, false, "z", "cart-1")}},
-				{Name: "admin", Port: 9901, Protocol: "TCP"},
-			},
-		}},
-	}, {
-		name: "peak_ewma_and_default_policy_option",
-		opts: Options{DefaultPolicy: LeastRequest, ClusterDomain: "example.org", BareNameNamespace: "-"},
-		services: []*discovery.Service{{
-			Key:         discovery.Key{Namespace: "default", Name: "fast"},
-			ClusterIPs:  []netip.Addr{netip.MustParseAddr("fd00:96::1")},
-			Annotations: map[string]string{PolicyAnnotation: "peak_ewma"},
-			Ports:       []discovery.Port{{Port: 80, Protocol: "TCP", Endpoints: []discovery.Endpoint{ep("[fd00::1]:8080", true, true, false, "z", "fast-1")}}},
-		}, {
-			Key:   discovery.Key{Namespace: "default", Name: "plain"},
-			Ports: []discovery.Port{{Port: 81, Protocol: "TCP"}},
-		}},
-	}}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			res, err := Translate(tt.services, tt.opts)
+	for _, tt := range cases.Golden() {
+		t.Run(tt.Name, func(t *testing.T) {
+			res, err := Translate(tt.Services, Options{DefaultPolicy: tt.DefaultPolicy, ClusterDomain: tt.ClusterDomain, BareNameNamespace: tt.BareNameNamespace})
 			if err != nil {
 				t.Fatalf("Translate: %v", err)
 			}
 			if err := res.validate(); err != nil {
 				t.Fatalf("invalid resource: %v", err)
 			}
-			checkGolden(t, filepath.Join("testdata", tt.name+".golden"), dump(t, res))
+			checkGolden(t, filepath.Join("testdata", tt.Name+".golden"), dump(t, res))
 		})
 	}
 }
@@ -212,10 +166,10 @@ func TestTranslatePolicies(t *testing.T) {
 		wantErr    string
 	}{
 		{"", Options{}, []string{"envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin"}, ""},
-		{"", Options{DefaultPolicy: PeakEWMA}, []string{"xds.type.v3.TypedStruct", "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest", "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin"}, ""},
-		{"round_robin", Options{DefaultPolicy: LeastRequest}, []string{"envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin"}, ""},
-		{"least_request", Options{}, []string{"envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest", "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin"}, ""},
-		{"peak_ewma", Options{}, []string{"xds.type.v3.TypedStruct", "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest", "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin"}, ""},
+		{"", Options{DefaultPolicy: policy.PeakEWMA}, []string{"xds.type.v3.TypedStruct", "xds.type.v3.TypedStruct", "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest", "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin"}, ""},
+		{"round_robin", Options{DefaultPolicy: policy.LeastRequest}, []string{"envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin"}, ""},
+		{"least_request", Options{}, []string{"xds.type.v3.TypedStruct", "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest", "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin"}, ""},
+		{"peak_ewma", Options{}, []string{"xds.type.v3.TypedStruct", "xds.type.v3.TypedStruct", "envoy.extensions.load_balancing_policies.least_request.v3.LeastRequest", "envoy.extensions.load_balancing_policies.round_robin.v3.RoundRobin"}, ""},
 		{"p2c", Options{}, nil, `service default/s: annotation ballast.dev/lb-policy: unknown lb policy "p2c"`},
 		{"", Options{DefaultPolicy: "random"}, nil, `service default/s: unknown lb policy "random"`},
 	}
@@ -223,7 +177,7 @@ func TestTranslatePolicies(t *testing.T) {
 		t.Run(fmt.Sprintf("%s/%s", tt.annotation, tt.opts.DefaultPolicy), func(t *testing.T) {
 			svc := &discovery.Service{Key: discovery.Key{Namespace: "default", Name: "s"}, Ports: []discovery.Port{{Port: 1, Protocol: "TCP"}}}
 			if tt.annotation != "" {
-				svc.Annotations = map[string]string{PolicyAnnotation: tt.annotation}
+				svc.Annotations = map[string]string{policy.LBAnnotation: tt.annotation}
 			}
 			res, err := TranslateService(svc, tt.opts)
 			if tt.wantErr != "" {
@@ -251,7 +205,7 @@ func TestTranslatePolicies(t *testing.T) {
 func TestTranslateKeepsGoodServices(t *testing.T) {
 	good := &discovery.Service{Key: discovery.Key{Namespace: "default", Name: "good"}, Ports: []discovery.Port{{Port: 1, Protocol: "TCP"}}}
 	bad := &discovery.Service{Key: discovery.Key{Namespace: "default", Name: "bad"}, Ports: []discovery.Port{{Port: 1, Protocol: "TCP"}},
-		Annotations: map[string]string{PolicyAnnotation: "fastest"}}
+		Annotations: map[string]string{policy.LBAnnotation: "fastest"}}
 	res, err := Translate([]*discovery.Service{bad, good}, Options{})
 	if err == nil || !strings.Contains(err.Error(), "service default/bad") {
 		t.Fatalf("err = %v, want it to name default/bad", err)
@@ -265,7 +219,7 @@ func TestTranslateKeepsGoodServices(t *testing.T) {
 // generated validation, including the HttpConnectionManager inside each
 // Listener and a translation with no endpoints at all.
 func TestTranslateValid(t *testing.T) {
-	res, err := Translate(benchServices(20, 3), Options{DefaultPolicy: PeakEWMA})
+	res, err := Translate(benchServices(20, 3), Options{DefaultPolicy: policy.PeakEWMA})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -21,6 +21,7 @@ import (
 	"github.com/ballast-dev/ballast/discovery/files"
 	"github.com/ballast-dev/ballast/discovery/kube"
 	"github.com/ballast-dev/ballast/greeter"
+	"github.com/ballast-dev/ballast/policy"
 	"github.com/ballast-dev/ballast/resolver/kubernetes"
 )
 
@@ -103,7 +104,8 @@ With --calls N, makes N calls over one connection to --target and prints the cou
 	cmd.Flags().IntVar(&calls, "calls", 0, "make this many calls, print the count per pod and exit")
 	cmd.Flags().StringVar(&disc.Kubeconfig, "kubeconfig", "", "kubeconfig for kubernetes:/// targets (default: $KUBECONFIG, ~/.kube/config, then in-cluster)")
 	cmd.Flags().StringVar(&disc.Files, "files", "", "resolve kubernetes:/// targets from this folder of Service and EndpointSlice YAML instead of a cluster")
-	cmd.Flags().StringVar(&disc.LBPolicy, "lb-policy", "round_robin", "LB policy for kubernetes:/// targets: round_robin, ballast_p2c, ballast_peak_ewma (a Service annotated ballast.dev/lb-policy gets that policy instead)")
+	disc.LBPolicy = policy.RoundRobin
+	cmd.Flags().Var(&disc.LBPolicy, "lb-policy", "LB policy for kubernetes:/// targets, as the annotation names them: round_robin, least_request, peak_ewma (a Service annotated ballast.dev/lb-policy gets its own instead)")
 	return cmd
 }
 
@@ -129,7 +131,7 @@ func countCalls(cmd *cobra.Command, target string, n int, dialOpts []grpc.DialOp
 type clientDiscovery struct {
 	Kubeconfig string
 	Files      string
-	LBPolicy   string
+	LBPolicy   policy.LB
 }
 
 // dialOptions makes kubernetes:/// targets resolvable (from the cluster, or
@@ -139,7 +141,7 @@ func (d clientDiscovery) dialOptions(ctx context.Context, target string) ([]grpc
 	if !strings.HasPrefix(target, kubernetes.Scheme+":") {
 		return nil, nil
 	}
-	opts := []grpc.DialOption{grpc.WithDefaultServiceConfig(fmt.Sprintf(`{"loadBalancingConfig":[{%q:{}}]}`, d.LBPolicy))}
+	opts := []grpc.DialOption{grpc.WithDefaultServiceConfig(d.LBPolicy.ServiceConfig())}
 	if d.Files != "" {
 		reg := discovery.NewRegistry()
 		src := files.New(d.Files, reg, files.Options{})

@@ -28,7 +28,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ballast-dev/ballast/devcluster"
-	"github.com/ballast-dev/ballast/xds"
+	"github.com/ballast-dev/ballast/policy"
 )
 
 const (
@@ -696,9 +696,9 @@ func nackOnTheHarness(t *testing.T, ctx context.Context, from string) {
 		t.Fatalf("%s never saw the probe's ACK: %v", ctrl, err)
 	}
 
-	annotation := xds.PolicyAnnotation + "=" + string(xds.LeastRequest)
+	annotation := policy.LBAnnotation + "=" + string(policy.LeastRequest)
 	kubectl(t, ctx, "-n", "default", "annotate", "--overwrite", "service/native-tools-2", annotation)
-	defer kubectl(t, ctx, "-n", "default", "annotate", "service/native-tools-2", xds.PolicyAnnotation+"-")
+	defer kubectl(t, ctx, "-n", "default", "annotate", "service/native-tools-2", policy.LBAnnotation+"-")
 	update := receive()
 	const reason = "e2e: least_request is not supported here"
 	request(good.GetVersionInfo(), update.GetNonce(), &statuspb.Status{Code: int32(codes.InvalidArgument), Message: reason})

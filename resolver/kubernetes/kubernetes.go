@@ -44,13 +44,11 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/attributes"
-	"google.golang.org/grpc/balancer/leastrequest"
-	"google.golang.org/grpc/balancer/roundrobin"
 	"google.golang.org/grpc/resolver"
 	"k8s.io/apimachinery/pkg/util/validation"
 
-	"github.com/ballast-dev/ballast/balancer/peakewma"
 	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/policy"
 )
 
 // Scheme is the target scheme this resolver serves.
@@ -184,8 +182,8 @@ type kubeResolver struct {
 	sent       bool
 	lastAddr   []string
 	lastErr    string
-	lastPolicy discovery.LBPolicy // "" for none
-	badPolicy  string             // the annotation error last logged
+	lastPolicy policy.LB // "" for none
+	badPolicy  string    // the annotation error last logged
 }
 
 func (r *kubeResolver) run(ctx context.Context) {
@@ -206,7 +204,7 @@ func (r *kubeResolver) run(ctx context.Context) {
 // push reads the Service from the registry and sends the whole state, or
 // the reason there is none.
 func (r *kubeResolver) push() {
-	eps, policy, err := r.resolve()
+	eps, lb, err := r.resolve()
 	if err != nil {
 		if r.sent && r.lastErr == err.Error() {
 			return
@@ -225,24 +223,24 @@ func (r *kubeResolver) push() {
 	for i, ep := range eps {
 		addrs[i] = ep.Addresses[0].Addr
 	}
-	if r.sent && r.lastErr == "" && slices.Equal(addrs, r.lastAddr) && policy == r.lastPolicy {
+	if r.sent && r.lastErr == "" && slices.Equal(addrs, r.lastAddr) && lb == r.lastPolicy {
 		return
 	}
-	r.log.Debug("endpoints", "addresses", addrs, "policy", policy)
+	r.log.Debug("endpoints", "addresses", addrs, "policy", lb)
 	state := resolver.State{Endpoints: eps}
-	if policy != "" {
-		state.ServiceConfig = r.cc.ParseServiceConfig(serviceConfig(policy))
+	if lb != "" {
+		state.ServiceConfig = r.cc.ParseServiceConfig(lb.ServiceConfig())
 	}
 	if err := r.cc.UpdateState(state); err != nil {
 		r.log.Debug("update rejected", "err", err)
 	}
-	r.sent, r.lastAddr, r.lastErr, r.lastPolicy = true, addrs, "", policy
+	r.sent, r.lastAddr, r.lastErr, r.lastPolicy = true, addrs, "", lb
 }
 
-// policy is the LB policy the Service asks for, "" for none; an
-// annotation that names no policy keeps the last one sent.
-func (r *kubeResolver) policy(svc *discovery.Service) discovery.LBPolicy {
-	p, _, err := svc.LBPolicy()
+// policy is the LB policy the Service's annotation asks for, "" for none;
+// an annotation that names no policy keeps the last one sent.
+func (r *kubeResolver) policy(svc *discovery.Service) policy.LB {
+	p, ok, err := policy.ServiceLB(svc, policy.Defaults{})
 	if err != nil {
 		if err.Error() != r.badPolicy {
 			r.log.Warn("keeping the last good lb policy", "err", err, "policy", r.lastPolicy)
@@ -251,32 +249,10 @@ func (r *kubeResolver) policy(svc *discovery.Service) discovery.LBPolicy {
 		return r.lastPolicy
 	}
 	r.badPolicy = ""
+	if !ok {
+		return ""
+	}
 	return p
-}
-
-// serviceConfig is a gRPC service config asking for the policy, with the
-// fallbacks of the control plane's Clusters: a client takes the first
-// entry it has registered.
-func serviceConfig(p discovery.LBPolicy) string {
-	var entries []string
-	switch p {
-	case discovery.PeakEWMA:
-		entries = []string{peakewma.Name, leastrequest.Name, roundrobin.Name}
-	case discovery.LeastRequest:
-		entries = []string{leastrequest.Name, roundrobin.Name}
-	default:
-		entries = []string{roundrobin.Name}
-	}
-	var b strings.Builder
-	b.WriteString(`{"loadBalancingConfig":[`)
-	for i, name := range entries {
-		if i > 0 {
-			b.WriteByte(',')
-		}
-		fmt.Fprintf(&b, `{%q:{}}`, name)
-	}
-	b.WriteString(`]}`)
-	return b.String()
 }
 
 // Errors the resolver reports wrap these, for errors.Is.
@@ -287,7 +263,7 @@ var (
 	ErrNoReadyEndpoint = errors.New("no ready endpoints")
 )
 
-func (r *kubeResolver) resolve() ([]resolver.Endpoint, discovery.LBPolicy, error) {
+func (r *kubeResolver) resolve() ([]resolver.Endpoint, policy.LB, error) {
 	svc, ok := r.reg.Get(r.target.key)
 	if !ok {
 		return nil, "", fmt.Errorf("service %s %w", r.target.key, ErrServiceNotFound)

@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/serviceconfig"
 
 	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/policy"
 )
 
 // fakeCC records what a resolver sends.
@@ -124,14 +125,14 @@ func TestBuildRejectsBadTarget(t *testing.T) {
 // (the client's default applies), and a bad value keeps the last good one.
 func TestPolicyFromAnnotation(t *testing.T) {
 	ep := discovery.Endpoint{Address: netip.MustParseAddrPort("10.1.0.7:8080"), Ready: true, Serving: true}
-	annotated := func(policy string) *discovery.Service {
+	annotated := func(lb string) *discovery.Service {
 		s := svc(ep)
-		s.Annotations = map[string]string{discovery.LBPolicyAnnotation: policy}
+		s.Annotations = map[string]string{policy.LBAnnotation: lb}
 		return s
 	}
 	const (
-		peakEWMA     = `{"loadBalancingConfig":[{"ballast_peak_ewma":{}},{"least_request_experimental":{}},{"round_robin":{}}]}`
-		leastRequest = `{"loadBalancingConfig":[{"least_request_experimental":{}},{"round_robin":{}}]}`
+		peakEWMA     = `{"loadBalancingConfig":[{"ballast_peak_ewma":{}},{"ballast_p2c":{}},{"least_request_experimental":{"choiceCount":2}},{"round_robin":{}}]}`
+		leastRequest = `{"loadBalancingConfig":[{"ballast_p2c":{}},{"least_request_experimental":{"choiceCount":2}},{"round_robin":{}}]}`
 		roundRobin   = `{"loadBalancingConfig":[{"round_robin":{}}]}`
 	)
 	steps := []struct {

@@ -28,6 +28,7 @@ import (
 
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/greeter"
+	"github.com/ballast-dev/ballast/policy"
 	"github.com/ballast-dev/ballast/xds"
 )
 
@@ -45,7 +46,7 @@ type standInConfig struct {
 	serviceconfig.LoadBalancingConfig
 }
 
-func (standIn) Name() string { return xds.PeakEWMABalancerName }
+func (standIn) Name() string { return policy.PeakEWMABalancer }
 
 func (standIn) Build(cc balancer.ClientConn, opts balancer.BuildOptions) balancer.Balancer {
 	built.Add(1)
@@ -96,7 +97,7 @@ func TestPeakEWMAPolicyReachesGoClients(t *testing.T) {
 	}
 	reg.Set(&discovery.Service{
 		Key:         discovery.Key{Namespace: "default", Name: "greeter"},
-		Annotations: map[string]string{xds.PolicyAnnotation: string(xds.PeakEWMA)},
+		Annotations: map[string]string{policy.LBAnnotation: string(policy.PeakEWMA)},
 		Ports:       []discovery.Port{{Port: 50051, Protocol: "TCP", Endpoints: eps}},
 	})
 

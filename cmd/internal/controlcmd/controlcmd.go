@@ -20,6 +20,7 @@ import (
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/policy"
 	"github.com/ballast-dev/ballast/xds"
 )
 
@@ -49,10 +50,7 @@ type Config struct {
 
 // New is the control command.
 func New() *cobra.Command {
-	var (
-		cfg    Config
-		policy string
-	)
+	var cfg Config
 	cmd := &cobra.Command{
 		Use:   "control",
 		Short: "Serve xDS to proxyless gRPC clients from Kubernetes (or a folder of YAML)",
@@ -73,11 +71,6 @@ with --pprof Go's profiles under /debug/pprof/. CSDS
 (envoy.service.status.v3) is served on the xDS port.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			p, err := xds.ParsePolicy(policy)
-			if err != nil {
-				return fmt.Errorf("--default-lb-policy: %w", err)
-			}
-			cfg.Translate.DefaultPolicy = p
 			cfg.InCluster = cfg.Kubeconfig == "" && cfg.Files == ""
 			return Run(cmd.Context(), cfg, slog.Default())
 		},
@@ -87,7 +80,8 @@ with --pprof Go's profiles under /debug/pprof/. CSDS
 	f.StringVar(&cfg.Files, "files", "", "folder of Service and EndpointSlice YAML to serve, watched for changes")
 	f.StringVar(&cfg.XDSAddress, "xds-address", ":15010", "address to serve ADS and CSDS on")
 	f.StringVar(&cfg.HTTPAddress, "http-address", ":15014", "address to serve /healthz, /readyz, /metrics and /debug/clients on")
-	f.StringVar(&policy, "default-lb-policy", string(xds.RoundRobin), "LB policy for Services without the ballast.dev/lb-policy annotation")
+	cfg.Translate.DefaultPolicy = policy.RoundRobin
+	f.Var(&cfg.Translate.DefaultPolicy, "default-lb-policy", "LB policy for Services without the ballast.dev/lb-policy annotation: round_robin, least_request or peak_ewma")
 	f.StringVar(&cfg.Translate.ClusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS domain")
 	f.StringVar(&cfg.Translate.BareNameNamespace, "bare-name-namespace", "default",
 		`namespace whose Services are also served as <name>:<port> ("-" for none)`)

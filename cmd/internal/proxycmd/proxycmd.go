@@ -20,14 +20,15 @@ import (
 	"strings"
 	"time"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/resolver"
 
 	"github.com/ballast-dev/ballast/proxy"
 	"github.com/ballast-dev/ballast/proxy/iptables"
+	"github.com/ballast-dev/ballast/xds/client"
 	"github.com/ballast-dev/ballast/xds/node"
 )
 
@@ -67,6 +68,9 @@ type Known struct {
 	// Resolvers resolve the targets Destinations names, when they are not
 	// xds:/// ones.
 	Resolvers []resolver.Builder
+
+	// xds is the process's xDS client, when it follows a control plane.
+	xds *client.Client
 }
 
 // New is the proxy command, with init as its subcommand.
@@ -165,18 +169,18 @@ func runProxy(ctx context.Context, c proxyConfig, sources []Source) error {
 		DrainTimeout:    c.drainTimeout,
 		Log:             slog.Default(),
 	}
-	if c.xdsAddress != "" {
-		opts.XDS = &proxy.XDSConfig{Server: c.xdsAddress, NodeID: c.nodeID}
-	} else if cfg, ok, err := xdsFromEnv(); err != nil {
+	xdsCfg, err := xdsConfig(c)
+	if err != nil {
 		return err
-	} else if ok {
-		opts.XDS = &cfg
 	}
-	known, err := known(c.transparent != "", opts.XDS, services, sources)
+	known, err := known(c.transparent != "", xdsCfg, services, sources)
 	if err != nil {
 		return err
 	}
 	opts.Destinations, opts.Synced, opts.Resolvers = known.Destinations, known.Synced, known.Resolvers
+	if known.xds != nil {
+		opts.XDS = known.xds
+	}
 	runDiscovery := known.Run
 	var listeners []net.Listener
 	defer func() {
@@ -243,36 +247,40 @@ func runProxy(ctx context.Context, c proxyConfig, sources []Source) error {
 	return err
 }
 
-// xdsFromEnv reads the control plane from the grpc-go bootstrap a
-// proxyless client would use (GRPC_XDS_BOOTSTRAP names a file,
-// GRPC_XDS_BOOTSTRAP_CONFIG holds the JSON), for a proxy run without
-// --xds-address.
-func xdsFromEnv() (proxy.XDSConfig, bool, error) {
+// xdsConfig is the control plane the proxy follows: --xds-address, else
+// the one in the grpc-go bootstrap a proxyless client would use
+// (GRPC_XDS_BOOTSTRAP names a file, GRPC_XDS_BOOTSTRAP_CONFIG holds the
+// JSON); nil when neither is given.
+func xdsConfig(c proxyConfig) (*client.Config, error) {
+	if c.xdsAddress != "" {
+		return &client.Config{Server: c.xdsAddress, Node: &corev3.Node{Id: c.nodeID, UserAgentName: "ballast-proxy"}}, nil
+	}
 	data := []byte(os.Getenv("GRPC_XDS_BOOTSTRAP_CONFIG"))
 	if file := os.Getenv("GRPC_XDS_BOOTSTRAP"); file != "" {
 		var err error
 		if data, err = os.ReadFile(file); err != nil {
-			return proxy.XDSConfig{}, false, fmt.Errorf("GRPC_XDS_BOOTSTRAP: %w", err)
+			return nil, fmt.Errorf("GRPC_XDS_BOOTSTRAP: %w", err)
 		}
 	}
 	if len(data) == 0 {
-		return proxy.XDSConfig{}, false, nil
+		return nil, nil
 	}
-	cfg, err := proxy.XDSConfigFromBootstrap(data)
+	cfg, err := client.ConfigFromBootstrap(data)
 	if err != nil {
-		return proxy.XDSConfig{}, false, fmt.Errorf("GRPC_XDS_BOOTSTRAP: %w", err)
+		return nil, fmt.Errorf("GRPC_XDS_BOOTSTRAP: %w", err)
 	}
-	return cfg, true, nil
+	cfg.Node.UserAgentName = "ballast-proxy"
+	return &cfg, nil
 }
 
 // known is what maps an intercepted connection's original destination to
 // a Service target. Static --service entries come first; then the one
 // Source whose flags were given or, by default, the control plane's sidecar
 // listeners.
-func known(transparent bool, xds *proxy.XDSConfig, static proxy.StaticDestinations, sources []Source) (*Known, error) {
+func known(transparent bool, xdsCfg *client.Config, static proxy.StaticDestinations, sources []Source) (*Known, error) {
 	var chosen *Known
 	for _, src := range sources {
-		k, err := src.Known(xds != nil)
+		k, err := src.Known(xdsCfg != nil)
 		if err != nil {
 			return nil, err
 		}
@@ -284,31 +292,43 @@ func known(transparent bool, xds *proxy.XDSConfig, static proxy.StaticDestinatio
 		}
 		chosen = k
 	}
-	if chosen != nil {
+	fromSource := chosen != nil
+	if fromSource {
 		chosen.Destinations = chained{static, chosen.Destinations}
+	} else {
+		chosen = &Known{Destinations: static, Run: func(ctx context.Context) error { <-ctx.Done(); return nil }}
+	}
+	if xdsCfg == nil {
 		return chosen, nil
 	}
-	if !transparent || xds == nil {
-		return &Known{Destinations: static, Run: func(ctx context.Context) error { <-ctx.Done(); return nil }}, nil
-	}
-	// The control plane's sidecar listeners name every ClusterIP:port: no
-	// Kubernetes API access needed.
-	conn, err := grpc.NewClient(xds.Server, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// One xDS client, one stream: the targets' chains and, when no other
+	// source says which Service is behind a ClusterIP:port, the sidecar
+	// listeners.
+	cfg := *xdsCfg
+	cfg.SidecarListeners = transparent && !fromSource
+	cfg.Log = slog.Default()
+	xc, err := client.New(cfg)
 	if err != nil {
-		return nil, fmt.Errorf("xDS server %s: %w", xds.Server, err)
+		return nil, err
 	}
-	listeners := proxy.NewSidecarListeners(conn, xds.NodeID, slog.Default())
-	return &Known{
-		Destinations: chained{static, listeners},
-		Run: func(ctx context.Context) error {
-			defer conn.Close()
-			return listeners.Run(ctx)
-		},
-		Synced: listeners.Synced,
-	}, nil
+	if cfg.SidecarListeners {
+		chosen.Destinations = chained{static, xc}
+		chosen.Synced = xc.SidecarListenersSynced
+	}
+	runSource := chosen.Run
+	chosen.Run = func(ctx context.Context) error {
+		ctx, cancel := context.WithCancel(ctx)
+		defer cancel()
+		xdsDone := make(chan error, 1)
+		go func() { xdsDone <- xc.Run(ctx) }()
+		err := runSource(ctx)
+		cancel()
+		return errors.Join(err, <-xdsDone)
+	}
+	chosen.xds = xc
+	return chosen, nil
 }
 
-// chained asks each Destinations in turn.
 type chained []proxy.Destinations
 
 func (c chained) Target(dst netip.AddrPort) (string, bool) {

@@ -1,4 +1,4 @@
-package proxy
+package client
 
 import (
 	"context"
@@ -9,13 +9,11 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
-	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/protobuf/types/known/anypb"
-	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/xds"
@@ -23,9 +21,16 @@ import (
 
 var quiet = slog.New(slog.NewTextHandler(io.Discard, nil))
 
+// plane is Ballast's control plane for a registry, served on loopback.
+type plane struct {
+	srv  *xds.Server
+	addr string
+	stop func()
+}
+
 // servePlane runs Ballast's control plane for reg on lis until the
-// returned stop is called (also at cleanup).
-func servePlane(t *testing.T, reg *discovery.Registry, lis net.Listener) (stop func()) {
+// returned plane is stopped (also at cleanup).
+func servePlane(t *testing.T, reg *discovery.Registry, lis net.Listener) *plane {
 	t.Helper()
 	srv, err := xds.NewServer(xds.Config{Registry: reg, Log: quiet, Metrics: prometheus.NewRegistry()})
 	if err != nil {
@@ -39,9 +44,47 @@ func servePlane(t *testing.T, reg *discovery.Registry, lis net.Listener) (stop f
 	go func() { defer wg.Done(); srv.Run(ctx) }()
 	go func() { defer wg.Done(); gs.Serve(lis) }()
 	var once sync.Once
-	stop = func() { once.Do(func() { gs.Stop(); cancel(); wg.Wait() }) }
+	stop := func() { once.Do(func() { gs.Stop(); cancel(); wg.Wait() }) }
 	t.Cleanup(stop)
-	return stop
+	return &plane{srv: srv, addr: lis.Addr().String(), stop: stop}
+}
+
+func listen(t *testing.T) net.Listener {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	return lis
+}
+
+// runClient runs a Client of cfg until the test ends.
+func runClient(t *testing.T, cfg Config) *Client {
+	t.Helper()
+	cfg.Log = quiet
+	if cfg.Node == nil {
+		cfg.Node = &corev3.Node{Id: "ballast~client.default"}
+	}
+	c, err := New(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- c.Run(ctx) }()
+	t.Cleanup(func() { cancel(); <-done })
+	return c
+}
+
+func eventually(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
 }
 
 func clusterIPService(name, ip string, port int32) *discovery.Service {
@@ -60,21 +103,11 @@ func TestSidecarListenersFollowTheControlPlane(t *testing.T) {
 	reg.Set(clusterIPService("greeter", "10.96.0.10", 50051))
 	lis := listen(t)
 	addr := lis.Addr().String()
-	stop := servePlane(t, reg, lis)
-
-	conn, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close()
-	d := NewSidecarListeners(conn, "ballast-proxy~default~client", quiet)
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Run(ctx) }()
-	defer func() { cancel(); <-done }()
+	cp := servePlane(t, reg, lis)
+	d := runClient(t, Config{Server: addr, SidecarListeners: true})
 
 	greeter := netip.MustParseAddrPort("10.96.0.10:50051")
-	eventually(t, "synced", d.Synced)
+	eventually(t, "synced", d.SidecarListenersSynced)
 	if got, ok := d.Target(greeter); !ok || got != "xds:///greeter.default.svc.cluster.local:50051" {
 		t.Fatalf("Target(%s) = %q, %v; want the Service's xds:/// target", greeter, got, ok)
 	}
@@ -89,7 +122,7 @@ func TestSidecarListenersFollowTheControlPlane(t *testing.T) {
 	reg.Set(clusterIPService("other", "10.96.0.11", 8080))
 	eventually(t, "the new Service's listener", func() bool { _, ok := d.Target(other); return ok })
 
-	stop()
+	cp.stop()
 	if _, ok := d.Target(greeter); !ok {
 		t.Fatal("the map was dropped when the control plane went away")
 	}
@@ -102,37 +135,5 @@ func TestSidecarListenersFollowTheControlPlane(t *testing.T) {
 	eventually(t, "the restarted control plane's listeners", func() bool { _, ok := d.Target(other); return !ok })
 	if _, ok := d.Target(greeter); !ok {
 		t.Fatal("greeter lost after the control plane restarted")
-	}
-}
-
-func TestSidecarTargetsRejectsBadListeners(t *testing.T) {
-	anyOf := func(t *testing.T, l *listenerv3.Listener) *anypb.Any {
-		a, err := anypb.New(l)
-		if err != nil {
-			t.Fatal(err)
-		}
-		return a
-	}
-	notAListener, err := anypb.New(wrapperspb.String("x"))
-	if err != nil {
-		t.Fatal(err)
-	}
-	tests := []struct {
-		name      string
-		resources func(t *testing.T) []*anypb.Any
-		wantErr   string
-	}{
-		{"not a listener", func(*testing.T) []*anypb.Any { return []*anypb.Any{notAListener} }, "resource 0:"},
-		{"api listener", func(t *testing.T) []*anypb.Any {
-			return []*anypb.Any{anyOf(t, &listenerv3.Listener{Name: "greeter.default:50051"})}
-		}, "listener greeter.default:50051: address:"},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			_, err := sidecarTargets(tt.resources(t))
-			if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
-				t.Fatalf("error %v, want it to contain %q", err, tt.wantErr)
-			}
-		})
 	}
 }

@@ -1,0 +1,73 @@
+// Package cases holds the translation cases that both sides of Ballast's
+// xDS form are tested on: the golden files of package xds, and the round
+// trip through package xds/client's decoders.
+package cases
+
+import (
+	"net/netip"
+
+	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/policy"
+)
+
+// Case is Services and the translation options they are translated with.
+type Case struct {
+	Name string
+	// The xds.Options fields.
+	DefaultPolicy                    policy.LB
+	ClusterDomain, BareNameNamespace string
+	Services                         []*discovery.Service
+}
+
+// Endpoint is an endpoint with the given conditions.
+func Endpoint(addr string, ready, serving, terminating bool, zone, pod string) discovery.Endpoint {
+	return discovery.Endpoint{
+		Address: netip.MustParseAddrPort(addr),
+		Ready:   ready, Serving: serving, Terminating: terminating,
+		Zone: zone, Pod: pod,
+	}
+}
+
+// Golden are the golden cases: every endpoint condition, zones, several
+// ports and protocols, each policy, the options.
+func Golden() []Case {
+	ep := Endpoint
+	return []Case{{
+		Name: "default_namespace_zones_and_conditions",
+		Services: []*discovery.Service{{
+			Key:        discovery.Key{Namespace: "default", Name: "greeter"},
+			ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.10")},
+			Ports: []discovery.Port{{Port: 50051, Protocol: "TCP", Endpoints: []discovery.Endpoint{
+				ep("10.0.0.1:8080", true, true, false, "zone-a", "greeter-1"),
+				ep("10.0.0.2:8080", false, true, true, "zone-a", "greeter-2"),   // draining
+				ep("10.0.0.3:8080", false, false, true, "zone-b", "greeter-3"),  // gone
+				ep("10.0.0.4:8080", false, false, false, "zone-b", "greeter-4"), // not ready yet
+				ep("10.0.0.5:8080", true, true, false, "zone-b", "greeter-5"),
+				ep("10.0.0.6:8080", true, true, false, "", ""),
+			}}},
+		}},
+	}, {
+		Name: "other_namespace_multi_port_least_request",
+		Services: []*discovery.Service{{
+			Key:         discovery.Key{Namespace: "shop", Name: "cart"},
+			Annotations: map[string]string{policy.LBAnnotation: "least_request"},
+			Ports: []discovery.Port{
+				{Name: "grpc", Port: 9090, Protocol: "TCP", Endpoints: []discovery.Endpoint{ep("10.1.0.1:9090", true, true, false, "z", "cart-1")}},
+				{Name: "dns", Port: 9053, Protocol: "UDP", Endpoints: []discovery.Endpoint{ep("10.1.0.1:53", true, true, false, "z", "cart-1")}},
+				{Name: "admin", Port: 9901, Protocol: "TCP"},
+			},
+		}},
+	}, {
+		Name:          "peak_ewma_and_default_policy_option",
+		DefaultPolicy: policy.LeastRequest, ClusterDomain: "example.org", BareNameNamespace: "-",
+		Services: []*discovery.Service{{
+			Key:         discovery.Key{Namespace: "default", Name: "fast"},
+			ClusterIPs:  []netip.Addr{netip.MustParseAddr("fd00:96::1")},
+			Annotations: map[string]string{policy.LBAnnotation: "peak_ewma"},
+			Ports:       []discovery.Port{{Port: 80, Protocol: "TCP", Endpoints: []discovery.Endpoint{ep("[fd00::1]:8080", true, true, false, "z", "fast-1")}}},
+		}, {
+			Key:   discovery.Key{Namespace: "default", Name: "plain"},
+			Ports: []discovery.Port{{Port: 81, Protocol: "TCP"}},
+		}},
+	}}
+}

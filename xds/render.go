@@ -1,0 +1,195 @@
+package xds
+
+import (
+	"fmt"
+	"maps"
+	"slices"
+	"strings"
+
+	xdstypev3 "github.com/cncf/xds/go/xds/type/v3"
+	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
+	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
+	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	leastrequestv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/least_request/v3"
+	roundrobinv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
+	"google.golang.org/protobuf/encoding/protojson"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/ballast-dev/ballast/policy"
+)
+
+// The xDS form of the policy model: each policy field is encoded here and
+// only here, and decoded back in package xds/client.
+
+var adsSource = &corev3.ConfigSource{
+	ConfigSourceSpecifier: &corev3.ConfigSource_Ads{Ads: &corev3.AggregatedConfigSource{}},
+	ResourceApiVersion:    corev3.ApiVersion_V3,
+}
+
+// routerFilter is the terminal HTTP filter gRPC's xDS client requires.
+var routerFilter = mustAny(&routerv3.Router{})
+
+// apiListener is the listener gRPC's xDS client asks for when it dials
+// name; hcm is the port's connection manager.
+func apiListener(name string, hcm *anypb.Any) *listenerv3.Listener {
+	return &listenerv3.Listener{
+		Name:        name,
+		ApiListener: &listenerv3.ApiListener{ApiListener: hcm},
+	}
+}
+
+// connectionManager is the HttpConnectionManager of every listener: RDS
+// over ADS for route, then the router.
+func connectionManager(statPrefix, route string) (*anypb.Any, error) {
+	m := &hcmv3.HttpConnectionManager{
+		StatPrefix: statPrefix,
+		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
+			ConfigSource:    adsSource,
+			RouteConfigName: route,
+		}},
+		HttpFilters: []*hcmv3.HttpFilter{{
+			Name:       "envoy.filters.http.router",
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: routerFilter},
+		}},
+	}
+	return anypb.New(m)
+}
+
+// renderRoute is a Route as a RouteConfiguration with one virtual host.
+func renderRoute(r policy.Route) *routev3.RouteConfiguration {
+	vh := &routev3.VirtualHost{Name: r.Name, Domains: r.Domains}
+	for _, rule := range r.Rules {
+		vh.Routes = append(vh.Routes, &routev3.Route{
+			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: rule.Match.PathPrefix}},
+			Action: &routev3.Route_Route{Route: routeAction(rule.Backends)},
+		})
+	}
+	return &routev3.RouteConfiguration{Name: r.Name, VirtualHosts: []*routev3.VirtualHost{vh}}
+}
+
+// routeAction names one Cluster directly, as every client reads it, and
+// several as weighted clusters.
+func routeAction(backends []policy.Backend) *routev3.RouteAction {
+	if len(backends) == 1 {
+		return &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: backends[0].Cluster}}
+	}
+	wc := &routev3.WeightedCluster{}
+	for _, b := range backends {
+		wc.Clusters = append(wc.Clusters, &routev3.WeightedCluster_ClusterWeight{
+			Name: b.Cluster, Weight: wrapperspb.UInt32(b.Weight),
+		})
+	}
+	return &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_WeightedClusters{WeightedClusters: wc}}
+}
+
+// renderCluster is a Cluster as an EDS Cluster over ADS.
+func renderCluster(c policy.Cluster) *clusterv3.Cluster {
+	return edsCluster(c.Name, lbPolicies[c.LB])
+}
+
+func edsCluster(name string, lb *clusterv3.LoadBalancingPolicy) *clusterv3.Cluster {
+	return &clusterv3.Cluster{
+		Name:                 name,
+		ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_EDS},
+		EdsClusterConfig:     &clusterv3.Cluster_EdsClusterConfig{EdsConfig: adsSource, ServiceName: name},
+		LoadBalancingPolicy:  lb,
+	}
+}
+
+// lbPolicies are the Clusters' load_balancing_policy lists (gRFC A52), one
+// per policy, shared by every Cluster (resources are immutable once built).
+// The endpoint-picking policy is listed directly, not under wrr_locality:
+// the policy sees every endpoint of the priority, whatever its zone, which
+// is what per-call balancing across a Service's pods means.
+var lbPolicies = map[policy.LB]*clusterv3.LoadBalancingPolicy{
+	policy.RoundRobin:   lbPolicy(policy.RoundRobin),
+	policy.LeastRequest: lbPolicy(policy.LeastRequest),
+	policy.PeakEWMA:     lbPolicy(policy.PeakEWMA),
+}
+
+func lbPolicy(p policy.LB) *clusterv3.LoadBalancingPolicy {
+	out := &clusterv3.LoadBalancingPolicy{}
+	for _, b := range p.Balancers() {
+		out.Policies = append(out.Policies, &clusterv3.LoadBalancingPolicy_Policy{
+			TypedExtensionConfig: lbExtension(b),
+		})
+	}
+	return out
+}
+
+// lbExtension is one balancer of a list: grpc-go's round_robin and
+// least_request as Envoy's extensions, which every xDS client knows;
+// Ballast's own as a TypedStruct whose type_url ends in the balancer's
+// registered name, which grpc-go runs if it has that balancer and skips
+// otherwise (gRFC A52).
+func lbExtension(b policy.Balancer) *corev3.TypedExtensionConfig {
+	var name string
+	var config proto.Message
+	switch b.Name {
+	case "round_robin":
+		name, config = "envoy.load_balancing_policies.round_robin", &roundrobinv3.RoundRobin{}
+	case "least_request_experimental":
+		name, config = "envoy.load_balancing_policies.least_request", &leastrequestv3.LeastRequest{
+			ChoiceCount: wrapperspb.UInt32(2),
+		}
+	default:
+		value := &structpb.Struct{}
+		if err := protojson.Unmarshal(b.Config, value); err != nil {
+			panic(fmt.Sprintf("xds: balancer %s config: %v", b.Name, err))
+		}
+		name, config = "ballast.load_balancing_policies."+strings.TrimPrefix(b.Name, "ballast_"), &xdstypev3.TypedStruct{
+			TypeUrl: "type.googleapis.com/" + b.Name,
+			Value:   value,
+		}
+	}
+	return &corev3.TypedExtensionConfig{Name: name, TypedConfig: mustAny(config)}
+}
+
+// renderEndpoints is a Cluster's endpoints as a ClusterLoadAssignment,
+// grouped by zone, one locality each, in zone order. A locality's weight
+// is its endpoint count (gRPC ignores zero-weight localities; the weight
+// only matters to a client that weighs localities).
+func renderEndpoints(e policy.Endpoints) *endpointv3.ClusterLoadAssignment {
+	byZone := map[string][]*endpointv3.LbEndpoint{}
+	for _, ep := range e.Endpoints {
+		health := corev3.HealthStatus_HEALTHY
+		if ep.Health == policy.Draining {
+			health = corev3.HealthStatus_DRAINING
+		}
+		byZone[ep.Zone] = append(byZone[ep.Zone], &endpointv3.LbEndpoint{
+			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
+				Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
+					Address:       ep.Address.Addr().String(),
+					PortSpecifier: &corev3.SocketAddress_PortValue{PortValue: uint32(ep.Address.Port())},
+				}}},
+				Hostname: ep.Pod,
+			}},
+			HealthStatus: health,
+		})
+	}
+	cla := &endpointv3.ClusterLoadAssignment{ClusterName: e.Cluster}
+	for _, zone := range slices.Sorted(maps.Keys(byZone)) {
+		eps := byZone[zone]
+		cla.Endpoints = append(cla.Endpoints, &endpointv3.LocalityLbEndpoints{
+			Locality:            &corev3.Locality{Zone: zone},
+			LbEndpoints:         eps,
+			LoadBalancingWeight: wrapperspb.UInt32(uint32(len(eps))),
+		})
+	}
+	return cla
+}
+
+func mustAny(m proto.Message) *anypb.Any {
+	a, err := anypb.New(m)
+	if err != nil {
+		panic(fmt.Sprintf("xds: marshal %T: %v", m, err))
+	}
+	return a
+}
