@@ -342,6 +342,9 @@ func TestOversizedHeaders(t *testing.T) {
 			if got := r.answer(false); got != accepted {
 				t.Errorf("after it, a request on the same connection was answered %v, want accepted", got)
 			}
+			// Stream 3 was only accepted, not answered: wait until it
+			// reached the upstream before the sentinel closes the count.
+			eventually(t, "the well-formed request reaching the upstream", func() bool { return e.rec.upstreamStreams() >= 1 })
 			e.sentinel(t, lis)
 			if n := e.rec.upstreamStreams(); n != 1 {
 				t.Errorf("the upstream saw %d streams, want only the well-formed one", n)
