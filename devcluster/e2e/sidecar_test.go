@@ -35,6 +35,7 @@ import (
 	"github.com/ballast-dev/ballast/devcluster"
 	"github.com/ballast-dev/ballast/greeter"
 	"github.com/ballast-dev/ballast/inject"
+	"github.com/ballast-dev/ballast/xds/node"
 )
 
 // The article's second half, on the dev cluster: ballast control and the
@@ -344,6 +345,41 @@ func TestSidecarArticle(t *testing.T) {
 	}
 	t.Logf("30 calls, one client connection, through the injected sidecar: %v (max/mean %.2f)", counts, maxMean)
 	t.Logf("the client pod's sidecar: %s", proxyProcess(t, ctx, meshNS, "native-tools"))
+
+	// One xDS client, one stream: the sidecar's listener subscription and
+	// its target's chain share it.
+	id := node.ID("native-tools", meshNS)
+	var streams int
+	if err := devcluster.Poll(ctx, 30*time.Second, func(ctx context.Context) (bool, error) {
+		streams = controlStreams(ctx, id)
+		return streams == 1, nil
+	}); err != nil {
+		t.Fatalf("the control plane holds %d ADS streams of the client pod's sidecar (%s), want 1", streams, id)
+	}
+}
+
+// controlStreams counts the ADS streams of node id on every control-plane
+// pod, from their /debug/clients.
+func controlStreams(ctx context.Context, id string) int {
+	list, err := cluster.Client.CoreV1().Pods(controlNS).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return -1
+	}
+	n := 0
+	for _, p := range list.Items {
+		var streams []struct {
+			NodeID string `json:"nodeId"`
+		}
+		if err := controlGet(ctx, p.Name, "/debug/clients", &streams); err != nil {
+			continue
+		}
+		for _, s := range streams {
+			if s.NodeID == id {
+				n++
+			}
+		}
+	}
+	return n
 }
 
 // proxyProcess describes the pod's sidecar process as the kernel sees it:
