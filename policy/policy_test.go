@@ -1,12 +1,9 @@
 package policy_test
 
 import (
-	"net/netip"
-	"reflect"
 	"strings"
 	"testing"
 
-	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/policy"
 )
 
@@ -67,12 +64,11 @@ func TestParseServiceConfig(t *testing.T) {
 // The annotation wins over the default; a bad value (or a bad default)
 // is an error naming the Service, the annotation and the value.
 func TestServiceLB(t *testing.T) {
-	svc := func(annotation string) *discovery.Service {
-		s := &discovery.Service{Key: discovery.Key{Namespace: "shop", Name: "cart"}}
-		if annotation != "" {
-			s.Annotations = map[string]string{policy.LBAnnotation: annotation}
+	annotations := func(annotation string) map[string]string {
+		if annotation == "" {
+			return nil
 		}
-		return s
+		return map[string]string{policy.LBAnnotation: annotation}
 	}
 	tests := []struct {
 		name       string
@@ -90,7 +86,7 @@ func TestServiceLB(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got, ok, err := policy.ServiceLB(svc(tt.annotation), tt.defaults)
+			got, ok, err := policy.ServiceLB("shop/cart", annotations(tt.annotation), tt.defaults)
 			if tt.wantErr != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.wantErr) {
 					t.Fatalf("error %v, want one containing %q", err, tt.wantErr)
@@ -101,37 +97,6 @@ func TestServiceLB(t *testing.T) {
 				t.Fatalf("got %q, %v, %v; want %q, %v", got, ok, err, tt.want, tt.wantOK)
 			}
 		})
-	}
-}
-
-// Endpoints as clients get them: ready ones healthy, terminating ones that
-// still serve draining, the rest left out, grouped by zone; Usable keeps
-// the healthy ones.
-func TestEndpointsOf(t *testing.T) {
-	ep := func(addr string, ready, serving, terminating bool, zone string) discovery.Endpoint {
-		return discovery.Endpoint{Address: netip.MustParseAddrPort(addr), Ready: ready, Serving: serving, Terminating: terminating, Zone: zone, Pod: addr}
-	}
-	got := policy.EndpointsOf("c", []discovery.Endpoint{
-		ep("10.0.0.1:1", true, true, false, "b"),
-		ep("10.0.0.2:1", false, true, true, "a"),
-		ep("10.0.0.3:1", false, false, true, "a"),
-		ep("10.0.0.4:1", false, false, false, "b"),
-		ep("10.0.0.5:1", true, true, false, "a"),
-	})
-	want := policy.Endpoints{Cluster: "c", Endpoints: []policy.Endpoint{
-		{Address: netip.MustParseAddrPort("10.0.0.2:1"), Zone: "a", Pod: "10.0.0.2:1", Health: policy.Draining},
-		{Address: netip.MustParseAddrPort("10.0.0.5:1"), Zone: "a", Pod: "10.0.0.5:1", Health: policy.Healthy},
-		{Address: netip.MustParseAddrPort("10.0.0.1:1"), Zone: "b", Pod: "10.0.0.1:1", Health: policy.Healthy},
-	}}
-	if !reflect.DeepEqual(got, want) {
-		t.Fatalf("EndpointsOf:\n got %+v\nwant %+v", got, want)
-	}
-	var usable []string
-	for _, e := range got.Usable() {
-		usable = append(usable, e.Address.String())
-	}
-	if strings.Join(usable, " ") != "10.0.0.5:1 10.0.0.1:1" {
-		t.Fatalf("Usable = %v, want the two ready endpoints", usable)
 	}
 }
 

@@ -176,7 +176,7 @@ type PortModel struct {
 // fully qualified one names the route, the Cluster and its endpoints)
 // sending every call to the port's Cluster, with the Service's policy.
 func Model(svc *discovery.Service, opts Options) ([]PortModel, error) {
-	lb, _, err := policy.ServiceLB(svc, opts.defaults())
+	lb, _, err := policy.ServiceLB(svc.Key.String(), svc.Annotations, opts.defaults())
 	if err != nil {
 		return nil, err
 	}
@@ -188,7 +188,7 @@ func Model(svc *discovery.Service, opts Options) ([]PortModel, error) {
 			Port:      uint16(port.Port),
 			Route:     policy.RouteTo(canonical, names, canonical),
 			Cluster:   policy.Cluster{Name: canonical, LB: lb},
-			Endpoints: policy.EndpointsOf(canonical, port.Endpoints),
+			Endpoints: endpointsOf(canonical, port.Endpoints),
 		})
 	}
 	return out, nil
@@ -234,7 +234,7 @@ func translateEndpoints(svc *discovery.Service, opts Options) []*endpointv3.Clus
 	var out []*endpointv3.ClusterLoadAssignment
 	for _, port := range tcpPorts(svc) {
 		names := DialNames(svc.Key, port.Port, opts)
-		out = append(out, renderEndpoints(policy.EndpointsOf(names[len(names)-1], port.Endpoints)))
+		out = append(out, renderEndpoints(endpointsOf(names[len(names)-1], port.Endpoints)))
 	}
 	return out
 }
@@ -250,4 +250,26 @@ func DialNames(k discovery.Key, port int32, opts Options) []string {
 	}
 	base := k.Name + "." + k.Namespace
 	return append(names, base+p, base+".svc"+p, base+".svc."+opts.clusterDomain()+p)
+}
+
+// endpointsOf are the endpoints of a Service port as clients get them:
+// ready ones Healthy, terminating ones that still serve Draining (they
+// finish their calls but take no new ones), the rest left out; grouped by
+// zone, in zone order, as xDS carries them (one locality per zone).
+func endpointsOf(cluster string, eps []discovery.Endpoint) policy.Endpoints {
+	out := policy.Endpoints{Cluster: cluster}
+	for _, e := range eps {
+		var h policy.Health
+		switch {
+		case e.Ready:
+			h = policy.Healthy
+		case e.Serving && e.Terminating:
+			h = policy.Draining
+		default:
+			continue
+		}
+		out.Endpoints = append(out.Endpoints, policy.Endpoint{Address: e.Address, Zone: e.Zone, Pod: e.Pod, Health: h})
+	}
+	slices.SortStableFunc(out.Endpoints, func(a, b policy.Endpoint) int { return cmp.Compare(a.Zone, b.Zone) })
+	return out
 }

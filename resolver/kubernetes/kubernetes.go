@@ -240,7 +240,7 @@ func (r *kubeResolver) push() {
 // policy is the LB policy the Service's annotation asks for, "" for none;
 // an annotation that names no policy keeps the last one sent.
 func (r *kubeResolver) policy(svc *discovery.Service) policy.LB {
-	p, ok, err := policy.ServiceLB(svc, policy.Defaults{})
+	p, ok, err := policy.ServiceLB(svc.Key.String(), svc.Annotations, policy.Defaults{})
 	if err != nil {
 		if err.Error() != r.badPolicy {
 			r.log.Warn("keeping the last good lb policy", "err", err, "policy", r.lastPolicy)
