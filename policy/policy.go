@@ -27,16 +27,69 @@ type Route struct {
 }
 
 // Rule is one routing rule: the calls it matches and where they go.
+// (xDS: one Route of the virtual host.)
 type Rule struct {
+	// Name is the rule's name in its source (a GRPCRoute rule's name), by
+	// which policies attach to it; empty when it has none.
+	Name  string
 	Match Match
 	// Backends share the matched calls in proportion to their weights.
+	// A Backend whose Cluster does not exist fails its share of calls
+	// with UNAVAILABLE.
 	Backends []Backend
+	// RequestHeaders and ResponseHeaders change the headers of the calls
+	// the rule matches, on the way to the backend and back.
+	RequestHeaders, ResponseHeaders HeaderModifier
 }
 
-// Match selects calls by their :path. The zero Match selects every call.
+// Match selects calls by their :path and headers. The zero Match selects
+// every call. A Rule has one Match: a source rule that ORs several
+// becomes one Rule per match.
 type Match struct {
-	// PathPrefix, if set, selects the calls whose :path starts with it.
-	PathPrefix string
+	// Path, if set, selects calls by :path (/package.Service/Method).
+	Path StringMatch
+	// Headers all have to match (AND).
+	Headers []HeaderMatch
+}
+
+// MatchType is how a StringMatch compares.
+type MatchType int
+
+const (
+	// Prefix matches when the value starts with Value; an empty Prefix
+	// matches everything.
+	Prefix MatchType = iota
+	// Exact matches the whole value.
+	Exact
+	// RegularExpression matches when the whole value matches Value, in
+	// RE2 syntax (gRPC's and Go's regexp).
+	RegularExpression
+)
+
+// StringMatch is one comparison of a string. The zero StringMatch (an
+// empty Prefix) matches every value.
+type StringMatch struct {
+	Type  MatchType
+	Value string
+}
+
+// HeaderMatch compares the value of one request header (its name in
+// lower case).
+type HeaderMatch struct {
+	Name  string
+	Value StringMatch
+}
+
+// HeaderModifier changes a call's headers: Set replaces, Add appends,
+// Remove deletes, in that order. Names are lower case.
+type HeaderModifier struct {
+	Set, Add []Header
+	Remove   []string
+}
+
+// Header is one header's name and value.
+type Header struct {
+	Name, Value string
 }
 
 // Backend is one destination of a rule's calls.

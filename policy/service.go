@@ -38,6 +38,6 @@ func RouteTo(name string, domains []string, cluster string) Route {
 	return Route{
 		Name:    name,
 		Domains: domains,
-		Rules:   []Rule{{Match: Match{PathPrefix: "/"}, Backends: []Backend{{Cluster: cluster, Weight: 1}}}},
+		Rules:   []Rule{{Match: Match{Path: StringMatch{Type: Prefix, Value: "/"}}, Backends: []Backend{{Cluster: cluster, Weight: 1}}}},
 	}
 }

@@ -67,7 +67,7 @@ func renderRoute(r policy.Route) *routev3.RouteConfiguration {
 	vh := &routev3.VirtualHost{Name: r.Name, Domains: r.Domains}
 	for _, rule := range r.Rules {
 		vh.Routes = append(vh.Routes, &routev3.Route{
-			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: rule.Match.PathPrefix}},
+			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: rule.Match.Path.Value}},
 			Action: &routev3.Route_Route{Route: routeAction(rule.Backends)},
 		})
 	}

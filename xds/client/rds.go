@@ -41,7 +41,7 @@ func decodeRule(r *routev3.Route) (policy.Rule, error) {
 	m := r.GetMatch()
 	switch p := m.GetPathSpecifier().(type) {
 	case *routev3.RouteMatch_Prefix:
-		rule.Match.PathPrefix = p.Prefix
+		rule.Match.Path = policy.StringMatch{Type: policy.Prefix, Value: p.Prefix}
 	default:
 		return policy.Rule{}, fmt.Errorf("match %T is not supported", p)
 	}
