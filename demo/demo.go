@@ -29,6 +29,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 
 	"github.com/ballast-dev/ballast/clusterip"
+	"github.com/ballast-dev/ballast/control"
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/discovery/files"
 	"github.com/ballast-dev/ballast/greeter"
@@ -316,21 +317,12 @@ func startWorld(ctx context.Context, n int, log *slog.Logger) (_ *world, err err
 // startControlPlane serves xDS from the world's registry on a loopback port
 // and returns a resolver bootstrapped to use it, and its address.
 func (w *world) startControlPlane(ctx context.Context, log *slog.Logger) (resolver.Builder, string, error) {
-	srv, err := xds.NewServer(xds.Config{Registry: w.registry, Log: log})
-	if err != nil {
-		return nil, "", err
-	}
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		return nil, "", fmt.Errorf("start control plane: %w", err)
 	}
-	gs := grpc.NewServer()
-	srv.Register(gs)
-	w.run(ctx, func(ctx context.Context) error { return srv.Run(ctx) })
 	w.run(ctx, func(ctx context.Context) error {
-		stop := context.AfterFunc(ctx, gs.Stop)
-		defer stop()
-		return gs.Serve(lis)
+		return control.Serve(ctx, control.Config{Registry: w.registry, XDS: lis, Log: log})
 	})
 	bootstrap, err := xds.Bootstrap{Server: lis.Addr().String(), Pod: "native-tools-65c5bd87fc-2fsmc", Namespace: Namespace}.JSON()
 	if err != nil {

@@ -15,11 +15,10 @@ import (
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ballast-dev/ballast/discovery"
-	"github.com/ballast-dev/ballast/discovery/files"
 	"github.com/ballast-dev/ballast/discovery/kube"
+	"github.com/ballast-dev/ballast/discovery/source"
 	"github.com/ballast-dev/ballast/greeter"
 	"github.com/ballast-dev/ballast/policy"
 	"github.com/ballast-dev/ballast/resolver/kubernetes"
@@ -144,18 +143,14 @@ func (d clientDiscovery) dialOptions(ctx context.Context, target string) ([]grpc
 	opts := []grpc.DialOption{grpc.WithDefaultServiceConfig(d.LBPolicy.ServiceConfig())}
 	if d.Files != "" {
 		reg := discovery.NewRegistry()
-		src := files.New(d.Files, reg, files.Options{})
-		if err := src.Load(); err != nil {
-			return nil, fmt.Errorf("--files: %w", err)
+		sources, err := source.Open(source.Config{Files: d.Files}, reg)
+		if err != nil {
+			return nil, err
 		}
-		go src.Run(ctx)
+		go sources.Run(ctx)
 		return append(opts, kubernetes.WithRegistry(reg)), nil
 	}
-	// --kubeconfig, else $KUBECONFIG or ~/.kube/config, else the pod's
-	// service account: client-go's usual order.
-	rules := clientcmd.NewDefaultClientConfigLoadingRules()
-	rules.ExplicitPath = d.Kubeconfig
-	restCfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(rules, nil).ClientConfig()
+	restCfg, err := source.RESTConfig(d.Kubeconfig)
 	if err != nil {
 		return nil, fmt.Errorf("kubernetes:/// target needs a cluster (--kubeconfig, or in-cluster) or --files: %w", err)
 	}

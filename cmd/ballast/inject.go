@@ -12,8 +12,8 @@ import (
 
 	"github.com/spf13/cobra"
 	"k8s.io/client-go/kubernetes"
-	"k8s.io/client-go/tools/clientcmd"
 
+	"github.com/ballast-dev/ballast/discovery/source"
 	"github.com/ballast-dev/ballast/inject"
 )
 
@@ -97,8 +97,7 @@ func injectCertificate(ctx context.Context, dir, webhookCfg string, dnsNames []s
 		if err != nil {
 			return tls.Certificate{}, err
 		}
-		cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
-			clientcmd.NewDefaultClientConfigLoadingRules(), &clientcmd.ConfigOverrides{}).ClientConfig()
+		cfg, err := source.RESTConfig("")
 		if err != nil {
 			return tls.Certificate{}, fmt.Errorf("--self-signed: %w", err)
 		}

@@ -4,18 +4,15 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"log/slog"
 	"net/netip"
 
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc/resolver"
-	"k8s.io/client-go/tools/clientcmd"
 
 	"github.com/ballast-dev/ballast/cmd/internal/proxycmd"
 	"github.com/ballast-dev/ballast/discovery"
-	"github.com/ballast-dev/ballast/discovery/files"
-	"github.com/ballast-dev/ballast/discovery/kube"
+	"github.com/ballast-dev/ballast/discovery/source"
 	"github.com/ballast-dev/ballast/proxy"
 	k8sresolver "github.com/ballast-dev/ballast/resolver/kubernetes"
 )
@@ -52,26 +49,11 @@ func (s *registrySource) Known(withXDS bool) (*proxycmd.Known, error) {
 		return nil, nil
 	}
 	reg := discovery.NewRegistry()
-	var (
-		run    func(context.Context) error
-		synced func() bool
-	)
-	if s.kubernetes {
-		cfg, err := clientcmd.NewNonInteractiveDeferredLoadingClientConfig(
-			clientcmd.NewDefaultClientConfigLoadingRules(), &clientcmd.ConfigOverrides{}).ClientConfig()
-		if err != nil {
-			return nil, fmt.Errorf("--kubernetes: %w", err)
-		}
-		src := kube.New(cfg, reg, kube.Options{})
-		run, synced = src.Run, src.HasSynced
-	} else {
-		src := files.New(s.filesDir, reg, files.Options{})
-		if err := src.Load(); err != nil {
-			// Keep going with the files that did load; Run reports again.
-			slog.Warn("loading Services", "dir", s.filesDir, "err", err)
-		}
-		run = src.Run
+	sources, err := source.Open(source.Config{Kubernetes: s.kubernetes, Files: s.filesDir}, reg)
+	if err != nil {
+		return nil, fmt.Errorf("--kubernetes: %w", err)
 	}
+	run := sources.Run
 	index := discovery.NewClusterIPIndex(reg)
 	both := func(ctx context.Context) error {
 		ctx, cancel := context.WithCancel(ctx)
@@ -82,7 +64,7 @@ func (s *registrySource) Known(withXDS bool) (*proxycmd.Known, error) {
 		cancel()
 		return errors.Join(err, <-indexDone)
 	}
-	k := &proxycmd.Known{Destinations: registryDestinations{index, proxy.XDSTarget}, Run: both, Synced: synced}
+	k := &proxycmd.Known{Destinations: registryDestinations{index, proxy.XDSTarget}, Run: both, Synced: sources.Synced}
 	if !withXDS {
 		k.Destinations = registryDestinations{index, proxy.KubernetesTarget}
 		k.Resolvers = []resolver.Builder{k8sresolver.NewBuilder(reg)}

@@ -6,20 +6,17 @@ package controlcmd
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"log/slog"
 	"net"
-	"net/http"
-	"net/http/pprof"
 	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
-	"google.golang.org/grpc"
-	"google.golang.org/grpc/keepalive"
 
+	"github.com/ballast-dev/ballast/control"
 	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/discovery/source"
 	"github.com/ballast-dev/ballast/policy"
 	"github.com/ballast-dev/ballast/xds"
 )
@@ -90,21 +87,18 @@ with --pprof Go's profiles under /debug/pprof/. CSDS
 	return cmd
 }
 
-// connBufferSize is the read and write buffer of each client connection.
-const connBufferSize = 8 << 10
-
-// Run serves until ctx ends. Every goroutine belongs to one errgroup
-// and stops with its context.
+// Run serves until ctx ends: the sources cfg names fill a registry that
+// the control plane serves.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	reg := discovery.NewRegistry()
-	g, ctx := errgroup.WithContext(ctx)
-	synced, err := startSources(ctx, g, cfg, reg, log)
+	sources, err := source.Open(source.Config{
+		Kubernetes: cfg.Kubeconfig != "" || cfg.InCluster,
+		Kubeconfig: cfg.Kubeconfig,
+		Files:      cfg.Files,
+		Log:        log,
+	}, reg)
 	if err != nil {
-		return err
-	}
-	srv, err := xds.NewServer(xds.Config{Registry: reg, Translate: cfg.Translate, Synced: synced, Log: log})
-	if err != nil {
-		return err
+		return fmt.Errorf("%w (give --kubeconfig, or --files to run without a cluster)", err)
 	}
 	xdsLis, err := net.Listen("tcp", cfg.XDSAddress)
 	if err != nil {
@@ -115,69 +109,23 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		xdsLis.Close()
 		return fmt.Errorf("--http-address: %w", err)
 	}
-	gs := grpc.NewServer(
-		// xDS streams live as long as their clients; let clients keep them
-		// alive through idle periods without being disconnected.
-		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
-		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		// Every client holds a connection, and gRPC's default 32 KiB
-		// buffers per connection came to 2 MiB of the heap with a hundred
-		// clients (measured), more while they connect together; 8 KiB
-		// ones hold a tenth of that. xDS messages are small; a large
-		// response is only written in more chunks.
-		grpc.ReadBufferSize(connBufferSize),
-		grpc.WriteBufferSize(connBufferSize),
-	)
-	srv.Register(gs)
-	handler := srv.Handler()
-	if cfg.Pprof {
-		mux := http.NewServeMux()
-		mux.Handle("/", handler)
-		mux.HandleFunc("/debug/pprof/", pprof.Index)
-		mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-		mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-		mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-		mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
-		handler = mux
-	}
-	hs := &http.Server{Handler: handler, ReadHeaderTimeout: 10 * time.Second}
-
-	g.Go(func() error { return srv.Run(ctx) })
-	g.Go(func() error {
-		if err := gs.Serve(xdsLis); err != nil {
-			return fmt.Errorf("xds server: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		if err := hs.Serve(httpLis); !errors.Is(err, http.ErrServerClosed) {
-			return fmt.Errorf("http server: %w", err)
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-ctx.Done()
-		// GOAWAY first, so clients open no new stream here; then close the
-		// xDS streams, which never end on their own: clients reconnect to
-		// another replica and serve their last config meanwhile, so waiting
-		// longer would only delay their next update.
-		stopped := make(chan struct{})
-		go func() { gs.GracefulStop(); close(stopped) }()
-		timer := time.NewTimer(cfg.DrainTimeout)
-		select {
-		case <-stopped:
-		case <-timer.C:
-			gs.Stop()
-			<-stopped
-		}
-		timer.Stop()
-		sctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
-		defer cancel()
-		return hs.Shutdown(sctx)
-	})
 	log.Info("serving", "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String())
 	if cfg.Serving != nil {
 		cfg.Serving(xdsLis.Addr(), httpLis.Addr())
 	}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return sources.Run(ctx) })
+	g.Go(func() error {
+		return control.Serve(ctx, control.Config{
+			Registry:     reg,
+			Synced:       sources.Synced,
+			Translate:    cfg.Translate,
+			XDS:          xdsLis,
+			HTTP:         httpLis,
+			Pprof:        cfg.Pprof,
+			DrainTimeout: cfg.DrainTimeout,
+			Log:          log,
+		})
+	})
 	return g.Wait()
 }
