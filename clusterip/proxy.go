@@ -15,6 +15,8 @@ import (
 	"net"
 	"net/netip"
 	"sync"
+
+	"github.com/ballast-dev/ballast/internal/connset"
 )
 
 // Proxy forwards connections accepted on a listener to endpoints.
@@ -29,10 +31,10 @@ type Proxy struct {
 // open connection and returns once all copying has stopped.
 func (p *Proxy) Serve(ctx context.Context, lis net.Listener) error {
 	var wg sync.WaitGroup
-	conns := &connSet{m: map[net.Conn]struct{}{}}
+	conns := connset.New()
 	stop := context.AfterFunc(ctx, func() {
 		lis.Close()
-		conns.closeAll()
+		conns.CloseAll()
 	})
 	defer stop()
 	var err error
@@ -49,7 +51,7 @@ func (p *Proxy) Serve(ctx context.Context, lis net.Listener) error {
 		}()
 	}
 	lis.Close()
-	conns.closeAll()
+	conns.CloseAll()
 	wg.Wait()
 	if ctx.Err() != nil {
 		return nil
@@ -57,11 +59,11 @@ func (p *Proxy) Serve(ctx context.Context, lis net.Listener) error {
 	return fmt.Errorf("clusterip accept on %s: %w", lis.Addr(), err)
 }
 
-func (p *Proxy) forward(ctx context.Context, down net.Conn, conns *connSet) {
-	if !conns.add(down) {
+func (p *Proxy) forward(ctx context.Context, down net.Conn, conns *connset.Set) {
+	if !conns.Add(down) {
 		return
 	}
-	defer conns.remove(down)
+	defer conns.Remove(down)
 	eps := p.Endpoints()
 	if len(eps) == 0 {
 		p.log().Warn("no endpoints; closing connection", "client", down.RemoteAddr())
@@ -74,10 +76,10 @@ func (p *Proxy) forward(ctx context.Context, down net.Conn, conns *connSet) {
 		p.log().Warn("dial endpoint", "endpoint", target, "err", err)
 		return
 	}
-	if !conns.add(up) {
+	if !conns.Add(up) {
 		return
 	}
-	defer conns.remove(up)
+	defer conns.Remove(up)
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -104,38 +106,4 @@ func (p *Proxy) log() *slog.Logger {
 		return p.Log
 	}
 	return slog.Default()
-}
-
-// connSet tracks open connections so Serve can close them on shutdown.
-type connSet struct {
-	mu     sync.Mutex
-	m      map[net.Conn]struct{}
-	closed bool
-}
-
-func (s *connSet) add(c net.Conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		c.Close()
-		return false
-	}
-	s.m[c] = struct{}{}
-	return true
-}
-
-func (s *connSet) remove(c net.Conn) {
-	s.mu.Lock()
-	delete(s.m, c)
-	s.mu.Unlock()
-	c.Close()
-}
-
-func (s *connSet) closeAll() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.closed = true
-	for c := range s.m {
-		c.Close()
-	}
 }

@@ -37,6 +37,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/resolver"
 
+	"github.com/ballast-dev/ballast/internal/connset"
 	"github.com/ballast-dev/ballast/xds/client"
 )
 
@@ -125,7 +126,7 @@ type Proxy struct {
 	upstreams   *upstreams
 	outbound    []*routedListener
 	inbound     *inbound
-	passthrough *connSet
+	passthrough *connset.Set
 
 	ready atomic.Bool
 	// conns tracks downstream connection handlers; Serve waits for them.
@@ -168,7 +169,7 @@ func New(opts Options) (*Proxy, error) {
 		opts:        opts,
 		log:         cmp.Or(opts.Log, slog.Default()).With("component", "proxy"),
 		registry:    cmp.Or(opts.Metrics, prometheus.NewRegistry()),
-		passthrough: &connSet{m: map[net.Conn]struct{}{}},
+		passthrough: connset.New(),
 		down:        map[*h2conn]struct{}{},
 	}
 	p.metrics = newMetrics(p.registry)
@@ -341,10 +342,10 @@ func (p *Proxy) drain(serving *sync.WaitGroup) {
 			c.nc.Close()
 		}
 		p.downMu.Unlock()
-		p.passthrough.closeAll()
+		p.passthrough.CloseAll()
 		<-done
 	}
-	p.passthrough.closeAll()
+	p.passthrough.CloseAll()
 }
 
 // downstream handles the connection-level frames of a client connection.

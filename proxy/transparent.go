@@ -118,20 +118,20 @@ func (c *prefixConn) Read(b []byte) (int, error) {
 // still work.
 func (p *Proxy) passThrough(ctx context.Context, down net.Conn, dst netip.AddrPort, prefix []byte, reason string) {
 	p.metrics.passthrough.WithLabelValues(reason).Inc()
-	if !p.passthrough.add(down) {
+	if !p.passthrough.Add(down) {
 		return
 	}
-	defer p.passthrough.remove(down)
+	defer p.passthrough.Remove(down)
 	d := net.Dialer{Timeout: 10 * time.Second}
 	up, err := d.DialContext(ctx, "tcp", dst.String())
 	if err != nil {
 		p.log.Debug("passthrough dial", "destination", dst, "err", err)
 		return
 	}
-	if !p.passthrough.add(up) {
+	if !p.passthrough.Add(up) {
 		return
 	}
-	defer p.passthrough.remove(up)
+	defer p.passthrough.Remove(up)
 	if _, err := up.Write(prefix); err != nil {
 		return
 	}
@@ -149,67 +149,5 @@ func pipe(dst, src net.Conn) {
 		cw.CloseWrite()
 	} else {
 		dst.Close()
-	}
-}
-
-// connSet tracks open passthrough connections so that shutdown can wait for
-// them and then close what remains.
-type connSet struct {
-	mu     sync.Mutex
-	m      map[net.Conn]struct{}
-	closed bool
-	empty  chan struct{} // closed when m becomes empty while someone waits
-}
-
-// add tracks c, or closes it and returns false once closeAll has run.
-func (s *connSet) add(c net.Conn) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.closed {
-		c.Close()
-		return false
-	}
-	s.m[c] = struct{}{}
-	return true
-}
-
-func (s *connSet) remove(c net.Conn) {
-	c.Close()
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	delete(s.m, c)
-	if len(s.m) == 0 && s.empty != nil {
-		close(s.empty)
-		s.empty = nil
-	}
-}
-
-// waitEmpty waits until no connection is open or timeout fires; it reports
-// whether the set emptied.
-func (s *connSet) waitEmpty(timeout <-chan time.Time) bool {
-	s.mu.Lock()
-	if len(s.m) == 0 {
-		s.mu.Unlock()
-		return true
-	}
-	if s.empty == nil {
-		s.empty = make(chan struct{})
-	}
-	empty := s.empty
-	s.mu.Unlock()
-	select {
-	case <-empty:
-		return true
-	case <-timeout:
-		return false
-	}
-}
-
-func (s *connSet) closeAll() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.closed = true
-	for c := range s.m {
-		c.Close()
 	}
 }
