@@ -31,6 +31,28 @@ func eventually(t testing.TB, what string, cond func() bool) {
 	}
 }
 
+// waitStalled polls count until it is above zero and has not moved for
+// half a second (a sender blocked on flow control), and returns it; it
+// fails t if that takes longer than 30 seconds.
+func waitStalled(t testing.TB, what string, count func() int64) int64 {
+	t.Helper()
+	const quiet = 500 * time.Millisecond
+	deadline := time.Now().Add(30 * time.Second)
+	last, since := count(), time.Now()
+	for {
+		switch now := count(); {
+		case now != last:
+			last, since = now, time.Now()
+		case now > 0 && time.Since(since) >= quiet:
+			return now
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s to stall (at %d)", what, last)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
 func listen(t testing.TB) net.Listener {
 	t.Helper()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")

@@ -385,18 +385,26 @@ func TestBackpressure(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the server sending", func() bool { return svc.sent.Load() > 0 })
+	// The sender has stalled once its count stops moving: then the windows
+	// on the way are full, and what it sent is all it will send until the
+	// client reads. (Without backpressure it would have sent all n, and
+	// stopped there.)
+	stalledAt := waitStalled(t, "the server's sends", svc.sent.Load)
 	for i := range 10 {
 		if _, err := client.UnaryCall(t.Context(), &testpb.SimpleRequest{ResponseSize: 10}); err != nil {
 			t.Fatalf("unary call %d beside the stalled stream: %v", i, err)
 		}
 	}
 	// Windows on the way (the client's, at most 16 MiB with grpc-go's BDP
-	// estimate, the proxy's 1 MiB, the server's write quota) hold far
-	// less than the whole stream.
-	t.Logf("the server sent %d of %d responses before the client read any", svc.sent.Load(), n)
-	if got := svc.sent.Load(); got >= n {
-		t.Fatalf("the server sent all %d MiB to a client that read none: nothing held it back", got)
+	// estimate, the proxy's 1 MiB per stream, the server's write quota and
+	// the proxy's one buffered frame each way) hold at most maxHeld.
+	const maxHeld = 20 // responses of 1 MiB
+	t.Logf("the server sent %d of %d responses before the client read any", stalledAt, n)
+	if stalledAt > maxHeld {
+		t.Fatalf("the server sent %d MiB to a client that read none, before stalling: more than the %d MiB the windows hold", stalledAt, maxHeld)
+	}
+	if got := svc.sent.Load(); got != stalledAt {
+		t.Fatalf("the stalled server sent %d responses, then %d while other calls ran: the unary calls opened the stream's window", stalledAt, got)
 	}
 	for i := range n {
 		resp, err := stream.Recv()
