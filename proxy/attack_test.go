@@ -66,12 +66,16 @@ func (p *Proxy) held() held {
 	for _, u := range ups {
 		u.mu.Lock()
 		for _, up := range u.byName {
-			up.host.mu.Lock()
-			h.parked += len(up.host.parked)
-			for c := range up.host.live {
-				h.upstreamHeld += c.held.Load()
+			hosts := hostsOf(up)
+			up.parkMu.Lock()
+			h.parked += len(up.waiting)
+			for _, host := range hosts {
+				h.parked += len(host.parked)
+				for c := range host.live {
+					h.upstreamHeld += c.held.Load()
+				}
 			}
-			up.host.mu.Unlock()
+			up.parkMu.Unlock()
 		}
 		u.mu.Unlock()
 	}

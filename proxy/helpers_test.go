@@ -191,3 +191,39 @@ func even(counts map[string]int, n, total int) bool {
 	}
 	return true
 }
+
+// hostsOf lists the balancer hosts of up: one per Cluster its route names,
+// or the one of a target without routes.
+func hostsOf(up *upstream) []*host {
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	var hosts []*host
+	for _, h := range up.hosts {
+		hosts = append(hosts, h)
+	}
+	return hosts
+}
+
+// hostOf is up's host of cluster ("" for a target without routes), once
+// it exists.
+func hostOf(t testing.TB, up *upstream, cluster string) *host {
+	t.Helper()
+	var h *host
+	eventually(t, "a host for cluster "+cluster, func() bool {
+		up.mu.Lock()
+		defer up.mu.Unlock()
+		h = up.hosts[cluster]
+		return h != nil
+	})
+	return h
+}
+
+// onlyHost is up's one host.
+func onlyHost(t testing.TB, up *upstream) *host {
+	t.Helper()
+	hosts := hostsOf(up)
+	if len(hosts) != 1 {
+		t.Fatalf("upstream %s has %d hosts, want 1", up.target, len(hosts))
+	}
+	return hosts[0]
+}

@@ -42,7 +42,11 @@ type host struct {
 
 	picker atomic.Pointer[pickerState]
 
-	mu     sync.Mutex
+	// mu is the lock of its upstream (upstream.parkMu), shared by the
+	// hosts of every Cluster the upstream's route names: a call waiting
+	// for a route or a picker is guarded by the one lock whichever host
+	// it ends up on.
+	mu     *sync.Mutex
 	gen    uint64
 	parked []*stream
 	closed bool
@@ -55,9 +59,11 @@ type pickerState struct {
 	gen uint64
 }
 
-func newHost(target string, log *slog.Logger) *host {
+// newHost makes the host of target (an upstream's target, or a Cluster
+// its route names), locked by mu.
+func newHost(target string, mu *sync.Mutex, log *slog.Logger) *host {
 	ctx, stop := context.WithCancel(context.Background())
-	h := &host{target: target, log: log, ctx: ctx, stop: stop, live: map[*h2conn]struct{}{}}
+	h := &host{target: target, mu: mu, log: log, ctx: ctx, stop: stop, live: map[*h2conn]struct{}{}}
 	h.work = newSerializer()
 	return h
 }
@@ -164,6 +170,16 @@ func (noMetrics) RegisterAsyncReporter(estats.AsyncMetricReporter, ...estats.Asy
 // close stops the balancer and every upstream connection, and fails the
 // parked streams.
 func (h *host) close() {
+	h.closeLive()
+	h.retire("ballast proxy: stopping")
+}
+
+// retire stops a host no route sends calls to any more: its parked
+// streams fail with msg, its balancer closes (so its SubConns shut down and
+// each connection closes once its last stream ends), and retire returns
+// when every connection has closed. closeLive, from any goroutine, ends
+// the wait at once.
+func (h *host) retire(msg string) {
 	h.mu.Lock()
 	h.closed = true
 	parked := h.parked
@@ -171,7 +187,7 @@ func (h *host) close() {
 	h.mu.Unlock()
 	var b batch
 	for _, s := range parked {
-		s.fail(codes.Unavailable, "ballast proxy: stopping", &b)
+		s.fail(codes.Unavailable, msg, &b)
 	}
 	b.flush()
 	done := make(chan struct{})
@@ -184,12 +200,18 @@ func (h *host) close() {
 	<-done
 	h.stop()
 	h.work.close()
+	h.conns.Wait()
+}
+
+// closeLive closes every upstream connection of h, and any it makes from
+// now on.
+func (h *host) closeLive() {
 	h.mu.Lock()
+	h.closed = true
 	for c := range h.live {
 		c.nc.Close()
 	}
 	h.mu.Unlock()
-	h.conns.Wait()
 }
 
 // track adds c to the live connections, or reports false once closed.

@@ -236,9 +236,10 @@ func TestInboundAppDown(t *testing.T) {
 			t.Fatal(err)
 		}
 		eventually(t, "the proxy's connection to the app closed", func() bool {
-			up.host.mu.Lock()
-			defer up.host.mu.Unlock()
-			return len(up.host.live) == 0
+			h := hostOf(t, up, "")
+			h.mu.Lock()
+			defer h.mu.Unlock()
+			return len(h.live) == 0
 		})
 		ctx, cancel := context.WithTimeout(t.Context(), 10*time.Second)
 		defer cancel()

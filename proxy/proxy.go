@@ -381,5 +381,6 @@ func (d *downstream) newStream(c *h2conn, id uint32, fields []hpack.HeaderField,
 	c.mu.Unlock()
 	d.up.metrics.inFlight.Inc()
 	s.upl.pending = append(s.firstPending[:0:1], item{fields: fields, end: end})
-	d.up.host.route(s, b)
+	s.req = fields
+	d.up.dispatch(s, b)
 }

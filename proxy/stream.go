@@ -12,6 +12,8 @@ import (
 	"google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
+
+	"github.com/ballast-dev/ballast/policy"
 )
 
 // stream is one proxied call: an HTTP/2 stream of a downstream connection
@@ -20,10 +22,20 @@ import (
 // connection and stream ids remapped; message bytes are never copied
 // unless the other side's flow-control window makes them wait.
 type stream struct {
-	up   *upstream
+	up *upstream
+	// host is the host of the Cluster the call was routed to, nil while
+	// it waits for its upstream's first route or if it never had one;
+	// guarded by up.parkMu.
+	host *host
 	down leg
 	upl  leg
 	path string
+	// req are the request headers the call is routed by: the read loop's
+	// while it routes the call first, a copy of its own once it waits.
+	req []hpack.HeaderField
+	// respHeaders is the route rule's response header modifier, nil for
+	// none.
+	respHeaders *policy.HeaderModifier
 	// start is when the call began, kept only when its duration is
 	// observed.
 	start time.Time
@@ -188,8 +200,14 @@ func (l *leg) checkDoneLocked(b *batch) {
 
 // forwardHeaders forwards a header block received on from to its peer.
 func (s *stream) forwardHeaders(from *leg, fields []hpack.HeaderField, end bool, b *batch) {
-	if end && from == &s.upl {
-		s.setCode(grpcStatus(fields))
+	if from == &s.upl {
+		if end {
+			s.setCode(grpcStatus(fields))
+		}
+		// from.headersRecv is only written by this read loop.
+		if s.respHeaders != nil && !from.headersRecv {
+			fields = modifyFields(fields, s.respHeaders)
+		}
 	}
 	c := from.c
 	c.mu.Lock()
@@ -265,19 +283,19 @@ func (l *leg) checkMessages(data []byte, max uint32) error {
 // send writes it on leg to, or queues it there until the window allows.
 func (s *stream) send(to *leg, it item, b *batch) {
 	if !to.ready.Load() {
-		h := s.up.host
-		h.mu.Lock()
+		mu := &s.up.parkMu
+		mu.Lock()
 		if !to.ready.Load() {
 			if to.sendDone {
-				h.mu.Unlock()
+				mu.Unlock()
 				b.dropped(it)
 				return
 			}
 			to.pending = append(to.pending, it.own())
-			h.mu.Unlock()
+			mu.Unlock()
 			return
 		}
-		h.mu.Unlock()
+		mu.Unlock()
 	}
 	c := to.c
 	c.mu.Lock()
@@ -495,9 +513,8 @@ func (s *stream) sendReset(to *leg, code http2.ErrCode, b *batch) {
 // unpark ends a parked stream's upstream leg; it reports false if the
 // stream got placed meanwhile (then the leg is ready).
 func (s *stream) unpark(b *batch) bool {
-	h := s.up.host
-	h.mu.Lock()
-	defer h.mu.Unlock()
+	s.up.parkMu.Lock()
+	defer s.up.parkMu.Unlock()
 	if s.upl.ready.Load() {
 		return false
 	}
@@ -509,8 +526,12 @@ func (s *stream) unpark(b *batch) bool {
 	// A stream reset while parked leaves the queue now: a client that
 	// opens and resets streams while no endpoint is ready must not grow
 	// it (rapid reset before the upstream saw the streams).
-	if i := slices.Index(h.parked, s); i >= 0 {
-		h.parked = slices.Delete(h.parked, i, i+1)
+	queue := &s.up.waiting
+	if s.host != nil {
+		queue = &s.host.parked
+	}
+	if i := slices.Index(*queue, s); i >= 0 {
+		*queue = slices.Delete(*queue, i, i+1)
 	}
 	return true
 }

@@ -266,7 +266,8 @@ func TestRegistryPolicy(t *testing.T) {
 			})
 			up, _ := p.upstreams.get(target)
 			got := make(chan string, 1)
-			up.host.work.schedule(func() { got <- up.host.balName })
+			h := onlyHost(t, up)
+			h.work.schedule(func() { got <- h.balName })
 			if b := <-got; b != tc.wantBalancer {
 				t.Fatalf("the proxy runs balancer %q, want %q", b, tc.wantBalancer)
 			}

@@ -6,6 +6,7 @@ import (
 	"net/url"
 	"strings"
 	"sync"
+	"sync/atomic"
 
 	"google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/codes"
@@ -13,7 +14,6 @@ import (
 	"google.golang.org/grpc/serviceconfig"
 
 	"github.com/ballast-dev/ballast/policy"
-	"github.com/ballast-dev/ballast/xds/client"
 
 	// The balancers a Cluster may name, registered with grpc-go: the proxy
 	// runs the very implementations a proxyless Go client runs.
@@ -24,21 +24,46 @@ import (
 )
 
 // upstream is one destination Service as the proxy's client side sees it:
-// a balancer host fed by the target's resolver (or by xDS), and the
+// how its calls are routed (for xds:/// targets, the route the control
+// plane gives and one balancer host per Cluster the route names; for
+// other targets, one host fed by the target's resolver), and the
 // Service's metrics.
 type upstream struct {
 	target string
 	// service names the upstream in metrics: the target without its
 	// "xds:///" scheme.
 	service    string
-	host       *host
 	metrics    upstreamMetrics
 	maxMessage uint32
-	// stopResolver stops what feeds host endpoints.
+	log        *slog.Logger
+	// stopResolver stops what feeds the routes and hosts.
 	stopResolver func()
 	// refuseUnplaced answers a call that cannot be placed with
 	// REFUSED_STREAM instead of a status (see stream.refuse).
 	refuseUnplaced bool
+
+	// routing is what calls are routed by now, replaced whole when the
+	// route or its Clusters change.
+	routing atomic.Pointer[routing]
+
+	// parkMu is the lock of every host of the upstream (host.mu) and of
+	// waiting: the calls that came before the upstream's first route,
+	// routed once it arrives.
+	parkMu  sync.Mutex
+	waiting []*stream
+	stopped bool // no call waits any more
+
+	// mu orders route updates and guards what they change.
+	mu    sync.Mutex
+	hosts map[string]*host // by Cluster; "" for a target without routes
+	// retiring are hosts no route names any more, closing once their
+	// calls end; work owns the goroutines that retire them and route the
+	// calls that waited.
+	retiring map[*host]struct{}
+	work     sync.WaitGroup
+	closed   bool
+	// routeErrors is what was last logged of the route's errors.
+	routeErrors string
 }
 
 // upstreams holds one upstream per target, created on first use and kept
@@ -80,30 +105,37 @@ func (u *upstreams) get(target string) (*upstream, error) {
 	up := &upstream{
 		target:     target,
 		service:    service,
-		host:       newHost(target, u.log),
 		metrics:    forService(service),
 		maxMessage: u.maxMessage,
+		log:        u.log,
+		hosts:      map[string]*host{},
+		retiring:   map[*host]struct{}{},
 
 		refuseUnplaced: u.refuseUnplaced,
 	}
-	stop, err := u.resolve(target, up.host)
-	if err != nil {
-		up.host.close()
-		return nil, fmt.Errorf("upstream %s: %w", target, err)
+	if name, ok := strings.CutPrefix(target, "xds:///"); ok && u.xds != nil {
+		// Calls wait in up.waiting for the first route.
+		up.routing.Store(&routing{})
+		up.stopResolver = u.xds.Watch(name, up.updateXDS)
+	} else {
+		h := newHost(target, &up.parkMu, u.log)
+		up.hosts[""] = h
+		up.routing.Store(&routing{def: h})
+		stop, err := u.resolve(target, h)
+		if err != nil {
+			h.close()
+			return nil, fmt.Errorf("upstream %s: %w", target, err)
+		}
+		up.stopResolver = stop
 	}
-	up.stopResolver = stop
 	u.byName[target] = up
 	return up, nil
 }
 
-// resolve starts feeding h the endpoints of target: from the control
-// plane for xds:/// targets when the proxy has one, otherwise from the
-// grpc-go resolver registered for the target's scheme (passthrough for a
-// bare host:port, as grpc.NewClient does).
+// resolve starts feeding h the endpoints of target (one without xDS
+// routes) from the grpc-go resolver registered for the target's scheme
+// (passthrough for a bare host:port, as grpc.NewClient does).
 func (u *upstreams) resolve(target string, h *host) (func(), error) {
-	if name, ok := strings.CutPrefix(target, "xds:///"); ok && u.xds != nil {
-		return u.xds.Watch(name, func(up client.Update) { h.updateXDS(up) }), nil
-	}
 	parsed, err := url.Parse(target)
 	var builder resolver.Builder
 	if err == nil {
@@ -146,7 +178,7 @@ func (u *upstreams) close() {
 	u.mu.Unlock()
 	for _, up := range ups {
 		up.stopResolver()
-		up.host.close()
+		up.close()
 	}
 }
 
@@ -193,21 +225,6 @@ func (r *resolverConn) ParseServiceConfig(js string) *serviceconfig.ParseResult 
 type lbChoice struct {
 	serviceconfig.Config // for its marker method; never called
 	lb                   policy.LB
-}
-
-// updateXDS hands h what the control plane says of its target: the
-// endpoints and policy of the Cluster its route sends calls to.
-func (h *host) updateXDS(u client.Update) {
-	if len(u.Route.Rules) == 0 || len(u.Route.Rules[0].Backends) == 0 {
-		h.resolverError(fmt.Errorf("route %s sends calls nowhere", u.Route.Name))
-		return
-	}
-	name := u.Route.Rules[0].Backends[0].Cluster
-	var state resolver.State
-	for _, ep := range u.Endpoints[name].Usable() {
-		state.Endpoints = append(state.Endpoints, resolver.Endpoint{Addresses: []resolver.Address{{Addr: ep.Address.String()}}})
-	}
-	h.updatePolicy(u.Clusters[name].LB, state)
 }
 
 // updatePolicy hands h endpoints and the balancer of the policy.

@@ -1,0 +1,244 @@
+package proxy
+
+import (
+	"errors"
+	"fmt"
+	"strings"
+
+	"golang.org/x/net/http2/hpack"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/resolver"
+
+	"github.com/ballast-dev/ballast/policy"
+	"github.com/ballast-dev/ballast/xds/client"
+)
+
+// routing is how an upstream routes calls at one moment: immutable, so the
+// per-call decision takes no lock. The route's decision is policy.Router,
+// the one the kubernetes:/// library makes too.
+type routing struct {
+	// router routes each call to one of hosts; nil means every call goes
+	// to def (a target without routes), or, with def nil too, that no
+	// route has come yet.
+	router *policy.Router
+	hosts  map[string]*host
+	def    *host
+}
+
+// dispatch routes a new call: with a route, the first rule that matches
+// its :path and headers, that rule's request header modifier, and one of
+// its backends by weight; then the backend's balancer places it. A call
+// the route sends nowhere (no rule, no weight, a Cluster that does not
+// exist) fails with UNAVAILABLE, as in grpc-go. The rule chosen here is
+// where per-rule policy attaches.
+func (up *upstream) dispatch(s *stream, b *batch) {
+	rt := up.routing.Load()
+	h := rt.def
+	if rt.router != nil {
+		i, _, backend, err := rt.router.Decide(s.path, s)
+		if err != nil {
+			up.unrouted(s, fmt.Sprintf("ballast proxy: route %s: %v for %s", rt.router.Route().Name, err, s.path), b)
+			return
+		}
+		if h = rt.hosts[backend.Cluster]; h == nil {
+			up.unrouted(s, fmt.Sprintf("ballast proxy: route %s sends this call to cluster %s, which does not exist", rt.router.Route().Name, backend.Cluster), b)
+			return
+		}
+		if m := rt.router.RequestHeaders(i); !m.Empty() {
+			fields := modifyFields(s.req, m)
+			up.parkMu.Lock()
+			if len(s.upl.pending) > 0 { // else reset meanwhile
+				s.upl.pending[0].fields = fields
+			}
+			up.parkMu.Unlock()
+		}
+		if m := rt.router.ResponseHeaders(i); !m.Empty() {
+			s.respHeaders = m
+		}
+	} else if h == nil {
+		up.wait(s, b)
+		return
+	}
+	up.parkMu.Lock()
+	s.host = h
+	up.parkMu.Unlock()
+	h.route(s, b)
+}
+
+// unrouted fails a call the route sends nowhere.
+func (up *upstream) unrouted(s *stream, msg string, b *batch) {
+	up.metrics.newStreamErrors.Inc()
+	s.fail(codes.Unavailable, msg, b)
+}
+
+// wait queues a call that came before the upstream's first route.
+func (up *upstream) wait(s *stream, b *batch) {
+	up.parkMu.Lock()
+	switch {
+	case up.stopped:
+		up.parkMu.Unlock()
+		s.fail(codes.Unavailable, "ballast proxy: stopping", b)
+		return
+	case up.routing.Load().router != nil: // the route came meanwhile
+		up.parkMu.Unlock()
+		up.dispatch(s, b)
+		return
+	case s.upl.closed:
+		up.parkMu.Unlock()
+		return
+	}
+	// The request headers still borrow the read loop's buffer.
+	for i, it := range s.upl.pending {
+		s.upl.pending[i] = it.own()
+	}
+	s.req = s.upl.pending[0].fields
+	up.waiting = append(up.waiting, s)
+	up.parkMu.Unlock()
+}
+
+// Header implements policy.Headers over the call's request headers.
+func (s *stream) Header(name string) (string, bool) {
+	var joined string
+	found := false
+	for _, hf := range s.req {
+		if hf.Name != name {
+			continue
+		}
+		if found {
+			joined += "," + hf.Value
+		} else {
+			joined, found = hf.Value, true
+		}
+	}
+	return joined, found
+}
+
+// modifyFields is fields changed by m, into a new slice: headers m sets
+// or removes leave, then m's Set and Add headers are appended (pseudo-
+// headers stay first), except those it removes.
+func modifyFields(fields []hpack.HeaderField, m *policy.HeaderModifier) []hpack.HeaderField {
+	out := make([]hpack.HeaderField, 0, len(fields)+len(m.Set)+len(m.Add))
+	for _, hf := range fields {
+		if !m.Changes(hf.Name) {
+			out = append(out, hf)
+		}
+	}
+	removed := func(name string) bool {
+		for _, r := range m.Remove {
+			if r == name {
+				return true
+			}
+		}
+		return false
+	}
+	for _, h := range m.Set {
+		if !removed(h.Name) {
+			out = append(out, hpack.HeaderField{Name: h.Name, Value: h.Value})
+		}
+	}
+	for _, h := range m.Add {
+		if !removed(h.Name) {
+			out = append(out, hpack.HeaderField{Name: h.Name, Value: h.Value})
+		}
+	}
+	return out
+}
+
+// updateXDS takes what the control plane says of the upstream's target:
+// its route, and the policy and endpoints of each Cluster the route names.
+// Each Cluster gets a host (made the first time); hosts of Clusters the
+// route no longer names retire once their calls end. It runs with the xDS
+// client's lock held, so what may block runs on goroutines of up.work.
+func (up *upstream) updateXDS(u client.Update) {
+	up.mu.Lock()
+	defer up.mu.Unlock()
+	if up.closed {
+		return
+	}
+	router := policy.NewRouter(u.Route)
+	up.logRouteErrors(router)
+	hosts := make(map[string]*host, len(u.Clusters))
+	for _, name := range u.Route.Clusters() {
+		cl, ok := u.Clusters[name]
+		if !ok {
+			continue // its share of calls fails
+		}
+		h := up.hosts[name]
+		if h == nil {
+			h = newHost(name, &up.parkMu, up.log)
+		}
+		hosts[name] = h
+		var state resolver.State
+		for _, ep := range u.Endpoints[name].Usable() {
+			state.Endpoints = append(state.Endpoints, resolver.Endpoint{Addresses: []resolver.Address{{Addr: ep.Address.String()}}})
+		}
+		h.updatePolicy(cl.LB, state)
+	}
+	up.routing.Store(&routing{router: router, hosts: hosts})
+	for name, h := range up.hosts {
+		if hosts[name] == nil {
+			up.retiring[h] = struct{}{}
+			up.work.Go(func() {
+				h.retire(fmt.Sprintf("ballast proxy: route %s no longer sends calls to cluster %s", u.Route.Name, name))
+				up.mu.Lock()
+				delete(up.retiring, h)
+				up.mu.Unlock()
+			})
+		}
+	}
+	up.hosts = hosts
+	up.parkMu.Lock()
+	waiting := up.waiting
+	up.waiting = nil
+	up.parkMu.Unlock()
+	if len(waiting) > 0 {
+		up.work.Go(func() {
+			var b batch
+			for _, s := range waiting {
+				up.dispatch(s, &b)
+			}
+			b.flush()
+		})
+	}
+}
+
+// logRouteErrors logs what of the route could not be compiled, once per
+// change.
+func (up *upstream) logRouteErrors(r *policy.Router) {
+	msg := errors.Join(r.Errors()...)
+	text := ""
+	if msg != nil {
+		text = msg.Error()
+	}
+	if text != up.routeErrors && text != "" {
+		up.log.Warn("route rules that match no call", "target", up.target, "errors", strings.ReplaceAll(text, "\n", "; "))
+	}
+	up.routeErrors = text
+}
+
+// close stops the upstream: every host closes, and the calls still
+// waiting for a route fail.
+func (up *upstream) close() {
+	up.mu.Lock()
+	up.closed = true
+	hosts := up.hosts
+	up.hosts = nil
+	for h := range up.retiring {
+		h.closeLive()
+	}
+	up.mu.Unlock()
+	for _, h := range hosts {
+		h.close()
+	}
+	up.work.Wait()
+	up.parkMu.Lock()
+	up.stopped = true
+	waiting := up.waiting
+	up.waiting = nil
+	up.parkMu.Unlock()
+	var b batch
+	for _, s := range waiting {
+		s.fail(codes.Unavailable, "ballast proxy: stopping", &b)
+	}
+	b.flush()
+}
