@@ -20,6 +20,8 @@ type Router struct {
 	route Route
 	rules []compiledRule
 	errs  []error
+	// headers says whether any rule matches headers.
+	headers bool
 }
 
 // compiledRule is one Rule ready to match.
@@ -82,6 +84,7 @@ func NewRouter(r Route) *Router {
 				continue
 			}
 			cr.headers = append(cr.headers, headerMatcher{name: name, stringMatcher: m})
+			rt.headers = true
 		}
 		cr.request = cleanModifier(rule.RequestHeaders, func(name string) { fail("request header modifier: %q is not a header a filter may change", name) })
 		cr.response = cleanModifier(rule.ResponseHeaders, func(name string) { fail("response header modifier: %q is not a header a filter may change", name) })
@@ -207,6 +210,17 @@ func (rt *Router) Route() *Route { return &rt.route }
 // Errors lists what could not be compiled, one error per problem naming
 // the route and the rule; those rules match no call.
 func (rt *Router) Errors() []error { return rt.errs }
+
+// MatchesHeaders reports whether any rule reads headers: a caller whose
+// headers are costly to reach may pass NoHeaders when none does.
+func (rt *Router) MatchesHeaders() bool { return rt.headers }
+
+// NoHeaders is a call without headers.
+var NoHeaders Headers = noHeaders{}
+
+type noHeaders struct{}
+
+func (noHeaders) Header(string) (string, bool) { return "", false }
 
 // Rule is rule i of the route.
 func (rt *Router) Rule(i int) *Rule { return &rt.route.Rules[i] }

@@ -31,6 +31,13 @@
 // grpc.WithDisableServiceConfig keeps the client's own. Without the
 // annotation none is sent and the client's default applies. An annotation
 // that names no policy is logged and the last good one stays.
+//
+// With WithRoutes, a Service port that has a route (a GRPCRoute attached
+// to it) is resolved to that route and its backend Services' endpoints and
+// policies, under the balancer/route policy: each call is routed by its
+// method and metadata, then balanced by its backend's own policy. Reading
+// GRPCRoutes from a cluster needs RBAC get, list and watch on
+// grpcroutes.gateway.networking.k8s.io.
 package kubernetes
 
 import (
@@ -56,8 +63,34 @@ const Scheme = "kubernetes"
 
 // NewBuilder returns a resolver builder that reads Services from reg. Pass it
 // to a ClientConn with grpc.WithResolvers, or use WithRegistry.
-func NewBuilder(reg *discovery.Registry) resolver.Builder {
-	return &builder{reg: reg, log: slog.Default().With("component", "resolver/kubernetes")}
+func NewBuilder(reg *discovery.Registry, opts ...Option) resolver.Builder {
+	b := &builder{reg: reg, log: slog.Default().With("component", "resolver/kubernetes")}
+	for _, o := range opts {
+		o(b)
+	}
+	return b
+}
+
+// Option configures a resolver builder.
+type Option func(*builder)
+
+// Routes gives the routes of Service ports: the GRPCRoutes attached to
+// them, in the route model, whose backends name Clusters by their
+// Services' dial names (name.namespace[.svc.<domain>]:port).
+type Routes interface {
+	// Route is the route of the calls to a Service's port (by number),
+	// and whether it has one.
+	Route(svc discovery.Key, port int32) (policy.Route, bool)
+}
+
+// WithRoutes routes the calls to Services that have a route by it: per
+// call, the first rule that matches the method and metadata picks one of
+// its backend Services by weight, then that Service's policy balances
+// (balancer/route). A target whose Service has no route resolves as
+// without routes. A route is read again whenever the registry reports a
+// change to its Service or to one of its backends.
+func WithRoutes(routes Routes) Option {
+	return func(b *builder) { b.routes = routes }
 }
 
 // WithRegistry is the dial option that resolves kubernetes:/// targets from
@@ -69,8 +102,9 @@ func WithRegistry(reg *discovery.Registry) grpc.DialOption {
 }
 
 type builder struct {
-	reg *discovery.Registry
-	log *slog.Logger
+	reg    *discovery.Registry
+	routes Routes
+	log    *slog.Logger
 }
 
 func (*builder) Scheme() string { return Scheme }
@@ -83,6 +117,7 @@ func (b *builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 	ctx, cancel := context.WithCancel(context.Background())
 	r := &kubeResolver{
 		reg:     b.reg,
+		routes:  b.routes,
 		target:  t,
 		cc:      cc,
 		log:     b.log.With("service", t.key.String(), "port", t.port),
@@ -170,6 +205,7 @@ func parseTarget(rt resolver.Target) (target, error) {
 // stopped by Close, is the only writer to cc.
 type kubeResolver struct {
 	reg     *discovery.Registry
+	routes  Routes
 	target  target
 	cc      resolver.ClientConn
 	log     *slog.Logger
@@ -184,6 +220,9 @@ type kubeResolver struct {
 	lastErr    string
 	lastPolicy policy.LB // "" for none
 	badPolicy  string    // the annotation error last logged
+	// watched are the Services whose changes are read again: the target's
+	// and, while it has a route, its backends'.
+	watched []discovery.Key
 }
 
 func (r *kubeResolver) run(ctx context.Context) {
@@ -195,7 +234,7 @@ func (r *kubeResolver) run(ctx context.Context) {
 			return
 		case <-r.sub.C():
 		}
-		if slices.Contains(r.sub.Drain(), r.target.key) {
+		if slices.ContainsFunc(r.sub.Drain(), func(k discovery.Key) bool { return slices.Contains(r.watched, k) }) {
 			r.push()
 		}
 	}
@@ -204,6 +243,11 @@ func (r *kubeResolver) run(ctx context.Context) {
 // push reads the Service from the registry and sends the whole state, or
 // the reason there is none.
 func (r *kubeResolver) push() {
+	r.watched = append(r.watched[:0], r.target.key)
+	if rt, ok := r.route(); ok {
+		r.pushRoute(rt)
+		return
+	}
 	eps, lb, err := r.resolve()
 	if err != nil {
 		if r.sent && r.lastErr == err.Error() {
@@ -280,6 +324,11 @@ func (r *kubeResolver) resolve() ([]resolver.Endpoint, policy.LB, error) {
 		}
 		return nil, "", fmt.Errorf("%w for %s", ErrNoReadyEndpoint, ref)
 	}
+	return endpoints(ready), r.policy(svc), nil
+}
+
+// endpoints are the resolver's form of ready endpoints.
+func endpoints(ready []discovery.Endpoint) []resolver.Endpoint {
 	eps := make([]resolver.Endpoint, 0, len(ready))
 	for _, e := range ready {
 		var attrs *attributes.Attributes
@@ -294,7 +343,7 @@ func (r *kubeResolver) resolve() ([]resolver.Endpoint, policy.LB, error) {
 			Attributes: attrs,
 		})
 	}
-	return eps, r.policy(svc), nil
+	return eps
 }
 
 // ResolveNow does nothing: the registry pushes every change.

@@ -1,0 +1,69 @@
+package kubernetes
+
+import (
+	"net/url"
+
+	"google.golang.org/grpc/resolver"
+
+	"github.com/ballast-dev/ballast/balancer/route"
+	"github.com/ballast-dev/ballast/policy"
+)
+
+// route is the route of the target's Service port, if it has one.
+func (r *kubeResolver) route() (policy.Route, bool) {
+	if r.routes == nil {
+		return policy.Route{}, false
+	}
+	svc, ok := r.reg.Get(r.target.key)
+	if !ok {
+		return policy.Route{}, false
+	}
+	port, err := svc.Port(r.target.port)
+	if err != nil {
+		return policy.Route{}, false
+	}
+	return r.routes.Route(r.target.key, port.Port)
+}
+
+// pushRoute sends the route, each backend Service's ready endpoints and
+// policy, and the service config of balancer/route. A backend whose
+// Service or port does not exist is left out: its share of calls fails
+// with UNAVAILABLE naming it. One with no ready endpoint is sent empty:
+// its calls fail as any call to such a Service does.
+func (r *kubeResolver) pushRoute(rt policy.Route) {
+	st := &route.State{Route: rt, Clusters: map[string]route.Cluster{}}
+	var all []resolver.Endpoint
+	for _, name := range rt.Clusters() {
+		t, err := parseTarget(resolver.Target{URL: url.URL{Path: "/" + name}})
+		if err != nil {
+			r.log.Warn("route backend is not a Service", "route", rt.Name, "cluster", name, "err", err)
+			continue
+		}
+		if t.key != r.target.key {
+			r.watched = append(r.watched, t.key)
+		}
+		svc, ok := r.reg.Get(t.key)
+		if !ok {
+			continue
+		}
+		port, err := svc.Port(t.port)
+		if err != nil {
+			continue
+		}
+		lb := policy.RoundRobin
+		if p, _, err := policy.ServiceLB(svc.Key.String(), svc.Annotations, policy.Defaults{}); err == nil {
+			lb = p
+		}
+		eps := endpoints(port.Ready())
+		st.Clusters[name] = route.Cluster{LB: lb, Endpoints: eps}
+		all = append(all, eps...)
+	}
+	r.log.Debug("route", "route", rt.Name, "rules", len(rt.Rules), "clusters", len(st.Clusters))
+	state := route.WithState(resolver.State{Endpoints: all}, st)
+	state.ServiceConfig = r.cc.ParseServiceConfig(route.ServiceConfig)
+	if err := r.cc.UpdateState(state); err != nil {
+		r.log.Debug("update rejected", "err", err)
+	}
+	// The next push without a route sends its state whatever it is.
+	r.sent, r.lastAddr, r.lastErr, r.lastPolicy = false, nil, "", ""
+}

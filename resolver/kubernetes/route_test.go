@@ -1,0 +1,219 @@
+package kubernetes_test
+
+import (
+	"context"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/types/known/emptypb"
+
+	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/greeter/greetertest"
+	"github.com/ballast-dev/ballast/policy"
+	"github.com/ballast-dev/ballast/resolver/kubernetes"
+)
+
+// staticRoutes are the routes of Service ports, set by the test.
+type staticRoutes struct {
+	mu     sync.Mutex
+	routes map[discovery.Key]policy.Route
+}
+
+func (s *staticRoutes) Route(k discovery.Key, port int32) (policy.Route, bool) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	r, ok := s.routes[k]
+	return r, ok && port == 50051
+}
+
+func (s *staticRoutes) set(k discovery.Key, r policy.Route) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.routes == nil {
+		s.routes = map[discovery.Key]policy.Route{}
+	}
+	s.routes[k] = r
+}
+
+// service is Service default/name, port 50051 served by addrs.
+func service(name string, addrs ...netip.AddrPort) *discovery.Service {
+	p := discovery.Port{Name: "grpc", Port: 50051, Protocol: "TCP"}
+	for _, a := range addrs {
+		p.Endpoints = append(p.Endpoints, discovery.Endpoint{Address: a, Ready: true, Serving: true})
+	}
+	return &discovery.Service{Key: discovery.Key{Namespace: "default", Name: name}, Ports: []discovery.Port{p}}
+}
+
+// cluster names a Service's port as the control plane names Clusters.
+func cluster(name string) string { return name + ".default.svc.cluster.local:50051" }
+
+func dialRouted(t *testing.T, reg *discovery.Registry, routes kubernetes.Routes) *grpc.ClientConn {
+	t.Helper()
+	conn, err := grpc.NewClient(target, grpc.WithResolvers(kubernetes.NewBuilder(reg, kubernetes.WithRoutes(routes))), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return conn
+}
+
+// startEcho serves every method on loopback: it answers an Empty with
+// response headers naming the backend (x-backend) and echoing each request
+// header it got as seen-<name>.
+func startEcho(t *testing.T, name string) netip.AddrPort {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	gs := grpc.NewServer(grpc.UnknownServiceHandler(func(_ any, stream grpc.ServerStream) error {
+		if err := stream.RecvMsg(&emptypb.Empty{}); err != nil {
+			return err
+		}
+		md, _ := metadata.FromIncomingContext(stream.Context())
+		hdr := metadata.Pairs("x-backend", name)
+		for k, vs := range md {
+			if !strings.HasPrefix(k, ":") {
+				hdr["seen-"+k] = vs
+			}
+		}
+		if err := stream.SetHeader(hdr); err != nil {
+			return err
+		}
+		return stream.SendMsg(&emptypb.Empty{})
+	}))
+	done := make(chan struct{})
+	go func() { defer close(done); gs.Serve(lis) }()
+	t.Cleanup(func() { gs.Stop(); <-done })
+	return lis.Addr().(*net.TCPAddr).AddrPort()
+}
+
+func echoCall(conn *grpc.ClientConn, method string, md ...string) (metadata.MD, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var hdr metadata.MD
+	err := conn.Invoke(metadata.AppendToOutgoingContext(ctx, md...), method, &emptypb.Empty{}, &emptypb.Empty{}, grpc.Header(&hdr))
+	return hdr, err
+}
+
+// TestRouteCanary: a 90/10 split between two Services lands within ±2%
+// over 10,000 calls, each Service balanced over its own pods.
+func TestRouteCanary(t *testing.T) {
+	v1 := []*greetertest.Pod{greetertest.Start(t, "v1-0", greetertest.Options{}), greetertest.Start(t, "v1-1", greetertest.Options{})}
+	v2 := greetertest.Start(t, "v2-0", greetertest.Options{})
+	reg := discovery.NewRegistry()
+	reg.Set(service("greeter", v1[0].Addr, v1[1].Addr))
+	reg.Set(service("greeter-v2", v2.Addr))
+	routes := &staticRoutes{}
+	routes.set(greeterKey, policy.Route{Name: "greeter", Rules: []policy.Rule{{Backends: []policy.Backend{
+		{Cluster: cluster("greeter"), Weight: 90}, {Cluster: cluster("greeter-v2"), Weight: 10},
+	}}}})
+	conn := dialRouted(t, reg, routes)
+	counts := greetertest.Spread(t, conn, 10000, 8)
+	v1Calls := counts["v1-0"] + counts["v1-1"]
+	if v2Calls := counts["v2-0"]; v2Calls < 800 || v2Calls > 1200 || v1Calls+v2Calls != 10000 {
+		t.Fatalf("calls by pod %v, want v2-0 at 10%% ±2%% (800..1200), the rest on v1", counts)
+	}
+	// Round robin from the moment both are connected; the first calls
+	// may all go to the one that connected first.
+	if min(counts["v1-0"], counts["v1-1"]) < v1Calls*4/10 {
+		t.Fatalf("calls by pod %v, want greeter's share spread over both its pods", counts)
+	}
+}
+
+// TestRouteMatches: the method and the outgoing metadata pick the rule,
+// first match wins; a backend Service that does not exist fails its share
+// with UNAVAILABLE naming it; a call no rule matches fails UNAVAILABLE; a
+// rule's request Set and Add headers reach the server.
+func TestRouteMatches(t *testing.T) {
+	reg := discovery.NewRegistry()
+	reg.Set(service("greeter", startEcho(t, "v1")))
+	reg.Set(service("greeter-v2", startEcho(t, "v2")))
+	routes := &staticRoutes{}
+	routes.set(greeterKey, policy.Route{Name: "greeter", Rules: []policy.Rule{
+		{Match: policy.Match{
+			Path:    policy.StringMatch{Type: policy.Exact, Value: "/helloworld.Greeter/SayHello"},
+			Headers: []policy.HeaderMatch{{Name: "x-canary", Value: policy.StringMatch{Type: policy.RegularExpression, Value: "yes|true"}}},
+		}, Backends: []policy.Backend{{Cluster: cluster("greeter-v2"), Weight: 1}}, RequestHeaders: policy.HeaderModifier{
+			Set: []policy.Header{{Name: "x-route", Value: "canary"}},
+			Add: []policy.Header{{Name: "x-add", Value: "added"}},
+		}},
+		{Match: policy.Match{Path: policy.StringMatch{Type: policy.RegularExpression, Value: `/[^/]+/Gone`}}, Backends: []policy.Backend{{Cluster: cluster("missing"), Weight: 1}}},
+		{Match: policy.Match{Path: policy.StringMatch{Type: policy.Prefix, Value: "/helloworld.Greeter/"}}, Backends: []policy.Backend{{Cluster: cluster("greeter"), Weight: 1}}},
+	}})
+	conn := dialRouted(t, reg, routes)
+	tests := []struct {
+		name, method string
+		md           []string
+		want         string // backend, or the UNAVAILABLE message
+	}{
+		{"header match", "/helloworld.Greeter/SayHello", []string{"x-canary", "true"}, "v2"},
+		{"header regex is whole", "/helloworld.Greeter/SayHello", []string{"x-canary", "yess"}, "v1"},
+		{"other method", "/helloworld.Greeter/SayBye", []string{"x-canary", "yes"}, "v1"},
+		{"missing backend", "/any.Service/Gone", nil, "cluster missing.default.svc.cluster.local:50051, which does not exist"},
+		{"no rule", "/other.Service/Call", nil, "no route rule matches"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			hdr, err := echoCall(conn, tt.method, tt.md...)
+			if strings.HasPrefix(tt.want, "v") {
+				if err != nil {
+					t.Fatal(err)
+				}
+				if got := strings.Join(hdr.Get("x-backend"), ","); got != tt.want {
+					t.Fatalf("%s %v reached %q, want %q", tt.method, tt.md, got, tt.want)
+				}
+				return
+			}
+			if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), tt.want) {
+				t.Fatalf("%s: %v, want UNAVAILABLE saying %q", tt.method, err, tt.want)
+			}
+		})
+	}
+	hdr, err := echoCall(conn, "/helloworld.Greeter/SayHello", "x-canary", "yes", "x-add", "mine")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := strings.Join(hdr.Get("seen-x-route"), ","), "canary"; got != want {
+		t.Errorf("the server saw x-route %q, want %q", got, want)
+	}
+	if got, want := strings.Join(hdr.Get("seen-x-add"), ","), "mine,added"; got != want {
+		t.Errorf("the server saw x-add %q, want %q", got, want)
+	}
+}
+
+// TestRouteEdit: a route that appears, changes or goes is read on the
+// registry's next change to the Service; calls follow it.
+func TestRouteEdit(t *testing.T) {
+	reg := discovery.NewRegistry()
+	v1, v2 := startEcho(t, "v1"), startEcho(t, "v2")
+	reg.Set(service("greeter", v1))
+	reg.Set(service("greeter-v2", v2))
+	routes := &staticRoutes{}
+	conn := dialRouted(t, reg, routes)
+	reaches := func(want string) func() bool {
+		return func() bool {
+			hdr, err := echoCall(conn, "/helloworld.Greeter/SayHello")
+			return err == nil && strings.Join(hdr.Get("x-backend"), ",") == want
+		}
+	}
+	if !reaches("v1")() {
+		t.Fatal("without a route, calls do not reach the Service's own pods")
+	}
+	routes.set(greeterKey, policy.Route{Name: "greeter", Rules: []policy.Rule{{Backends: []policy.Backend{{Cluster: cluster("greeter-v2"), Weight: 1}}}}})
+	reg.Set(service("greeter", v1, netip.MustParseAddrPort("127.0.0.1:1"))) // a change the resolver hears
+	greetertest.Eventually(t, 10*time.Second, reaches("v2"), "calls did not move to greeter-v2")
+	// A change to a backend Service is heard too: greeter-v2 moves to v1's
+	// address.
+	reg.Set(service("greeter-v2", v1))
+	greetertest.Eventually(t, 10*time.Second, reaches("v1"), "calls did not follow greeter-v2's endpoints")
+}
