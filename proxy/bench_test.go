@@ -4,6 +4,7 @@ import (
 	"context"
 	"testing"
 
+	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc"
 	pb "google.golang.org/grpc/examples/helloworld/helloworld"
 	testpb "google.golang.org/grpc/interop/grpc_testing"
@@ -133,13 +134,7 @@ func BenchmarkProxyRoute(b *testing.B) {
 	addrs := startGreeters(b, 3)
 	clusters := map[string][]string{"greeter": addrs, "greeter-v2": addrs}
 	none := update(policy.RouteTo("greeter", nil, "greeter"), clusters)
-	five := update(policy.Route{Name: "greeter", Rules: []policy.Rule{
-		{Match: policy.Match{Path: policy.StringMatch{Type: policy.Exact, Value: "/helloworld.Greeter/SayGoodbye"}}, Backends: []policy.Backend{{Cluster: "greeter-v2", Weight: 1}}},
-		{Match: policy.Match{Path: policy.StringMatch{Type: policy.RegularExpression, Value: `/other\.Service/.+`}}, Backends: []policy.Backend{{Cluster: "greeter-v2", Weight: 1}}},
-		{Match: policy.Match{Path: policy.StringMatch{Type: policy.Prefix, Value: "/helloworld.Greeter/"}, Headers: []policy.HeaderMatch{{Name: "x-version", Value: policy.StringMatch{Type: policy.Exact, Value: "2"}}}}, Backends: []policy.Backend{{Cluster: "greeter-v2", Weight: 1}}},
-		{Match: policy.Match{Headers: []policy.HeaderMatch{{Name: "x-user", Value: policy.StringMatch{Type: policy.RegularExpression, Value: "bob|carl"}}}}, Backends: []policy.Backend{{Cluster: "greeter-v2", Weight: 1}}},
-		{Backends: []policy.Backend{{Cluster: "greeter", Weight: 90}, {Cluster: "greeter-v2", Weight: 10}}},
-	}}, clusters)
+	five := update(fiveRules(), clusters)
 	routed := func(b *testing.B, u client.Update) *grpc.ClientConn {
 		routes := &staticRoutes{}
 		routes.set(u)
@@ -150,4 +145,44 @@ func BenchmarkProxyRoute(b *testing.B) {
 	b.Run("5-rules", func(b *testing.B) { benchmarkUnary(b, routed(b, five)) })
 	b.Run("none-parallel", func(b *testing.B) { benchmarkUnaryParallel(b, routed(b, none)) })
 	b.Run("5-rules-parallel", func(b *testing.B) { benchmarkUnaryParallel(b, routed(b, five)) })
+}
+
+// BenchmarkRouteDecision is the routing step of one call alone, on the
+// header block a grpc-go client sends: the 5-rule route of
+// BenchmarkProxyRoute (its last rule takes the call) against a Service's
+// one-rule route. It allocates nothing.
+func BenchmarkRouteDecision(b *testing.B) {
+	fields := []hpack.HeaderField{
+		{Name: ":method", Value: "POST"}, {Name: ":scheme", Value: "http"},
+		{Name: ":path", Value: "/helloworld.Greeter/SayHello"}, {Name: ":authority", Value: "greeter.default:50051"},
+		{Name: "content-type", Value: "application/grpc"}, {Name: "user-agent", Value: "grpc-go/1.85.0"},
+		{Name: "te", Value: "trailers"}, {Name: "grpc-timeout", Value: "4999906u"},
+	}
+	s := &stream{path: "/helloworld.Greeter/SayHello", req: fields}
+	for _, tc := range []struct {
+		name  string
+		route policy.Route
+	}{{"none", policy.RouteTo("greeter", nil, "greeter")}, {"5-rules", fiveRules()}} {
+		b.Run(tc.name, func(b *testing.B) {
+			rt := policy.NewRouter(tc.route)
+			b.ReportAllocs()
+			for b.Loop() {
+				if _, _, _, err := rt.Decide(s.path, s); err != nil {
+					b.Fatal(err)
+				}
+			}
+		})
+	}
+}
+
+// fiveRules is a 5-rule route whose last rule takes a SayHello without
+// headers and splits it 90/10.
+func fiveRules() policy.Route {
+	return policy.Route{Name: "greeter", Rules: []policy.Rule{
+		{Match: policy.Match{Path: policy.StringMatch{Type: policy.Exact, Value: "/helloworld.Greeter/SayGoodbye"}}, Backends: []policy.Backend{{Cluster: "greeter-v2", Weight: 1}}},
+		{Match: policy.Match{Path: policy.StringMatch{Type: policy.RegularExpression, Value: `/other\.Service/.+`}}, Backends: []policy.Backend{{Cluster: "greeter-v2", Weight: 1}}},
+		{Match: policy.Match{Path: policy.StringMatch{Type: policy.Prefix, Value: "/helloworld.Greeter/"}, Headers: []policy.HeaderMatch{{Name: "x-version", Value: policy.StringMatch{Type: policy.Exact, Value: "2"}}}}, Backends: []policy.Backend{{Cluster: "greeter-v2", Weight: 1}}},
+		{Match: policy.Match{Headers: []policy.HeaderMatch{{Name: "x-user", Value: policy.StringMatch{Type: policy.RegularExpression, Value: "bob|carl"}}}}, Backends: []policy.Backend{{Cluster: "greeter-v2", Weight: 1}}},
+		{Backends: []policy.Backend{{Cluster: "greeter", Weight: 90}, {Cluster: "greeter-v2", Weight: 10}}},
+	}}
 }
