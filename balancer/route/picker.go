@@ -25,11 +25,21 @@ type picker struct {
 }
 
 func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
-	headers := policy.NoHeaders
-	if p.router.MatchesHeaders() {
-		headers = outgoing{info.Ctx}
+	// A call whose rule Filters chose (with its request filter applied)
+	// keeps that rule, as long as the route is the same.
+	d, filtered := info.Ctx.Value(decisionKey{}).(decision)
+	filtered = filtered && d.router == p.router
+	i := d.rule
+	if !filtered {
+		headers := policy.NoHeaders
+		if p.router.MatchesHeaders() {
+			headers = outgoing{info.Ctx}
+		}
+		if i = p.router.Match(info.FullMethodName, headers); i < 0 {
+			return balancer.PickResult{}, unavailable(fmt.Sprintf("route %s: %v for %s", p.router.Route().Name, policy.ErrNoRule, info.FullMethodName))
+		}
 	}
-	i, _, backend, err := p.router.Decide(info.FullMethodName, headers)
+	backend, err := p.router.Backend(i)
 	if err != nil {
 		return balancer.PickResult{}, unavailable(fmt.Sprintf("route %s: %v for %s", p.router.Route().Name, err, info.FullMethodName))
 	}
@@ -44,7 +54,9 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	if err != nil {
 		return res, err
 	}
-	if m := p.router.RequestHeaders(i); len(m.Set) > 0 || len(m.Add) > 0 {
+	// Without Filters, the rule's Set and Add headers are all a picker
+	// can apply.
+	if m := p.router.RequestHeaders(i); !filtered && (len(m.Set) > 0 || len(m.Add) > 0) {
 		res.Metadata = addHeaders(res.Metadata, m)
 	}
 	return res, nil

@@ -17,10 +17,11 @@
 // PickInfo.Ctx is the public way to make the same decision.
 //
 // Header filters: a picker can only add metadata to a call
-// (PickResult.Metadata is joined to the application's), so a rule's
-// request Set and Add headers are added to the call, and a Set header the
-// application also sends goes with both values; Remove and response header
-// filters cannot be applied by a balancer.
+// (PickResult.Metadata is joined to the application's) and never sees the
+// response, so the whole of a rule's filters is applied by the
+// interceptors of Filters, which the kubernetes:/// dial options install.
+// Without them, the policy adds a rule's request Set and Add headers (a
+// Set header the application also sends then goes with both values).
 package route
 
 import (
@@ -48,7 +49,10 @@ func init() { balancer.Register(builder{}) }
 // every Cluster the route names that exists. A backend whose Cluster is
 // missing fails its share of calls with UNAVAILABLE.
 type State struct {
-	Route    policy.Route
+	Route policy.Route
+	// Router is Route compiled, made from Route when nil; the one given
+	// to Filters.Publish, when the client applies filters.
+	Router   *policy.Router
 	Clusters map[string]Cluster
 }
 
@@ -134,7 +138,10 @@ func (b *routeBalancer) UpdateClientConnState(s balancer.ClientConnState) error 
 		b.cc.UpdateState(balancer.State{ConnectivityState: connectivity.TransientFailure, Picker: errPicker{unavailable(err.Error())}})
 		return balancer.ErrBadResolverState
 	}
-	b.router = policy.NewRouter(st.Route)
+	b.router = st.Router
+	if b.router == nil {
+		b.router = policy.NewRouter(st.Route)
+	}
 	for name, c := range b.children {
 		if _, ok := st.Clusters[name]; !ok {
 			c.bal.Close()

@@ -54,6 +54,7 @@ import (
 	"google.golang.org/grpc/resolver"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/ballast-dev/ballast/balancer/route"
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/policy"
 )
@@ -64,11 +65,25 @@ const Scheme = "kubernetes"
 // NewBuilder returns a resolver builder that reads Services from reg. Pass it
 // to a ClientConn with grpc.WithResolvers, or use WithRegistry.
 func NewBuilder(reg *discovery.Registry, opts ...Option) resolver.Builder {
-	b := &builder{reg: reg, log: slog.Default().With("component", "resolver/kubernetes")}
+	return newBuilder(reg, opts...)
+}
+
+func newBuilder(reg *discovery.Registry, opts ...Option) *builder {
+	b := &builder{reg: reg, filters: route.NewFilters(Scheme), log: slog.Default().With("component", "resolver/kubernetes")}
 	for _, o := range opts {
 		o(b)
 	}
 	return b
+}
+
+// DialOptions resolve kubernetes:/// targets from reg, as WithRegistry
+// does, and with WithRoutes apply the header filters of routes too
+// (route.Filters' interceptors): request headers set, added and removed,
+// and response headers as the application reads them. NewBuilder alone
+// routes calls but can only add request headers.
+func DialOptions(reg *discovery.Registry, opts ...Option) []grpc.DialOption {
+	b := newBuilder(reg, opts...)
+	return append([]grpc.DialOption{grpc.WithResolvers(b)}, b.filters.DialOptions()...)
 }
 
 // Option configures a resolver builder.
@@ -102,9 +117,10 @@ func WithRegistry(reg *discovery.Registry) grpc.DialOption {
 }
 
 type builder struct {
-	reg    *discovery.Registry
-	routes Routes
-	log    *slog.Logger
+	reg     *discovery.Registry
+	routes  Routes
+	filters *route.Filters
+	log     *slog.Logger
 }
 
 func (*builder) Scheme() string { return Scheme }
@@ -115,9 +131,12 @@ func (b *builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 		return nil, err
 	}
 	ctx, cancel := context.WithCancel(context.Background())
+	b.filters.Acquire(target.String())
 	r := &kubeResolver{
 		reg:     b.reg,
 		routes:  b.routes,
+		filters: b.filters,
+		key:     target.String(),
 		target:  t,
 		cc:      cc,
 		log:     b.log.With("service", t.key.String(), "port", t.port),
@@ -206,6 +225,10 @@ func parseTarget(rt resolver.Target) (target, error) {
 type kubeResolver struct {
 	reg     *discovery.Registry
 	routes  Routes
+	filters *route.Filters
+	// key is the target as Filters knows it: its canonical form, as a
+	// ClientConn's CanonicalTarget.
+	key     string
 	target  target
 	cc      resolver.ClientConn
 	log     *slog.Logger
@@ -248,6 +271,7 @@ func (r *kubeResolver) push() {
 		r.pushRoute(rt)
 		return
 	}
+	r.filters.Publish(r.key, nil)
 	eps, lb, err := r.resolve()
 	if err != nil {
 		if r.sent && r.lastErr == err.Error() {
@@ -354,6 +378,7 @@ func (r *kubeResolver) Close() {
 	r.cancel()
 	<-r.stopped
 	r.sub.Close()
+	r.filters.Release(r.key)
 }
 
 type (

@@ -31,7 +31,8 @@ func (r *kubeResolver) route() (policy.Route, bool) {
 // with UNAVAILABLE naming it. One with no ready endpoint is sent empty:
 // its calls fail as any call to such a Service does.
 func (r *kubeResolver) pushRoute(rt policy.Route) {
-	st := &route.State{Route: rt, Clusters: map[string]route.Cluster{}}
+	st := &route.State{Route: rt, Router: policy.NewRouter(rt), Clusters: map[string]route.Cluster{}}
+	r.filters.Publish(r.key, st.Router)
 	var all []resolver.Endpoint
 	for _, name := range rt.Clusters() {
 		t, err := parseTarget(resolver.Target{URL: url.URL{Path: "/" + name}})

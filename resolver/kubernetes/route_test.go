@@ -217,3 +217,81 @@ func TestRouteEdit(t *testing.T) {
 	reg.Set(service("greeter-v2", v1))
 	greetertest.Eventually(t, 10*time.Second, reaches("v1"), "calls did not follow greeter-v2's endpoints")
 }
+
+// TestRouteFilters: through DialOptions a rule's request filter sets
+// (replacing the app's value), adds and removes headers before the call
+// leaves, and its response filter changes the headers the app reads, on
+// unary calls and streams. The filter's headers do not re-route the call.
+func TestRouteFilters(t *testing.T) {
+	reg := discovery.NewRegistry()
+	reg.Set(service("greeter", startEcho(t, "v1")))
+	reg.Set(service("greeter-v2", startEcho(t, "v2")))
+	routes := &staticRoutes{}
+	routes.set(greeterKey, policy.Route{Name: "greeter", Rules: []policy.Rule{
+		{
+			Match:    policy.Match{Headers: []policy.HeaderMatch{{Name: "x-set", Value: policy.StringMatch{Type: policy.Exact, Value: "new"}}}},
+			Backends: []policy.Backend{{Cluster: cluster("greeter-v2"), Weight: 1}},
+		},
+		{
+			Backends: []policy.Backend{{Cluster: cluster("greeter"), Weight: 1}},
+			RequestHeaders: policy.HeaderModifier{
+				Set:    []policy.Header{{Name: "x-set", Value: "new"}},
+				Add:    []policy.Header{{Name: "x-add", Value: "added"}},
+				Remove: []string{"x-gone"},
+			},
+			ResponseHeaders: policy.HeaderModifier{
+				Set:    []policy.Header{{Name: "x-backend", Value: "renamed"}},
+				Add:    []policy.Header{{Name: "x-resp", Value: "r"}},
+				Remove: []string{"seen-x-keep"},
+			},
+		},
+	}})
+	conn, err := grpc.NewClient(target, append(kubernetes.DialOptions(reg, kubernetes.WithRoutes(routes)), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	md := []string{"x-set", "old", "x-add", "mine", "x-gone", "1", "x-keep", "k", "x-other", "o"}
+	want := map[string]string{
+		"seen-x-set":   "new",
+		"seen-x-add":   "mine,added",
+		"seen-x-gone":  "",
+		"seen-x-keep":  "", // removed from the response
+		"seen-x-other": "o",
+		"x-backend":    "renamed", // v1 (the filter's x-set does not re-route), renamed
+		"x-resp":       "r",
+	}
+	check := func(what string, hdr metadata.MD) {
+		for k, v := range want {
+			if got := strings.Join(hdr.Get(k), ","); got != v {
+				t.Errorf("%s: response header %s = %q, want %q (all: %v)", what, k, got, v, hdr)
+			}
+		}
+	}
+	hdr, err := echoCall(conn, "/a.B/C", md...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("unary", hdr)
+
+	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), md...), 5*time.Second)
+	defer cancel()
+	stream, err := conn.NewStream(ctx, &grpc.StreamDesc{ClientStreams: true, ServerStreams: true}, "/a.B/Stream")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.SendMsg(&emptypb.Empty{}); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.CloseSend(); err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.RecvMsg(&emptypb.Empty{}); err != nil {
+		t.Fatal(err)
+	}
+	hdr, err = stream.Header()
+	if err != nil {
+		t.Fatal(err)
+	}
+	check("stream", hdr)
+}
