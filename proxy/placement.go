@@ -72,6 +72,7 @@ func (h *host) place(s *stream, res balancer.PickResult, b *batch) bool {
 		c = sc.conn.Load()
 	}
 	h.mu.Lock()
+	s.host = h
 	if s.upl.closed { // cancelled while parked
 		h.mu.Unlock()
 		if res.Done != nil {
@@ -110,6 +111,7 @@ var (
 // exists, so the caller should pick again.
 func (h *host) park(s *stream, gen uint64, b *batch) bool {
 	h.mu.Lock()
+	s.host = h
 	if h.closed {
 		h.mu.Unlock()
 		s.fail(codes.Unavailable, "ballast proxy: stopping", b)

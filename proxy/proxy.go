@@ -3,7 +3,9 @@
 // call (every HTTP/2 stream) across the Service's endpoints.
 //
 // It forwards HTTP/2 frames, not messages: each stream the client opens is
-// placed by a grpc-go balancer (the one the Service's xDS Cluster names,
+// routed by the Service's route (route.go: the rule its :path and headers
+// match, one of the rule's backend Clusters by weight, the rule's header
+// filters) and placed by a grpc-go balancer (the one that Cluster names,
 // the implementation a proxyless client runs) on a long-lived, multiplexed
 // HTTP/2 connection to the picked endpoint; its HEADERS, DATA, trailers and
 // RST_STREAM are forwarded both ways with stream ids remapped and header

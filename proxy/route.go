@@ -3,6 +3,7 @@ package proxy
 import (
 	"errors"
 	"fmt"
+	"reflect"
 	"strings"
 
 	"golang.org/x/net/http2/hpack"
@@ -59,10 +60,8 @@ func (up *upstream) dispatch(s *stream, b *batch) {
 		up.wait(s, b)
 		return
 	}
-	up.parkMu.Lock()
-	s.host = h
-	up.parkMu.Unlock()
-	h.route(s, b)
+	h.route(s, b) // sets s.host, under the lock unpark reads it with
+
 }
 
 // unrouted fails a call the route sends nowhere.
@@ -155,8 +154,13 @@ func (up *upstream) updateXDS(u client.Update) {
 	if up.closed {
 		return
 	}
-	router := policy.NewRouter(u.Route)
-	up.logRouteErrors(router)
+	// Endpoint changes come with the same route: it is compiled again
+	// only when it changed.
+	router := up.routing.Load().router
+	if router == nil || !reflect.DeepEqual(*router.Route(), u.Route) {
+		router = policy.NewRouter(u.Route)
+		up.logRouteErrors(router)
+	}
 	hosts := make(map[string]*host, len(u.Clusters))
 	for _, name := range u.Route.Clusters() {
 		cl, ok := u.Clusters[name]

@@ -23,9 +23,9 @@ import (
 // unless the other side's flow-control window makes them wait.
 type stream struct {
 	up *upstream
-	// host is the host of the Cluster the call was routed to, nil while
-	// it waits for its upstream's first route or if it never had one;
-	// guarded by up.parkMu.
+	// host is the host of the Cluster the call was routed to (set as the
+	// host places or parks it), nil while it waits for its upstream's
+	// first route or if it never had one; guarded by up.parkMu.
 	host *host
 	down leg
 	upl  leg
