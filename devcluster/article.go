@@ -29,15 +29,17 @@ func ArticleManifests(image string, replicas int, clientArgs ...string) string {
 // exist): the same objects, say for a namespace labelled for sidecar
 // injection while default stays plain.
 func ArticleManifestsIn(namespace, image string, replicas int, clientArgs ...string) string {
-	args := ""
-	for _, a := range clientArgs {
-		args += fmt.Sprintf(", %q", a)
-	}
+	return ArticleServers(namespace, image, replicas) + "---\n" + ArticleClient(namespace, image, ClientPlain, clientArgs...)
+}
+
+// ArticleServers is the article's Service native-tools-2 and the
+// Deployment of greeters behind it.
+func ArticleServers(namespace, image string, replicas int) string {
 	return fmt.Sprintf(`apiVersion: v1
 kind: Service
 metadata:
   name: native-tools-2
-  namespace: %[4]s
+  namespace: %[3]s
 spec:
   selector:
     app: native-tools-2
@@ -53,7 +55,7 @@ apiVersion: apps/v1
 kind: Deployment
 metadata:
   name: native-tools-2
-  namespace: %[4]s
+  namespace: %[3]s
 spec:
   replicas: %[2]d
   selector:
@@ -81,29 +83,88 @@ spec:
         readinessProbe:
           grpc: {port: 50051}
           periodSeconds: 1
+`, image, replicas, namespace)
+}
+
+// ClientKind is how the article's client pod reaches Services.
+type ClientKind int
+
+const (
+	// ClientPlain is the article's client as written.
+	ClientPlain ClientKind = iota
+	// ClientKubernetes may read Services and EndpointSlices (a
+	// ClusterRole bound to the namespace's default ServiceAccount), for
+	// kubernetes:/// targets.
+	ClientKubernetes
+	// ClientXDS has an xDS bootstrap from `ballast bootstrap` (an init
+	// container writes it into an emptyDir), for xds:/// targets.
+	ClientXDS
+)
+
+// ArticleClient is the client pod native-tools, serving /grpc_client on
+// 8081; clientArgs are extra arguments of `ballast greeter client`.
+func ArticleClient(namespace, image string, kind ClientKind, clientArgs ...string) string {
+	args := ""
+	for _, a := range clientArgs {
+		args += fmt.Sprintf(", %q", a)
+	}
+	var rbac, initContainers, env, mounts, volumes string
+	switch kind {
+	case ClientKubernetes:
+		// The resolver reads every namespace: a target may name any.
+		rbac = fmt.Sprintf(`apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: kubernetes-resolver}
+rules:
+- {apiGroups: [""], resources: [services], verbs: [get, list, watch]}
+- {apiGroups: [discovery.k8s.io], resources: [endpointslices], verbs: [get, list, watch]}
 ---
-apiVersion: v1
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: kubernetes-resolver-%[1]s}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: kubernetes-resolver}
+subjects:
+- {kind: ServiceAccount, name: default, namespace: %[1]s}
+---
+`, namespace)
+	case ClientXDS:
+		initContainers = fmt.Sprintf(`  initContainers:
+  - name: xds-bootstrap
+    image: %s
+    command: ["ballast", "bootstrap", "--out", "/etc/ballast/bootstrap.json"]
+    env:
+    - name: POD_NAME
+      valueFrom: {fieldRef: {fieldPath: metadata.name}}
+    - name: POD_NAMESPACE
+      valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
+    volumeMounts: [{name: xds, mountPath: /etc/ballast}]
+`, image)
+		env = "    - {name: GRPC_XDS_BOOTSTRAP, value: /etc/ballast/bootstrap.json}\n"
+		mounts = "    volumeMounts: [{name: xds, mountPath: /etc/ballast}]\n"
+		volumes = "  volumes: [{name: xds, emptyDir: {}}]\n"
+	}
+	return fmt.Sprintf(`%[4]sapiVersion: v1
 kind: Pod
 metadata:
   name: native-tools
-  namespace: %[4]s
+  namespace: %[3]s
   labels:
     app: native-tools
 spec:
   terminationGracePeriodSeconds: 5
-  containers:
+%[5]s  containers:
   - name: client
     image: %[1]s
-    command: ["ballast", "greeter", "client", "--listen", ":8081"%[3]s]
+    command: ["ballast", "greeter", "client", "--listen", ":8081"%[2]s]
     env:
     - name: POD_NAME
       valueFrom: {fieldRef: {fieldPath: metadata.name}}
-    ports:
+%[6]s    ports:
     - {name: http, containerPort: 8081}
-    readinessProbe:
+%[7]s    readinessProbe:
       tcpSocket: {port: 8081}
       periodSeconds: 1
-`, image, replicas, args, namespace)
+%[8]s`, image, args, namespace, rbac, initContainers, env, mounts, volumes)
 }
 
 // ArticleCalls makes n calls through the client pod's

@@ -352,12 +352,23 @@ func (c *Cluster) Apply(ctx context.Context, manifests string) error {
 
 // pod finds a running pod's runtime.
 func (c *Cluster) pod(namespace, name string) (*podRuntime, error) {
+	// A pod deleted and created again under its name may start on another
+	// node while the first is still being torn down: the newest that is
+	// not torn down is the pod the API server has.
+	var newest *podRuntime
 	for _, n := range c.nodes {
-		if p := n.get(namespace, name); p != nil {
-			return p, nil
+		p := n.get(namespace, name)
+		if p == nil || p.ctx.Err() != nil {
+			continue
+		}
+		if newest == nil || newest.start.Before(&p.start) {
+			newest = p
 		}
 	}
-	return nil, fmt.Errorf("pod %s/%s is not running on any node", namespace, name)
+	if newest == nil {
+		return nil, fmt.Errorf("pod %s/%s is not running on any node", namespace, name)
+	}
+	return newest, nil
 }
 
 // PodNetns is the name of the network namespace a pod runs in (for `ip

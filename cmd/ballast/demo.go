@@ -7,12 +7,15 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"strings"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/term"
+	"google.golang.org/grpc/grpclog"
 
 	"github.com/ballast-dev/ballast/demo"
+	"github.com/ballast-dev/ballast/deploy"
 	"github.com/ballast-dev/ballast/devcluster"
 )
 
@@ -83,22 +86,43 @@ func progressBar(w io.Writer) func(mode string, done, total int) {
 	}
 }
 
-// runKubeDemo starts a dev cluster whose ballast:dev image is this binary,
+// runKubeDemo starts a dev cluster whose ballast:dev image is this binary
+// and whose ballast-control:dev and ballast-proxy:dev images are the slim
+// binaries (next to this one, on $PATH, or built from the checkout),
 // replays the article on it and tears it down.
 func runKubeDemo(ctx context.Context, opts demo.Options) (*demo.Result, error) {
 	exe, err := os.Executable()
 	if err != nil {
 		return nil, err
 	}
+	images := map[string]string{"ballast:dev": exe}
+	for _, b := range []struct{ name, image string }{
+		{"ballast-control", "ballast-control:dev"},
+		{"ballast-proxy", "ballast-proxy:dev"},
+	} {
+		path, cleanup := slimBinary(ctx, b.name, "the demo's "+b.image, "", os.Stderr)
+		defer cleanup()
+		if path == "" {
+			return nil, fmt.Errorf("the proxyless and sidecar steps run %s: put it next to this binary or on $PATH, or run from a checkout of ballast", b.name)
+		}
+		// The control plane and the sidecar run as users of their own; a
+		// binary built here is in a folder only root may enter.
+		if fi, err := os.Stat(filepath.Dir(path)); err == nil && fi.Mode().Perm()&0o005 != 0o005 {
+			if err := os.Chmod(filepath.Dir(path), fi.Mode().Perm()|0o005); err != nil {
+				return nil, err
+			}
+		}
+		images[b.image] = path
+	}
+	// The cluster's gRPC readiness probes dial pods before they listen;
+	// that is starting up, not news.
+	grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
 	fmt.Fprintln(os.Stderr, "starting a dev cluster (etcd, kube-apiserver, controllers, 2 nodes, CoreDNS)…")
-	c, err := devcluster.Start(ctx, devcluster.Options{
-		Images: map[string]string{"ballast:dev": exe},
-		Log:    slog.Default(),
-	})
+	c, err := devcluster.Start(ctx, devcluster.Options{Images: images, Log: slog.Default()})
 	if err != nil {
 		return nil, err
 	}
 	defer c.Stop()
-	fmt.Fprintln(os.Stderr, "cluster up; applying the article's Service, Deployment and client pod")
-	return demo.RunKube(ctx, c, "ballast:dev", opts)
+	fmt.Fprintln(os.Stderr, "cluster up; applying the article's Service, Deployment and client pod, then ballast from deploy/")
+	return demo.RunKube(ctx, c, "ballast:dev", deploy.FS, opts)
 }

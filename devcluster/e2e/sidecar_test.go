@@ -4,7 +4,6 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"errors"
 	"fmt"
 	"io"
 	"maps"
@@ -28,10 +27,8 @@ import (
 	"google.golang.org/grpc/status"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
-	utilyaml "k8s.io/apimachinery/pkg/util/yaml"
-	"sigs.k8s.io/yaml"
 
+	"github.com/ballast-dev/ballast/deploy"
 	"github.com/ballast-dev/ballast/devcluster"
 	"github.com/ballast-dev/ballast/greeter"
 	"github.com/ballast-dev/ballast/inject"
@@ -57,13 +54,9 @@ const (
 // tests reuse them.
 var meshReady bool
 
-// setupMesh deploys deploy/control and deploy/inject (once per run) and
-// waits until the API server's calls to the webhook inject pods.
-//
-// The only change to deploy/inject: the kube-apiserver runs on the host and
-// cannot route to a ClusterIP, so its webhook registration uses a
-// clientConfig.url on 127.0.0.1, relayed to the injector's Service
-// (ExposeService); and the self-signed certificate also names 127.0.0.1.
+// setupMesh deploys deploy/control and deploy/inject (once per run, see
+// devcluster.InstallMesh) and waits until the API server's calls to the
+// webhook inject pods in meshNS.
 func setupMesh(t *testing.T, ctx context.Context) {
 	t.Helper()
 	if meshReady {
@@ -74,79 +67,13 @@ func setupMesh(t *testing.T, ctx context.Context) {
 			dumpState(t, meshNS, "ballast-system")
 		}
 	})
-	apply(t, ctx, renderDeploy(t, ctx, "control", nil))
-	injectObjs := decodeObjects(t, kubectl(t, ctx, "kustomize", deployDir(t, "inject")))
-	var svc, rest []*unstructured.Unstructured
-	for _, o := range injectObjs {
-		if o.GetKind() == "Service" {
-			svc = append(svc, o)
-		} else {
-			rest = append(rest, o)
-		}
-	}
-	apply(t, ctx, encodeObjects(t, svc))
-	webhook, err := cluster.ExposeService(ctx, "ballast-system", "ballast-inject", 443)
-	if err != nil {
+	if err := cluster.InstallMesh(ctx, deploy.FS); err != nil {
 		t.Fatal(err)
 	}
-	for _, o := range rest {
-		switch o.GetKind() {
-		case "MutatingWebhookConfiguration":
-			hooks, _, _ := unstructured.NestedSlice(o.Object, "webhooks")
-			if len(hooks) != 1 {
-				t.Fatalf("deploy/inject: %d webhooks, want 1", len(hooks))
-			}
-			h := hooks[0].(map[string]any)
-			h["clientConfig"] = map[string]any{"url": "https://" + webhook.String() + "/inject"}
-			if err := unstructured.SetNestedSlice(o.Object, hooks, "webhooks"); err != nil {
-				t.Fatal(err)
-			}
-		case "Deployment":
-			containers, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
-			c := containers[0].(map[string]any)
-			args := c["args"].([]any)
-			found := false
-			for i, a := range args {
-				if s := a.(string); strings.HasPrefix(s, "--dns-names=") {
-					args[i], found = s+",127.0.0.1", true
-				}
-			}
-			if !found {
-				t.Fatalf("deploy/inject: the injector has no --dns-names: %v", args)
-			}
-			if err := unstructured.SetNestedSlice(o.Object, containers, "spec", "template", "spec", "containers"); err != nil {
-				t.Fatal(err)
-			}
-		}
-	}
-	apply(t, ctx, encodeObjects(t, rest))
-	if err := cluster.WaitReadyEndpoints(ctx, "ballast-system", "ballast-control", "grpc-xds", 2, 2*time.Minute); err != nil {
+	if err := cluster.EnableInjection(ctx, meshNS); err != nil {
 		t.Fatal(err)
 	}
-	if err := cluster.WaitReadyEndpoints(ctx, "ballast-system", "ballast-inject", "https", 1, 2*time.Minute); err != nil {
-		t.Fatal(err)
-	}
-	apply(t, ctx, fmt.Sprintf("apiVersion: v1\nkind: Namespace\nmetadata:\n  name: %s\n  labels: {%s: %s}\n", meshNS, inject.NamespaceLabel, inject.NamespaceEnabled))
-	waitInjecting(t, ctx, meshNS, true)
 	meshReady = true
-}
-
-// waitInjecting waits until a dry-run pod creation in ns is (or is not)
-// mutated by the webhook: the API server calls it on dry runs too.
-func waitInjecting(t *testing.T, ctx context.Context, ns string, want bool) {
-	t.Helper()
-	var got bool
-	err := devcluster.Poll(ctx, 2*time.Minute, func(ctx context.Context) (bool, error) {
-		pod, err := cluster.Client.CoreV1().Pods(ns).Create(ctx, plainPod("dry-run", nil), metav1.CreateOptions{DryRun: []string{metav1.DryRunAll}})
-		if err != nil {
-			return false, nil
-		}
-		got = injected(pod)
-		return got == want, nil
-	})
-	if err != nil {
-		t.Fatalf("namespace %s: dry-run pods injected = %v, want %v: %v", ns, got, want, err)
-	}
 }
 
 func deployDir(t *testing.T, name string) string {
@@ -155,50 +82,6 @@ func deployDir(t *testing.T, name string) string {
 		t.Fatal(err)
 	}
 	return dir
-}
-
-// renderDeploy is `kubectl kustomize deploy/<name>`, each object passed
-// through edit (when not nil).
-func renderDeploy(t *testing.T, ctx context.Context, name string, edit func(*unstructured.Unstructured)) string {
-	t.Helper()
-	objs := decodeObjects(t, kubectl(t, ctx, "kustomize", deployDir(t, name)))
-	if edit != nil {
-		for _, o := range objs {
-			edit(o)
-		}
-	}
-	return encodeObjects(t, objs)
-}
-
-func decodeObjects(t *testing.T, manifests string) []*unstructured.Unstructured {
-	t.Helper()
-	dec := utilyaml.NewYAMLOrJSONDecoder(strings.NewReader(manifests), 4096)
-	var out []*unstructured.Unstructured
-	for {
-		var u unstructured.Unstructured
-		if err := dec.Decode(&u.Object); errors.Is(err, io.EOF) {
-			return out
-		} else if err != nil {
-			t.Fatal(err)
-		}
-		if len(u.Object) > 0 {
-			out = append(out, &u)
-		}
-	}
-}
-
-func encodeObjects(t *testing.T, objs []*unstructured.Unstructured) string {
-	t.Helper()
-	var b strings.Builder
-	for _, o := range objs {
-		y, err := yaml.Marshal(o.Object)
-		if err != nil {
-			t.Fatal(err)
-		}
-		b.WriteString("---\n")
-		b.Write(y)
-	}
-	return b.String()
 }
 
 // plainPod is a pod that sleeps; annotations may opt it out.
@@ -212,16 +95,6 @@ func plainPod(name string, annotations map[string]string) *corev1.Pod {
 				Command: []string{"sh", "-c", "while true; do sleep 1; done"}}},
 		},
 	}
-}
-
-// injected reports whether pod has the init container and the sidecar.
-func injected(pod *corev1.Pod) bool {
-	var names []string
-	for _, c := range pod.Spec.InitContainers {
-		names = append(names, c.Name)
-	}
-	return slices.Contains(names, inject.InitContainerName) && slices.Contains(names, inject.ProxyContainerName) &&
-		pod.Annotations[inject.InjectedAnnotation] == "true"
 }
 
 // slowGreeter is a Deployment of one greeter that holds every call for
@@ -298,7 +171,7 @@ func TestSidecarArticle(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if !injected(client) {
+	if !devcluster.Injected(client) {
 		t.Fatalf("client pod not injected: init containers %v", client.Spec.InitContainers)
 	}
 	if got := client.Spec.Containers; len(got) != 1 || got[0].Name != "client" {
@@ -747,7 +620,7 @@ func TestInjection(t *testing.T) {
 			t.Cleanup(func() {
 				cluster.Client.CoreV1().Pods(tt.ns).Delete(context.Background(), name, metav1.DeleteOptions{})
 			})
-			if got := injected(pod); got != tt.want {
+			if got := devcluster.Injected(pod); got != tt.want {
 				t.Fatalf("injected = %v, want %v; init containers %v", got, tt.want, pod.Spec.InitContainers)
 			}
 			if err := cluster.WaitPodReady(ctx, tt.ns, name, 2*time.Minute); err != nil {
@@ -800,7 +673,7 @@ func TestInjection(t *testing.T) {
 		t.Cleanup(func() {
 			cluster.Client.CoreV1().Pods(meshNS).Delete(context.Background(), name, metav1.DeleteOptions{})
 		})
-		if injected(pod) {
+		if devcluster.Injected(pod) {
 			t.Fatal("injected by a stopped webhook?")
 		}
 		t.Logf("pod created without the sidecar in %s while the injector was stopped", took.Round(time.Millisecond))
@@ -814,7 +687,9 @@ func TestInjection(t *testing.T) {
 			if err := cluster.WaitReadyEndpoints(ctx, "ballast-system", "ballast-inject", "https", 1, 2*time.Minute); err != nil {
 				t.Error(err)
 			}
-			waitInjecting(t, ctx, meshNS, true)
+			if err := cluster.WaitInjecting(ctx, meshNS, true); err != nil {
+				t.Fatal(err)
+			}
 		})
 		if err := devcluster.Poll(ctx, 2*time.Minute, func(ctx context.Context) (bool, error) {
 			ready, terminating, err := cluster.ReadyEndpoints(ctx, "ballast-system", "ballast-inject", "https")
@@ -832,7 +707,7 @@ func TestInjection(t *testing.T) {
 		t.Cleanup(func() {
 			cluster.Client.CoreV1().Pods(meshNS).Delete(context.Background(), name, metav1.DeleteOptions{})
 		})
-		if injected(pod) {
+		if devcluster.Injected(pod) {
 			t.Fatal("injected with the webhook down?")
 		}
 		if err := cluster.WaitPodReady(ctx, meshNS, name, 2*time.Minute); err != nil {

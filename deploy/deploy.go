@@ -1,0 +1,11 @@
+// Package deploy holds Ballast's kustomize bases, embedded so that the
+// binary can install what a user would apply: control/ (the control plane)
+// and inject/ (the sidecar injector), each `kubectl apply -k` ready.
+package deploy
+
+import "embed"
+
+// FS holds control/ and inject/.
+//
+//go:embed control inject
+var FS embed.FS
