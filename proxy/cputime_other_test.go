@@ -1,0 +1,8 @@
+//go:build !unix
+
+package proxy
+
+import "time"
+
+// cpuTime is unknown here: benchmarks report no CPU time.
+func cpuTime() time.Duration { return 0 }
