@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"math/rand/v2"
 	"regexp"
+	"strconv"
 	"strings"
 )
 
@@ -86,8 +87,8 @@ func NewRouter(r Route) *Router {
 			cr.headers = append(cr.headers, headerMatcher{name: name, stringMatcher: m})
 			rt.headers = true
 		}
-		cr.request = cleanModifier(rule.RequestHeaders, func(name string) { fail("request header modifier: %q is not a header a filter may change", name) })
-		cr.response = cleanModifier(rule.ResponseHeaders, func(name string) { fail("response header modifier: %q is not a header a filter may change", name) })
+		cr.request = cleanModifier(rule.RequestHeaders, func(name string) { fail("request header modifier: %q is not a header a filter may set", name) })
+		cr.response = cleanModifier(rule.ResponseHeaders, func(name string) { fail("response header modifier: %q is not a header a filter may set", name) })
 		var sum uint64
 		for _, b := range rule.Backends {
 			sum += uint64(b.Weight)
@@ -153,7 +154,8 @@ func Matchable(name string) bool {
 
 // cleanModifier is m with its names in lower case, leaving out (and
 // reporting to bad) the names a filter may not change: pseudo-headers,
-// HTTP/1 connection-specific fields, and names that are not HTTP tokens.
+// HTTP/1 connection-specific fields, names that are not HTTP tokens, and
+// values with a NUL, CR or LF, which no HTTP/2 field may carry.
 // NewRouter's bad makes the rule match nothing, as a bad regular
 // expression does: no call gets half a filter.
 func cleanModifier(m HeaderModifier, bad func(string)) HeaderModifier {
@@ -166,14 +168,22 @@ func cleanModifier(m HeaderModifier, bad func(string)) HeaderModifier {
 		}
 		return n, true
 	}
+	cleanHeader := func(h Header) (Header, bool) {
+		n, ok := clean(h.Name)
+		if ok && strings.ContainsAny(h.Value, "\x00\r\n") {
+			bad(h.Name + ": " + strconv.Quote(h.Value))
+			return Header{}, false
+		}
+		return Header{Name: n, Value: h.Value}, ok
+	}
 	for _, h := range m.Set {
-		if n, ok := clean(h.Name); ok {
-			out.Set = append(out.Set, Header{Name: n, Value: h.Value})
+		if h, ok := cleanHeader(h); ok {
+			out.Set = append(out.Set, h)
 		}
 	}
 	for _, h := range m.Add {
-		if n, ok := clean(h.Name); ok {
-			out.Add = append(out.Add, Header{Name: n, Value: h.Value})
+		if h, ok := cleanHeader(h); ok {
+			out.Add = append(out.Add, h)
 		}
 	}
 	for _, name := range m.Remove {

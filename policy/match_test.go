@@ -79,6 +79,7 @@ func TestRouterErrors(t *testing.T) {
 		{Name: "pseudo", Match: Match{Headers: []HeaderMatch{{Name: ":authority", Value: prefix("")}}}, Backends: to("d")},
 		{Name: "timeout", Match: Match{Headers: []HeaderMatch{{Name: "grpc-timeout", Value: prefix("")}}}, Backends: to("e")},
 		{Name: "bad-filter", RequestHeaders: HeaderModifier{Set: []Header{{Name: ":path", Value: "/x"}}}, Backends: to("f")},
+		{Name: "bad-value", ResponseHeaders: HeaderModifier{Add: []Header{{Name: "x-a", Value: "a\r\nb"}}}, Backends: to("f")},
 		{Name: "good", Match: Match{Path: prefix("/a.")}, Backends: to("g")},
 	}}
 	rt := NewRouter(route)
@@ -94,17 +95,18 @@ func TestRouterErrors(t *testing.T) {
 		`rule 3 (pseudo): header ":authority" cannot be matched`,
 		`rule 4 (timeout): header "grpc-timeout" cannot be matched`,
 		`rule 5 (bad-filter): request header modifier: ":path"`,
+		`rule 6 (bad-value): response header modifier: "x-a: \"a\\r\\nb\""`,
 	} {
 		if !strings.Contains(all, want) {
 			t.Errorf("errors lack %q:\n%s", want, all)
 		}
 	}
-	if len(msgs) != 6 {
-		t.Errorf("%d errors, want 6:\n%s", len(msgs), all)
+	if len(msgs) != 7 {
+		t.Errorf("%d errors, want 7:\n%s", len(msgs), all)
 	}
 	h := mapHeaders{"v": {"["}, "trace-bin": {"x"}, ":authority": {"a"}, "grpc-timeout": {"1S"}}
-	if i, rule, b, err := rt.Decide("/a.B/C", h); err != nil || rule.Name != "good" || b.Cluster != "g" || i != 6 {
-		t.Fatalf("Decide = %d %v %v %v, want rule 6 (good) to g", i, rule, b, err)
+	if i, rule, b, err := rt.Decide("/a.B/C", h); err != nil || rule.Name != "good" || b.Cluster != "g" || i != 7 {
+		t.Fatalf("Decide = %d %v %v %v, want rule 7 (good) to g", i, rule, b, err)
 	}
 	if _, _, _, err := rt.Decide("/z.B/C", h); !errors.Is(err, ErrNoRule) {
 		t.Fatalf("Decide with no rule: %v, want ErrNoRule", err)
