@@ -61,7 +61,6 @@ func (up *upstream) dispatch(s *stream, b *batch) {
 		return
 	}
 	h.route(s, b) // sets s.host, under the lock unpark reads it with
-
 }
 
 // unrouted fails a call the route sends nowhere.
