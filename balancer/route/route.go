@@ -109,8 +109,10 @@ type routeBalancer struct {
 	cc       balancer.ClientConn
 	router   *policy.Router
 	children map[string]*child
-	// resolverErr is the last resolver error, for a route that has none.
-	resolverErr error
+	// updating holds back the children's picker updates while an update
+	// makes them, so that no picker goes out with some of the route's
+	// Clusters missing (their calls would fail as if they did not exist).
+	updating bool
 }
 
 // child is the balancer of one Cluster and the state it last reported.
@@ -142,6 +144,11 @@ func (b *routeBalancer) UpdateClientConnState(s balancer.ClientConnState) error 
 	if b.router == nil {
 		b.router = policy.NewRouter(st.Route)
 	}
+	b.updating = true
+	defer func() {
+		b.updating = false
+		b.updatePicker()
+	}()
 	for name, c := range b.children {
 		if _, ok := st.Clusters[name]; !ok {
 			c.bal.Close()
@@ -170,7 +177,6 @@ func (b *routeBalancer) UpdateClientConnState(s balancer.ClientConnState) error 
 			return fmt.Errorf("%s: cluster %s: %w", Name, name, err)
 		}
 	}
-	b.updatePicker()
 	return nil
 }
 
@@ -196,7 +202,6 @@ func balancerFor(lb policy.LB) (string, serviceconfig.LoadBalancingConfig, error
 }
 
 func (b *routeBalancer) ResolverError(err error) {
-	b.resolverErr = err
 	for _, c := range b.children {
 		c.bal.ResolverError(err)
 	}
@@ -227,7 +232,7 @@ func (b *routeBalancer) Close() {
 // pickers, and the best state among them: READY if any child is, then
 // CONNECTING, then IDLE, else TRANSIENT_FAILURE.
 func (b *routeBalancer) updatePicker() {
-	if b.router == nil {
+	if b.router == nil || b.updating {
 		return
 	}
 	p := &picker{router: b.router, children: make(map[string]balancer.Picker, len(b.children))}

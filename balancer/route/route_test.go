@@ -8,7 +8,9 @@ import (
 
 	"google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/codes"
+	estats "google.golang.org/grpc/experimental/stats"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/status"
 
 	"github.com/ballast-dev/ballast/policy"
@@ -127,5 +129,63 @@ func BenchmarkPick(b *testing.B) {
 				}
 			}
 		})
+	}
+}
+
+// fakeCC is the channel as the policy sees it: it records the states the
+// policy reports; SubConns never connect.
+type fakeCC struct {
+	balancer.ClientConn
+	states []balancer.State
+}
+
+func (f *fakeCC) NewSubConn([]resolver.Address, balancer.NewSubConnOptions) (balancer.SubConn, error) {
+	return &idleSubConn{}, nil
+}
+func (f *fakeCC) UpdateState(s balancer.State)                         { f.states = append(f.states, s) }
+func (f *fakeCC) ResolveNow(resolver.ResolveNowOptions)                {}
+func (f *fakeCC) Target() string                                       { return "kubernetes:///greeter.default:50051" }
+func (f *fakeCC) MetricsRecorder() estats.MetricsRecorder              { return nil }
+func (f *fakeCC) RemoveSubConn(balancer.SubConn)                       {}
+func (f *fakeCC) UpdateAddresses(balancer.SubConn, []resolver.Address) {}
+
+type idleSubConn struct{ balancer.SubConn }
+
+func (*idleSubConn) Connect()                                           {}
+func (*idleSubConn) Shutdown()                                          {}
+func (*idleSubConn) UpdateAddresses([]resolver.Address)                 {}
+func (*idleSubConn) RegisterHealthListener(func(balancer.SubConnState)) {}
+func (*idleSubConn) GetOrBuildProducer(balancer.ProducerBuilder) (balancer.Producer, func()) {
+	return nil, func() {}
+}
+
+// Every picker the policy reports knows every Cluster of the route: one
+// reported while the Clusters' balancers are being made would fail the
+// calls of those not made yet as if they did not exist.
+func TestNoPickerWithClustersMissing(t *testing.T) {
+	cc := &fakeCC{}
+	b := balancer.Get(Name).Build(cc, balancer.BuildOptions{})
+	defer b.Close()
+	st := &State{
+		Route: policy.Route{Name: "greeter", Rules: []policy.Rule{{Backends: []policy.Backend{{Cluster: "v1", Weight: 1}, {Cluster: "v2", Weight: 1}}}}},
+		Clusters: map[string]Cluster{
+			"v1": {LB: policy.RoundRobin, Endpoints: []resolver.Endpoint{{Addresses: []resolver.Address{{Addr: "127.0.0.1:1"}}}}},
+			"v2": {LB: policy.RoundRobin, Endpoints: []resolver.Endpoint{{Addresses: []resolver.Address{{Addr: "127.0.0.1:2"}}}}},
+		},
+	}
+	if err := b.UpdateClientConnState(balancer.ClientConnState{ResolverState: WithState(resolver.State{}, st)}); err != nil {
+		t.Fatal(err)
+	}
+	if len(cc.states) == 0 {
+		t.Fatal("no picker reported")
+	}
+	for i, s := range cc.states {
+		p := s.Picker.(*picker)
+		if _, ok := p.children["v1"]; !ok {
+			t.Errorf("picker %d lacks v1", i)
+		}
+		if _, ok := p.children["v2"]; !ok {
+			t.Errorf("picker %d lacks v2", i)
+		}
 	}
 }
