@@ -59,22 +59,30 @@ type stream struct {
 type leg struct {
 	s    *stream
 	c    *h2conn
-	id   uint32
 	peer *leg
+	id   uint32
 	// ready says c and id are set (an upstream leg is not while its
 	// stream is parked).
 	ready atomic.Bool
 
 	sendWindow  int64
 	pending     []item
+	recvUnacked int64
+	recvWindow  int64
 	blocked     bool
 	sendDone    bool
 	headersSent bool
 	recvDone    bool
-	recvUnacked int64
-	recvWindow  int64
 	headersRecv bool
 	closed      bool
+
+	// gRPC message framing of received DATA, to enforce the size limit.
+	// (The fields of a leg are ordered so that it packs without padding:
+	// every call allocates two.)
+	msgHdr    [5]byte
+	msgRemain uint32
+	msgHdrN   int
+
 	// contentLength is the request's declared content-length (-1 if
 	// none) and dataRecv the DATA bytes received so far, on a server
 	// conn's leg; only its read loop touches them.
@@ -83,11 +91,6 @@ type leg struct {
 	// held counts the bytes of pending items that came from an upstream
 	// connection (see maxHeldPerUpstream).
 	held atomic.Int64
-
-	// gRPC message framing of received DATA, to enforce the size limit.
-	msgHdr    [5]byte
-	msgHdrN   int
-	msgRemain uint32
 }
 
 // item is a frame waiting for its leg's send window: DATA (data), HEADERS
