@@ -12,6 +12,8 @@ import (
 	"slices"
 	"strings"
 	"sync"
+
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
 // Key names a Service.
@@ -34,6 +36,20 @@ type Service struct {
 	// prefix (e.g. ballast.dev/lb-policy), the only ones consumers read, so
 	// unrelated annotation churn never reaches them. Nil when there are none.
 	Annotations map[string]string
+	// Routes are the routes of the ports that GRPCRoutes attach to, by
+	// port; a port without one routes every call to itself. The registry
+	// computes them from the routes, Services and ReferenceGrants it holds.
+	Routes []PortRoute
+}
+
+// Route is the route of a port, and whether it has one.
+func (s *Service) Route(port int32) (PortRoute, bool) {
+	for _, r := range s.Routes {
+		if r.Port == port {
+			return r, true
+		}
+	}
+	return PortRoute{}, false
 }
 
 // AnnotationPrefix marks the Service annotations the registry keeps.
@@ -120,12 +136,23 @@ func (p *Port) Ready() []Endpoint {
 type Registry struct {
 	mu       sync.RWMutex
 	services map[Key]*Service
+	routes   map[Key]*routeEntry
+	grants   map[Key]*gatewayv1.ReferenceGrant
 	subs     map[*Subscription]struct{}
+	// routeSubs collect the keys of GRPCRoutes whose status may have
+	// changed.
+	routeSubs map[*Subscription]struct{}
 }
 
 // NewRegistry returns an empty registry.
 func NewRegistry() *Registry {
-	return &Registry{services: map[Key]*Service{}, subs: map[*Subscription]struct{}{}}
+	return &Registry{
+		services:  map[Key]*Service{},
+		routes:    map[Key]*routeEntry{},
+		grants:    map[Key]*gatewayv1.ReferenceGrant{},
+		subs:      map[*Subscription]struct{}{},
+		routeSubs: map[*Subscription]struct{}{},
+	}
 }
 
 // Get returns the snapshot of one Service.
@@ -150,14 +177,23 @@ func (r *Registry) List() []*Service {
 
 // Set stores a snapshot, replacing any earlier one of the same Service, and
 // tells subscribers when it differs from what was stored.
+// A source's snapshot has no Routes: the registry adds them.
 func (r *Registry) Set(s *Service) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	if old, ok := r.services[s.Key]; ok && equalService(old, s) {
+	old, existed := r.services[s.Key]
+	if len(r.routes) > 0 {
+		s.Routes = resolveRoutes(s, r.routesOfLocked(s.Key), r.viewLocked())
+	}
+	if existed && equalService(old, s) {
 		return
 	}
 	r.services[s.Key] = s
 	r.notifyLocked(s.Key)
+	// What routes resolve a backend to depends on its existence and ports.
+	if !existed || !samePorts(old, s) {
+		r.backendChangedLocked(s.Key)
+	}
 }
 
 // Delete forgets a Service and tells subscribers if it was known.
@@ -169,6 +205,7 @@ func (r *Registry) Delete(k Key) {
 	}
 	delete(r.services, k)
 	r.notifyLocked(k)
+	r.backendChangedLocked(k)
 }
 
 func (r *Registry) notifyLocked(k Key) {
@@ -185,6 +222,18 @@ func (r *Registry) Subscribe() *Subscription {
 	sub := &Subscription{r: r, ready: make(chan struct{}, 1), pending: map[Key]struct{}{}}
 	r.mu.Lock()
 	r.subs[sub] = struct{}{}
+	r.mu.Unlock()
+	return sub
+}
+
+// SubscribeRoutes returns a subscription that collects the keys of the
+// GRPCRoutes whose status (RouteStatus) may have changed: the route
+// itself, a Service it attaches to or names as a backend, or a
+// ReferenceGrant.
+func (r *Registry) SubscribeRoutes() *Subscription {
+	sub := &Subscription{r: r, ready: make(chan struct{}, 1), pending: map[Key]struct{}{}}
+	r.mu.Lock()
+	r.routeSubs[sub] = struct{}{}
 	r.mu.Unlock()
 	return sub
 }
@@ -218,6 +267,7 @@ func (s *Subscription) Drain() []Key {
 func (s *Subscription) Close() {
 	s.r.mu.Lock()
 	delete(s.r.subs, s)
+	delete(s.r.routeSubs, s)
 	s.r.mu.Unlock()
 }
 
@@ -242,5 +292,13 @@ func equalService(a, b *Service) bool {
 	return a.Key == b.Key && slices.Equal(a.ClusterIPs, b.ClusterIPs) && maps.Equal(a.Annotations, b.Annotations) &&
 		slices.EqualFunc(a.Ports, b.Ports, func(x, y Port) bool {
 			return x.Name == y.Name && x.Port == y.Port && x.Protocol == y.Protocol && slices.Equal(x.Endpoints, y.Endpoints)
-		})
+		}) && equalRoutes(a.Routes, b.Routes)
+}
+
+// samePorts reports whether two snapshots of a Service have the same
+// ports, which is all a route reads of its backends.
+func samePorts(a, b *Service) bool {
+	return slices.EqualFunc(a.Ports, b.Ports, func(x, y Port) bool {
+		return x.Name == y.Name && x.Port == y.Port && x.Protocol == y.Protocol
+	})
 }

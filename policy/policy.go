@@ -29,8 +29,10 @@ type Route struct {
 // Rule is one routing rule: the calls it matches and where they go.
 // (xDS: one Route of the virtual host.)
 type Rule struct {
-	// Name is the rule's name in its source (a GRPCRoute rule's name), by
-	// which policies attach to it; empty when it has none.
+	// Name is the rule's name in its source, by which policies attach to
+	// it: for a GRPCRoute's rule namespace/route/rule-name
+	// (namespace/route/rules[i] for a rule without a name; see
+	// discovery.RuleName); empty when it has none.
 	Name  string
 	Match Match
 	// Backends share the matched calls in proportion to their weights.

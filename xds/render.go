@@ -16,6 +16,7 @@ import (
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
 	leastrequestv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/least_request/v3"
 	roundrobinv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -62,26 +63,86 @@ func connectionManager(statPrefix, route string) (*anypb.Any, error) {
 	return anypb.New(m)
 }
 
-// renderRoute is a Route as a RouteConfiguration with one virtual host.
+// renderRoute is a Route as a RouteConfiguration with one virtual host,
+// a Route per rule in the rule order (clients take the first that
+// matches): the rule's name, its :path match (prefix, path or safe_regex)
+// and header matches (string_match, exact or safe_regex), its backends and
+// its header modifiers (request_headers_to_add/remove on the route,
+// response_headers_to_add/remove likewise; Set overwrites, Add appends).
 func renderRoute(r policy.Route) *routev3.RouteConfiguration {
 	vh := &routev3.VirtualHost{Name: r.Name, Domains: r.Domains}
 	for _, rule := range r.Rules {
 		vh.Routes = append(vh.Routes, &routev3.Route{
-			Match:  &routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_Prefix{Prefix: rule.Match.Path.Value}},
-			Action: &routev3.Route_Route{Route: routeAction(rule.Backends)},
+			Name:                    rule.Name,
+			Match:                   routeMatch(rule.Match),
+			Action:                  &routev3.Route_Route{Route: routeAction(rule.Backends)},
+			RequestHeadersToAdd:     headersToAdd(rule.RequestHeaders),
+			RequestHeadersToRemove:  rule.RequestHeaders.Remove,
+			ResponseHeadersToAdd:    headersToAdd(rule.ResponseHeaders),
+			ResponseHeadersToRemove: rule.ResponseHeaders.Remove,
 		})
 	}
 	return &routev3.RouteConfiguration{Name: r.Name, VirtualHosts: []*routev3.VirtualHost{vh}}
 }
 
-// routeAction names one Cluster directly, as every client reads it, and
-// several as weighted clusters.
+func routeMatch(m policy.Match) *routev3.RouteMatch {
+	out := &routev3.RouteMatch{}
+	switch m.Path.Type {
+	case policy.Exact:
+		out.PathSpecifier = &routev3.RouteMatch_Path{Path: m.Path.Value}
+	case policy.RegularExpression:
+		out.PathSpecifier = &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: m.Path.Value}}
+	default:
+		out.PathSpecifier = &routev3.RouteMatch_Prefix{Prefix: m.Path.Value}
+	}
+	for _, h := range m.Headers {
+		sm := &matcherv3.StringMatcher{}
+		switch h.Value.Type {
+		case policy.Exact:
+			sm.MatchPattern = &matcherv3.StringMatcher_Exact{Exact: h.Value.Value}
+		case policy.RegularExpression:
+			sm.MatchPattern = &matcherv3.StringMatcher_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: h.Value.Value}}
+		default:
+			sm.MatchPattern = &matcherv3.StringMatcher_Prefix{Prefix: h.Value.Value}
+		}
+		out.Headers = append(out.Headers, &routev3.HeaderMatcher{
+			Name:                 h.Name,
+			HeaderMatchSpecifier: &routev3.HeaderMatcher_StringMatch{StringMatch: sm},
+		})
+	}
+	return out
+}
+
+// headersToAdd is a modifier's Set and Add, in that order.
+func headersToAdd(m policy.HeaderModifier) []*corev3.HeaderValueOption {
+	var out []*corev3.HeaderValueOption
+	for _, h := range m.Set {
+		out = append(out, &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: h.Name, Value: h.Value},
+			AppendAction: corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD,
+		})
+	}
+	for _, h := range m.Add {
+		out = append(out, &corev3.HeaderValueOption{
+			Header:       &corev3.HeaderValue{Key: h.Name, Value: h.Value},
+			AppendAction: corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD,
+		})
+	}
+	return out
+}
+
+// routeAction names one Cluster of weight 1 directly, as every client
+// reads it, and anything else as weighted clusters. A backend of weight 0
+// is left out (the model's translation has none; a client would skip it).
 func routeAction(backends []policy.Backend) *routev3.RouteAction {
-	if len(backends) == 1 {
+	if len(backends) == 1 && backends[0].Weight == 1 {
 		return &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_Cluster{Cluster: backends[0].Cluster}}
 	}
 	wc := &routev3.WeightedCluster{}
 	for _, b := range backends {
+		if b.Weight == 0 {
+			continue
+		}
 		wc.Clusters = append(wc.Clusters, &routev3.WeightedCluster_ClusterWeight{
 			Name: b.Cluster, Weight: wrapperspb.UInt32(b.Weight),
 		})

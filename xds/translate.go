@@ -41,6 +41,9 @@ type Options struct {
 func (o Options) defaults() policy.Defaults { return policy.Defaults{LB: o.DefaultPolicy} }
 func (o Options) clusterDomain() string     { return cmp.Or(o.ClusterDomain, "cluster.local") }
 func (o Options) bareNameNamespace() string { return cmp.Or(o.BareNameNamespace, "default") }
+func (o Options) clusterName(k discovery.Key, port int32) string {
+	return ClusterName(k, port, o)
+}
 
 // Resources are the xDS resources of some Services, each list sorted by
 // resource name.
@@ -156,6 +159,10 @@ func TranslateService(svc *discovery.Service, opts Options) (Resources, error) {
 		out.Routes = append(out.Routes, renderRoute(m.Route))
 		out.Clusters = append(out.Clusters, renderCluster(m.Cluster))
 		out.Endpoints = append(out.Endpoints, renderEndpoints(m.Endpoints))
+		for _, name := range m.Unavailable {
+			out.Clusters = append(out.Clusters, renderCluster(policy.Cluster{Name: name, LB: policy.RoundRobin}))
+			out.Endpoints = append(out.Endpoints, renderEndpoints(policy.Endpoints{Cluster: name}))
+		}
 	}
 	out.sort()
 	return out, nil
@@ -169,12 +176,18 @@ type PortModel struct {
 	Route     policy.Route
 	Cluster   policy.Cluster
 	Endpoints policy.Endpoints
+	// Unavailable are the Clusters with no endpoints that the route sends
+	// the calls to which must fail (see discovery.UnavailableCluster).
+	Unavailable []string
 }
 
 // Model is the policy model of each of svc's TCP ports, which
 // TranslateService renders: a route for the port's dial names (the last,
 // fully qualified one names the route, the Cluster and its endpoints)
-// sending every call to the port's Cluster, with the Service's policy.
+// with the Service's policy. A port with a route (svc.Routes: the
+// GRPCRoutes attached to it) routes by its rules, each backend named by
+// its Service port's Cluster; a port without one sends every call to its
+// own Cluster.
 func Model(svc *discovery.Service, opts Options) ([]PortModel, error) {
 	lb, _, err := policy.ServiceLB(svc.Key.String(), svc.Annotations, opts.defaults())
 	if err != nil {
@@ -184,14 +197,24 @@ func Model(svc *discovery.Service, opts Options) ([]PortModel, error) {
 	for _, port := range tcpPorts(svc) {
 		names := DialNames(svc.Key, port.Port, opts)
 		canonical := names[len(names)-1]
-		out = append(out, PortModel{
+		m := PortModel{
 			Port:      uint16(port.Port),
 			Route:     policy.RouteTo(canonical, names, canonical),
 			Cluster:   policy.Cluster{Name: canonical, LB: lb},
 			Endpoints: endpointsOf(canonical, port.Endpoints),
-		})
+		}
+		if pr, ok := svc.Route(port.Port); ok {
+			m.Route, m.Unavailable = pr.Model(canonical, names, opts.clusterName)
+		}
+		out = append(out, m)
 	}
 	return out, nil
+}
+
+// ClusterName is the name of the Cluster of a Service port: its fully
+// qualified dial name.
+func ClusterName(k discovery.Key, port int32, opts Options) string {
+	return k.Name + "." + k.Namespace + ".svc." + opts.clusterDomain() + ":" + strconv.Itoa(int(port))
 }
 
 // tcpPorts are the ports of svc that gRPC can use.
@@ -213,6 +236,7 @@ func tcpPorts(svc *discovery.Service) []*discovery.Port {
 type shape struct {
 	policy    string
 	hasPolicy bool
+	routes    string // svc.Routes, printed
 	ports     string // "port/protocol," for every port, in order
 	ips       string // the ClusterIPs, which the sidecar listeners name
 }
@@ -220,6 +244,9 @@ type shape struct {
 func shapeOf(svc *discovery.Service) shape {
 	sh := shape{}
 	sh.policy, sh.hasPolicy = svc.Annotations[policy.LBAnnotation]
+	if len(svc.Routes) > 0 {
+		sh.routes = fmt.Sprintf("%+v", svc.Routes)
+	}
 	for _, p := range svc.Ports {
 		sh.ports += strconv.Itoa(int(p.Port)) + "/" + p.Protocol + ","
 	}
@@ -234,7 +261,14 @@ func translateEndpoints(svc *discovery.Service, opts Options) []*endpointv3.Clus
 	var out []*endpointv3.ClusterLoadAssignment
 	for _, port := range tcpPorts(svc) {
 		names := DialNames(svc.Key, port.Port, opts)
-		out = append(out, renderEndpoints(endpointsOf(names[len(names)-1], port.Endpoints)))
+		canonical := names[len(names)-1]
+		out = append(out, renderEndpoints(endpointsOf(canonical, port.Endpoints)))
+		if pr, ok := svc.Route(port.Port); ok {
+			_, unavailable := pr.Model(canonical, names, opts.clusterName)
+			for _, name := range unavailable {
+				out = append(out, renderEndpoints(policy.Endpoints{Cluster: name}))
+			}
+		}
 	}
 	return out
 }

@@ -10,7 +10,6 @@ import (
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
-	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -65,13 +64,28 @@ func TestDecodeRejects(t *testing.T) {
 		{"api listener without route", resourcev3.ListenerType, func(t *testing.T) *anypb.Any {
 			return mustAny(t, &listenerv3.Listener{Name: "l", ApiListener: &listenerv3.ApiListener{ApiListener: mustAny(t, &hcmv3.HttpConnectionManager{})}})
 		}, "listener l: no route configuration"},
-		{"regex path", resourcev3.RouteType, func(t *testing.T) *anypb.Any {
-			return mustAny(t, route(&routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_SafeRegex{SafeRegex: &matcherv3.RegexMatcher{Regex: ".*"}}}, toC))
+		{"path template", resourcev3.RouteType, func(t *testing.T) *anypb.Any {
+			return mustAny(t, route(&routev3.RouteMatch{PathSpecifier: &routev3.RouteMatch_PathSeparatedPrefix{PathSeparatedPrefix: "/a"}}, toC))
 		}, "route configuration r: virtual host vh: route 0: match"},
-		{"header match", resourcev3.RouteType, func(t *testing.T) *anypb.Any {
+		{"case-insensitive path", resourcev3.RouteType, func(t *testing.T) *anypb.Any {
+			m := &routev3.RouteMatch{PathSpecifier: prefix.PathSpecifier, CaseSensitive: wrapperspb.Bool(false)}
+			return mustAny(t, route(m, toC))
+		}, "case-insensitive"},
+		{"header match without a matcher", resourcev3.RouteType, func(t *testing.T) *anypb.Any {
 			m := &routev3.RouteMatch{PathSpecifier: prefix.PathSpecifier, Headers: []*routev3.HeaderMatcher{{Name: "x"}}}
 			return mustAny(t, route(m, toC))
-		}, "matches on headers"},
+		}, `header "x": matcher`},
+		{"inverted header match", resourcev3.RouteType, func(t *testing.T) *anypb.Any {
+			m := &routev3.RouteMatch{PathSpecifier: prefix.PathSpecifier, Headers: []*routev3.HeaderMatcher{{
+				Name: "x", InvertMatch: true, HeaderMatchSpecifier: &routev3.HeaderMatcher_ExactMatch{ExactMatch: "y"},
+			}}}
+			return mustAny(t, route(m, toC))
+		}, "inverted"},
+		{"weighted clusters of total weight 0", resourcev3.RouteType, func(t *testing.T) *anypb.Any {
+			return mustAny(t, route(prefix, &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_WeightedClusters{WeightedClusters: &routev3.WeightedCluster{
+				Clusters: []*routev3.WeightedCluster_ClusterWeight{{Name: "a", Weight: wrapperspb.UInt32(0)}},
+			}}}))
+		}, "total weight is 0"},
 		{"no cluster", resourcev3.RouteType, func(t *testing.T) *anypb.Any {
 			return mustAny(t, route(prefix, &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_ClusterHeader{ClusterHeader: "x"}}))
 		}, "cluster specifier"},

@@ -5,7 +5,9 @@ import (
 	"net"
 	"strings"
 
+	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 
 	"github.com/ballast-dev/ballast/policy"
 )
@@ -37,16 +39,30 @@ func decodeRouteConfig(rc *routev3.RouteConfiguration) (*routeConfig, error) {
 }
 
 func decodeRule(r *routev3.Route) (policy.Rule, error) {
-	var rule policy.Rule
+	rule := policy.Rule{Name: r.GetName()}
 	m := r.GetMatch()
 	switch p := m.GetPathSpecifier().(type) {
 	case *routev3.RouteMatch_Prefix:
 		rule.Match.Path = policy.StringMatch{Type: policy.Prefix, Value: p.Prefix}
+	case *routev3.RouteMatch_Path:
+		rule.Match.Path = policy.StringMatch{Type: policy.Exact, Value: p.Path}
+	case *routev3.RouteMatch_SafeRegex:
+		rule.Match.Path = policy.StringMatch{Type: policy.RegularExpression, Value: p.SafeRegex.GetRegex()}
 	default:
 		return policy.Rule{}, fmt.Errorf("match %T is not supported", p)
 	}
-	if len(m.GetHeaders()) > 0 || len(m.GetQueryParameters()) > 0 || m.GetRuntimeFraction() != nil {
-		return policy.Rule{}, fmt.Errorf("matches on headers, query parameters or fractions are not supported")
+	if cs := m.GetCaseSensitive(); cs != nil && !cs.GetValue() {
+		return policy.Rule{}, fmt.Errorf("case-insensitive path matches are not supported")
+	}
+	if len(m.GetQueryParameters()) > 0 || m.GetRuntimeFraction() != nil || len(m.GetDynamicMetadata()) > 0 {
+		return policy.Rule{}, fmt.Errorf("matches on query parameters, fractions or metadata are not supported")
+	}
+	for _, h := range m.GetHeaders() {
+		hm, err := decodeHeaderMatch(h)
+		if err != nil {
+			return policy.Rule{}, fmt.Errorf("header %q: %w", h.GetName(), err)
+		}
+		rule.Match.Headers = append(rule.Match.Headers, hm)
 	}
 	action := r.GetRoute()
 	if action == nil {
@@ -56,16 +72,86 @@ func decodeRule(r *routev3.Route) (policy.Rule, error) {
 	case *routev3.RouteAction_Cluster:
 		rule.Backends = []policy.Backend{{Cluster: c.Cluster, Weight: 1}}
 	case *routev3.RouteAction_WeightedClusters:
+		var total uint64
 		for _, w := range c.WeightedClusters.GetClusters() {
 			rule.Backends = append(rule.Backends, policy.Backend{Cluster: w.GetName(), Weight: w.GetWeight().GetValue()})
+			total += uint64(w.GetWeight().GetValue())
 		}
-		if len(rule.Backends) == 0 {
-			return policy.Rule{}, fmt.Errorf("weighted clusters: none listed")
+		if total == 0 {
+			// As grpc-go: a share of nothing is a configuration error.
+			return policy.Rule{}, fmt.Errorf("weighted clusters: total weight is 0")
 		}
 	default:
 		return policy.Rule{}, fmt.Errorf("cluster specifier %T is not supported", c)
 	}
+	var err error
+	if rule.RequestHeaders, err = decodeModifier(r.GetRequestHeadersToAdd(), r.GetRequestHeadersToRemove()); err != nil {
+		return policy.Rule{}, fmt.Errorf("request headers: %w", err)
+	}
+	if rule.ResponseHeaders, err = decodeModifier(r.GetResponseHeadersToAdd(), r.GetResponseHeadersToRemove()); err != nil {
+		return policy.Rule{}, fmt.Errorf("response headers: %w", err)
+	}
 	return rule, nil
+}
+
+// decodeHeaderMatch reads a header matcher: exact or safe_regex, as a
+// string_match or in the deprecated fields of the same meaning; prefix
+// too, which the model can say. Inverted and other matchers are errors.
+func decodeHeaderMatch(h *routev3.HeaderMatcher) (policy.HeaderMatch, error) {
+	if h.GetInvertMatch() || h.GetTreatMissingHeaderAsEmpty() {
+		return policy.HeaderMatch{}, fmt.Errorf("inverted matches are not supported")
+	}
+	out := policy.HeaderMatch{Name: strings.ToLower(h.GetName())}
+	switch s := h.GetHeaderMatchSpecifier().(type) {
+	case *routev3.HeaderMatcher_ExactMatch:
+		out.Value = policy.StringMatch{Type: policy.Exact, Value: s.ExactMatch}
+	case *routev3.HeaderMatcher_SafeRegexMatch:
+		out.Value = policy.StringMatch{Type: policy.RegularExpression, Value: s.SafeRegexMatch.GetRegex()}
+	case *routev3.HeaderMatcher_PrefixMatch:
+		out.Value = policy.StringMatch{Type: policy.Prefix, Value: s.PrefixMatch}
+	case *routev3.HeaderMatcher_StringMatch:
+		sm := s.StringMatch
+		if sm.GetIgnoreCase() {
+			return policy.HeaderMatch{}, fmt.Errorf("case-insensitive matches are not supported")
+		}
+		switch p := sm.GetMatchPattern().(type) {
+		case *matcherv3.StringMatcher_Exact:
+			out.Value = policy.StringMatch{Type: policy.Exact, Value: p.Exact}
+		case *matcherv3.StringMatcher_SafeRegex:
+			out.Value = policy.StringMatch{Type: policy.RegularExpression, Value: p.SafeRegex.GetRegex()}
+		case *matcherv3.StringMatcher_Prefix:
+			out.Value = policy.StringMatch{Type: policy.Prefix, Value: p.Prefix}
+		default:
+			return policy.HeaderMatch{}, fmt.Errorf("string matcher %T is not supported", p)
+		}
+	default:
+		return policy.HeaderMatch{}, fmt.Errorf("matcher %T is not supported", s)
+	}
+	return out, nil
+}
+
+// decodeModifier reads headers to add (overwrite: Set, append: Add) and
+// to remove.
+func decodeModifier(add []*corev3.HeaderValueOption, remove []string) (policy.HeaderModifier, error) {
+	var out policy.HeaderModifier
+	for _, o := range add {
+		h := policy.Header{Name: strings.ToLower(o.GetHeader().GetKey()), Value: o.GetHeader().GetValue()}
+		if o.GetHeader().GetRawValue() != nil {
+			return policy.HeaderModifier{}, fmt.Errorf("header %q: raw values are not supported", h.Name)
+		}
+		switch o.GetAppendAction() {
+		case corev3.HeaderValueOption_OVERWRITE_IF_EXISTS_OR_ADD:
+			out.Set = append(out.Set, h)
+		case corev3.HeaderValueOption_APPEND_IF_EXISTS_OR_ADD:
+			out.Add = append(out.Add, h)
+		default:
+			return policy.HeaderModifier{}, fmt.Errorf("header %q: append action %v is not supported", h.Name, o.GetAppendAction())
+		}
+	}
+	for _, n := range remove {
+		out.Remove = append(out.Remove, strings.ToLower(n))
+	}
+	return out, nil
 }
 
 // hostFor is the virtual host that serves target (host:port, as dialled),

@@ -2,6 +2,7 @@ package client
 
 import (
 	"reflect"
+	"slices"
 	"strconv"
 	"testing"
 
@@ -57,6 +58,12 @@ func TestRoundTrip(t *testing.T) {
 					}
 					found := false
 					for _, m := range ports {
+						if slices.Contains(m.Unavailable, got.Cluster) {
+							found = true
+							if len(got.Endpoints) != 0 {
+								t.Errorf("unavailable cluster %s has endpoints %+v", got.Cluster, got.Endpoints)
+							}
+						}
 						if m.Endpoints.Cluster == got.Cluster {
 							found = true
 							if !reflect.DeepEqual(got, m.Endpoints) {
@@ -90,6 +97,11 @@ func TestRoundTrip(t *testing.T) {
 						}
 						if l == nil || !l.sidecar.IsValid() || l.sidecar.Port() != m.Port || l.route != m.Route.Name {
 							t.Errorf("sidecar listener of %s port %d: %+v, want one naming route %s", ip, m.Port, l, m.Route.Name)
+						}
+					}
+					for _, name := range m.Unavailable {
+						if c := clusters[name]; c == nil || c.eds != name {
+							t.Errorf("unavailable cluster %s: %+v, want one with its own (empty) endpoints", name, c)
 						}
 					}
 					c := clusters[m.Cluster.Name]

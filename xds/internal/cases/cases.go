@@ -69,5 +69,44 @@ func Golden() []Case {
 			Key:   discovery.Key{Namespace: "default", Name: "plain"},
 			Ports: []discovery.Port{{Port: 81, Protocol: "TCP"}},
 		}},
+	}, {
+		// Every field of a route: rule names, :path prefix, exact and
+		// regular expression, header exact and regular expression
+		// matches, weighted backends (one unresolved), a rule with no
+		// backend, request and response header modifiers.
+		Name: "grpcroute_matches_weights_filters",
+		Services: []*discovery.Service{{
+			Key:        discovery.Key{Namespace: "default", Name: "greeter"},
+			ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.20")},
+			Ports:      []discovery.Port{{Port: 50051, Protocol: "TCP", Endpoints: []discovery.Endpoint{ep("10.0.1.1:8080", true, true, false, "z", "greeter-1")}}},
+			Routes: []discovery.PortRoute{{Port: 50051, Rules: []discovery.RouteRule{{
+				Name: "default/greeter/v2-header",
+				Match: policy.Match{
+					Path: policy.StringMatch{Type: policy.Exact, Value: "/helloworld.Greeter/SayHello"},
+					Headers: []policy.HeaderMatch{
+						{Name: "version", Value: policy.StringMatch{Type: policy.Exact, Value: "2"}},
+						{Name: "user", Value: policy.StringMatch{Type: policy.RegularExpression, Value: "a.*z"}},
+					},
+				},
+				Backends:        []discovery.RouteBackend{{Service: discovery.Key{Namespace: "default", Name: "greeter-v2"}, Port: 50051, Weight: 1}},
+				RequestHeaders:  policy.HeaderModifier{Set: []policy.Header{{Name: "x-set", Value: "1"}}, Add: []policy.Header{{Name: "x-add", Value: "2"}}, Remove: []string{"x-drop"}},
+				ResponseHeaders: policy.HeaderModifier{Set: []policy.Header{{Name: "x-served-by", Value: "v2"}}, Remove: []string{"x-internal"}},
+			}, {
+				Name:     "default/greeter/rules[1]",
+				Match:    policy.Match{Path: policy.StringMatch{Type: policy.RegularExpression, Value: "/[^/]+/SayGoodbye"}},
+				Backends: []discovery.RouteBackend{{Service: discovery.Key{Namespace: "default", Name: "greeter"}, Port: 50051, Weight: 5}},
+			}, {
+				Name:  "default/greeter/canary",
+				Match: policy.Match{Path: policy.StringMatch{Type: policy.Prefix, Value: "/helloworld.Greeter/"}},
+				Backends: []discovery.RouteBackend{
+					{Service: discovery.Key{Namespace: "default", Name: "greeter"}, Port: 50051, Weight: 90},
+					{Service: discovery.Key{Namespace: "default", Name: "greeter-v2"}, Port: 50051, Weight: 9},
+					{Service: discovery.Key{Namespace: "default", Name: "greeter-v3"}, Port: 50051, Weight: 1, Unresolved: "Service default/greeter-v3 does not exist"},
+				},
+			}, {
+				Name:  "default/greeter/drain",
+				Match: policy.Match{Path: policy.StringMatch{Type: policy.Prefix, Value: "/"}},
+			}}}},
+		}},
 	}}
 }

@@ -1,0 +1,241 @@
+package discovery
+
+import (
+	"maps"
+	"slices"
+
+	"k8s.io/apimachinery/pkg/api/equality"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+)
+
+// routeEntry is one GRPCRoute as the registry keeps it: the version the
+// source last wrote (which status describes) and the last valid version
+// (which is served), the same object while it is valid.
+type routeEntry struct {
+	current *gatewayv1.GRPCRoute
+	// invalid is why current is not served; nil when it is valid.
+	invalid error
+	served  *gatewayv1.GRPCRoute
+}
+
+// SetRoute stores a GRPCRoute, replacing any earlier version. A route
+// that ValidateRoute refuses is kept for its status, but the routes served
+// keep its last valid version (none if it never had one). The Services it
+// attaches to get new snapshots when their routes change. Consumers must
+// not modify rt.
+func (r *Registry) SetRoute(rt *gatewayv1.GRPCRoute) {
+	k := Key{Namespace: rt.Namespace, Name: rt.Name}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := r.routes[k]
+	if old != nil && old.current.Generation == rt.Generation && equality.Semantic.DeepEqual(old.current.Spec, rt.Spec) &&
+		old.current.CreationTimestamp.Equal(&rt.CreationTimestamp) {
+		return
+	}
+	e := &routeEntry{current: rt, invalid: ValidateRoute(rt)}
+	switch {
+	case e.invalid == nil:
+		e.served = rt
+	case old != nil:
+		e.served = old.served
+	}
+	r.routes[k] = e
+	affected := map[Key]bool{}
+	if old != nil && old.served != nil {
+		parentsOf(old.served, affected)
+	}
+	if e.served != nil {
+		parentsOf(e.served, affected)
+	}
+	r.reresolveLocked(affected)
+	r.notifyRoutesLocked([]Key{k})
+}
+
+// DeleteRoute forgets a GRPCRoute.
+func (r *Registry) DeleteRoute(k Key) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old, ok := r.routes[k]
+	if !ok {
+		return
+	}
+	delete(r.routes, k)
+	affected := map[Key]bool{}
+	if old.served != nil {
+		parentsOf(old.served, affected)
+	}
+	r.reresolveLocked(affected)
+	r.notifyRoutesLocked([]Key{k})
+}
+
+// SetGrant stores a ReferenceGrant, which lets routes of other
+// namespaces send calls to Services of its own.
+func (r *Registry) SetGrant(g *gatewayv1.ReferenceGrant) {
+	k := Key{Namespace: g.Namespace, Name: g.Name}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if old, ok := r.grants[k]; ok && equality.Semantic.DeepEqual(old.Spec, g.Spec) {
+		return
+	}
+	r.grants[k] = g
+	r.grantsChangedLocked()
+}
+
+// DeleteGrant forgets a ReferenceGrant.
+func (r *Registry) DeleteGrant(k Key) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.grants[k]; !ok {
+		return
+	}
+	delete(r.grants, k)
+	r.grantsChangedLocked()
+}
+
+func (r *Registry) grantsChangedLocked() {
+	affected := map[Key]bool{}
+	for _, e := range r.routes {
+		if e.served != nil {
+			parentsOf(e.served, affected)
+		}
+	}
+	r.reresolveLocked(affected)
+	r.notifyRoutesLocked(slices.Collect(maps.Keys(r.routes)))
+}
+
+// backendChangedLocked re-resolves the routes that attach to or name the
+// Service k, which has appeared, gone or changed its ports.
+func (r *Registry) backendChangedLocked(k Key) {
+	affected := map[Key]bool{}
+	var routes []Key
+	for rk, e := range r.routes {
+		if refersTo(e.current, k) || (e.served != nil && refersTo(e.served, k)) {
+			routes = append(routes, rk)
+			if e.served != nil {
+				parentsOf(e.served, affected)
+			}
+		}
+	}
+	delete(affected, k) // Set has just resolved k itself
+	r.reresolveLocked(affected)
+	r.notifyRoutesLocked(routes)
+}
+
+// reresolveLocked computes the routes of the given Services again and
+// stores a new snapshot of each whose routes changed.
+func (r *Registry) reresolveLocked(parents map[Key]bool) {
+	for k := range parents {
+		svc, ok := r.services[k]
+		if !ok {
+			continue
+		}
+		routes := resolveRoutes(svc, r.routesOfLocked(k), r.viewLocked())
+		if equalRoutes(svc.Routes, routes) {
+			continue
+		}
+		next := *svc
+		next.Routes = routes
+		r.services[k] = &next
+		r.notifyLocked(k)
+	}
+}
+
+// routesOfLocked are the served routes that name the Service k as a
+// parent, in a stable order.
+func (r *Registry) routesOfLocked(k Key) []*gatewayv1.GRPCRoute {
+	var out []*gatewayv1.GRPCRoute
+	for _, e := range r.routes {
+		if e.served == nil {
+			continue
+		}
+		parents := map[Key]bool{}
+		parentsOf(e.served, parents)
+		if parents[k] {
+			out = append(out, e.served)
+		}
+	}
+	slices.SortFunc(out, func(a, b *gatewayv1.GRPCRoute) int {
+		return compareKeys(Key{a.Namespace, a.Name}, Key{b.Namespace, b.Name})
+	})
+	return out
+}
+
+func (r *Registry) notifyRoutesLocked(keys []Key) {
+	if len(keys) == 0 {
+		return
+	}
+	for sub := range r.routeSubs {
+		for _, k := range keys {
+			sub.add(k)
+		}
+	}
+}
+
+// registryView is a routeView over the registry's maps; only valid while
+// the registry's lock is held.
+type registryView struct{ r *Registry }
+
+func (r *Registry) viewLocked() routeView { return registryView{r} }
+
+func (v registryView) service(k Key) (*Service, bool) {
+	s, ok := v.r.services[k]
+	return s, ok
+}
+
+func (v registryView) granted(from, to Key) bool {
+	for _, g := range v.r.grants {
+		if grantAllows(g, from, to) {
+			return true
+		}
+	}
+	return false
+}
+
+// parentsOf adds the Services rt attaches to.
+func parentsOf(rt *gatewayv1.GRPCRoute, into map[Key]bool) {
+	for _, p := range rt.Spec.ParentRefs {
+		if k, _, ok := parentOf(rt, p); ok {
+			into[k] = true
+		}
+	}
+}
+
+// refersTo reports whether rt attaches to or sends calls to the Service k.
+func refersTo(rt *gatewayv1.GRPCRoute, k Key) bool {
+	parents := map[Key]bool{}
+	parentsOf(rt, parents)
+	if parents[k] {
+		return true
+	}
+	for _, rule := range rt.Spec.Rules {
+		for _, b := range rule.BackendRefs {
+			ns := rt.Namespace
+			if b.Namespace != nil {
+				ns = string(*b.Namespace)
+			}
+			if ns == k.Namespace && string(b.Name) == k.Name {
+				return true
+			}
+		}
+	}
+	return false
+}
+
+func equalRoutes(a, b []PortRoute) bool {
+	return equality.Semantic.DeepEqual(a, b)
+}
+
+// Routes lists the GRPCRoutes the registry holds, as their sources last
+// wrote them, sorted by key.
+func (r *Registry) Routes() []*gatewayv1.GRPCRoute {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]*gatewayv1.GRPCRoute, 0, len(r.routes))
+	for _, e := range r.routes {
+		out = append(out, e.current)
+	}
+	slices.SortFunc(out, func(a, b *gatewayv1.GRPCRoute) int {
+		return compareKeys(Key{a.Namespace, a.Name}, Key{b.Namespace, b.Name})
+	})
+	return out
+}

@@ -1,0 +1,86 @@
+package policy
+
+import "strings"
+
+// Mode is one of the ways a client gets per-call balancing.
+type Mode string
+
+// The modes, as the README names them.
+const (
+	// Proxyless is a gRPC client's own xDS support (xds:///), fed by
+	// `ballast control`.
+	Proxyless Mode = "proxyless"
+	// Sidecar is ballast-proxy beside an unchanged client.
+	Sidecar Mode = "sidecar"
+	// Library is the kubernetes:/// resolver and its balancers (Go).
+	Library Mode = "library"
+)
+
+// Modes lists every mode.
+var Modes = []Mode{Proxyless, Sidecar, Library}
+
+// Feature is something a route or policy asks of clients that a mode may
+// or may not be able to do.
+type Feature string
+
+// The features whose support differs by mode.
+const (
+	RequestHeaderModifier  Feature = "RequestHeaderModifier"
+	ResponseHeaderModifier Feature = "ResponseHeaderModifier"
+)
+
+// Capability says which modes honour a Feature and why the others cannot.
+type Capability struct {
+	Feature  Feature
+	Honoured []Mode
+	// Why the modes not in Honoured cannot honour it.
+	Why string
+}
+
+// Capabilities is the table of what each mode cannot do: route status
+// conditions and docs/languages.md read it, so both say the same. A
+// feature not listed is honoured by every mode.
+var Capabilities = []Capability{{
+	Feature:  RequestHeaderModifier,
+	Honoured: []Mode{Sidecar, Library},
+	Why:      "grpc-go's xDS client applies no header modifications of a route (request_headers_to_add/remove are ignored)",
+}, {
+	Feature:  ResponseHeaderModifier,
+	Honoured: []Mode{Sidecar, Library},
+	Why:      "grpc-go's xDS client applies no header modifications of a route (response_headers_to_add/remove are ignored)",
+}}
+
+// Unsupported lists the modes that do not honour f, and why; none for a
+// feature every mode honours.
+func (f Feature) Unsupported() (modes []Mode, why string) {
+	for _, c := range Capabilities {
+		if c.Feature != f {
+			continue
+		}
+		for _, m := range Modes {
+			honoured := false
+			for _, h := range c.Honoured {
+				honoured = honoured || h == m
+			}
+			if !honoured {
+				modes = append(modes, m)
+			}
+		}
+		return modes, c.Why
+	}
+	return nil, ""
+}
+
+// Notice is a sentence saying which modes do not honour f, for a status
+// message; empty when all do.
+func (f Feature) Notice(where string) string {
+	modes, why := f.Unsupported()
+	if len(modes) == 0 {
+		return ""
+	}
+	names := make([]string, len(modes))
+	for i, m := range modes {
+		names[i] = string(m)
+	}
+	return where + ": " + string(f) + " is not applied by " + strings.Join(names, ", ") + " clients (" + why + ")"
+}
