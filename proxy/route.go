@@ -23,7 +23,12 @@ type routing struct {
 	// route has come yet.
 	router *policy.Router
 	hosts  map[string]*host
-	def    *host
+	// empty are the Clusters with no usable endpoint: their calls fail
+	// at once with a status that names the Cluster (the control plane
+	// sends the share of a backend that does not resolve to such a
+	// Cluster, named after the backend).
+	empty map[string]bool
+	def   *host
 }
 
 // dispatch routes a new call: with a route, the first rule that matches
@@ -43,6 +48,10 @@ func (up *upstream) dispatch(s *stream, b *batch) {
 		}
 		if h = rt.hosts[backend.Cluster]; h == nil {
 			up.unrouted(s, fmt.Sprintf("ballast proxy: route %s sends this call to cluster %s, which does not exist", rt.router.Route().Name, backend.Cluster), b)
+			return
+		}
+		if len(rt.empty) > 0 && rt.empty[backend.Cluster] {
+			up.unrouted(s, fmt.Sprintf("ballast proxy: route %s sends this call to cluster %s, which has no endpoints", rt.router.Route().Name, backend.Cluster), b)
 			return
 		}
 		if m := rt.router.RequestHeaders(i); !m.Empty() {
@@ -161,6 +170,7 @@ func (up *upstream) updateXDS(u client.Update) {
 		up.logRouteErrors(router)
 	}
 	hosts := make(map[string]*host, len(u.Clusters))
+	var empty map[string]bool
 	for _, name := range u.Route.Clusters() {
 		cl, ok := u.Clusters[name]
 		if !ok {
@@ -175,9 +185,15 @@ func (up *upstream) updateXDS(u client.Update) {
 		for _, ep := range u.Endpoints[name].Usable() {
 			state.Endpoints = append(state.Endpoints, resolver.Endpoint{Addresses: []resolver.Address{{Addr: ep.Address.String()}}})
 		}
+		if len(state.Endpoints) == 0 {
+			if empty == nil {
+				empty = map[string]bool{}
+			}
+			empty[name] = true
+		}
 		h.updatePolicy(cl.LB, state)
 	}
-	up.routing.Store(&routing{router: router, hosts: hosts})
+	up.routing.Store(&routing{router: router, hosts: hosts, empty: empty})
 	for name, h := range up.hosts {
 		if hosts[name] == nil {
 			up.retiring[h] = struct{}{}

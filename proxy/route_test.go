@@ -213,13 +213,17 @@ func TestRouteMatches(t *testing.T) {
 
 // TestRouteMissingBackend: the share of a backend whose Cluster does not
 // exist fails with UNAVAILABLE naming it, the rest goes through; a rule
-// whose weights sum to 0 fails every call it matches.
+// whose weights sum to 0 fails every call it matches; a Cluster with no
+// endpoint (where the control plane sends the share of a backend that
+// does not resolve) fails its calls naming it.
 func TestRouteMissingBackend(t *testing.T) {
+	const unresolved = "greeter.default:50051/unavailable/default/missing:50051"
 	route := policy.Route{Name: "greeter", Rules: []policy.Rule{
 		{Match: policy.Match{Path: exactPath("/a.B/Zero")}, Backends: []policy.Backend{{Cluster: "v1", Weight: 0}}},
+		{Match: policy.Match{Path: exactPath("/a.B/Unresolved")}, Backends: []policy.Backend{{Cluster: unresolved, Weight: 1}}},
 		{Backends: []policy.Backend{{Cluster: "v1", Weight: 1}, {Cluster: "gone", Weight: 1}}},
 	}}
-	conn, _, _ := startRouted(t, update(route, map[string][]string{"v1": {startEchoBackend(t, "v1")}}))
+	conn, _, _ := startRouted(t, update(route, map[string][]string{"v1": {startEchoBackend(t, "v1")}, unresolved: nil}))
 	ok, failed := 0, 0
 	for range 400 {
 		hdr, err := echoCall(t.Context(), conn, "/a.B/C")
@@ -238,6 +242,10 @@ func TestRouteMissingBackend(t *testing.T) {
 	_, err := echoCall(t.Context(), conn, "/a.B/Zero")
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "total weight of 0") {
 		t.Fatalf("call to a rule of weight 0: %v, want UNAVAILABLE saying so", err)
+	}
+	_, err = echoCall(t.Context(), conn, "/a.B/Unresolved")
+	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "cluster "+unresolved+", which has no endpoints") {
+		t.Fatalf("call to a Cluster with no endpoint: %v, want UNAVAILABLE naming it", err)
 	}
 }
 

@@ -37,7 +37,9 @@ func (r *kubeResolver) pushRoute(rt policy.Route) {
 	for _, name := range rt.Clusters() {
 		t, err := parseTarget(resolver.Target{URL: url.URL{Path: "/" + name}})
 		if err != nil {
-			r.log.Warn("route backend is not a Service", "route", rt.Name, "cluster", name, "err", err)
+			// Not a Service's dial name: what the registry names the share
+			// of a backend that does not resolve. Its calls fail.
+			r.log.Debug("route backend is not a Service", "route", rt.Name, "cluster", name, "err", err)
 			continue
 		}
 		if t.key != r.target.key {
