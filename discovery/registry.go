@@ -183,7 +183,9 @@ func (r *Registry) Set(s *Service) {
 	defer r.mu.Unlock()
 	old, existed := r.services[s.Key]
 	if len(r.routes) > 0 {
-		s.Routes = resolveRoutes(s, r.routesOfLocked(s.Key), r.viewLocked())
+		// s sees itself as it will be: a route may send calls to its own
+		// Service.
+		s.Routes = resolveRoutes(s, r.routesOfLocked(s.Key), registryView{r: r, pending: s})
 	}
 	if existed && equalService(old, s) {
 		return

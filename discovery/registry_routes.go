@@ -173,11 +173,18 @@ func (r *Registry) notifyRoutesLocked(keys []Key) {
 
 // registryView is a routeView over the registry's maps; only valid while
 // the registry's lock is held.
-type registryView struct{ r *Registry }
+type registryView struct {
+	r *Registry
+	// pending is a Service being stored, seen in place of the stored one.
+	pending *Service
+}
 
-func (r *Registry) viewLocked() routeView { return registryView{r} }
+func (r *Registry) viewLocked() routeView { return registryView{r: r} }
 
 func (v registryView) service(k Key) (*Service, bool) {
+	if v.pending != nil && v.pending.Key == k {
+		return v.pending, true
+	}
 	s, ok := v.r.services[k]
 	return s, ok
 }

@@ -75,8 +75,8 @@ func ValidateRoute(rt *gatewayv1.GRPCRoute) error {
 	key := Key{Namespace: rt.Namespace, Name: rt.Name}
 	for i, rule := range rt.Spec.Rules {
 		fail := func(field string, format string, args ...any) {
-			errs = append(errs, fmt.Errorf("grpcroute %s: %s: spec.rules[%d].%s: %s",
-				key, ruleLabel(i, rule.Name), i, field, fmt.Sprintf(format, args...)))
+			errs = append(errs, &RouteFieldError{Route: key, Rule: ruleLabel(i, rule.Name),
+				Path: fmt.Sprintf("spec.rules[%d].%s", i, field), Err: fmt.Errorf(format, args...)})
 		}
 		for j, m := range rule.Matches {
 			if _, err := methodPath(m.Method); err != nil {
@@ -125,6 +125,20 @@ func ValidateRoute(rt *gatewayv1.GRPCRoute) error {
 	}
 	return errors.Join(errs...)
 }
+
+// RouteFieldError is a problem with one field of a GRPCRoute.
+type RouteFieldError struct {
+	Route Key
+	Rule  string // "rule 0 (name)"
+	Path  string // the field, e.g. spec.rules[0].matches[1].method
+	Err   error
+}
+
+func (e *RouteFieldError) Error() string {
+	return fmt.Sprintf("grpcroute %s: %s: %s: %v", e.Route, e.Rule, e.Path, e.Err)
+}
+
+func (e *RouteFieldError) Unwrap() error { return e.Err }
 
 func ruleLabel(i int, name *gatewayv1.SectionName) string {
 	if name != nil && *name != "" {

@@ -355,3 +355,16 @@ func cmpOr(a, b string) string {
 	}
 	return b
 }
+
+// A route stored before its parent, sending calls to the parent itself,
+// resolves when the parent arrives.
+func TestRouteToItsOwnServiceBeforeIt(t *testing.T) {
+	reg := NewRegistry()
+	reg.SetRoute(grpcRoute(t, "r", "- backendRefs: [{name: greeter, port: 50051}]"))
+	reg.Set(svcWithPorts("default", "greeter", 50051))
+	svc, _ := reg.Get(greeter)
+	pr, ok := svc.Route(50051)
+	if !ok || len(pr.Rules) != 1 || pr.Rules[0].Backends[0] != to(greeter, 1) {
+		t.Errorf("route %+v, want every call to greeter itself, resolved", pr)
+	}
+}

@@ -13,8 +13,12 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayv1beta1 "sigs.k8s.io/gateway-api/apis/v1beta1"
 	sigjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
+
+	"github.com/ballast-dev/ballast/discovery"
 )
 
 // Error is a problem with one document of one file, located as precisely as
@@ -33,10 +37,13 @@ func (e *Error) Error() string {
 
 func (e *Error) Unwrap() error { return e.Err }
 
-// objects are the Services and EndpointSlices one file declares.
+// objects are the Services, EndpointSlices, GRPCRoutes and
+// ReferenceGrants one file declares.
 type objects struct {
 	services []*corev1.Service
 	slices   []*discoveryv1.EndpointSlice
+	routes   []*gatewayv1.GRPCRoute
+	grants   []*gatewayv1.ReferenceGrant
 }
 
 // document is one YAML document of a file and the line it starts on.
@@ -189,9 +196,38 @@ func decodeObject(j []byte, prefix string, out *objects) error {
 			return err
 		}
 		out.slices = append(out.slices, es)
+	case tm.APIVersion == gatewayv1.GroupVersion.String() && tm.Kind == "GRPCRoute":
+		rt := &gatewayv1.GRPCRoute{}
+		if err := strictDecode(j, rt, prefix); err != nil {
+			return err
+		}
+		if err := checkMeta(&rt.ObjectMeta, "GRPCRoute", prefix); err != nil {
+			return err
+		}
+		if rt.Generation == 0 {
+			rt.Generation = 1 // as the API server would, so status has one to observe
+		}
+		if err := discovery.ValidateRoute(rt); err != nil {
+			path := prefix
+			var fe *discovery.RouteFieldError
+			if errors.As(err, &fe) {
+				path += fe.Path
+			}
+			return &fieldError{path: path, err: err}
+		}
+		out.routes = append(out.routes, rt)
+	case (tm.APIVersion == gatewayv1.GroupVersion.String() || tm.APIVersion == gatewayv1beta1.GroupVersion.String()) && tm.Kind == "ReferenceGrant":
+		g := &gatewayv1.ReferenceGrant{}
+		if err := strictDecode(j, g, prefix); err != nil {
+			return err
+		}
+		if err := checkMeta(&g.ObjectMeta, "ReferenceGrant", prefix); err != nil {
+			return err
+		}
+		out.grants = append(out.grants, g)
 	default:
 		return &fieldError{path: prefix + "kind", err: fmt.Errorf(
-			"unknown kind %q (apiVersion %q): want v1 Service or discovery.k8s.io/v1 EndpointSlice", tm.Kind, tm.APIVersion)}
+			"unknown kind %q (apiVersion %q): want v1 Service, discovery.k8s.io/v1 EndpointSlice, gateway.networking.k8s.io/v1 GRPCRoute or ReferenceGrant", tm.Kind, tm.APIVersion)}
 	}
 	return nil
 }

@@ -1,6 +1,8 @@
 // Package files fills a discovery.Registry from a directory of Kubernetes
-// YAML (or JSON): the same Service and EndpointSlice objects a cluster would
-// serve, for machines without a cluster and for the demo.
+// YAML (or JSON): the same Service, EndpointSlice, GRPCRoute and
+// ReferenceGrant objects a cluster would serve, for machines without a
+// cluster and for the demo. A GRPCRoute is checked as discovery.ValidateRoute
+// checks it, and an invalid one rejects its file like any other error.
 //
 // Each file is decoded whole or not at all. A file that fails to decode is
 // reported with its name and line and keeps its last good contents, so a
@@ -25,6 +27,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ballast-dev/ballast/discovery"
 )
@@ -51,6 +54,9 @@ type Source struct {
 	files map[string]objects
 	// published are the Services this source has put in the registry.
 	published map[discovery.Key]struct{}
+	// publishedRoutes and publishedGrants are the GRPCRoutes and
+	// ReferenceGrants it has.
+	publishedRoutes, publishedGrants map[discovery.Key]struct{}
 }
 
 // New returns a Source for dir that writes to reg on Load or Run.
@@ -60,12 +66,14 @@ func New(dir string, reg *discovery.Registry, opts Options) *Source {
 		log = slog.Default()
 	}
 	return &Source{
-		dir:       dir,
-		reg:       reg,
-		log:       log.With("component", "discovery/files", "dir", dir),
-		quiet:     cmp.Or(opts.Quiet, 50*time.Millisecond),
-		files:     map[string]objects{},
-		published: map[discovery.Key]struct{}{},
+		dir:             dir,
+		reg:             reg,
+		log:             log.With("component", "discovery/files", "dir", dir),
+		quiet:           cmp.Or(opts.Quiet, 50*time.Millisecond),
+		files:           map[string]objects{},
+		published:       map[discovery.Key]struct{}{},
+		publishedRoutes: map[discovery.Key]struct{}{},
+		publishedGrants: map[discovery.Key]struct{}{},
 	}
 }
 
@@ -167,6 +175,54 @@ func (s *Source) publish() []error {
 			svcKey := discovery.Key{Namespace: es.Namespace, Name: es.Labels[discoveryv1.LabelServiceName]}
 			byService[svcKey] = append(byService[svcKey], es)
 		}
+	}
+	routes := map[discovery.Key]*gatewayv1.GRPCRoute{}
+	grants := map[discovery.Key]*gatewayv1.ReferenceGrant{}
+	routeFrom, grantFrom := map[discovery.Key]string{}, map[discovery.Key]string{}
+	for _, name := range slices.Sorted(maps.Keys(s.files)) {
+		for _, rt := range s.files[name].routes {
+			k := discovery.Key{Namespace: rt.Namespace, Name: rt.Name}
+			if first, dup := routeFrom[k]; dup {
+				errs = append(errs, fmt.Errorf("%s: GRPCRoute %s is also declared in %s; using %s",
+					filepath.Join(s.dir, name), k, first, first))
+				continue
+			}
+			routes[k], routeFrom[k] = rt, name
+		}
+		for _, g := range s.files[name].grants {
+			k := discovery.Key{Namespace: g.Namespace, Name: g.Name}
+			if first, dup := grantFrom[k]; dup {
+				errs = append(errs, fmt.Errorf("%s: ReferenceGrant %s is also declared in %s; using %s",
+					filepath.Join(s.dir, name), k, first, first))
+				continue
+			}
+			grants[k], grantFrom[k] = g, name
+		}
+	}
+	// Grants and routes first, so that Services arrive with their routes.
+	for _, g := range grants {
+		s.reg.SetGrant(g)
+	}
+	for k := range s.publishedGrants {
+		if _, ok := grants[k]; !ok {
+			s.reg.DeleteGrant(k)
+		}
+	}
+	for _, rt := range routes {
+		s.reg.SetRoute(rt)
+	}
+	for k := range s.publishedRoutes {
+		if _, ok := routes[k]; !ok {
+			s.reg.DeleteRoute(k)
+		}
+	}
+	s.publishedRoutes = map[discovery.Key]struct{}{}
+	for k := range routes {
+		s.publishedRoutes[k] = struct{}{}
+	}
+	s.publishedGrants = map[discovery.Key]struct{}{}
+	for k := range grants {
+		s.publishedGrants[k] = struct{}{}
 	}
 	for k, svc := range services {
 		s.reg.Set(discovery.Build(svc, byService[k]))

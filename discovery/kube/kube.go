@@ -42,6 +42,9 @@ type Options struct {
 	// Logger receives the source's logs, and client-go's for its informers.
 	// Nil means slog.Default().
 	Logger *slog.Logger
+	// Routes reads GRPCRoutes and ReferenceGrants too (Gateway API; RBAC
+	// get, list and watch on both), when the cluster has their CRDs.
+	Routes bool
 }
 
 // Source keeps a Registry in step with the Services and EndpointSlices of a
@@ -174,6 +177,17 @@ func (s *Source) Run(ctx context.Context) error {
 		}
 	}
 
+	var routesSynced []cache.InformerSynced
+	if s.opts.Routes {
+		// Routes first, so that the Services written at sync arrive with
+		// their routes.
+		if routesSynced, err = s.routeInformers(ctx, running.Go); err != nil {
+			return err
+		}
+		if len(routesSynced) > 0 && !cache.WaitForCacheSync(ctx.Done(), routesSynced...) {
+			return nil
+		}
+	}
 	running.Go(func() { svcInformer.RunWithContext(ctx) })
 	running.Go(func() { sliceInformer.RunWithContext(ctx) })
 	if !cache.WaitFor(ctx, "", svcHandler.HasSyncedChecker(), sliceHandler.HasSyncedChecker()) {

@@ -26,6 +26,9 @@ type Config struct {
 	// Files is a folder of Service and EndpointSlice YAML, watched for
 	// changes; empty means none.
 	Files string
+	// Routes reads GRPCRoutes and ReferenceGrants from the Kubernetes API
+	// too (the folder's are always read).
+	Routes bool
 	// Log receives the sources' logs; nil means slog.Default().
 	Log *slog.Logger
 }
@@ -58,7 +61,7 @@ func Open(cfg Config, reg *discovery.Registry) (*Set, error) {
 		if err != nil {
 			return nil, err
 		}
-		src := kube.New(restCfg, reg, kube.Options{Logger: log})
+		src := kube.New(restCfg, reg, kube.Options{Logger: log, Routes: cfg.Routes})
 		s.runs = append(s.runs, src.Run)
 		s.synced = append(s.synced, src.HasSynced)
 	}

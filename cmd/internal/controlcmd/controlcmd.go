@@ -95,6 +95,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Kubernetes: cfg.Kubeconfig != "" || cfg.InCluster,
 		Kubeconfig: cfg.Kubeconfig,
 		Files:      cfg.Files,
+		Routes:     true,
 		Log:        log,
 	}, reg)
 	if err != nil {

@@ -1,0 +1,121 @@
+package kube
+
+import (
+	"context"
+	"fmt"
+
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayv1beta1 "sigs.k8s.io/gateway-api/apis/v1beta1"
+	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
+	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
+
+	"github.com/ballast-dev/ballast/discovery"
+)
+
+// routeInformers watch GRPCRoutes (gateway.networking.k8s.io/v1) and
+// ReferenceGrants (v1beta1, which every Gateway API release since v0.6
+// serves) and write them to the registry as they come: the registry
+// itself re-resolves the Services they touch. A cluster without the
+// Gateway API CRDs has no routes: the source reads Services as before.
+// It returns the informers' sync checks; none when the CRDs are missing.
+func (s *Source) routeInformers(ctx context.Context, start func(func())) ([]cache.InformerSynced, error) {
+	gc, err := gatewayclient.NewForConfig(rest.CopyConfig(s.cfg))
+	if err != nil {
+		return nil, fmt.Errorf("gateway api client: %w", err)
+	}
+	if ok, err := served(gc, gatewayv1.GroupVersion.String(), "grpcroutes"); err != nil {
+		return nil, err
+	} else if !ok {
+		s.log.Info("the GRPCRoute CRD is not installed: no routes", "group", gatewayv1.GroupVersion.String())
+		return nil, nil
+	}
+	grants, err := served(gc, gatewayv1beta1.GroupVersion.String(), "referencegrants")
+	if err != nil {
+		return nil, err
+	}
+	factory := gatewayinformers.NewSharedInformerFactoryWithOptions(gc, 0,
+		gatewayinformers.WithNamespace(s.opts.Namespace),
+		gatewayinformers.WithTransform(trimGateway))
+	routes := factory.Gateway().V1().GRPCRoutes().Informer()
+	rh, err := routes.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    func(obj any) { s.setRoute(obj) },
+		UpdateFunc: func(_, obj any) { s.setRoute(obj) },
+		DeleteFunc: func(obj any) {
+			if k, err := cache.DeletionHandlingObjectToName(obj); err == nil {
+				s.reg.DeleteRoute(discovery.Key{Namespace: k.Namespace, Name: k.Name})
+			}
+		},
+	})
+	if err != nil {
+		return nil, fmt.Errorf("watch grpcroutes: %w", err)
+	}
+	synced := []cache.InformerSynced{rh.HasSynced}
+	if grants {
+		gi := factory.Gateway().V1beta1().ReferenceGrants().Informer()
+		gh, err := gi.AddEventHandler(cache.ResourceEventHandlerFuncs{
+			AddFunc:    func(obj any) { s.setGrant(obj) },
+			UpdateFunc: func(_, obj any) { s.setGrant(obj) },
+			DeleteFunc: func(obj any) {
+				if k, err := cache.DeletionHandlingObjectToName(obj); err == nil {
+					s.reg.DeleteGrant(discovery.Key{Namespace: k.Namespace, Name: k.Name})
+				}
+			},
+		})
+		if err != nil {
+			return nil, fmt.Errorf("watch referencegrants: %w", err)
+		}
+		synced = append(synced, gh.HasSynced)
+	}
+	start(func() { factory.Start(ctx.Done()); <-ctx.Done(); factory.Shutdown() })
+	return synced, nil
+}
+
+func (s *Source) setRoute(obj any) {
+	if rt, ok := obj.(*gatewayv1.GRPCRoute); ok {
+		s.reg.SetRoute(rt)
+	}
+}
+
+func (s *Source) setGrant(obj any) {
+	if g, ok := obj.(*gatewayv1beta1.ReferenceGrant); ok {
+		v1 := gatewayv1.ReferenceGrant(*g)
+		s.reg.SetGrant(&v1)
+	}
+}
+
+// served reports whether the API server serves resource in groupVersion.
+func served(gc gatewayclient.Interface, groupVersion, resource string) (bool, error) {
+	list, err := gc.Discovery().ServerResourcesForGroupVersion(groupVersion)
+	if apierrors.IsNotFound(err) {
+		return false, nil
+	}
+	if err != nil {
+		return false, fmt.Errorf("discover %s: %w", groupVersion, err)
+	}
+	for _, r := range list.APIResources {
+		if r.Name == resource {
+			return true, nil
+		}
+	}
+	return false, nil
+}
+
+// trimGateway keeps of GRPCRoutes and ReferenceGrants what the registry
+// reads: identity, generation, creation time (rule precedence) and spec.
+// Status is written from the registry's view, never read back from the
+// cache.
+func trimGateway(obj any) (any, error) {
+	switch o := obj.(type) {
+	case *gatewayv1.GRPCRoute:
+		o.ObjectMeta = metav1.ObjectMeta{Name: o.Name, Namespace: o.Namespace, UID: o.UID, ResourceVersion: o.ResourceVersion,
+			Generation: o.Generation, CreationTimestamp: o.CreationTimestamp}
+		o.Status = gatewayv1.GRPCRouteStatus{}
+	case *gatewayv1beta1.ReferenceGrant:
+		o.ObjectMeta = trimMeta(o.ObjectMeta)
+	}
+	return obj, nil
+}
