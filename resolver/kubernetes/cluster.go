@@ -26,7 +26,9 @@ type Cluster struct {
 // StartCluster runs a discovery/kube source on the cluster cfg points at until ctx ends and
 // returns once the source has synced, so the first calls see every Service
 // rather than "not found" for those not read yet. It fails if the source
-// stops before that, or ctx ends first.
+// stops before that, or ctx ends first. With opts.Routes the source reads
+// GRPCRoutes and ReferenceGrants too, and calls are routed by them: the
+// client's ServiceAccount then needs RBAC get, list and watch on both.
 func StartCluster(ctx context.Context, cfg *rest.Config, opts kube.Options) (*Cluster, error) {
 	c := &Cluster{reg: discovery.NewRegistry(), done: make(chan struct{})}
 	src := kube.New(cfg, c.reg, opts)
@@ -55,6 +57,10 @@ func (c *Cluster) Builder() resolver.Builder { return NewBuilder(c.reg) }
 
 // DialOption resolves kubernetes:/// targets of one ClientConn from this cluster.
 func (c *Cluster) DialOption() grpc.DialOption { return WithRegistry(c.reg) }
+
+// DialOptions resolve kubernetes:/// targets of one ClientConn from this
+// cluster and apply its routes' header filters (see DialOptions).
+func (c *Cluster) DialOptions() []grpc.DialOption { return DialOptions(c.reg) }
 
 // Registry is the registry the cluster's source fills, for other consumers.
 func (c *Cluster) Registry() *discovery.Registry { return c.reg }

@@ -32,12 +32,15 @@
 // annotation none is sent and the client's default applies. An annotation
 // that names no policy is logged and the last good one stays.
 //
-// With WithRoutes, a Service port that has a route (a GRPCRoute attached
-// to it) is resolved to that route and its backend Services' endpoints and
-// policies, under the balancer/route policy: each call is routed by its
-// method and metadata, then balanced by its backend's own policy. Reading
-// GRPCRoutes from a cluster needs RBAC get, list and watch on
-// grpcroutes.gateway.networking.k8s.io.
+// A Service port that has a route (a GRPCRoute attached to it, which the
+// registry resolves) is resolved to that route and its backend Services'
+// endpoints and policies, under the balancer/route policy: each call is
+// routed by its method and metadata, then balanced by its backend's own
+// policy; DialOptions also applies the route's header filters. Reading
+// GRPCRoutes from a cluster (StartCluster with kube.Options.Routes) needs
+// RBAC get, list and watch on grpcroutes.gateway.networking.k8s.io (and
+// referencegrants.gateway.networking.k8s.io, for backends in other
+// namespaces).
 package kubernetes
 
 import (
@@ -69,7 +72,7 @@ func NewBuilder(reg *discovery.Registry, opts ...Option) resolver.Builder {
 }
 
 func newBuilder(reg *discovery.Registry, opts ...Option) *builder {
-	b := &builder{reg: reg, filters: route.NewFilters(Scheme), log: slog.Default().With("component", "resolver/kubernetes")}
+	b := &builder{reg: reg, routes: reg, filters: route.NewFilters(Scheme), log: slog.Default().With("component", "resolver/kubernetes")}
 	for _, o := range opts {
 		o(b)
 	}
@@ -98,12 +101,14 @@ type Routes interface {
 	Route(svc discovery.Key, port int32) (policy.Route, bool)
 }
 
-// WithRoutes routes the calls to Services that have a route by it: per
-// call, the first rule that matches the method and metadata picks one of
-// its backend Services by weight, then that Service's policy balances
-// (balancer/route). A target whose Service has no route resolves as
-// without routes. A route is read again whenever the registry reports a
-// change to its Service or to one of its backends.
+// WithRoutes takes routes from routes instead of the registry (whose
+// routes are the GRPCRoutes its sources read: discovery/files always,
+// discovery/kube with Options.Routes). Calls to a Service that has a
+// route are routed by it: per call, the first rule that matches the
+// method and metadata picks one of its backend Services by weight, then
+// that Service's policy balances (balancer/route). A target whose Service
+// has no route resolves as without routes. A route is read again whenever
+// the registry reports a change to its Service or to one of its backends.
 func WithRoutes(routes Routes) Option {
 	return func(b *builder) { b.routes = routes }
 }
