@@ -156,11 +156,12 @@ func TestXDSUpstream(t *testing.T) {
 func keyOf(ns, name string) discovery.Key { return discovery.Key{Namespace: ns, Name: name} }
 
 // startBallastControlPlane serves over ADS the resources Ballast's control
-// plane makes for svc (xds.TranslateService: Listener → RDS route →
-// Cluster with the Service's policy list → endpoints), to nodeID.
-func startBallastControlPlane(t *testing.T, nodeID string, svc *discovery.Service) string {
+// plane makes for services (xds.Translate: Listener → RDS route (a
+// Service's GRPCRoutes, if any) → Cluster with the Service's policy list →
+// endpoints), to nodeID.
+func startBallastControlPlane(t *testing.T, nodeID string, services ...*discovery.Service) string {
 	t.Helper()
-	res, err := xds.TranslateService(svc, xds.Options{})
+	res, err := xds.Translate(services, xds.Options{})
 	if err != nil {
 		t.Fatal(err)
 	}
