@@ -148,7 +148,8 @@ func (d clientDiscovery) dialOptions(ctx context.Context, target string) ([]grpc
 			return nil, err
 		}
 		go sources.Run(ctx)
-		return append(opts, kubernetes.WithRegistry(reg)), nil
+		// DialOptions: the files' GRPCRoutes route the calls, filters and all.
+		return append(opts, kubernetes.DialOptions(reg)...), nil
 	}
 	restCfg, err := source.RESTConfig(d.Kubeconfig)
 	if err != nil {
@@ -158,5 +159,5 @@ func (d clientDiscovery) dialOptions(ctx context.Context, target string) ([]grpc
 	if err != nil {
 		return nil, err
 	}
-	return append(opts, cluster.DialOption()), nil
+	return append(opts, cluster.DialOptions()...), nil
 }
