@@ -22,6 +22,8 @@ type picker struct {
 	// reported one (its calls wait), absent for a Cluster that does not
 	// exist.
 	children map[string]balancer.Picker
+	// empty are the Clusters with no endpoint (read only).
+	empty map[string]bool
 }
 
 func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
@@ -46,6 +48,9 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 	child, ok := p.children[backend.Cluster]
 	if !ok {
 		return balancer.PickResult{}, unavailable(fmt.Sprintf("route %s sends this call to cluster %s, which does not exist", p.router.Route().Name, backend.Cluster))
+	}
+	if len(p.empty) > 0 && p.empty[backend.Cluster] {
+		return balancer.PickResult{}, unavailable(fmt.Sprintf("route %s sends this call to cluster %s, which has no ready endpoints", p.router.Route().Name, backend.Cluster))
 	}
 	if child == nil {
 		return balancer.PickResult{}, balancer.ErrNoSubConnAvailable

@@ -109,6 +109,9 @@ type routeBalancer struct {
 	cc       balancer.ClientConn
 	router   *policy.Router
 	children map[string]*child
+	// empty are the Clusters with no endpoint, whose calls fail at once
+	// naming them.
+	empty map[string]bool
 	// updating holds back the children's picker updates while an update
 	// makes them, so that no picker goes out with some of the route's
 	// Clusters missing (their calls would fail as if they did not exist).
@@ -155,7 +158,14 @@ func (b *routeBalancer) UpdateClientConnState(s balancer.ClientConnState) error 
 			delete(b.children, name)
 		}
 	}
+	b.empty = nil
 	for name, cl := range st.Clusters {
+		if len(cl.Endpoints) == 0 {
+			if b.empty == nil {
+				b.empty = map[string]bool{}
+			}
+			b.empty[name] = true
+		}
 		lb, cfg, err := balancerFor(cl.LB)
 		if err != nil {
 			return fmt.Errorf("%s: cluster %s: %w", Name, name, err)
@@ -235,7 +245,7 @@ func (b *routeBalancer) updatePicker() {
 	if b.router == nil || b.updating {
 		return
 	}
-	p := &picker{router: b.router, children: make(map[string]balancer.Picker, len(b.children))}
+	p := &picker{router: b.router, empty: b.empty, children: make(map[string]balancer.Picker, len(b.children))}
 	state := connectivity.TransientFailure
 	rank := map[connectivity.State]int{connectivity.Ready: 3, connectivity.Connecting: 2, connectivity.Idle: 1}
 	for name, c := range b.children {

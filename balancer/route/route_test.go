@@ -36,13 +36,15 @@ func testPicker() *picker {
 		{Match: policy.Match{Path: policy.StringMatch{Type: policy.Exact, Value: "/a.B/Wait"}}, Backends: []policy.Backend{{Cluster: "starting", Weight: 1}}},
 		{Match: policy.Match{Path: policy.StringMatch{Type: policy.Exact, Value: "/a.B/Zero"}}, Backends: []policy.Backend{{Cluster: "v1", Weight: 0}}},
 		{Match: policy.Match{Path: policy.StringMatch{Type: policy.Exact, Value: "/a.B/Gone"}}, Backends: []policy.Backend{{Cluster: "missing", Weight: 1}}},
+		{Match: policy.Match{Path: policy.StringMatch{Type: policy.Exact, Value: "/a.B/Empty"}}, Backends: []policy.Backend{{Cluster: "scaled-down", Weight: 1}}},
 		{Match: policy.Match{Path: policy.StringMatch{Type: policy.Prefix, Value: "/a.B/"}}, Backends: []policy.Backend{{Cluster: "v1", Weight: 1}}},
 	}}
 	return &picker{router: policy.NewRouter(route), children: map[string]balancer.Picker{
-		"v1":       namedPicker{&fakeSubConn{name: "v1"}},
-		"v2":       namedPicker{&fakeSubConn{name: "v2"}},
-		"starting": nil,
-	}}
+		"v1":          namedPicker{&fakeSubConn{name: "v1"}},
+		"v2":          namedPicker{&fakeSubConn{name: "v2"}},
+		"starting":    nil,
+		"scaled-down": errPicker{unavailable("no children to pick from")},
+	}, empty: map[string]bool{"scaled-down": true}}
 }
 
 // The picker routes by method and outgoing metadata, then the Cluster's
@@ -60,11 +62,12 @@ func TestPick(t *testing.T) {
 	}{
 		{"path", context.Background(), "/a.B/C", "v1", nil},
 		{"header", canary, "/a.B/C", "v2", nil},
-		{"chosen by the interceptor", context.WithValue(context.Background(), decisionKey{}, decision{router: p.router, rule: 4}), "/a.B/C", "v1", nil},
-		{"a decision of another route is not kept", context.WithValue(canary, decisionKey{}, decision{router: policy.NewRouter(policy.Route{}), rule: 4}), "/a.B/C", "v2", nil},
+		{"chosen by the interceptor", context.WithValue(context.Background(), decisionKey{}, decision{router: p.router, rule: 5}), "/a.B/C", "v1", nil},
+		{"a decision of another route is not kept", context.WithValue(canary, decisionKey{}, decision{router: policy.NewRouter(policy.Route{}), rule: 5}), "/a.B/C", "v2", nil},
 		{"no picker yet", context.Background(), "/a.B/Wait", "", balancer.ErrNoSubConnAvailable},
 		{"weight 0", context.Background(), "/a.B/Zero", "total weight of 0", nil},
 		{"missing cluster", context.Background(), "/a.B/Gone", "cluster missing, which does not exist", nil},
+		{"cluster without endpoints", context.Background(), "/a.B/Empty", "cluster scaled-down, which has no ready endpoints", nil},
 		{"no rule", context.Background(), "/c.D/E", "no route rule matches", nil},
 	}
 	for _, tt := range tests {
