@@ -50,7 +50,10 @@ func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
 		return balancer.PickResult{}, unavailable(fmt.Sprintf("route %s sends this call to cluster %s, which does not exist", p.router.Route().Name, backend.Cluster))
 	}
 	if len(p.empty) > 0 && p.empty[backend.Cluster] {
-		return balancer.PickResult{}, unavailable(fmt.Sprintf("route %s sends this call to cluster %s, which has no ready endpoints", p.router.Route().Name, backend.Cluster))
+		// Not a status: grpc-go fails a call with it as UNAVAILABLE, but
+		// lets a wait-for-ready call wait for endpoints, as it waits
+		// without a route.
+		return balancer.PickResult{}, fmt.Errorf("route %s sends this call to cluster %s, which has no ready endpoints", p.router.Route().Name, backend.Cluster)
 	}
 	if child == nil {
 		return balancer.PickResult{}, balancer.ErrNoSubConnAvailable

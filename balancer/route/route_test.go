@@ -47,6 +47,10 @@ func testPicker() *picker {
 	}, empty: map[string]bool{"scaled-down": true}}
 }
 
+// errNotStatus marks a pick error that is not a status: grpc-go fails
+// the call UNAVAILABLE with its text, unless it waits for ready.
+var errNotStatus = errors.New("not a status")
+
 // The picker routes by method and outgoing metadata, then the Cluster's
 // picker picks; what the route cannot place fails UNAVAILABLE, and a
 // Cluster whose balancer has no picker yet makes the call wait.
@@ -67,13 +71,17 @@ func TestPick(t *testing.T) {
 		{"no picker yet", context.Background(), "/a.B/Wait", "", balancer.ErrNoSubConnAvailable},
 		{"weight 0", context.Background(), "/a.B/Zero", "total weight of 0", nil},
 		{"missing cluster", context.Background(), "/a.B/Gone", "cluster missing, which does not exist", nil},
-		{"cluster without endpoints", context.Background(), "/a.B/Empty", "cluster scaled-down, which has no ready endpoints", nil},
+		{"cluster without endpoints (wait-for-ready calls wait)", context.Background(), "/a.B/Empty", "cluster scaled-down, which has no ready endpoints", errNotStatus},
 		{"no rule", context.Background(), "/c.D/E", "no route rule matches", nil},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			res, err := p.Pick(balancer.PickInfo{FullMethodName: tt.method, Ctx: tt.ctx})
 			switch {
+			case tt.wantErr == errNotStatus:
+				if _, isStatus := status.FromError(err); err == nil || isStatus || !strings.Contains(err.Error(), tt.want) {
+					t.Fatalf("Pick: %v, want an error that is not a status, saying %q", err, tt.want)
+				}
 			case tt.wantErr != nil:
 				if !errors.Is(err, tt.wantErr) {
 					t.Fatalf("Pick: %v, want %v", err, tt.wantErr)
