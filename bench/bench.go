@@ -78,6 +78,16 @@ func New(opts Options) (*Bench, error) {
 		return nil, err
 	}
 	b := &Bench{opts: opts, dir: dir}
+	if needNetns() == nil {
+		swept, err := sweepNetns()
+		for _, name := range swept {
+			b.progress("deleted network namespace %s, left by a benchmark that no longer runs", name)
+		}
+		if err != nil {
+			os.RemoveAll(dir)
+			return nil, fmt.Errorf("delete stale network namespaces: %w", err)
+		}
+	}
 	b.peers = &peers{install: opts.InstallPeers, progress: b.progress}
 	return b, nil
 }
@@ -119,11 +129,12 @@ func DefaultScenarios(quick bool) Scenarios {
 			clientSide("ballast_peak_ewma", "ballast_peak_ewma"),
 			proxyless("round_robin"),
 			sidecar("round_robin"),
+			transparentSidecar("round_robin"),
 			nginx(),
 			haproxy(),
 		}},
 		dataPath: dataPathConfig{Calls: 100_000, Warmup: 2000, Concurrency: 16, Pods: 3, Paths: []path{
-			direct(), nginx(), haproxy(), sidecar("round_robin"),
+			direct(), nginx(), haproxy(), sidecar("round_robin"), transparentSidecar("round_robin"),
 		}},
 		latency: latencyConfig{Calls: 5000, Concurrency: 8, SlowDelay: 20 * time.Millisecond, Settle: 15 * time.Second, Paths: []path{
 			clientSide("round_robin", "round_robin"),
@@ -131,6 +142,7 @@ func DefaultScenarios(quick bool) Scenarios {
 			clientSide("ballast_peak_ewma", "ballast_peak_ewma"),
 			proxyless("peak_ewma"),
 			sidecar("peak_ewma"),
+			transparentSidecar("peak_ewma"),
 		}},
 		controlPlanes: controlPlaneConfig{
 			ControlPlanes: []controlPlane{ballastControl{}, istiod{}},
@@ -165,6 +177,7 @@ func DefaultScenarios(quick bool) Scenarios {
 func (b *Bench) Run(ctx context.Context, sc Scenarios) *Report {
 	start := time.Now()
 	r := &Report{Date: start.UTC(), Quick: b.opts.Quick, Runs: b.opts.Runs, Machine: thisMachine()}
+	r.DataPath, r.Commit = stampOf()
 	run := func(id, title string, scenario func() *Section) *Section {
 		if !selected(sc.Only, id) {
 			return notMeasured(id, title, "", "skipped in this run (--only)")

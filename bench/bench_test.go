@@ -137,7 +137,7 @@ func TestScenariosSmoke(t *testing.T) {
 	if bal.NotMeasured != "" {
 		t.Fatal(bal.NotMeasured)
 	}
-	wantRows(t, bal, map[string]string{"plain Service (L4)": "", "round_robin": "", "nope": "pending: ", "sidecar": "pending: "})
+	wantRows(t, bal, map[string]string{"plain Service (L4)": "", "round_robin": "", "nope": "pending: ", "sidecar (explicit listener)": "pending: "})
 	if got := bal.find("plain Service (L4)").Values[colMaxMean]; len(got) != 1 || got[0] != 3 {
 		t.Errorf("one connection through the plain Service: max/mean %v, want [3] (every call on one pod)", got)
 	}
@@ -231,5 +231,137 @@ func TestRunReportsEveryScenario(t *testing.T) {
 	}
 	if r.Runs != 1 || r.Machine.Cores < 1 || r.Machine.GoVersion == "" || r.Wall <= 0 {
 		t.Errorf("report header: runs %d, cores %d, go %q, wall %v", r.Runs, r.Machine.Cores, r.Machine.GoVersion, r.Wall)
+	}
+}
+
+// Every path of the default scenarios carries a tiny load in each scenario
+// that lists it, run from the binaries `ballast bench` runs, so the code
+// behind every row of the report cannot rot: the sidecar both ways
+// (explicit listener, iptables in a namespace), proxyless, the client-side
+// policies and the peers. A row that cannot run here (not root, a peer
+// missing) is logged; in CI, where the scripts install everything, it
+// fails the test.
+func TestEveryPathSmoke(t *testing.T) {
+	b := newTestBench(t)
+	b.opts.Binary = ballastBinary(t)
+	b.opts.ProxyBinary = buildBinary(t, "ballast-proxy", true)
+	b.opts.ControlBinary = buildBinary(t, "ballast-control", true)
+	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
+	defer cancel()
+	def := DefaultScenarios(true)
+
+	bal := b.balance(ctx, balanceConfig{Calls: 30, Pods: 3, Paths: def.balance.Paths})
+	for _, r := range measuredRows(t, bal, len(def.balance.Paths)) {
+		want := 1.0 // 30 calls, per-call round robin over 3 pods: 10 each
+		switch r.Path {
+		case "plain Service (L4)":
+			want = 3 // one connection, one pod
+		case "ballast_p2c", "ballast_peak_ewma":
+			continue // they spread by load, not in turn
+		}
+		if got := r.Values[colMaxMean]; len(got) != 1 || got[0] != want {
+			t.Errorf("balance: %s: max/mean %v, want [%v] (%s)", r.Path, got, want, r.Detail)
+		}
+	}
+
+	for _, stream := range []bool{false, true} {
+		dp := b.dataPath(ctx, dataPathConfig{Calls: 200, Warmup: 20, Concurrency: 4, Pods: 2, Paths: def.dataPath.Paths, Stream: stream})
+		for _, r := range measuredRows(t, dp, len(def.dataPath.Paths)) {
+			if r.Path == "direct" {
+				continue
+			}
+			// CPU is read in clock ticks, which a few hundred calls may
+			// not reach: measured, but it may be 0.
+			if v := r.Values[colCPU]; len(v) != 1 || v[0] < 0 {
+				t.Errorf("%s: %s: %s %v, want one value, not negative", dp.ID, r.Path, colCPU, v)
+			}
+			for _, col := range []string{colRSSIdle, colRSSLoad} {
+				if v := r.Values[col]; len(v) != 1 || !(v[0] > 0) {
+					t.Errorf("%s: %s: %s %v, want one value above 0", dp.ID, r.Path, col, v)
+				}
+			}
+		}
+	}
+
+	lat := b.latency(ctx, latencyConfig{Calls: 40, Concurrency: 2, SlowDelay: 5 * time.Millisecond, Settle: 100 * time.Millisecond, Paths: def.latency.Paths})
+	measuredRows(t, lat, len(def.latency.Paths))
+}
+
+// measuredRows checks that s has n rows, each with numbers and no failed
+// call, or else (outside CI) unavailable here, and returns the measured
+// ones.
+func measuredRows(t *testing.T, s *Section, n int) []*row {
+	t.Helper()
+	if s.NotMeasured != "" {
+		t.Fatalf("%s not measured: %s", s.ID, s.NotMeasured)
+	}
+	if len(s.Rows) != n {
+		t.Errorf("%s: %d rows, want %d", s.ID, len(s.Rows), n)
+	}
+	var measured []*row
+	for _, r := range s.Rows {
+		switch {
+		case strings.HasPrefix(r.Note, "unavailable: ") && !inCI():
+			t.Logf("%s: %s: %s", s.ID, r.Path, r.Note)
+		case r.Note != "" || len(r.Values) == 0:
+			t.Errorf("%s: %s: %q, want numbers", s.ID, r.Path, r.Note)
+		default:
+			if errs := r.Values[colErrors]; len(errs) != 1 || errs[0] != 0 {
+				t.Errorf("%s: %s: errors %v, want [0]", s.ID, r.Path, errs)
+			}
+			measured = append(measured, r)
+		}
+	}
+	return measured
+}
+
+// A namespace a benchmark that no longer runs left behind is deleted, with
+// what still ran in it; one whose benchmark runs (this one's) is kept.
+func TestSweepNetns(t *testing.T) {
+	if err := needNetns(); err != nil {
+		if inCI() {
+			t.Fatal(err)
+		}
+		t.Skip(err)
+	}
+	gone := exec.Command("true")
+	if err := gone.Run(); err != nil {
+		t.Fatal(err)
+	}
+	stale := fmt.Sprintf("%s%d-1", netnsPrefix, gone.Process.Pid)
+	if err := run(t.Context(), "ip", "netns", "add", stale); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { exec.Command("ip", "netns", "del", stale).Run() })
+	sleeper := exec.Command("ip", "netns", "exec", stale, "sleep", "600")
+	if err := sleeper.Start(); err != nil {
+		t.Fatal(err)
+	}
+	exited := make(chan error, 1)
+	go func() { exited <- sleeper.Wait() }()
+	own, err := newNetns(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer own.close()
+
+	swept, err := sweepNetns()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(swept) != 1 || swept[0] != stale {
+		t.Errorf("swept %v, want [%s]", swept, stale)
+	}
+	if _, err := os.Stat("/run/netns/" + stale); !os.IsNotExist(err) {
+		t.Errorf("%s still there: %v", stale, err)
+	}
+	if _, err := os.Stat("/run/netns/" + own.name); err != nil {
+		t.Errorf("this benchmark's own namespace %s was swept: %v", own.name, err)
+	}
+	select {
+	case <-exited:
+	case <-time.After(10 * time.Second):
+		sleeper.Process.Kill()
+		t.Error("the process inside the stale namespace still runs")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"debug/buildinfo"
 	"fmt"
+	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
@@ -95,7 +96,7 @@ func (ballastControl) start(ctx context.Context, b *Bench, api *apiServer) (*run
 				"--xds-address", ports[0].String(), "--http-address", ports[1].String())
 		},
 		func(proc *process, ports []netip.AddrPort) error {
-			return waitHTTP(ctx, "http://"+ports[1].String()+"/readyz", proc, 2*time.Minute)
+			return waitHTTP(ctx, http.DefaultClient, "http://"+ports[1].String()+"/readyz", proc, 2*time.Minute)
 		})
 	if err != nil {
 		return nil, fmt.Errorf("start ballast control: %w", err)
@@ -182,7 +183,7 @@ func (istiod) start(ctx context.Context, b *Bench, api *apiServer) (*runningCont
 			return startProcess(cmd, "istiod")
 		},
 		func(proc *process, ports []netip.AddrPort) error {
-			return waitHTTP(ctx, "http://"+ports[0].String()+"/ready", proc, 3*time.Minute)
+			return waitHTTP(ctx, http.DefaultClient, "http://"+ports[0].String()+"/ready", proc, 3*time.Minute)
 		})
 	if err != nil {
 		return nil, fmt.Errorf("start istiod: %w", err)

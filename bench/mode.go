@@ -4,11 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"net/netip"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
+	"strconv"
 	"time"
 
 	"google.golang.org/grpc"
@@ -37,7 +40,7 @@ type proxylessPath struct{ policy string }
 func (p proxylessPath) Name() string { return "proxyless xDS " + p.policy }
 
 func (p proxylessPath) Open(ctx context.Context, b *Bench, pods []*pod) (*route, error) {
-	control, err := b.startControl(ctx, pods, p.policy)
+	control, err := b.startControl(ctx, nil, pods, p.policy, defaultClusterIP)
 	if err != nil {
 		return nil, err
 	}
@@ -58,27 +61,67 @@ func (p proxylessPath) Open(ctx context.Context, b *Bench, pods []*pod) (*route,
 	}, nil
 }
 
+// capture is how the client's connection reaches the sidecar.
+type capture int
+
+const (
+	// explicitListener: the proxy listens for the client on a port of its
+	// own (--outbound ADDR=TARGET), and the client dials that port.
+	explicitListener capture = iota
+	// iptablesCapture: as in an injected pod, the client dials the
+	// Service's ClusterIP and `ballast proxy init`'s rules redirect the
+	// connection to the proxy's transparent listener, in a network
+	// namespace the benchmark makes for it.
+	iptablesCapture
+)
+
 // sidecar is the sidecar proxy (ballast-proxy, or else `ballast proxy`)
-// with an explicit listener for the client,
-// sending every call to greeter.bench:50051 as the control plane (with the
-// given xDS LB policy) describes it. Its CPU and memory are the proxy's
-// alone; the control plane is not on the data path.
-func sidecar(policy string) path { return sidecarPath{policy} }
+// with an explicit listener for the client, sending every call to
+// greeter.bench:50051 as the control plane (with the given xDS LB policy)
+// describes it. Its CPU and memory are the proxy's alone; the control
+// plane is not on the data path.
+func sidecar(policy string) path { return sidecarPath{policy, explicitListener} }
 
-type sidecarPath struct{ policy string }
+// transparentSidecar is the sidecar as injected pods run it: the client
+// dials the ClusterIP, iptables hands the connection to the proxy. It
+// needs root; its pods, control plane and proxy run inside the namespace.
+func transparentSidecar(policy string) path { return sidecarPath{policy, iptablesCapture} }
 
-func (p sidecarPath) Name() string {
-	if p.policy == "round_robin" {
-		return "sidecar"
+type sidecarPath struct {
+	policy  string
+	capture capture
+}
+
+func (p sidecarPath) Name() string { return sidecarName(p.policy, p.capture) }
+
+// sidecarName is the row of the sidecar with an LB policy and a capture.
+func sidecarName(policy string, c capture) string {
+	name := "sidecar"
+	if policy != "round_robin" {
+		name += " " + policy
 	}
-	return "sidecar " + p.policy
+	if c == iptablesCapture {
+		return name + " (iptables)"
+	}
+	return name + " (explicit listener)"
+}
+
+// proxyCommand is the binary and leading arguments of the sidecar.
+func (b *Bench) proxyCommand() (bin string, args []string, name string) {
+	if b.opts.ProxyBinary != "" {
+		return b.opts.ProxyBinary, nil, "ballast-proxy"
+	}
+	return b.opts.Binary, []string{"proxy"}, "ballast proxy"
 }
 
 func (p sidecarPath) Open(ctx context.Context, b *Bench, pods []*pod) (_ *route, err error) {
 	if err := b.hasCommand("proxy", "the sidecar proxy (issue 5)"); err != nil {
 		return nil, err
 	}
-	control, err := b.startControl(ctx, pods, p.policy)
+	if p.capture == iptablesCapture {
+		return p.openTransparent(ctx, b, pods)
+	}
+	control, err := b.startControl(ctx, nil, pods, p.policy, defaultClusterIP)
 	if err != nil {
 		return nil, err
 	}
@@ -87,10 +130,7 @@ func (p sidecarPath) Open(ctx context.Context, b *Bench, pods []*pod) (_ *route,
 			control.proc.stop()
 		}
 	}()
-	bin, args, name := b.opts.Binary, []string{"proxy"}, "ballast proxy"
-	if b.opts.ProxyBinary != "" {
-		bin, args, name = b.opts.ProxyBinary, nil, "ballast-proxy"
-	}
+	bin, args, name := b.proxyCommand()
 	// ports: the client's listener, admin
 	proc, ports, err := onFreePorts(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 2,
 		func(ports []netip.AddrPort) (*process, error) {
@@ -107,6 +147,104 @@ func (p sidecarPath) Open(ctx context.Context, b *Bench, pods []*pod) (_ *route,
 		return nil, fmt.Errorf("start the sidecar proxy: %w", err)
 	}
 	return &route{Target: "passthrough:///" + ports[0].String(), Proxy: proc, Close: func() { proc.stop(); control.proc.stop() }}, nil
+}
+
+// openTransparent makes a network namespace and runs in it what an
+// injected client pod has around it: the pods (the same greeters, started
+// again inside), the control plane, `ballast proxy init`'s rules and the
+// proxy as uid netnsProxyUID. The benchmark's client dials the ClusterIP
+// from inside the namespace, as root, so its connection is captured.
+func (p sidecarPath) openTransparent(ctx context.Context, b *Bench, pods []*pod) (_ *route, err error) {
+	ns, err := newNetns(ctx)
+	if err != nil {
+		return nil, err
+	}
+	var stops []func()
+	stop := func() {
+		for i := len(stops) - 1; i >= 0; i-- {
+			stops[i]()
+		}
+		if err := ns.close(); err != nil {
+			b.progress("transparent sidecar: %v", err)
+		}
+	}
+	defer func() {
+		if err != nil {
+			stop()
+		}
+	}()
+	specs := make([]podSpec, len(pods))
+	for i, p := range pods {
+		specs[i] = podSpec{Name: p.Name, Delay: p.Delay}
+	}
+	inside, err := startPodsIn(ctx, ns, b.opts.Greeter, specs)
+	if err != nil {
+		return nil, err
+	}
+	stops = append(stops, func() { stopPods(inside) })
+	control, err := b.startControl(ctx, ns, inside, p.policy, netnsClusterIP)
+	if err != nil {
+		return nil, err
+	}
+	stops = append(stops, control.proc.stop)
+
+	bin, args, name := b.proxyCommand()
+	dir, err := os.MkdirTemp("", "ballast-bench-proxy-")
+	if err != nil {
+		return nil, err
+	}
+	stops = append(stops, func() { os.RemoveAll(dir) })
+	// The proxy runs as another uid, which must reach its binary.
+	if bin, err = copyExecutable(bin, dir); err != nil {
+		return nil, err
+	}
+	uid := strconv.Itoa(netnsProxyUID)
+	const transparent, admin = "127.0.0.1:15001", "127.0.0.1:15021"
+	initArgs := append(slices.Clone(args), "init", "--proxy-port", "15001", "--proxy-uid", uid,
+		"--include-cidrs", netnsCIDR, "--admin-port", "15021")
+	if out, err := ns.command(exec.CommandContext(ctx, bin, initArgs...)).CombinedOutput(); err != nil {
+		return nil, fmt.Errorf("%s init in %s: %w: %s", name, ns.name, err, out)
+	}
+	proxyArgs := append([]string{"--reuid", uid, "--regid", uid, "--clear-groups", bin}, args...)
+	proxyArgs = append(proxyArgs, "--transparent-address", transparent, "--xds-address", control.xds.String(),
+		"--node-id", "ballast~bench-sidecar."+benchNamespace, "--admin-address", admin)
+	setpriv, err := exec.LookPath("setpriv")
+	if err != nil {
+		return nil, err
+	}
+	proc, err := startProcess(ns.command(exec.Command(setpriv, proxyArgs...)), name+" (iptables)")
+	if err != nil {
+		return nil, err
+	}
+	stops = append(stops, proc.stop)
+	target := fmt.Sprintf("passthrough:///%s:%d", netnsClusterIP, benchPort)
+	if err := waitServing(ctx, target, proc, 15*time.Second, ns.dialOptions()...); err != nil {
+		return nil, fmt.Errorf("start the transparent sidecar: %w", err)
+	}
+	return &route{Target: target, DialOptions: ns.dialOptions(), Proxy: proc, Close: stop}, nil
+}
+
+// copyExecutable copies the executable bin into dir, readable and
+// executable by every uid, and returns the copy's path.
+func copyExecutable(bin, dir string) (string, error) {
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return "", err
+	}
+	src, err := os.Open(bin)
+	if err != nil {
+		return "", err
+	}
+	defer src.Close()
+	out := filepath.Join(dir, filepath.Base(bin))
+	dst, err := os.OpenFile(out, os.O_CREATE|os.O_WRONLY|os.O_TRUNC, 0o755)
+	if err != nil {
+		return "", err
+	}
+	if _, err := io.Copy(dst, src); err != nil {
+		dst.Close()
+		return "", err
+	}
+	return out, dst.Close()
 }
 
 // hasCommand says whether the ballast binary has a subcommand; if not, the
@@ -137,14 +275,19 @@ type control struct {
 	proc *process
 }
 
-// startControl runs `ballast control` over a folder holding the pods as the
-// Service greeter.bench, and waits until it says it is ready.
-func (b *Bench) startControl(ctx context.Context, pods []*pod, policy string) (*control, error) {
+// defaultClusterIP is the Service's ClusterIP in the benchmark's own
+// namespace; the explicit-listener rows never dial it.
+const defaultClusterIP = "127.0.0.10"
+
+// startControl runs `ballast control`, inside ns unless it is nil, over a
+// folder holding the pods as the Service greeter.bench with clusterIP, and
+// waits until it says it is ready.
+func (b *Bench) startControl(ctx context.Context, ns *netns, pods []*pod, policy, clusterIP string) (*control, error) {
 	dir, err := os.MkdirTemp(b.dir, "control-")
 	if err != nil {
 		return nil, err
 	}
-	manifest, err := serviceManifest(pods)
+	manifest, err := serviceManifest(pods, clusterIP)
 	if err != nil {
 		return nil, err
 	}
@@ -154,12 +297,19 @@ func (b *Bench) startControl(ctx context.Context, pods []*pod, policy string) (*
 	// ports: xDS, HTTP
 	proc, ports, err := onFreePorts(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 2,
 		func(ports []netip.AddrPort) (*process, error) {
-			return b.startControlProcess("--files", dir,
+			cmd, name, err := b.controlCommand("--files", dir,
 				"--xds-address", ports[0].String(), "--http-address", ports[1].String(),
 				"--default-lb-policy", policy)
+			if err != nil {
+				return nil, err
+			}
+			if ns != nil {
+				cmd = ns.command(cmd)
+			}
+			return startProcess(cmd, name)
 		},
 		func(proc *process, ports []netip.AddrPort) error {
-			return waitHTTP(ctx, "http://"+ports[1].String()+"/readyz", proc, 15*time.Second)
+			return waitHTTP(ctx, ns.httpClient(), "http://"+ports[1].String()+"/readyz", proc, 15*time.Second)
 		})
 	if err != nil {
 		return nil, fmt.Errorf("start ballast control: %w", err)
@@ -167,27 +317,36 @@ func (b *Bench) startControl(ctx context.Context, pods []*pod, policy string) (*
 	return &control{xds: ports[0], proc: proc}, nil
 }
 
-// startControlProcess runs the control plane with args: ballast-control
-// when Options.ControlBinary names it, else `ballast control`.
-func (b *Bench) startControlProcess(args ...string) (*process, error) {
+// controlCommand is the control plane with args: ballast-control when
+// Options.ControlBinary names it, else `ballast control`.
+func (b *Bench) controlCommand(args ...string) (*exec.Cmd, string, error) {
 	if b.opts.ControlBinary != "" {
-		return startProcess(exec.Command(b.opts.ControlBinary, args...), "ballast-control")
+		return exec.Command(b.opts.ControlBinary, args...), "ballast-control", nil
 	}
 	if err := b.hasCommand("control", "the xDS control plane (issue 4)"); err != nil {
-		return nil, err
+		return nil, "", err
 	}
-	return startProcess(exec.Command(b.opts.Binary, append([]string{"control"}, args...)...), "ballast control")
+	return exec.Command(b.opts.Binary, append([]string{"control"}, args...)...), "ballast control", nil
 }
 
-// waitHTTP polls url until it answers 200, the process exits or the wait
-// is over.
-func waitHTTP(ctx context.Context, url string, proc *process, wait time.Duration) error {
+// startControlProcess runs the control plane with args.
+func (b *Bench) startControlProcess(args ...string) (*process, error) {
+	cmd, name, err := b.controlCommand(args...)
+	if err != nil {
+		return nil, err
+	}
+	return startProcess(cmd, name)
+}
+
+// waitHTTP polls url with client until it answers 200, the process exits
+// or the wait is over.
+func waitHTTP(ctx context.Context, client *http.Client, url string, proc *process, wait time.Duration) error {
 	return proc.waitReady(ctx, wait, 50*time.Millisecond, "ready at "+url, func(ctx context.Context) error {
 		req, err := http.NewRequestWithContext(ctx, http.MethodGet, url, nil)
 		if err != nil {
 			return err
 		}
-		resp, err := http.DefaultClient.Do(req)
+		resp, err := client.Do(req)
 		if err != nil {
 			return err
 		}
@@ -201,11 +360,11 @@ func waitHTTP(ctx context.Context, url string, proc *process, wait time.Duration
 
 // serviceManifest is the pods as the Service greeter.bench and the
 // EndpointSlices the endpoint slice controller would write.
-func serviceManifest(pods []*pod) ([]byte, error) {
+func serviceManifest(pods []*pod, clusterIP string) ([]byte, error) {
 	service := &corev1.Service{
 		ObjectMeta: metav1.ObjectMeta{Name: benchService, Namespace: benchNamespace},
 		Spec: corev1.ServiceSpec{
-			ClusterIP: "127.0.0.10",
+			ClusterIP: clusterIP,
 			Ports:     []corev1.ServicePort{{Name: "grpc", Port: benchPort, TargetPort: intstr.FromString("grpc")}},
 		},
 	}

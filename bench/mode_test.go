@@ -20,7 +20,7 @@ func TestServiceManifestLoads(t *testing.T) {
 		{Name: "pod-b", Addr: netip.MustParseAddrPort("127.0.0.21:40002")},
 		{Name: "pod-slow", Addr: netip.MustParseAddrPort("127.0.0.22:40001")},
 	}
-	manifest, err := serviceManifest(pods)
+	manifest, err := serviceManifest(pods, defaultClusterIP)
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,7 +43,12 @@ type podSpec struct {
 
 // startPods starts one greeter per spec, pod i on 127.0.0.(20+i), and
 // waits until each answers a call. On error the ones started are stopped.
-func startPods(ctx context.Context, greet GreeterCommand, specs []podSpec) (_ []*pod, err error) {
+func startPods(ctx context.Context, greet GreeterCommand, specs []podSpec) ([]*pod, error) {
+	return startPodsIn(ctx, nil, greet, specs)
+}
+
+// startPodsIn is startPods inside ns (nil: this process's namespace).
+func startPodsIn(ctx context.Context, ns *netns, greet GreeterCommand, specs []podSpec) (_ []*pod, err error) {
 	var pods []*pod
 	defer func() {
 		if err != nil {
@@ -52,7 +57,7 @@ func startPods(ctx context.Context, greet GreeterCommand, specs []podSpec) (_ []
 	}()
 	for i, s := range specs {
 		ip := netip.AddrFrom4([4]byte{127, 0, 0, byte(20 + i)})
-		p, err := startPod(ctx, greet, ip, s)
+		p, err := startPod(ctx, ns, greet, ip, s)
 		if err != nil {
 			return nil, err
 		}
@@ -61,13 +66,17 @@ func startPods(ctx context.Context, greet GreeterCommand, specs []podSpec) (_ []
 	return pods, nil
 }
 
-func startPod(ctx context.Context, greet GreeterCommand, ip netip.Addr, s podSpec) (*pod, error) {
+func startPod(ctx context.Context, ns *netns, greet GreeterCommand, ip netip.Addr, s podSpec) (*pod, error) {
 	proc, ports, err := onFreePorts(ip, 1,
 		func(ports []netip.AddrPort) (*process, error) {
-			return startProcess(greet(ports[0].String(), s.Name, s.Delay), "greeter "+s.Name)
+			cmd := greet(ports[0].String(), s.Name, s.Delay)
+			if ns != nil {
+				cmd = ns.command(cmd)
+			}
+			return startProcess(cmd, "greeter "+s.Name)
 		},
 		func(proc *process, ports []netip.AddrPort) error {
-			return waitServing(ctx, "passthrough:///"+ports[0].String(), proc, 10*time.Second)
+			return waitServing(ctx, "passthrough:///"+ports[0].String(), proc, 10*time.Second, ns.dialOptions()...)
 		})
 	if err != nil {
 		return nil, fmt.Errorf("start pod %s: %w", s.Name, err)
@@ -99,8 +108,8 @@ func podAddrs(pods []*pod) []netip.AddrPort {
 
 // waitServing polls target with SayHello until one succeeds, the process
 // exits or the wait is over.
-func waitServing(ctx context.Context, target string, proc *process, wait time.Duration) error {
-	conn, err := grpc.NewClient(target, grpc.WithTransportCredentials(insecure.NewCredentials()))
+func waitServing(ctx context.Context, target string, proc *process, wait time.Duration, opts ...grpc.DialOption) error {
+	conn, err := grpc.NewClient(target, append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, opts...)...)
 	if err != nil {
 		return fmt.Errorf("dial %s: %w", target, err)
 	}

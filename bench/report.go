@@ -50,16 +50,46 @@ func (h *headline) format() string {
 	if h.Note != "" {
 		return h.Text + ": not measured yet, " + h.Note
 	}
-	sum := summarize(h.Values)
-	line := fmt.Sprintf("%s: %s", h.Text, sum.format(cmp.Or(h.Digits, 2)))
+	digits := cmp.Or(h.Digits, 2)
+	line := fmt.Sprintf("%s: %s", h.Text, summarize(h.Values).format(digits))
+	var notes []string
 	if h.Target > 0 {
-		verdict := "met"
-		if sum.Median > h.Target {
-			verdict = "NOT met"
-		}
-		line += fmt.Sprintf(" (target ≤ %.2f: %s)", h.Target, verdict)
+		notes = append(notes, fmt.Sprintf("target ≤ %.*f: %s", max(digits, 2), h.Target, h.verdict(digits)))
+	}
+	if h.Noise > 0 {
+		notes = append(notes, fmt.Sprintf("below zero in %d of %d runs: noise (the path added less than direct's p99 varies), not a result", h.Noise, len(h.Values)))
+	}
+	if h.Dropped > 0 {
+		notes = append(notes, fmt.Sprintf("%d of %d runs left out: %s", h.Dropped, h.Dropped+len(h.Values), h.DroppedWhy))
+	}
+	if len(notes) > 0 {
+		line += " (" + strings.Join(notes, "; ") + ")"
 	}
 	return line
+}
+
+// verdict says whether every run met the target: "met in n of n runs",
+// else "NOT met" with how many did and the worst run. A run whose value is
+// noise (below zero) does not count as meeting it.
+func (h *headline) verdict(digits int) string {
+	met, worst := 0, math.Inf(-1)
+	for _, v := range h.Values {
+		if v <= h.Target && v >= 0 {
+			met++
+		}
+		worst = max(worst, v)
+	}
+	n := len(h.Values)
+	switch {
+	case met == n && n == 1:
+		return "met in its one run"
+	case met == n:
+		return fmt.Sprintf("met in all %d runs", n)
+	case met == 0:
+		return fmt.Sprintf("NOT met in any of %d runs, worst %.*f", n, digits, worst)
+	default:
+		return fmt.Sprintf("NOT met: met in %d of %d runs, worst %.*f", met, n, digits, worst)
+	}
 }
 
 // markdown renders the report as docs/benchmarks.md. Charts are linked by
@@ -78,6 +108,7 @@ func (r *Report) markdown() string {
 	fmt.Fprintf(&b, "| load | 1-minute load average %.1f at the start, %.1f at the end (other work on the machine shares its cores) |\n",
 		r.Machine.LoadStart, r.Machine.LoadEnd)
 	fmt.Fprintf(&b, "| Go | %s |\n", r.Machine.GoVersion)
+	fmt.Fprintf(&b, "| data path | %s |\n", dataPathCell(r.DataPath, r.Commit))
 	peers := fmt.Sprintf("nginx %s, %s", r.Machine.Peers["nginx"], r.Machine.Peers["haproxy"])
 	if v := r.Machine.Peers["istiod"]; v != "" {
 		peers += ", istiod (pilot-discovery) from " + v
@@ -150,6 +181,20 @@ func (r *Report) markdown() string {
 		}
 	}
 	return b.String()
+}
+
+// dataPathCell says which data path the report measured: the stamp the
+// test that keeps the report current compares (TestBenchmarksReportIsCurrent),
+// and the commit.
+func dataPathCell(stamp, commit string) string {
+	if stamp == "" {
+		return "unknown (not run from a checkout of " + module + ")"
+	}
+	cell := fmt.Sprintf("%s of the non-test Go files under %s/", stamp, strings.Join(dataPathDirs, "/, "))
+	if commit != "" {
+		cell += ", at commit " + commit
+	}
+	return cell
 }
 
 // shorten keeps a long note (a wrapped gRPC error) to its start, which

@@ -14,12 +14,17 @@ import (
 // Report is everything one `ballast bench` run measured, in the shape the
 // text tables, the charts and docs/benchmarks.md are made from.
 type Report struct {
-	Date     time.Time     `json:"date"`
-	Wall     time.Duration `json:"wall"`
-	Quick    bool          `json:"quick"`
-	Runs     int           `json:"runs"`
-	Machine  machine       `json:"machine"`
-	Sections []*Section    `json:"sections"`
+	Date    time.Time     `json:"date"`
+	Wall    time.Duration `json:"wall"`
+	Quick   bool          `json:"quick"`
+	Runs    int           `json:"runs"`
+	Machine machine       `json:"machine"`
+	// DataPath stamps the data path the report measured (dataPathStamp),
+	// and Commit says what was checked out; empty when not run from a
+	// checkout of this module.
+	DataPath string     `json:"data_path,omitempty"`
+	Commit   string     `json:"commit,omitempty"`
+	Sections []*Section `json:"sections"`
 }
 
 // machine is what the numbers were measured on.
@@ -91,6 +96,13 @@ type headline struct {
 	Target float64 `json:"target,omitempty"`
 	// Note says why there is no ratio (a side has no numbers).
 	Note string `json:"note,omitempty"`
+	// Dropped counts the runs left out of a ratio because its denominator
+	// was not above zero; DroppedWhy says what that denominator was.
+	Dropped    int    `json:"dropped,omitempty"`
+	DroppedWhy string `json:"dropped_why,omitempty"`
+	// Noise counts the runs whose numerator, a latency added over the
+	// direct path, was below zero: noise, not a result, so never "met".
+	Noise int `json:"noise,omitempty"`
 	// Top puts the headline at the top of the report, not only in its
 	// section.
 	Top bool `json:"top,omitempty"`
@@ -128,13 +140,20 @@ func (s *Section) ratio(text, column, a, b string, target float64) *headline {
 		h.Note = b + " has no numbers" + noteOf(rb)
 	default:
 		// A ratio to a value at or below zero (an "added" latency lost in
-		// noise) says nothing; such runs are left out.
+		// noise) says nothing; such runs are left out and counted. A
+		// numerator below zero is kept but counted as noise.
 		va, vb := ra.Values[column], rb.Values[column]
 		for i := range min(len(va), len(vb)) {
-			if vb[i] > 0 {
-				h.Values = append(h.Values, va[i]/vb[i])
+			if vb[i] <= 0 {
+				h.Dropped++
+				continue
+			}
+			h.Values = append(h.Values, va[i]/vb[i])
+			if va[i] < 0 {
+				h.Noise++
 			}
 		}
+		h.DroppedWhy = b + "'s " + column + " not above zero"
 		if len(h.Values) == 0 {
 			h.Note = b + "'s " + column + " is not above zero in any run"
 		}

@@ -93,8 +93,8 @@ func scaleSection(c scaleConfig) *Section {
 			"Why istiod's pushes take long here: besides the debounce, its gRPC generator answers every push, even one that only changes endpoints, "+
 			"by regenerating and sending Listeners, Routes and Clusters (built by walking every Service it knows) to every connected gRPC client, "+
 			"and EDS to the subscribed ones; Ballast sends only the changed ClusterLoadAssignment, only to its subscribers.\n\n"+
-			"Targets (issue 4, at 1k Services × 10 endpoints and 100 clients): Ballast push p50 ≤ 10 ms, p99 ≤ 50 ms, memory ≤ 1/5 of istiod's.",
-			c.ClientsPerService, c.Changes, c.ChangesPerSecond, c.LoneChanges, c.LoneGap),
+			"Targets, the project's standing goals, at the first size: Ballast push p50 ≤ %v ms, p99 ≤ %v ms, RSS ≤ %v of istiod's.",
+			c.ClientsPerService, c.Changes, c.ChangesPerSecond, c.LoneChanges, c.LoneGap, goalPushP50, goalPushP99, goalControlRSS),
 		Columns: []column{
 			{colReady, "ready s", 2}, {colSync, "synced ms", 0}, {colRetries, "streams retried", 0}, {colSyncCPU, "sync CPU s", 2},
 			{colPushP50, "push p50 ms", 1}, {colPushP99, "push p99 ms", 1}, {colPushMax, "push max ms", 1},
@@ -127,9 +127,9 @@ func scaleHeadlines(s *Section, sizes []scaleSize) {
 	for i, size := range sizes {
 		ballast, istio := scaleRow(ballastControl{}, size), scaleRow(istiod{}, size)
 		if i == 0 {
-			s.value(fmt.Sprintf("Ballast push p50 ms (%s)", size), colPushP50, ballast, 10).Top = true
-			s.value(fmt.Sprintf("Ballast push p99 ms (%s)", size), colPushP99, ballast, 50).Top = true
-			s.ratio(fmt.Sprintf("Ballast RSS ÷ istiod's (%s)", size), colRSS, ballast, istio, 0.2).Top = true
+			s.value(fmt.Sprintf("Ballast push p50 ms (%s)", size), colPushP50, ballast, goalPushP50).Top = true
+			s.value(fmt.Sprintf("Ballast push p99 ms (%s)", size), colPushP99, ballast, goalPushP99).Top = true
+			s.ratio(fmt.Sprintf("Ballast RSS ÷ istiod's (%s)", size), colRSS, ballast, istio, goalControlRSS).Top = true
 		}
 		s.value(fmt.Sprintf("istiod push p50 ms (%s)", size), colPushP50, istio, 0).Top = i == 0
 		h := s.ratio(fmt.Sprintf("Ballast push p50 ÷ istiod's (%s)", size), colPushP50, ballast, istio, 0)

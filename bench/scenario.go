@@ -102,7 +102,7 @@ func (b *Bench) balance(ctx context.Context, c balanceConfig) *Section {
 	for _, r := range s.Rows {
 		if r.Path != "haproxy" {
 			h := s.ratio(r.Path+" max/mean ÷ haproxy's", colMaxMean, r.Path, "haproxy", 0)
-			h.Top = r.Path == "plain Service (L4)" || r.Path == "ballast_p2c" || r.Path == "sidecar"
+			h.Top = r.Path == "plain Service (L4)" || r.Path == "ballast_p2c" || r.Path == sidecarName("round_robin", iptablesCapture)
 		}
 	}
 	return s
@@ -121,10 +121,13 @@ func (b *Bench) dataPath(ctx context.Context, c dataPathConfig) *Section {
 		Title: title,
 		Description: fmt.Sprintf("%d %s per run (after %d warm-up), %d at a time over one client connection, "+
 			"%d pods. Proxy CPU is utime+stime of the proxy's processes from /proc over the measured calls, per call; "+
-			"RSS idle is VmRSS once the proxy has served its first call, RSS under load the highest VmRSS sampled during the calls. "+
-			"\"p99 added\" is the path's p99 minus direct's in the same run. The client, the pods and the proxy share the machine's cores. "+
-			"The sidecar is the ballast-proxy binary, built static as a sidecar image holds it (without it, `ballast proxy`: the same data path in the full binary, whose RSS includes the control plane and Kubernetes client it links).",
-			c.Calls, what, c.Warmup, c.Concurrency, c.Pods),
+			"RSS idle is VmRSS once the proxy has served its first call, one sample per proxy (it serves every run), RSS under load the highest VmRSS sampled during the calls. "+
+			"\"p99 added\" is the path's p99 minus direct's in the same run; below zero it is noise. The client, the pods and the proxy share the machine's cores. "+
+			"The sidecar is the ballast-proxy binary, built static as a sidecar image holds it (without it, `ballast proxy`: the same data path in the full binary, whose RSS includes the control plane and Kubernetes client it links). "+
+			"\"sidecar (explicit listener)\": the client dials the proxy's own port. \"sidecar (iptables)\": as in an injected pod, the client dials the Service's ClusterIP "+
+			"and `ballast-proxy init`'s rules redirect the connection to the proxy (running as uid %d), all in a network namespace the benchmark makes, "+
+			"with its own pods (the same greeters) and control plane inside.",
+			c.Calls, what, c.Warmup, c.Concurrency, c.Pods, netnsProxyUID),
 		Columns: []column{
 			{colCPU, "proxy CPU µs/call", 1}, {colP50, "p50 ms", 3}, {colP99, "p99 ms", 3}, {colP999, "p99.9 ms", 3},
 			{colP99Added, "p99 added ms", 3}, {colRPS, "calls/s", 0}, {colRSSIdle, "RSS idle MiB", 1},
@@ -155,7 +158,7 @@ func (b *Bench) dataPath(ctx context.Context, c dataPathConfig) *Section {
 				if err != nil {
 					return err
 				}
-				o.idleRSS = u.RSS
+				o.row.add(colRSSIdle, mib(u.RSS))
 			}
 		}
 		load{Calls: c.Warmup, Concurrency: c.Concurrency, Duration: time.Minute, Stream: c.Stream}.Run(ctx, o.conn)
@@ -201,19 +204,21 @@ func (b *Bench) dataPath(ctx context.Context, c dataPathConfig) *Section {
 				o.row.add(colCPU, cpu)
 				line += fmt.Sprintf(", proxy CPU %.1f µs/call", cpu)
 			}
-			o.row.add(colRSSIdle, mib(o.idleRSS))
 			o.row.add(colRSSLoad, mib(max(peakRSS, after.RSS)))
 		}
 		b.progress("%s", line)
 		return nil
 	})
-	s.ratio("sidecar proxy CPU per call ÷ haproxy's", colCPU, "sidecar", "haproxy", 1).Top = true
+	for _, capture := range []capture{iptablesCapture, explicitListener} {
+		name := sidecarName("round_robin", capture)
+		s.ratio(name+" proxy CPU per call ÷ haproxy's", colCPU, name, "haproxy", goalSidecarCPU).Top = true
+		s.ratio(name+" p99 ÷ haproxy's", colP99, name, "haproxy", goalSidecarP99).Top = !c.Stream
+		s.ratio(name+" p99 added ÷ haproxy's", colP99Added, name, "haproxy", goalSidecarP99)
+		s.value(name+" idle RSS MiB", colRSSIdle, name, goalSidecarIdleRSS).Top = !c.Stream
+	}
 	s.ratio("nginx proxy CPU per call ÷ haproxy's", colCPU, "nginx", "haproxy", 0).Top = !c.Stream
-	s.ratio("sidecar p99 ÷ haproxy's", colP99, "sidecar", "haproxy", 1).Top = !c.Stream
 	s.ratio("nginx p99 ÷ haproxy's", colP99, "nginx", "haproxy", 0)
 	s.ratio("direct p99 ÷ haproxy's", colP99, "direct", "haproxy", 0)
-	s.ratio("sidecar p99 added ÷ haproxy's", colP99Added, "sidecar", "haproxy", 1)
-	s.value("sidecar idle RSS MiB", colRSSIdle, "sidecar", 20).Top = !c.Stream
 	return s
 }
 
@@ -275,21 +280,23 @@ func (b *Bench) latency(ctx context.Context, c latencyConfig) *Section {
 			o.path.Name(), ms(cold.Quantile(0.99)), 100*share(coldCounts, "pod-slow"), ms(warm.Quantile(0.99)), 100*share(warmCounts, "pod-slow"))
 		return nil
 	})
-	s.ratio("ballast_peak_ewma warm p99 ÷ round_robin's", colWarmP99, "ballast_peak_ewma", "round_robin", 0.25).Top = true
-	s.ratio("ballast_peak_ewma cold p99 ÷ round_robin's", colP99, "ballast_peak_ewma", "round_robin", 0.25)
+	s.ratio("ballast_peak_ewma warm p99 ÷ round_robin's", colWarmP99, "ballast_peak_ewma", "round_robin", goalPeakEWMA).Top = true
+	s.ratio("ballast_peak_ewma cold p99 ÷ round_robin's", colP99, "ballast_peak_ewma", "round_robin", goalPeakEWMA)
 	s.ratio("ballast_p2c warm p99 ÷ round_robin's", colWarmP99, "ballast_p2c", "round_robin", 0)
-	s.ratio("proxyless xDS peak_ewma warm p99 ÷ round_robin's", colWarmP99, "proxyless xDS peak_ewma", "round_robin", 0.25)
-	s.ratio("sidecar peak_ewma warm p99 ÷ round_robin's", colWarmP99, "sidecar peak_ewma", "round_robin", 0.25).Top = true
+	s.ratio("proxyless xDS peak_ewma warm p99 ÷ round_robin's", colWarmP99, "proxyless xDS peak_ewma", "round_robin", goalPeakEWMA)
+	for _, capture := range []capture{iptablesCapture, explicitListener} {
+		name := sidecarName("peak_ewma", capture)
+		s.ratio(name+" warm p99 ÷ round_robin's", colWarmP99, name, "round_robin", goalPeakEWMA).Top = capture == iptablesCapture
+	}
 	return s
 }
 
 // opened is a path in front of the scenario's pods.
 type opened struct {
-	path    path
-	row     *row
-	route   *route
-	conn    *grpc.ClientConn // kept across runs when the scenario wants it
-	idleRSS int64
+	path  path
+	row   *row
+	route *route
+	conn  *grpc.ClientConn // kept across runs when the scenario wants it
 }
 
 // withPaths starts the pods, opens every path (a path that cannot open
