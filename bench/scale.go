@@ -254,7 +254,7 @@ func (b *Bench) measureScale(ctx context.Context, rc *runningControl, api *apiSe
 		addPushes(floorRow, fl, floor.pending())
 	}
 	if n := cs.retries.Load() - syncRetries; n > 0 {
-		b.progress("scale %s: %s: %d streams ended after the sync and were opened again; last because %v", size, rc.name, n, cs.lastRetry.Load())
+		b.progress("scale %s: %s: %d streams ended after the sync and were opened again; last because %v", size, rc.name, n, cs.lastRetryErr())
 	}
 	b.progress("scale %s: %-8s ready %.1fs, %d clients synced in %.0f ms (%d streams retried); %d changes in %.1fs (%d failed): "+
 		"push p50 %.1f ms p99 %.1f ms max %.1f ms, %d missed (API watch p50 %.1f ms p99 %.1f ms; beyond it p50 %.1f ms p99 %.1f ms); "+
@@ -282,7 +282,9 @@ type clientSet struct {
 	nSynced   atomic.Int32
 	answered  atomic.Int32 // clients that got any response
 	retries   atomic.Int32
-	lastRetry atomic.Value // error
+	// lastRetry is why the last stream was opened again. The errors come
+	// in several concrete types, which one atomic.Value cannot hold.
+	lastRetry atomic.Pointer[error]
 }
 
 func (cs *clientSet) start(ctx context.Context) {
@@ -315,7 +317,7 @@ func (cs *clientSet) start(ctx context.Context) {
 			},
 			OnStreamEnd: func(err error) {
 				cs.retries.Add(1)
-				cs.lastRetry.Store(err)
+				cs.lastRetry.Store(&err)
 			},
 		})
 		if err != nil {
@@ -358,6 +360,14 @@ func (cs *clientSet) start(ctx context.Context) {
 	}
 }
 
+// lastRetryErr is why the last stream was opened again; nil if none was.
+func (cs *clientSet) lastRetryErr() error {
+	if p := cs.lastRetry.Load(); p != nil {
+		return *p
+	}
+	return nil
+}
+
 func (cs *clientSet) stop() {
 	if cs.cancel != nil {
 		cs.cancel()
@@ -376,7 +386,7 @@ func (cs *clientSet) waitSynced(ctx context.Context, timeout time.Duration) erro
 		return err
 	case <-t.C:
 		return fmt.Errorf("%d of %d clients held endpoints after %s, %d had any response (%d streams retried, last because %v); %s's last output: %s",
-			cs.nSynced.Load(), cs.size.Clients, timeout, cs.answered.Load(), cs.retries.Load(), cs.lastRetry.Load(), cs.control.name, cs.control.proc.tail())
+			cs.nSynced.Load(), cs.size.Clients, timeout, cs.answered.Load(), cs.retries.Load(), cs.lastRetryErr(), cs.control.name, cs.control.proc.tail())
 	case <-ctx.Done():
 		return ctx.Err()
 	}
