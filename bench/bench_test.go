@@ -21,7 +21,11 @@ func TestMain(m *testing.M) {
 	if spec := os.Getenv("BENCH_TEST_GREETER"); spec != "" {
 		os.Exit(serveGreeter(spec))
 	}
-	os.Exit(m.Run())
+	code := m.Run()
+	if builtBinaries.dir != "" {
+		os.RemoveAll(builtBinaries.dir)
+	}
+	os.Exit(code)
 }
 
 func serveGreeter(spec string) int {

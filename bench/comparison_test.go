@@ -5,6 +5,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sync"
 	"testing"
 	"time"
 )
@@ -19,11 +20,32 @@ func ballastBinary(t *testing.T) string {
 	return buildBinary(t, "ballast", false)
 }
 
-// buildBinary builds ./cmd/name into a temporary directory; slim builds it
-// as `ballast bench` and the images do (static, without x/net/trace).
+// builtBinaries are the binaries buildBinary made, built once per test
+// binary and removed by TestMain.
+var builtBinaries = struct {
+	sync.Mutex
+	dir  string
+	path map[string]string
+}{path: map[string]string{}}
+
+// buildBinary builds ./cmd/name once for every test that needs it; slim
+// builds it as `ballast bench` and the images do (static, without
+// x/net/trace).
 func buildBinary(t *testing.T, name string, slim bool) string {
 	t.Helper()
-	bin := filepath.Join(t.TempDir(), name)
+	builtBinaries.Lock()
+	defer builtBinaries.Unlock()
+	if bin, ok := builtBinaries.path[name]; ok {
+		return bin
+	}
+	if builtBinaries.dir == "" {
+		dir, err := os.MkdirTemp("", "ballast-bench-test-bin-")
+		if err != nil {
+			t.Fatal(err)
+		}
+		builtBinaries.dir = dir
+	}
+	bin := filepath.Join(builtBinaries.dir, name)
 	args := []string{"build", "-o", bin}
 	if slim {
 		args = append(args, "-tags", "grpcnotrace")
@@ -35,6 +57,7 @@ func buildBinary(t *testing.T, name string, slim bool) string {
 	if out, err := cmd.CombinedOutput(); err != nil {
 		t.Fatalf("go build ./cmd/%s: %v\n%s", name, err, out)
 	}
+	builtBinaries.path[name] = bin
 	return bin
 }
 

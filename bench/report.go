@@ -54,7 +54,7 @@ func (h *headline) format() string {
 	line := fmt.Sprintf("%s: %s", h.Text, summarize(h.Values).format(digits))
 	var notes []string
 	if h.Target > 0 {
-		notes = append(notes, fmt.Sprintf("target ≤ %.*f: %s", max(digits, 2), h.Target, h.verdict(digits)))
+		notes = append(notes, fmt.Sprintf("target ≤ %g: %s", h.Target, h.verdict(digits)))
 	}
 	if h.Noise > 0 {
 		notes = append(notes, fmt.Sprintf("below zero in %d of %d runs: noise (the path added less than direct's p99 varies), not a result", h.Noise, len(h.Values)))
@@ -83,6 +83,8 @@ func (h *headline) verdict(digits int) string {
 	switch {
 	case met == n && n == 1:
 		return "met in its one run"
+	case n == 1:
+		return "NOT met in its one run"
 	case met == n:
 		return fmt.Sprintf("met in all %d runs", n)
 	case met == 0:

@@ -51,7 +51,7 @@ func TestReportMarkdown(t *testing.T) {
 		"| haproxy | 20.0 | 1.000 |",
 		"| sidecar | pending: the sidecar proxy (issue 5) has not landed on main yet | |",
 		// Ratios within each run: 30/20 and 26/20.
-		"- 2. Data-path cost (unary): nginx proxy CPU per call ÷ haproxy's: 1.40 [1.30–1.50] (target ≤ 1.00: NOT met in any of 2 runs, worst 1.50)",
+		"- 2. Data-path cost (unary): nginx proxy CPU per call ÷ haproxy's: 1.40 [1.30–1.50] (target ≤ 1: NOT met in any of 2 runs, worst 1.50)",
 		"sidecar proxy CPU per call ÷ haproxy's: not measured yet, sidecar has no numbers (pending)",
 		"![CPU per call](cpu.png)",
 		"## 4. Convergence",
@@ -83,7 +83,7 @@ func TestReportWriteMakesMarkdownAndCharts(t *testing.T) {
 func TestSectionWriteText(t *testing.T) {
 	var b strings.Builder
 	fakeReport().Sections[0].WriteText(&b)
-	for _, want := range []string{"2. Data-path cost (unary)\n=====", "nginx    28.0 [26.0–30.0]", "sidecar  pending:", "target ≤ 1.00: NOT met in any of 2 runs, worst 1.50"} {
+	for _, want := range []string{"2. Data-path cost (unary)\n=====", "nginx    28.0 [26.0–30.0]", "sidecar  pending:", "target ≤ 1: NOT met in any of 2 runs, worst 1.50"} {
 		if !strings.Contains(b.String(), want) {
 			t.Errorf("text lacks %q:\n%s", want, b.String())
 		}
@@ -99,12 +99,13 @@ func TestHeadlineVerdict(t *testing.T) {
 		a, b []float64
 		want string
 	}{
-		{"every run", []float64{1, 2, 3}, []float64{4, 4, 4}, "x ÷ y: 0.50 [0.25–0.75] (target ≤ 1.00: met in all 3 runs)"},
-		{"one run", []float64{1}, []float64{4}, "x ÷ y: 0.25 (target ≤ 1.00: met in its one run)"},
-		{"some runs", []float64{1, 5, 3}, []float64{4, 4, 4}, "x ÷ y: 0.75 [0.25–1.25] (target ≤ 1.00: NOT met: met in 2 of 3 runs, worst 1.25)"},
-		{"no run", []float64{8, 5}, []float64{4, 4}, "x ÷ y: 1.62 [1.25–2.00] (target ≤ 1.00: NOT met in any of 2 runs, worst 2.00)"},
-		{"dropped", []float64{1, 1, 1}, []float64{4, 0, -1}, "x ÷ y: 0.25 (target ≤ 1.00: met in its one run; 2 of 3 runs left out: y's v not above zero)"},
-		{"noise", []float64{-1, 2}, []float64{4, 4}, "x ÷ y: 0.12 [-0.25–0.50] (target ≤ 1.00: NOT met: met in 1 of 2 runs, worst 0.50; " +
+		{"every run", []float64{1, 2, 3}, []float64{4, 4, 4}, "x ÷ y: 0.50 [0.25–0.75] (target ≤ 1: met in all 3 runs)"},
+		{"one run", []float64{1}, []float64{4}, "x ÷ y: 0.25 (target ≤ 1: met in its one run)"},
+		{"some runs", []float64{1, 5, 3}, []float64{4, 4, 4}, "x ÷ y: 0.75 [0.25–1.25] (target ≤ 1: NOT met: met in 2 of 3 runs, worst 1.25)"},
+		{"one run, not met", []float64{8}, []float64{4}, "x ÷ y: 2.00 (target ≤ 1: NOT met in its one run)"},
+		{"no run", []float64{8, 5}, []float64{4, 4}, "x ÷ y: 1.62 [1.25–2.00] (target ≤ 1: NOT met in any of 2 runs, worst 2.00)"},
+		{"dropped", []float64{1, 1, 1}, []float64{4, 0, -1}, "x ÷ y: 0.25 (target ≤ 1: met in its one run; 2 of 3 runs left out: y's v not above zero)"},
+		{"noise", []float64{-1, 2}, []float64{4, 4}, "x ÷ y: 0.12 [-0.25–0.50] (target ≤ 1: NOT met: met in 1 of 2 runs, worst 0.50; " +
 			"below zero in 1 of 2 runs: noise (the path added less than direct's p99 varies), not a result)"},
 	}
 	for _, tt := range tests {

@@ -275,13 +275,13 @@ type clientSet struct {
 	watched  int
 	trackers []*pushTracker
 
-	cancel    context.CancelFunc
-	wg        sync.WaitGroup
-	failed    chan error // a client that cannot go on (a response it cannot read)
-	synced    chan struct{}
-	nSynced   atomic.Int32
-	answered  atomic.Int32 // clients that got any response
-	retries   atomic.Int32
+	cancel   context.CancelFunc
+	wg       sync.WaitGroup
+	failed   chan error // a client that cannot go on (a response it cannot read)
+	synced   chan struct{}
+	nSynced  atomic.Int32
+	answered atomic.Int32 // clients that got any response
+	retries  atomic.Int32
 	// lastRetry is why the last stream was opened again. The errors come
 	// in several concrete types, which one atomic.Value cannot hold.
 	lastRetry atomic.Pointer[error]

@@ -21,6 +21,7 @@ import (
 func newBenchCmd() *cobra.Command {
 	var (
 		quick, install, jsonOut bool
+		short                   bool
 		runs                    int
 		out                     string
 		only                    []string
@@ -37,6 +38,9 @@ when missing (unless --install-peers=false); istiod (pilot-discovery) is built f
 pinned in tools/istio on first use (tools/build-istiod.sh, cached in ~/.cache/ballast; set
 BALLAST_ISTIOD to use another build), and the control planes watch a kube-apiserver and etcd
 from tools/build.sh. A peer that cannot run is reported with the reason.
+
+--only reliability (as root) runs the faults of docs/reliability.md instead, on a dev
+cluster of its own, and writes reliability.md into --out.
 Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -44,9 +48,13 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 				return fmt.Errorf("--runs %d: want 1 to 100", runs)
 			}
 			for _, id := range only {
-				if !slices.Contains(bench.ScenarioIDs, id) {
-					return fmt.Errorf("--only %q: want one of %s", id, strings.Join(bench.ScenarioIDs, ", "))
+				if !slices.Contains(bench.ScenarioIDs, id) && id != bench.ReliabilityID {
+					return fmt.Errorf("--only %q: want one of %s, %s", id, strings.Join(bench.ScenarioIDs, ", "), bench.ReliabilityID)
 				}
+			}
+			reliability := slices.Contains(only, bench.ReliabilityID)
+			if reliability && len(only) > 1 {
+				return fmt.Errorf("--only %s runs on a dev cluster of its own: give it alone", bench.ReliabilityID)
 			}
 			exe, err := os.Executable()
 			if err != nil {
@@ -71,6 +79,28 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 			}
 			defer b.Close()
 			start := time.Now()
+			if reliability {
+				report := b.Reliability(cmd.Context(), bench.DefaultReliability(short), short)
+				if jsonOut {
+					enc := json.NewEncoder(cmd.OutOrStdout())
+					enc.SetIndent("", "  ")
+					if err := enc.Encode(report); err != nil {
+						return err
+					}
+				} else {
+					report.WriteText(cmd.OutOrStdout())
+				}
+				if out != "" {
+					if err := report.Write(out); err != nil {
+						return fmt.Errorf("write report to %s: %w", out, err)
+					}
+					fmt.Fprintf(cmd.ErrOrStderr(), "bench: wrote %s/reliability.md in %s\n", out, time.Since(start).Round(time.Second))
+				}
+				if report.Failed != "" {
+					return fmt.Errorf("reliability: %s", report.Failed)
+				}
+				return cmd.Context().Err()
+			}
 			scenarios := bench.DefaultScenarios(quick)
 			scenarios.Only = only
 			report := b.Run(cmd.Context(), scenarios)
@@ -103,6 +133,7 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 	cmd.Flags().StringVar(&modesBinary, "modes-binary", "", "ballast binary to run `control` and `proxy` from (default: this one)")
 	cmd.Flags().MarkHidden("modes-binary")
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the report as JSON instead of tables")
+	cmd.Flags().BoolVar(&short, "short", false, "reliability: the CI-sized scenario (short outages, a smaller scale-out)")
 	cmd.Flags().StringVar(&controlBin, "control-binary", "", "the ballast-control binary the control-plane rows run (default: next to this binary, on $PATH, or built from this checkout)")
 	cmd.Flags().StringVar(&proxyBin, "proxy-binary", "", "the ballast-proxy binary the sidecar rows run (default: next to this binary, on $PATH, or built from this checkout)")
 	return cmd

@@ -74,6 +74,12 @@ With --calls N, makes N calls over one connection to --target and prints the cou
 			if err != nil {
 				return err
 			}
+			// A dns:/// target balances with --lb-policy when it is given
+			// (grpc-go's default there is pick_first): the usual
+			// do-it-yourself fix, a headless Service and round_robin.
+			if strings.HasPrefix(target, "dns:") && cmd.Flags().Changed("lb-policy") {
+				dialOpts = append(dialOpts, grpc.WithDefaultServiceConfig(disc.LBPolicy.ServiceConfig()))
+			}
 			if calls > 0 {
 				return countCalls(cmd, cmp.Or(target, service+":50051"), calls, dialOpts)
 			}
@@ -104,7 +110,7 @@ With --calls N, makes N calls over one connection to --target and prints the cou
 	cmd.Flags().StringVar(&disc.Kubeconfig, "kubeconfig", "", "kubeconfig for kubernetes:/// targets (default: $KUBECONFIG, ~/.kube/config, then in-cluster)")
 	cmd.Flags().StringVar(&disc.Files, "files", "", "resolve kubernetes:/// targets from this folder of Service and EndpointSlice YAML instead of a cluster")
 	disc.LBPolicy = policy.RoundRobin
-	cmd.Flags().Var(&disc.LBPolicy, "lb-policy", "LB policy for kubernetes:/// targets, as the annotation names them: round_robin, least_request, peak_ewma (a Service annotated ballast.dev/lb-policy gets its own instead)")
+	cmd.Flags().Var(&disc.LBPolicy, "lb-policy", "LB policy for kubernetes:/// targets, and for dns:/// targets when given, as the annotation names them: round_robin, least_request, peak_ewma (a Service annotated ballast.dev/lb-policy gets its own instead)")
 	return cmd
 }
 

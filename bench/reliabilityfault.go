@@ -1,0 +1,388 @@
+package bench
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+
+	"github.com/ballast-dev/ballast/devcluster"
+	"github.com/ballast-dev/ballast/inject"
+)
+
+// reliabilityFaults are the faults, in the order they run.
+func reliabilityFaults() []fault {
+	return []fault{
+		{ID: "rolling-update", Title: "1. Rolling update (maxSurge 1, maxUnavailable 0)", ZeroGoal: true,
+			Converge: "each new pod's Ready → its first call (the slowest)", run: rollingUpdate},
+		{ID: "scale", Title: "2. Scale out and in", ZeroGoal: true,
+			Converge: "each new pod's Ready → its first call (the slowest)", run: scaleOutIn},
+		{ID: "kill", Title: "3. kill -9 of one greeter's process",
+			Converge: "the restarted pod's Ready → its first call", run: killPod},
+		{ID: "control-plane-down", Title: "4. Control plane down, a greeter replaced meanwhile", ZeroGoal: true,
+			Converge: "the replacement pod's Ready → its first call (proxyless and sidecar learn it when the control plane is back)", run: controlPlaneDown},
+		{ID: "api-server-down", Title: "5. API server down (frozen with SIGSTOP: connections hang, as in a partition)", ZeroGoal: true,
+			Converge: "–: nothing changes meanwhile", run: apiServerDown},
+		{ID: "sidecar-restart", Title: "6. Sidecar of the client pod killed (-9) and restarted",
+			Converge: "the kill → the sidecar client's next successful call", run: sidecarRestart},
+		{ID: "node-down", Title: "7. A Node going away with its pods", run: nodeDown},
+	}
+}
+
+// readyGreeters lists the greeter pods that are Ready now, by name.
+func (r *relRun) readyGreeters(ctx context.Context) ([]string, error) {
+	pods, err := r.cluster.Client.CoreV1().Pods(relNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + relService})
+	if err != nil {
+		return nil, err
+	}
+	var names []string
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp != nil {
+			continue
+		}
+		for _, c := range p.Status.Conditions {
+			if c.Type == "Ready" && c.Status == "True" {
+				names = append(names, p.Name)
+			}
+		}
+	}
+	slices.Sort(names)
+	return names, nil
+}
+
+// waitGreeters waits until exactly n greeter pods exist and are Ready, and
+// returns them.
+func (r *relRun) waitGreeters(ctx context.Context, n int) ([]string, error) {
+	var ready []string
+	err := devcluster.Poll(ctx, r.c.Wait, func(ctx context.Context) (bool, error) {
+		pods, err := r.cluster.Client.CoreV1().Pods(relNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + relService})
+		if err != nil {
+			return false, nil
+		}
+		ready, err = r.readyGreeters(ctx)
+		return err == nil && len(pods.Items) == n && len(ready) == n, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("waiting for %d ready greeters (ready: %v): %w", n, ready, err)
+	}
+	return ready, nil
+}
+
+func newNames(before, after []string) []string {
+	var out []string
+	for _, p := range after {
+		if !slices.Contains(before, p) {
+			out = append(out, p)
+		}
+	}
+	return out
+}
+
+func rollingUpdate(ctx context.Context, r *relRun) (*faultOutcome, error) {
+	before, err := r.readyGreeters(ctx)
+	if err != nil {
+		return nil, err
+	}
+	o := &faultOutcome{Start: time.Now()}
+	if _, err := r.cluster.Kubectl(ctx, nil, "-n", relNamespace, "rollout", "restart", "deployment/"+relService); err != nil {
+		return nil, err
+	}
+	if _, err := r.cluster.Kubectl(ctx, nil, "-n", relNamespace, "rollout", "status", "deployment/"+relService, "--timeout="+r.c.Wait.String()); err != nil {
+		return nil, err
+	}
+	after, err := r.waitGreeters(ctx, r.c.Replicas)
+	if err != nil {
+		return nil, err
+	}
+	o.End, o.NewPods = time.Now(), newNames(before, after)
+	return o, nil
+}
+
+func (r *relRun) scaleGreeters(ctx context.Context, n int) error {
+	_, err := r.cluster.Kubectl(ctx, nil, "-n", relNamespace, "scale", "deployment/"+relService, "--replicas="+strconv.Itoa(n))
+	return err
+}
+
+func scaleOutIn(ctx context.Context, r *relRun) (*faultOutcome, error) {
+	before, err := r.readyGreeters(ctx)
+	if err != nil {
+		return nil, err
+	}
+	o := &faultOutcome{Start: time.Now(), Note: fmt.Sprintf("%d → %d → %d replicas", r.c.Replicas, r.c.ScaleTo, r.c.Replicas)}
+	if err := r.scaleGreeters(ctx, r.c.ScaleTo); err != nil {
+		return nil, err
+	}
+	after, err := r.waitGreeters(ctx, r.c.ScaleTo)
+	if err != nil {
+		return nil, err
+	}
+	o.NewPods = newNames(before, after)
+	// The new pods serve for a while before the scale-in: long enough for
+	// every mode that ever will to have called them.
+	if err := r.hold(ctx, r.c.Quiet); err != nil {
+		return nil, err
+	}
+	if err := r.scaleGreeters(ctx, r.c.Replicas); err != nil {
+		return nil, err
+	}
+	if _, err := r.waitGreeters(ctx, r.c.Replicas); err != nil {
+		return nil, err
+	}
+	o.End = time.Now()
+	return o, nil
+}
+
+// hold waits d with the load running; a fault's own timing, not a wait
+// for something to happen.
+func (r *relRun) hold(ctx context.Context, d time.Duration) error {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-ctx.Done():
+		return ctx.Err()
+	case <-t.C:
+		return nil
+	}
+}
+
+// netnsPids are the processes in a network namespace.
+func netnsPids(ctx context.Context, netns string) ([]int, error) {
+	out, err := exec.CommandContext(ctx, "ip", "netns", "pids", netns).Output()
+	if err != nil {
+		return nil, fmt.Errorf("ip netns pids %s: %w", netns, err)
+	}
+	var pids []int
+	for _, f := range strings.Fields(string(out)) {
+		if pid, err := strconv.Atoi(f); err == nil {
+			pids = append(pids, pid)
+		}
+	}
+	return pids, nil
+}
+
+func cmdline(pid int) string {
+	b, _ := os.ReadFile(fmt.Sprintf("/proc/%d/cmdline", pid))
+	return strings.ReplaceAll(string(b), "\x00", " ")
+}
+
+func killPod(ctx context.Context, r *relRun) (*faultOutcome, error) {
+	ready, err := r.readyGreeters(ctx)
+	if err != nil || len(ready) == 0 {
+		return nil, fmt.Errorf("no ready greeter to kill (%v)", err)
+	}
+	victim := ready[0]
+	netns, err := r.cluster.PodNetns(relNamespace, victim)
+	if err != nil {
+		return nil, err
+	}
+	pids, err := netnsPids(ctx, netns)
+	if err != nil {
+		return nil, err
+	}
+	restarts, _, err := r.restartCount(ctx, victim, "greeter")
+	if err != nil {
+		return nil, err
+	}
+	var killed []int
+	for _, pid := range pids {
+		if strings.Contains(cmdline(pid), "greeter serve") {
+			syscall.Kill(pid, syscall.SIGKILL)
+			killed = append(killed, pid)
+		}
+	}
+	if len(killed) == 0 {
+		return nil, fmt.Errorf("no greeter process in %s's namespace %s (pids %v)", victim, netns, pids)
+	}
+	o := &faultOutcome{Start: time.Now(), NewPods: []string{victim}, Note: fmt.Sprintf("%s: pid %v", victim, killed)}
+	// The kubelet restarts the container; the pod turns Ready again.
+	back, err := r.waitRestarted(ctx, victim, "greeter", restarts)
+	if err != nil {
+		return nil, fmt.Errorf("%s after kill -9: %w", victim, err)
+	}
+	o.End, o.ReadyAt = back, map[string]time.Time{victim: back}
+	return o, nil
+}
+
+// restartCount is the restarts of a pod's container (or native sidecar).
+func (r *relRun) restartCount(ctx context.Context, pod, container string) (int32, bool, error) {
+	p, err := r.cluster.Client.CoreV1().Pods(relNamespace).Get(ctx, pod, metav1.GetOptions{})
+	if err != nil {
+		return 0, false, err
+	}
+	ready := false
+	for _, c := range p.Status.Conditions {
+		if c.Type == "Ready" && c.Status == "True" {
+			ready = true
+		}
+	}
+	for _, cs := range append(p.Status.ContainerStatuses, p.Status.InitContainerStatuses...) {
+		if cs.Name == container {
+			return cs.RestartCount, ready, nil
+		}
+	}
+	return 0, false, fmt.Errorf("pod %s has no container %s", pod, container)
+}
+
+// waitRestarted waits until container of pod has restarted more than
+// before and the pod is Ready, and returns when that was seen.
+func (r *relRun) waitRestarted(ctx context.Context, pod, container string, before int32) (time.Time, error) {
+	var seen time.Time
+	err := devcluster.Poll(ctx, r.c.Wait, func(ctx context.Context) (bool, error) {
+		n, ready, err := r.restartCount(ctx, pod, container)
+		if err == nil && n > before && ready {
+			seen = time.Now()
+			return true, nil
+		}
+		return false, nil
+	})
+	if err != nil {
+		return time.Time{}, fmt.Errorf("container %s not restarted and Ready: %w", container, err)
+	}
+	return seen, nil
+}
+
+const controlNamespace, controlDeployment = "ballast-system", "ballast-control"
+
+func controlPlaneDown(ctx context.Context, r *relRun) (*faultOutcome, error) {
+	before, err := r.readyGreeters(ctx)
+	if err != nil || len(before) == 0 {
+		return nil, fmt.Errorf("no ready greeter (%v)", err)
+	}
+	o := &faultOutcome{Start: time.Now()}
+	if _, err := r.cluster.Kubectl(ctx, nil, "-n", controlNamespace, "scale", "deployment/"+controlDeployment, "--replicas=0"); err != nil {
+		return nil, err
+	}
+	// Scaled back however this ends, so the faults after it have it.
+	defer r.cluster.Kubectl(context.WithoutCancel(ctx), nil, "-n", controlNamespace, "scale", "deployment/"+controlDeployment, "--replicas="+strconv.Itoa(r.controlReplicas))
+	if err := devcluster.Poll(ctx, r.c.Wait, func(ctx context.Context) (bool, error) {
+		pods, err := r.cluster.Client.CoreV1().Pods(controlNamespace).List(ctx, metav1.ListOptions{})
+		return err == nil && len(pods.Items) == 0, nil
+	}); err != nil {
+		return nil, fmt.Errorf("control plane not gone: %w", err)
+	}
+	down := time.Now()
+	// Meanwhile a greeter goes and another takes its place.
+	if _, err := r.cluster.Kubectl(ctx, nil, "-n", relNamespace, "delete", "pod", before[0], "--wait=true", "--timeout="+r.c.Wait.String()); err != nil {
+		return nil, err
+	}
+	after, err := r.waitGreeters(ctx, r.c.Replicas)
+	if err != nil {
+		return nil, err
+	}
+	o.NewPods = newNames(before, after)
+	if err := r.hold(ctx, r.c.Down-time.Since(down)); err != nil {
+		return nil, err
+	}
+	if _, err := r.cluster.Kubectl(ctx, nil, "-n", controlNamespace, "scale", "deployment/"+controlDeployment, "--replicas="+strconv.Itoa(r.controlReplicas)); err != nil {
+		return nil, err
+	}
+	if err := r.cluster.WaitReadyEndpoints(ctx, controlNamespace, controlDeployment, "grpc-xds", r.controlReplicas, r.c.Wait); err != nil {
+		return nil, err
+	}
+	o.End = time.Now()
+	o.Note = fmt.Sprintf("down %.0f s; %s replaced by %v", o.End.Sub(down).Seconds(), before[0], o.NewPods)
+	return o, nil
+}
+
+// apiServerPid finds the cluster's kube-apiserver: the process of that
+// name whose arguments name the cluster's directory.
+func (r *relRun) apiServerPid() (int, error) {
+	entries, err := os.ReadDir("/proc")
+	if err != nil {
+		return 0, err
+	}
+	for _, e := range entries {
+		pid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		args := strings.Split(strings.TrimRight(func() string { b, _ := os.ReadFile(filepath.Join("/proc", e.Name(), "cmdline")); return string(b) }(), "\x00"), "\x00")
+		if len(args) > 1 && filepath.Base(args[0]) == "kube-apiserver" && strings.Contains(strings.Join(args, " "), r.cluster.Dir) {
+			return pid, nil
+		}
+	}
+	return 0, fmt.Errorf("no kube-apiserver of the cluster in %s", r.cluster.Dir)
+}
+
+func apiServerDown(ctx context.Context, r *relRun) (*faultOutcome, error) {
+	pid, err := r.apiServerPid()
+	if err != nil {
+		return nil, err
+	}
+	o := &faultOutcome{Start: time.Now()}
+	if err := syscall.Kill(pid, syscall.SIGSTOP); err != nil {
+		return nil, err
+	}
+	err = r.hold(ctx, r.c.Down)
+	syscall.Kill(pid, syscall.SIGCONT)
+	if err != nil {
+		return nil, err
+	}
+	if err := devcluster.Poll(ctx, r.c.Wait, func(ctx context.Context) (bool, error) {
+		_, err := r.cluster.Client.CoreV1().Namespaces().Get(ctx, relNamespace, metav1.GetOptions{})
+		return err == nil, nil
+	}); err != nil {
+		return nil, fmt.Errorf("API server not answering after SIGCONT: %w", err)
+	}
+	o.End = time.Now()
+	o.Note = fmt.Sprintf("kube-apiserver (pid %d) stopped %.0f s", pid, r.c.Down.Seconds())
+	return o, nil
+}
+
+func sidecarRestart(ctx context.Context, r *relRun) (*faultOutcome, error) {
+	var mode relMode
+	for _, m := range r.modes {
+		if m.Sidecar {
+			mode = m
+		}
+	}
+	if mode.Pod == "" {
+		return &faultOutcome{Start: time.Now(), End: time.Now(), Note: "no sidecar mode in this run"}, nil
+	}
+	netns, err := r.cluster.PodNetns(relNamespace, mode.Pod)
+	if err != nil {
+		return nil, err
+	}
+	pids, err := netnsPids(ctx, netns)
+	if err != nil {
+		return nil, err
+	}
+	restarts, _, err := r.restartCount(ctx, mode.Pod, inject.ProxyContainerName)
+	if err != nil {
+		return nil, err
+	}
+	var killed []int
+	for _, pid := range pids {
+		if cl := cmdline(pid); strings.Contains(cl, "ballast-proxy") && !strings.Contains(cl, " init") {
+			syscall.Kill(pid, syscall.SIGKILL)
+			killed = append(killed, pid)
+		}
+	}
+	if len(killed) == 0 {
+		return nil, fmt.Errorf("no ballast-proxy process in %s's namespace (pids %v)", mode.Pod, pids)
+	}
+	o := &faultOutcome{Start: time.Now(), Recover: true, Modes: []string{mode.Name},
+		Note: fmt.Sprintf("%s: ballast-proxy pid %v; the greeters run no sidecar here, so only the client side's restart is measured", mode.Pod, killed)}
+	o.Since = o.Start
+	if o.End, err = r.waitRestarted(ctx, mode.Pod, inject.ProxyContainerName, restarts); err != nil {
+		return nil, fmt.Errorf("%s after its sidecar was killed: %w", mode.Pod, err)
+	}
+	return o, nil
+}
+
+func nodeDown(context.Context, *relRun) (*faultOutcome, error) {
+	return nil, errNotRun("the dev cluster has no way yet to take a Node (virtual kubelet) away with its pods")
+}
+
+// errNotRun says a fault was not run, and why.
+type errNotRun string
+
+func (e errNotRun) Error() string { return string(e) }

@@ -1,0 +1,507 @@
+package bench
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net/http"
+	"os"
+	"path/filepath"
+	"sync"
+	"time"
+
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/util/intstr"
+	"sigs.k8s.io/yaml"
+
+	"github.com/ballast-dev/ballast/devcluster"
+	"github.com/ballast-dev/ballast/inject"
+)
+
+// relRun is one run of the reliability scenario on its dev cluster.
+type relRun struct {
+	b               *Bench
+	c               ReliabilityConfig
+	cluster         *devcluster.Cluster
+	root            string // the checkout, for deploy/
+	modes           []relMode
+	watch           *podWatch
+	controlReplicas int
+	// binDir holds the binaries the cluster's images map to.
+	binDir string
+}
+
+// podWatch polls the pods of a namespace and remembers when it saw each
+// turn Ready: the moment a new pod could take calls.
+type podWatch struct {
+	mu    sync.Mutex
+	ready map[string][]time.Time // pod → each time it was seen turning Ready
+	was   map[string]bool
+}
+
+func (w *podWatch) run(ctx context.Context, cluster *devcluster.Cluster, every time.Duration) {
+	t := time.NewTicker(every)
+	defer t.Stop()
+	for {
+		listCtx, cancel := context.WithTimeout(ctx, 2*time.Second)
+		pods, err := cluster.Client.CoreV1().Pods(relNamespace).List(listCtx, metav1.ListOptions{})
+		cancel()
+		if err == nil {
+			now := time.Now()
+			w.mu.Lock()
+			for _, p := range pods.Items {
+				ready := false
+				for _, c := range p.Status.Conditions {
+					if c.Type == corev1.PodReady && c.Status == corev1.ConditionTrue {
+						ready = true
+					}
+				}
+				if ready && !w.was[p.Name] {
+					w.ready[p.Name] = append(w.ready[p.Name], now)
+				}
+				w.was[p.Name] = ready
+			}
+			w.mu.Unlock()
+		}
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// readyAfter is when pod was first seen turning Ready at or after t; zero
+// if it has not.
+func (w *podWatch) readyAfter(pod string, t time.Time) time.Time {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, at := range w.ready[pod] {
+		if !at.Before(t) {
+			return at
+		}
+	}
+	return time.Time{}
+}
+
+// ReliabilityReport is what `ballast bench --only reliability` measured.
+type ReliabilityReport struct {
+	Date    time.Time     `json:"date"`
+	Wall    time.Duration `json:"wall"`
+	Machine machine       `json:"machine"`
+	CI      bool          `json:"ci"`
+	Config  struct {
+		Replicas, ScaleTo        int
+		Pace, Down, Quiet, Bound time.Duration
+	} `json:"config"`
+	Modes  []string       `json:"modes"`
+	Faults []*faultReport `json:"faults"`
+	// Failed says why the scenario stopped before its faults ran.
+	Failed string `json:"failed,omitempty"`
+}
+
+type faultReport struct {
+	ID, Title, Converge string
+	ZeroGoal            bool
+	Start, End          time.Time
+	Note                string
+	// NotRun or Failed say why there are no numbers.
+	NotRun, Failed string
+	Rows           []*modeResult
+}
+
+type modeResult struct {
+	Mode    string `json:"mode"`
+	Ballast bool   `json:"ballast"`
+	// During is the calls that started during the fault; Failed the calls
+	// that failed from its start to Quiet after its end.
+	During, Failed int
+	FirstErr       string `json:",omitempty"`
+	// Converge is the time until the new state was used; Converged false
+	// means it never was in the run (Measured false: no such measure).
+	Converge            time.Duration
+	Converged, Measured bool
+}
+
+// Reliability runs the reliability scenario: a dev cluster (root), the
+// control plane from deploy/control, the greeters and a client pod per
+// mode, steady load on each, and the faults one after another.
+func (b *Bench) Reliability(ctx context.Context, c ReliabilityConfig, ci bool) *ReliabilityReport {
+	start := time.Now()
+	rep := &ReliabilityReport{Date: start.UTC(), Machine: thisMachine(), CI: ci}
+	rep.Config.Replicas, rep.Config.ScaleTo, rep.Config.Pace, rep.Config.Down, rep.Config.Quiet, rep.Config.Bound = c.Replicas, c.ScaleTo, c.Pace, c.Down, c.Quiet, c.Bound
+	defer func() {
+		rep.Machine.LoadEnd = loadAverage()
+		rep.Wall = time.Since(start)
+	}()
+	r := &relRun{b: b, c: c, modes: relModes(), watch: &podWatch{ready: map[string][]time.Time{}, was: map[string]bool{}}}
+	for _, m := range r.modes {
+		rep.Modes = append(rep.Modes, m.Name)
+	}
+	err := r.start(ctx)
+	defer func() {
+		if r.cluster != nil {
+			if err := r.cluster.Stop(); err != nil {
+				b.progress("reliability: stop the dev cluster: %v", err)
+			}
+		}
+		if r.binDir != "" {
+			os.RemoveAll(r.binDir)
+		}
+	}()
+	if err != nil {
+		rep.Failed = err.Error()
+		return rep
+	}
+	watchCtx, stopWatch := context.WithCancel(ctx)
+	defer stopWatch()
+	go r.watch.run(watchCtx, r.cluster, 100*time.Millisecond)
+	if err := r.deploy(ctx); err != nil {
+		rep.Failed = err.Error()
+		return rep
+	}
+	clients := map[string]*http.Client{}
+	for _, m := range r.modes {
+		hc, err := r.cluster.PodHTTPClient(relNamespace, m.Pod)
+		if err != nil {
+			rep.Failed = err.Error()
+			return rep
+		}
+		clients[m.Name] = hc
+	}
+	// Bounded: the whole scenario's faults at their longest, twice over.
+	load := startRelLoad(ctx, clients, c.Pace, time.Duration(len(c.Faults))*2*(c.Wait+c.Down+c.Quiet+c.Bound))
+	defer load.stop()
+	if err := r.warm(ctx, load); err != nil {
+		rep.Failed = err.Error()
+		return rep
+	}
+	for _, f := range reliabilityFaults() {
+		if !selected(c.Faults, f.ID) {
+			continue
+		}
+		fr := &faultReport{ID: f.ID, Title: f.Title, Converge: f.Converge, ZeroGoal: f.ZeroGoal}
+		rep.Faults = append(rep.Faults, fr)
+		b.progress("reliability: %s", f.Title)
+		o, err := f.run(ctx, r)
+		if notRun, ok := errors.AsType[errNotRun](err); ok {
+			fr.NotRun = string(notRun)
+			continue
+		}
+		if err != nil {
+			fr.Failed = err.Error()
+			b.progress("reliability: %s: %v", f.ID, err)
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		if err := r.hold(ctx, c.Quiet); err != nil {
+			fr.Failed = err.Error()
+			break
+		}
+		// Then up to Bound more, until every mode uses the new state (the
+		// plain Service never will: it waits the whole bound).
+		devcluster.Poll(ctx, c.Bound, func(context.Context) (bool, error) {
+			for _, m := range r.modes {
+				if row := r.measure(load.snapshot(m.Name), m, o); row.Measured && !row.Converged {
+					return false, nil
+				}
+			}
+			return true, nil
+		})
+		fr.Start, fr.End, fr.Note = o.Start, o.End, o.Note
+		for _, m := range r.modes {
+			fr.Rows = append(fr.Rows, r.measure(load.snapshot(m.Name), m, o))
+		}
+		for _, row := range fr.Rows {
+			b.progress("reliability: %s: %-30s %5d calls during, %3d failed, new state used after %s%s", f.ID, row.Mode, row.During, row.Failed,
+				convergeText(row), map[bool]string{true: " (first error: " + row.FirstErr + ")", false: ""}[row.FirstErr != ""])
+		}
+	}
+	return rep
+}
+
+// measure is one mode's figures for one fault.
+func (r *relRun) measure(calls []call, m relMode, o *faultOutcome) *modeResult {
+	res := &modeResult{Mode: m.Name, Ballast: m.Ballast}
+	res.During, _, _ = window(calls, o.Start, o.End)
+	_, res.Failed, res.FirstErr = window(calls, o.Start, o.End.Add(r.c.Quiet))
+	if o.Modes != nil && !contains(o.Modes, m.Name) {
+		return res
+	}
+	switch {
+	case o.Recover:
+		res.Measured = true
+		if t := firstOK(calls, o.Since); !t.IsZero() {
+			res.Converge, res.Converged = t.Sub(o.Since), true
+		}
+	case len(o.NewPods) > 0:
+		res.Measured, res.Converged = true, true
+		for _, p := range o.NewPods {
+			ready, ok := o.ReadyAt[p]
+			if !ok {
+				ready = r.watch.readyAfter(p, o.Start)
+			}
+			first := firstCallTo(calls, p, ready)
+			if ready.IsZero() || first.IsZero() {
+				res.Converged = false
+				break
+			}
+			res.Converge = max(res.Converge, first.Sub(ready))
+		}
+	}
+	return res
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func convergeText(r *modeResult) string {
+	if !r.Measured {
+		return "–"
+	}
+	return relCell(r.Converge, r.Converged)
+}
+
+// start brings up a dev cluster whose images are this run's binaries.
+func (r *relRun) start(ctx context.Context) error {
+	if os.Geteuid() != 0 {
+		return errors.New("the reliability scenario runs a dev cluster: it needs root")
+	}
+	wd, err := os.Getwd()
+	if err != nil {
+		return err
+	}
+	if r.root = checkoutRoot(wd); r.root == "" {
+		return fmt.Errorf("run it from a checkout of %s: it applies deploy/control", module)
+	}
+	if r.b.opts.ProxyBinary == "" || r.b.opts.ControlBinary == "" {
+		return errors.New("the reliability scenario needs the ballast-proxy and ballast-control binaries")
+	}
+	// Containers that run as another uid (the injected proxy, the control
+	// plane) must reach their binaries.
+	dir, err := os.MkdirTemp("", "ballast-reliability-bin-")
+	if err != nil {
+		return err
+	}
+	r.binDir = dir
+	images := map[string]string{}
+	for image, bin := range map[string]string{"ballast:dev": r.b.opts.Binary, "ballast-proxy:dev": r.b.opts.ProxyBinary, "ballast-control:dev": r.b.opts.ControlBinary} {
+		out, err := copyExecutable(bin, dir)
+		if err != nil {
+			return err
+		}
+		images[image] = out
+	}
+	r.b.progress("reliability: starting a dev cluster")
+	cluster, err := devcluster.Start(ctx, devcluster.Options{Images: images})
+	if err != nil {
+		return fmt.Errorf("start the dev cluster: %w", err)
+	}
+	r.cluster = cluster
+	return nil
+}
+
+// deploy applies the control plane, the greeters and the client pods, and
+// waits until they are all Ready.
+func (r *relRun) deploy(ctx context.Context) error {
+	r.b.progress("reliability: applying deploy/control, the greeters and %d client pods", len(r.modes))
+	if _, err := r.cluster.Kubectl(ctx, nil, "apply", "-k", filepath.Join(r.root, "deploy", "control")); err != nil {
+		return err
+	}
+	dep, err := r.cluster.Client.AppsV1().Deployments(controlNamespace).Get(ctx, controlDeployment, metav1.GetOptions{})
+	if err != nil {
+		return err
+	}
+	r.controlReplicas = 1
+	if dep.Spec.Replicas != nil {
+		r.controlReplicas = int(*dep.Spec.Replicas)
+	}
+	if err := r.cluster.Apply(ctx, greeterManifests(r.c.Replicas)); err != nil {
+		return err
+	}
+	for _, m := range r.modes {
+		pod := clientPod(m)
+		if m.Sidecar {
+			inject.Inject(pod, inject.Config{Image: "ballast-proxy:dev", XDSAddress: "ballast-control.ballast-system:15010"})
+		}
+		manifest, err := yaml.Marshal(pod)
+		if err != nil {
+			return err
+		}
+		if err := r.cluster.Apply(ctx, "apiVersion: v1\nkind: Pod\n"+string(manifest)); err != nil {
+			return fmt.Errorf("client pod %s: %w", m.Pod, err)
+		}
+	}
+	if err := r.cluster.WaitReadyEndpoints(ctx, controlNamespace, controlDeployment, "grpc-xds", r.controlReplicas, r.c.Wait); err != nil {
+		return err
+	}
+	if _, err := r.waitGreeters(ctx, r.c.Replicas); err != nil {
+		return err
+	}
+	for _, m := range r.modes {
+		if err := r.cluster.WaitPodReady(ctx, relNamespace, m.Pod, r.c.Wait); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// warm waits until every mode has had a call answered by every greeter it
+// will reach (the plain Service: one), so the faults start from steady
+// state.
+func (r *relRun) warm(ctx context.Context, load *relLoad) error {
+	greeters, err := r.readyGreeters(ctx)
+	if err != nil {
+		return err
+	}
+	since := time.Now()
+	var missing []string
+	err = devcluster.Poll(ctx, r.c.Wait, func(context.Context) (bool, error) {
+		missing = missing[:0]
+		for _, m := range r.modes {
+			calls := load.snapshot(m.Name)
+			want := greeters
+			if m.Name == "plain Service (L4)" {
+				if firstOK(calls, since).IsZero() {
+					missing = append(missing, m.Name)
+				}
+				continue
+			}
+			for _, g := range want {
+				if firstCallTo(calls, g, since).IsZero() {
+					missing = append(missing, m.Name+"→"+g)
+				}
+			}
+		}
+		return len(missing) == 0, nil
+	})
+	if err != nil {
+		return fmt.Errorf("before the faults, no answer yet for %v: %w", missing, err)
+	}
+	return nil
+}
+
+// greeterManifests are the greeters: a Deployment rolled one pod at a time
+// with no pod down, a ClusterIP Service and a headless one, and the
+// ServiceAccount and read access of the kubernetes:/// client.
+func greeterManifests(replicas int) string {
+	return fmt.Sprintf(`apiVersion: v1
+kind: Namespace
+metadata:
+  name: %[1]s
+---
+apiVersion: v1
+kind: Service
+metadata: {name: %[2]s, namespace: %[1]s}
+spec:
+  selector: {app: %[2]s}
+  ports: [{name: grpc, port: 50051, targetPort: 50051}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: %[3]s, namespace: %[1]s}
+spec:
+  clusterIP: None
+  selector: {app: %[2]s}
+  ports: [{name: grpc, port: 50051, targetPort: 50051}]
+---
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: %[2]s, namespace: %[1]s}
+spec:
+  replicas: %[4]d
+  strategy:
+    type: RollingUpdate
+    rollingUpdate: {maxSurge: 1, maxUnavailable: 0}
+  selector:
+    matchLabels: {app: %[2]s}
+  template:
+    metadata:
+      labels: {app: %[2]s}
+    spec:
+      terminationGracePeriodSeconds: 5
+      containers:
+      - name: greeter
+        image: ballast:dev
+        command: ["ballast", "greeter", "serve", "--address", ":50051"]
+        env:
+        - name: POD_NAME
+          valueFrom: {fieldRef: {fieldPath: metadata.name}}
+        ports:
+        - {name: grpc, containerPort: 50051}
+        readinessProbe:
+          grpc: {port: 50051}
+          periodSeconds: 1
+---
+apiVersion: v1
+kind: ServiceAccount
+metadata: {name: client-kubernetes, namespace: %[1]s}
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRole
+metadata: {name: ballast-reliability-client}
+rules:
+- apiGroups: [""]
+  resources: [services]
+  verbs: [get, list, watch]
+- apiGroups: [discovery.k8s.io]
+  resources: [endpointslices]
+  verbs: [get, list, watch]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: ballast-reliability-client}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: ballast-reliability-client}
+subjects:
+- {kind: ServiceAccount, name: client-kubernetes, namespace: %[1]s}
+`, relNamespace, relService, relHeadless, replicas)
+}
+
+// clientPod is the greeter client of a mode: `ballast greeter client`
+// serving /grpc_client on 8081, over one connection to its target.
+func clientPod(m relMode) *corev1.Pod {
+	env := []corev1.EnvVar{
+		{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
+		{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+	}
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: m.Pod, Namespace: relNamespace, Labels: map[string]string{"app": m.Pod}},
+		Spec: corev1.PodSpec{
+			TerminationGracePeriodSeconds: new(int64(5)),
+			Containers: []corev1.Container{{
+				Name:    "client",
+				Image:   "ballast:dev",
+				Command: append([]string{"ballast", "greeter", "client", "--listen", ":8081", "--target", m.Target}, m.Args...),
+				Env:     env,
+				Ports:   []corev1.ContainerPort{{Name: "http", ContainerPort: 8081}},
+				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{TCPSocket: &corev1.TCPSocketAction{Port: intstr.FromInt32(8081)}},
+					PeriodSeconds: 1},
+			}},
+		},
+	}
+	if m.Discovery {
+		pod.Spec.ServiceAccountName = "client-kubernetes"
+	}
+	if m.Proxyless {
+		pod.Spec.Volumes = []corev1.Volume{{Name: "xds", VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}}}
+		bootstrap := corev1.EnvVar{Name: "GRPC_XDS_BOOTSTRAP", Value: "/var/run/ballast-xds/bootstrap.json"}
+		mount := []corev1.VolumeMount{{Name: "xds", MountPath: "/var/run/ballast-xds"}}
+		pod.Spec.InitContainers = []corev1.Container{{
+			Name: "xds-bootstrap", Image: "ballast:dev",
+			Command: []string{"ballast", "bootstrap", "--out", "$(GRPC_XDS_BOOTSTRAP)"},
+			Env:     append(env, bootstrap), VolumeMounts: mount,
+		}}
+		c := &pod.Spec.Containers[0]
+		c.Env, c.VolumeMounts = append(c.Env, bootstrap), mount
+	}
+	return pod
+}
