@@ -147,7 +147,8 @@ func DefaultScenarios(quick bool) Scenarios {
 		controlPlanes: controlPlaneConfig{
 			ControlPlanes: []controlPlane{ballastControl{}, istiod{}},
 			Scale: scaleConfig{
-				Sizes:             []scaleSize{{Services: 1000, Endpoints: 10, Clients: 100}, {Services: 5000, Endpoints: 10, Clients: 1000}},
+				Sizes: []scaleSize{{Services: 1000, Endpoints: 10, Clients: 100}, {Services: 5000, Endpoints: 10, Clients: 1000},
+					goalLargeSize},
 				ChangesPerSecond:  50,
 				Changes:           1000,
 				ClientsPerService: 10,

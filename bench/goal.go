@@ -13,9 +13,17 @@ const (
 	// in ms, at the first control-plane size.
 	goalPushP50 = 10
 	goalPushP99 = 50
+	// goalLargePushP99 (ms) and goalLargeRSS (MiB) bound the control
+	// plane at goalLargeSize, the largest full-mode size: every client
+	// synced, pushes and memory still within these.
+	goalLargePushP99 = 100
+	goalLargeRSS     = 400
 	// goalControlRSS bounds the control plane's RSS over istiod's (1/8).
 	goalControlRSS = 0.125
 	// goalPeakEWMA bounds peak-EWMA's p99 over round_robin's with one slow
 	// pod.
 	goalPeakEWMA = 0.25
 )
+
+// goalLargeSize is the size the large-scale goals hold at.
+var goalLargeSize = scaleSize{Services: 10_000, Endpoints: 10, Clients: 1000}

@@ -130,8 +130,17 @@ func (p sidecarPath) Open(ctx context.Context, b *Bench, pods []*pod) (_ *route,
 			control.proc.stop()
 		}
 	}()
+	proc, ports, err := b.startSidecar(ctx, control)
+	if err != nil {
+		return nil, err
+	}
+	return &route{Target: "passthrough:///" + ports[0].String(), Proxy: proc, Close: func() { proc.stop(); control.proc.stop() }}, nil
+}
+
+// startSidecar runs the sidecar with an explicit listener for the client
+// (ports[0]) and its admin port (ports[1]), fed by control.
+func (b *Bench) startSidecar(ctx context.Context, control *control) (*process, []netip.AddrPort, error) {
 	bin, args, name := b.proxyCommand()
-	// ports: the client's listener, admin
 	proc, ports, err := onFreePorts(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 2,
 		func(ports []netip.AddrPort) (*process, error) {
 			return startProcess(exec.Command(bin, append(args,
@@ -144,9 +153,9 @@ func (p sidecarPath) Open(ctx context.Context, b *Bench, pods []*pod) (_ *route,
 			return waitServing(ctx, "passthrough:///"+ports[0].String(), proc, 15*time.Second)
 		})
 	if err != nil {
-		return nil, fmt.Errorf("start the sidecar proxy: %w", err)
+		return nil, nil, fmt.Errorf("start the sidecar proxy: %w", err)
 	}
-	return &route{Target: "passthrough:///" + ports[0].String(), Proxy: proc, Close: func() { proc.stop(); control.proc.stop() }}, nil
+	return proc, ports, nil
 }
 
 // openTransparent makes a network namespace and runs in it what an
@@ -272,7 +281,10 @@ func (b *Bench) hasCommand(name, what string) error {
 // control is a running `ballast control`.
 type control struct {
 	xds  netip.AddrPort
+	http netip.AddrPort
 	proc *process
+	// dir holds the Service's manifest the control plane serves.
+	dir string
 }
 
 // defaultClusterIP is the Service's ClusterIP in the benchmark's own
@@ -314,7 +326,7 @@ func (b *Bench) startControl(ctx context.Context, ns *netns, pods []*pod, policy
 	if err != nil {
 		return nil, fmt.Errorf("start ballast control: %w", err)
 	}
-	return &control{xds: ports[0], proc: proc}, nil
+	return &control{xds: ports[0], http: ports[1], proc: proc, dir: dir}, nil
 }
 
 // controlCommand is the control plane with args: ballast-control when

@@ -85,6 +85,8 @@ func (h *headline) verdict(digits int) string {
 		return "met in its one run"
 	case n == 1:
 		return "NOT met in its one run"
+	case met == n && n == 2:
+		return "met in both runs"
 	case met == n:
 		return fmt.Sprintf("met in all %d runs", n)
 	case met == 0:

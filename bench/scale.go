@@ -131,6 +131,10 @@ func scaleHeadlines(s *Section, sizes []scaleSize) {
 			s.value(fmt.Sprintf("Ballast push p99 ms (%s)", size), colPushP99, ballast, goalPushP99).Top = true
 			s.ratio(fmt.Sprintf("Ballast RSS ÷ istiod's (%s)", size), colRSS, ballast, istio, goalControlRSS).Top = true
 		}
+		if size == goalLargeSize {
+			s.value(fmt.Sprintf("Ballast push p99 ms (%s)", size), colPushP99, ballast, goalLargePushP99).Top = true
+			s.value(fmt.Sprintf("Ballast RSS MiB (%s)", size), colRSS, ballast, goalLargeRSS).Top = true
+		}
 		s.value(fmt.Sprintf("istiod push p50 ms (%s)", size), colPushP50, istio, 0).Top = i == 0
 		h := s.ratio(fmt.Sprintf("Ballast push p50 ÷ istiod's (%s)", size), colPushP50, ballast, istio, 0)
 		h.Top, h.Digits = i == 0, 4

@@ -83,16 +83,17 @@ func dataPathStamp(root string) (string, error) {
 	return "sha256:" + hex.EncodeToString(h.Sum(nil))[:16], nil
 }
 
-// gitHead is the commit checked out at root, with "+ uncommitted changes"
-// when the tree differs from it; empty when git cannot tell.
+// gitHead is the commit checked out at root, with "+ uncommitted changes
+// to the data path" when those files differ from it; empty when git
+// cannot tell.
 func gitHead(root string) string {
 	out, err := exec.Command("git", "-C", root, "rev-parse", "--short=12", "HEAD").Output()
 	if err != nil {
 		return ""
 	}
 	head := strings.TrimSpace(string(out))
-	if err := exec.Command("git", "-C", root, "diff", "--quiet", "HEAD").Run(); err != nil {
-		head += " + uncommitted changes"
+	if err := exec.Command("git", append([]string{"-C", root, "diff", "--quiet", "HEAD", "--"}, dataPathDirs...)...).Run(); err != nil {
+		head += " + uncommitted changes to the data path"
 	}
 	return head
 }

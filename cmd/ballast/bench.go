@@ -22,6 +22,7 @@ func newBenchCmd() *cobra.Command {
 	var (
 		quick, install, jsonOut bool
 		short                   bool
+		soak                    time.Duration
 		runs                    int
 		out                     string
 		only                    []string
@@ -52,6 +53,9 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 					return fmt.Errorf("--only %q: want one of %s, %s", id, strings.Join(bench.ScenarioIDs, ", "), bench.ReliabilityID)
 				}
 			}
+			if soak < 0 || (soak > 0 && len(only) > 0) {
+				return fmt.Errorf("--soak %s: want a duration above zero, without --only", soak)
+			}
 			reliability := slices.Contains(only, bench.ReliabilityID)
 			if reliability && len(only) > 1 {
 				return fmt.Errorf("--only %s runs on a dev cluster of its own: give it alone", bench.ReliabilityID)
@@ -79,6 +83,28 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 			}
 			defer b.Close()
 			start := time.Now()
+			if soak > 0 {
+				report := b.Soak(cmd.Context(), bench.DefaultSoak(soak))
+				if jsonOut {
+					enc := json.NewEncoder(cmd.OutOrStdout())
+					enc.SetIndent("", "  ")
+					if err := enc.Encode(report); err != nil {
+						return err
+					}
+				} else {
+					report.WriteText(cmd.OutOrStdout())
+				}
+				if out != "" {
+					if err := report.Write(out); err != nil {
+						return fmt.Errorf("write report to %s: %w", out, err)
+					}
+					fmt.Fprintf(cmd.ErrOrStderr(), "bench: wrote %s/soak.md in %s\n", out, time.Since(start).Round(time.Second))
+				}
+				if report.Failed != "" {
+					return fmt.Errorf("soak: %s", report.Failed)
+				}
+				return nil
+			}
 			if reliability {
 				report := b.Reliability(cmd.Context(), bench.DefaultReliability(short), short)
 				if jsonOut {
@@ -133,6 +159,7 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 	cmd.Flags().StringVar(&modesBinary, "modes-binary", "", "ballast binary to run `control` and `proxy` from (default: this one)")
 	cmd.Flags().MarkHidden("modes-binary")
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the report as JSON instead of tables")
+	cmd.Flags().DurationVar(&soak, "soak", 0, "run the soak instead for this long (say 1h): load through the sidecar with endpoint churn, RSS and goroutines of the control plane and the sidecar sampled; writes soak.md into --out")
 	cmd.Flags().BoolVar(&short, "short", false, "reliability: the CI-sized scenario (short outages, a smaller scale-out)")
 	cmd.Flags().StringVar(&controlBin, "control-binary", "", "the ballast-control binary the control-plane rows run (default: next to this binary, on $PATH, or built from this checkout)")
 	cmd.Flags().StringVar(&proxyBin, "proxy-binary", "", "the ballast-proxy binary the sidecar rows run (default: next to this binary, on $PATH, or built from this checkout)")

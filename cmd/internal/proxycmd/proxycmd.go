@@ -22,6 +22,8 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc/resolver"
@@ -163,7 +165,12 @@ func runProxy(ctx context.Context, c proxyConfig, sources []Source) error {
 		}
 		services[dst] = proxyTarget(target)
 	}
+	// The Go runtime's series (go_goroutines, heap) beside the proxy's own:
+	// what a leak shows in first (ballast bench --soak reads them).
+	metrics := prometheus.NewRegistry()
+	metrics.MustRegister(collectors.NewGoCollector())
 	opts := proxy.Options{
+		Metrics:         metrics,
 		MaxMessageBytes: c.maxMessage,
 		SniffTimeout:    c.sniffTimeout,
 		DrainTimeout:    c.drainTimeout,
