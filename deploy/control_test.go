@@ -5,6 +5,7 @@ package deploy_test
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -84,7 +85,15 @@ func TestControlBase(t *testing.T) {
 			t.Fatalf("API server rejects %s %s: %v", o.GetKind(), o.GetName(), err)
 		}
 	}
-	for _, k := range []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Deployment", "Service"} {
+	if kinds["CustomResourceDefinition"] != 2 {
+		t.Errorf("%d CRDs, want GRPCRoute's and ReferenceGrant's", kinds["CustomResourceDefinition"])
+	}
+	for _, o := range objs {
+		if o.GetKind() == "CustomResourceDefinition" && o.GetAnnotations()["gateway.networking.k8s.io/bundle-version"] != "v1.6.3" {
+			t.Errorf("CRD %s: bundle-version %q, want v1.6.3", o.GetName(), o.GetAnnotations()["gateway.networking.k8s.io/bundle-version"])
+		}
+	}
+	for _, k := range []string{"Namespace", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding", "Deployment", "Service"} {
 		if kinds[k] != 1 {
 			t.Errorf("%d %s objects, want 1 (kinds: %v)", kinds[k], k, kinds)
 		}
@@ -115,35 +124,44 @@ func TestControlBase(t *testing.T) {
 		}
 	})
 
-	t.Run("rbac is read-only discovery", func(t *testing.T) {
+	t.Run("rbac is discovery, route status and its lease", func(t *testing.T) {
 		tests := []struct {
 			verb, group, resource string
 			allowed               bool
+			subresource, ns       string
 		}{
-			{"list", "", "services", true},
-			{"watch", "", "services", true},
-			{"get", "", "services", true},
-			{"list", "discovery.k8s.io", "endpointslices", true},
-			{"watch", "discovery.k8s.io", "endpointslices", true},
-			{"list", "", "pods", true},
-			{"watch", "", "nodes", true},
-			{"create", "", "services", false},
-			{"update", "discovery.k8s.io", "endpointslices", false},
-			{"delete", "", "pods", false},
-			{"patch", "", "nodes", false},
-			{"get", "", "secrets", false},
-			{"list", "", "configmaps", false},
-			{"list", "", "endpoints", false},
-			{"create", "coordination.k8s.io", "leases", false},
+			{"list", "", "services", true, "", ""},
+			{"watch", "", "services", true, "", ""},
+			{"get", "", "services", true, "", ""},
+			{"list", "discovery.k8s.io", "endpointslices", true, "", ""},
+			{"watch", "discovery.k8s.io", "endpointslices", true, "", ""},
+			{"list", "", "pods", true, "", ""},
+			{"watch", "", "nodes", true, "", ""},
+			{"create", "", "services", false, "", ""},
+			{"update", "discovery.k8s.io", "endpointslices", false, "", ""},
+			{"delete", "", "pods", false, "", ""},
+			{"patch", "", "nodes", false, "", ""},
+			{"get", "", "secrets", false, "", ""},
+			{"list", "", "configmaps", false, "", ""},
+			{"list", "", "endpoints", false, "", ""},
+			{"create", "coordination.k8s.io", "leases", false, "", ""},
+			{"list", "gateway.networking.k8s.io", "grpcroutes", true, "", ""},
+			{"watch", "gateway.networking.k8s.io", "referencegrants", true, "", ""},
+			{"update", "gateway.networking.k8s.io", "grpcroutes", true, "status", ""},
+			{"update", "gateway.networking.k8s.io", "grpcroutes", false, "", ""},
+			{"create", "gateway.networking.k8s.io", "referencegrants", false, "", ""},
+			{"list", "gateway.networking.k8s.io", "httproutes", false, "", ""},
+			{"create", "coordination.k8s.io", "leases", true, "", "ballast-system"},
+			{"update", "coordination.k8s.io", "leases", true, "", "ballast-system"},
 		}
 		for _, tt := range tests {
-			t.Run(fmt.Sprintf("%s %s/%s", tt.verb, tt.group, tt.resource), func(t *testing.T) {
+			t.Run(fmt.Sprintf("%s %s/%s/%s in %s", tt.verb, tt.group, tt.resource, tt.subresource, tt.ns), func(t *testing.T) {
 				review, err := api.Client.AuthorizationV1().SubjectAccessReviews().Create(ctx, &authorizationv1.SubjectAccessReview{
 					Spec: authorizationv1.SubjectAccessReviewSpec{
 						User:   "system:serviceaccount:ballast-system:ballast-control",
 						Groups: []string{"system:serviceaccounts", "system:serviceaccounts:ballast-system", "system:authenticated"},
 						ResourceAttributes: &authorizationv1.ResourceAttributes{
-							Verb: tt.verb, Group: tt.group, Resource: tt.resource, Namespace: "default",
+							Verb: tt.verb, Group: tt.group, Resource: tt.resource, Subresource: tt.subresource, Namespace: cmp.Or(tt.ns, "default"),
 						},
 					},
 				}, metav1.CreateOptions{})

@@ -5,7 +5,8 @@ package deploy
 
 import "embed"
 
-// FS holds control/ and inject/.
+// FS holds control/ (with the Gateway API CRDs it reads, control/gateway-api)
+// and inject/.
 //
 //go:embed control inject
 var FS embed.FS

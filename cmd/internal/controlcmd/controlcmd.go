@@ -16,6 +16,7 @@ import (
 
 	"github.com/ballast-dev/ballast/control"
 	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/discovery/kube"
 	"github.com/ballast-dev/ballast/discovery/source"
 	"github.com/ballast-dev/ballast/policy"
 	"github.com/ballast-dev/ballast/xds"
@@ -101,6 +102,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("%w (give --kubeconfig, or --files to run without a cluster)", err)
 	}
+	var status *kube.StatusWriter
+	if cfg.Kubeconfig != "" || cfg.InCluster {
+		// GRPCRoute status is the control plane's to write, from the
+		// cluster's routes it serves (a file's have no object to write to).
+		restCfg, err := source.RESTConfig(cfg.Kubeconfig)
+		if err != nil {
+			return err
+		}
+		status = kube.NewStatusWriter(restCfg, reg, kube.StatusOptions{Synced: sources.Synced, Logger: log})
+	}
 	xdsLis, err := net.Listen("tcp", cfg.XDSAddress)
 	if err != nil {
 		return fmt.Errorf("--xds-address: %w", err)
@@ -116,6 +127,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return sources.Run(ctx) })
+	if status != nil {
+		g.Go(func() error { return status.Run(ctx) })
+	}
 	g.Go(func() error {
 		return control.Serve(ctx, control.Config{
 			Registry:     reg,

@@ -1,0 +1,209 @@
+package kube
+
+import (
+	"cmp"
+	"context"
+	"fmt"
+	"log/slog"
+	"os"
+	"slices"
+	"time"
+
+	"github.com/go-logr/logr"
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/client-go/util/workqueue"
+	"k8s.io/klog/v2"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
+
+	"github.com/ballast-dev/ballast/discovery"
+)
+
+// StatusOptions configure a StatusWriter.
+type StatusOptions struct {
+	// LeaseNamespace holds the Lease that elects the one replica that
+	// writes; empty means $POD_NAMESPACE, else ballast-system.
+	LeaseNamespace string
+	// Identity names this replica in the Lease; empty means the hostname
+	// (the pod's name).
+	Identity string
+	// Synced reports whether the registry's sources have listed
+	// everything once: nothing is written before, as a route's backends
+	// may not be known yet. Nil means synced.
+	Synced func() bool
+	// Logger receives the writer's logs; nil means slog.Default().
+	Logger *slog.Logger
+}
+
+// leaseName is the Lease of the replicas that write route status.
+const leaseName = "ballast-control-route-status"
+
+// StatusWriter writes what the registry says of each GRPCRoute
+// (discovery.Registry.RouteStatus) to its status.parents, in the entries
+// of ControllerName, leaving other controllers' entries as they are. One
+// replica writes at a time (a Lease), so replicas never fight over a
+// route's status; the others serve xDS all the same.
+type StatusWriter struct {
+	cfg  *rest.Config
+	reg  *discovery.Registry
+	opts StatusOptions
+	log  *slog.Logger
+}
+
+// NewStatusWriter returns a writer of the status of reg's GRPCRoutes to
+// the cluster cfg points at, once Run is called.
+func NewStatusWriter(cfg *rest.Config, reg *discovery.Registry, opts StatusOptions) *StatusWriter {
+	if opts.LeaseNamespace == "" {
+		opts.LeaseNamespace = cmp.Or(os.Getenv("POD_NAMESPACE"), "ballast-system")
+	}
+	if opts.Identity == "" {
+		host, _ := os.Hostname()
+		opts.Identity = host
+	}
+	log := cmp.Or(opts.Logger, slog.Default())
+	return &StatusWriter{cfg: cfg, reg: reg, opts: opts, log: log.With("component", "route-status")}
+}
+
+// Run writes status while this replica holds the Lease, until ctx ends.
+func (w *StatusWriter) Run(ctx context.Context) error {
+	gc, err := gatewayclient.NewForConfig(rest.CopyConfig(w.cfg))
+	if err != nil {
+		return fmt.Errorf("route status: %w", err)
+	}
+	kc, err := kubernetes.NewForConfig(rest.CopyConfig(w.cfg))
+	if err != nil {
+		return fmt.Errorf("route status: %w", err)
+	}
+	lock := &resourcelock.LeaseLock{
+		LeaseMeta:  metav1.ObjectMeta{Namespace: w.opts.LeaseNamespace, Name: leaseName},
+		Client:     kc.CoordinationV1(),
+		LockConfig: resourcelock.ResourceLockConfig{Identity: w.opts.Identity},
+	}
+	// client-go logs through klog; route its contextual logger to ours.
+	ctx = klog.NewContext(ctx, logr.FromSlogHandler(w.log.Handler()))
+	for ctx.Err() == nil {
+		leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
+			Lock:            lock,
+			LeaseDuration:   15 * time.Second,
+			RenewDeadline:   10 * time.Second,
+			RetryPeriod:     2 * time.Second,
+			ReleaseOnCancel: true,
+			Name:            leaseName,
+			Callbacks: leaderelection.LeaderCallbacks{
+				OnStartedLeading: func(ctx context.Context) {
+					w.log.Info("writing route status", "identity", w.opts.Identity)
+					w.write(ctx, gc)
+				},
+				OnStoppedLeading: func() { w.log.Debug("no longer writing route status") },
+			},
+		})
+	}
+	return nil
+}
+
+// write keeps the status of every route up to date until ctx ends: a
+// route whose status may have changed is queued, and each is written
+// from the registry's view at the time it is taken from the queue.
+func (w *StatusWriter) write(ctx context.Context, gc gatewayclient.Interface) {
+	for w.opts.Synced != nil && !w.opts.Synced() {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
+	sub := w.reg.SubscribeRoutes()
+	defer sub.Close()
+	queue := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[discovery.Key]())
+	defer queue.ShutDown()
+	stop := context.AfterFunc(ctx, queue.ShutDown)
+	defer stop()
+	for _, rt := range w.reg.Routes() {
+		queue.Add(discovery.Key{Namespace: rt.Namespace, Name: rt.Name})
+	}
+	go func() {
+		for {
+			select {
+			case <-ctx.Done():
+				return
+			case <-sub.C():
+				for _, k := range sub.Drain() {
+					queue.Add(k)
+				}
+			}
+		}
+	}()
+	for {
+		k, shutdown := queue.Get()
+		if shutdown {
+			return
+		}
+		if err := w.sync(ctx, gc, k); err != nil {
+			w.log.Warn("route status not written; retrying", "grpcroute", k.String(), "err", err)
+			queue.AddRateLimited(k)
+		} else {
+			queue.Forget(k)
+		}
+		queue.Done(k)
+	}
+}
+
+// sync writes one route's status if it differs from what the API holds.
+func (w *StatusWriter) sync(ctx context.Context, gc gatewayclient.Interface, k discovery.Key) error {
+	_, parents, ok := w.reg.RouteStatus(k)
+	if !ok {
+		return nil // deleted
+	}
+	rt, err := gc.GatewayV1().GRPCRoutes(k.Namespace).Get(ctx, k.Name, metav1.GetOptions{})
+	if apierrors.IsNotFound(err) {
+		return nil // not from the API (a file), or deleted meanwhile
+	}
+	if err != nil {
+		return err
+	}
+	next := mergeParents(rt.Status.Parents, parents, metav1.Now())
+	if equality.Semantic.DeepEqual(next, rt.Status.Parents) {
+		return nil
+	}
+	rt.Status.Parents = next
+	if _, err := gc.GatewayV1().GRPCRoutes(k.Namespace).UpdateStatus(ctx, rt, metav1.UpdateOptions{}); err != nil {
+		return fmt.Errorf("update status: %w", err)
+	}
+	w.log.Debug("route status written", "grpcroute", k.String(), "generation", rt.Generation)
+	return nil
+}
+
+// mergeParents is old with Ballast's entries replaced by ours: other
+// controllers' entries stay, in their order; each condition keeps its
+// last transition time while its status stays the same.
+func mergeParents(old, ours []gatewayv1.RouteParentStatus, now metav1.Time) []gatewayv1.RouteParentStatus {
+	var out []gatewayv1.RouteParentStatus
+	for _, p := range old {
+		if p.ControllerName != discovery.ControllerName {
+			out = append(out, p)
+		}
+	}
+	for _, p := range ours {
+		i := slices.IndexFunc(old, func(o gatewayv1.RouteParentStatus) bool {
+			return o.ControllerName == discovery.ControllerName && equality.Semantic.DeepEqual(o.ParentRef, p.ParentRef)
+		})
+		var conds []metav1.Condition
+		if i >= 0 {
+			conds = slices.Clone(old[i].Conditions)
+		}
+		for _, c := range p.Conditions {
+			c.LastTransitionTime = now
+			meta.SetStatusCondition(&conds, c)
+		}
+		p.Conditions = conds
+		out = append(out, p)
+	}
+	return out
+}
