@@ -71,8 +71,11 @@ type ModeResult struct {
 	LastError   string         `json:"last_error,omitempty"`
 	Pods        map[string]int `json:"pods"`
 	// MaxMean is the busiest pod's share over the mean share: 1.0 is even,
-	// and the number of pods means every call went to one pod.
+	// and the number of pods means every call went to one pod. With a
+	// canary, over the stable version's pods.
 	MaxMean float64 `json:"max_mean"`
+	// Versions counts the calls each version answered, with a canary.
+	Versions map[string]int `json:"versions,omitempty"`
 }
 
 // mode is one way for the client to reach the pods.
@@ -93,18 +96,32 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	w, err := startWorld(ctx, opts.Pods, log)
+	w, err := startWorld(ctx, opts.Pods, nil, log)
 	if err != nil {
 		return nil, err
 	}
 	defer w.stop()
 
-	modes := []mode{
-		{
-			name:        "plain-service",
-			description: "one connection to the Service's ClusterIP, balanced per connection (kube-proxy)",
-			target:      "passthrough:///" + w.clusterIP.String(),
-		},
+	modes := append([]mode{{
+		name:        "plain-service",
+		description: "one connection to the Service's ClusterIP, balanced per connection (kube-proxy)",
+		target:      "passthrough:///" + w.clusterIP.String(),
+	}}, w.perCallModes()...)
+	res := &Result{}
+	for _, m := range modes {
+		r, err := w.replay(ctx, m, opts)
+		if err != nil {
+			return nil, err
+		}
+		res.Modes = append(res.Modes, r)
+	}
+	return res, nil
+}
+
+// perCallModes are the modes that balance each call: client-side,
+// proxyless and sidecar.
+func (w *world) perCallModes() []mode {
+	return []mode{
 		{
 			name:        "client-side",
 			perCall:     true,
@@ -129,15 +146,6 @@ func Run(ctx context.Context, opts Options) (*Result, error) {
 			target:      "passthrough:///" + w.sidecar.String(),
 		},
 	}
-	res := &Result{}
-	for _, m := range modes {
-		r, err := w.replay(ctx, m, opts)
-		if err != nil {
-			return nil, err
-		}
-		res.Modes = append(res.Modes, r)
-	}
-	return res, nil
 }
 
 func (w *world) replay(ctx context.Context, m mode, opts Options) (ModeResult, error) {
@@ -165,6 +173,9 @@ func (w *world) replay(ctx context.Context, m mode, opts Options) (ModeResult, e
 	}
 	maps.Copy(r.Pods, t.Pods)
 	r.MaxMean = MaxMean(r.Pods)
+	if w.canary != nil {
+		r.Versions, r.MaxMean = w.canary.versions(r.Pods)
+	}
 	return r, ctx.Err()
 }
 
@@ -208,9 +219,12 @@ type world struct {
 	// plane, bootstrapped as `ballast bootstrap` would for a pod.
 	xdsResolver resolver.Builder
 	sidecar     netip.AddrPort
-	dir         string
-	cancel      context.CancelFunc
-	parts       []part
+	// canary, if set, is the v2 release the article's Service's route
+	// sends a share of the calls to.
+	canary *canary
+	dir    string
+	cancel context.CancelFunc
+	parts  []part
 }
 
 // part is one running part of the world.
@@ -219,7 +233,10 @@ type part struct {
 	done   chan error
 }
 
-func startWorld(ctx context.Context, n int, log *slog.Logger) (_ *world, err error) {
+// startWorld starts n greeter pods behind the article's Service and, with
+// a canary, its v2 pods behind their own Service and the GRPCRoute that
+// splits the article's Service's calls between the two.
+func startWorld(ctx context.Context, n int, c *canary, log *slog.Logger) (_ *world, err error) {
 	ctx, cancel := context.WithCancel(ctx)
 	w := &world{cancel: cancel, registry: discovery.NewRegistry()}
 	defer func() {
@@ -250,6 +267,11 @@ func startWorld(ctx context.Context, n int, log *slog.Logger) (_ *world, err err
 	}
 	if err := os.WriteFile(filepath.Join(w.dir, "native-tools-2.yaml"), yaml, 0o644); err != nil {
 		return nil, err
+	}
+	if c != nil {
+		if err := w.startCanary(ctx, c, n, log); err != nil {
+			return nil, err
+		}
 	}
 	if err := files.New(w.dir, w.registry, files.Options{Logger: log}).Load(); err != nil {
 		return nil, fmt.Errorf("load demo manifests: %w", err)

@@ -57,3 +57,37 @@ func TestMaxMean(t *testing.T) {
 		}
 	}
 }
+
+// TestCanary is the gray release the article ends on: a GRPCRoute sends
+// 10% of the Service's calls to v2, in every per-call mode, and v1's pods
+// still share the rest evenly.
+func TestCanary(t *testing.T) {
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	const calls = 2000
+	res, err := RunCanary(ctx, CanaryOptions{Options: Options{Calls: calls}, Percent: 10})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want := []string{"client-side", "proxyless", "sidecar"}
+	if len(res.Modes) != len(want) {
+		t.Fatalf("%d modes, want %v", len(res.Modes), want)
+	}
+	for i, m := range res.Modes {
+		if m.Mode != want[i] {
+			t.Errorf("mode %d is %s, want %s", i, m.Mode, want[i])
+		}
+		if m.Calls != calls || m.Errors != 0 || len(m.Pods) != 4 {
+			t.Errorf("%s: %d calls, %d errors (last: %s) over %v; want %d calls, 0 errors, 3 v1 pods and 1 v2", m.Mode, m.Calls, m.Errors, m.LastError, m.Pods, calls)
+			continue
+		}
+		// 10% of 2,000 calls drawn at random: 2.5 points is 3.7 standard deviations.
+		share := 100 * float64(m.Versions["v2"]) / calls
+		if share < 7.5 || share > 12.5 {
+			t.Errorf("%s: v2 took %.1f%% of the calls, want 10%% ± 2.5: %v", m.Mode, share, m.Versions)
+		}
+		if m.MaxMean > 1.05 {
+			t.Errorf("%s: v1's busiest pod %.2f× its mean, want ≤ 1.05: %v", m.Mode, m.MaxMean, m.Pods)
+		}
+	}
+}

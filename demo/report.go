@@ -23,8 +23,16 @@ func (r *Result) WriteText(w io.Writer) {
 			bar := strings.Repeat("█", int(share*width+0.5))
 			fmt.Fprintf(w, "  %-32s %5d  %-*s %5.1f%%\n", pod, n, width, bar, 100*share)
 		}
-		fmt.Fprintf(w, "  calls %d, errors %d, max/mean %.2f (1.00 is even; %d means one pod took every call)\n",
-			m.Calls, m.Errors, m.MaxMean, len(m.Pods))
+		if len(m.Versions) > 0 {
+			fmt.Fprint(w, " ")
+			for _, v := range slices.Sorted(maps.Keys(m.Versions)) {
+				fmt.Fprintf(w, " %s %d (%.1f%%)", v, m.Versions[v], 100*float64(m.Versions[v])/float64(max(m.Calls, 1)))
+			}
+			fmt.Fprintf(w, "; calls %d, errors %d, max/mean over v1's pods %.2f\n", m.Calls, m.Errors, m.MaxMean)
+		} else {
+			fmt.Fprintf(w, "  calls %d, errors %d, max/mean %.2f (1.00 is even; %d means one pod took every call)\n",
+				m.Calls, m.Errors, m.MaxMean, len(m.Pods))
+		}
 		if m.LastError != "" {
 			fmt.Fprintf(w, "  last error: %s\n", m.LastError)
 		}

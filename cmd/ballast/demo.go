@@ -39,6 +39,7 @@ printing how many calls each pod answered.`,
 			if opts.Calls < 1 || opts.Pods < 1 || opts.Pods > 8 {
 				return fmt.Errorf("--calls must be ≥ 1 and --pods between 1 and 8 (got %d, %d)", opts.Calls, opts.Pods)
 			}
+			quietGRPC()
 			opts.Progress = progressBar(cmd.ErrOrStderr())
 			run := demo.Run
 			if kube {
@@ -48,21 +49,77 @@ printing how many calls each pod answered.`,
 			if err != nil {
 				return err
 			}
-			out := cmd.OutOrStdout()
-			if output == "json" {
-				enc := json.NewEncoder(out)
-				enc.SetIndent("", "  ")
-				return enc.Encode(res)
-			}
-			res.WriteText(out)
-			return nil
+			return writeResult(cmd.OutOrStdout(), res, output)
 		},
 	}
+	cmd.AddCommand(newDemoCanaryCmd())
 	cmd.Flags().IntVar(&opts.Calls, "calls", 300, "calls per mode")
 	cmd.Flags().IntVar(&opts.Pods, "pods", 3, "greeter pods")
 	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
 	cmd.Flags().BoolVar(&kube, "kube", false, "replay on a real Kubernetes started on this machine (needs root; see ballast dev cluster)")
 	return cmd
+}
+
+func newDemoCanaryCmd() *cobra.Command {
+	var (
+		opts   demo.CanaryOptions
+		output string
+	)
+	cmd := &cobra.Command{
+		Use:   "canary",
+		Short: "The article's gray release: a GRPCRoute sends a share of the greeter's calls to v2",
+		Long: `Starts the greeter's v1 pods and a v2 release behind its own Service, and a Gateway API
+GRPCRoute attached to the article's Service that sends --percent of its calls to v2. Each per-call
+mode (client-side kubernetes:///, proxyless xds:///, sidecar) makes the same calls over one connection
+and prints how many each pod and each version answered.`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, _ []string) error {
+			if output != "text" && output != "json" {
+				return fmt.Errorf("--output %q: want text or json", output)
+			}
+			if opts.Calls < 1 || opts.Options.Pods < 1 || opts.Options.Pods > 6 || opts.Pods < 1 || opts.Pods > 2 {
+				return fmt.Errorf("--calls must be ≥ 1, --pods between 1 and 6 and --canary-pods 1 or 2 (got %d, %d, %d)", opts.Calls, opts.Options.Pods, opts.Pods)
+			}
+			if opts.Percent < 0 || opts.Percent > 100 {
+				return fmt.Errorf("--percent %d: want 0 to 100", opts.Percent)
+			}
+			quietGRPC()
+			opts.Progress = progressBar(cmd.ErrOrStderr())
+			res, err := demo.RunCanary(cmd.Context(), opts)
+			if err != nil {
+				return err
+			}
+			return writeResult(cmd.OutOrStdout(), res, output)
+		},
+	}
+	cmd.Flags().IntVar(&opts.Calls, "calls", 1000, "calls per mode")
+	cmd.Flags().IntVar(&opts.Options.Pods, "pods", 3, "v1 greeter pods")
+	cmd.Flags().IntVar(&opts.Pods, "canary-pods", 1, "v2 greeter pods")
+	cmd.Flags().IntVar(&opts.Percent, "percent", 10, "the canary's share of the calls, in percent (the route's weights are 100-N and N)")
+	cmd.Flags().StringVarP(&output, "output", "o", "text", "text or json")
+	return cmd
+}
+
+// quietGRPC keeps gRPC's warnings out of a demo's output unless
+// GRPC_GO_LOG_SEVERITY_LEVEL asks for them: pods and streams that start or
+// stop while the demo sets up and tears down are not news (the dev
+// cluster's readiness probes dial pods before they listen, and clients
+// see their streams end as the world stops).
+func quietGRPC() {
+	if os.Getenv("GRPC_GO_LOG_SEVERITY_LEVEL") == "" {
+		grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
+	}
+}
+
+// writeResult prints a demo's result as text tables or JSON.
+func writeResult(out io.Writer, res *demo.Result, output string) error {
+	if output == "json" {
+		enc := json.NewEncoder(out)
+		enc.SetIndent("", "  ")
+		return enc.Encode(res)
+	}
+	res.WriteText(out)
+	return nil
 }
 
 // progressBar draws one bar per mode on a terminal, redrawn in place; on
@@ -114,9 +171,6 @@ func runKubeDemo(ctx context.Context, opts demo.Options) (*demo.Result, error) {
 		}
 		images[b.image] = path
 	}
-	// The cluster's gRPC readiness probes dial pods before they listen;
-	// that is starting up, not news.
-	grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
 	fmt.Fprintln(os.Stderr, "starting a dev cluster (etcd, kube-apiserver, controllers, 2 nodes, CoreDNS)…")
 	c, err := devcluster.Start(ctx, devcluster.Options{Images: images, Log: slog.Default()})
 	if err != nil {
