@@ -7,9 +7,12 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
+
+	"github.com/ballast-dev/ballast/policy"
 )
 
 var update = flag.Bool("update", false, "rewrite docs/languages.md from this run's results")
@@ -128,10 +131,53 @@ func render() []byte {
 		}
 		b.WriteString("\n")
 	}
+	b.WriteString(capabilities())
 	return b.Bytes()
 }
 
+// capabilities is the section of docs/languages.md that says which mode
+// applies what of a route where the modes differ: policy.Capabilities,
+// which route status (the Accepted condition's message) quotes too.
+func capabilities() string {
+	var b strings.Builder
+	b.WriteString("\n## What each mode applies of a route\n\n")
+	b.WriteString("From `policy.Capabilities`, which a GRPCRoute's Accepted condition quotes for the rules that use them.\n")
+	b.WriteString("Every other part of a route (method and header matches, weighted backends, a missing backend's share failing\n")
+	b.WriteString("UNAVAILABLE) is applied by every mode.\n\n")
+	b.WriteString("| feature |")
+	for _, m := range policy.Modes {
+		fmt.Fprintf(&b, " %s |", m)
+	}
+	b.WriteString(" why not |\n|---|")
+	b.WriteString(strings.Repeat("---|", len(policy.Modes)+1))
+	b.WriteString("\n")
+	for _, c := range policy.Capabilities {
+		fmt.Fprintf(&b, "| %s |", c.Feature)
+		for _, m := range policy.Modes {
+			cell := "no"
+			if slices.Contains(c.Honoured, m) {
+				cell = "yes"
+			}
+			fmt.Fprintf(&b, " %s |", cell)
+		}
+		fmt.Fprintf(&b, " %s |\n", c.Why)
+	}
+	return b.String()
+}
+
 const docPath = "../docs/languages.md"
+
+// docs/languages.md ends with the capability table as policy.Capabilities
+// says it now, whether or not the whole matrix ran.
+func TestCapabilitiesDocumented(t *testing.T) {
+	doc, err := os.ReadFile(filepath.FromSlash(docPath))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := capabilities(); !strings.HasSuffix(string(doc), want) {
+		t.Errorf("docs/languages.md does not end with the capability table (run go test ./interop -update):\n%s", want)
+	}
+}
 
 // TestMain checks docs/languages.md against a complete run's results, or
 // rewrites it with -update, so the doc cannot drift from what ran.

@@ -43,11 +43,11 @@ type Capability struct {
 var Capabilities = []Capability{{
 	Feature:  RequestHeaderModifier,
 	Honoured: []Mode{Sidecar, Library},
-	Why:      "grpc-go's xDS client applies no header modifications of a route (request_headers_to_add/remove are ignored)",
+	Why:      "gRPC's proxyless xDS clients (grpc-go among them) do not apply a route's request_headers_to_add/remove",
 }, {
 	Feature:  ResponseHeaderModifier,
 	Honoured: []Mode{Sidecar, Library},
-	Why:      "grpc-go's xDS client applies no header modifications of a route (response_headers_to_add/remove are ignored)",
+	Why:      "gRPC's proxyless xDS clients (grpc-go among them) do not apply a route's response_headers_to_add/remove",
 }}
 
 // Unsupported lists the modes that do not honour f, and why; none for a
