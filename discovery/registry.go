@@ -137,6 +137,8 @@ type Registry struct {
 	mu       sync.RWMutex
 	services map[Key]*Service
 	routes   map[Key]*routeEntry
+	// byParent indexes the served routes by the Services they attach to.
+	byParent map[Key]map[Key]bool
 	grants   map[Key]*gatewayv1.ReferenceGrant
 	subs     map[*Subscription]struct{}
 	// routeSubs collect the keys of GRPCRoutes whose status may have
@@ -149,6 +151,7 @@ func NewRegistry() *Registry {
 	return &Registry{
 		services:  map[Key]*Service{},
 		routes:    map[Key]*routeEntry{},
+		byParent:  map[Key]map[Key]bool{},
 		grants:    map[Key]*gatewayv1.ReferenceGrant{},
 		subs:      map[*Subscription]struct{}{},
 		routeSubs: map[*Subscription]struct{}{},
@@ -182,7 +185,7 @@ func (r *Registry) Set(s *Service) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	old, existed := r.services[s.Key]
-	if len(r.routes) > 0 {
+	if len(r.byParent[s.Key]) > 0 {
 		// s sees itself as it will be: a route may send calls to its own
 		// Service.
 		s.Routes = resolveRoutes(s, r.routesOfLocked(s.Key), registryView{r: r, pending: s})

@@ -43,9 +43,11 @@ func (r *Registry) SetRoute(rt *gatewayv1.GRPCRoute) {
 	affected := map[Key]bool{}
 	if old != nil && old.served != nil {
 		parentsOf(old.served, affected)
+		r.indexLocked(k, old.served, false)
 	}
 	if e.served != nil {
 		parentsOf(e.served, affected)
+		r.indexLocked(k, e.served, true)
 	}
 	r.reresolveLocked(affected)
 	r.notifyRoutesLocked([]Key{k})
@@ -63,6 +65,7 @@ func (r *Registry) DeleteRoute(k Key) {
 	affected := map[Key]bool{}
 	if old.served != nil {
 		parentsOf(old.served, affected)
+		r.indexLocked(k, old.served, false)
 	}
 	r.reresolveLocked(affected)
 	r.notifyRoutesLocked([]Key{k})
@@ -140,17 +143,33 @@ func (r *Registry) reresolveLocked(parents map[Key]bool) {
 	}
 }
 
+// indexLocked adds (or removes) the served route rt, named k, to the
+// index of routes by parent Service, which every Set reads: an endpoint
+// change of a Service costs a lookup, not a pass over every route.
+func (r *Registry) indexLocked(k Key, rt *gatewayv1.GRPCRoute, add bool) {
+	parents := map[Key]bool{}
+	parentsOf(rt, parents)
+	for p := range parents {
+		if add {
+			if r.byParent[p] == nil {
+				r.byParent[p] = map[Key]bool{}
+			}
+			r.byParent[p][k] = true
+			continue
+		}
+		delete(r.byParent[p], k)
+		if len(r.byParent[p]) == 0 {
+			delete(r.byParent, p)
+		}
+	}
+}
+
 // routesOfLocked are the served routes that name the Service k as a
 // parent, in a stable order.
 func (r *Registry) routesOfLocked(k Key) []*gatewayv1.GRPCRoute {
 	var out []*gatewayv1.GRPCRoute
-	for _, e := range r.routes {
-		if e.served == nil {
-			continue
-		}
-		parents := map[Key]bool{}
-		parentsOf(e.served, parents)
-		if parents[k] {
+	for rk := range r.byParent[k] {
+		if e := r.routes[rk]; e != nil && e.served != nil {
 			out = append(out, e.served)
 		}
 	}
