@@ -3,6 +3,7 @@ package kube
 import (
 	"context"
 	"fmt"
+	"time"
 
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
@@ -20,8 +21,10 @@ import (
 // ReferenceGrants (v1beta1, which every Gateway API release since v0.6
 // serves) and write them to the registry as they come: the registry
 // itself re-resolves the Services they touch. A cluster without the
-// Gateway API CRDs has no routes: the source reads Services as before.
-// It returns the informers' sync checks; none when the CRDs are missing.
+// Gateway API CRDs has no routes: the source reads Services as before,
+// and looks for the CRDs again every crdPoll, since they are often
+// installed with the control plane, in the same apply. It returns the
+// informers' sync checks; none when the CRDs are missing.
 func (s *Source) routeInformers(ctx context.Context, start func(func())) ([]cache.InformerSynced, error) {
 	gc, err := gatewayclient.NewForConfig(rest.CopyConfig(s.cfg))
 	if err != nil {
@@ -30,9 +33,39 @@ func (s *Source) routeInformers(ctx context.Context, start func(func())) ([]cach
 	if ok, err := served(gc, gatewayv1.GroupVersion.String(), "grpcroutes"); err != nil {
 		return nil, err
 	} else if !ok {
-		s.log.Info("the GRPCRoute CRD is not installed: no routes", "group", gatewayv1.GroupVersion.String())
+		s.log.Info("the GRPCRoute CRD is not installed: no routes until it is", "group", gatewayv1.GroupVersion.String())
+		start(func() { s.awaitRoutes(ctx, gc, start) })
 		return nil, nil
 	}
+	return s.watchRoutes(ctx, gc, start)
+}
+
+// crdPoll is how often a source without the GRPCRoute CRD looks for it.
+const crdPoll = 5 * time.Second
+
+// awaitRoutes watches routes once the GRPCRoute CRD is served.
+func (s *Source) awaitRoutes(ctx context.Context, gc gatewayclient.Interface, start func(func())) {
+	t := time.NewTicker(crdPoll)
+	defer t.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+		if ok, err := served(gc, gatewayv1.GroupVersion.String(), "grpcroutes"); err != nil || !ok {
+			continue
+		}
+		s.log.Info("the GRPCRoute CRD is installed: reading routes")
+		if _, err := s.watchRoutes(ctx, gc, start); err != nil {
+			s.log.Error("cannot watch routes", "err", err)
+		}
+		return
+	}
+}
+
+// watchRoutes starts the informers on GRPCRoutes and ReferenceGrants.
+func (s *Source) watchRoutes(ctx context.Context, gc gatewayclient.Interface, start func(func())) ([]cache.InformerSynced, error) {
 	grants, err := served(gc, gatewayv1beta1.GroupVersion.String(), "referencegrants")
 	if err != nil {
 		return nil, err
