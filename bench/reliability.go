@@ -27,7 +27,9 @@ type ReliabilityConfig struct {
 	// that fail because of a fault may come after it ended.
 	Quiet time.Duration
 	// Bound is how long after Quiet a fault waits for every mode to use
-	// the new state; "never" in the report means not within it.
+	// the new state; "never" in the report means not within it. Longer
+	// than grpc-go's reconnect backoff cap (120 s), which a client of a
+	// control plane that was away may be waiting out.
 	Bound time.Duration
 	// Wait bounds every wait for the cluster (rollouts, readiness).
 	Wait time.Duration
@@ -43,7 +45,7 @@ const ReliabilityID = "reliability"
 // runs every fault in a few minutes.
 func DefaultReliability(ci bool) ReliabilityConfig {
 	c := ReliabilityConfig{Replicas: 3, ScaleTo: 10, Pace: 20 * time.Millisecond, Down: 60 * time.Second,
-		Quiet: 10 * time.Second, Bound: time.Minute, Wait: 3 * time.Minute, Faults: faultIDs()}
+		Quiet: 10 * time.Second, Bound: 150 * time.Second, Wait: 3 * time.Minute, Faults: faultIDs()}
 	if ci {
 		c.ScaleTo, c.Down, c.Quiet, c.Bound, c.Pace = 5, 5*time.Second, 3*time.Second, 5*time.Second, 50*time.Millisecond
 	}
@@ -62,6 +64,9 @@ type relMode struct {
 	// the proxy, Discovery grants its ServiceAccount the reads of the
 	// kubernetes:/// resolver.
 	Ballast, Proxyless, Sidecar, Discovery bool
+	// PerConnection: the mode balances once per connection (the plain
+	// Service) and is not waited for to use a new pod: it never will.
+	PerConnection bool
 }
 
 const (
@@ -76,7 +81,7 @@ func relModes() []relMode {
 		{Name: "client-side (kubernetes:///)", Pod: "client-kubernetes", Target: fmt.Sprintf("kubernetes:///%s.%s:50051", relService, relNamespace), Ballast: true, Discovery: true},
 		{Name: "proxyless (xds:///)", Pod: "client-xds", Target: fmt.Sprintf("xds:///%s.%s:50051", relService, relNamespace), Ballast: true, Proxyless: true},
 		{Name: "sidecar (iptables)", Pod: "client-sidecar", Target: svc, Ballast: true, Sidecar: true},
-		{Name: "plain Service (L4)", Pod: "client-plain", Target: svc},
+		{Name: "plain Service (L4)", Pod: "client-plain", Target: svc, PerConnection: true},
 		{Name: "headless + dns:/// round_robin", Pod: "client-dns", Target: fmt.Sprintf("dns:///%s.%s.svc.cluster.local:50051", relHeadless, relNamespace),
 			Args: []string{"--lb-policy", "round_robin"}},
 	}

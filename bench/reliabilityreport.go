@@ -90,7 +90,8 @@ func (r *ReliabilityReport) markdown() string {
 		"each call bounded by the client's 1 s deadline, through every fault in turn.\n\n" +
 		"- calls during: calls that started between the fault's start and its end (the cluster back to its steady state).\n" +
 		"- failed: calls that failed from the fault's start to the quiet period after its end.\n" +
-		"- new state used after: what each fault's line says; \"never\" means not within the wait after the fault, \"–\" no such measure.\n\n")
+		"- new state used after: what each fault's line says; \"never\" means not within the wait after the fault (the quiet period, then up to the bound " +
+		"for every mode but the plain Service, which balances once per connection), \"–\" no such measure.\n\n")
 	b.WriteString("## Goals\n\n")
 	if r.Failed != "" {
 		fmt.Fprintf(&b, "**The scenario stopped: %s**\n\n", mdCell(r.Failed))

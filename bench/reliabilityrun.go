@@ -201,11 +201,11 @@ func (b *Bench) Reliability(ctx context.Context, c ReliabilityConfig, ci bool) *
 			fr.Failed = err.Error()
 			break
 		}
-		// Then up to Bound more, until every mode uses the new state (the
-		// plain Service never will: it waits the whole bound).
+		// Then up to Bound more, until every mode uses the new state (but
+		// the plain Service, which never will).
 		devcluster.Poll(ctx, c.Bound, func(context.Context) (bool, error) {
 			for _, m := range r.modes {
-				if row := r.measure(load.snapshot(m.Name), m, o); row.Measured && !row.Converged {
+				if row := r.measure(load.snapshot(m.Name), m, o); row.Measured && !row.Converged && !m.PerConnection {
 					return false, nil
 				}
 			}
