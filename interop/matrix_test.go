@@ -80,11 +80,17 @@ var columns = []struct {
 	{"python-sidecar", func(v map[string]string) string {
 		return fmt.Sprintf("Python through ballast-proxy: grpcio %s, no xDS", v["grpc"])
 	}},
+	{"node-injected", func(v map[string]string) string {
+		return fmt.Sprintf("Node in an injected pod (dev cluster): @grpc/grpc-js %s, no xDS", v["grpc"])
+	}},
+	{"python-injected", func(v map[string]string) string {
+		return fmt.Sprintf("Python in an injected pod (dev cluster): grpcio %s, no xDS", v["grpc"])
+	}},
 }
 
 // complete reports whether every cell of the matrix ran in this process.
 func complete() bool {
-	if !results.ran["TestLanguages"] || !results.ran["TestBootstrapParsers"] {
+	if !results.ran["TestLanguages"] || !results.ran["TestBootstrapParsers"] || !results.ran["TestInjectedSidecar"] {
 		return false
 	}
 	for _, c := range columns {
@@ -106,6 +112,10 @@ func render() []byte {
 	b.WriteString("The two sidecar columns run the same scripts with no bootstrap, dialling `ballast-proxy`'s explicit listeners\n")
 	b.WriteString("(`--outbound ADDR=name.namespace:port`) on loopback, which balance each call with the config the control plane\n")
 	b.WriteString("sends them (the injected sidecar's data path, without the dev cluster's iptables capture).\n")
+	b.WriteString("The two injected columns (TestInjectedSidecar) run the same scripts, again without a bootstrap, inside a pod\n")
+	b.WriteString("of the dev cluster in a namespace labelled for injection: the webhook from `deploy/inject` added the sidecar,\n")
+	b.WriteString("the scripts dial the greeters' ClusterIP, and the pod's iptables rules hand that one connection to the sidecar;\n")
+	b.WriteString("they run the balance case, the others run through the explicit listeners beside them.\n")
 	b.WriteString("A failed case fails the suite, and this file is checked against (or, with -update, written from) a run\n")
 	b.WriteString("where every case ran, so a yes is a case that passed with the versions in its column's heading.\n")
 	b.WriteString("A policy row passes on whichever policy of the Service's Cluster list (peak_ewma → least_request →\n")
@@ -124,8 +134,11 @@ func render() []byte {
 			if !ok {
 				cell = "no"
 			}
-			if !ok && r.key == "bootstrap" && strings.HasSuffix(c.lang, "-sidecar") {
+			switch {
+			case !ok && r.key == "bootstrap" && (strings.HasSuffix(c.lang, "-sidecar") || strings.HasSuffix(c.lang, "-injected")):
 				cell = "n/a (the sidecar reads the xDS config)"
+			case !ok && strings.HasSuffix(c.lang, "-injected"):
+				cell = "not run in the dev cluster (the ballast-proxy column runs it)"
 			}
 			fmt.Fprintf(&b, " %s |", cell)
 		}

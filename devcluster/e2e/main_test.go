@@ -9,9 +9,7 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"os/exec"
 	"os/signal"
-	"path/filepath"
 	"syscall"
 	"testing"
 	"time"
@@ -24,10 +22,10 @@ import (
 var cluster *devcluster.Cluster
 
 const (
-	image      = "ballast:dev"
-	proxyImage = "ballast-proxy:dev" // what deploy/inject injects
+	image      = devcluster.BallastImage
+	proxyImage = devcluster.ProxyImage
 	// controlImage is what deploy/control runs.
-	controlImage = "ballast-control:dev"
+	controlImage = devcluster.ControlImage
 )
 
 func TestMain(m *testing.M) {
@@ -47,31 +45,11 @@ func runTests(m *testing.M) int {
 		return 1
 	}
 	defer os.RemoveAll(tmp)
-	// Containers with a runAsUser (the injected proxy as 1337, the control
-	// plane as 65532) must reach the binary.
-	if err := os.Chmod(tmp, 0o755); err != nil {
+	fmt.Fprintln(os.Stderr, "devcluster e2e: building ballast, ballast-proxy and ballast-control")
+	images, err := devcluster.BuildImages(ctx, tmp, os.Stderr)
+	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
-	}
-	bin, proxyBin, controlBin := filepath.Join(tmp, "ballast"), filepath.Join(tmp, "ballast-proxy"), filepath.Join(tmp, "ballast-control")
-	fmt.Fprintln(os.Stderr, "devcluster e2e: building ballast, ballast-proxy and ballast-control")
-	for _, b := range []struct {
-		out, pkg string
-		env      []string
-	}{
-		{bin, "github.com/ballast-dev/ballast/cmd/ballast", nil},
-		// Static and without x/net/trace, as the sidecar image holds it
-		// (see slimBuildTags in cmd/ballast).
-		{proxyBin, "github.com/ballast-dev/ballast/cmd/ballast-proxy", []string{"CGO_ENABLED=0"}},
-		{controlBin, "github.com/ballast-dev/ballast/cmd/ballast-control", []string{"CGO_ENABLED=0"}},
-	} {
-		build := exec.CommandContext(ctx, "go", "build", "-tags", "grpcnotrace", "-o", b.out, b.pkg)
-		build.Env = append(os.Environ(), b.env...)
-		build.Stderr = os.Stderr
-		if err := build.Run(); err != nil {
-			fmt.Fprintln(os.Stderr, "build", b.pkg+":", err)
-			return 1
-		}
 	}
 	// Readiness probes dial pods before they listen; that is not news.
 	grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
@@ -81,7 +59,7 @@ func runTests(m *testing.M) int {
 	}
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	start := time.Now()
-	cluster, err = devcluster.Start(ctx, devcluster.Options{Images: map[string]string{image: bin, proxyImage: proxyBin, controlImage: controlBin}, Log: log,
+	cluster, err = devcluster.Start(ctx, devcluster.Options{Images: images, Log: log,
 		TokenClock: func() time.Time { return time.Now().Add(time.Duration(tokenClockAhead.Load())) }})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start dev cluster:", err)
