@@ -10,6 +10,7 @@ import (
 	"path/filepath"
 	"regexp"
 	"slices"
+	"strings"
 	"syscall"
 	"testing"
 	"time"
@@ -30,6 +31,23 @@ var services = []struct{ name, policy string }{
 	{"lr", "least_request"},
 	{"ewma", "peak_ewma"},
 }
+
+// canaryService has no pods of its own: a GRPCRoute attached to it sends
+// 90% of its calls to greeter and 10% to lr.
+const canaryService = "canary"
+
+// canaryRoute is that route, as a user writes it.
+const canaryRoute = `apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: canary, namespace: default}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: canary, port: 50051}
+  rules:
+  - backendRefs:
+    - {name: greeter, port: 50051, weight: 90}
+    - {name: lr, port: 50051, weight: 10}
+`
 
 // target is what a client dials for service: its xds:/// name, or the
 // sidecar's listener for it.
@@ -54,6 +72,14 @@ type mesh struct {
 	// proxied are ballast-proxy's listeners by Service, when the clients
 	// go through it.
 	proxied map[string]string
+}
+
+func serviceNames() []string {
+	var names []string
+	for _, s := range services {
+		names = append(names, s.name)
+	}
+	return names
 }
 
 func newMesh(t *testing.T) *mesh {
@@ -109,6 +135,14 @@ func (m *mesh) write() {
 		}
 		all = append(all, doc...)
 	}
+	canary, err := files.Manifest(&corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: canaryService, Namespace: "default"},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "grpc", Port: 50051}}},
+	}, "grpc", nil)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	all = append(append(all, canary...), "---\n"+canaryRoute...)
 	tmp := filepath.Join(m.dir, ".services.yaml.tmp")
 	if err := os.WriteFile(tmp, all, 0o644); err != nil {
 		m.t.Fatal(err)
@@ -182,9 +216,9 @@ func (m *mesh) startProxy() {
 	for try := 0; ; try++ {
 		args := []string{"--xds-address", m.addr, "--node-id", node.ID("client", "default"), "--admin-address", freeAddr(m.t)}
 		proxied := map[string]string{}
-		for _, s := range services {
-			proxied[s.name] = freeAddr(m.t)
-			args = append(args, "--outbound", proxied[s.name]+"="+s.name+".default:50051")
+		for _, name := range append(serviceNames(), canaryService) {
+			proxied[name] = freeAddr(m.t)
+			args = append(args, "--outbound", proxied[name]+"="+name+".default:50051")
 		}
 		cmd := exec.Command(proxyBinary, args...)
 		log := &syncBuffer{}
@@ -356,6 +390,31 @@ func TestLanguages(t *testing.T) {
 					pass(lang.name, "policy "+s.policy)
 				})
 			}
+			t.Run("canary 90/10", func(t *testing.T) {
+				const n = 1000
+				until(t, c, m.target(canaryService), 20, "calls to the canary backend", func(b batch) bool {
+					return b.Pods["lr-0"]+b.Pods["lr-1"]+b.Pods["lr-2"] > 0
+				})
+				b := c.calls(t, m.target(canaryService), n)
+				if b.Errors > 0 {
+					t.Fatalf("%d of %d calls failed, first: %s", b.Errors, n, b.FirstError)
+				}
+				lr := 0
+				for p, k := range b.Pods {
+					if strings.HasPrefix(p, "lr-") {
+						lr += k
+					} else if !strings.HasPrefix(p, "greeter-") {
+						t.Fatalf("a call reached %s, which neither backend holds: %v", p, b.Pods)
+					}
+				}
+				share := 100 * float64(lr) / n
+				t.Logf("%d calls: %.1f%% to the 10%% backend: %v", n, share, b.Pods)
+				// 3 points is 3.2 standard deviations of 1,000 draws at 10%.
+				if share < 7 || share > 13 {
+					t.Fatalf("%.1f%% of calls to the 10%% backend, want 10 ± 3: %v", share, b.Pods)
+				}
+				pass(lang.name, "canary 90/10")
+			})
 			t.Run("scale-up", func(t *testing.T) {
 				m.addPod("greeter", "greeter-3")
 				until(t, c, m.target("greeter"), 20, "calls on the added pod", func(b batch) bool { return b.Pods["greeter-3"] > 0 })

@@ -23,6 +23,7 @@ var rows = []struct{ key, what string }{
 	{"balance", "spreads 300 calls over 3 pods, max/mean ≤ 1.05, no errors (bootstrap without a zone)"},
 	{"policy least_request", "balances a `least_request` Service (its own least_request, or the round_robin fallback): max/mean ≤ 1.5"},
 	{"policy peak_ewma", "balances a `peak_ewma` Service (falls back down the list to a policy it has): max/mean ≤ 1.5; no errors"},
+	{"canary 90/10", "a GRPCRoute attached to a Service sends 90% of its calls to one backend Service and 10% to another: 10% ± 3 of 1,000 calls"},
 	{"scale-up", "a pod added to the EndpointSlice gets calls, under load, no errors"},
 	{"removal", "a pod taken out of the EndpointSlice stops getting calls, no errors"},
 	{"control-plane restart", "calls keep succeeding on the last config with the control plane down; a change made meanwhile is picked up after it restarts"},
