@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"sort"
 	"strconv"
 	"strings"
 	"sync"
@@ -36,7 +37,8 @@ import (
 // agent is the kubelet side of the cluster: one virtual-kubelet node per
 // zone, whose pods are local processes in their own network namespaces.
 type agent struct {
-	images map[string]string // image → binary that is its entrypoint
+	images map[string]string   // image → binary that is its entrypoint
+	dirs   map[string]ImageDir // image → its files, for images of more than one
 	net    *network
 	dir    string
 	log    *slog.Logger
@@ -53,11 +55,13 @@ type agent struct {
 func (a *agent) command(c corev1.Container) ([]string, error) {
 	argv := append([]string{}, c.Command...)
 	if len(argv) == 0 {
-		bin, ok := a.images[c.Image]
-		if !ok {
+		if bin, ok := a.images[c.Image]; ok {
+			argv = []string{bin}
+		} else if d, ok := a.dirs[c.Image]; ok {
+			argv = []string{d.Entrypoint}
+		} else {
 			return nil, fmt.Errorf("image %q: no local binary for it (known: %s)", c.Image, a.imageList())
 		}
-		argv = []string{bin}
 	}
 	argv = append(argv, c.Args...)
 	return a.resolveArgv(c.Image, argv)
@@ -65,13 +69,18 @@ func (a *agent) command(c corev1.Container) ([]string, error) {
 
 // resolveArgv maps argv[0] to a binary: the image's binary when it names
 // it (by path or base name, e.g. "ballast" or "/ballast" for ballast:dev),
-// else a program on the host's PATH.
+// or a program of an ImageDir image (by its path there, or by name on the
+// image's PATH), else a program on the host's PATH.
 func (a *agent) resolveArgv(image string, argv []string) ([]string, error) {
 	if len(argv) == 0 {
 		return nil, fmt.Errorf("empty command")
 	}
 	argv = append([]string{}, argv...)
 	if bin, ok := a.images[image]; ok && filepath.Base(argv[0]) == filepath.Base(bin) {
+		argv[0] = bin
+		return argv, nil
+	}
+	if bin, ok := a.dirs[image].program(argv[0]); ok {
 		argv[0] = bin
 		return argv, nil
 	}
@@ -88,6 +97,10 @@ func (a *agent) imageList() string {
 	for k := range a.images {
 		names = append(names, k)
 	}
+	for k := range a.dirs {
+		names = append(names, k)
+	}
+	sort.Strings(names)
 	return strings.Join(names, ", ")
 }
 

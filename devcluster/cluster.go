@@ -42,6 +42,9 @@ type Options struct {
 	// Images maps an image name to the local binary that is its entrypoint,
 	// e.g. "ballast:dev" → the freshly built ballast.
 	Images map[string]string
+	// ImageDirs are the images of more than one file (a program beside the
+	// entrypoint, files at fixed paths), by image name.
+	ImageDirs map[string]ImageDir
 	// Bin is the directory with the control-plane binaries; empty means
 	// $KUBEBUILDER_ASSETS, else what tools/build.sh prints.
 	Bin string
@@ -208,7 +211,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	c.wg.Add(1)
 	go func() { defer c.wg.Done(); dns.wait() }()
 
-	c.agent = &agent{images: opts.Images, net: c.net, dir: c.Dir, log: log.With("component", "node-agent"),
+	c.agent = &agent{images: opts.Images, dirs: opts.ImageDirs, net: c.net, dir: c.Dir, log: log.With("component", "node-agent"),
 		baseEnv: []string{
 			"KUBERNETES_SERVICE_HOST=" + api.Addr().String(),
 			"KUBERNETES_SERVICE_PORT=" + strconv.Itoa(int(api.Port())),

@@ -182,6 +182,12 @@ func (p *podRuntime) runOnce(c *containerRuntime) (code int, ok bool) {
 	if err == nil {
 		mounts, err = p.vols.mountScript(c.spec)
 	}
+	if d, ok := p.node.agent.dirs[c.spec.Image]; ok && err == nil {
+		// The image's files first, so a volume mounted over one wins.
+		var files string
+		files, err = d.mountScript()
+		mounts = files + mounts
+	}
 	if err == nil {
 		var proc *process
 		proc, err = startProcessFlags(c.spec.Name, c.logPath, env, syscall.CLONE_NEWUTS, p.launcher(mounts, u.wrap(argv))...)

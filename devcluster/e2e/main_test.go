@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/grpclog"
 
 	"github.com/ballast-dev/ballast/devcluster"
+	"github.com/ballast-dev/ballast/internal/toolcache"
 )
 
 var cluster *devcluster.Cluster
@@ -51,6 +52,12 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	// Istio's echo server and client: the conformance suite's echo image.
+	echoDir, err := toolcache.Path("BALLAST_ISTIO_ECHO", "build-istio-echo.sh")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, "build the echo image:", err)
+		return 1
+	}
 	// Readiness probes dial pods before they listen; that is not news.
 	grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
 	level := slog.LevelInfo
@@ -60,6 +67,7 @@ func runTests(m *testing.M) int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	start := time.Now()
 	cluster, err = devcluster.Start(ctx, devcluster.Options{Images: images, Log: log,
+		ImageDirs:  map[string]devcluster.ImageDir{echoImage: {Root: echoDir, Entrypoint: "/usr/local/bin/server"}},
 		TokenClock: func() time.Time { return time.Now().Add(time.Duration(tokenClockAhead.Load())) }})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start dev cluster:", err)
