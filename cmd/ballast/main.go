@@ -31,6 +31,8 @@ func newRootCmd() *cobra.Command {
 		newInjectCmd(),
 		newBenchCmd(),
 		newDevCmd(),
+		newImageCmd(),
+		newVersionCmd(),
 	)
 	return root
 }
