@@ -28,6 +28,7 @@ import (
 	"github.com/spf13/pflag"
 	"google.golang.org/grpc/resolver"
 
+	"github.com/ballast-dev/ballast/probe"
 	"github.com/ballast-dev/ballast/proxy"
 	"github.com/ballast-dev/ballast/proxy/iptables"
 	"github.com/ballast-dev/ballast/xds/client"
@@ -241,7 +242,15 @@ func runProxy(ctx context.Context, c proxyConfig, sources []Source) error {
 	discoveryDone := make(chan error, 1)
 	go func() { discoveryDone <- runDiscovery(ctx) }()
 	defer func() { cancel(); <-discoveryDone }()
-	admin := &http.Server{Handler: p.AdminHandler(), ReadHeaderTimeout: 10 * time.Second}
+	// The app's probes the injector rewrote onto the admin port.
+	appProbes, err := probe.Parse(os.Getenv(probe.EnvVar))
+	if err != nil {
+		return err
+	}
+	adminMux := http.NewServeMux()
+	adminMux.Handle(probe.PathPrefix, probe.Handler(appProbes))
+	adminMux.Handle("/", p.AdminHandler())
+	admin := &http.Server{Handler: adminMux, ReadHeaderTimeout: 10 * time.Second}
 	adminDone := make(chan error, 1)
 	go func() { adminDone <- admin.Serve(adminLis) }()
 	err = p.Serve(ctx)
