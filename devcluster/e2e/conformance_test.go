@@ -89,6 +89,10 @@ func runConformance(t *testing.T, run conformanceRun) {
 	}
 	// deploy/control installs the Gateway API CRDs Ballast reads.
 	setupMesh(t, ctx)
+	// Later tests of the package may remove deploy/control (the proxyless
+	// test deletes what it applied, ballast-system with it): the next test
+	// that needs the mesh installs it again (InstallMesh may run again).
+	t.Cleanup(func() { meshReady = false })
 	t.Cleanup(func() {
 		if t.Failed() {
 			dumpState(t, suite.MeshNamespace, suite.MeshConsumerNamespace, "ballast-system")
