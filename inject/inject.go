@@ -18,6 +18,12 @@
 // ballast.dev/inbound-ports overrides the ports ("*" for all, a list, or
 // "" for none, like Istio's includeInboundPorts), and
 // ballast.dev/exclude-inbound-ports removes some.
+//
+// Since the sidecar accepts a captured connection before it knows whether
+// the app listens, the app's probes on captured ports are rewritten to
+// the sidecar's admin port, which runs them from inside the pod (see
+// RewriteProbes and package probe); ballast.dev/rewrite-app-probes:
+// "false" keeps them as they are.
 package inject
 
 import (
@@ -36,6 +42,8 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
 	"sigs.k8s.io/controller-runtime/pkg/webhook/admission"
+
+	"github.com/ballast-dev/ballast/probe"
 )
 
 // Names fixed by the injector and its manifests.
@@ -142,7 +150,9 @@ func Inject(pod *corev1.Pod, c Config) {
 	)
 	// The Handler rejects bad annotations before Inject runs; a caller
 	// that skips it gets no inbound capture from them.
+	var appProbes probe.Set
 	if in, err := Inbound(pod, c); err == nil && in.Ports != "" {
+		appProbes = RewriteProbes(pod, c, in)
 		initArgv = append(initArgv,
 			"--inbound-ports", in.Ports,
 			"--inbound-port", strconv.Itoa(int(c.inboundPort())),
@@ -200,6 +210,9 @@ func Inject(pod *corev1.Pod, c Config) {
 			ReadOnlyRootFilesystem:   &yes,
 			Capabilities:             &corev1.Capabilities{Drop: []corev1.Capability{"ALL"}},
 		},
+	}
+	if len(appProbes) > 0 {
+		proxyC.Env = append(proxyC.Env, corev1.EnvVar{Name: probe.EnvVar, Value: appProbes.String()})
 	}
 	pod.Spec.InitContainers = append([]corev1.Container{initC, proxyC}, pod.Spec.InitContainers...)
 	if pod.Annotations == nil {

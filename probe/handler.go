@@ -108,9 +108,6 @@ func (p *runner) http(ctx context.Context, g *HTTPGet) error {
 	// The kubelet's defaults, which the probe's own headers override.
 	req.Header.Set("User-Agent", "kube-probe/ballast")
 	req.Header.Set("Accept", "*/*")
-	if g.Host != "" {
-		req.Host = g.Host
-	}
 	for _, h := range g.HTTPHeaders {
 		if strings.EqualFold(h.Name, "Host") {
 			req.Host = h.Value

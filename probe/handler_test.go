@@ -79,8 +79,8 @@ func TestHandler(t *testing.T) {
 	}{
 		{"tcp app up", Spec{TCPSocket: &TCPSocket{Port: tcpPort}}, 200, "ok"},
 		{"tcp app down", Spec{TCPSocket: &TCPSocket{Port: down}}, 503, "connection refused"},
-		{"http 200, host and headers sent", Spec{HTTPGet: &HTTPGet{Port: httpPort, Path: "/healthz", Host: "app.example",
-			HTTPHeaders: []Header{{Name: "X-Probe", Value: "yes"}}}}, 200, "ok"},
+		{"http 200, host and headers sent", Spec{HTTPGet: &HTTPGet{Port: httpPort, Path: "/healthz",
+			HTTPHeaders: []Header{{Name: "Host", Value: "app.example"}, {Name: "X-Probe", Value: "yes"}}}}, 200, "ok"},
 		{"http redirect is success, not followed", Spec{HTTPGet: &HTTPGet{Port: httpPort, Path: "/moved"}}, 200, "ok"},
 		{"http 500", Spec{HTTPGet: &HTTPGet{Port: httpPort, Path: "/broken"}}, 503, "500 Internal Server Error"},
 		{"http 404", Spec{HTTPGet: &HTTPGet{Port: httpPort, Path: "nowhere"}}, 503, "404 Not Found"},

@@ -61,9 +61,8 @@ type HTTPGet struct {
 	Scheme string `json:"scheme,omitempty"`
 	Path   string `json:"path,omitempty"`
 	Port   int32  `json:"port"`
-	// Host, when set, is sent as the Host header: the probe itself always
-	// goes to 127.0.0.1.
-	Host        string   `json:"host,omitempty"`
+	// HTTPHeaders are sent as given; a Host header sets the request's
+	// host, the connection still goes to 127.0.0.1.
 	HTTPHeaders []Header `json:"httpHeaders,omitempty"`
 }
 
