@@ -10,6 +10,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -23,8 +24,19 @@ import (
 // waits for the slot until its own context ends (the kubelet gives up
 // after the rewritten probe's timeout, the original one's), so a slow app
 // never piles up connections to itself.
-func Handler(set Set) http.Handler {
-	h := &handler{probes: make(map[string]*runner, len(set))}
+//
+// Runs are counted in metrics (nil for none) as
+// ballast_proxy_app_probes_total{probe,result}: what shows that the
+// kubelet probes through the sidecar, and how often the app failed.
+func Handler(set Set, metrics prometheus.Registerer) http.Handler {
+	h := &handler{probes: make(map[string]*runner, len(set)),
+		runs: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_proxy_app_probes_total",
+			Help: "Runs of the app's rewritten probes by the sidecar, by probe path and result (success, failure).",
+		}, []string{"probe", "result"})}
+	if metrics != nil && len(set) > 0 {
+		metrics.MustRegister(h.runs)
+	}
 	for path, spec := range set {
 		h.probes[path] = &runner{spec: spec, slot: make(chan struct{}, 1), host: "127.0.0.1"}
 	}
@@ -33,6 +45,7 @@ func Handler(set Set) http.Handler {
 
 type handler struct {
 	probes map[string]*runner
+	runs   *prometheus.CounterVec
 }
 
 type runner struct {
@@ -56,9 +69,11 @@ func (h *handler) ServeHTTP(w http.ResponseWriter, r *http.Request) {
 	err := p.run(r.Context())
 	<-p.slot
 	if err != nil {
+		h.runs.WithLabelValues(r.URL.Path, "failure").Inc()
 		http.Error(w, fmt.Sprintf("%s: %v", r.URL.Path, err), http.StatusServiceUnavailable)
 		return
 	}
+	h.runs.WithLabelValues(r.URL.Path, "success").Inc()
 	fmt.Fprintln(w, "ok")
 }
 

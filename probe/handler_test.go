@@ -1,6 +1,7 @@
 package probe
 
 import (
+	"fmt"
 	"io"
 	"net"
 	"net/http"
@@ -8,6 +9,8 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -99,10 +102,19 @@ func TestHandler(t *testing.T) {
 			}
 			path := Path("app", Readiness)
 			rec := httptest.NewRecorder()
-			Handler(Set{path: tc.spec}).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
+			reg := prometheus.NewRegistry()
+			Handler(Set{path: tc.spec}, reg).ServeHTTP(rec, httptest.NewRequest(http.MethodGet, path, nil))
 			body, _ := io.ReadAll(rec.Body)
 			if rec.Code != tc.wantCode || !strings.Contains(string(body), tc.wantBody) {
 				t.Fatalf("%s: %d %q, want %d with %q", path, rec.Code, body, tc.wantCode, tc.wantBody)
+			}
+			result := "success"
+			if tc.wantCode != http.StatusOK {
+				result = "failure"
+			}
+			want := fmt.Sprintf("ballast_proxy_app_probes_total{probe=%q,result=%q} 1\n", path, result)
+			if err := testutil.GatherAndCompare(reg, strings.NewReader("# HELP ballast_proxy_app_probes_total Runs of the app's rewritten probes by the sidecar, by probe path and result (success, failure).\n# TYPE ballast_proxy_app_probes_total counter\n"+want)); err != nil {
+				t.Errorf("metrics: %v", err)
 			}
 		})
 	}
@@ -113,7 +125,7 @@ func TestHandler(t *testing.T) {
 
 func TestHandlerUnknownPath(t *testing.T) {
 	rec := httptest.NewRecorder()
-	Handler(Set{Path("app", Readiness): {TCPSocket: &TCPSocket{Port: 1}}}).
+	Handler(Set{Path("app", Readiness): {TCPSocket: &TCPSocket{Port: 1}}}, nil).
 		ServeHTTP(rec, httptest.NewRequest(http.MethodGet, Path("app", Liveness), nil))
 	if rec.Code != http.StatusNotFound {
 		t.Fatalf("unknown probe path: %d, want 404", rec.Code)
@@ -127,7 +139,7 @@ func TestHandlerTimeout(t *testing.T) {
 	port := serveHTTP(t, http.HandlerFunc(func(http.ResponseWriter, *http.Request) { <-release }))
 	defer close(release)
 	path := Path("app", Liveness)
-	h := Handler(Set{path: {HTTPGet: &HTTPGet{Port: port}, TimeoutSeconds: 1}})
+	h := Handler(Set{path: {HTTPGet: &HTTPGet{Port: port}, TimeoutSeconds: 1}}, nil)
 	srv := httptest.NewServer(h)
 	defer srv.Close()
 	codes := make(chan int, 2)

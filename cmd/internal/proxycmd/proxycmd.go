@@ -248,7 +248,7 @@ func runProxy(ctx context.Context, c proxyConfig, sources []Source) error {
 		return err
 	}
 	adminMux := http.NewServeMux()
-	adminMux.Handle(probe.PathPrefix, probe.Handler(appProbes))
+	adminMux.Handle(probe.PathPrefix, probe.Handler(appProbes, metrics))
 	adminMux.Handle("/", p.AdminHandler())
 	admin := &http.Server{Handler: adminMux, ReadHeaderTimeout: 10 * time.Second}
 	adminDone := make(chan error, 1)
