@@ -264,6 +264,9 @@ func deployControlPlane(t *testing.T, ctx context.Context) {
 		if _, err := cluster.Kubectl(ctx, nil, "delete", "--ignore-not-found", "--wait=true", "--timeout=2m", "-k", dir); err != nil {
 			t.Errorf("remove the control plane: %v", err)
 		}
+		// Its namespace held the injector of any mesh an earlier test set
+		// up: the next setupMesh installs it again.
+		meshReady = false
 	})
 	kubectl(t, ctx, "apply", "-k", dir)
 	kubectl(t, ctx, "-n", controlNS, "rollout", "status", "deployment/ballast-control", "--timeout=2m")
