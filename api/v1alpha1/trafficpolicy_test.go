@@ -1,0 +1,146 @@
+package v1alpha1
+
+import (
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	"k8s.io/apimachinery/pkg/runtime"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	"sigs.k8s.io/yaml"
+)
+
+const sample = `
+apiVersion: ballast.dev/v1alpha1
+kind: TrafficPolicy
+metadata: {name: greeter, namespace: demo, labels: {a: b}}
+spec:
+  targetRefs:
+  - {group: "", kind: Service, name: greeter}
+  - {group: gateway.networking.k8s.io, kind: GRPCRoute, name: greeter, sectionName: slow}
+  timeouts: {request: 200ms, backendRequest: 100ms}
+  retry: {codes: [Unavailable, ResourceExhausted], attempts: 2, backoff: 25ms}
+`
+
+func decode(t *testing.T, s string) *TrafficPolicy {
+	t.Helper()
+	var p TrafficPolicy
+	if err := yaml.UnmarshalStrict([]byte(s), &p); err != nil {
+		t.Fatal(err)
+	}
+	return &p
+}
+
+func TestDeepCopy(t *testing.T) {
+	p := decode(t, sample)
+	c := p.DeepCopy()
+	if !reflect.DeepEqual(p, c) {
+		t.Fatalf("copy differs:\n%+v\n%+v", p, c)
+	}
+	// Change every pointer, slice and map in the copy: the original must not see it.
+	c.Labels["a"] = "changed"
+	c.Spec.TargetRefs[1].Name = "other"
+	*c.Spec.TargetRefs[1].SectionName = "other"
+	*c.Spec.Timeouts.Request = "1s"
+	*c.Spec.Timeouts.BackendRequest = "1s"
+	c.Spec.Retry.Codes[0] = "Internal"
+	*c.Spec.Retry.Attempts = 5
+	*c.Spec.Retry.Backoff = "1s"
+	if want := decode(t, sample); !reflect.DeepEqual(p, want) {
+		t.Fatalf("original changed through its copy:\n%+v", p)
+	}
+	l := &TrafficPolicyList{Items: []TrafficPolicy{*decode(t, sample)}}
+	lc := l.DeepCopyObject().(*TrafficPolicyList)
+	*lc.Items[0].Spec.Retry.Attempts = 9
+	if *l.Items[0].Spec.Retry.Attempts != 2 {
+		t.Fatal("list copy shares its items' pointers")
+	}
+	if (*TrafficPolicy)(nil).DeepCopy() != nil {
+		t.Fatal("nil copy is not nil")
+	}
+}
+
+func TestScheme(t *testing.T) {
+	s := runtime.NewScheme()
+	if err := AddToScheme(s); err != nil {
+		t.Fatal(err)
+	}
+	gvks, _, err := s.ObjectKinds(&TrafficPolicy{})
+	if err != nil || len(gvks) != 1 || gvks[0] != GroupVersion.WithKind("TrafficPolicy") {
+		t.Fatalf("ObjectKinds = %v, %v", gvks, err)
+	}
+	if _, err := s.New(GroupVersion.WithKind("TrafficPolicyList")); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestParseDuration(t *testing.T) {
+	for _, tc := range []struct {
+		in   string
+		want time.Duration
+		err  bool
+	}{
+		{in: "200ms", want: 200 * time.Millisecond},
+		{in: "1h2m3s4ms", want: time.Hour + 2*time.Minute + 3*time.Second + 4*time.Millisecond},
+		{in: "99999s", want: 99999 * time.Second},
+		{in: "0s", want: 0},
+		{in: "", err: true},
+		{in: "1.5s", err: true},
+		{in: "100us", err: true},
+		{in: "100000s", err: true},
+		{in: "1s1s1s1s1s", err: true},
+		{in: "s", err: true},
+		{in: "10", err: true},
+		{in: "-1s", err: true},
+	} {
+		got, err := ParseDuration(gatewayv1.Duration(tc.in))
+		if (err != nil) != tc.err || got != tc.want {
+			t.Errorf("ParseDuration(%q) = %v, %v; want %v, error %v", tc.in, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+func TestValidate(t *testing.T) {
+	for _, tc := range []struct {
+		name, edit, err string
+	}{
+		{name: "good"},
+		{name: "no targets", edit: "targetRefs: []", err: "spec.targetRefs: at least one"},
+		{name: "bad kind", edit: "targetRefs: [{group: apps, kind: Deployment, name: x}]", err: "spec.targetRefs[0]: group \"apps\""},
+		{name: "service section", edit: "targetRefs: [{group: '', kind: Service, name: x, sectionName: grpc}]", err: "spec.targetRefs[0].sectionName"},
+		{name: "bad request", edit: "timeouts: {request: 1.5s}", err: "spec.timeouts.request: duration \"1.5s\""},
+		{name: "try over request", edit: "timeouts: {request: 100ms, backendRequest: 1s}", err: "spec.timeouts.backendRequest 1s exceeds"},
+		{name: "bad code", edit: "retry: {codes: [UNAVAILABLE]}", err: "spec.retry.codes[0]: \"UNAVAILABLE\""},
+		{name: "attempts", edit: "retry: {attempts: 11}", err: "spec.retry.attempts: 11"},
+		{name: "backoff", edit: "retry: {backoff: 1us}", err: "spec.retry.backoff"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			p := decode(t, sample)
+			if tc.edit != "" {
+				var patch TrafficPolicySpec
+				if err := yaml.UnmarshalStrict([]byte(tc.edit), &patch); err != nil {
+					t.Fatal(err)
+				}
+				switch {
+				case strings.HasPrefix(tc.edit, "targetRefs"):
+					p.Spec.TargetRefs = patch.TargetRefs
+				case strings.HasPrefix(tc.edit, "timeouts"):
+					p.Spec.Timeouts = patch.Timeouts
+				case strings.HasPrefix(tc.edit, "retry"):
+					p.Spec.Retry = patch.Retry
+				}
+			}
+			err := p.Spec.Validate()
+			if tc.err == "" {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if err == nil || !strings.Contains(err.Error(), tc.err) {
+				t.Fatalf("Validate() = %v, want an error containing %q", err, tc.err)
+			}
+		})
+	}
+}
