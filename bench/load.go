@@ -85,7 +85,11 @@ func quantile(sorted []time.Duration, q float64) time.Duration {
 // Run sends the load over conns, worker i using conns[i%len(conns)].
 func (l load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) loadResult {
 	workers := max(1, min(l.Concurrency, l.Calls))
-	ctx, cancel := context.WithTimeout(ctx, cmp.Or(l.Duration, time.Minute))
+	// The run's time bounds when calls start, not the calls themselves: a
+	// call given the run's deadline would carry it to the server as
+	// grpc-timeout and could come back DEADLINE_EXCEEDED, counted as a
+	// failure, before the run's own timer fired.
+	runCtx, cancel := context.WithTimeout(ctx, cmp.Or(l.Duration, time.Minute))
 	defer cancel()
 	timeout := cmp.Or(l.Timeout, 5*time.Second)
 
@@ -101,19 +105,19 @@ func (l load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) loadRe
 			t.pods = map[string]int{}
 			t.lat = make([]time.Duration, 0, min(l.Calls/workers+1, 1<<16))
 			if l.Stream {
-				l.streamWorker(ctx, conns[w%len(conns)], &next, t.record)
+				l.streamWorker(runCtx, conns[w%len(conns)], &next, t.record)
 				return
 			}
 			client := pb.NewGreeterClient(conns[w%len(conns)])
 			req := &pb.HelloRequest{Name: "bench"}
-			for next.Add(1) <= int64(l.Calls) && ctx.Err() == nil {
+			for next.Add(1) <= int64(l.Calls) && runCtx.Err() == nil {
 				callCtx, callCancel := context.WithTimeout(ctx, timeout)
 				began := time.Now()
 				reply, err := client.SayHello(callCtx, req)
 				took := time.Since(began)
 				callCancel()
 				if err != nil && ctx.Err() != nil {
-					return // the run's time is up: the call was cut short, not failed
+					return // the caller stopped: the call was cut short, not failed
 				}
 				t.record(reply.GetMessage(), took, err)
 			}

@@ -72,7 +72,7 @@ func (b *Bench) balance(ctx context.Context, c balanceConfig) *Section {
 		Title: "1. Balance",
 		Description: fmt.Sprintf("One client connection, %d calls one after another, %d pods. "+
 			"max/mean is the busiest pod's calls over the mean: 1.00 is even, %d.00 is one pod taking every call. "+
-			"Each run opens a new connection and warms it up (until every pod has answered, at most 100 calls) before counting.", c.Calls, c.Pods, c.Pods),
+			"Each run opens a new connection and warms it up (until every pod has answered, at most 1,000 calls or 10 s) before counting.", c.Calls, c.Pods, c.Pods),
 		Columns: []column{{colMaxMean, "max/mean", 2}, {colErrors, "errors", 0}},
 		Charts: []chart{{File: "bench-balance.png", Column: colMaxMean, Title: "Balance over one connection",
 			YLabel: "busiest pod / mean (1 = even)"}},
@@ -360,13 +360,16 @@ func dial(r *route) (*grpc.ClientConn, error) {
 	return conn, nil
 }
 
-// warmUp makes calls, one at a time, until every one of pods has answered
-// or 100 calls are done (a per-connection path never reaches them all), so
-// the counted calls measure the policy, not how fast connections came up
-// on a loaded machine.
+// warmUp makes calls, one at a time, until every one of pods has answered,
+// 1,000 calls are done or 10 s have passed (a per-connection path never
+// reaches them all), so the counted calls measure the policy, not how fast
+// connections came up on a loaded machine, where a hundred calls to the
+// first pod up can take less time than connecting to the others.
 func warmUp(ctx context.Context, conn *grpc.ClientConn, pods int) {
+	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
 	seen := map[string]bool{}
-	for done := 0; done < 100 && len(seen) < pods && ctx.Err() == nil; done += 5 {
+	for done := 0; done < 1000 && len(seen) < pods && ctx.Err() == nil; done += 5 {
 		res := load{Calls: 5, Concurrency: 1, Duration: 10 * time.Second}.Run(ctx, conn)
 		for pod := range res.Pods {
 			seen[pod] = true
