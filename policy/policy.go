@@ -12,6 +12,9 @@ package policy
 
 import (
 	"net/netip"
+	"time"
+
+	"google.golang.org/grpc/codes"
 )
 
 // Route is how the calls to one Service port are routed: its rules in the
@@ -42,6 +45,50 @@ type Rule struct {
 	// RequestHeaders and ResponseHeaders change the headers of the calls
 	// the rule matches, on the way to the backend and back.
 	RequestHeaders, ResponseHeaders HeaderModifier
+	// Call is what the rule's calls ask of the client besides where they
+	// go: the TrafficPolicy attached to the rule, or else to the Service
+	// the calls are made to.
+	Call CallPolicy
+}
+
+// CallPolicy is how long a call may take and whether it is tried again.
+// The zero CallPolicy asks for nothing: the caller's own deadline, one
+// try.
+type CallPolicy struct {
+	// Timeout bounds the whole call, retries included; 0 leaves the
+	// caller's deadline alone. (xDS: the route's max_stream_duration.)
+	Timeout time.Duration
+	// TryTimeout bounds each try; 0 bounds tries only by Timeout. (xDS:
+	// retry_policy.per_try_timeout; grpc-go ignores it.)
+	TryTimeout time.Duration
+	// Retry, if set, tries failed calls again.
+	Retry *Retry
+}
+
+// Retry is which failed calls are tried again, how often and how soon.
+type Retry struct {
+	// Codes are the gRPC status codes that make a call tried again.
+	Codes []codes.Code
+	// Attempts is the number of tries after the first.
+	Attempts int
+	// Backoff is the base of the jittered exponential backoff between
+	// tries (gRFC A6: the n-th retry waits a random time up to
+	// min(Backoff*2^(n-1), MaxBackoff)); 0 means 25 ms, xDS's default.
+	Backoff time.Duration
+	// MaxBackoff caps the backoff; 0 means 10 × Backoff, xDS's default.
+	MaxBackoff time.Duration
+	// Budget, if set, bounds retries as a share of calls, so retries
+	// cannot multiply the load of a failing backend.
+	Budget *RetryBudget
+}
+
+// RetryBudget bounds retries to a share of the calls (Gateway API's
+// RetryConstraint): over each Interval, retries may be at most Percent of
+// the calls, but MinRetries are always allowed.
+type RetryBudget struct {
+	Percent    int
+	Interval   time.Duration
+	MinRetries int
 }
 
 // Match selects calls by their :path and headers. The zero Match selects
