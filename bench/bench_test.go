@@ -269,8 +269,12 @@ func TestEveryPathSmoke(t *testing.T) {
 	}
 
 	for _, stream := range []bool{false, true} {
-		dp := b.dataPath(ctx, dataPathConfig{Calls: 200, Warmup: 20, Concurrency: 4, Pods: 2, Paths: def.dataPath.Paths, Stream: stream})
-		for _, r := range measuredRows(t, dp, len(def.dataPath.Paths)) {
+		paths := def.dataPath.Paths
+		if stream {
+			paths = def.dataPathStream.Paths
+		}
+		dp := b.dataPath(ctx, dataPathConfig{Calls: 200, Warmup: 20, Concurrency: 4, Pods: 2, Paths: paths, Stream: stream})
+		for _, r := range measuredRows(t, dp, len(paths)) {
 			if r.Path == "direct" {
 				continue
 			}

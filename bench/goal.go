@@ -7,6 +7,9 @@ const (
 	goalSidecarCPU = 0.5
 	// goalSidecarP99 bounds the sidecar's p99 over haproxy's.
 	goalSidecarP99 = 1.0
+	// goalRoutedCPU bounds the sidecar's CPU per call with a 5-rule
+	// GRPCRoute over its CPU per call without one.
+	goalRoutedCPU = 1.05
 	// goalSidecarIdleRSS bounds the sidecar's idle RSS, in MiB.
 	goalSidecarIdleRSS = 15
 	// goalPushP50 and goalPushP99 bound the control plane's push latency,

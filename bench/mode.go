@@ -40,7 +40,7 @@ type proxylessPath struct{ policy string }
 func (p proxylessPath) Name() string { return "proxyless xDS " + p.policy }
 
 func (p proxylessPath) Open(ctx context.Context, b *Bench, pods []*pod) (*route, error) {
-	control, err := b.startControl(ctx, nil, pods, p.policy, defaultClusterIP)
+	control, err := b.startControl(ctx, nil, pods, p.policy, defaultClusterIP, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -80,19 +80,36 @@ const (
 // greeter.bench:50051 as the control plane (with the given xDS LB policy)
 // describes it. Its CPU and memory are the proxy's alone; the control
 // plane is not on the data path.
-func sidecar(policy string) path { return sidecarPath{policy, explicitListener} }
+func sidecar(policy string) path { return sidecarPath{policy: policy, capture: explicitListener} }
+
+// routedSidecar is sidecar("round_robin") with a GRPCRoute of five rules
+// attached to the Service (routeManifest): what per-call routing costs.
+func routedSidecar() path {
+	return sidecarPath{policy: "round_robin", capture: explicitListener, routed: true}
+}
 
 // transparentSidecar is the sidecar as injected pods run it: the client
 // dials the ClusterIP, iptables hands the connection to the proxy. It
 // needs root; its pods, control plane and proxy run inside the namespace.
-func transparentSidecar(policy string) path { return sidecarPath{policy, iptablesCapture} }
+func transparentSidecar(policy string) path {
+	return sidecarPath{policy: policy, capture: iptablesCapture}
+}
 
 type sidecarPath struct {
 	policy  string
 	capture capture
+	routed  bool
 }
 
-func (p sidecarPath) Name() string { return sidecarName(p.policy, p.capture) }
+func (p sidecarPath) Name() string {
+	if p.routed {
+		return routedSidecarName
+	}
+	return sidecarName(p.policy, p.capture)
+}
+
+// routedSidecarName is the row of routedSidecar.
+var routedSidecarName = "sidecar, 5-rule GRPCRoute (explicit listener)"
 
 // sidecarName is the row of the sidecar with an LB policy and a capture.
 func sidecarName(policy string, c capture) string {
@@ -121,7 +138,11 @@ func (p sidecarPath) Open(ctx context.Context, b *Bench, pods []*pod) (_ *route,
 	if p.capture == iptablesCapture {
 		return p.openTransparent(ctx, b, pods)
 	}
-	control, err := b.startControl(ctx, nil, pods, p.policy, defaultClusterIP)
+	var routes []byte
+	if p.routed {
+		routes = routeManifest()
+	}
+	control, err := b.startControl(ctx, nil, pods, p.policy, defaultClusterIP, routes)
 	if err != nil {
 		return nil, err
 	}
@@ -191,7 +212,7 @@ func (p sidecarPath) openTransparent(ctx context.Context, b *Bench, pods []*pod)
 		return nil, err
 	}
 	stops = append(stops, func() { stopPods(inside) })
-	control, err := b.startControl(ctx, ns, inside, p.policy, netnsClusterIP)
+	control, err := b.startControl(ctx, ns, inside, p.policy, netnsClusterIP, nil)
 	if err != nil {
 		return nil, err
 	}
@@ -293,8 +314,9 @@ const defaultClusterIP = "127.0.0.10"
 
 // startControl runs `ballast control`, inside ns unless it is nil, over a
 // folder holding the pods as the Service greeter.bench with clusterIP, and
-// waits until it says it is ready.
-func (b *Bench) startControl(ctx context.Context, ns *netns, pods []*pod, policy, clusterIP string) (*control, error) {
+// the routes manifest unless it is nil, and waits until it says it is
+// ready.
+func (b *Bench) startControl(ctx context.Context, ns *netns, pods []*pod, policy, clusterIP string, routes []byte) (*control, error) {
 	dir, err := os.MkdirTemp(b.dir, "control-")
 	if err != nil {
 		return nil, err
@@ -305,6 +327,11 @@ func (b *Bench) startControl(ctx context.Context, ns *netns, pods []*pod, policy
 	}
 	if err := os.WriteFile(filepath.Join(dir, "greeter.yaml"), manifest, 0o644); err != nil {
 		return nil, err
+	}
+	if routes != nil {
+		if err := os.WriteFile(filepath.Join(dir, "routes.yaml"), routes, 0o644); err != nil {
+			return nil, err
+		}
 	}
 	// ports: xDS, HTTP
 	proc, ports, err := onFreePorts(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 2,
@@ -385,4 +412,34 @@ func serviceManifest(pods []*pod, clusterIP string) ([]byte, error) {
 		eps[i] = files.Pod{Name: p.Name, Addr: p.Addr}
 	}
 	return files.Manifest(service, "grpc", eps)
+}
+
+// routeManifest is a GRPCRoute of five rules attached to greeter.bench,
+// each sending its calls back to greeter.bench: four that the benchmark's
+// SayHello calls do not match (a header with a method, two other methods,
+// a method regular expression), which precedence puts first, and one for
+// the whole service that they do. Every call is compared with all five,
+// as a canary route's default rule's calls are.
+func routeManifest() []byte {
+	rule := func(match string) string {
+		return fmt.Sprintf(`  - matches:
+    - {%s}
+    backendRefs:
+    - {name: %s, port: %d}
+`, match, benchService, benchPort)
+	}
+	svc := `method: {service: helloworld.Greeter`
+	return []byte(fmt.Sprintf(`apiVersion: gateway.networking.k8s.io/v1
+kind: GRPCRoute
+metadata: {name: bench-rules, namespace: %s}
+spec:
+  parentRefs:
+  - {group: "", kind: Service, name: %s, port: %d}
+  rules:
+`, benchNamespace, benchService, benchPort) +
+		rule(svc+`, method: SayHello}, headers: [{name: x-canary, value: "true"}]`) +
+		rule(svc+`, method: SayHelloAgain}`) +
+		rule(svc+`, method: SayHelloV2}`) +
+		rule(`method: {type: RegularExpression, service: helloworld\.Greeter, method: "Debug.*"}`) +
+		rule(svc+`}`))
 }

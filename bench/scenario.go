@@ -138,6 +138,10 @@ func (b *Bench) dataPath(ctx context.Context, c dataPathConfig) *Section {
 			{File: file + "-p99.png", Column: colP99, Title: fmt.Sprintf("p99 latency, %d in flight", c.Concurrency), YLabel: "p99 latency (ms)"},
 		},
 	}
+	if !c.Stream {
+		s.Description += " \"" + routedSidecarName + "\": the explicit-listener sidecar with a GRPCRoute of five rules attached to the Service, " +
+			"which each call is compared with in turn, matching only the last (a header with a method, two other methods, a method regular expression, then the whole service)."
+	}
 	specs := make([]podSpec, c.Pods)
 	for i := range specs {
 		specs[i] = podSpec{Name: fmt.Sprintf("pod-%c", 'a'+i)}
@@ -215,6 +219,10 @@ func (b *Bench) dataPath(ctx context.Context, c dataPathConfig) *Section {
 		s.ratio(name+" p99 ÷ haproxy's", colP99, name, "haproxy", goalSidecarP99).Top = !c.Stream
 		s.ratio(name+" p99 added ÷ haproxy's", colP99Added, name, "haproxy", goalSidecarP99)
 		s.value(name+" idle RSS MiB", colRSSIdle, name, goalSidecarIdleRSS).Top = !c.Stream
+	}
+	if !c.Stream {
+		explicit := sidecarName("round_robin", explicitListener)
+		s.ratio(routedSidecarName+" proxy CPU per call ÷ "+explicit+"'s", colCPU, routedSidecarName, explicit, goalRoutedCPU).Top = true
 	}
 	s.ratio("nginx proxy CPU per call ÷ haproxy's", colCPU, "nginx", "haproxy", 0).Top = !c.Stream
 	s.ratio("nginx p99 ÷ haproxy's", colP99, "nginx", "haproxy", 0)

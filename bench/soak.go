@@ -77,7 +77,7 @@ func (b *Bench) Soak(ctx context.Context, c SoakConfig) *SoakReport {
 	}
 	defer stopPods(pods)
 	serving := pods[:3]
-	control, err := b.startControl(ctx, nil, serving, "round_robin", defaultClusterIP)
+	control, err := b.startControl(ctx, nil, serving, "round_robin", defaultClusterIP, nil)
 	if err != nil {
 		return fail(err)
 	}
