@@ -134,7 +134,7 @@ func DefaultScenarios(quick bool) Scenarios {
 			haproxy(),
 		}},
 		dataPath: dataPathConfig{Calls: 100_000, Warmup: 2000, Concurrency: 16, Pods: 3, Paths: []path{
-			direct(), nginx(), haproxy(), sidecar("round_robin"), transparentSidecar("round_robin"), routedSidecar(),
+			direct(), nginx(), haproxy(), sidecar("round_robin"), routedSidecar(), transparentSidecar("round_robin"),
 		}},
 		latency: latencyConfig{Calls: 5000, Concurrency: 8, SlowDelay: 20 * time.Millisecond, Settle: 15 * time.Second, Paths: []path{
 			clientSide("round_robin", "round_robin"),
