@@ -217,6 +217,13 @@ func mdCell(s string) string {
 	return strings.NewReplacer("|", "\\|", "\n", " ").Replace(s)
 }
 
+// WriteText prints every section as text tables.
+func (r *Report) WriteText(w io.Writer) {
+	for _, s := range r.Sections {
+		s.WriteText(w)
+	}
+}
+
 // Write writes docs/benchmarks.md and every chart into dir.
 func (r *Report) Write(dir string) error {
 	if err := os.MkdirAll(dir, 0o755); err != nil {

@@ -83,8 +83,9 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 			}
 			defer b.Close()
 			start := time.Now()
-			if soak > 0 {
-				report := b.Soak(cmd.Context(), bench.DefaultSoak(soak))
+			// emit prints a report (JSON or text) and writes its files
+			// into --out, saying what it wrote.
+			emit := func(report benchReport, wrote string) error {
 				if jsonOut {
 					enc := json.NewEncoder(cmd.OutOrStdout())
 					enc.SetIndent("", "  ")
@@ -94,11 +95,19 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 				} else {
 					report.WriteText(cmd.OutOrStdout())
 				}
-				if out != "" {
-					if err := report.Write(out); err != nil {
-						return fmt.Errorf("write report to %s: %w", out, err)
-					}
-					fmt.Fprintf(cmd.ErrOrStderr(), "bench: wrote %s/soak.md in %s\n", out, time.Since(start).Round(time.Second))
+				if out == "" {
+					return nil
+				}
+				if err := report.Write(out); err != nil {
+					return fmt.Errorf("write report to %s: %w", out, err)
+				}
+				fmt.Fprintf(cmd.ErrOrStderr(), "bench: wrote %s/%s in %s\n", out, wrote, time.Since(start).Round(time.Second))
+				return nil
+			}
+			if soak > 0 {
+				report := b.Soak(cmd.Context(), bench.DefaultSoak(soak))
+				if err := emit(report, "soak.md"); err != nil {
+					return err
 				}
 				if report.Failed != "" {
 					return fmt.Errorf("soak: %s", report.Failed)
@@ -107,20 +116,8 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 			}
 			if reliability {
 				report := b.Reliability(cmd.Context(), bench.DefaultReliability(short), short)
-				if jsonOut {
-					enc := json.NewEncoder(cmd.OutOrStdout())
-					enc.SetIndent("", "  ")
-					if err := enc.Encode(report); err != nil {
-						return err
-					}
-				} else {
-					report.WriteText(cmd.OutOrStdout())
-				}
-				if out != "" {
-					if err := report.Write(out); err != nil {
-						return fmt.Errorf("write report to %s: %w", out, err)
-					}
-					fmt.Fprintf(cmd.ErrOrStderr(), "bench: wrote %s/reliability.md in %s\n", out, time.Since(start).Round(time.Second))
+				if err := emit(report, "reliability.md"); err != nil {
+					return err
 				}
 				if report.Failed != "" {
 					return fmt.Errorf("reliability: %s", report.Failed)
@@ -129,24 +126,8 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 			}
 			scenarios := bench.DefaultScenarios(quick)
 			scenarios.Only = only
-			report := b.Run(cmd.Context(), scenarios)
-			stdout := cmd.OutOrStdout()
-			if jsonOut {
-				enc := json.NewEncoder(stdout)
-				enc.SetIndent("", "  ")
-				if err := enc.Encode(report); err != nil {
-					return err
-				}
-			} else {
-				for _, s := range report.Sections {
-					s.WriteText(stdout)
-				}
-			}
-			if out != "" {
-				if err := report.Write(out); err != nil {
-					return fmt.Errorf("write report to %s: %w", out, err)
-				}
-				fmt.Fprintf(cmd.ErrOrStderr(), "bench: wrote %s/benchmarks.md and charts in %s\n", out, time.Since(start).Round(time.Second))
+			if err := emit(b.Run(cmd.Context(), scenarios), "benchmarks.md and charts"); err != nil {
+				return err
 			}
 			return cmd.Context().Err()
 		},
@@ -164,6 +145,12 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 	cmd.Flags().StringVar(&controlBin, "control-binary", "", "the ballast-control binary the control-plane rows run (default: next to this binary, on $PATH, or built from this checkout)")
 	cmd.Flags().StringVar(&proxyBin, "proxy-binary", "", "the ballast-proxy binary the sidecar rows run (default: next to this binary, on $PATH, or built from this checkout)")
 	return cmd
+}
+
+// benchReport is what each kind of run reports.
+type benchReport interface {
+	WriteText(io.Writer)
+	Write(dir string) error
 }
 
 // slimBinary finds the binary name (ballast-proxy, ballast-control) that
