@@ -13,6 +13,8 @@ type metrics struct {
 	newStreamErrors *prometheus.CounterVec
 	passthrough     *prometheus.CounterVec
 	clientErrors    *prometheus.CounterVec
+	retries         *prometheus.CounterVec
+	timeouts        *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer) *metrics {
@@ -37,8 +39,16 @@ func newMetrics(reg prometheus.Registerer) *metrics {
 			Name: "ballast_proxy_client_errors_total",
 			Help: "Protocol violations and abuse by clients, by scope (connection: GOAWAY; stream: RST_STREAM or a status) and error (the HTTP/2 error code, or header_list_too_large, client_stalled).",
 		}, []string{"scope", "error"}),
+		retries: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_proxy_retries_total",
+			Help: "Tries that failed with a code their route rule retries, by Service and what became of them: retried, attempts_exhausted, budget_exhausted (the rule's retry budget refused), not_buffered (the request was over the replay buffer).",
+		}, []string{"service", "result"}),
+		timeouts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_proxy_timeouts_total",
+			Help: "Calls and tries the proxy ended with DEADLINE_EXCEEDED because their route rule's timeout (call) or per-try timeout (try) elapsed, by Service.",
+		}, []string{"service", "timeout"}),
 	}
-	reg.MustRegister(m.streams, m.inFlight, m.newStreamErrors, m.passthrough, m.clientErrors)
+	reg.MustRegister(m.streams, m.inFlight, m.newStreamErrors, m.passthrough, m.clientErrors, m.retries, m.timeouts)
 	return m
 }
 
@@ -49,6 +59,15 @@ type upstreamMetrics struct {
 	// duration, if set, observes each call's duration in seconds (inbound
 	// calls only: outbound ones do not pay for reading the clock).
 	duration prometheus.Observer
+	// calls counts what route rules' call policies did; nil where calls
+	// have no route (inbound).
+	calls *callMetrics
+}
+
+// callMetrics are the series of call policies (call.go).
+type callMetrics struct {
+	retries  [numRetryResults]prometheus.Counter
+	timeouts [2]prometheus.Counter // call, try
 }
 
 func (m *metrics) forService(service string) upstreamMetrics {
@@ -59,5 +78,11 @@ func (m *metrics) forService(service string) upstreamMetrics {
 	for c := codes.OK; c <= maxCode; c++ {
 		um.streams[c] = m.streams.WithLabelValues(service, c.String())
 	}
+	um.calls = &callMetrics{}
+	for r := range numRetryResults {
+		um.calls.retries[r] = m.retries.WithLabelValues(service, r.String())
+	}
+	um.calls.timeouts[callTimeout] = m.timeouts.WithLabelValues(service, "call")
+	um.calls.timeouts[tryTimeout] = m.timeouts.WithLabelValues(service, "try")
 	return um
 }

@@ -33,6 +33,10 @@ var errNotReady = status.Error(codes.Unavailable, "ballast proxy: picked connect
 // picked connection. With no connection to pick yet, the stream parks
 // until the next picker, as grpc-go's calls wait for one.
 func (h *host) route(s *stream, b *batch) {
+	l := s.upLeg()
+	if l.ready.Load() {
+		return // placed by another route of the same try
+	}
 	for {
 		ps := h.picker.Load()
 		var gen uint64
@@ -40,7 +44,7 @@ func (h *host) route(s *stream, b *batch) {
 			gen = ps.gen
 			res, err := ps.p.Pick(balancer.PickInfo{FullMethodName: s.path, Ctx: context.Background()})
 			if err == nil {
-				if h.place(s, res, b) {
+				if h.place(s, l, res, b) {
 					return
 				}
 			} else if !errors.Is(err, balancer.ErrNoSubConnAvailable) {
@@ -57,15 +61,16 @@ func (h *host) route(s *stream, b *batch) {
 				return
 			}
 		}
-		if h.park(s, gen, b) {
+		if h.park(s, l, gen, b) {
 			return
 		}
 	}
 }
 
-// place opens s on the connection of the picked SubConn. It reports false
-// when that connection is not (or no longer) usable.
-func (h *host) place(s *stream, res balancer.PickResult, b *batch) bool {
+// place opens the try of s whose leg is l on the connection of the picked
+// SubConn. It reports false when that connection is not (or no longer)
+// usable.
+func (h *host) place(s *stream, l *leg, res balancer.PickResult, b *batch) bool {
 	sc, _ := res.SubConn.(*subConn)
 	var c *h2conn
 	if sc != nil {
@@ -73,7 +78,9 @@ func (h *host) place(s *stream, res balancer.PickResult, b *batch) bool {
 	}
 	h.mu.Lock()
 	s.host = h
-	if s.upl.closed { // cancelled while parked
+	// Cancelled while parked, a try given up, or placed by another route
+	// of it.
+	if l.closed || l.ready.Load() || !s.placeable(l) {
 		h.mu.Unlock()
 		if res.Done != nil {
 			res.Done(balancer.DoneInfo{Err: status.Error(codes.Canceled, "")})
@@ -83,7 +90,7 @@ func (h *host) place(s *stream, res balancer.PickResult, b *batch) bool {
 	s.done = res.Done
 	result := errConnGone
 	if c != nil {
-		result = s.attach(c, b)
+		result = s.attach(l, c, b)
 	}
 	if result != nil {
 		s.done = nil
@@ -109,7 +116,7 @@ var (
 
 // park queues s for the next picker; false means a newer picker than gen
 // exists, so the caller should pick again.
-func (h *host) park(s *stream, gen uint64, b *batch) bool {
+func (h *host) park(s *stream, l *leg, gen uint64, b *batch) bool {
 	h.mu.Lock()
 	s.host = h
 	if h.closed {
@@ -117,7 +124,7 @@ func (h *host) park(s *stream, gen uint64, b *batch) bool {
 		s.fail(codes.Unavailable, "ballast proxy: stopping", b)
 		return true
 	}
-	if s.upl.closed {
+	if l.closed || l.ready.Load() || !s.placeable(l) {
 		h.mu.Unlock()
 		return true
 	}
@@ -126,18 +133,17 @@ func (h *host) park(s *stream, gen uint64, b *batch) bool {
 		return false
 	}
 	// The request headers may still borrow the read loop's buffer.
-	for i, it := range s.upl.pending {
-		s.upl.pending[i] = it.own()
+	for i, it := range l.pending {
+		l.pending[i] = it.own()
 	}
 	h.parked = append(h.parked, s)
 	h.mu.Unlock()
 	return true
 }
 
-// attach opens the upstream leg of s on c and writes what waits for it
-// (the request headers, and anything that arrived while parked).
-func (s *stream) attach(c *h2conn, b *batch) error {
-	up := &s.upl
+// attach opens up, an upstream leg of s, on c and writes what waits for
+// it (the request headers, and anything that arrived while parked).
+func (s *stream) attach(up *leg, c *h2conn, b *batch) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	if c.closed || c.goingAway {

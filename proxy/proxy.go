@@ -181,6 +181,7 @@ func New(opts Options) (*Proxy, error) {
 		maxMessage: uint32(min(opts.MaxMessageBytes, 1<<32-1)),
 		log:        p.log,
 		byName:     map[string]*upstream{},
+		replay:     &replayPool{},
 	}
 	p.upstreams.xds = opts.XDS
 	if opts.Inbound != nil {

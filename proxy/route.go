@@ -29,6 +29,9 @@ type routing struct {
 	// Cluster, named after the backend).
 	empty map[string]bool
 	def   *host
+	// calls are the router's rules' call policies, by rule; nil when no
+	// rule has one.
+	calls []*callRule
 }
 
 // dispatch routes a new call: with a route, the first rule that matches
@@ -54,8 +57,20 @@ func (up *upstream) dispatch(s *stream, b *batch) {
 			up.unrouted(s, fmt.Sprintf("ballast proxy: route %s sends this call to cluster %s, which has no endpoints", rt.router.Route().Name, backend.Cluster), b)
 			return
 		}
+		var fields []hpack.HeaderField
 		if m := rt.router.RequestHeaders(i); !m.Empty() {
-			fields := modifyFields(s.req, m)
+			fields = modifyFields(s.req, m)
+		}
+		if rt.calls != nil && rt.calls[i] != nil {
+			up.parkMu.Lock()
+			waited := s.waited
+			up.parkMu.Unlock()
+			if fields == nil {
+				fields = s.req
+			}
+			fields = s.startCall(rt.calls[i], fields, waited)
+		}
+		if fields != nil {
 			up.parkMu.Lock()
 			if len(s.upl.pending) > 0 { // else reset meanwhile
 				s.upl.pending[0].fields = fields
@@ -99,6 +114,7 @@ func (up *upstream) wait(s *stream, b *batch) {
 		s.upl.pending[i] = it.own()
 	}
 	s.req = s.upl.pending[0].fields
+	s.waited = true
 	up.waiting = append(up.waiting, s)
 	up.parkMu.Unlock()
 }
@@ -164,10 +180,12 @@ func (up *upstream) updateXDS(u client.Update) {
 	}
 	// Endpoint changes come with the same route: it is compiled again
 	// only when it changed.
-	router := up.routing.Load().router
+	last := up.routing.Load()
+	router, calls := last.router, last.calls
 	if router == nil || !reflect.DeepEqual(*router.Route(), u.Route) {
 		router = policy.NewRouter(u.Route)
 		up.logRouteErrors(router)
+		calls = newCallRules(router, up.metrics.calls)
 	}
 	hosts := make(map[string]*host, len(u.Clusters))
 	var empty map[string]bool
@@ -193,7 +211,7 @@ func (up *upstream) updateXDS(u client.Update) {
 		}
 		h.updatePolicy(cl.LB, state)
 	}
-	up.routing.Store(&routing{router: router, hosts: hosts, empty: empty})
+	up.routing.Store(&routing{router: router, hosts: hosts, empty: empty, calls: calls})
 	for name, h := range up.hosts {
 		if hosts[name] == nil {
 			up.retiring[h] = struct{}{}

@@ -50,6 +50,12 @@ type stream struct {
 	// firstPending holds the request headers while the stream is placed,
 	// so that queueing them allocates nothing.
 	firstPending [1]item
+	// call, if set, enforces the call policy of the call's route rule
+	// (call.go); nil for the calls of rules without one.
+	call atomic.Pointer[call]
+	// waited says the call waited for its upstream's first route
+	// (guarded by up.parkMu).
+	waited bool
 }
 
 // leg is a stream as seen on one connection. Fields about sending on c
@@ -149,6 +155,9 @@ func (s *stream) legClosed() {
 		return
 	}
 	code := codes.Code(s.code.Load())
+	if c := s.call.Load(); c != nil {
+		c.release()
+	}
 	s.up.metrics.inFlight.Dec()
 	s.up.metrics.streams[codeIndex(code)].Inc()
 	if d := s.up.metrics.duration; d != nil {
@@ -203,7 +212,15 @@ func (l *leg) checkDoneLocked(b *batch) {
 
 // forwardHeaders forwards a header block received on from to its peer.
 func (s *stream) forwardHeaders(from *leg, fields []hpack.HeaderField, end bool, b *batch) {
-	if from == &s.upl {
+	to := from.peer
+	if c := s.call.Load(); c != nil {
+		if from == &s.down {
+			to = c.request(nil, end, true)
+		} else if !s.responded(c, from, fields, end, b) {
+			return
+		}
+	}
+	if from != &s.down {
 		if end {
 			s.setCode(grpcStatus(fields))
 		}
@@ -220,7 +237,7 @@ func (s *stream) forwardHeaders(from *leg, fields []hpack.HeaderField, end bool,
 		from.checkDoneLocked(b)
 	}
 	c.mu.Unlock()
-	s.send(from.peer, item{fields: fields, end: end, from: from}, b)
+	s.send(to, item{fields: fields, end: end, from: from}, b)
 }
 
 // grpcStatus reads grpc-status from a trailer block; a block without one
@@ -244,6 +261,15 @@ func (s *stream) forwardData(from *leg, data []byte, end bool, b *batch) {
 		s.fail(codes.ResourceExhausted, err.Error(), b)
 		return
 	}
+	to := from.peer
+	if c := s.call.Load(); c != nil {
+		if from == &s.down {
+			to = c.request(data, end, false)
+		} else if !s.responding(c, from) {
+			b.credits = append(b.credits, credit{c: from.c, l: from, n: int64(len(data))})
+			return
+		}
+	}
 	if end {
 		c := from.c
 		c.mu.Lock()
@@ -251,7 +277,7 @@ func (s *stream) forwardData(from *leg, data []byte, end bool, b *batch) {
 		from.checkDoneLocked(b)
 		c.mu.Unlock()
 	}
-	s.send(from.peer, item{data: data, end: end, from: from}, b)
+	s.send(to, item{data: data, end: end, from: from}, b)
 }
 
 // checkMessages follows the gRPC message framing (5-byte header, then the
@@ -465,6 +491,10 @@ func (l *leg) dropPendingLocked(b *batch) {
 // sides. A NO_ERROR reset after a complete response only means the server
 // wants no more of the request, so the client is not reset.
 func (s *stream) reset(from *leg, code http2.ErrCode, b *batch) {
+	call := s.call.Load()
+	if call != nil && from == &s.down {
+		call.finish()
+	}
 	c := from.c
 	c.mu.Lock()
 	responseComplete := from.recvDone
@@ -474,27 +504,32 @@ func (s *stream) reset(from *leg, code http2.ErrCode, b *batch) {
 	c.mu.Unlock()
 	if from == &s.down {
 		s.setCode(codes.Canceled)
-		s.sendReset(&s.upl, http2.ErrCodeCancel, b)
+		s.sendReset(s.upLeg(), http2.ErrCodeCancel, b)
 		return
 	}
 	if code == http2.ErrCodeNo && responseComplete {
 		return
 	}
+	var status codes.Code
 	switch code {
 	case http2.ErrCodeCancel:
-		s.setCode(codes.Canceled)
+		status = codes.Canceled
 	case http2.ErrCodeRefusedStream:
-		s.setCode(codes.Unavailable)
+		status = codes.Unavailable
 	default:
-		s.setCode(codes.Internal)
+		status = codes.Internal
 	}
+	if call != nil && s.tryFailed(call, from, status) {
+		return
+	}
+	s.setCode(status)
 	s.sendReset(&s.down, code, b)
 }
 
 // sendReset resets leg to at once, dropping what waits there.
 func (s *stream) sendReset(to *leg, code http2.ErrCode, b *batch) {
 	if !to.ready.Load() {
-		if s.unpark(b) {
+		if s.unpark(to, b) {
 			return
 		}
 	}
@@ -513,18 +548,18 @@ func (s *stream) sendReset(to *leg, code http2.ErrCode, b *batch) {
 	to.closeLocked(b)
 }
 
-// unpark ends a parked stream's upstream leg; it reports false if the
+// unpark ends a parked stream's upstream leg l; it reports false if the
 // stream got placed meanwhile (then the leg is ready).
-func (s *stream) unpark(b *batch) bool {
+func (s *stream) unpark(l *leg, b *batch) bool {
 	s.up.parkMu.Lock()
 	defer s.up.parkMu.Unlock()
-	if s.upl.ready.Load() {
+	if l.ready.Load() {
 		return false
 	}
-	if !s.upl.closed {
-		s.upl.sendDone, s.upl.recvDone = true, true
-		s.upl.dropPendingLocked(b)
-		s.upl.closeLocked(b)
+	if !l.closed {
+		l.sendDone, l.recvDone = true, true
+		l.dropPendingLocked(b)
+		l.closeLocked(b)
 	}
 	// A stream reset while parked leaves the queue now: a client that
 	// opens and resets streams while no endpoint is ready must not grow
@@ -542,9 +577,13 @@ func (s *stream) unpark(b *batch) bool {
 // fail ends the call with a status made by the proxy: the client gets it
 // in trailers, the upstream stream (if any) is cancelled.
 func (s *stream) fail(code codes.Code, msg string, b *batch) {
+	up := &s.upl
+	if c := s.call.Load(); c != nil {
+		up = c.finish()
+	}
 	s.setCode(code)
 	s.abort(code, msg, b)
-	s.sendReset(&s.upl, http2.ErrCodeCancel, b)
+	s.sendReset(up, http2.ErrCodeCancel, b)
 }
 
 // abort ends the downstream leg with a status: trailers after response
@@ -582,6 +621,10 @@ func statusFields(code codes.Code, msg string, headersSent bool) []hpack.HeaderF
 
 // connLost ends the stream of leg l, whose connection is gone.
 func (s *stream) connLost(l *leg, b *batch) {
+	call := s.call.Load()
+	if call != nil && l == &s.down {
+		call.finish()
+	}
 	c := l.c
 	c.mu.Lock()
 	l.recvDone, l.sendDone = true, true
@@ -590,7 +633,10 @@ func (s *stream) connLost(l *leg, b *batch) {
 	c.mu.Unlock()
 	if l == &s.down {
 		s.setCode(codes.Canceled)
-		s.sendReset(&s.upl, http2.ErrCodeCancel, b)
+		s.sendReset(s.upLeg(), http2.ErrCodeCancel, b)
+		return
+	}
+	if call != nil && s.tryFailed(call, l, codes.Unavailable) {
 		return
 	}
 	s.setCode(codes.Unavailable)

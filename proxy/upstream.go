@@ -41,6 +41,9 @@ type upstream struct {
 	// refuseUnplaced answers a call that cannot be placed with
 	// REFUSED_STREAM instead of a status (see stream.refuse).
 	refuseUnplaced bool
+	// replay holds the proxy's copies of requests to retry; nil where
+	// calls are not retried (inbound).
+	replay *replayPool
 
 	// routing is what calls are routed by now, replaced whole when the
 	// route or its Clusters change.
@@ -80,6 +83,8 @@ type upstreams struct {
 	forService func(service string) upstreamMetrics
 	// refuseUnplaced is given to every upstream.
 	refuseUnplaced bool
+	// replay is given to every upstream.
+	replay *replayPool
 
 	mu     sync.Mutex
 	byName map[string]*upstream
@@ -112,6 +117,7 @@ func (u *upstreams) get(target string) (*upstream, error) {
 		retiring:   map[*host]struct{}{},
 
 		refuseUnplaced: u.refuseUnplaced,
+		replay:         u.replay,
 	}
 	if name, ok := strings.CutPrefix(target, "xds:///"); ok && u.xds != nil {
 		// Calls wait in up.waiting for the first route.
