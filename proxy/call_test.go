@@ -137,7 +137,7 @@ func TestRetryUnavailable(t *testing.T) {
 	conn, p, _ := startRouted(t, update(callRoute(cp), map[string][]string{"c": {bad.addr, good1.addr, good2.addr}}))
 	connected(t, conn, bad, good1, good2)
 
-	const calls = 3000
+	const calls = 2000
 	tries := func() int64 { return bad.tries.Load() + good1.tries.Load() + good2.tries.Load() }
 	before, badBefore, retriedBefore := tries(), bad.tries.Load(), p.retries("retried")
 	got := callMany(conn, sayHello, calls, &emptypb.Empty{}, "x-policy", "yes")
