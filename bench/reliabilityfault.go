@@ -33,7 +33,8 @@ func reliabilityFaults() []fault {
 			Converge: "–: nothing changes meanwhile", run: apiServerDown},
 		{ID: "sidecar-restart", Title: "6. Sidecar of the client pod killed (-9) and restarted",
 			Converge: "the kill → the sidecar client's next successful call", run: sidecarRestart},
-		{ID: "node-down", Title: "7. A Node going away with its pods", run: nodeDown},
+		{ID: "node-down", Title: "7. A Node going away with its pods (power lost: its pods stop answering, silently)",
+			Converge: "each replacement pod's Ready → its first call (the slowest)", run: nodeDown},
 	}
 }
 
@@ -378,8 +379,79 @@ func sidecarRestart(ctx context.Context, r *relRun) (*faultOutcome, error) {
 	return o, nil
 }
 
-func nodeDown(context.Context, *relRun) (*faultOutcome, error) {
-	return nil, errNotRun("the dev cluster has no way yet to take a Node (virtual kubelet) away with its pods")
+// nodeDown fails the Node the clients and the control plane are not on
+// (they are pinned to the first: survivingNode) with the greeters it
+// runs, as a machine that loses power: its pods stop answering, silently.
+// The fault lasts until Kubernetes has noticed (the node lifecycle
+// controller marks the Node NotReady, its pods not ready, and evicts them
+// after the greeters' toleration) and replacements are Ready.
+func nodeDown(ctx context.Context, r *relRun) (*faultOutcome, error) {
+	nodes := r.cluster.Nodes()
+	if len(nodes) < 2 {
+		return nil, errNotRun("the dev cluster has one Node, which the clients need")
+	}
+	victim := nodes[len(nodes)-1]
+	pods, err := r.cluster.Client.CoreV1().Pods(relNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + relService})
+	if err != nil {
+		return nil, err
+	}
+	var lost []string
+	for _, p := range pods.Items {
+		if p.Spec.NodeName == victim && p.DeletionTimestamp == nil {
+			lost = append(lost, p.Name)
+		}
+	}
+	if len(lost) == 0 {
+		return nil, errNotRun("no greeter runs on " + victim + " (the scheduler put them all elsewhere)")
+	}
+	before, err := r.readyGreeters(ctx)
+	if err != nil {
+		return nil, err
+	}
+	o := &faultOutcome{Start: time.Now()}
+	if err := r.cluster.FailNode(ctx, victim); err != nil {
+		return nil, err
+	}
+	var notReady time.Time
+	var after []string
+	err = devcluster.Poll(ctx, r.c.Wait, func(ctx context.Context) (bool, error) {
+		if notReady.IsZero() {
+			if n, err := r.cluster.Client.CoreV1().Nodes().Get(ctx, victim, metav1.GetOptions{}); err == nil {
+				for _, c := range n.Status.Conditions {
+					if c.Type == "Ready" && c.Status != "True" {
+						notReady = time.Now()
+					}
+				}
+			}
+		}
+		ready, err := r.readyGreeters(ctx)
+		if err != nil {
+			return false, nil
+		}
+		for _, p := range lost {
+			if slices.Contains(ready, p) {
+				return false, nil
+			}
+		}
+		after = ready
+		return len(ready) == r.c.Replicas, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("%s failed with %v: no %d ready replacements: %w", victim, lost, r.c.Replicas, err)
+	}
+	o.End = time.Now()
+	o.NewPods = newNames(before, after)
+	o.Note = fmt.Sprintf("%s with %v; Node NotReady after %s, replacements %v Ready after %.0f s (tolerations: %d s NotReady/unreachable)",
+		victim, lost, sinceText(o.Start, notReady), o.NewPods, o.End.Sub(o.Start).Seconds(), greeterTolerationSeconds)
+	return o, nil
+}
+
+// sinceText is how long after start t was, or "not seen".
+func sinceText(start, t time.Time) string {
+	if t.IsZero() {
+		return "not seen"
+	}
+	return fmt.Sprintf("%.0f s", t.Sub(start).Seconds())
 }
 
 // errNotRun says a fault was not run, and why.

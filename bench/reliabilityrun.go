@@ -325,11 +325,18 @@ func (r *relRun) deploy(ctx context.Context) error {
 	if dep.Spec.Replicas != nil {
 		r.controlReplicas = int(*dep.Spec.Replicas)
 	}
+	// The control plane and the clients stay on the first Node, so the
+	// node-down fault takes only greeters away.
+	pin := fmt.Sprintf(`{"spec":{"template":{"spec":{"nodeSelector":{"kubernetes.io/hostname":%q}}}}}`, r.survivingNode())
+	if _, err := r.cluster.Kubectl(ctx, nil, "-n", controlNamespace, "patch", "deployment", controlDeployment, "--type=merge", "-p", pin); err != nil {
+		return err
+	}
 	if err := r.cluster.Apply(ctx, greeterManifests(r.c.Replicas)); err != nil {
 		return err
 	}
 	for _, m := range r.modes {
 		pod := clientPod(m)
+		pod.Spec.NodeSelector = map[string]string{"kubernetes.io/hostname": r.survivingNode()}
 		if m.Sidecar {
 			inject.Inject(pod, inject.Config{Image: "ballast-proxy:dev", XDSAddress: "ballast-control.ballast-system:15010"})
 		}
@@ -354,6 +361,9 @@ func (r *relRun) deploy(ctx context.Context) error {
 	}
 	return nil
 }
+
+// survivingNode is the Node the clients and the control plane run on.
+func (r *relRun) survivingNode() string { return r.cluster.Nodes()[0] }
 
 // warm waits until every mode has had a call answered by every greeter it
 // will reach (the plain Service: one), so the faults start from steady
@@ -429,6 +439,11 @@ spec:
       labels: {app: %[2]s}
     spec:
       terminationGracePeriodSeconds: 5
+      tolerations:
+      - {key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: %[5]d}
+      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: %[5]d}
+      topologySpreadConstraints:
+      - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway, labelSelector: {matchLabels: {app: %[2]s}}}
       containers:
       - name: greeter
         image: ballast:dev
@@ -463,8 +478,13 @@ metadata: {name: ballast-reliability-client}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: ballast-reliability-client}
 subjects:
 - {kind: ServiceAccount, name: client-kubernetes, namespace: %[1]s}
-`, relNamespace, relService, relHeadless, replicas)
+`, relNamespace, relService, relHeadless, replicas, greeterTolerationSeconds)
 }
+
+// greeterTolerationSeconds is how long the greeters stay bound to a Node
+// that is NotReady or unreachable before they are evicted (Kubernetes'
+// default, 300 s, would outlast the node-down fault's bounds).
+const greeterTolerationSeconds = 30
 
 // clientPod is the greeter client of a mode: `ballast greeter client`
 // serving /grpc_client on 8081, over one connection to its target.

@@ -119,6 +119,8 @@ type nodeAgent struct {
 	running  map[string]*podRuntime
 	notifyFn func(*corev1.Pod)
 	node     *nodeutil.Node
+	// stop ends the Node's agent (Cluster.FailNode).
+	stop context.CancelFunc
 }
 
 var (

@@ -25,6 +25,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -223,22 +224,26 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		zones = []string{"zone-a", "zone-b"}
 	}
 	for i, zone := range zones {
-		n, err := c.agent.startNode(runCtx, c.Client, fmt.Sprintf("node-%s", zone), zone, i)
+		// Each Node's agent runs until the cluster stops or FailNode.
+		nodeCtx, stopNode := context.WithCancel(runCtx)
+		n, err := c.agent.startNode(nodeCtx, c.Client, fmt.Sprintf("node-%s", zone), zone, i)
 		if err != nil {
+			stopNode()
 			return nil, err
 		}
+		n.stop = stopNode
 		c.nodes = append(c.nodes, n)
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
-			if err := n.node.Run(withVKLogger(runCtx, n.log)); err != nil && runCtx.Err() == nil {
+			if err := n.node.Run(withVKLogger(nodeCtx, n.log)); err != nil && nodeCtx.Err() == nil {
 				log.Error("node agent stopped", "node", n.name, "err", err)
 			}
 		}()
 		c.wg.Add(1)
 		go func() {
 			defer c.wg.Done()
-			newStatusSync(n, c.Client).run(runCtx, statusSyncPeriod)
+			newStatusSync(n, c.Client).run(nodeCtx, statusSyncPeriod)
 		}()
 	}
 	px := &proxy{net: c.net, log: log.With("component", "proxy"), synced: make(chan struct{})}
@@ -351,6 +356,46 @@ func (c *Cluster) Apply(ctx context.Context, manifests string) error {
 		case <-t.C:
 		}
 	}
+}
+
+// Nodes are the names of the cluster's Nodes, in zone order.
+func (c *Cluster) Nodes() []string {
+	names := make([]string, len(c.nodes))
+	for i, n := range c.nodes {
+		names[i] = n.name
+	}
+	return names
+}
+
+// FailNode makes a Node go away as a machine that loses power does: its
+// agent stops (no more lease renewals or pod statuses: the API server
+// keeps what it last heard until the node lifecycle controller marks the
+// Node NotReady), the processes of its pods are killed at once, and
+// packets to its pods' addresses are dropped silently (a blackhole route
+// where the pod's route was), so connections to them hang rather than
+// being refused. The Node does not come back; the cluster's Stop cleans
+// up after it as after any other.
+func (c *Cluster) FailNode(ctx context.Context, name string) error {
+	i := slices.IndexFunc(c.nodes, func(n *nodeAgent) bool { return n.name == name })
+	if i < 0 {
+		return fmt.Errorf("no node %s (nodes: %v)", name, c.Nodes())
+	}
+	n := c.nodes[i]
+	n.stop()
+	n.mu.Lock()
+	pods := make([]*podRuntime, 0, len(n.running))
+	for _, p := range n.running {
+		pods = append(pods, p)
+	}
+	n.mu.Unlock()
+	var errs []error
+	for _, p := range pods {
+		if err := c.net.silence(ctx, p.net); err != nil {
+			errs = append(errs, fmt.Errorf("pod %s: %w", p, err))
+		}
+		p.terminate(0)
+	}
+	return errors.Join(errs...)
 }
 
 // pod finds a running pod's runtime.

@@ -190,6 +190,19 @@ func (n *network) addPod(ctx context.Context, nodeIndex int, files map[string]st
 	return p, nil
 }
 
+// silence cuts a pod off without a word either way: the route to it
+// becomes a blackhole route (which outlives the pod's veth: removing the
+// veth takes only the routes through it), then its veth goes down, so
+// not even the FIN or RST of its processes' sockets, when they are
+// killed, leaves it.
+func (n *network) silence(ctx context.Context, p *podNet) error {
+	r := n.routerNetns()
+	if err := ipCmd(ctx, "-n", r, "route", "replace", "blackhole", p.ip.String()+"/32"); err != nil {
+		return err
+	}
+	return ipCmd(ctx, "-n", r, "link", "set", p.veth, "down")
+}
+
 // removePod deletes a pod's namespace (which deletes its veth pair and the
 // route through it) and frees its address.
 func (n *network) removePod(ctx context.Context, p *podNet) error {
