@@ -92,7 +92,7 @@ func (ballastControl) start(ctx context.Context, b *Bench, api *apiServer) (*run
 	proc, ports, err := onFreePorts(loopback, 2,
 		func(ports []netip.AddrPort) (*process, error) {
 			began = time.Now()
-			return b.startControlProcess("--kubeconfig", api.kubeconfig,
+			return b.startControlProcess("--kubeconfig", api.kubeconfig, "--insecure",
 				"--xds-address", ports[0].String(), "--http-address", ports[1].String())
 		},
 		func(proc *process, ports []netip.AddrPort) error {

@@ -31,6 +31,13 @@ type Config struct {
 	// once (/readyz waits for it); nil means synced.
 	Synced    func() bool
 	Translate xds.Options
+	// Authenticator, when set, admits only clients with a valid token and
+	// sends each only what its namespace may read (xds.Config); nil serves
+	// everyone (--insecure).
+	Authenticator xds.Authenticator
+	// ReadAllNamespaces are the namespaces whose clients read every
+	// Service (xds.Config).
+	ReadAllNamespaces []string
 
 	// XDS serves ADS and CSDS. Required.
 	XDS net.Listener
@@ -61,7 +68,10 @@ func Serve(ctx context.Context, cfg Config) error {
 	if cfg.Log == nil {
 		cfg.Log = slog.Default()
 	}
-	srv, err := xds.NewServer(xds.Config{Registry: cfg.Registry, Translate: cfg.Translate, Synced: cfg.Synced, Log: cfg.Log})
+	srv, err := xds.NewServer(xds.Config{
+		Registry: cfg.Registry, Translate: cfg.Translate, Synced: cfg.Synced, Log: cfg.Log,
+		Authenticator: cfg.Authenticator, ReadAllNamespaces: cfg.ReadAllNamespaces,
+	})
 	if err != nil {
 		return err
 	}

@@ -153,6 +153,8 @@ func TestControlBase(t *testing.T) {
 			{"list", "gateway.networking.k8s.io", "httproutes", false, "", ""},
 			{"create", "coordination.k8s.io", "leases", true, "", "ballast-system"},
 			{"update", "coordination.k8s.io", "leases", true, "", "ballast-system"},
+			{"create", "authentication.k8s.io", "tokenreviews", true, "", ""},
+			{"create", "authorization.k8s.io", "subjectaccessreviews", false, "", ""},
 		}
 		for _, tt := range tests {
 			t.Run(fmt.Sprintf("%s %s/%s/%s in %s", tt.verb, tt.group, tt.resource, tt.subresource, tt.ns), func(t *testing.T) {

@@ -30,6 +30,13 @@ type Bootstrap struct {
 	// ID, when set, is the node id as is (a sidecar's, or another control
 	// plane's format), and Pod and Namespace are not needed.
 	ID string
+	// TokenFile, when set, is a projected ServiceAccount token (audience
+	// ballast-control) written as the server's call credentials, gRFC
+	// A97's jwt_token_file, which an authenticated control plane needs.
+	// grpc-go reads it only with GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS
+	// =true and sends it only over TLS; ballast-proxy reads and sends it
+	// (docs/security.md).
+	TokenFile string
 }
 
 // NodeID is the xDS node id of the pod.
@@ -56,11 +63,17 @@ type bootstrapJSON struct {
 type xdsServerJSON struct {
 	ServerURI      string            `json:"server_uri"`
 	ChannelCreds   []channelCredJSON `json:"channel_creds"`
+	CallCreds      []callCredJSON    `json:"call_creds,omitempty"`
 	ServerFeatures []string          `json:"server_features"`
 }
 
 type channelCredJSON struct {
 	Type string `json:"type"`
+}
+
+type callCredJSON struct {
+	Type   string            `json:"type"`
+	Config map[string]string `json:"config"`
 }
 
 type nodeJSON struct {
@@ -96,6 +109,9 @@ func (b Bootstrap) JSON() ([]byte, error) {
 		}},
 		Node:                     nodeJSON{ID: b.NodeID(), Locality: localityJSON{Zone: b.Zone}, Metadata: b.Metadata},
 		ClientListenerNameFormat: "%s",
+	}
+	if b.TokenFile != "" {
+		out.XDSServers[0].CallCreds = []callCredJSON{{Type: "jwt_token_file", Config: map[string]string{"jwt_token_file": b.TokenFile}}}
 	}
 	data, err := json.MarshalIndent(out, "", "  ")
 	if err != nil {

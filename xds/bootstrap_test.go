@@ -15,6 +15,7 @@ func TestBootstrap(t *testing.T) {
 		wantErr string
 	}{
 		{"full", Bootstrap{Server: "ballast-control.ballast-system.svc:15010", Pod: "web-1", Namespace: "shop", Zone: "z1", Metadata: map[string]string{"app": "web"}}, ""},
+		{"token file", Bootstrap{Server: "127.0.0.1:15010", Pod: "web-1", Namespace: "shop", TokenFile: "/var/run/secrets/ballast/token"}, ""},
 		{"no zone", Bootstrap{Server: "127.0.0.1:15010", Pod: "web-1", Namespace: "shop"}, ""},
 		{"no server", Bootstrap{Pod: "p", Namespace: "n"}, "no control plane address"},
 		{"server without port", Bootstrap{Server: "ballast-control", Pod: "p", Namespace: "n"}, `control plane address "ballast-control"`},
@@ -39,6 +40,10 @@ func TestBootstrap(t *testing.T) {
 				XDSServers []struct {
 					ServerURI      string   `json:"server_uri"`
 					ServerFeatures []string `json:"server_features"`
+					CallCreds      []struct {
+						Type   string            `json:"type"`
+						Config map[string]string `json:"config"`
+					} `json:"call_creds"`
 				} `json:"xds_servers"`
 				Node struct {
 					ID       string `json:"id"`
@@ -65,6 +70,11 @@ func TestBootstrap(t *testing.T) {
 			if got.XDSServers[0].ServerURI != tt.b.Server || got.Node.ID != wantID ||
 				got.Node.Locality.Zone != tt.b.Zone || len(got.Node.Metadata) != len(tt.b.Metadata) {
 				t.Fatalf("bootstrap = %s", data)
+			}
+			if cc := got.XDSServers[0].CallCreds; tt.b.TokenFile != "" &&
+				(len(cc) != 1 || cc[0].Type != "jwt_token_file" || cc[0].Config["jwt_token_file"] != tt.b.TokenFile) ||
+				tt.b.TokenFile == "" && len(cc) != 0 {
+				t.Fatalf("call_creds for token file %q: %s", tt.b.TokenFile, data)
 			}
 			// grpc-go itself must accept the file.
 			if _, err := grpcxds.NewXDSResolverWithConfigForTesting(data); err != nil {

@@ -50,6 +50,16 @@ type Config struct {
 	// version number the other replica counted. Empty means the hostname and
 	// the start time.
 	VersionPrefix string
+
+	// Authenticator, when set, makes every ADS and CSDS call prove who it
+	// is with a bearer token, and a client is sent only the resources of
+	// its own namespace's Services and of those exported to it (see
+	// ExportAnnotation). Nil serves every client everything, unasked.
+	Authenticator Authenticator
+	// ReadAllNamespaces are the namespaces whose clients read every
+	// Service and may use CSDS: where the control plane's own tools and a
+	// gateway run. Only with an Authenticator.
+	ReadAllNamespaces []string
 }
 
 // typeURLs are the resource types served, in make-before-break order:
@@ -129,6 +139,9 @@ type Server struct {
 	xds     serverv3.Server
 	clients *clientTable
 	metrics *metrics
+	// access is who may read each resource; nil without an Authenticator,
+	// when everyone reads everything and no index is kept.
+	access *accessIndex
 
 	// served is the last good translation of each Service; only Run uses it.
 	served map[discovery.Key]servedService
@@ -217,6 +230,9 @@ func NewServer(cfg Config) (*Server, error) {
 		mux.Caches[k] = c
 	}
 	s.clients = newClientTable(s)
+	if cfg.Authenticator != nil {
+		s.access = newAccessIndex()
+	}
 	// The server's context only bounds go-control-plane's own bookkeeping;
 	// streams end with their gRPC contexts, which GracefulStop ends.
 	s.xds = serverv3.NewServer(context.Background(), mux, s.clients)
@@ -224,9 +240,15 @@ func NewServer(cfg Config) (*Server, error) {
 }
 
 // Register adds ADS (state-of-the-world and delta) and CSDS to a gRPC server.
+// With an Authenticator both need a valid token.
 func (s *Server) Register(gs grpc.ServiceRegistrar) {
-	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, s.xds)
-	statusv3.RegisterClientStatusDiscoveryServiceServer(gs, &csds{clients: s.clients})
+	if s.access == nil {
+		discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, s.xds)
+		statusv3.RegisterClientStatusDiscoveryServiceServer(gs, &csds{clients: s.clients})
+		return
+	}
+	discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, &guardedADS{s: s, next: s.xds})
+	statusv3.RegisterClientStatusDiscoveryServiceServer(gs, &guardedCSDS{s: s, next: &csds{clients: s.clients}})
 }
 
 // Ready reports whether the server serves a full view: discovery has synced
@@ -295,6 +317,7 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 	for _, k := range keys {
 		prev := s.served[k]
 		var next servedService
+		var o *owner
 		if svc, ok := s.cfg.Registry.Get(k); ok {
 			res, err := s.translate(svc, prev)
 			if err != nil {
@@ -303,6 +326,10 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 				continue
 			}
 			next = res
+			o = ownerOf(svc)
+		}
+		if s.access != nil {
+			s.access.update(k, o, prev.resources, next.resources)
 		}
 		for _, r := range next.resources {
 			// A resource kept from the last translation is the same
@@ -477,6 +504,8 @@ type metrics struct {
 	pushLatency     *prometheus.HistogramVec
 	nacks           *prometheus.CounterVec
 	translateErrors prometheus.Counter
+	authFailures    *prometheus.CounterVec
+	forbidden       *prometheus.CounterVec
 }
 
 func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
@@ -502,13 +531,21 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Name: "ballast_xds_translate_errors_total",
 			Help: "Service updates that could not be translated; the Service keeps its last good resources.",
 		}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_xds_auth_failures_total",
+			Help: "xDS and CSDS calls refused for their credentials: no_token, malformed, refused (by the token check), unavailable (the check could not be made).",
+		}, []string{"reason"}),
+		forbidden: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "ballast_xds_forbidden_requests_total",
+			Help: "Resource names clients subscribed to that belong to another namespace's unexported Services, by type; they are not sent.",
+		}, []string{"type"}),
 	}
 	// Every type shows up at zero, so a dashboard sees "no NACKs", not "no data".
 	for _, t := range typeURLs {
 		m.nacks.WithLabelValues(typeName(t))
 		m.pushLatency.WithLabelValues(typeName(t))
 	}
-	for _, c := range []prometheus.Collector{m.clients, m.pushes, m.pushLatency, m.nacks, m.translateErrors, &resourceCollector{s: s}} {
+	for _, c := range []prometheus.Collector{m.clients, m.pushes, m.pushLatency, m.nacks, m.translateErrors, m.authFailures, m.forbidden, &resourceCollector{s: s}} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}

@@ -27,7 +27,12 @@ and C-core (Python, C++, …) all accept, with or without a zone (docs/languages
 Run it as an init container
 writing to a shared volume, and set GRPC_XDS_BOOTSTRAP to that path in the app
 container. --pod, --namespace and --zone default to $POD_NAME, $POD_NAMESPACE and
-$ZONE (set them with the downward API).`,
+$ZONE (set them with the downward API).
+
+--token-file names a projected ServiceAccount token (audience ballast-control)
+that an authenticated control plane needs; it is written as the server's
+call_creds (jwt_token_file, gRFC A97). See docs/security.md for which clients
+send it.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			b.Metadata = map[string]string{}
@@ -57,6 +62,7 @@ $ZONE (set them with the downward API).`,
 	f.StringVar(&b.Pod, "pod", os.Getenv("POD_NAME"), "this pod's name")
 	f.StringVar(&b.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "this pod's namespace")
 	f.StringVar(&b.Zone, "zone", os.Getenv("ZONE"), "this pod's zone")
+	f.StringVar(&b.TokenFile, "token-file", "", "projected ServiceAccount token file to send to the control plane as call credentials")
 	f.StringArrayVar(&metadata, "metadata", nil, "node metadata key=value (repeatable)")
 	f.StringVar(&out, "out", "-", `file to write ("-" for stdout), e.g. /etc/ballast/bootstrap.json`)
 	return cmd

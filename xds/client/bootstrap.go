@@ -11,11 +11,19 @@ import (
 // ConfigFromBootstrap reads the control plane's address and the node from
 // a gRPC xDS bootstrap (the JSON GRPC_XDS_BOOTSTRAP names), so a sidecar
 // configured like a proxyless client talks to the same control plane as
-// the same node. Only the first server is used, without credentials.
+// the same node. Only the first server is used, with plaintext transport;
+// its call credentials are used if they are a token file (gRFC A97's
+// jwt_token_file, which `ballast bootstrap --token-file` writes).
 func ConfigFromBootstrap(bootstrap []byte) (Config, error) {
 	var b struct {
 		XDSServers []struct {
 			ServerURI string `json:"server_uri"`
+			CallCreds []struct {
+				Type   string `json:"type"`
+				Config struct {
+					File string `json:"jwt_token_file"`
+				} `json:"config"`
+			} `json:"call_creds"`
 		} `json:"xds_servers"`
 		Node struct {
 			ID string `json:"id"`
@@ -27,5 +35,12 @@ func ConfigFromBootstrap(bootstrap []byte) (Config, error) {
 	if len(b.XDSServers) == 0 || b.XDSServers[0].ServerURI == "" {
 		return Config{}, errors.New("xds bootstrap: no xds_servers[0].server_uri")
 	}
-	return Config{Server: b.XDSServers[0].ServerURI, Node: &corev3.Node{Id: b.Node.ID}}, nil
+	cfg := Config{Server: b.XDSServers[0].ServerURI, Node: &corev3.Node{Id: b.Node.ID}}
+	for _, cc := range b.XDSServers[0].CallCreds {
+		if cc.Type == "jwt_token_file" && cc.Config.File != "" {
+			cfg.TokenFile = cc.Config.File
+			break
+		}
+	}
+	return cfg, nil
 }

@@ -15,6 +15,10 @@ func TestConfigFromBootstrap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	withToken, err := xds.Bootstrap{Server: "127.0.0.1:18000", ID: "n", TokenFile: "/run/token"}.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name    string
 		json    string
@@ -22,6 +26,7 @@ func TestConfigFromBootstrap(t *testing.T) {
 		wantErr string
 	}{
 		{name: "ours", json: string(good), want: Config{Server: "127.0.0.1:18000", Node: &corev3.Node{Id: "ballast-proxy~ns~pod"}}},
+		{name: "token file", json: string(withToken), want: Config{Server: "127.0.0.1:18000", Node: &corev3.Node{Id: "n"}, TokenFile: "/run/token"}},
 		{name: "no server", json: `{"node":{"id":"x"}}`, wantErr: "xds_servers"},
 		{name: "not json", json: `{`, wantErr: "xds bootstrap"},
 	}
@@ -34,7 +39,7 @@ func TestConfigFromBootstrap(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || got.Server != tc.want.Server || !proto.Equal(got.Node, tc.want.Node) {
+			if err != nil || got.Server != tc.want.Server || got.TokenFile != tc.want.TokenFile || !proto.Equal(got.Node, tc.want.Node) {
 				t.Fatalf("got %+v, %v; want %+v", got, err, tc.want)
 			}
 		})

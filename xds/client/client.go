@@ -38,7 +38,11 @@ type Config struct {
 	// DialOptions are added to the connection's; without transport
 	// credentials among them it is plaintext.
 	DialOptions []grpc.DialOption
-	Log         *slog.Logger
+	// TokenFile, if set, holds the token sent on every stream as call
+	// credentials (see TokenFile); the control plane needs one unless it
+	// runs with --insecure.
+	TokenFile string
+	Log       *slog.Logger
 
 	// Optional hooks, called on the stream's goroutine: for every response;
 	// for a response the client rejected (NACKed, the last good kept); and
@@ -97,6 +101,9 @@ func New(cfg Config) (*Client, error) {
 // keep what they were last given.
 func (c *Client) Run(ctx context.Context) error {
 	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, c.cfg.DialOptions...)
+	if c.cfg.TokenFile != "" {
+		opts = append(opts, grpc.WithPerRPCCredentials(TokenFile(c.cfg.TokenFile)))
+	}
 	conn, err := grpc.NewClient(c.cfg.Server, opts...)
 	if err != nil {
 		return fmt.Errorf("xds client: %w", err)

@@ -13,8 +13,10 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
+	"k8s.io/client-go/kubernetes"
 
 	"github.com/ballast-dev/ballast/control"
+	"github.com/ballast-dev/ballast/control/tokenreview"
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/discovery/kube"
 	"github.com/ballast-dev/ballast/discovery/source"
@@ -41,6 +43,14 @@ type Config struct {
 	// Off by default: the address also serves probes and metrics, which
 	// are for everyone; profiles are for whoever debugs the process.
 	Pprof bool
+	// Insecure serves every client without asking who it is, as the demo
+	// and a --files control plane do. Otherwise a client must send a
+	// projected ServiceAccount token for TokenAudience, which TokenReview
+	// checks, and reads only its namespace's Services and those exported
+	// to it, unless its namespace is one of ReadAllNamespaces.
+	Insecure          bool
+	TokenAudience     string
+	ReadAllNamespaces []string
 
 	// Serving, if set, is told the bound addresses (tests listen on port 0).
 	Serving func(xdsAddr, httpAddr net.Addr)
@@ -66,7 +76,14 @@ ballast.dev/lb-policy (round_robin, least_request, peak_ewma) says otherwise.
 --http-address serves /healthz, /readyz (once discovery has synced), /metrics and
 /debug/clients (what each client was last sent; ?resources=1 for content), and
 with --pprof Go's profiles under /debug/pprof/. CSDS
-(envoy.service.status.v3) is served on the xDS port.`,
+(envoy.service.status.v3) is served on the xDS port.
+
+With a cluster, clients must authenticate: each stream carries a projected
+ServiceAccount token for --token-audience as gRPC call credentials
+(authorization: Bearer <token>), checked by TokenReview. A client reads the
+Services of its own namespace and those annotated ballast.dev/export-to ("*" or
+a list of namespaces); clients of --read-all-namespaces read everything and may
+use CSDS. --insecure serves everyone everything, as a --files control plane does.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.InCluster = cfg.Kubeconfig == "" && cfg.Files == ""
@@ -84,6 +101,9 @@ with --pprof Go's profiles under /debug/pprof/. CSDS
 	f.StringVar(&cfg.Translate.BareNameNamespace, "bare-name-namespace", "default",
 		`namespace whose Services are also served as <name>:<port> ("-" for none)`)
 	f.BoolVar(&cfg.Pprof, "pprof", false, "also serve Go's profiles (heap, CPU, goroutines) under /debug/pprof/ on --http-address")
+	f.BoolVar(&cfg.Insecure, "insecure", false, "serve every xDS client without authentication (implied by --files without a cluster)")
+	f.StringVar(&cfg.TokenAudience, "token-audience", tokenreview.DefaultAudience, "audience clients' ServiceAccount tokens must be for")
+	f.StringSliceVar(&cfg.ReadAllNamespaces, "read-all-namespaces", []string{"ballast-system"}, "namespaces whose clients read every namespace's Services and may use CSDS")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", time.Second, "on shutdown, how long unary calls (CSDS) may finish before xDS streams are closed")
 	return cmd
 }
@@ -102,7 +122,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if err != nil {
 		return fmt.Errorf("%w (give --kubeconfig, or --files to run without a cluster)", err)
 	}
-	var status *kube.StatusWriter
+	var (
+		status *kube.StatusWriter
+		authn  xds.Authenticator
+	)
 	if cfg.Kubeconfig != "" || cfg.InCluster {
 		// GRPCRoute status is the control plane's to write, from the
 		// cluster's routes it serves (a file's have no object to write to).
@@ -111,6 +134,18 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return err
 		}
 		status = kube.NewStatusWriter(restCfg, reg, kube.StatusOptions{Synced: sources.Synced, Logger: log})
+		if !cfg.Insecure {
+			client, err := kubernetes.NewForConfig(restCfg)
+			if err != nil {
+				return err
+			}
+			if authn, err = tokenreview.New(tokenreview.Config{Client: client, Audience: cfg.TokenAudience}); err != nil {
+				return err
+			}
+		}
+	}
+	if authn == nil {
+		log.Info("serving xDS without authentication: every client reads every Service")
 	}
 	xdsLis, err := net.Listen("tcp", cfg.XDSAddress)
 	if err != nil {
@@ -132,14 +167,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	}
 	g.Go(func() error {
 		return control.Serve(ctx, control.Config{
-			Registry:     reg,
-			Synced:       sources.Synced,
-			Translate:    cfg.Translate,
-			XDS:          xdsLis,
-			HTTP:         httpLis,
-			Pprof:        cfg.Pprof,
-			DrainTimeout: cfg.DrainTimeout,
-			Log:          log,
+			Registry:          reg,
+			Synced:            sources.Synced,
+			Translate:         cfg.Translate,
+			Authenticator:     authn,
+			ReadAllNamespaces: cfg.ReadAllNamespaces,
+			XDS:               xdsLis,
+			HTTP:              httpLis,
+			Pprof:             cfg.Pprof,
+			DrainTimeout:      cfg.DrainTimeout,
+			Log:               log,
 		})
 	})
 	return g.Wait()

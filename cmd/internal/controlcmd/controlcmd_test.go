@@ -109,6 +109,7 @@ func TestControlServesKubernetes(t *testing.T) {
 	go func() {
 		done <- Run(runCtx, Config{
 			Kubeconfig:   kubeconfig(t),
+			Insecure:     true,
 			XDSAddress:   "127.0.0.1:0",
 			HTTPAddress:  "127.0.0.1:0",
 			DrainTimeout: time.Second,

@@ -42,6 +42,7 @@ type proxyConfig struct {
 	outbound     []string
 	services     []string
 	xdsAddress   string
+	xdsTokenFile string
 	nodeID       string
 	admin        string
 	maxMessage   int
@@ -119,6 +120,7 @@ so callers move to other pods), lets in-flight calls finish for up to
 	f.StringVar(&c.inbound, "inbound-address", "", "address of the inbound listener, for connections 'ballast proxy init --inbound-ports' redirects into the pod (say :15006); empty: none")
 	f.StringArrayVar(&c.outbound, "outbound", nil, "explicit listener ADDR=TARGET (repeatable)")
 	f.StringArrayVar(&c.services, "service", nil, "transparent mode: a Service's CLUSTERIP:PORT=name.namespace:port (repeatable)")
+	f.StringVar(&c.xdsTokenFile, "xds-token-file", "", "projected ServiceAccount token (audience ballast-control) sent to the control plane on every stream, read again each time; overrides the bootstrap's call_creds")
 	f.StringVar(&c.xdsAddress, "xds-address", "", "control plane host:port that resolves xds:/// targets (name.namespace:port); without it, the one in $GRPC_XDS_BOOTSTRAP(_CONFIG)")
 	f.StringVar(&c.nodeID, "node-id", "", "xDS node id (default ballast~$POD_NAME.$POD_NAMESPACE, as ballast bootstrap writes)")
 	f.StringVar(&c.admin, "admin-address", ":15021", "address of /ready and /metrics")
@@ -269,7 +271,7 @@ func runProxy(ctx context.Context, c proxyConfig, sources []Source) error {
 // JSON); nil when neither is given.
 func xdsConfig(c proxyConfig) (*client.Config, error) {
 	if c.xdsAddress != "" {
-		return &client.Config{Server: c.xdsAddress, Node: &corev3.Node{Id: c.nodeID, UserAgentName: "ballast-proxy"}}, nil
+		return &client.Config{Server: c.xdsAddress, Node: &corev3.Node{Id: c.nodeID, UserAgentName: "ballast-proxy"}, TokenFile: c.xdsTokenFile}, nil
 	}
 	data := []byte(os.Getenv("GRPC_XDS_BOOTSTRAP_CONFIG"))
 	if file := os.Getenv("GRPC_XDS_BOOTSTRAP"); file != "" {
@@ -286,6 +288,9 @@ func xdsConfig(c proxyConfig) (*client.Config, error) {
 		return nil, fmt.Errorf("GRPC_XDS_BOOTSTRAP: %w", err)
 	}
 	cfg.Node.UserAgentName = "ballast-proxy"
+	if c.xdsTokenFile != "" {
+		cfg.TokenFile = c.xdsTokenFile
+	}
 	return &cfg, nil
 }
 
