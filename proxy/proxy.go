@@ -14,6 +14,12 @@
 // control is end to end: a window update goes back to the sender only once
 // its bytes were written to the other side.
 //
+// A rule with a call policy (call.go) also bounds its calls in time (the
+// call's timeout, each try's) and retries tries that fail before any of
+// their response reached the client, replaying a bounded copy of the
+// request to a new pick; calls of rules without one keep no copy and no
+// timer.
+//
 // Connections reach it either through explicit listeners, one per upstream
 // target, or through one transparent listener fed by iptables REDIRECT,
 // where the original destination picks the Service and anything that is not

@@ -2,6 +2,7 @@ package route
 
 import (
 	"context"
+	"reflect"
 	"strings"
 	"sync"
 
@@ -32,8 +33,11 @@ type Filters struct {
 // it; ready is closed once one has (nil or not).
 type published struct {
 	router *policy.Router
-	refs   int
-	ready  chan struct{}
+	// calls are the router's rules' call policies (call.go), by rule;
+	// nil when no rule has one.
+	calls []*callRule
+	refs  int
+	ready chan struct{}
 }
 
 // entryLocked is target's entry, made if missing (f.mu held).
@@ -78,6 +82,14 @@ func (f *Filters) Publish(target string, r *policy.Router) {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	p := f.entryLocked(target)
+	switch {
+	case r == nil:
+		p.calls = nil
+	case p.router == nil || !reflect.DeepEqual(*p.router.Route(), *r.Route()):
+		// Compiled again only when the route changed, not with each
+		// endpoint update, so that its rules' budgets keep counting.
+		p.calls = newCallRules(r)
+	}
 	p.router = r
 	select {
 	case <-p.ready:
@@ -86,13 +98,14 @@ func (f *Filters) Publish(target string, r *policy.Router) {
 	}
 }
 
-// router is target's router. Until a resolver has published (the
-// channel is idle, or its resolver has not read the registry yet) it has
-// cc leave idle and waits, so that the first calls are filtered too.
-func (f *Filters) router(ctx context.Context, cc *grpc.ClientConn) *policy.Router {
+// router is target's router and its rules' call policies. Until a
+// resolver has published (the channel is idle, or its resolver has not
+// read the registry yet) it has cc leave idle and waits, so that the
+// first calls are filtered too.
+func (f *Filters) router(ctx context.Context, cc *grpc.ClientConn) (*policy.Router, []*callRule) {
 	target := cc.CanonicalTarget()
 	if !strings.HasPrefix(target, f.scheme+":") {
-		return nil
+		return nil, nil
 	}
 	f.mu.RLock()
 	p := f.targets[target]
@@ -109,12 +122,12 @@ func (f *Filters) router(ctx context.Context, cc *grpc.ClientConn) *policy.Route
 		select {
 		case <-p.ready:
 		case <-ctx.Done():
-			return nil // the call fails on its own
+			return nil, nil // the call fails on its own
 		}
 	}
 	f.mu.RLock()
 	defer f.mu.RUnlock()
-	return p.router
+	return p.router, p.calls
 }
 
 // DialOptions are the interceptors that apply the filters.
@@ -132,11 +145,12 @@ type decision struct {
 type decisionKey struct{}
 
 // decide chooses the call's rule and applies its request filter; resp is
-// the rule's response filter, nil when it has none.
-func (f *Filters) decide(ctx context.Context, cc *grpc.ClientConn, method string) (_ context.Context, resp *policy.HeaderModifier) {
-	r := f.router(ctx, cc)
+// the rule's response filter, nil when it has none, and call its call
+// policy, nil when it has none.
+func (f *Filters) decide(ctx context.Context, cc *grpc.ClientConn, method string) (_ context.Context, resp *policy.HeaderModifier, call *callRule) {
+	r, calls := f.router(ctx, cc)
 	if r == nil {
-		return ctx, nil
+		return ctx, nil, nil
 	}
 	headers := policy.NoHeaders
 	if r.MatchesHeaders() {
@@ -144,7 +158,7 @@ func (f *Filters) decide(ctx context.Context, cc *grpc.ClientConn, method string
 	}
 	i := r.Match(method, headers)
 	if i < 0 {
-		return ctx, nil // the picker fails the call
+		return ctx, nil, nil // the picker fails the call
 	}
 	ctx = context.WithValue(ctx, decisionKey{}, decision{router: r, rule: i})
 	if m := r.RequestHeaders(i); !m.Empty() {
@@ -158,7 +172,10 @@ func (f *Filters) decide(ctx context.Context, cc *grpc.ClientConn, method string
 	if m := r.ResponseHeaders(i); !m.Empty() {
 		resp = m
 	}
-	return ctx, resp
+	if calls != nil {
+		call = calls[i]
+	}
+	return ctx, resp, call
 }
 
 // modify applies m to md: Set replaces, Add appends, Remove deletes.
@@ -175,8 +192,13 @@ func modify(md metadata.MD, m *policy.HeaderModifier) {
 }
 
 func (f *Filters) unary(ctx context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
-	ctx, resp := f.decide(ctx, cc, method)
-	err := invoker(ctx, method, req, reply, cc, opts...)
+	ctx, resp, call := f.decide(ctx, cc, method)
+	var err error
+	if call != nil {
+		err = call.unary(ctx, method, req, reply, cc, invoker, opts...)
+	} else {
+		err = invoker(ctx, method, req, reply, cc, opts...)
+	}
 	if resp != nil {
 		for _, o := range opts {
 			if h, ok := o.(grpc.HeaderCallOption); ok && h.HeaderAddr != nil {
@@ -193,8 +215,14 @@ func (f *Filters) unary(ctx context.Context, method string, req, reply any, cc *
 }
 
 func (f *Filters) stream(ctx context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
-	ctx, resp := f.decide(ctx, cc, method)
-	s, err := streamer(ctx, desc, cc, method, opts...)
+	ctx, resp, call := f.decide(ctx, cc, method)
+	var s grpc.ClientStream
+	var err error
+	if call != nil {
+		s, err = call.stream(ctx, desc, cc, method, streamer, opts...)
+	} else {
+		s, err = streamer(ctx, desc, cc, method, opts...)
+	}
 	if err != nil || resp == nil {
 		return s, err
 	}

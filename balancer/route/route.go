@@ -22,6 +22,10 @@
 // interceptors of Filters, which the kubernetes:/// dial options install.
 // Without them, the policy adds a rule's request Set and Add headers (a
 // Set header the application also sends then goes with both values).
+//
+// Call policies (a rule's timeouts and retries, policy.CallPolicy) are
+// enforced by the same interceptors, per call (call.go); without them a
+// rule's call policy is not honoured.
 package route
 
 import (

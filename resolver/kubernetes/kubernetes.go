@@ -36,7 +36,8 @@
 // registry resolves) is resolved to that route and its backend Services'
 // endpoints and policies, under the balancer/route policy: each call is
 // routed by its method and metadata, then balanced by its backend's own
-// policy; DialOptions also applies the route's header filters. Reading
+// policy; DialOptions also applies the route's header filters and its
+// rules' call policies (timeouts, and retries within a budget). Reading
 // GRPCRoutes from a cluster (StartCluster with kube.Options.Routes) needs
 // RBAC get, list and watch on grpcroutes.gateway.networking.k8s.io (and
 // referencegrants.gateway.networking.k8s.io, for backends in other

@@ -1,0 +1,343 @@
+package kubernetes_test
+
+import (
+	"context"
+	"errors"
+	"io"
+	"net"
+	"net/netip"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/types/known/emptypb"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+
+	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/policy"
+	"github.com/ballast-dev/ballast/resolver/kubernetes"
+)
+
+// callBackend is a gRPC server on loopback that answers every method: a
+// unary call with an Empty, or the error handle returns for it (the n-th
+// it got, from 1); a server-streaming call (/test.Stream/...) with two
+// messages, unless handle fails it first. tries counts the calls that
+// reached it.
+type callBackend struct {
+	addr  netip.AddrPort
+	tries atomic.Int64
+}
+
+func startCallBackend(t *testing.T, handle func(ctx context.Context, n int64) error) *callBackend {
+	t.Helper()
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := &callBackend{addr: lis.Addr().(*net.TCPAddr).AddrPort()}
+	gs := grpc.NewServer(grpc.UnknownServiceHandler(func(_ any, stream grpc.ServerStream) error {
+		if err := stream.RecvMsg(&emptypb.Empty{}); err != nil {
+			return err
+		}
+		n := b.tries.Add(1)
+		if handle != nil {
+			if err := handle(stream.Context(), n); err != nil {
+				return err
+			}
+		}
+		method, _ := grpc.MethodFromServerStream(stream)
+		if strings.HasPrefix(method, "/test.Stream/") {
+			if err := stream.SendMsg(&emptypb.Empty{}); err != nil {
+				return err
+			}
+		}
+		return stream.SendMsg(&emptypb.Empty{})
+	}))
+	done := make(chan struct{})
+	go func() { defer close(done); gs.Serve(lis) }()
+	t.Cleanup(func() { gs.Stop(); <-done })
+	return b
+}
+
+func failing(_ context.Context, n int64) error {
+	if n%10 < 3 {
+		return status.Error(codes.Unavailable, "injected failure")
+	}
+	return nil
+}
+
+func alwaysUnavailable(context.Context, int64) error {
+	return status.Error(codes.Unavailable, "injected failure")
+}
+
+// dialCalls dials greeter through the kubernetes:/// resolver, with its
+// interceptors, over a registry where greeter is served by backends and
+// routed by callRoute(cp).
+func dialCalls(t *testing.T, cp policy.CallPolicy, backends ...*callBackend) *grpc.ClientConn {
+	t.Helper()
+	var addrs []netip.AddrPort
+	for _, b := range backends {
+		addrs = append(addrs, b.addr)
+	}
+	reg := discovery.NewRegistry()
+	reg.Set(service("greeter", addrs...))
+	routes := &staticRoutes{}
+	to := []policy.Backend{{Cluster: cluster("greeter"), Weight: 1}}
+	routes.set(greeterKey, policy.Route{Name: "greeter", Rules: []policy.Rule{
+		{Name: "with-policy", Match: policy.Match{Headers: []policy.HeaderMatch{{Name: "x-policy", Value: policy.StringMatch{Type: policy.Exact, Value: "yes"}}}}, Backends: to, Call: cp},
+		{Name: "without", Backends: to},
+	}})
+	conn, err := grpc.NewClient(target, append(kubernetes.DialOptions(reg, kubernetes.WithRoutes(routes)), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	// Wait until calls reach every backend (round_robin only uses
+	// connected ones), then count from zero.
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		callMany(conn, helloMethod, len(backends), &emptypb.Empty{})
+		all := true
+		for _, b := range backends {
+			all = all && b.tries.Load() > 0
+		}
+		if all {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("calls did not reach every backend")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	for _, b := range backends {
+		b.tries.Store(0)
+	}
+	return conn
+}
+
+const helloMethod = "/helloworld.Greeter/SayHello"
+
+// callMany makes calls calls of method from 8 goroutines and returns the
+// status codes they ended with.
+func callMany(conn *grpc.ClientConn, method string, calls int, req proto.Message, md ...string) map[codes.Code]int {
+	var mu sync.Mutex
+	got := map[codes.Code]int{}
+	var next atomic.Int64
+	var wg sync.WaitGroup
+	for range 8 {
+		wg.Go(func() {
+			for next.Add(1) <= int64(calls) {
+				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+				err := conn.Invoke(metadata.AppendToOutgoingContext(ctx, md...), method, req, &emptypb.Empty{})
+				cancel()
+				mu.Lock()
+				got[status.Code(err)]++
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return got
+}
+
+// TestCallRetryUnavailable: one of three backends answers UNAVAILABLE to
+// 30% of calls. Calls of a rule retrying UNAVAILABLE twice fail at most
+// 0.5% of the time, each failed try retried on another pick; calls of a
+// rule without a policy fail about 10% of the time, each tried once.
+func TestCallRetryUnavailable(t *testing.T) {
+	bad, good1, good2 := startCallBackend(t, failing), startCallBackend(t, nil), startCallBackend(t, nil)
+	conn := dialCalls(t, policy.CallPolicy{Retry: &policy.Retry{Codes: []codes.Code{codes.Unavailable}, Attempts: 2}}, bad, good1, good2)
+	tries := func() int64 { return bad.tries.Load() + good1.tries.Load() + good2.tries.Load() }
+
+	const calls = 2000
+	got := callMany(conn, helloMethod, calls, &emptypb.Empty{}, "x-policy", "yes")
+	t.Logf("with retries: %v in %d tries, %d on the failing backend", got, tries(), bad.tries.Load())
+	if failed := calls - got[codes.OK]; failed > calls/200 || got[codes.Unavailable] != failed {
+		t.Errorf("%d of %d calls failed (%v), want at most 0.5%%, UNAVAILABLE", failed, calls, got)
+	}
+	if retries := tries() - calls; retries < calls/20 || retries > calls/5 {
+		t.Errorf("%d retries for %d calls, want about a tenth", retries, calls)
+	}
+
+	before := tries()
+	got = callMany(conn, helloMethod, calls, &emptypb.Empty{})
+	t.Logf("without: %v", got)
+	if failed := calls - got[codes.OK]; failed < calls/20 || failed > calls*3/20 || got[codes.Unavailable] != failed {
+		t.Errorf("without a policy %d of %d calls failed (%v), want about 10%% UNAVAILABLE", failed, calls, got)
+	}
+	if n := tries() - before; n != calls {
+		t.Errorf("without a policy: %d tries for %d calls, want one each", n, calls)
+	}
+}
+
+// TestCallRetryBudget: with one backend of three failing every call, the
+// retries of a rule with a 20% budget stay within 20% of its calls.
+func TestCallRetryBudget(t *testing.T) {
+	bad, good1, good2 := startCallBackend(t, alwaysUnavailable), startCallBackend(t, nil), startCallBackend(t, nil)
+	conn := dialCalls(t, policy.CallPolicy{Retry: &policy.Retry{Codes: []codes.Code{codes.Unavailable}, Attempts: 2,
+		Budget: &policy.RetryBudget{Percent: 20, Interval: time.Hour}}}, bad, good1, good2)
+	const calls = 1500
+	got := callMany(conn, helloMethod, calls, &emptypb.Empty{}, "x-policy", "yes")
+	retries := bad.tries.Load() + good1.tries.Load() + good2.tries.Load() - calls
+	t.Logf("calls %v, %d retries", got, retries)
+	if retries > calls/5 || retries < calls/10 {
+		t.Errorf("%d retries for %d calls, want the 20%% budget used and kept", retries, calls)
+	}
+	if failed := calls - got[codes.OK]; failed == 0 || got[codes.Unavailable] != failed {
+		t.Errorf("calls ended %v, want those the budget refused UNAVAILABLE", got)
+	}
+}
+
+// TestCallTimeout: a rule's timeout ends its slow calls with
+// DEADLINE_EXCEEDED saying so, and the server sees the deadline and the
+// cancellation; a caller's sooner deadline stays; other rules' calls are
+// not bounded by it.
+func TestCallTimeout(t *testing.T) {
+	type seen struct {
+		left      time.Duration
+		cancelled bool
+	}
+	seenc := make(chan seen, 10)
+	slow := startCallBackend(t, func(ctx context.Context, _ int64) error {
+		if md, _ := metadata.FromIncomingContext(ctx); len(md.Get("x-slow")) == 0 {
+			return nil // dialCalls' first calls
+		}
+		var s seen
+		if d, ok := ctx.Deadline(); ok {
+			s.left = time.Until(d)
+		}
+		select {
+		case <-ctx.Done():
+			s.cancelled = true
+		case <-time.After(time.Second):
+		}
+		seenc <- s
+		return nil
+	})
+	conn := dialCalls(t, policy.CallPolicy{Timeout: 200 * time.Millisecond}, slow)
+	call := func(timeout time.Duration, md ...string) error {
+		ctx, cancel := context.WithTimeout(context.Background(), timeout)
+		defer cancel()
+		return conn.Invoke(metadata.AppendToOutgoingContext(ctx, append(md, "x-slow", "yes")...), helloMethod, &emptypb.Empty{}, &emptypb.Empty{})
+	}
+	err := call(10*time.Second, "x-policy", "yes")
+	if status.Code(err) != codes.DeadlineExceeded || !strings.Contains(err.Error(), "the call's timeout (200ms) elapsed") {
+		t.Fatalf("slow call with a 200ms timeout: %v, want DEADLINE_EXCEEDED naming the rule's timeout", err)
+	}
+	if s := <-seenc; !s.cancelled || s.left <= 0 || s.left > 200*time.Millisecond {
+		t.Errorf("server saw deadline %v from the start, cancelled=%v; want at most 200ms, cancelled", s.left, s.cancelled)
+	}
+	if err := call(100*time.Millisecond, "x-policy", "yes"); status.Code(err) != codes.DeadlineExceeded {
+		t.Fatalf("slow call with the caller's 100ms deadline: %v, want DEADLINE_EXCEEDED", err)
+	}
+	if s := <-seenc; s.left > 100*time.Millisecond || !s.cancelled {
+		t.Errorf("server saw deadline %v (cancelled=%v), want the caller's 100ms", s.left, s.cancelled)
+	}
+	if err := call(10 * time.Second); err != nil {
+		t.Fatalf("slow call of a rule without a timeout: %v, want OK", err)
+	}
+	if s := <-seenc; s.cancelled || s.left < 5*time.Second {
+		t.Errorf("call without a timeout: server saw deadline %v, cancelled=%v; want the caller's 10s, not cancelled", s.left, s.cancelled)
+	}
+}
+
+// TestCallTryTimeout: a try that outlives the per-try timeout is given up
+// and, as the rule retries DEADLINE_EXCEEDED, tried again with
+// grpc-previous-rpc-attempts.
+func TestCallTryTimeout(t *testing.T) {
+	var retriedSeen atomic.Int64
+	release := make(chan struct{})
+	backend := startCallBackend(t, func(ctx context.Context, _ int64) error {
+		md, _ := metadata.FromIncomingContext(ctx)
+		if v := md.Get("grpc-previous-rpc-attempts"); len(v) == 1 && v[0] == "1" {
+			retriedSeen.Add(1)
+			return nil
+		}
+		if len(md.Get("x-policy")) == 0 {
+			return nil // dialCalls' first calls
+		}
+		select {
+		case <-release:
+		case <-ctx.Done():
+		}
+		return ctx.Err()
+	})
+	t.Cleanup(func() { close(release) })
+	conn := dialCalls(t, policy.CallPolicy{TryTimeout: 100 * time.Millisecond, Retry: &policy.Retry{Codes: []codes.Code{codes.DeadlineExceeded}, Attempts: 1}}, backend)
+	ctx, cancel := context.WithTimeout(metadata.AppendToOutgoingContext(context.Background(), "x-policy", "yes"), 10*time.Second)
+	defer cancel()
+	if err := conn.Invoke(ctx, helloMethod, &emptypb.Empty{}, &emptypb.Empty{}); err != nil {
+		t.Fatalf("call whose first try hangs: %v, want OK from the retry", err)
+	}
+	if backend.tries.Load() != 2 || retriedSeen.Load() != 1 {
+		t.Errorf("%d tries, %d with grpc-previous-rpc-attempts 1; want 2 and 1", backend.tries.Load(), retriedSeen.Load())
+	}
+}
+
+// TestCallRetryBounds: a request over the replay bound is tried once; a
+// small one up to the rule's attempts; a server-streaming call whose first
+// try fails before any response is retried, its request replayed.
+func TestCallRetryBounds(t *testing.T) {
+	const (
+		answer = iota
+		failAll
+		failFirstTry
+	)
+	var mode atomic.Int32
+	backend := startCallBackend(t, func(ctx context.Context, _ int64) error {
+		md, _ := metadata.FromIncomingContext(ctx)
+		retry := len(md.Get("grpc-previous-rpc-attempts")) > 0
+		if m := mode.Load(); m == failAll || m == failFirstTry && !retry {
+			return status.Error(codes.Unavailable, "injected failure")
+		}
+		return nil
+	})
+	conn := dialCalls(t, policy.CallPolicy{Retry: &policy.Retry{Codes: []codes.Code{codes.Unavailable}, Attempts: 2}}, backend)
+	ctx := metadata.AppendToOutgoingContext(t.Context(), "x-policy", "yes")
+
+	mode.Store(failAll)
+	if err := conn.Invoke(ctx, helloMethod, wrapperspb.Bytes(make([]byte, 64<<10+1)), &emptypb.Empty{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("big call: %v, want UNAVAILABLE", err)
+	}
+	if n := backend.tries.Swap(0); n != 1 {
+		t.Fatalf("big call: %d tries, want 1", n)
+	}
+	if err := conn.Invoke(ctx, helloMethod, wrapperspb.Bytes(make([]byte, 1000)), &emptypb.Empty{}); status.Code(err) != codes.Unavailable {
+		t.Fatalf("small call: %v, want UNAVAILABLE", err)
+	}
+	if n := backend.tries.Swap(0); n != 3 {
+		t.Fatalf("small call: %d tries, want 3", n)
+	}
+
+	mode.Store(failFirstTry)
+	cs, err := conn.NewStream(ctx, &grpc.StreamDesc{ServerStreams: true}, "/test.Stream/Fetch")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cs.SendMsg(&emptypb.Empty{}); err != nil {
+		t.Fatal(err)
+	}
+	cs.CloseSend()
+	n := 0
+	for {
+		err := cs.RecvMsg(&emptypb.Empty{})
+		if errors.Is(err, io.EOF) {
+			break
+		}
+		if err != nil {
+			t.Fatalf("server-streaming call whose first try fails: %v, want its retry's messages", err)
+		}
+		n++
+	}
+	if n != 2 || backend.tries.Load() != 2 {
+		t.Fatalf("server-streaming call: %d messages in %d tries, want 2 in 2", n, backend.tries.Load())
+	}
+}
