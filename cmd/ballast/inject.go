@@ -15,6 +15,7 @@ import (
 
 	"github.com/ballast-dev/ballast/discovery/source"
 	"github.com/ballast-dev/ballast/inject"
+	"github.com/ballast-dev/ballast/internal/keypair"
 )
 
 func newInjectCmd() *cobra.Command {
@@ -36,7 +37,7 @@ without the sidecar when the webhook is down.`,
 			if err := c.Validate(); err != nil {
 				return fmt.Errorf("--image: %w", err)
 			}
-			cert, err := injectCertificate(cmd.Context(), certs, webhookCfg, serviceDNS)
+			getCert, err := injectCertificate(cmd.Context(), certs, webhookCfg, serviceDNS)
 			if err != nil {
 				return err
 			}
@@ -49,7 +50,7 @@ without the sidecar when the webhook is down.`,
 			mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ready") })
 			srv := &http.Server{
 				Handler:           mux,
-				TLSConfig:         &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12},
+				TLSConfig:         &tls.Config{GetCertificate: getCert, MinVersion: tls.VersionTLS12},
 				ReadHeaderTimeout: 10 * time.Second,
 			}
 			done := make(chan error, 1)
@@ -70,7 +71,7 @@ without the sidecar when the webhook is down.`,
 	}
 	f := cmd.Flags()
 	f.StringVar(&address, "address", ":9443", "address of the webhook's HTTPS listener")
-	f.StringVar(&certs, "cert-dir", "", "folder with tls.crt and tls.key (from a certificate manager)")
+	f.StringVar(&certs, "cert-dir", "", "folder with tls.crt and tls.key (from a certificate manager), read again when they change")
 	f.StringVar(&webhookCfg, "self-signed", "", "without --cert-dir: make a certificate at start and put its CA in this MutatingWebhookConfiguration")
 	f.StringSliceVar(&serviceDNS, "dns-names", []string{"ballast-inject.ballast-system.svc"}, "names the self-signed certificate is for (the webhook Service's)")
 	f.StringVar(&c.Image, "image", "", "image of the injected containers (holds the sidecar binary, --proxy-command)")
@@ -82,33 +83,38 @@ without the sidecar when the webhook is down.`,
 	return cmd
 }
 
-// injectCertificate loads the webhook's certificate from dir, or makes a
-// self-signed one and publishes its CA in the named webhook configuration.
-func injectCertificate(ctx context.Context, dir, webhookCfg string, dnsNames []string) (tls.Certificate, error) {
+// certSource is a tls.Config's GetCertificate.
+type certSource = func(*tls.ClientHelloInfo) (*tls.Certificate, error)
+
+// injectCertificate serves the webhook's certificate from dir, read again
+// whenever its files change (a certificate manager rotating the Secret
+// needs no restart), or makes a self-signed one and publishes its CA in
+// the named webhook configuration.
+func injectCertificate(ctx context.Context, dir, webhookCfg string, dnsNames []string) (certSource, error) {
 	switch {
 	case dir != "":
-		cert, err := tls.LoadX509KeyPair(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"))
+		files, err := keypair.Load(filepath.Join(dir, "tls.crt"), filepath.Join(dir, "tls.key"), nil)
 		if err != nil {
-			return tls.Certificate{}, fmt.Errorf("--cert-dir %s: %w", dir, err)
+			return nil, fmt.Errorf("--cert-dir %s: %w", dir, err)
 		}
-		return cert, nil
+		return files.GetCertificate, nil
 	case webhookCfg != "":
 		cert, ca, err := inject.SelfSigned(dnsNames, 10*365*24*time.Hour)
 		if err != nil {
-			return tls.Certificate{}, err
+			return nil, err
 		}
 		cfg, err := source.RESTConfig("")
 		if err != nil {
-			return tls.Certificate{}, fmt.Errorf("--self-signed: %w", err)
+			return nil, fmt.Errorf("--self-signed: %w", err)
 		}
 		client, err := kubernetes.NewForConfig(cfg)
 		if err != nil {
-			return tls.Certificate{}, fmt.Errorf("--self-signed: %w", err)
+			return nil, fmt.Errorf("--self-signed: %w", err)
 		}
 		if err := inject.PatchCABundle(ctx, client, webhookCfg, ca); err != nil {
-			return tls.Certificate{}, fmt.Errorf("--self-signed: %w", err)
+			return nil, fmt.Errorf("--self-signed: %w", err)
 		}
-		return cert, nil
+		return func(*tls.ClientHelloInfo) (*tls.Certificate, error) { return &cert, nil }, nil
 	}
-	return tls.Certificate{}, errors.New("give --cert-dir or --self-signed")
+	return nil, errors.New("give --cert-dir or --self-signed")
 }
