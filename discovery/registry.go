@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 
+	corev1 "k8s.io/api/core/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
@@ -144,6 +145,13 @@ type Registry struct {
 	// routeSubs collect the keys of GRPCRoutes whose status may have
 	// changed.
 	routeSubs map[*Subscription]struct{}
+	// The objects a gateway serves (registry_gateways.go).
+	gateways map[Key]*gatewayv1.Gateway
+	classes  map[string]*gatewayv1.GatewayClass
+	secrets  map[Key]*corev1.Secret
+	// gatewaySubs are told of every change a gateway may serve
+	// differently after.
+	gatewaySubs map[*Subscription]struct{}
 }
 
 // NewRegistry returns an empty registry.
@@ -155,6 +163,11 @@ func NewRegistry() *Registry {
 		grants:    map[Key]*gatewayv1.ReferenceGrant{},
 		subs:      map[*Subscription]struct{}{},
 		routeSubs: map[*Subscription]struct{}{},
+		gateways:  map[Key]*gatewayv1.Gateway{},
+		classes:   map[string]*gatewayv1.GatewayClass{},
+		secrets:   map[Key]*corev1.Secret{},
+
+		gatewaySubs: map[*Subscription]struct{}{},
 	}
 }
 
@@ -217,6 +230,7 @@ func (r *Registry) notifyLocked(k Key) {
 	for sub := range r.subs {
 		sub.add(k)
 	}
+	r.notifyGatewaysLocked(k)
 }
 
 // Subscribe returns a subscription that collects the keys of changed
@@ -273,6 +287,7 @@ func (s *Subscription) Close() {
 	s.r.mu.Lock()
 	delete(s.r.subs, s)
 	delete(s.r.routeSubs, s)
+	delete(s.r.gatewaySubs, s)
 	s.r.mu.Unlock()
 }
 

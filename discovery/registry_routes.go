@@ -104,6 +104,7 @@ func (r *Registry) grantsChangedLocked() {
 	}
 	r.reresolveLocked(affected)
 	r.notifyRoutesLocked(slices.Collect(maps.Keys(r.routes)))
+	r.notifyGatewaysLocked(Key{}) // a grant may admit a listener's Secret
 }
 
 // backendChangedLocked re-resolves the routes that attach to or name the
@@ -187,6 +188,9 @@ func (r *Registry) notifyRoutesLocked(keys []Key) {
 		for _, k := range keys {
 			sub.add(k)
 		}
+	}
+	for _, k := range keys {
+		r.notifyGatewaysLocked(k)
 	}
 }
 

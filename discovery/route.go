@@ -35,7 +35,11 @@ type PortRoute struct {
 type RouteRule struct {
 	// Name is the rule's name qualified by its route (see RuleName), by
 	// which a policy attaches to it.
-	Name  string
+	Name string
+	// Match selects the rule's calls; for a route attached to a Gateway
+	// listener its Hostname is one of the hostnames the listener and the
+	// route both accept (a rule per hostname), empty when neither names
+	// any.
 	Match policy.Match
 	// Backends are the rule's backendRefs of non-zero weight. A rule
 	// without any sends no call anywhere: its calls fail UNAVAILABLE.
@@ -259,9 +263,13 @@ func parentOf(rt *gatewayv1.GRPCRoute, p gatewayv1.ParentReference) (k Key, port
 // attachedRule is one match of one rule of a route attached to a port,
 // with what orders it.
 type attachedRule struct {
-	route               *gatewayv1.GRPCRoute
-	rule, match         int
-	service, method, hd int // characters of service and method, header matches
+	route       *gatewayv1.GRPCRoute
+	rule, match int
+	// Characters of a matching non-wildcard hostname and of any matching
+	// hostname (Gateway parents only), of service and method, and the
+	// number of header matches.
+	exactHost, host     int
+	service, method, hd int
 	out                 RouteRule
 }
 
@@ -307,13 +315,16 @@ func resolveRoutes(svc *Service, routes []*gatewayv1.GRPCRoute, v routeView) []P
 	return out
 }
 
-// comparePrecedence orders rules as grpcroute_types.go says (hostnames do
-// not apply to a Service's routes): more characters of a matching
+// comparePrecedence orders rules as grpcroute_types.go says: more
+// characters of a matching non-wildcard hostname, then of any matching
+// hostname (both none for a Service's routes), then of a matching
 // service, then of a matching method, then more header matches; then the
 // older route, then the route first by namespace/name; then the rule and
 // match order within the route.
 func comparePrecedence(a, b attachedRule) int {
 	return cmp.Or(
+		-cmp.Compare(a.exactHost, b.exactHost),
+		-cmp.Compare(a.host, b.host),
 		-cmp.Compare(a.service, b.service),
 		-cmp.Compare(a.method, b.method),
 		-cmp.Compare(a.hd, b.hd),
@@ -436,14 +447,21 @@ func resolveBackend(route Key, b gatewayv1.BackendRef, v routeView) (RouteBacken
 // grantAllows reports whether a ReferenceGrant in to's namespace lets
 // GRPCRoutes of from's namespace refer to the Service to.
 func grantAllows(g *gatewayv1.ReferenceGrant, from, to Key) bool {
+	return grantAllowsKind(g, "GRPCRoute", from, "", "Service", to)
+}
+
+// grantAllowsKind reports whether the ReferenceGrant g lets objects of
+// Gateway API kind fromKind in from's namespace refer to the object to,
+// of group toGroup and kind toKind.
+func grantAllowsKind(g *gatewayv1.ReferenceGrant, fromKind string, from Key, toGroup, toKind string, to Key) bool {
 	if g.Namespace != to.Namespace {
 		return false
 	}
 	fromOK := slices.ContainsFunc(g.Spec.From, func(f gatewayv1.ReferenceGrantFrom) bool {
-		return f.Group == gatewayv1.GroupName && f.Kind == "GRPCRoute" && string(f.Namespace) == from.Namespace
+		return f.Group == gatewayv1.GroupName && string(f.Kind) == fromKind && string(f.Namespace) == from.Namespace
 	})
 	toOK := slices.ContainsFunc(g.Spec.To, func(t gatewayv1.ReferenceGrantTo) bool {
-		return t.Group == "" && t.Kind == "Service" && (t.Name == nil || string(*t.Name) == to.Name)
+		return string(t.Group) == toGroup && string(t.Kind) == toKind && (t.Name == nil || string(*t.Name) == to.Name)
 	})
 	return fromOK && toOK
 }

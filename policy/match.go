@@ -29,9 +29,13 @@ type Router struct {
 type compiledRule struct {
 	// never is set when the rule cannot match any call (a part of its
 	// Match did not compile).
-	never   bool
-	path    stringMatcher
-	headers []headerMatcher
+	never bool
+	// host is the Match's Hostname in lower case; wildcard says it is
+	// a suffix (".example.com" of "*.example.com").
+	host     string
+	wildcard bool
+	path     stringMatcher
+	headers  []headerMatcher
 	// cumulative are the running sums of the backends' weights; the last
 	// is the rule's total weight.
 	cumulative []uint64
@@ -68,6 +72,13 @@ func NewRouter(r Route) *Router {
 		fail := func(format string, args ...any) {
 			cr.never = true
 			rt.errs = append(rt.errs, fmt.Errorf("route %s: %s: %s", r.Name, ruleName(i, rule), fmt.Sprintf(format, args...)))
+		}
+		if h := strings.ToLower(rule.Match.Hostname); h != "" {
+			cr.host, cr.wildcard = h, false
+			if suffix, ok := strings.CutPrefix(h, "*"); ok {
+				cr.host, cr.wildcard = suffix, true
+			}
+			rt.headers = true
 		}
 		var err error
 		if cr.path, err = compileString(rule.Match.Path); err != nil {
@@ -250,6 +261,9 @@ func (cr *compiledRule) matches(path string, h Headers) bool {
 	if cr.never || !cr.path.match(path) {
 		return false
 	}
+	if cr.host != "" && !cr.matchesHost(h) {
+		return false
+	}
 	for i := range cr.headers {
 		m := &cr.headers[i]
 		v, ok := h.Header(m.name)
@@ -258,6 +272,24 @@ func (cr *compiledRule) matches(path string, h Headers) bool {
 		}
 	}
 	return true
+}
+
+// matchesHost reports whether the call's :authority names the rule's
+// host: the host part (a port, and an IPv6 literal's brackets, left
+// off) compared without regard to case.
+func (cr *compiledRule) matchesHost(h Headers) bool {
+	auth, ok := h.Header(":authority")
+	if !ok {
+		return false
+	}
+	if i := strings.LastIndexByte(auth, ':'); i >= 0 && !strings.Contains(auth[i:], "]") {
+		auth = auth[:i]
+	}
+	if cr.wildcard {
+		// One label or more before the suffix.
+		return len(auth) > len(cr.host) && strings.EqualFold(auth[len(auth)-len(cr.host):], cr.host)
+	}
+	return strings.EqualFold(auth, cr.host)
 }
 
 // Errors of the per-call decision, for errors.Is; both fail the call with

@@ -68,6 +68,42 @@ func TestRouterMatch(t *testing.T) {
 	}
 }
 
+// A rule's Hostname selects calls by :authority: a name itself, a
+// wildcard one label or more in front of its suffix, the port left off,
+// case ignored.
+func TestRouterHostname(t *testing.T) {
+	rt := NewRouter(Route{Name: "gateway", Rules: []Rule{
+		{Name: "exact", Match: Match{Hostname: "foo.example.com"}, Backends: to("a")},
+		{Name: "wildcard", Match: Match{Hostname: "*.Example.com"}, Backends: to("b")},
+		{Name: "any", Backends: to("c")},
+	}})
+	if !rt.MatchesHeaders() {
+		t.Fatal("a router with hostnames does not read headers")
+	}
+	tests := []struct {
+		authority string
+		want      string
+	}{
+		{"foo.example.com", "exact"},
+		{"FOO.example.com:8443", "exact"},
+		{"bar.example.com", "wildcard"},
+		{"a.b.example.com:80", "wildcard"},
+		{"example.com", "any"},
+		{"fooexample.com", "any"},
+		{"[::1]:443", "any"},
+		{"", "any"},
+	}
+	for _, tt := range tests {
+		h := mapHeaders{":authority": {tt.authority}}
+		if tt.authority == "" {
+			h = nil
+		}
+		if got := rt.Rule(rt.Match("/a.B/C", h)).Name; got != tt.want {
+			t.Errorf(":authority %q matched rule %q, want %q", tt.authority, got, tt.want)
+		}
+	}
+}
+
 // A rule that cannot compile matches nothing, is reported by route and
 // rule, and leaves the other rules working; a route with no rule for a
 // call fails it with ErrNoRule.

@@ -95,6 +95,13 @@ type RetryBudget struct {
 // every call. A Rule has one Match: a source rule that ORs several
 // becomes one Rule per match.
 type Match struct {
+	// Hostname, if set, selects calls by the host of their :authority
+	// (without its port, compared in lower case): a name (foo.example.com)
+	// matches itself; a wildcard (*.example.com) matches every name that
+	// ends in .example.com with at least one more label. A Gateway
+	// listener's and its routes' hostnames select calls by it; a mesh
+	// route's rules have none (a Service's route is its own host).
+	Hostname string
 	// Path, if set, selects calls by :path (/package.Service/Method).
 	Path StringMatch
 	// Headers all have to match (AND).

@@ -12,6 +12,7 @@ import (
 	_ "github.com/ballast-dev/ballast/balancer/peakewma"
 	"github.com/ballast-dev/ballast/cmd/internal/cli"
 	"github.com/ballast-dev/ballast/cmd/internal/controlcmd"
+	"github.com/ballast-dev/ballast/cmd/internal/gatewaycmd"
 )
 
 func main() { cli.Main(newRootCmd()) }
@@ -26,6 +27,7 @@ func newRootCmd() *cobra.Command {
 		newGreeterCmd(),
 		newDemoCmd(),
 		controlcmd.New(),
+		gatewaycmd.New(),
 		newBootstrapCmd(),
 		newProxyCmd(),
 		newInjectCmd(),

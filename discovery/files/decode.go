@@ -44,6 +44,7 @@ type objects struct {
 	slices   []*discoveryv1.EndpointSlice
 	routes   []*gatewayv1.GRPCRoute
 	grants   []*gatewayv1.ReferenceGrant
+	gateway  gatewayObjects
 }
 
 // document is one YAML document of a file and the line it starts on.
@@ -226,8 +227,11 @@ func decodeObject(j []byte, prefix string, out *objects) error {
 		}
 		out.grants = append(out.grants, g)
 	default:
+		if ok, err := decodeGatewayObject(tm, j, prefix, &out.gateway); ok {
+			return err
+		}
 		return &fieldError{path: prefix + "kind", err: fmt.Errorf(
-			"unknown kind %q (apiVersion %q): want v1 Service, discovery.k8s.io/v1 EndpointSlice, gateway.networking.k8s.io/v1 GRPCRoute or ReferenceGrant", tm.Kind, tm.APIVersion)}
+			"unknown kind %q (apiVersion %q): want v1 Service or Secret, discovery.k8s.io/v1 EndpointSlice, gateway.networking.k8s.io/v1 GRPCRoute, ReferenceGrant, Gateway or GatewayClass", tm.Kind, tm.APIVersion)}
 	}
 	return nil
 }

@@ -57,6 +57,8 @@ type Source struct {
 	// publishedRoutes and publishedGrants are the GRPCRoutes and
 	// ReferenceGrants it has.
 	publishedRoutes, publishedGrants map[discovery.Key]struct{}
+	// publishedGateway are the objects of a gateway it has.
+	publishedGateway publishedGateway
 }
 
 // New returns a Source for dir that writes to reg on Load or Run.
@@ -224,6 +226,7 @@ func (s *Source) publish() []error {
 	for k := range grants {
 		s.publishedGrants[k] = struct{}{}
 	}
+	errs = append(errs, s.publishGateway()...)
 	for k, svc := range services {
 		s.reg.Set(discovery.Build(svc, byService[k]))
 	}
