@@ -381,11 +381,14 @@ func (c *Cluster) FailNode(ctx context.Context, name string) error {
 		return fmt.Errorf("no node %s (nodes: %v)", name, c.Nodes())
 	}
 	n := c.nodes[i]
-	n.stop()
 	n.mu.Lock()
 	pods := make([]*podRuntime, 0, len(n.running))
 	for _, p := range n.running {
-		pods = append(pods, p)
+		p.mu.Lock()
+		if !p.terminating { // else torn down already, its network with it
+			pods = append(pods, p)
+		}
+		p.mu.Unlock()
 	}
 	n.mu.Unlock()
 	var errs []error
@@ -393,6 +396,10 @@ func (c *Cluster) FailNode(ctx context.Context, name string) error {
 		if err := c.net.silence(ctx, p.net); err != nil {
 			errs = append(errs, fmt.Errorf("pod %s: %w", p, err))
 		}
+	}
+	// Only then the agent: its pods' contexts end with it.
+	n.stop()
+	for _, p := range pods {
 		p.terminate(0)
 	}
 	return errors.Join(errs...)
