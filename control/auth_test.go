@@ -308,3 +308,44 @@ func grep(s, sub string) string {
 	}
 	return strings.Join(out, "\n")
 }
+
+// TestExportReachesSubscribedClients: annotating a Service to export it
+// sends it to the sidecars of the namespaces it now reaches, on the
+// stream they already have, and removing the annotation takes it away,
+// though no resource of the Service changed.
+func TestExportReachesSubscribedClients(t *testing.T) {
+	reg := discovery.NewRegistry()
+	reg.Set(service("front", "web", "10.96.2.10", nil))
+	reg.Set(service("back", "orders", "10.96.2.11", nil))
+	addr, _ := serveAuthenticated(t, reg)
+	stream, cancel := ads(t, addr, token(t, "front", "ballast-control"), "front")
+	defer cancel()
+	steps := []struct {
+		name   string
+		export map[string]string
+		want   []string
+	}{
+		{"private", nil, []string{"10.96.2.10:50051"}},
+		{"exported to front", map[string]string{xds.ExportAnnotation: "front"}, []string{"10.96.2.10:50051", "10.96.2.11:50051"}},
+		{"private again", map[string]string{}, []string{"10.96.2.10:50051"}},
+	}
+	for i, s := range steps {
+		if i > 0 {
+			reg.Set(service("back", "orders", "10.96.2.11", s.export))
+		}
+		resp, err := stream.Recv()
+		if err != nil {
+			t.Fatalf("%s: %v", s.name, err)
+		}
+		if got := listenerNames(t, resp); !slices.Equal(got, s.want) {
+			t.Fatalf("%s: listeners %q; want %q", s.name, got, s.want)
+		}
+		err = stream.Send(&discoveryv3.DiscoveryRequest{
+			Node: &corev3.Node{Id: "ballast~client.front"}, TypeUrl: resourcev3.ListenerType,
+			VersionInfo: resp.VersionInfo, ResponseNonce: resp.Nonce,
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+	}
+}

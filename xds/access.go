@@ -71,16 +71,27 @@ func (o *owner) readableBy(ns string) bool {
 type accessIndex struct {
 	mu     sync.RWMutex
 	owners map[string]*owner // by changeKey(type URL, name)
+	// exports is each Service's exportTo as last indexed.
+	exports map[discovery.Key][]string
 }
 
-func newAccessIndex() *accessIndex { return &accessIndex{owners: map[string]*owner{}} }
+func newAccessIndex() *accessIndex {
+	return &accessIndex{owners: map[string]*owner{}, exports: map[discovery.Key][]string{}}
+}
 
 // update records a Service's resources after a translation: next are its
 // resources now (with o their owner), prev those it had. A name another
-// Service has taken since is left to it.
-func (x *accessIndex) update(k discovery.Key, o *owner, prev, next serviceResources) {
+// Service has taken since is left to it. It reports whether the Service
+// is now exported to other namespaces than before.
+func (x *accessIndex) update(k discovery.Key, o *owner, prev, next serviceResources) (exportChanged bool) {
 	x.mu.Lock()
 	defer x.mu.Unlock()
+	if o != nil {
+		exportChanged = !slices.Equal(x.exports[k], o.exportTo)
+		x.exports[k] = o.exportTo
+	} else {
+		delete(x.exports, k)
+	}
 	for _, r := range next {
 		x.owners[changeKey(cacheType(r.cache), r.name)] = o
 	}
@@ -93,6 +104,7 @@ func (x *accessIndex) update(k discovery.Key, o *owner, prev, next serviceResour
 			delete(x.owners, ck)
 		}
 	}
+	return exportChanged
 }
 
 // readable says whether a client of namespace ns may be sent a resource,

@@ -328,13 +328,19 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 			next = res
 			o = ownerOf(svc)
 		}
+		// A change of who may read a Service changes none of its
+		// resources, yet the clients that gain or lose it must be told:
+		// its resources are written again, which sends them to every
+		// client that subscribes to them or to all (the filter deciding
+		// anew what each may see).
+		exportChanged := false
 		if s.access != nil {
-			s.access.update(k, o, prev.resources, next.resources)
+			exportChanged = s.access.update(k, o, prev.resources, next.resources)
 		}
 		for _, r := range next.resources {
 			// A resource kept from the last translation is the same
 			// pointer: no need to compare its content.
-			if old, ok := prev.resources.get(r.cache, r.name); ok && (old == r.res || proto.Equal(old, r.res)) {
+			if old, ok := prev.resources.get(r.cache, r.name); ok && !exportChanged && (old == r.res || proto.Equal(old, r.res)) {
 				continue
 			}
 			toUpdate[r.cache][r.name] = r.res
