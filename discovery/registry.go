@@ -14,7 +14,11 @@ import (
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/equality"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/ballast-dev/ballast/api/v1alpha1"
+	"github.com/ballast-dev/ballast/policy"
 )
 
 // Key names a Service.
@@ -41,6 +45,11 @@ type Service struct {
 	// port; a port without one routes every call to itself. The registry
 	// computes them from the routes, Services and ReferenceGrants it holds.
 	Routes []PortRoute
+	// Call is what the TrafficPolicy attached to the Service asks of its
+	// calls: of those of a port without a route, and of the rules of its
+	// routes that no policy of their own applies to. The registry computes
+	// it from the policies it holds.
+	Call policy.CallPolicy
 }
 
 // Route is the route of a port, and whether it has one.
@@ -152,6 +161,12 @@ type Registry struct {
 	// gatewaySubs are told of every change a gateway may serve
 	// differently after.
 	gatewaySubs map[*Subscription]struct{}
+	policies    map[Key]*policyEntry
+	// attached is the policy that applies to each target.
+	attached map[policyTarget]*v1alpha1.TrafficPolicy
+	// policySubs collect the keys of TrafficPolicies whose status may
+	// have changed.
+	policySubs map[*Subscription]struct{}
 }
 
 // NewRegistry returns an empty registry.
@@ -168,6 +183,9 @@ func NewRegistry() *Registry {
 		secrets:   map[Key]*corev1.Secret{},
 
 		gatewaySubs: map[*Subscription]struct{}{},
+		policies:    map[Key]*policyEntry{},
+		attached:    map[policyTarget]*v1alpha1.TrafficPolicy{},
+		policySubs:  map[*Subscription]struct{}{},
 	}
 }
 
@@ -198,6 +216,7 @@ func (r *Registry) Set(s *Service) {
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	old, existed := r.services[s.Key]
+	s.Call = r.serviceCallLocked(s.Key)
 	if len(r.byParent[s.Key]) > 0 {
 		// s sees itself as it will be: a route may send calls to its own
 		// Service.
@@ -212,6 +231,9 @@ func (r *Registry) Set(s *Service) {
 	if !existed || !samePorts(old, s) {
 		r.backendChangedLocked(s.Key)
 	}
+	if !existed {
+		r.targetsChangedLocked()
+	}
 }
 
 // Delete forgets a Service and tells subscribers if it was known.
@@ -224,6 +246,7 @@ func (r *Registry) Delete(k Key) {
 	delete(r.services, k)
 	r.notifyLocked(k)
 	r.backendChangedLocked(k)
+	r.targetsChangedLocked()
 }
 
 func (r *Registry) notifyLocked(k Key) {
@@ -288,6 +311,7 @@ func (s *Subscription) Close() {
 	delete(s.r.subs, s)
 	delete(s.r.routeSubs, s)
 	delete(s.r.gatewaySubs, s)
+	delete(s.r.policySubs, s)
 	s.r.mu.Unlock()
 }
 
@@ -312,7 +336,7 @@ func equalService(a, b *Service) bool {
 	return a.Key == b.Key && slices.Equal(a.ClusterIPs, b.ClusterIPs) && maps.Equal(a.Annotations, b.Annotations) &&
 		slices.EqualFunc(a.Ports, b.Ports, func(x, y Port) bool {
 			return x.Name == y.Name && x.Port == y.Port && x.Protocol == y.Protocol && slices.Equal(x.Endpoints, y.Endpoints)
-		}) && equalRoutes(a.Routes, b.Routes)
+		}) && equalRoutes(a.Routes, b.Routes) && equality.Semantic.DeepEqual(a.Call, b.Call)
 }
 
 // samePorts reports whether two snapshots of a Service have the same

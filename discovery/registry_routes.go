@@ -51,6 +51,7 @@ func (r *Registry) SetRoute(rt *gatewayv1.GRPCRoute) {
 	}
 	r.reresolveLocked(affected)
 	r.notifyRoutesLocked([]Key{k})
+	r.targetsChangedLocked()
 }
 
 // DeleteRoute forgets a GRPCRoute.
@@ -69,6 +70,7 @@ func (r *Registry) DeleteRoute(k Key) {
 	}
 	r.reresolveLocked(affected)
 	r.notifyRoutesLocked([]Key{k})
+	r.targetsChangedLocked()
 }
 
 // SetGrant stores a ReferenceGrant, which lets routes of other
@@ -133,12 +135,12 @@ func (r *Registry) reresolveLocked(parents map[Key]bool) {
 		if !ok {
 			continue
 		}
-		routes := resolveRoutes(svc, r.routesOfLocked(k), r.viewLocked())
-		if equalRoutes(svc.Routes, routes) {
+		next := *svc
+		next.Call = r.serviceCallLocked(k)
+		next.Routes = resolveRoutes(&next, r.routesOfLocked(k), r.viewLocked())
+		if equalRoutes(svc.Routes, next.Routes) && equality.Semantic.DeepEqual(svc.Call, next.Call) {
 			continue
 		}
-		next := *svc
-		next.Routes = routes
 		r.services[k] = &next
 		r.notifyLocked(k)
 	}

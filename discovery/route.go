@@ -4,6 +4,7 @@ import (
 	"cmp"
 	"errors"
 	"fmt"
+	"reflect"
 	"regexp"
 	"slices"
 	"strings"
@@ -45,6 +46,9 @@ type RouteRule struct {
 	// without any sends no call anywhere: its calls fail UNAVAILABLE.
 	Backends                        []RouteBackend
 	RequestHeaders, ResponseHeaders policy.HeaderModifier
+	// Call is what the rule's calls ask of the client: the TrafficPolicy
+	// attached to the rule, else to its route, else to the Service.
+	Call policy.CallPolicy
 }
 
 // RouteBackend is one backendRef of a rule.
@@ -241,6 +245,9 @@ func deref[T ~string](p *T) string {
 type routeView interface {
 	service(Key) (*Service, bool)
 	granted(from Key, to Key) bool
+	// ruleCall is the call policy attached to a rule of a route (by its
+	// name) or to the whole route; ok is false when there is none.
+	ruleCall(route Key, name string) (c policy.CallPolicy, ok bool)
 }
 
 // parentOf is the Service a parentRef of rt attaches it to, and the port
@@ -271,6 +278,9 @@ type attachedRule struct {
 	exactHost, host     int
 	service, method, hd int
 	out                 RouteRule
+	// ownCall says a policy of the rule or route set out.Call; else the
+	// Service's applies.
+	ownCall bool
 }
 
 // resolveRoutes is the PortRoute of each port of svc that the given
@@ -307,6 +317,9 @@ func resolveRoutes(svc *Service, routes []*gatewayv1.GRPCRoute, v routeView) []P
 		slices.SortStableFunc(rules, comparePrecedence)
 		pr := PortRoute{Port: port}
 		for _, r := range rules {
+			if !r.ownCall {
+				r.out.Call = svc.Call
+			}
 			pr.Rules = append(pr.Rules, r.out)
 		}
 		out = append(out, pr)
@@ -342,6 +355,8 @@ func routeRules(rt *gatewayv1.GRPCRoute, v routeView) []attachedRule {
 	var out []attachedRule
 	for i, rule := range rt.Spec.Rules {
 		base := RouteRule{Name: RuleName(key, i, rule.Name)}
+		call, ownCall := v.ruleCall(key, deref(rule.Name))
+		base.Call = call
 		for _, f := range rule.Filters {
 			switch f.Type {
 			case gatewayv1.GRPCRouteFilterRequestHeaderModifier:
@@ -361,7 +376,7 @@ func routeRules(rt *gatewayv1.GRPCRoute, v routeView) []attachedRule {
 			matches = []gatewayv1.GRPCRouteMatch{{}} // no matches: every call
 		}
 		for j, m := range matches {
-			r := attachedRule{route: rt, rule: i, match: j, out: base}
+			r := attachedRule{route: rt, rule: i, match: j, out: base, ownCall: ownCall}
 			path, err := methodPath(m.Method)
 			if err != nil {
 				continue // not served: ValidateRoute refuses the route
@@ -481,7 +496,7 @@ func (pr PortRoute) Model(name string, domains []string, cluster func(Key, int32
 		return c
 	}
 	for _, r := range pr.Rules {
-		rule := policy.Rule{Name: r.Name, Match: r.Match, RequestHeaders: r.RequestHeaders, ResponseHeaders: r.ResponseHeaders}
+		rule := policy.Rule{Name: r.Name, Match: r.Match, RequestHeaders: r.RequestHeaders, ResponseHeaders: r.ResponseHeaders, Call: r.Call}
 		for _, b := range r.Backends {
 			c := cluster(b.Service, b.Port)
 			if b.Unresolved != "" {
@@ -517,17 +532,24 @@ func UnavailableCluster(route, reason string) string {
 // Route is the route of a Service port (by number) in the policy model,
 // for the kubernetes:/// library (resolver/kubernetes.WithRoutes): its
 // backends are named name.namespace:port, and ok is false for a port
-// without a route.
+// without a route and without a TrafficPolicy on its Service.
 func (r *Registry) Route(k Key, port int32) (policy.Route, bool) {
 	svc, ok := r.Get(k)
 	if !ok {
 		return policy.Route{}, false
 	}
+	name := fmt.Sprintf("%s.%s:%d", k.Name, k.Namespace, port)
 	pr, ok := svc.Route(port)
 	if !ok {
-		return policy.Route{}, false
+		if reflect.ValueOf(svc.Call).IsZero() {
+			return policy.Route{}, false
+		}
+		// No route, but a policy on the Service: every call goes to the
+		// port, under the Service's call policy.
+		rt := policy.RouteTo(name, []string{name}, name)
+		rt.Rules[0].Call = svc.Call
+		return rt, true
 	}
-	name := fmt.Sprintf("%s.%s:%d", k.Name, k.Namespace, port)
 	rt, _ := pr.Model(name, []string{name}, func(b Key, p int32) string {
 		return fmt.Sprintf("%s.%s:%d", b.Name, b.Namespace, p)
 	})

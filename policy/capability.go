@@ -1,6 +1,10 @@
 package policy
 
-import "strings"
+import (
+	"strings"
+
+	"google.golang.org/grpc/codes"
+)
 
 // Mode is one of the ways a client gets per-call balancing.
 type Mode string
@@ -27,7 +31,19 @@ type Feature string
 const (
 	RequestHeaderModifier  Feature = "RequestHeaderModifier"
 	ResponseHeaderModifier Feature = "ResponseHeaderModifier"
+	// PerTryTimeout is a TrafficPolicy's timeouts.backendRequest.
+	PerTryTimeout Feature = "PerTryTimeout"
+	// BudgetedRetry is a TrafficPolicy's retry.budget.
+	BudgetedRetry Feature = "RetryBudget"
+	// RetryCodes are retry.codes other than the five gRPC's xDS clients
+	// retry on (ProxylessRetryCodes).
+	RetryCodes Feature = "RetryCodes"
 )
+
+// ProxylessRetryCodes are the codes a route's retry_on can name to gRPC's
+// xDS clients (gRFC A44): grpc-go's decoder reads these five and ignores
+// any other name.
+var ProxylessRetryCodes = []codes.Code{codes.Canceled, codes.DeadlineExceeded, codes.Internal, codes.ResourceExhausted, codes.Unavailable}
 
 // Capability says which modes honour a Feature and why the others cannot.
 type Capability struct {
@@ -48,6 +64,18 @@ var Capabilities = []Capability{{
 	Feature:  ResponseHeaderModifier,
 	Honoured: []Mode{Sidecar, Library},
 	Why:      "gRPC's proxyless xDS clients (grpc-go among them) do not apply a route's response_headers_to_add/remove",
+}, {
+	Feature:  PerTryTimeout,
+	Honoured: []Mode{Sidecar, Library},
+	Why:      "gRPC's xDS clients (gRFC A44, grpc-go among them) do not read a route's retry_policy.per_try_timeout: the call's timeout bounds every try",
+}, {
+	Feature:  BudgetedRetry,
+	Honoured: []Mode{Sidecar, Library},
+	Why:      "gRPC's xDS clients have no retry budget (grpc-go's retry throttling is per channel and comes only from a service config's retryThrottling)",
+}, {
+	Feature:  RetryCodes,
+	Honoured: []Mode{Sidecar, Library},
+	Why:      "gRPC's xDS clients retry only on cancelled, deadline-exceeded, internal, resource-exhausted and unavailable (a route's retry_on); other codes are not retried",
 }}
 
 // Unsupported lists the modes that do not honour f, and why; none for a

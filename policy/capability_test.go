@@ -9,7 +9,7 @@ import (
 // Proxyless clients cannot apply header modifier filters; the sidecar and
 // the library can; a feature the table does not list, every mode can.
 func TestCapabilities(t *testing.T) {
-	for _, f := range []Feature{RequestHeaderModifier, ResponseHeaderModifier} {
+	for _, f := range []Feature{RequestHeaderModifier, ResponseHeaderModifier, PerTryTimeout, BudgetedRetry, RetryCodes} {
 		modes, why := f.Unsupported()
 		if !slices.Equal(modes, []Mode{Proxyless}) || why == "" {
 			t.Errorf("%s: unsupported by %v (%q), want proxyless with a reason", f, modes, why)

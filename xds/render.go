@@ -20,10 +20,12 @@ import (
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/structpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ballast-dev/ballast/policy"
+	"github.com/ballast-dev/ballast/xds/internal/retryon"
 )
 
 // The xDS form of the policy model: each policy field is encoded here and
@@ -75,7 +77,8 @@ func renderRoute(r policy.Route) *routev3.RouteConfiguration {
 		vh.Routes = append(vh.Routes, &routev3.Route{
 			Name:                    rule.Name,
 			Match:                   routeMatch(rule.Match),
-			Action:                  &routev3.Route_Route{Route: routeAction(rule.Backends)},
+			Action:                  &routev3.Route_Route{Route: callAction(routeAction(rule.Backends), rule.Call)},
+			Metadata:                callMetadata(rule.Call),
 			RequestHeadersToAdd:     headersToAdd(rule.RequestHeaders),
 			RequestHeadersToRemove:  rule.RequestHeaders.Remove,
 			ResponseHeadersToAdd:    headersToAdd(rule.ResponseHeaders),
@@ -148,6 +151,67 @@ func routeAction(backends []policy.Backend) *routev3.RouteAction {
 		})
 	}
 	return &routev3.RouteAction{ClusterSpecifier: &routev3.RouteAction_WeightedClusters{WeightedClusters: wc}}
+}
+
+// callAction adds a rule's call policy to its action: the timeout as
+// max_stream_duration and grpc_timeout_header_max (gRPC's xDS clients
+// read the latter first, gRFC A44; both bound the whole call), the
+// per-try timeout and retries as retry_policy (retry_on the codes,
+// num_retries the attempts, retry_back_off the backoff). A retry_policy
+// without retry_on carries a per-try timeout alone: gRPC's xDS clients
+// NACK num_retries 0, so an absent retry is left out rather than 0.
+func callAction(a *routev3.RouteAction, c policy.CallPolicy) *routev3.RouteAction {
+	if c.Timeout > 0 {
+		a.MaxStreamDuration = &routev3.RouteAction_MaxStreamDuration{
+			MaxStreamDuration:    durationpb.New(c.Timeout),
+			GrpcTimeoutHeaderMax: durationpb.New(c.Timeout),
+		}
+	}
+	r := c.Retry
+	if r != nil && (r.Attempts < 1 || len(r.Codes) == 0) {
+		r = nil
+	}
+	if r == nil && c.TryTimeout <= 0 {
+		return a
+	}
+	rp := &routev3.RetryPolicy{}
+	if c.TryTimeout > 0 {
+		rp.PerTryTimeout = durationpb.New(c.TryTimeout)
+	}
+	if r != nil {
+		rp.RetryOn = retryon.Format(r.Codes)
+		rp.NumRetries = wrapperspb.UInt32(uint32(r.Attempts))
+		if r.Backoff > 0 {
+			rp.RetryBackOff = &routev3.RetryPolicy_RetryBackOff{BaseInterval: durationpb.New(r.Backoff)}
+			if r.MaxBackoff > 0 {
+				rp.RetryBackOff.MaxInterval = durationpb.New(r.MaxBackoff)
+			}
+		}
+	}
+	a.RetryPolicy = rp
+	return a
+}
+
+// metadataNamespace is the filter_metadata key of what Ballast's own
+// clients read of a route and xDS has no field for.
+const metadataNamespace = "ballast.dev"
+
+// callMetadata is a rule's retry budget, which xDS routes cannot say
+// (Envoy's retry_budget bounds concurrent retries, per cluster, not a
+// share of calls): route metadata, {"retry_budget": {"percent",
+// "interval", "min_retries"}}, which gRPC's xDS clients ignore.
+func callMetadata(c policy.CallPolicy) *corev3.Metadata {
+	if c.Retry == nil || c.Retry.Budget == nil || c.Retry.Attempts < 1 || len(c.Retry.Codes) == 0 {
+		return nil
+	}
+	b := c.Retry.Budget
+	st, err := structpb.NewStruct(map[string]any{"retry_budget": map[string]any{
+		"percent": b.Percent, "interval": b.Interval.String(), "min_retries": b.MinRetries,
+	}})
+	if err != nil {
+		panic(fmt.Sprintf("xds: retry budget: %v", err)) // numbers and a string: a bug, not an input
+	}
+	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{metadataNamespace: st}}
 }
 
 // renderCluster is a Cluster as an EDS Cluster over ADS.

@@ -7,9 +7,11 @@ package xds
 
 import (
 	"cmp"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"slices"
 	"strconv"
 
@@ -203,6 +205,7 @@ func Model(svc *discovery.Service, opts Options) ([]PortModel, error) {
 			Cluster:   policy.Cluster{Name: canonical, LB: lb},
 			Endpoints: endpointsOf(canonical, port.Endpoints),
 		}
+		m.Route.Rules[0].Call = svc.Call
 		if pr, ok := svc.Route(port.Port); ok {
 			m.Route, m.Unavailable = pr.Model(canonical, names, opts.clusterName)
 		}
@@ -236,7 +239,7 @@ func tcpPorts(svc *discovery.Service) []*discovery.Port {
 type shape struct {
 	policy    string
 	hasPolicy bool
-	routes    string // svc.Routes, printed
+	routes    string // svc.Routes and svc.Call as JSON (pointers followed, not printed)
 	ports     string // "port/protocol," for every port, in order
 	ips       string // the ClusterIPs, which the sidecar listeners name
 }
@@ -244,8 +247,15 @@ type shape struct {
 func shapeOf(svc *discovery.Service) shape {
 	sh := shape{}
 	sh.policy, sh.hasPolicy = svc.Annotations[policy.LBAnnotation]
-	if len(svc.Routes) > 0 {
-		sh.routes = fmt.Sprintf("%+v", svc.Routes)
+	if len(svc.Routes) > 0 || !reflect.ValueOf(svc.Call).IsZero() {
+		b, err := json.Marshal(struct {
+			R []discovery.PortRoute
+			C policy.CallPolicy
+		}{svc.Routes, svc.Call})
+		if err != nil {
+			panic(fmt.Sprintf("xds: shape of %s: %v", svc.Key, err)) // plain data: a bug, not an input
+		}
+		sh.routes = string(b)
 	}
 	for _, p := range svc.Ports {
 		sh.ports += strconv.Itoa(int(p.Port)) + "/" + p.Protocol + ","

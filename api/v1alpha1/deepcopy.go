@@ -107,7 +107,21 @@ func (r *Retry) DeepCopy() *Retry {
 		out.Attempts = &a
 	}
 	out.Backoff = copyDuration(r.Backoff)
+	if b := r.Budget; b != nil {
+		out.Budget = &RetryBudget{Percent: copyInt(b.Percent), Interval: copyDuration(b.Interval)}
+		if m := b.MinRetryRate; m != nil {
+			out.Budget.MinRetryRate = &RequestRate{Count: copyInt(m.Count), Interval: copyDuration(m.Interval)}
+		}
+	}
 	return out
+}
+
+func copyInt(p *int32) *int32 {
+	if p == nil {
+		return nil
+	}
+	c := *p
+	return &c
 }
 
 func copyDuration(d *gatewayv1.Duration) *gatewayv1.Duration {

@@ -66,6 +66,26 @@ type Retry struct {
 	Attempts *int32 `json:"attempts,omitempty"`
 	// Backoff is the base interval between tries.
 	Backoff *gatewayv1.Duration `json:"backoff,omitempty"`
+	// Budget bounds retries to a share of the calls, so that retries cannot multiply the load of a
+	// failing backend (XBackendTrafficPolicy's RetryConstraint).
+	Budget *RetryBudget `json:"budget,omitempty"`
+}
+
+// RetryBudget has Gateway API's RetryConstraint shape: over each Interval, retries may be at most
+// Percent of the calls, but MinRetryRate's retries are always allowed.
+type RetryBudget struct {
+	// Percent of the calls that may be retries, 0..100; 20 when absent.
+	Percent *int32 `json:"percent,omitempty"`
+	// Interval is the window the percentage is counted over; 10s when absent.
+	Interval *gatewayv1.Duration `json:"interval,omitempty"`
+	// MinRetryRate is the retries allowed whatever the percentage.
+	MinRetryRate *RequestRate `json:"minRetryRate,omitempty"`
+}
+
+// RequestRate is Count requests per Interval.
+type RequestRate struct {
+	Count    *int32              `json:"count,omitempty"`
+	Interval *gatewayv1.Duration `json:"interval,omitempty"`
 }
 
 // Codes maps gRPC status code names, as the gRPC spec spells them in CamelCase, to their numbers.
@@ -158,6 +178,30 @@ func (s *TrafficPolicySpec) Validate() error {
 		if r.Backoff != nil {
 			if _, err := ParseDuration(*r.Backoff); err != nil {
 				return fmt.Errorf("spec.retry.backoff: %w", err)
+			}
+		}
+		if b := r.Budget; b != nil {
+			if b.Percent != nil && (*b.Percent < 0 || *b.Percent > 100) {
+				return fmt.Errorf("spec.retry.budget.percent: %d is outside 0..100", *b.Percent)
+			}
+			if b.Interval != nil {
+				if d, err := ParseDuration(*b.Interval); err != nil {
+					return fmt.Errorf("spec.retry.budget.interval: %w", err)
+				} else if d < time.Second {
+					return fmt.Errorf("spec.retry.budget.interval: %s is under 1s", d)
+				}
+			}
+			if m := b.MinRetryRate; m != nil {
+				if m.Count != nil && *m.Count < 0 {
+					return fmt.Errorf("spec.retry.budget.minRetryRate.count: %d is negative", *m.Count)
+				}
+				if m.Interval != nil {
+					if d, err := ParseDuration(*m.Interval); err != nil {
+						return fmt.Errorf("spec.retry.budget.minRetryRate.interval: %w", err)
+					} else if d <= 0 {
+						return fmt.Errorf("spec.retry.budget.minRetryRate.interval: must be above 0")
+					}
+				}
 			}
 		}
 	}

@@ -20,7 +20,7 @@ spec:
   - {group: "", kind: Service, name: greeter}
   - {group: gateway.networking.k8s.io, kind: GRPCRoute, name: greeter, sectionName: slow}
   timeouts: {request: 200ms, backendRequest: 100ms}
-  retry: {codes: [Unavailable, ResourceExhausted], attempts: 2, backoff: 25ms}
+  retry: {codes: [Unavailable, ResourceExhausted], attempts: 2, backoff: 25ms, budget: {percent: 20, interval: 10s, minRetryRate: {count: 3, interval: 1s}}}
 `
 
 func decode(t *testing.T, s string) *TrafficPolicy {
@@ -47,6 +47,10 @@ func TestDeepCopy(t *testing.T) {
 	c.Spec.Retry.Codes[0] = "Internal"
 	*c.Spec.Retry.Attempts = 5
 	*c.Spec.Retry.Backoff = "1s"
+	*c.Spec.Retry.Budget.Percent = 50
+	*c.Spec.Retry.Budget.Interval = "1s"
+	*c.Spec.Retry.Budget.MinRetryRate.Count = 9
+	*c.Spec.Retry.Budget.MinRetryRate.Interval = "9s"
 	if want := decode(t, sample); !reflect.DeepEqual(p, want) {
 		t.Fatalf("original changed through its copy:\n%+v", p)
 	}
@@ -114,6 +118,10 @@ func TestValidate(t *testing.T) {
 		{name: "bad code", edit: "retry: {codes: [UNAVAILABLE]}", err: "spec.retry.codes[0]: \"UNAVAILABLE\""},
 		{name: "attempts", edit: "retry: {attempts: 11}", err: "spec.retry.attempts: 11"},
 		{name: "backoff", edit: "retry: {backoff: 1us}", err: "spec.retry.backoff"},
+		{name: "budget percent", edit: "retry: {budget: {percent: 101}}", err: "spec.retry.budget.percent: 101"},
+		{name: "budget interval", edit: "retry: {budget: {interval: 10ms}}", err: "spec.retry.budget.interval: 10ms is under 1s"},
+		{name: "min retry count", edit: "retry: {budget: {minRetryRate: {count: -1}}}", err: "spec.retry.budget.minRetryRate.count"},
+		{name: "min retry interval", edit: "retry: {budget: {minRetryRate: {interval: 0s}}}", err: "spec.retry.budget.minRetryRate.interval"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := decode(t, sample)

@@ -18,6 +18,7 @@ import (
 	sigjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
+	"github.com/ballast-dev/ballast/api/v1alpha1"
 	"github.com/ballast-dev/ballast/discovery"
 )
 
@@ -45,6 +46,7 @@ type objects struct {
 	routes   []*gatewayv1.GRPCRoute
 	grants   []*gatewayv1.ReferenceGrant
 	gateway  gatewayObjects
+	policies []*v1alpha1.TrafficPolicy
 }
 
 // document is one YAML document of a file and the line it starts on.
@@ -226,12 +228,30 @@ func decodeObject(j []byte, prefix string, out *objects) error {
 			return err
 		}
 		out.grants = append(out.grants, g)
+	case tm.APIVersion == v1alpha1.GroupVersion.String() && tm.Kind == "TrafficPolicy":
+		p := &v1alpha1.TrafficPolicy{}
+		if err := strictDecode(j, p, prefix); err != nil {
+			return err
+		}
+		if err := checkMeta(&p.ObjectMeta, "TrafficPolicy", prefix); err != nil {
+			return err
+		}
+		if p.Generation == 0 {
+			p.Generation = 1 // as the API server would, so status has one to observe
+		}
+		if err := p.Spec.Validate(); err != nil {
+			// Validate's message starts with the field's path.
+			field, _, _ := strings.Cut(err.Error(), ":")
+			field, _, _ = strings.Cut(field, " ")
+			return &fieldError{path: prefix + field, err: fmt.Errorf("trafficpolicy %s/%s: %w", p.Namespace, p.Name, err)}
+		}
+		out.policies = append(out.policies, p)
 	default:
 		if ok, err := decodeGatewayObject(tm, j, prefix, &out.gateway); ok {
 			return err
 		}
 		return &fieldError{path: prefix + "kind", err: fmt.Errorf(
-			"unknown kind %q (apiVersion %q): want v1 Service or Secret, discovery.k8s.io/v1 EndpointSlice, gateway.networking.k8s.io/v1 GRPCRoute, ReferenceGrant, Gateway or GatewayClass", tm.Kind, tm.APIVersion)}
+			"unknown kind %q (apiVersion %q): want v1 Service or Secret, discovery.k8s.io/v1 EndpointSlice, gateway.networking.k8s.io/v1 GRPCRoute, ReferenceGrant, Gateway or GatewayClass, ballast.dev/v1alpha1 TrafficPolicy", tm.Kind, tm.APIVersion)}
 	}
 	return nil
 }

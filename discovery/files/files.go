@@ -29,6 +29,7 @@ import (
 	discoveryv1 "k8s.io/api/discovery/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
+	"github.com/ballast-dev/ballast/api/v1alpha1"
 	"github.com/ballast-dev/ballast/discovery"
 )
 
@@ -59,6 +60,8 @@ type Source struct {
 	publishedRoutes, publishedGrants map[discovery.Key]struct{}
 	// publishedGateway are the objects of a gateway it has.
 	publishedGateway publishedGateway
+	// publishedPolicies are the TrafficPolicies it has.
+	publishedPolicies map[discovery.Key]struct{}
 }
 
 // New returns a Source for dir that writes to reg on Load or Run.
@@ -68,14 +71,15 @@ func New(dir string, reg *discovery.Registry, opts Options) *Source {
 		log = slog.Default()
 	}
 	return &Source{
-		dir:             dir,
-		reg:             reg,
-		log:             log.With("component", "discovery/files", "dir", dir),
-		quiet:           cmp.Or(opts.Quiet, 50*time.Millisecond),
-		files:           map[string]objects{},
-		published:       map[discovery.Key]struct{}{},
-		publishedRoutes: map[discovery.Key]struct{}{},
-		publishedGrants: map[discovery.Key]struct{}{},
+		dir:               dir,
+		reg:               reg,
+		log:               log.With("component", "discovery/files", "dir", dir),
+		quiet:             cmp.Or(opts.Quiet, 50*time.Millisecond),
+		files:             map[string]objects{},
+		published:         map[discovery.Key]struct{}{},
+		publishedRoutes:   map[discovery.Key]struct{}{},
+		publishedGrants:   map[discovery.Key]struct{}{},
+		publishedPolicies: map[discovery.Key]struct{}{},
 	}
 }
 
@@ -201,7 +205,33 @@ func (s *Source) publish() []error {
 			grants[k], grantFrom[k] = g, name
 		}
 	}
-	// Grants and routes first, so that Services arrive with their routes.
+	policies := map[discovery.Key]*v1alpha1.TrafficPolicy{}
+	policyFrom := map[discovery.Key]string{}
+	for _, name := range slices.Sorted(maps.Keys(s.files)) {
+		for _, p := range s.files[name].policies {
+			k := discovery.Key{Namespace: p.Namespace, Name: p.Name}
+			if first, dup := policyFrom[k]; dup {
+				errs = append(errs, fmt.Errorf("%s: TrafficPolicy %s is also declared in %s; using %s",
+					filepath.Join(s.dir, name), k, first, first))
+				continue
+			}
+			policies[k], policyFrom[k] = p, name
+		}
+	}
+	// Policies, grants and routes first, so that Services arrive with
+	// their routes and call policies.
+	for _, p := range policies {
+		s.reg.SetPolicy(p)
+	}
+	for k := range s.publishedPolicies {
+		if _, ok := policies[k]; !ok {
+			s.reg.DeletePolicy(k)
+		}
+	}
+	s.publishedPolicies = map[discovery.Key]struct{}{}
+	for k := range policies {
+		s.publishedPolicies[k] = struct{}{}
+	}
 	for _, g := range grants {
 		s.reg.SetGrant(g)
 	}

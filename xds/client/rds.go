@@ -3,13 +3,16 @@ package client
 import (
 	"fmt"
 	"net"
+	"slices"
 	"strings"
+	"time"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
 
 	"github.com/ballast-dev/ballast/policy"
+	"github.com/ballast-dev/ballast/xds/internal/retryon"
 )
 
 // routeConfig is a decoded RouteConfiguration: one policy.Route per
@@ -85,6 +88,9 @@ func decodeRule(r *routev3.Route) (policy.Rule, error) {
 		return policy.Rule{}, fmt.Errorf("cluster specifier %T is not supported", c)
 	}
 	var err error
+	if rule.Call, err = decodeCall(action, r.GetMetadata()); err != nil {
+		return policy.Rule{}, err
+	}
 	if rule.RequestHeaders, err = decodeModifier(r.GetRequestHeadersToAdd(), r.GetRequestHeadersToRemove()); err != nil {
 		return policy.Rule{}, fmt.Errorf("request headers: %w", err)
 	}
@@ -93,6 +99,75 @@ func decodeRule(r *routev3.Route) (policy.Rule, error) {
 	}
 	return rule, nil
 }
+
+// decodeCall reads a route's call policy: the timeout from
+// max_stream_duration (else grpc_timeout_header_max), the per-try timeout
+// and retries from retry_policy (num_retries absent means 1, as in xDS),
+// and the retry budget from Ballast's route metadata.
+func decodeCall(a *routev3.RouteAction, md *corev3.Metadata) (policy.CallPolicy, error) {
+	var out policy.CallPolicy
+	if msd := a.GetMaxStreamDuration(); msd != nil {
+		d := msd.GetMaxStreamDuration()
+		if d == nil {
+			d = msd.GetGrpcTimeoutHeaderMax()
+		}
+		if d != nil {
+			if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
+				return out, fmt.Errorf("max_stream_duration %v is not a duration of 0 or more", d)
+			}
+			out.Timeout = d.AsDuration()
+		}
+	}
+	rp := a.GetRetryPolicy()
+	if rp == nil {
+		return out, nil
+	}
+	if d := rp.GetPerTryTimeout(); d != nil {
+		if err := d.CheckValid(); err != nil || d.AsDuration() < 0 {
+			return out, fmt.Errorf("retry_policy.per_try_timeout %v is not a duration of 0 or more", d)
+		}
+		out.TryTimeout = d.AsDuration()
+	}
+	cs := retryon.Parse(rp.GetRetryOn())
+	if len(cs) == 0 {
+		return out, nil
+	}
+	slices.Sort(cs)
+	r := &policy.Retry{Codes: cs, Attempts: 1}
+	if n := rp.GetNumRetries(); n != nil {
+		if n.GetValue() < 1 {
+			return out, fmt.Errorf("retry_policy.num_retries %d: must be 1 or more", n.GetValue())
+		}
+		r.Attempts = int(min(n.GetValue(), 100))
+	}
+	if b := rp.GetRetryBackOff(); b != nil {
+		r.Backoff = b.GetBaseInterval().AsDuration()
+		if r.Backoff <= 0 {
+			return out, fmt.Errorf("retry_policy.retry_back_off.base_interval %v: must be above 0", b.GetBaseInterval())
+		}
+		if m := b.GetMaxInterval(); m != nil {
+			if r.MaxBackoff = m.AsDuration(); r.MaxBackoff < r.Backoff {
+				return out, fmt.Errorf("retry_policy.retry_back_off.max_interval %v is under base_interval", m)
+			}
+		}
+	}
+	if st := md.GetFilterMetadata()[metadataNamespace].GetFields()["retry_budget"].GetStructValue(); st != nil {
+		f := st.GetFields()
+		b := &policy.RetryBudget{Percent: int(f["percent"].GetNumberValue()), MinRetries: int(f["min_retries"].GetNumberValue())}
+		var err error
+		if b.Interval, err = time.ParseDuration(f["interval"].GetStringValue()); err != nil || b.Interval <= 0 ||
+			b.Percent < 0 || b.Percent > 100 || b.MinRetries < 0 {
+			return out, fmt.Errorf("metadata %s retry_budget %v: want percent 0..100, an interval above 0, min_retries 0 or more", metadataNamespace, st)
+		}
+		r.Budget = b
+	}
+	out.Retry = r
+	return out, nil
+}
+
+// metadataNamespace is the filter_metadata key of what Ballast's control
+// plane says of a route that xDS has no field for.
+const metadataNamespace = "ballast.dev"
 
 // decodeHeaderMatch reads a header matcher: exact or safe_regex, as a
 // string_match or in the deprecated fields of the same meaning; prefix

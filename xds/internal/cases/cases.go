@@ -5,6 +5,9 @@ package cases
 
 import (
 	"net/netip"
+	"time"
+
+	"google.golang.org/grpc/codes"
 
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/policy"
@@ -106,6 +109,39 @@ func Golden() []Case {
 			}, {
 				Name:  "default/greeter/drain",
 				Match: policy.Match{Path: policy.StringMatch{Type: policy.Prefix, Value: "/"}},
+			}}}},
+		}},
+	}, {
+		// TrafficPolicies: a Service's on its port without a route
+		// (timeout, retries with the defaults), and on a routed port a
+		// rule's own (per-try timeout, backoff, a budget, a code gRPC's
+		// clients do not retry on), a per-try timeout alone, and none.
+		Name: "trafficpolicy_timeouts_retries",
+		Services: []*discovery.Service{{
+			Key:        discovery.Key{Namespace: "default", Name: "slow"},
+			ClusterIPs: []netip.Addr{netip.MustParseAddr("10.96.0.30")},
+			Ports: []discovery.Port{
+				{Port: 50051, Protocol: "TCP", Endpoints: []discovery.Endpoint{ep("10.0.2.1:8080", true, true, false, "z", "slow-1")}},
+				{Port: 50052, Protocol: "TCP", Endpoints: []discovery.Endpoint{ep("10.0.2.1:8081", true, true, false, "z", "slow-1")}},
+			},
+			Call: policy.CallPolicy{Timeout: time.Second, Retry: &policy.Retry{Codes: []codes.Code{codes.Unavailable}, Attempts: 1}},
+			Routes: []discovery.PortRoute{{Port: 50052, Rules: []discovery.RouteRule{{
+				Name:     "default/slow/hello",
+				Match:    policy.Match{Path: policy.StringMatch{Type: policy.Exact, Value: "/helloworld.Greeter/SayHello"}},
+				Backends: []discovery.RouteBackend{{Service: discovery.Key{Namespace: "default", Name: "slow"}, Port: 50052, Weight: 1}},
+				Call: policy.CallPolicy{Timeout: 200 * time.Millisecond, TryTimeout: 50 * time.Millisecond, Retry: &policy.Retry{
+					Codes: []codes.Code{codes.Aborted, codes.Unavailable}, Attempts: 3, Backoff: 10 * time.Millisecond, MaxBackoff: 40 * time.Millisecond,
+					Budget: &policy.RetryBudget{Percent: 20, Interval: 10 * time.Second, MinRetries: 3},
+				}},
+			}, {
+				Name:     "default/slow/try",
+				Match:    policy.Match{Path: policy.StringMatch{Type: policy.Prefix, Value: "/helloworld.Greeter/"}},
+				Backends: []discovery.RouteBackend{{Service: discovery.Key{Namespace: "default", Name: "slow"}, Port: 50052, Weight: 1}},
+				Call:     policy.CallPolicy{TryTimeout: 300 * time.Millisecond},
+			}, {
+				Name:     "default/slow/rest",
+				Match:    policy.Match{Path: policy.StringMatch{Type: policy.Prefix, Value: "/"}},
+				Backends: []discovery.RouteBackend{{Service: discovery.Key{Namespace: "default", Name: "slow"}, Port: 50052, Weight: 1}},
 			}}}},
 		}},
 	}}

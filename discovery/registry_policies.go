@@ -1,0 +1,169 @@
+package discovery
+
+import (
+	"maps"
+	"slices"
+
+	"k8s.io/apimachinery/pkg/api/equality"
+
+	"github.com/ballast-dev/ballast/api/v1alpha1"
+	"github.com/ballast-dev/ballast/policy"
+)
+
+// policyEntry is one TrafficPolicy as the registry keeps it: the version
+// the source last wrote (which status describes) and the last valid
+// version (which applies), the same object while it is valid.
+type policyEntry struct {
+	current *v1alpha1.TrafficPolicy
+	// invalid is why current does not apply; nil when it is valid.
+	invalid error
+	served  *v1alpha1.TrafficPolicy
+}
+
+// SetPolicy stores a TrafficPolicy, replacing any earlier version. A
+// policy whose spec does not Validate is kept for its status, but the
+// last valid version of it (none if it never had one) goes on applying.
+// The Services whose calls it changes get new snapshots. Consumers must
+// not modify p.
+func (r *Registry) SetPolicy(p *v1alpha1.TrafficPolicy) {
+	k := Key{Namespace: p.Namespace, Name: p.Name}
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	old := r.policies[k]
+	if old != nil && old.current.Generation == p.Generation && equality.Semantic.DeepEqual(old.current.Spec, p.Spec) &&
+		old.current.CreationTimestamp.Equal(&p.CreationTimestamp) {
+		return
+	}
+	e := &policyEntry{current: p, invalid: p.Spec.Validate()}
+	switch {
+	case e.invalid == nil:
+		e.served = p
+	case old != nil:
+		e.served = old.served
+	}
+	r.policies[k] = e
+	r.policiesChangedLocked()
+}
+
+// DeletePolicy forgets a TrafficPolicy.
+func (r *Registry) DeletePolicy(k Key) {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if _, ok := r.policies[k]; !ok {
+		return
+	}
+	delete(r.policies, k)
+	r.policiesChangedLocked()
+	r.notifyPoliciesLocked([]Key{k})
+}
+
+// Policies lists the TrafficPolicies the registry holds, as their
+// sources last wrote them, sorted by key.
+func (r *Registry) Policies() []*v1alpha1.TrafficPolicy {
+	r.mu.RLock()
+	defer r.mu.RUnlock()
+	out := make([]*v1alpha1.TrafficPolicy, 0, len(r.policies))
+	for _, e := range r.policies {
+		out = append(out, e.current)
+	}
+	slices.SortFunc(out, func(a, b *v1alpha1.TrafficPolicy) int {
+		return compareKeys(Key{a.Namespace, a.Name}, Key{b.Namespace, b.Name})
+	})
+	return out
+}
+
+// SubscribePolicies returns a subscription that collects the keys of the
+// TrafficPolicies whose status (PolicyStatus) may have changed: the
+// policy itself, another on one of its targets, or a target appearing or
+// going.
+func (r *Registry) SubscribePolicies() *Subscription {
+	sub := &Subscription{r: r, ready: make(chan struct{}, 1), pending: map[Key]struct{}{}}
+	r.mu.Lock()
+	r.policySubs[sub] = struct{}{}
+	r.mu.Unlock()
+	return sub
+}
+
+// policiesChangedLocked recomputes which policy applies to each target
+// and re-resolves the Services whose calls that changes: a Service
+// target's, and every parent of a GRPCRoute target.
+func (r *Registry) policiesChangedLocked() {
+	var served []*v1alpha1.TrafficPolicy
+	for _, e := range r.policies {
+		if e.served != nil {
+			served = append(served, e.served)
+		}
+	}
+	next := attachments(served)
+	affected := map[Key]bool{}
+	for _, t := range slices.Collect(maps.Keys(r.attached)) {
+		if next[t] != r.attached[t] {
+			r.targetServicesLocked(t, affected)
+		}
+	}
+	for t, p := range next {
+		if r.attached[t] != p {
+			r.targetServicesLocked(t, affected)
+		}
+	}
+	r.attached = next
+	r.reresolveLocked(affected)
+	r.notifyPoliciesLocked(slices.Collect(maps.Keys(r.policies)))
+}
+
+// targetServicesLocked adds the Services whose calls a policy on t
+// changes.
+func (r *Registry) targetServicesLocked(t policyTarget, into map[Key]bool) {
+	switch t.kind {
+	case "Service":
+		into[t.key] = true
+	case "GRPCRoute":
+		if e, ok := r.routes[t.key]; ok && e.served != nil {
+			parentsOf(e.served, into)
+		}
+	}
+}
+
+// serviceCallLocked is the call policy of the TrafficPolicy attached to
+// the Service k; the zero CallPolicy if none is.
+func (r *Registry) serviceCallLocked(k Key) policy.CallPolicy {
+	if p, ok := r.attached[policyTarget{kind: "Service", key: k}]; ok {
+		return CallPolicyOf(&p.Spec)
+	}
+	return policy.CallPolicy{}
+}
+
+func (r *Registry) notifyPoliciesLocked(keys []Key) {
+	if len(keys) == 0 {
+		return
+	}
+	for sub := range r.policySubs {
+		for _, k := range keys {
+			sub.add(k)
+		}
+	}
+}
+
+// targetsChangedLocked tells policy subscribers that a Service or a
+// GRPCRoute appeared, went or changed its rules: a policy naming it may
+// have found or lost its target.
+func (r *Registry) targetsChangedLocked() {
+	if len(r.policySubs) > 0 && len(r.policies) > 0 {
+		r.notifyPoliciesLocked(slices.Collect(maps.Keys(r.policies)))
+	}
+}
+
+// ruleCall is the call policy of the TrafficPolicy attached to rule name
+// (its sectionName) of the GRPCRoute route, else to the whole route; ok
+// is false when neither has one.
+func (v registryView) ruleCall(route Key, name string) (policy.CallPolicy, bool) {
+	if name != "" {
+		if p, ok := v.r.attached[policyTarget{kind: "GRPCRoute", key: route, section: name}]; ok {
+			return CallPolicyOf(&p.Spec), true
+		}
+	}
+	if p, ok := v.r.attached[policyTarget{kind: "GRPCRoute", key: route}]; ok {
+		return CallPolicyOf(&p.Spec), true
+	}
+	return policy.CallPolicy{}, false
+}
