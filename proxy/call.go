@@ -141,6 +141,11 @@ type call struct {
 	replayable bool
 	reserved   int64
 	released   bool
+	// timedOut says the call's timeout ended it (counted once);
+	// tryDeadline is when the current try's timeout ends it (zero if
+	// none).
+	timedOut    bool
+	tryDeadline time.Time
 }
 
 // upLeg is the leg of the call's current try.
@@ -204,6 +209,7 @@ func (s *stream) startCall(cr *callRule, fields []hpack.HeaderField, waited bool
 		c.timer = time.AfterFunc(c.deadline.Sub(now), s.callTimedOut)
 	}
 	if cr.tryTimeout > 0 {
+		c.tryDeadline = now.Add(cr.tryTimeout)
 		c.try = time.AfterFunc(cr.tryTimeout, func() { s.tryTimedOut(1) })
 	}
 	c.mu.Unlock()
@@ -448,6 +454,7 @@ func (s *stream) startTry(c *call, next *leg) {
 	}
 	n := c.attempt
 	if c.rule.tryTimeout > 0 {
+		c.tryDeadline = time.Now().Add(c.rule.tryTimeout)
 		c.try = time.AfterFunc(c.rule.tryTimeout, func() { s.tryTimedOut(n) })
 	}
 	c.started.Store(next)
@@ -473,9 +480,10 @@ func (s *stream) startTry(c *call, next *leg) {
 func (s *stream) callTimedOut() {
 	c := s.call.Load()
 	c.mu.Lock()
-	released := c.released
+	done := c.released || c.timedOut
+	c.timedOut = true
 	c.mu.Unlock()
-	if released {
+	if done {
 		return
 	}
 	c.rule.metrics.timeouts[callTimeout].Inc()
@@ -509,6 +517,35 @@ func (s *stream) tryTimedOut(n int) {
 		s.retryAfter(c, next, codes.DeadlineExceeded)
 	}
 	b.flush()
+}
+
+// overdue handles the end of the try on from with code (a reset, or
+// trailers) when it is the upstream's answer to a deadline the proxy set:
+// the server got the call's or the try's bound as grpc-timeout, so at that
+// bound it and the proxy's timer race, and the server's CANCEL or
+// DEADLINE_EXCEEDED may come first. It is then taken as the proxy's own
+// timeout, so the client gets the same answer either way. It reports
+// whether it took it.
+func (s *stream) overdue(c *call, from *leg, code codes.Code) bool {
+	if code != codes.DeadlineExceeded && code != codes.Canceled {
+		return false
+	}
+	now := time.Now()
+	c.mu.Lock()
+	current := from == c.cur.Load()
+	n, tryOver := c.attempt, !c.tryDeadline.IsZero() && !now.Before(c.tryDeadline) && !c.final.Load()
+	c.mu.Unlock()
+	switch {
+	case !current:
+		return false
+	case !c.deadline.IsZero() && !now.Before(c.deadline):
+		s.callTimedOut()
+	case tryOver:
+		s.tryTimedOut(n)
+	default:
+		return false
+	}
+	return true
 }
 
 // parseTimeout reads a grpc-timeout value: up to 8 digits and a unit.

@@ -214,7 +214,7 @@ func TestCallTimeout(t *testing.T) {
 		case <-time.After(1 * time.Second):
 		}
 		seenc <- s
-		return nil
+		return status.FromContextError(ctx.Err()).Err()
 	})
 	cp := policy.CallPolicy{Timeout: 200 * time.Millisecond}
 	conn, p, _ := startRouted(t, update(callRoute(cp), map[string][]string{"c": {slow.addr}}))

@@ -216,7 +216,7 @@ func (s *stream) forwardHeaders(from *leg, fields []hpack.HeaderField, end bool,
 	if c := s.call.Load(); c != nil {
 		if from == &s.down {
 			to = c.request(nil, end, true)
-		} else if !s.responded(c, from, fields, end, b) {
+		} else if end && s.overdue(c, from, grpcStatus(fields)) || !s.responded(c, from, fields, end, b) {
 			return
 		}
 	}
@@ -519,7 +519,7 @@ func (s *stream) reset(from *leg, code http2.ErrCode, b *batch) {
 	default:
 		status = codes.Internal
 	}
-	if call != nil && s.tryFailed(call, from, status) {
+	if call != nil && (s.overdue(call, from, status) || s.tryFailed(call, from, status)) {
 		return
 	}
 	s.setCode(status)

@@ -109,12 +109,21 @@ func (cr *callRule) again(ctx context.Context, n int, err error) bool {
 }
 
 // result is the call's error: the rule's timeout, if that is what ended
-// it, says so.
+// it, says so. The server got the same deadline (grpc-timeout), so its
+// CANCEL may arrive as the deadline passes, before the context's own
+// timer has fired: the clock decides, not which came first.
 func (cr *callRule) result(caller, ctx context.Context, err error) error {
-	if err != nil && cr.timeout > 0 && caller.Err() == nil && errors.Is(ctx.Err(), context.DeadlineExceeded) {
-		return status.Errorf(codes.DeadlineExceeded, "ballast: the call's timeout (%v) elapsed: %v", cr.timeout, status.Convert(err).Message())
+	if err == nil || cr.timeout <= 0 {
+		return err
 	}
-	return err
+	if c := status.Code(err); c != codes.DeadlineExceeded && c != codes.Canceled {
+		return err
+	}
+	ours, _ := ctx.Deadline()
+	if theirs, ok := caller.Deadline(); (ok && !theirs.After(ours)) || caller.Err() != nil || time.Now().Before(ours) {
+		return err // the caller's deadline, or cancellation
+	}
+	return status.Errorf(codes.DeadlineExceeded, "ballast: the call's timeout (%v) elapsed: %v", cr.timeout, status.Convert(err).Message())
 }
 
 // replayable reports whether a request message fits the replay bound

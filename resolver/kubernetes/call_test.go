@@ -220,7 +220,7 @@ func TestCallTimeout(t *testing.T) {
 		case <-time.After(time.Second):
 		}
 		seenc <- s
-		return nil
+		return status.FromContextError(ctx.Err()).Err()
 	})
 	conn := dialCalls(t, policy.CallPolicy{Timeout: 200 * time.Millisecond}, slow)
 	call := func(timeout time.Duration, md ...string) error {
