@@ -45,6 +45,10 @@ type Options struct {
 	// Routes reads GRPCRoutes and ReferenceGrants too (Gateway API; RBAC
 	// get, list and watch on both), when the cluster has their CRDs.
 	Routes bool
+	// Gateways reads GatewayClasses, Gateways and TLS Secrets too, what a
+	// gateway serves (RBAC get, list and watch on each); the cluster must
+	// have the Gateway CRDs.
+	Gateways bool
 }
 
 // Source keeps a Registry in step with the Services and EndpointSlices of a
@@ -185,6 +189,15 @@ func (s *Source) Run(ctx context.Context) error {
 			return err
 		}
 		if len(routesSynced) > 0 && !cache.WaitForCacheSync(ctx.Done(), routesSynced...) {
+			return nil
+		}
+	}
+	if s.opts.Gateways {
+		gatewaysSynced, err := s.gatewayInformers(ctx, c, running.Go)
+		if err != nil {
+			return err
+		}
+		if !cache.WaitForCacheSync(ctx.Done(), gatewaysSynced...) {
 			return nil
 		}
 	}

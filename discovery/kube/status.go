@@ -180,19 +180,25 @@ func (w *StatusWriter) sync(ctx context.Context, gc gatewayclient.Interface, k d
 	return nil
 }
 
-// mergeParents is old with Ballast's entries replaced by ours: other
-// controllers' entries stay, in their order; each condition keeps its
-// last transition time while its status stays the same.
+// mergeParents is old with Ballast's mesh entries replaced by ours (see
+// MergeRouteParents).
 func mergeParents(old, ours []gatewayv1.RouteParentStatus, now metav1.Time) []gatewayv1.RouteParentStatus {
+	return MergeRouteParents(discovery.ControllerName, old, ours, now)
+}
+
+// MergeRouteParents is old with controller's entries replaced by ours:
+// other controllers' entries stay, in their order; each condition keeps
+// its last transition time while its status stays the same.
+func MergeRouteParents(controller gatewayv1.GatewayController, old, ours []gatewayv1.RouteParentStatus, now metav1.Time) []gatewayv1.RouteParentStatus {
 	var out []gatewayv1.RouteParentStatus
 	for _, p := range old {
-		if p.ControllerName != discovery.ControllerName {
+		if p.ControllerName != controller {
 			out = append(out, p)
 		}
 	}
 	for _, p := range ours {
 		i := slices.IndexFunc(old, func(o gatewayv1.RouteParentStatus) bool {
-			return o.ControllerName == discovery.ControllerName && equality.Semantic.DeepEqual(o.ParentRef, p.ParentRef)
+			return o.ControllerName == controller && equality.Semantic.DeepEqual(o.ParentRef, p.ParentRef)
 		})
 		var conds []metav1.Condition
 		if i >= 0 {

@@ -29,6 +29,9 @@ type Config struct {
 	// Routes reads GRPCRoutes and ReferenceGrants from the Kubernetes API
 	// too (the folder's are always read).
 	Routes bool
+	// Gateways reads GatewayClasses, Gateways and TLS Secrets from the
+	// Kubernetes API too (the folder's are always read).
+	Gateways bool
 	// Log receives the sources' logs; nil means slog.Default().
 	Log *slog.Logger
 }
@@ -61,7 +64,7 @@ func Open(cfg Config, reg *discovery.Registry) (*Set, error) {
 		if err != nil {
 			return nil, err
 		}
-		src := kube.New(restCfg, reg, kube.Options{Logger: log, Routes: cfg.Routes})
+		src := kube.New(restCfg, reg, kube.Options{Logger: log, Routes: cfg.Routes, Gateways: cfg.Gateways})
 		s.runs = append(s.runs, src.Run)
 		s.synced = append(s.synced, src.HasSynced)
 	}

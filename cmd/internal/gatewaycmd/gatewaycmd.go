@@ -97,14 +97,12 @@ machine without a cluster. Listeners bind --host with their own ports.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	reg := discovery.NewRegistry()
 	kubernetes := cfg.Kubeconfig != "" || cfg.InCluster
-	if kubernetes {
-		return errors.New("the gateway reads --files only so far: give --files DIR")
-	}
 	sources, err := source.Open(source.Config{
 		Kubernetes: kubernetes,
 		Kubeconfig: cfg.Kubeconfig,
 		Files:      cfg.Files,
 		Routes:     true,
+		Gateways:   kubernetes,
 		Log:        log,
 	}, reg)
 	if err != nil {
@@ -122,6 +120,17 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		XDS:          cfg.Translate,
 		DrainTimeout: cfg.DrainTimeout,
 		Log:          log,
+	}
+	var status *gateway.StatusWriter
+	if kubernetes {
+		// Status is written to the cluster's objects (a file's have none:
+		// it is logged).
+		restCfg, err := source.RESTConfig(cfg.Kubeconfig)
+		if err != nil {
+			return err
+		}
+		status = gateway.NewStatusWriter(restCfg, gateway.StatusWriterOptions{Log: log})
+		gwOpts.Status = status.Update
 	}
 	gw, err := gateway.New(gwOpts)
 	if err != nil {
@@ -154,6 +163,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		return gw.Run(ctx)
 	})
+	if status != nil {
+		g.Go(func() error { return status.Run(ctx) })
+	}
 	g.Go(func() error {
 		if err := admin.Serve(adminLis); !errors.Is(err, http.ErrServerClosed) {
 			return err
