@@ -17,7 +17,10 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+	"sigs.k8s.io/yaml"
 
+	"github.com/ballast-dev/ballast/api/v1alpha1"
+	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/policy"
 )
 
@@ -424,5 +427,43 @@ func TestGRPCTimeoutValues(t *testing.T) {
 		if _, ok := parseTimeout(bad); ok {
 			t.Errorf("parseTimeout(%q) accepted", bad)
 		}
+	}
+}
+
+// TestXDSTrafficPolicy: a TrafficPolicy on a Service, through Ballast's
+// control plane (registry → xDS: retry_policy, the budget in the route's
+// metadata, max_stream_duration) and the sidecar's xDS client, is what the
+// sidecar enforces: one pod of three failing 30% of calls, at most 0.5% of
+// calls fail, the retries within the policy's 20% budget.
+func TestXDSTrafficPolicy(t *testing.T) {
+	const nodeID = "ballast~client.default"
+	bad, good1, good2 := startCallBackend(t, failing), startCallBackend(t, nil), startCallBackend(t, nil)
+	reg := discovery.NewRegistry()
+	reg.Set(echoService("greeter", bad.addr, good1.addr, good2.addr))
+	tp := &v1alpha1.TrafficPolicy{}
+	if err := yaml.UnmarshalStrict([]byte(`
+targetRefs: [{group: "", kind: Service, name: greeter}]
+timeouts: {request: 10s}
+retry: {codes: [Unavailable], attempts: 2, budget: {percent: 20, interval: 1h}}
+`), &tp.Spec); err != nil {
+		t.Fatal(err)
+	}
+	tp.Name, tp.Namespace, tp.Generation = "greeter", "default", 1
+	reg.SetPolicy(tp)
+
+	cp := startBallastControlPlane(t, nodeID, reg.List()...)
+	p, addr := startOutbound(t, XDSTarget("greeter", "default", 50051), Options{XDS: runXDSClient(t, cp, nodeID)})
+	conn := dial(t, addr)
+	connected(t, conn, bad, good1, good2)
+
+	const calls = 2000
+	got := callMany(conn, sayHello, calls, &emptypb.Empty{})
+	retried := p.retries("retried")
+	t.Logf("calls %v; retried %v, attempts exhausted %v, refused by the budget %v", got, retried, p.retries("attempts_exhausted"), p.retries("budget_exhausted"))
+	if failed := calls - got[codes.OK]; failed > calls/200 {
+		t.Errorf("%d of %d calls failed (%v), want at most 0.5%%", failed, calls, got)
+	}
+	if retried < calls/20 || retried > calls/5 {
+		t.Errorf("%v retries for %d calls (and connected's few), want about a tenth, within the 20%% budget", retried, calls)
 	}
 }

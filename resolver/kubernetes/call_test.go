@@ -20,7 +20,10 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"sigs.k8s.io/yaml"
 
+	"github.com/ballast-dev/ballast/api/v1alpha1"
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/policy"
 	"github.com/ballast-dev/ballast/resolver/kubernetes"
@@ -339,5 +342,71 @@ func TestCallRetryBounds(t *testing.T) {
 	}
 	if n != 2 || backend.tries.Load() != 2 {
 		t.Fatalf("server-streaming call: %d messages in %d tries, want 2 in 2", n, backend.tries.Load())
+	}
+}
+
+// trafficPolicy is a TrafficPolicy default/name read from the YAML of its
+// spec, as --files and the cluster source store it.
+func trafficPolicy(t *testing.T, name, spec string) *v1alpha1.TrafficPolicy {
+	t.Helper()
+	p := &v1alpha1.TrafficPolicy{}
+	if err := yaml.UnmarshalStrict([]byte(spec), &p.Spec); err != nil {
+		t.Fatal(err)
+	}
+	p.Name, p.Namespace, p.Generation = name, "default", 1
+	p.CreationTimestamp = metav1.NewTime(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
+	return p
+}
+
+// TestCallTrafficPolicy: a TrafficPolicy on the Service, in the registry,
+// reaches a kubernetes:/// client with DialOptions: with retry {codes:
+// [Unavailable], attempts: 2, budget 20%} and one pod of three failing 30%
+// of calls, at most 0.5% of calls fail and retries stay within the budget;
+// once the policy is gone, about 10% fail again.
+func TestCallTrafficPolicy(t *testing.T) {
+	bad, good1, good2 := startCallBackend(t, failing), startCallBackend(t, nil), startCallBackend(t, nil)
+	reg := discovery.NewRegistry()
+	reg.Set(service("greeter", bad.addr, good1.addr, good2.addr))
+	reg.SetPolicy(trafficPolicy(t, "greeter", `
+targetRefs: [{group: "", kind: Service, name: greeter}]
+retry: {codes: [Unavailable], attempts: 2, budget: {percent: 20, interval: 1h}}
+`))
+	conn, err := grpc.NewClient(target, append(kubernetes.DialOptions(reg), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	tries := func() int64 { return bad.tries.Load() + good1.tries.Load() + good2.tries.Load() }
+	deadline := time.Now().Add(10 * time.Second)
+	for bad.tries.Load() == 0 || good1.tries.Load() == 0 || good2.tries.Load() == 0 {
+		callMany(conn, helloMethod, 3, &emptypb.Empty{})
+		if time.Now().After(deadline) {
+			t.Fatal("calls did not reach every backend")
+		}
+	}
+
+	const calls = 2000
+	before := tries()
+	got := callMany(conn, helloMethod, calls, &emptypb.Empty{})
+	retries := tries() - before - calls
+	t.Logf("with the policy: %v, %d retries", got, retries)
+	if failed := calls - got[codes.OK]; failed > calls/200 {
+		t.Errorf("%d of %d calls failed (%v), want at most 0.5%%", failed, calls, got)
+	}
+	if retries < calls/20 || retries > calls/5 {
+		t.Errorf("%d retries for %d calls, want about a tenth, within the 20%% budget", retries, calls)
+	}
+
+	reg.DeletePolicy(discovery.Key{Namespace: "default", Name: "greeter"})
+	deadline = time.Now().Add(10 * time.Second)
+	for {
+		before = tries()
+		got = callMany(conn, helloMethod, 200, &emptypb.Empty{})
+		if tries()-before == 200 && got[codes.Unavailable] > 0 {
+			break // no retries: the policy is gone
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("calls still retried after the policy was deleted: %v in %d tries", got, tries()-before)
+		}
 	}
 }

@@ -252,6 +252,9 @@ type kubeResolver struct {
 	// watched are the Services whose changes are read again: the target's
 	// and, while it has a route, its backends'.
 	watched []discovery.Key
+	// routed says a route was sent: the channel runs balancer/route from
+	// then on (see push).
+	routed bool
 }
 
 func (r *kubeResolver) run(ctx context.Context) {
@@ -274,6 +277,15 @@ func (r *kubeResolver) run(ctx context.Context) {
 func (r *kubeResolver) push() {
 	r.watched = append(r.watched[:0], r.target.key)
 	if rt, ok := r.route(); ok {
+		r.routed = true
+		r.pushRoute(rt)
+		return
+	}
+	if rt, ok := r.selfRoute(); ok && r.routed {
+		// The route (or the policy that made one) is gone. grpc-go keeps
+		// the last service config when a resolver sends none, so the
+		// channel still runs balancer/route, which needs a route: every
+		// call to the Service itself, balanced by its own policy.
 		r.pushRoute(rt)
 		return
 	}

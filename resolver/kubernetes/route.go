@@ -1,6 +1,7 @@
 package kubernetes
 
 import (
+	"fmt"
 	"net/url"
 
 	"google.golang.org/grpc/resolver"
@@ -23,6 +24,21 @@ func (r *kubeResolver) route() (policy.Route, bool) {
 		return policy.Route{}, false
 	}
 	return r.routes.Route(r.target.key, port.Port)
+}
+
+// selfRoute is a route that sends every call to the target's own Service
+// port, if it exists.
+func (r *kubeResolver) selfRoute() (policy.Route, bool) {
+	svc, ok := r.reg.Get(r.target.key)
+	if !ok {
+		return policy.Route{}, false
+	}
+	port, err := svc.Port(r.target.port)
+	if err != nil {
+		return policy.Route{}, false
+	}
+	name := fmt.Sprintf("%s.%s:%d", svc.Key.Name, svc.Key.Namespace, port.Port)
+	return policy.RouteTo(name, []string{name}, name), true
 }
 
 // pushRoute sends the route, each backend Service's ready endpoints and
