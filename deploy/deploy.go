@@ -1,6 +1,8 @@
 // Package deploy holds Ballast's kustomize bases, embedded so that the
 // binary can install what a user would apply: control/ (the control plane)
-// and inject/ (the sidecar injector), each `kubectl apply -k` ready.
+// and inject/ (the sidecar injector), each `kubectl apply -k` ready. They
+// are charts/ballast rendered with values.yaml here (TestGeneratedFromChart
+// keeps them so), for the dev cluster's images: edit the chart, not them.
 package deploy
 
 import "embed"
