@@ -213,10 +213,13 @@ type faultOutcome struct {
 	// Since is when the new state was there to use (a new pod ready, the
 	// control plane back); NewPods are the pods each mode should come to
 	// call. Recover, instead, measures the first successful call after
-	// Since. Neither: no convergence measure.
+	// Since. None of these: no convergence measure.
 	Since   time.Time
 	NewPods []string
 	Recover bool
+	// Hurt, instead, measures until the end of the last failed call
+	// since Start: how long the fault hurt the mode's clients.
+	Hurt bool
 	// ReadyAt, for a pod in it, is when it turned Ready again (a restart
 	// the pod watch may not see as a transition).
 	ReadyAt map[string]time.Time

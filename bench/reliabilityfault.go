@@ -34,7 +34,7 @@ func reliabilityFaults() []fault {
 		{ID: "sidecar-restart", Title: "6. Sidecar of the client pod killed (-9) and restarted",
 			Converge: "the kill → the sidecar client's next successful call", run: sidecarRestart},
 		{ID: "node-down", Title: "7. A Node going away with its pods (power lost: its pods stop answering, silently)",
-			Converge: "each replacement pod's Ready → its first call (the slowest)", run: nodeDown},
+			Converge: "the failure → the end of the last failed call", run: nodeDown},
 	}
 }
 
@@ -382,46 +382,57 @@ func sidecarRestart(ctx context.Context, r *relRun) (*faultOutcome, error) {
 // nodeDown fails the Node the clients and the control plane are not on
 // (they are pinned to the first: survivingNode) with the greeters it
 // runs, as a machine that loses power: its pods stop answering, silently.
-// The fault lasts until Kubernetes has noticed (the node lifecycle
-// controller marks the Node NotReady, its pods not ready, and evicts them
-// after the greeters' toleration) and replacements are Ready.
+// The fault lasts until Kubernetes has noticed: the node lifecycle
+// controller marks the Node NotReady and its pods not ready, which takes
+// them out of the EndpointSlices. Their eviction and replacement, 300 s
+// later by default, is capacity, not what the clients see, and is left
+// out. It starts from a steady cluster: after the API server's outage
+// the Nodes may still be NotReady (a virtual kubelet reports its status
+// once a minute) and the greeters with them.
 func nodeDown(ctx context.Context, r *relRun) (*faultOutcome, error) {
 	nodes := r.cluster.Nodes()
 	if len(nodes) < 2 {
 		return nil, errNotRun("the dev cluster has one Node, which the clients need")
 	}
 	victim := nodes[len(nodes)-1]
-	pods, err := r.cluster.Client.CoreV1().Pods(relNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + relService})
-	if err != nil {
-		return nil, err
-	}
 	var lost []string
-	for _, p := range pods.Items {
-		if p.Spec.NodeName == victim && p.DeletionTimestamp == nil {
-			lost = append(lost, p.Name)
+	err := devcluster.Poll(ctx, r.c.Wait, func(ctx context.Context) (bool, error) {
+		for _, name := range nodes {
+			if ready, err := r.nodeReady(ctx, name); err != nil || !ready {
+				return false, nil
+			}
 		}
+		pods, err := r.cluster.Client.CoreV1().Pods(relNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + relService})
+		if err != nil {
+			return false, nil
+		}
+		ready, err := r.readyGreeters(ctx)
+		if err != nil || len(ready) != r.c.Replicas {
+			return false, nil
+		}
+		lost = nil
+		for _, p := range pods.Items {
+			if p.Spec.NodeName == victim && slices.Contains(ready, p.Name) {
+				lost = append(lost, p.Name)
+			}
+		}
+		return true, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("no steady cluster to fail a Node in (every Node Ready, %d greeters Ready): %w", r.c.Replicas, err)
 	}
 	if len(lost) == 0 {
 		return nil, errNotRun("no greeter runs on " + victim + " (the scheduler put them all elsewhere)")
 	}
-	before, err := r.readyGreeters(ctx)
-	if err != nil {
-		return nil, err
-	}
-	o := &faultOutcome{Start: time.Now()}
+	o := &faultOutcome{Start: time.Now(), Hurt: true}
 	if err := r.cluster.FailNode(ctx, victim); err != nil {
 		return nil, err
 	}
 	var notReady time.Time
-	var after []string
 	err = devcluster.Poll(ctx, r.c.Wait, func(ctx context.Context) (bool, error) {
 		if notReady.IsZero() {
-			if n, err := r.cluster.Client.CoreV1().Nodes().Get(ctx, victim, metav1.GetOptions{}); err == nil {
-				for _, c := range n.Status.Conditions {
-					if c.Type == "Ready" && c.Status != "True" {
-						notReady = time.Now()
-					}
-				}
+			if ready, err := r.nodeReady(ctx, victim); err == nil && !ready {
+				notReady = time.Now()
 			}
 		}
 		ready, err := r.readyGreeters(ctx)
@@ -433,17 +444,29 @@ func nodeDown(ctx context.Context, r *relRun) (*faultOutcome, error) {
 				return false, nil
 			}
 		}
-		after = ready
-		return len(ready) == r.c.Replicas, nil
+		return true, nil
 	})
 	if err != nil {
-		return nil, fmt.Errorf("%s failed with %v: no %d ready replacements: %w", victim, lost, r.c.Replicas, err)
+		return nil, fmt.Errorf("%s failed with %v, which are still Ready: %w", victim, lost, err)
 	}
 	o.End = time.Now()
-	o.NewPods = newNames(before, after)
-	o.Note = fmt.Sprintf("%s with %v; Node NotReady after %s, replacements %v Ready after %.0f s (tolerations: %d s NotReady/unreachable)",
-		victim, lost, sinceText(o.Start, notReady), o.NewPods, o.End.Sub(o.Start).Seconds(), greeterTolerationSeconds)
+	o.Note = fmt.Sprintf("%s with %v; the Node NotReady after %s, its greeters not ready after %.0f s (Kubernetes' defaults)",
+		victim, lost, sinceText(o.Start, notReady), o.End.Sub(o.Start).Seconds())
 	return o, nil
+}
+
+// nodeReady says whether a Node's Ready condition is True.
+func (r *relRun) nodeReady(ctx context.Context, name string) (bool, error) {
+	n, err := r.cluster.Client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})
+	if err != nil {
+		return false, err
+	}
+	for _, c := range n.Status.Conditions {
+		if c.Type == "Ready" {
+			return c.Status == "True", nil
+		}
+	}
+	return false, nil
 }
 
 // sinceText is how long after start t was, or "not seen".

@@ -232,6 +232,13 @@ func (r *relRun) measure(calls []call, m relMode, o *faultOutcome) *modeResult {
 		return res
 	}
 	switch {
+	case o.Hurt:
+		res.Measured, res.Converged = true, true
+		for _, c := range calls {
+			if c.Err != "" && !c.Start.Before(o.Start) {
+				res.Converge = max(res.Converge, c.End.Sub(o.Start))
+			}
+		}
 	case o.Recover:
 		res.Measured = true
 		if t := firstOK(calls, o.Since); !t.IsZero() {
@@ -439,9 +446,6 @@ spec:
       labels: {app: %[2]s}
     spec:
       terminationGracePeriodSeconds: 5
-      tolerations:
-      - {key: node.kubernetes.io/not-ready, operator: Exists, effect: NoExecute, tolerationSeconds: %[5]d}
-      - {key: node.kubernetes.io/unreachable, operator: Exists, effect: NoExecute, tolerationSeconds: %[5]d}
       topologySpreadConstraints:
       - {maxSkew: 1, topologyKey: topology.kubernetes.io/zone, whenUnsatisfiable: ScheduleAnyway, labelSelector: {matchLabels: {app: %[2]s}}}
       containers:
@@ -478,13 +482,8 @@ metadata: {name: ballast-reliability-client}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: ballast-reliability-client}
 subjects:
 - {kind: ServiceAccount, name: client-kubernetes, namespace: %[1]s}
-`, relNamespace, relService, relHeadless, replicas, greeterTolerationSeconds)
+`, relNamespace, relService, relHeadless, replicas)
 }
-
-// greeterTolerationSeconds is how long the greeters stay bound to a Node
-// that is NotReady or unreachable before they are evicted (Kubernetes'
-// default, 300 s, would outlast the node-down fault's bounds).
-const greeterTolerationSeconds = 30
 
 // clientPod is the greeter client of a mode: `ballast greeter client`
 // serving /grpc_client on 8081, over one connection to its target.
