@@ -81,7 +81,7 @@ func (r *ReliabilityReport) markdown() string {
 	fmt.Fprintf(&b, "| run | %s: %d greeters (scaled to %d), each mode one call per %s, outages %s, load kept %s after each fault and up to %s more until every mode uses the new state; wall time %s |\n\n",
 		size, r.Config.Replicas, r.Config.ScaleTo, r.Config.Pace, r.Config.Down, r.Config.Quiet, r.Config.Bound, r.Wall.Round(time.Second))
 	b.WriteString("A dev cluster (`devcluster/`: a real kube-apiserver, etcd and controllers; pods are processes in network namespaces) " +
-		"runs deploy/control as written, a greeter Deployment (rolling updates with maxSurge 1, maxUnavailable 0; a gRPC readiness probe) " +
+		"runs deploy/control-insecure (deploy/control with --insecure: grpc-go proxyless clients send no token over plaintext), a greeter Deployment (rolling updates with maxSurge 1, maxUnavailable 0; a gRPC readiness probe) " +
 		"behind a ClusterIP Service and a headless one, and one client pod per mode, `ballast greeter client` over one connection: " +
 		"client-side (`kubernetes:///`), proxyless (`xds:///`, bootstrap from `ballast bootstrap` in an init container), " +
 		"the sidecar (the pod as the webhook injects it: `inject.Inject`, iptables capture, the client dialling the Service's name), " +

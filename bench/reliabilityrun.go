@@ -321,7 +321,9 @@ func (r *relRun) start(ctx context.Context) error {
 // waits until they are all Ready.
 func (r *relRun) deploy(ctx context.Context) error {
 	r.b.progress("reliability: applying deploy/control, the greeters and %d client pods", len(r.modes))
-	if _, err := r.cluster.Kubectl(ctx, nil, "apply", "-k", filepath.Join(r.root, "deploy", "control")); err != nil {
+	// The proxyless clients' grpc-go sends no token over plaintext
+	// (docs/security.md), so the control plane serves without one.
+	if _, err := r.cluster.Kubectl(ctx, nil, "apply", "-k", filepath.Join(r.root, "deploy", "control-insecure")); err != nil {
 		return err
 	}
 	dep, err := r.cluster.Client.AppsV1().Deployments(controlNamespace).Get(ctx, controlDeployment, metav1.GetOptions{})

@@ -83,10 +83,40 @@ type Config struct {
 	AdminPort   int32
 	// XDSAddress is the control plane the proxy dials for xds:/// targets.
 	XDSAddress string
+	// XDSTokenAudience is the audience of the ServiceAccount token the
+	// proxy presents to the control plane, projected into the pod when
+	// XDSAddress is set; empty means "ballast-control".
+	XDSTokenAudience string
 	// InitArgs and ProxyArgs are appended to the proxy's init and to the
 	// proxy (say --include-cidrs=<Service CIDR>).
 	InitArgs  []string
 	ProxyArgs []string
+}
+
+// XDSTokenDir is where the proxy finds its token for the control plane.
+const XDSTokenDir = "/var/run/secrets/ballast.dev/xds"
+
+const (
+	xdsTokenVolume = "ballast-xds-token"
+	xdsTokenFile   = "token"
+	// xdsTokenLifetime is the projected token's: the kubelet writes a new
+	// one once 80% of it has passed, and the proxy reads the file for
+	// every stream, so a stream is never opened with an expired token.
+	xdsTokenLifetime = 3600
+)
+
+// xdsTokenVolume is the pod's ServiceAccount token for the control plane
+// alone: the proxy never holds the pod's API token, and what it holds is
+// no use against the API server.
+func (c Config) xdsTokenVolume() corev1.Volume {
+	exp := int64(xdsTokenLifetime)
+	mode := int32(0o444) // the proxy runs as its own uid, not the app's
+	return corev1.Volume{Name: xdsTokenVolume, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+		DefaultMode: &mode,
+		Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
+			Audience: cmp.Or(c.XDSTokenAudience, "ballast-control"), ExpirationSeconds: &exp, Path: xdsTokenFile,
+		}}},
+	}}}
 }
 
 func (c Config) uid() int64      { return cmp.Or(c.ProxyUID, 1337) }
@@ -165,7 +195,8 @@ func Inject(pod *corev1.Pod, c Config) {
 	}
 	initArgv = append(initArgv, c.InitArgs...)
 	if c.XDSAddress != "" {
-		proxyArgv = append(proxyArgv, "--xds-address", c.XDSAddress)
+		proxyArgv = append(proxyArgv, "--xds-address", c.XDSAddress,
+			"--xds-token-file", XDSTokenDir+"/"+xdsTokenFile)
 	}
 	proxyArgv = append(proxyArgv, c.ProxyArgs...)
 	ready := &corev1.Probe{
@@ -213,6 +244,10 @@ func Inject(pod *corev1.Pod, c Config) {
 	}
 	if len(appProbes) > 0 {
 		proxyC.Env = append(proxyC.Env, corev1.EnvVar{Name: probe.EnvVar, Value: appProbes.String()})
+	}
+	if c.XDSAddress != "" {
+		pod.Spec.Volumes = append(pod.Spec.Volumes, c.xdsTokenVolume())
+		proxyC.VolumeMounts = append(proxyC.VolumeMounts, corev1.VolumeMount{Name: xdsTokenVolume, MountPath: XDSTokenDir, ReadOnly: true})
 	}
 	pod.Spec.InitContainers = append([]corev1.Container{initC, proxyC}, pod.Spec.InitContainers...)
 	if pod.Annotations == nil {

@@ -95,6 +95,12 @@ func TestInject(t *testing.T) {
 	if !slices.Contains(proxyC.Args, "ballast-control.ballast-system:18000") {
 		t.Errorf("proxy args %q lack the xDS address", proxyC.Args)
 	}
+	if !slices.Contains(proxyC.Args, XDSTokenDir+"/token") || len(proxyC.VolumeMounts) != 1 || proxyC.VolumeMounts[0].MountPath != XDSTokenDir {
+		t.Errorf("proxy args %q and mounts %v: no token for the control plane", proxyC.Args, proxyC.VolumeMounts)
+	}
+	if v := pod.Spec.Volumes; len(v) != 1 || v[0].Projected == nil || v[0].Projected.Sources[0].ServiceAccountToken.Audience != "ballast-control" {
+		t.Errorf("volumes %v: want one projected token for audience ballast-control", v)
+	}
 	if proxyC.StartupProbe == nil || proxyC.StartupProbe.HTTPGet.Path != "/ready" {
 		t.Error("proxy has no startup probe on /ready: the app could start first")
 	}

@@ -249,15 +249,17 @@ func TestProxylessOnKubernetes(t *testing.T) {
 	})
 }
 
-// deployControlPlane installs deploy/control as written, as a user would:
-// the control plane runs on its own ServiceAccount through client-go's
-// in-cluster config, with the manifests' RBAC enforced. It waits for both
+// deployControlPlane installs deploy/control-insecure (deploy/control as
+// written, with --insecure: grpc-go proxyless clients send no token over
+// plaintext, see docs/security.md), as a user would: the control plane
+// runs on its own ServiceAccount through client-go's in-cluster config,
+// with the manifests' RBAC enforced. It waits for both
 // replicas to be Ready and the Service to have them as endpoints, checks
 // that the pods' identity is refused what the ClusterRole does not grant,
 // and removes everything at cleanup.
 func deployControlPlane(t *testing.T, ctx context.Context) {
 	t.Helper()
-	dir := deployDir(t, "control")
+	dir := deployDir(t, "control-insecure")
 	t.Cleanup(func() {
 		ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 		defer cancel()
