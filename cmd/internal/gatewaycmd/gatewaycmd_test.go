@@ -18,6 +18,7 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"text/template"
 	"time"
@@ -39,18 +40,23 @@ import (
 // calls to a Service of three greeters on loopback. Real grpc-go clients
 // call through the HTTP and HTTPS listeners over one connection each, and
 // the calls spread over the three greeters: balanced per call. The HTTPS
-// listeners serve only their hostnames, TLS takes nothing below 1.2, and the
-// listener without its Secret is not served while the others are.
+// listeners serve only their hostnames, TLS takes nothing below 1.2, a
+// rotated Secret is served to new handshakes without dropping the
+// connections made before, and the listener without its Secret is not
+// served while the others are.
 func TestGatewayFromFiles(t *testing.T) {
 	backends := greeters(t, 3)
 	ca, caPool := testCA(t)
-	certPEM, keyPEM := ca.issue(t, "grpc.example.com")
+	certPEM, keyPEM := ca.issue(t, "grpc.example.com", 2)
 	ports := freePorts(t, 3)
 	dir := t.TempDir()
-	writeTemplate(t, filepath.Join(dir, "gateway.yaml"), gatewayYAML, map[string]any{
-		"HTTP": ports[0], "HTTPS": ports[1], "Broken": ports[2], "Backends": backends,
-		"Cert": indent(certPEM), "Key": indent(keyPEM),
-	})
+	write := func(certPEM, keyPEM []byte) {
+		writeTemplate(t, filepath.Join(dir, "gateway.yaml"), gatewayYAML, map[string]any{
+			"HTTP": ports[0], "HTTPS": ports[1], "Broken": ports[2], "Backends": backends,
+			"Cert": indent(certPEM), "Key": indent(keyPEM),
+		})
+	}
+	write(certPEM, keyPEM)
 
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
@@ -67,7 +73,12 @@ func TestGatewayFromFiles(t *testing.T) {
 
 	h2c := dial(t, fmt.Sprintf("127.0.0.1:%d", ports[0]), grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority("grpc.example.com:443"))
 	tlsCreds := credentials.NewTLS(&tls.Config{RootCAs: caPool, ServerName: "grpc.example.com"})
-	viaTLS := dial(t, fmt.Sprintf("127.0.0.1:%d", ports[1]), grpc.WithTransportCredentials(tlsCreds), grpc.WithAuthority("grpc.example.com"))
+	var tlsDials atomic.Int32
+	viaTLS := dial(t, fmt.Sprintf("127.0.0.1:%d", ports[1]), grpc.WithTransportCredentials(tlsCreds), grpc.WithAuthority("grpc.example.com"),
+		grpc.WithContextDialer(func(ctx context.Context, addr string) (net.Conn, error) {
+			tlsDials.Add(1)
+			return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
+		}))
 	for name, conn := range map[string]*grpc.ClientConn{"h2c": h2c, "tls": viaTLS} {
 		eventually(t, name+" listener answers", func() bool { _, err := call(conn); return err == nil })
 		tally := greeter.Call(context.Background(), conn, 300, 5*time.Second, nil)
@@ -103,6 +114,21 @@ func TestGatewayFromFiles(t *testing.T) {
 		t.Errorf("ALPN negotiated %q, want h2", p)
 	}
 	c.Close()
+	// The Secret rotates: new handshakes get the new certificate, and the
+	// connection made with the old one goes on taking calls.
+	write(ca.issue(t, "grpc.example.com", 3))
+	eventually(t, "the new certificate is served", func() bool {
+		c, err := tls.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", ports[1]), &tls.Config{RootCAs: caPool, ServerName: "grpc.example.com"})
+		if err != nil {
+			return false
+		}
+		defer c.Close()
+		return c.ConnectionState().PeerCertificates[0].SerialNumber.Int64() == 3
+	})
+	if tally := greeter.Call(context.Background(), viaTLS, 30, 5*time.Second, nil); tally.Errors > 0 || tlsDials.Load() != 1 {
+		t.Errorf("after the rotation, over the connection made before it: %d of %d calls failed (last: %v), %d connections made, want 1",
+			tally.Errors, tally.Calls, tally.LastError, tlsDials.Load())
+	}
 	// The listener whose Secret is missing is not served.
 	if c, err := net.Dial("tcp", fmt.Sprintf("127.0.0.1:%d", ports[2])); err == nil {
 		c.Close()
@@ -316,14 +342,14 @@ func testCA(t *testing.T) (*authority, *x509.CertPool) {
 }
 
 // issue is a server certificate for host and its key, PEM encoded.
-func (a *authority) issue(t *testing.T, host string) (certPEM, keyPEM []byte) {
+func (a *authority) issue(t *testing.T, host string, serial int64) (certPEM, keyPEM []byte) {
 	t.Helper()
 	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
 	if err != nil {
 		t.Fatal(err)
 	}
 	tmpl := &x509.Certificate{
-		SerialNumber: big.NewInt(2), Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
+		SerialNumber: big.NewInt(serial), Subject: pkix.Name{CommonName: host}, DNSNames: []string{host},
 		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour),
 		KeyUsage: x509.KeyUsageDigitalSignature, ExtKeyUsage: []x509.ExtKeyUsage{x509.ExtKeyUsageServerAuth},
 	}
