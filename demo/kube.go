@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io/fs"
 	"maps"
 	"time"
 
@@ -27,14 +26,14 @@ const KubeNamespace = "ballast-demo"
 //   - with --target kubernetes:///…, through Ballast's resolver reading the
 //     cluster's EndpointSlices;
 //   - with --target xds:///… and a bootstrap, through grpc-go's xDS client
-//     fed by the control plane installed from bases (deploy.FS);
+//     fed by the control plane Cluster.InstallMesh installs;
 //   - as the article ends: the namespace labelled for injection and the
 //     pods recreated, the unchanged client's one connection goes to its
 //     sidecar, which balances each call.
 //
 // image holds the ballast binary; the control plane's and the sidecar's
-// images are those bases name.
-func RunKube(ctx context.Context, c *devcluster.Cluster, image string, bases fs.FS, opts Options) (*Result, error) {
+// images are the dev cluster's (InstallMesh).
+func RunKube(ctx context.Context, c *devcluster.Cluster, image string, opts Options) (*Result, error) {
 	opts.Calls = max(opts.Calls, 1)
 	opts.Pods = max(opts.Pods, 1)
 	ns := KubeNamespace
@@ -60,7 +59,7 @@ func RunKube(ctx context.Context, c *devcluster.Cluster, image string, bases fs.
 			perCall: true, client: devcluster.ClientKubernetes, clientArgs: []string{"--target", "kubernetes:///" + target}},
 		{mode: "proxyless", description: "the same client with --target xds:///" + target + " and a bootstrap from `ballast bootstrap`: grpc-go's xDS client fed by ballast control",
 			perCall: true, client: devcluster.ClientXDS, clientArgs: []string{"--target", "xds:///" + target},
-			before: func() error { return c.InstallMesh(ctx, bases) }},
+			before: func() error { return c.InstallMesh(ctx) }},
 		{mode: "sidecar", description: "the article's client unchanged, its namespace labelled for injection: its one connection goes to the injected sidecar, which balances each call",
 			perCall: true, before: func() error { return injectAll(ctx, c, ns, image, opts.Pods) }},
 	}

@@ -5,9 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"io/fs"
-	"os"
-	"path/filepath"
+	"log/slog"
 	"slices"
 	"strings"
 	"time"
@@ -19,90 +17,49 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ballast-dev/ballast/inject"
+	"github.com/ballast-dev/ballast/install"
 )
 
 // MeshNamespace is where deploy/ installs the control plane and injector.
 const MeshNamespace = "ballast-system"
 
-// InstallMesh installs Ballast's control plane and sidecar injector from
-// kustomize bases (deploy.FS: control/ and inject/), as a user applies
-// them, and returns once both serve. It may run again: everything is
-// applied, nothing is created twice.
+// InstallMesh installs Ballast's control plane and sidecar injector as
+// `ballast install` does (charts/ballast by server-side apply, waiting for
+// the rollout and for the API server's calls to inject pods), with the dev
+// cluster's images (ballast-control:dev, ballast:dev, ballast-proxy:dev). It
+// may run again: everything is applied, nothing is created twice, and the
+// webhook's certificate is kept.
 //
-// One change to inject/: the kube-apiserver runs on the host and cannot
+// One change of values: the kube-apiserver runs on the host and cannot
 // route to a ClusterIP, so the webhook registration uses a
 // clientConfig.url on 127.0.0.1 relayed to the injector's Service
-// (ExposeService), and the injector's self-signed certificate also names
-// 127.0.0.1.
-func (c *Cluster) InstallMesh(ctx context.Context, bases fs.FS) error {
-	control, err := c.kustomize(ctx, bases, "control")
-	if err != nil {
-		return err
-	}
-	if err := c.applyObjects(ctx, control); err != nil {
-		return fmt.Errorf("install control: %w", err)
-	}
-	objs, err := c.kustomize(ctx, bases, "inject")
-	if err != nil {
-		return err
-	}
-	var services, rest []*unstructured.Unstructured
-	for _, o := range objs {
-		if o.GetKind() == "Service" {
-			services = append(services, o)
-		} else {
-			rest = append(rest, o)
-		}
-	}
-	if err := c.applyObjects(ctx, services); err != nil {
-		return fmt.Errorf("install inject: %w", err)
-	}
+// (ExposeService), and the injector's certificate also names 127.0.0.1.
+func (c *Cluster) InstallMesh(ctx context.Context) error {
 	webhook, err := c.ExposeService(ctx, MeshNamespace, "ballast-inject", 443)
 	if err != nil {
 		return err
 	}
-	for _, o := range rest {
-		if err := reachableFromHost(o, "https://"+webhook.String()+"/inject"); err != nil {
-			return fmt.Errorf("deploy inject/: %w", err)
-		}
-	}
-	if err := c.applyObjects(ctx, rest); err != nil {
-		return fmt.Errorf("install inject: %w", err)
-	}
-	if err := c.WaitReadyEndpoints(ctx, MeshNamespace, "ballast-control", "grpc-xds", 2, 2*time.Minute); err != nil {
-		return err
-	}
-	return c.WaitReadyEndpoints(ctx, MeshNamespace, "ballast-inject", "https", 1, 2*time.Minute)
+	return install.Install(ctx, install.Options{
+		Config:    c.Config,
+		Namespace: MeshNamespace,
+		Values: map[string]any{
+			"image": map[string]any{"registry": "", "tag": "dev"},
+			"inject": map[string]any{
+				"url":         "https://" + webhook.String() + "/inject",
+				"certificate": map[string]any{"extraIPs": []any{"127.0.0.1"}},
+			},
+		},
+		Progress: slogWriter{c.log.With("component", "install")},
+		Timeout:  3 * time.Minute,
+	})
 }
 
-// reachableFromHost points the webhook registration at url and adds
-// 127.0.0.1 to the injector's certificate names.
-func reachableFromHost(o *unstructured.Unstructured, url string) error {
-	switch o.GetKind() {
-	case "MutatingWebhookConfiguration":
-		hooks, _, _ := unstructured.NestedSlice(o.Object, "webhooks")
-		if len(hooks) != 1 {
-			return fmt.Errorf("%d webhooks, want 1", len(hooks))
-		}
-		h := hooks[0].(map[string]any)
-		h["clientConfig"] = map[string]any{"url": url}
-		return unstructured.SetNestedSlice(o.Object, hooks, "webhooks")
-	case "Deployment":
-		containers, _, _ := unstructured.NestedSlice(o.Object, "spec", "template", "spec", "containers")
-		c := containers[0].(map[string]any)
-		args, _ := c["args"].([]any)
-		found := false
-		for i, a := range args {
-			if s, ok := a.(string); ok && strings.HasPrefix(s, "--dns-names=") {
-				args[i], found = s+",127.0.0.1", true
-			}
-		}
-		if !found {
-			return fmt.Errorf("the injector has no --dns-names: %v", args)
-		}
-		return unstructured.SetNestedSlice(o.Object, containers, "spec", "template", "spec", "containers")
-	}
-	return nil
+// slogWriter logs each line written to it at debug level.
+type slogWriter struct{ log *slog.Logger }
+
+func (w slogWriter) Write(p []byte) (int, error) {
+	w.log.Debug(strings.TrimSpace(string(p)))
+	return len(p), nil
 }
 
 // EnableInjection labels namespace (created if missing) for sidecar
@@ -156,35 +113,6 @@ func sleeperPod(name string) *corev1.Pod {
 				Command: []string{"sh", "-c", "while true; do sleep 1; done"}}},
 		},
 	}
-}
-
-// kustomize renders the base dir of bases with kubectl kustomize.
-func (c *Cluster) kustomize(ctx context.Context, bases fs.FS, dir string) ([]*unstructured.Unstructured, error) {
-	sub, err := fs.Sub(bases, dir)
-	if err != nil {
-		return nil, err
-	}
-	tmp, err := os.MkdirTemp("", "ballast-deploy-")
-	if err != nil {
-		return nil, err
-	}
-	defer os.RemoveAll(tmp)
-	if err := os.CopyFS(filepath.Join(tmp, dir), sub); err != nil {
-		return nil, err
-	}
-	out, err := c.Kubectl(ctx, nil, "kustomize", filepath.Join(tmp, dir))
-	if err != nil {
-		return nil, fmt.Errorf("kustomize %s: %w", dir, err)
-	}
-	return DecodeObjects(out)
-}
-
-func (c *Cluster) applyObjects(ctx context.Context, objs []*unstructured.Unstructured) error {
-	manifests, err := EncodeObjects(objs)
-	if err != nil {
-		return err
-	}
-	return c.Apply(ctx, manifests)
 }
 
 // DecodeObjects reads a stream of YAML or JSON objects.

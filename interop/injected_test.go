@@ -12,7 +12,6 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/ballast-dev/ballast/deploy"
 	"github.com/ballast-dev/ballast/devcluster"
 )
 
@@ -51,7 +50,7 @@ func TestInjectedSidecar(t *testing.T) {
 		}
 	})
 	phase("cluster up")
-	need(t, cluster.InstallMesh(ctx, deploy.FS))
+	need(t, cluster.InstallMesh(ctx))
 	phase("mesh installed")
 	need(t, cluster.EnableInjection(ctx, injectedNS))
 	const pods = 3

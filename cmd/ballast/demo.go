@@ -15,7 +15,6 @@ import (
 	"google.golang.org/grpc/grpclog"
 
 	"github.com/ballast-dev/ballast/demo"
-	"github.com/ballast-dev/ballast/deploy"
 	"github.com/ballast-dev/ballast/devcluster"
 )
 
@@ -178,5 +177,5 @@ func runKubeDemo(ctx context.Context, opts demo.Options) (*demo.Result, error) {
 	}
 	defer c.Stop()
 	fmt.Fprintln(os.Stderr, "cluster up; applying the article's Service, Deployment and client pod, then ballast from deploy/")
-	return demo.RunKube(ctx, c, "ballast:dev", deploy.FS, opts)
+	return demo.RunKube(ctx, c, "ballast:dev", opts)
 }

@@ -34,6 +34,8 @@ func newRootCmd() *cobra.Command {
 		newBenchCmd(),
 		newDevCmd(),
 		newImageCmd(),
+		newInstallCmd(),
+		newUninstallCmd(),
 		newVersionCmd(),
 	)
 	return root

@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/ballast-dev/ballast/demo"
-	"github.com/ballast-dev/ballast/deploy"
 )
 
 // TestDemoKube is `ballast demo --kube`: the article on real Kubernetes in
@@ -25,7 +24,7 @@ func TestDemoKube(t *testing.T) {
 		}
 	})
 	const pods, calls = 3, 30
-	res, err := demo.RunKube(ctx, cluster, image, deploy.FS, demo.Options{Calls: calls, Pods: pods})
+	res, err := demo.RunKube(ctx, cluster, image, demo.Options{Calls: calls, Pods: pods})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -28,7 +28,6 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
-	"github.com/ballast-dev/ballast/deploy"
 	"github.com/ballast-dev/ballast/devcluster"
 	"github.com/ballast-dev/ballast/greeter"
 	"github.com/ballast-dev/ballast/inject"
@@ -67,7 +66,7 @@ func setupMesh(t *testing.T, ctx context.Context) {
 			dumpState(t, meshNS, "ballast-system")
 		}
 	})
-	if err := cluster.InstallMesh(ctx, deploy.FS); err != nil {
+	if err := cluster.InstallMesh(ctx); err != nil {
 		t.Fatal(err)
 	}
 	if err := cluster.EnableInjection(ctx, meshNS); err != nil {
