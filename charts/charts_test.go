@@ -111,6 +111,7 @@ func TestRender(t *testing.T) {
 			"ClusterRole/ballast-control", "ClusterRoleBinding/ballast-control",
 			"CustomResourceDefinition/grpcroutes.gateway.networking.k8s.io",
 			"CustomResourceDefinition/referencegrants.gateway.networking.k8s.io",
+			"CustomResourceDefinition/trafficpolicies.ballast.dev",
 			"Deployment/ballast-control", "Deployment/ballast-inject",
 			"MutatingWebhookConfiguration/ballast-inject",
 			"PodDisruptionBudget/ballast-control", "PodDisruptionBudget/ballast-inject",

@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
@@ -88,11 +89,12 @@ func TestControlBase(t *testing.T) {
 			t.Fatalf("API server rejects %s %s: %v", o.GetKind(), o.GetName(), err)
 		}
 	}
-	if kinds["CustomResourceDefinition"] != 2 {
-		t.Errorf("%d CRDs, want GRPCRoute's and ReferenceGrant's", kinds["CustomResourceDefinition"])
+	if kinds["CustomResourceDefinition"] != 3 {
+		t.Errorf("%d CRDs, want GRPCRoute's, ReferenceGrant's and TrafficPolicy's", kinds["CustomResourceDefinition"])
 	}
 	for _, o := range objs {
-		if o.GetKind() == "CustomResourceDefinition" && o.GetAnnotations()["gateway.networking.k8s.io/bundle-version"] != "v1.6.3" {
+		if o.GetKind() == "CustomResourceDefinition" && strings.HasSuffix(o.GetName(), ".gateway.networking.k8s.io") &&
+			o.GetAnnotations()["gateway.networking.k8s.io/bundle-version"] != "v1.6.3" {
 			t.Errorf("CRD %s: bundle-version %q, want v1.6.3", o.GetName(), o.GetAnnotations()["gateway.networking.k8s.io/bundle-version"])
 		}
 	}
@@ -157,6 +159,11 @@ func TestControlBase(t *testing.T) {
 			{"create", "coordination.k8s.io", "leases", true, "", "ballast-system"},
 			{"update", "coordination.k8s.io", "leases", true, "", "ballast-system"},
 			{"create", "authentication.k8s.io", "tokenreviews", true, "", ""},
+			{"list", "ballast.dev", "trafficpolicies", true, "", ""},
+			{"watch", "ballast.dev", "trafficpolicies", true, "", ""},
+			{"update", "ballast.dev", "trafficpolicies", true, "status", ""},
+			{"update", "ballast.dev", "trafficpolicies", false, "", ""},
+			{"create", "ballast.dev", "trafficpolicies", false, "", ""},
 			{"create", "authorization.k8s.io", "subjectaccessreviews", false, "", ""},
 		}
 		for _, tt := range tests {

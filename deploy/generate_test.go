@@ -22,7 +22,7 @@ var update = flag.Bool("update", false, "render deploy/ from charts/ballast agai
 
 // generated is deploy/ as charts/ballast renders with deploy/values.yaml:
 // path (under deploy/) → content. The chart's crds/ become
-// control/gateway-api, templates/<dir>/ become <dir>/ (the top-level
+// control/gateway-api (Gateway API's) and control/crd (Ballast's), templates/<dir>/ become <dir>/ (the top-level
 // namespace.yaml goes to control/, which makes the namespace), and each
 // directory gets a kustomization.yaml listing its files.
 func generated(t *testing.T) map[string][]byte {
@@ -44,8 +44,10 @@ func generated(t *testing.T) map[string][]byte {
 	for _, m := range ms {
 		var dir string
 		switch {
-		case m.CRD():
+		case m.CRD() && strings.HasPrefix(path.Base(m.Name), "gateway.networking.k8s.io_"):
 			dir = "control/gateway-api"
+		case m.CRD():
+			dir = "control/crd"
 		case path.Dir(m.Name) == "templates":
 			dir = "control"
 		default:
@@ -59,7 +61,7 @@ func generated(t *testing.T) map[string][]byte {
 		out[p] = []byte(header + strings.TrimPrefix(m.Content, "---\n"))
 		dirs[dir] = append(dirs[dir], path.Base(m.Name))
 	}
-	dirs["control"] = append(dirs["control"], "gateway-api")
+	dirs["control"] = append(dirs["control"], "crd", "gateway-api")
 	comments := map[string]string{
 		"control": "# The Ballast control plane: xDS for proxyless gRPC clients, read from the\n" +
 			"# Kubernetes API. Apply with: kubectl apply -k deploy/control\n",
@@ -67,6 +69,7 @@ func generated(t *testing.T) map[string][]byte {
 			"# the GRPCRoute and ReferenceGrant CRDs the control plane reads. A cluster\n" +
 			"# that already has Gateway API installed keeps its own: leave this base out\n" +
 			"# of control/.\n",
+		"control/crd": "# Ballast's own CRDs (the chart's crds/): TrafficPolicy (ballast.dev/v1alpha1).\n",
 		"inject": "# The sidecar injector: a mutating webhook that adds `ballast proxy init`\n" +
 			"# and `ballast proxy` to pods in namespaces labelled\n" +
 			"# ballast-injection=enabled. Apply deploy/control first (it makes the\n" +

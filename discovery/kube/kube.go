@@ -49,6 +49,9 @@ type Options struct {
 	// gateway serves (RBAC get, list and watch on each); the cluster must
 	// have the Gateway CRDs.
 	Gateways bool
+	// Policies reads TrafficPolicies too (ballast.dev; RBAC get, list and
+	// watch), when the cluster has their CRD.
+	Policies bool
 }
 
 // Source keeps a Registry in step with the Services and EndpointSlices of a
@@ -198,6 +201,16 @@ func (s *Source) Run(ctx context.Context) error {
 			return err
 		}
 		if !cache.WaitForCacheSync(ctx.Done(), gatewaysSynced...) {
+			return nil
+		}
+	}
+	if s.opts.Policies {
+		// Policies before Services too, for the same reason.
+		synced, err := s.policyInformer(ctx, running.Go)
+		if err != nil {
+			return err
+		}
+		if len(synced) > 0 && !cache.WaitForCacheSync(ctx.Done(), synced...) {
 			return nil
 		}
 	}

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"slices"
+	"sync"
 	"time"
 
 	"github.com/go-logr/logr"
@@ -108,9 +109,8 @@ func (w *StatusWriter) Run(ctx context.Context) error {
 	return nil
 }
 
-// write keeps the status of every route up to date until ctx ends: a
-// route whose status may have changed is queued, and each is written
-// from the registry's view at the time it is taken from the queue.
+// write keeps the status of every route and TrafficPolicy up to date
+// until ctx ends.
 func (w *StatusWriter) write(ctx context.Context, gc gatewayclient.Interface) {
 	for w.opts.Synced != nil && !w.opts.Synced() {
 		select {
@@ -119,19 +119,52 @@ func (w *StatusWriter) write(ctx context.Context, gc gatewayclient.Interface) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	sub := w.reg.SubscribeRoutes()
+	pc, err := policyClient(w.cfg)
+	if err != nil {
+		w.log.Error("TrafficPolicy status not written", "err", err)
+	}
+	var wg sync.WaitGroup
+	if pc != nil {
+		wg.Go(func() {
+			var keys []discovery.Key
+			for _, p := range w.reg.Policies() {
+				keys = append(keys, discovery.Key{Namespace: p.Namespace, Name: p.Name})
+			}
+			w.loop(ctx, "trafficpolicy", keys, w.reg.SubscribePolicies(), func(ctx context.Context, k discovery.Key) error {
+				return w.syncPolicy(ctx, pc, k)
+			})
+		})
+	}
+	var keys []discovery.Key
+	for _, rt := range w.reg.Routes() {
+		keys = append(keys, discovery.Key{Namespace: rt.Namespace, Name: rt.Name})
+	}
+	w.loop(ctx, "grpcroute", keys, w.reg.SubscribeRoutes(), func(ctx context.Context, k discovery.Key) error {
+		return w.sync(ctx, gc, k)
+	})
+	wg.Wait()
+}
+
+// loop syncs the objects of one kind until ctx ends: those in keys at
+// first, then each whose status sub says may have changed, from the
+// registry's view at the time it is taken from the queue.
+func (w *StatusWriter) loop(ctx context.Context, kind string, keys []discovery.Key, sub *discovery.Subscription, sync func(context.Context, discovery.Key) error) {
 	defer sub.Close()
 	queue := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[discovery.Key]())
 	defer queue.ShutDown()
 	stop := context.AfterFunc(ctx, queue.ShutDown)
 	defer stop()
-	for _, rt := range w.reg.Routes() {
-		queue.Add(discovery.Key{Namespace: rt.Namespace, Name: rt.Name})
+	for _, k := range keys {
+		queue.Add(k)
 	}
+	done := make(chan struct{})
+	defer close(done)
 	go func() {
 		for {
 			select {
 			case <-ctx.Done():
+				return
+			case <-done:
 				return
 			case <-sub.C():
 				for _, k := range sub.Drain() {
@@ -145,8 +178,8 @@ func (w *StatusWriter) write(ctx context.Context, gc gatewayclient.Interface) {
 		if shutdown {
 			return
 		}
-		if err := w.sync(ctx, gc, k); err != nil {
-			w.log.Warn("route status not written; retrying", "grpcroute", k.String(), "err", err)
+		if err := sync(ctx, k); err != nil {
+			w.log.Warn("status not written; retrying", kind, k.String(), "err", err)
 			queue.AddRateLimited(k)
 		} else {
 			queue.Forget(k)

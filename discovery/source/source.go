@@ -32,6 +32,9 @@ type Config struct {
 	// Gateways reads GatewayClasses, Gateways and TLS Secrets from the
 	// Kubernetes API too (the folder's are always read).
 	Gateways bool
+	// Policies reads TrafficPolicies from the Kubernetes API too (the
+	// folder's are always read).
+	Policies bool
 	// Log receives the sources' logs; nil means slog.Default().
 	Log *slog.Logger
 }
@@ -64,7 +67,7 @@ func Open(cfg Config, reg *discovery.Registry) (*Set, error) {
 		if err != nil {
 			return nil, err
 		}
-		src := kube.New(restCfg, reg, kube.Options{Logger: log, Routes: cfg.Routes, Gateways: cfg.Gateways})
+		src := kube.New(restCfg, reg, kube.Options{Logger: log, Routes: cfg.Routes, Gateways: cfg.Gateways, Policies: cfg.Policies})
 		s.runs = append(s.runs, src.Run)
 		s.synced = append(s.synced, src.HasSynced)
 	}

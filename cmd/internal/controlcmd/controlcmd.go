@@ -117,6 +117,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		Kubeconfig: cfg.Kubeconfig,
 		Files:      cfg.Files,
 		Routes:     true,
+		Policies:   true,
 		Log:        log,
 	}, reg)
 	if err != nil {

@@ -1,0 +1,72 @@
+package kube
+
+import (
+	"context"
+	"fmt"
+	"slices"
+
+	"k8s.io/apimachinery/pkg/api/equality"
+	apierrors "k8s.io/apimachinery/pkg/api/errors"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/rest"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+
+	"github.com/ballast-dev/ballast/api/v1alpha1"
+	"github.com/ballast-dev/ballast/discovery"
+)
+
+// syncPolicy writes one TrafficPolicy's status.ancestors if it differs
+// from what the API holds, as sync does a route's.
+func (w *StatusWriter) syncPolicy(ctx context.Context, pc rest.Interface, k discovery.Key) error {
+	_, ancestors, ok := w.reg.PolicyStatus(k)
+	if !ok {
+		return nil // deleted
+	}
+	p := &v1alpha1.TrafficPolicy{}
+	err := pc.Get().Namespace(k.Namespace).Resource(policyResource).Name(k.Name).Do(ctx).Into(p)
+	if apierrors.IsNotFound(err) {
+		return nil // not from the API (a file), or deleted meanwhile
+	}
+	if err != nil {
+		return err
+	}
+	next := mergeAncestors(p.Status.Ancestors, ancestors, metav1.Now())
+	if equality.Semantic.DeepEqual(next, p.Status.Ancestors) {
+		return nil
+	}
+	p.Status.Ancestors = next
+	if err := pc.Put().Namespace(k.Namespace).Resource(policyResource).Name(k.Name).SubResource("status").Body(p).Do(ctx).Error(); err != nil {
+		return fmt.Errorf("update status: %w", err)
+	}
+	w.log.Debug("policy status written", "trafficpolicy", k.String(), "generation", p.Generation)
+	return nil
+}
+
+// mergeAncestors is old with Ballast's entries replaced by ours, as
+// mergeParents does a route's: other controllers' entries stay, and each
+// condition keeps its last transition time while its status stays.
+func mergeAncestors(old, ours []gatewayv1.PolicyAncestorStatus, now metav1.Time) []gatewayv1.PolicyAncestorStatus {
+	var out []gatewayv1.PolicyAncestorStatus
+	for _, a := range old {
+		if a.ControllerName != discovery.ControllerName {
+			out = append(out, a)
+		}
+	}
+	for _, a := range ours {
+		i := slices.IndexFunc(old, func(o gatewayv1.PolicyAncestorStatus) bool {
+			return o.ControllerName == discovery.ControllerName && equality.Semantic.DeepEqual(o.AncestorRef, a.AncestorRef)
+		})
+		var conds []metav1.Condition
+		if i >= 0 {
+			conds = slices.Clone(old[i].Conditions)
+		}
+		for _, c := range a.Conditions {
+			c.LastTransitionTime = now
+			meta.SetStatusCondition(&conds, c)
+		}
+		a.Conditions = conds
+		out = append(out, a)
+	}
+	return out
+}
