@@ -80,7 +80,16 @@ func TestGatewayFromFiles(t *testing.T) {
 			return (&net.Dialer{}).DialContext(ctx, "tcp", addr)
 		}))
 	for name, conn := range map[string]*grpc.ClientConn{"h2c": h2c, "tls": viaTLS} {
-		eventually(t, name+" listener answers", func() bool { _, err := call(conn); return err == nil })
+		// Counted once every greeter has answered: round robin picks
+		// only among connected endpoints, and a loaded machine connects
+		// the last one later.
+		seen := map[string]bool{}
+		eventually(t, name+" listener reaches every greeter", func() bool {
+			if pod, err := call(conn); err == nil {
+				seen[pod] = true
+			}
+			return len(seen) == len(backends)
+		})
 		tally := greeter.Call(context.Background(), conn, 300, 5*time.Second, nil)
 		if tally.Errors > 0 {
 			t.Fatalf("%s: %d of %d calls failed, last: %v", name, tally.Errors, tally.Calls, tally.LastError)
