@@ -26,7 +26,7 @@ const KubeNamespace = "ballast-demo"
 //   - with --target kubernetes:///…, through Ballast's resolver reading the
 //     cluster's EndpointSlices;
 //   - with --target xds:///… and a bootstrap, through grpc-go's xDS client
-//     fed by the control plane Cluster.InstallMesh installs;
+//     fed by the control plane Cluster.InstallMeshProxyless installs;
 //   - as the article ends: the namespace labelled for injection and the
 //     pods recreated, the unchanged client's one connection goes to its
 //     sidecar, which balances each call.
@@ -59,7 +59,7 @@ func RunKube(ctx context.Context, c *devcluster.Cluster, image string, opts Opti
 			perCall: true, client: devcluster.ClientKubernetes, clientArgs: []string{"--target", "kubernetes:///" + target}},
 		{mode: "proxyless", description: "the same client with --target xds:///" + target + " and a bootstrap from `ballast bootstrap`: grpc-go's xDS client fed by ballast control",
 			perCall: true, client: devcluster.ClientXDS, clientArgs: []string{"--target", "xds:///" + target},
-			before: func() error { return c.InstallMesh(ctx) }},
+			before: func() error { return c.InstallMeshProxyless(ctx) }},
 		{mode: "sidecar", description: "the article's client unchanged, its namespace labelled for injection: its one connection goes to the injected sidecar, which balances each call",
 			perCall: true, before: func() error { return injectAll(ctx, c, ns, image, opts.Pods) }},
 	}

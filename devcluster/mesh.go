@@ -35,6 +35,18 @@ const MeshNamespace = "ballast-system"
 // clientConfig.url on 127.0.0.1 relayed to the injector's Service
 // (ExposeService), and the injector's certificate also names 127.0.0.1.
 func (c *Cluster) InstallMesh(ctx context.Context) error {
+	return c.installMesh(ctx, false)
+}
+
+// InstallMeshProxyless is InstallMesh with the control plane serving xDS
+// without authentication, as clusters with proxyless clients run it:
+// grpc-go sends its token only over TLS, which the control plane does
+// not serve yet (docs/security.md).
+func (c *Cluster) InstallMeshProxyless(ctx context.Context) error {
+	return c.installMesh(ctx, true)
+}
+
+func (c *Cluster) installMesh(ctx context.Context, insecure bool) error {
 	webhook, err := c.ExposeService(ctx, MeshNamespace, "ballast-inject", 443)
 	if err != nil {
 		return err
@@ -43,7 +55,8 @@ func (c *Cluster) InstallMesh(ctx context.Context) error {
 		Config:    c.Config,
 		Namespace: MeshNamespace,
 		Values: map[string]any{
-			"image": map[string]any{"registry": "", "tag": "dev"},
+			"image":   map[string]any{"registry": "", "tag": "dev"},
+			"control": map[string]any{"insecure": insecure},
 			"inject": map[string]any{
 				"url":         "https://" + webhook.String() + "/inject",
 				"certificate": map[string]any{"extraIPs": []any{"127.0.0.1"}},

@@ -648,17 +648,43 @@ func TestInjection(t *testing.T) {
 	// server gives up after the registration's timeoutSeconds and, with
 	// failurePolicy Ignore, creates the pod as it is.
 	t.Run("webhook hangs", func(t *testing.T) {
-		pods, err := cluster.Client.CoreV1().Pods("ballast-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=ballast-inject"})
-		if err != nil || len(pods.Items) != 1 {
-			t.Fatalf("injector pods: %v, %v", pods, err)
+		// Every injector replica hangs, once a rollout (of an install
+		// before) has left only the ones the Deployment wants.
+		var injectors []string
+		if err := devcluster.Poll(ctx, 2*time.Minute, func(ctx context.Context) (bool, error) {
+			dep, err := cluster.Client.AppsV1().Deployments("ballast-system").Get(ctx, "ballast-inject", metav1.GetOptions{})
+			if err != nil {
+				return false, nil
+			}
+			pods, err := cluster.Client.CoreV1().Pods("ballast-system").List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=ballast-inject"})
+			if err != nil {
+				return false, nil
+			}
+			injectors = nil
+			for _, p := range pods.Items {
+				if p.DeletionTimestamp == nil {
+					injectors = append(injectors, p.Name)
+				}
+			}
+			want := int32(1)
+			if dep.Spec.Replicas != nil {
+				want = *dep.Spec.Replicas
+			}
+			return len(injectors) == len(pods.Items) && int32(len(injectors)) == want && dep.Status.ReadyReplicas == want, nil
+		}); err != nil {
+			t.Fatalf("injector pods %v not settled: %v", injectors, err)
 		}
-		netns, err := cluster.PodNetns("ballast-system", pods.Items[0].Name)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pids := strings.Fields(run(t, ctx, "ip", "netns", "pids", netns))
-		if len(pids) == 0 {
-			t.Fatalf("no process in the injector's netns %s", netns)
+		var pids []string
+		for _, name := range injectors {
+			netns, err := cluster.PodNetns("ballast-system", name)
+			if err != nil {
+				t.Fatal(err)
+			}
+			in := strings.Fields(run(t, ctx, "ip", "netns", "pids", netns))
+			if len(in) == 0 {
+				t.Fatalf("no process in the injector's netns %s", netns)
+			}
+			pids = append(pids, in...)
 		}
 		t.Cleanup(func() { run(t, ctx, "kill", append([]string{"-CONT"}, pids...)...) })
 		run(t, ctx, "kill", append([]string{"-STOP"}, pids...)...)
