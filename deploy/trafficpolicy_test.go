@@ -2,6 +2,7 @@ package deploy_test
 
 import (
 	"context"
+	"fmt"
 	"strings"
 	"testing"
 	"time"
@@ -47,6 +48,28 @@ func TestTrafficPolicyCRDAgreesWithValidate(t *testing.T) {
 		{name: "budget interval under 1s", spec: targets + "retry: {budget: {interval: 500ms}}", reject: true},
 		{name: "negative min retries", spec: targets + "retry: {budget: {minRetryRate: {count: -1}}}", reject: true},
 		{name: "min retry interval 0", spec: targets + "retry: {budget: {minRetryRate: {interval: 0s}}}", reject: true},
+		{name: "circuit breaker and outlier detection", spec: targets + "circuitBreaker: {maxRequests: 100, maxPendingRequests: 10, maxConnections: 4}\n" +
+			"outlierDetection: {interval: 1s, baseEjectionTime: 30s, maxEjectionTime: 30s, maxEjectionPercent: 100, consecutiveErrors: 1, " +
+			"successRateEjection: {stdevFactor: 0, enforcementPercentage: 100, minimumHosts: 0, requestVolume: 0}, " +
+			"failurePercentageEjection: {threshold: 0, enforcementPercentage: 0, minimumHosts: 0, requestVolume: 0}}"},
+		{name: "max requests 0", spec: targets + "circuitBreaker: {maxRequests: 0}", reject: true},
+		{name: "max pending 0", spec: targets + "circuitBreaker: {maxPendingRequests: 0}", reject: true},
+		{name: "max connections -1", spec: targets + "circuitBreaker: {maxConnections: -1}", reject: true},
+		{name: "outlier interval 0", spec: targets + "outlierDetection: {interval: 0s}", reject: true},
+		{name: "outlier interval fraction", spec: targets + "outlierDetection: {interval: 1.5s}", reject: true},
+		{name: "base ejection 0", spec: targets + "outlierDetection: {baseEjectionTime: 0s}", reject: true},
+		{name: "max ejection 0", spec: targets + "outlierDetection: {maxEjectionTime: 0s}", reject: true},
+		{name: "max ejection under base", spec: targets + "outlierDetection: {baseEjectionTime: 30s, maxEjectionTime: 10s}", reject: true},
+		{name: "ejection percent 101", spec: targets + "outlierDetection: {maxEjectionPercent: 101}", reject: true},
+		{name: "consecutive errors 0", spec: targets + "outlierDetection: {consecutiveErrors: 0}", reject: true},
+		{name: "stdev factor -1", spec: targets + "outlierDetection: {successRateEjection: {stdevFactor: -1}}", reject: true},
+		{name: "success enforcement 101", spec: targets + "outlierDetection: {successRateEjection: {enforcementPercentage: 101}}", reject: true},
+		{name: "success hosts -1", spec: targets + "outlierDetection: {successRateEjection: {minimumHosts: -1}}", reject: true},
+		{name: "success volume -1", spec: targets + "outlierDetection: {successRateEjection: {requestVolume: -1}}", reject: true},
+		{name: "failure threshold 101", spec: targets + "outlierDetection: {failurePercentageEjection: {threshold: 101}}", reject: true},
+		{name: "failure enforcement -1", spec: targets + "outlierDetection: {failurePercentageEjection: {enforcementPercentage: -1}}", reject: true},
+		{name: "failure hosts -1", spec: targets + "outlierDetection: {failurePercentageEjection: {minimumHosts: -1}}", reject: true},
+		{name: "failure volume -1", spec: targets + "outlierDetection: {failurePercentageEjection: {requestVolume: -1}}", reject: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var p v1alpha1.TrafficPolicy
@@ -64,7 +87,7 @@ func TestTrafficPolicyCRDAgreesWithValidate(t *testing.T) {
 			u.SetAPIVersion(v1alpha1.GroupVersion.String())
 			u.SetKind("TrafficPolicy")
 			u.SetNamespace("default")
-			u.SetName("p" + strings.Repeat("x", i%2) + string(rune('a'+i)))
+			u.SetName(fmt.Sprintf("p%d", i))
 			var err error
 			// The CRD was just created: until it is established the API
 			// server does not serve the type.

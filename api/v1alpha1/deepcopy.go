@@ -80,6 +80,8 @@ func (s *TrafficPolicySpec) DeepCopyInto(out *TrafficPolicySpec) {
 	if s.Retry != nil {
 		out.Retry = s.Retry.DeepCopy()
 	}
+	out.CircuitBreaker = s.CircuitBreaker.DeepCopy()
+	out.OutlierDetection = s.OutlierDetection.DeepCopy()
 }
 
 // DeepCopy returns a copy of t.

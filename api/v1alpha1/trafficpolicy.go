@@ -48,6 +48,11 @@ type TrafficPolicySpec struct {
 
 	Timeouts *Timeouts `json:"timeouts,omitempty"`
 	Retry    *Retry    `json:"retry,omitempty"`
+
+	// CircuitBreaker and OutlierDetection apply to a Service's backends
+	// (cluster.go): only a policy on a Service sets them.
+	CircuitBreaker   *CircuitBreaker   `json:"circuitBreaker,omitempty"`
+	OutlierDetection *OutlierDetection `json:"outlierDetection,omitempty"`
 }
 
 // Timeouts has HTTPRouteTimeouts' shape.
@@ -203,6 +208,16 @@ func (s *TrafficPolicySpec) Validate() error {
 					}
 				}
 			}
+		}
+	}
+	if c := s.CircuitBreaker; c != nil {
+		if err := c.validate(); err != nil {
+			return err
+		}
+	}
+	if o := s.OutlierDetection; o != nil {
+		if err := o.validate(); err != nil {
+			return err
 		}
 	}
 	return nil

@@ -21,6 +21,10 @@ spec:
   - {group: gateway.networking.k8s.io, kind: GRPCRoute, name: greeter, sectionName: slow}
   timeouts: {request: 200ms, backendRequest: 100ms}
   retry: {codes: [Unavailable, ResourceExhausted], attempts: 2, backoff: 25ms, budget: {percent: 20, interval: 10s, minRetryRate: {count: 3, interval: 1s}}}
+  circuitBreaker: {maxRequests: 100, maxPendingRequests: 10, maxConnections: 4}
+  outlierDetection: {interval: 1s, baseEjectionTime: 30s, maxEjectionTime: 300s, maxEjectionPercent: 50, consecutiveErrors: 5,
+    successRateEjection: {stdevFactor: 1900, enforcementPercentage: 100, minimumHosts: 5, requestVolume: 100},
+    failurePercentageEjection: {threshold: 85, enforcementPercentage: 100, minimumHosts: 5, requestVolume: 50}}
 `
 
 func decode(t *testing.T, s string) *TrafficPolicy {
@@ -51,6 +55,16 @@ func TestDeepCopy(t *testing.T) {
 	*c.Spec.Retry.Budget.Interval = "1s"
 	*c.Spec.Retry.Budget.MinRetryRate.Count = 9
 	*c.Spec.Retry.Budget.MinRetryRate.Interval = "9s"
+	*c.Spec.CircuitBreaker.MaxRequests = 1
+	*c.Spec.CircuitBreaker.MaxPendingRequests = 1
+	*c.Spec.CircuitBreaker.MaxConnections = 1
+	o := c.Spec.OutlierDetection
+	*o.Interval, *o.BaseEjectionTime, *o.MaxEjectionTime = "9s", "9s", "9s"
+	*o.MaxEjectionPercent, *o.ConsecutiveErrors = 9, 9
+	*o.SuccessRateEjection.StdevFactor, *o.SuccessRateEjection.EnforcementPercentage = 9, 9
+	*o.SuccessRateEjection.MinimumHosts, *o.SuccessRateEjection.RequestVolume = 9, 9
+	*o.FailurePercentageEjection.Threshold, *o.FailurePercentageEjection.EnforcementPercentage = 9, 9
+	*o.FailurePercentageEjection.MinimumHosts, *o.FailurePercentageEjection.RequestVolume = 9, 9
 	if want := decode(t, sample); !reflect.DeepEqual(p, want) {
 		t.Fatalf("original changed through its copy:\n%+v", p)
 	}
@@ -122,6 +136,23 @@ func TestValidate(t *testing.T) {
 		{name: "budget interval", edit: "retry: {budget: {interval: 10ms}}", err: "spec.retry.budget.interval: 10ms is under 1s"},
 		{name: "min retry count", edit: "retry: {budget: {minRetryRate: {count: -1}}}", err: "spec.retry.budget.minRetryRate.count"},
 		{name: "min retry interval", edit: "retry: {budget: {minRetryRate: {interval: 0s}}}", err: "spec.retry.budget.minRetryRate.interval"},
+		{name: "max requests 0", edit: "circuitBreaker: {maxRequests: 0}", err: "spec.circuitBreaker.maxRequests: 0 is under 1"},
+		{name: "max pending negative", edit: "circuitBreaker: {maxPendingRequests: -1}", err: "spec.circuitBreaker.maxPendingRequests: -1"},
+		{name: "max connections 0", edit: "circuitBreaker: {maxConnections: 0}", err: "spec.circuitBreaker.maxConnections: 0"},
+		{name: "interval 0", edit: "outlierDetection: {interval: 0s}", err: "spec.outlierDetection.interval: must be above 0"},
+		{name: "interval fraction", edit: "outlierDetection: {interval: 0.5s}", err: "spec.outlierDetection.interval: duration"},
+		{name: "base ejection 0", edit: "outlierDetection: {baseEjectionTime: 0s}", err: "spec.outlierDetection.baseEjectionTime"},
+		{name: "max under base", edit: "outlierDetection: {baseEjectionTime: 30s, maxEjectionTime: 10s}", err: "spec.outlierDetection.maxEjectionTime 10s is under baseEjectionTime 30s"},
+		{name: "ejection percent", edit: "outlierDetection: {maxEjectionPercent: 101}", err: "spec.outlierDetection.maxEjectionPercent: 101"},
+		{name: "consecutive errors 0", edit: "outlierDetection: {consecutiveErrors: 0}", err: "spec.outlierDetection.consecutiveErrors: 0 is under 1"},
+		{name: "stdev factor", edit: "outlierDetection: {successRateEjection: {stdevFactor: -1}}", err: "spec.outlierDetection.successRateEjection.stdevFactor"},
+		{name: "success enforcement", edit: "outlierDetection: {successRateEjection: {enforcementPercentage: 101}}", err: "spec.outlierDetection.successRateEjection.enforcementPercentage"},
+		{name: "success hosts", edit: "outlierDetection: {successRateEjection: {minimumHosts: -1}}", err: "spec.outlierDetection.successRateEjection.minimumHosts"},
+		{name: "success volume", edit: "outlierDetection: {successRateEjection: {requestVolume: -1}}", err: "spec.outlierDetection.successRateEjection.requestVolume"},
+		{name: "failure threshold", edit: "outlierDetection: {failurePercentageEjection: {threshold: 101}}", err: "spec.outlierDetection.failurePercentageEjection.threshold"},
+		{name: "failure enforcement", edit: "outlierDetection: {failurePercentageEjection: {enforcementPercentage: -1}}", err: "spec.outlierDetection.failurePercentageEjection.enforcementPercentage"},
+		{name: "failure hosts", edit: "outlierDetection: {failurePercentageEjection: {minimumHosts: -1}}", err: "spec.outlierDetection.failurePercentageEjection.minimumHosts"},
+		{name: "failure volume", edit: "outlierDetection: {failurePercentageEjection: {requestVolume: -1}}", err: "spec.outlierDetection.failurePercentageEjection.requestVolume"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := decode(t, sample)
@@ -137,6 +168,10 @@ func TestValidate(t *testing.T) {
 					p.Spec.Timeouts = patch.Timeouts
 				case strings.HasPrefix(tc.edit, "retry"):
 					p.Spec.Retry = patch.Retry
+				case strings.HasPrefix(tc.edit, "circuitBreaker"):
+					p.Spec.CircuitBreaker = patch.CircuitBreaker
+				case strings.HasPrefix(tc.edit, "outlierDetection"):
+					p.Spec.OutlierDetection = patch.OutlierDetection
 				}
 			}
 			err := p.Spec.Validate()
