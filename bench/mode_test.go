@@ -41,7 +41,7 @@ func TestServiceManifestLoads(t *testing.T) {
 		t.Fatal(err)
 	}
 	got := map[netip.AddrPort]string{}
-	for _, e := range port.Ready() {
+	for _, e := range port.Routable() {
 		got[e.Address] = e.Pod
 	}
 	for _, p := range pods {

@@ -293,8 +293,11 @@ func startWorld(ctx context.Context, n int, c *canary, log *slog.Logger) (_ *wor
 			return nil
 		}
 		var out []netip.AddrPort
-		for _, e := range port.Ready() {
-			out = append(out, e.Address)
+		for _, e := range port.Endpoints {
+			// kube-proxy sends new connections to ready endpoints only.
+			if e.Ready {
+				out = append(out, e.Address)
+			}
 		}
 		return out
 	}}

@@ -129,11 +129,31 @@ func (s *Service) portList() string {
 	return strings.Join(names, ", ")
 }
 
-// Ready returns the endpoints that take new traffic.
-func (p *Port) Ready() []Endpoint {
+// Routable returns the endpoints that take new calls: see [Routable].
+func (p *Port) Routable() []Endpoint { return Routable(p.Endpoints) }
+
+// Routable returns the endpoints of one port that take new calls: the ready
+// ones or, when none is ready, every one that is not terminating.
+//
+// The second case is panic routing, as Envoy does below its healthy-panic
+// threshold: when every endpoint is marked not ready at once, the likelier
+// cause is the marking, not the pods. The node controller marks every pod
+// of a Node not ready when the Node's lease goes stale, and after an API
+// server outage every lease is stale until the kubelets renew it. A call to
+// an endpoint marked not ready may still succeed; a call with no endpoint
+// cannot. Terminating endpoints stay out: they are going away.
+func Routable(eps []Endpoint) []Endpoint {
 	var out []Endpoint
-	for _, e := range p.Endpoints {
+	for _, e := range eps {
 		if e.Ready {
+			out = append(out, e)
+		}
+	}
+	if len(out) > 0 {
+		return out
+	}
+	for _, e := range eps {
+		if !e.Terminating {
 			out = append(out, e)
 		}
 	}

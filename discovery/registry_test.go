@@ -249,16 +249,33 @@ func TestServicePort(t *testing.T) {
 	}
 }
 
-func TestPortReady(t *testing.T) {
-	p := Port{Endpoints: []Endpoint{
-		{Address: ap("10.244.0.1:50051"), Ready: true, Serving: true},
-		{Address: ap("10.244.0.2:50051"), Serving: true, Terminating: true},
-		{Address: ap("10.244.0.3:50051")},
-		{Address: ap("10.244.0.4:50051"), Ready: true, Serving: true},
-	}}
-	want := []Endpoint{p.Endpoints[0], p.Endpoints[3]}
-	if diff := cmp.Diff(want, p.Ready(), addrComparers); diff != "" {
-		t.Errorf("Ready() mismatch (-want +got):\n%s", diff)
+// TestRoutable: the endpoints that take new calls.
+func TestRoutable(t *testing.T) {
+	ep := func(addr string, ready, serving, terminating bool) Endpoint {
+		return Endpoint{Address: ap(addr), Ready: ready, Serving: serving, Terminating: terminating}
+	}
+	var (
+		ready      = ep("10.0.0.1:80", true, true, false)
+		notReady   = ep("10.0.0.2:80", false, false, false)
+		draining   = ep("10.0.0.3:80", false, true, true)
+		terminated = ep("10.0.0.4:80", false, false, true)
+	)
+	for _, tc := range []struct {
+		name string
+		eps  []Endpoint
+		want []Endpoint
+	}{
+		{"ready ones only while any is ready", []Endpoint{ready, notReady, draining, terminated}, []Endpoint{ready}},
+		{"none ready: every one not terminating (panic routing)", []Endpoint{notReady, draining, terminated, ep("10.0.0.5:80", false, true, false)},
+			[]Endpoint{notReady, ep("10.0.0.5:80", false, true, false)}},
+		{"only terminating: none", []Endpoint{draining, terminated}, nil},
+		{"no endpoints", nil, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			if diff := cmp.Diff(tc.want, Routable(tc.eps), addrComparers); diff != "" {
+				t.Errorf("Routable mismatch (-want +got):\n%s", diff)
+			}
+		})
 	}
 }
 

@@ -297,15 +297,17 @@ func DialNames(k discovery.Key, port int32, opts Options) []string {
 }
 
 // endpointsOf are the endpoints of a Service port as clients get them:
-// ready ones Healthy, terminating ones that still serve Draining (they
-// finish their calls but take no new ones), the rest left out; grouped by
-// zone, in zone order, as xDS carries them (one locality per zone).
+// the routable ones (discovery.Routable) Healthy, terminating ones that
+// still serve Draining (they finish their calls but take no new ones), the
+// rest left out; grouped by zone, in zone order, as xDS carries them (one
+// locality per zone).
 func endpointsOf(cluster string, eps []discovery.Endpoint) policy.Endpoints {
 	out := policy.Endpoints{Cluster: cluster}
+	routable := discovery.Routable(eps)
 	for _, e := range eps {
 		var h policy.Health
 		switch {
-		case e.Ready:
+		case slices.Contains(routable, e):
 			h = policy.Healthy
 		case e.Serving && e.Terminating:
 			h = policy.Draining

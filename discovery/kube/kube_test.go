@@ -351,12 +351,12 @@ func checkNamedPort(t *testing.T, reg *discovery.Registry, key discovery.Key) {
 			t.Fatalf("Port(%q): %v", ref, err)
 		}
 		var got []string
-		for _, e := range p.Ready() {
+		for _, e := range p.Routable() {
 			got = append(got, e.Address.String())
 		}
 		want := []string{"10.244.0.1:50051", "10.244.0.2:50051", "10.244.1.1:50052"}
 		if diff := cmp.Diff(want, got); diff != "" {
-			t.Errorf("Port(%q).Ready() mismatch (-want +got):\n%s", ref, diff)
+			t.Errorf("Port(%q).Routable() mismatch (-want +got):\n%s", ref, diff)
 		}
 	}
 }

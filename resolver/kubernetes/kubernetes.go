@@ -1,5 +1,5 @@
 // Package kubernetes is a grpc-go resolver for the scheme "kubernetes": it
-// turns a Service port into the addresses of its ready endpoints, read from a
+// turns a Service port into the addresses of its routable endpoints, read from a
 // discovery.Registry, and pushes the whole set again on every change to that
 // Service, so a client balances per call over the pods the Service has now.
 //
@@ -14,9 +14,11 @@
 // <port> is the Service port's number or name (not the target port); it may
 // be left out, with its colon, for a Service with a single port.
 //
-// Only ready endpoints are sent: terminating ones, even while still serving,
-// get no new calls. When the Service is missing, has no such port or has no
-// ready endpoint, the resolver reports an error that says which, and calls
+// Only routable endpoints are sent (discovery.Routable: the ready ones, or
+// every one not terminating when none is ready): terminating ones, even
+// while still serving, get no new calls. When the Service is missing, has
+// no such port or has no routable endpoint, the resolver reports an error
+// that says which, and calls
 // fail fast with codes.Unavailable carrying that message (wait-for-ready
 // calls wait for endpoints instead). grpc-go's round_robin replaces the
 // message with its own "no children to pick from"; pick_first and Ballast's
@@ -243,7 +245,7 @@ type kubeResolver struct {
 	stopped chan struct{}
 
 	// What was last sent, to skip changes to the Service that leave this
-	// port's ready set and policy as they were.
+	// port's routable set and policy as they were.
 	sent       bool
 	lastAddr   []string
 	lastErr    string
@@ -345,7 +347,7 @@ func (r *kubeResolver) policy(svc *discovery.Service) policy.LB {
 var (
 	// ErrServiceNotFound: the registry has no such Service.
 	ErrServiceNotFound = errors.New("not found")
-	// ErrNoReadyEndpoint: the Service port has no ready endpoint.
+	// ErrNoReadyEndpoint: the Service port has no routable endpoint.
 	ErrNoReadyEndpoint = errors.New("no ready endpoints")
 )
 
@@ -358,21 +360,21 @@ func (r *kubeResolver) resolve() ([]resolver.Endpoint, policy.LB, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	ready := port.Ready()
-	if len(ready) == 0 {
+	routable := port.Routable()
+	if len(routable) == 0 {
 		ref := r.target
 		if ref.port == "" {
 			ref.port = strconv.Itoa(int(port.Port))
 		}
 		return nil, "", fmt.Errorf("%w for %s", ErrNoReadyEndpoint, ref)
 	}
-	return endpoints(ready), r.policy(svc), nil
+	return endpoints(routable), r.policy(svc), nil
 }
 
-// endpoints are the resolver's form of ready endpoints.
-func endpoints(ready []discovery.Endpoint) []resolver.Endpoint {
-	eps := make([]resolver.Endpoint, 0, len(ready))
-	for _, e := range ready {
+// endpoints are the resolver's form of routable endpoints.
+func endpoints(routable []discovery.Endpoint) []resolver.Endpoint {
+	eps := make([]resolver.Endpoint, 0, len(routable))
+	for _, e := range routable {
 		var attrs *attributes.Attributes
 		if e.Zone != "" {
 			attrs = attrs.WithValue(zoneKey{}, e.Zone)

@@ -54,9 +54,10 @@ func greeterService(pods ...pod) *discovery.Service {
 	}}
 }
 
-func ready(p *greetertest.Pod) pod    { return pod{Pod: p, ready: true, serving: true} }
-func notReady(p *greetertest.Pod) pod { return pod{Pod: p} }
-func draining(p *greetertest.Pod) pod { return pod{Pod: p, serving: true, terminating: true} }
+func ready(p *greetertest.Pod) pod      { return pod{Pod: p, ready: true, serving: true} }
+func notReady(p *greetertest.Pod) pod   { return pod{Pod: p} }
+func draining(p *greetertest.Pod) pod   { return pod{Pod: p, serving: true, terminating: true} }
+func terminated(p *greetertest.Pod) pod { return pod{Pod: p, terminating: true} }
 func startPods(t *testing.T, n int) []*greetertest.Pod {
 	pods := make([]*greetertest.Pod, n)
 	for i := range pods {
@@ -171,6 +172,38 @@ func TestEndpointLeavesAndReturns(t *testing.T) {
 	}
 }
 
+// TestPanicRouting: when every endpoint is marked not ready at once (as the
+// node controller does when the Nodes' leases go stale after an API server
+// outage), calls go on to the ones that are not terminating; once one is
+// ready again, it alone takes the calls.
+func TestPanicRouting(t *testing.T) {
+	for _, pol := range policies {
+		t.Run(pol.name, func(t *testing.T) {
+			pods := startPods(t, 3)
+			reg := discovery.NewRegistry()
+			reg.Set(greeterService(ready(pods[0]), ready(pods[1]), ready(pods[2])))
+			conn := dial(t, reg, target, pol.lbConfig)
+			greetertest.Eventually(t, 10*time.Second, func() bool { return sayHello(conn) == nil },
+				"the client never reached a pod")
+
+			reg.Set(greeterService(notReady(pods[0]), notReady(pods[1]), terminated(pods[2])))
+			greetertest.Eventually(t, 10*time.Second, func() bool { return pods[2].OpenConns() == 0 },
+				"the client kept its connection to the terminating pod")
+			counts := greetertest.Spread(t, conn, 200, 4)
+			if counts[pods[0].Name]+counts[pods[1].Name] != 200 {
+				t.Fatalf("with no pod ready, the not-ready ones got %v of 200 calls; want all", counts)
+			}
+
+			reg.Set(greeterService(ready(pods[0]), notReady(pods[1]), terminated(pods[2])))
+			greetertest.Eventually(t, 10*time.Second, func() bool { return pods[1].OpenConns() == 0 },
+				"the client kept its connection to the not-ready pod once another was ready")
+			if counts := greetertest.Spread(t, conn, 100, 4); counts[pods[0].Name] != 100 {
+				t.Fatalf("with one pod ready, calls by pod %v; want all 100 on %s", counts, pods[0].Name)
+			}
+		})
+	}
+}
+
 // TestFailFast: a target that cannot be served fails calls at once with
 // codes.Unavailable and a message that says what is missing.
 func TestFailFast(t *testing.T) {
@@ -186,7 +219,7 @@ func TestFailFast(t *testing.T) {
 			want: `service default/greeter has no port "http" (ports: metrics=9090, grpc=50051)`},
 		{name: "port left out of a multi-port service", target: "kubernetes:///greeter.default", svc: greeterService(ready(pods[0])),
 			want: "service default/greeter has 2 ports; name one (metrics=9090, grpc=50051)"},
-		{name: "no ready endpoint", target: target, svc: greeterService(notReady(pods[0])),
+		{name: "only terminating endpoints", target: target, svc: greeterService(terminated(pods[0])),
 			want: "no ready endpoints for greeter.default:50051"},
 		{name: "only draining endpoints", target: "kubernetes:///greeter.default:grpc", svc: greeterService(draining(pods[0])),
 			want: "no ready endpoints for greeter.default:grpc"},
@@ -232,7 +265,7 @@ func TestErrorsAfterGoodState(t *testing.T) {
 						(pol.name == "round_robin" || strings.Contains(status.Convert(err).Message(), want))
 				}
 			}
-			reg.Set(greeterService(notReady(pods[0]), draining(pods[1])))
+			reg.Set(greeterService(terminated(pods[0]), draining(pods[1])))
 			greetertest.Eventually(t, 10*time.Second, failsWith("no ready endpoints for greeter.default:50051"),
 				"calls did not fail with the empty ready set")
 			reg.Delete(greeterKey)

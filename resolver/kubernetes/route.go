@@ -73,7 +73,7 @@ func (r *kubeResolver) pushRoute(rt policy.Route) {
 		if p, _, err := policy.ServiceLB(svc.Key.String(), svc.Annotations, policy.Defaults{}); err == nil {
 			lb = p
 		}
-		eps := endpoints(port.Ready())
+		eps := endpoints(port.Routable())
 		st.Clusters[name] = route.Cluster{LB: lb, Endpoints: eps}
 		all = append(all, eps...)
 	}

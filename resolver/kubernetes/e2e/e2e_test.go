@@ -184,9 +184,9 @@ func TestResolverFollowsEndpointSlices(t *testing.T) {
 		}
 	})
 
-	t.Run("no ready endpoint fails fast and says so", func(t *testing.T) {
+	t.Run("no routable endpoint fails fast and says so", func(t *testing.T) {
 		for i, p := range pods {
-			if _, err := api.DiscoveryV1().EndpointSlices(ns).Update(ctx, slice(ns, i, p, false, false, false), metav1.UpdateOptions{}); err != nil {
+			if _, err := api.DiscoveryV1().EndpointSlices(ns).Update(ctx, slice(ns, i, p, false, false, true), metav1.UpdateOptions{}); err != nil {
 				t.Fatal(err)
 			}
 		}
