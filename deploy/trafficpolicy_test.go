@@ -27,6 +27,7 @@ func TestTrafficPolicyCRDAgreesWithValidate(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	const service = "targetRefs: [{group: '', kind: Service, name: greeter}]\n"
 	const targets = "targetRefs: [{group: '', kind: Service, name: greeter}, {group: gateway.networking.k8s.io, kind: GRPCRoute, name: r, sectionName: slow}]\n"
 	for i, tc := range []struct {
 		name, spec string
@@ -70,6 +71,21 @@ func TestTrafficPolicyCRDAgreesWithValidate(t *testing.T) {
 		{name: "failure enforcement -1", spec: targets + "outlierDetection: {failurePercentageEjection: {enforcementPercentage: -1}}", reject: true},
 		{name: "failure hosts -1", spec: targets + "outlierDetection: {failurePercentageEjection: {minimumHosts: -1}}", reject: true},
 		{name: "failure volume -1", spec: targets + "outlierDetection: {failurePercentageEjection: {requestVolume: -1}}", reject: true},
+		{name: "rate limit and fault", spec: targets + "rateLimit: {requestsPerSecond: 100, burst: 10}\nfault: {delay: {fixed: 10ms, percent: 5}, abort: {code: Unavailable, percent: 10}}"},
+		{name: "ring hash on a Service", spec: service + "loadBalancer: {policy: ring_hash, hashHeader: x-user}"},
+		{name: "peak_ewma on a Service", spec: service + "loadBalancer: {policy: peak_ewma}"},
+		{name: "loadBalancer on a route", spec: targets + "loadBalancer: {policy: round_robin}", reject: true},
+		{name: "an unknown policy", spec: service + "loadBalancer: {policy: random}", reject: true},
+		{name: "a hash header without ring_hash", spec: service + "loadBalancer: {policy: round_robin, hashHeader: x-user}", reject: true},
+		{name: "a hash header in capitals", spec: service + "loadBalancer: {policy: ring_hash, hashHeader: X-User}", reject: true},
+		{name: "a binary hash header", spec: service + "loadBalancer: {policy: ring_hash, hashHeader: x-user-bin}", reject: true},
+		{name: "0 requests per second", spec: targets + "rateLimit: {requestsPerSecond: 0}", reject: true},
+		{name: "burst 0", spec: targets + "rateLimit: {requestsPerSecond: 10, burst: 0}", reject: true},
+		{name: "an empty fault", spec: targets + "fault: {}", reject: true},
+		{name: "a delay in fractions", spec: targets + "fault: {delay: {fixed: 1.5s, percent: 1}}", reject: true},
+		{name: "a delay over 100%", spec: targets + "fault: {delay: {fixed: 1s, percent: 101}}", reject: true},
+		{name: "an abort with OK", spec: targets + "fault: {abort: {code: OK, percent: 1}}", reject: true},
+		{name: "an abort under 0%", spec: targets + "fault: {abort: {code: Internal, percent: -1}}", reject: true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			var p v1alpha1.TrafficPolicy

@@ -50,6 +50,10 @@ type Service struct {
 	// routes that no policy of their own applies to. The registry computes
 	// it from the policies it holds.
 	Call policy.CallPolicy
+	// Balancing is the balancing policy the TrafficPolicy attached to the
+	// Service asks for (its LB and HashHeader; Name unset); nil when none
+	// does, and the lb-policy annotation or the default applies.
+	Balancing *policy.Cluster
 }
 
 // Route is the route of a port, and whether it has one.
@@ -237,6 +241,7 @@ func (r *Registry) Set(s *Service) {
 	defer r.mu.Unlock()
 	old, existed := r.services[s.Key]
 	s.Call = r.serviceCallLocked(s.Key)
+	s.Balancing = r.serviceBalancingLocked(s.Key)
 	if len(r.byParent[s.Key]) > 0 {
 		// s sees itself as it will be: a route may send calls to its own
 		// Service.
@@ -356,7 +361,8 @@ func equalService(a, b *Service) bool {
 	return a.Key == b.Key && slices.Equal(a.ClusterIPs, b.ClusterIPs) && maps.Equal(a.Annotations, b.Annotations) &&
 		slices.EqualFunc(a.Ports, b.Ports, func(x, y Port) bool {
 			return x.Name == y.Name && x.Port == y.Port && x.Protocol == y.Protocol && slices.Equal(x.Endpoints, y.Endpoints)
-		}) && equalRoutes(a.Routes, b.Routes) && equality.Semantic.DeepEqual(a.Call, b.Call)
+		}) && equalRoutes(a.Routes, b.Routes) && equality.Semantic.DeepEqual(a.Call, b.Call) &&
+		equality.Semantic.DeepEqual(a.Balancing, b.Balancing)
 }
 
 // samePorts reports whether two snapshots of a Service have the same

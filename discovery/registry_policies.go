@@ -127,10 +127,29 @@ func (r *Registry) targetServicesLocked(t policyTarget, into map[Key]bool) {
 // serviceCallLocked is the call policy of the TrafficPolicy attached to
 // the Service k; the zero CallPolicy if none is.
 func (r *Registry) serviceCallLocked(k Key) policy.CallPolicy {
-	if p, ok := r.attached[policyTarget{kind: "Service", key: k}]; ok {
-		return CallPolicyOf(&p.Spec)
+	t := policyTarget{kind: "Service", key: k}
+	if p, ok := r.attached[t]; ok {
+		return bucketed(CallPolicyOf(&p.Spec), t)
 	}
 	return policy.CallPolicy{}
+}
+
+// serviceBalancingLocked is the balancing policy of the TrafficPolicy
+// attached to the Service k; nil if none is or it has no loadBalancer.
+func (r *Registry) serviceBalancingLocked(k Key) *policy.Cluster {
+	if p, ok := r.attached[policyTarget{kind: "Service", key: k}]; ok {
+		return BalancingOf(&p.Spec)
+	}
+	return nil
+}
+
+// bucketed names c's rate-limit bucket by the target the policy is
+// attached to, so that every rule the target covers shares one bucket.
+func bucketed(c policy.CallPolicy, t policyTarget) policy.CallPolicy {
+	if c.RateLimit != nil {
+		c.RateLimit.Bucket = t.String()
+	}
+	return c
 }
 
 func (r *Registry) notifyPoliciesLocked(keys []Key) {
@@ -158,12 +177,14 @@ func (r *Registry) targetsChangedLocked() {
 // is false when neither has one.
 func (v registryView) ruleCall(route Key, name string) (policy.CallPolicy, bool) {
 	if name != "" {
-		if p, ok := v.r.attached[policyTarget{kind: "GRPCRoute", key: route, section: name}]; ok {
-			return CallPolicyOf(&p.Spec), true
+		t := policyTarget{kind: "GRPCRoute", key: route, section: name}
+		if p, ok := v.r.attached[t]; ok {
+			return bucketed(CallPolicyOf(&p.Spec), t), true
 		}
 	}
-	if p, ok := v.r.attached[policyTarget{kind: "GRPCRoute", key: route}]; ok {
-		return CallPolicyOf(&p.Spec), true
+	t := policyTarget{kind: "GRPCRoute", key: route}
+	if p, ok := v.r.attached[t]; ok {
+		return bucketed(CallPolicyOf(&p.Spec), t), true
 	}
 	return policy.CallPolicy{}, false
 }

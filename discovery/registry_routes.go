@@ -137,8 +137,10 @@ func (r *Registry) reresolveLocked(parents map[Key]bool) {
 		}
 		next := *svc
 		next.Call = r.serviceCallLocked(k)
+		next.Balancing = r.serviceBalancingLocked(k)
 		next.Routes = resolveRoutes(&next, r.routesOfLocked(k), r.viewLocked())
-		if equalRoutes(svc.Routes, next.Routes) && equality.Semantic.DeepEqual(svc.Call, next.Call) {
+		if equalRoutes(svc.Routes, next.Routes) && equality.Semantic.DeepEqual(svc.Call, next.Call) &&
+			equality.Semantic.DeepEqual(svc.Balancing, next.Balancing) {
 			continue
 		}
 		r.services[k] = &next

@@ -32,6 +32,23 @@ const (
 // codes (absent means Unavailable): retry.attempts: 0 retries nothing.
 func CallPolicyOf(s *v1alpha1.TrafficPolicySpec) policy.CallPolicy {
 	var out policy.CallPolicy
+	if r := s.RateLimit; r != nil {
+		out.RateLimit = &policy.RateLimit{RequestsPerSecond: int(r.RequestsPerSecond), Burst: 1}
+		if r.Burst != nil {
+			out.RateLimit.Burst = int(*r.Burst)
+		}
+	}
+	if f := s.Fault; f != nil {
+		out.Fault = &policy.Fault{}
+		if d := f.Delay; d != nil {
+			out.Fault.Delay, _ = v1alpha1.ParseDuration(d.Fixed)
+			out.Fault.DelayPercent = int(d.Percent)
+		}
+		if a := f.Abort; a != nil {
+			out.Fault.AbortCode = codes.Code(v1alpha1.Codes[a.Code])
+			out.Fault.AbortPercent = int(a.Percent)
+		}
+	}
 	if t := s.Timeouts; t != nil {
 		if t.Request != nil {
 			out.Timeout, _ = v1alpha1.ParseDuration(*t.Request)
@@ -83,6 +100,20 @@ func CallPolicyOf(s *v1alpha1.TrafficPolicySpec) policy.CallPolicy {
 		retry.Budget = budget
 	}
 	out.Retry = retry
+	return out
+}
+
+// BalancingOf is the balancing policy a valid TrafficPolicy spec asks
+// for (LB and HashHeader); nil when it has no loadBalancer.
+func BalancingOf(s *v1alpha1.TrafficPolicySpec) *policy.Cluster {
+	lb := s.LoadBalancer
+	if lb == nil {
+		return nil
+	}
+	out := &policy.Cluster{LB: policy.LB(lb.Policy)}
+	if lb.HashHeader != nil {
+		out.HashHeader = *lb.HashHeader
+	}
 	return out
 }
 
@@ -155,6 +186,9 @@ func policyNotices(s *v1alpha1.TrafficPolicySpec) []string {
 		if r.Budget != nil {
 			add(policy.BudgetedRetry, "spec.retry.budget")
 		}
+	}
+	if s.RateLimit != nil {
+		add(policy.RateLimited, "spec.rateLimit")
 	}
 	return notes
 }

@@ -52,6 +52,10 @@ func TestCallPolicyOf(t *testing.T) {
 		{name: "min retry rate scaled to the budget's interval", spec: onService + "retry: {attempts: 1, budget: {percent: 5, interval: 10s, minRetryRate: {count: 3, interval: 1s}}}",
 			want: policy.CallPolicy{Retry: &policy.Retry{Codes: []codes.Code{codes.Unavailable}, Attempts: 1,
 				Budget: &policy.RetryBudget{Percent: 5, Interval: 10 * time.Second, MinRetries: 30}}}},
+		{name: "rate limit, burst 1 when absent", spec: onService + "rateLimit: {requestsPerSecond: 100}",
+			want: policy.CallPolicy{RateLimit: &policy.RateLimit{RequestsPerSecond: 100, Burst: 1}}},
+		{name: "fault", spec: onService + "fault: {delay: {fixed: 20ms, percent: 5}, abort: {code: Unavailable, percent: 10}}",
+			want: policy.CallPolicy{Fault: &policy.Fault{Delay: 20 * time.Millisecond, DelayPercent: 5, AbortCode: codes.Unavailable, AbortPercent: 10}}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := trafficPolicy(t, "p", 0, tc.spec)

@@ -38,6 +38,8 @@ const (
 	// RetryCodes are retry.codes other than the five gRPC's xDS clients
 	// retry on (ProxylessRetryCodes).
 	RetryCodes Feature = "RetryCodes"
+	// RateLimited is a TrafficPolicy's rateLimit.
+	RateLimited Feature = "RateLimit"
 )
 
 // ProxylessRetryCodes are the codes a route's retry_on can name to gRPC's
@@ -76,6 +78,10 @@ var Capabilities = []Capability{{
 	Feature:  RetryCodes,
 	Honoured: []Mode{Sidecar, Library},
 	Why:      "gRPC's xDS clients retry only on cancelled, deadline-exceeded, internal, resource-exhausted and unavailable (a route's retry_on); other codes are not retried",
+}, {
+	Feature:  RateLimited,
+	Honoured: []Mode{Sidecar, Library},
+	Why:      "gRPC's xDS clients have no rate limiting of their own calls (grpc-go ignores Envoy's local_ratelimit filter and route metadata)",
 }}
 
 // Unsupported lists the modes that do not honour f, and why; none for a

@@ -25,6 +25,10 @@ const (
 	// PeakEWMA is Ballast's latency-aware policy: the endpoint with the
 	// lowest peak-weighted latency times calls in flight.
 	PeakEWMA LB = "peak_ewma"
+	// RingHash sends the calls with the same hash key (Cluster.HashHeader)
+	// to the same endpoint while it is usable (consistent hashing, gRFC
+	// A42/A76).
+	RingHash LB = "ring_hash"
 )
 
 // The grpc-go balancers the policies are made of, by registered name.
@@ -37,6 +41,8 @@ const (
 	P2CBalancer = "ballast_p2c"
 	// PeakEWMABalancer is balancer/peakewma.
 	PeakEWMABalancer = "ballast_peak_ewma"
+	// RingHashBalancer is grpc-go's ring_hash (balancer/ringhash).
+	RingHashBalancer = "ring_hash_experimental"
 )
 
 // Balancer is one entry of a policy's fallback list: a grpc-go balancer
@@ -53,6 +59,7 @@ var (
 		{leastRequestBalancer, json.RawMessage(`{"choiceCount":2}`)},
 	}, roundRobinList...)
 	peakEWMAList = append([]Balancer{{PeakEWMABalancer, json.RawMessage(`{}`)}}, leastRequestList...)
+	ringHashList = append([]Balancer{{RingHashBalancer, json.RawMessage(`{}`)}}, roundRobinList...)
 )
 
 // Balancers is the policy as clients get it: an ordered list of balancers,
@@ -68,6 +75,8 @@ func (p LB) Balancers() []Balancer {
 		return leastRequestList
 	case PeakEWMA:
 		return peakEWMAList
+	case RingHash:
+		return ringHashList
 	default:
 		return roundRobinList
 	}
@@ -84,6 +93,8 @@ func LBOf(first string) (p LB, ok bool) {
 		return LeastRequest, true
 	case PeakEWMABalancer:
 		return PeakEWMA, true
+	case RingHashBalancer:
+		return RingHash, true
 	}
 	return "", false
 }
@@ -91,10 +102,10 @@ func LBOf(first string) (p LB, ok bool) {
 // ParseLB reads a policy name, as written in the annotation or a flag.
 func ParseLB(s string) (LB, error) {
 	switch p := LB(s); p {
-	case RoundRobin, LeastRequest, PeakEWMA:
+	case RoundRobin, LeastRequest, PeakEWMA, RingHash:
 		return p, nil
 	}
-	return "", fmt.Errorf("unknown lb policy %q (want %s, %s or %s)", s, RoundRobin, LeastRequest, PeakEWMA)
+	return "", fmt.Errorf("unknown lb policy %q (want %s, %s, %s or %s)", s, RoundRobin, LeastRequest, PeakEWMA, RingHash)
 }
 
 // Set implements pflag.Value, so a flag holds a parsed LB.
@@ -111,3 +122,17 @@ func (p *LB) String() string { return string(*p) }
 
 // Type implements pflag.Value.
 func (*LB) Type() string { return "policy" }
+
+// Balancers is the Cluster's policy's list (LB.Balancers), with RingHash's
+// configured to hash HashHeader (grpc-go's requestHashHeader, gRFC A76).
+func (c Cluster) Balancers() []Balancer {
+	list := c.LB.Balancers()
+	if c.LB != RingHash || c.HashHeader == "" {
+		return list
+	}
+	cfg, err := json.Marshal(map[string]string{"requestHashHeader": c.HashHeader})
+	if err != nil {
+		panic(fmt.Sprintf("policy: ring hash config: %v", err)) // a string: a bug, not an input
+	}
+	return append([]Balancer{{RingHashBalancer, cfg}}, list[1:]...)
+}

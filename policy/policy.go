@@ -63,6 +63,33 @@ type CallPolicy struct {
 	TryTimeout time.Duration
 	// Retry, if set, tries failed calls again.
 	Retry *Retry
+	// RateLimit, if set, bounds how many calls the client makes.
+	RateLimit *RateLimit
+	// Fault, if set, delays or fails a share of the calls.
+	Fault *Fault
+}
+
+// RateLimit is a local token bucket: a client lets RequestsPerSecond calls
+// a second through, Burst at once, and fails the others with
+// RESOURCE_EXHAUSTED without sending them. It counts calls, not tries.
+// (xDS: route metadata, see package xds.)
+type RateLimit struct {
+	RequestsPerSecond int
+	Burst             int
+	// Bucket names the bucket: the rules whose RateLimit has the same
+	// Bucket share one (a TrafficPolicy's target: every rule of a
+	// Service's routes shares the Service's).
+	Bucket string
+}
+
+// Fault delays DelayPercent of the calls by Delay, then fails
+// AbortPercent of them with AbortCode, without sending them. (xDS: the
+// HTTP fault filter's per-route config.)
+type Fault struct {
+	Delay        time.Duration
+	DelayPercent int
+	AbortCode    codes.Code
+	AbortPercent int
 }
 
 // Retry is which failed calls are tried again, how often and how soon.
@@ -160,6 +187,9 @@ type Backend struct {
 type Cluster struct {
 	Name string
 	LB   LB
+	// HashHeader is RingHash's key: the request header whose value picks
+	// the endpoint; empty hashes each call at random.
+	HashHeader string
 }
 
 // Endpoints are the endpoints a Cluster's calls may be sent to.

@@ -101,13 +101,13 @@ func TestServiceLB(t *testing.T) {
 }
 
 func TestParseLB(t *testing.T) {
-	for _, s := range []string{"round_robin", "least_request", "peak_ewma"} {
+	for _, s := range []string{"round_robin", "least_request", "peak_ewma", "ring_hash"} {
 		if p, err := policy.ParseLB(s); err != nil || string(p) != s {
 			t.Errorf("ParseLB(%q) = %q, %v", s, p, err)
 		}
 	}
 	for _, s := range []string{"", "ballast_p2c", "p2c", "ROUND_ROBIN"} {
-		if _, err := policy.ParseLB(s); err == nil || !strings.Contains(err.Error(), "round_robin, least_request or peak_ewma") {
+		if _, err := policy.ParseLB(s); err == nil || !strings.Contains(err.Error(), "round_robin, least_request, peak_ewma or ring_hash") {
 			t.Errorf("ParseLB(%q): error %v, want one listing the policies", s, err)
 		}
 	}

@@ -82,6 +82,27 @@ func (s *TrafficPolicySpec) DeepCopyInto(out *TrafficPolicySpec) {
 	}
 	out.CircuitBreaker = s.CircuitBreaker.DeepCopy()
 	out.OutlierDetection = s.OutlierDetection.DeepCopy()
+	if lb := s.LoadBalancer; lb != nil {
+		out.LoadBalancer = &LoadBalancer{Policy: lb.Policy}
+		if lb.HashHeader != nil {
+			h := *lb.HashHeader
+			out.LoadBalancer.HashHeader = &h
+		}
+	}
+	if r := s.RateLimit; r != nil {
+		out.RateLimit = &RateLimit{RequestsPerSecond: r.RequestsPerSecond, Burst: copyInt(r.Burst)}
+	}
+	if f := s.Fault; f != nil {
+		out.Fault = &Fault{}
+		if f.Delay != nil {
+			d := *f.Delay
+			out.Fault.Delay = &d
+		}
+		if f.Abort != nil {
+			a := *f.Abort
+			out.Fault.Abort = &a
+		}
+	}
 }
 
 // DeepCopy returns a copy of t.

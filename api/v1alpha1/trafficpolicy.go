@@ -53,6 +53,19 @@ type TrafficPolicySpec struct {
 	// (cluster.go): only a policy on a Service sets them.
 	CircuitBreaker   *CircuitBreaker   `json:"circuitBreaker,omitempty"`
 	OutlierDetection *OutlierDetection `json:"outlierDetection,omitempty"`
+
+	// LoadBalancer picks the balancing policy of a Service target's calls;
+	// it wins over the Service's ballast.dev/lb-policy annotation. Only
+	// Service targets take it: a GRPCRoute rule's calls are balanced by
+	// their backend Services' policies.
+	LoadBalancer *LoadBalancer `json:"loadBalancer,omitempty"`
+	// RateLimit bounds the calls each client makes to the target: all the
+	// calls to a Service or GRPCRoute share one bucket, a GRPCRoute rule's
+	// (one method, typically) its own.
+	RateLimit *RateLimit `json:"rateLimit,omitempty"`
+	// Fault delays or fails a share of the target's calls, to test how
+	// their callers cope.
+	Fault *Fault `json:"fault,omitempty"`
 }
 
 // Timeouts has HTTPRouteTimeouts' shape.
@@ -220,5 +233,5 @@ func (s *TrafficPolicySpec) Validate() error {
 			return err
 		}
 	}
-	return nil
+	return s.validateDataplane()
 }

@@ -25,6 +25,8 @@ spec:
   outlierDetection: {interval: 1s, baseEjectionTime: 30s, maxEjectionTime: 300s, maxEjectionPercent: 50, consecutiveErrors: 5,
     successRateEjection: {stdevFactor: 1900, enforcementPercentage: 100, minimumHosts: 5, requestVolume: 100},
     failurePercentageEjection: {threshold: 85, enforcementPercentage: 100, minimumHosts: 5, requestVolume: 50}}
+  rateLimit: {requestsPerSecond: 100, burst: 10}
+  fault: {delay: {fixed: 10ms, percent: 5}, abort: {code: Unavailable, percent: 10}}
 `
 
 func decode(t *testing.T, s string) *TrafficPolicy {
@@ -65,6 +67,9 @@ func TestDeepCopy(t *testing.T) {
 	*o.SuccessRateEjection.MinimumHosts, *o.SuccessRateEjection.RequestVolume = 9, 9
 	*o.FailurePercentageEjection.Threshold, *o.FailurePercentageEjection.EnforcementPercentage = 9, 9
 	*o.FailurePercentageEjection.MinimumHosts, *o.FailurePercentageEjection.RequestVolume = 9, 9
+	*c.Spec.RateLimit.Burst = 1
+	c.Spec.Fault.Delay.Percent = 50
+	c.Spec.Fault.Abort.Code = "Internal"
 	if want := decode(t, sample); !reflect.DeepEqual(p, want) {
 		t.Fatalf("original changed through its copy:\n%+v", p)
 	}
@@ -120,6 +125,7 @@ func TestParseDuration(t *testing.T) {
 }
 
 func TestValidate(t *testing.T) {
+	const svcTarget = "targetRefs: [{group: '', kind: Service, name: greeter}]\n"
 	for _, tc := range []struct {
 		name, edit, err string
 	}{
@@ -153,6 +159,18 @@ func TestValidate(t *testing.T) {
 		{name: "failure enforcement", edit: "outlierDetection: {failurePercentageEjection: {enforcementPercentage: -1}}", err: "spec.outlierDetection.failurePercentageEjection.enforcementPercentage"},
 		{name: "failure hosts", edit: "outlierDetection: {failurePercentageEjection: {minimumHosts: -1}}", err: "spec.outlierDetection.failurePercentageEjection.minimumHosts"},
 		{name: "failure volume", edit: "outlierDetection: {failurePercentageEjection: {requestVolume: -1}}", err: "spec.outlierDetection.failurePercentageEjection.requestVolume"},
+		{name: "ring hash", edit: svcTarget + "loadBalancer: {policy: ring_hash, hashHeader: x-user}"},
+		{name: "lb policy", edit: svcTarget + "loadBalancer: {policy: random}", err: "spec.loadBalancer.policy: \"random\""},
+		{name: "hash without ring", edit: svcTarget + "loadBalancer: {policy: round_robin, hashHeader: x-user}", err: "spec.loadBalancer.hashHeader: only"},
+		{name: "hash header", edit: svcTarget + "loadBalancer: {policy: ring_hash, hashHeader: X-User}", err: "spec.loadBalancer.hashHeader: \"X-User\""},
+		{name: "lb on a route", edit: "loadBalancer: {policy: ring_hash}", err: "spec.loadBalancer: applies to Service targets only, and spec.targetRefs[1]"},
+		{name: "rate 0", edit: "rateLimit: {requestsPerSecond: 0}", err: "spec.rateLimit.requestsPerSecond: 0"},
+		{name: "burst 0", edit: "rateLimit: {requestsPerSecond: 1, burst: 0}", err: "spec.rateLimit.burst: 0"},
+		{name: "empty fault", edit: "fault: {}", err: "spec.fault: give delay"},
+		{name: "delay duration", edit: "fault: {delay: {fixed: 1.5s, percent: 1}}", err: "spec.fault.delay.fixed"},
+		{name: "delay percent", edit: "fault: {delay: {fixed: 1s, percent: 101}}", err: "spec.fault.delay.percent: 101"},
+		{name: "abort code", edit: "fault: {abort: {code: OK, percent: 1}}", err: "spec.fault.abort.code: \"OK\""},
+		{name: "abort percent", edit: "fault: {abort: {code: Internal, percent: -1}}", err: "spec.fault.abort.percent: -1"},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			p := decode(t, sample)
@@ -172,6 +190,18 @@ func TestValidate(t *testing.T) {
 					p.Spec.CircuitBreaker = patch.CircuitBreaker
 				case strings.HasPrefix(tc.edit, "outlierDetection"):
 					p.Spec.OutlierDetection = patch.OutlierDetection
+				}
+				if patch.TargetRefs != nil {
+					p.Spec.TargetRefs = patch.TargetRefs
+				}
+				if strings.Contains(tc.edit, "loadBalancer:") {
+					p.Spec.LoadBalancer = patch.LoadBalancer
+				}
+				if strings.Contains(tc.edit, "rateLimit:") {
+					p.Spec.RateLimit = patch.RateLimit
+				}
+				if strings.Contains(tc.edit, "fault:") {
+					p.Spec.Fault = patch.Fault
 				}
 			}
 			err := p.Spec.Validate()
