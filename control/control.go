@@ -1,12 +1,14 @@
 // Package control is the control plane as a process serves it: an xDS
 // server over a registry, on a gRPC listener tuned for thousands of
-// long-lived streams, beside an HTTP listener for probes, metrics and
-// debugging, drained on shutdown so clients move to another replica.
+// long-lived streams (TLS, and mTLS, with certificates rotated in place),
+// beside an HTTP listener for probes and metrics and one for debugging,
+// drained on shutdown so clients move to another replica.
 // `ballast control`, `ballast-control` and the demo serve through it.
 package control
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -17,6 +19,7 @@ import (
 
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/keepalive"
 
 	"github.com/ballast-dev/ballast/discovery"
@@ -35,18 +38,25 @@ type Config struct {
 	// sends each only what its namespace may read (xds.Config); nil serves
 	// everyone (--insecure).
 	Authenticator xds.Authenticator
+	// TrustDomain, when set, admits clients by the SPIFFE ID of the
+	// client certificate TLS verified (xds.Config); TLS must ask for one.
+	TrustDomain string
 	// ReadAllNamespaces are the namespaces whose clients read every
 	// Service (xds.Config).
 	ReadAllNamespaces []string
 
 	// XDS serves ADS and CSDS. Required.
 	XDS net.Listener
-	// HTTP serves /healthz, /readyz, /metrics and /debug/clients; nil
-	// means none.
+	// TLS, when set, is the xDS listener's TLS (ServerTLS makes one);
+	// nil serves plaintext.
+	TLS *tls.Config
+	// HTTP serves /healthz, /readyz and /metrics; nil means none.
 	HTTP net.Listener
-	// Pprof also serves Go's profiles under /debug/pprof/ on HTTP. Off by
-	// default: the listener also serves probes and metrics, which are for
-	// everyone; profiles are for whoever debugs the process.
+	// Debug serves /debug/clients, and with Pprof Go's profiles under
+	// /debug/pprof/: what every client was sent, and the process's
+	// insides, guarded as CSDS is (xds.Server.Guard); nil means none.
+	Debug net.Listener
+	// Pprof also serves Go's profiles on Debug.
 	Pprof bool
 	// DrainTimeout bounds how long a stopping server lets unary calls
 	// finish before closing the xDS streams; clients reconnect to another
@@ -70,19 +80,23 @@ func Serve(ctx context.Context, cfg Config) error {
 	}
 	srv, err := xds.NewServer(xds.Config{
 		Registry: cfg.Registry, Translate: cfg.Translate, Synced: cfg.Synced, Log: cfg.Log,
-		Authenticator: cfg.Authenticator, ReadAllNamespaces: cfg.ReadAllNamespaces,
+		Authenticator: cfg.Authenticator, TrustDomain: cfg.TrustDomain, ReadAllNamespaces: cfg.ReadAllNamespaces,
 	})
 	if err != nil {
 		return err
 	}
-	gs := grpc.NewServer(
+	var creds []grpc.ServerOption
+	if cfg.TLS != nil {
+		creds = append(creds, grpc.Creds(credentials.NewTLS(cfg.TLS)))
+	}
+	gs := grpc.NewServer(append(creds,
 		// xDS streams live as long as their clients; let clients keep them
 		// alive through idle periods without being disconnected.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
 		grpc.ReadBufferSize(connBufferSize),
 		grpc.WriteBufferSize(connBufferSize),
-	)
+	)...)
 	srv.Register(gs)
 
 	g, ctx := errgroup.WithContext(ctx)
@@ -93,12 +107,23 @@ func Serve(ctx context.Context, cfg Config) error {
 		}
 		return nil
 	})
-	var hs *http.Server
-	if cfg.HTTP != nil {
-		hs = &http.Server{Handler: handler(srv, cfg.Pprof), ReadHeaderTimeout: 10 * time.Second}
+	var servers []*http.Server
+	for _, l := range []struct {
+		name string
+		lis  net.Listener
+		h    http.Handler
+	}{
+		{"http", cfg.HTTP, srv.Handler()},
+		{"debug", cfg.Debug, debugHandler(srv, cfg.Pprof)},
+	} {
+		if l.lis == nil {
+			continue
+		}
+		hs := &http.Server{Handler: l.h, ReadHeaderTimeout: 10 * time.Second}
+		servers = append(servers, hs)
 		g.Go(func() error {
-			if err := hs.Serve(cfg.HTTP); !errors.Is(err, http.ErrServerClosed) {
-				return fmt.Errorf("http server: %w", err)
+			if err := hs.Serve(l.lis); !errors.Is(err, http.ErrServerClosed) {
+				return fmt.Errorf("%s server: %w", l.name, err)
 			}
 			return nil
 		})
@@ -106,12 +131,13 @@ func Serve(ctx context.Context, cfg Config) error {
 	g.Go(func() error {
 		<-ctx.Done()
 		drain(gs, cfg.DrainTimeout)
-		if hs == nil {
-			return nil
-		}
 		sctx, cancel := context.WithTimeout(context.Background(), cfg.DrainTimeout)
 		defer cancel()
-		return hs.Shutdown(sctx)
+		var errs []error
+		for _, hs := range servers {
+			errs = append(errs, hs.Shutdown(sctx))
+		}
+		return errors.Join(errs...)
 	})
 	return g.Wait()
 }
@@ -133,18 +159,20 @@ func drain(gs *grpc.Server, timeout time.Duration) {
 	}
 }
 
-// handler is the HTTP listener's: the xDS server's probes, metrics and
-// client table, and with pprof Go's profiles.
-func handler(srv *xds.Server, withPprof bool) http.Handler {
+// debugHandler is the debug listener's: the xDS server's client table,
+// and with pprof Go's profiles, both behind the server's guard.
+func debugHandler(srv *xds.Server, withPprof bool) http.Handler {
 	if !withPprof {
-		return srv.Handler()
+		return srv.DebugHandler()
 	}
 	mux := http.NewServeMux()
-	mux.Handle("/", srv.Handler())
-	mux.HandleFunc("/debug/pprof/", pprof.Index)
-	mux.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
-	mux.HandleFunc("/debug/pprof/profile", pprof.Profile)
-	mux.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
-	mux.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/", srv.DebugHandler())
+	pp := http.NewServeMux()
+	pp.HandleFunc("/debug/pprof/", pprof.Index)
+	pp.HandleFunc("/debug/pprof/cmdline", pprof.Cmdline)
+	pp.HandleFunc("/debug/pprof/profile", pprof.Profile)
+	pp.HandleFunc("/debug/pprof/symbol", pprof.Symbol)
+	pp.HandleFunc("/debug/pprof/trace", pprof.Trace)
+	mux.Handle("/debug/pprof/", srv.Guard(pp))
 	return mux
 }

@@ -2,6 +2,8 @@ package xds
 
 import (
 	"context"
+	"crypto/x509"
+	"fmt"
 	"slices"
 	"strings"
 	"sync"
@@ -9,7 +11,9 @@ import (
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	statusv3 "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/anypb"
 
@@ -25,6 +29,47 @@ type Identity struct {
 // String is the identity as Kubernetes names the ServiceAccount's user.
 func (id Identity) String() string {
 	return "system:serviceaccount:" + id.Namespace + ":" + id.ServiceAccount
+}
+
+// IdentityFromCertificate reads a client certificate's identity: its
+// SPIFFE ID, a URI SAN spiffe://<trustDomain>/ns/<namespace>/sa/<account>,
+// the form Istio, SPIRE and cert-manager's csi-driver-spiffe issue. The
+// certificate has been verified against the control plane's client CA;
+// this only says whom it names. A certificate with no such URI, or one of
+// another trust domain, names no one here.
+func IdentityFromCertificate(cert *x509.Certificate, trustDomain string) (Identity, error) {
+	var seen []string
+	for _, u := range cert.URIs {
+		if u.Scheme != "spiffe" {
+			continue
+		}
+		seen = append(seen, u.String())
+		parts := strings.Split(strings.TrimPrefix(u.Path, "/"), "/")
+		if u.Host != trustDomain || len(parts) != 4 || parts[0] != "ns" || parts[2] != "sa" || parts[1] == "" || parts[3] == "" ||
+			u.RawQuery != "" || u.Fragment != "" || u.User != nil {
+			continue
+		}
+		return Identity{Namespace: parts[1], ServiceAccount: parts[3]}, nil
+	}
+	if len(seen) == 0 {
+		return Identity{}, fmt.Errorf("client certificate %q has no SPIFFE ID (a URI SAN spiffe://%s/ns/<namespace>/sa/<serviceaccount>)",
+			cert.Subject.CommonName, trustDomain)
+	}
+	return Identity{}, fmt.Errorf("client certificate's SPIFFE ID %v is not spiffe://%s/ns/<namespace>/sa/<serviceaccount>", seen, trustDomain)
+}
+
+// clientCertificate is the certificate the client of ctx presented and
+// the TLS handshake verified, if any.
+func clientCertificate(ctx context.Context) *x509.Certificate {
+	p, ok := peer.FromContext(ctx)
+	if !ok {
+		return nil
+	}
+	info, ok := p.AuthInfo.(credentials.TLSInfo)
+	if !ok || len(info.State.VerifiedChains) == 0 || len(info.State.VerifiedChains[0]) == 0 {
+		return nil
+	}
+	return info.State.VerifiedChains[0][0]
 }
 
 // Authenticator checks the bearer token a client sent. Its errors carry a
@@ -162,15 +207,31 @@ func (c *caller) checkRequested(typeURL string, names []string) {
 		"hint", "the Service's owner can export it with the "+ExportAnnotation+" annotation")
 }
 
-// authenticate finds the stream's identity from its bearer token.
+// authenticate finds the stream's identity: from its client certificate
+// when the transport verified one (mTLS: no API call), else from its
+// bearer token.
 func (s *Server) authenticate(ctx context.Context) (*caller, error) {
+	if s.cfg.TrustDomain != "" {
+		if cert := clientCertificate(ctx); cert != nil {
+			id, err := IdentityFromCertificate(cert, s.cfg.TrustDomain)
+			if err != nil {
+				s.metrics.authFailures.WithLabelValues("certificate").Inc()
+				s.log.Info("xDS client refused", "reason", "certificate", "err", err)
+				return nil, status.Error(codes.Unauthenticated, err.Error())
+			}
+			return s.callerOf(id), nil
+		}
+	}
 	md, _ := metadata.FromIncomingContext(ctx)
-	vals := md.Get("authorization")
-	if len(vals) == 0 {
+	return s.authenticateToken(ctx, md.Get("authorization"))
+}
+
+// authenticateToken finds a caller's identity from the values of its
+// authorization header (gRPC metadata, or HTTP's).
+func (s *Server) authenticateToken(ctx context.Context, vals []string) (*caller, error) {
+	if len(vals) == 0 || s.cfg.Authenticator == nil {
 		s.metrics.authFailures.WithLabelValues("no_token").Inc()
-		return nil, status.Error(codes.Unauthenticated,
-			"no credentials: this control plane serves only clients that send a Kubernetes ServiceAccount token "+
-				"(a projected token for the control plane's audience) as gRPC call credentials, authorization: Bearer <token>")
+		return nil, status.Error(codes.Unauthenticated, s.noCredentials())
 	}
 	scheme, token, ok := strings.Cut(vals[0], " ")
 	if !ok || !strings.EqualFold(scheme, "bearer") || token == "" {
@@ -191,7 +252,27 @@ func (s *Server) authenticate(ctx context.Context) (*caller, error) {
 		s.log.Info("xDS client refused", "reason", reason, "err", st.Message())
 		return nil, st.Err()
 	}
-	return &caller{s: s, id: id, all: slices.Contains(s.cfg.ReadAllNamespaces, id.Namespace)}, nil
+	return s.callerOf(id), nil
+}
+
+func (s *Server) callerOf(id Identity) *caller {
+	return &caller{s: s, id: id, all: slices.Contains(s.cfg.ReadAllNamespaces, id.Namespace)}
+}
+
+// noCredentials says what a client without credentials should send, from
+// what this control plane accepts.
+func (s *Server) noCredentials() string {
+	const token = "a Kubernetes ServiceAccount token (a projected token for the control plane's audience) " +
+		"as gRPC call credentials, authorization: Bearer <token>"
+	cert := "a client certificate (mTLS) of the control plane's client CA naming it spiffe://" + s.cfg.TrustDomain +
+		"/ns/<namespace>/sa/<serviceaccount>"
+	switch {
+	case s.cfg.Authenticator != nil && s.cfg.TrustDomain != "":
+		return "no credentials: this control plane serves only clients that present " + cert + ", or send " + token
+	case s.cfg.TrustDomain != "":
+		return "no credentials: this control plane serves only clients that present " + cert
+	}
+	return "no credentials: this control plane serves only clients that send " + token
 }
 
 // guardedADS is ADS for authenticated clients: a stream opens only with a

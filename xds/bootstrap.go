@@ -34,9 +34,17 @@ type Bootstrap struct {
 	// ballast-control) written as the server's call credentials, gRFC
 	// A97's jwt_token_file, which an authenticated control plane needs.
 	// grpc-go reads it only with GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS
-	// =true and sends it only over TLS; ballast-proxy reads and sends it
-	// (docs/security.md).
+	// =true and sends it only over TLS (CAFile); ballast-proxy reads and
+	// sends it (docs/security.md).
 	TokenFile string
+	// CAFile, when set, makes the channel to the control plane TLS (gRFC
+	// A65's "tls" channel_creds): the control plane's certificate is
+	// verified against the CAs in the file (the ballast-control-ca
+	// ConfigMap, mounted) and the host of Server.
+	CAFile string
+	// CertFile and KeyFile, with CAFile, are a client certificate (mTLS)
+	// the control plane may know the client by, instead of a token.
+	CertFile, KeyFile string
 }
 
 // NodeID is the xDS node id of the pod.
@@ -68,7 +76,8 @@ type xdsServerJSON struct {
 }
 
 type channelCredJSON struct {
-	Type string `json:"type"`
+	Type   string            `json:"type"`
+	Config map[string]string `json:"config,omitempty"`
 }
 
 type callCredJSON struct {
@@ -101,10 +110,27 @@ func (b Bootstrap) JSON() ([]byte, error) {
 	if strings.ContainsAny(b.Pod+b.Namespace, "~ ") {
 		return nil, fmt.Errorf("bootstrap: pod %q or namespace %q has a character not allowed in a node id", b.Pod, b.Namespace)
 	}
+	if (b.CertFile == "") != (b.KeyFile == "") {
+		return nil, fmt.Errorf("bootstrap: client certificate %q and key %q: give both or neither", b.CertFile, b.KeyFile)
+	}
+	if b.CertFile != "" && b.CAFile == "" {
+		return nil, fmt.Errorf("bootstrap: a client certificate is for TLS: give the control plane's CA file too")
+	}
+	// One channel credential, never a list with "insecure" after "tls": a
+	// parser that skips "tls" (grpc-js, older C-core) would fall back to
+	// plaintext against a TLS port and fail with a confusing error.
+	creds := channelCredJSON{Type: "insecure"}
+	if b.CAFile != "" {
+		creds = channelCredJSON{Type: "tls", Config: map[string]string{"ca_certificate_file": b.CAFile}}
+		if b.CertFile != "" {
+			creds.Config["certificate_file"] = b.CertFile
+			creds.Config["private_key_file"] = b.KeyFile
+		}
+	}
 	out := bootstrapJSON{
 		XDSServers: []xdsServerJSON{{
 			ServerURI:      b.Server,
-			ChannelCreds:   []channelCredJSON{{Type: "insecure"}},
+			ChannelCreds:   []channelCredJSON{creds},
 			ServerFeatures: []string{"xds_v3"},
 		}},
 		Node:                     nodeJSON{ID: b.NodeID(), Locality: localityJSON{Zone: b.Zone}, Metadata: b.Metadata},

@@ -17,6 +17,12 @@ func TestBootstrap(t *testing.T) {
 		{"full", Bootstrap{Server: "ballast-control.ballast-system.svc:15010", Pod: "web-1", Namespace: "shop", Zone: "z1", Metadata: map[string]string{"app": "web"}}, ""},
 		{"token file", Bootstrap{Server: "127.0.0.1:15010", Pod: "web-1", Namespace: "shop", TokenFile: "/var/run/secrets/ballast/token"}, ""},
 		{"no zone", Bootstrap{Server: "127.0.0.1:15010", Pod: "web-1", Namespace: "shop"}, ""},
+		{"TLS and token", Bootstrap{Server: "ballast-control.ballast-system.svc:15010", Pod: "web-1", Namespace: "shop",
+			TokenFile: "/var/run/secrets/ballast/token", CAFile: "/var/run/ballast/ca/ca.crt"}, ""},
+		{"mTLS", Bootstrap{Server: "ballast-control.ballast-system.svc:15010", Pod: "web-1", Namespace: "shop",
+			CAFile: "/var/run/ballast/ca/ca.crt", CertFile: "/var/run/ballast/tls/tls.crt", KeyFile: "/var/run/ballast/tls/tls.key"}, ""},
+		{"certificate without key", Bootstrap{Server: "a:1", Pod: "p", Namespace: "n", CAFile: "/ca", CertFile: "/crt"}, "give both or neither"},
+		{"certificate without CA", Bootstrap{Server: "a:1", Pod: "p", Namespace: "n", CertFile: "/crt", KeyFile: "/key"}, "CA file too"},
 		{"no server", Bootstrap{Pod: "p", Namespace: "n"}, "no control plane address"},
 		{"server without port", Bootstrap{Server: "ballast-control", Pod: "p", Namespace: "n"}, `control plane address "ballast-control"`},
 		{"no pod", Bootstrap{Server: "a:1", Namespace: "n"}, "pod name"},
@@ -40,7 +46,11 @@ func TestBootstrap(t *testing.T) {
 				XDSServers []struct {
 					ServerURI      string   `json:"server_uri"`
 					ServerFeatures []string `json:"server_features"`
-					CallCreds      []struct {
+					ChannelCreds   []struct {
+						Type   string            `json:"type"`
+						Config map[string]string `json:"config"`
+					} `json:"channel_creds"`
+					CallCreds []struct {
 						Type   string            `json:"type"`
 						Config map[string]string `json:"config"`
 					} `json:"call_creds"`
@@ -75,6 +85,15 @@ func TestBootstrap(t *testing.T) {
 				(len(cc) != 1 || cc[0].Type != "jwt_token_file" || cc[0].Config["jwt_token_file"] != tt.b.TokenFile) ||
 				tt.b.TokenFile == "" && len(cc) != 0 {
 				t.Fatalf("call_creds for token file %q: %s", tt.b.TokenFile, data)
+			}
+			wantCreds := "insecure"
+			if tt.b.CAFile != "" {
+				wantCreds = "tls"
+			}
+			if ch := got.XDSServers[0].ChannelCreds; len(ch) != 1 || ch[0].Type != wantCreds ||
+				ch[0].Config["ca_certificate_file"] != tt.b.CAFile || ch[0].Config["certificate_file"] != tt.b.CertFile ||
+				ch[0].Config["private_key_file"] != tt.b.KeyFile {
+				t.Fatalf("channel_creds, want one %s: %s", wantCreds, data)
 			}
 			// grpc-go itself must accept the file.
 			if _, err := grpcxds.NewXDSResolverWithConfigForTesting(data); err != nil {

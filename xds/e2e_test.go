@@ -86,7 +86,10 @@ func startPlaneAt(t *testing.T, addr string) *plane {
 		defer wg.Done()
 		gs.Serve(lis)
 	}()
-	hs := httptest.NewServer(p.srv.Handler())
+	mux := http.NewServeMux()
+	mux.Handle("/", p.srv.Handler())
+	mux.Handle("/debug/", p.srv.DebugHandler())
+	hs := httptest.NewServer(mux)
 	var once sync.Once
 	p.stop = func() {
 		once.Do(func() {

@@ -54,11 +54,19 @@ type Config struct {
 	// Authenticator, when set, makes every ADS and CSDS call prove who it
 	// is with a bearer token, and a client is sent only the resources of
 	// its own namespace's Services and of those exported to it (see
-	// ExportAnnotation). Nil serves every client everything, unasked.
+	// ExportAnnotation). Nil, with no TrustDomain either, serves every
+	// client everything, unasked.
 	Authenticator Authenticator
+	// TrustDomain, when set, lets a client prove who it is with a client
+	// certificate the transport verified (mTLS), naming it
+	// spiffe://<TrustDomain>/ns/<namespace>/sa/<account>; such a client
+	// needs no token, and reads what its namespace may read, as a token's.
+	// The gRPC server's TLS must verify client certificates for any to be
+	// seen.
+	TrustDomain string
 	// ReadAllNamespaces are the namespaces whose clients read every
 	// Service and may use CSDS: where the control plane's own tools and a
-	// gateway run. Only with an Authenticator.
+	// gateway run. Only with an Authenticator or a TrustDomain.
 	ReadAllNamespaces []string
 }
 
@@ -230,7 +238,7 @@ func NewServer(cfg Config) (*Server, error) {
 		mux.Caches[k] = c
 	}
 	s.clients = newClientTable(s)
-	if cfg.Authenticator != nil {
+	if cfg.Authenticator != nil || cfg.TrustDomain != "" {
 		s.access = newAccessIndex()
 	}
 	// The server's context only bounds go-control-plane's own bookkeeping;
@@ -240,7 +248,7 @@ func NewServer(cfg Config) (*Server, error) {
 }
 
 // Register adds ADS (state-of-the-world and delta) and CSDS to a gRPC server.
-// With an Authenticator both need a valid token.
+// With an Authenticator or a TrustDomain both need valid credentials.
 func (s *Server) Register(gs grpc.ServiceRegistrar) {
 	if s.access == nil {
 		discoverygrpc.RegisterAggregatedDiscoveryServiceServer(gs, s.xds)
@@ -485,7 +493,8 @@ func byType(r Resources) serviceResources {
 	return out
 }
 
-// Handler serves /healthz, /readyz, /metrics and /debug/clients.
+// Handler serves /healthz, /readyz and /metrics: what probes and
+// Prometheus read, which shows no client's config (DebugHandler does).
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
@@ -499,7 +508,6 @@ func (s *Server) Handler() http.Handler {
 		fmt.Fprintln(w, "ok")
 	})
 	mux.Handle("GET /metrics", promhttp.HandlerFor(s.cfg.Metrics, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /debug/clients", s.clients.serveDebug)
 	return mux
 }
 

@@ -29,10 +29,16 @@ writing to a shared volume, and set GRPC_XDS_BOOTSTRAP to that path in the app
 container. --pod, --namespace and --zone default to $POD_NAME, $POD_NAMESPACE and
 $ZONE (set them with the downward API).
 
+--ca-file makes the channel to the control plane TLS (channel_creds "tls",
+gRFC A65), verified against the CA in the file: the ballast-control-ca
+ConfigMap every namespace holds, mounted. --cert-file and --key-file add a
+client certificate (mTLS) whose SPIFFE ID the control plane knows the pod by.
+
 --token-file names a projected ServiceAccount token (audience ballast-control)
 that an authenticated control plane needs; it is written as the server's
-call_creds (jwt_token_file, gRFC A97). See docs/security.md for which clients
-send it.`,
+call_creds (jwt_token_file, gRFC A97). grpc-go sends it only over TLS
+(--ca-file) and reads it only with GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true.
+See docs/security.md for which clients send what.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			b.Metadata = map[string]string{}
@@ -63,6 +69,9 @@ send it.`,
 	f.StringVar(&b.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "this pod's namespace")
 	f.StringVar(&b.Zone, "zone", os.Getenv("ZONE"), "this pod's zone")
 	f.StringVar(&b.TokenFile, "token-file", "", "projected ServiceAccount token file to send to the control plane as call credentials")
+	f.StringVar(&b.CAFile, "ca-file", "", "CA (PEM) of the control plane's certificate: connect over TLS")
+	f.StringVar(&b.CertFile, "cert-file", "", "client certificate (PEM) for mTLS, with --ca-file and --key-file")
+	f.StringVar(&b.KeyFile, "key-file", "", "key of --cert-file")
 	f.StringArrayVar(&metadata, "metadata", nil, "node metadata key=value (repeatable)")
 	f.StringVar(&out, "out", "-", `file to write ("-" for stdout), e.g. /etc/ballast/bootstrap.json`)
 	return cmd

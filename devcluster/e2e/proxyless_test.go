@@ -586,12 +586,18 @@ func controlPodsServingNow(ctx context.Context, clients []string) map[string]str
 
 // controlGet reads a control-plane pod's HTTP endpoint from inside its
 // network namespace; into is JSON-decoded, or gets the text if a *string.
+// /debug/ paths are on the debug listener, which listens on the pod's
+// loopback only (as kubectl port-forward reaches it).
 func controlGet(ctx context.Context, pod, path string, into any) error {
 	hc, err := cluster.PodHTTPClient(controlNS, pod)
 	if err != nil {
 		return err
 	}
-	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:15014"+path, nil)
+	port := "15014"
+	if strings.HasPrefix(path, "/debug/") {
+		port = "15015"
+	}
+	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://127.0.0.1:"+port+path, nil)
 	if err != nil {
 		return err
 	}

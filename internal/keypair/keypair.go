@@ -1,6 +1,9 @@
 // Package keypair serves a TLS certificate and key from files, read again
 // when they change, so a server's certificate can be rotated (by
-// cert-manager, or a Secret volume the kubelet updates) without a restart.
+// cert-manager, or a Secret volume the kubelet updates) without a restart;
+// the same for a file of CA certificates (Roots), which verify the other
+// side's; and a small CA (CA) that issues key pairs, for a component that
+// makes its own certificates and for tests.
 package keypair
 
 import (
@@ -75,27 +78,37 @@ func same(a, b os.FileInfo) bool {
 // does not match) is logged and the last good certificate served, until
 // the files change again.
 func (f *Files) GetCertificate(*tls.ClientHelloInfo) (*tls.Certificate, error) {
+	return f.current(), nil
+}
+
+// GetClientCertificate is GetCertificate for a client's tls.Config: the
+// certificate a client presents (mTLS), rotated the same way.
+func (f *Files) GetClientCertificate(*tls.CertificateRequestInfo) (*tls.Certificate, error) {
+	return f.current(), nil
+}
+
+func (f *Files) current() *tls.Certificate {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	ci, ki, err := f.stat()
 	if err != nil {
 		f.log.Warn("cannot see the key pair; serving the last good certificate", "err", err)
-		return f.cert, nil
+		return f.cert
 	}
 	if same(ci, f.certInfo) && same(ki, f.keyInfo) {
-		return f.cert, nil
+		return f.cert
 	}
 	if same(ci, f.failedInfo[0]) && same(ki, f.failedInfo[1]) {
-		return f.cert, nil
+		return f.cert
 	}
 	if err := f.load(ci, ki); err != nil {
 		f.failedInfo = [2]os.FileInfo{ci, ki}
 		f.log.Error("key pair changed but does not load; serving the last good certificate", "err", err)
-		return f.cert, nil
+		return f.cert
 	}
 	f.failedInfo = [2]os.FileInfo{}
 	if leaf := f.cert.Leaf; leaf != nil {
-		f.log.Info("key pair reloaded", "subject", leaf.Subject.CommonName, "not_after", leaf.NotAfter)
+		f.log.Info("key pair reloaded", "subject", leaf.Subject.CommonName, "uris", leaf.URIs, "not_after", leaf.NotAfter)
 	}
-	return f.cert, nil
+	return f.cert
 }

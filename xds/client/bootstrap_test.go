@@ -19,6 +19,10 @@ func TestConfigFromBootstrap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	mtls, err := xds.Bootstrap{Server: "ballast-control.ballast-system.svc:15010", ID: "n", CAFile: "/ca/ca.crt", CertFile: "/tls/tls.crt", KeyFile: "/tls/tls.key"}.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
 	tests := []struct {
 		name    string
 		json    string
@@ -27,6 +31,11 @@ func TestConfigFromBootstrap(t *testing.T) {
 	}{
 		{name: "ours", json: string(good), want: Config{Server: "127.0.0.1:18000", Node: &corev3.Node{Id: "ballast-proxy~ns~pod"}}},
 		{name: "token file", json: string(withToken), want: Config{Server: "127.0.0.1:18000", Node: &corev3.Node{Id: "n"}, TokenFile: "/run/token"}},
+		{name: "mTLS", json: string(mtls), want: Config{Server: "ballast-control.ballast-system.svc:15010", Node: &corev3.Node{Id: "n"},
+			CAFile: "/ca/ca.crt", CertFile: "/tls/tls.crt", KeyFile: "/tls/tls.key"}},
+		{name: "first known creds: insecure", json: `{"xds_servers":[{"server_uri":"a:1","channel_creds":[{"type":"google_default"},{"type":"insecure"},{"type":"tls","config":{"ca_certificate_file":"/ca"}}]}],"node":{"id":"n"}}`,
+			want: Config{Server: "a:1", Node: &corev3.Node{Id: "n"}}},
+		{name: "tls without a CA file", json: `{"xds_servers":[{"server_uri":"a:1","channel_creds":[{"type":"tls"}]}],"node":{"id":"n"}}`, wantErr: "ca_certificate_file"},
 		{name: "no server", json: `{"node":{"id":"x"}}`, wantErr: "xds_servers"},
 		{name: "not json", json: `{`, wantErr: "xds bootstrap"},
 	}
@@ -39,7 +48,8 @@ func TestConfigFromBootstrap(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || got.Server != tc.want.Server || got.TokenFile != tc.want.TokenFile || !proto.Equal(got.Node, tc.want.Node) {
+			if err != nil || got.Server != tc.want.Server || got.TokenFile != tc.want.TokenFile || !proto.Equal(got.Node, tc.want.Node) ||
+				got.CAFile != tc.want.CAFile || got.CertFile != tc.want.CertFile || got.KeyFile != tc.want.KeyFile {
 				t.Fatalf("got %+v, %v; want %+v", got, err, tc.want)
 			}
 		})

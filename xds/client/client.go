@@ -40,9 +40,16 @@ type Config struct {
 	DialOptions []grpc.DialOption
 	// TokenFile, if set, holds the token sent on every stream as call
 	// credentials (see TokenFile); the control plane needs one unless it
-	// runs with --insecure.
+	// runs with --insecure or knows the client by its certificate.
 	TokenFile string
-	Log       *slog.Logger
+	// CAFile, when set, makes the connection TLS, verifying the control
+	// plane's certificate against the CAs in the file (read again when it
+	// changes) and the host of Server.
+	CAFile string
+	// CertFile and KeyFile, with CAFile, are the client certificate (mTLS)
+	// the control plane may know the client by, read again when they change.
+	CertFile, KeyFile string
+	Log               *slog.Logger
 
 	// Optional hooks, called on the stream's goroutine: for every response;
 	// for a response the client rejected (NACKed, the last good kept); and
@@ -100,7 +107,16 @@ func New(cfg Config) (*Client, error) {
 // response resets the backoff. While the control plane is away, watchers
 // keep what they were last given.
 func (c *Client) Run(ctx context.Context) error {
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(insecure.NewCredentials())}, c.cfg.DialOptions...)
+	transport := insecure.NewCredentials()
+	if c.cfg.CAFile != "" {
+		var err error
+		if transport, err = newTLSCredentials(c.cfg.CAFile, c.cfg.CertFile, c.cfg.KeyFile, c.log); err != nil {
+			return fmt.Errorf("xds client: %w", err)
+		}
+	} else if c.cfg.CertFile != "" || c.cfg.KeyFile != "" {
+		return errors.New("xds client: a client certificate needs the control plane's CA file too (TLS)")
+	}
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(transport)}, c.cfg.DialOptions...)
 	if c.cfg.TokenFile != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(TokenFile(c.cfg.TokenFile)))
 	}

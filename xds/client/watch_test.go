@@ -67,7 +67,7 @@ func greeterService(lb string, addrs ...string) *discovery.Service {
 func streamsOf(t *testing.T, cp *plane, id string) int {
 	t.Helper()
 	rec := httptest.NewRecorder()
-	cp.srv.Handler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/clients", nil))
+	cp.srv.DebugHandler().ServeHTTP(rec, httptest.NewRequest("GET", "/debug/clients", nil))
 	var clients []struct {
 		NodeID string `json:"nodeId"`
 	}

@@ -6,6 +6,8 @@ package controlcmd
 
 import (
 	"context"
+	"crypto/tls"
+	"errors"
 	"fmt"
 	"log/slog"
 	"net"
@@ -34,14 +36,19 @@ type Config struct {
 	Files       string
 	XDSAddress  string
 	HTTPAddress string
+	// DebugAddress serves /debug/clients and, with Pprof, Go's profiles;
+	// loopback by default (see control.Config.Debug). Empty means none.
+	DebugAddress string
+	// TLS, when its Cert is set, serves xDS over TLS; with its ClientCA,
+	// clients may prove who they are by certificate (TrustDomain).
+	TLS         control.TLSFiles
+	TrustDomain string
 	Translate   xds.Options
 	// DrainTimeout bounds how long a stopping server lets streams finish
 	// before closing them; clients reconnect to another replica and keep
 	// their config meanwhile.
 	DrainTimeout time.Duration
-	// Pprof serves Go's profiles under /debug/pprof/ on the HTTP address.
-	// Off by default: the address also serves probes and metrics, which
-	// are for everyone; profiles are for whoever debugs the process.
+	// Pprof serves Go's profiles under /debug/pprof/ on the debug address.
 	Pprof bool
 	// Insecure serves every client without asking who it is, as the demo
 	// and a --files control plane do. Otherwise a client must send a
@@ -54,6 +61,8 @@ type Config struct {
 
 	// Serving, if set, is told the bound addresses (tests listen on port 0).
 	Serving func(xdsAddr, httpAddr net.Addr)
+	// ServingDebug, if set, is told the debug listener's address.
+	ServingDebug func(net.Addr)
 }
 
 // New is the control command.
@@ -73,17 +82,27 @@ account when neither --kubeconfig nor --files is given) and/or --files DIR.
 The LB policy is round_robin unless --default-lb-policy or the Service annotation
 ballast.dev/lb-policy (round_robin, least_request, peak_ewma) says otherwise.
 
---http-address serves /healthz, /readyz (once discovery has synced), /metrics and
-/debug/clients (what each client was last sent; ?resources=1 for content), and
-with --pprof Go's profiles under /debug/pprof/. CSDS
+--http-address serves /healthz, /readyz (once discovery has synced) and /metrics.
+--debug-address (loopback by default: reach it with kubectl port-forward)
+serves /debug/clients (what each client was last sent; ?resources=1 for
+content) and with --pprof Go's profiles under /debug/pprof/; bound elsewhere,
+it asks for the token of a --read-all-namespaces client, as CSDS does. CSDS
 (envoy.service.status.v3) is served on the xDS port.
+
+--tls-cert-file and --tls-key-file serve xDS over TLS (the files are read again
+when they change: a rotated Secret needs no restart). With --client-ca-file,
+client certificates signed by it are verified, and a certificate whose URI SAN
+is spiffe://<--trust-domain>/ns/<namespace>/sa/<serviceaccount> proves the
+client's identity, as a token does (mTLS).
 
 With a cluster, clients must authenticate: each stream carries a projected
 ServiceAccount token for --token-audience as gRPC call credentials
-(authorization: Bearer <token>), checked by TokenReview. A client reads the
-Services of its own namespace and those annotated ballast.dev/export-to ("*" or
-a list of namespaces); clients of --read-all-namespaces read everything and may
-use CSDS. --insecure serves everyone everything, as a --files control plane does.`,
+(authorization: Bearer <token>), checked by TokenReview, or a client
+certificate. A client reads the Services of its own namespace and those
+annotated ballast.dev/export-to ("*" or a list of namespaces); clients of
+--read-all-namespaces read everything and may use CSDS. --insecure serves
+everyone everything, as a --files control plane without --client-ca-file does.
+See docs/security.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.InCluster = cfg.Kubeconfig == "" && cfg.Files == ""
@@ -94,13 +113,18 @@ use CSDS. --insecure serves everyone everything, as a --files control plane does
 	f.StringVar(&cfg.Kubeconfig, "kubeconfig", "", "kubeconfig to read the cluster from (default: in-cluster, unless --files is given)")
 	f.StringVar(&cfg.Files, "files", "", "folder of Service and EndpointSlice YAML to serve, watched for changes")
 	f.StringVar(&cfg.XDSAddress, "xds-address", ":15010", "address to serve ADS and CSDS on")
-	f.StringVar(&cfg.HTTPAddress, "http-address", ":15014", "address to serve /healthz, /readyz, /metrics and /debug/clients on")
+	f.StringVar(&cfg.HTTPAddress, "http-address", ":15014", "address to serve /healthz, /readyz and /metrics on")
+	f.StringVar(&cfg.DebugAddress, "debug-address", "127.0.0.1:15015", `address to serve /debug/clients (and with --pprof /debug/pprof/) on; "" for none`)
+	f.StringVar(&cfg.TLS.Cert, "tls-cert-file", "", "serve xDS over TLS with this certificate (PEM), read again when it changes")
+	f.StringVar(&cfg.TLS.Key, "tls-key-file", "", "the key of --tls-cert-file")
+	f.StringVar(&cfg.TLS.ClientCA, "client-ca-file", "", "verify client certificates against these CAs (PEM): a client may prove who it is by certificate (mTLS)")
+	f.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "trust domain of client certificates' SPIFFE IDs, spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>")
 	cfg.Translate.DefaultPolicy = policy.RoundRobin
 	f.Var(&cfg.Translate.DefaultPolicy, "default-lb-policy", "LB policy for Services without the ballast.dev/lb-policy annotation: round_robin, least_request or peak_ewma")
 	f.StringVar(&cfg.Translate.ClusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS domain")
 	f.StringVar(&cfg.Translate.BareNameNamespace, "bare-name-namespace", "default",
 		`namespace whose Services are also served as <name>:<port> ("-" for none)`)
-	f.BoolVar(&cfg.Pprof, "pprof", false, "also serve Go's profiles (heap, CPU, goroutines) under /debug/pprof/ on --http-address")
+	f.BoolVar(&cfg.Pprof, "pprof", false, "also serve Go's profiles (heap, CPU, goroutines) under /debug/pprof/ on --debug-address")
 	f.BoolVar(&cfg.Insecure, "insecure", false, "serve every xDS client without authentication (implied by --files without a cluster)")
 	f.StringVar(&cfg.TokenAudience, "token-audience", tokenreview.DefaultAudience, "audience clients' ServiceAccount tokens must be for")
 	f.StringSliceVar(&cfg.ReadAllNamespaces, "read-all-namespaces", []string{"ballast-system"}, "namespaces whose clients read every namespace's Services and may use CSDS")
@@ -111,6 +135,27 @@ use CSDS. --insecure serves everyone everything, as a --files control plane does
 // Run serves until ctx ends: the sources cfg names fill a registry that
 // the control plane serves.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	var tlsCfg *tls.Config
+	switch {
+	case (cfg.TLS.Cert == "") != (cfg.TLS.Key == ""):
+		return fmt.Errorf("--tls-cert-file %q and --tls-key-file %q: give both or neither", cfg.TLS.Cert, cfg.TLS.Key)
+	case cfg.TLS.ClientCA != "" && cfg.TLS.Cert == "":
+		return errors.New("--client-ca-file verifies client certificates over TLS: give --tls-cert-file and --tls-key-file too")
+	case cfg.TLS.ClientCA != "" && cfg.Insecure:
+		return errors.New("--client-ca-file makes clients prove who they are, --insecure serves them unasked: choose one")
+	case cfg.TLS.Cert != "":
+		var err error
+		if tlsCfg, err = control.ServerTLS(cfg.TLS, log); err != nil {
+			return fmt.Errorf("--tls-cert-file: %w", err)
+		}
+	}
+	trustDomain := ""
+	if cfg.TLS.ClientCA != "" {
+		if cfg.TrustDomain == "" {
+			return errors.New("--client-ca-file needs a --trust-domain to read client certificates' SPIFFE IDs in")
+		}
+		trustDomain = cfg.TrustDomain
+	}
 	reg := discovery.NewRegistry()
 	sources, err := source.Open(source.Config{
 		Kubernetes: cfg.Kubeconfig != "" || cfg.InCluster,
@@ -145,7 +190,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			}
 		}
 	}
-	if authn == nil {
+	if authn == nil && trustDomain == "" {
 		log.Info("serving xDS without authentication: every client reads every Service")
 	}
 	xdsLis, err := net.Listen("tcp", cfg.XDSAddress)
@@ -157,7 +202,18 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		xdsLis.Close()
 		return fmt.Errorf("--http-address: %w", err)
 	}
-	log.Info("serving", "xds", xdsLis.Addr().String(), "http", httpLis.Addr().String())
+	var debugLis net.Listener
+	if cfg.DebugAddress != "" {
+		if debugLis, err = net.Listen("tcp", cfg.DebugAddress); err != nil {
+			xdsLis.Close()
+			httpLis.Close()
+			return fmt.Errorf("--debug-address: %w", err)
+		}
+		if cfg.ServingDebug != nil {
+			cfg.ServingDebug(debugLis.Addr())
+		}
+	}
+	log.Info("serving", "xds", xdsLis.Addr().String(), "tls", tlsCfg != nil, "mtls", trustDomain != "", "http", httpLis.Addr().String())
 	if cfg.Serving != nil {
 		cfg.Serving(xdsLis.Addr(), httpLis.Addr())
 	}
@@ -172,9 +228,12 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			Synced:            sources.Synced,
 			Translate:         cfg.Translate,
 			Authenticator:     authn,
+			TrustDomain:       trustDomain,
 			ReadAllNamespaces: cfg.ReadAllNamespaces,
 			XDS:               xdsLis,
+			TLS:               tlsCfg,
 			HTTP:              httpLis,
+			Debug:             debugLis,
 			Pprof:             cfg.Pprof,
 			DrainTimeout:      cfg.DrainTimeout,
 			Log:               log,

@@ -275,12 +275,14 @@ func TestControlServesFiles(t *testing.T) {
 	write(2)
 
 	addrs := make(chan [2]net.Addr, 1)
+	var debugAddr net.Addr // set before addrs is sent to
 	wg.Add(1)
 	go func() {
 		defer wg.Done()
 		err := Run(ctx, Config{
-			Files: dir, XDSAddress: "127.0.0.1:0", HTTPAddress: "127.0.0.1:0", DrainTimeout: time.Second,
-			Serving: func(x, h net.Addr) { addrs <- [2]net.Addr{x, h} },
+			Files: dir, XDSAddress: "127.0.0.1:0", HTTPAddress: "127.0.0.1:0", DebugAddress: "127.0.0.1:0", DrainTimeout: time.Second,
+			Serving:      func(x, h net.Addr) { addrs <- [2]net.Addr{x, h} },
+			ServingDebug: func(d net.Addr) { debugAddr = d },
 		}, quiet)
 		if err != nil {
 			t.Errorf("control: %v", err)
@@ -340,7 +342,13 @@ func TestControlServesFiles(t *testing.T) {
 	if _, err := pb.NewGreeterClient(fast).SayHello(cctx, &pb.HelloRequest{Name: "fast"}); err != nil {
 		t.Fatalf("call through the peak-EWMA cluster: %v", err)
 	}
-	resp, err := http.Get("http://" + httpAddr.String() + "/debug/clients")
+	// The client table is on the debug address, not beside the probes.
+	if resp, err := http.Get("http://" + httpAddr.String() + "/debug/clients"); err != nil || resp.StatusCode != http.StatusNotFound {
+		t.Fatalf("/debug/clients on --http-address: %v %v; want 404", resp, err)
+	} else {
+		resp.Body.Close()
+	}
+	resp, err := http.Get("http://" + debugAddr.String() + "/debug/clients")
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -43,6 +43,9 @@ type proxyConfig struct {
 	services     []string
 	xdsAddress   string
 	xdsTokenFile string
+	xdsCAFile    string
+	xdsCertFile  string
+	xdsKeyFile   string
 	nodeID       string
 	admin        string
 	maxMessage   int
@@ -121,6 +124,9 @@ so callers move to other pods), lets in-flight calls finish for up to
 	f.StringArrayVar(&c.outbound, "outbound", nil, "explicit listener ADDR=TARGET (repeatable)")
 	f.StringArrayVar(&c.services, "service", nil, "transparent mode: a Service's CLUSTERIP:PORT=name.namespace:port (repeatable)")
 	f.StringVar(&c.xdsTokenFile, "xds-token-file", "", "projected ServiceAccount token (audience ballast-control) sent to the control plane on every stream, read again each time; overrides the bootstrap's call_creds")
+	f.StringVar(&c.xdsCAFile, "xds-ca-file", "", "CA (PEM) of the control plane's certificate: connect to it over TLS; overrides the bootstrap's channel_creds")
+	f.StringVar(&c.xdsCertFile, "xds-cert-file", "", "client certificate (PEM) presented to the control plane (mTLS), with --xds-ca-file")
+	f.StringVar(&c.xdsKeyFile, "xds-key-file", "", "key of --xds-cert-file")
 	f.StringVar(&c.xdsAddress, "xds-address", "", "control plane host:port that resolves xds:/// targets (name.namespace:port); without it, the one in $GRPC_XDS_BOOTSTRAP(_CONFIG)")
 	f.StringVar(&c.nodeID, "node-id", "", "xDS node id (default ballast~$POD_NAME.$POD_NAMESPACE, as ballast bootstrap writes)")
 	f.StringVar(&c.admin, "admin-address", ":15021", "address of /ready and /metrics")
@@ -270,8 +276,15 @@ func runProxy(ctx context.Context, c proxyConfig, sources []Source) error {
 // (GRPC_XDS_BOOTSTRAP names a file, GRPC_XDS_BOOTSTRAP_CONFIG holds the
 // JSON); nil when neither is given.
 func xdsConfig(c proxyConfig) (*client.Config, error) {
+	if (c.xdsCertFile == "") != (c.xdsKeyFile == "") {
+		return nil, fmt.Errorf("--xds-cert-file %q and --xds-key-file %q: give both or neither", c.xdsCertFile, c.xdsKeyFile)
+	}
+	if c.xdsCertFile != "" && c.xdsCAFile == "" {
+		return nil, errors.New("--xds-cert-file is for TLS: give --xds-ca-file too")
+	}
 	if c.xdsAddress != "" {
-		return &client.Config{Server: c.xdsAddress, Node: &corev3.Node{Id: c.nodeID, UserAgentName: "ballast-proxy"}, TokenFile: c.xdsTokenFile}, nil
+		return &client.Config{Server: c.xdsAddress, Node: &corev3.Node{Id: c.nodeID, UserAgentName: "ballast-proxy"}, TokenFile: c.xdsTokenFile,
+			CAFile: c.xdsCAFile, CertFile: c.xdsCertFile, KeyFile: c.xdsKeyFile}, nil
 	}
 	data := []byte(os.Getenv("GRPC_XDS_BOOTSTRAP_CONFIG"))
 	if file := os.Getenv("GRPC_XDS_BOOTSTRAP"); file != "" {
@@ -290,6 +303,9 @@ func xdsConfig(c proxyConfig) (*client.Config, error) {
 	cfg.Node.UserAgentName = "ballast-proxy"
 	if c.xdsTokenFile != "" {
 		cfg.TokenFile = c.xdsTokenFile
+	}
+	if c.xdsCAFile != "" {
+		cfg.CAFile, cfg.CertFile, cfg.KeyFile = c.xdsCAFile, c.xdsCertFile, c.xdsKeyFile
 	}
 	return &cfg, nil
 }
