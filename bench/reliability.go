@@ -45,7 +45,7 @@ const ReliabilityID = "reliability"
 // runs every fault in a few minutes.
 func DefaultReliability(ci bool) ReliabilityConfig {
 	c := ReliabilityConfig{Replicas: 3, ScaleTo: 10, Pace: 20 * time.Millisecond, Down: 60 * time.Second,
-		Quiet: 10 * time.Second, Bound: 150 * time.Second, Wait: 3 * time.Minute, Faults: faultIDs()}
+		Quiet: 10 * time.Second, Bound: 150 * time.Second, Wait: 3 * time.Minute, Faults: FaultIDs()}
 	if ci {
 		c.ScaleTo, c.Down, c.Quiet, c.Bound, c.Pace = 5, 5*time.Second, 3*time.Second, 5*time.Second, 50*time.Millisecond
 	}
@@ -228,7 +228,9 @@ type faultOutcome struct {
 	Note  string
 }
 
-func faultIDs() []string {
+// FaultIDs are the IDs of the reliability scenario's faults, in the order
+// they run.
+func FaultIDs() []string {
 	var ids []string
 	for _, f := range reliabilityFaults() {
 		ids = append(ids, f.ID)

@@ -25,7 +25,7 @@ func newBenchCmd() *cobra.Command {
 		soak                    time.Duration
 		runs                    int
 		out                     string
-		only                    []string
+		only, faults            []string
 		modesBinary, proxyBin   string
 		controlBin              string
 	)
@@ -59,6 +59,14 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 			reliability := slices.Contains(only, bench.ReliabilityID)
 			if reliability && len(only) > 1 {
 				return fmt.Errorf("--only %s runs on a dev cluster of its own: give it alone", bench.ReliabilityID)
+			}
+			for _, id := range faults {
+				if !reliability {
+					return fmt.Errorf("--faults: only with --only %s", bench.ReliabilityID)
+				}
+				if !slices.Contains(bench.FaultIDs(), id) {
+					return fmt.Errorf("--faults: no fault %q (faults: %s)", id, strings.Join(bench.FaultIDs(), ", "))
+				}
 			}
 			exe, err := os.Executable()
 			if err != nil {
@@ -115,7 +123,11 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 				return nil
 			}
 			if reliability {
-				report := b.Reliability(cmd.Context(), bench.DefaultReliability(short), short)
+				config := bench.DefaultReliability(short)
+				if len(faults) > 0 {
+					config.Faults = faults
+				}
+				report := b.Reliability(cmd.Context(), config, short)
 				if err := emit(report, "reliability.md"); err != nil {
 					return err
 				}
@@ -141,6 +153,7 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 	cmd.Flags().MarkHidden("modes-binary")
 	cmd.Flags().BoolVar(&jsonOut, "json", false, "print the report as JSON instead of tables")
 	cmd.Flags().DurationVar(&soak, "soak", 0, "run the soak instead for this long (say 1h): load through the sidecar with endpoint churn, RSS and goroutines of the control plane and the sidecar sampled; writes soak.md into --out")
+	cmd.Flags().StringSliceVar(&faults, "faults", nil, "reliability: run only these faults, in the scenario's order: "+strings.Join(bench.FaultIDs(), ", "))
 	cmd.Flags().BoolVar(&short, "short", false, "reliability: the CI-sized scenario (short outages, a smaller scale-out)")
 	cmd.Flags().StringVar(&controlBin, "control-binary", "", "the ballast-control binary the control-plane rows run (default: next to this binary, on $PATH, or built from this checkout)")
 	cmd.Flags().StringVar(&proxyBin, "proxy-binary", "", "the ballast-proxy binary the sidecar rows run (default: next to this binary, on $PATH, or built from this checkout)")
