@@ -14,6 +14,7 @@ import (
 	"time"
 
 	"github.com/spf13/cobra"
+	"google.golang.org/grpc/grpclog"
 
 	"github.com/ballast-dev/ballast/bench"
 )
@@ -68,6 +69,10 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 					return fmt.Errorf("--faults: no fault %q (faults: %s)", id, strings.Join(bench.FaultIDs(), ", "))
 				}
 			}
+			// The benchmark dials pods and peers before they listen, and
+			// its dev cluster probes them: grpc-go's connection warnings
+			// would bury the progress lines.
+			grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, cmd.ErrOrStderr()))
 			exe, err := os.Executable()
 			if err != nil {
 				return fmt.Errorf("find the ballast binary to run greeter pods: %w", err)
