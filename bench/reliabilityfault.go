@@ -335,6 +335,34 @@ func apiServerDown(ctx context.Context, r *relRun) (*faultOutcome, error) {
 	}
 	o.End = time.Now()
 	o.Note = fmt.Sprintf("kube-apiserver (pid %d) stopped %.0f s", pid, r.c.Down.Seconds())
+	// Every Node's lease is stale now: the node controller may mark their
+	// pods not ready until the agents renew the leases. Watch for that
+	// through the quiet period, and until every greeter is Ready again.
+	fewest, firstLow, lastLow := r.c.Replicas, time.Time{}, time.Time{}
+	err = devcluster.Poll(ctx, r.c.Wait, func(ctx context.Context) (bool, error) {
+		ready, err := r.readyGreeters(ctx)
+		if err != nil {
+			return false, nil
+		}
+		fewest = min(fewest, len(ready))
+		if len(ready) < r.c.Replicas {
+			if firstLow.IsZero() {
+				firstLow = time.Now()
+			}
+			lastLow = time.Now()
+			return false, nil
+		}
+		return time.Since(o.End) >= r.c.Quiet, nil
+	})
+	if err != nil {
+		return nil, fmt.Errorf("greeters not all Ready after the API server came back (fewest %d of %d): %w", fewest, r.c.Replicas, err)
+	}
+	if fewest < r.c.Replicas {
+		o.Note += fmt.Sprintf("; once it answered, the node controller marked greeters not ready (the Nodes' leases were stale): %d of %d Ready at the fewest, from %.0f s to %.0f s after it answered",
+			fewest, r.c.Replicas, firstLow.Sub(o.End).Seconds(), lastLow.Sub(o.End).Seconds())
+	} else {
+		o.Note += "; every greeter stayed Ready after it answered"
+	}
 	return o, nil
 }
 
