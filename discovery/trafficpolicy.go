@@ -39,14 +39,20 @@ func CallPolicyOf(s *v1alpha1.TrafficPolicySpec) policy.CallPolicy {
 		}
 	}
 	if f := s.Fault; f != nil {
-		out.Fault = &policy.Fault{}
+		// A delay of 0 delays nothing: the model leaves it out, as the
+		// xDS form does.
+		fault := &policy.Fault{}
 		if d := f.Delay; d != nil {
-			out.Fault.Delay, _ = v1alpha1.ParseDuration(d.Fixed)
-			out.Fault.DelayPercent = int(d.Percent)
+			if fault.Delay, _ = v1alpha1.ParseDuration(d.Fixed); fault.Delay > 0 {
+				fault.DelayPercent = int(d.Percent)
+			}
 		}
 		if a := f.Abort; a != nil {
-			out.Fault.AbortCode = codes.Code(v1alpha1.Codes[a.Code])
-			out.Fault.AbortPercent = int(a.Percent)
+			fault.AbortCode = codes.Code(v1alpha1.Codes[a.Code])
+			fault.AbortPercent = int(a.Percent)
+		}
+		if fault.Delay > 0 || fault.AbortCode != 0 {
+			out.Fault = fault
 		}
 	}
 	if t := s.Timeouts; t != nil {

@@ -12,11 +12,16 @@ import (
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	faultcommonv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/common/fault/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	routerv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/router/v3"
 	hcmv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/network/http_connection_manager/v3"
+	commonlbv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/common/v3"
 	leastrequestv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/least_request/v3"
+	ringhashv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/ring_hash/v3"
 	roundrobinv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/round_robin/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
@@ -48,21 +53,48 @@ func apiListener(name string, hcm *anypb.Any) *listenerv3.Listener {
 	}
 }
 
+// FaultFilter names the HTTP fault filter, in a listener's filter chain
+// and in a route's typed_per_filter_config.
+const FaultFilter = "envoy.filters.http.fault"
+
+// faultFilter is the fault filter's listener config: no fault of its own,
+// only the routes' (an HTTPFault without delay or abort injects nothing).
+var faultFilter = mustAny(&faultv3.HTTPFault{})
+
 // connectionManager is the HttpConnectionManager of every listener: RDS
-// over ADS for route, then the router.
-func connectionManager(statPrefix, route string) (*anypb.Any, error) {
+// over ADS for route, then the router; with fault, the fault filter
+// before it. gRPC's xDS clients apply a route's typed_per_filter_config
+// only for the filters the listener lists, so a port whose route injects
+// faults lists it; the others do not, and cost their clients nothing.
+func connectionManager(statPrefix, route string, fault bool) (*anypb.Any, error) {
 	m := &hcmv3.HttpConnectionManager{
 		StatPrefix: statPrefix,
 		RouteSpecifier: &hcmv3.HttpConnectionManager_Rds{Rds: &hcmv3.Rds{
 			ConfigSource:    adsSource,
 			RouteConfigName: route,
 		}},
-		HttpFilters: []*hcmv3.HttpFilter{{
-			Name:       "envoy.filters.http.router",
-			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: routerFilter},
-		}},
 	}
+	if fault {
+		m.HttpFilters = append(m.HttpFilters, &hcmv3.HttpFilter{
+			Name:       FaultFilter,
+			ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: faultFilter},
+		})
+	}
+	m.HttpFilters = append(m.HttpFilters, &hcmv3.HttpFilter{
+		Name:       "envoy.filters.http.router",
+		ConfigType: &hcmv3.HttpFilter_TypedConfig{TypedConfig: routerFilter},
+	})
 	return anypb.New(m)
+}
+
+// injectsFaults reports whether a rule of r has a fault.
+func injectsFaults(r policy.Route) bool {
+	for _, rule := range r.Rules {
+		if rule.Call.Fault != nil {
+			return true
+		}
+	}
+	return false
 }
 
 // renderRoute is a Route as a RouteConfiguration with one virtual host,
@@ -70,22 +102,67 @@ func connectionManager(statPrefix, route string) (*anypb.Any, error) {
 // matches): the rule's name, its :path match (prefix, path or safe_regex)
 // and header matches (string_match, exact or safe_regex), its backends and
 // its header modifiers (request_headers_to_add/remove on the route,
-// response_headers_to_add/remove likewise; Set overwrites, Add appends).
-func renderRoute(r policy.Route) *routev3.RouteConfiguration {
+// response_headers_to_add/remove likewise; Set overwrites, Add appends),
+// its fault as the fault filter's typed_per_filter_config. hashHeaders are
+// the ring_hash Clusters' hash headers by Cluster name: a rule to one of
+// them hashes that header (hash_policy), which is where gRPC's xDS clients
+// read a call's hash (they ignore the Cluster's own hash_policy).
+func renderRoute(r policy.Route, hashHeaders map[string]string) *routev3.RouteConfiguration {
 	vh := &routev3.VirtualHost{Name: r.Name, Domains: r.Domains}
 	for _, rule := range r.Rules {
+		action := callAction(routeAction(rule.Backends), rule.Call)
+		for _, b := range rule.Backends {
+			if h := hashHeaders[b.Cluster]; h != "" {
+				action.HashPolicy = []*routev3.RouteAction_HashPolicy{headerHash(h)}
+				break
+			}
+		}
 		vh.Routes = append(vh.Routes, &routev3.Route{
 			Name:                    rule.Name,
 			Match:                   routeMatch(rule.Match),
-			Action:                  &routev3.Route_Route{Route: callAction(routeAction(rule.Backends), rule.Call)},
+			Action:                  &routev3.Route_Route{Route: action},
 			Metadata:                callMetadata(rule.Call),
 			RequestHeadersToAdd:     headersToAdd(rule.RequestHeaders),
 			RequestHeadersToRemove:  rule.RequestHeaders.Remove,
 			ResponseHeadersToAdd:    headersToAdd(rule.ResponseHeaders),
 			ResponseHeadersToRemove: rule.ResponseHeaders.Remove,
+			TypedPerFilterConfig:    faultConfig(rule.Call.Fault),
 		})
 	}
 	return &routev3.RouteConfiguration{Name: r.Name, VirtualHosts: []*routev3.VirtualHost{vh}}
+}
+
+func headerHash(name string) *routev3.RouteAction_HashPolicy {
+	return &routev3.RouteAction_HashPolicy{PolicySpecifier: &routev3.RouteAction_HashPolicy_Header_{
+		Header: &routev3.RouteAction_HashPolicy_Header{HeaderName: name},
+	}}
+}
+
+// faultConfig is a rule's fault as the fault filter's per-route config
+// (HTTPFault: a fixed delay and a gRPC status abort, each for a percentage
+// of the calls), which overrides the listener's empty one; nil for none.
+func faultConfig(f *policy.Fault) map[string]*anypb.Any {
+	if f == nil {
+		return nil
+	}
+	hf := &faultv3.HTTPFault{}
+	if f.Delay > 0 {
+		hf.Delay = &faultcommonv3.FaultDelay{
+			FaultDelaySecifier: &faultcommonv3.FaultDelay_FixedDelay{FixedDelay: durationpb.New(f.Delay)},
+			Percentage:         percent(f.DelayPercent),
+		}
+	}
+	if f.AbortCode != 0 {
+		hf.Abort = &faultv3.FaultAbort{
+			ErrorType:  &faultv3.FaultAbort_GrpcStatus{GrpcStatus: uint32(f.AbortCode)},
+			Percentage: percent(f.AbortPercent),
+		}
+	}
+	return map[string]*anypb.Any{FaultFilter: mustAny(hf)}
+}
+
+func percent(p int) *typev3.FractionalPercent {
+	return &typev3.FractionalPercent{Numerator: uint32(p), Denominator: typev3.FractionalPercent_HUNDRED}
 }
 
 func routeMatch(m policy.Match) *routev3.RouteMatch {
@@ -196,27 +273,43 @@ func callAction(a *routev3.RouteAction, c policy.CallPolicy) *routev3.RouteActio
 // clients read of a route and xDS has no field for.
 const metadataNamespace = "ballast.dev"
 
-// callMetadata is a rule's retry budget, which xDS routes cannot say
-// (Envoy's retry_budget bounds concurrent retries, per cluster, not a
-// share of calls): route metadata, {"retry_budget": {"percent",
-// "interval", "min_retries"}}, which gRPC's xDS clients ignore.
+// callMetadata is what of a rule's call policy xDS routes cannot say, as
+// route metadata, which gRPC's xDS clients ignore:
+//
+//   - the retry budget, {"retry_budget": {"percent", "interval",
+//     "min_retries"}} (Envoy's retry_budget bounds concurrent retries, per
+//     cluster, not a share of calls);
+//   - the rate limit, {"rate_limit": {"requests_per_second", "burst",
+//     "bucket"}}. Envoy's local_ratelimit per-route config is not used:
+//     its bucket refills in whole intervals of 50 ms or more (so it cannot
+//     say 100 a second with a burst of 1) and is one per route, where a
+//     Service's limit is one bucket shared by all its rules (bucket).
 func callMetadata(c policy.CallPolicy) *corev3.Metadata {
-	if c.Retry == nil || c.Retry.Budget == nil || c.Retry.Attempts < 1 || len(c.Retry.Codes) == 0 {
+	fields := map[string]any{}
+	if r := c.Retry; r != nil && r.Budget != nil && r.Attempts >= 1 && len(r.Codes) > 0 {
+		b := r.Budget
+		fields["retry_budget"] = map[string]any{"percent": b.Percent, "interval": b.Interval.String(), "min_retries": b.MinRetries}
+	}
+	if r := c.RateLimit; r != nil {
+		fields["rate_limit"] = map[string]any{"requests_per_second": r.RequestsPerSecond, "burst": r.Burst, "bucket": r.Bucket}
+	}
+	if len(fields) == 0 {
 		return nil
 	}
-	b := c.Retry.Budget
-	st, err := structpb.NewStruct(map[string]any{"retry_budget": map[string]any{
-		"percent": b.Percent, "interval": b.Interval.String(), "min_retries": b.MinRetries,
-	}})
+	st, err := structpb.NewStruct(fields)
 	if err != nil {
-		panic(fmt.Sprintf("xds: retry budget: %v", err)) // numbers and a string: a bug, not an input
+		panic(fmt.Sprintf("xds: route metadata: %v", err)) // numbers and strings: a bug, not an input
 	}
 	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{metadataNamespace: st}}
 }
 
 // renderCluster is a Cluster as an EDS Cluster over ADS.
 func renderCluster(c policy.Cluster) *clusterv3.Cluster {
-	return edsCluster(c.Name, lbPolicies[c.LB])
+	lb := lbPolicies[c.LB]
+	if c.LB == policy.RingHash && c.HashHeader != "" {
+		lb = ringHashPolicy(c.HashHeader)
+	}
+	return edsCluster(c.Name, lb)
 }
 
 func edsCluster(name string, lb *clusterv3.LoadBalancingPolicy) *clusterv3.Cluster {
@@ -237,6 +330,23 @@ var lbPolicies = map[policy.LB]*clusterv3.LoadBalancingPolicy{
 	policy.RoundRobin:   lbPolicy(policy.RoundRobin),
 	policy.LeastRequest: lbPolicy(policy.LeastRequest),
 	policy.PeakEWMA:     lbPolicy(policy.PeakEWMA),
+	policy.RingHash:     lbPolicy(policy.RingHash),
+}
+
+// ringHashPolicy is RingHash's list with its hash header in the ring_hash
+// extension's consistent_hashing_lb_config.hash_policy, where Ballast's
+// clients read it (gRPC's xDS clients read a route's hash_policy instead,
+// which renderRoute writes).
+func ringHashPolicy(header string) *clusterv3.LoadBalancingPolicy {
+	out := lbPolicy(policy.RingHash)
+	out.Policies[0] = &clusterv3.LoadBalancingPolicy_Policy{TypedExtensionConfig: &corev3.TypedExtensionConfig{
+		Name: "envoy.load_balancing_policies.ring_hash",
+		TypedConfig: mustAny(&ringhashv3.RingHash{
+			HashFunction:              ringhashv3.RingHash_XX_HASH,
+			ConsistentHashingLbConfig: &commonlbv3.ConsistentHashingLbConfig{HashPolicy: []*routev3.RouteAction_HashPolicy{headerHash(header)}},
+		}),
+	}}
+	return out
 }
 
 func lbPolicy(p policy.LB) *clusterv3.LoadBalancingPolicy {
@@ -264,6 +374,8 @@ func lbExtension(b policy.Balancer) *corev3.TypedExtensionConfig {
 		name, config = "envoy.load_balancing_policies.least_request", &leastrequestv3.LeastRequest{
 			ChoiceCount: wrapperspb.UInt32(2),
 		}
+	case policy.RingHashBalancer:
+		name, config = "envoy.load_balancing_policies.ring_hash", &ringhashv3.RingHash{HashFunction: ringhashv3.RingHash_XX_HASH}
 	default:
 		value := &structpb.Struct{}
 		if err := protojson.Unmarshal(b.Config, value); err != nil {

@@ -145,7 +145,7 @@ func TranslateService(svc *discovery.Service, opts Options) (Resources, error) {
 		// once, shared (resources are never modified once built). Its stat
 		// prefix is the canonical name, so an Envoy counts every alias of
 		// the port together.
-		hcm, err := connectionManager(canonical, canonical)
+		hcm, err := connectionManager(canonical, canonical, injectsFaults(m.Route))
 		if err != nil {
 			return Resources{}, fmt.Errorf("service %s: listener %s: %w", svc.Key, canonical, err)
 		}
@@ -158,7 +158,11 @@ func TranslateService(svc *discovery.Service, opts Options) (Resources, error) {
 			}
 			out.SidecarListeners = append(out.SidecarListeners, sidecar.Listener(netip.AddrPortFrom(ip.Unmap(), m.Port), hcm))
 		}
-		out.Routes = append(out.Routes, renderRoute(m.Route))
+		var hashHeaders map[string]string
+		if m.Cluster.LB == policy.RingHash && m.Cluster.HashHeader != "" {
+			hashHeaders = map[string]string{m.Cluster.Name: m.Cluster.HashHeader}
+		}
+		out.Routes = append(out.Routes, renderRoute(m.Route, hashHeaders))
 		out.Clusters = append(out.Clusters, renderCluster(m.Cluster))
 		out.Endpoints = append(out.Endpoints, renderEndpoints(m.Endpoints))
 		for _, name := range m.Unavailable {
@@ -195,6 +199,12 @@ func Model(svc *discovery.Service, opts Options) ([]PortModel, error) {
 	if err != nil {
 		return nil, err
 	}
+	var hashHeader string
+	if b := svc.Balancing; b != nil {
+		// A TrafficPolicy's loadBalancer wins over the annotation, which is
+		// its short form.
+		lb, hashHeader = b.LB, b.HashHeader
+	}
 	var out []PortModel
 	for _, port := range tcpPorts(svc) {
 		names := DialNames(svc.Key, port.Port, opts)
@@ -202,7 +212,7 @@ func Model(svc *discovery.Service, opts Options) ([]PortModel, error) {
 		m := PortModel{
 			Port:      uint16(port.Port),
 			Route:     policy.RouteTo(canonical, names, canonical),
-			Cluster:   policy.Cluster{Name: canonical, LB: lb},
+			Cluster:   policy.Cluster{Name: canonical, LB: lb, HashHeader: hashHeader},
 			Endpoints: endpointsOf(canonical, port.Endpoints),
 		}
 		m.Route.Rules[0].Call = svc.Call
@@ -247,11 +257,12 @@ type shape struct {
 func shapeOf(svc *discovery.Service) shape {
 	sh := shape{}
 	sh.policy, sh.hasPolicy = svc.Annotations[policy.LBAnnotation]
-	if len(svc.Routes) > 0 || !reflect.ValueOf(svc.Call).IsZero() {
+	if len(svc.Routes) > 0 || !reflect.ValueOf(svc.Call).IsZero() || svc.Balancing != nil {
 		b, err := json.Marshal(struct {
 			R []discovery.PortRoute
 			C policy.CallPolicy
-		}{svc.Routes, svc.Call})
+			B *policy.Cluster
+		}{svc.Routes, svc.Call, svc.Balancing})
 		if err != nil {
 			panic(fmt.Sprintf("xds: shape of %s: %v", svc.Key, err)) // plain data: a bug, not an input
 		}

@@ -129,7 +129,7 @@ func TestSidecarListeners(t *testing.T) {
 }
 
 func TestSidecarRouteRejects(t *testing.T) {
-	hcm, err := connectionManager("a.b.svc.cluster.local:80", "a.b.svc.cluster.local:80")
+	hcm, err := connectionManager("a.b.svc.cluster.local:80", "a.b.svc.cluster.local:80", false)
 	if err != nil {
 		t.Fatal(err)
 	}

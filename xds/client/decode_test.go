@@ -92,9 +92,9 @@ func TestDecodeRejects(t *testing.T) {
 		{"static cluster", resourcev3.ClusterType, func(t *testing.T) *anypb.Any {
 			return mustAny(t, &clusterv3.Cluster{Name: "c", ClusterDiscoveryType: &clusterv3.Cluster_Type{Type: clusterv3.Cluster_STATIC}})
 		}, "cluster c: type STATIC"},
-		{"ring hash", resourcev3.ClusterType, func(t *testing.T) *anypb.Any {
-			return mustAny(t, edsCluster(clusterv3.Cluster_RING_HASH, nil))
-		}, "cluster c: lb_policy RING_HASH"},
+		{"maglev", resourcev3.ClusterType, func(t *testing.T) *anypb.Any {
+			return mustAny(t, edsCluster(clusterv3.Cluster_MAGLEV, nil))
+		}, "cluster c: lb_policy MAGLEV"},
 		{"no known policy in the list", resourcev3.ClusterType, func(t *testing.T) *anypb.Any {
 			return mustAny(t, edsCluster(0, &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{{
 				TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: "x", TypedConfig: mustAny(t, wrapperspb.String("x"))},

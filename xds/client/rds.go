@@ -9,7 +9,11 @@ import (
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
+	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
 	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
+	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/ballast-dev/ballast/policy"
 	"github.com/ballast-dev/ballast/xds/internal/retryon"
@@ -91,6 +95,12 @@ func decodeRule(r *routev3.Route) (policy.Rule, error) {
 	if rule.Call, err = decodeCall(action, r.GetMetadata()); err != nil {
 		return policy.Rule{}, err
 	}
+	if rule.Call.RateLimit, err = decodeRateLimit(r.GetMetadata()); err != nil {
+		return policy.Rule{}, err
+	}
+	if rule.Call.Fault, err = decodeFault(r.GetTypedPerFilterConfig()); err != nil {
+		return policy.Rule{}, err
+	}
 	if rule.RequestHeaders, err = decodeModifier(r.GetRequestHeadersToAdd(), r.GetRequestHeadersToRemove()); err != nil {
 		return policy.Rule{}, fmt.Errorf("request headers: %w", err)
 	}
@@ -164,6 +174,88 @@ func decodeCall(a *routev3.RouteAction, md *corev3.Metadata) (policy.CallPolicy,
 	out.Retry = r
 	return out, nil
 }
+
+// decodeRateLimit reads the rate limit in Ballast's route metadata; nil
+// for none.
+func decodeRateLimit(md *corev3.Metadata) (*policy.RateLimit, error) {
+	st := md.GetFilterMetadata()[metadataNamespace].GetFields()["rate_limit"].GetStructValue()
+	if st == nil {
+		return nil, nil
+	}
+	f := st.GetFields()
+	rps, burst := f["requests_per_second"].GetNumberValue(), f["burst"].GetNumberValue()
+	if rps < 1 || rps > 1e6 || burst < 1 || burst > 1e6 || rps != float64(int(rps)) || burst != float64(int(burst)) {
+		return nil, fmt.Errorf("metadata %s rate_limit %v: want whole requests_per_second and burst in 1..1000000", metadataNamespace, st)
+	}
+	return &policy.RateLimit{RequestsPerSecond: int(rps), Burst: int(burst), Bucket: f["bucket"].GetStringValue()}, nil
+}
+
+// decodeFault reads the fault filter's per-route config (plain or in a
+// FilterConfig): a fixed delay and a gRPC status abort, each for a
+// percentage. What the model cannot say (header-controlled faults, HTTP
+// statuses, rate limits of the response) is an error, as gRPC's xDS
+// clients would apply it and Ballast's could not.
+func decodeFault(configs map[string]*anypb.Any) (*policy.Fault, error) {
+	a, ok := configs[faultFilter]
+	if !ok {
+		return nil, nil
+	}
+	if a.GetTypeUrl() == filterConfigType {
+		var fc routev3.FilterConfig
+		if err := a.UnmarshalTo(&fc); err != nil {
+			return nil, fmt.Errorf("%s: %w", faultFilter, err)
+		}
+		a = fc.GetConfig()
+	}
+	var hf faultv3.HTTPFault
+	if err := a.UnmarshalTo(&hf); err != nil {
+		return nil, fmt.Errorf("%s: %w", faultFilter, err)
+	}
+	if hf.GetResponseRateLimit() != nil || len(hf.GetHeaders()) > 0 || len(hf.GetDownstreamNodes()) > 0 || hf.GetUpstreamCluster() != "" {
+		return nil, fmt.Errorf("%s: only delay and abort are supported", faultFilter)
+	}
+	out := &policy.Fault{}
+	if d := hf.GetDelay(); d != nil {
+		fixed := d.GetFixedDelay()
+		if fixed == nil || fixed.CheckValid() != nil || fixed.AsDuration() < 0 {
+			return nil, fmt.Errorf("%s: delay: want a fixed_delay of 0 or more", faultFilter)
+		}
+		p, err := decodePercent(d.GetPercentage())
+		if err != nil {
+			return nil, fmt.Errorf("%s: delay: %w", faultFilter, err)
+		}
+		out.Delay, out.DelayPercent = fixed.AsDuration(), p
+	}
+	if ab := hf.GetAbort(); ab != nil {
+		s, ok := ab.GetErrorType().(*faultv3.FaultAbort_GrpcStatus)
+		if !ok || s.GrpcStatus == 0 || s.GrpcStatus > 16 {
+			return nil, fmt.Errorf("%s: abort: want a grpc_status of 1..16", faultFilter)
+		}
+		p, err := decodePercent(ab.GetPercentage())
+		if err != nil {
+			return nil, fmt.Errorf("%s: abort: %w", faultFilter, err)
+		}
+		out.AbortCode, out.AbortPercent = codes.Code(s.GrpcStatus), p
+	}
+	if out.Delay == 0 && out.AbortCode == 0 {
+		return nil, nil
+	}
+	return out, nil
+}
+
+// decodePercent reads a percentage out of a hundred, as the model says it.
+func decodePercent(p *typev3.FractionalPercent) (int, error) {
+	if p.GetDenominator() != typev3.FractionalPercent_HUNDRED || p.GetNumerator() > 100 {
+		return 0, fmt.Errorf("percentage %v: want a numerator of 0..100 over HUNDRED", p)
+	}
+	return int(p.GetNumerator()), nil
+}
+
+// The fault filter's name, and the wrapper a per-route config may come in.
+const (
+	faultFilter      = "envoy.filters.http.fault"
+	filterConfigType = "type.googleapis.com/envoy.config.route.v3.FilterConfig"
+)
 
 // metadataNamespace is the filter_metadata key of what Ballast's control
 // plane says of a route that xDS has no field for.

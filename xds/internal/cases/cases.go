@@ -144,5 +144,44 @@ func Golden() []Case {
 				Backends: []discovery.RouteBackend{{Service: discovery.Key{Namespace: "default", Name: "slow"}, Port: 50052, Weight: 1}},
 			}}}},
 		}},
+	}, {
+		// TrafficPolicy loadBalancer, rateLimit and fault: a Service's
+		// ring_hash on a header (over its annotation) with a rate limit and
+		// a fault on its port without a route; on a routed port a rule's
+		// own limit and abort, and a rule with none (whose listener still
+		// lists the fault filter, as the port's route has a fault). A
+		// ring_hash Service without a hash header, by annotation.
+		Name: "trafficpolicy_lb_ratelimit_fault",
+		Services: []*discovery.Service{{
+			Key:         discovery.Key{Namespace: "default", Name: "sticky"},
+			ClusterIPs:  []netip.Addr{netip.MustParseAddr("10.96.0.40")},
+			Annotations: map[string]string{policy.LBAnnotation: "least_request"},
+			Ports: []discovery.Port{
+				{Port: 50051, Protocol: "TCP", Endpoints: []discovery.Endpoint{ep("10.0.3.1:8080", true, true, false, "z", "sticky-1")}},
+				{Port: 50052, Protocol: "TCP", Endpoints: []discovery.Endpoint{ep("10.0.3.1:8081", true, true, false, "z", "sticky-1")}},
+			},
+			Balancing: &policy.Cluster{LB: policy.RingHash, HashHeader: "x-user"},
+			Call: policy.CallPolicy{
+				RateLimit: &policy.RateLimit{RequestsPerSecond: 100, Burst: 10, Bucket: "Service default/sticky"},
+				Fault:     &policy.Fault{Delay: 20 * time.Millisecond, DelayPercent: 5, AbortCode: codes.Unavailable, AbortPercent: 10},
+			},
+			Routes: []discovery.PortRoute{{Port: 50052, Rules: []discovery.RouteRule{{
+				Name:     "default/sticky/hello",
+				Match:    policy.Match{Path: policy.StringMatch{Type: policy.Exact, Value: "/helloworld.Greeter/SayHello"}},
+				Backends: []discovery.RouteBackend{{Service: discovery.Key{Namespace: "default", Name: "sticky"}, Port: 50052, Weight: 1}},
+				Call: policy.CallPolicy{
+					RateLimit: &policy.RateLimit{RequestsPerSecond: 5, Burst: 1, Bucket: "GRPCRoute default/sticky rule hello"},
+					Fault:     &policy.Fault{AbortCode: codes.ResourceExhausted, AbortPercent: 50},
+				},
+			}, {
+				Name:     "default/sticky/rest",
+				Match:    policy.Match{Path: policy.StringMatch{Type: policy.Prefix, Value: "/"}},
+				Backends: []discovery.RouteBackend{{Service: discovery.Key{Namespace: "default", Name: "sticky"}, Port: 50052, Weight: 1}},
+			}}}},
+		}, {
+			Key:         discovery.Key{Namespace: "default", Name: "hashed"},
+			Annotations: map[string]string{policy.LBAnnotation: "ring_hash"},
+			Ports:       []discovery.Port{{Port: 50051, Protocol: "TCP", Endpoints: []discovery.Endpoint{ep("10.0.3.2:8080", true, true, false, "z", "hashed-1")}}},
+		}},
 	}}
 }
