@@ -359,6 +359,9 @@ func (b *Bench) startControl(ctx context.Context, ns *netns, pods []*pod, policy
 // controlCommand is the control plane with args: ballast-control when
 // Options.ControlBinary names it, else `ballast control`.
 func (b *Bench) controlCommand(args ...string) (*exec.Cmd, string, error) {
+	// No debug listener: its fixed loopback port would collide between
+	// the control planes one run, or two runs, start on this host.
+	args = append([]string{"--debug-address="}, args...)
 	if b.opts.ControlBinary != "" {
 		return exec.Command(b.opts.ControlBinary, args...), "ballast-control", nil
 	}
