@@ -22,6 +22,9 @@ import (
 // ignored.
 func Build(svc *corev1.Service, endpointSlices []*discoveryv1.EndpointSlice) *Service {
 	out := &Service{Key: Key{Namespace: svc.Namespace, Name: svc.Name}}
+	if td := svc.Spec.TrafficDistribution; td != nil {
+		out.TrafficDistribution = *td
+	}
 	for k, v := range svc.Annotations {
 		if strings.HasPrefix(k, AnnotationPrefix) {
 			if out.Annotations == nil {

@@ -227,6 +227,15 @@ func TestBuild(t *testing.T) {
 			}},
 		},
 		{
+			name: "trafficDistribution is carried",
+			svc: func() *corev1.Service {
+				s := service(grpcPort("grpc", 50051))
+				s.Spec.TrafficDistribution = ptr(corev1.ServiceTrafficDistributionPreferClose)
+				return s
+			}(),
+			want: &Service{Key: key, ClusterIPs: clusterIP, Ports: []Port{{Name: "grpc", Port: 50051, Protocol: "TCP"}}, TrafficDistribution: "PreferClose"},
+		},
+		{
 			name: "zone, node and pod are carried",
 			svc:  service(grpcPort("grpc", 50051)),
 			slices: []*discoveryv1.EndpointSlice{

@@ -54,6 +54,10 @@ type Service struct {
 	// Service asks for (its LB and HashHeader; Name unset); nil when none
 	// does, and the lb-policy annotation or the default applies.
 	Balancing *policy.Cluster
+	// TrafficDistribution is the Service's spec.trafficDistribution, empty
+	// when unset: whether clients prefer endpoints in their own zone
+	// (see Preferred).
+	TrafficDistribution string
 }
 
 // Route is the route of a port, and whether it has one.
@@ -359,6 +363,7 @@ func compareKeys(a, b Key) int {
 
 func equalService(a, b *Service) bool {
 	return a.Key == b.Key && slices.Equal(a.ClusterIPs, b.ClusterIPs) && maps.Equal(a.Annotations, b.Annotations) &&
+		a.TrafficDistribution == b.TrafficDistribution &&
 		slices.EqualFunc(a.Ports, b.Ports, func(x, y Port) bool {
 			return x.Name == y.Name && x.Port == y.Port && x.Protocol == y.Protocol && slices.Equal(x.Endpoints, y.Endpoints)
 		}) && equalRoutes(a.Routes, b.Routes) && equality.Semantic.DeepEqual(a.Call, b.Call) &&

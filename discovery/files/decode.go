@@ -186,6 +186,11 @@ func decodeObject(j []byte, prefix string, out *objects) error {
 		if err := checkServicePorts(svc, prefix); err != nil {
 			return err
 		}
+		if td := svc.Spec.TrafficDistribution; td != nil && !discovery.PrefersZone(*td) {
+			return &fieldError{path: prefix + "spec.trafficDistribution", err: fmt.Errorf(
+				"Service %s/%s: trafficDistribution %q: want %s, %s or %s", svc.Namespace, svc.Name, *td,
+				discovery.PreferSameZone, discovery.PreferClose, discovery.PreferSameNode)}
+		}
 		out.services = append(out.services, svc)
 	case tm.APIVersion == discoveryv1.SchemeGroupVersion.String() && tm.Kind == "EndpointSlice":
 		es := &discoveryv1.EndpointSlice{}

@@ -60,7 +60,8 @@ endpoints:
 
 var greeterKey = discovery.Key{Namespace: "demo", Name: "greeter"}
 
-// state renders the registry as "ns/name port: addr(ready) …" lines.
+// state renders the registry as "ns/name port: addr(ready) …" lines, the
+// Service's trafficDistribution after its name when it has one.
 func state(reg *discovery.Registry) []string {
 	var out []string
 	for _, s := range reg.List() {
@@ -69,7 +70,11 @@ func state(reg *discovery.Registry) []string {
 			if ref == "" {
 				ref = fmt.Sprint(p.Port)
 			}
-			line := fmt.Sprintf("%s %s:", s.Key, ref)
+			key := s.Key.String()
+			if s.TrafficDistribution != "" {
+				key += " " + s.TrafficDistribution
+			}
+			line := fmt.Sprintf("%s %s:", key, ref)
 			for _, e := range p.Endpoints {
 				mark := ""
 				if !e.Ready {
@@ -147,6 +152,16 @@ items:
 				"svc.yaml": greeterService,
 			},
 			want: []string{"demo/greeter grpc:"},
+		},
+		{
+			name:  "trafficDistribution",
+			files: map[string]string{"svc.yaml": strings.Replace(greeterService, "spec:\n", "spec:\n  trafficDistribution: PreferSameZone\n", 1)},
+			want:  []string{"demo/greeter PreferSameZone grpc:"},
+		},
+		{
+			name:     "unknown trafficDistribution",
+			files:    map[string]string{"svc.yaml": strings.Replace(greeterService, "spec:\n", "spec:\n  trafficDistribution: PreferNearby\n", 1)},
+			wantErrs: []string{"svc.yaml:7: document 1: ", `Service demo/greeter: trafficDistribution "PreferNearby": want PreferSameZone, PreferClose or PreferSameNode`},
 		},
 		{
 			name: "YAML syntax error names file and line in the file",

@@ -331,7 +331,7 @@ func trimService(svc *corev1.Service) *corev1.Service {
 	for i, p := range ports {
 		ports[i] = corev1.ServicePort{Name: p.Name, Protocol: p.Protocol, Port: p.Port}
 	}
-	svc.Spec = corev1.ServiceSpec{ClusterIP: svc.Spec.ClusterIP, ClusterIPs: svc.Spec.ClusterIPs, Ports: ports}
+	svc.Spec = corev1.ServiceSpec{ClusterIP: svc.Spec.ClusterIP, ClusterIPs: svc.Spec.ClusterIPs, Ports: ports, TrafficDistribution: svc.Spec.TrafficDistribution}
 	svc.Status = corev1.ServiceStatus{}
 	return svc
 }

@@ -17,6 +17,7 @@ import (
 func TestTrimKeepsWhatDiscoveryReads(t *testing.T) {
 	yes, no := true, false
 	port, name, tcp := int32(8080), "grpc", corev1.ProtocolTCP
+	sameZone := corev1.ServiceTrafficDistributionPreferSameZone
 	meta := func(labels map[string]string) metav1.ObjectMeta {
 		return metav1.ObjectMeta{
 			Name: "greeter", Namespace: "shop", UID: "u1", ResourceVersion: "42", GenerateName: "greeter-",
@@ -43,7 +44,8 @@ func TestTrimKeepsWhatDiscoveryReads(t *testing.T) {
 				ObjectMeta: meta(map[string]string{"app": "greeter"}),
 				Spec: corev1.ServiceSpec{
 					ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10"}, Selector: map[string]string{"app": "greeter"},
-					Ports: []corev1.ServicePort{{Name: name, Protocol: tcp, Port: 50051, TargetPort: intstr.FromString("grpc"), AppProtocol: &name}},
+					Ports:               []corev1.ServicePort{{Name: name, Protocol: tcp, Port: 50051, TargetPort: intstr.FromString("grpc"), AppProtocol: &name}},
+					TrafficDistribution: &sameZone,
 				},
 				Status: corev1.ServiceStatus{LoadBalancer: corev1.LoadBalancerStatus{Ingress: []corev1.LoadBalancerIngress{{IP: "1.2.3.4"}}}},
 			},
@@ -51,7 +53,8 @@ func TestTrimKeepsWhatDiscoveryReads(t *testing.T) {
 				ObjectMeta: kept(nil, map[string]string{"ballast.dev/lb-policy": "peak_ewma"}),
 				Spec: corev1.ServiceSpec{
 					ClusterIP: "10.96.0.10", ClusterIPs: []string{"10.96.0.10"},
-					Ports: []corev1.ServicePort{{Name: name, Protocol: tcp, Port: 50051}},
+					Ports:               []corev1.ServicePort{{Name: name, Protocol: tcp, Port: 50051}},
+					TrafficDistribution: &sameZone,
 				},
 			},
 		},

@@ -8,8 +8,10 @@ import (
 	"cmp"
 	"context"
 	"errors"
+	"maps"
 	"net"
 	"net/netip"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -38,6 +40,7 @@ type Pod struct {
 
 	calls atomic.Int64
 	conns atomic.Int64
+	stop  func()
 }
 
 // Start serves a greeter named name until the test ends.
@@ -54,14 +57,19 @@ func Start(t testing.TB, name string, opts Options) *Pod {
 	go func() {
 		done <- srv.Serve(ctx, &countingListener{Listener: lis, pod: p}, grpc.UnaryInterceptor(p.intercept(opts.Delay)))
 	}()
-	t.Cleanup(func() {
+	p.stop = sync.OnceFunc(func() {
 		cancel()
 		if err := <-done; err != nil && !errors.Is(err, grpc.ErrServerStopped) {
 			t.Errorf("greetertest: pod %s: %v", name, err)
 		}
 	})
+	t.Cleanup(p.stop)
 	return p
 }
+
+// Stop stops the pod as a deleted pod's server stops: it takes no new
+// connection and returns once the calls it has were answered.
+func (p *Pod) Stop() { p.stop() }
 
 // Calls is the number of calls the pod has answered.
 func (p *Pod) Calls() int64 { return p.calls.Load() }
@@ -171,4 +179,68 @@ func Spread(t testing.TB, conn grpc.ClientConnInterface, n, workers int) map[str
 // counting pods that got no call: 1 is a perfect spread.
 func MaxOverMean(counts map[string]int, pods int) float64 {
 	return greeter.MaxOverMean(counts, pods)
+}
+
+// Load is SayHello calls made without pause over one connection by a few
+// goroutines, until Stop, counted by the pod that answered, for a test to
+// change the pods under load and then check that no call failed.
+type Load struct {
+	stop func()
+
+	mu     sync.Mutex
+	counts map[string]int
+	errs   []error
+}
+
+// loadCap bounds a Load that is never stopped, so a test that fails before
+// Stop cannot call forever.
+const loadCap = 1_000_000
+
+// StartLoad starts workers goroutines calling SayHello over conn; the test's
+// cleanup stops them if Stop was not called.
+func StartLoad(t testing.TB, conn grpc.ClientConnInterface, workers int) *Load {
+	t.Helper()
+	client := pb.NewGreeterClient(conn)
+	l := &Load{counts: map[string]int{}}
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var made atomic.Int64
+	for range workers {
+		wg.Go(func() {
+			for ctx.Err() == nil && made.Add(1) <= loadCap {
+				callCtx, done := context.WithTimeout(ctx, 5*time.Second)
+				reply, err := client.SayHello(callCtx, &pb.HelloRequest{Name: "load"})
+				done()
+				if ctx.Err() != nil {
+					return // stopped mid-call: not the pods' failure
+				}
+				l.mu.Lock()
+				if err != nil {
+					l.errs = append(l.errs, err)
+				} else {
+					l.counts[greeter.PodOf(reply.GetMessage())]++
+				}
+				l.mu.Unlock()
+			}
+		})
+	}
+	l.stop = sync.OnceFunc(func() { cancel(); wg.Wait() })
+	t.Cleanup(l.stop)
+	return l
+}
+
+// Counts returns how many calls each pod has answered so far.
+func (l *Load) Counts() map[string]int {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return maps.Clone(l.counts)
+}
+
+// Stop ends the load and returns the calls each pod answered and the
+// calls that failed.
+func (l *Load) Stop() (counts map[string]int, failed []error) {
+	l.stop()
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	return maps.Clone(l.counts), slices.Clone(l.errs)
 }

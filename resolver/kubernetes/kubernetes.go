@@ -34,6 +34,14 @@
 // annotation none is sent and the client's default applies. An annotation
 // that names no policy is logged and the last good one stays.
 //
+// A Service with a spec.trafficDistribution that prefers the client's zone
+// (PreferSameZone, PreferClose, or PreferSameNode, honoured as the zone)
+// resolves to its routable endpoints in the client's zone while that zone
+// has any, and to all of them when it has none (discovery.Preferred, the
+// choice every Ballast mode makes). The client's zone is WithZone's, else
+// $ZONE, which Ballast's webhook sets from the Pod's
+// topology.kubernetes.io/zone label.
+//
 // A Service port that has a route (a GRPCRoute attached to it, which the
 // registry resolves) is resolved to that route and its backend Services'
 // endpoints and policies, under the balancer/route policy: each call is
@@ -51,6 +59,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
 	"slices"
 	"strconv"
 	"strings"
@@ -75,7 +84,8 @@ func NewBuilder(reg *discovery.Registry, opts ...Option) resolver.Builder {
 }
 
 func newBuilder(reg *discovery.Registry, opts ...Option) *builder {
-	b := &builder{reg: reg, routes: reg, filters: route.NewFilters(Scheme), log: slog.Default().With("component", "resolver/kubernetes")}
+	b := &builder{reg: reg, routes: reg, filters: route.NewFilters(Scheme), log: slog.Default().With("component", "resolver/kubernetes"),
+		zone: os.Getenv(ZoneEnv)}
 	for _, o := range opts {
 		o(b)
 	}
@@ -116,6 +126,18 @@ func WithRoutes(routes Routes) Option {
 	return func(b *builder) { b.routes = routes }
 }
 
+// ZoneEnv is the environment variable the client's zone is read from when
+// WithZone does not give one.
+const ZoneEnv = "ZONE"
+
+// WithZone sets the client's zone (its Node's topology.kubernetes.io/zone),
+// which Services with a trafficDistribution prefer endpoints in; empty
+// means none, and every routable endpoint is used. Without it the zone is
+// $ZONE.
+func WithZone(zone string) Option {
+	return func(b *builder) { b.zone = zone }
+}
+
 // WithRegistry is the dial option that resolves kubernetes:/// targets from
 // reg for one ClientConn. It is preferred to registering a builder globally:
 // grpc-go's global resolver registry may only be written during init, and
@@ -129,6 +151,7 @@ type builder struct {
 	routes  Routes
 	filters *route.Filters
 	log     *slog.Logger
+	zone    string
 }
 
 func (*builder) Scheme() string { return Scheme }
@@ -146,6 +169,7 @@ func (b *builder) Build(target resolver.Target, cc resolver.ClientConn, _ resolv
 		filters: b.filters,
 		key:     target.String(),
 		target:  t,
+		zone:    b.zone,
 		cc:      cc,
 		log:     b.log.With("service", t.key.String(), "port", t.port),
 		sub:     b.reg.Subscribe(), // before the first read, so no change is missed
@@ -236,8 +260,10 @@ type kubeResolver struct {
 	filters *route.Filters
 	// key is the target as Filters knows it: its canonical form, as a
 	// ClientConn's CanonicalTarget.
-	key     string
-	target  target
+	key    string
+	target target
+	// zone is the client's, whose endpoints are preferred.
+	zone    string
 	cc      resolver.ClientConn
 	log     *slog.Logger
 	sub     *discovery.Subscription
@@ -360,7 +386,7 @@ func (r *kubeResolver) resolve() ([]resolver.Endpoint, policy.LB, error) {
 	if err != nil {
 		return nil, "", err
 	}
-	routable := port.Routable()
+	routable, _ := port.Preferred(svc.TrafficDistribution, r.zone)
 	if len(routable) == 0 {
 		ref := r.target
 		if ref.port == "" {

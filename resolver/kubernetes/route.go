@@ -41,8 +41,9 @@ func (r *kubeResolver) selfRoute() (policy.Route, bool) {
 	return policy.RouteTo(name, []string{name}, name), true
 }
 
-// pushRoute sends the route, each backend Service's ready endpoints and
-// policy, and the service config of balancer/route. A backend whose
+// pushRoute sends the route, each backend Service's endpoints (those
+// discovery.Preferred chooses for the client's zone) and policy, and the
+// service config of balancer/route. A backend whose
 // Service or port does not exist is left out: its share of calls fails
 // with UNAVAILABLE naming it. One with no ready endpoint is sent empty:
 // its calls fail as any call to such a Service does.
@@ -73,7 +74,8 @@ func (r *kubeResolver) pushRoute(rt policy.Route) {
 		if p, _, err := policy.ServiceLB(svc.Key.String(), svc.Annotations, policy.Defaults{}); err == nil {
 			lb = p
 		}
-		eps := endpoints(port.Routable())
+		use, _ := port.Preferred(svc.TrafficDistribution, r.zone)
+		eps := endpoints(use)
 		st.Clusters[name] = route.Cluster{LB: lb, Endpoints: eps}
 		all = append(all, eps...)
 	}
