@@ -58,6 +58,11 @@ type Service struct {
 	// when unset: whether clients prefer endpoints in their own zone
 	// (see Preferred).
 	TrafficDistribution string
+	// Cluster is what the TrafficPolicy attached to the Service asks of
+	// its ports' Clusters besides balancing: circuit breaking and outlier
+	// detection (Name, LB and HashHeader unset). The registry computes it
+	// from the policies it holds.
+	Cluster policy.Cluster
 }
 
 // Route is the route of a port, and whether it has one.
@@ -246,6 +251,7 @@ func (r *Registry) Set(s *Service) {
 	old, existed := r.services[s.Key]
 	s.Call = r.serviceCallLocked(s.Key)
 	s.Balancing = r.serviceBalancingLocked(s.Key)
+	s.Cluster = r.serviceClusterLocked(s.Key)
 	if len(r.byParent[s.Key]) > 0 {
 		// s sees itself as it will be: a route may send calls to its own
 		// Service.
@@ -367,7 +373,7 @@ func equalService(a, b *Service) bool {
 		slices.EqualFunc(a.Ports, b.Ports, func(x, y Port) bool {
 			return x.Name == y.Name && x.Port == y.Port && x.Protocol == y.Protocol && slices.Equal(x.Endpoints, y.Endpoints)
 		}) && equalRoutes(a.Routes, b.Routes) && equality.Semantic.DeepEqual(a.Call, b.Call) &&
-		equality.Semantic.DeepEqual(a.Balancing, b.Balancing)
+		equality.Semantic.DeepEqual(a.Balancing, b.Balancing) && equality.Semantic.DeepEqual(a.Cluster, b.Cluster)
 }
 
 // samePorts reports whether two snapshots of a Service have the same

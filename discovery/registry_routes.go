@@ -138,9 +138,10 @@ func (r *Registry) reresolveLocked(parents map[Key]bool) {
 		next := *svc
 		next.Call = r.serviceCallLocked(k)
 		next.Balancing = r.serviceBalancingLocked(k)
+		next.Cluster = r.serviceClusterLocked(k)
 		next.Routes = resolveRoutes(&next, r.routesOfLocked(k), r.viewLocked())
 		if equalRoutes(svc.Routes, next.Routes) && equality.Semantic.DeepEqual(svc.Call, next.Call) &&
-			equality.Semantic.DeepEqual(svc.Balancing, next.Balancing) {
+			equality.Semantic.DeepEqual(svc.Balancing, next.Balancing) && equality.Semantic.DeepEqual(svc.Cluster, next.Cluster) {
 			continue
 		}
 		r.services[k] = &next

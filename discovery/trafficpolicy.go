@@ -247,7 +247,8 @@ func (r *Registry) PolicyStatus(k Key) (p *v1alpha1.TrafficPolicy, ancestors []g
 			c = cond(false, gatewayv1.PolicyReasonConflicted, fmt.Sprintf(
 				"TrafficPolicy %s/%s, older, applies to %s: of two policies on one target the older wins (GEP-713)", winner.Namespace, winner.Name, t))
 		default:
-			c = cond(true, gatewayv1.PolicyReasonAccepted, strings.Join(append([]string{"accepted"}, policyNotices(&e.served.Spec)...), "; "))
+			notes := append([]string{"accepted"}, policyNotices(&e.served.Spec)...)
+			c = cond(true, gatewayv1.PolicyReasonAccepted, strings.Join(append(notes, clusterNotices(&e.served.Spec, t)...), "; "))
 		}
 		anc.Conditions = []metav1.Condition{c}
 		ancestors = append(ancestors, anc)

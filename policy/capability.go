@@ -40,6 +40,17 @@ const (
 	RetryCodes Feature = "RetryCodes"
 	// RateLimited is a TrafficPolicy's rateLimit.
 	RateLimited Feature = "RateLimit"
+	// MaxRequests, MaxPendingRequests and MaxConnections are a
+	// TrafficPolicy's circuitBreaker fields.
+	MaxRequests        Feature = "CircuitBreakerMaxRequests"
+	MaxPendingRequests Feature = "CircuitBreakerMaxPendingRequests"
+	MaxConnections     Feature = "CircuitBreakerMaxConnections"
+	// SuccessRateFeature, FailurePercentageFeature and
+	// ConsecutiveErrors are a TrafficPolicy's outlierDetection
+	// algorithms.
+	SuccessRateFeature       Feature = "OutlierSuccessRateEjection"
+	FailurePercentageFeature Feature = "OutlierFailurePercentageEjection"
+	ConsecutiveErrors        Feature = "OutlierConsecutiveErrors"
 )
 
 // ProxylessRetryCodes are the codes a route's retry_on can name to gRPC's
@@ -82,6 +93,30 @@ var Capabilities = []Capability{{
 	Feature:  RateLimited,
 	Honoured: []Mode{Sidecar, Library},
 	Why:      "gRPC's xDS clients have no rate limiting of their own calls (grpc-go ignores Envoy's local_ratelimit filter and route metadata)",
+}, {
+	Feature:  MaxRequests,
+	Honoured: []Mode{Proxyless},
+	Why:      "the sidecar and the Go library do not bound the calls in flight yet",
+}, {
+	Feature:  MaxPendingRequests,
+	Honoured: []Mode{},
+	Why:      "gRPC's xDS clients read only max_requests of a Cluster's circuit_breakers; the sidecar and the Go library queue no calls of their own to bound",
+}, {
+	Feature:  MaxConnections,
+	Honoured: []Mode{},
+	Why:      "gRPC's xDS clients read only max_requests of a Cluster's circuit_breakers; the sidecar and the Go library keep one HTTP/2 connection per endpoint",
+}, {
+	Feature:  SuccessRateFeature,
+	Honoured: []Mode{Proxyless},
+	Why:      "the sidecar and the Go library do not run outlier detection yet",
+}, {
+	Feature:  FailurePercentageFeature,
+	Honoured: []Mode{Proxyless},
+	Why:      "the sidecar and the Go library do not run outlier detection yet",
+}, {
+	Feature:  ConsecutiveErrors,
+	Honoured: []Mode{},
+	Why:      "gRPC's xDS clients have no consecutive-error ejection (gRFC A50 leaves out a Cluster's consecutive_5xx); the sidecar and the Go library do not run it yet",
 }}
 
 // Unsupported lists the modes that do not honour f, and why; none for a

@@ -190,6 +190,11 @@ type Cluster struct {
 	// HashHeader is RingHash's key: the request header whose value picks
 	// the endpoint; empty hashes each call at random.
 	HashHeader string
+	// CircuitBreaker bounds each client's calls and connections to the
+	// Cluster (cluster.go).
+	CircuitBreaker CircuitBreaker
+	// Outlier, if set, ejects failing endpoints for a while.
+	Outlier *OutlierDetection
 }
 
 // Endpoints are the endpoints a Cluster's calls may be sent to.

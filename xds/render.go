@@ -303,13 +303,75 @@ func callMetadata(c policy.CallPolicy) *corev3.Metadata {
 	return &corev3.Metadata{FilterMetadata: map[string]*structpb.Struct{metadataNamespace: st}}
 }
 
-// renderCluster is a Cluster as an EDS Cluster over ADS.
+// renderCluster is a Cluster as an EDS Cluster over ADS, with its
+// circuit breaker and outlier detection.
 func renderCluster(c policy.Cluster) *clusterv3.Cluster {
 	lb := lbPolicies[c.LB]
 	if c.LB == policy.RingHash && c.HashHeader != "" {
 		lb = ringHashPolicy(c.HashHeader)
 	}
-	return edsCluster(c.Name, lb)
+	out := edsCluster(c.Name, lb)
+	out.CircuitBreakers = circuitBreakers(c.CircuitBreaker)
+	out.OutlierDetection = outlierDetection(c.Outlier)
+	return out
+}
+
+// circuitBreakers are a Cluster's bounds as the default priority's
+// thresholds. max_requests is always sent: gRPC's xDS clients bound a
+// Cluster without it to policy.DefaultMaxRequests calls in flight, which
+// neither the sidecar nor the library does, so a Cluster without a bound
+// says policy.NoLimit. The other two are sent only when set (gRPC's
+// clients ignore them; Envoy reads an absent one as 1024).
+func circuitBreakers(b policy.CircuitBreaker) *clusterv3.CircuitBreakers {
+	t := &clusterv3.CircuitBreakers_Thresholds{Priority: corev3.RoutingPriority_DEFAULT, MaxRequests: wrapperspb.UInt32(policy.NoLimit)}
+	if b.MaxRequests > 0 {
+		t.MaxRequests = wrapperspb.UInt32(b.MaxRequests)
+	}
+	if b.MaxPendingRequests > 0 {
+		t.MaxPendingRequests = wrapperspb.UInt32(b.MaxPendingRequests)
+	}
+	if b.MaxConnections > 0 {
+		t.MaxConnections = wrapperspb.UInt32(b.MaxConnections)
+	}
+	return &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{t}}
+}
+
+// outlierDetection is a Cluster's outlier detection with every field
+// explicit, as gRPC's xDS clients read it (gRFC A50): an algorithm is off
+// when its enforcing_* is 0 (an absent enforcing_success_rate means 100,
+// and consecutive_5xx's 100 in Envoy), so the ones the model leaves out
+// say 0. Consecutive errors are consecutive_5xx, which gRPC's clients
+// ignore and Ballast's sidecar reads.
+func outlierDetection(o *policy.OutlierDetection) *clusterv3.OutlierDetection {
+	if o == nil {
+		return nil
+	}
+	u := wrapperspb.UInt32
+	out := &clusterv3.OutlierDetection{
+		Interval:                   durationpb.New(o.Interval),
+		BaseEjectionTime:           durationpb.New(o.BaseEjectionTime),
+		MaxEjectionTime:            durationpb.New(o.MaxEjectionTime),
+		MaxEjectionPercent:         u(o.MaxEjectionPercent),
+		EnforcingConsecutive_5Xx:   u(0),
+		EnforcingSuccessRate:       u(0),
+		EnforcingFailurePercentage: u(0),
+	}
+	if o.ConsecutiveErrors > 0 {
+		out.Consecutive_5Xx, out.EnforcingConsecutive_5Xx = u(o.ConsecutiveErrors), u(100)
+	}
+	if s := o.SuccessRate; s != nil {
+		out.EnforcingSuccessRate = u(s.EnforcementPercentage)
+		out.SuccessRateStdevFactor = u(s.StdevFactor)
+		out.SuccessRateMinimumHosts = u(s.MinimumHosts)
+		out.SuccessRateRequestVolume = u(s.RequestVolume)
+	}
+	if f := o.FailurePercentage; f != nil {
+		out.EnforcingFailurePercentage = u(f.EnforcementPercentage)
+		out.FailurePercentageThreshold = u(f.Threshold)
+		out.FailurePercentageMinimumHosts = u(f.MinimumHosts)
+		out.FailurePercentageRequestVolume = u(f.RequestVolume)
+	}
+	return out
 }
 
 func edsCluster(name string, lb *clusterv3.LoadBalancingPolicy) *clusterv3.Cluster {

@@ -212,9 +212,10 @@ func Model(svc *discovery.Service, opts Options) ([]PortModel, error) {
 		m := PortModel{
 			Port:      uint16(port.Port),
 			Route:     policy.RouteTo(canonical, names, canonical),
-			Cluster:   policy.Cluster{Name: canonical, LB: lb, HashHeader: hashHeader},
+			Cluster:   svc.Cluster,
 			Endpoints: endpointsOf(canonical, port.Endpoints),
 		}
+		m.Cluster.Name, m.Cluster.LB, m.Cluster.HashHeader = canonical, lb, hashHeader
 		m.Route.Rules[0].Call = svc.Call
 		if pr, ok := svc.Route(port.Port); ok {
 			m.Route, m.Unavailable = pr.Model(canonical, names, opts.clusterName)
@@ -249,7 +250,7 @@ func tcpPorts(svc *discovery.Service) []*discovery.Port {
 type shape struct {
 	policy    string
 	hasPolicy bool
-	routes    string // svc.Routes and svc.Call as JSON (pointers followed, not printed)
+	routes    string // svc.Routes, svc.Call and svc.Cluster as JSON (pointers followed, not printed)
 	ports     string // "port/protocol," for every port, in order
 	ips       string // the ClusterIPs, which the sidecar listeners name
 }
@@ -257,12 +258,13 @@ type shape struct {
 func shapeOf(svc *discovery.Service) shape {
 	sh := shape{}
 	sh.policy, sh.hasPolicy = svc.Annotations[policy.LBAnnotation]
-	if len(svc.Routes) > 0 || !reflect.ValueOf(svc.Call).IsZero() || svc.Balancing != nil {
+	if len(svc.Routes) > 0 || !reflect.ValueOf(svc.Call).IsZero() || svc.Balancing != nil || !reflect.ValueOf(svc.Cluster).IsZero() {
 		b, err := json.Marshal(struct {
 			R []discovery.PortRoute
 			C policy.CallPolicy
 			B *policy.Cluster
-		}{svc.Routes, svc.Call, svc.Balancing})
+			L policy.Cluster
+		}{svc.Routes, svc.Call, svc.Balancing, svc.Cluster})
 		if err != nil {
 			panic(fmt.Sprintf("xds: shape of %s: %v", svc.Key, err)) // plain data: a bug, not an input
 		}

@@ -1,8 +1,10 @@
 package client
 
 import (
+	"reflect"
 	"strings"
 	"testing"
+	"time"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -13,6 +15,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ballast-dev/ballast/policy"
@@ -95,6 +98,16 @@ func TestDecodeRejects(t *testing.T) {
 		{"maglev", resourcev3.ClusterType, func(t *testing.T) *anypb.Any {
 			return mustAny(t, edsCluster(clusterv3.Cluster_MAGLEV, nil))
 		}, "cluster c: lb_policy MAGLEV"},
+		{"ejection percent over 100", resourcev3.ClusterType, func(t *testing.T) *anypb.Any {
+			c := edsCluster(clusterv3.Cluster_ROUND_ROBIN, nil)
+			c.OutlierDetection = &clusterv3.OutlierDetection{MaxEjectionPercent: wrapperspb.UInt32(101)}
+			return mustAny(t, c)
+		}, "cluster c: outlier_detection.max_ejection_percent 101 is over 100"},
+		{"negative interval", resourcev3.ClusterType, func(t *testing.T) *anypb.Any {
+			c := edsCluster(clusterv3.Cluster_ROUND_ROBIN, nil)
+			c.OutlierDetection = &clusterv3.OutlierDetection{Interval: durationpb.New(-time.Second)}
+			return mustAny(t, c)
+		}, "cluster c: outlier_detection.interval"},
 		{"no known policy in the list", resourcev3.ClusterType, func(t *testing.T) *anypb.Any {
 			return mustAny(t, edsCluster(0, &clusterv3.LoadBalancingPolicy{Policies: []*clusterv3.LoadBalancingPolicy_Policy{{
 				TypedExtensionConfig: &corev3.TypedExtensionConfig{Name: "x", TypedConfig: mustAny(t, wrapperspb.String("x"))},
@@ -137,6 +150,55 @@ func TestDecodeClusterPolicies(t *testing.T) {
 			c, err := decodeCluster(tt.cluster)
 			if err != nil || c.policy.LB != tt.want || c.eds != "c" {
 				t.Fatalf("got %+v, %v; want %s with endpoints c", c, err, tt.want)
+			}
+		})
+	}
+}
+
+// A Cluster's circuit breakers and outlier detection in the forms other
+// control planes send, read as gRPC's xDS clients read them (gRFC A32,
+// A50) plus Envoy's consecutive_5xx.
+func TestDecodeClusterGuards(t *testing.T) {
+	def, sr := policy.DefaultOutlierDetection, policy.DefaultSuccessRate
+	tests := []struct {
+		name    string
+		edit    func(*clusterv3.Cluster)
+		breaker policy.CircuitBreaker
+		outlier *policy.OutlierDetection
+	}{
+		{"no circuit breakers: gRPC's 1024", func(*clusterv3.Cluster) {}, policy.CircuitBreaker{MaxRequests: policy.DefaultMaxRequests}, nil},
+		{"another priority's thresholds only", func(c *clusterv3.Cluster) {
+			c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{Priority: corev3.RoutingPriority_HIGH, MaxRequests: wrapperspb.UInt32(7)}}}
+		}, policy.CircuitBreaker{MaxRequests: policy.DefaultMaxRequests}, nil},
+		{"every bound", func(c *clusterv3.Cluster) {
+			c.CircuitBreakers = &clusterv3.CircuitBreakers{Thresholds: []*clusterv3.CircuitBreakers_Thresholds{{
+				MaxRequests: wrapperspb.UInt32(3), MaxPendingRequests: wrapperspb.UInt32(2), MaxConnections: wrapperspb.UInt32(1)}}}
+		}, policy.CircuitBreaker{MaxRequests: 3, MaxPendingRequests: 2, MaxConnections: 1}, nil},
+		{"empty outlier detection: success rate and consecutive 5xx on, with defaults", func(c *clusterv3.Cluster) {
+			c.OutlierDetection = &clusterv3.OutlierDetection{}
+		}, policy.CircuitBreaker{MaxRequests: policy.DefaultMaxRequests}, &policy.OutlierDetection{
+			Interval: def.Interval, BaseEjectionTime: def.BaseEjectionTime, MaxEjectionTime: def.MaxEjectionTime,
+			MaxEjectionPercent: def.MaxEjectionPercent, ConsecutiveErrors: 5, SuccessRate: &sr,
+		}},
+		{"failure percentage with defaults, the rest off", func(c *clusterv3.Cluster) {
+			c.OutlierDetection = &clusterv3.OutlierDetection{EnforcingConsecutive_5Xx: wrapperspb.UInt32(0), EnforcingSuccessRate: wrapperspb.UInt32(0),
+				EnforcingFailurePercentage: wrapperspb.UInt32(50)}
+		}, policy.CircuitBreaker{MaxRequests: policy.DefaultMaxRequests}, &policy.OutlierDetection{
+			Interval: def.Interval, BaseEjectionTime: def.BaseEjectionTime, MaxEjectionTime: def.MaxEjectionTime,
+			MaxEjectionPercent: def.MaxEjectionPercent, FailurePercentage: &policy.FailurePercentageEjection{
+				Threshold: 85, EnforcementPercentage: 50, MinimumHosts: 5, RequestVolume: 50},
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			c := edsCluster(clusterv3.Cluster_ROUND_ROBIN, nil)
+			tt.edit(c)
+			got, err := decodeCluster(c)
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got.policy.CircuitBreaker != tt.breaker || !reflect.DeepEqual(got.policy.Outlier, tt.outlier) {
+				t.Fatalf("got %+v %+v, want %+v %+v", got.policy.CircuitBreaker, got.policy.Outlier, tt.breaker, tt.outlier)
 			}
 		})
 	}

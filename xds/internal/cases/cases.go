@@ -183,5 +183,38 @@ func Golden() []Case {
 			Annotations: map[string]string{policy.LBAnnotation: "ring_hash"},
 			Ports:       []discovery.Port{{Port: 50051, Protocol: "TCP", Endpoints: []discovery.Endpoint{ep("10.0.3.2:8080", true, true, false, "z", "hashed-1")}}},
 		}},
+	}, {
+		// A TrafficPolicy's circuit breaker and outlier detection on a
+		// Service: every bound and both A50 algorithms plus consecutive
+		// errors on one; on another, maxRequests alone and failure
+		// percentage alone; a third with none sends max_requests all the
+		// same (no bound: gRPC's clients would apply 1024).
+		Name: "trafficpolicy_circuit_breaker_outlier_detection",
+		Services: []*discovery.Service{{
+			Key:   discovery.Key{Namespace: "default", Name: "guarded"},
+			Ports: []discovery.Port{{Port: 50051, Protocol: "TCP", Endpoints: []discovery.Endpoint{ep("10.0.3.1:8080", true, true, false, "", "guarded-1")}}},
+			Cluster: policy.Cluster{
+				CircuitBreaker: policy.CircuitBreaker{MaxRequests: 100, MaxPendingRequests: 10, MaxConnections: 4},
+				Outlier: &policy.OutlierDetection{
+					Interval: time.Second, BaseEjectionTime: 30 * time.Second, MaxEjectionTime: 300 * time.Second, MaxEjectionPercent: 50,
+					ConsecutiveErrors: 5,
+					SuccessRate:       &policy.SuccessRateEjection{StdevFactor: 1900, EnforcementPercentage: 100, MinimumHosts: 5, RequestVolume: 100},
+					FailurePercentage: &policy.FailurePercentageEjection{Threshold: 85, EnforcementPercentage: 100, MinimumHosts: 5, RequestVolume: 50},
+				},
+			},
+		}, {
+			Key:   discovery.Key{Namespace: "default", Name: "ejecting"},
+			Ports: []discovery.Port{{Port: 50051, Protocol: "TCP", Endpoints: []discovery.Endpoint{ep("10.0.3.2:8080", true, true, false, "", "ejecting-1")}}},
+			Cluster: policy.Cluster{
+				CircuitBreaker: policy.CircuitBreaker{MaxRequests: 1},
+				Outlier: &policy.OutlierDetection{
+					Interval: 500 * time.Millisecond, BaseEjectionTime: 2 * time.Second, MaxEjectionTime: 2 * time.Second, MaxEjectionPercent: 100,
+					FailurePercentage: &policy.FailurePercentageEjection{Threshold: 50, EnforcementPercentage: 100, MinimumHosts: 1, RequestVolume: 10},
+				},
+			},
+		}, {
+			Key:   discovery.Key{Namespace: "default", Name: "unguarded"},
+			Ports: []discovery.Port{{Port: 50051, Protocol: "TCP", Endpoints: []discovery.Endpoint{ep("10.0.3.3:8080", true, true, false, "", "unguarded-1")}}},
+		}},
 	}}
 }
