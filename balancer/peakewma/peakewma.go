@@ -9,9 +9,18 @@
 // The estimate follows tower: an endpoint starts at DefaultRTT, stamped when
 // it became ready; a sample above the estimate replaces it; a lower one is
 // averaged in with weight 1 - exp(-elapsed/decay), elapsed being the time
-// since the previous sample (so the average is over time, not over calls);
-// between samples the estimate decays toward zero, which brings a shunned
-// endpoint back to be tried. Unlike tower, reading a cost does not write the
+// since the previous sample (so the average is over time, not over calls),
+// but never less than 1/16; between samples the estimate decays toward zero,
+// which brings a shunned endpoint back to be tried.
+//
+// The floor is where Ballast parts from tower. On a busy client, calls come
+// microseconds apart, so a purely time-weighted sample barely moves the
+// estimate: one late sample on a fast endpoint (the client's own goroutine
+// scheduled late, say) became its peak and held its cost up for about the
+// decay time, long enough for a shunned slow endpoint's estimate to decay
+// below it and win calls again. With the floor, a fast endpoint's estimate
+// follows its last few dozen calls, while an endpoint that gets no calls
+// still forgets only with time. Unlike tower, reading a cost does not write the
 // decay back, so picks only read. Calls answered by the server, and calls
 // that ran out of time, are samples; calls that failed without an answer
 // only leave the in-flight count, lest a broken endpoint look fast.
@@ -224,7 +233,7 @@ func (ep *endpoint) cost(now int64) float64 {
 
 // observe folds an rtt sample taken at now into the estimate: a sample above
 // the estimate replaces it (the peak), one below is averaged in with weight
-// 1 - exp(-elapsed/decay).
+// 1 - exp(-elapsed/decay), at least minSampleWeight.
 func (ep *endpoint) observe(sample float64, now int64) {
 	for {
 		oldBits := ep.rtt.Load()
@@ -235,6 +244,7 @@ func (ep *endpoint) observe(sample float64, now int64) {
 			if elapsed := now - ep.stamp.Load(); elapsed > 0 {
 				w = math.Exp(-float64(elapsed) / float64(ep.decay.Load()))
 			}
+			w = min(w, 1-minSampleWeight)
 			next = old*w + sample*(1-w)
 		}
 		if ep.rtt.CompareAndSwap(oldBits, math.Float64bits(next)) {
@@ -243,6 +253,10 @@ func (ep *endpoint) observe(sample float64, now int64) {
 		}
 	}
 }
+
+// minSampleWeight is the least weight a sample below the estimate gets
+// (see the package comment).
+const minSampleWeight = 1.0 / 16
 
 // call tracks one picked call from Pick to Done. Calls are pooled per
 // endpoint; done is finish bound once, so handing it out costs nothing.

@@ -66,8 +66,8 @@ const ms = float64(time.Millisecond)
 func near(a, b float64) bool { return math.Abs(a-b) <= 1e-9*math.Max(math.Abs(a), math.Abs(b)) }
 
 // TestEstimate walks one endpoint through samples on a fake clock: peaks
-// are taken at once, lower samples weigh 1-exp(-elapsed/decay), and the
-// estimate decays toward zero between samples.
+// are taken at once, lower samples weigh 1-exp(-elapsed/decay) but at least
+// 1/16, and the estimate decays toward zero between samples.
 func TestEstimate(t *testing.T) {
 	const decay = 10 * time.Second
 	e1 := math.Exp(-1)
@@ -92,9 +92,9 @@ func TestEstimate(t *testing.T) {
 			{after: 0, sample: 10 * ms, want: 10 * ms},
 			{after: decay, sample: 2 * ms, want: 10*ms*e1 + 2*ms*(1-e1)},
 		}},
-		{name: "back-to-back lower sample barely moves it", defaultRTT: 0, steps: []step{
+		{name: "back-to-back lower sample weighs 1/16", defaultRTT: 0, steps: []step{
 			{after: 0, sample: 10 * ms, want: 10 * ms},
-			{after: 0, sample: 1 * ms, want: 10 * ms},
+			{after: 0, sample: 1 * ms, want: 10*ms*15/16 + 1*ms/16},
 		}},
 		{name: "decays toward zero without samples", defaultRTT: 0, steps: []step{
 			{after: 0, sample: 10 * ms, want: 10 * ms},
