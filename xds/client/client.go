@@ -103,7 +103,7 @@ func New(cfg Config) (*Client, error) {
 }
 
 // Run keeps a stream to the control plane open until ctx ends, opening it
-// again after grpc-go's backoff when it fails; a stream that received a
+// again after a backoff (reconnect) when it fails; a stream that received a
 // response resets the backoff. While the control plane is away, watchers
 // keep what they were last given.
 func (c *Client) Run(ctx context.Context) error {
@@ -116,7 +116,8 @@ func (c *Client) Run(ctx context.Context) error {
 	} else if c.cfg.CertFile != "" || c.cfg.KeyFile != "" {
 		return errors.New("xds client: a client certificate needs the control plane's CA file too (TLS)")
 	}
-	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(transport)}, c.cfg.DialOptions...)
+	opts := append([]grpc.DialOption{grpc.WithTransportCredentials(transport),
+		grpc.WithConnectParams(grpc.ConnectParams{Backoff: reconnect, MinConnectTimeout: 20 * time.Second})}, c.cfg.DialOptions...)
 	if c.cfg.TokenFile != "" {
 		opts = append(opts, grpc.WithPerRPCCredentials(TokenFile(c.cfg.TokenFile)))
 	}

@@ -4,7 +4,7 @@
 // is:
 //
 //   - stream.go: one state-of-the-world ADS stream, its subscriptions,
-//     ACK/NACK, and reconnection on grpc-go's backoff;
+//     ACK/NACK, and reconnection on grpc-go's backoff capped at 30 s;
 //   - lds.go, rds.go, cds.go, eds.go: one decoder per resource type,
 //     from Envoy's protos into package policy (the inverse of package
 //     xds's renderer, which the round-trip tests hold it to);

@@ -97,11 +97,18 @@ func (s *adsStream) sendLocked(typeURL string, sub *subscription, nack error) er
 	return nil
 }
 
-// backoffDelay is grpc-go's default exponential backoff, the one its xDS
-// client reconnects with: the wait before retry number retries+1, r a
-// uniform draw in [0, 1).
+// reconnect is the backoff of the stream to the control plane and of the
+// connection under it: grpc-go's default, but capped at 30 s, Envoy's cap
+// for its xDS streams, instead of 120 s. A sidecar whose control plane was
+// away for a minute then learns what changed meanwhile within about 30 s
+// of its return, not two minutes; the jitter still spreads a fleet's
+// reconnections.
+var reconnect = backoff.Config{BaseDelay: time.Second, Multiplier: 1.6, Jitter: 0.2, MaxDelay: 30 * time.Second}
+
+// backoffDelay is the wait before retry number retries+1 on the reconnect
+// schedule, r a uniform draw in [0, 1).
 func backoffDelay(retries int, r float64) time.Duration {
-	cfg := backoff.DefaultConfig
+	cfg := reconnect
 	d := float64(cfg.BaseDelay)
 	for range retries {
 		d *= cfg.Multiplier

@@ -5,7 +5,7 @@ import (
 	"time"
 )
 
-// Refused streams are retried on grpc-go's xDS schedule.
+// Refused streams are retried on grpc-go's schedule, capped at Envoy's 30 s.
 func TestBackoffDelay(t *testing.T) {
 	tests := []struct {
 		failures int
@@ -17,7 +17,8 @@ func TestBackoffDelay(t *testing.T) {
 		{0, 1, 1200 * time.Millisecond},
 		{1, 0.5, 1600 * time.Millisecond},
 		{2, 0.5, 2560 * time.Millisecond},
-		{30, 0.5, 120 * time.Second},
+		{8, 0.5, 30 * time.Second},
+		{30, 0.5, 30 * time.Second},
 	}
 	for _, tt := range tests {
 		got := backoffDelay(tt.failures, tt.r)
