@@ -106,6 +106,10 @@ func (b *Bench) Soak(ctx context.Context, c SoakConfig) *SoakReport {
 		s.ControlGoroutines = goroutines(ctx, control.http)
 		s.SidecarGoro = goroutines(ctx, ports[1])
 		rep.Samples = append(rep.Samples, s)
+		if len(rep.Samples)%12 == 1 { // about every tenth of the soak
+			b.progress("soak: %s of %s: %d calls, %d errors, %d churns; control plane RSS %.1f MiB, sidecar RSS %.1f MiB",
+				s.At.Round(time.Second), c.Duration, rep.Calls, rep.Errors, rep.Churns, mib(s.ControlRSS), mib(s.SidecarRSS))
+		}
 	}
 	sample()
 	sampleTick, churnTick := time.NewTicker(c.Sample), time.NewTicker(c.Churn)
