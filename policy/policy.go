@@ -209,6 +209,11 @@ type Endpoint struct {
 	// Zone and Pod say where it runs; either may be empty.
 	Zone, Pod string
 	Health    Health
+	// Priority orders endpoints by preference, 0 first (xDS locality
+	// priorities): a client uses the lowest priority that has usable
+	// endpoints and fails over to the next when they stop answering.
+	// Zone preference puts the client's own zone first.
+	Priority int
 }
 
 // Health is whether an endpoint takes new calls.
@@ -229,12 +234,19 @@ func (h Health) String() string {
 	return "healthy"
 }
 
-// Usable lists the endpoints that take new calls, in order. It is the one
-// health filter of every Ballast client.
+// Usable lists the endpoints that take new calls, in order: the healthy
+// ones of the first priority that has any. It is the one health filter of
+// every Ballast client.
 func (e Endpoints) Usable() []Endpoint {
+	first := -1
+	for _, ep := range e.Endpoints {
+		if ep.Health == Healthy && (first < 0 || ep.Priority < first) {
+			first = ep.Priority
+		}
+	}
 	out := make([]Endpoint, 0, len(e.Endpoints))
 	for _, ep := range e.Endpoints {
-		if ep.Health == Healthy {
+		if ep.Health == Healthy && ep.Priority == first {
 			out = append(out, ep)
 		}
 	}

@@ -1,6 +1,7 @@
 package xds
 
 import (
+	"cmp"
 	"fmt"
 	"maps"
 	"slices"
@@ -452,17 +453,23 @@ func lbExtension(b policy.Balancer) *corev3.TypedExtensionConfig {
 }
 
 // renderEndpoints is a Cluster's endpoints as a ClusterLoadAssignment,
-// grouped by zone, one locality each, in zone order. A locality's weight
-// is its endpoint count (gRPC ignores zero-weight localities; the weight
-// only matters to a client that weighs localities).
+// grouped by priority then zone, one locality each, in that order. A
+// locality's weight is its endpoint count, never zero (gRPC ignores
+// zero-weight localities; the weight only matters to a client that weighs
+// localities).
 func renderEndpoints(e policy.Endpoints) *endpointv3.ClusterLoadAssignment {
-	byZone := map[string][]*endpointv3.LbEndpoint{}
+	type group struct {
+		priority int
+		zone     string
+	}
+	byGroup := map[group][]*endpointv3.LbEndpoint{}
 	for _, ep := range e.Endpoints {
 		health := corev3.HealthStatus_HEALTHY
 		if ep.Health == policy.Draining {
 			health = corev3.HealthStatus_DRAINING
 		}
-		byZone[ep.Zone] = append(byZone[ep.Zone], &endpointv3.LbEndpoint{
+		g := group{ep.Priority, ep.Zone}
+		byGroup[g] = append(byGroup[g], &endpointv3.LbEndpoint{
 			HostIdentifier: &endpointv3.LbEndpoint_Endpoint{Endpoint: &endpointv3.Endpoint{
 				Address: &corev3.Address{Address: &corev3.Address_SocketAddress{SocketAddress: &corev3.SocketAddress{
 					Address:       ep.Address.Addr().String(),
@@ -474,12 +481,16 @@ func renderEndpoints(e policy.Endpoints) *endpointv3.ClusterLoadAssignment {
 		})
 	}
 	cla := &endpointv3.ClusterLoadAssignment{ClusterName: e.Cluster}
-	for _, zone := range slices.Sorted(maps.Keys(byZone)) {
-		eps := byZone[zone]
+	groups := slices.SortedFunc(maps.Keys(byGroup), func(a, b group) int {
+		return cmp.Or(cmp.Compare(a.priority, b.priority), cmp.Compare(a.zone, b.zone))
+	})
+	for _, g := range groups {
+		eps := byGroup[g]
 		cla.Endpoints = append(cla.Endpoints, &endpointv3.LocalityLbEndpoints{
-			Locality:            &corev3.Locality{Zone: zone},
+			Locality:            &corev3.Locality{Zone: g.zone},
 			LbEndpoints:         eps,
 			LoadBalancingWeight: wrapperspb.UInt32(uint32(len(eps))),
+			Priority:            uint32(g.priority),
 		})
 	}
 	return cla

@@ -9,6 +9,7 @@ import (
 	"os"
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -89,8 +90,11 @@ var cacheKeys = append(slices.Clone(typeURLs), sidecarListenerCache)
 
 // cacheType is the type URL of the resources in a cache.
 func cacheType(key string) string {
-	if key == sidecarListenerCache {
+	switch {
+	case key == sidecarListenerCache:
 		return resourcev3.ListenerType
+	case isEndpointCache(key):
+		return resourcev3.EndpointType
 	}
 	return key
 }
@@ -151,8 +155,15 @@ type Server struct {
 	// when everyone reads everything and no index is kept.
 	access *accessIndex
 
-	// served is the last good translation of each Service; only Run uses it.
+	// served is the last good translation of each Service; Run uses it,
+	// and zoneCache, both holding zoneMu.
 	served map[discovery.Key]servedService
+	// endpoints serves ClusterLoadAssignments, from a cache per zone
+	// (zones.go).
+	endpoints *zonedCache
+	// zoneMu is held by each translation pass and by the making of a
+	// zone's cache, which reads what the passes wrote.
+	zoneMu sync.Mutex
 
 	// changes remembers, per resource, when the change that produced its
 	// current content was noticed, for the push latency histogram.
@@ -193,6 +204,9 @@ func (rs serviceResources) get(cache, name string) (types.Resource, bool) {
 type servedService struct {
 	shape     shape
 	resources serviceResources
+	// svc is the snapshot translated, from which a new zone's endpoints
+	// are made.
+	svc *discovery.Service
 }
 
 // NewServer builds a Server; nothing runs until Run.
@@ -237,6 +251,8 @@ func NewServer(cfg Config) (*Server, error) {
 		s.caches[k] = c
 		mux.Caches[k] = c
 	}
+	s.endpoints = newZonedCache(s.caches[resourcev3.EndpointType], s.zoneCache)
+	mux.Caches[resourcev3.EndpointType] = s.endpoints
 	s.clients = newClientTable(s)
 	if cfg.Authenticator != nil || cfg.TrustDomain != "" {
 		s.access = newAccessIndex()
@@ -317,9 +333,13 @@ func (s *Server) Run(ctx context.Context) error {
 // caches, one update per type. A Service that fails to translate keeps
 // serving its last good resources.
 func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
+	s.zoneMu.Lock()
+	defer s.zoneMu.Unlock()
+	zones := s.endpoints.zoneList()
+	caches := s.cacheKeys(zones)
 	toUpdate := map[string]map[string]types.Resource{}
 	toDelete := map[string][]string{}
-	for _, t := range cacheKeys {
+	for _, t := range caches {
 		toUpdate[t] = map[string]types.Resource{}
 	}
 	for _, k := range keys {
@@ -327,7 +347,8 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 		var next servedService
 		var o *owner
 		if svc, ok := s.cfg.Registry.Get(k); ok {
-			res, err := s.translate(svc, prev)
+			s.endpoints.learnZones(svc)
+			res, err := s.translate(svc, prev, zones)
 			if err != nil {
 				s.metrics.translateErrors.Inc()
 				s.log.Error("service not updated; still serving its last good resources", "service", k.String(), "err", err)
@@ -371,7 +392,7 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 	// (a map entry per resource).
 	if s.ready.Load() {
 		s.changesMu.Lock()
-		for _, t := range cacheKeys {
+		for _, t := range caches {
 			for name := range toUpdate[t] {
 				s.changes[changeKey(cacheType(t), name)] = noticed
 			}
@@ -381,15 +402,41 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 		}
 		s.changesMu.Unlock()
 	}
-	for _, t := range cacheKeys {
+	for _, t := range caches {
 		if len(toUpdate[t]) == 0 && len(toDelete[t]) == 0 {
 			continue
 		}
-		if err := s.caches[t].UpdateResources(toUpdate[t], toDelete[t]); err != nil {
-			s.log.Error("cache update failed", "type", typeName(t), "err", err)
+		if err := s.cache(t).UpdateResources(toUpdate[t], toDelete[t]); err != nil {
+			s.log.Error("cache update failed", "cache", t, "err", err)
 		}
-		s.log.Debug("resources changed", "type", typeName(t), "updated", len(toUpdate[t]), "deleted", len(toDelete[t]))
+		s.log.Debug("resources changed", "cache", t, "updated", len(toUpdate[t]), "deleted", len(toDelete[t]))
 	}
+}
+
+// cacheKeys are the keys of every cache, in make-before-break order, a
+// zone's endpoints beside the default ones.
+func (s *Server) cacheKeys(zones []string) []string {
+	if len(zones) == 0 {
+		return cacheKeys
+	}
+	out := make([]string, 0, len(cacheKeys)+len(zones))
+	for _, k := range cacheKeys {
+		out = append(out, k)
+		if k == resourcev3.EndpointType {
+			for _, z := range zones {
+				out = append(out, zoneCacheKey(z))
+			}
+		}
+	}
+	return out
+}
+
+// cache is the cache of a key of cacheKeys. Callers hold zoneMu.
+func (s *Server) cache(key string) *cachev3.LinearCache {
+	if key != resourcev3.EndpointType && isEndpointCache(key) {
+		return (*s.endpoints.zones.Load())[strings.TrimPrefix(key, resourcev3.EndpointType+"@")]
+	}
+	return s.caches[key]
 }
 
 // translate turns a Service into its resources. When its shape is the
@@ -398,13 +445,14 @@ func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 // objects, never modified once built) and only the ClusterLoadAssignments
 // are rebuilt, which is most of what an endpoint change would otherwise
 // cost before it can be pushed.
-func (s *Server) translate(svc *discovery.Service, prev servedService) (servedService, error) {
+func (s *Server) translate(svc *discovery.Service, prev servedService, zones []string) (servedService, error) {
 	sh := shapeOf(svc)
+	var next serviceResources
 	if len(prev.resources) > 0 && prev.shape == sh {
-		endpoints := translateEndpoints(svc, s.cfg.Translate)
-		next := make(serviceResources, 0, len(prev.resources))
+		endpoints := translateEndpoints(svc, "", s.cfg.Translate)
+		next = make(serviceResources, 0, len(prev.resources))
 		for _, r := range prev.resources {
-			if r.cache != resourcev3.EndpointType {
+			if !isEndpointCache(r.cache) {
 				next = append(next, r)
 			}
 		}
@@ -415,18 +463,25 @@ func (s *Server) translate(svc *discovery.Service, prev servedService) (servedSe
 			}
 			next = append(next, servedResource{resourcev3.EndpointType, e.ClusterName, p})
 		}
-		slices.SortFunc(next, compareServed)
-		return servedService{shape: sh, resources: next}, nil
+	} else {
+		res, err := TranslateService(svc, s.cfg.Translate)
+		if err != nil {
+			return servedService{}, err
+		}
+		if next, err = packAll(byType(res)); err != nil {
+			return servedService{}, fmt.Errorf("service %s: %w", svc.Key, err)
+		}
 	}
-	res, err := TranslateService(svc, s.cfg.Translate)
-	if err != nil {
-		return servedService{}, err
+	def := next
+	for _, z := range zones {
+		zr, err := s.zoneResources(svc, def, z)
+		if err != nil {
+			return servedService{}, err
+		}
+		next = append(next, zr...)
 	}
-	packed, err := packAll(byType(res))
-	if err != nil {
-		return servedService{}, fmt.Errorf("service %s: %w", svc.Key, err)
-	}
-	return servedService{shape: sh, resources: packed}, nil
+	slices.SortFunc(next, compareServed)
+	return servedService{shape: sh, resources: next, svc: svc}, nil
 }
 
 // pack turns a resource into what the caches hold: its wire encoding

@@ -58,13 +58,13 @@ func TestServerTranslateKeepsShape(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			before, err := srv.translate(base(), servedService{})
+			before, err := srv.translate(base(), servedService{}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
 			svc := base()
 			tt.change(svc)
-			got, err := srv.translate(svc, before)
+			got, err := srv.translate(svc, before, nil)
 			if err != nil {
 				t.Fatal(err)
 			}

@@ -213,7 +213,7 @@ func Model(svc *discovery.Service, opts Options) ([]PortModel, error) {
 			Port:      uint16(port.Port),
 			Route:     policy.RouteTo(canonical, names, canonical),
 			Cluster:   svc.Cluster,
-			Endpoints: endpointsOf(canonical, port.Endpoints),
+			Endpoints: endpointsOf(canonical, port.Endpoints, svc.TrafficDistribution, ""),
 		}
 		m.Cluster.Name, m.Cluster.LB, m.Cluster.HashHeader = canonical, lb, hashHeader
 		m.Route.Rules[0].Call = svc.Call
@@ -279,13 +279,14 @@ func shapeOf(svc *discovery.Service) shape {
 	return sh
 }
 
-// translateEndpoints is TranslateService's ClusterLoadAssignments alone.
-func translateEndpoints(svc *discovery.Service, opts Options) []*endpointv3.ClusterLoadAssignment {
+// translateEndpoints is TranslateService's ClusterLoadAssignments alone,
+// as a client in zone gets them (zone "" is TranslateService's: no zone).
+func translateEndpoints(svc *discovery.Service, zone string, opts Options) []*endpointv3.ClusterLoadAssignment {
 	var out []*endpointv3.ClusterLoadAssignment
 	for _, port := range tcpPorts(svc) {
 		names := DialNames(svc.Key, port.Port, opts)
 		canonical := names[len(names)-1]
-		out = append(out, renderEndpoints(endpointsOf(canonical, port.Endpoints)))
+		out = append(out, renderEndpoints(endpointsOf(canonical, port.Endpoints, svc.TrafficDistribution, zone)))
 		if pr, ok := svc.Route(port.Port); ok {
 			_, unavailable := pr.Model(canonical, names, opts.clusterName)
 			for _, name := range unavailable {
@@ -309,26 +310,42 @@ func DialNames(k discovery.Key, port int32, opts Options) []string {
 	return append(names, base+p, base+".svc"+p, base+".svc."+opts.clusterDomain()+p)
 }
 
-// endpointsOf are the endpoints of a Service port as clients get them:
-// the routable ones (discovery.Routable) Healthy, terminating ones that
-// still serve Draining (they finish their calls but take no new ones), the
-// rest left out; grouped by zone, in zone order, as xDS carries them (one
-// locality per zone).
-func endpointsOf(cluster string, eps []discovery.Endpoint) policy.Endpoints {
+// endpointsOf are the endpoints of a Service port as a client in zone gets
+// them: those discovery.Preferred chooses for it Healthy at priority 0,
+// the other routable ones (when it chose the client's zone) Healthy at
+// priority 1, for the client to fail over to by itself when its zone's stop
+// answering before discovery says so; terminating ones that still serve
+// Draining (they finish their calls but take no new ones), at their zone's
+// priority; the rest left out. Sorted by priority then zone, as xDS
+// carries them (one locality per zone and priority).
+func endpointsOf(cluster string, eps []discovery.Endpoint, trafficDistribution, zone string) policy.Endpoints {
 	out := policy.Endpoints{Cluster: cluster}
-	routable := discovery.Routable(eps)
+	use, rest := discovery.Preferred(eps, trafficDistribution, zone)
+	priority := make(map[netip.AddrPort]int, len(use)+len(rest))
+	for _, e := range use {
+		priority[e.Address] = 0
+	}
+	for _, e := range rest {
+		priority[e.Address] = 1
+	}
 	for _, e := range eps {
+		p, routable := priority[e.Address]
 		var h policy.Health
 		switch {
-		case slices.Contains(routable, e):
+		case routable:
 			h = policy.Healthy
 		case e.Serving && e.Terminating:
 			h = policy.Draining
+			if len(rest) > 0 && e.Zone != zone {
+				p = 1
+			}
 		default:
 			continue
 		}
-		out.Endpoints = append(out.Endpoints, policy.Endpoint{Address: e.Address, Zone: e.Zone, Pod: e.Pod, Health: h})
+		out.Endpoints = append(out.Endpoints, policy.Endpoint{Address: e.Address, Zone: e.Zone, Pod: e.Pod, Health: h, Priority: p})
 	}
-	slices.SortStableFunc(out.Endpoints, func(a, b policy.Endpoint) int { return cmp.Compare(a.Zone, b.Zone) })
+	slices.SortStableFunc(out.Endpoints, func(a, b policy.Endpoint) int {
+		return cmp.Or(cmp.Compare(a.Priority, b.Priority), cmp.Compare(a.Zone, b.Zone))
+	})
 	return out
 }

@@ -10,15 +10,13 @@ import (
 	"github.com/ballast-dev/ballast/policy"
 )
 
-// decodeEndpoints reads a ClusterLoadAssignment: the endpoints of its
-// first priority, HEALTHY and UNKNOWN ones Healthy (as gRPC uses them),
-// DRAINING ones Draining, the rest left out.
+// decodeEndpoints reads a ClusterLoadAssignment: its endpoints with their
+// locality's priority (policy.Endpoints.Usable takes the first that has
+// usable ones, as gRPC's priority policy does), HEALTHY and UNKNOWN ones
+// Healthy (as gRPC uses them), DRAINING ones Draining, the rest left out.
 func decodeEndpoints(cla *endpointv3.ClusterLoadAssignment) (policy.Endpoints, error) {
 	out := policy.Endpoints{Cluster: cla.GetClusterName()}
 	for _, loc := range cla.GetEndpoints() {
-		if loc.GetPriority() != 0 {
-			continue
-		}
 		for _, e := range loc.GetLbEndpoints() {
 			var h policy.Health
 			switch e.GetHealthStatus() {
@@ -39,10 +37,11 @@ func decodeEndpoints(cla *endpointv3.ClusterLoadAssignment) (policy.Endpoints, e
 				return policy.Endpoints{}, fmt.Errorf("cluster load assignment %s: endpoint %s: port %d out of range", cla.GetClusterName(), ip, port)
 			}
 			out.Endpoints = append(out.Endpoints, policy.Endpoint{
-				Address: netip.AddrPortFrom(ip.Unmap(), uint16(port)),
-				Zone:    loc.GetLocality().GetZone(),
-				Pod:     e.GetEndpoint().GetHostname(),
-				Health:  h,
+				Address:  netip.AddrPortFrom(ip.Unmap(), uint16(port)),
+				Zone:     loc.GetLocality().GetZone(),
+				Pod:      e.GetEndpoint().GetHostname(),
+				Health:   h,
+				Priority: int(loc.GetPriority()),
 			})
 		}
 	}
