@@ -32,16 +32,22 @@ func ServerTLS(f TLSFiles, log *slog.Logger) (*tls.Config, error) {
 	if err != nil {
 		return nil, err
 	}
+	return ServerTLSFor(pair.GetCertificate, f.ClientCA, log)
+}
+
+// ServerTLSFor is ServerTLS with the serving certificate from getCert
+// (servingcert's, say), called on every handshake.
+func ServerTLSFor(getCert func(*tls.ClientHelloInfo) (*tls.Certificate, error), clientCA string, log *slog.Logger) (*tls.Config, error) {
 	base := &tls.Config{
 		MinVersion:     tls.VersionTLS12,
-		GetCertificate: pair.GetCertificate,
+		GetCertificate: getCert,
 		// gRPC speaks HTTP/2 only; grpc-go clients require the ALPN.
 		NextProtos: []string{"h2"},
 	}
-	if f.ClientCA == "" {
+	if clientCA == "" {
 		return base, nil
 	}
-	roots, err := keypair.LoadRoots(f.ClientCA, log)
+	roots, err := keypair.LoadRoots(clientCA, log)
 	if err != nil {
 		return nil, err
 	}

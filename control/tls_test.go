@@ -416,7 +416,9 @@ func TestHelperProxyless(t *testing.T) {
 // bootstrap written by `ballast bootstrap --ca-file --token-file` (tls
 // channel creds, gRFC A65; jwt_token_file call creds, gRFC A97, enabled
 // by GRPC_EXPERIMENTAL_XDS_BOOTSTRAP_CALL_CREDS=true), gets its config
-// from the authenticated control plane over TLS and calls its greeter.
+// from the authenticated control plane over TLS and calls its greeter; so
+// does one with a client certificate of its namespace instead (--cert-file,
+// --key-file), and one of another namespace is not sent the Service.
 // Without the token file the control plane refuses the stream
 // (Unauthenticated) and the call fails saying so; with the token but
 // plaintext grpc-go refuses to send the token at all.
@@ -436,6 +438,8 @@ func TestProxylessClientOverTLS(t *testing.T) {
 	reg.Set(svc)
 	p := newPKI(t)
 	p.issue(t, p.ca, "server", keypair.Leaf{Hosts: []string{"127.0.0.1"}})
+	p.issue(t, p.ca, "team-a", keypair.Leaf{URIs: []string{spiffe("team-a")}})
+	p.issue(t, p.ca, "team-b", keypair.Leaf{URIs: []string{spiffe("team-b")}})
 	plane := serveTLS(t, reg, p)
 	p.write(t, "token", []byte(token(t, "team-a", "ballast-control")))
 
@@ -446,6 +450,13 @@ func TestProxylessClientOverTLS(t *testing.T) {
 		wantInMsg string
 	}{
 		{"TLS and token", xds.Bootstrap{CAFile: p.path("ca.crt"), TokenFile: p.path("token")}, "RESULT OK hostname:greeter-0", ""},
+		{"mTLS, no token", xds.Bootstrap{CAFile: p.path("ca.crt"), CertFile: p.path("team-a.crt"), KeyFile: p.path("team-a.key")},
+			"RESULT OK hostname:greeter-0", ""},
+		// team-b's certificate is good, but team-a's Service is not
+		// exported: its Listener is left out of the response, which
+		// grpc-go takes as the resource being removed.
+		{"mTLS of another namespace", xds.Bootstrap{CAFile: p.path("ca.crt"), CertFile: p.path("team-b.crt"), KeyFile: p.path("team-b.key")},
+			"RESULT Unavailable", `resource "greeter.team-a:50051" of type "ListenerResource" has been removed`},
 		{"TLS without token", xds.Bootstrap{CAFile: p.path("ca.crt")}, "RESULT Unavailable", "no credentials"},
 		{"token without TLS", xds.Bootstrap{TokenFile: p.path("token")}, "RESULT Unavailable", ""},
 	}

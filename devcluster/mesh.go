@@ -39,9 +39,9 @@ func (c *Cluster) InstallMesh(ctx context.Context) error {
 }
 
 // InstallMeshProxyless is InstallMesh with the control plane serving xDS
-// without authentication, as clusters with proxyless clients run it:
-// grpc-go sends its token only over TLS, which the control plane does
-// not serve yet (docs/security.md).
+// without authentication, in plaintext (control.insecure), as the demo's
+// proxyless clients, bootstrapped without a CA or a token, need; the
+// injected sidecars then dial it in plaintext too (docs/security.md).
 func (c *Cluster) InstallMeshProxyless(ctx context.Context) error {
 	return c.installMesh(ctx, true)
 }

@@ -87,6 +87,12 @@ type Config struct {
 	// proxy presents to the control plane, projected into the pod when
 	// XDSAddress is set; empty means "ballast-control".
 	XDSTokenAudience string
+	// XDSCAConfigMap, when set, is the ConfigMap (key ca.crt) in the pod's
+	// namespace holding the CA of the control plane's certificate, which
+	// the control plane publishes in every namespace when it serves TLS
+	// (--tls-secret): it is projected beside the token and the proxy
+	// connects over TLS. Empty: the proxy connects in plaintext.
+	XDSCAConfigMap string
 	// InitArgs and ProxyArgs are appended to the proxy's init and to the
 	// proxy (say --include-cidrs=<Service CIDR>).
 	InitArgs  []string
@@ -99,6 +105,7 @@ const XDSTokenDir = "/var/run/secrets/ballast.dev/xds"
 const (
 	xdsTokenVolume = "ballast-xds-token"
 	xdsTokenFile   = "token"
+	xdsCAFile      = "ca.crt"
 	// xdsTokenLifetime is the projected token's: the kubelet writes a new
 	// one once 80% of it has passed, and the proxy reads the file for
 	// every stream, so a stream is never opened with an expired token.
@@ -111,12 +118,21 @@ const (
 func (c Config) xdsTokenVolume() corev1.Volume {
 	exp := int64(xdsTokenLifetime)
 	mode := int32(0o444) // the proxy runs as its own uid, not the app's
-	return corev1.Volume{Name: xdsTokenVolume, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
+	v := corev1.Volume{Name: xdsTokenVolume, VolumeSource: corev1.VolumeSource{Projected: &corev1.ProjectedVolumeSource{
 		DefaultMode: &mode,
 		Sources: []corev1.VolumeProjection{{ServiceAccountToken: &corev1.ServiceAccountTokenProjection{
 			Audience: cmp.Or(c.XDSTokenAudience, "ballast-control"), ExpirationSeconds: &exp, Path: xdsTokenFile,
 		}}},
 	}}}
+	if c.XDSCAConfigMap != "" {
+		// Not optional: a pod whose sidecar cannot verify the control
+		// plane waits for the ConfigMap rather than start without config.
+		v.Projected.Sources = append(v.Projected.Sources, corev1.VolumeProjection{ConfigMap: &corev1.ConfigMapProjection{
+			LocalObjectReference: corev1.LocalObjectReference{Name: c.XDSCAConfigMap},
+			Items:                []corev1.KeyToPath{{Key: "ca.crt", Path: xdsCAFile}},
+		}})
+	}
+	return v
 }
 
 func (c Config) uid() int64      { return cmp.Or(c.ProxyUID, 1337) }
@@ -197,6 +213,9 @@ func Inject(pod *corev1.Pod, c Config) {
 	if c.XDSAddress != "" {
 		proxyArgv = append(proxyArgv, "--xds-address", c.XDSAddress,
 			"--xds-token-file", XDSTokenDir+"/"+xdsTokenFile)
+		if c.XDSCAConfigMap != "" {
+			proxyArgv = append(proxyArgv, "--xds-ca-file", XDSTokenDir+"/"+xdsCAFile)
+		}
 	}
 	proxyArgv = append(proxyArgv, c.ProxyArgs...)
 	ready := &corev1.Probe{

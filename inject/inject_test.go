@@ -101,6 +101,19 @@ func TestInject(t *testing.T) {
 	if v := pod.Spec.Volumes; len(v) != 1 || v[0].Projected == nil || v[0].Projected.Sources[0].ServiceAccountToken.Audience != "ballast-control" {
 		t.Errorf("volumes %v: want one projected token for audience ballast-control", v)
 	}
+	if slices.Contains(proxyC.Args, "--xds-ca-file") || len(pod.Spec.Volumes[0].Projected.Sources) != 1 {
+		t.Errorf("proxy args %q, volume %v: TLS to the control plane without a CA ConfigMap", proxyC.Args, pod.Spec.Volumes[0])
+	}
+	tlsPod := testPod(nil)
+	Inject(tlsPod, Config{Image: "ballast:dev", XDSAddress: "ballast-control.ballast-system:15010", XDSCAConfigMap: "ballast-control-ca.crt"})
+	tlsProxy := tlsPod.Spec.InitContainers[1]
+	if i := slices.Index(tlsProxy.Args, "--xds-ca-file"); i < 0 || tlsProxy.Args[i+1] != XDSTokenDir+"/ca.crt" {
+		t.Errorf("proxy args %q: want --xds-ca-file %s/ca.crt", tlsProxy.Args, XDSTokenDir)
+	}
+	if src := tlsPod.Spec.Volumes[0].Projected.Sources; len(src) != 2 || src[1].ConfigMap == nil ||
+		src[1].ConfigMap.Name != "ballast-control-ca.crt" || src[1].ConfigMap.Items[0].Path != "ca.crt" {
+		t.Errorf("projected sources %v: want the token and the CA ConfigMap's ca.crt", src)
+	}
 	if proxyC.StartupProbe == nil || proxyC.StartupProbe.HTTPGet.Path != "/ready" {
 		t.Error("proxy has no startup probe on /ready: the app could start first")
 	}

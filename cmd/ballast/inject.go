@@ -79,6 +79,7 @@ without the sidecar when the webhook is down.`,
 	f.StringVar(&c.XDSAddress, "xds-address", "", "control plane host:port given to injected proxies")
 	f.Int64Var(&c.ProxyUID, "proxy-uid", 1337, "uid of the injected proxy, excluded from the redirect")
 	f.StringArrayVar(&c.InitArgs, "init-arg", nil, "extra argument for 'ballast proxy init' (repeatable), e.g. --init-arg=--include-cidrs=10.96.0.0/12")
+	f.StringVar(&c.XDSCAConfigMap, "xds-ca-configmap", "", "ConfigMap (key ca.crt) in each pod's namespace with the CA of the control plane's TLS certificate, which it publishes with --tls-secret; empty: injected proxies dial the control plane in plaintext")
 	f.StringVar(&c.XDSTokenAudience, "xds-token-audience", "ballast-control", "audience of the ServiceAccount token projected into injected pods for the control plane")
 	f.StringArrayVar(&c.ProxyArgs, "proxy-arg", nil, "extra argument for 'ballast proxy' (repeatable), e.g. --proxy-arg=--kubernetes")
 	return cmd

@@ -2,6 +2,8 @@ package e2e
 
 import (
 	"context"
+	"crypto/tls"
+	"crypto/x509"
 	"slices"
 	"strings"
 	"testing"
@@ -13,6 +15,7 @@ import (
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
@@ -21,14 +24,18 @@ import (
 )
 
 // TestXDSAuthentication is issue 14's promise on the dev cluster: the
-// control plane of deploy/control as written, given real ServiceAccount
-// tokens the API server issues, refuses a stream without a token or with
-// one for another audience (UNAUTHENTICATED, saying what it wants), and
-// sends a namespace's client its own Services and not another
-// namespace's: a client of the mesh namespace gets native-tools-2.mesh's
-// listener and not default's kubernetes Service's, a client of default
-// the reverse. The injected sidecars of the other tests are this control
-// plane's authenticated clients.
+// control plane of deploy/control as written serves xDS over TLS with the
+// certificate it issues itself, whose CA it has published in every
+// namespace (the ConfigMap ballast-control-ca.crt, read here from the mesh
+// namespace as a pod mounts it). Given real ServiceAccount tokens the API
+// server issues, it refuses a stream without a token or with one for
+// another audience (UNAUTHENTICATED, saying what it wants), and sends a
+// namespace's client its own Services and not another namespace's: a
+// client of the mesh namespace gets native-tools-2.mesh's listener and
+// not default's kubernetes Service's, a client of default the reverse. A
+// plaintext client gets nothing. The injected sidecars of the other tests
+// are this control plane's authenticated TLS clients (meshArticle's pods
+// are ready only once theirs has its config).
 func TestXDSAuthentication(t *testing.T) {
 	ctx := ctxFor(t, 5*time.Minute)
 	meshArticle(t, ctx)
@@ -36,11 +43,34 @@ func TestXDSAuthentication(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	// Published before the injected pods could start: they mount it.
+	ca, err := cluster.Client.CoreV1().ConfigMaps(meshNS).Get(ctx, "ballast-control-ca.crt", metav1.GetOptions{})
+	if err != nil {
+		t.Fatalf("the control plane's CA is not published in %s: %v", meshNS, err)
+	}
+	roots := x509.NewCertPool()
+	if !roots.AppendCertsFromPEM([]byte(ca.Data["ca.crt"])) {
+		t.Fatalf("ConfigMap ballast-control-ca.crt holds no CA: %q", ca.Data)
+	}
+	// Dialled through the relay on loopback, verified as the name pods dial.
+	creds := credentials.NewTLS(&tls.Config{RootCAs: roots, ServerName: "ballast-control.ballast-system.svc"})
+	conn, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(creds))
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer conn.Close()
+	plain, err := grpc.NewClient(addr.String(), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer plain.Close()
+	pctx, pcancel := context.WithTimeout(ctx, 30*time.Second)
+	defer pcancel()
+	if s, err := discoveryv3.NewAggregatedDiscoveryServiceClient(plain).StreamAggregatedResources(pctx); err == nil {
+		if _, err := s.Recv(); status.Code(err) != codes.Unavailable {
+			t.Fatalf("plaintext client: Recv = %v; want Unavailable", err)
+		}
+	}
 	token := func(ns, audience string) string {
 		t.Helper()
 		exp := int64(600)

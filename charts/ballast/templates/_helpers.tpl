@@ -33,3 +33,10 @@ affinity:
 {{- $names := list (printf "ballast-inject.%s.svc" .Release.Namespace) -}}
 {{- concat $names .Values.inject.certificate.extraDNSNames | toJson -}}
 {{- end -}}
+
+{{/* ballast.controlTLS: "true" when the control plane serves xDS over TLS
+with the certificates it issues itself (control.tls.enabled, and not the
+insecure demo mode, which is plaintext). */}}
+{{- define "ballast.controlTLS" -}}
+{{- if and .Values.control.tls.enabled (not .Values.control.insecure) }}true{{ end -}}
+{{- end -}}

@@ -11,6 +11,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"os"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -18,6 +19,7 @@ import (
 	"k8s.io/client-go/kubernetes"
 
 	"github.com/ballast-dev/ballast/control"
+	"github.com/ballast-dev/ballast/control/servingcert"
 	"github.com/ballast-dev/ballast/control/tokenreview"
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/discovery/kube"
@@ -43,6 +45,13 @@ type Config struct {
 	// clients may prove who they are by certificate (TrustDomain).
 	TLS         control.TLSFiles
 	TrustDomain string
+	// TLSSecret, instead of TLS's key pair, has the control plane keep its
+	// own CA in this Secret of its namespace and issue itself certificates
+	// for TLSHosts, publishing the CA in every namespace as the ConfigMap
+	// CAConfigMap (control/servingcert).
+	TLSSecret   string
+	CAConfigMap string
+	TLSHosts    []string
 	Translate   xds.Options
 	// DrainTimeout bounds how long a stopping server lets streams finish
 	// before closing them; clients reconnect to another replica and keep
@@ -50,8 +59,9 @@ type Config struct {
 	DrainTimeout time.Duration
 	// Pprof serves Go's profiles under /debug/pprof/ on the debug address.
 	Pprof bool
-	// Insecure serves every client without asking who it is, as the demo
-	// and a --files control plane do. Otherwise a client must send a
+	// Insecure serves every client without asking who it is, in
+	// plaintext (TLS settings are ignored), as the demo and a --files
+	// control plane do. Otherwise a client must send a
 	// projected ServiceAccount token for TokenAudience, which TokenReview
 	// checks, and reads only its namespace's Services and those exported
 	// to it, unless its namespace is one of ReadAllNamespaces.
@@ -90,7 +100,11 @@ it asks for the token of a --read-all-namespaces client, as CSDS does. CSDS
 (envoy.service.status.v3) is served on the xDS port.
 
 --tls-cert-file and --tls-key-file serve xDS over TLS (the files are read again
-when they change: a rotated Secret needs no restart). With --client-ca-file,
+when they change: a rotated Secret needs no restart). Or --tls-secret NAME: the
+control plane keeps a CA in that Secret of its namespace (the first replica
+makes it), issues itself a certificate for --tls-hosts renewed in place, and
+publishes the CA as the ConfigMap --ca-configmap (ca.crt) in every namespace,
+for clients to mount (ballast bootstrap --ca-file). With --client-ca-file,
 client certificates signed by it are verified, and a certificate whose URI SAN
 is spiffe://<--trust-domain>/ns/<namespace>/sa/<serviceaccount> proves the
 client's identity, as a token does (mTLS).
@@ -101,7 +115,8 @@ ServiceAccount token for --token-audience as gRPC call credentials
 certificate. A client reads the Services of its own namespace and those
 annotated ballast.dev/export-to ("*" or a list of namespaces); clients of
 --read-all-namespaces read everything and may use CSDS. --insecure serves
-everyone everything, as a --files control plane without --client-ca-file does.
+everyone everything in plaintext, as a --files control plane without
+--client-ca-file does.
 See docs/security.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
@@ -117,6 +132,9 @@ See docs/security.md.`,
 	f.StringVar(&cfg.DebugAddress, "debug-address", "127.0.0.1:15015", `address to serve /debug/clients (and with --pprof /debug/pprof/) on; "" for none`)
 	f.StringVar(&cfg.TLS.Cert, "tls-cert-file", "", "serve xDS over TLS with this certificate (PEM), read again when it changes")
 	f.StringVar(&cfg.TLS.Key, "tls-key-file", "", "the key of --tls-cert-file")
+	f.StringVar(&cfg.TLSSecret, "tls-secret", "", "serve xDS over TLS with certificates the control plane issues itself from a CA it keeps in this Secret of its namespace (made if missing)")
+	f.StringVar(&cfg.CAConfigMap, "ca-configmap", "ballast-control-ca.crt", "with --tls-secret: the ConfigMap (key ca.crt) the CA is published as in every namespace, for clients to mount")
+	f.StringSliceVar(&cfg.TLSHosts, "tls-hosts", nil, "with --tls-secret: names the certificate is for (default the Service ballast-control's DNS names in $POD_NAMESPACE)")
 	f.StringVar(&cfg.TLS.ClientCA, "client-ca-file", "", "verify client certificates against these CAs (PEM): a client may prove who it is by certificate (mTLS)")
 	f.StringVar(&cfg.TrustDomain, "trust-domain", "cluster.local", "trust domain of client certificates' SPIFFE IDs, spiffe://<trust-domain>/ns/<namespace>/sa/<serviceaccount>")
 	cfg.Translate.DefaultPolicy = policy.RoundRobin
@@ -125,7 +143,7 @@ See docs/security.md.`,
 	f.StringVar(&cfg.Translate.BareNameNamespace, "bare-name-namespace", "default",
 		`namespace whose Services are also served as <name>:<port> ("-" for none)`)
 	f.BoolVar(&cfg.Pprof, "pprof", false, "also serve Go's profiles (heap, CPU, goroutines) under /debug/pprof/ on --debug-address")
-	f.BoolVar(&cfg.Insecure, "insecure", false, "serve every xDS client without authentication (implied by --files without a cluster)")
+	f.BoolVar(&cfg.Insecure, "insecure", false, "serve every xDS client without authentication, in plaintext (implied by --files without a cluster or --client-ca-file; TLS flags are ignored)")
 	f.StringVar(&cfg.TokenAudience, "token-audience", tokenreview.DefaultAudience, "audience clients' ServiceAccount tokens must be for")
 	f.StringSliceVar(&cfg.ReadAllNamespaces, "read-all-namespaces", []string{"ballast-system"}, "namespaces whose clients read every namespace's Services and may use CSDS")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", time.Second, "on shutdown, how long unary calls (CSDS) may finish before xDS streams are closed")
@@ -135,14 +153,22 @@ See docs/security.md.`,
 // Run serves until ctx ends: the sources cfg names fill a registry that
 // the control plane serves.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if cfg.Insecure && (cfg.TLS != control.TLSFiles{} || cfg.TLSSecret != "") {
+		// deploy/control-insecure is deploy/control plus --insecure: the
+		// demo's mode, plaintext as its clients' bootstrap files are.
+		log.Warn("--insecure: serving xDS in plaintext to every client; the TLS flags are ignored")
+		cfg.TLS, cfg.TLSSecret = control.TLSFiles{}, ""
+	}
 	var tlsCfg *tls.Config
 	switch {
 	case (cfg.TLS.Cert == "") != (cfg.TLS.Key == ""):
 		return fmt.Errorf("--tls-cert-file %q and --tls-key-file %q: give both or neither", cfg.TLS.Cert, cfg.TLS.Key)
-	case cfg.TLS.ClientCA != "" && cfg.TLS.Cert == "":
-		return errors.New("--client-ca-file verifies client certificates over TLS: give --tls-cert-file and --tls-key-file too")
-	case cfg.TLS.ClientCA != "" && cfg.Insecure:
-		return errors.New("--client-ca-file makes clients prove who they are, --insecure serves them unasked: choose one")
+	case cfg.TLS.ClientCA != "" && cfg.TLS.Cert == "" && cfg.TLSSecret == "":
+		return errors.New("--client-ca-file verifies client certificates over TLS: give --tls-secret or --tls-cert-file and --tls-key-file too")
+	case cfg.TLSSecret != "" && cfg.TLS.Cert != "":
+		return errors.New("--tls-secret and --tls-cert-file are two sources of the serving certificate: choose one")
+	case cfg.TLSSecret != "" && cfg.Kubeconfig == "" && !cfg.InCluster:
+		return errors.New("--tls-secret keeps the CA in the cluster: give --kubeconfig, or run in a cluster")
 	case cfg.TLS.Cert != "":
 		var err error
 		if tlsCfg, err = control.ServerTLS(cfg.TLS, log); err != nil {
@@ -171,6 +197,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	var (
 		status *kube.StatusWriter
 		authn  xds.Authenticator
+		issuer *servingcert.Issuer
 	)
 	if cfg.Kubeconfig != "" || cfg.InCluster {
 		// GRPCRoute status is the control plane's to write, from the
@@ -180,13 +207,30 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return err
 		}
 		status = kube.NewStatusWriter(restCfg, reg, kube.StatusOptions{Synced: sources.Synced, Logger: log})
+		client, err := kubernetes.NewForConfig(restCfg)
+		if err != nil {
+			return err
+		}
 		if !cfg.Insecure {
-			client, err := kubernetes.NewForConfig(restCfg)
-			if err != nil {
-				return err
-			}
 			if authn, err = tokenreview.New(tokenreview.Config{Client: client, Audience: cfg.TokenAudience}); err != nil {
 				return err
+			}
+		}
+		if cfg.TLSSecret != "" {
+			ns := os.Getenv("POD_NAMESPACE")
+			if ns == "" {
+				return errors.New("--tls-secret: $POD_NAMESPACE (the namespace the Secret is in) is not set")
+			}
+			hosts := cfg.TLSHosts
+			if len(hosts) == 0 {
+				hosts = []string{"ballast-control." + ns + ".svc", "ballast-control." + ns, "ballast-control." + ns + ".svc." + cfg.Translate.ClusterDomain}
+			}
+			issuer, err = servingcert.New(ctx, servingcert.Config{Client: client, Namespace: ns, Secret: cfg.TLSSecret, ConfigMap: cfg.CAConfigMap, Hosts: hosts, Log: log})
+			if err != nil {
+				return fmt.Errorf("--tls-secret: %w", err)
+			}
+			if tlsCfg, err = control.ServerTLSFor(issuer.GetCertificate, cfg.TLS.ClientCA, log); err != nil {
+				return fmt.Errorf("--client-ca-file: %w", err)
 			}
 		}
 	}
@@ -221,6 +265,9 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	g.Go(func() error { return sources.Run(ctx) })
 	if status != nil {
 		g.Go(func() error { return status.Run(ctx) })
+	}
+	if issuer != nil {
+		g.Go(func() error { return issuer.Run(ctx) })
 	}
 	g.Go(func() error {
 		return control.Serve(ctx, control.Config{
