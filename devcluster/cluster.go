@@ -246,6 +246,14 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 			newStatusSync(n, c.Client).run(nodeCtx, statusSyncPeriod)
 		}()
 	}
+	lb := &loadBalancer{net: c.net, client: c.Client, base: lbRange(k), log: log.With("component", "load-balancer")}
+	c.wg.Add(1)
+	go func() {
+		defer c.wg.Done()
+		if err := lb.run(runCtx); err != nil {
+			log.Error("load balancer stopped", "err", err)
+		}
+	}()
 	px := &proxy{net: c.net, log: log.With("component", "proxy"), synced: make(chan struct{})}
 	c.wg.Add(1)
 	go func() {

@@ -14,6 +14,7 @@ const (
 	BallastImage = "ballast:dev"
 	ProxyImage   = "ballast-proxy:dev" // what deploy/inject injects
 	ControlImage = "ballast-control:dev"
+	GatewayImage = "ballast-gateway:dev" // what deploy/gateway and its provisioner run
 )
 
 // BuildImages builds Ballast's binaries from this module into dir, as
@@ -35,6 +36,7 @@ func BuildImages(ctx context.Context, dir string, progress io.Writer) (map[strin
 		// plane's images hold them (see slimBuildTags in cmd/ballast).
 		{ProxyImage, "ballast-proxy", []string{"CGO_ENABLED=0"}},
 		{ControlImage, "ballast-control", []string{"CGO_ENABLED=0"}},
+		{GatewayImage, "ballast-gateway", []string{"CGO_ENABLED=0"}},
 	} {
 		out := filepath.Join(dir, b.name)
 		build := exec.CommandContext(ctx, "go", "build", "-tags", "grpcnotrace", "-o", out, "github.com/ballast-dev/ballast/cmd/"+b.name)

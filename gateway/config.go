@@ -93,11 +93,7 @@ func configure(reg *discovery.Registry, opts configOptions) *config {
 			continue
 		}
 		ours[c.Name] = true
-		out.status.Classes = append(out.status.Classes, ClassStatus{Class: c, Conditions: []metav1.Condition{{
-			Type: string(gatewayv1.GatewayClassConditionStatusAccepted), Status: metav1.ConditionTrue,
-			Reason: string(gatewayv1.GatewayClassReasonAccepted), Message: "accepted by " + string(opts.controller),
-			ObservedGeneration: c.Generation,
-		}}})
+		out.status.Classes = append(out.status.Classes, classStatus(c, opts.controller))
 	}
 	for _, gw := range reg.Gateways() {
 		k := discovery.Key{Namespace: gw.Namespace, Name: gw.Name}
@@ -109,6 +105,15 @@ func configure(reg *discovery.Registry, opts configOptions) *config {
 		out.status.Routes = append(out.status.Routes, gs.routes...)
 	}
 	return out
+}
+
+// classStatus is a GatewayClass of the controller, Accepted.
+func classStatus(c *gatewayv1.GatewayClass, controller gatewayv1.GatewayController) ClassStatus {
+	return ClassStatus{Class: c, Conditions: []metav1.Condition{{
+		Type: string(gatewayv1.GatewayClassConditionStatusAccepted), Status: metav1.ConditionTrue,
+		Reason: string(gatewayv1.GatewayClassReasonAccepted), Message: "accepted by " + string(controller),
+		ObservedGeneration: c.Generation,
+	}}}
 }
 
 // gatewayResult is configureGateway's status of a Gateway and of its
@@ -203,7 +208,10 @@ func configureGateway(reg *discovery.Registry, gw *gatewayv1.Gateway, opts confi
 		status.Listeners = append(status.Listeners, l.status)
 	}
 	accepted := cond(string(gatewayv1.GatewayConditionAccepted), true, string(gatewayv1.GatewayReasonAccepted), "accepted")
-	if programmed < len(ls) {
+	if programmed == 0 {
+		accepted = cond(string(gatewayv1.GatewayConditionAccepted), false, string(gatewayv1.GatewayReasonListenersNotValid),
+			"no listener is valid: see the listeners' conditions")
+	} else if programmed < len(ls) {
 		accepted = cond(string(gatewayv1.GatewayConditionAccepted), true, string(gatewayv1.GatewayReasonListenersNotValid),
 			fmt.Sprintf("%d of %d listeners are not valid; the others are served", len(ls)-programmed, len(ls)))
 	}
@@ -284,6 +292,8 @@ func judgeListener(reg *discovery.Registry, gw *gatewayv1.Gateway, l gatewayv1.L
 		}
 		st.cert = cert
 	default:
+		// No route kind attaches to a protocol the gateway does not serve.
+		st.status.SupportedKinds = []gatewayv1.RouteGroupKind{}
 		fail(&accepted, gatewayv1.ListenerReasonUnsupportedProtocol,
 			fmt.Sprintf("protocol %s is not supported: HTTP (gRPC over h2c) and HTTPS (TLS terminated, h2 by ALPN) are", l.Protocol))
 	}

@@ -62,7 +62,8 @@ type Options struct {
 	// Host is the address listeners bind, with the listener's port;
 	// empty means every interface.
 	Host string
-	// Addresses are the Gateway's addresses in status.
+	// Addresses are the Gateway's addresses in status, until
+	// SetAddresses gives others.
 	Addresses []gatewayv1.GatewayStatusAddress
 	// XDS names Clusters as the control plane does.
 	XDS xds.Options
@@ -92,6 +93,11 @@ type Gateway struct {
 	servers    map[int32]*server
 	lastStatus *Status
 	ready      atomic.Bool
+
+	// addresses are the Gateway's addresses in status; addressesSet
+	// tells Run they changed.
+	addresses    atomic.Pointer[[]gatewayv1.GatewayStatusAddress]
+	addressesSet chan struct{}
 }
 
 // New checks opts and returns a Gateway; nothing runs until Run.
@@ -100,13 +106,26 @@ func New(opts Options) (*Gateway, error) {
 		return nil, errors.New("gateway: no registry")
 	}
 	opts.Controller = cmp.Or(opts.Controller, ControllerName)
-	return &Gateway{
-		opts:    opts,
-		log:     cmp.Or(opts.Log, slog.Default()).With("component", "gateway"),
-		updates: map[string]client.Update{},
-		watches: map[string]map[*watch]struct{}{},
-		servers: map[int32]*server{},
-	}, nil
+	g := &Gateway{
+		opts:         opts,
+		log:          cmp.Or(opts.Log, slog.Default()).With("component", "gateway"),
+		updates:      map[string]client.Update{},
+		watches:      map[string]map[*watch]struct{}{},
+		servers:      map[int32]*server{},
+		addressesSet: make(chan struct{}, 1),
+	}
+	g.addresses.Store(&opts.Addresses)
+	return g, nil
+}
+
+// SetAddresses replaces the Gateway's addresses in status: a load
+// balancer's, which may come after the gateway started.
+func (g *Gateway) SetAddresses(addrs []gatewayv1.GatewayStatusAddress) {
+	g.addresses.Store(&addrs)
+	select {
+	case g.addressesSet <- struct{}{}:
+	default:
+	}
 }
 
 // Ready reports whether the gateway has configured its listeners once.
@@ -125,6 +144,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 		case <-ctx.Done():
 			return nil
 		case <-sub.C():
+		case <-g.addressesSet:
 		}
 	}
 }
@@ -133,7 +153,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 // that cannot be bound is reported in status and tried again at the next
 // change.
 func (g *Gateway) reconcile(ctx context.Context) {
-	opts := configOptions{controller: g.opts.Controller, only: g.opts.Gateway, addresses: g.opts.Addresses, xds: g.opts.XDS}
+	opts := configOptions{controller: g.opts.Controller, only: g.opts.Gateway, addresses: *g.addresses.Load(), xds: g.opts.XDS}
 	cfg := configure(g.opts.Registry, opts)
 	for port, pc := range cfg.ports {
 		if err := g.serve(ctx, pc); err != nil {

@@ -197,7 +197,7 @@ func TestStatus(t *testing.T) {
 		{"foreign", []cond{{"ResolvedRefs", "False", "RefNotPermitted"}, {"Programmed", "False", "Invalid"}}, 0, 1},
 		{"conflict-http", []cond{{"Conflicted", "True", "ProtocolConflict"}, {"Programmed", "False", "Invalid"}}, 0, 1},
 		{"conflict-https", []cond{{"Conflicted", "True", "ProtocolConflict"}, {"Programmed", "False", "Invalid"}}, 0, 1},
-		{"tcp", []cond{{"Accepted", "False", "UnsupportedProtocol"}, {"Programmed", "False", "Invalid"}}, 0, 1},
+		{"tcp", []cond{{"Accepted", "False", "UnsupportedProtocol"}, {"Programmed", "False", "Invalid"}}, 0, 0},
 		{"kinds", []cond{{"ResolvedRefs", "False", "InvalidRouteKinds"}, {"Programmed", "False", "Invalid"}}, 0, 0},
 	}
 	for _, tt := range listenerTests {
@@ -302,6 +302,82 @@ func TestStatus(t *testing.T) {
 				t.Errorf("port %d of an invalid listener accepts connections", p)
 			}
 		}
+	})
+
+	t.Run("a Secret turning malformed fails its listener alone", func(t *testing.T) {
+		// The https listener's Secret is replaced by garbage: the listener
+		// says so (ResolvedRefs False, Programmed False) while the h2c
+		// listener keeps serving calls on a connection made before and on
+		// a new one; the Secret put right serves TLS again.
+		sec, err := env.Client.CoreV1().Secrets(ns).Get(ctx, "good", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		good := sec.DeepCopy()
+		h2c, err := grpc.NewClient(fmt.Sprintf("127.0.0.1:%d", ports[0]), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer h2c.Close()
+		call := func(conn *grpc.ClientConn) string {
+			c, cancel := context.WithTimeout(ctx, 5*time.Second)
+			defer cancel()
+			if _, err := pb.NewGreeterClient(conn).SayHello(c, &pb.HelloRequest{Name: "status"}); err != nil {
+				return err.Error()
+			}
+			return ""
+		}
+		eventually(t, "an h2c call before the Secret breaks", func() string { return call(h2c) })
+
+		sec.Data = map[string][]byte{"tls.crt": []byte("-----BEGIN CERTIFICATE-----\nbroken\n-----END CERTIFICATE-----\n"), "tls.key": []byte("no key")}
+		if _, err := env.Client.CoreV1().Secrets(ns).Update(ctx, sec, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		get := listener("https")
+		eventually(t, "the https listener says its Secret is malformed", func() string {
+			l, gen, err := get()
+			if err != nil {
+				return err.Error()
+			}
+			if msg := checkCondition(l.Conditions, "ResolvedRefs", "False", "InvalidCertificateRef", gen); msg != "" {
+				return msg
+			}
+			return checkCondition(l.Conditions, "Programmed", "False", "Invalid", gen)
+		})
+		if msg := call(h2c); msg != "" {
+			t.Fatalf("the h2c listener's open connection: %s", msg)
+		}
+		fresh, err := grpc.NewClient(fmt.Sprintf("127.0.0.1:%d", ports[0]), grpc.WithTransportCredentials(insecure.NewCredentials()))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer fresh.Close()
+		if msg := call(fresh); msg != "" {
+			t.Fatalf("the h2c listener, a new connection: %s", msg)
+		}
+		eventually(t, "the http listener stays programmed", func() string {
+			l, gen, err := listener("http")()
+			if err != nil {
+				return err.Error()
+			}
+			return checkCondition(l.Conditions, "Programmed", "True", "Programmed", gen)
+		})
+
+		cur, err := env.Client.CoreV1().Secrets(ns).Get(ctx, "good", metav1.GetOptions{})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cur.Data = good.Data
+		if _, err := env.Client.CoreV1().Secrets(ns).Update(ctx, cur, metav1.UpdateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		creds := credentials.NewTLS(&tls.Config{RootCAs: caPool, ServerName: "grpc.example.com"})
+		viaTLS, err := grpc.NewClient(fmt.Sprintf("127.0.0.1:%d", ports[1]), grpc.WithTransportCredentials(creds), grpc.WithAuthority("grpc.example.com"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer viaTLS.Close()
+		eventually(t, "TLS serves again once the Secret is put right", func() string { return call(viaTLS) })
 	})
 
 	t.Run("observedGeneration follows an edit", func(t *testing.T) {

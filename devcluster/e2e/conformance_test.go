@@ -4,8 +4,10 @@ import (
 	"bytes"
 	"context"
 	"flag"
+	"fmt"
 	"io/fs"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"testing"
 	"time"
@@ -30,6 +32,7 @@ import (
 
 	"github.com/ballast-dev/ballast/devcluster"
 	"github.com/ballast-dev/ballast/inject"
+	"github.com/ballast-dev/ballast/internal/toolcache"
 )
 
 // The Gateway API conformance suite (sigs.k8s.io/gateway-api/conformance),
@@ -47,6 +50,35 @@ var updateReports = flag.Bool("update", false, "rewrite docs/conformance/ from t
 // tools/build-istio-echo.sh's build (TestMain maps it).
 const echoImage = "registry.k8s.io/gateway-api/echo-advanced:v1.5.1"
 
+// The images of the suite's base manifests (base/manifests.yaml), for the
+// gateway profiles: echo-basic, the suite's own echo server (HTTP, and
+// gRPC with GRPC_ECHO_SERVER), and CoreDNS.
+var (
+	echoBasicImages = []string{"registry.k8s.io/gateway-api/echo-basic:v1.5.1", "registry.k8s.io/gateway-api/echo-basic:v1.6.0-dev.3"}
+	corednsImage    = "registry.k8s.io/coredns/coredns:v1.12.2"
+)
+
+// conformanceImages builds echo-basic from the suite's module into dir and
+// maps the base manifests' images to it and to the dev cluster's CoreDNS.
+func conformanceImages(ctx context.Context, dir string, images map[string]string) error {
+	out := filepath.Join(dir, "echo-basic")
+	build := exec.CommandContext(ctx, "go", "build", "-o", out, "sigs.k8s.io/gateway-api/conformance/echo-basic")
+	build.Env = append(os.Environ(), "CGO_ENABLED=0")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		return fmt.Errorf("build echo-basic: %w", err)
+	}
+	for _, img := range echoBasicImages {
+		images[img] = out
+	}
+	coredns, err := toolcache.Path("BALLAST_COREDNS", "build-coredns.sh")
+	if err != nil {
+		return fmt.Errorf("build coredns: %w", err)
+	}
+	images[corednsImage] = coredns
+	return nil
+}
+
 // conformanceRun is one profile's run of the suite.
 type conformanceRun struct {
 	profile suite.ConformanceProfileName
@@ -59,6 +91,10 @@ type conformanceRun struct {
 	// skip are tests of the profile not run, each with the reason, which
 	// the report shows as skipped.
 	skip map[string]string
+	// gatewayClass, for a gateway profile, is the GatewayClass tested; its
+	// gateways are provisioned by deploy/gateway-provisioner, and the
+	// suite's base manifests are not injected.
+	gatewayClass string
 }
 
 // meshGRPC is GAMMA for gRPC: GRPCRoutes attached to Services, honoured by
@@ -74,6 +110,51 @@ func TestGatewayAPIConformanceMeshGRPC(t *testing.T) {
 	runConformance(t, meshGRPC)
 }
 
+// gatewayGRPC is GRPCRoutes attached to Gateways: Ballast's gateway, one
+// per Gateway of the class "ballast" (deploy/gateway-provisioner), at a
+// LoadBalancer address the dev cluster relays from host loopback.
+var gatewayGRPC = conformanceRun{
+	profile:      suite.GatewayGRPCConformanceProfileName,
+	supported:    []features.FeatureName{features.SupportGateway, features.SupportReferenceGrant, features.SupportGRPCRoute},
+	report:       "gateway-grpc-report.yaml",
+	mode:         "default",
+	gatewayClass: "ballast",
+}
+
+func TestGatewayAPIConformanceGatewayGRPC(t *testing.T) {
+	runConformance(t, gatewayGRPC)
+}
+
+// setupGatewayProvisioner applies deploy/gateway-provisioner and waits for
+// the provisioner; at the end it removes the provisioner (the gateways it
+// made go with the suite's Gateways).
+func setupGatewayProvisioner(t *testing.T, ctx context.Context) {
+	t.Helper()
+	// The GatewayClass is refused until its CRD, applied with it, is
+	// established: apply again, as a user would.
+	dir := deployDir(t, "gateway-provisioner")
+	var applyErr error
+	if err := devcluster.Poll(ctx, time.Minute, func(ctx context.Context) (bool, error) {
+		_, applyErr = cluster.Kubectl(ctx, nil, "apply", "-k", dir)
+		return applyErr == nil, nil
+	}); err != nil {
+		t.Fatalf("apply deploy/gateway-provisioner: %v (%v)", applyErr, err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+		defer cancel()
+		if _, err := cluster.Kubectl(ctx, nil, "-n", "ballast-system", "delete", "deployment,service", "-l", "ballast.dev/managed-by=gateway-provisioner", "--ignore-not-found"); err != nil {
+			t.Error(err)
+		}
+		if _, err := cluster.Kubectl(ctx, nil, "-n", "ballast-system", "delete", "deployment", "ballast-gateway-provisioner", "--ignore-not-found", "--wait=true"); err != nil {
+			t.Error(err)
+		}
+	})
+	if _, err := cluster.Kubectl(ctx, nil, "-n", "ballast-system", "rollout", "status", "deployment/ballast-gateway-provisioner", "--timeout=2m"); err != nil {
+		t.Fatal(err)
+	}
+}
+
 func runConformance(t *testing.T, run conformanceRun) {
 	ctx := ctxFor(t, 20*time.Minute)
 	checkEchoImage(t)
@@ -87,21 +168,29 @@ func runConformance(t *testing.T, run conformanceRun) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	// deploy/control installs the Gateway API CRDs Ballast reads.
-	setupMesh(t, ctx)
-	// Later tests of the package may remove deploy/control (the proxyless
-	// test deletes what it applied, ballast-system with it): the next test
-	// that needs the mesh installs it again (InstallMesh may run again).
-	t.Cleanup(func() { meshReady = false })
+	namespaces := []string{suite.MeshNamespace, suite.MeshConsumerNamespace}
+	labels := map[string]string{inject.NamespaceLabel: inject.NamespaceEnabled}
+	if run.gatewayClass != "" {
+		namespaces = []string{suite.InfrastructureNamespace, suite.AppBackendNamespace, suite.WebBackendNamespace}
+		labels = nil
+		setupGatewayProvisioner(t, ctx)
+	} else {
+		// deploy/control installs the Gateway API CRDs Ballast reads.
+		setupMesh(t, ctx)
+		// Later tests of the package may remove deploy/control (the proxyless
+		// test deletes what it applied, ballast-system with it): the next test
+		// that needs the mesh installs it again (InstallMesh may run again).
+		t.Cleanup(func() { meshReady = false })
+	}
 	t.Cleanup(func() {
 		if t.Failed() {
-			dumpState(t, suite.MeshNamespace, suite.MeshConsumerNamespace, "ballast-system")
+			dumpState(t, append(namespaces, "ballast-system")...)
 		}
 	})
 	// The suite deletes its namespaces at the end without waiting; the
 	// next test gets a cluster without them (cleanups run last first, so
 	// this one runs after the suite's).
-	t.Cleanup(func() { waitNamespacesGone(t, suite.MeshNamespace, suite.MeshConsumerNamespace) })
+	t.Cleanup(func() { waitNamespacesGone(t, namespaces...) })
 
 	clientset, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
@@ -114,7 +203,8 @@ func runConformance(t *testing.T, run conformanceRun) {
 	}
 	cs, err := suite.NewConformanceTestSuite(suite.ConformanceOptions{
 		ConfigurableOptions: suite.ConfigurableOptions{
-			NamespaceLabels:      map[string]string{inject.NamespaceLabel: inject.NamespaceEnabled},
+			NamespaceLabels:      labels,
+			GatewayClassName:     run.gatewayClass,
 			CleanupBaseResources: true,
 			CleanupTestResources: true,
 			SupportedFeatures:    run.supported,
@@ -149,7 +239,9 @@ func runConformance(t *testing.T, run conformanceRun) {
 	})
 	cs.Setup(t, tests.ConformanceTests)
 	setUp = !t.Failed()
-	checkInjected(t, ctx, suite.MeshNamespace, suite.MeshConsumerNamespace)
+	if run.gatewayClass == "" {
+		checkInjected(t, ctx, namespaces...)
+	}
 	if err := cs.Run(t, tests.ConformanceTests); err != nil {
 		t.Fatal(err)
 	}

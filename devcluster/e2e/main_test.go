@@ -58,6 +58,12 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "build the echo image:", err)
 		return 1
 	}
+	// The gateway suite's echo server (echo-basic, from the suite's module)
+	// and its DNS server image (the dev cluster's CoreDNS build).
+	if err := conformanceImages(ctx, tmp, images); err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
 	// Readiness probes dial pods before they listen; that is not news.
 	grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
 	level := slog.LevelInfo

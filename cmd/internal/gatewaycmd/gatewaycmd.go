@@ -3,6 +3,7 @@
 package gatewaycmd
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -11,11 +12,18 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"slices"
 	"strings"
 	"time"
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ballast-dev/ballast/discovery"
@@ -40,16 +48,25 @@ type Config struct {
 	Host string
 	// Addresses are the Gateway's addresses in status; empty means Host
 	// when it is an IP, else $POD_IP.
-	Addresses    []string
-	AdminAddress string
-	DrainTimeout time.Duration
-	Translate    xds.Options
+	Addresses []string
+	// StatusService, if set, is the Service (namespace/name) whose load
+	// balancer addresses are the Gateway's in status, as they come.
+	StatusService *discovery.Key
+	// Provision runs the provisioner instead of listeners: a gateway
+	// (Deployment and Service in ProvisionNamespace, image
+	// ProvisionImage) for each Gateway of the controller's classes.
+	Provision          bool
+	ProvisionNamespace string
+	ProvisionImage     string
+	AdminAddress       string
+	DrainTimeout       time.Duration
+	Translate          xds.Options
 }
 
 // New is the gateway command.
 func New() *cobra.Command {
 	var cfg Config
-	var gw string
+	var gw, statusSvc string
 	cmd := &cobra.Command{
 		Use:   "gateway",
 		Short: "Serve Gateway API Gateways for gRPC: listeners, GRPCRoutes, TLS, per-call balancing",
@@ -67,7 +84,12 @@ neither --kubeconfig nor --files is given) or from --files DIR, a folder of
 their YAML, so that 'ballast gateway --files DIR' serves a Gateway on this
 machine without a cluster. Listeners bind --host with their own ports.
 
---admin-address serves /ready once the listeners are configured.`,
+--admin-address serves /ready once the listeners are configured.
+
+With --provision it serves no listener: it runs one gateway per Gateway of
+the controller's classes, a Deployment of this image with --gateway and a
+Service of type LoadBalancer with the Gateway's listener ports, whose
+address each gateway reports in its Gateway's status (--status-service).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.InCluster = cfg.Kubeconfig == "" && cfg.Files == ""
@@ -78,6 +100,19 @@ machine without a cluster. Listeners bind --host with their own ports.
 				}
 				cfg.Gateway = &discovery.Key{Namespace: ns, Name: name}
 			}
+			if statusSvc != "" {
+				ns, name, ok := strings.Cut(statusSvc, "/")
+				if !ok || ns == "" || name == "" {
+					return fmt.Errorf("--status-service %q: want NAMESPACE/NAME", statusSvc)
+				}
+				cfg.StatusService = &discovery.Key{Namespace: ns, Name: name}
+			}
+			if cfg.Provision {
+				if cfg.Files != "" {
+					return errors.New("--provision needs a cluster, not --files")
+				}
+				return RunProvisioner(cmd.Context(), cfg, slog.Default())
+			}
 			return Run(cmd.Context(), cfg, slog.Default())
 		},
 	}
@@ -87,6 +122,10 @@ machine without a cluster. Listeners bind --host with their own ports.
 	f.StringVar(&gw, "gateway", "", "serve only this Gateway (NAMESPACE/NAME); default: every Gateway of the controller's classes")
 	f.StringVar(&cfg.Host, "host", "", "address the listeners bind (their ports are the Gateway's); empty: every interface")
 	f.StringSliceVar(&cfg.Addresses, "status-address", nil, "the Gateway's addresses to report in status (default: --host if it is an IP, else $POD_IP)")
+	f.StringVar(&statusSvc, "status-service", "", "report the load balancer addresses of this Service (NAMESPACE/NAME) as the Gateway's")
+	f.BoolVar(&cfg.Provision, "provision", false, "run the provisioner: a gateway Deployment and LoadBalancer Service per Gateway, instead of listeners")
+	f.StringVar(&cfg.ProvisionNamespace, "provision-namespace", "ballast-system", "namespace of the provisioned gateways")
+	f.StringVar(&cfg.ProvisionImage, "provision-image", "ballast-gateway:dev", "image of the provisioned gateways")
 	f.StringVar(&cfg.AdminAddress, "admin-address", ":15021", "address of /ready")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", proxy.DefaultDrainTimeout, "how long in-flight calls may run after SIGTERM")
 	f.StringVar(&cfg.Translate.ClusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS domain")
@@ -111,6 +150,10 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	addrs, err := statusAddresses(cfg)
 	if err != nil {
 		return err
+	}
+	if cfg.StatusService != nil {
+		// None until the Service's load balancer has one.
+		addrs = nil
 	}
 	gwOpts := gateway.Options{
 		Registry:     reg,
@@ -166,6 +209,13 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 	if status != nil {
 		g.Go(func() error { return status.Run(ctx) })
 	}
+	if cfg.StatusService != nil {
+		restCfg, err := source.RESTConfig(cfg.Kubeconfig)
+		if err != nil {
+			return err
+		}
+		g.Go(func() error { return watchAddresses(ctx, restCfg, *cfg.StatusService, gw.SetAddresses) })
+	}
 	g.Go(func() error {
 		if err := admin.Serve(adminLis); !errors.Is(err, http.ErrServerClosed) {
 			return err
@@ -189,6 +239,11 @@ func statusAddresses(cfg Config) ([]gatewayv1.GatewayStatusAddress, error) {
 			addrs = []string{ip}
 		}
 	}
+	return toStatusAddresses(addrs), nil
+}
+
+// toStatusAddresses types each address: an IP, else a hostname.
+func toStatusAddresses(addrs []string) []gatewayv1.GatewayStatusAddress {
 	var out []gatewayv1.GatewayStatusAddress
 	for _, a := range addrs {
 		t := gatewayv1.IPAddressType
@@ -197,5 +252,78 @@ func statusAddresses(cfg Config) ([]gatewayv1.GatewayStatusAddress, error) {
 		}
 		out = append(out, gatewayv1.GatewayStatusAddress{Type: &t, Value: a})
 	}
-	return out, nil
+	return out
+}
+
+// watchAddresses gives set the addresses of the Service's load balancer
+// (status.loadBalancer.ingress, IPs or hostnames) whenever they change;
+// a Service of type ClusterIP gives its cluster IPs.
+func watchAddresses(ctx context.Context, cfg *rest.Config, svc discovery.Key, set func([]gatewayv1.GatewayStatusAddress)) error {
+	kc, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	f := informers.NewSharedInformerFactoryWithOptions(kc, 10*time.Minute, informers.WithNamespace(svc.Namespace),
+		informers.WithTweakListOptions(func(o *metav1.ListOptions) { o.FieldSelector = "metadata.name=" + svc.Name }))
+	inf := f.Core().V1().Services().Informer()
+	var last []gatewayv1.GatewayStatusAddress
+	update := func(obj any) {
+		s, ok := obj.(*corev1.Service)
+		if !ok {
+			return
+		}
+		var addrs []string
+		for _, in := range s.Status.LoadBalancer.Ingress {
+			addrs = append(addrs, cmp.Or(in.IP, in.Hostname))
+		}
+		if s.Spec.Type == corev1.ServiceTypeClusterIP {
+			addrs = s.Spec.ClusterIPs
+		}
+		next := toStatusAddresses(addrs)
+		if !slices.EqualFunc(next, last, func(a, b gatewayv1.GatewayStatusAddress) bool { return a.Value == b.Value }) || (last == nil) != (next == nil) {
+			last = next
+			set(next)
+		}
+	}
+	if _, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
+		AddFunc:    update,
+		UpdateFunc: func(_, obj any) { update(obj) },
+		DeleteFunc: func(any) { last = nil; set(nil) },
+	}); err != nil {
+		return err
+	}
+	inf.Run(ctx.Done())
+	return nil
+}
+
+// RunProvisioner runs the provisioner and /ready until ctx ends.
+func RunProvisioner(ctx context.Context, cfg Config, log *slog.Logger) error {
+	restCfg, err := source.RESTConfig(cfg.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	p, err := gateway.NewProvisioner(restCfg, gateway.ProvisionerOptions{Namespace: cfg.ProvisionNamespace, Image: cfg.ProvisionImage, Log: log})
+	if err != nil {
+		return err
+	}
+	adminLis, err := net.Listen("tcp", cfg.AdminAddress)
+	if err != nil {
+		return fmt.Errorf("--admin-address: %w", err)
+	}
+	mux := http.NewServeMux()
+	mux.HandleFunc("/ready", func(w http.ResponseWriter, _ *http.Request) { fmt.Fprintln(w, "ready") })
+	admin := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
+	g, ctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return p.Run(ctx) })
+	g.Go(func() error {
+		if err := admin.Serve(adminLis); !errors.Is(err, http.ErrServerClosed) {
+			return err
+		}
+		return nil
+	})
+	g.Go(func() error {
+		<-ctx.Done()
+		return admin.Close()
+	})
+	return g.Wait()
 }
