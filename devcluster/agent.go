@@ -246,7 +246,11 @@ func (n *nodeAgent) CreatePod(_ context.Context, pod *corev1.Pod) error {
 	}
 	n.mu.Unlock()
 
-	pn, err := n.agent.net.addPod(n.ctx, n.index, n.agent.files(pod))
+	var sysctls []corev1.Sysctl
+	if pod.Spec.SecurityContext != nil {
+		sysctls = pod.Spec.SecurityContext.Sysctls
+	}
+	pn, err := n.agent.net.addPod(n.ctx, n.index, n.agent.files(pod), sysctls)
 	if err != nil {
 		if n.ctx.Err() == nil {
 			n.log.Warn("pod network", "pod", key, "err", err)

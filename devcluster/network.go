@@ -12,6 +12,8 @@ import (
 	"strings"
 	"sync"
 	"time"
+
+	corev1 "k8s.io/api/core/v1"
 )
 
 // network is the cluster's private L3 fabric. One router namespace
@@ -148,8 +150,15 @@ func (n *network) release(a netip.Addr) {
 
 // addPod creates a pod namespace with one veth to the router, a /32 address
 // and routes for the pod and Service CIDRs only: no default route, so the
-// pod can reach other pods, Services and nothing else.
-func (n *network) addPod(ctx context.Context, nodeIndex int, files map[string]string) (*podNet, error) {
+// pod can reach other pods, Services and nothing else. The pod's sysctls
+// are set in its namespace, as the kubelet sets them: the network ones
+// (net.*), which are per network namespace; any other is refused.
+func (n *network) addPod(ctx context.Context, nodeIndex int, files map[string]string, sysctls []corev1.Sysctl) (*podNet, error) {
+	for _, s := range sysctls {
+		if !strings.HasPrefix(s.Name, "net.") {
+			return nil, fmt.Errorf("sysctl %s: the dev cluster sets only net.* sysctls, which are per pod network namespace", s.Name)
+		}
+	}
 	ip, seq, err := n.allocate(nodeIndex)
 	if err != nil {
 		return nil, err
@@ -168,6 +177,9 @@ func (n *network) addPod(ctx context.Context, nodeIndex int, files map[string]st
 		{"-n", p.netns, "route", "add", gw, "dev", "eth0", "scope", "link"},
 		{"-n", p.netns, "route", "add", n.podCIDR.String(), "via", gw, "dev", "eth0"},
 		{"-n", p.netns, "route", "add", n.svcCIDR.String(), "via", gw, "dev", "eth0"},
+	}
+	for _, s := range sysctls {
+		steps = append(steps, []string{"netns", "exec", p.netns, "sysctl", "-q", "-w", s.Name + "=" + s.Value})
 	}
 	for _, s := range steps {
 		if err := ipCmd(ctx, s...); err != nil {

@@ -3,6 +3,7 @@ package gateway
 import (
 	"crypto/tls"
 	"fmt"
+	"net/netip"
 	"slices"
 	"strconv"
 	"strings"
@@ -81,7 +82,10 @@ type configOptions struct {
 	addresses []gatewayv1.GatewayStatusAddress
 	// unbindable are ports the last attempt could not listen on, and why.
 	unbindable map[int32]string
-	xds        xds.Options
+	// noRoute, if valid, is the address of the gateway's own server that
+	// answers UNIMPLEMENTED: the backend of every port's last rule.
+	noRoute netip.AddrPort
+	xds     xds.Options
 }
 
 // configure computes what to serve from the registry.
@@ -189,7 +193,7 @@ func configureGateway(reg *discovery.Registry, gw *gatewayv1.Gateway, opts confi
 		pc := out.ports[port]
 		if pc == nil {
 			pc = &portConfig{port: port, gateway: gk}
-			pc.update = portUpdate(reg, pc.target(), routed[port], opts.xds)
+			pc.update = portUpdate(reg, pc.target(), routed[port], opts.xds, opts.noRoute)
 			out.ports[port] = pc
 		}
 		if l.cert != nil {
@@ -390,11 +394,21 @@ func admits(gw *gatewayv1.Gateway, l gatewayv1.Listener) func(string) bool {
 
 // portUpdate is the route of a port (its rules over every listener) and
 // the Clusters and endpoints of the Service ports its backends name.
-func portUpdate(reg *discovery.Registry, name string, pr discovery.PortRoute, opts xds.Options) client.Update {
+//
+// A call no rule matches must fail UNIMPLEMENTED at a Gateway (the
+// Gateway API's listener rules), where the data path fails it
+// UNAVAILABLE: the route's last rule, matching every call, sends it to
+// the gateway's own server that answers so.
+func portUpdate(reg *discovery.Registry, name string, pr discovery.PortRoute, opts xds.Options, noRoute netip.AddrPort) client.Update {
 	route, unavailable := pr.Model(name, []string{name}, func(k discovery.Key, port int32) string {
 		return xds.ClusterName(k, port, opts)
 	})
 	u := client.Update{Route: route, Clusters: map[string]policy.Cluster{}, Endpoints: map[string]policy.Endpoints{}}
+	if noRoute.IsValid() {
+		u.Route.Rules = append(slices.Clip(u.Route.Rules), policy.Rule{Name: noRouteCluster, Backends: []policy.Backend{{Cluster: noRouteCluster, Weight: 1}}})
+		u.Clusters[noRouteCluster] = policy.Cluster{Name: noRouteCluster, LB: policy.RoundRobin}
+		u.Endpoints[noRouteCluster] = policy.Endpoints{Cluster: noRouteCluster, Endpoints: []policy.Endpoint{{Address: noRoute}}}
+	}
 	for _, c := range unavailable {
 		u.Clusters[c] = policy.Cluster{Name: c, LB: policy.RoundRobin}
 		u.Endpoints[c] = policy.Endpoints{Cluster: c}

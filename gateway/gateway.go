@@ -28,6 +28,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/netip"
 	"reflect"
 	"strconv"
 	"strings"
@@ -36,6 +37,9 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
 	"github.com/ballast-dev/ballast/discovery"
@@ -94,6 +98,9 @@ type Gateway struct {
 	lastStatus *Status
 	ready      atomic.Bool
 
+	// noRoute is the address of the server answering the calls no rule
+	// matches (set by Run).
+	noRoute netip.AddrPort
 	// addresses are the Gateway's addresses in status; addressesSet
 	// tells Run they changed.
 	addresses    atomic.Pointer[[]gatewayv1.GatewayStatusAddress]
@@ -133,6 +140,11 @@ func (g *Gateway) Ready() bool { return g.ready.Load() }
 
 // Run serves until ctx ends, then drains every listener.
 func (g *Gateway) Run(ctx context.Context) error {
+	stopNoRoute, err := g.serveNoRoute()
+	if err != nil {
+		return err
+	}
+	defer stopNoRoute()
 	sub := g.opts.Registry.SubscribeGateways()
 	defer sub.Close()
 	defer g.stopAll()
@@ -153,7 +165,7 @@ func (g *Gateway) Run(ctx context.Context) error {
 // that cannot be bound is reported in status and tried again at the next
 // change.
 func (g *Gateway) reconcile(ctx context.Context) {
-	opts := configOptions{controller: g.opts.Controller, only: g.opts.Gateway, addresses: *g.addresses.Load(), xds: g.opts.XDS}
+	opts := configOptions{controller: g.opts.Controller, only: g.opts.Gateway, addresses: *g.addresses.Load(), xds: g.opts.XDS, noRoute: g.noRoute}
 	cfg := configure(g.opts.Registry, opts)
 	for port, pc := range cfg.ports {
 		if err := g.serve(ctx, pc); err != nil {
@@ -337,4 +349,27 @@ func pickCert(certs []hostCert, serverName string) (*tls.Certificate, error) {
 		return nil, fmt.Errorf("no listener serves %q", serverName)
 	}
 	return certs[best].cert, nil
+}
+
+// noRouteCluster is the Cluster of the calls no rule of a port matches.
+const noRouteCluster = "ballast-gateway-no-route"
+
+// serveNoRoute serves, on loopback, the answer to calls no rule matches:
+// UNIMPLEMENTED, as the Gateway API asks of gRPC listeners.
+func (g *Gateway) serveNoRoute() (stop func(), err error) {
+	lis, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return nil, fmt.Errorf("gateway: no-route server: %w", err)
+	}
+	srv := grpc.NewServer(grpc.UnknownServiceHandler(func(_ any, stream grpc.ServerStream) error {
+		method, _ := grpc.MethodFromServerStream(stream)
+		return status.Errorf(codes.Unimplemented, "ballast gateway: no route of this listener matches %s", method)
+	}))
+	g.noRoute = netip.MustParseAddrPort(lis.Addr().String())
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		srv.Serve(lis)
+	}()
+	return func() { srv.Stop(); <-done }, nil
 }

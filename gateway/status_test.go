@@ -94,6 +94,16 @@ func TestStatus(t *testing.T) {
 	secret(ns, "good", map[string][]byte{"tls.crt": certPEM, "tls.key": keyPEM})
 	secret(ns, "malformed", map[string][]byte{"tls.crt": []byte("not a certificate"), "tls.key": []byte("nor a key")})
 	secret(other, "foreign", map[string][]byte{"tls.crt": certPEM, "tls.key": keyPEM})
+	// A ReferenceGrant in other lets the Gateways of ns use its Secret
+	// "granted" (and nothing else there: "foreign" stays refused).
+	secret(other, "granted", map[string][]byte{"tls.crt": certPEM, "tls.key": keyPEM})
+	if _, err := gc.GatewayV1().ReferenceGrants(other).Create(ctx, &gatewayv1.ReferenceGrant{ObjectMeta: metav1.ObjectMeta{Name: "gateways-to-granted"},
+		Spec: gatewayv1.ReferenceGrantSpec{
+			From: []gatewayv1.ReferenceGrantFrom{{Group: gatewayv1.GroupName, Kind: "Gateway", Namespace: gatewayv1.Namespace(ns)}},
+			To:   []gatewayv1.ReferenceGrantTo{{Group: "", Kind: "Secret", Name: ptr(gatewayv1.ObjectName("granted"))}},
+		}}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 
 	className := gatewayv1.ObjectName(ns) // classes are cluster-scoped: one per test
 	class, err := gc.GatewayV1().GatewayClasses().Create(ctx, &gatewayv1.GatewayClass{ObjectMeta: metav1.ObjectMeta{Name: string(className)},
@@ -105,7 +115,7 @@ func TestStatus(t *testing.T) {
 		gc.GatewayV1().GatewayClasses().Delete(context.Background(), class.Name, metav1.DeleteOptions{})
 	})
 
-	ports := freePorts(t, 8)
+	ports := freePorts(t, 9)
 	https := func(name string, port int, secretNS *gatewayv1.Namespace, secret string) gatewayv1.Listener {
 		return gatewayv1.Listener{Name: gatewayv1.SectionName(name), Protocol: gatewayv1.HTTPSProtocolType, Port: gatewayv1.PortNumber(port),
 			TLS: &gatewayv1.ListenerTLSConfig{CertificateRefs: []gatewayv1.SecretObjectReference{{Name: gatewayv1.ObjectName(secret), Namespace: secretNS}}}}
@@ -125,6 +135,7 @@ func TestStatus(t *testing.T) {
 			https("conflict-https", ports[5], nil, "good"),
 			{Name: "tcp", Protocol: gatewayv1.TCPProtocolType, Port: gatewayv1.PortNumber(ports[6])},
 			httpRouteOnly,
+			https("granted", ports[8], ptr(gatewayv1.Namespace(other)), "granted"),
 		}}}, metav1.CreateOptions{})
 	if err != nil {
 		t.Fatal(err)
@@ -195,6 +206,7 @@ func TestStatus(t *testing.T) {
 		{"missing", []cond{{"ResolvedRefs", "False", "InvalidCertificateRef"}, {"Programmed", "False", "Invalid"}}, 0, 1},
 		{"malformed", []cond{{"ResolvedRefs", "False", "InvalidCertificateRef"}, {"Programmed", "False", "Invalid"}}, 0, 1},
 		{"foreign", []cond{{"ResolvedRefs", "False", "RefNotPermitted"}, {"Programmed", "False", "Invalid"}}, 0, 1},
+		{"granted", []cond{{"ResolvedRefs", "True", "ResolvedRefs"}, {"Programmed", "True", "Programmed"}}, 1, 1},
 		{"conflict-http", []cond{{"Conflicted", "True", "ProtocolConflict"}, {"Programmed", "False", "Invalid"}}, 0, 1},
 		{"conflict-https", []cond{{"Conflicted", "True", "ProtocolConflict"}, {"Programmed", "False", "Invalid"}}, 0, 1},
 		{"tcp", []cond{{"Accepted", "False", "UnsupportedProtocol"}, {"Programmed", "False", "Invalid"}}, 0, 0},

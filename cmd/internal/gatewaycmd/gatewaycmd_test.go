@@ -103,11 +103,11 @@ func TestGatewayFromFiles(t *testing.T) {
 	}
 
 	// The h2c listener's hostname is *.example.com: a call for another
-	// host matches no rule.
+	// host matches no rule, which a Gateway answers UNIMPLEMENTED.
 	for _, host := range []string{"example.com", "grpc.example.org", "127.0.0.1"} {
 		other := dial(t, fmt.Sprintf("127.0.0.1:%d", ports[0]), grpc.WithTransportCredentials(insecure.NewCredentials()), grpc.WithAuthority(host))
-		if _, err := call(other); status.Code(err) != codes.Unavailable {
-			t.Errorf("call for %s through the listener of *.example.com: %v, want UNAVAILABLE", host, err)
+		if _, err := call(other); status.Code(err) != codes.Unimplemented {
+			t.Errorf("call for %s through the listener of *.example.com: %v, want UNIMPLEMENTED", host, err)
 		}
 	}
 	// TLS 1.1 is refused; ALPN says h2.
