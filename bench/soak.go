@@ -257,6 +257,9 @@ func (r *SoakReport) WriteText(w io.Writer) {
 	for _, row := range r.rows() {
 		fmt.Fprintf(w, "  %-26s first %8.1f  last %8.1f  peak %8.1f  growth %+8.1f %s/hour\n", row.What, row.First, row.Last, row.Peak, row.PerHour, row.Unit)
 	}
+	if r.LastErr != "" {
+		fmt.Fprintf(w, "  last failed call: %s\n", r.LastErr)
+	}
 }
 
 func (r *SoakReport) markdown() string {
@@ -281,6 +284,9 @@ func (r *SoakReport) markdown() string {
 			unit = " " + row.Unit
 		}
 		fmt.Fprintf(&b, "| %s | %.1f%s | %.1f%s | %.1f%s | %+.1f%s |\n", row.What, row.First, unit, row.Last, unit, row.Peak, unit, row.PerHour, unit)
+	}
+	if r.LastErr != "" {
+		fmt.Fprintf(&b, "\nThe last failed call: %s\n", mdCell(r.LastErr))
 	}
 	if r.Config.Duration < 10*time.Minute {
 		b.WriteString("\nA run this short says little per hour: warm-up growth dominates the slope.\n")
