@@ -41,13 +41,15 @@ const (
 	// RateLimited is a TrafficPolicy's rateLimit.
 	RateLimited Feature = "RateLimit"
 	// MaxRequests, MaxPendingRequests and MaxConnections are a
-	// TrafficPolicy's circuitBreaker fields.
+	// TrafficPolicy's circuitBreaker fields; every mode honours
+	// maxRequests.
 	MaxRequests        Feature = "CircuitBreakerMaxRequests"
 	MaxPendingRequests Feature = "CircuitBreakerMaxPendingRequests"
 	MaxConnections     Feature = "CircuitBreakerMaxConnections"
 	// SuccessRateFeature, FailurePercentageFeature and
 	// ConsecutiveErrors are a TrafficPolicy's outlierDetection
-	// algorithms.
+	// algorithms; every mode honours the first two (grpc-go's outlier
+	// detection balancer, in the sidecar and the library too).
 	SuccessRateFeature       Feature = "OutlierSuccessRateEjection"
 	FailurePercentageFeature Feature = "OutlierFailurePercentageEjection"
 	ConsecutiveErrors        Feature = "OutlierConsecutiveErrors"
@@ -94,29 +96,17 @@ var Capabilities = []Capability{{
 	Honoured: []Mode{Sidecar, Library},
 	Why:      "gRPC's xDS clients have no rate limiting of their own calls (grpc-go ignores Envoy's local_ratelimit filter and route metadata)",
 }, {
-	Feature:  MaxRequests,
-	Honoured: []Mode{Proxyless},
-	Why:      "the sidecar and the Go library do not bound the calls in flight yet",
-}, {
 	Feature:  MaxPendingRequests,
 	Honoured: []Mode{},
-	Why:      "gRPC's xDS clients read only max_requests of a Cluster's circuit_breakers; the sidecar and the Go library queue no calls of their own to bound",
+	Why:      "gRPC's xDS clients read only max_requests of a Cluster's circuit_breakers; the sidecar and the Go library queue no calls of their own to bound (a call waiting for a connection waits in its balancer's picker)",
 }, {
 	Feature:  MaxConnections,
 	Honoured: []Mode{},
 	Why:      "gRPC's xDS clients read only max_requests of a Cluster's circuit_breakers; the sidecar and the Go library keep one HTTP/2 connection per endpoint",
 }, {
-	Feature:  SuccessRateFeature,
-	Honoured: []Mode{Proxyless},
-	Why:      "the sidecar and the Go library do not run outlier detection yet",
-}, {
-	Feature:  FailurePercentageFeature,
-	Honoured: []Mode{Proxyless},
-	Why:      "the sidecar and the Go library do not run outlier detection yet",
-}, {
 	Feature:  ConsecutiveErrors,
 	Honoured: []Mode{},
-	Why:      "gRPC's xDS clients have no consecutive-error ejection (gRFC A50 leaves out a Cluster's consecutive_5xx); the sidecar and the Go library do not run it yet",
+	Why:      "gRPC's outlier detection (gRFC A50) has no consecutive-error ejection: grpc-go's xDS clients ignore a Cluster's consecutive_5xx, and the sidecar and the Go library run grpc-go's outlier detection balancer",
 }}
 
 // Unsupported lists the modes that do not honour f, and why; none for a

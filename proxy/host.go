@@ -46,10 +46,16 @@ type host struct {
 	// hosts of every Cluster the upstream's route names: a call waiting
 	// for a route or a picker is guarded by the one lock whichever host
 	// it ends up on.
-	mu     *sync.Mutex
-	gen    uint64
-	parked []*stream
-	closed bool
+	mu  *sync.Mutex
+	gen uint64
+	// balancerPicker is the balancer's last picker, and maxRequests its
+	// circuit breaker's bound (circuitbreaker.go); inFlight counts the
+	// streams picked and not done while it has one.
+	balancerPicker balancer.Picker
+	maxRequests    uint32
+	inFlight       atomic.Int64
+	parked         []*stream
+	closed         bool
 	// live are the upstream connections, closed when the host closes.
 	live map[*h2conn]struct{}
 }
@@ -135,8 +141,8 @@ func (h *host) UpdateAddresses(sc balancer.SubConn, addrs []resolver.Address) {
 // picks run outside the balancer's calls: on work, once this one returns.
 func (h *host) UpdateState(st balancer.State) {
 	h.mu.Lock()
-	h.gen++
-	h.picker.Store(&pickerState{p: st.Picker, gen: h.gen})
+	h.balancerPicker = st.Picker
+	h.storePickerLocked()
 	parked := len(h.parked) > 0
 	h.mu.Unlock()
 	if parked {

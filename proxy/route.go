@@ -209,7 +209,7 @@ func (up *upstream) updateXDS(u client.Update) {
 			}
 			empty[name] = true
 		}
-		h.updatePolicy(cl.LB, state)
+		h.updatePolicy(cl, state)
 	}
 	up.routing.Store(&routing{router: router, hosts: hosts, empty: empty, calls: calls})
 	for name, h := range up.hosts {

@@ -184,8 +184,12 @@ func (sc *subConn) UpdateAddresses(addrs []resolver.Address) {
 
 // RegisterHealthListener implements balancer.SubConn. The proxy runs no
 // health checks of its own, so a READY connection is healthy, as in
-// grpc-go without a health-check config.
+// grpc-go without a health-check config. A nil f (grpc-go's outlier
+// detection balancer unregisters so) asks for nothing.
 func (sc *subConn) RegisterHealthListener(f func(balancer.SubConnState)) {
+	if f == nil {
+		return
+	}
 	sc.h.work.schedule(func() {
 		sc.mu.Lock()
 		st := sc.state

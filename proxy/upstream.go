@@ -205,7 +205,7 @@ func (r *resolverConn) UpdateState(s resolver.State) error {
 		}
 	}
 	r.last = lb
-	r.h.updatePolicy(lb, s)
+	r.h.updatePolicy(policy.Cluster{LB: lb}, s)
 	return nil
 }
 
@@ -233,23 +233,34 @@ type lbChoice struct {
 	lb                   policy.LB
 }
 
-// updatePolicy hands h endpoints and the balancer of the policy.
-func (h *host) updatePolicy(lb policy.LB, state resolver.State) {
-	name, cfg, err := balancerFor(lb)
+// updatePolicy hands h endpoints, the balancer of the Cluster's policy
+// (under grpc-go's outlier detection balancer if it has outlier
+// detection) and its circuit breaker's bound.
+func (h *host) updatePolicy(cl policy.Cluster, state resolver.State) {
+	name, cfg, err := balancerFor(cl.LB, cl.Outlier)
 	if err != nil {
 		h.log.Error("keeping the current balancer", "target", h.target, "err", err)
 		return
 	}
+	h.setMaxRequests(cl.CircuitBreaker.MaxRequests)
 	h.update(name, cfg, state)
 }
 
 // balancerFor is the first balancer of the policy's list that grpc-go has
-// registered, as a channel picks it, with its parsed config.
-func balancerFor(lb policy.LB) (string, serviceconfig.LoadBalancingConfig, error) {
+// registered, as a channel picks it, with its parsed config; with outlier
+// detection, grpc-go's outlier detection balancer over it (registered by
+// grpc-go's xDS package, imported in outlier.go).
+func balancerFor(lb policy.LB, od *policy.OutlierDetection) (string, serviceconfig.LoadBalancingConfig, error) {
 	for _, b := range lb.Balancers() {
 		bb := balancer.Get(b.Name)
 		if bb == nil {
 			continue
+		}
+		if od != nil {
+			b = policy.Balancer{Name: policy.OutlierDetectionBalancer, Config: od.LBConfig(b)}
+			if bb = balancer.Get(b.Name); bb == nil {
+				return "", nil, fmt.Errorf("balancer %s is not registered", b.Name)
+			}
 		}
 		p, ok := bb.(balancer.ConfigParser)
 		if !ok {

@@ -32,11 +32,15 @@ import (
 	"bytes"
 	"encoding/json"
 	"fmt"
+	"sync/atomic"
 
 	"google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
+	// grpc-go's xDS package registers its outlier detection balancer
+	// (internal to grpc-go), which Clusters with outlier detection run.
+	_ "google.golang.org/grpc/xds"
 
 	"github.com/ballast-dev/ballast/policy"
 )
@@ -64,6 +68,12 @@ type State struct {
 type Cluster struct {
 	LB        policy.LB
 	Endpoints []resolver.Endpoint
+	// CircuitBreaker bounds the calls in flight to the Cluster
+	// (MaxRequests; a call beyond it fails UNAVAILABLE at once).
+	CircuitBreaker policy.CircuitBreaker
+	// Outlier, if set, runs the Cluster's balancer under grpc-go's outlier
+	// detection balancer (policy.OutlierDetectionBalancer).
+	Outlier *policy.OutlierDetection
 }
 
 type stateKey struct{}
@@ -131,6 +141,10 @@ type child struct {
 	bal                 balancer.Balancer
 	state               balancer.State
 	reported            bool
+	// maxRequests bounds inFlight, the calls picked for the Cluster and
+	// not done, which outlives the pickers; 0 is no bound.
+	maxRequests uint32
+	inFlight    atomic.Int64
 }
 
 // UpdateState records the child's picker and rebuilds the policy's.
@@ -170,7 +184,7 @@ func (b *routeBalancer) UpdateClientConnState(s balancer.ClientConnState) error 
 			}
 			b.empty[name] = true
 		}
-		lb, cfg, err := balancerFor(cl.LB)
+		lb, cfg, err := balancerFor(cl.LB, cl.Outlier)
 		if err != nil {
 			return fmt.Errorf("%s: cluster %s: %w", Name, name, err)
 		}
@@ -184,6 +198,7 @@ func (b *routeBalancer) UpdateClientConnState(s balancer.ClientConnState) error 
 			c.bal = balancer.Get(lb).Build(c, balancer.BuildOptions{})
 			b.children[name] = c
 		}
+		c.maxRequests = cl.CircuitBreaker.MaxRequests
 		if err := c.bal.UpdateClientConnState(balancer.ClientConnState{
 			ResolverState:  resolver.State{Endpoints: cl.Endpoints},
 			BalancerConfig: cfg,
@@ -195,12 +210,20 @@ func (b *routeBalancer) UpdateClientConnState(s balancer.ClientConnState) error 
 }
 
 // balancerFor is the first balancer of the policy's list that grpc-go has
-// registered, as a channel picks it, with its parsed config.
-func balancerFor(lb policy.LB) (string, serviceconfig.LoadBalancingConfig, error) {
+// registered, as a channel picks it, with its parsed config; with outlier
+// detection, grpc-go's outlier detection balancer over it (the xDS
+// package imported above registers it).
+func balancerFor(lb policy.LB, od *policy.OutlierDetection) (string, serviceconfig.LoadBalancingConfig, error) {
 	for _, bc := range lb.Balancers() {
 		bb := balancer.Get(bc.Name)
 		if bb == nil {
 			continue
+		}
+		if od != nil {
+			bc = policy.Balancer{Name: policy.OutlierDetectionBalancer, Config: od.LBConfig(bc)}
+			if bb = balancer.Get(bc.Name); bb == nil {
+				return "", nil, fmt.Errorf("balancer %s is not registered", bc.Name)
+			}
 		}
 		p, ok := bb.(balancer.ConfigParser)
 		if !ok {
@@ -261,6 +284,9 @@ func (b *routeBalancer) updatePicker() {
 			continue
 		}
 		p.children[name] = c.state.Picker
+		if c.maxRequests > 0 && c.state.Picker != nil {
+			p.children[name] = &limitPicker{Picker: c.state.Picker, cluster: name, max: c.maxRequests, inFlight: &c.inFlight}
+		}
 		if rank[c.state.ConnectivityState] > rank[state] {
 			state = c.state.ConnectivityState
 		}

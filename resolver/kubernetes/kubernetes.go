@@ -300,6 +300,13 @@ func (r *kubeResolver) run(ctx context.Context) {
 	}
 }
 
+// guarded reports whether the target's Service asks for a circuit
+// breaker or outlier detection.
+func (r *kubeResolver) guarded() bool {
+	svc, ok := r.reg.Get(r.target.key)
+	return ok && (svc.Cluster.CircuitBreaker != policy.CircuitBreaker{} || svc.Cluster.Outlier != nil)
+}
+
 // push reads the Service from the registry and sends the whole state, or
 // the reason there is none.
 func (r *kubeResolver) push() {
@@ -309,11 +316,14 @@ func (r *kubeResolver) push() {
 		r.pushRoute(rt)
 		return
 	}
-	if rt, ok := r.selfRoute(); ok && r.routed {
-		// The route (or the policy that made one) is gone. grpc-go keeps
-		// the last service config when a resolver sends none, so the
-		// channel still runs balancer/route, which needs a route: every
-		// call to the Service itself, balanced by its own policy.
+	if rt, ok := r.selfRoute(); ok && (r.routed || r.guarded()) {
+		// The route (or the policy that made one) is gone, or the
+		// Service's policy has a circuit breaker or outlier detection,
+		// which balancer/route applies. grpc-go keeps the last service
+		// config when a resolver sends none, so once the channel runs
+		// balancer/route it needs a route: every call to the Service
+		// itself, balanced by its own policy.
+		r.routed = true
 		r.pushRoute(rt)
 		return
 	}

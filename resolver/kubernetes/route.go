@@ -76,7 +76,7 @@ func (r *kubeResolver) pushRoute(rt policy.Route) {
 		}
 		use, _ := port.Preferred(svc.TrafficDistribution, r.zone)
 		eps := endpoints(use)
-		st.Clusters[name] = route.Cluster{LB: lb, Endpoints: eps}
+		st.Clusters[name] = route.Cluster{LB: lb, Endpoints: eps, CircuitBreaker: svc.Cluster.CircuitBreaker, Outlier: svc.Cluster.Outlier}
 		all = append(all, eps...)
 	}
 	r.log.Debug("route", "route", rt.Name, "rules", len(rt.Rules), "clusters", len(st.Clusters))

@@ -1,0 +1,47 @@
+package kubernetes_test
+
+import (
+	"testing"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	pb "google.golang.org/grpc/examples/helloworld/helloworld"
+
+	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/internal/guardtest"
+	"github.com/ballast-dev/ballast/resolver/kubernetes"
+)
+
+// dialGuarded dials greeter, served by servers, through the kubernetes:///
+// resolver with a TrafficPolicy on it with the given spec fields.
+func dialGuarded(t *testing.T, fields string, servers ...*guardtest.Server) pb.GreeterClient {
+	t.Helper()
+	reg := discovery.NewRegistry()
+	reg.Set(service("greeter", guardtest.Serve(t, servers...)...))
+	reg.SetPolicy(trafficPolicy(t, "greeter", "targetRefs: [{group: \"\", kind: Service, name: greeter}]\n"+fields))
+	conn, err := grpc.NewClient(target, append(kubernetes.DialOptions(reg), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return pb.NewGreeterClient(conn)
+}
+
+// TestLibraryOutlierDetection: of three pods one fails every call; the
+// library (balancer/route running grpc-go's outlier detection balancer
+// over the Service's) ejects it within two intervals and sends it calls
+// again after the ejection time.
+func TestLibraryOutlierDetection(t *testing.T) {
+	policy := "outlierDetection:" + guardtest.Policy[len("  outlierDetection:"):]
+	guardtest.CheckEjection(t, dialGuarded(t, policy, &guardtest.Server{Broken: true}, &guardtest.Server{}, &guardtest.Server{}))
+}
+
+// TestLibraryCircuitBreaker: with circuitBreaker.maxRequests 2, a third
+// call while two are in flight fails UNAVAILABLE at once, naming the
+// bound.
+func TestLibraryCircuitBreaker(t *testing.T) {
+	srv := &guardtest.Server{Gate: make(chan struct{})}
+	client := dialGuarded(t, "circuitBreaker: {maxRequests: 2}\n", srv)
+	guardtest.CheckCircuitBreaker(t, srv, client,
+		"ballast: circuit breaker open: 2 requests in flight to cluster greeter.default:50051 (maxRequests 2)")
+}
