@@ -7,11 +7,13 @@ package image
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 
@@ -48,6 +50,10 @@ type Spec struct {
 	Args []string
 	// Tags are Go build tags.
 	Tags []string
+	// Iptables adds the build machine's iptables (programs, extensions and
+	// the libraries they load) under /usr/sbin, for the platform of that
+	// machine only: `ballast-proxy init` runs iptables-restore.
+	Iptables bool
 }
 
 // Entrypoint is the image's entrypoint.
@@ -64,7 +70,7 @@ func Ballast() []Spec {
 	slim := []string{"grpcnotrace"}
 	return []Spec{
 		{Name: "ballast-control", Package: "./cmd/ballast-control", Binary: "ballast-control", Tags: slim},
-		{Name: "ballast-proxy", Package: "./cmd/ballast-proxy", Binary: "ballast-proxy", Tags: slim},
+		{Name: "ballast-proxy", Package: "./cmd/ballast-proxy", Binary: "ballast-proxy", Tags: slim, Iptables: true},
 		{Name: "ballast", Package: "./cmd/ballast", Binary: "ballast"},
 		{Name: "greeter", Package: "./cmd/ballast", Binary: "ballast", Args: []string{"greeter", "serve"}},
 	}
@@ -86,12 +92,19 @@ type Options struct {
 	Source, Revision, Version string
 	// Work holds the built binaries; a temporary directory when empty.
 	Work string
+	// Local builds as `go build` and `go test` do, without -trimpath, so
+	// the build cache the tests filled serves it: for images that never
+	// leave the machine (the dev cluster's). Released images are built
+	// with -trimpath, which no other build shares.
+	Local bool
 }
 
 // Built is one image: its spec and its index.
 type Built struct {
 	Spec  Spec
 	Index v1.ImageIndex
+	// Warnings say what the image lacks on some platform.
+	Warnings []string
 }
 
 // Build compiles each spec's binary once per platform (images that share a
@@ -126,9 +139,11 @@ func Build(ctx context.Context, o Options) ([]Built, error) {
 	}
 	created := vcs.Time
 	layers := map[string]v1.Layer{}
+	var iptables v1.Layer
 	var out []Built
 	for _, s := range o.Specs {
 		idx := mutate.IndexMediaType(empty.Index, types.OCIImageIndex)
+		var warnings []string
 		for _, p := range o.Platforms {
 			key := strings.Join([]string{s.Package, strings.Join(s.Tags, ","), p.OS, p.Architecture}, "|")
 			layer, ok := layers[key]
@@ -143,7 +158,19 @@ func Build(ctx context.Context, o Options) ([]Built, error) {
 				}
 				layers[key] = layer
 			}
-			img, err := assemble(layer, s, p, o, created)
+			extra := []v1.Layer{layer}
+			if s.Iptables && p.Equals(HostPlatform()) {
+				if iptables == nil {
+					var err error
+					if iptables, err = iptablesLayer(ctx); err != nil {
+						return nil, fmt.Errorf("image %s %s: %w", s.Name, p, err)
+					}
+				}
+				extra = append(extra, iptables)
+			} else if s.Iptables {
+				warnings = append(warnings, fmt.Sprintf("%s: no iptables (only a %s machine's can be copied in), so `ballast-proxy init` cannot run", p, HostPlatform()))
+			}
+			img, err := assemble(extra, s, p, o, created)
 			if err != nil {
 				return nil, fmt.Errorf("image %s %s: %w", s.Name, p, err)
 			}
@@ -153,15 +180,15 @@ func Build(ctx context.Context, o Options) ([]Built, error) {
 				Descriptor: v1.Descriptor{MediaType: types.OCIManifestSchema1, Platform: &p},
 			})
 		}
-		out = append(out, Built{Spec: s, Index: idx})
+		out = append(out, Built{Spec: s, Index: idx, Warnings: warnings})
 	}
 	return out, nil
 }
 
-func assemble(layer v1.Layer, s Spec, p v1.Platform, o Options, created time.Time) (v1.Image, error) {
+func assemble(layers []v1.Layer, s Spec, p v1.Platform, o Options, created time.Time) (v1.Image, error) {
 	base := mutate.MediaType(empty.Image, types.OCIManifestSchema1)
 	base = mutate.ConfigMediaType(base, types.OCIConfigJSON)
-	img, err := mutate.AppendLayers(base, layer)
+	img, err := mutate.AppendLayers(base, layers...)
 	if err != nil {
 		return nil, err
 	}
@@ -177,7 +204,7 @@ func assemble(layer v1.Layer, s Spec, p v1.Platform, o Options, created time.Tim
 	cf.Config.Cmd = nil
 	cf.Config.User = User
 	cf.Config.WorkingDir = "/"
-	cf.Config.Env = []string{"PATH=" + BinDir}
+	cf.Config.Env = []string{"PATH=" + BinDir + ":/usr/sbin"}
 	cf.Config.Labels = map[string]string{
 		LabelSource:   o.Source,
 		LabelRevision: o.Revision,
@@ -192,6 +219,9 @@ func compile(ctx context.Context, o Options, s Spec, p v1.Platform, out string) 
 	pkg := "github.com/ballast-dev/ballast/internal/version"
 	ldflags := fmt.Sprintf("-s -w -X %s.version=%s -X %s.revision=%s", pkg, o.Version, pkg, o.Revision)
 	args := []string{"build", "-trimpath", "-ldflags", ldflags, "-o", out}
+	if o.Local {
+		args = slices.Delete(args, 1, 2)
+	}
 	if len(s.Tags) > 0 {
 		args = append(args, "-tags", strings.Join(s.Tags, ","))
 	}
@@ -205,4 +235,46 @@ func compile(ctx context.Context, o Options, s Spec, p v1.Platform, out string) 
 		return fmt.Errorf("go build %s for %s/%s: %w: %s", s.Package, p.OS, p.Architecture, err, stderr.Bytes())
 	}
 	return nil
+}
+
+// FromBinaries assembles images of specs for this machine's platform from
+// binaries already built for it (the path of each spec's Binary, by
+// Binary name), as Build would from the sources; specs with no binary are
+// left out. `ballast dev cluster` and `ballast demo` run these when they
+// are not in a checkout to build from.
+func FromBinaries(ctx context.Context, specs []Spec, bins map[string]string, o Options) ([]Built, error) {
+	p := HostPlatform()
+	vcs := VCS{Source: DefaultSource, Version: "dev", Revision: "unknown"}
+	o.Source, o.Version, o.Revision = cmp.Or(o.Source, vcs.Source), cmp.Or(o.Version, vcs.Version), cmp.Or(o.Revision, vcs.Revision)
+	var iptables v1.Layer
+	var out []Built
+	for _, s := range specs {
+		bin, ok := bins[s.Binary]
+		if !ok {
+			continue
+		}
+		layer, err := binaryLayer(bin, s.Binary)
+		if err != nil {
+			return nil, fmt.Errorf("image %s: %w", s.Name, err)
+		}
+		layers := []v1.Layer{layer}
+		if s.Iptables {
+			if iptables == nil {
+				if iptables, err = iptablesLayer(ctx); err != nil {
+					return nil, fmt.Errorf("image %s: %w", s.Name, err)
+				}
+			}
+			layers = append(layers, iptables)
+		}
+		img, err := assemble(layers, s, p, o, time.Unix(0, 0))
+		if err != nil {
+			return nil, fmt.Errorf("image %s: %w", s.Name, err)
+		}
+		idx := mutate.AppendManifests(mutate.IndexMediaType(empty.Index, types.OCIImageIndex), mutate.IndexAddendum{
+			Add:        img,
+			Descriptor: v1.Descriptor{MediaType: types.OCIManifestSchema1, Platform: &p},
+		})
+		out = append(out, Built{Spec: s, Index: idx})
+	}
+	return out, nil
 }

@@ -76,6 +76,9 @@ named PREFIX/<image>:TAG; --push REGISTRY/PREFIX pushes each index to REGISTRY/P
 					return err
 				}
 				fmt.Fprintf(cmd.OutOrStdout(), "%s@%s\n", ref, dg)
+				for _, w := range b.Warnings {
+					fmt.Fprintf(cmd.ErrOrStderr(), "warning: %s %s\n", b.Spec.Name, w)
+				}
 			}
 			return nil
 		},

@@ -1,0 +1,59 @@
+package image
+
+import (
+	"context"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/google/go-containerregistry/pkg/v1/empty"
+	"github.com/google/go-containerregistry/pkg/v1/mutate"
+)
+
+// TestIptablesLayer: the sidecar's image holds iptables as
+// `ballast-proxy init` runs it, with what it loads, inside the image.
+func TestIptablesLayer(t *testing.T) {
+	layer, err := iptablesLayer(context.Background())
+	if err != nil {
+		t.Fatal(err)
+	}
+	img, err := mutate.AppendLayers(empty.Image, layer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	root := t.TempDir()
+	if err := Unpack(img, root); err != nil {
+		t.Fatal(err)
+	}
+	for _, name := range iptablesPrograms {
+		p := filepath.Join(root, "usr/sbin", name)
+		target, err := os.Readlink(p)
+		if err != nil {
+			// The multi-call binary itself, if a name is it.
+			if info, serr := os.Stat(p); serr != nil || info.Mode()&0o111 == 0 {
+				t.Fatalf("%s: neither a link nor a program: %v", name, err)
+			}
+			continue
+		}
+		if strings.Contains(target, "/") {
+			t.Errorf("%s links to %s: want a name beside it, so it resolves inside the image", name, target)
+		}
+		if info, err := os.Stat(filepath.Join(root, "usr/sbin", target)); err != nil || info.Mode()&0o111 == 0 {
+			t.Errorf("%s → %s: not an executable in the image (%v)", name, target, err)
+		}
+	}
+	var files []string
+	filepath.WalkDir(root, func(p string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() {
+			files = append(files, filepath.Base(p))
+		}
+		return nil
+	})
+	for _, want := range []string{"libxtables.so", "libc.so", "libxt_owner.so", "libxt_REDIRECT.so", "libxt_multiport.so"} {
+		if !slices.ContainsFunc(files, func(f string) bool { return strings.HasPrefix(f, want) }) {
+			t.Errorf("the image has no %s*; iptables needs it", want)
+		}
+	}
+}
