@@ -249,6 +249,12 @@ func Inject(pod *corev1.Pod, c Config) {
 		Env: []corev1.EnvVar{
 			{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}},
 			{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
+			// The zone Services with a trafficDistribution keep calls in:
+			// Kubernetes (1.35+, PodTopologyLabelsAdmission) copies the
+			// Node's zone label onto the Pod when it binds it, before any
+			// container starts; without the label it is empty, and the
+			// proxy prefers no zone.
+			{Name: "ZONE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.labels['" + corev1.LabelTopologyZone + "']"}}},
 		},
 		// The kubelet starts the app only once the proxy answers /ready.
 		StartupProbe:   ready,

@@ -8,10 +8,10 @@ import (
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 )
 
-// ConfigFromBootstrap reads the control plane's address and the node from
-// a gRPC xDS bootstrap (the JSON GRPC_XDS_BOOTSTRAP names), so a sidecar
-// configured like a proxyless client talks to the same control plane as
-// the same node. Only the first server is used. Its transport is the first
+// ConfigFromBootstrap reads the control plane's address and the node (its
+// id and locality zone) from a gRPC xDS bootstrap (the JSON
+// GRPC_XDS_BOOTSTRAP names), so a sidecar configured like a proxyless
+// client talks to the same control plane as the same node. Only the first server is used. Its transport is the first
 // channel_creds it knows, as grpc-go picks: "tls" (gRFC A65: the CA file,
 // and a client key pair for mTLS) or "insecure"; its call credentials
 // are used if they are a token file (gRFC A97's jwt_token_file). `ballast
@@ -36,7 +36,10 @@ func ConfigFromBootstrap(bootstrap []byte) (Config, error) {
 			} `json:"call_creds"`
 		} `json:"xds_servers"`
 		Node struct {
-			ID string `json:"id"`
+			ID       string `json:"id"`
+			Locality struct {
+				Zone string `json:"zone"`
+			} `json:"locality"`
 		} `json:"node"`
 	}
 	if err := json.Unmarshal(bootstrap, &b); err != nil {
@@ -46,6 +49,9 @@ func ConfigFromBootstrap(bootstrap []byte) (Config, error) {
 		return Config{}, errors.New("xds bootstrap: no xds_servers[0].server_uri")
 	}
 	cfg := Config{Server: b.XDSServers[0].ServerURI, Node: &corev3.Node{Id: b.Node.ID}}
+	if z := b.Node.Locality.Zone; z != "" {
+		cfg.Node.Locality = &corev3.Locality{Zone: z}
+	}
 	for _, cc := range b.XDSServers[0].ChannelCreds {
 		if cc.Type == "insecure" {
 			break

@@ -19,6 +19,10 @@ func TestConfigFromBootstrap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
+	zoned, err := xds.Bootstrap{Server: "127.0.0.1:18000", ID: "n", Zone: "zone-a"}.JSON()
+	if err != nil {
+		t.Fatal(err)
+	}
 	mtls, err := xds.Bootstrap{Server: "ballast-control.ballast-system.svc:15010", ID: "n", CAFile: "/ca/ca.crt", CertFile: "/tls/tls.crt", KeyFile: "/tls/tls.key"}.JSON()
 	if err != nil {
 		t.Fatal(err)
@@ -30,6 +34,7 @@ func TestConfigFromBootstrap(t *testing.T) {
 		wantErr string
 	}{
 		{name: "ours", json: string(good), want: Config{Server: "127.0.0.1:18000", Node: &corev3.Node{Id: "ballast-proxy~ns~pod"}}},
+		{name: "zone", json: string(zoned), want: Config{Server: "127.0.0.1:18000", Node: &corev3.Node{Id: "n", Locality: &corev3.Locality{Zone: "zone-a"}}}},
 		{name: "token file", json: string(withToken), want: Config{Server: "127.0.0.1:18000", Node: &corev3.Node{Id: "n"}, TokenFile: "/run/token"}},
 		{name: "mTLS", json: string(mtls), want: Config{Server: "ballast-control.ballast-system.svc:15010", Node: &corev3.Node{Id: "n"},
 			CAFile: "/ca/ca.crt", CertFile: "/tls/tls.crt", KeyFile: "/tls/tls.key"}},

@@ -47,6 +47,7 @@ type proxyConfig struct {
 	xdsCertFile  string
 	xdsKeyFile   string
 	nodeID       string
+	zone         string
 	admin        string
 	maxMessage   int
 	sniffTimeout time.Duration
@@ -129,6 +130,7 @@ so callers move to other pods), lets in-flight calls finish for up to
 	f.StringVar(&c.xdsKeyFile, "xds-key-file", "", "key of --xds-cert-file")
 	f.StringVar(&c.xdsAddress, "xds-address", "", "control plane host:port that resolves xds:/// targets (name.namespace:port); without it, the one in $GRPC_XDS_BOOTSTRAP(_CONFIG)")
 	f.StringVar(&c.nodeID, "node-id", "", "xDS node id (default ballast~$POD_NAME.$POD_NAMESPACE, as ballast bootstrap writes)")
+	f.StringVar(&c.zone, "zone", "", "the pod's zone (its Node's topology.kubernetes.io/zone), sent as the xDS node's locality: Services with a trafficDistribution send its calls to endpoints in this zone while it has any (default $ZONE, else the bootstrap's node locality)")
 	f.StringVar(&c.admin, "admin-address", ":15021", "address of /ready and /metrics")
 	f.IntVar(&c.maxMessage, "max-message-bytes", proxy.DefaultMaxMessageBytes, "largest message forwarded in either direction")
 	f.DurationVar(&c.sniffTimeout, "sniff-timeout", proxy.DefaultSniffTimeout, "how long to wait for an HTTP/2 preface before passing a connection through")
@@ -164,6 +166,9 @@ func runProxy(ctx context.Context, c proxyConfig, sources []Source) error {
 	}
 	if c.nodeID == "" {
 		c.nodeID = node.ID(cmp.Or(os.Getenv("POD_NAME"), hostname()), os.Getenv("POD_NAMESPACE"))
+	}
+	if c.zone == "" {
+		c.zone = os.Getenv("ZONE")
 	}
 	services := proxy.StaticDestinations{}
 	for _, s := range c.services {
@@ -271,6 +276,14 @@ func runProxy(ctx context.Context, c proxyConfig, sources []Source) error {
 	return err
 }
 
+// locality is the xDS node locality of a zone; nil for none.
+func locality(zone string) *corev3.Locality {
+	if zone == "" {
+		return nil
+	}
+	return &corev3.Locality{Zone: zone}
+}
+
 // xdsConfig is the control plane the proxy follows: --xds-address, else
 // the one in the grpc-go bootstrap a proxyless client would use
 // (GRPC_XDS_BOOTSTRAP names a file, GRPC_XDS_BOOTSTRAP_CONFIG holds the
@@ -283,7 +296,7 @@ func xdsConfig(c proxyConfig) (*client.Config, error) {
 		return nil, errors.New("--xds-cert-file is for TLS: give --xds-ca-file too")
 	}
 	if c.xdsAddress != "" {
-		return &client.Config{Server: c.xdsAddress, Node: &corev3.Node{Id: c.nodeID, UserAgentName: "ballast-proxy"}, TokenFile: c.xdsTokenFile,
+		return &client.Config{Server: c.xdsAddress, Node: &corev3.Node{Id: c.nodeID, UserAgentName: "ballast-proxy", Locality: locality(c.zone)}, TokenFile: c.xdsTokenFile,
 			CAFile: c.xdsCAFile, CertFile: c.xdsCertFile, KeyFile: c.xdsKeyFile}, nil
 	}
 	data := []byte(os.Getenv("GRPC_XDS_BOOTSTRAP_CONFIG"))
@@ -301,6 +314,9 @@ func xdsConfig(c proxyConfig) (*client.Config, error) {
 		return nil, fmt.Errorf("GRPC_XDS_BOOTSTRAP: %w", err)
 	}
 	cfg.Node.UserAgentName = "ballast-proxy"
+	if c.zone != "" {
+		cfg.Node.Locality = locality(c.zone)
+	}
 	if c.xdsTokenFile != "" {
 		cfg.TokenFile = c.xdsTokenFile
 	}
