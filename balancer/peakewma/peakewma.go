@@ -7,7 +7,7 @@
 // its estimate decays or the fast ones fill up.
 //
 // The estimate follows tower: an endpoint starts at DefaultRTT, stamped when
-// it became ready; a sample above the estimate replaces it; a lower one is
+// it became ready (but costs nothing until its first call, see probe); a sample above the estimate replaces it; a lower one is
 // averaged in with weight 1 - exp(-elapsed/decay), elapsed being the time
 // since the previous sample (so the average is over time, not over calls),
 // but never less than 1/16; between samples the estimate decays toward zero,
@@ -198,6 +198,8 @@ type endpoint struct {
 	inFlight atomic.Int64
 	rtt      atomic.Uint64 // float64 bits: estimate in nanoseconds
 	stamp    atomic.Int64  // now() at the last sample
+	// tried is set when the endpoint's first call ends, however it ends.
+	tried atomic.Bool
 
 	calls sync.Pool // of *call
 }
@@ -228,8 +230,18 @@ func (ep *endpoint) estimate(now int64) float64 {
 
 // cost is what sending one more call to the endpoint is expected to cost.
 func (ep *endpoint) cost(now int64) float64 {
+	if ep.probe() {
+		return 0
+	}
 	return ep.estimate(now) * float64(ep.inFlight.Load()+1)
 }
+
+// probe reports whether the endpoint is new: no call of it has ended and
+// none is in flight. A new endpoint costs nothing, so it gets one call at
+// once and is judged by that call's latency from then on. At its default
+// estimate it would lose to endpoints whose estimates follow their calls
+// (the sample floor) until the default decayed, for tens of seconds.
+func (ep *endpoint) probe() bool { return !ep.tried.Load() && ep.inFlight.Load() == 0 }
 
 // observe folds an rtt sample taken at now into the estimate: a sample above
 // the estimate replaces it (the peak), one below is averaged in with weight
@@ -278,6 +290,7 @@ func (c *call) finish(di balancer.DoneInfo) {
 		return // Done called twice; grpc-go does not, but never corrupt a reused tracker
 	}
 	ep := c.ep
+	ep.tried.Store(true)
 	if di.BytesReceived || timedOut(di.Err) {
 		now := ep.now()
 		ep.observe(float64(now-c.start), now)
@@ -341,6 +354,9 @@ func (p *picker) choose(now int64) *readyset.Choice[*endpoint] {
 // difference of their ages matters, and it is applied to the younger side
 // (a non-positive exponent, which cannot overflow).
 func cheaper(x, y *endpoint, now int64) bool {
+	if px, py := x.probe(), y.probe(); px || py {
+		return px && !py
+	}
 	tau := float64(x.decay.Load())
 	ageX := float64(max(now-x.stamp.Load(), 0))
 	ageY := float64(max(now-y.stamp.Load(), 0))

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"math"
 	rand "math/rand/v2"
+	"slices"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -137,13 +138,16 @@ type stat struct {
 	inFlight int64
 }
 
-func testPicker(c *clock, stats []stat, order []int, rnd func() uint64) *picker {
+// testPicker builds a picker over stats in order; the endpoints whose ids
+// are in untried have had no call end yet.
+func testPicker(c *clock, stats []stat, untried []int, order []int, rnd func() uint64) *picker {
 	var d atomic.Int64
 	d.Store(int64(10 * time.Second))
 	p := &picker{rand: rnd, now: c.now}
 	for _, id := range order {
 		ep := newEndpoint(c.now, &d, stats[id].rtt)
 		ep.inFlight.Store(stats[id].inFlight)
+		ep.tried.Store(!slices.Contains(untried, id))
 		p.choices = append(p.choices, readyset.Choice[*endpoint]{Picker: fakeChild{balancer.PickResult{SubConn: &fakeSubConn{id: id}}}, Stats: ep})
 	}
 	return p
@@ -155,14 +159,17 @@ func testPicker(c *clock, stats []stat, order []int, rnd func() uint64) *picker 
 func TestChooseCheaper(t *testing.T) {
 	orders := [][]int{{0, 1, 2}, {2, 1, 0}, {1, 0, 2}, {0, 2, 1}, {1, 2, 0}, {2, 0, 1}}
 	for _, tc := range []struct {
-		name  string
-		stats []stat
-		wins  []int // by endpoint id over the 6 ordered pairs
+		name    string
+		stats   []stat
+		untried []int // the ids of new endpoints
+		wins    []int // by endpoint id over the 6 ordered pairs
 	}{
 		{name: "equal", stats: []stat{{10 * time.Millisecond, 0}, {10 * time.Millisecond, 0}, {10 * time.Millisecond, 0}}, wins: []int{2, 2, 2}},
 		{name: "slow loses", stats: []stat{{20 * time.Millisecond, 0}, {time.Millisecond, 0}, {time.Millisecond, 0}}, wins: []int{0, 3, 3}},
 		{name: "load offsets latency", stats: []stat{{4 * time.Millisecond, 0}, {time.Millisecond, 4}, {time.Millisecond, 0}}, wins: []int{2, 0, 4}},
 		{name: "tie by cost", stats: []stat{{2 * time.Millisecond, 0}, {time.Millisecond, 1}, {3 * time.Millisecond, 0}}, wins: []int{3, 3, 0}},
+		{name: "a new endpoint gets a call at once", stats: []stat{{time.Millisecond, 0}, {time.Millisecond, 0}, {30 * time.Millisecond, 0}}, untried: []int{2}, wins: []int{1, 1, 4}},
+		{name: "then its estimate judges it", stats: []stat{{time.Millisecond, 0}, {time.Millisecond, 0}, {30 * time.Millisecond, 1}}, untried: []int{2}, wins: []int{3, 3, 0}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			for _, order := range orders {
@@ -174,7 +181,7 @@ func TestChooseCheaper(t *testing.T) {
 							continue
 						}
 						w := readyset.Draw(a, b, 3)
-						p := testPicker(&c, tc.stats, order, func() uint64 { return w })
+						p := testPicker(&c, tc.stats, tc.untried, order, func() uint64 { return w })
 						res, err := p.Pick(balancer.PickInfo{})
 						if err != nil {
 							t.Fatal(err)
@@ -208,7 +215,7 @@ func TestDoneSamples(t *testing.T) {
 		t.Run(tc.name, func(t *testing.T) {
 			var c clock
 			var childDone int
-			p := testPicker(&c, []stat{{time.Millisecond, 0}}, []int{0}, nil)
+			p := testPicker(&c, []stat{{time.Millisecond, 0}}, nil, []int{0}, nil)
 			p.choices[0].Picker = fakeChild{balancer.PickResult{SubConn: &fakeSubConn{}, Done: func(balancer.DoneInfo) { childDone++ }}}
 			ep := p.choices[0].Stats
 			res, err := p.Pick(balancer.PickInfo{})
@@ -297,6 +304,7 @@ func TestCheaperMatchesCost(t *testing.T) {
 			ep.rtt.Store(math.Float64bits(rnd.Float64() * 50 * ms))
 			ep.stamp.Store(-rnd.Int64N(int64(5 * time.Second)))
 			ep.inFlight.Store(rnd.Int64N(5))
+			ep.tried.Store(rnd.IntN(4) != 0)
 		}
 		cx, cy := x.cost(0), y.cost(0)
 		if math.Abs(cx-cy) <= 1e-9*math.Max(cx, cy) {
