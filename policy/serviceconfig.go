@@ -9,10 +9,14 @@ import (
 // ServiceConfig renders the policy as a gRPC service config, the form the
 // kubernetes:/// resolver hands its channel: loadBalancingConfig lists
 // Balancers, and the channel runs the first it has registered.
-func (p LB) ServiceConfig() string {
+func (p LB) ServiceConfig() string { return Cluster{LB: p}.ServiceConfig() }
+
+// ServiceConfig renders the Cluster's policy as a gRPC service config, as
+// LB.ServiceConfig does, with ring_hash's hash header (Cluster.Balancers).
+func (c Cluster) ServiceConfig() string {
 	var b strings.Builder
 	b.WriteString(`{"loadBalancingConfig":[`)
-	for i, bal := range p.Balancers() {
+	for i, bal := range c.Balancers() {
 		if i > 0 {
 			b.WriteByte(',')
 		}

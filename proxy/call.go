@@ -13,7 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/ballast-dev/ballast/internal/retry"
+	"github.com/ballast-dev/ballast/internal/callpolicy"
 	"github.com/ballast-dev/ballast/policy"
 )
 
@@ -64,32 +64,28 @@ const (
 
 // callRule is what one route rule's policy.CallPolicy asks of the calls it
 // matches, made when the route is compiled: the calls of the rule share
-// its retry budget.
+// its retry budget and its rate limit's bucket.
 type callRule struct {
-	timeout, tryTimeout time.Duration
-	retry               *retry.Policy
-	metrics             *callMetrics
+	*callpolicy.Rule
+	metrics *callMetrics
 }
 
 // newCallRules makes the callRule of each rule of r that asks for
 // something, indexed by rule; nil if none does (then no call pays for
 // call policies).
-func newCallRules(r *policy.Router, m *callMetrics) []*callRule {
+func newCallRules(r *policy.Router, m *callMetrics, buckets *callpolicy.Buckets) []*callRule {
 	if m == nil {
 		return nil
 	}
-	rules := r.Route().Rules
-	var out []*callRule
-	for i := range rules {
-		cp := rules[i].Call
-		rp := retry.New(cp.Retry)
-		if cp.Timeout <= 0 && cp.TryTimeout <= 0 && rp == nil {
-			continue
+	rules := callpolicy.Compile(r.Route().Rules, buckets)
+	if rules == nil {
+		return nil
+	}
+	out := make([]*callRule, len(rules))
+	for i, cr := range rules {
+		if cr != nil {
+			out[i] = &callRule{Rule: cr, metrics: m}
 		}
-		if out == nil {
-			out = make([]*callRule, len(rules))
-		}
-		out[i] = &callRule{timeout: max(cp.Timeout, 0), tryTimeout: max(cp.TryTimeout, 0), retry: rp, metrics: m}
 	}
 	return out
 }
@@ -173,15 +169,15 @@ func (s *stream) startCall(cr *callRule, fields []hpack.HeaderField, waited bool
 	now := time.Now()
 	c := &call{rule: cr, s: s, pool: s.up.replay, attempt: 1}
 	c.head = append([]hpack.HeaderField(nil), fields...)
-	c.replayable = cr.retry != nil && !waited && s.up.replay != nil
+	c.replayable = cr.Retry != nil && !waited && s.up.replay != nil
 	if !waited { // END_STREAM on the request headers
 		dc := s.down.c
 		dc.mu.Lock()
 		c.ended = s.down.recvDone
 		dc.mu.Unlock()
 	}
-	if cr.timeout > 0 {
-		c.deadline = now.Add(cr.timeout)
+	if cr.Timeout > 0 {
+		c.deadline = now.Add(cr.Timeout)
 	}
 	c.bound = c.deadline
 	for _, hf := range fields {
@@ -197,8 +193,8 @@ func (s *stream) startCall(cr *callRule, fields []hpack.HeaderField, waited bool
 			}
 		}
 	}
-	if cr.retry != nil && cr.retry.Budget != nil {
-		cr.retry.Budget.Call()
+	if cr.Retry != nil && cr.Retry.Budget != nil {
+		cr.Retry.Budget.Call()
 	}
 	c.cur.Store(&s.upl)
 	c.started.Store(&s.upl)
@@ -208,9 +204,9 @@ func (s *stream) startCall(cr *callRule, fields []hpack.HeaderField, waited bool
 	if !c.deadline.IsZero() {
 		c.timer = time.AfterFunc(c.deadline.Sub(now), s.callTimedOut)
 	}
-	if cr.tryTimeout > 0 {
-		c.tryDeadline = now.Add(cr.tryTimeout)
-		c.try = time.AfterFunc(cr.tryTimeout, func() { s.tryTimedOut(1) })
+	if cr.TryTimeout > 0 {
+		c.tryDeadline = now.Add(cr.TryTimeout)
+		c.try = time.AfterFunc(cr.TryTimeout, func() { s.tryTimedOut(1) })
 	}
 	c.mu.Unlock()
 	return first
@@ -222,7 +218,7 @@ func (s *stream) startCall(cr *callRule, fields []hpack.HeaderField, waited bool
 // came before (gRFC A6's grpc-previous-rpc-attempts).
 func (c *call) headers(n int, now time.Time) []hpack.HeaderField {
 	bound := c.bound
-	if t := c.rule.tryTimeout; t > 0 && (bound.IsZero() || now.Add(t).Before(bound)) {
+	if t := c.rule.TryTimeout; t > 0 && (bound.IsZero() || now.Add(t).Before(bound)) {
 		bound = now.Add(t)
 	}
 	out := make([]hpack.HeaderField, 0, len(c.head)+2)
@@ -385,7 +381,7 @@ func (s *stream) tryFailed(c *call, from *leg, code codes.Code) bool {
 // request queued on it, and makes it current, and returns it; if not, the
 // call is final.
 func (s *stream) retryLocked(c *call, code codes.Code) *leg {
-	r := c.rule.retry
+	r := c.rule.Retry
 	if r == nil || !r.Retries(code) {
 		c.finalLocked()
 		return nil
@@ -442,7 +438,7 @@ func (s *stream) retryAfter(c *call, next *leg, code codes.Code) {
 	if c.final.Load() {
 		return
 	}
-	c.backoff = time.AfterFunc(c.rule.retry.Backoff(c.attempt-1), func() { s.startTry(c, next) })
+	c.backoff = time.AfterFunc(c.rule.Retry.Backoff(c.attempt-1), func() { s.startTry(c, next) })
 }
 
 // startTry places the try whose leg is next, if it is still the call's.
@@ -453,9 +449,9 @@ func (s *stream) startTry(c *call, next *leg) {
 		return
 	}
 	n := c.attempt
-	if c.rule.tryTimeout > 0 {
-		c.tryDeadline = time.Now().Add(c.rule.tryTimeout)
-		c.try = time.AfterFunc(c.rule.tryTimeout, func() { s.tryTimedOut(n) })
+	if c.rule.TryTimeout > 0 {
+		c.tryDeadline = time.Now().Add(c.rule.TryTimeout)
+		c.try = time.AfterFunc(c.rule.TryTimeout, func() { s.tryTimedOut(n) })
 	}
 	c.started.Store(next)
 	c.mu.Unlock()
@@ -488,7 +484,7 @@ func (s *stream) callTimedOut() {
 	}
 	c.rule.metrics.timeouts[callTimeout].Inc()
 	var b batch
-	s.fail(codes.DeadlineExceeded, fmt.Sprintf("ballast proxy: the call's timeout (%v) elapsed", c.rule.timeout), &b)
+	s.fail(codes.DeadlineExceeded, fmt.Sprintf("ballast proxy: the call's timeout (%v) elapsed", c.rule.Timeout), &b)
 	b.flush()
 }
 
@@ -511,7 +507,7 @@ func (s *stream) tryTimedOut(n int) {
 	c.rule.metrics.timeouts[tryTimeout].Inc()
 	var b batch
 	if next == nil {
-		s.fail(codes.DeadlineExceeded, fmt.Sprintf("ballast proxy: the try's timeout (%v) elapsed", c.rule.tryTimeout), &b)
+		s.fail(codes.DeadlineExceeded, fmt.Sprintf("ballast proxy: the try's timeout (%v) elapsed", c.rule.TryTimeout), &b)
 	} else {
 		s.sendReset(old, http2.ErrCodeCancel, &b)
 		s.retryAfter(c, next, codes.DeadlineExceeded)

@@ -319,7 +319,7 @@ func TestRetryReplayBounds(t *testing.T) {
 // policy compiles to none, so its calls keep no state; a rule with a
 // timeout and no retry keeps no copy of requests.
 func TestZeroCallPolicyCostsNothing(t *testing.T) {
-	if rules := newCallRules(policy.NewRouter(callRoute(policy.CallPolicy{})), &callMetrics{}); rules != nil {
+	if rules := newCallRules(policy.NewRouter(callRoute(policy.CallPolicy{})), &callMetrics{}, nil); rules != nil {
 		t.Fatalf("call rules of a route without call policies: %v, want none", rules)
 	}
 	backend := startCallBackend(t, func(context.Context, string, int64) error {

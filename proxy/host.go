@@ -41,6 +41,10 @@ type host struct {
 	balName string
 
 	picker atomic.Pointer[pickerState]
+	// hashHeader is the request header the balancer hashes (ring_hash's
+	// requestHashHeader; empty for other policies): a pick carries its
+	// value, as grpc-go's ring_hash reads it from the call's metadata.
+	hashHeader atomic.Pointer[string]
 
 	// mu is the lock of its upstream (upstream.parkMu), shared by the
 	// hosts of every Cluster the upstream's route names: a call waiting

@@ -6,6 +6,7 @@ import (
 
 	"google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 )
 
@@ -42,7 +43,13 @@ func (h *host) route(s *stream, b *batch) {
 		var gen uint64
 		if ps != nil {
 			gen = ps.gen
-			res, err := ps.p.Pick(balancer.PickInfo{FullMethodName: s.path, Ctx: context.Background()})
+			ctx := context.Background()
+			if s.hashKey != "" {
+				if hh := h.hashHeader.Load(); hh != nil {
+					ctx = metadata.NewOutgoingContext(ctx, metadata.MD{*hh: []string{s.hashKey}})
+				}
+			}
+			res, err := ps.p.Pick(balancer.PickInfo{FullMethodName: s.path, Ctx: ctx})
 			if err == nil {
 				if h.place(s, l, res, b) {
 					return

@@ -45,6 +45,7 @@ import (
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/resolver"
 
+	"github.com/ballast-dev/ballast/internal/callpolicy"
 	"github.com/ballast-dev/ballast/internal/connset"
 	"github.com/ballast-dev/ballast/xds/client"
 )
@@ -188,6 +189,7 @@ func New(opts Options) (*Proxy, error) {
 		log:        p.log,
 		byName:     map[string]*upstream{},
 		replay:     &replayPool{},
+		buckets:    &callpolicy.Buckets{},
 	}
 	p.upstreams.xds = opts.XDS
 	if opts.Inbound != nil {

@@ -5,10 +5,12 @@ import (
 	"fmt"
 	"reflect"
 	"strings"
+	"time"
 
 	"golang.org/x/net/http2/hpack"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/resolver"
+	"google.golang.org/grpc/status"
 
 	"github.com/ballast-dev/ballast/policy"
 	"github.com/ballast-dev/ballast/xds/client"
@@ -57,9 +59,15 @@ func (up *upstream) dispatch(s *stream, b *batch) {
 			up.unrouted(s, fmt.Sprintf("ballast proxy: route %s sends this call to cluster %s, which has no endpoints", rt.router.Route().Name, backend.Cluster), b)
 			return
 		}
+		if rt.calls != nil && rt.calls[i] != nil && rt.calls[i].Admits() && !up.admit(s, rt.calls[i], b) {
+			return
+		}
 		var fields []hpack.HeaderField
 		if m := rt.router.RequestHeaders(i); !m.Empty() {
 			fields = modifyFields(s.req, m)
+		}
+		if hh := h.hashHeader.Load(); hh != nil {
+			s.hashKey = headerValue(fields, s.req, *hh)
 		}
 		if rt.calls != nil && rt.calls[i] != nil {
 			up.parkMu.Lock()
@@ -85,6 +93,76 @@ func (up *upstream) dispatch(s *stream, b *batch) {
 		return
 	}
 	h.route(s, b) // sets s.host, under the lock unpark reads it with
+}
+
+// admit applies the rule's rate limit and fault to a call about to be
+// placed (call policy.go's Admit): it reports false when the call is not
+// placed now, failed (over the limit, or aborted) or delayed. A delayed
+// call is routed again once its delay is over, keeping the abort decided
+// now; it does not pass the rate limit twice. Its request frames meanwhile
+// queue as a call waiting for its first route does, so, as such a call,
+// it is not replayed on a retry.
+func (up *upstream) admit(s *stream, cr *callRule, b *batch) bool {
+	up.parkMu.Lock()
+	admitted, abort := s.admitted, s.faultAbort
+	up.parkMu.Unlock()
+	if !admitted {
+		var delay time.Duration
+		delay, abort = cr.Admit()
+		if delay > 0 {
+			up.delay(s, delay, abort)
+			return false
+		}
+	}
+	if abort != nil {
+		s.fail(abort.Code(), abort.Message(), b)
+		return false
+	}
+	return true
+}
+
+// delay holds a call for d, then routes it again.
+func (up *upstream) delay(s *stream, d time.Duration, abort *status.Status) {
+	up.parkMu.Lock()
+	if s.upl.closed {
+		up.parkMu.Unlock()
+		return
+	}
+	// The request headers still borrow the read loop's buffer.
+	for i, it := range s.upl.pending {
+		s.upl.pending[i] = it.own()
+	}
+	s.req = s.upl.pending[0].fields
+	s.waited, s.admitted, s.faultAbort = true, true, abort
+	up.parkMu.Unlock()
+	time.AfterFunc(d, func() {
+		var b batch
+		up.parkMu.Lock()
+		closed, stopped := s.upl.closed, up.stopped
+		up.parkMu.Unlock()
+		switch {
+		case closed:
+		case stopped:
+			s.fail(codes.Unavailable, "ballast proxy: stopping", &b)
+		default:
+			up.dispatch(s, &b)
+		}
+		b.flush()
+	})
+}
+
+// headerValue is the value of header name in the call's request headers
+// as routed (fields, when the rule changed them, else req).
+func headerValue(fields, req []hpack.HeaderField, name string) string {
+	if fields == nil {
+		fields = req
+	}
+	for _, hf := range fields {
+		if hf.Name == name {
+			return hf.Value
+		}
+	}
+	return ""
 }
 
 // unrouted fails a call the route sends nowhere.
@@ -185,7 +263,7 @@ func (up *upstream) updateXDS(u client.Update) {
 	if router == nil || !reflect.DeepEqual(*router.Route(), u.Route) {
 		router = policy.NewRouter(u.Route)
 		up.logRouteErrors(router)
-		calls = newCallRules(router, up.metrics.calls)
+		calls = newCallRules(router, up.metrics.calls, up.buckets)
 	}
 	hosts := make(map[string]*host, len(u.Clusters))
 	var empty map[string]bool

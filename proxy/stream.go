@@ -53,9 +53,15 @@ type stream struct {
 	// call, if set, enforces the call policy of the call's route rule
 	// (call.go); nil for the calls of rules without one.
 	call atomic.Pointer[call]
-	// waited says the call waited for its upstream's first route
-	// (guarded by up.parkMu).
-	waited bool
+	// waited says the call waited for its upstream's first route, or its
+	// fault's delay; admitted that it passed its rule's rate limit and
+	// fault (upstream.admit), faultAbort the status the fault ends it with
+	// after the delay (all guarded by up.parkMu).
+	waited, admitted bool
+	faultAbort       *status.Status
+	// hashKey is the value of the request header the call's host hashes
+	// (ring_hash), set as the call is routed; empty if none.
+	hashKey string
 }
 
 // leg is a stream as seen on one connection. Fields about sending on c

@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
 
+	"github.com/ballast-dev/ballast/internal/callpolicy"
 	"github.com/ballast-dev/ballast/policy"
 
 	// The balancers a Cluster may name, registered with grpc-go: the proxy
@@ -20,6 +21,7 @@ import (
 	_ "github.com/ballast-dev/ballast/balancer/p2c"
 	_ "github.com/ballast-dev/ballast/balancer/peakewma"
 	_ "google.golang.org/grpc/balancer/leastrequest"
+	_ "google.golang.org/grpc/balancer/ringhash"
 	_ "google.golang.org/grpc/balancer/roundrobin"
 )
 
@@ -44,6 +46,9 @@ type upstream struct {
 	// replay holds the proxy's copies of requests to retry; nil where
 	// calls are not retried (inbound).
 	replay *replayPool
+	// buckets are the proxy's rate limits' buckets, shared by every
+	// upstream: a TrafficPolicy's bucket is per client, the sidecar.
+	buckets *callpolicy.Buckets
 
 	// routing is what calls are routed by now, replaced whole when the
 	// route or its Clusters change.
@@ -83,8 +88,9 @@ type upstreams struct {
 	forService func(service string) upstreamMetrics
 	// refuseUnplaced is given to every upstream.
 	refuseUnplaced bool
-	// replay is given to every upstream.
-	replay *replayPool
+	// replay and buckets are given to every upstream.
+	replay  *replayPool
+	buckets *callpolicy.Buckets
 
 	mu     sync.Mutex
 	byName map[string]*upstream
@@ -118,6 +124,7 @@ func (u *upstreams) get(target string) (*upstream, error) {
 
 		refuseUnplaced: u.refuseUnplaced,
 		replay:         u.replay,
+		buckets:        u.buckets,
 	}
 	if name, ok := strings.CutPrefix(target, "xds:///"); ok && u.xds != nil {
 		// Calls wait in up.waiting for the first route.
@@ -237,12 +244,23 @@ type lbChoice struct {
 // (under grpc-go's outlier detection balancer if it has outlier
 // detection) and its circuit breaker's bound.
 func (h *host) updatePolicy(cl policy.Cluster, state resolver.State) {
-	name, cfg, err := balancerFor(cl.LB, cl.Outlier)
+	name, cfg, err := balancerFor(cl, cl.Outlier)
 	if err != nil {
 		h.log.Error("keeping the current balancer", "target", h.target, "err", err)
 		return
 	}
 	h.setMaxRequests(cl.CircuitBreaker.MaxRequests)
+	var hash string
+	if cl.LB == policy.RingHash {
+		hash = cl.HashHeader
+	}
+	if old := h.hashHeader.Load(); (old == nil) != (hash == "") || (old != nil && *old != hash) {
+		if hash == "" {
+			h.hashHeader.Store(nil)
+		} else {
+			h.hashHeader.Store(&hash)
+		}
+	}
 	h.update(name, cfg, state)
 }
 
@@ -250,8 +268,8 @@ func (h *host) updatePolicy(cl policy.Cluster, state resolver.State) {
 // registered, as a channel picks it, with its parsed config; with outlier
 // detection, grpc-go's outlier detection balancer over it (registered by
 // grpc-go's xDS package, imported in outlier.go).
-func balancerFor(lb policy.LB, od *policy.OutlierDetection) (string, serviceconfig.LoadBalancingConfig, error) {
-	for _, b := range lb.Balancers() {
+func balancerFor(cl policy.Cluster, od *policy.OutlierDetection) (string, serviceconfig.LoadBalancingConfig, error) {
+	for _, b := range cl.Balancers() {
 		bb := balancer.Get(b.Name)
 		if bb == nil {
 			continue
@@ -272,7 +290,7 @@ func balancerFor(lb policy.LB, od *policy.OutlierDetection) (string, serviceconf
 		}
 		return b.Name, cfg, nil
 	}
-	return "", nil, fmt.Errorf("no balancer of policy %s is registered", lb)
+	return "", nil, fmt.Errorf("no balancer of policy %s is registered", cl.LB)
 }
 
 func serviceLabel(target string) string {

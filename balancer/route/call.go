@@ -14,12 +14,13 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/proto"
 
-	"github.com/ballast-dev/ballast/internal/retry"
+	"github.com/ballast-dev/ballast/internal/callpolicy"
 	"github.com/ballast-dev/ballast/policy"
 )
 
-// Call policies (policy.CallPolicy: timeouts and retries) are enforced by
-// Filters' interceptors, per call, for the rule the interceptor chose.
+// Call policies (policy.CallPolicy: timeouts, retries, rate limits and
+// faults) are enforced by Filters' interceptors, per call, for the rule
+// the interceptor chose.
 //
 // Not grpc-go's own retry (a service config's retryPolicy and
 // retryThrottling), though it replays a call's messages the same way:
@@ -37,39 +38,60 @@ import (
 const maxReplayBytes = 64 << 10
 
 // callRule is what a rule's policy.CallPolicy asks of the calls it
-// matches, made once per published route: its calls share the budget.
-type callRule struct {
-	timeout, tryTimeout time.Duration
-	retry               *retry.Policy
-}
+// matches, made once per published route: its calls share the retry
+// budget and the rate limit's bucket.
+type callRule struct{ *callpolicy.Rule }
 
 // newCallRules makes the callRule of each rule of r that asks for
-// something, indexed by rule; nil if none does.
-func newCallRules(r *policy.Router) []*callRule {
+// something, indexed by rule; nil if none does. Rate limits take their
+// buckets from buckets.
+func newCallRules(r *policy.Router, buckets *callpolicy.Buckets) []*callRule {
 	if r == nil {
 		return nil
 	}
-	rules := r.Route().Rules
-	var out []*callRule
-	for i := range rules {
-		cp := rules[i].Call
-		rp := retry.New(cp.Retry)
-		if cp.Timeout <= 0 && cp.TryTimeout <= 0 && rp == nil {
-			continue
+	rules := callpolicy.Compile(r.Route().Rules, buckets)
+	if rules == nil {
+		return nil
+	}
+	out := make([]*callRule, len(rules))
+	for i, cr := range rules {
+		if cr != nil {
+			out[i] = &callRule{cr}
 		}
-		if out == nil {
-			out = make([]*callRule, len(rules))
-		}
-		out[i] = &callRule{timeout: max(cp.Timeout, 0), tryTimeout: max(cp.TryTimeout, 0), retry: rp}
 	}
 	return out
+}
+
+// admit applies the rule's rate limit and fault to a call before it is
+// sent (callpolicy.Rule.Admit): the error it fails with, after the fault's
+// delay if it has one; nil to send it. The delay counts against the
+// caller's deadline, not the rule's timeout, which starts as the call is
+// sent (as a fault filter before Envoy's router).
+func (cr *callRule) admit(caller context.Context) error {
+	if !cr.Admits() {
+		return nil
+	}
+	delay, fail := cr.Admit()
+	if delay > 0 {
+		t := time.NewTimer(delay)
+		defer t.Stop()
+		select {
+		case <-t.C:
+		case <-caller.Done():
+			return status.FromContextError(caller.Err()).Err()
+		}
+	}
+	if fail != nil {
+		return fail.Err()
+	}
+	return nil
 }
 
 // withTimeout bounds ctx by the rule's timeout (a sooner deadline of the
 // caller's stays).
 func (cr *callRule) withTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
-	if cr.timeout > 0 {
-		return context.WithTimeout(ctx, cr.timeout)
+	if cr.Timeout > 0 {
+		return context.WithTimeout(ctx, cr.Timeout)
 	}
 	return ctx, func() {}
 }
@@ -79,8 +101,8 @@ func (cr *callRule) withTimeout(ctx context.Context) (context.Context, context.C
 // grpc-previous-rpc-attempts).
 func (cr *callRule) tryContext(ctx context.Context, n int) (context.Context, context.CancelFunc) {
 	cancel := func() {}
-	if cr.tryTimeout > 0 {
-		ctx, cancel = context.WithTimeout(ctx, cr.tryTimeout)
+	if cr.TryTimeout > 0 {
+		ctx, cancel = context.WithTimeout(ctx, cr.TryTimeout)
 	}
 	if n > 1 {
 		ctx = metadata.AppendToOutgoingContext(ctx, "grpc-previous-rpc-attempts", strconv.Itoa(n-1))
@@ -91,7 +113,7 @@ func (cr *callRule) tryContext(ctx context.Context, n int) (context.Context, con
 // again reports whether try n of a call, failed with err, is tried again,
 // after waiting out its backoff; the call's context is ctx.
 func (cr *callRule) again(ctx context.Context, n int, err error) bool {
-	r := cr.retry
+	r := cr.Retry
 	if r == nil || ctx.Err() != nil || !r.Retries(status.Code(err)) || n > r.Attempts() {
 		return false
 	}
@@ -113,7 +135,7 @@ func (cr *callRule) again(ctx context.Context, n int, err error) bool {
 // CANCEL may arrive as the deadline passes, before the context's own
 // timer has fired: the clock decides, not which came first.
 func (cr *callRule) result(caller, ctx context.Context, err error) error {
-	if err == nil || cr.timeout <= 0 {
+	if err == nil || cr.Timeout <= 0 {
 		return err
 	}
 	if c := status.Code(err); c != codes.DeadlineExceeded && c != codes.Canceled {
@@ -123,7 +145,7 @@ func (cr *callRule) result(caller, ctx context.Context, err error) error {
 	if theirs, ok := caller.Deadline(); (ok && !theirs.After(ours)) || caller.Err() != nil || time.Now().Before(ours) {
 		return err // the caller's deadline, or cancellation
 	}
-	return status.Errorf(codes.DeadlineExceeded, "ballast: the call's timeout (%v) elapsed: %v", cr.timeout, status.Convert(err).Message())
+	return status.Errorf(codes.DeadlineExceeded, "ballast: the call's timeout (%v) elapsed: %v", cr.Timeout, status.Convert(err).Message())
 }
 
 // replayable reports whether a request message fits the replay bound
@@ -139,15 +161,18 @@ func replayable(msg any, held int) (int, bool) {
 
 // unary runs a unary call under the rule.
 func (cr *callRule) unary(caller context.Context, method string, req, reply any, cc *grpc.ClientConn, invoker grpc.UnaryInvoker, opts ...grpc.CallOption) error {
+	if err := cr.admit(caller); err != nil {
+		return err
+	}
 	ctx, cancel := cr.withTimeout(caller)
 	defer cancel()
-	retries := cr.retry != nil
+	retries := cr.Retry != nil
 	if retries {
 		if _, ok := replayable(req, 0); !ok {
 			retries = false
 		}
-		if cr.retry.Budget != nil {
-			cr.retry.Budget.Call()
+		if cr.Retry.Budget != nil {
+			cr.Retry.Budget.Call()
 		}
 	}
 	for n := 1; ; n++ {
@@ -168,11 +193,14 @@ func (cr *callRule) unary(caller context.Context, method string, req, reply any,
 // leaves the application holding the rest (SendMsg's io.EOF tells it to
 // stop sending).
 func (cr *callRule) stream(caller context.Context, desc *grpc.StreamDesc, cc *grpc.ClientConn, method string, streamer grpc.Streamer, opts ...grpc.CallOption) (grpc.ClientStream, error) {
+	if err := cr.admit(caller); err != nil {
+		return nil, err
+	}
 	ctx, cancel := cr.withTimeout(caller)
 	rs := &retryStream{cr: cr, caller: caller, ctx: ctx, cancel: cancel, desc: desc, cc: cc, method: method, streamer: streamer, opts: opts,
-		replay: cr.retry != nil && !desc.ClientStreams}
-	if rs.replay && cr.retry.Budget != nil {
-		cr.retry.Budget.Call()
+		replay: cr.Retry != nil && !desc.ClientStreams}
+	if rs.replay && cr.Retry.Budget != nil {
+		cr.Retry.Budget.Call()
 	}
 	if err := rs.start(); err != nil {
 		cancel()

@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/metadata"
 
+	"github.com/ballast-dev/ballast/internal/callpolicy"
 	"github.com/ballast-dev/ballast/policy"
 )
 
@@ -24,7 +25,10 @@ import (
 // it: the kubernetes:/// resolver.
 type Filters struct {
 	// scheme is the scheme of the targets routes are published for.
-	scheme  string
+	scheme string
+	// buckets are the rate limits' token buckets of every route: a
+	// TrafficPolicy's bucket is per client, the process.
+	buckets callpolicy.Buckets
 	mu      sync.RWMutex
 	targets map[string]*published
 }
@@ -88,7 +92,7 @@ func (f *Filters) Publish(target string, r *policy.Router) {
 	case p.router == nil || !reflect.DeepEqual(*p.router.Route(), *r.Route()):
 		// Compiled again only when the route changed, not with each
 		// endpoint update, so that its rules' budgets keep counting.
-		p.calls = newCallRules(r)
+		p.calls = newCallRules(r, &f.buckets)
 	}
 	p.router = r
 	select {

@@ -66,8 +66,10 @@ type State struct {
 
 // Cluster is one backend of a route: its policy and its endpoints.
 type Cluster struct {
-	LB        policy.LB
-	Endpoints []resolver.Endpoint
+	LB policy.LB
+	// HashHeader is ring_hash's key (policy.Cluster.HashHeader).
+	HashHeader string
+	Endpoints  []resolver.Endpoint
 	// CircuitBreaker bounds the calls in flight to the Cluster
 	// (MaxRequests; a call beyond it fails UNAVAILABLE at once).
 	CircuitBreaker policy.CircuitBreaker
@@ -184,7 +186,7 @@ func (b *routeBalancer) UpdateClientConnState(s balancer.ClientConnState) error 
 			}
 			b.empty[name] = true
 		}
-		lb, cfg, err := balancerFor(cl.LB, cl.Outlier)
+		lb, cfg, err := balancerFor(policy.Cluster{LB: cl.LB, HashHeader: cl.HashHeader}, cl.Outlier)
 		if err != nil {
 			return fmt.Errorf("%s: cluster %s: %w", Name, name, err)
 		}
@@ -213,8 +215,8 @@ func (b *routeBalancer) UpdateClientConnState(s balancer.ClientConnState) error 
 // registered, as a channel picks it, with its parsed config; with outlier
 // detection, grpc-go's outlier detection balancer over it (the xDS
 // package imported above registers it).
-func balancerFor(lb policy.LB, od *policy.OutlierDetection) (string, serviceconfig.LoadBalancingConfig, error) {
-	for _, bc := range lb.Balancers() {
+func balancerFor(cl policy.Cluster, od *policy.OutlierDetection) (string, serviceconfig.LoadBalancingConfig, error) {
+	for _, bc := range cl.Balancers() {
 		bb := balancer.Get(bc.Name)
 		if bb == nil {
 			continue
@@ -235,7 +237,7 @@ func balancerFor(lb policy.LB, od *policy.OutlierDetection) (string, serviceconf
 		}
 		return bc.Name, cfg, nil
 	}
-	return "", nil, fmt.Errorf("no balancer of policy %s is registered", lb)
+	return "", nil, fmt.Errorf("no balancer of policy %s is registered", cl.LB)
 }
 
 func (b *routeBalancer) ResolverError(err error) {

@@ -66,6 +66,7 @@ import (
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/attributes"
+	_ "google.golang.org/grpc/balancer/ringhash" // a TrafficPolicy's loadBalancer ring_hash
 	"google.golang.org/grpc/resolver"
 	"k8s.io/apimachinery/pkg/util/validation"
 
@@ -275,8 +276,8 @@ type kubeResolver struct {
 	sent       bool
 	lastAddr   []string
 	lastErr    string
-	lastPolicy policy.LB // "" for none
-	badPolicy  string    // the annotation error last logged
+	lastPolicy policy.Cluster // LB "" for none
+	badPolicy  string         // the annotation error last logged
 	// watched are the Services whose changes are read again: the target's
 	// and, while it has a route, its backends'.
 	watched []discovery.Key
@@ -352,7 +353,7 @@ func (r *kubeResolver) push() {
 	}
 	r.log.Debug("endpoints", "addresses", addrs, "policy", lb)
 	state := resolver.State{Endpoints: eps}
-	if lb != "" {
+	if lb.LB != "" {
 		state.ServiceConfig = r.cc.ParseServiceConfig(lb.ServiceConfig())
 	}
 	if err := r.cc.UpdateState(state); err != nil {
@@ -361,9 +362,13 @@ func (r *kubeResolver) push() {
 	r.sent, r.lastAddr, r.lastErr, r.lastPolicy = true, addrs, "", lb
 }
 
-// policy is the LB policy the Service's annotation asks for, "" for none;
-// an annotation that names no policy keeps the last one sent.
-func (r *kubeResolver) policy(svc *discovery.Service) policy.LB {
+// policy is the LB policy the Service asks for: its TrafficPolicy's
+// loadBalancer, else its annotation's; LB "" for none. An annotation that
+// names no policy keeps the last one sent.
+func (r *kubeResolver) policy(svc *discovery.Service) policy.Cluster {
+	if b := svc.Balancing; b != nil {
+		return policy.Cluster{LB: b.LB, HashHeader: b.HashHeader}
+	}
 	p, ok, err := policy.ServiceLB(svc.Key.String(), svc.Annotations, policy.Defaults{})
 	if err != nil {
 		if err.Error() != r.badPolicy {
@@ -374,9 +379,9 @@ func (r *kubeResolver) policy(svc *discovery.Service) policy.LB {
 	}
 	r.badPolicy = ""
 	if !ok {
-		return ""
+		return policy.Cluster{}
 	}
-	return p
+	return policy.Cluster{LB: p}
 }
 
 // Errors the resolver reports wrap these, for errors.Is.
@@ -387,14 +392,14 @@ var (
 	ErrNoReadyEndpoint = errors.New("no ready endpoints")
 )
 
-func (r *kubeResolver) resolve() ([]resolver.Endpoint, policy.LB, error) {
+func (r *kubeResolver) resolve() ([]resolver.Endpoint, policy.Cluster, error) {
 	svc, ok := r.reg.Get(r.target.key)
 	if !ok {
-		return nil, "", fmt.Errorf("service %s %w", r.target.key, ErrServiceNotFound)
+		return nil, policy.Cluster{}, fmt.Errorf("service %s %w", r.target.key, ErrServiceNotFound)
 	}
 	port, err := svc.Port(r.target.port)
 	if err != nil {
-		return nil, "", err
+		return nil, policy.Cluster{}, err
 	}
 	routable, _ := port.Preferred(svc.TrafficDistribution, r.zone)
 	if len(routable) == 0 {
@@ -402,7 +407,7 @@ func (r *kubeResolver) resolve() ([]resolver.Endpoint, policy.LB, error) {
 		if ref.port == "" {
 			ref.port = strconv.Itoa(int(port.Port))
 		}
-		return nil, "", fmt.Errorf("%w for %s", ErrNoReadyEndpoint, ref)
+		return nil, policy.Cluster{}, fmt.Errorf("%w for %s", ErrNoReadyEndpoint, ref)
 	}
 	return endpoints(routable), r.policy(svc), nil
 }

@@ -70,13 +70,15 @@ func (r *kubeResolver) pushRoute(rt policy.Route) {
 		if err != nil {
 			continue
 		}
-		lb := policy.RoundRobin
-		if p, _, err := policy.ServiceLB(svc.Key.String(), svc.Annotations, policy.Defaults{}); err == nil {
-			lb = p
+		lb := policy.Cluster{LB: policy.RoundRobin}
+		if b := svc.Balancing; b != nil {
+			lb = *b // a TrafficPolicy's loadBalancer wins over the annotation
+		} else if p, _, err := policy.ServiceLB(svc.Key.String(), svc.Annotations, policy.Defaults{}); err == nil {
+			lb.LB = p
 		}
 		use, _ := port.Preferred(svc.TrafficDistribution, r.zone)
 		eps := endpoints(use)
-		st.Clusters[name] = route.Cluster{LB: lb, Endpoints: eps, CircuitBreaker: svc.Cluster.CircuitBreaker, Outlier: svc.Cluster.Outlier}
+		st.Clusters[name] = route.Cluster{LB: lb.LB, HashHeader: lb.HashHeader, Endpoints: eps, CircuitBreaker: svc.Cluster.CircuitBreaker, Outlier: svc.Cluster.Outlier}
 		all = append(all, eps...)
 	}
 	r.log.Debug("route", "route", rt.Name, "rules", len(rt.Rules), "clusters", len(st.Clusters))
@@ -86,5 +88,5 @@ func (r *kubeResolver) pushRoute(rt policy.Route) {
 		r.log.Debug("update rejected", "err", err)
 	}
 	// The next push without a route sends its state whatever it is.
-	r.sent, r.lastAddr, r.lastErr, r.lastPolicy = false, nil, "", ""
+	r.sent, r.lastAddr, r.lastErr, r.lastPolicy = false, nil, "", policy.Cluster{}
 }
