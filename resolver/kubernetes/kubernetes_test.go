@@ -91,15 +91,21 @@ func sayHello(conn *grpc.ClientConn) error {
 // at a time (the article's client) and concurrently.
 func TestSpread(t *testing.T) {
 	const calls = 600
-	// Bounds on the busiest pod's share over the mean. round_robin is exact;
-	// p2c breaks ties at random, so one call at a time it spreads like
-	// dice (about 1.15 at this count). Peak-EWMA prefers the pod that
-	// answered fastest, so among equal pods the spread follows their jitter;
-	// the one bound it keeps is P2C's: a pod wins at most the pairs it is
-	// drawn in, 2 of 3 on average (max/mean 2, plus 4 standard deviations
-	// of the draw at this count: 2.3), and a pod may see no call in a run
-	// this short.
-	bounds := map[string]float64{"round_robin": 1.05, "ballast_p2c": 1.3, "ballast_peak_ewma": 2.3}
+	// Bounds on the busiest pod's share over the mean, one call at a time
+	// (workers=1) and concurrently. round_robin is exact. p2c one call at a
+	// time sees no call outstanding and breaks the tie at random, so it
+	// spreads like dice (about 1.15 at this count). Concurrently, and for
+	// peak-EWMA always, the spread follows the pods' speed, which on a shared
+	// machine differs; the bound left is P2C's own: a pod wins at most the
+	// pairs it is drawn in, 2 of 3 on average (max/mean 2, plus 4 standard
+	// deviations of the draw at this count: 2.3). Peak-EWMA may leave a pod
+	// without a call in a run this short.
+	const p2cBound = 2.3
+	bounds := map[string][2]float64{
+		"round_robin":       {1.05, 1.05},
+		"ballast_p2c":       {1.3, p2cBound},
+		"ballast_peak_ewma": {p2cBound, p2cBound},
+	}
 	for _, pol := range policies {
 		for _, workers := range []int{1, 4} {
 			t.Run(fmt.Sprintf("%s/workers=%d", pol.name, workers), func(t *testing.T) {
@@ -122,8 +128,9 @@ func TestSpread(t *testing.T) {
 				counts := greetertest.Spread(t, conn, calls, workers)
 				ratio := greetertest.MaxOverMean(counts, 3)
 				t.Logf("%v max/mean %.3f", counts, ratio)
-				if ratio > bounds[pol.name] || (pol.name != "ballast_peak_ewma" && len(counts) != 3) {
-					t.Fatalf("calls by pod %v: max/mean %.3f; want at most %.2f (and every pod, but for peak-EWMA)", counts, ratio, bounds[pol.name])
+				bound := bounds[pol.name][min(workers-1, 1)]
+				if ratio > bound || (pol.name != "ballast_peak_ewma" && len(counts) != 3) {
+					t.Fatalf("calls by pod %v: max/mean %.3f; want at most %.2f (and every pod, but for peak-EWMA)", counts, ratio, bound)
 				}
 			})
 		}
