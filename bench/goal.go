@@ -10,6 +10,10 @@ const (
 	// goalRoutedCPU bounds the sidecar's CPU per call with a 5-rule
 	// GRPCRoute over its CPU per call without one.
 	goalRoutedCPU = 1.05
+	// goalGatewayCPU and goalGatewayP99 bound the gateway's CPU per call
+	// and p99 as a TLS ingress over haproxy's as one.
+	goalGatewayCPU = 1.0
+	goalGatewayP99 = 1.0
 	// goalSidecarIdleRSS bounds the sidecar's idle RSS, in MiB.
 	goalSidecarIdleRSS = 15
 	// goalPushP50 and goalPushP99 bound the control plane's push latency,

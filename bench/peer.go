@@ -13,6 +13,8 @@ import (
 	"sync"
 	"text/template"
 	"time"
+
+	"google.golang.org/grpc"
 )
 
 // The peers are what a user would put in front of gRPC pods instead of
@@ -25,6 +27,10 @@ type proxyConfig struct {
 	Dir      string
 	Listen   netip.AddrPort
 	Backends []netip.AddrPort
+	// For a TLS ingress: the name served, the certificate and key files,
+	// and both in one file.
+	Host                       string
+	CertFile, KeyFile, PEMFile string
 }
 
 var nginxTemplate = template.Must(template.New("nginx").Parse(`# Rendered by ballast bench; runs in the foreground with everything under {{.Dir}}.
@@ -117,6 +123,8 @@ type peerPath struct {
 	name, binary, file string
 	template           *template.Template
 	args               func(dir, conf string) []string
+	// tls: the client's side is TLS (ingressCert), terminated by the peer.
+	tls bool
 }
 
 func (p peerPath) Name() string { return p.name }
@@ -126,13 +134,24 @@ func (p peerPath) Open(ctx context.Context, b *Bench, pods []*pod) (*route, erro
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp(b.dir, p.name+"-")
+	dir, err := os.MkdirTemp(b.dir, p.binary+"-")
 	if err != nil {
 		return nil, err
 	}
+	cfg := proxyConfig{Dir: dir, Backends: podAddrs(pods)}
+	var dialOpts []grpc.DialOption
+	if p.tls {
+		cert, err := newIngressCert(dir)
+		if err != nil {
+			return nil, err
+		}
+		cfg.Host, cfg.CertFile, cfg.KeyFile, cfg.PEMFile = ingressHost, cert.certFile, cert.keyFile, cert.pemFile
+		dialOpts = cert.dialOptions()
+	}
 	proc, ports, err := onFreePorts(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 1,
 		func(ports []netip.AddrPort) (*process, error) {
-			conf, err := render(p.template, proxyConfig{Dir: dir, Listen: ports[0], Backends: podAddrs(pods)})
+			cfg.Listen = ports[0]
+			conf, err := render(p.template, cfg)
 			if err != nil {
 				return nil, err
 			}
@@ -143,12 +162,12 @@ func (p peerPath) Open(ctx context.Context, b *Bench, pods []*pod) (*route, erro
 			return startProcess(exec.Command(bin, p.args(dir, confPath)...), p.name)
 		},
 		func(proc *process, ports []netip.AddrPort) error {
-			return waitServing(ctx, "passthrough:///"+ports[0].String(), proc, 10*time.Second)
+			return waitServing(ctx, "passthrough:///"+ports[0].String(), proc, 10*time.Second, dialOpts...)
 		})
 	if err != nil {
 		return nil, fmt.Errorf("start %s: %w", p.name, err)
 	}
-	return &route{Target: "passthrough:///" + ports[0].String(), Proxy: proc, Close: proc.stop}, nil
+	return &route{Target: "passthrough:///" + ports[0].String(), DialOptions: dialOpts, Proxy: proc, Close: proc.stop}, nil
 }
 
 // peers finds the peers' binaries, installing them once with apt-get when

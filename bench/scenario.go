@@ -224,6 +224,11 @@ func (b *Bench) dataPath(ctx context.Context, c dataPathConfig) *Section {
 		explicit := sidecarName("round_robin", explicitListener)
 		s.ratio(routedSidecarName+" proxy CPU per call ÷ "+explicit+"'s", colCPU, routedSidecarName, explicit, goalRoutedCPU).Top = true
 	}
+	// The gateway as a TLS-terminating ingress, against haproxy as one.
+	haproxyIngress := haproxyTLS().Name()
+	s.ratio(gatewayIngressName+" CPU per call ÷ "+haproxyIngress+"'s", colCPU, gatewayIngressName, haproxyIngress, goalGatewayCPU).Top = true
+	s.ratio(gatewayIngressName+" p99 ÷ "+haproxyIngress+"'s", colP99, gatewayIngressName, haproxyIngress, goalGatewayP99).Top = !c.Stream
+	s.ratio(nginxTLS().Name()+" CPU per call ÷ "+haproxyIngress+"'s", colCPU, nginxTLS().Name(), haproxyIngress, 0)
 	s.ratio("nginx proxy CPU per call ÷ haproxy's", colCPU, "nginx", "haproxy", 0).Top = !c.Stream
 	s.ratio("nginx p99 ÷ haproxy's", colP99, "nginx", "haproxy", 0)
 	s.ratio("direct p99 ÷ haproxy's", colP99, "direct", "haproxy", 0)
