@@ -128,7 +128,7 @@ func sameAttached(a, b attachedRule) bool {
 // listener p selects that admits it and shares a hostname with it
 // (attach is called with the hostnames), and is the Accepted condition
 // that says so or why not.
-func gatewayParent(e *routeEntry, p gatewayv1.ParentReference, listeners []GatewayListener, attach func(GatewayListener, []string)) metav1.Condition {
+func gatewayParent(e *versioned[*gatewayv1.GRPCRoute], p gatewayv1.ParentReference, listeners []GatewayListener, attach func(GatewayListener, []string)) metav1.Condition {
 	rt := e.current
 	if e.served == nil {
 		return condition(rt, gatewayv1.RouteConditionAccepted, false, gatewayv1.RouteReasonUnsupportedValue, e.invalid.Error())

@@ -179,7 +179,7 @@ func Routable(eps []Endpoint) []Endpoint {
 type Registry struct {
 	mu       sync.RWMutex
 	services map[Key]*Service
-	routes   map[Key]*routeEntry
+	routes   map[Key]*versioned[*gatewayv1.GRPCRoute]
 	// byParent indexes the served routes by the Services they attach to.
 	byParent map[Key]map[Key]bool
 	grants   map[Key]*gatewayv1.ReferenceGrant
@@ -194,7 +194,7 @@ type Registry struct {
 	// gatewaySubs are told of every change a gateway may serve
 	// differently after.
 	gatewaySubs map[*Subscription]struct{}
-	policies    map[Key]*policyEntry
+	policies    map[Key]*versioned[*v1alpha1.TrafficPolicy]
 	// attached is the policy that applies to each target.
 	attached map[policyTarget]*v1alpha1.TrafficPolicy
 	// policySubs collect the keys of TrafficPolicies whose status may
@@ -206,7 +206,7 @@ type Registry struct {
 func NewRegistry() *Registry {
 	return &Registry{
 		services:  map[Key]*Service{},
-		routes:    map[Key]*routeEntry{},
+		routes:    map[Key]*versioned[*gatewayv1.GRPCRoute]{},
 		byParent:  map[Key]map[Key]bool{},
 		grants:    map[Key]*gatewayv1.ReferenceGrant{},
 		subs:      map[*Subscription]struct{}{},
@@ -216,7 +216,7 @@ func NewRegistry() *Registry {
 		secrets:   map[Key]*corev1.Secret{},
 
 		gatewaySubs: map[*Subscription]struct{}{},
-		policies:    map[Key]*policyEntry{},
+		policies:    map[Key]*versioned[*v1alpha1.TrafficPolicy]{},
 		attached:    map[policyTarget]*v1alpha1.TrafficPolicy{},
 		policySubs:  map[*Subscription]struct{}{},
 	}

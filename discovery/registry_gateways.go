@@ -1,8 +1,6 @@
 package discovery
 
 import (
-	"slices"
-
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -61,7 +59,7 @@ func (r *Registry) GatewayClasses() []*gatewayv1.GatewayClass {
 	for _, c := range r.classes {
 		out = append(out, c)
 	}
-	slices.SortFunc(out, func(a, b *gatewayv1.GatewayClass) int { return compareKeys(Key{Name: a.Name}, Key{Name: b.Name}) })
+	sortByKey(out)
 	return out
 }
 
@@ -95,9 +93,7 @@ func (r *Registry) Gateways() []*gatewayv1.Gateway {
 	for _, g := range r.gateways {
 		out = append(out, g)
 	}
-	slices.SortFunc(out, func(a, b *gatewayv1.Gateway) int {
-		return compareKeys(Key{a.Namespace, a.Name}, Key{b.Namespace, b.Name})
-	})
+	sortByKey(out)
 	return out
 }
 

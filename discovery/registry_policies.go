@@ -4,21 +4,9 @@ import (
 	"maps"
 	"slices"
 
-	"k8s.io/apimachinery/pkg/api/equality"
-
 	"github.com/ballast-dev/ballast/api/v1alpha1"
 	"github.com/ballast-dev/ballast/policy"
 )
-
-// policyEntry is one TrafficPolicy as the registry keeps it: the version
-// the source last wrote (which status describes) and the last valid
-// version (which applies), the same object while it is valid.
-type policyEntry struct {
-	current *v1alpha1.TrafficPolicy
-	// invalid is why current does not apply; nil when it is valid.
-	invalid error
-	served  *v1alpha1.TrafficPolicy
-}
 
 // SetPolicy stores a TrafficPolicy, replacing any earlier version. A
 // policy whose spec does not Validate is kept for its status, but the
@@ -26,20 +14,12 @@ type policyEntry struct {
 // The Services whose calls it changes get new snapshots. Consumers must
 // not modify p.
 func (r *Registry) SetPolicy(p *v1alpha1.TrafficPolicy) {
-	k := Key{Namespace: p.Namespace, Name: p.Name}
+	k := objectKey(p)
 	r.mu.Lock()
 	defer r.mu.Unlock()
-	old := r.policies[k]
-	if old != nil && old.current.Generation == p.Generation && equality.Semantic.DeepEqual(old.current.Spec, p.Spec) &&
-		old.current.CreationTimestamp.Equal(&p.CreationTimestamp) {
+	e, changed := nextVersion(r.policies[k], p, policySpec, validatePolicy)
+	if !changed {
 		return
-	}
-	e := &policyEntry{current: p, invalid: p.Spec.Validate()}
-	switch {
-	case e.invalid == nil:
-		e.served = p
-	case old != nil:
-		e.served = old.served
 	}
 	r.policies[k] = e
 	r.policiesChangedLocked()
@@ -66,11 +46,12 @@ func (r *Registry) Policies() []*v1alpha1.TrafficPolicy {
 	for _, e := range r.policies {
 		out = append(out, e.current)
 	}
-	slices.SortFunc(out, func(a, b *v1alpha1.TrafficPolicy) int {
-		return compareKeys(Key{a.Namespace, a.Name}, Key{b.Namespace, b.Name})
-	})
+	sortByKey(out)
 	return out
 }
+
+func policySpec(p *v1alpha1.TrafficPolicy) any       { return p.Spec }
+func validatePolicy(p *v1alpha1.TrafficPolicy) error { return p.Spec.Validate() }
 
 // SubscribePolicies returns a subscription that collects the keys of the
 // TrafficPolicies whose status (PolicyStatus) may have changed: the

@@ -8,36 +8,19 @@ import (
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 )
 
-// routeEntry is one GRPCRoute as the registry keeps it: the version the
-// source last wrote (which status describes) and the last valid version
-// (which is served), the same object while it is valid.
-type routeEntry struct {
-	current *gatewayv1.GRPCRoute
-	// invalid is why current is not served; nil when it is valid.
-	invalid error
-	served  *gatewayv1.GRPCRoute
-}
-
 // SetRoute stores a GRPCRoute, replacing any earlier version. A route
 // that ValidateRoute refuses is kept for its status, but the routes served
 // keep its last valid version (none if it never had one). The Services it
 // attaches to get new snapshots when their routes change. Consumers must
 // not modify rt.
 func (r *Registry) SetRoute(rt *gatewayv1.GRPCRoute) {
-	k := Key{Namespace: rt.Namespace, Name: rt.Name}
+	k := objectKey(rt)
 	r.mu.Lock()
 	defer r.mu.Unlock()
 	old := r.routes[k]
-	if old != nil && old.current.Generation == rt.Generation && equality.Semantic.DeepEqual(old.current.Spec, rt.Spec) &&
-		old.current.CreationTimestamp.Equal(&rt.CreationTimestamp) {
+	e, changed := nextVersion(old, rt, routeSpec, ValidateRoute)
+	if !changed {
 		return
-	}
-	e := &routeEntry{current: rt, invalid: ValidateRoute(rt)}
-	switch {
-	case e.invalid == nil:
-		e.served = rt
-	case old != nil:
-		e.served = old.served
 	}
 	r.routes[k] = e
 	affected := map[Key]bool{}
@@ -179,9 +162,7 @@ func (r *Registry) routesOfLocked(k Key) []*gatewayv1.GRPCRoute {
 			out = append(out, e.served)
 		}
 	}
-	slices.SortFunc(out, func(a, b *gatewayv1.GRPCRoute) int {
-		return compareKeys(Key{a.Namespace, a.Name}, Key{b.Namespace, b.Name})
-	})
+	sortByKey(out)
 	return out
 }
 
@@ -269,8 +250,8 @@ func (r *Registry) Routes() []*gatewayv1.GRPCRoute {
 	for _, e := range r.routes {
 		out = append(out, e.current)
 	}
-	slices.SortFunc(out, func(a, b *gatewayv1.GRPCRoute) int {
-		return compareKeys(Key{a.Namespace, a.Name}, Key{b.Namespace, b.Name})
-	})
+	sortByKey(out)
 	return out
 }
+
+func routeSpec(rt *gatewayv1.GRPCRoute) any { return rt.Spec }

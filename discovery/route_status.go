@@ -26,7 +26,7 @@ func (r *Registry) RouteStatus(k Key) (rt *gatewayv1.GRPCRoute, parents []gatewa
 	return e.current, routeStatus(e, r.viewLocked()), true
 }
 
-func routeStatus(e *routeEntry, v routeView) []gatewayv1.RouteParentStatus {
+func routeStatus(e *versioned[*gatewayv1.GRPCRoute], v routeView) []gatewayv1.RouteParentStatus {
 	rt := e.current
 	resolved, resolvedReason, resolvedMsg := resolvedRefs(rt, v)
 	var out []gatewayv1.RouteParentStatus

@@ -11,6 +11,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
@@ -135,12 +136,17 @@ func TestProvisioner(t *testing.T) {
 	})
 
 	t.Run("the Service follows the listeners", func(t *testing.T) {
-		g, err := gc.GatewayV1().Gateways(ns).Get(ctx, "edge", metav1.GetOptions{})
+		// A controller may write status meanwhile: an update may conflict.
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			g, err := gc.GatewayV1().Gateways(ns).Get(ctx, "edge", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			g.Spec.Listeners = append(g.Spec.Listeners, gatewayv1.Listener{Name: "alt", Protocol: gatewayv1.HTTPProtocolType, Port: 8080})
+			_, err = gc.GatewayV1().Gateways(ns).Update(ctx, g, metav1.UpdateOptions{})
+			return err
+		})
 		if err != nil {
-			t.Fatal(err)
-		}
-		g.Spec.Listeners = append(g.Spec.Listeners, gatewayv1.Listener{Name: "alt", Protocol: gatewayv1.HTTPProtocolType, Port: 8080})
-		if _, err := gc.GatewayV1().Gateways(ns).Update(ctx, g, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, "the Service has port 8080", func() string {

@@ -28,6 +28,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/util/retry"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
@@ -393,12 +394,18 @@ func TestStatus(t *testing.T) {
 	})
 
 	t.Run("observedGeneration follows an edit", func(t *testing.T) {
-		g, err := gc.GatewayV1().Gateways(ns).Get(ctx, "edge", metav1.GetOptions{})
+		// The controller writes status meanwhile: an update may conflict.
+		var g *gatewayv1.Gateway
+		err := retry.RetryOnConflict(retry.DefaultRetry, func() error {
+			cur, err := gc.GatewayV1().Gateways(ns).Get(ctx, "edge", metav1.GetOptions{})
+			if err != nil {
+				return err
+			}
+			cur.Spec.Listeners = slices.DeleteFunc(cur.Spec.Listeners, func(l gatewayv1.Listener) bool { return l.Name == "tcp" })
+			g, err = gc.GatewayV1().Gateways(ns).Update(ctx, cur, metav1.UpdateOptions{})
+			return err
+		})
 		if err != nil {
-			t.Fatal(err)
-		}
-		g.Spec.Listeners = slices.DeleteFunc(g.Spec.Listeners, func(l gatewayv1.Listener) bool { return l.Name == "tcp" })
-		if g, err = gc.GatewayV1().Gateways(ns).Update(ctx, g, metav1.UpdateOptions{}); err != nil {
 			t.Fatal(err)
 		}
 		eventually(t, "status observes the new generation", func() string {

@@ -3,11 +3,9 @@ package kube
 import (
 	"context"
 	"fmt"
-	"slices"
 
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/rest"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -47,26 +45,10 @@ func (w *StatusWriter) syncPolicy(ctx context.Context, pc rest.Interface, k disc
 // mergeParents does a route's: other controllers' entries stay, and each
 // condition keeps its last transition time while its status stays.
 func mergeAncestors(old, ours []gatewayv1.PolicyAncestorStatus, now metav1.Time) []gatewayv1.PolicyAncestorStatus {
-	var out []gatewayv1.PolicyAncestorStatus
-	for _, a := range old {
-		if a.ControllerName != discovery.ControllerName {
-			out = append(out, a)
-		}
-	}
-	for _, a := range ours {
-		i := slices.IndexFunc(old, func(o gatewayv1.PolicyAncestorStatus) bool {
-			return o.ControllerName == discovery.ControllerName && equality.Semantic.DeepEqual(o.AncestorRef, a.AncestorRef)
-		})
-		var conds []metav1.Condition
-		if i >= 0 {
-			conds = slices.Clone(old[i].Conditions)
-		}
-		for _, c := range a.Conditions {
-			c.LastTransitionTime = now
-			meta.SetStatusCondition(&conds, c)
-		}
-		a.Conditions = conds
-		out = append(out, a)
-	}
-	return out
+	return mergeStatuses(old, ours, now,
+		func(a gatewayv1.PolicyAncestorStatus) bool { return a.ControllerName == discovery.ControllerName },
+		func(a, b gatewayv1.PolicyAncestorStatus) bool {
+			return equality.Semantic.DeepEqual(a.AncestorRef, b.AncestorRef)
+		},
+		func(a *gatewayv1.PolicyAncestorStatus) *[]metav1.Condition { return &a.Conditions })
 }

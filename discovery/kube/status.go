@@ -223,26 +223,37 @@ func mergeParents(old, ours []gatewayv1.RouteParentStatus, now metav1.Time) []ga
 // other controllers' entries stay, in their order; each condition keeps
 // its last transition time while its status stays the same.
 func MergeRouteParents(controller gatewayv1.GatewayController, old, ours []gatewayv1.RouteParentStatus, now metav1.Time) []gatewayv1.RouteParentStatus {
-	var out []gatewayv1.RouteParentStatus
-	for _, p := range old {
-		if p.ControllerName != controller {
-			out = append(out, p)
+	return mergeStatuses(old, ours, now,
+		func(p gatewayv1.RouteParentStatus) bool { return p.ControllerName == controller },
+		func(a, b gatewayv1.RouteParentStatus) bool {
+			return equality.Semantic.DeepEqual(a.ParentRef, b.ParentRef)
+		},
+		func(p *gatewayv1.RouteParentStatus) *[]metav1.Condition { return &p.Conditions })
+}
+
+// mergeStatuses merges per-parent status entries (a route's parents, a
+// policy's ancestors): old's entries that are not ours stay, in their
+// order, then ours follow, each keeping the transition times of the
+// conditions of our old entry for the same parent while their status
+// stays the same.
+func mergeStatuses[S any](old, ours []S, now metav1.Time, isOurs func(S) bool, sameParent func(a, b S) bool, conditions func(*S) *[]metav1.Condition) []S {
+	var out []S
+	for _, e := range old {
+		if !isOurs(e) {
+			out = append(out, e)
 		}
 	}
-	for _, p := range ours {
-		i := slices.IndexFunc(old, func(o gatewayv1.RouteParentStatus) bool {
-			return o.ControllerName == controller && equality.Semantic.DeepEqual(o.ParentRef, p.ParentRef)
-		})
+	for _, e := range ours {
 		var conds []metav1.Condition
-		if i >= 0 {
-			conds = slices.Clone(old[i].Conditions)
+		if i := slices.IndexFunc(old, func(o S) bool { return isOurs(o) && sameParent(o, e) }); i >= 0 {
+			conds = slices.Clone(*conditions(&old[i]))
 		}
-		for _, c := range p.Conditions {
+		for _, c := range *conditions(&e) {
 			c.LastTransitionTime = now
 			meta.SetStatusCondition(&conds, c)
 		}
-		p.Conditions = conds
-		out = append(out, p)
+		*conditions(&e) = conds
+		out = append(out, e)
 	}
 	return out
 }
