@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"cmp"
 	"context"
 	"fmt"
 	"net/http"
@@ -67,12 +68,27 @@ type relMode struct {
 	// PerConnection: the mode balances once per connection (the plain
 	// Service) and is not waited for to use a new pod: it never will.
 	PerConnection bool
+	// Greeters is the app label of the pods the mode calls; empty means
+	// the greeter Deployment's (relService).
+	Greeters string
+	// OnlyIn, when set, is the one fault the mode is measured in: its
+	// greeters are not the ones the other faults change.
+	OnlyIn string
 }
+
+// greeters is the app label of the pods m calls.
+func (m relMode) greeters() string { return cmp.Or(m.Greeters, relService) }
+
+// measuredIn reports whether m has a row in fault id's table.
+func (m relMode) measuredIn(id string) bool { return m.OnlyIn == "" || m.OnlyIn == id }
 
 const (
 	relNamespace = "reliability"
 	relService   = "greeter"
 	relHeadless  = "greeter-headless"
+	// relMeshed are greeters served through their own injected sidecar
+	// (inbound capture), the server side of fault 6b.
+	relMeshed = "greeter-meshed"
 )
 
 func relModes() []relMode {
@@ -84,6 +100,8 @@ func relModes() []relMode {
 		{Name: "plain Service (L4)", Pod: "client-plain", Target: svc, PerConnection: true},
 		{Name: "headless + dns:/// round_robin", Pod: "client-dns", Target: fmt.Sprintf("dns:///%s.%s.svc.cluster.local:50051", relHeadless, relNamespace),
 			Args: []string{"--lb-policy", "round_robin"}},
+		{Name: "sidecar → sidecar-served greeters", Pod: "client-meshed", Target: fmt.Sprintf("%s.%s.svc.cluster.local:50051", relMeshed, relNamespace),
+			Ballast: true, Sidecar: true, Greeters: relMeshed, OnlyIn: "server-sidecar-restart"},
 	}
 }
 

@@ -33,14 +33,22 @@ func reliabilityFaults() []fault {
 			Converge: "–: nothing changes meanwhile", run: apiServerDown},
 		{ID: "sidecar-restart", Title: "6. Sidecar of the client pod killed (-9) and restarted",
 			Converge: "the kill → the sidecar client's next successful call", run: sidecarRestart},
+		{ID: "server-sidecar-restart", Title: "6b. Sidecar of a server pod killed (-9) and restarted",
+			Converge: "the pod's Ready again → its first call", run: serverSidecarRestart},
 		{ID: "node-down", Title: "7. A Node going away with its pods (power lost: its pods stop answering, silently)",
 			Converge: "the failure → the end of the last failed call", run: nodeDown},
 	}
 }
 
-// readyGreeters lists the greeter pods that are Ready now, by name.
+// readyGreeters lists the greeter Deployment's pods that are Ready now, by
+// name.
 func (r *relRun) readyGreeters(ctx context.Context) ([]string, error) {
-	pods, err := r.cluster.Client.CoreV1().Pods(relNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + relService})
+	return r.readyPods(ctx, relService)
+}
+
+// readyPods lists the pods labelled app that are Ready now, by name.
+func (r *relRun) readyPods(ctx context.Context, app string) ([]string, error) {
+	pods, err := r.cluster.Client.CoreV1().Pods(relNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app=" + app})
 	if err != nil {
 		return nil, err
 	}
@@ -369,26 +377,70 @@ func apiServerDown(ctx context.Context, r *relRun) (*faultOutcome, error) {
 func sidecarRestart(ctx context.Context, r *relRun) (*faultOutcome, error) {
 	var mode relMode
 	for _, m := range r.modes {
-		if m.Sidecar {
+		if m.Sidecar && m.OnlyIn == "" {
 			mode = m
 		}
 	}
 	if mode.Pod == "" {
 		return &faultOutcome{Start: time.Now(), End: time.Now(), Note: "no sidecar mode in this run"}, nil
 	}
-	netns, err := r.cluster.PodNetns(relNamespace, mode.Pod)
+	restarts, killed, err := r.killSidecar(ctx, mode.Pod)
 	if err != nil {
 		return nil, err
+	}
+	o := &faultOutcome{Start: time.Now(), Recover: true, Modes: []string{mode.Name},
+		Note: fmt.Sprintf("%s: ballast-proxy pid %v; the greeters it calls run no sidecar (6b kills a server's)", mode.Pod, killed)}
+	o.Since = o.Start
+	if o.End, err = r.waitRestarted(ctx, mode.Pod, inject.ProxyContainerName, restarts); err != nil {
+		return nil, fmt.Errorf("%s after its sidecar was killed: %w", mode.Pod, err)
+	}
+	return o, nil
+}
+
+// serverSidecarRestart kills the sidecar of a greeter that serves through
+// one: its inbound capture then leads nowhere until the kubelet restarts
+// it, and the pod is not Ready meanwhile (the greeter's probe goes through
+// the capture too), so clients should stop picking it.
+func serverSidecarRestart(ctx context.Context, r *relRun) (*faultOutcome, error) {
+	var mode relMode
+	for _, m := range r.modes {
+		if m.Greeters == relMeshed {
+			mode = m
+		}
+	}
+	ready, err := r.readyPods(ctx, relMeshed)
+	if err != nil || len(ready) < meshedGreeters {
+		return nil, fmt.Errorf("%d of %d sidecar-served greeters ready (%v)", len(ready), meshedGreeters, err)
+	}
+	victim := ready[0]
+	restarts, killed, err := r.killSidecar(ctx, victim)
+	if err != nil {
+		return nil, err
+	}
+	o := &faultOutcome{Start: time.Now(), NewPods: []string{victim}, Modes: []string{mode.Name},
+		Note: fmt.Sprintf("%s: ballast-proxy pid %v, called by %s through its own sidecar", victim, killed, mode.Pod)}
+	back, err := r.waitRestarted(ctx, victim, inject.ProxyContainerName, restarts)
+	if err != nil {
+		return nil, fmt.Errorf("%s after its sidecar was killed: %w", victim, err)
+	}
+	o.End, o.ReadyAt = back, map[string]time.Time{victim: back}
+	return o, nil
+}
+
+// killSidecar kills -9 the proxy (not its init) in pod's network
+// namespace, and returns the sidecar container's restarts before.
+func (r *relRun) killSidecar(ctx context.Context, pod string) (restarts int32, killed []int, err error) {
+	netns, err := r.cluster.PodNetns(relNamespace, pod)
+	if err != nil {
+		return 0, nil, err
 	}
 	pids, err := netnsPids(ctx, netns)
 	if err != nil {
-		return nil, err
+		return 0, nil, err
 	}
-	restarts, _, err := r.restartCount(ctx, mode.Pod, inject.ProxyContainerName)
-	if err != nil {
-		return nil, err
+	if restarts, _, err = r.restartCount(ctx, pod, inject.ProxyContainerName); err != nil {
+		return 0, nil, err
 	}
-	var killed []int
 	for _, pid := range pids {
 		if cl := cmdline(pid); strings.Contains(cl, "ballast-proxy") && !strings.Contains(cl, " init") {
 			syscall.Kill(pid, syscall.SIGKILL)
@@ -396,15 +448,9 @@ func sidecarRestart(ctx context.Context, r *relRun) (*faultOutcome, error) {
 		}
 	}
 	if len(killed) == 0 {
-		return nil, fmt.Errorf("no ballast-proxy process in %s's namespace (pids %v)", mode.Pod, pids)
+		return 0, nil, fmt.Errorf("no ballast-proxy process in %s's namespace (pids %v)", pod, pids)
 	}
-	o := &faultOutcome{Start: time.Now(), Recover: true, Modes: []string{mode.Name},
-		Note: fmt.Sprintf("%s: ballast-proxy pid %v; the greeters run no sidecar here, so only the client side's restart is measured", mode.Pod, killed)}
-	o.Since = o.Start
-	if o.End, err = r.waitRestarted(ctx, mode.Pod, inject.ProxyContainerName, restarts); err != nil {
-		return nil, fmt.Errorf("%s after its sidecar was killed: %w", mode.Pod, err)
-	}
-	return o, nil
+	return restarts, killed, nil
 }
 
 // nodeDown fails the Node the clients and the control plane are not on

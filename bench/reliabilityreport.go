@@ -86,7 +86,7 @@ func (r *ReliabilityReport) markdown() string {
 		"client-side (`kubernetes:///`), proxyless (`xds:///`, bootstrap from `ballast bootstrap` in an init container), " +
 		"the sidecar (the pod as the webhook injects it: `inject.Inject`, iptables capture, the client dialling the Service's name), " +
 		"and the two peers a user would pick instead: the plain Service (kube-proxy's per-connection DNAT) and the headless Service " +
-		"with grpc-go's `dns:///` resolver and round_robin. The benchmark calls each client pod's /grpc_client one call at a time, " +
+		"with grpc-go's `dns:///` resolver and round_robin. Fault 6b has a mode of its own: a sidecar client calling greeters that serve through their own injected sidecar (inbound capture). The benchmark calls each client pod's /grpc_client one call at a time, " +
 		"each call bounded by the client's 1 s deadline, through every fault in turn.\n\n" +
 		"- calls during: calls that started between the fault's start and its end (the cluster back to its steady state).\n" +
 		"- failed: calls that failed from the fault's start to the quiet period after its end.\n" +
@@ -145,7 +145,7 @@ func (r *ReliabilityReport) drawFailed(file string) error {
 	for _, f := range r.Faults {
 		faults = append(faults, f.ID)
 	}
-	palette := []color.RGBA{{0x2b, 0x6c, 0xb0, 0xff}, {0x38, 0xa1, 0x69, 0xff}, {0x80, 0x5a, 0xd5, 0xff}, {0xc0, 0x56, 0x21, 0xff}, {0x71, 0x80, 0x96, 0xff}}
+	palette := []color.RGBA{{0x2b, 0x6c, 0xb0, 0xff}, {0x38, 0xa1, 0x69, 0xff}, {0x80, 0x5a, 0xd5, 0xff}, {0xc0, 0x56, 0x21, 0xff}, {0x71, 0x80, 0x96, 0xff}, {0xd6, 0x9e, 0x2e, 0xff}}
 	width := vg.Points(10)
 	top := 1.0
 	for i, mode := range r.Modes {

@@ -205,6 +205,9 @@ func (b *Bench) Reliability(ctx context.Context, c ReliabilityConfig, ci bool) *
 		// the plain Service, which never will).
 		devcluster.Poll(ctx, c.Bound, func(context.Context) (bool, error) {
 			for _, m := range r.modes {
+				if !m.measuredIn(f.ID) {
+					continue
+				}
 				if row := r.measure(load.snapshot(m.Name), m, o); row.Measured && !row.Converged && !m.PerConnection {
 					return false, nil
 				}
@@ -213,7 +216,9 @@ func (b *Bench) Reliability(ctx context.Context, c ReliabilityConfig, ci bool) *
 		})
 		fr.Start, fr.End, fr.Note = o.Start, o.End, o.Note
 		for _, m := range r.modes {
-			fr.Rows = append(fr.Rows, r.measure(load.snapshot(m.Name), m, o))
+			if m.measuredIn(f.ID) {
+				fr.Rows = append(fr.Rows, r.measure(load.snapshot(m.Name), m, o))
+			}
 		}
 		for _, row := range fr.Rows {
 			b.progress("reliability: %s: %-30s %5d calls during, %3d failed, new state used after %s%s", f.ID, row.Mode, row.During, row.Failed,
@@ -343,11 +348,20 @@ func (r *relRun) deploy(ctx context.Context) error {
 	if err := r.cluster.Apply(ctx, greeterManifests(r.c.Replicas)); err != nil {
 		return err
 	}
+	for i := range meshedGreeters {
+		manifest, err := yaml.Marshal(meshedGreeter(i))
+		if err != nil {
+			return err
+		}
+		if err := r.cluster.Apply(ctx, "apiVersion: v1\nkind: Pod\n"+string(manifest)); err != nil {
+			return fmt.Errorf("greeter %s-%d: %w", relMeshed, i, err)
+		}
+	}
 	for _, m := range r.modes {
 		pod := clientPod(m)
 		pod.Spec.NodeSelector = map[string]string{"kubernetes.io/hostname": r.survivingNode()}
 		if m.Sidecar {
-			inject.Inject(pod, inject.Config{Image: "ballast-proxy:dev", XDSAddress: "ballast-control.ballast-system:15010"})
+			inject.Inject(pod, sidecarConfig)
 		}
 		manifest, err := yaml.Marshal(pod)
 		if err != nil {
@@ -362,6 +376,11 @@ func (r *relRun) deploy(ctx context.Context) error {
 	}
 	if _, err := r.waitGreeters(ctx, r.c.Replicas); err != nil {
 		return err
+	}
+	for i := range meshedGreeters {
+		if err := r.cluster.WaitPodReady(ctx, relNamespace, fmt.Sprintf("%s-%d", relMeshed, i), r.c.Wait); err != nil {
+			return err
+		}
 	}
 	for _, m := range r.modes {
 		if err := r.cluster.WaitPodReady(ctx, relNamespace, m.Pod, r.c.Wait); err != nil {
@@ -378,17 +397,21 @@ func (r *relRun) survivingNode() string { return r.cluster.Nodes()[0] }
 // will reach (the plain Service: one), so the faults start from steady
 // state.
 func (r *relRun) warm(ctx context.Context, load *relLoad) error {
-	greeters, err := r.readyGreeters(ctx)
-	if err != nil {
-		return err
+	greeters := map[string][]string{}
+	for _, m := range r.modes {
+		ready, err := r.readyPods(ctx, m.greeters())
+		if err != nil {
+			return err
+		}
+		greeters[m.greeters()] = ready
 	}
 	since := time.Now()
 	var missing []string
-	err = devcluster.Poll(ctx, r.c.Wait, func(context.Context) (bool, error) {
+	err := devcluster.Poll(ctx, r.c.Wait, func(context.Context) (bool, error) {
 		missing = missing[:0]
 		for _, m := range r.modes {
 			calls := load.snapshot(m.Name)
-			want := greeters
+			want := greeters[m.greeters()]
 			if m.Name == "plain Service (L4)" {
 				if firstOK(calls, since).IsZero() {
 					missing = append(missing, m.Name)
@@ -431,6 +454,13 @@ metadata: {name: %[3]s, namespace: %[1]s}
 spec:
   clusterIP: None
   selector: {app: %[2]s}
+  ports: [{name: grpc, port: 50051, targetPort: 50051}]
+---
+apiVersion: v1
+kind: Service
+metadata: {name: %[5]s, namespace: %[1]s}
+spec:
+  selector: {app: %[5]s}
   ports: [{name: grpc, port: 50051, targetPort: 50051}]
 ---
 apiVersion: apps/v1
@@ -484,7 +514,37 @@ metadata: {name: ballast-reliability-client}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: ballast-reliability-client}
 subjects:
 - {kind: ServiceAccount, name: client-kubernetes, namespace: %[1]s}
-`, relNamespace, relService, relHeadless, replicas)
+`, relNamespace, relService, relHeadless, replicas, relMeshed)
+}
+
+// sidecarConfig injects the sidecar as the webhook of deploy/control-insecure would.
+var sidecarConfig = inject.Config{Image: "ballast-proxy:dev", XDSAddress: "ballast-control.ballast-system:15010"}
+
+// meshedGreeters is how many greeters serve through their own sidecar.
+const meshedGreeters = 2
+
+// meshedGreeter is the i-th greeter served through its own sidecar: the
+// pod as the webhook injects it, capturing its declared port inbound.
+// Plain pods, not a Deployment: only their sidecars' restarts are
+// measured, and the kubelet restarts a pod's containers either way.
+func meshedGreeter(i int) *corev1.Pod {
+	pod := &corev1.Pod{
+		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%d", relMeshed, i), Namespace: relNamespace, Labels: map[string]string{"app": relMeshed}},
+		Spec: corev1.PodSpec{
+			TerminationGracePeriodSeconds: new(int64(5)),
+			Containers: []corev1.Container{{
+				Name:    "greeter",
+				Image:   "ballast:dev",
+				Command: []string{"ballast", "greeter", "serve", "--address", ":50051"},
+				Env:     []corev1.EnvVar{{Name: "POD_NAME", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.name"}}}},
+				Ports:   []corev1.ContainerPort{{Name: "grpc", ContainerPort: 50051}},
+				ReadinessProbe: &corev1.Probe{ProbeHandler: corev1.ProbeHandler{GRPC: &corev1.GRPCAction{Port: 50051}},
+					PeriodSeconds: 1},
+			}},
+		},
+	}
+	inject.Inject(pod, sidecarConfig)
+	return pod
 }
 
 // clientPod is the greeter client of a mode: `ballast greeter client`
