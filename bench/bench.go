@@ -148,8 +148,10 @@ func DefaultScenarios(quick bool) Scenarios {
 		controlPlanes: controlPlaneConfig{
 			ControlPlanes: []controlPlane{ballastControl{}, istiod{}},
 			Scale: scaleConfig{
-				Sizes: []scaleSize{{Services: 1000, Endpoints: 10, Clients: 100}, {Services: 5000, Endpoints: 10, Clients: 1000},
-					goalLargeSize},
+				// Pairs that differ in one dimension say how Ballast grows
+				// with Services and with clients.
+				Sizes: []scaleSize{{Services: 1000, Endpoints: 10, Clients: 100}, {Services: 5000, Endpoints: 10, Clients: 100},
+					{Services: 5000, Endpoints: 10, Clients: 1000}, goalLargeSize},
 				ChangesPerSecond:  50,
 				Changes:           1000,
 				ClientsPerService: 10,

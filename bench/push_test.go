@@ -1,6 +1,7 @@
 package bench
 
 import (
+	"maps"
 	"net"
 	"net/netip"
 	"slices"
@@ -362,5 +363,31 @@ func TestPushTrackerBeyondFloor(t *testing.T) {
 	// (floor 105) → 45.
 	if want := []int{2, 45, 125, 142}; !slices.Equal(got, want) {
 		t.Errorf("beyond the floor %v ms, want %v", got, want)
+	}
+}
+
+// How Ballast grows is read between sizes that differ in one dimension,
+// per 1k Services or per 100 clients; sizes that differ in both say
+// nothing of either and get no headline.
+func TestScaleGrowth(t *testing.T) {
+	sizes := []scaleSize{{1000, 10, 100}, {5000, 10, 100}, {5000, 10, 1000}, {10000, 10, 1000}}
+	s := scaleSection(scaleConfig{Sizes: sizes})
+	for i, rss := range []float64{60, 100, 130, 180} {
+		s.row(scaleRow(ballastControl{}, sizes[i])).add(colRSS, rss)
+	}
+	scaleHeadlines(s, sizes)
+	got := map[string]string{}
+	for _, h := range s.Headlines {
+		if strings.HasPrefix(h.Text, "Ballast RSS MiB per") {
+			got[h.Text] = strings.TrimPrefix(h.format(), h.Text+": ")
+		}
+	}
+	want := map[string]string{
+		"Ballast RSS MiB per 1k more Services (1k svc × 10, 100 clients → 5k svc × 10, 100 clients)":    "10.00",
+		"Ballast RSS MiB per 100 more clients (5k svc × 10, 100 clients → 5k svc × 10, 1000 clients)":   "3.33",
+		"Ballast RSS MiB per 1k more Services (5k svc × 10, 1000 clients → 10k svc × 10, 1000 clients)": "10.00",
+	}
+	if !maps.Equal(got, want) {
+		t.Errorf("growth headlines:\n got %q\nwant %q", got, want)
 	}
 }

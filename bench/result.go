@@ -162,6 +162,26 @@ func (s *Section) ratio(text, column, a, b string, target float64) *headline {
 	return h
 }
 
+// growth adds a headline: how much column grew from path a to path b, run
+// by run, per unit of what differs between them (per).
+func (s *Section) growth(text, column, a, b string, per float64) *headline {
+	h := &headline{Text: text}
+	ra, rb := s.find(a), s.find(b)
+	switch {
+	case ra == nil || len(ra.Values[column]) == 0:
+		h.Note = a + " has no numbers" + noteOf(ra)
+	case rb == nil || len(rb.Values[column]) == 0:
+		h.Note = b + " has no numbers" + noteOf(rb)
+	default:
+		va, vb := ra.Values[column], rb.Values[column]
+		for i := range min(len(va), len(vb)) {
+			h.Values = append(h.Values, (vb[i]-va[i])/per)
+		}
+	}
+	s.Headlines = append(s.Headlines, h)
+	return h
+}
+
 // noteOf is the first word of a row's note ("pending", "unavailable",
 // "failed"); the table says the rest.
 func noteOf(r *row) string {

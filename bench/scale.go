@@ -148,6 +148,28 @@ func scaleHeadlines(s *Section, sizes []scaleSize) {
 		s.ratio(fmt.Sprintf("Ballast clients synced time ÷ istiod's (%s)", size), colSync, ballast, istio, 0).Digits = 3
 		s.value(fmt.Sprintf("istiod lone change p50 ms (%s)", size), colLoneP50, istio, 0)
 	}
+	// How Ballast grows, between sizes that differ in one dimension.
+	for i, from := range sizes {
+		for _, to := range sizes[i+1:] {
+			a, b := scaleRow(ballastControl{}, from), scaleRow(ballastControl{}, to)
+			var per float64
+			var unit string
+			switch {
+			case from.Endpoints != to.Endpoints:
+				continue
+			case from.Clients == to.Clients && from.Services != to.Services:
+				per, unit = float64(to.Services-from.Services)/1000, "1k more Services"
+			case from.Services == to.Services && from.Clients != to.Clients:
+				per, unit = float64(to.Clients-from.Clients)/100, "100 more clients"
+			default:
+				continue
+			}
+			for _, m := range []struct{ what, column string }{{"RSS MiB", colRSS}, {"clients synced ms", colSync}, {"push p99 ms", colPushP99}} {
+				h := s.growth(fmt.Sprintf("Ballast %s per %s (%s → %s)", m.what, unit, from, to), m.column, a, b, per)
+				h.Top = m.column == colRSS
+			}
+		}
+	}
 }
 
 // scaleState is what the scale scenario keeps across runs at one size:
@@ -178,6 +200,8 @@ func (b *Bench) measureScale(ctx context.Context, rc *runningControl, api *apiSe
 	start := time.Now()
 	cs.start(ctx)
 	if err := cs.waitSynced(ctx, c.SyncTimeout); err != nil {
+		// Its log says where it stood; the report's cell keeps to the figures.
+		b.progress("control planes: %s: %v; its last output: %s", rc.name, err, rc.proc.tail())
 		return err
 	}
 	syncTime := time.Since(start)
@@ -389,8 +413,8 @@ func (cs *clientSet) waitSynced(ctx context.Context, timeout time.Duration) erro
 	case err := <-cs.failed:
 		return err
 	case <-t.C:
-		return fmt.Errorf("%d of %d clients held endpoints after %s, %d had any response (%d streams retried, last because %v); %s's last output: %s",
-			cs.nSynced.Load(), cs.size.Clients, timeout, cs.answered.Load(), cs.retries.Load(), cs.lastRetryErr(), cs.control.name, cs.control.proc.tail())
+		return fmt.Errorf("%d of %d clients held endpoints after %s, %d had any response (%d streams retried, last because %v)",
+			cs.nSynced.Load(), cs.size.Clients, timeout, cs.answered.Load(), cs.retries.Load(), cs.lastRetryErr())
 	case <-ctx.Done():
 		return ctx.Err()
 	}
