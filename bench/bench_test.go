@@ -283,7 +283,7 @@ func TestEveryPathSmoke(t *testing.T) {
 			if v := r.Values[colCPU]; len(v) != 1 || v[0] < 0 {
 				t.Errorf("%s: %s: %s %v, want one value, not negative", dp.ID, r.Path, colCPU, v)
 			}
-			for _, col := range []string{colRSSIdle, colRSSLoad} {
+			for _, col := range []string{colRSSIdle, colAnonIdle, colRSSLoad} {
 				if v := r.Values[col]; len(v) != 1 || !(v[0] > 0) {
 					t.Errorf("%s: %s: %s %v, want one value above 0", dp.ID, r.Path, col, v)
 				}

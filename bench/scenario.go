@@ -57,6 +57,7 @@ const (
 	colP99Added  = "p99_added_ms"
 	colRPS       = "rps"
 	colRSSIdle   = "rss_idle_mib"
+	colAnonIdle  = "anon_idle_mib"
 	colRSSLoad   = "rss_load_mib"
 	colSlowShare = "slow_share_pct"
 	colWarmP50   = "warm_p50_ms"
@@ -121,7 +122,7 @@ func (b *Bench) dataPath(ctx context.Context, c dataPathConfig) *Section {
 		Title: title,
 		Description: fmt.Sprintf("%d %s per run (after %d warm-up), %d at a time over one client connection, "+
 			"%d pods. Proxy CPU is utime+stime of the proxy's processes from /proc over the measured calls, per call; "+
-			"RSS idle is VmRSS once the proxy has served its first call, one sample per proxy (it serves every run), RSS under load the highest VmRSS sampled during the calls. "+
+			"RSS idle is VmRSS once the proxy has served its first call, one sample per proxy (it serves every run), and its anonymous part (RssAnon: heap and stacks; the rest is pages of the proxy's binary mapped from the page cache), RSS under load the highest VmRSS sampled during the calls. "+
 			"\"p99 added\" is the path's p99 minus direct's in the same run; below zero it is noise. The client, the pods and the proxy share the machine's cores. "+
 			"The sidecar is the ballast-proxy binary, built static as a sidecar image holds it (without it, `ballast proxy`: the same data path in the full binary, whose RSS includes the control plane and Kubernetes client it links). "+
 			"\"sidecar (explicit listener)\": the client dials the proxy's own port. \"sidecar (iptables)\": as in an injected pod, the client dials the Service's ClusterIP "+
@@ -131,7 +132,7 @@ func (b *Bench) dataPath(ctx context.Context, c dataPathConfig) *Section {
 		Columns: []column{
 			{colCPU, "proxy CPU µs/call", 1}, {colP50, "p50 ms", 3}, {colP99, "p99 ms", 3}, {colP999, "p99.9 ms", 3},
 			{colP99Added, "p99 added ms", 3}, {colRPS, "calls/s", 0}, {colRSSIdle, "RSS idle MiB", 1},
-			{colRSSLoad, "RSS load MiB", 1}, {colErrors, "errors", 0},
+			{colAnonIdle, "anon RSS idle MiB", 1}, {colRSSLoad, "RSS load MiB", 1}, {colErrors, "errors", 0},
 		},
 		Charts: []chart{
 			{File: file + "-cpu.png", Column: colCPU, Title: "Proxy CPU per " + unit, YLabel: "µs of proxy CPU per call"},
@@ -158,11 +159,12 @@ func (b *Bench) dataPath(ctx context.Context, c dataPathConfig) *Section {
 				return err
 			}
 			if o.route.Proxy != nil {
-				u, err := treeUsage(o.route.Proxy.pid())
+				m, err := treeMemory(o.route.Proxy.pid())
 				if err != nil {
 					return err
 				}
-				o.row.add(colRSSIdle, mib(u.RSS))
+				o.row.add(colRSSIdle, mib(m.RSS))
+				o.row.add(colAnonIdle, mib(m.Anon))
 			}
 		}
 		load{Calls: c.Warmup, Concurrency: c.Concurrency, Duration: time.Minute, Stream: c.Stream}.Run(ctx, o.conn)

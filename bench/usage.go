@@ -75,6 +75,23 @@ func treeUsage(pid int) (usage, error) {
 	return usageOf(tree)
 }
 
+// treeMemory sums the memory of pid and its descendants.
+func treeMemory(pid int) (memory, error) {
+	tree, err := processTree(pid)
+	if err != nil {
+		return memory{}, err
+	}
+	var sum memory
+	for _, p := range tree {
+		m, err := processMemory(p)
+		if err != nil {
+			return memory{}, err
+		}
+		sum.RSS, sum.Anon = sum.RSS+m.RSS, sum.Anon+m.Anon
+	}
+	return sum, nil
+}
+
 // processTree lists pid and its descendants, pid first.
 func processTree(pid int) ([]int, error) {
 	parents, err := processParents()
