@@ -50,7 +50,10 @@ type Options struct {
 	// $KUBEBUILDER_ASSETS, else what tools/build.sh prints.
 	Bin string
 	// Zones are the Nodes' topology.kubernetes.io/zone labels, one Node
-	// each; empty means zone-a and zone-b.
+	// each; empty means zone-a and zone-b. The API server copies a Node's
+	// label onto each Pod the scheduler binds to it (the PodTopologyLabels
+	// admission plugin, on by default since Kubernetes 1.35, so no flag
+	// here), where the downward API gives it to zone-preferring clients.
 	Zones []string
 	// Log receives progress (Info) and details (Debug); nil discards.
 	Log *slog.Logger

@@ -13,6 +13,8 @@ import (
 	estats "google.golang.org/grpc/experimental/stats"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
+
+	"github.com/ballast-dev/ballast/balancer/priority"
 )
 
 // host runs a grpc-go balancer (looked up by name in grpc-go's registry:
@@ -36,9 +38,11 @@ type host struct {
 	// conns owns the goroutines of upstream connections.
 	conns sync.WaitGroup
 
-	// bal and balName are touched only on work.
+	// bal (balancer/priority) and the name and config of its child
+	// policy are touched only on work.
 	bal     balancer.Balancer
 	balName string
+	balCfg  serviceconfig.LoadBalancingConfig
 
 	picker atomic.Pointer[pickerState]
 	// hashHeader is the request header the balancer hashes (ring_hash's
@@ -78,8 +82,12 @@ func newHost(target string, mu *sync.Mutex, log *slog.Logger) *host {
 	return h
 }
 
-// update hands the balancer a new endpoint list and config, building
-// (or replacing) the balancer named name first.
+// update hands the balancer a new endpoint list and config for the child
+// policy named name. The balancer is always balancer/priority over that
+// policy: endpoints carry their xDS locality priority, and calls fail over
+// to the next priority when a priority's connections all fail, before the
+// control plane says so (with one priority, the channel sees the child's
+// own picker). A new name changes the child policy in place.
 func (h *host) update(name string, cfg serviceconfig.LoadBalancingConfig, state resolver.State) {
 	if len(state.Endpoints) == 0 {
 		for _, a := range state.Addresses {
@@ -90,22 +98,18 @@ func (h *host) update(name string, cfg serviceconfig.LoadBalancingConfig, state 
 		if h.ctx.Err() != nil {
 			return
 		}
-		if h.bal == nil || h.balName != name {
-			b := balancer.Get(name)
-			if b == nil {
-				h.log.Error("no such balancer; keeping the current one", "target", h.target, "balancer", name)
-				if h.bal == nil {
-					return
-				}
-			} else {
-				if h.bal != nil {
-					h.bal.Close()
-				}
-				h.bal = b.Build(h, balancer.BuildOptions{Target: resolver.Target{}})
-				h.balName = name
+		if balancer.Get(name) == nil {
+			h.log.Error("no such balancer; keeping the current one", "target", h.target, "balancer", name)
+			if h.bal == nil {
+				return
 			}
+			name, cfg = h.balName, h.balCfg
 		}
-		if err := h.bal.UpdateClientConnState(balancer.ClientConnState{ResolverState: state, BalancerConfig: cfg}); err != nil {
+		if h.bal == nil {
+			h.bal = balancer.Get(priority.Name).Build(h, balancer.BuildOptions{Target: resolver.Target{}})
+		}
+		h.balName, h.balCfg = name, cfg
+		if err := h.bal.UpdateClientConnState(balancer.ClientConnState{ResolverState: state, BalancerConfig: &priority.Config{ChildName: name, Child: cfg}}); err != nil {
 			h.log.Debug("balancer rejected the endpoints", "target", h.target, "err", err)
 		}
 	})

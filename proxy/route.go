@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/status"
 
+	"github.com/ballast-dev/ballast/balancer/priority"
 	"github.com/ballast-dev/ballast/policy"
 	"github.com/ballast-dev/ballast/xds/client"
 )
@@ -278,8 +279,14 @@ func (up *upstream) updateXDS(u client.Update) {
 		}
 		hosts[name] = h
 		var state resolver.State
-		for _, ep := range u.Endpoints[name].Usable() {
-			state.Endpoints = append(state.Endpoints, resolver.Endpoint{Addresses: []resolver.Address{{Addr: ep.Address.String()}}})
+		// Every healthy endpoint, with its priority: the host's balancer
+		// uses the first priority that has any (as Usable would) and fails
+		// over to the next when their connections all fail.
+		for _, ep := range u.Endpoints[name].Endpoints {
+			if ep.Health != policy.Healthy {
+				continue
+			}
+			state.Endpoints = append(state.Endpoints, priority.Set(resolver.Endpoint{Addresses: []resolver.Address{{Addr: ep.Address.String()}}}, ep.Priority))
 		}
 		if len(state.Endpoints) == 0 {
 			if empty == nil {

@@ -45,8 +45,9 @@ func startXDSServer(t *testing.T, reg *discovery.Registry) string {
 // to a Service with trafficDistribution PreferSameZone and two ready pods
 // in each of zones a and b, served by Ballast's control plane: at least
 // 99% of the calls stay in zone a; under load, zone a's pods marked not
-// ready, ready again, then deleted (terminating, stopped, gone) move the
-// calls to zone b and back with no failed call.
+// ready, ready again, then deleted (terminating, stopped, gone), and new
+// pods there stopped before discovery notices, move the calls to zone b
+// and back with no failed call.
 func TestXDSZonePreference(t *testing.T) {
 	start := func(name string) *greetertest.Pod { return greetertest.Start(t, name, greetertest.Options{}) }
 	a := []*greetertest.Pod{start("zone-a-0"), start("zone-a-1")}
@@ -128,6 +129,15 @@ func TestXDSZonePreference(t *testing.T) {
 	a[1].Stop()
 	reg.Set(service("gone"))
 	greetertest.Eventually(t, 20*time.Second, movedTo("zone-b"), "calls stopped after zone a's pods were deleted")
+	// New pods in zone a stop before discovery notices: the sidecar fails
+	// over on its own (balancer/priority over the EDS priorities), as
+	// grpc-go's xDS client does.
+	a = []*greetertest.Pod{start("zone-a-2"), start("zone-a-3")}
+	reg.Set(service("ready"))
+	greetertest.Eventually(t, 20*time.Second, movedTo("zone-a"), "calls never reached zone a's new pods")
+	a[0].Stop()
+	a[1].Stop()
+	greetertest.Eventually(t, 20*time.Second, movedTo("zone-b"), "calls never failed over to zone b when zone a's pods stopped before discovery noticed")
 	counts, failed := load.Stop()
 	t.Logf("under load: %v", counts)
 	if len(failed) > 0 {

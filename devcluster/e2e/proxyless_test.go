@@ -430,11 +430,17 @@ type load struct {
 
 func startLoad(t *testing.T, ctx context.Context, clients []string) *load {
 	t.Helper()
+	return startLoadIn(t, ctx, "default", clients)
+}
+
+// startLoadIn is startLoad through client pods in namespace ns.
+func startLoadIn(t *testing.T, ctx context.Context, ns string, clients []string) *load {
+	t.Helper()
 	ctx, cancel := context.WithTimeout(ctx, loadFor)
 	l := &load{cancel: cancel, done: make(chan struct{}), calls: map[string]int{}, answered: map[string]map[string]int{}}
 	var wg sync.WaitGroup
 	for _, c := range clients {
-		hc, err := cluster.PodHTTPClient("default", c)
+		hc, err := cluster.PodHTTPClient(ns, c)
 		if err != nil {
 			cancel()
 			t.Fatal(err)

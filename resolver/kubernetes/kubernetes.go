@@ -38,9 +38,13 @@
 // (PreferSameZone, PreferClose, or PreferSameNode, honoured as the zone)
 // resolves to its routable endpoints in the client's zone while that zone
 // has any, and to all of them when it has none (discovery.Preferred, the
-// choice every Ballast mode makes). The client's zone is WithZone's, else
-// $ZONE, which Ballast's webhook sets from the Pod's
-// topology.kubernetes.io/zone label.
+// choice every Ballast mode makes), with the other zones' endpoints at a
+// lower priority: the service config is then balancer/priority over the
+// Service's policy (round_robin when it names none), which fails over to
+// them at once when the zone's pods all stop answering before discovery
+// says so, as grpc-go's xDS client does with locality priorities. The
+// client's zone is WithZone's, else $ZONE, which Ballast's webhook sets from
+// the Pod's topology.kubernetes.io/zone label.
 //
 // A Service port that has a route (a GRPCRoute attached to it, which the
 // registry resolves) is resolved to that route and its backend Services'
@@ -70,6 +74,7 @@ import (
 	"google.golang.org/grpc/resolver"
 	"k8s.io/apimachinery/pkg/util/validation"
 
+	"github.com/ballast-dev/ballast/balancer/priority"
 	"github.com/ballast-dev/ballast/balancer/route"
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/policy"
@@ -277,7 +282,8 @@ type kubeResolver struct {
 	lastAddr   []string
 	lastErr    string
 	lastPolicy policy.Cluster // LB "" for none
-	badPolicy  string         // the annotation error last logged
+	lastZoned  bool
+	badPolicy  string // the annotation error last logged
 	// watched are the Services whose changes are read again: the target's
 	// and, while it has a route, its backends'.
 	watched []discovery.Key
@@ -329,7 +335,7 @@ func (r *kubeResolver) push() {
 		return
 	}
 	r.filters.Publish(r.key, nil)
-	eps, lb, err := r.resolve()
+	eps, lb, zoned, err := r.resolve()
 	if err != nil {
 		if r.sent && r.lastErr == err.Error() {
 			return
@@ -346,20 +352,46 @@ func (r *kubeResolver) push() {
 	}
 	addrs := make([]string, len(eps))
 	for i, ep := range eps {
-		addrs[i] = ep.Addresses[0].Addr
+		addrs[i] = ep.Addresses[0].Addr + "@" + strconv.Itoa(priority.Of(ep))
 	}
-	if r.sent && r.lastErr == "" && slices.Equal(addrs, r.lastAddr) && lb == r.lastPolicy {
+	if r.sent && r.lastErr == "" && slices.Equal(addrs, r.lastAddr) && lb == r.lastPolicy && zoned == r.lastZoned {
 		return
 	}
-	r.log.Debug("endpoints", "addresses", addrs, "policy", lb)
+	r.log.Debug("endpoints", "addresses", addrs, "policy", lb, "zoned", zoned)
 	state := resolver.State{Endpoints: eps}
-	if lb.LB != "" {
+	switch {
+	case zoned:
+		// The client's zone at priority 0, the others at 1: balancer/
+		// priority over the Service's policy fails over to them when the
+		// zone's pods all stop answering before discovery says so. It is
+		// sent whether or not other zones have endpoints now, so that the
+		// channel keeps one balancer while zones come and go.
+		child := lb
+		if child.LB == "" {
+			child.LB = policy.RoundRobin
+		}
+		state.ServiceConfig = r.cc.ParseServiceConfig(priority.ServiceConfig(balancerList(child)))
+	case lb.LB != "":
 		state.ServiceConfig = r.cc.ParseServiceConfig(lb.ServiceConfig())
 	}
 	if err := r.cc.UpdateState(state); err != nil {
 		r.log.Debug("update rejected", "err", err)
 	}
-	r.sent, r.lastAddr, r.lastErr, r.lastPolicy = true, addrs, "", lb
+	r.sent, r.lastAddr, r.lastErr, r.lastPolicy, r.lastZoned = true, addrs, "", lb, zoned
+}
+
+// balancerList is c's policies as a loadBalancingConfig list in JSON.
+func balancerList(c policy.Cluster) string {
+	var b strings.Builder
+	b.WriteByte('[')
+	for i, bal := range c.Balancers() {
+		if i > 0 {
+			b.WriteByte(',')
+		}
+		fmt.Fprintf(&b, `{%q:%s}`, bal.Name, bal.Config)
+	}
+	b.WriteByte(']')
+	return b.String()
 }
 
 // policy is the LB policy the Service asks for: its TrafficPolicy's
@@ -392,24 +424,31 @@ var (
 	ErrNoReadyEndpoint = errors.New("no ready endpoints")
 )
 
-func (r *kubeResolver) resolve() ([]resolver.Endpoint, policy.Cluster, error) {
+// resolve is the target's routable endpoints, the Service's policy, and
+// whether the client prefers its own zone's endpoints: then those come at
+// priority 0 and the other zones' at 1 (discovery.Preferred's use and rest).
+func (r *kubeResolver) resolve() (eps []resolver.Endpoint, lb policy.Cluster, zoned bool, err error) {
 	svc, ok := r.reg.Get(r.target.key)
 	if !ok {
-		return nil, policy.Cluster{}, fmt.Errorf("service %s %w", r.target.key, ErrServiceNotFound)
+		return nil, policy.Cluster{}, false, fmt.Errorf("service %s %w", r.target.key, ErrServiceNotFound)
 	}
 	port, err := svc.Port(r.target.port)
 	if err != nil {
-		return nil, policy.Cluster{}, err
+		return nil, policy.Cluster{}, false, err
 	}
-	routable, _ := port.Preferred(svc.TrafficDistribution, r.zone)
-	if len(routable) == 0 {
+	use, rest := port.Preferred(svc.TrafficDistribution, r.zone)
+	if len(use) == 0 {
 		ref := r.target
 		if ref.port == "" {
 			ref.port = strconv.Itoa(int(port.Port))
 		}
-		return nil, policy.Cluster{}, fmt.Errorf("%w for %s", ErrNoReadyEndpoint, ref)
+		return nil, policy.Cluster{}, false, fmt.Errorf("%w for %s", ErrNoReadyEndpoint, ref)
 	}
-	return endpoints(routable), r.policy(svc), nil
+	eps = endpoints(use)
+	for _, ep := range endpoints(rest) {
+		eps = append(eps, priority.Set(ep, 1))
+	}
+	return eps, r.policy(svc), r.zone != "" && discovery.PrefersZone(svc.TrafficDistribution), nil
 }
 
 // endpoints are the resolver's form of routable endpoints.

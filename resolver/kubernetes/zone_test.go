@@ -11,6 +11,7 @@ import (
 
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/greeter/greetertest"
+	"github.com/ballast-dev/ballast/policy"
 	"github.com/ballast-dev/ballast/resolver/kubernetes"
 )
 
@@ -51,10 +52,17 @@ func inZone(counts map[string]int, zone string) float64 {
 // and b sends at least 99% of its calls to zone a's pods (all of them,
 // by construction); while it calls without pause, zone a's pods are marked
 // not ready, then ready again, then deleted (terminating, stopped, gone),
-// and it fails over to zone b and back without a failed call. A client
-// with no zone spreads over both zones.
+// and it fails over to zone b and back without a failed call; so it does
+// when new pods in zone a stop before discovery notices. A client with no
+// zone spreads over both zones.
 func TestZonePreference(t *testing.T) {
-	for _, pol := range policies[:2] {
+	for _, pol := range []struct {
+		name, lbConfig string
+		lb             policy.LB
+	}{
+		{policies[0].name, policies[0].lbConfig, policy.RoundRobin},
+		{policies[1].name, policies[1].lbConfig, policy.LeastRequest},
+	} {
 		t.Run(pol.name, func(t *testing.T) {
 			a := []*greetertest.Pod{greetertest.Start(t, "zone-a-0", greetertest.Options{}), greetertest.Start(t, "zone-a-1", greetertest.Options{})}
 			b := []*greetertest.Pod{greetertest.Start(t, "zone-b-0", greetertest.Options{}), greetertest.Start(t, "zone-b-1", greetertest.Options{})}
@@ -68,7 +76,12 @@ func TestZonePreference(t *testing.T) {
 				for _, p := range b {
 					ps = append(ps, zonedPod{ready(p), "zone-b"})
 				}
-				return zonedService(ps...)
+				svc := zonedService(ps...)
+				// A zoned client's service config is the resolver's
+				// (balancer/priority over the Service's policy), so the
+				// policy comes from the Service.
+				svc.Annotations = map[string]string{policy.LBAnnotation: string(pol.lb)}
+				return svc
 			}
 			reg := discovery.NewRegistry()
 			reg.Set(set(ready, true))
@@ -125,6 +138,16 @@ func TestZonePreference(t *testing.T) {
 			a[1].Stop()
 			reg.Set(set(ready, false))
 			greetertest.Eventually(t, 10*time.Second, moved("zone-b"), "calls stopped after zone a's pods were deleted")
+
+			// New pods in zone a stop before discovery notices: the client
+			// fails over on its own (balancer/priority), as grpc-go's xDS
+			// client does between locality priorities.
+			a = []*greetertest.Pod{greetertest.Start(t, "zone-a-2", greetertest.Options{}), greetertest.Start(t, "zone-a-3", greetertest.Options{})}
+			reg.Set(set(ready, true))
+			greetertest.Eventually(t, 10*time.Second, moved("zone-a"), "calls never reached zone a's new pods")
+			a[0].Stop()
+			a[1].Stop()
+			greetertest.Eventually(t, 10*time.Second, moved("zone-b"), "calls never failed over to zone b when zone a's pods stopped before discovery noticed")
 			counts, failed := load.Stop()
 			t.Logf("under load: %v", counts)
 			if len(failed) > 0 {
