@@ -49,6 +49,14 @@ spec:
     - {name: lr, port: 50051, weight: 10}
 `
 
+// zonedService has trafficDistribution PreferSameZone and two pods in each
+// of zones a and b (zonedPods); the zone row's clients are in zone a.
+const zonedService = "zoned"
+
+var zonedPods = []struct{ name, zone string }{
+	{"zone-a-0", "zone-a"}, {"zone-a-1", "zone-a"}, {"zone-b-0", "zone-b"}, {"zone-b-1", "zone-b"},
+}
+
 // target is what a client dials for service: its xds:/// name, or the
 // sidecar's listener for it.
 func (m *mesh) target(service string) string {
@@ -92,6 +100,11 @@ func newMesh(t *testing.T) *mesh {
 			host++
 			m.listed[s.name] = append(m.listed[s.name], name)
 		}
+	}
+	for _, p := range zonedPods {
+		m.pods[p.name] = greetertest.Start(t, p.name, greetertest.Options{Host: fmt.Sprintf("127.0.0.%d", host)})
+		host++
+		m.listed[zonedService] = append(m.listed[zonedService], p.name)
 	}
 	m.write()
 	m.startControl("127.0.0.1:0")
@@ -143,6 +156,21 @@ func (m *mesh) write() {
 		m.t.Fatal(err)
 	}
 	all = append(append(all, canary...), "---\n"+canaryRoute...)
+	prefer := "PreferSameZone"
+	var zoned []files.Pod
+	for _, p := range zonedPods {
+		if slices.Contains(m.listed[zonedService], p.name) {
+			zoned = append(zoned, files.Pod{Name: p.name, Addr: m.pods[p.name].Addr, Zone: p.zone})
+		}
+	}
+	doc, err := files.Manifest(&corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: zonedService, Namespace: "default"},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "grpc", Port: 50051}}, TrafficDistribution: &prefer},
+	}, "grpc", zoned)
+	if err != nil {
+		m.t.Fatal(err)
+	}
+	all = append(all, doc...)
 	tmp := filepath.Join(m.dir, ".services.yaml.tmp")
 	if err := os.WriteFile(tmp, all, 0o644); err != nil {
 		m.t.Fatal(err)
@@ -213,10 +241,18 @@ var controlBinary, proxyBinary string
 // retried.
 func (m *mesh) startProxy() {
 	m.t.Helper()
+	m.proxied = m.runProxy("client", "", append(serviceNames(), canaryService))
+}
+
+// runProxy runs ballast-proxy as pod in zone (none if empty) with an
+// explicit listener per service until the test ends, and returns the
+// listeners by service.
+func (m *mesh) runProxy(pod, zone string, services []string) map[string]string {
+	m.t.Helper()
 	for try := 0; ; try++ {
-		args := []string{"--xds-address", m.addr, "--node-id", node.ID("client", "default"), "--admin-address", freeAddr(m.t)}
+		args := []string{"--xds-address", m.addr, "--node-id", node.ID(pod, "default"), "--admin-address", freeAddr(m.t), "--zone", zone}
 		proxied := map[string]string{}
-		for _, name := range append(serviceNames(), canaryService) {
+		for _, name := range services {
 			proxied[name] = freeAddr(m.t)
 			args = append(args, "--outbound", proxied[name]+"="+name+".default:50051")
 		}
@@ -230,14 +266,13 @@ func (m *mesh) startProxy() {
 		go func() { exited <- cmd.Wait() }()
 		err := waitListening(slices.Collect(maps.Values(proxied)), exited)
 		if err == nil {
-			m.proxied = proxied
 			m.t.Cleanup(func() {
 				cmd.Process.Signal(syscall.SIGTERM)
 				if err := <-exited; err != nil {
 					m.t.Errorf("ballast-proxy: %v\n%s", err, log.String())
 				}
 			})
-			return
+			return proxied
 		}
 		cmd.Process.Kill()
 		<-exited
@@ -286,7 +321,14 @@ func waitListening(addrs []string, exited <-chan error) error {
 // writes, with no zone: the case grpc-js once refused.
 func (m *mesh) bootstrap() string {
 	m.t.Helper()
-	data, err := xds.Bootstrap{Server: m.addr, Pod: "client", Namespace: "default"}.JSON()
+	return m.bootstrapAs("client", "")
+}
+
+// bootstrapAs writes what `ballast bootstrap --pod POD --namespace default
+// --zone ZONE` writes.
+func (m *mesh) bootstrapAs(pod, zone string) string {
+	m.t.Helper()
+	data, err := xds.Bootstrap{Server: m.addr, Pod: pod, Namespace: "default", Zone: zone}.JSON()
 	if err != nil {
 		m.t.Fatal(err)
 	}
@@ -414,6 +456,37 @@ func TestLanguages(t *testing.T) {
 					t.Fatalf("%.1f%% of calls to the 10%% backend, want 10 ± 3: %v", share, b.Pods)
 				}
 				pass(lang.name, "canary 90/10")
+			})
+			t.Run("zone", func(t *testing.T) {
+				// A second client in zone-a: a bootstrap with its
+				// locality, or a sidecar with --zone.
+				var zc client
+				target := "xds:///" + zonedService + ".default:50051"
+				if lang.sidecar {
+					zc = c
+					target = m.runProxy("client-zone", "zone-a", []string{zonedService})[zonedService]
+				} else {
+					zc, _ = lang.start(t, m.bootstrapAs("client-zone", "zone-a"))
+				}
+				inZone := func(b batch) int { return b.Pods["zone-a-0"] + b.Pods["zone-a-1"] }
+				until(t, zc, target, 20, "calls answered in zone-a", func(b batch) bool { return inZone(b) > 0 })
+				const n = 300
+				b := zc.calls(t, target, n)
+				if b.Errors > 0 {
+					t.Fatalf("%d of %d calls failed, first: %s", b.Errors, n, b.FirstError)
+				}
+				t.Logf("%d calls from zone-a: %v", n, b.Pods)
+				if in := inZone(b); float64(in) < 0.99*n {
+					t.Fatalf("%d of %d calls answered in zone-a, want ≥ 99%%: %v", in, n, b.Pods)
+				}
+				m.unlistPod(zonedService, "zone-a-0")
+				m.unlistPod(zonedService, "zone-a-1")
+				until(t, zc, target, 20, "calls failed over to zone-b", func(b batch) bool { return inZone(b) == 0 && len(b.Pods) == 2 })
+				b = zc.calls(t, target, 90)
+				if b.Errors > 0 || inZone(b) > 0 {
+					t.Fatalf("zone-a's pods gone: %v, %d failed, first: %s", b.Pods, b.Errors, b.FirstError)
+				}
+				pass(lang.name, "zone")
 			})
 			t.Run("scale-up", func(t *testing.T) {
 				m.addPod("greeter", "greeter-3")
