@@ -282,17 +282,18 @@ func (g *Gateway) serve(ctx context.Context, pc *portConfig) error {
 	}
 	s := &server{port: pc.port, tls: isTLS, addr: lis.Addr()}
 	s.certs.Store(&pc.tls)
+	var tlsConfig *tls.Config
 	if isTLS {
-		lis = tls.NewListener(lis, &tls.Config{
+		tlsConfig = &tls.Config{
 			MinVersion: tls.VersionTLS12,
 			NextProtos: []string{"h2"},
 			GetCertificate: func(hello *tls.ClientHelloInfo) (*tls.Certificate, error) {
 				return pickCert(*s.certs.Load(), hello.ServerName)
 			},
-		})
+		}
 	}
 	p, err := proxy.New(proxy.Options{
-		Outbound:        []proxy.Outbound{{Listener: lis, Target: "xds:///" + pc.target()}},
+		Outbound:        []proxy.Outbound{{Listener: lis, Target: "xds:///" + pc.target(), TLS: tlsConfig}},
 		XDS:             g,
 		MaxMessageBytes: g.opts.MaxMessageBytes,
 		DrainTimeout:    g.opts.DrainTimeout,

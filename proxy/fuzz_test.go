@@ -26,7 +26,7 @@ func FuzzFrames(f *testing.F) {
 	f.Fuzz(func(t *testing.T, frames []byte) {
 		client, server := net.Pipe()
 		done := make(chan struct{})
-		go func() { defer close(done); e.p.serveDownstream(server, up) }()
+		go func() { defer close(done); e.p.serveDownstream(server, up, nil) }()
 		drained := make(chan struct{})
 		go func() { defer close(drained); io.Copy(io.Discard, client) }()
 		client.SetWriteDeadline(time.Now().Add(10 * time.Second))

@@ -89,7 +89,7 @@ func (p *Proxy) serveInbound(ctx context.Context, c net.Conn) {
 		p.passThrough(ctx, c, dst, prefix, reasonNoUpstream)
 		return
 	}
-	p.serveDownstream(&prefixConn{Conn: c, prefix: prefix}, up)
+	p.serveDownstream(&prefixConn{Conn: c, prefix: prefix}, up, nil)
 }
 
 // refuse ends a call that never reached the upstream with RST_STREAM

@@ -29,6 +29,7 @@ package proxy
 import (
 	"cmp"
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -63,6 +64,13 @@ const (
 type Outbound struct {
 	Listener net.Listener
 	Target   string
+	// TLS, if set, terminates TLS on every connection Listener accepts
+	// (the gateway's HTTPS listeners), the handshake in the connection's
+	// own goroutine. The proxy layers TLS over the socket itself rather
+	// than taking a TLS listener, so that the records are read and
+	// written with the raw system calls of its cleartext connections
+	// (socketIO).
+	TLS *tls.Config
 }
 
 // Destinations maps the original destination of an intercepted connection
@@ -149,7 +157,8 @@ type Proxy struct {
 // routedListener binds every connection it accepts to one upstream.
 type routedListener struct {
 	net.Listener
-	up *upstream
+	up  *upstream
+	tls *tls.Config
 }
 
 // New validates opts and builds a Proxy; nothing runs until Serve.
@@ -201,7 +210,7 @@ func New(opts Options) (*Proxy, error) {
 			p.upstreams.close()
 			return nil, fmt.Errorf("proxy: outbound %s: %w", o.Listener.Addr(), err)
 		}
-		p.outbound = append(p.outbound, &routedListener{Listener: o.Listener, up: up})
+		p.outbound = append(p.outbound, &routedListener{Listener: o.Listener, up: up, tls: o.TLS})
 	}
 	return p, nil
 }
@@ -241,7 +250,7 @@ func (p *Proxy) Serve(ctx context.Context) error {
 		})
 	}
 	for _, lis := range p.outbound {
-		serve(lis, func(c net.Conn) { p.serveDownstream(c, lis.up) })
+		serve(lis, func(c net.Conn) { p.serveDownstream(c, lis.up, lis.tls) })
 	}
 	if p.opts.Transparent != nil {
 		serve(p.opts.Transparent, func(c net.Conn) { p.serveTransparent(ctx, c) })
@@ -283,10 +292,13 @@ func (p *Proxy) accept(ctx context.Context, lis net.Listener, serve func(net.Con
 }
 
 // serveDownstream runs one client connection: every stream on it goes to
-// up.
-func (p *Proxy) serveDownstream(nc net.Conn, up *upstream) {
+// up. With tlsConfig it terminates TLS first.
+func (p *Proxy) serveDownstream(nc net.Conn, up *upstream, tlsConfig *tls.Config) {
 	if tc, ok := nc.(*net.TCPConn); ok {
 		tc.SetNoDelay(true)
+	}
+	if tlsConfig != nil {
+		nc = tls.Server(socketConn(nc), tlsConfig)
 	}
 	c := newServerConn(nc, &p.opts.Limits, p.metrics.clientErrors)
 	defer c.stopTimers()

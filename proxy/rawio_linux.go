@@ -43,6 +43,32 @@ func socketIO(nc net.Conn, r io.Reader) (io.Reader, io.Writer) {
 	return s, s
 }
 
+// socketConn returns nc with the reads and writes socketIO would make,
+// for a layer over the socket (TLS) that the h2conn reads and writes in
+// its place; nc itself if it is not a socket.
+func socketConn(nc net.Conn) net.Conn {
+	sc, ok := nc.(syscall.Conn)
+	if !ok {
+		return nc
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return nc
+	}
+	return &rawConn{Conn: nc, s: newRawSocket(rc)}
+}
+
+// rawConn is a socket read and written by a rawSocket. Its user (a
+// tls.Conn) reads from one goroutine at a time and writes from one at a
+// time, as rawSocket needs.
+type rawConn struct {
+	net.Conn
+	s *rawSocket
+}
+
+func (c *rawConn) Read(b []byte) (int, error)  { return c.s.Read(b) }
+func (c *rawConn) Write(b []byte) (int, error) { return c.s.Write(b) }
+
 // prefixReader reads what a prefixConn replays, then ends.
 type prefixReader struct{ c *prefixConn }
 

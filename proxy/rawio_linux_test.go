@@ -2,10 +2,18 @@ package proxy
 
 import (
 	"bytes"
+	"crypto/ecdsa"
+	"crypto/elliptic"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"io"
+	"math/big"
 	"net"
+	"os"
 	"testing"
+	"time"
 )
 
 // tcpPair returns both ends of a loopback TCP connection.
@@ -100,5 +108,78 @@ func TestSocketIOReplaysPrefix(t *testing.T) {
 	b, err := io.ReadAll(r)
 	if err != nil || string(b) != "PRI * HTTP/2.0" {
 		t.Fatalf("ReadAll = %q, %v; want %q", b, err, "PRI * HTTP/2.0")
+	}
+}
+
+// TestSocketConnUnderTLS: TLS layered over socketConn (the proxy's TLS
+// listeners) reads and writes the socket with raw system calls, honours
+// deadlines, and carries what the peer sends both ways.
+func TestSocketConnUnderTLS(t *testing.T) {
+	key, err := ecdsa.GenerateKey(elliptic.P256(), rand.Reader)
+	if err != nil {
+		t.Fatal(err)
+	}
+	tmpl := &x509.Certificate{SerialNumber: big.NewInt(1), DNSNames: []string{"proxy.test"}, IsCA: true, BasicConstraintsValid: true,
+		NotBefore: time.Now().Add(-time.Hour), NotAfter: time.Now().Add(time.Hour), KeyUsage: x509.KeyUsageDigitalSignature | x509.KeyUsageCertSign}
+	der, err := x509.CreateCertificate(rand.Reader, tmpl, tmpl, &key.PublicKey, key)
+	if err != nil {
+		t.Fatal(err)
+	}
+	cert, err := x509.ParseCertificate(der)
+	if err != nil {
+		t.Fatal(err)
+	}
+	roots := x509.NewCertPool()
+	roots.AddCert(cert)
+
+	nc, peer := tcpPair(t)
+	raw := socketConn(nc)
+	if _, ok := raw.(*rawConn); !ok {
+		t.Fatalf("socketConn(TCP conn) is %T, want *rawConn", raw)
+	}
+	server := tls.Server(raw, &tls.Config{Certificates: []tls.Certificate{{Certificate: [][]byte{der}, PrivateKey: key}}})
+	client := tls.Client(peer, &tls.Config{RootCAs: roots, ServerName: "proxy.test"})
+	handshake := make(chan error, 1)
+	go func() { handshake <- client.Handshake() }()
+	if err := server.Handshake(); err != nil {
+		t.Fatalf("server handshake: %v", err)
+	}
+	if err := <-handshake; err != nil {
+		t.Fatalf("client handshake: %v", err)
+	}
+
+	server.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+	if _, err := server.Read(make([]byte, 10)); !errors.Is(err, os.ErrDeadlineExceeded) {
+		t.Fatalf("Read past its deadline: %v, want os.ErrDeadlineExceeded", err)
+	}
+	server.SetReadDeadline(time.Time{})
+
+	msg := bytes.Repeat([]byte("0123456789abcdef"), 1<<18) // 4 MiB: many records, more than the socket buffers
+	sent := make(chan error, 1)
+	go func() {
+		_, err := client.Write(msg)
+		if err == nil {
+			err = client.CloseWrite()
+		}
+		sent <- err
+	}()
+	got, err := io.ReadAll(server)
+	if err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("server read %d bytes, %v; want the %d the client wrote, nil", len(got), err, len(msg))
+	}
+	if err := <-sent; err != nil {
+		t.Fatalf("client write: %v", err)
+	}
+	go func() {
+		_, err := server.Write(msg)
+		server.Close()
+		sent <- err
+	}()
+	got, err = io.ReadAll(client)
+	if err != nil || !bytes.Equal(got, msg) {
+		t.Fatalf("client read %d bytes, %v; want the %d the server wrote, nil", len(got), err, len(msg))
+	}
+	if err := <-sent; err != nil {
+		t.Fatalf("server write: %v", err)
 	}
 }

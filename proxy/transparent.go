@@ -63,7 +63,7 @@ func (p *Proxy) dispatch(ctx context.Context, c net.Conn, dst netip.AddrPort) {
 		p.passThrough(ctx, c, dst, prefix, reasonNoUpstream)
 		return
 	}
-	p.serveDownstream(&prefixConn{Conn: c, prefix: prefix}, up)
+	p.serveDownstream(&prefixConn{Conn: c, prefix: prefix}, up, nil)
 }
 
 // sniff reads until it has the HTTP/2 preface or bytes that differ from

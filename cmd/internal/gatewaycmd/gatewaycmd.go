@@ -12,6 +12,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"runtime"
 	"slices"
 	"strings"
 	"time"
@@ -60,7 +61,9 @@ type Config struct {
 	ProvisionImage     string
 	AdminAddress       string
 	DrainTimeout       time.Duration
-	Translate          xds.Options
+	// Procs is GOMAXPROCS for the listeners; 0 keeps Go's default.
+	Procs     int
+	Translate xds.Options
 }
 
 // New is the gateway command.
@@ -128,12 +131,21 @@ address each gateway reports in its Gateway's status (--status-service).`,
 	f.StringVar(&cfg.ProvisionImage, "provision-image", "ballast-gateway:dev", "image of the provisioned gateways")
 	f.StringVar(&cfg.AdminAddress, "admin-address", ":15021", "address of /ready")
 	f.DurationVar(&cfg.DrainTimeout, "drain-timeout", proxy.DefaultDrainTimeout, "how long in-flight calls may run after SIGTERM")
+	f.IntVar(&cfg.Procs, "procs", 1, "CPUs the listeners may use at once (GOMAXPROCS); 0 keeps Go's default, the container's CPU limit. Scale out with replicas, or raise it")
 	f.StringVar(&cfg.Translate.ClusterDomain, "cluster-domain", "cluster.local", "the cluster's DNS domain")
 	return cmd
 }
 
 // Run serves until ctx ends.
 func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
+	if cfg.Procs < 0 {
+		return fmt.Errorf("--procs %d: want 0 (Go's default) or more", cfg.Procs)
+	}
+	if cfg.Procs > 0 {
+		// As the sidecar: one thread, like one nginx or haproxy worker,
+		// which spares the scheduler's spinning between threads.
+		runtime.GOMAXPROCS(cfg.Procs)
+	}
 	reg := discovery.NewRegistry()
 	kubernetes := cfg.Kubeconfig != "" || cfg.InCluster
 	sources, err := source.Open(source.Config{
