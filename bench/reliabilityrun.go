@@ -16,6 +16,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ballast-dev/ballast/devcluster"
+	"github.com/ballast-dev/ballast/image"
 	"github.com/ballast-dev/ballast/inject"
 )
 
@@ -28,8 +29,6 @@ type relRun struct {
 	modes           []relMode
 	watch           *podWatch
 	controlReplicas int
-	// binDir holds the binaries the cluster's images map to.
-	binDir string
 }
 
 // podWatch polls the pods of a namespace and remembers when it saw each
@@ -145,9 +144,6 @@ func (b *Bench) Reliability(ctx context.Context, c ReliabilityConfig, ci bool) *
 			if err := r.cluster.Stop(); err != nil {
 				b.progress("reliability: stop the dev cluster: %v", err)
 			}
-		}
-		if r.binDir != "" {
-			os.RemoveAll(r.binDir)
 		}
 	}()
 	if err != nil {
@@ -298,20 +294,12 @@ func (r *relRun) start(ctx context.Context) error {
 	if r.b.opts.ProxyBinary == "" || r.b.opts.ControlBinary == "" {
 		return errors.New("the reliability scenario needs the ballast-proxy and ballast-control binaries")
 	}
-	// Containers that run as another uid (the injected proxy, the control
-	// plane) must reach their binaries.
-	dir, err := os.MkdirTemp("", "ballast-reliability-bin-")
+	// The cluster pulls them as images, made from this run's binaries.
+	images, err := image.FromBinaries(ctx, image.Ballast(), map[string]string{
+		"ballast": r.b.opts.Binary, "ballast-proxy": r.b.opts.ProxyBinary, "ballast-control": r.b.opts.ControlBinary,
+	}, image.Options{})
 	if err != nil {
 		return err
-	}
-	r.binDir = dir
-	images := map[string]string{}
-	for image, bin := range map[string]string{"ballast:dev": r.b.opts.Binary, "ballast-proxy:dev": r.b.opts.ProxyBinary, "ballast-control:dev": r.b.opts.ControlBinary} {
-		out, err := copyExecutable(bin, dir)
-		if err != nil {
-			return err
-		}
-		images[image] = out
 	}
 	r.b.progress("reliability: starting a dev cluster")
 	cluster, err := devcluster.Start(ctx, devcluster.Options{Images: images})

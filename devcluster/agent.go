@@ -13,9 +13,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"sort"
 	"strconv"
-	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -35,10 +33,12 @@ import (
 )
 
 // agent is the kubelet side of the cluster: one virtual-kubelet node per
-// zone, whose pods are local processes in their own network namespaces.
+// zone, whose pods are local processes in their own network namespaces,
+// each container in its own root: its image pulled from the cluster's
+// registry and unpacked.
 type agent struct {
-	images map[string]string   // image → binary that is its entrypoint
-	dirs   map[string]ImageDir // image → its files, for images of more than one
+	images *imageStore
+	tools  hostTools
 	net    *network
 	dir    string
 	log    *slog.Logger
@@ -50,58 +50,43 @@ type agent struct {
 	baseEnv []string
 }
 
-// command is a container's argv: its command (default: the image's
-// binary) and args, with the first word mapped to a local binary.
-func (a *agent) command(c corev1.Container) ([]string, error) {
-	argv := append([]string{}, c.Command...)
-	if len(argv) == 0 {
-		if bin, ok := a.images[c.Image]; ok {
-			argv = []string{bin}
-		} else if d, ok := a.dirs[c.Image]; ok {
-			argv = []string{d.Entrypoint}
-		} else {
-			return nil, fmt.Errorf("image %q: no local binary for it (known: %s)", c.Image, a.imageList())
-		}
+// command is a container's argv and its image, pulled (nil for
+// HostImage, whose programs are the host's).
+func (a *agent) command(ctx context.Context, c corev1.Container) ([]string, *pulledImage, error) {
+	if isHostImage(c.Image) {
+		argv, err := a.resolveArgv(nil, nil, append(append([]string{}, c.Command...), c.Args...))
+		return argv, nil, err
 	}
-	argv = append(argv, c.Args...)
-	return a.resolveArgv(c.Image, argv)
+	img, err := a.images.pull(ctx, c.Image, c.ImagePullPolicy)
+	if err != nil {
+		return nil, nil, err
+	}
+	argv, err := img.argv(c)
+	return argv, img, err
 }
 
-// resolveArgv maps argv[0] to a binary: the image's binary when it names
-// it (by path or base name, e.g. "ballast" or "/ballast" for ballast:dev),
-// or a program of an ImageDir image (by its path there, or by name on the
-// image's PATH), else a program on the host's PATH.
-func (a *agent) resolveArgv(image string, argv []string) ([]string, error) {
+// resolveArgv maps argv[0] to the program a process in the container
+// runs: in img (by its path there, or by name on env's PATH), or for
+// HostImage (img nil) on the host's PATH.
+func (a *agent) resolveArgv(img *pulledImage, env, argv []string) ([]string, error) {
 	if len(argv) == 0 {
 		return nil, fmt.Errorf("empty command")
 	}
 	argv = append([]string{}, argv...)
-	if bin, ok := a.images[image]; ok && filepath.Base(argv[0]) == filepath.Base(bin) {
-		argv[0] = bin
-		return argv, nil
-	}
-	if bin, ok := a.dirs[image].program(argv[0]); ok {
-		argv[0] = bin
+	if img != nil {
+		prog, err := img.program(argv[0], env)
+		if err != nil {
+			return nil, err
+		}
+		argv[0] = prog
 		return argv, nil
 	}
 	path, err := exec.LookPath(argv[0])
 	if err != nil {
-		return nil, fmt.Errorf("image %q command %q: %w", image, argv[0], err)
+		return nil, fmt.Errorf("image %s: command %q: %w", HostImage, argv[0], err)
 	}
 	argv[0] = path
 	return argv, nil
-}
-
-func (a *agent) imageList() string {
-	var names []string
-	for k := range a.images {
-		names = append(names, k)
-	}
-	for k := range a.dirs {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	return strings.Join(names, ", ")
 }
 
 // nodeAgent is one Node: a virtual-kubelet provider for the pods bound to it.
@@ -489,13 +474,16 @@ func (n *nodeAgent) RunInContainer(ctx context.Context, namespace, podName, cont
 	if err != nil {
 		return err
 	}
-	argv, err := n.agent.resolveArgv(c.spec.Image, cmd)
+	enter, img, err := p.enter(c)
 	if err != nil {
 		return err
 	}
-	enter := p.enter(c)
+	argv, err := n.agent.resolveArgv(img, p.env(c, img), cmd)
+	if err != nil {
+		return err
+	}
 	x := exec.CommandContext(ctx, enter[0], append(enter[1:], argv...)...)
-	x.Env = p.env(c)
+	x.Env = p.env(c, img)
 	x.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 	if attach.Stdin() != nil {
 		x.Stdin = attach.Stdin()

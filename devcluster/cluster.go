@@ -35,17 +35,16 @@ import (
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
 
+	"github.com/ballast-dev/ballast/image"
 	"github.com/ballast-dev/ballast/internal/toolcache"
 )
 
 // Options configures a cluster.
 type Options struct {
-	// Images maps an image name to the local binary that is its entrypoint,
-	// e.g. "ballast:dev" → the freshly built ballast.
-	Images map[string]string
-	// ImageDirs are the images of more than one file (a program beside the
-	// entrypoint, files at fixed paths), by image name.
-	ImageDirs map[string]ImageDir
+	// Images are pushed to the cluster's registry as <name>:dev (what
+	// deploy/ names) before the Nodes start; more can be pushed later
+	// (PushImages, PushImage). Pods' images are pulled from there.
+	Images []image.Built
 	// Bin is the directory with the control-plane binaries; empty means
 	// $KUBEBUILDER_ASSETS, else what tools/build.sh prints.
 	Bin string
@@ -79,20 +78,21 @@ type Cluster struct {
 	// Bin is the directory with the control-plane binaries and kubectl.
 	Bin string
 
-	id      string
-	bin     string
-	log     *slog.Logger
-	lock    *os.File
-	slot    *os.File
-	net     *network
-	cp      *controlPlane
-	agent   *agent
-	nodes   []*nodeAgent
-	cancel  context.CancelFunc
-	runCtx  context.Context // ends at Stop; owns the relays
-	wg      sync.WaitGroup
-	once    sync.Once
-	stopErr error
+	id       string
+	bin      string
+	log      *slog.Logger
+	lock     *os.File
+	slot     *os.File
+	net      *network
+	cp       *controlPlane
+	agent    *agent
+	registry *imageRegistry
+	nodes    []*nodeAgent
+	cancel   context.CancelFunc
+	runCtx   context.Context // ends at Stop; owns the relays
+	wg       sync.WaitGroup
+	once     sync.Once
+	stopErr  error
 }
 
 const maxSlots = 64
@@ -125,10 +125,14 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	if os.Geteuid() != 0 {
 		return nil, errors.New("devcluster needs root (network namespaces, routes, iptables)")
 	}
-	for _, tool := range []string{"ip", "iptables", "iptables-restore"} {
+	for _, tool := range []string{"ip", "iptables", "iptables-restore", "nsenter"} {
 		if _, err := exec.LookPath(tool); err != nil {
 			return nil, fmt.Errorf("devcluster needs %s: run tools/deps.sh: %w", tool, err)
 		}
+	}
+	tools, err := findHostTools()
+	if err != nil {
+		return nil, err
 	}
 	bin := opts.Bin
 	if bin == "" {
@@ -215,7 +219,13 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 	c.wg.Add(1)
 	go func() { defer c.wg.Done(); dns.wait() }()
 
-	c.agent = &agent{images: opts.Images, dirs: opts.ImageDirs, net: c.net, dir: c.Dir, log: log.With("component", "node-agent"),
+	if c.registry, err = startRegistry(c.Dir); err != nil {
+		return nil, fmt.Errorf("image registry: %w", err)
+	}
+	if err := c.PushImages(ctx, DevTag, opts.Images); err != nil {
+		return nil, err
+	}
+	c.agent = &agent{images: newImageStore(c.registry, filepath.Join(c.Dir, "images")), tools: tools, net: c.net, dir: c.Dir, log: log.With("component", "node-agent"),
 		baseEnv: []string{
 			"KUBERNETES_SERVICE_HOST=" + api.Addr().String(),
 			"KUBERNETES_SERVICE_PORT=" + strconv.Itoa(int(api.Port())),
@@ -308,6 +318,9 @@ func (c *Cluster) Stop() error {
 		}
 		if c.cp != nil {
 			c.cp.stop()
+		}
+		if c.registry != nil {
+			c.registry.close()
 		}
 		if c.net != nil && c.net.used != nil {
 			// Anything a pod left (it should be gone already).
@@ -496,4 +509,27 @@ func (c *Cluster) PodDialer(namespace, name string) (func(ctx context.Context, n
 		return nil, err
 	}
 	return netnsDialer{netns: ns}.DialContext, nil
+}
+
+// ContainerFile reads a file as a running container sees it (its root,
+// its volumes), through /proc/<pid>/root, without a program of the
+// image: Ballast's images hold none but their binary.
+func (c *Cluster) ContainerFile(namespace, pod, container, path string) ([]byte, error) {
+	p, err := c.pod(namespace, pod)
+	if err != nil {
+		return nil, err
+	}
+	for _, cr := range append(append([]*containerRuntime{}, p.inits...), p.containers...) {
+		if cr.spec.Name != container {
+			continue
+		}
+		p.mu.Lock()
+		proc := cr.proc
+		p.mu.Unlock()
+		if proc == nil {
+			return nil, fmt.Errorf("pod %s/%s: container %s is not running", namespace, pod, container)
+		}
+		return os.ReadFile(filepath.Join("/proc", strconv.Itoa(proc.cmd.Process.Pid), "root", filepath.Clean("/"+path)))
+	}
+	return nil, fmt.Errorf("pod %s/%s has no container %s", namespace, pod, container)
 }

@@ -4,48 +4,36 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
+
+	v1 "github.com/google/go-containerregistry/pkg/v1"
+
+	"github.com/ballast-dev/ballast/image"
 )
 
-// The images deploy/ and the article name.
+// The images deploy/ and the article name, and the tag the cluster pushes
+// Options.Images under.
 const (
-	BallastImage = "ballast:dev"
-	ProxyImage   = "ballast-proxy:dev" // what deploy/inject injects
-	ControlImage = "ballast-control:dev"
-	GatewayImage = "ballast-gateway:dev" // what deploy/gateway and its provisioner run
+	BallastImage = "ballast:" + DevTag
+	ProxyImage   = "ballast-proxy:" + DevTag // what deploy/inject injects
+	ControlImage = "ballast-control:" + DevTag
+	GatewayImage = "ballast-gateway:" + DevTag // what deploy/gateway and its provisioner run
+	DevTag       = "dev"
 )
 
-// BuildImages builds Ballast's binaries from this module into dir, as
-// their images hold them, and returns the Options.Images that maps each
-// image deploy/ and the article name to its binary. dir is made
-// world-readable: containers with a runAsUser (the injected proxy as 1337,
-// the control plane as 65532) must reach their binary.
-func BuildImages(ctx context.Context, dir string, progress io.Writer) (map[string]string, error) {
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return nil, err
+// BuildImages builds Ballast's images (image.Ballast(): the control plane,
+// the sidecar, the CLI that is also the webhook, the greeter) from the
+// module the working directory is in, as `ballast image build` does, for
+// this machine's platform only: what the cluster pulls and runs is what a
+// user pulls.
+func BuildImages(ctx context.Context, progress io.Writer) ([]image.Built, error) {
+	out, err := exec.CommandContext(ctx, "go", "env", "GOMOD").Output()
+	gomod := strings.TrimSpace(string(out))
+	if err != nil || gomod == "" || gomod == "/dev/null" {
+		return nil, fmt.Errorf("build images: not inside the Ballast module (go env GOMOD: %q, %v)", gomod, err)
 	}
-	images := map[string]string{}
-	for _, b := range []struct {
-		image, name string
-		env         []string
-	}{
-		{BallastImage, "ballast", nil},
-		// Static and without x/net/trace, as the sidecar's and the control
-		// plane's images hold them (see slimBuildTags in cmd/ballast).
-		{ProxyImage, "ballast-proxy", []string{"CGO_ENABLED=0"}},
-		{ControlImage, "ballast-control", []string{"CGO_ENABLED=0"}},
-		{GatewayImage, "ballast-gateway", []string{"CGO_ENABLED=0"}},
-	} {
-		out := filepath.Join(dir, b.name)
-		build := exec.CommandContext(ctx, "go", "build", "-tags", "grpcnotrace", "-o", out, "github.com/ballast-dev/ballast/cmd/"+b.name)
-		build.Env = append(os.Environ(), b.env...)
-		build.Stderr = progress
-		if err := build.Run(); err != nil {
-			return nil, fmt.Errorf("build %s: %w", b.name, err)
-		}
-		images[b.image] = out
-	}
-	return images, nil
+	fmt.Fprintln(progress, "building the images of ballast, ballast-proxy and ballast-control for", image.HostPlatform())
+	return image.Build(ctx, image.Options{Module: filepath.Dir(gomod), Platforms: []v1.Platform{image.HostPlatform()}, Local: true})
 }

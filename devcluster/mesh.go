@@ -47,11 +47,29 @@ func (c *Cluster) InstallMeshProxyless(ctx context.Context) error {
 }
 
 func (c *Cluster) installMesh(ctx context.Context, insecure bool) error {
-	webhook, err := c.ExposeService(ctx, MeshNamespace, "ballast-inject", 443)
+	o, err := c.meshOptions(ctx, insecure)
 	if err != nil {
 		return err
 	}
-	return install.Install(ctx, install.Options{
+	return install.Install(ctx, o)
+}
+
+// UninstallMesh removes what InstallMesh installed as `ballast uninstall`
+// does (the CRDs stay), and waits until its namespace is gone.
+func (c *Cluster) UninstallMesh(ctx context.Context) error {
+	o, err := c.meshOptions(ctx, false)
+	if err != nil {
+		return err
+	}
+	return install.Uninstall(ctx, o)
+}
+
+func (c *Cluster) meshOptions(ctx context.Context, insecure bool) (install.Options, error) {
+	webhook, err := c.ExposeService(ctx, MeshNamespace, "ballast-inject", 443)
+	if err != nil {
+		return install.Options{}, err
+	}
+	return install.Options{
 		Config:    c.Config,
 		Namespace: MeshNamespace,
 		Values: map[string]any{
@@ -64,7 +82,7 @@ func (c *Cluster) installMesh(ctx context.Context, insecure bool) error {
 		},
 		Progress: slogWriter{c.log.With("component", "install")},
 		Timeout:  3 * time.Minute,
-	})
+	}, nil
 }
 
 // slogWriter logs each line written to it at debug level.

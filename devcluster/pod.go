@@ -5,8 +5,10 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"time"
@@ -50,6 +52,7 @@ type containerRuntime struct {
 	env      []string // resolved at pod creation
 	logPath  string
 	proc     *process
+	img      *pulledImage // the image of the last start; nil for HostImage
 	restarts int32
 	ready    bool
 	started  metav1.Time
@@ -164,46 +167,46 @@ func (p *podRuntime) backoff(c *containerRuntime, attempt int) bool {
 // runOnce starts the container's process and waits for it to end. ok is
 // false if it could not start or the pod is going away.
 func (p *podRuntime) runOnce(c *containerRuntime) (code int, ok bool) {
+	// The pull first, outside the lock: it may take a while.
+	argv, img, err := p.node.agent.command(p.ctx, c.spec)
+	waiting := "RunContainerError"
+	if err != nil && img == nil && !isHostImage(c.spec.Image) {
+		waiting = "ErrImagePull"
+	}
 	p.mu.Lock()
 	if p.terminating || p.ctx.Err() != nil {
 		p.mu.Unlock()
 		return 0, false
 	}
-	argv, err := p.node.agent.command(c.spec)
 	var u user
 	if err == nil {
-		u, err = containerUser(p.pod, c.spec)
+		u, err = containerUser(p.pod, c.spec, img)
 	}
 	if err == nil {
 		err = u.available()
 	}
-	env := p.env(c)
-	var mounts string
+	env := p.env(c, img)
+	var script string
 	if err == nil {
-		mounts, err = p.vols.mountScript(c.spec)
-	}
-	if d, ok := p.node.agent.dirs[c.spec.Image]; ok && err == nil {
-		// The image's files first, so a volume mounted over one wins.
-		var files string
-		files, err = d.mountScript()
-		mounts = files + mounts
+		script, err = p.containerScript(c, img, u)
 	}
 	if err == nil {
 		var proc *process
-		proc, err = startProcessFlags(c.spec.Name, c.logPath, env, syscall.CLONE_NEWUTS, p.launcher(mounts, u.wrap(argv))...)
+		proc, err = startProcessFlags(c.spec.Name, c.logPath, env, syscall.CLONE_NEWUTS, p.launcher(script, argv)...)
 		if err == nil {
 			c.proc = proc
+			c.img = img
 			c.started = metav1.Now()
 			c.waiting = ""
 			c.ready = c.spec.ReadinessProbe == nil
 		}
 	}
 	if err != nil {
-		c.waiting = "RunContainerError"
+		c.waiting = waiting
 		p.mu.Unlock()
 		p.log.Warn("container did not start", "container", c.spec.Name, "err", err)
 		p.changed()
-		// A missing binary stays missing: fail like an image pull error.
+		// A missing binary or image stays missing: back off the longest.
 		return 1, p.pod.Spec.RestartPolicy != corev1.RestartPolicyNever && p.backoff(c, 5)
 	}
 	proc := c.proc
@@ -227,27 +230,88 @@ func (p *podRuntime) runOnce(c *containerRuntime) (code int, ok bool) {
 	return code, true
 }
 
-// launcher is the command line that runs argv as a container process:
-// inside the pod's network namespace and its own mount namespace (both
-// made by `ip netns exec`, which also binds the pod's /etc/resolv.conf,
-// /etc/hosts and /etc/hostname over the host's), where mounts (shell
-// commands from mountScript) bind its volumes, and in its own UTS
-// namespace (the caller adds CLONE_NEWUTS) named as the kubelet names it,
-// so os.Hostname() is the pod's hostname.
-func (p *podRuntime) launcher(mounts string, argv []string) []string {
-	return append([]string{"ip", "netns", "exec", p.net.netns, "sh", "-c", mounts + `hostname "$0" && exec "$@"`, podHostname(p.pod)}, argv...)
+// containerScript is the shell code the launcher runs before the
+// container's program: for an image, build its root (rootScript) and bind
+// the volumes into it, then enter it as u (chrootArgv); for HostImage,
+// bind the volumes over the host's paths and switch to u (setpriv). Both
+// happen in the container's own mount namespace.
+func (p *podRuntime) containerScript(c *containerRuntime, img *pulledImage, u user) (string, error) {
+	t := p.node.agent.tools
+	if img == nil {
+		mounts, err := p.vols.mountScript(c.spec, nil)
+		if err != nil {
+			return "", err
+		}
+		exec := "exec"
+		if w := u.wrap(nil); len(w) > 0 {
+			exec += " " + shellJoin(w)
+		}
+		return mounts + fmt.Sprintf(`%s "$0" && %s "$@"`, t.hostname, exec), nil
+	}
+	if wd := c.spec.WorkingDir; wd != "" && path.Clean(wd) != "/" {
+		return "", fmt.Errorf("container %s: workingDir %q: the dev cluster runs containers in /", c.spec.Name, wd)
+	}
+	if wd := img.config.WorkingDir; wd != "" && path.Clean(wd) != "/" {
+		return "", fmt.Errorf("container %s: image %s's working directory %q: the dev cluster runs containers in /", c.spec.Name, img.ref, wd)
+	}
+	scratch := filepath.Join(p.dir, "roots", c.spec.Name)
+	if err := os.MkdirAll(scratch, 0o755); err != nil {
+		return "", err
+	}
+	mounts, err := p.vols.mountScript(c.spec, &t)
+	if err != nil {
+		return "", err
+	}
+	return t.rootScript(scratch, img.root) + mounts +
+		fmt.Sprintf(`%s "$0" && exec %s "$R" "$@"`, t.hostname, shellJoin(t.chrootArgv(u))), nil
 }
 
-// enter is the command prefix that runs a program beside c's process: in
-// its network, mount and UTS namespaces while it runs, else in the pod's
-// network namespace.
-func (p *podRuntime) enter(c *containerRuntime) []string {
+// shellJoin quotes each word for sh.
+func shellJoin(words []string) string {
+	q := make([]string, len(words))
+	for i, w := range words {
+		q[i] = shellQuote(w)
+	}
+	return strings.Join(q, " ")
+}
+
+// launcher is the command line that runs script and then argv as a
+// container process: inside the pod's network namespace and its own mount
+// namespace (both made by `ip netns exec`, which also binds the pod's
+// /etc/resolv.conf, /etc/hosts and /etc/hostname over the host's), and in
+// its own UTS namespace (the caller adds CLONE_NEWUTS) named as the
+// kubelet names it, so os.Hostname() is the pod's hostname. script gets
+// the hostname as $0 and argv as "$@".
+func (p *podRuntime) launcher(script string, argv []string) []string {
+	return append([]string{"ip", "netns", "exec", p.net.netns, p.node.agent.tools.sh, "-c", script, podHostname(p.pod)}, argv...)
+}
+
+// enter is the command prefix that runs a program beside c's process (for
+// exec and exec probes) and c's image (nil for HostImage): in its network,
+// mount and UTS namespaces while it runs, in its root and as its user for
+// an image; else, for HostImage, in the pod's network namespace.
+func (p *podRuntime) enter(c *containerRuntime) ([]string, *pulledImage, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if c.proc != nil {
-		return []string{"nsenter", "-t", strconv.Itoa(c.proc.cmd.Process.Pid), "-n", "-m", "-u", "--"}
+	if c.proc == nil {
+		if isHostImage(c.spec.Image) {
+			return []string{"ip", "netns", "exec", p.net.netns}, nil, nil
+		}
+		return nil, nil, fmt.Errorf("container %s is not running", c.spec.Name)
 	}
-	return []string{"ip", "netns", "exec", p.net.netns}
+	argv := []string{"nsenter", "-t", strconv.Itoa(c.proc.cmd.Process.Pid), "-n", "-m", "-u"}
+	if c.img == nil {
+		return append(argv, "--"), nil, nil
+	}
+	u, err := containerUser(p.pod, c.spec, c.img)
+	if err != nil {
+		return nil, nil, err
+	}
+	argv = append(argv, "-r", "-w")
+	if u.uid != 0 || u.gid != 0 {
+		argv = append(argv, "-S", strconv.FormatInt(u.uid, 10), "-G", strconv.FormatInt(u.gid, 10))
+	}
+	return append(argv, "--"), c.img, nil
 }
 
 // syncVolumes keeps the pod's volumes up to date until the pod goes.
@@ -270,9 +334,13 @@ func (p *podRuntime) syncVolumes() {
 	}
 }
 
-// env is the container's environment: a minimal base, then the
-// container's own variables (the last of duplicates wins).
-func (p *podRuntime) env(c *containerRuntime) []string {
+// env is the container's environment: the image's (img; for HostImage a
+// minimal base), then the container's own variables (the last of
+// duplicates wins).
+func (p *podRuntime) env(c *containerRuntime, img *pulledImage) []string {
+	if img != nil {
+		return img.env(append(append([]string{"HOSTNAME=" + p.pod.Name}, p.node.agent.baseEnv...), c.env...))
+	}
 	env := []string{
 		"PATH=" + os.Getenv("PATH"),
 		// Not the host's home: client-go would load the host's
@@ -442,7 +510,7 @@ func (p *podRuntime) containerStatus(c *containerRuntime) corev1.ContainerStatus
 	cs := corev1.ContainerStatus{
 		Name:         c.spec.Name,
 		Image:        c.spec.Image,
-		ImageID:      "ballast-dev://" + c.spec.Image,
+		ImageID:      imageID(c),
 		ContainerID:  "ballast-dev://" + filepath.Base(p.dir) + "/" + c.spec.Name,
 		RestartCount: c.restarts,
 		Ready:        c.ready && c.proc != nil && !p.terminating,
@@ -488,4 +556,13 @@ func podKey(namespace, name string) string { return namespace + "/" + name }
 
 func (p *podRuntime) String() string {
 	return podKey(p.pod.Namespace, p.pod.Name)
+}
+
+// imageID is what the container runs: repository@digest of the image
+// pulled for it.
+func imageID(c *containerRuntime) string {
+	if c.img == nil {
+		return "ballast-dev://" + c.spec.Image
+	}
+	return c.img.id
 }

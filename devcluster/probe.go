@@ -151,13 +151,16 @@ func (p *podRuntime) probe(ctx context.Context, c *containerRuntime, probe *core
 		}
 		return nil
 	case probe.Exec != nil:
-		argv, err := p.node.agent.resolveArgv(c.spec.Image, probe.Exec.Command)
+		enter, img, err := p.enter(c)
 		if err != nil {
 			return err
 		}
-		enter := p.enter(c)
+		argv, err := p.node.agent.resolveArgv(img, p.env(c, img), probe.Exec.Command)
+		if err != nil {
+			return err
+		}
 		cmd := exec.CommandContext(ctx, enter[0], append(enter[1:], argv...)...)
-		cmd.Env = p.env(c)
+		cmd.Env = p.env(c, img)
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
 		if out, err := cmd.CombinedOutput(); err != nil {
 			return fmt.Errorf("exec probe: %w: %s", err, out)

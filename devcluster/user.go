@@ -23,9 +23,23 @@ type user struct {
 // allowPrivilegeEscalation=false (no_new_privs) and runAsNonRoot, which
 // refuses to start a container that would run as root, as the kubelet does.
 // It matters to the sidecar: its iptables rules exclude the proxy's uid.
-func containerUser(pod *corev1.Pod, c corev1.Container) (user, error) {
+//
+// An image's USER (img; nil for HostImage) is the default: its uid and gid
+// hold unless runAsUser is set, as container runtimes do.
+func containerUser(pod *corev1.Pod, c corev1.Container, img *pulledImage) (user, error) {
 	var u user
 	var nonRoot bool
+	if img != nil {
+		uid, gid, set, err := img.user()
+		if err != nil {
+			return user{}, fmt.Errorf("container %s: %w", c.Name, err)
+		}
+		runAsUser := pod.Spec.SecurityContext != nil && pod.Spec.SecurityContext.RunAsUser != nil ||
+			c.SecurityContext != nil && c.SecurityContext.RunAsUser != nil
+		if set && !runAsUser {
+			u.uid, u.gid = uid, gid
+		}
+	}
 	if psc := pod.Spec.SecurityContext; psc != nil {
 		if psc.RunAsUser != nil {
 			u.uid = *psc.RunAsUser

@@ -42,7 +42,7 @@ func TestContainerUser(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			pod := &corev1.Pod{Spec: corev1.PodSpec{SecurityContext: tt.pod}}
-			u, err := containerUser(pod, corev1.Container{Name: "app", SecurityContext: tt.c})
+			u, err := containerUser(pod, corev1.Container{Name: "app", SecurityContext: tt.c}, nil)
 			if tt.err != "" {
 				if err == nil || !strings.Contains(err.Error(), tt.err) || !strings.Contains(err.Error(), "container app") {
 					t.Fatalf("err = %v, want one naming container app and %q", err, tt.err)

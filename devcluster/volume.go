@@ -339,7 +339,11 @@ func validVolumePath(p string) bool {
 // (a file for a file subPath), as the kubelet creates it in the image: it
 // is never removed, since another container, of this run or another, may
 // have mounted on it and removing it would detach that mount.
-func (v *podVolumes) mountScript(c corev1.Container) (string, error) {
+//
+// With root tools (t non-nil), the mountPaths are in the container's root
+// ($R, see rootScript) and their mount points are made there, by the
+// script, on the root's writable layer.
+func (v *podVolumes) mountScript(c corev1.Container, t *hostTools) (string, error) {
 	v.mu.Lock()
 	defer v.mu.Unlock()
 	var b strings.Builder
@@ -370,6 +374,19 @@ func (v *podVolumes) mountScript(c corev1.Container) (string, error) {
 		info, err := os.Stat(src)
 		if err != nil {
 			return "", fmt.Errorf("container %s volumeMount %s: %w", c.Name, m.Name, err)
+		}
+		if t != nil {
+			target := `"$R"` + shellQuote(filepath.Clean(m.MountPath))
+			if info.IsDir() {
+				fmt.Fprintf(&b, "%s -p %s && ", t.mkdir, target)
+			} else {
+				fmt.Fprintf(&b, "%s -p \"$R\"%s && %s %s && ", t.mkdir, shellQuote(filepath.Dir(filepath.Clean(m.MountPath))), t.touch, target)
+			}
+			fmt.Fprintf(&b, "%s --bind %s %s && ", t.mount, shellQuote(src), target)
+			if m.ReadOnly {
+				fmt.Fprintf(&b, "%s -o remount,bind,ro %s && ", t.mount, target)
+			}
+			continue
 		}
 		if err := mountPoint(m.MountPath, info.IsDir()); err != nil {
 			return "", fmt.Errorf("container %s volumeMount %s: %w", c.Name, m.Name, err)

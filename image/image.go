@@ -71,6 +71,7 @@ func Ballast() []Spec {
 	return []Spec{
 		{Name: "ballast-control", Package: "./cmd/ballast-control", Binary: "ballast-control", Tags: slim},
 		{Name: "ballast-proxy", Package: "./cmd/ballast-proxy", Binary: "ballast-proxy", Tags: slim, Iptables: true},
+		{Name: "ballast-gateway", Package: "./cmd/ballast-gateway", Binary: "ballast-gateway", Tags: slim},
 		{Name: "ballast", Package: "./cmd/ballast", Binary: "ballast"},
 		{Name: "greeter", Package: "./cmd/ballast", Binary: "ballast", Args: []string{"greeter", "serve"}},
 	}

@@ -34,9 +34,8 @@ func TestInjectedSidecar(t *testing.T) {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
-	dir := t.TempDir()
 	start := time.Now()
-	images, err := devcluster.BuildImages(ctx, dir, os.Stderr)
+	images, err := devcluster.BuildImages(ctx, os.Stderr)
 	need(t, err)
 	began := start
 	phase := func(what string) { t.Logf("%s after %s", what, time.Since(began).Round(time.Second)) }

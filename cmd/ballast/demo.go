@@ -16,6 +16,7 @@ import (
 
 	"github.com/ballast-dev/ballast/demo"
 	"github.com/ballast-dev/ballast/devcluster"
+	"github.com/ballast-dev/ballast/image"
 )
 
 func newDemoCmd() *cobra.Command {
@@ -151,7 +152,7 @@ func runKubeDemo(ctx context.Context, opts demo.Options) (*demo.Result, error) {
 	if err != nil {
 		return nil, err
 	}
-	images := map[string]string{"ballast:dev": exe}
+	bins := map[string]string{"ballast": exe}
 	for _, b := range []struct{ name, image string }{
 		{"ballast-control", "ballast-control:dev"},
 		{"ballast-proxy", "ballast-proxy:dev"},
@@ -168,7 +169,11 @@ func runKubeDemo(ctx context.Context, opts demo.Options) (*demo.Result, error) {
 				return nil, err
 			}
 		}
-		images[b.image] = path
+		bins[b.name] = path
+	}
+	images, err := image.FromBinaries(ctx, image.Ballast(), bins, image.Options{})
+	if err != nil {
+		return nil, err
 	}
 	fmt.Fprintln(os.Stderr, "starting a dev cluster (etcd, kube-apiserver, controllers, 2 nodes, CoreDNS)…")
 	c, err := devcluster.Start(ctx, devcluster.Options{Images: images, Log: slog.Default()})

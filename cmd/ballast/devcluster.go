@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/grpclog"
 
 	"github.com/ballast-dev/ballast/devcluster"
+	"github.com/ballast-dev/ballast/image"
 )
 
 func newDevCmd() *cobra.Command {
@@ -38,7 +39,7 @@ func devClusterPidFile() string {
 func newDevClusterUpCmd() *cobra.Command {
 	var (
 		kubeconfig string
-		images     []string
+		binaries   []string
 	)
 	cmd := &cobra.Command{
 		Use:   "up",
@@ -47,7 +48,9 @@ func newDevClusterUpCmd() *cobra.Command {
 Nodes (zone-a, zone-b) whose pods run as local processes, each in its own network
 namespace. Writes an admin kubeconfig to --kubeconfig, then stays in the foreground:
 Ctrl-C (or SIGTERM, or ` + "`ballast dev cluster down`" + `) tears everything down. A pod whose
-image is ballast:dev runs this ballast binary.`,
+image is ballast:dev runs this ballast binary: each binary is made an OCI image (as
+` + "`ballast image build`" + ` makes them), pushed to the cluster's registry on 127.0.0.1 and
+pulled by the Nodes, which run a container in the image's root filesystem.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if kubeconfig == "" {
@@ -57,21 +60,25 @@ image is ballast:dev runs this ballast binary.`,
 			if err != nil {
 				return err
 			}
-			imgs := map[string]string{"ballast:dev": self}
-			// The injected sidecar's image and deploy/control's:
-			// ballast-proxy and ballast-control next to this binary
-			// (go build -o DIR/ ./cmd/...), or --image overrides.
+			// The images deploy/ and the article name, made from this
+			// binary and the slim ballast-proxy and ballast-control next to
+			// it (go build -o DIR/ ./cmd/...), or --binary overrides.
+			bins := map[string]string{"ballast": self}
 			for _, name := range []string{"ballast-proxy", "ballast-control"} {
 				if p := filepath.Join(filepath.Dir(self), name); isExecutable(p) {
-					imgs[name+":dev"] = p
+					bins[name] = p
 				}
 			}
-			for _, m := range images {
+			for _, m := range binaries {
 				name, bin, ok := strings.Cut(m, "=")
 				if !ok || name == "" || bin == "" {
-					return fmt.Errorf("--image %q: want IMAGE=BINARY", m)
+					return fmt.Errorf("--binary %q: want NAME=PATH", m)
 				}
-				imgs[name] = bin
+				bins[name] = bin
+			}
+			imgs, err := image.FromBinaries(cmd.Context(), image.Ballast(), bins, image.Options{})
+			if err != nil {
+				return err
 			}
 			pidFile := devClusterPidFile()
 			if err := os.MkdirAll(filepath.Dir(pidFile), 0o755); err != nil {
@@ -104,7 +111,7 @@ image is ballast:dev runs this ballast binary.`,
 		},
 	}
 	cmd.Flags().StringVar(&kubeconfig, "kubeconfig", "", "where to write the admin kubeconfig")
-	cmd.Flags().StringArrayVar(&images, "image", nil, "extra IMAGE=BINARY mapping (ballast:dev maps to this binary)")
+	cmd.Flags().StringArrayVar(&binaries, "binary", nil, "NAME=PATH: the binary of image NAME:dev (ballast, ballast-proxy, ballast-control; ballast is this binary)")
 	return cmd
 }
 

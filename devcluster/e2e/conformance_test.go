@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/go-logr/logr"
+	v1 "github.com/google/go-containerregistry/pkg/v1"
 	apiextensionsv1 "k8s.io/apiextensions-apiserver/pkg/apis/apiextensions/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/runtime"
@@ -31,6 +32,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ballast-dev/ballast/devcluster"
+	ociimage "github.com/ballast-dev/ballast/image"
 	"github.com/ballast-dev/ballast/inject"
 	"github.com/ballast-dev/ballast/internal/toolcache"
 )
@@ -60,23 +62,43 @@ var (
 
 // conformanceImages builds echo-basic from the suite's module into dir and
 // maps the base manifests' images to it and to the dev cluster's CoreDNS.
-func conformanceImages(ctx context.Context, dir string, images map[string]string) error {
-	out := filepath.Join(dir, "echo-basic")
+func conformanceImages(ctx context.Context, dir string) (map[string]v1.Image, error) {
+	root := filepath.Join(dir, "echo-basic")
+	out := filepath.Join(root, "usr", "local", "bin", "echo-basic")
 	build := exec.CommandContext(ctx, "go", "build", "-o", out, "sigs.k8s.io/gateway-api/conformance/echo-basic")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
-		return fmt.Errorf("build echo-basic: %w", err)
+		return nil, fmt.Errorf("build echo-basic: %w", err)
 	}
-	for _, img := range echoBasicImages {
-		images[img] = out
+	images := map[string]v1.Image{}
+	echo, err := ociimage.Directory(root, []string{"/usr/local/bin/echo-basic"}, ociimage.HostPlatform())
+	if err != nil {
+		return nil, err
+	}
+	for _, ref := range echoBasicImages {
+		images[ref] = echo
 	}
 	coredns, err := toolcache.Path("BALLAST_COREDNS", "build-coredns.sh")
 	if err != nil {
-		return fmt.Errorf("build coredns: %w", err)
+		return nil, fmt.Errorf("build coredns: %w", err)
 	}
-	images[corednsImage] = coredns
-	return nil
+	// The coredns image's entrypoint is /coredns.
+	croot := filepath.Join(dir, "coredns")
+	if err := os.MkdirAll(croot, 0o755); err != nil {
+		return nil, err
+	}
+	data, err := os.ReadFile(coredns)
+	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(croot, "coredns"), data, 0o755); err != nil {
+		return nil, err
+	}
+	if images[corednsImage], err = ociimage.Directory(croot, []string{"/coredns"}, ociimage.HostPlatform()); err != nil {
+		return nil, err
+	}
+	return images, nil
 }
 
 // conformanceRun is one profile's run of the suite.

@@ -17,6 +17,7 @@ import (
 	"google.golang.org/grpc/grpclog"
 
 	"github.com/ballast-dev/ballast/devcluster"
+	ociimage "github.com/ballast-dev/ballast/image"
 	"github.com/ballast-dev/ballast/internal/toolcache"
 )
 
@@ -40,14 +41,9 @@ func runTests(m *testing.M) int {
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Minute)
 	defer cancel()
-	tmp, err := os.MkdirTemp("", "ballast-e2e-")
-	if err != nil {
-		fmt.Fprintln(os.Stderr, err)
-		return 1
-	}
-	defer os.RemoveAll(tmp)
-	fmt.Fprintln(os.Stderr, "devcluster e2e: building ballast, ballast-proxy and ballast-control")
-	images, err := devcluster.BuildImages(ctx, tmp, os.Stderr)
+	// The images CI tests are the images a user pulls: built by the image
+	// package, pushed to the cluster's registry, pulled by its Nodes.
+	images, err := devcluster.BuildImages(ctx, os.Stderr)
 	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
@@ -58,12 +54,25 @@ func runTests(m *testing.M) int {
 		fmt.Fprintln(os.Stderr, "build the echo image:", err)
 		return 1
 	}
-	// The gateway suite's echo server (echo-basic, from the suite's module)
-	// and its DNS server image (the dev cluster's CoreDNS build).
-	if err := conformanceImages(ctx, tmp, images); err != nil {
+	echo, err := ociimage.Directory(echoDir, []string{"/usr/local/bin/server"}, ociimage.HostPlatform())
+	if err != nil {
 		fmt.Fprintln(os.Stderr, err)
 		return 1
 	}
+	// The gateway suite's echo server (echo-basic, from the suite's module)
+	// and its DNS server image (the dev cluster's CoreDNS build).
+	tmp, err := os.MkdirTemp("", "ballast-e2e-")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	defer os.RemoveAll(tmp)
+	more, err := conformanceImages(ctx, tmp)
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		return 1
+	}
+	more[echoImage] = echo
 	// Readiness probes dial pods before they listen; that is not news.
 	grpclog.SetLoggerV2(grpclog.NewLoggerV2(io.Discard, io.Discard, os.Stderr))
 	level := slog.LevelInfo
@@ -73,7 +82,6 @@ func runTests(m *testing.M) int {
 	log := slog.New(slog.NewTextHandler(os.Stderr, &slog.HandlerOptions{Level: level}))
 	start := time.Now()
 	cluster, err = devcluster.Start(ctx, devcluster.Options{Images: images, Log: log,
-		ImageDirs:  map[string]devcluster.ImageDir{echoImage: {Root: echoDir, Entrypoint: "/usr/local/bin/server"}},
 		TokenClock: func() time.Time { return time.Now().Add(time.Duration(tokenClockAhead.Load())) }})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "start dev cluster:", err)
@@ -85,6 +93,12 @@ func runTests(m *testing.M) int {
 			fmt.Fprintln(os.Stderr, "stop dev cluster:", err)
 		}
 	}()
+	for ref, img := range more {
+		if err := cluster.PushImage(ctx, ref, img); err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			return 1
+		}
+	}
 	// Ctrl-C or a CI cancel: tear down before dying. (A SIGKILL or a test
 	// timeout panic leaves leftovers that the next Start sweeps.)
 	sigs := make(chan os.Signal, 1)

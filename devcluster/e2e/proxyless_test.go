@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"slices"
 	"strconv"
@@ -288,9 +289,24 @@ func checkControlRBAC(t *testing.T, ctx context.Context) {
 	if len(pods) == 0 {
 		t.Fatal("no ready control-plane pod")
 	}
+	// The pod's own credentials: the token mounted in its container (its
+	// image has no kubectl to run there).
+	token, err := cluster.ContainerFile(controlNS, pods[0], "control", "/var/run/secrets/kubernetes.io/serviceaccount/token")
+	if err != nil {
+		t.Fatal(err)
+	}
 	inPod := func(args ...string) (string, error) {
-		return cluster.Kubectl(ctx, nil, append([]string{"-n", controlNS, "exec", pods[0], "-c", "control", "--",
-			filepath.Join(cluster.Bin, "kubectl")}, args...)...)
+		var stderr strings.Builder
+		// The API server on 127.0.0.1 with the harness's own certificate,
+		// as the admin kubeconfig reaches it.
+		cmd := exec.CommandContext(ctx, filepath.Join(cluster.Bin, "kubectl"), append([]string{"--kubeconfig", os.DevNull,
+			"--server", cluster.Config.Host, "--insecure-skip-tls-verify", "--token", strings.TrimSpace(string(token))}, args...)...)
+		cmd.Stderr = &stderr
+		out, err := cmd.Output()
+		if err != nil {
+			return string(out), fmt.Errorf("kubectl %v: %w: %s", args, err, stderr.String())
+		}
+		return string(out), nil
 	}
 	who, err := inPod("auth", "whoami", "-o", "jsonpath={.status.userInfo.username}")
 	if err != nil || who != "system:serviceaccount:"+controlNS+":ballast-control" {
