@@ -58,8 +58,8 @@ const (
 // dials xdsTarget. An init container writes each pod's GRPC_XDS_BOOTSTRAP
 // with `ballast bootstrap` (its default server:
 // ballast-control.ballast-system.svc:15010, resolved by cluster DNS). Pods
-// here are processes without volumes, so the file lives in a host folder,
-// one file per pod.
+// here are processes, so the file lives in a host folder (a hostPath
+// volume), one file per pod.
 func proxylessClients(image string, replicas int, bootstrapDir string) string {
 	return fmt.Sprintf(`apiVersion: apps/v1
 kind: Deployment
@@ -86,16 +86,22 @@ spec:
           valueFrom: {fieldRef: {fieldPath: metadata.namespace}}
         - name: GRPC_XDS_BOOTSTRAP
           value: %[3]s/$(POD_NAME).json
+        volumeMounts: &mounts
+        - {name: bootstrap, mountPath: %[3]s}
       containers:
       - name: client
         image: %[1]s
         command: ["ballast", "greeter", "client", "--listen", ":8081", "--target", %[5]q]
         env: *env
+        volumeMounts: *mounts
         ports:
         - {name: http, containerPort: 8081}
         readinessProbe:
           tcpSocket: {port: 8081}
           periodSeconds: 1
+      volumes:
+      - name: bootstrap
+        hostPath: {path: %[3]s}
 `, image, replicas, bootstrapDir, xdsClients, xdsTarget)
 }
 
@@ -336,7 +342,8 @@ func hostDir(t *testing.T, prefix string) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { os.RemoveAll(dir) })
-	if err := os.Chmod(dir, 0o755); err != nil {
+	// Writable by the images' non-root user.
+	if err := os.Chmod(dir, 0o777); err != nil {
 		t.Fatal(err)
 	}
 	return dir
