@@ -5,6 +5,7 @@ import (
 	"bufio"
 	"bytes"
 	"context"
+	"debug/elf"
 	"fmt"
 	"io"
 	"os"
@@ -206,4 +207,27 @@ func hostLayer(files map[string]bool, links map[string]string) (v1.Layer, error)
 	return tarball.LayerFromOpener(func() (io.ReadCloser, error) {
 		return io.NopCloser(bytes.NewReader(data)), nil
 	}, tarball.WithMediaType(types.OCILayer))
+}
+
+// loaderLayer holds the host's dynamic loader and the libraries a
+// dynamically linked binary loads, at their paths; nil for a static one
+// (no PT_INTERP), which an empty base runs as it is.
+func loaderLayer(ctx context.Context, bin string) (v1.Layer, error) {
+	f, err := elf.Open(bin)
+	if err != nil {
+		return nil, fmt.Errorf("%s: %w", bin, err)
+	}
+	defer f.Close()
+	if !slices.ContainsFunc(f.Progs, func(p *elf.Prog) bool { return p.Type == elf.PT_INTERP }) {
+		return nil, nil
+	}
+	libs, err := sharedLibraries(ctx, []string{bin})
+	if err != nil {
+		return nil, err
+	}
+	files := map[string]bool{}
+	for _, l := range libs {
+		files[l] = true
+	}
+	return hostLayer(files, nil)
 }

@@ -242,7 +242,11 @@ func compile(ctx context.Context, o Options, s Spec, p v1.Platform, out string) 
 // binaries already built for it (the path of each spec's Binary, by
 // Binary name), as Build would from the sources; specs with no binary are
 // left out. `ballast dev cluster` and `ballast demo` run these when they
-// are not in a checkout to build from.
+// are not in a checkout to build from. A binary linked dynamically (a plain
+// `go build` with cgo, as `go run ./cmd/ballast` is) gets the host's
+// loader and the libraries it loads in a layer of their own, as the
+// sidecar's iptables does: such images run on this machine only, which is
+// where these are for.
 func FromBinaries(ctx context.Context, specs []Spec, bins map[string]string, o Options) ([]Built, error) {
 	p := HostPlatform()
 	vcs := VCS{Source: DefaultSource, Version: "dev", Revision: "unknown"}
@@ -259,6 +263,13 @@ func FromBinaries(ctx context.Context, specs []Spec, bins map[string]string, o O
 			return nil, fmt.Errorf("image %s: %w", s.Name, err)
 		}
 		layers := []v1.Layer{layer}
+		libs, err := loaderLayer(ctx, bin)
+		if err != nil {
+			return nil, fmt.Errorf("image %s: %w", s.Name, err)
+		}
+		if libs != nil {
+			layers = append(layers, libs)
+		}
 		if s.Iptables {
 			if iptables == nil {
 				if iptables, err = iptablesLayer(ctx); err != nil {
