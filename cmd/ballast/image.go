@@ -28,6 +28,8 @@ func newImageBuildCmd() *cobra.Command {
 		Short: "Build every pod's image (static binaries, empty base, non-root, linux/amd64+arm64) and write or push them",
 		Long: `Build one OCI image index per binary that runs in a pod (` + specNames(image.Ballast()) + `),
 each holding linux/amd64 and linux/arm64, labelled with the checkout's source, revision and version.
+The sidecar's image holds this machine's iptables, so only this machine's platform gets it (the
+other platform's ballast-proxy image cannot run ` + "`ballast-proxy init`" + `; a warning says so).
 
 --out FILE.tar writes them as one OCI layout archive (kind load image-archive, ctr import, docker load),
 named PREFIX/<image>:TAG; --push REGISTRY/PREFIX pushes each index to REGISTRY/PREFIX/<image>:TAG.`,
