@@ -110,13 +110,14 @@ type Scenarios struct {
 	// controlPlanes sizes scenarios 4 (convergence) and 5
 	// (control-plane-scale).
 	controlPlanes controlPlaneConfig
+	trafficPolicy trafficPolicyConfig
 	// Only, when not empty, names the scenarios to run (by Section ID, one
 	// of ScenarioIDs); the others are reported as skipped.
 	Only []string
 }
 
 // ScenarioIDs are the IDs Scenarios.Only accepts.
-var ScenarioIDs = []string{"balance", "data-path", "data-path-stream", "latency-aware", "convergence", "control-plane-scale"}
+var ScenarioIDs = []string{"balance", "data-path", "data-path-stream", "latency-aware", "convergence", "control-plane-scale", "traffic-policy"}
 
 // DefaultScenarios are the scenarios `ballast bench` runs, with every path
 // known to this build.
@@ -162,6 +163,7 @@ func DefaultScenarios(quick bool) Scenarios {
 			},
 			Convergence: convergenceConfig{Quiet: time.Second, Timeout: 30 * time.Second},
 		},
+		trafficPolicy: trafficPolicyConfig{Calls: 10_000, Concurrency: 8, RateWindow: 10 * time.Second},
 	}
 	if quick {
 		s.controlPlanes.Scale.Sizes = s.controlPlanes.Scale.Sizes[:1]
@@ -170,6 +172,7 @@ func DefaultScenarios(quick bool) Scenarios {
 		s.balance.Calls = 300
 		s.dataPath.Calls, s.dataPath.Warmup = 20_000, 1000
 		s.latency.Calls, s.latency.Settle = 1500, 5*time.Second
+		s.trafficPolicy.Calls, s.trafficPolicy.RateWindow = 2000, 2*time.Second
 	}
 	s.dataPathStream = s.dataPath
 	s.dataPathStream.Stream = true
@@ -216,7 +219,8 @@ func (b *Bench) Run(ctx context.Context, sc Scenarios) *Report {
 	if scale == nil {
 		scale = notMeasured("control-plane-scale", "5. Control-plane scale", "", "skipped in this run (--only)")
 	}
-	r.Sections = append(r.Sections, conv, scale)
+	r.Sections = append(r.Sections, conv, scale,
+		run("traffic-policy", "6. Traffic policy", func() *Section { return b.trafficPolicy(ctx, sc.trafficPolicy) }))
 	r.Machine.Peers = map[string]string{"nginx": peerVersion("nginx"), "haproxy": peerVersion("haproxy")}
 	if v, ok := b.istiodVersion.Load().(string); ok {
 		r.Machine.Peers["istiod"] = v

@@ -218,6 +218,7 @@ func TestRunReportsEveryScenario(t *testing.T) {
 		"latency-aware":       "skipped",
 		"convergence":         "skipped",
 		"control-plane-scale": "skipped",
+		"traffic-policy":      "skipped",
 	}
 	if len(r.Sections) != len(want) {
 		t.Errorf("%d sections, want %d", len(r.Sections), len(want))

@@ -30,6 +30,16 @@ const (
 	// goalPeakEWMA bounds peak-EWMA's p99 over round_robin's with one slow
 	// pod.
 	goalPeakEWMA = 0.25
+	// The traffic policy's goals, each of its TrafficPolicy rows (issue
+	// 13): errors (%) with a pod failing 30% of calls and two retries;
+	// retries (% of calls) under a 20% budget; the observed timeout (ms)
+	// of a 200 ms one, +20%; calls a second under a 100 rps limit, +5%;
+	// calls failed (%) by a 10% abort, +2.
+	goalRetryErrorsPct = 0.5
+	goalRetryBudgetPct = 20
+	goalTimeoutMS      = 240
+	goalRateLimitRPS   = 105
+	goalFaultAbortPct  = 12
 )
 
 // goalLargeSize is the size the large-scale goals hold at.

@@ -159,16 +159,22 @@ func (p sidecarPath) Open(ctx context.Context, b *Bench, pods []*pod) (_ *route,
 }
 
 // startSidecar runs the sidecar with an explicit listener for the client
-// (ports[0]) and its admin port (ports[1]), fed by control.
-func (b *Bench) startSidecar(ctx context.Context, control *control) (*process, []netip.AddrPort, error) {
+// (ports[0]) and its admin port (ports[1]), fed by control; each of the
+// other Services of the bench namespace gets an explicit listener of its
+// own (ports[2:], in order).
+func (b *Bench) startSidecar(ctx context.Context, control *control, others ...string) (*process, []netip.AddrPort, error) {
 	bin, args, name := b.proxyCommand()
-	proc, ports, err := onFreePorts(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 2,
+	proc, ports, err := onFreePorts(netip.AddrFrom4([4]byte{127, 0, 0, 1}), 2+len(others),
 		func(ports []netip.AddrPort) (*process, error) {
-			return startProcess(exec.Command(bin, append(args,
+			args := append(slices.Clone(args),
 				"--outbound", fmt.Sprintf("%s=%s.%s:%d", ports[0], benchService, benchNamespace, benchPort),
 				"--xds-address", control.xds.String(),
 				"--node-id", "ballast~bench-sidecar."+benchNamespace,
-				"--admin-address", ports[1].String())...), name)
+				"--admin-address", ports[1].String())
+			for i, svc := range others {
+				args = append(args, "--outbound", fmt.Sprintf("%s=%s.%s:%d", ports[2+i], svc, benchNamespace, benchPort))
+			}
+			return startProcess(exec.Command(bin, args...), name)
 		},
 		func(proc *process, ports []netip.AddrPort) error {
 			return waitServing(ctx, "passthrough:///"+ports[0].String(), proc, 15*time.Second)
@@ -403,8 +409,13 @@ func waitHTTP(ctx context.Context, client *http.Client, url string, proc *proces
 // serviceManifest is the pods as the Service greeter.bench and the
 // EndpointSlices the endpoint slice controller would write.
 func serviceManifest(pods []*pod, clusterIP string) ([]byte, error) {
+	return namedServiceManifest(benchService, pods, clusterIP)
+}
+
+// namedServiceManifest is serviceManifest for the Service name.bench.
+func namedServiceManifest(name string, pods []*pod, clusterIP string) ([]byte, error) {
 	service := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: benchService, Namespace: benchNamespace},
+		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: benchNamespace},
 		Spec: corev1.ServiceSpec{
 			ClusterIP: clusterIP,
 			Ports:     []corev1.ServicePort{{Name: "grpc", Port: benchPort, TargetPort: intstr.FromString("grpc")}},

@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"strings"
-	"sync/atomic"
 
 	"google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/codes"
@@ -123,33 +122,3 @@ func (p errPicker) Pick(balancer.PickInfo) (balancer.PickResult, error) {
 }
 
 func unavailable(msg string) error { return status.Error(codes.Unavailable, msg) }
-
-// limitPicker is a Cluster's picker under its circuit breaker: a call
-// beyond max in flight fails UNAVAILABLE at once, saying why. inFlight
-// is the Cluster's count, which outlives pickers.
-type limitPicker struct {
-	balancer.Picker
-	cluster  string
-	max      uint32
-	inFlight *atomic.Int64
-}
-
-func (p *limitPicker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {
-	if n := p.inFlight.Add(1); n > int64(p.max) {
-		p.inFlight.Add(-1)
-		return balancer.PickResult{}, unavailable(policy.CircuitBreakerOpen(n-1, p.cluster, p.max))
-	}
-	res, err := p.Picker.Pick(info)
-	if err != nil {
-		p.inFlight.Add(-1)
-		return res, err
-	}
-	done := res.Done
-	res.Done = func(di balancer.DoneInfo) {
-		p.inFlight.Add(-1)
-		if done != nil {
-			done(di)
-		}
-	}
-	return res, nil
-}

@@ -42,6 +42,7 @@ import (
 	// (internal to grpc-go), which Clusters with outlier detection run.
 	_ "google.golang.org/grpc/xds"
 
+	"github.com/ballast-dev/ballast/balancer/circuitbreaker"
 	"github.com/ballast-dev/ballast/policy"
 )
 
@@ -285,10 +286,7 @@ func (b *routeBalancer) updatePicker() {
 			}
 			continue
 		}
-		p.children[name] = c.state.Picker
-		if c.maxRequests > 0 && c.state.Picker != nil {
-			p.children[name] = &limitPicker{Picker: c.state.Picker, cluster: name, max: c.maxRequests, inFlight: &c.inFlight}
-		}
+		p.children[name] = circuitbreaker.Picker(c.state.Picker, name, c.maxRequests, &c.inFlight)
 		if rank[c.state.ConnectivityState] > rank[state] {
 			state = c.state.ConnectivityState
 		}
