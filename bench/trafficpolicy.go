@@ -353,6 +353,9 @@ func (b *Bench) trafficPolicy(ctx context.Context, c trafficPolicyConfig) *Secti
 	}
 	for _, h := range s.Headlines {
 		h.Digits = 1
+		if strings.Contains(h.Text, "errors %") {
+			h.Digits = 2
+		}
 	}
 	return s
 }

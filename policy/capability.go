@@ -98,15 +98,15 @@ var Capabilities = []Capability{{
 }, {
 	Feature:  MaxPendingRequests,
 	Honoured: []Mode{},
-	Why:      "gRPC's xDS clients read only max_requests of a Cluster's circuit_breakers; the sidecar and the Go library queue no calls of their own to bound (a call waiting for a connection waits in its balancer's picker)",
+	Why:      "gRPC multiplexes calls on one HTTP/2 connection per endpoint, so a call waits for a connection only while the Cluster has none ready; gRPC's xDS clients read only max_requests of a Cluster's circuit_breakers, and the sidecar and the Go library do not bound those waiting calls yet (the library's wait inside grpc-go's channel, out of a balancer's sight)",
 }, {
 	Feature:  MaxConnections,
 	Honoured: []Mode{},
-	Why:      "gRPC's xDS clients read only max_requests of a Cluster's circuit_breakers; the sidecar and the Go library keep one HTTP/2 connection per endpoint",
+	Why:      "every mode opens one HTTP/2 connection per endpoint and multiplexes calls on it; a bound below the endpoints would mean using only some of them (subsetting), which no mode does",
 }, {
 	Feature:  ConsecutiveErrors,
-	Honoured: []Mode{},
-	Why:      "gRPC's outlier detection (gRFC A50) has no consecutive-error ejection: grpc-go's xDS clients ignore a Cluster's consecutive_5xx, and the sidecar and the Go library run grpc-go's outlier detection balancer",
+	Honoured: []Mode{Sidecar, Library},
+	Why:      "gRPC's outlier detection (gRFC A50) has no consecutive-error ejection: grpc-go's xDS clients ignore a Cluster's consecutive_5xx",
 }}
 
 // Unsupported lists the modes that do not honour f, and why; none for a

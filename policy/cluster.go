@@ -16,9 +16,13 @@ type CircuitBreaker struct {
 	// at once with UNAVAILABLE.
 	MaxRequests uint32
 	// MaxPendingRequests is the calls waiting at once for a connection
-	// able to take them.
+	// to pick. gRPC multiplexes calls on a connection, so a call waits
+	// only while the Cluster has no ready connection at all (no endpoint
+	// connected yet).
 	MaxPendingRequests uint32
-	// MaxConnections is the connections open at once.
+	// MaxConnections is the connections open at once. Ballast's clients
+	// open one HTTP/2 connection per endpoint, and honouring a lower bound
+	// would mean using only some endpoints (subsetting), which none does.
 	MaxConnections uint32
 }
 

@@ -43,6 +43,15 @@ func TestSidecarOutlierDetection(t *testing.T) {
 	guardtest.CheckEjection(t, sidecarGuarded(t, policy, &guardtest.Server{Broken: true}, &guardtest.Server{}, &guardtest.Server{}))
 }
 
+// TestSidecarConsecutiveErrors: of three pods one fails every call; the
+// sidecar ejects it after outlierDetection.consecutiveErrors failed calls
+// in a row (balancer/ejection, under grpc-go's outlier detection balancer,
+// over its round_robin) and sends it calls again after the ejection time.
+func TestSidecarConsecutiveErrors(t *testing.T) {
+	policy := "outlierDetection:" + guardtest.ConsecutivePolicy[len("  outlierDetection:"):]
+	guardtest.CheckConsecutiveEjection(t, sidecarGuarded(t, policy, &guardtest.Server{Broken: true}, &guardtest.Server{}, &guardtest.Server{}))
+}
+
 // TestSidecarCircuitBreaker: with circuitBreaker.maxRequests 2, a third
 // stream while two are in flight fails UNAVAILABLE at once, naming the
 // bound and the Cluster.

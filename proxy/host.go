@@ -15,6 +15,7 @@ import (
 	"google.golang.org/grpc/serviceconfig"
 
 	"github.com/ballast-dev/ballast/balancer/priority"
+	"github.com/ballast-dev/ballast/internal/serializer"
 )
 
 // host runs a grpc-go balancer (looked up by name in grpc-go's registry:
@@ -34,7 +35,7 @@ type host struct {
 	log    *slog.Logger
 	ctx    context.Context
 	stop   context.CancelFunc
-	work   *serializer
+	work   *serializer.Serializer
 	// conns owns the goroutines of upstream connections.
 	conns sync.WaitGroup
 
@@ -78,7 +79,7 @@ type pickerState struct {
 func newHost(target string, mu *sync.Mutex, log *slog.Logger) *host {
 	ctx, stop := context.WithCancel(context.Background())
 	h := &host{target: target, mu: mu, log: log, ctx: ctx, stop: stop, live: map[*h2conn]struct{}{}}
-	h.work = newSerializer()
+	h.work = serializer.New()
 	return h
 }
 
@@ -94,7 +95,7 @@ func (h *host) update(name string, cfg serviceconfig.LoadBalancingConfig, state 
 			state.Endpoints = append(state.Endpoints, resolver.Endpoint{Addresses: []resolver.Address{a}})
 		}
 	}
-	h.work.schedule(func() {
+	h.work.Schedule(func() {
 		if h.ctx.Err() != nil {
 			return
 		}
@@ -117,7 +118,7 @@ func (h *host) update(name string, cfg serviceconfig.LoadBalancingConfig, state 
 
 // resolverError tells the balancer resolution failed.
 func (h *host) resolverError(err error) {
-	h.work.schedule(func() {
+	h.work.Schedule(func() {
 		if h.bal != nil && h.ctx.Err() == nil {
 			h.bal.ResolverError(err)
 		}
@@ -154,7 +155,7 @@ func (h *host) UpdateState(st balancer.State) {
 	parked := len(h.parked) > 0
 	h.mu.Unlock()
 	if parked {
-		h.work.schedule(h.routeParked)
+		h.work.Schedule(h.routeParked)
 	}
 }
 
@@ -205,7 +206,7 @@ func (h *host) retire(msg string) {
 	}
 	b.flush()
 	done := make(chan struct{})
-	h.work.schedule(func() {
+	h.work.Schedule(func() {
 		if h.bal != nil {
 			h.bal.Close()
 		}
@@ -213,7 +214,7 @@ func (h *host) retire(msg string) {
 	})
 	<-done
 	h.stop()
-	h.work.close()
+	h.work.Close()
 	h.conns.Wait()
 }
 

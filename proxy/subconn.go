@@ -45,7 +45,7 @@ func (sc *subConn) setStateLocked(st connectivity.State, err error) {
 	if sc.listener == nil {
 		return
 	}
-	sc.h.work.schedule(func() { sc.listener(balancer.SubConnState{ConnectivityState: st, ConnectionError: err}) })
+	sc.h.work.Schedule(func() { sc.listener(balancer.SubConnState{ConnectivityState: st, ConnectionError: err}) })
 }
 
 // Connect implements balancer.SubConn.
@@ -190,7 +190,7 @@ func (sc *subConn) RegisterHealthListener(f func(balancer.SubConnState)) {
 	if f == nil {
 		return
 	}
-	sc.h.work.schedule(func() {
+	sc.h.work.Schedule(func() {
 		sc.mu.Lock()
 		st := sc.state
 		sc.mu.Unlock()

@@ -267,7 +267,7 @@ func TestRegistryPolicy(t *testing.T) {
 			up, _ := p.upstreams.get(target)
 			got := make(chan string, 1)
 			h := onlyHost(t, up)
-			h.work.schedule(func() { got <- h.balName })
+			h.work.Schedule(func() { got <- h.balName })
 			if b := <-got; b != tc.wantBalancer {
 				t.Fatalf("the proxy runs balancer %q, want %q", b, tc.wantBalancer)
 			}

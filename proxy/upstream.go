@@ -8,11 +8,11 @@ import (
 	"sync"
 	"sync/atomic"
 
-	"google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
 
+	"github.com/ballast-dev/ballast/balancer/ejection"
 	"github.com/ballast-dev/ballast/internal/callpolicy"
 	"github.com/ballast-dev/ballast/policy"
 
@@ -244,7 +244,7 @@ type lbChoice struct {
 // (under grpc-go's outlier detection balancer if it has outlier
 // detection) and its circuit breaker's bound.
 func (h *host) updatePolicy(cl policy.Cluster, state resolver.State) {
-	name, cfg, err := balancerFor(cl, cl.Outlier)
+	name, cfg, err := ejection.Balancer(cl, cl.Outlier)
 	if err != nil {
 		h.log.Error("keeping the current balancer", "target", h.target, "err", err)
 		return
@@ -262,35 +262,6 @@ func (h *host) updatePolicy(cl policy.Cluster, state resolver.State) {
 		}
 	}
 	h.update(name, cfg, state)
-}
-
-// balancerFor is the first balancer of the policy's list that grpc-go has
-// registered, as a channel picks it, with its parsed config; with outlier
-// detection, grpc-go's outlier detection balancer over it (registered by
-// grpc-go's xDS package, imported in outlier.go).
-func balancerFor(cl policy.Cluster, od *policy.OutlierDetection) (string, serviceconfig.LoadBalancingConfig, error) {
-	for _, b := range cl.Balancers() {
-		bb := balancer.Get(b.Name)
-		if bb == nil {
-			continue
-		}
-		if od != nil {
-			b = policy.Balancer{Name: policy.OutlierDetectionBalancer, Config: od.LBConfig(b)}
-			if bb = balancer.Get(b.Name); bb == nil {
-				return "", nil, fmt.Errorf("balancer %s is not registered", b.Name)
-			}
-		}
-		p, ok := bb.(balancer.ConfigParser)
-		if !ok {
-			return b.Name, nil, nil
-		}
-		cfg, err := p.ParseConfig(b.Config)
-		if err != nil {
-			return "", nil, fmt.Errorf("balancer %s config: %w", b.Name, err)
-		}
-		return b.Name, cfg, nil
-	}
-	return "", nil, fmt.Errorf("no balancer of policy %s is registered", cl.LB)
 }
 
 func serviceLabel(target string) string {

@@ -38,11 +38,9 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
-	// grpc-go's xDS package registers its outlier detection balancer
-	// (internal to grpc-go), which Clusters with outlier detection run.
-	_ "google.golang.org/grpc/xds"
 
 	"github.com/ballast-dev/ballast/balancer/circuitbreaker"
+	"github.com/ballast-dev/ballast/balancer/ejection"
 	"github.com/ballast-dev/ballast/policy"
 )
 
@@ -187,7 +185,7 @@ func (b *routeBalancer) UpdateClientConnState(s balancer.ClientConnState) error 
 			}
 			b.empty[name] = true
 		}
-		lb, cfg, err := balancerFor(policy.Cluster{LB: cl.LB, HashHeader: cl.HashHeader}, cl.Outlier)
+		lb, cfg, err := ejection.Balancer(policy.Cluster{LB: cl.LB, HashHeader: cl.HashHeader}, cl.Outlier)
 		if err != nil {
 			return fmt.Errorf("%s: cluster %s: %w", Name, name, err)
 		}
@@ -210,35 +208,6 @@ func (b *routeBalancer) UpdateClientConnState(s balancer.ClientConnState) error 
 		}
 	}
 	return nil
-}
-
-// balancerFor is the first balancer of the policy's list that grpc-go has
-// registered, as a channel picks it, with its parsed config; with outlier
-// detection, grpc-go's outlier detection balancer over it (the xDS
-// package imported above registers it).
-func balancerFor(cl policy.Cluster, od *policy.OutlierDetection) (string, serviceconfig.LoadBalancingConfig, error) {
-	for _, bc := range cl.Balancers() {
-		bb := balancer.Get(bc.Name)
-		if bb == nil {
-			continue
-		}
-		if od != nil {
-			bc = policy.Balancer{Name: policy.OutlierDetectionBalancer, Config: od.LBConfig(bc)}
-			if bb = balancer.Get(bc.Name); bb == nil {
-				return "", nil, fmt.Errorf("balancer %s is not registered", bc.Name)
-			}
-		}
-		p, ok := bb.(balancer.ConfigParser)
-		if !ok {
-			return bc.Name, nil, nil
-		}
-		cfg, err := p.ParseConfig(bc.Config)
-		if err != nil {
-			return "", nil, fmt.Errorf("balancer %s config: %w", bc.Name, err)
-		}
-		return bc.Name, cfg, nil
-	}
-	return "", nil, fmt.Errorf("no balancer of policy %s is registered", cl.LB)
 }
 
 func (b *routeBalancer) ResolverError(err error) {

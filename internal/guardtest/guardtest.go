@@ -1,8 +1,9 @@
 // Package guardtest is the shared check of the tests of a TrafficPolicy's
 // outlier detection and circuit breaker in every mode: one pod failing
 // every call must be ejected within two intervals and come back after the
-// ejection time; a call beyond maxRequests in flight must fail
-// UNAVAILABLE saying why.
+// ejection time (after consecutive errors: at once, where a mode honours
+// them); a call beyond maxRequests in flight must fail UNAVAILABLE saying
+// why.
 package guardtest
 
 import (
@@ -134,6 +135,65 @@ func CheckEjection(t *testing.T, client pb.GreeterClient) {
 		t.Errorf("the broken pod was back %v after its last call before the ejection, within the ejection time %v", gap, EjectionTime)
 	}
 	t.Logf("ejected after %d failed calls within %v; back after %v", n-1, failures[n-2], failures[n-1]-failures[n-2])
+}
+
+// The consecutive-errors ejection of the tests, as a TrafficPolicy's spec
+// field (indented under spec): ConsecutiveErrors failed calls in a row
+// eject an endpoint for EjectionTime, without gRFC A50's algorithms.
+const (
+	ConsecutiveErrors = 3
+	ConsecutivePolicy = `  outlierDetection:
+    baseEjectionTime: 3s
+    maxEjectionTime: 3s
+    maxEjectionPercent: 50
+    consecutiveErrors: 3
+`
+)
+
+// CheckConsecutiveEjection calls one at a time through client (of three
+// pods, one Broken) and asserts that the broken pod, failing every call,
+// takes no call after its ConsecutiveErrors-th failure (one more may have
+// been picked before the ejection reached the balancer) for EjectionTime,
+// then takes calls again.
+func CheckConsecutiveEjection(t *testing.T, client pb.GreeterClient) {
+	t.Helper()
+	call := func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_, err := client.SayHello(ctx, &pb.HelloRequest{Name: "x"}, grpc.WaitForReady(true))
+		return err
+	}
+	var failures []time.Duration // since the first failure, of the calls the broken pod took
+	var start time.Time
+	deadline := time.Now().Add(EjectionTime + 40*time.Second)
+	for {
+		if time.Now().After(deadline) {
+			t.Fatalf("the broken pod was not ejected and back within the deadline; failed calls at %v", failures)
+		}
+		err := call()
+		if err == nil {
+			continue
+		}
+		if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "broken") {
+			t.Fatalf("call: %v, want only the broken pod's UNAVAILABLE", err)
+		}
+		if start.IsZero() {
+			start = time.Now()
+		}
+		at := time.Since(start)
+		failures = append(failures, at)
+		if n := len(failures); n > 1 && at-failures[n-2] >= time.Second {
+			break // back after a gap: ejected and returned
+		}
+	}
+	n := len(failures)
+	if before := n - 1; before < ConsecutiveErrors || before > ConsecutiveErrors+1 {
+		t.Errorf("the broken pod failed %d calls before its ejection (at %v), want %d (or one more picked meanwhile)", before, failures[:n-1], ConsecutiveErrors)
+	}
+	if gap := failures[n-1] - failures[n-2]; gap < EjectionTime {
+		t.Errorf("the broken pod was back %v after its last call before the ejection, within the ejection time %v", gap, EjectionTime)
+	}
+	t.Logf("ejected after %d failed calls in a row; back after %v", n-1, failures[n-1]-failures[n-2])
 }
 
 // CheckCircuitBreaker holds two calls in flight at srv (a Server with a

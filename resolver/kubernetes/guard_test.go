@@ -36,6 +36,15 @@ func TestLibraryOutlierDetection(t *testing.T) {
 	guardtest.CheckEjection(t, dialGuarded(t, policy, &guardtest.Server{Broken: true}, &guardtest.Server{}, &guardtest.Server{}))
 }
 
+// TestLibraryConsecutiveErrors: of three pods one fails every call; the
+// library ejects it after outlierDetection.consecutiveErrors failed calls
+// in a row (balancer/ejection, in balancer/route) and sends it calls again
+// after the ejection time.
+func TestLibraryConsecutiveErrors(t *testing.T) {
+	policy := "outlierDetection:" + guardtest.ConsecutivePolicy[len("  outlierDetection:"):]
+	guardtest.CheckConsecutiveEjection(t, dialGuarded(t, policy, &guardtest.Server{Broken: true}, &guardtest.Server{}, &guardtest.Server{}))
+}
+
 // TestLibraryCircuitBreaker: with circuitBreaker.maxRequests 2, a third
 // call while two are in flight fails UNAVAILABLE at once, naming the
 // bound.

@@ -1,12 +1,16 @@
-package proxy
+// Package serializer runs functions one at a time, in order, on a
+// goroutine of its own: grpc-go's guarantee to balancers that calls into
+// them never overlap, kept by the callers that run balancers outside a
+// grpc.ClientConn (the sidecar's hosts, the consecutive-errors balancer).
+package serializer
 
 import (
 	"sync"
 )
 
-// serializer runs functions one at a time, in order, on its own goroutine:
+// Serializer runs functions one at a time, in order, on its own goroutine:
 // grpc-go's guarantee to balancers that calls into them never overlap.
-type serializer struct {
+type Serializer struct {
 	mu     sync.Mutex
 	queue  []func()
 	wake   chan struct{}
@@ -14,13 +18,15 @@ type serializer struct {
 	done   chan struct{}
 }
 
-func newSerializer() *serializer {
-	s := &serializer{wake: make(chan struct{}, 1), done: make(chan struct{})}
+// New starts a Serializer.
+func New() *Serializer {
+	s := &Serializer{wake: make(chan struct{}, 1), done: make(chan struct{})}
 	go s.run()
 	return s
 }
 
-func (s *serializer) schedule(f func()) {
+// Schedule queues f; after Close it is dropped.
+func (s *Serializer) Schedule(f func()) {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
@@ -34,7 +40,7 @@ func (s *serializer) schedule(f func()) {
 	}
 }
 
-func (s *serializer) run() {
+func (s *Serializer) run() {
 	defer close(s.done)
 	for range s.wake {
 		for {
@@ -56,8 +62,8 @@ func (s *serializer) run() {
 	}
 }
 
-// close runs what is queued, then stops.
-func (s *serializer) close() {
+// Close runs what is queued, then stops, and returns when it has.
+func (s *Serializer) Close() {
 	s.mu.Lock()
 	s.closed = true
 	s.mu.Unlock()
