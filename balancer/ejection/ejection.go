@@ -192,7 +192,7 @@ func (b *consecutive) UpdateClientConnState(s balancer.ClientConnState) error {
 		return fmt.Errorf("%s: config %T, want its own", ConsecutiveName, s.BalancerConfig)
 	}
 	errc := make(chan error, 1)
-	b.work.Schedule(func() {
+	if !b.work.Schedule(func() {
 		if b.closed {
 			errc <- errors.New(ConsecutiveName + ": closed")
 			return
@@ -207,7 +207,9 @@ func (b *consecutive) UpdateClientConnState(s balancer.ClientConnState) error {
 		}
 		b.forgetGone(s.ResolverState)
 		errc <- b.child.UpdateClientConnState(balancer.ClientConnState{ResolverState: s.ResolverState, BalancerConfig: cfg.childConfig})
-	})
+	}) {
+		return errors.New(ConsecutiveName + ": closed")
+	}
 	return <-errc
 }
 

@@ -25,12 +25,13 @@ func New() *Serializer {
 	return s
 }
 
-// Schedule queues f; after Close it is dropped.
-func (s *Serializer) Schedule(f func()) {
+// Schedule queues f, and reports whether it did: after Close, f is
+// dropped.
+func (s *Serializer) Schedule(f func()) bool {
 	s.mu.Lock()
 	if s.closed {
 		s.mu.Unlock()
-		return
+		return false
 	}
 	s.queue = append(s.queue, f)
 	s.mu.Unlock()
@@ -38,6 +39,7 @@ func (s *Serializer) Schedule(f func()) {
 	case s.wake <- struct{}{}:
 	default:
 	}
+	return true
 }
 
 func (s *Serializer) run() {
