@@ -132,17 +132,14 @@ func (r *row) add(column string, v float64) {
 // ratio adds a headline: column of path a over column of path b, run by run.
 func (s *Section) ratio(text, column, a, b string, target float64) *headline {
 	h := &headline{Text: text, Target: target}
-	ra, rb := s.find(a), s.find(b)
+	va, vb, note := s.pair(column, a, b)
 	switch {
-	case ra == nil || len(ra.Values[column]) == 0:
-		h.Note = a + " has no numbers" + noteOf(ra)
-	case rb == nil || len(rb.Values[column]) == 0:
-		h.Note = b + " has no numbers" + noteOf(rb)
+	case note != "":
+		h.Note = note
 	default:
 		// A ratio to a value at or below zero (an "added" latency lost in
 		// noise) says nothing; such runs are left out and counted. A
 		// numerator below zero is kept but counted as noise.
-		va, vb := ra.Values[column], rb.Values[column]
 		for i := range min(len(va), len(vb)) {
 			if vb[i] <= 0 {
 				h.Dropped++
@@ -166,20 +163,30 @@ func (s *Section) ratio(text, column, a, b string, target float64) *headline {
 // by run, per unit of what differs between them (per).
 func (s *Section) growth(text, column, a, b string, per float64) *headline {
 	h := &headline{Text: text}
-	ra, rb := s.find(a), s.find(b)
+	va, vb, note := s.pair(column, a, b)
 	switch {
-	case ra == nil || len(ra.Values[column]) == 0:
-		h.Note = a + " has no numbers" + noteOf(ra)
-	case rb == nil || len(rb.Values[column]) == 0:
-		h.Note = b + " has no numbers" + noteOf(rb)
+	case note != "":
+		h.Note = note
 	default:
-		va, vb := ra.Values[column], rb.Values[column]
 		for i := range min(len(va), len(vb)) {
 			h.Values = append(h.Values, (vb[i]-va[i])/per)
 		}
 	}
 	s.Headlines = append(s.Headlines, h)
 	return h
+}
+
+// pair is column's values of the rows a and b, run by run; note says
+// which side has none, and why, when one has not.
+func (s *Section) pair(column, a, b string) (va, vb []float64, note string) {
+	ra, rb := s.find(a), s.find(b)
+	switch {
+	case ra == nil || len(ra.Values[column]) == 0:
+		return nil, nil, a + " has no numbers" + noteOf(ra)
+	case rb == nil || len(rb.Values[column]) == 0:
+		return nil, nil, b + " has no numbers" + noteOf(rb)
+	}
+	return ra.Values[column], rb.Values[column], ""
 }
 
 // noteOf is the first word of a row's note ("pending", "unavailable",
