@@ -167,6 +167,10 @@ func TestControlBase(t *testing.T) {
 			{"update", "ballast.dev", "trafficpolicies", true, "status", ""},
 			{"update", "ballast.dev", "trafficpolicies", false, "", ""},
 			{"create", "ballast.dev", "trafficpolicies", false, "", ""},
+			{"list", "gateway.networking.x-k8s.io", "xbackendtrafficpolicies", true, "", ""},
+			{"watch", "gateway.networking.x-k8s.io", "xbackendtrafficpolicies", true, "", ""},
+			{"update", "gateway.networking.x-k8s.io", "xbackendtrafficpolicies", true, "status", ""},
+			{"update", "gateway.networking.x-k8s.io", "xbackendtrafficpolicies", false, "", ""},
 			{"create", "authorization.k8s.io", "subjectaccessreviews", false, "", ""},
 		}
 		for _, tt := range tests {

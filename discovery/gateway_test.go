@@ -105,5 +105,3 @@ func TestAttachToGateway(t *testing.T) {
 		t.Errorf("Accepted reasons %v, want %v", reasons, want)
 	}
 }
-
-func ptrTo[T any](v T) *T { return &v }

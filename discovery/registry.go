@@ -16,6 +16,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/equality"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayx "sigs.k8s.io/gateway-api/apisx/v1alpha1"
 
 	"github.com/ballast-dev/ballast/api/v1alpha1"
 	"github.com/ballast-dev/ballast/policy"
@@ -200,6 +201,11 @@ type Registry struct {
 	// policySubs collect the keys of TrafficPolicies whose status may
 	// have changed.
 	policySubs map[*Subscription]struct{}
+	// The XBackendTrafficPolicies (backendtrafficpolicy.go), the one that
+	// applies to each Service, and the subscriptions to their status.
+	backendPolicies   map[Key]*versioned[*gatewayx.XBackendTrafficPolicy]
+	backendAttached   map[Key]*gatewayx.XBackendTrafficPolicy
+	backendPolicySubs map[*Subscription]struct{}
 }
 
 // NewRegistry returns an empty registry.
@@ -219,6 +225,10 @@ func NewRegistry() *Registry {
 		policies:    map[Key]*versioned[*v1alpha1.TrafficPolicy]{},
 		attached:    map[policyTarget]*v1alpha1.TrafficPolicy{},
 		policySubs:  map[*Subscription]struct{}{},
+
+		backendPolicies:   map[Key]*versioned[*gatewayx.XBackendTrafficPolicy]{},
+		backendAttached:   map[Key]*gatewayx.XBackendTrafficPolicy{},
+		backendPolicySubs: map[*Subscription]struct{}{},
 	}
 }
 

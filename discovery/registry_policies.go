@@ -90,6 +90,9 @@ func (r *Registry) policiesChangedLocked() {
 	r.attached = next
 	r.reresolveLocked(affected)
 	r.notifyPoliciesLocked(slices.Collect(maps.Keys(r.policies)))
+	// An XBackendTrafficPolicy's status says whether a TrafficPolicy
+	// overrides it.
+	notify(r.backendPolicySubs, slices.Collect(maps.Keys(r.backendPolicies)))
 }
 
 // targetServicesLocked adds the Services whose calls a policy on t
@@ -106,11 +109,13 @@ func (r *Registry) targetServicesLocked(t policyTarget, into map[Key]bool) {
 }
 
 // serviceCallLocked is the call policy of the TrafficPolicy attached to
-// the Service k; the zero CallPolicy if none is.
+// the Service k, its retries bounded by the Service's
+// XBackendTrafficPolicy when the TrafficPolicy has no budget; the zero
+// CallPolicy if no TrafficPolicy is attached.
 func (r *Registry) serviceCallLocked(k Key) policy.CallPolicy {
 	t := policyTarget{kind: "Service", key: k}
 	if p, ok := r.attached[t]; ok {
-		return bucketed(CallPolicyOf(&p.Spec), t)
+		return withBudget(bucketed(CallPolicyOf(&p.Spec), t), r.serviceBudgetLocked(k))
 	}
 	return policy.CallPolicy{}
 }
@@ -133,16 +138,7 @@ func bucketed(c policy.CallPolicy, t policyTarget) policy.CallPolicy {
 	return c
 }
 
-func (r *Registry) notifyPoliciesLocked(keys []Key) {
-	if len(keys) == 0 {
-		return
-	}
-	for sub := range r.policySubs {
-		for _, k := range keys {
-			sub.add(k)
-		}
-	}
-}
+func (r *Registry) notifyPoliciesLocked(keys []Key) { notify(r.policySubs, keys) }
 
 // targetsChangedLocked tells policy subscribers that a Service or a
 // GRPCRoute appeared, went or changed its rules: a policy naming it may
@@ -151,7 +147,14 @@ func (r *Registry) targetsChangedLocked() {
 	if len(r.policySubs) > 0 && len(r.policies) > 0 {
 		r.notifyPoliciesLocked(slices.Collect(maps.Keys(r.policies)))
 	}
+	if len(r.backendPolicySubs) > 0 && len(r.backendPolicies) > 0 {
+		notify(r.backendPolicySubs, slices.Collect(maps.Keys(r.backendPolicies)))
+	}
 }
+
+// serviceBudget is the retry budget the XBackendTrafficPolicy attached
+// to the Service k sets; nil if none does.
+func (v registryView) serviceBudget(k Key) *policy.RetryBudget { return v.r.serviceBudgetLocked(k) }
 
 // ruleCall is the call policy of the TrafficPolicy attached to rule name
 // (its sectionName) of the GRPCRoute route, else to the whole route; ok

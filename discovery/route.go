@@ -248,6 +248,9 @@ type routeView interface {
 	// ruleCall is the call policy attached to a rule of a route (by its
 	// name) or to the whole route; ok is false when there is none.
 	ruleCall(route Key, name string) (c policy.CallPolicy, ok bool)
+	// serviceBudget is the retry budget an XBackendTrafficPolicy sets on
+	// the calls to a Service; nil if none does.
+	serviceBudget(svc Key) *policy.RetryBudget
 }
 
 // parentOf is the Service a parentRef of rt attaches it to, and the port
@@ -319,6 +322,10 @@ func resolveRoutes(svc *Service, routes []*gatewayv1.GRPCRoute, v routeView) []P
 		for _, r := range rules {
 			if !r.ownCall {
 				r.out.Call = svc.Call
+			} else {
+				// An XBackendTrafficPolicy on the Service bounds the
+				// retries of every call to it, a rule's own included.
+				r.out.Call = withBudget(r.out.Call, v.serviceBudget(svc.Key))
 			}
 			pr.Rules = append(pr.Rules, r.out)
 		}

@@ -84,29 +84,36 @@ func CallPolicyOf(s *v1alpha1.TrafficPolicySpec) policy.CallPolicy {
 	if r.Backoff != nil {
 		retry.Backoff, _ = v1alpha1.ParseDuration(*r.Backoff)
 	}
-	if b := r.Budget; b != nil {
-		budget := &policy.RetryBudget{Percent: defaultBudgetPercent, Interval: defaultBudgetInterval}
-		if b.Percent != nil {
-			budget.Percent = int(*b.Percent)
-		}
-		if b.Interval != nil {
-			budget.Interval, _ = v1alpha1.ParseDuration(*b.Interval)
-		}
-		if m := b.MinRetryRate; m != nil && m.Count != nil {
-			// The model counts the retries always allowed per budget
-			// interval: a rate per another interval is scaled to it.
-			per := budget.Interval
-			if m.Interval != nil {
-				per, _ = v1alpha1.ParseDuration(*m.Interval)
-			}
-			if per > 0 {
-				budget.MinRetries = int(int64(*m.Count) * int64(budget.Interval) / int64(per))
-			}
-		}
-		retry.Budget = budget
+	if r.Budget != nil {
+		retry.Budget = budgetOf(r.Budget)
 	}
 	out.Retry = retry
 	return out
+}
+
+// budgetOf is the model of a valid retry budget (RetryConstraint's shape,
+// whether a TrafficPolicy's retry.budget or an XBackendTrafficPolicy's
+// retryConstraint), with Gateway API's defaults.
+func budgetOf(b *v1alpha1.RetryBudget) *policy.RetryBudget {
+	budget := &policy.RetryBudget{Percent: defaultBudgetPercent, Interval: defaultBudgetInterval}
+	if b.Percent != nil {
+		budget.Percent = int(*b.Percent)
+	}
+	if b.Interval != nil {
+		budget.Interval, _ = v1alpha1.ParseDuration(*b.Interval)
+	}
+	if m := b.MinRetryRate; m != nil && m.Count != nil {
+		// The model counts the retries always allowed per budget
+		// interval: a rate per another interval is scaled to it.
+		per := budget.Interval
+		if m.Interval != nil {
+			per, _ = v1alpha1.ParseDuration(*m.Interval)
+		}
+		if per > 0 {
+			budget.MinRetries = int(int64(*m.Count) * int64(budget.Interval) / int64(per))
+		}
+	}
+	return budget
 }
 
 // BalancingOf is the balancing policy a valid TrafficPolicy spec asks
@@ -248,6 +255,9 @@ func (r *Registry) PolicyStatus(k Key) (p *v1alpha1.TrafficPolicy, ancestors []g
 				"TrafficPolicy %s/%s, older, applies to %s: of two policies on one target the older wins (GEP-713)", winner.Namespace, winner.Name, t))
 		default:
 			notes := append([]string{"accepted"}, policyNotices(&e.served.Spec)...)
+			if n := r.backendBudgetNoticeLocked(&e.served.Spec, t); n != "" {
+				notes = append(notes, n)
+			}
 			c = cond(true, gatewayv1.PolicyReasonAccepted, strings.Join(append(notes, clusterNotices(&e.served.Spec, t)...), "; "))
 		}
 		anc.Conditions = []metav1.Condition{c}

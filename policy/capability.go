@@ -53,6 +53,8 @@ const (
 	SuccessRateFeature       Feature = "OutlierSuccessRateEjection"
 	FailurePercentageFeature Feature = "OutlierFailurePercentageEjection"
 	ConsecutiveErrors        Feature = "OutlierConsecutiveErrors"
+	// SessionAffinity is an XBackendTrafficPolicy's sessionPersistence.
+	SessionAffinity Feature = "SessionPersistence"
 )
 
 // ProxylessRetryCodes are the codes a route's retry_on can name to gRPC's
@@ -107,6 +109,10 @@ var Capabilities = []Capability{{
 	Feature:  ConsecutiveErrors,
 	Honoured: []Mode{Sidecar, Library},
 	Why:      "gRPC's outlier detection (gRFC A50) has no consecutive-error ejection: grpc-go's xDS clients ignore a Cluster's consecutive_5xx",
+}, {
+	Feature:  SessionAffinity,
+	Honoured: []Mode{},
+	Why:      "every mode balances each call on its own, with no session a server issues (a cookie or header it sets) for a client to send back; ring_hash with a hashHeader keeps calls that carry the same header value on one endpoint, but the client sets that value and it has no timeout",
 }}
 
 // Unsupported lists the modes that do not honour f, and why; none for a

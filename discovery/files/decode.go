@@ -15,6 +15,7 @@ import (
 	"k8s.io/apimachinery/pkg/util/intstr"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayv1beta1 "sigs.k8s.io/gateway-api/apis/v1beta1"
+	gatewayx "sigs.k8s.io/gateway-api/apisx/v1alpha1"
 	sigjson "sigs.k8s.io/json"
 	"sigs.k8s.io/yaml"
 
@@ -47,6 +48,9 @@ type objects struct {
 	grants   []*gatewayv1.ReferenceGrant
 	gateway  gatewayObjects
 	policies []*v1alpha1.TrafficPolicy
+	// backendPolicies are Gateway API's experimental
+	// XBackendTrafficPolicies.
+	backendPolicies []*gatewayx.XBackendTrafficPolicy
 }
 
 // document is one YAML document of a file and the line it starts on.
@@ -251,12 +255,28 @@ func decodeObject(j []byte, prefix string, out *objects) error {
 			return &fieldError{path: prefix + field, err: fmt.Errorf("trafficpolicy %s/%s: %w", p.Namespace, p.Name, err)}
 		}
 		out.policies = append(out.policies, p)
+	case tm.APIVersion == gatewayx.GroupVersion.String() && tm.Kind == "XBackendTrafficPolicy":
+		p := &gatewayx.XBackendTrafficPolicy{}
+		if err := strictDecode(j, p, prefix); err != nil {
+			return err
+		}
+		if err := checkMeta(&p.ObjectMeta, "XBackendTrafficPolicy", prefix); err != nil {
+			return err
+		}
+		if p.Generation == 0 {
+			p.Generation = 1
+		}
+		if err := discovery.ValidateBackendPolicy(p); err != nil {
+			field, _, _ := strings.Cut(err.Error(), ":")
+			return &fieldError{path: prefix + field, err: fmt.Errorf("xbackendtrafficpolicy %s/%s: %w", p.Namespace, p.Name, err)}
+		}
+		out.backendPolicies = append(out.backendPolicies, p)
 	default:
 		if ok, err := decodeGatewayObject(tm, j, prefix, &out.gateway); ok {
 			return err
 		}
 		return &fieldError{path: prefix + "kind", err: fmt.Errorf(
-			"unknown kind %q (apiVersion %q): want v1 Service or Secret, discovery.k8s.io/v1 EndpointSlice, gateway.networking.k8s.io/v1 GRPCRoute, ReferenceGrant, Gateway or GatewayClass, ballast.dev/v1alpha1 TrafficPolicy", tm.Kind, tm.APIVersion)}
+			"unknown kind %q (apiVersion %q): want v1 Service or Secret, discovery.k8s.io/v1 EndpointSlice, gateway.networking.k8s.io/v1 GRPCRoute, ReferenceGrant, Gateway or GatewayClass, gateway.networking.x-k8s.io/v1alpha1 XBackendTrafficPolicy, ballast.dev/v1alpha1 TrafficPolicy", tm.Kind, tm.APIVersion)}
 	}
 	return nil
 }

@@ -28,6 +28,7 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayx "sigs.k8s.io/gateway-api/apisx/v1alpha1"
 
 	"github.com/ballast-dev/ballast/api/v1alpha1"
 	"github.com/ballast-dev/ballast/discovery"
@@ -60,8 +61,9 @@ type Source struct {
 	publishedRoutes, publishedGrants map[discovery.Key]struct{}
 	// publishedGateway are the objects of a gateway it has.
 	publishedGateway publishedGateway
-	// publishedPolicies are the TrafficPolicies it has.
-	publishedPolicies map[discovery.Key]struct{}
+	// publishedPolicies and publishedBackendPolicies are the
+	// TrafficPolicies and XBackendTrafficPolicies it has.
+	publishedPolicies, publishedBackendPolicies map[discovery.Key]struct{}
 }
 
 // New returns a Source for dir that writes to reg on Load or Run.
@@ -80,6 +82,8 @@ func New(dir string, reg *discovery.Registry, opts Options) *Source {
 		publishedRoutes:   map[discovery.Key]struct{}{},
 		publishedGrants:   map[discovery.Key]struct{}{},
 		publishedPolicies: map[discovery.Key]struct{}{},
+
+		publishedBackendPolicies: map[discovery.Key]struct{}{},
 	}
 }
 
@@ -231,6 +235,31 @@ func (s *Source) publish() []error {
 	s.publishedPolicies = map[discovery.Key]struct{}{}
 	for k := range policies {
 		s.publishedPolicies[k] = struct{}{}
+	}
+	backendPolicies := map[discovery.Key]*gatewayx.XBackendTrafficPolicy{}
+	backendFrom := map[discovery.Key]string{}
+	for _, name := range slices.Sorted(maps.Keys(s.files)) {
+		for _, p := range s.files[name].backendPolicies {
+			k := discovery.Key{Namespace: p.Namespace, Name: p.Name}
+			if first, dup := backendFrom[k]; dup {
+				errs = append(errs, fmt.Errorf("%s: XBackendTrafficPolicy %s is also declared in %s; using %s",
+					filepath.Join(s.dir, name), k, first, first))
+				continue
+			}
+			backendPolicies[k], backendFrom[k] = p, name
+		}
+	}
+	for _, p := range backendPolicies {
+		s.reg.SetBackendPolicy(p)
+	}
+	for k := range s.publishedBackendPolicies {
+		if _, ok := backendPolicies[k]; !ok {
+			s.reg.DeleteBackendPolicy(k)
+		}
+	}
+	s.publishedBackendPolicies = map[discovery.Key]struct{}{}
+	for k := range backendPolicies {
+		s.publishedBackendPolicies[k] = struct{}{}
 	}
 	for _, g := range grants {
 		s.reg.SetGrant(g)

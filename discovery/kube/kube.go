@@ -49,8 +49,10 @@ type Options struct {
 	// gateway serves (RBAC get, list and watch on each); the cluster must
 	// have the Gateway CRDs.
 	Gateways bool
-	// Policies reads TrafficPolicies too (ballast.dev; RBAC get, list and
-	// watch), when the cluster has their CRD.
+	// Policies reads TrafficPolicies (ballast.dev) and
+	// XBackendTrafficPolicies (gateway.networking.x-k8s.io, Gateway API's
+	// experimental channel) too (RBAC get, list and watch on each), each
+	// when the cluster has its CRD.
 	Policies bool
 }
 
@@ -210,6 +212,11 @@ func (s *Source) Run(ctx context.Context) error {
 		if err != nil {
 			return err
 		}
+		backend, err := s.backendPolicyInformer(ctx, running.Go)
+		if err != nil {
+			return err
+		}
+		synced = append(synced, backend...)
 		if len(synced) > 0 && !cache.WaitForCacheSync(ctx.Done(), synced...) {
 			return nil
 		}

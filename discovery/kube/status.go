@@ -109,8 +109,8 @@ func (w *StatusWriter) Run(ctx context.Context) error {
 	return nil
 }
 
-// write keeps the status of every route and TrafficPolicy up to date
-// until ctx ends.
+// write keeps the status of every route, TrafficPolicy and
+// XBackendTrafficPolicy up to date until ctx ends.
 func (w *StatusWriter) write(ctx context.Context, gc gatewayclient.Interface) {
 	for w.opts.Synced != nil && !w.opts.Synced() {
 		select {
@@ -135,6 +135,15 @@ func (w *StatusWriter) write(ctx context.Context, gc gatewayclient.Interface) {
 			})
 		})
 	}
+	wg.Go(func() {
+		var keys []discovery.Key
+		for _, p := range w.reg.BackendPolicies() {
+			keys = append(keys, discovery.Key{Namespace: p.Namespace, Name: p.Name})
+		}
+		w.loop(ctx, "xbackendtrafficpolicy", keys, w.reg.SubscribeBackendPolicies(), func(ctx context.Context, k discovery.Key) error {
+			return w.syncBackendPolicy(ctx, gc, k)
+		})
+	})
 	var keys []discovery.Key
 	for _, rt := range w.reg.Routes() {
 		keys = append(keys, discovery.Key{Namespace: rt.Namespace, Name: rt.Name})
