@@ -8,6 +8,7 @@ import (
 	"slices"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/ballast-dev/ballast/devcluster"
@@ -116,20 +117,24 @@ type call struct {
 // relLoad drives one call at a time per mode through each client pod's
 // /grpc_client, bounded in count and time, and keeps every call.
 type relLoad struct {
-	mu     sync.Mutex
-	calls  map[string][]call // mode → calls in order
-	cancel context.CancelFunc
-	done   chan struct{}
+	mu      sync.Mutex
+	calls   map[string][]call // mode → calls in order
+	clients map[string]*atomic.Pointer[http.Client]
+	cancel  context.CancelFunc
+	done    chan struct{}
 }
 
 // startLoad starts the load on every mode; it stops at stop, ctx's end,
 // after maxFor, or after maxCalls calls of a mode.
 func startRelLoad(ctx context.Context, clients map[string]*http.Client, pace, maxFor time.Duration) *relLoad {
 	ctx, cancel := context.WithTimeout(ctx, maxFor)
-	l := &relLoad{calls: map[string][]call{}, cancel: cancel, done: make(chan struct{})}
+	l := &relLoad{calls: map[string][]call{}, clients: map[string]*atomic.Pointer[http.Client]{}, cancel: cancel, done: make(chan struct{})}
 	maxCalls := int(maxFor/pace) + 1
 	var wg sync.WaitGroup
 	for mode, hc := range clients {
+		client := new(atomic.Pointer[http.Client])
+		client.Store(hc)
+		l.clients[mode] = client
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -143,7 +148,7 @@ func startRelLoad(ctx context.Context, clients map[string]*http.Client, pace, ma
 				}
 				c := call{Start: time.Now()}
 				callCtx, cancelCall := context.WithTimeout(ctx, 5*time.Second)
-				pod, err := devcluster.Greet(callCtx, hc)
+				pod, err := devcluster.Greet(callCtx, client.Load())
 				cancelCall()
 				if ctx.Err() != nil {
 					return // cut short by the end of the load: not a failed call
@@ -160,6 +165,13 @@ func startRelLoad(ctx context.Context, clients map[string]*http.Client, pace, ma
 	}
 	go func() { wg.Wait(); close(l.done) }()
 	return l
+}
+
+// switchClient sends a mode's next calls through hc: the mode's client
+// pod replaced by a new one, as a rolling update of its workload moves
+// traffic to the new pod once it is Ready.
+func (l *relLoad) switchClient(mode string, hc *http.Client) {
+	l.clients[mode].Store(hc)
 }
 
 func (l *relLoad) stop() {

@@ -62,6 +62,11 @@ func TestReliabilityShort(t *testing.T) {
 			if row.During == 0 {
 				t.Errorf("%s: %s made no call during the fault: no load", f.ID, row.Mode)
 			}
+			// Issue 18's goal: an upgrade under load fails no call in any
+			// of Ballast's modes.
+			if f.ID == "upgrade" && row.Ballast && row.Failed > 0 {
+				t.Errorf("upgrade from N to N+1: %s: %d failed calls (first: %s)", row.Mode, row.Failed, row.FirstErr)
+			}
 		}
 	}
 	dir := t.TempDir()
@@ -72,7 +77,7 @@ func TestReliabilityShort(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"do not edit", "## 1. Rolling update", "| client-side (kubernetes:///) |", "reliability-failed.png"} {
+	for _, want := range []string{"do not edit", "## 1. Rolling update", "## 8. Upgrade", "| client-side (kubernetes:///) |", "reliability-failed.png"} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("reliability.md lacks %q", want)
 		}

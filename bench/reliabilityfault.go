@@ -37,6 +37,8 @@ func reliabilityFaults() []fault {
 			Converge: "the pod's Ready again → its first call", run: serverSidecarRestart},
 		{ID: "node-down", Title: "7. A Node going away with its pods (power lost: its pods stop answering, silently)",
 			Converge: "the failure → the end of the last failed call", run: nodeDown},
+		{ID: "upgrade", Title: "8. Upgrade from version N to N+1: control plane, injector, then the sidecars by rolling their workloads", ZeroGoal: true,
+			Converge: "–: no new endpoints; the calls go on through every step", run: upgrade},
 	}
 }
 

@@ -81,10 +81,11 @@ func (r *ReliabilityReport) markdown() string {
 	fmt.Fprintf(&b, "| run | %s: %d greeters (scaled to %d), each mode one call per %s, outages %s, load kept %s after each fault and up to %s more until every mode uses the new state; wall time %s |\n\n",
 		size, r.Config.Replicas, r.Config.ScaleTo, r.Config.Pace, r.Config.Down, r.Config.Quiet, r.Config.Bound, r.Wall.Round(time.Second))
 	b.WriteString("A dev cluster (`devcluster/`: a real kube-apiserver, etcd and controllers; pods are processes in network namespaces) " +
-		"runs deploy/control-insecure (deploy/control with --insecure: grpc-go proxyless clients send no token over plaintext), a greeter Deployment (rolling updates with maxSurge 1, maxUnavailable 0; a gRPC readiness probe) " +
+		"runs Ballast installed as `ballast install` installs it (charts/ballast: the control plane and the sidecar injector, images tagged dev; " +
+		"control.insecure, as deploy/control-insecure: grpc-go proxyless clients send no token over plaintext), a greeter Deployment (rolling updates with maxSurge 1, maxUnavailable 0; a gRPC readiness probe) " +
 		"behind a ClusterIP Service and a headless one, and one client pod per mode, `ballast greeter client` over one connection: " +
 		"client-side (`kubernetes:///`), proxyless (`xds:///`, bootstrap from `ballast bootstrap` in an init container), " +
-		"the sidecar (the pod as the webhook injects it: `inject.Inject`, iptables capture, the client dialling the Service's name), " +
+		"the sidecar (injected by the injector: iptables capture, the client dialling the Service's name), " +
 		"and the two peers a user would pick instead: the plain Service (kube-proxy's per-connection DNAT) and the headless Service " +
 		"with grpc-go's `dns:///` resolver and round_robin. Fault 6b has a mode of its own: a sidecar client calling greeters that serve through their own injected sidecar (inbound capture). The benchmark calls each client pod's /grpc_client one call at a time, " +
 		"each call bounded by the client's 1 s deadline, through every fault in turn.\n\n" +

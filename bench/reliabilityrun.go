@@ -6,14 +6,13 @@ import (
 	"fmt"
 	"net/http"
 	"os"
-	"path/filepath"
+	"strconv"
 	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/util/intstr"
-	"sigs.k8s.io/yaml"
 
 	"github.com/ballast-dev/ballast/devcluster"
 	"github.com/ballast-dev/ballast/image"
@@ -25,10 +24,13 @@ type relRun struct {
 	b               *Bench
 	c               ReliabilityConfig
 	cluster         *devcluster.Cluster
-	root            string // the checkout, for deploy/
 	modes           []relMode
 	watch           *podWatch
 	controlReplicas int
+	// load is the scenario's load; next the images of version N+1 that
+	// the upgrade fault moves to.
+	load *relLoad
+	next []image.Built
 }
 
 // podWatch polls the pods of a namespace and remembers when it saw each
@@ -169,6 +171,7 @@ func (b *Bench) Reliability(ctx context.Context, c ReliabilityConfig, ci bool) *
 	// Bounded: the whole scenario's faults at their longest, twice over.
 	load := startRelLoad(ctx, clients, c.Pace, time.Duration(len(c.Faults))*2*(c.Wait+c.Down+c.Quiet+c.Bound))
 	defer load.stop()
+	r.load = load
 	if err := r.warm(ctx, load); err != nil {
 		rep.Failed = err.Error()
 		return rep
@@ -284,21 +287,20 @@ func (r *relRun) start(ctx context.Context) error {
 	if os.Geteuid() != 0 {
 		return errors.New("the reliability scenario runs a dev cluster: it needs root")
 	}
-	wd, err := os.Getwd()
-	if err != nil {
-		return err
-	}
-	if r.root = checkoutRoot(wd); r.root == "" {
-		return fmt.Errorf("run it from a checkout of %s: it applies deploy/control", module)
-	}
 	if r.b.opts.ProxyBinary == "" || r.b.opts.ControlBinary == "" {
 		return errors.New("the reliability scenario needs the ballast-proxy and ballast-control binaries")
 	}
-	// The cluster pulls them as images, made from this run's binaries.
-	images, err := image.FromBinaries(ctx, image.Ballast(), map[string]string{
+	// The cluster pulls them as images, made from this run's binaries:
+	// version N, and N+1 for the upgrade fault (the same binaries under
+	// another version label, so other images; pushed by the fault).
+	bins := map[string]string{
 		"ballast": r.b.opts.Binary, "ballast-proxy": r.b.opts.ProxyBinary, "ballast-control": r.b.opts.ControlBinary,
-	}, image.Options{})
+	}
+	images, err := image.FromBinaries(ctx, image.Ballast(), bins, image.Options{})
 	if err != nil {
+		return err
+	}
+	if r.next, err = image.FromBinaries(ctx, image.Ballast(), bins, image.Options{Version: upgradeTag}); err != nil {
 		return err
 	}
 	r.b.progress("reliability: starting a dev cluster")
@@ -313,11 +315,13 @@ func (r *relRun) start(ctx context.Context) error {
 // deploy applies the control plane, the greeters and the client pods, and
 // waits until they are all Ready.
 func (r *relRun) deploy(ctx context.Context) error {
-	r.b.progress("reliability: applying deploy/control, the greeters and %d client pods", len(r.modes))
-	// The proxyless clients' grpc-go sends no token over plaintext
-	// (docs/security.md), so the control plane serves without one.
-	if _, err := r.cluster.Kubectl(ctx, nil, "apply", "-k", filepath.Join(r.root, "deploy", "control-insecure")); err != nil {
-		return err
+	r.b.progress("reliability: installing Ballast (ballast install), the greeters and %d client pods", len(r.modes))
+	// As `ballast install` does (charts/ballast: the control plane and the
+	// sidecar injector). The proxyless clients' grpc-go sends no token over
+	// plaintext (docs/security.md), so the control plane serves without
+	// one (control.insecure, deploy/control-insecure's values).
+	if err := r.cluster.InstallMeshProxyless(ctx); err != nil {
+		return fmt.Errorf("ballast install: %w", err)
 	}
 	dep, err := r.cluster.Client.AppsV1().Deployments(controlNamespace).Get(ctx, controlDeployment, metav1.GetOptions{})
 	if err != nil {
@@ -329,34 +333,27 @@ func (r *relRun) deploy(ctx context.Context) error {
 	}
 	// The control plane and the clients stay on the first Node, so the
 	// node-down fault takes only greeters away.
+	// So does the injector: the sidecar client's pod is made by it.
 	pin := fmt.Sprintf(`{"spec":{"template":{"spec":{"nodeSelector":{"kubernetes.io/hostname":%q}}}}}`, r.survivingNode())
-	if _, err := r.cluster.Kubectl(ctx, nil, "-n", controlNamespace, "patch", "deployment", controlDeployment, "--type=merge", "-p", pin); err != nil {
-		return err
+	for _, d := range []string{controlDeployment, injectDeployment} {
+		if _, err := r.cluster.Kubectl(ctx, nil, "-n", controlNamespace, "patch", "deployment", d, "--type=merge", "-p", pin); err != nil {
+			return err
+		}
 	}
 	if err := r.cluster.Apply(ctx, greeterManifests(r.c.Replicas)); err != nil {
 		return err
 	}
+	if err := r.cluster.WaitInjecting(ctx, relNamespace, true); err != nil {
+		return err
+	}
 	for i := range meshedGreeters {
-		manifest, err := yaml.Marshal(meshedGreeter(i))
-		if err != nil {
+		if err := r.createPod(ctx, meshedGreeter(i)); err != nil {
 			return err
-		}
-		if err := r.cluster.Apply(ctx, "apiVersion: v1\nkind: Pod\n"+string(manifest)); err != nil {
-			return fmt.Errorf("greeter %s-%d: %w", relMeshed, i, err)
 		}
 	}
 	for _, m := range r.modes {
-		pod := clientPod(m)
-		pod.Spec.NodeSelector = map[string]string{"kubernetes.io/hostname": r.survivingNode()}
-		if m.Sidecar {
-			inject.Inject(pod, sidecarConfig)
-		}
-		manifest, err := yaml.Marshal(pod)
-		if err != nil {
+		if err := r.createClient(ctx, clientPod(m)); err != nil {
 			return err
-		}
-		if err := r.cluster.Apply(ctx, "apiVersion: v1\nkind: Pod\n"+string(manifest)); err != nil {
-			return fmt.Errorf("client pod %s: %w", m.Pod, err)
 		}
 	}
 	if err := r.cluster.WaitReadyEndpoints(ctx, controlNamespace, controlDeployment, "grpc-xds", r.controlReplicas, r.c.Wait); err != nil {
@@ -374,6 +371,25 @@ func (r *relRun) deploy(ctx context.Context) error {
 		if err := r.cluster.WaitPodReady(ctx, relNamespace, m.Pod, r.c.Wait); err != nil {
 			return err
 		}
+	}
+	return nil
+}
+
+// createClient creates a client pod on the surviving Node.
+func (r *relRun) createClient(ctx context.Context, pod *corev1.Pod) error {
+	pod.Spec.NodeSelector = map[string]string{"kubernetes.io/hostname": r.survivingNode()}
+	return r.createPod(ctx, pod)
+}
+
+// createPod creates a pod in the scenario's namespace and checks that
+// the injector injected it unless it opts out (every pod says which).
+func (r *relRun) createPod(ctx context.Context, pod *corev1.Pod) error {
+	created, err := r.cluster.Client.CoreV1().Pods(relNamespace).Create(ctx, pod, metav1.CreateOptions{})
+	if err != nil {
+		return fmt.Errorf("pod %s: %w", pod.Name, err)
+	}
+	if want := pod.Annotations[inject.OptOutAnnotation] != "false"; devcluster.Injected(created) != want {
+		return fmt.Errorf("pod %s: injected %v, want %v (is the injector serving?)", pod.Name, !want, want)
 	}
 	return nil
 }
@@ -428,6 +444,7 @@ func greeterManifests(replicas int) string {
 kind: Namespace
 metadata:
   name: %[1]s
+  labels: {%[6]s: %[7]s}
 ---
 apiVersion: v1
 kind: Service
@@ -464,6 +481,7 @@ spec:
   template:
     metadata:
       labels: {app: %[2]s}
+      annotations: {%[8]s: "false"}
     spec:
       terminationGracePeriodSeconds: 5
       topologySpreadConstraints:
@@ -502,22 +520,20 @@ metadata: {name: ballast-reliability-client}
 roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: ballast-reliability-client}
 subjects:
 - {kind: ServiceAccount, name: client-kubernetes, namespace: %[1]s}
-`, relNamespace, relService, relHeadless, replicas, relMeshed)
+`, relNamespace, relService, relHeadless, replicas, relMeshed, inject.NamespaceLabel, inject.NamespaceEnabled, inject.OptOutAnnotation)
 }
-
-// sidecarConfig injects the sidecar as the webhook of deploy/control-insecure would.
-var sidecarConfig = inject.Config{Image: "ballast-proxy:dev", XDSAddress: "ballast-control.ballast-system:15010"}
 
 // meshedGreeters is how many greeters serve through their own sidecar.
 const meshedGreeters = 2
 
-// meshedGreeter is the i-th greeter served through its own sidecar: the
-// pod as the webhook injects it, capturing its declared port inbound.
+// meshedGreeter is the i-th greeter served through its own sidecar, which
+// the injector adds (capturing its declared port inbound).
 // Plain pods, not a Deployment: only their sidecars' restarts are
 // measured, and the kubelet restarts a pod's containers either way.
 func meshedGreeter(i int) *corev1.Pod {
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%d", relMeshed, i), Namespace: relNamespace, Labels: map[string]string{"app": relMeshed}},
+		ObjectMeta: metav1.ObjectMeta{Name: fmt.Sprintf("%s-%d", relMeshed, i), Namespace: relNamespace, Labels: map[string]string{"app": relMeshed},
+			Annotations: map[string]string{inject.OptOutAnnotation: "true"}},
 		Spec: corev1.PodSpec{
 			TerminationGracePeriodSeconds: new(int64(5)),
 			Containers: []corev1.Container{{
@@ -531,7 +547,6 @@ func meshedGreeter(i int) *corev1.Pod {
 			}},
 		},
 	}
-	inject.Inject(pod, sidecarConfig)
 	return pod
 }
 
@@ -543,7 +558,8 @@ func clientPod(m relMode) *corev1.Pod {
 		{Name: "POD_NAMESPACE", ValueFrom: &corev1.EnvVarSource{FieldRef: &corev1.ObjectFieldSelector{FieldPath: "metadata.namespace"}}},
 	}
 	pod := &corev1.Pod{
-		ObjectMeta: metav1.ObjectMeta{Name: m.Pod, Namespace: relNamespace, Labels: map[string]string{"app": m.Pod}},
+		ObjectMeta: metav1.ObjectMeta{Name: m.Pod, Namespace: relNamespace, Labels: map[string]string{"app": m.Pod},
+			Annotations: map[string]string{inject.OptOutAnnotation: strconv.FormatBool(m.Sidecar)}},
 		Spec: corev1.PodSpec{
 			TerminationGracePeriodSeconds: new(int64(5)),
 			Containers: []corev1.Container{{

@@ -47,7 +47,17 @@ func (c *Cluster) InstallMeshProxyless(ctx context.Context) error {
 }
 
 func (c *Cluster) installMesh(ctx context.Context, insecure bool) error {
-	o, err := c.meshOptions(ctx, insecure)
+	return c.UpgradeMesh(ctx, DevTag, insecure)
+}
+
+// UpgradeMesh installs the chart again with the images tagged tag (pushed
+// to the cluster's registry before), as `ballast install --set
+// image.tag=TAG` upgrades a release in place: the control plane and the
+// injector roll to the new images (maxUnavailable 0), and pods created
+// after it get the new sidecar; running pods keep theirs until their
+// workloads roll. insecure as InstallMeshProxyless.
+func (c *Cluster) UpgradeMesh(ctx context.Context, tag string, insecure bool) error {
+	o, err := c.meshOptions(ctx, tag, insecure)
 	if err != nil {
 		return err
 	}
@@ -57,14 +67,14 @@ func (c *Cluster) installMesh(ctx context.Context, insecure bool) error {
 // UninstallMesh removes what InstallMesh installed as `ballast uninstall`
 // does (the CRDs stay), and waits until its namespace is gone.
 func (c *Cluster) UninstallMesh(ctx context.Context) error {
-	o, err := c.meshOptions(ctx, false)
+	o, err := c.meshOptions(ctx, DevTag, false)
 	if err != nil {
 		return err
 	}
 	return install.Uninstall(ctx, o)
 }
 
-func (c *Cluster) meshOptions(ctx context.Context, insecure bool) (install.Options, error) {
+func (c *Cluster) meshOptions(ctx context.Context, tag string, insecure bool) (install.Options, error) {
 	webhook, err := c.ExposeService(ctx, MeshNamespace, "ballast-inject", 443)
 	if err != nil {
 		return install.Options{}, err
@@ -73,7 +83,7 @@ func (c *Cluster) meshOptions(ctx context.Context, insecure bool) (install.Optio
 		Config:    c.Config,
 		Namespace: MeshNamespace,
 		Values: map[string]any{
-			"image":   map[string]any{"registry": "", "tag": "dev"},
+			"image":   map[string]any{"registry": "", "tag": tag},
 			"control": map[string]any{"insecure": insecure},
 			"inject": map[string]any{
 				"url":         "https://" + webhook.String() + "/inject",
