@@ -274,7 +274,7 @@ func controlPlaneDown(ctx context.Context, r *relRun) (*faultOutcome, error) {
 	// Scaled back however this ends, so the faults after it have it.
 	defer r.cluster.Kubectl(context.WithoutCancel(ctx), nil, "-n", controlNamespace, "scale", "deployment/"+controlDeployment, "--replicas="+strconv.Itoa(r.controlReplicas))
 	if err := devcluster.Poll(ctx, r.c.Wait, func(ctx context.Context) (bool, error) {
-		pods, err := r.cluster.Client.CoreV1().Pods(controlNamespace).List(ctx, metav1.ListOptions{})
+		pods, err := r.cluster.Client.CoreV1().Pods(controlNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=" + controlDeployment})
 		return err == nil && len(pods.Items) == 0, nil
 	}); err != nil {
 		return nil, fmt.Errorf("control plane not gone: %w", err)
