@@ -77,7 +77,7 @@ func TestReliabilityShort(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, want := range []string{"do not edit", "## 1. Rolling update", "## 8. Upgrade", "| client-side (kubernetes:///) |", "reliability-failed.png"} {
+	for _, want := range []string{"do not edit", "## 1. Rolling update", "## 7. Upgrade", "| client-side (kubernetes:///) |", "reliability-failed.png"} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("reliability.md lacks %q", want)
 		}

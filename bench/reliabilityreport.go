@@ -88,7 +88,9 @@ func (r *ReliabilityReport) markdown() string {
 		"the sidecar (injected by the injector: iptables capture, the client dialling the Service's name), " +
 		"and the two peers a user would pick instead: the plain Service (kube-proxy's per-connection DNAT) and the headless Service " +
 		"with grpc-go's `dns:///` resolver and round_robin. Fault 6b has a mode of its own: a sidecar client calling greeters that serve through their own injected sidecar (inbound capture). The benchmark calls each client pod's /grpc_client one call at a time, " +
-		"each call bounded by the client's 1 s deadline, through every fault in turn.\n\n" +
+		"each call bounded by the client's 1 s deadline, through every fault in turn. " +
+		"Each fault starts once the cluster is back from the one before (the greeters Ready, the control plane serving) and every mode measured in it " +
+		"has answered without a failure for 2 s; the Node loss runs last, as the scenario does not recover from it.\n\n" +
 		"- calls during: calls that started between the fault's start and its end (the cluster back to its steady state).\n" +
 		"- failed: calls that failed from the fault's start to the quiet period after its end.\n" +
 		"- new state used after: what each fault's line says; \"never\" means not within the wait after the fault (the quiet period, then up to the bound " +

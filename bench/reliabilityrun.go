@@ -183,6 +183,16 @@ func (b *Bench) Reliability(ctx context.Context, c ReliabilityConfig, ci bool) *
 		fr := &faultReport{ID: f.ID, Title: f.Title, Converge: f.Converge, ZeroGoal: f.ZeroGoal}
 		rep.Faults = append(rep.Faults, fr)
 		b.progress("reliability: %s", f.Title)
+		gate := time.Now()
+		if err := r.steady(ctx, f.ID); err != nil {
+			fr.Failed = err.Error()
+			b.progress("reliability: %s: %v", f.ID, err)
+			if ctx.Err() != nil {
+				break
+			}
+			continue
+		}
+		b.progress("reliability: %s: steady after %.1f s", f.ID, time.Since(gate).Seconds())
 		o, err := f.run(ctx, r)
 		if notRun, ok := errors.AsType[errNotRun](err); ok {
 			fr.NotRun = string(notRun)
@@ -434,6 +444,58 @@ func (r *relRun) warm(ctx context.Context, load *relLoad) error {
 		return fmt.Errorf("before the faults, no answer yet for %v: %w", missing, err)
 	}
 	return nil
+}
+
+// steadyFor is how long every mode's calls must have gone on without a
+// failure before a fault starts: longer than a call's 1 s deadline, so a
+// call hanging on what the fault before left behind shows first.
+const steadyFor = 2 * time.Second
+
+// steady waits until the cluster and the load are back in the state each
+// fault starts from: the greeters the Deployment asks for, all Ready; the
+// control plane serving; and every mode measured in fault id answering
+// without a failure for steadyFor. A fault that started earlier would be
+// charged with the harm of the one before it.
+func (r *relRun) steady(ctx context.Context, id string) error {
+	if _, err := r.waitGreeters(ctx, r.c.Replicas); err != nil {
+		return fmt.Errorf("not steady after the faults before it: %w", err)
+	}
+	if err := r.cluster.WaitReadyEndpoints(ctx, controlNamespace, controlDeployment, "grpc-xds", r.controlReplicas, r.c.Wait); err != nil {
+		return fmt.Errorf("not steady after the faults before it: the control plane: %w", err)
+	}
+	var failing []string
+	err := devcluster.Poll(ctx, r.c.Wait, func(context.Context) (bool, error) {
+		failing = failing[:0]
+		now := time.Now()
+		for _, m := range r.modes {
+			if m.measuredIn(id) && succeededFor(r.load.snapshot(m.Name), now) < steadyFor {
+				failing = append(failing, m.Name)
+			}
+		}
+		return len(failing) == 0, nil
+	})
+	if err != nil {
+		return fmt.Errorf("not steady after the faults before it: %v still failing calls: %w", failing, err)
+	}
+	return nil
+}
+
+// succeededFor is how long a mode's calls have gone on without a failure
+// until now: from the start of the first call after the last failed one
+// to the end of the last call. Zero if the last call failed, or if none
+// ended within a call's deadline (one is hanging).
+func succeededFor(calls []call, now time.Time) time.Duration {
+	if len(calls) == 0 || now.Sub(calls[len(calls)-1].End) > time.Second {
+		return 0
+	}
+	i := len(calls)
+	for i > 0 && calls[i-1].Err == "" {
+		i--
+	}
+	if i == len(calls) {
+		return 0
+	}
+	return calls[len(calls)-1].End.Sub(calls[i].Start)
 }
 
 // greeterManifests are the greeters: a Deployment rolled one pod at a time

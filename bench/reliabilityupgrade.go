@@ -128,6 +128,18 @@ func (r *relRun) waitRolledTo(ctx context.Context, deployment, container, image 
 	if err != nil {
 		return fmt.Errorf("%s not rolled to %s (pods: %v): %w", deployment, image, images, err)
 	}
+	// The install applies the chart server-side; the pin to the surviving
+	// Node (deploy's patch, another field manager's) must outlive it, or
+	// the node-down fault could take the control plane away.
+	pods, err := r.cluster.Client.CoreV1().Pods(controlNamespace).List(ctx, metav1.ListOptions{LabelSelector: "app.kubernetes.io/name=" + deployment})
+	if err != nil {
+		return err
+	}
+	for _, p := range pods.Items {
+		if p.DeletionTimestamp == nil && p.Spec.NodeName != r.survivingNode() {
+			return fmt.Errorf("%s: pod %s of version N+1 runs on %s, not %s: the upgrade dropped the pin", deployment, p.Name, p.Spec.NodeName, r.survivingNode())
+		}
+	}
 	return nil
 }
 
