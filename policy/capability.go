@@ -42,7 +42,7 @@ const (
 	RateLimited Feature = "RateLimit"
 	// MaxRequests, MaxPendingRequests and MaxConnections are a
 	// TrafficPolicy's circuitBreaker fields; every mode honours
-	// maxRequests.
+	// maxRequests, the sidecar maxPendingRequests too.
 	MaxRequests        Feature = "CircuitBreakerMaxRequests"
 	MaxPendingRequests Feature = "CircuitBreakerMaxPendingRequests"
 	MaxConnections     Feature = "CircuitBreakerMaxConnections"
@@ -99,8 +99,8 @@ var Capabilities = []Capability{{
 	Why:      "gRPC's xDS clients have no rate limiting of their own calls (grpc-go ignores Envoy's local_ratelimit filter and route metadata)",
 }, {
 	Feature:  MaxPendingRequests,
-	Honoured: []Mode{},
-	Why:      "gRPC multiplexes calls on one HTTP/2 connection per endpoint, so a call waits for a connection only while the Cluster has none ready; gRPC's xDS clients read only max_requests of a Cluster's circuit_breakers, and the sidecar and the Go library do not bound those waiting calls yet (the library's wait inside grpc-go's channel, out of a balancer's sight)",
+	Honoured: []Mode{Sidecar},
+	Why:      "gRPC's xDS clients read only max_requests of a Cluster's circuit_breakers, and the Go library's calls wait for a connection inside grpc-go's channel, out of a balancer's sight (the sidecar parks them itself and bounds them)",
 }, {
 	Feature:  MaxConnections,
 	Honoured: []Mode{},

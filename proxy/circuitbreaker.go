@@ -23,3 +23,11 @@ func (h *host) storePickerLocked() {
 	p := circuitbreaker.Picker(h.balancerPicker, h.target, h.maxRequests, &h.inFlight)
 	h.picker.Store(&pickerState{p: p, gen: h.gen})
 }
+
+// setMaxPending bounds the host's parked streams (0: no bound) from the
+// next stream that parks on; those parked already stay.
+func (h *host) setMaxPending(n uint32) {
+	h.mu.Lock()
+	h.maxPending = n
+	h.mu.Unlock()
+}

@@ -1,7 +1,15 @@
 package proxy
 
 import (
+	"context"
+	"io"
+	"net"
+	"sync"
 	"testing"
+	"time"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	pb "google.golang.org/grpc/examples/helloworld/helloworld"
 	"sigs.k8s.io/yaml"
@@ -16,11 +24,17 @@ import (
 // sidecar fed by Ballast's control plane.
 func sidecarGuarded(t *testing.T, fields string, servers ...*guardtest.Server) pb.GreeterClient {
 	t.Helper()
-	const nodeID = "ballast~client.default"
 	var addrs []string
 	for _, a := range guardtest.Serve(t, servers...) {
 		addrs = append(addrs, a.String())
 	}
+	return sidecarPolicy(t, fields, addrs...)
+}
+
+// sidecarPolicy is sidecarGuarded with greeter's endpoints at addrs.
+func sidecarPolicy(t *testing.T, fields string, addrs ...string) pb.GreeterClient {
+	t.Helper()
+	const nodeID = "ballast~client.default"
 	reg := discovery.NewRegistry()
 	reg.Set(echoService("greeter", addrs...))
 	tp := &v1alpha1.TrafficPolicy{}
@@ -60,4 +74,56 @@ func TestSidecarCircuitBreaker(t *testing.T) {
 	client := sidecarGuarded(t, "circuitBreaker: {maxRequests: 2}\n", srv)
 	guardtest.CheckCircuitBreaker(t, srv, client,
 		"ballast: circuit breaker open: 2 requests in flight to cluster greeter.default.svc.cluster.local:50051 (maxRequests 2)")
+}
+
+// TestSidecarMaxPendingRequests: greeter's only pod accepts connections
+// and never answers the HTTP/2 handshake, so the sidecar parks its calls
+// waiting for a connection; with circuitBreaker.maxPendingRequests 2, of
+// three calls one fails UNAVAILABLE at once, naming the bound and the
+// Cluster, and the two parked end only when their caller cancels them.
+// Once they have, there is room for two again.
+func TestSidecarMaxPendingRequests(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var conns sync.WaitGroup
+	t.Cleanup(func() { ln.Close(); conns.Wait() })
+	conns.Go(func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			conns.Go(func() { io.Copy(io.Discard, c); c.Close() }) // never a SETTINGS frame
+			t.Cleanup(func() { c.Close() })
+		}
+	})
+	client := sidecarPolicy(t, "circuitBreaker: {maxPendingRequests: 2}\n", ln.Addr().String())
+	const want = "ballast: circuit breaker open: 2 requests pending a connection to cluster greeter.default.svc.cluster.local:50051 (maxPendingRequests 2)"
+	for round := range 2 {
+		ctx, cancel := context.WithCancel(context.Background())
+		errs := make(chan error, 3)
+		for range 3 {
+			go func() {
+				_, err := client.SayHello(ctx, &pb.HelloRequest{Name: "pending"})
+				errs <- err
+			}()
+		}
+		select {
+		case err := <-errs:
+			if st, _ := status.FromError(err); st.Code() != codes.Unavailable || st.Message() != want {
+				t.Fatalf("round %d: the first call to end: %v, want UNAVAILABLE %q", round, err, want)
+			}
+		case <-time.After(10 * time.Second): // a deadline, well inside the sidecar's 20 s handshake timeout
+
+			t.Fatalf("round %d: no call refused beyond maxPendingRequests", round)
+		}
+		cancel()
+		for range 2 {
+			if err := <-errs; status.Code(err) != codes.Canceled {
+				t.Errorf("round %d: a parked call ended with %v, want its caller's cancellation", round, err)
+			}
+		}
+	}
 }

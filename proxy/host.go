@@ -63,8 +63,12 @@ type host struct {
 	balancerPicker balancer.Picker
 	maxRequests    uint32
 	inFlight       atomic.Int64
-	parked         []*stream
-	closed         bool
+	// parked are the streams waiting for a picker that can place them
+	// (while the Cluster has no connection ready); maxPending bounds how
+	// many (circuitBreaker.maxPendingRequests; 0: no bound).
+	parked     []*stream
+	maxPending uint32
+	closed     bool
 	// live are the upstream connections, closed when the host closes.
 	live map[*h2conn]struct{}
 }

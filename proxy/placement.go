@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"errors"
+	"fmt"
 
 	"google.golang.org/grpc/balancer"
 	"google.golang.org/grpc/codes"
@@ -122,7 +123,9 @@ var (
 )
 
 // park queues s for the next picker; false means a newer picker than gen
-// exists, so the caller should pick again.
+// exists, so the caller should pick again. A stream beyond the host's
+// maxPendingRequests fails UNAVAILABLE at once instead: a Cluster with no
+// connection ready yet holds at most that many calls waiting for one.
 func (h *host) park(s *stream, l *leg, gen uint64, b *batch) bool {
 	h.mu.Lock()
 	s.host = h
@@ -139,6 +142,13 @@ func (h *host) park(s *stream, l *leg, gen uint64, b *batch) bool {
 		h.mu.Unlock()
 		return false
 	}
+	if n := h.maxPending; n > 0 && s.parkedOn != h && uint32(len(h.parked)) >= n {
+		h.mu.Unlock()
+		s.up.metrics.newStreamErrors.Inc()
+		s.fail(codes.Unavailable, fmt.Sprintf("ballast: circuit breaker open: %d requests pending a connection to cluster %s (maxPendingRequests %d)", n, h.target, n), b)
+		return true
+	}
+	s.parkedOn = h
 	// The request headers may still borrow the read loop's buffer.
 	for i, it := range l.pending {
 		l.pending[i] = it.own()

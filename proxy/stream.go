@@ -27,9 +27,14 @@ type stream struct {
 	// host places or parks it), nil while it waits for its upstream's
 	// first route or if it never had one; guarded by up.parkMu.
 	host *host
-	down leg
-	upl  leg
-	path string
+	// parkedOn is the host it was last parked on: parked again there (as
+	// every parked stream is when a new picker cannot place it), it was
+	// already counted against the host's maxPendingRequests. Guarded by
+	// up.parkMu.
+	parkedOn *host
+	down     leg
+	upl      leg
+	path     string
 	// req are the request headers the call is routed by: the read loop's
 	// while it routes the call first, a copy of its own once it waits.
 	req []hpack.HeaderField

@@ -242,7 +242,7 @@ type lbChoice struct {
 
 // updatePolicy hands h endpoints, the balancer of the Cluster's policy
 // (under grpc-go's outlier detection balancer if it has outlier
-// detection) and its circuit breaker's bound.
+// detection) and its circuit breaker's bounds.
 func (h *host) updatePolicy(cl policy.Cluster, state resolver.State) {
 	name, cfg, err := ejection.Balancer(cl, cl.Outlier)
 	if err != nil {
@@ -250,6 +250,7 @@ func (h *host) updatePolicy(cl policy.Cluster, state resolver.State) {
 		return
 	}
 	h.setMaxRequests(cl.CircuitBreaker.MaxRequests)
+	h.setMaxPending(cl.CircuitBreaker.MaxPendingRequests)
 	var hash string
 	if cl.LB == policy.RingHash {
 		hash = cl.HashHeader
