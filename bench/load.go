@@ -41,7 +41,9 @@ type loadResult struct {
 	Calls     int
 	Errors    int
 	LastError string
-	Elapsed   time.Duration
+	// LastErrorAfter is how long the last failed call took.
+	LastErrorAfter time.Duration
+	Elapsed        time.Duration
 	// Latencies of the calls that succeeded, sorted ascending.
 	Latencies []time.Duration
 	// Pods counts the calls each pod answered.
@@ -129,7 +131,7 @@ func (l load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) loadRe
 		r.Calls += t.calls
 		r.Errors += t.errors
 		if t.lastErr != nil {
-			r.LastError = t.lastErr.Error()
+			r.LastError, r.LastErrorAfter = t.lastErr.Error(), t.lastErrAfter
 		}
 		r.Latencies = append(r.Latencies, t.lat...)
 		for pod, n := range t.pods {
@@ -144,6 +146,7 @@ func (l load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) loadRe
 type tally struct {
 	calls, errors int
 	lastErr       error
+	lastErrAfter  time.Duration
 	lat           []time.Duration
 	pods          map[string]int
 }
@@ -152,7 +155,7 @@ func (t *tally) record(reply string, took time.Duration, err error) {
 	t.calls++
 	if err != nil {
 		t.errors++
-		t.lastErr = err
+		t.lastErr, t.lastErrAfter = err, took
 		return
 	}
 	t.lat = append(t.lat, took)

@@ -40,19 +40,40 @@ type soakSample struct {
 	ControlGoroutines, SidecarGoro float64
 }
 
+// soakFailure is one slice of load with failed calls.
+type soakFailure struct {
+	At, SinceChurn time.Duration
+	Errors         int
+	// Err is the last failed call's error, After how long it took.
+	Err   string
+	After time.Duration
+}
+
+// maxSoakFailures bounds the failures a report keeps.
+const maxSoakFailures = 20
+
 // SoakReport is what a soak measured.
 type SoakReport struct {
-	Date     time.Time     `json:"date"`
-	Wall     time.Duration `json:"wall"`
-	Machine  machine       `json:"machine"`
-	Config   SoakConfig    `json:"config"`
-	Calls    int           `json:"calls"`
-	Errors   int           `json:"errors"`
-	Churns   int           `json:"churns"`
-	Samples  []soakSample  `json:"samples"`
-	Failed   string        `json:"failed,omitempty"`
-	LastErr  string        `json:"last_error,omitempty"`
-	DataPath string        `json:"data_path,omitempty"`
+	Date    time.Time     `json:"date"`
+	Wall    time.Duration `json:"wall"`
+	Machine machine       `json:"machine"`
+	Config  SoakConfig    `json:"config"`
+	Calls   int           `json:"calls"`
+	Errors  int           `json:"errors"`
+	Churns  int           `json:"churns"`
+	Samples []soakSample  `json:"samples"`
+	Failed  string        `json:"failed,omitempty"`
+	LastErr string        `json:"last_error,omitempty"`
+	// Failures are the first slices of load that had failed calls, each
+	// with how long after the last endpoint change it began: calls that
+	// fail right after a change point at the change, calls that fail
+	// long after it at the data path itself.
+	Failures []soakFailure `json:"failures,omitempty"`
+	// SidecarCounters are the sidecar's own counters (ballast_proxy_*,
+	// histograms aside) at the end of a soak with failed calls: what the
+	// sidecar saw of them.
+	SidecarCounters []string `json:"sidecar_counters,omitempty"`
+	DataPath        string   `json:"data_path,omitempty"`
 }
 
 // Soak runs pods on loopback, the control plane over a folder whose
@@ -119,6 +140,7 @@ func (b *Bench) Soak(ctx context.Context, c SoakConfig) *SoakReport {
 	// for latencies stays bounded however long the soak.
 	const slice = 100 * time.Millisecond
 	perSlice := max(1, c.Rate/10)
+	lastChurn := time.Now()
 	for ctx.Err() == nil {
 		began := time.Now()
 		res := load{Calls: perSlice, Concurrency: c.Concurrency, Duration: slice}.Run(ctx, conn)
@@ -127,6 +149,9 @@ func (b *Bench) Soak(ctx context.Context, c SoakConfig) *SoakReport {
 			rep.Errors += res.Errors
 			if res.LastError != "" {
 				rep.LastErr = res.LastError
+			}
+			if res.Errors > 0 && len(rep.Failures) < maxSoakFailures {
+				rep.Failures = append(rep.Failures, soakFailure{At: began.Sub(start), SinceChurn: began.Sub(lastChurn), Errors: res.Errors, Err: res.LastError, After: res.LastErrorAfter})
 			}
 		}
 		select {
@@ -142,6 +167,7 @@ func (b *Bench) Soak(ctx context.Context, c SoakConfig) *SoakReport {
 					return fail(err)
 				}
 				rep.Churns++
+				lastChurn = time.Now()
 			}
 		default:
 		}
@@ -153,6 +179,13 @@ func (b *Bench) Soak(ctx context.Context, c SoakConfig) *SoakReport {
 		}
 	}
 	sample()
+	if rep.Errors > 0 {
+		for _, line := range metricLines(ctx, ports[1], "ballast_proxy_") {
+			if !strings.Contains(line, "_bucket{") {
+				rep.SidecarCounters = append(rep.SidecarCounters, line)
+			}
+		}
+	}
 	return rep
 }
 
@@ -169,26 +202,36 @@ func writeAtomic(file string, data []byte) error {
 // goroutines reads go_goroutines from a process's /metrics; NaN when it
 // has none.
 func goroutines(ctx context.Context, addr netip.AddrPort) float64 {
+	for _, line := range metricLines(ctx, addr, "go_goroutines ") {
+		if f, err := strconv.ParseFloat(strings.TrimSpace(strings.TrimPrefix(line, "go_goroutines ")), 64); err == nil {
+			return f
+		}
+	}
+	return math.NaN()
+}
+
+// metricLines are the lines of a process's /metrics that begin with
+// prefix; none when it cannot be read.
+func metricLines(ctx context.Context, addr netip.AddrPort, prefix string) []string {
 	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*time.Second)
 	defer cancel()
 	req, err := http.NewRequestWithContext(ctx, http.MethodGet, "http://"+addr.String()+"/metrics", nil)
 	if err != nil {
-		return math.NaN()
+		return nil
 	}
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
-		return math.NaN()
+		return nil
 	}
 	defer resp.Body.Close()
+	var lines []string
 	sc := bufio.NewScanner(io.LimitReader(resp.Body, 4<<20))
 	for sc.Scan() {
-		if v, ok := strings.CutPrefix(sc.Text(), "go_goroutines "); ok {
-			if f, err := strconv.ParseFloat(strings.TrimSpace(v), 64); err == nil {
-				return f
-			}
+		if strings.HasPrefix(sc.Text(), prefix) {
+			lines = append(lines, sc.Text())
 		}
 	}
-	return math.NaN()
+	return lines
 }
 
 // perHour is the least-squares slope of ys over the samples' times, per
@@ -260,6 +303,16 @@ func (r *SoakReport) WriteText(w io.Writer) {
 	if r.LastErr != "" {
 		fmt.Fprintf(w, "  last failed call: %s\n", r.LastErr)
 	}
+	for _, f := range r.Failures {
+		fmt.Fprintf(w, "  at %s (%s after an endpoint change): %d failed; the last after %s: %s\n",
+			f.At.Round(time.Millisecond), f.SinceChurn.Round(time.Millisecond), f.Errors, f.After.Round(time.Millisecond), f.Err)
+	}
+	if len(r.SidecarCounters) > 0 {
+		fmt.Fprintf(w, "  the sidecar's counters at the end:\n")
+		for _, line := range r.SidecarCounters {
+			fmt.Fprintf(w, "    %s\n", line)
+		}
+	}
 }
 
 func (r *SoakReport) markdown() string {
@@ -287,6 +340,12 @@ func (r *SoakReport) markdown() string {
 	}
 	if r.LastErr != "" {
 		fmt.Fprintf(&b, "\nThe last failed call: %s\n", mdCell(r.LastErr))
+	}
+	if len(r.Failures) > 0 {
+		fmt.Fprintf(&b, "\nThe first %d slices of 100 ms with failed calls:\n\n| at | after an endpoint change | failed | the last one's time | its error |\n|---:|---:|---:|---:|---|\n", len(r.Failures))
+		for _, f := range r.Failures {
+			fmt.Fprintf(&b, "| %s | %s | %d | %s | %s |\n", f.At.Round(time.Millisecond), f.SinceChurn.Round(time.Millisecond), f.Errors, f.After.Round(time.Millisecond), mdCell(f.Err))
+		}
 	}
 	if r.Config.Duration < 10*time.Minute {
 		b.WriteString("\nA run this short says little per hour: warm-up growth dominates the slope.\n")
