@@ -23,30 +23,51 @@ import (
 const backendPolicyResource = "xbackendtrafficpolicies"
 
 // backendPolicyInformer watches XBackendTrafficPolicies, when the cluster
-// serves them, and writes them to the registry as they come. Most
-// clusters do not: the CRD is in Gateway API's experimental channel only.
-// Without it the source reads everything else as before and asks the API
-// server's discovery again every crdPoll, so a CRD installed later is
-// picked up. It returns the informer's sync check; none when the CRD is
-// missing.
+// serves them and the source may list them, and writes them to the
+// registry as they come. Most clusters do not serve them: the CRD is in
+// Gateway API's experimental channel only. And a cluster may have it (from
+// another implementation's install) while Ballast's RBAC predates it: an
+// informer that cannot list would keep the source from ever syncing.
+// Either way the source reads everything else as before and looks again
+// every crdPoll, so a CRD (or a permission) that comes later is picked up.
+// It returns the informer's sync check; none while it cannot read them.
 func (s *Source) backendPolicyInformer(ctx context.Context, start func(func())) ([]cache.InformerSynced, error) {
 	gc, err := gatewayclient.NewForConfig(rest.CopyConfig(s.cfg))
 	if err != nil {
 		return nil, fmt.Errorf("gateway api client: %w", err)
 	}
-	gv := gatewayx.GroupVersion.String()
-	if ok, err := served(gc, gv, backendPolicyResource); err != nil {
+	if why, err := s.backendPoliciesReadable(ctx, gc); err != nil {
 		return nil, err
-	} else if !ok {
-		s.log.Debug("the XBackendTrafficPolicy CRD is not installed: none are read until it is", "group", gv)
+	} else if why != "" {
+		s.log.Info("not reading XBackendTrafficPolicies until this changes", "reason", why, "group", gatewayx.GroupVersion.String())
 		start(func() { s.awaitBackendPolicies(ctx, gc, start) })
 		return nil, nil
 	}
 	return s.watchBackendPolicies(ctx, gc, start)
 }
 
-// awaitBackendPolicies watches XBackendTrafficPolicies once their CRD is
-// served.
+// backendPoliciesReadable says why the source cannot read
+// XBackendTrafficPolicies now: the API server does not serve them, or the
+// source may not (or cannot) list them; empty when it can. Only a failed
+// discovery is an error, as it is for every other kind the source reads.
+func (s *Source) backendPoliciesReadable(ctx context.Context, gc gatewayclient.Interface) (string, error) {
+	if ok, err := served(gc, gatewayx.GroupVersion.String(), backendPolicyResource); err != nil {
+		return "", err
+	} else if !ok {
+		return "the XBackendTrafficPolicy CRD is not installed", nil
+	}
+	_, err := gc.ExperimentalV1alpha1().XBackendTrafficPolicies(s.opts.Namespace).List(ctx, metav1.ListOptions{Limit: 1})
+	switch {
+	case apierrors.IsForbidden(err):
+		return "forbidden to list them (RBAC: get, list and watch on xbackendtrafficpolicies." + gatewayx.GroupName + ")", nil
+	case err != nil:
+		return fmt.Sprintf("cannot list them: %v", err), nil
+	}
+	return "", nil
+}
+
+// awaitBackendPolicies watches XBackendTrafficPolicies once the source
+// can read them.
 func (s *Source) awaitBackendPolicies(ctx context.Context, gc gatewayclient.Interface, start func(func())) {
 	t := time.NewTicker(crdPoll)
 	defer t.Stop()
@@ -56,10 +77,10 @@ func (s *Source) awaitBackendPolicies(ctx context.Context, gc gatewayclient.Inte
 			return
 		case <-t.C:
 		}
-		if ok, err := served(gc, gatewayx.GroupVersion.String(), backendPolicyResource); err != nil || !ok {
+		if why, err := s.backendPoliciesReadable(ctx, gc); err != nil || why != "" {
 			continue
 		}
-		s.log.Info("the XBackendTrafficPolicy CRD is installed: reading them")
+		s.log.Info("reading XBackendTrafficPolicies")
 		if _, err := s.watchBackendPolicies(ctx, gc, start); err != nil {
 			s.log.Error("cannot watch XBackendTrafficPolicies", "err", err)
 		}

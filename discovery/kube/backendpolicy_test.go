@@ -13,10 +13,12 @@ import (
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
+	rbacv1 "k8s.io/api/rbac/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/client-go/dynamic"
+	"k8s.io/client-go/rest"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayx "sigs.k8s.io/gateway-api/apisx/v1alpha1"
@@ -261,4 +263,128 @@ func poll(t *testing.T, what string, f func() error) {
 		}
 		time.Sleep(20 * time.Millisecond) // polling interval, not synchronisation
 	}
+}
+
+// TestBackendPolicyForbidden: the cluster has the XBackendTrafficPolicy CRD
+// (another implementation installed it) but Ballast's RBAC does not let it
+// list them. The source syncs and serves the rest as ever; once a
+// ClusterRole lets it, it reads them without a restart.
+func TestBackendPolicyForbidden(t *testing.T) {
+	crd := envtest.CRDInstallOptions{Paths: []string{backendPolicyCRD(t)}}
+	if _, err := envtest.InstallCRDs(env.Config, envtest.CRDInstallOptions{Paths: []string{"../../deploy/control/crd", backendPolicyCRD(t)}}); err != nil {
+		t.Fatalf("install the CRDs: %v", err)
+	}
+	t.Cleanup(func() {
+		if err := envtest.UninstallCRDs(env.Config, crd); err != nil {
+			t.Errorf("uninstall the XBackendTrafficPolicy CRD: %v", err)
+		}
+		poll(t, "the XBackendTrafficPolicy CRD gone", func() error {
+			if servesBackendPolicies(t) {
+				return fmt.Errorf("still served")
+			}
+			return nil
+		})
+	})
+	ns := newNamespace(t)
+	ctx := context.Background()
+	if _, err := env.Client.CoreV1().Services(ns).Create(ctx, &corev1.Service{
+		ObjectMeta: metav1.ObjectMeta{Name: "greeter"},
+		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "grpc", Port: 50051}}},
+	}, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
+	dc, err := dynamic.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := &unstructured.Unstructured{}
+	if err := yaml.Unmarshal([]byte("spec: {targetRefs: [{group: '', kind: Service, name: greeter}], retry: {attempts: 2}}"), &u.Object); err != nil {
+		t.Fatal(err)
+	}
+	u.SetAPIVersion(v1alpha1.GroupVersion.String())
+	u.SetKind("TrafficPolicy")
+	u.SetName("retry")
+	poll(t, "create TrafficPolicy retry", func() error {
+		_, err := dc.Resource(v1alpha1.GroupVersion.WithResource("trafficpolicies")).Namespace(ns).Create(ctx, u, metav1.CreateOptions{})
+		return err
+	})
+	gc, err := gatewayclient.NewForConfig(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	x := &gatewayx.XBackendTrafficPolicy{ObjectMeta: metav1.ObjectMeta{Name: "budget"}}
+	if err := yaml.UnmarshalStrict([]byte(`targetRefs: [{group: "", kind: Service, name: greeter}]
+retryConstraint: {budget: {percent: 25, interval: 10s}}`), &x.Spec); err != nil {
+		t.Fatal(err)
+	}
+	poll(t, "create XBackendTrafficPolicy budget", func() error {
+		_, err := gc.ExperimentalV1alpha1().XBackendTrafficPolicies(ns).Create(ctx, x, metav1.CreateOptions{})
+		return err
+	})
+
+	// The source runs as a user who may read all it reads but
+	// XBackendTrafficPolicies.
+	user := "ballast-" + ns
+	grant := func(name string, rules ...rbacv1.PolicyRule) {
+		t.Helper()
+		if _, err := env.Client.RbacV1().ClusterRoles().Create(ctx, &rbacv1.ClusterRole{ObjectMeta: metav1.ObjectMeta{Name: name}, Rules: rules}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := env.Client.RbacV1().ClusterRoleBindings().Create(ctx, &rbacv1.ClusterRoleBinding{ObjectMeta: metav1.ObjectMeta{Name: name},
+			RoleRef:  rbacv1.RoleRef{APIGroup: rbacv1.GroupName, Kind: "ClusterRole", Name: name},
+			Subjects: []rbacv1.Subject{{APIGroup: rbacv1.GroupName, Kind: rbacv1.UserKind, Name: user}}}, metav1.CreateOptions{}); err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() {
+			_ = env.Client.RbacV1().ClusterRoleBindings().Delete(ctx, name, metav1.DeleteOptions{})
+			_ = env.Client.RbacV1().ClusterRoles().Delete(ctx, name, metav1.DeleteOptions{})
+		})
+	}
+	read := []string{"get", "list", "watch"}
+	grant(user, rbacv1.PolicyRule{APIGroups: []string{""}, Resources: []string{"services"}, Verbs: read},
+		rbacv1.PolicyRule{APIGroups: []string{"discovery.k8s.io"}, Resources: []string{"endpointslices"}, Verbs: read},
+		rbacv1.PolicyRule{APIGroups: []string{v1alpha1.GroupVersion.Group}, Resources: []string{"trafficpolicies"}, Verbs: read})
+	cfg := rest.CopyConfig(env.Config)
+	cfg.Impersonate = rest.ImpersonationConfig{UserName: user}
+
+	reg := discovery.NewRegistry()
+	src := kube.New(cfg, reg, kube.Options{Namespace: ns, Logger: slog.New(slog.NewTextHandler(io.Discard, nil)), Policies: true})
+	rctx, cancel := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	runErr := make(chan error, 1)
+	t.Cleanup(func() {
+		cancel()
+		wg.Wait()
+		if err := <-runErr; err != nil {
+			t.Errorf("source: %v", err)
+		}
+	})
+	wg.Go(func() { runErr <- src.Run(rctx) })
+	greeter := discovery.Key{Namespace: ns, Name: "greeter"}
+	budget := func() (*policy.RetryBudget, error) {
+		svc, ok := reg.Get(greeter)
+		if !ok || svc.Call.Retry == nil {
+			return nil, fmt.Errorf("greeter has no retry policy yet")
+		}
+		return svc.Call.Retry.Budget, nil
+	}
+	poll(t, "synced, with the TrafficPolicy's retry", func() error {
+		if !src.HasSynced() {
+			return fmt.Errorf("not synced")
+		}
+		_, err := budget()
+		return err
+	})
+	if b, _ := budget(); b != nil {
+		t.Errorf("budget %+v while the source may not read XBackendTrafficPolicies, want none", b)
+	}
+
+	grant(user+"-x", rbacv1.PolicyRule{APIGroups: []string{gatewayx.GroupName}, Resources: []string{"xbackendtrafficpolicies"}, Verbs: read})
+	poll(t, "the XBackendTrafficPolicy's budget once the source may read it", func() error {
+		b, err := budget()
+		if err == nil && (b == nil || b.Percent != 25) {
+			err = fmt.Errorf("budget %+v, want 25%%", b)
+		}
+		return err
+	})
 }
