@@ -11,6 +11,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
+	gatewayx "sigs.k8s.io/gateway-api/apisx/v1alpha1"
 	"sigs.k8s.io/yaml"
 
 	"github.com/ballast-dev/ballast/api/v1alpha1"
@@ -22,6 +23,13 @@ import (
 // (none if empty), and dials the sidecar.
 func sidecarWithPolicy(t *testing.T, spec string, addrs ...string) *grpc.ClientConn {
 	t.Helper()
+	return sidecarWithPolicies(t, spec, "", addrs...)
+}
+
+// sidecarWithPolicies is sidecarWithPolicy with an XBackendTrafficPolicy
+// of backendSpec on greeter too (none if empty).
+func sidecarWithPolicies(t *testing.T, spec, backendSpec string, addrs ...string) *grpc.ClientConn {
+	t.Helper()
 	const nodeID = "ballast~client.default"
 	reg := discovery.NewRegistry()
 	reg.Set(echoService("greeter", addrs...))
@@ -32,6 +40,14 @@ func sidecarWithPolicy(t *testing.T, spec string, addrs ...string) *grpc.ClientC
 		}
 		tp.Name, tp.Namespace, tp.Generation = "greeter", "default", 1
 		reg.SetPolicy(tp)
+	}
+	if backendSpec != "" {
+		x := &gatewayx.XBackendTrafficPolicy{}
+		if err := yaml.UnmarshalStrict([]byte(`targetRefs: [{group: "", kind: Service, name: greeter}]`+"\n"+backendSpec), &x.Spec); err != nil {
+			t.Fatal(err)
+		}
+		x.Name, x.Namespace, x.Generation = "greeter", "default", 1
+		reg.SetBackendPolicy(x)
 	}
 	cp := startBallastControlPlane(t, nodeID, reg.List()...)
 	_, addr := startOutbound(t, XDSTarget("greeter", "default", 50051), Options{XDS: runXDSClient(t, cp, nodeID)})
@@ -200,5 +216,28 @@ func TestSidecarTrafficPolicy(t *testing.T) {
 		},
 	}} {
 		t.Run(tc.name, tc.run)
+	}
+}
+
+// TestSidecarBackendTrafficPolicyBudget: an XBackendTrafficPolicy's
+// retryConstraint on greeter, through Ballast's xDS, bounds the retries its
+// TrafficPolicy asks for: with one backend of three failing every call,
+// the sidecar's retries stay within the 20% budget, and it refuses the
+// rest.
+func TestSidecarBackendTrafficPolicyBudget(t *testing.T) {
+	bad, good1, good2 := startCallBackend(t, alwaysUnavailable), startCallBackend(t, nil), startCallBackend(t, nil)
+	conn := sidecarWithPolicies(t, "retry: {codes: [Unavailable], attempts: 2}",
+		"retryConstraint: {budget: {percent: 20, interval: 1h}, minRetryRate: {count: 0, interval: 1s}}",
+		bad.addr, good1.addr, good2.addr)
+	connected(t, conn, bad, good1, good2)
+	const calls = 1500
+	got := callMany(conn, sayHello, calls, &emptypb.Empty{})
+	retries := bad.tries.Load() + good1.tries.Load() + good2.tries.Load() - calls
+	t.Logf("calls %v, %d retries", got, retries)
+	if retries > calls/5 || retries < calls/10 {
+		t.Errorf("%d retries for %d calls, want the 20%% budget used and kept", retries, calls)
+	}
+	if failed := calls - got[codes.OK]; failed == 0 || got[codes.Unavailable] != failed {
+		t.Errorf("calls ended %v, want those the budget refused UNAVAILABLE", got)
 	}
 }

@@ -13,6 +13,8 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
+	gatewayx "sigs.k8s.io/gateway-api/apisx/v1alpha1"
+	"sigs.k8s.io/yaml"
 
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/policy"
@@ -200,5 +202,31 @@ loadBalancer: {policy: ring_hash, hashHeader: x-user}`))
 		},
 	}} {
 		t.Run(tc.name, tc.run)
+	}
+}
+
+// TestLibraryBackendTrafficPolicyBudget: an XBackendTrafficPolicy's
+// retryConstraint on greeter bounds the retries its TrafficPolicy asks
+// for: with one backend of three failing every call, the library's
+// retries stay within the 20% budget.
+func TestLibraryBackendTrafficPolicyBudget(t *testing.T) {
+	bad, good1, good2 := startCallBackend(t, alwaysUnavailable), startCallBackend(t, nil), startCallBackend(t, nil)
+	conn, reg := libraryWithPolicy(t, "retry: {codes: [Unavailable], attempts: 2}", bad.addr, good1.addr, good2.addr)
+	x := &gatewayx.XBackendTrafficPolicy{}
+	if err := yaml.UnmarshalStrict([]byte(`targetRefs: [{group: "", kind: Service, name: greeter}]
+retryConstraint: {budget: {percent: 20, interval: 1h}, minRetryRate: {count: 0, interval: 1s}}`), &x.Spec); err != nil {
+		t.Fatal(err)
+	}
+	x.Name, x.Namespace, x.Generation = "greeter", "default", 1
+	reg.SetBackendPolicy(x) // before the first call: the channel resolves on it
+	const calls = 1500
+	got := callMany(conn, helloMethod, calls, &emptypb.Empty{})
+	retries := bad.tries.Load() + good1.tries.Load() + good2.tries.Load() - calls
+	t.Logf("calls %v, %d retries", got, retries)
+	if retries > calls/5 || retries < calls/10 {
+		t.Errorf("%d retries for %d calls, want the 20%% budget used and kept", retries, calls)
+	}
+	if failed := calls - got[codes.OK]; failed == 0 || got[codes.Unavailable] != failed {
+		t.Errorf("calls ended %v, want those the budget refused UNAVAILABLE", got)
 	}
 }
