@@ -248,7 +248,8 @@ type faultOutcome struct {
 	NewPods []string
 	Recover bool
 	// Hurt, instead, measures until the end of the last failed call
-	// since Start: how long the fault hurt the mode's clients.
+	// since Start: how long the fault hurt the mode's clients; never if
+	// the mode still fails calls at the end of the wait.
 	Hurt bool
 	// ReadyAt, for a pod in it, is when it turned Ready again (a restart
 	// the pod watch may not see as a transition).

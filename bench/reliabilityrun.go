@@ -247,7 +247,10 @@ func (r *relRun) measure(calls []call, m relMode, o *faultOutcome) *modeResult {
 	}
 	switch {
 	case o.Hurt:
-		res.Measured, res.Converged = true, true
+		// Over only once the mode answers without a failure again: a
+		// mode still failing at the end of the wait was hurt longer than
+		// its last failed call so far says.
+		res.Measured, res.Converged = true, succeededFor(calls, time.Now()) >= steadyFor
 		for _, c := range calls {
 			if c.Err != "" && !c.Start.Before(o.Start) {
 				res.Converge = max(res.Converge, c.End.Sub(o.Start))
