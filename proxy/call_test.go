@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -14,57 +13,27 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 	"sigs.k8s.io/yaml"
 
 	"github.com/ballast-dev/ballast/api/v1alpha1"
 	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/internal/policytest"
 	"github.com/ballast-dev/ballast/policy"
 )
 
-// callBackend is a gRPC server on loopback that answers every method with
-// an Empty, or with the error handle returns for the call (the n-th it
-// got, from 1); tries counts the calls that reached it.
+// callBackend is a policytest backend with its address as the proxy's
+// tests write addresses.
 type callBackend struct {
-	addr  string
-	tries atomic.Int64
+	*policytest.Backend
+	addr string
 }
 
-func startCallBackend(t testing.TB, handle func(ctx context.Context, method string, n int64) error) *callBackend {
+func startCallBackend(t testing.TB, handle policytest.Handler) *callBackend {
 	t.Helper()
-	lis := listen(t)
-	b := &callBackend{addr: lis.Addr().String()}
-	gs := grpc.NewServer(grpc.UnknownServiceHandler(func(_ any, stream grpc.ServerStream) error {
-		if err := stream.RecvMsg(&emptypb.Empty{}); err != nil {
-			return err
-		}
-		n := b.tries.Add(1)
-		method, _ := grpc.MethodFromServerStream(stream)
-		if handle != nil {
-			if err := handle(stream.Context(), method, n); err != nil {
-				return err
-			}
-		}
-		return stream.SendMsg(&emptypb.Empty{})
-	}))
-	done := make(chan struct{})
-	go func() { defer close(done); gs.Serve(lis) }()
-	t.Cleanup(func() { gs.Stop(); <-done })
-	return b
-}
-
-// failing answers UNAVAILABLE to 3 calls in every 10.
-func failing(_ context.Context, _ string, n int64) error {
-	if n%10 < 3 {
-		return status.Error(codes.Unavailable, "injected failure")
-	}
-	return nil
-}
-
-func alwaysUnavailable(context.Context, string, int64) error {
-	return status.Error(codes.Unavailable, "injected failure")
+	b := policytest.StartBackend(t, handle)
+	return &callBackend{Backend: b, addr: b.Addr.String()}
 }
 
 // callRoute routes calls with header x-policy: yes by a rule with call
@@ -77,44 +46,21 @@ func callRoute(cp policy.CallPolicy) policy.Route {
 	}}
 }
 
-// callMany makes calls calls of method over conn, from 8 goroutines, and
-// returns the status codes they ended with.
-func callMany(conn *grpc.ClientConn, method string, calls int, req proto.Message, md ...string) map[codes.Code]int {
-	var mu sync.Mutex
-	got := map[codes.Code]int{}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() {
-			for next.Add(1) <= int64(calls) {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				err := conn.Invoke(metadata.AppendToOutgoingContext(ctx, md...), method, req, &emptypb.Empty{})
-				cancel()
-				mu.Lock()
-				got[status.Code(err)]++
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	return got
-}
-
 // connected waits until calls over conn reach every backend (round_robin
 // only uses connected ones), and zeroes their counts.
 func connected(t testing.TB, conn *grpc.ClientConn, backends ...*callBackend) {
 	t.Helper()
 	eventually(t, "calls reaching every backend", func() bool {
-		callMany(conn, sayHello, len(backends), &emptypb.Empty{})
+		policytest.Many(conn, sayHello, len(backends), &emptypb.Empty{})
 		for _, b := range backends {
-			if b.tries.Load() == 0 {
+			if b.Tries.Load() == 0 {
 				return false
 			}
 		}
 		return true
 	})
 	for _, b := range backends {
-		b.tries.Store(0)
+		b.Tries.Store(0)
 	}
 }
 
@@ -134,18 +80,18 @@ const sayHello = "/helloworld.Greeter/SayHello"
 // another pick; calls of a rule without a policy fail about 10% of the
 // time, each try once.
 func TestRetryUnavailable(t *testing.T) {
-	bad := startCallBackend(t, failing)
+	bad := startCallBackend(t, policytest.Failing)
 	good1, good2 := startCallBackend(t, nil), startCallBackend(t, nil)
 	cp := policy.CallPolicy{Retry: &policy.Retry{Codes: []codes.Code{codes.Unavailable}, Attempts: 2}}
 	conn, p, _ := startRouted(t, update(callRoute(cp), map[string][]string{"c": {bad.addr, good1.addr, good2.addr}}))
 	connected(t, conn, bad, good1, good2)
 
 	const calls = 2000
-	tries := func() int64 { return bad.tries.Load() + good1.tries.Load() + good2.tries.Load() }
-	before, badBefore, retriedBefore := tries(), bad.tries.Load(), p.retries("retried")
-	got := callMany(conn, sayHello, calls, &emptypb.Empty{}, "x-policy", "yes")
+	tries := func() int64 { return bad.Tries.Load() + good1.Tries.Load() + good2.Tries.Load() }
+	before, badBefore, retriedBefore := tries(), bad.Tries.Load(), p.retries("retried")
+	got := policytest.Many(conn, sayHello, calls, &emptypb.Empty{}, "x-policy", "yes")
 	failed := calls - got[codes.OK]
-	t.Logf("with retries: %v; %d tries, %d on the failing backend, %v retried", got, tries()-before, bad.tries.Load()-badBefore, p.retries("retried")-retriedBefore)
+	t.Logf("with retries: %v; %d tries, %d on the failing backend, %v retried", got, tries()-before, bad.Tries.Load()-badBefore, p.retries("retried")-retriedBefore)
 	if failed > calls/200 {
 		t.Errorf("%d of %d calls failed (%v), want at most 0.5%%", failed, calls, got)
 	}
@@ -159,7 +105,7 @@ func TestRetryUnavailable(t *testing.T) {
 	}
 
 	before = tries()
-	got = callMany(conn, sayHello, calls, &emptypb.Empty{})
+	got = policytest.Many(conn, sayHello, calls, &emptypb.Empty{})
 	failed = calls - got[codes.OK]
 	t.Logf("without: %v", got)
 	if failed < calls/20 || failed > calls*3/20 || got[codes.Unavailable] != failed {
@@ -174,7 +120,7 @@ func TestRetryUnavailable(t *testing.T) {
 // of a rule with a 20% budget stay within 20% of its calls; those the
 // budget refuses fail with the try's status.
 func TestRetryBudget(t *testing.T) {
-	bad := startCallBackend(t, alwaysUnavailable)
+	bad := startCallBackend(t, policytest.AlwaysUnavailable)
 	good1, good2 := startCallBackend(t, nil), startCallBackend(t, nil)
 	cp := policy.CallPolicy{Retry: &policy.Retry{Codes: []codes.Code{codes.Unavailable}, Attempts: 2,
 		Budget: &policy.RetryBudget{Percent: 20, Interval: time.Hour}}}
@@ -182,7 +128,7 @@ func TestRetryBudget(t *testing.T) {
 	connected(t, conn, bad, good1, good2)
 
 	const calls = 1500
-	got := callMany(conn, sayHello, calls, &emptypb.Empty{}, "x-policy", "yes")
+	got := policytest.Many(conn, sayHello, calls, &emptypb.Empty{}, "x-policy", "yes")
 	retried, refused := p.retries("retried"), p.retries("budget_exhausted")
 	t.Logf("calls %v; retried %v, refused by the budget %v", got, retried, refused)
 	if retried > calls/5 {
@@ -281,8 +227,8 @@ func TestTryTimeout(t *testing.T) {
 	if err := conn.Invoke(metadata.AppendToOutgoingContext(ctx, "x-policy", "yes"), sayHello, &emptypb.Empty{}, &emptypb.Empty{}); err != nil {
 		t.Fatalf("call whose first try hangs: %v, want OK from the retry", err)
 	}
-	if backend.tries.Load() != 2 || retriedSeen.Load() != 1 {
-		t.Errorf("%d tries, %d with grpc-previous-rpc-attempts 1; want 2 and 1", backend.tries.Load(), retriedSeen.Load())
+	if backend.Tries.Load() != 2 || retriedSeen.Load() != 1 {
+		t.Errorf("%d tries, %d with grpc-previous-rpc-attempts 1; want 2 and 1", backend.Tries.Load(), retriedSeen.Load())
 	}
 	if p.timeouts("try") != 1 || p.retries("retried") != 1 {
 		t.Errorf("try timeouts %v, retries %v; want 1 and 1", p.timeouts("try"), p.retries("retried"))
@@ -293,7 +239,7 @@ func TestTryTimeout(t *testing.T) {
 // through once and is not retried; a small one is retried up to the rule's
 // attempts.
 func TestRetryReplayBounds(t *testing.T) {
-	bad := startCallBackend(t, alwaysUnavailable)
+	bad := startCallBackend(t, policytest.AlwaysUnavailable)
 	cp := policy.CallPolicy{Retry: &policy.Retry{Codes: []codes.Code{codes.Unavailable}, Attempts: 2}}
 	conn, p, _ := startRouted(t, update(callRoute(cp), map[string][]string{"c": {bad.addr}}))
 	ctx := metadata.AppendToOutgoingContext(t.Context(), "x-policy", "yes")
@@ -302,14 +248,14 @@ func TestRetryReplayBounds(t *testing.T) {
 	if err := conn.Invoke(ctx, sayHello, big, &emptypb.Empty{}); status.Code(err) != codes.Unavailable {
 		t.Fatalf("big call: %v, want UNAVAILABLE", err)
 	}
-	if n := bad.tries.Load(); n != 1 || p.retries("not_buffered") != 1 {
+	if n := bad.Tries.Load(); n != 1 || p.retries("not_buffered") != 1 {
 		t.Fatalf("big call: %d tries, not_buffered %v; want 1 and 1", n, p.retries("not_buffered"))
 	}
 	small := wrapperspb.Bytes(make([]byte, 1000))
 	if err := conn.Invoke(ctx, sayHello, small, &emptypb.Empty{}); status.Code(err) != codes.Unavailable {
 		t.Fatalf("small call: %v, want UNAVAILABLE", err)
 	}
-	if n := bad.tries.Load() - 1; n != 3 || p.retries("retried") != 2 || p.retries("attempts_exhausted") != 1 {
+	if n := bad.Tries.Load() - 1; n != 3 || p.retries("retried") != 2 || p.retries("attempts_exhausted") != 1 {
 		t.Fatalf("small call: %d tries, retried %v, exhausted %v; want 3, 2, 1", n, p.retries("retried"), p.retries("attempts_exhausted"))
 	}
 	eventually(t, "replay buffer released", func() bool { return p.upstreams.replay.used.Load() == 0 })
@@ -326,9 +272,9 @@ func TestZeroCallPolicyCostsNothing(t *testing.T) {
 		return status.Error(codes.Unavailable, "injected failure")
 	})
 	conn, p, _ := startRouted(t, update(callRoute(policy.CallPolicy{Timeout: time.Minute}), map[string][]string{"c": {backend.addr}}))
-	got := callMany(conn, sayHello, 100, wrapperspb.Bytes(make([]byte, 1000)), "x-policy", "yes")
-	if got[codes.Unavailable] != 100 || backend.tries.Load() != 100 {
-		t.Fatalf("calls %v in %d tries, want 100 UNAVAILABLE in 100 tries", got, backend.tries.Load())
+	got := policytest.Many(conn, sayHello, 100, wrapperspb.Bytes(make([]byte, 1000)), "x-policy", "yes")
+	if got[codes.Unavailable] != 100 || backend.Tries.Load() != 100 {
+		t.Fatalf("calls %v in %d tries, want 100 UNAVAILABLE in 100 tries", got, backend.Tries.Load())
 	}
 	if n := p.upstreams.replay.used.Load(); n != 0 {
 		t.Fatalf("replay buffer holds %d bytes with no retry policy", n)
@@ -437,7 +383,7 @@ func TestGRPCTimeoutValues(t *testing.T) {
 // calls fail, the retries within the policy's 20% budget.
 func TestXDSTrafficPolicy(t *testing.T) {
 	const nodeID = "ballast~client.default"
-	bad, good1, good2 := startCallBackend(t, failing), startCallBackend(t, nil), startCallBackend(t, nil)
+	bad, good1, good2 := startCallBackend(t, policytest.Failing), startCallBackend(t, nil), startCallBackend(t, nil)
 	reg := discovery.NewRegistry()
 	reg.Set(echoService("greeter", bad.addr, good1.addr, good2.addr))
 	tp := &v1alpha1.TrafficPolicy{}
@@ -457,7 +403,7 @@ retry: {codes: [Unavailable], attempts: 2, budget: {percent: 20, interval: 1h}}
 	connected(t, conn, bad, good1, good2)
 
 	const calls = 2000
-	got := callMany(conn, sayHello, calls, &emptypb.Empty{})
+	got := policytest.Many(conn, sayHello, calls, &emptypb.Empty{})
 	retried := p.retries("retried")
 	t.Logf("calls %v; retried %v, attempts exhausted %v, refused by the budget %v", got, retried, p.retries("attempts_exhausted"), p.retries("budget_exhausted"))
 	if failed := calls - got[codes.OK]; failed > calls/200 {

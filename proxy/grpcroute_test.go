@@ -14,6 +14,7 @@ import (
 	"sigs.k8s.io/yaml"
 
 	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/internal/policytest"
 )
 
 // TestXDSGRPCRoute: a GRPCRoute attached to a Service, through Ballast's
@@ -52,7 +53,7 @@ rules:
 	_, addr := startOutbound(t, XDSTarget("greeter", "default", 50051), Options{XDS: runXDSClient(t, cp, nodeID)})
 	conn := dial(t, addr)
 
-	hdr, err := echoCall(t.Context(), conn, "/helloworld.Greeter/SayHello", "x-canary", "yes", "x-gone", "1")
+	hdr, err := policytest.Echo(t.Context(), conn, "/helloworld.Greeter/SayHello", "x-canary", "yes", "x-gone", "1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -61,13 +62,13 @@ rules:
 			t.Errorf("canary call: response header %s = %q, want %q (all: %v)", k, got, want, hdr)
 		}
 	}
-	if hdr, err := echoCall(t.Context(), conn, "/helloworld.Greeter/SayHello"); err != nil || strings.Join(hdr.Get("x-backend"), "") != "v1" {
+	if hdr, err := policytest.Echo(t.Context(), conn, "/helloworld.Greeter/SayHello"); err != nil || strings.Join(hdr.Get("x-backend"), "") != "v1" {
 		t.Fatalf("call without the header: %v %v, want v1", hdr, err)
 	}
 
 	counts := map[string]int{}
 	for range 2000 {
-		hdr, err := echoCall(t.Context(), conn, "/helloworld.Greeter/Split")
+		hdr, err := policytest.Echo(t.Context(), conn, "/helloworld.Greeter/Split")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -80,7 +81,7 @@ rules:
 
 	ok, failed := 0, 0
 	for range 400 {
-		_, err := echoCall(t.Context(), conn, "/helloworld.Greeter/Half")
+		_, err := policytest.Echo(t.Context(), conn, "/helloworld.Greeter/Half")
 		switch {
 		case err == nil:
 			ok++

@@ -16,16 +16,16 @@ import (
 
 	"github.com/ballast-dev/ballast/api/v1alpha1"
 	"github.com/ballast-dev/ballast/discovery"
-	"github.com/ballast-dev/ballast/internal/guardtest"
+	"github.com/ballast-dev/ballast/internal/policytest"
 )
 
 // sidecarGuarded serves greeter with servers, puts a TrafficPolicy with
 // the given spec fields on it, and returns a client of it through the
 // sidecar fed by Ballast's control plane.
-func sidecarGuarded(t *testing.T, fields string, servers ...*guardtest.Server) pb.GreeterClient {
+func sidecarGuarded(t *testing.T, fields string, servers ...*policytest.Server) pb.GreeterClient {
 	t.Helper()
 	var addrs []string
-	for _, a := range guardtest.Serve(t, servers...) {
+	for _, a := range policytest.Serve(t, servers...) {
 		addrs = append(addrs, a.String())
 	}
 	return sidecarPolicy(t, fields, addrs...)
@@ -53,8 +53,8 @@ func sidecarPolicy(t *testing.T, fields string, addrs ...string) pb.GreeterClien
 // the Cluster's outlier_detection) ejects it within two intervals and
 // sends it calls again after the ejection time.
 func TestSidecarOutlierDetection(t *testing.T) {
-	policy := "outlierDetection:" + guardtest.Policy[len("  outlierDetection:"):]
-	guardtest.CheckEjection(t, sidecarGuarded(t, policy, &guardtest.Server{Broken: true}, &guardtest.Server{}, &guardtest.Server{}))
+	policy := "outlierDetection:" + policytest.Policy[len("  outlierDetection:"):]
+	policytest.CheckEjection(t, sidecarGuarded(t, policy, &policytest.Server{Broken: true}, &policytest.Server{}, &policytest.Server{}))
 }
 
 // TestSidecarConsecutiveErrors: of three pods one fails every call; the
@@ -62,17 +62,17 @@ func TestSidecarOutlierDetection(t *testing.T) {
 // in a row (balancer/ejection, under grpc-go's outlier detection balancer,
 // over its round_robin) and sends it calls again after the ejection time.
 func TestSidecarConsecutiveErrors(t *testing.T) {
-	policy := "outlierDetection:" + guardtest.ConsecutivePolicy[len("  outlierDetection:"):]
-	guardtest.CheckConsecutiveEjection(t, sidecarGuarded(t, policy, &guardtest.Server{Broken: true}, &guardtest.Server{}, &guardtest.Server{}))
+	policy := "outlierDetection:" + policytest.ConsecutivePolicy[len("  outlierDetection:"):]
+	policytest.CheckConsecutiveEjection(t, sidecarGuarded(t, policy, &policytest.Server{Broken: true}, &policytest.Server{}, &policytest.Server{}))
 }
 
 // TestSidecarCircuitBreaker: with circuitBreaker.maxRequests 2, a third
 // stream while two are in flight fails UNAVAILABLE at once, naming the
 // bound and the Cluster.
 func TestSidecarCircuitBreaker(t *testing.T) {
-	srv := &guardtest.Server{Gate: make(chan struct{})}
+	srv := &policytest.Server{Gate: make(chan struct{})}
 	client := sidecarGuarded(t, "circuitBreaker: {maxRequests: 2}\n", srv)
-	guardtest.CheckCircuitBreaker(t, srv, client,
+	policytest.CheckCircuitBreaker(t, srv, client,
 		"ballast: circuit breaker open: 2 requests in flight to cluster greeter.default.svc.cluster.local:50051 (maxRequests 2)")
 }
 

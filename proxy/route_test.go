@@ -1,20 +1,17 @@
 package proxy
 
 import (
-	"context"
 	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
 	"testing"
-	"time"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/types/known/emptypb"
 
+	"github.com/ballast-dev/ballast/internal/policytest"
 	"github.com/ballast-dev/ballast/policy"
 	"github.com/ballast-dev/ballast/xds/client"
 )
@@ -71,41 +68,10 @@ func update(route policy.Route, clusters map[string][]string) client.Update {
 	return u
 }
 
-// startEchoBackend serves every method on loopback: it answers an Empty
-// with response headers naming the backend (x-backend) and echoing each
-// request header it got as seen-<name>.
+// startEchoBackend is policytest.StartEcho with its address as the
+// proxy's tests write addresses.
 func startEchoBackend(t testing.TB, name string) string {
-	t.Helper()
-	lis := listen(t)
-	gs := grpc.NewServer(grpc.UnknownServiceHandler(func(_ any, stream grpc.ServerStream) error {
-		if err := stream.RecvMsg(&emptypb.Empty{}); err != nil {
-			return err
-		}
-		md, _ := metadata.FromIncomingContext(stream.Context())
-		hdr := metadata.Pairs("x-backend", name)
-		for k, vs := range md {
-			if !strings.HasPrefix(k, ":") {
-				hdr["seen-"+k] = vs
-			}
-		}
-		if err := stream.SetHeader(hdr); err != nil {
-			return err
-		}
-		return stream.SendMsg(&emptypb.Empty{})
-	}))
-	done := make(chan struct{})
-	go func() { defer close(done); gs.Serve(lis) }()
-	t.Cleanup(func() { gs.Stop(); <-done })
-	return lis.Addr().String()
-}
-
-// echoCall calls method with md and returns the response headers.
-func echoCall(ctx context.Context, conn *grpc.ClientConn, method string, md ...string) (metadata.MD, error) {
-	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
-	defer cancel()
-	var hdr metadata.MD
-	err := conn.Invoke(metadata.AppendToOutgoingContext(ctx, md...), method, &emptypb.Empty{}, &emptypb.Empty{}, grpc.Header(&hdr))
-	return hdr, err
+	return policytest.StartEcho(t, name).String()
 }
 
 const routeTarget = "xds:///greeter.default:50051"
@@ -141,7 +107,7 @@ func TestRouteWeights(t *testing.T) {
 		wg.Go(func() {
 			mine := map[string]int{}
 			for range calls / workers {
-				hdr, err := echoCall(t.Context(), conn, "/helloworld.Greeter/SayHello")
+				hdr, err := policytest.Echo(t.Context(), conn, "/helloworld.Greeter/SayHello")
 				if err != nil {
 					t.Errorf("call: %v", err)
 					return
@@ -194,7 +160,7 @@ func TestRouteMatches(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			hdr, err := echoCall(t.Context(), conn, tt.method, tt.md...)
+			hdr, err := policytest.Echo(t.Context(), conn, tt.method, tt.md...)
 			if tt.want == "" {
 				if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "no route rule matches") {
 					t.Fatalf("%s: %v, want UNAVAILABLE saying no rule matches", tt.method, err)
@@ -226,7 +192,7 @@ func TestRouteMissingBackend(t *testing.T) {
 	conn, _, _ := startRouted(t, update(route, map[string][]string{"v1": {startEchoBackend(t, "v1")}, unresolved: nil}))
 	ok, failed := 0, 0
 	for range 400 {
-		hdr, err := echoCall(t.Context(), conn, "/a.B/C")
+		hdr, err := policytest.Echo(t.Context(), conn, "/a.B/C")
 		switch {
 		case err == nil && hdr.Get("x-backend")[0] == "v1":
 			ok++
@@ -239,11 +205,11 @@ func TestRouteMissingBackend(t *testing.T) {
 	if ok < 140 || failed < 140 {
 		t.Fatalf("%d calls reached v1 and %d failed, want about half each", ok, failed)
 	}
-	_, err := echoCall(t.Context(), conn, "/a.B/Zero")
+	_, err := policytest.Echo(t.Context(), conn, "/a.B/Zero")
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "total weight of 0") {
 		t.Fatalf("call to a rule of weight 0: %v, want UNAVAILABLE saying so", err)
 	}
-	_, err = echoCall(t.Context(), conn, "/a.B/Unresolved")
+	_, err = policytest.Echo(t.Context(), conn, "/a.B/Unresolved")
 	if status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "cluster "+unresolved+", which has no endpoints") {
 		t.Fatalf("call to a Cluster with no endpoint: %v, want UNAVAILABLE naming it", err)
 	}
@@ -267,7 +233,7 @@ func TestRouteHeaderModifiers(t *testing.T) {
 		},
 	}}}
 	conn, _, _ := startRouted(t, update(route, map[string][]string{"v1": {startEchoBackend(t, "v1")}}))
-	hdr, err := echoCall(t.Context(), conn, "/a.B/C", "x-set", "old", "x-add", "mine", "x-gone", "1", "x-keep", "k", "x-other", "o")
+	hdr, err := policytest.Echo(t.Context(), conn, "/a.B/C", "x-set", "old", "x-add", "mine", "x-gone", "1", "x-keep", "k", "x-other", "o")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -300,7 +266,7 @@ func TestRouteUpdates(t *testing.T) {
 	}
 	first := make(chan error, 1)
 	go func() {
-		hdr, err := echoCall(t.Context(), conn, "/a.B/C")
+		hdr, err := policytest.Echo(t.Context(), conn, "/a.B/C")
 		if err == nil && hdr.Get("x-backend")[0] != "v1" {
 			err = fmt.Errorf("reached %v, want v1", hdr.Get("x-backend"))
 		}
@@ -322,7 +288,7 @@ func TestRouteUpdates(t *testing.T) {
 	// Both clusters exist, so the route edit names a host to keep and one
 	// to retire.
 	routes.set(to("v2"))
-	hdr, err := echoCall(t.Context(), conn, "/a.B/C")
+	hdr, err := policytest.Echo(t.Context(), conn, "/a.B/C")
 	if err != nil || hdr.Get("x-backend")[0] != "v2" {
 		t.Fatalf("after the edit: %v %v, want v2", hdr, err)
 	}

@@ -10,16 +10,16 @@ import (
 	pb "google.golang.org/grpc/examples/helloworld/helloworld"
 
 	"github.com/ballast-dev/ballast/discovery/files"
-	"github.com/ballast-dev/ballast/internal/guardtest"
+	"github.com/ballast-dev/ballast/internal/policytest"
 )
 
 // guardedService writes Service name served by servers and a
 // TrafficPolicy on it with the given spec fields to a folder, loads it
 // into the plane and dials it with grpc-go's xDS client.
-func guardedService(t *testing.T, p *plane, name, fields string, servers ...*guardtest.Server) pb.GreeterClient {
+func guardedService(t *testing.T, p *plane, name, fields string, servers ...*policytest.Server) pb.GreeterClient {
 	t.Helper()
 	var pods []files.Pod
-	for i, a := range guardtest.Serve(t, servers...) {
+	for i, a := range policytest.Serve(t, servers...) {
 		pods = append(pods, files.Pod{Name: name + "-" + strconv.Itoa(i), Addr: a})
 	}
 	manifest := serviceYAML(t, name, pods) + `---
@@ -44,8 +44,8 @@ spec:
 // percentage) by the control plane, ejects it within two intervals and
 // sends it calls again after the ejection time.
 func TestProxylessOutlierDetection(t *testing.T) {
-	client := guardedService(t, startPlane(t), "ejecting", guardtest.Policy, &guardtest.Server{Broken: true}, &guardtest.Server{}, &guardtest.Server{})
-	guardtest.CheckEjection(t, client)
+	client := guardedService(t, startPlane(t), "ejecting", policytest.Policy, &policytest.Server{Broken: true}, &policytest.Server{}, &policytest.Server{})
+	policytest.CheckEjection(t, client)
 }
 
 // TestProxylessCircuitBreaker: with circuitBreaker.maxRequests 2, grpc-go's
@@ -53,7 +53,7 @@ func TestProxylessOutlierDetection(t *testing.T) {
 // UNAVAILABLE saying the bound was reached; once they finish, calls go
 // through.
 func TestProxylessCircuitBreaker(t *testing.T) {
-	srv := &guardtest.Server{Gate: make(chan struct{})}
+	srv := &policytest.Server{Gate: make(chan struct{})}
 	client := guardedService(t, startPlane(t), "guarded", "  circuitBreaker: {maxRequests: 2}\n", srv)
-	guardtest.CheckCircuitBreaker(t, srv, client, "max requests 2 exceeded")
+	policytest.CheckCircuitBreaker(t, srv, client, "max requests 2 exceeded")
 }

@@ -4,10 +4,8 @@ import (
 	"context"
 	"errors"
 	"io"
-	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -17,78 +15,23 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/emptypb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"sigs.k8s.io/yaml"
 
-	"github.com/ballast-dev/ballast/api/v1alpha1"
 	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/internal/policytest"
 	"github.com/ballast-dev/ballast/policy"
 	"github.com/ballast-dev/ballast/resolver/kubernetes"
 )
 
-// callBackend is a gRPC server on loopback that answers every method: a
-// unary call with an Empty, or the error handle returns for it (the n-th
-// it got, from 1); a server-streaming call (/test.Stream/...) with two
-// messages, unless handle fails it first. tries counts the calls that
-// reached it.
-type callBackend struct {
-	addr  netip.AddrPort
-	tries atomic.Int64
-}
-
-func startCallBackend(t *testing.T, handle func(ctx context.Context, n int64) error) *callBackend {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	b := &callBackend{addr: lis.Addr().(*net.TCPAddr).AddrPort()}
-	gs := grpc.NewServer(grpc.UnknownServiceHandler(func(_ any, stream grpc.ServerStream) error {
-		if err := stream.RecvMsg(&emptypb.Empty{}); err != nil {
-			return err
-		}
-		n := b.tries.Add(1)
-		if handle != nil {
-			if err := handle(stream.Context(), n); err != nil {
-				return err
-			}
-		}
-		method, _ := grpc.MethodFromServerStream(stream)
-		if strings.HasPrefix(method, "/test.Stream/") {
-			if err := stream.SendMsg(&emptypb.Empty{}); err != nil {
-				return err
-			}
-		}
-		return stream.SendMsg(&emptypb.Empty{})
-	}))
-	done := make(chan struct{})
-	go func() { defer close(done); gs.Serve(lis) }()
-	t.Cleanup(func() { gs.Stop(); <-done })
-	return b
-}
-
-func failing(_ context.Context, n int64) error {
-	if n%10 < 3 {
-		return status.Error(codes.Unavailable, "injected failure")
-	}
-	return nil
-}
-
-func alwaysUnavailable(context.Context, int64) error {
-	return status.Error(codes.Unavailable, "injected failure")
-}
-
 // dialCalls dials greeter through the kubernetes:/// resolver, with its
 // interceptors, over a registry where greeter is served by backends and
 // routed by callRoute(cp).
-func dialCalls(t *testing.T, cp policy.CallPolicy, backends ...*callBackend) *grpc.ClientConn {
+func dialCalls(t *testing.T, cp policy.CallPolicy, backends ...*policytest.Backend) *grpc.ClientConn {
 	t.Helper()
 	var addrs []netip.AddrPort
 	for _, b := range backends {
-		addrs = append(addrs, b.addr)
+		addrs = append(addrs, b.Addr)
 	}
 	reg := discovery.NewRegistry()
 	reg.Set(service("greeter", addrs...))
@@ -107,10 +50,10 @@ func dialCalls(t *testing.T, cp policy.CallPolicy, backends ...*callBackend) *gr
 	// connected ones), then count from zero.
 	deadline := time.Now().Add(10 * time.Second)
 	for {
-		callMany(conn, helloMethod, len(backends), &emptypb.Empty{})
+		policytest.Many(conn, helloMethod, len(backends), &emptypb.Empty{})
 		all := true
 		for _, b := range backends {
-			all = all && b.tries.Load() > 0
+			all = all && b.Tries.Load() > 0
 		}
 		if all {
 			break
@@ -121,48 +64,25 @@ func dialCalls(t *testing.T, cp policy.CallPolicy, backends ...*callBackend) *gr
 		time.Sleep(5 * time.Millisecond)
 	}
 	for _, b := range backends {
-		b.tries.Store(0)
+		b.Tries.Store(0)
 	}
 	return conn
 }
 
-const helloMethod = "/helloworld.Greeter/SayHello"
-
-// callMany makes calls calls of method from 8 goroutines and returns the
-// status codes they ended with.
-func callMany(conn *grpc.ClientConn, method string, calls int, req proto.Message, md ...string) map[codes.Code]int {
-	var mu sync.Mutex
-	got := map[codes.Code]int{}
-	var next atomic.Int64
-	var wg sync.WaitGroup
-	for range 8 {
-		wg.Go(func() {
-			for next.Add(1) <= int64(calls) {
-				ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
-				err := conn.Invoke(metadata.AppendToOutgoingContext(ctx, md...), method, req, &emptypb.Empty{})
-				cancel()
-				mu.Lock()
-				got[status.Code(err)]++
-				mu.Unlock()
-			}
-		})
-	}
-	wg.Wait()
-	return got
-}
+const helloMethod = policytest.SayHello
 
 // TestCallRetryUnavailable: one of three backends answers UNAVAILABLE to
 // 30% of calls. Calls of a rule retrying UNAVAILABLE twice fail at most
 // 0.5% of the time, each failed try retried on another pick; calls of a
 // rule without a policy fail about 10% of the time, each tried once.
 func TestCallRetryUnavailable(t *testing.T) {
-	bad, good1, good2 := startCallBackend(t, failing), startCallBackend(t, nil), startCallBackend(t, nil)
+	bad, good1, good2 := policytest.StartBackend(t, policytest.Failing), policytest.StartBackend(t, nil), policytest.StartBackend(t, nil)
 	conn := dialCalls(t, policy.CallPolicy{Retry: &policy.Retry{Codes: []codes.Code{codes.Unavailable}, Attempts: 2}}, bad, good1, good2)
-	tries := func() int64 { return bad.tries.Load() + good1.tries.Load() + good2.tries.Load() }
+	tries := func() int64 { return bad.Tries.Load() + good1.Tries.Load() + good2.Tries.Load() }
 
 	const calls = 2000
-	got := callMany(conn, helloMethod, calls, &emptypb.Empty{}, "x-policy", "yes")
-	t.Logf("with retries: %v in %d tries, %d on the failing backend", got, tries(), bad.tries.Load())
+	got := policytest.Many(conn, helloMethod, calls, &emptypb.Empty{}, "x-policy", "yes")
+	t.Logf("with retries: %v in %d tries, %d on the failing backend", got, tries(), bad.Tries.Load())
 	if failed := calls - got[codes.OK]; failed > calls/200 || got[codes.Unavailable] != failed {
 		t.Errorf("%d of %d calls failed (%v), want at most 0.5%%, UNAVAILABLE", failed, calls, got)
 	}
@@ -171,7 +91,7 @@ func TestCallRetryUnavailable(t *testing.T) {
 	}
 
 	before := tries()
-	got = callMany(conn, helloMethod, calls, &emptypb.Empty{})
+	got = policytest.Many(conn, helloMethod, calls, &emptypb.Empty{})
 	t.Logf("without: %v", got)
 	if failed := calls - got[codes.OK]; failed < calls/20 || failed > calls*3/20 || got[codes.Unavailable] != failed {
 		t.Errorf("without a policy %d of %d calls failed (%v), want about 10%% UNAVAILABLE", failed, calls, got)
@@ -184,12 +104,12 @@ func TestCallRetryUnavailable(t *testing.T) {
 // TestCallRetryBudget: with one backend of three failing every call, the
 // retries of a rule with a 20% budget stay within 20% of its calls.
 func TestCallRetryBudget(t *testing.T) {
-	bad, good1, good2 := startCallBackend(t, alwaysUnavailable), startCallBackend(t, nil), startCallBackend(t, nil)
+	bad, good1, good2 := policytest.StartBackend(t, policytest.AlwaysUnavailable), policytest.StartBackend(t, nil), policytest.StartBackend(t, nil)
 	conn := dialCalls(t, policy.CallPolicy{Retry: &policy.Retry{Codes: []codes.Code{codes.Unavailable}, Attempts: 2,
 		Budget: &policy.RetryBudget{Percent: 20, Interval: time.Hour}}}, bad, good1, good2)
 	const calls = 1500
-	got := callMany(conn, helloMethod, calls, &emptypb.Empty{}, "x-policy", "yes")
-	retries := bad.tries.Load() + good1.tries.Load() + good2.tries.Load() - calls
+	got := policytest.Many(conn, helloMethod, calls, &emptypb.Empty{}, "x-policy", "yes")
+	retries := bad.Tries.Load() + good1.Tries.Load() + good2.Tries.Load() - calls
 	t.Logf("calls %v, %d retries", got, retries)
 	if retries > calls/5 || retries < calls/10 {
 		t.Errorf("%d retries for %d calls, want the 20%% budget used and kept", retries, calls)
@@ -209,7 +129,7 @@ func TestCallTimeout(t *testing.T) {
 		cancelled bool
 	}
 	seenc := make(chan seen, 10)
-	slow := startCallBackend(t, func(ctx context.Context, _ int64) error {
+	slow := policytest.StartBackend(t, func(ctx context.Context, _ string, _ int64) error {
 		if md, _ := metadata.FromIncomingContext(ctx); len(md.Get("x-slow")) == 0 {
 			return nil // dialCalls' first calls
 		}
@@ -258,7 +178,7 @@ func TestCallTimeout(t *testing.T) {
 func TestCallTryTimeout(t *testing.T) {
 	var retriedSeen atomic.Int64
 	release := make(chan struct{})
-	backend := startCallBackend(t, func(ctx context.Context, _ int64) error {
+	backend := policytest.StartBackend(t, func(ctx context.Context, _ string, _ int64) error {
 		md, _ := metadata.FromIncomingContext(ctx)
 		if v := md.Get("grpc-previous-rpc-attempts"); len(v) == 1 && v[0] == "1" {
 			retriedSeen.Add(1)
@@ -280,8 +200,8 @@ func TestCallTryTimeout(t *testing.T) {
 	if err := conn.Invoke(ctx, helloMethod, &emptypb.Empty{}, &emptypb.Empty{}); err != nil {
 		t.Fatalf("call whose first try hangs: %v, want OK from the retry", err)
 	}
-	if backend.tries.Load() != 2 || retriedSeen.Load() != 1 {
-		t.Errorf("%d tries, %d with grpc-previous-rpc-attempts 1; want 2 and 1", backend.tries.Load(), retriedSeen.Load())
+	if backend.Tries.Load() != 2 || retriedSeen.Load() != 1 {
+		t.Errorf("%d tries, %d with grpc-previous-rpc-attempts 1; want 2 and 1", backend.Tries.Load(), retriedSeen.Load())
 	}
 }
 
@@ -295,7 +215,7 @@ func TestCallRetryBounds(t *testing.T) {
 		failFirstTry
 	)
 	var mode atomic.Int32
-	backend := startCallBackend(t, func(ctx context.Context, _ int64) error {
+	backend := policytest.StartBackend(t, func(ctx context.Context, _ string, _ int64) error {
 		md, _ := metadata.FromIncomingContext(ctx)
 		retry := len(md.Get("grpc-previous-rpc-attempts")) > 0
 		if m := mode.Load(); m == failAll || m == failFirstTry && !retry {
@@ -310,13 +230,13 @@ func TestCallRetryBounds(t *testing.T) {
 	if err := conn.Invoke(ctx, helloMethod, wrapperspb.Bytes(make([]byte, 64<<10+1)), &emptypb.Empty{}); status.Code(err) != codes.Unavailable {
 		t.Fatalf("big call: %v, want UNAVAILABLE", err)
 	}
-	if n := backend.tries.Swap(0); n != 1 {
+	if n := backend.Tries.Swap(0); n != 1 {
 		t.Fatalf("big call: %d tries, want 1", n)
 	}
 	if err := conn.Invoke(ctx, helloMethod, wrapperspb.Bytes(make([]byte, 1000)), &emptypb.Empty{}); status.Code(err) != codes.Unavailable {
 		t.Fatalf("small call: %v, want UNAVAILABLE", err)
 	}
-	if n := backend.tries.Swap(0); n != 3 {
+	if n := backend.Tries.Swap(0); n != 3 {
 		t.Fatalf("small call: %d tries, want 3", n)
 	}
 
@@ -340,22 +260,9 @@ func TestCallRetryBounds(t *testing.T) {
 		}
 		n++
 	}
-	if n != 2 || backend.tries.Load() != 2 {
-		t.Fatalf("server-streaming call: %d messages in %d tries, want 2 in 2", n, backend.tries.Load())
+	if n != 2 || backend.Tries.Load() != 2 {
+		t.Fatalf("server-streaming call: %d messages in %d tries, want 2 in 2", n, backend.Tries.Load())
 	}
-}
-
-// trafficPolicy is a TrafficPolicy default/name read from the YAML of its
-// spec, as --files and the cluster source store it.
-func trafficPolicy(t *testing.T, name, spec string) *v1alpha1.TrafficPolicy {
-	t.Helper()
-	p := &v1alpha1.TrafficPolicy{}
-	if err := yaml.UnmarshalStrict([]byte(spec), &p.Spec); err != nil {
-		t.Fatal(err)
-	}
-	p.Name, p.Namespace, p.Generation = name, "default", 1
-	p.CreationTimestamp = metav1.NewTime(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	return p
 }
 
 // TestCallTrafficPolicy: a TrafficPolicy on the Service, in the registry,
@@ -364,10 +271,10 @@ func trafficPolicy(t *testing.T, name, spec string) *v1alpha1.TrafficPolicy {
 // of calls, at most 0.5% of calls fail and retries stay within the budget;
 // once the policy is gone, about 10% fail again.
 func TestCallTrafficPolicy(t *testing.T) {
-	bad, good1, good2 := startCallBackend(t, failing), startCallBackend(t, nil), startCallBackend(t, nil)
+	bad, good1, good2 := policytest.StartBackend(t, policytest.Failing), policytest.StartBackend(t, nil), policytest.StartBackend(t, nil)
 	reg := discovery.NewRegistry()
-	reg.Set(service("greeter", bad.addr, good1.addr, good2.addr))
-	reg.SetPolicy(trafficPolicy(t, "greeter", `
+	reg.Set(service("greeter", bad.Addr, good1.Addr, good2.Addr))
+	reg.SetPolicy(policytest.TrafficPolicy(t, "greeter", `
 targetRefs: [{group: "", kind: Service, name: greeter}]
 retry: {codes: [Unavailable], attempts: 2, budget: {percent: 20, interval: 1h}}
 `))
@@ -376,10 +283,10 @@ retry: {codes: [Unavailable], attempts: 2, budget: {percent: 20, interval: 1h}}
 		t.Fatal(err)
 	}
 	defer conn.Close()
-	tries := func() int64 { return bad.tries.Load() + good1.tries.Load() + good2.tries.Load() }
+	tries := func() int64 { return bad.Tries.Load() + good1.Tries.Load() + good2.Tries.Load() }
 	deadline := time.Now().Add(10 * time.Second)
-	for bad.tries.Load() == 0 || good1.tries.Load() == 0 || good2.tries.Load() == 0 {
-		callMany(conn, helloMethod, 3, &emptypb.Empty{})
+	for bad.Tries.Load() == 0 || good1.Tries.Load() == 0 || good2.Tries.Load() == 0 {
+		policytest.Many(conn, helloMethod, 3, &emptypb.Empty{})
 		if time.Now().After(deadline) {
 			t.Fatal("calls did not reach every backend")
 		}
@@ -387,7 +294,7 @@ retry: {codes: [Unavailable], attempts: 2, budget: {percent: 20, interval: 1h}}
 
 	const calls = 2000
 	before := tries()
-	got := callMany(conn, helloMethod, calls, &emptypb.Empty{})
+	got := policytest.Many(conn, helloMethod, calls, &emptypb.Empty{})
 	retries := tries() - before - calls
 	t.Logf("with the policy: %v, %d retries", got, retries)
 	if failed := calls - got[codes.OK]; failed > calls/200 {
@@ -401,7 +308,7 @@ retry: {codes: [Unavailable], attempts: 2, budget: {percent: 20, interval: 1h}}
 	deadline = time.Now().Add(10 * time.Second)
 	for {
 		before = tries()
-		got = callMany(conn, helloMethod, 200, &emptypb.Empty{})
+		got = policytest.Many(conn, helloMethod, 200, &emptypb.Empty{})
 		if tries()-before == 200 && got[codes.Unavailable] > 0 {
 			break // no retries: the policy is gone
 		}

@@ -8,17 +8,17 @@ import (
 	pb "google.golang.org/grpc/examples/helloworld/helloworld"
 
 	"github.com/ballast-dev/ballast/discovery"
-	"github.com/ballast-dev/ballast/internal/guardtest"
+	"github.com/ballast-dev/ballast/internal/policytest"
 	"github.com/ballast-dev/ballast/resolver/kubernetes"
 )
 
 // dialGuarded dials greeter, served by servers, through the kubernetes:///
 // resolver with a TrafficPolicy on it with the given spec fields.
-func dialGuarded(t *testing.T, fields string, servers ...*guardtest.Server) pb.GreeterClient {
+func dialGuarded(t *testing.T, fields string, servers ...*policytest.Server) pb.GreeterClient {
 	t.Helper()
 	reg := discovery.NewRegistry()
-	reg.Set(service("greeter", guardtest.Serve(t, servers...)...))
-	reg.SetPolicy(trafficPolicy(t, "greeter", "targetRefs: [{group: \"\", kind: Service, name: greeter}]\n"+fields))
+	reg.Set(service("greeter", policytest.Serve(t, servers...)...))
+	reg.SetPolicy(policytest.TrafficPolicy(t, "greeter", "targetRefs: [{group: \"\", kind: Service, name: greeter}]\n"+fields))
 	conn, err := grpc.NewClient(target, append(kubernetes.DialOptions(reg), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		t.Fatal(err)
@@ -32,8 +32,8 @@ func dialGuarded(t *testing.T, fields string, servers ...*guardtest.Server) pb.G
 // over the Service's) ejects it within two intervals and sends it calls
 // again after the ejection time.
 func TestLibraryOutlierDetection(t *testing.T) {
-	policy := "outlierDetection:" + guardtest.Policy[len("  outlierDetection:"):]
-	guardtest.CheckEjection(t, dialGuarded(t, policy, &guardtest.Server{Broken: true}, &guardtest.Server{}, &guardtest.Server{}))
+	policy := "outlierDetection:" + policytest.Policy[len("  outlierDetection:"):]
+	policytest.CheckEjection(t, dialGuarded(t, policy, &policytest.Server{Broken: true}, &policytest.Server{}, &policytest.Server{}))
 }
 
 // TestLibraryConsecutiveErrors: of three pods one fails every call; the
@@ -41,16 +41,16 @@ func TestLibraryOutlierDetection(t *testing.T) {
 // in a row (balancer/ejection, in balancer/route) and sends it calls again
 // after the ejection time.
 func TestLibraryConsecutiveErrors(t *testing.T) {
-	policy := "outlierDetection:" + guardtest.ConsecutivePolicy[len("  outlierDetection:"):]
-	guardtest.CheckConsecutiveEjection(t, dialGuarded(t, policy, &guardtest.Server{Broken: true}, &guardtest.Server{}, &guardtest.Server{}))
+	policy := "outlierDetection:" + policytest.ConsecutivePolicy[len("  outlierDetection:"):]
+	policytest.CheckConsecutiveEjection(t, dialGuarded(t, policy, &policytest.Server{Broken: true}, &policytest.Server{}, &policytest.Server{}))
 }
 
 // TestLibraryCircuitBreaker: with circuitBreaker.maxRequests 2, a third
 // call while two are in flight fails UNAVAILABLE at once, naming the
 // bound.
 func TestLibraryCircuitBreaker(t *testing.T) {
-	srv := &guardtest.Server{Gate: make(chan struct{})}
+	srv := &policytest.Server{Gate: make(chan struct{})}
 	client := dialGuarded(t, "circuitBreaker: {maxRequests: 2}\n", srv)
-	guardtest.CheckCircuitBreaker(t, srv, client,
+	policytest.CheckCircuitBreaker(t, srv, client,
 		"ballast: circuit breaker open: 2 requests in flight to cluster greeter.default:50051 (maxRequests 2)")
 }

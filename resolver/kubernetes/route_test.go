@@ -2,7 +2,6 @@ package kubernetes_test
 
 import (
 	"context"
-	"net"
 	"net/netip"
 	"strings"
 	"sync"
@@ -21,6 +20,7 @@ import (
 
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/greeter/greetertest"
+	"github.com/ballast-dev/ballast/internal/policytest"
 	"github.com/ballast-dev/ballast/policy"
 	"github.com/ballast-dev/ballast/resolver/kubernetes"
 )
@@ -69,45 +69,6 @@ func dialRouted(t *testing.T, reg *discovery.Registry, routes kubernetes.Routes)
 	return conn
 }
 
-// startEcho serves every method on loopback: it answers an Empty with
-// response headers naming the backend (x-backend) and echoing each request
-// header it got as seen-<name>.
-func startEcho(t *testing.T, name string) netip.AddrPort {
-	t.Helper()
-	lis, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	gs := grpc.NewServer(grpc.UnknownServiceHandler(func(_ any, stream grpc.ServerStream) error {
-		if err := stream.RecvMsg(&emptypb.Empty{}); err != nil {
-			return err
-		}
-		md, _ := metadata.FromIncomingContext(stream.Context())
-		hdr := metadata.Pairs("x-backend", name)
-		for k, vs := range md {
-			if !strings.HasPrefix(k, ":") {
-				hdr["seen-"+k] = vs
-			}
-		}
-		if err := stream.SetHeader(hdr); err != nil {
-			return err
-		}
-		return stream.SendMsg(&emptypb.Empty{})
-	}))
-	done := make(chan struct{})
-	go func() { defer close(done); gs.Serve(lis) }()
-	t.Cleanup(func() { gs.Stop(); <-done })
-	return lis.Addr().(*net.TCPAddr).AddrPort()
-}
-
-func echoCall(conn *grpc.ClientConn, method string, md ...string) (metadata.MD, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	var hdr metadata.MD
-	err := conn.Invoke(metadata.AppendToOutgoingContext(ctx, md...), method, &emptypb.Empty{}, &emptypb.Empty{}, grpc.Header(&hdr))
-	return hdr, err
-}
-
 // TestRouteCanary: a 90/10 split between two Services lands within ±2%
 // over 10,000 calls, each Service balanced over its own pods.
 func TestRouteCanary(t *testing.T) {
@@ -139,8 +100,8 @@ func TestRouteCanary(t *testing.T) {
 // rule's request Set and Add headers reach the server.
 func TestRouteMatches(t *testing.T) {
 	reg := discovery.NewRegistry()
-	reg.Set(service("greeter", startEcho(t, "v1")))
-	reg.Set(service("greeter-v2", startEcho(t, "v2")))
+	reg.Set(service("greeter", policytest.StartEcho(t, "v1")))
+	reg.Set(service("greeter-v2", policytest.StartEcho(t, "v2")))
 	routes := &staticRoutes{}
 	routes.set(greeterKey, policy.Route{Name: "greeter", Rules: []policy.Rule{
 		{Match: policy.Match{
@@ -167,7 +128,7 @@ func TestRouteMatches(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			hdr, err := echoCall(conn, tt.method, tt.md...)
+			hdr, err := policytest.Echo(context.Background(), conn, tt.method, tt.md...)
 			if strings.HasPrefix(tt.want, "v") {
 				if err != nil {
 					t.Fatal(err)
@@ -182,7 +143,7 @@ func TestRouteMatches(t *testing.T) {
 			}
 		})
 	}
-	hdr, err := echoCall(conn, "/helloworld.Greeter/SayHello", "x-canary", "yes", "x-add", "mine")
+	hdr, err := policytest.Echo(context.Background(), conn, "/helloworld.Greeter/SayHello", "x-canary", "yes", "x-add", "mine")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -198,14 +159,14 @@ func TestRouteMatches(t *testing.T) {
 // registry's next change to the Service; calls follow it.
 func TestRouteEdit(t *testing.T) {
 	reg := discovery.NewRegistry()
-	v1, v2 := startEcho(t, "v1"), startEcho(t, "v2")
+	v1, v2 := policytest.StartEcho(t, "v1"), policytest.StartEcho(t, "v2")
 	reg.Set(service("greeter", v1))
 	reg.Set(service("greeter-v2", v2))
 	routes := &staticRoutes{}
 	conn := dialRouted(t, reg, routes)
 	reaches := func(want string) func() bool {
 		return func() bool {
-			hdr, err := echoCall(conn, "/helloworld.Greeter/SayHello")
+			hdr, err := policytest.Echo(context.Background(), conn, "/helloworld.Greeter/SayHello")
 			return err == nil && strings.Join(hdr.Get("x-backend"), ",") == want
 		}
 	}
@@ -227,8 +188,8 @@ func TestRouteEdit(t *testing.T) {
 // unary calls and streams. The filter's headers do not re-route the call.
 func TestRouteFilters(t *testing.T) {
 	reg := discovery.NewRegistry()
-	reg.Set(service("greeter", startEcho(t, "v1")))
-	reg.Set(service("greeter-v2", startEcho(t, "v2")))
+	reg.Set(service("greeter", policytest.StartEcho(t, "v1")))
+	reg.Set(service("greeter-v2", policytest.StartEcho(t, "v2")))
 	routes := &staticRoutes{}
 	routes.set(greeterKey, policy.Route{Name: "greeter", Rules: []policy.Rule{
 		{
@@ -271,7 +232,7 @@ func TestRouteFilters(t *testing.T) {
 			}
 		}
 	}
-	hdr, err := echoCall(conn, "/a.B/C", md...)
+	hdr, err := policytest.Echo(context.Background(), conn, "/a.B/C", md...)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -319,8 +280,8 @@ func grpcRoute(t *testing.T, name string, generation int64, rules string) *gatew
 // share UNAVAILABLE, and an edit that calls follow.
 func TestRegistryGRPCRoute(t *testing.T) {
 	reg := discovery.NewRegistry()
-	reg.Set(service("greeter", startEcho(t, "v1")))
-	reg.Set(service("greeter-v2", startEcho(t, "v2")))
+	reg.Set(service("greeter", policytest.StartEcho(t, "v1")))
+	reg.Set(service("greeter-v2", policytest.StartEcho(t, "v2")))
 	reg.SetRoute(grpcRoute(t, "canary", 1, `
 - matches: [{method: {service: helloworld.Greeter, method: SayHello}, headers: [{name: x-canary, value: "yes"}]}]
   filters:
@@ -339,7 +300,7 @@ func TestRegistryGRPCRoute(t *testing.T) {
 	}
 	t.Cleanup(func() { conn.Close() })
 
-	hdr, err := echoCall(conn, "/helloworld.Greeter/SayHello", "x-canary", "yes", "x-gone", "1")
+	hdr, err := policytest.Echo(context.Background(), conn, "/helloworld.Greeter/SayHello", "x-canary", "yes", "x-gone", "1")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -348,13 +309,13 @@ func TestRegistryGRPCRoute(t *testing.T) {
 			t.Errorf("canary call: response header %s = %q, want %q (all: %v)", k, got, want, hdr)
 		}
 	}
-	if hdr, err := echoCall(conn, "/helloworld.Greeter/SayHello"); err != nil || hdr.Get("x-backend")[0] != "v1" {
+	if hdr, err := policytest.Echo(context.Background(), conn, "/helloworld.Greeter/SayHello"); err != nil || hdr.Get("x-backend")[0] != "v1" {
 		t.Fatalf("call without the header: %v %v, want v1", hdr, err)
 	}
 
 	counts := map[string]int{}
 	for range 2000 {
-		hdr, err := echoCall(conn, "/helloworld.Greeter/Split")
+		hdr, err := policytest.Echo(context.Background(), conn, "/helloworld.Greeter/Split")
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -367,7 +328,7 @@ func TestRegistryGRPCRoute(t *testing.T) {
 
 	ok, failed := 0, 0
 	for range 400 {
-		_, err := echoCall(conn, "/helloworld.Greeter/Half")
+		_, err := policytest.Echo(context.Background(), conn, "/helloworld.Greeter/Half")
 		switch {
 		case err == nil:
 			ok++
@@ -383,7 +344,7 @@ func TestRegistryGRPCRoute(t *testing.T) {
 
 	reg.SetRoute(grpcRoute(t, "canary", 2, "- backendRefs: [{name: greeter-v2, port: 50051}]\n"))
 	greetertest.Eventually(t, 10*time.Second, func() bool {
-		hdr, err := echoCall(conn, "/helloworld.Greeter/SayHello")
+		hdr, err := policytest.Echo(context.Background(), conn, "/helloworld.Greeter/SayHello")
 		return err == nil && hdr.Get("x-backend")[0] == "v2"
 	}, "calls did not follow the route's edit")
 }

@@ -1,10 +1,10 @@
-// Package guardtest is the shared check of the tests of a TrafficPolicy's
-// outlier detection and circuit breaker in every mode: one pod failing
-// every call must be ejected within two intervals and come back after the
-// ejection time (after consecutive errors: at once, where a mode honours
-// them); a call beyond maxRequests in flight must fail UNAVAILABLE saying
-// why.
-package guardtest
+// The shared check of the tests of a TrafficPolicy's outlier detection
+// and circuit breaker in every mode: one pod failing every call must be
+// ejected within two intervals and come back after the ejection time
+// (after consecutive errors: at once, where a mode honours them); a call
+// beyond maxRequests in flight must fail UNAVAILABLE saying why.
+
+package policytest
 
 import (
 	"context"
