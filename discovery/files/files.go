@@ -158,23 +158,11 @@ func (s *Source) Load() error {
 // returns the conflicts it resolved (an object declared by two files: the
 // file first by name wins).
 func (s *Source) publish() []error {
-	var errs []error
-	services := map[discovery.Key]*corev1.Service{}
-	svcFrom := map[discovery.Key]string{}
+	services, errs := merged(s, "Service", func(o objects) []*corev1.Service { return o.services })
 	byService := map[discovery.Key][]*discoveryv1.EndpointSlice{}
 	sliceFrom := map[discovery.Key]string{}
 	for _, name := range slices.Sorted(maps.Keys(s.files)) {
-		objs := s.files[name]
-		for _, svc := range objs.services {
-			k := discovery.Key{Namespace: svc.Namespace, Name: svc.Name}
-			if first, dup := svcFrom[k]; dup {
-				errs = append(errs, fmt.Errorf("%s: Service %s is also declared in %s; using %s",
-					filepath.Join(s.dir, name), k, first, first))
-				continue
-			}
-			services[k], svcFrom[k] = svc, name
-		}
-		for _, es := range objs.slices {
+		for _, es := range s.files[name].slices {
 			k := discovery.Key{Namespace: es.Namespace, Name: es.Name}
 			if first, dup := sliceFrom[k]; dup {
 				errs = append(errs, fmt.Errorf("%s: EndpointSlice %s is also declared in %s; using %s",
@@ -186,119 +174,61 @@ func (s *Source) publish() []error {
 			byService[svcKey] = append(byService[svcKey], es)
 		}
 	}
-	routes := map[discovery.Key]*gatewayv1.GRPCRoute{}
-	grants := map[discovery.Key]*gatewayv1.ReferenceGrant{}
-	routeFrom, grantFrom := map[discovery.Key]string{}, map[discovery.Key]string{}
-	for _, name := range slices.Sorted(maps.Keys(s.files)) {
-		for _, rt := range s.files[name].routes {
-			k := discovery.Key{Namespace: rt.Namespace, Name: rt.Name}
-			if first, dup := routeFrom[k]; dup {
-				errs = append(errs, fmt.Errorf("%s: GRPCRoute %s is also declared in %s; using %s",
-					filepath.Join(s.dir, name), k, first, first))
-				continue
-			}
-			routes[k], routeFrom[k] = rt, name
-		}
-		for _, g := range s.files[name].grants {
-			k := discovery.Key{Namespace: g.Namespace, Name: g.Name}
-			if first, dup := grantFrom[k]; dup {
-				errs = append(errs, fmt.Errorf("%s: ReferenceGrant %s is also declared in %s; using %s",
-					filepath.Join(s.dir, name), k, first, first))
-				continue
-			}
-			grants[k], grantFrom[k] = g, name
-		}
-	}
-	policies := map[discovery.Key]*v1alpha1.TrafficPolicy{}
-	policyFrom := map[discovery.Key]string{}
-	for _, name := range slices.Sorted(maps.Keys(s.files)) {
-		for _, p := range s.files[name].policies {
-			k := discovery.Key{Namespace: p.Namespace, Name: p.Name}
-			if first, dup := policyFrom[k]; dup {
-				errs = append(errs, fmt.Errorf("%s: TrafficPolicy %s is also declared in %s; using %s",
-					filepath.Join(s.dir, name), k, first, first))
-				continue
-			}
-			policies[k], policyFrom[k] = p, name
-		}
-	}
+	routes, routeErrs := merged(s, "GRPCRoute", func(o objects) []*gatewayv1.GRPCRoute { return o.routes })
+	grants, grantErrs := merged(s, "ReferenceGrant", func(o objects) []*gatewayv1.ReferenceGrant { return o.grants })
+	policies, policyErrs := merged(s, "TrafficPolicy", func(o objects) []*v1alpha1.TrafficPolicy { return o.policies })
+	backendPolicies, backendErrs := merged(s, "XBackendTrafficPolicy", func(o objects) []*gatewayx.XBackendTrafficPolicy { return o.backendPolicies })
+	errs = slices.Concat(errs, routeErrs, grantErrs, policyErrs, backendErrs)
 	// Policies, grants and routes first, so that Services arrive with
 	// their routes and call policies.
-	for _, p := range policies {
-		s.reg.SetPolicy(p)
-	}
-	for k := range s.publishedPolicies {
-		if _, ok := policies[k]; !ok {
-			s.reg.DeletePolicy(k)
-		}
-	}
-	s.publishedPolicies = map[discovery.Key]struct{}{}
-	for k := range policies {
-		s.publishedPolicies[k] = struct{}{}
-	}
-	backendPolicies := map[discovery.Key]*gatewayx.XBackendTrafficPolicy{}
-	backendFrom := map[discovery.Key]string{}
+	s.publishedPolicies = publishAll(policies, s.publishedPolicies, s.reg.SetPolicy, s.reg.DeletePolicy)
+	s.publishedBackendPolicies = publishAll(backendPolicies, s.publishedBackendPolicies, s.reg.SetBackendPolicy, s.reg.DeleteBackendPolicy)
+	s.publishedGrants = publishAll(grants, s.publishedGrants, s.reg.SetGrant, s.reg.DeleteGrant)
+	s.publishedRoutes = publishAll(routes, s.publishedRoutes, s.reg.SetRoute, s.reg.DeleteRoute)
+	errs = append(errs, s.publishGateway()...)
+	s.published = publishAll(services, s.published, func(svc *corev1.Service) {
+		s.reg.Set(discovery.Build(svc, byService[discovery.Key{Namespace: svc.Namespace, Name: svc.Name}]))
+	}, s.reg.Delete)
+	return errs
+}
+
+// merged gathers one kind's objects from every file, by key. Of an
+// object two files declare, the file first by name wins; the other
+// declaration is returned as an error naming both.
+func merged[T interface {
+	GetNamespace() string
+	GetName() string
+}](s *Source, kind string, of func(objects) []T) (map[discovery.Key]T, []error) {
+	out := map[discovery.Key]T{}
+	from := map[discovery.Key]string{}
+	var errs []error
 	for _, name := range slices.Sorted(maps.Keys(s.files)) {
-		for _, p := range s.files[name].backendPolicies {
-			k := discovery.Key{Namespace: p.Namespace, Name: p.Name}
-			if first, dup := backendFrom[k]; dup {
-				errs = append(errs, fmt.Errorf("%s: XBackendTrafficPolicy %s is also declared in %s; using %s",
-					filepath.Join(s.dir, name), k, first, first))
+		for _, o := range of(s.files[name]) {
+			k := discovery.Key{Namespace: o.GetNamespace(), Name: o.GetName()}
+			if first, dup := from[k]; dup {
+				errs = append(errs, fmt.Errorf("%s: %s %s is also declared in %s; using %s",
+					filepath.Join(s.dir, name), kind, k, first, first))
 				continue
 			}
-			backendPolicies[k], backendFrom[k] = p, name
+			out[k], from[k] = o, name
 		}
 	}
-	for _, p := range backendPolicies {
-		s.reg.SetBackendPolicy(p)
+	return out, errs
+}
+
+// publishAll puts every object of objs in the registry with set, deletes
+// with del those published before that objs no longer has, and returns
+// the keys published now.
+func publishAll[T any](objs map[discovery.Key]T, published map[discovery.Key]struct{}, set func(T), del func(discovery.Key)) map[discovery.Key]struct{} {
+	for _, o := range objs {
+		set(o)
 	}
-	for k := range s.publishedBackendPolicies {
-		if _, ok := backendPolicies[k]; !ok {
-			s.reg.DeleteBackendPolicy(k)
+	for k := range published {
+		if _, ok := objs[k]; !ok {
+			del(k)
 		}
 	}
-	s.publishedBackendPolicies = map[discovery.Key]struct{}{}
-	for k := range backendPolicies {
-		s.publishedBackendPolicies[k] = struct{}{}
-	}
-	for _, g := range grants {
-		s.reg.SetGrant(g)
-	}
-	for k := range s.publishedGrants {
-		if _, ok := grants[k]; !ok {
-			s.reg.DeleteGrant(k)
-		}
-	}
-	for _, rt := range routes {
-		s.reg.SetRoute(rt)
-	}
-	for k := range s.publishedRoutes {
-		if _, ok := routes[k]; !ok {
-			s.reg.DeleteRoute(k)
-		}
-	}
-	s.publishedRoutes = map[discovery.Key]struct{}{}
-	for k := range routes {
-		s.publishedRoutes[k] = struct{}{}
-	}
-	s.publishedGrants = map[discovery.Key]struct{}{}
-	for k := range grants {
-		s.publishedGrants[k] = struct{}{}
-	}
-	errs = append(errs, s.publishGateway()...)
-	for k, svc := range services {
-		s.reg.Set(discovery.Build(svc, byService[k]))
-	}
-	for k := range s.published {
-		if _, ok := services[k]; !ok {
-			s.reg.Delete(k)
-		}
-	}
-	s.published = map[discovery.Key]struct{}{}
-	for k := range services {
-		s.published[k] = struct{}{}
-	}
-	return errs
+	return keySet(objs)
 }
 
 // Run loads the directory, then reloads it after every change until ctx is

@@ -2,8 +2,6 @@ package files
 
 import (
 	"fmt"
-	"maps"
-	"path/filepath"
 	"slices"
 
 	corev1 "k8s.io/api/core/v1"
@@ -89,65 +87,14 @@ func decodeGatewayObject(tm typeMeta, j []byte, prefix string, out *gatewayObjec
 // it resolved (an object declared by two files: the file first by name
 // wins).
 func (s *Source) publishGateway() []error {
-	var errs []error
-	classes := map[discovery.Key]*gatewayv1.GatewayClass{}
-	gateways := map[discovery.Key]*gatewayv1.Gateway{}
-	secrets := map[discovery.Key]*corev1.Secret{}
-	from := map[string]string{}
-	claim := func(file, kind string, k discovery.Key) bool {
-		id := kind + " " + k.String()
-		if first, dup := from[id]; dup {
-			errs = append(errs, fmt.Errorf("%s: %s is also declared in %s; using %s", filepath.Join(s.dir, file), id, first, first))
-			return false
-		}
-		from[id] = file
-		return true
-	}
-	for _, name := range slices.Sorted(maps.Keys(s.files)) {
-		objs := s.files[name].gateway
-		for _, c := range objs.classes {
-			if k := (discovery.Key{Name: c.Name}); claim(name, "GatewayClass", k) {
-				classes[k] = c
-			}
-		}
-		for _, g := range objs.gateways {
-			if k := (discovery.Key{Namespace: g.Namespace, Name: g.Name}); claim(name, "Gateway", k) {
-				gateways[k] = g
-			}
-		}
-		for _, sec := range objs.secrets {
-			if k := (discovery.Key{Namespace: sec.Namespace, Name: sec.Name}); claim(name, "Secret", k) {
-				secrets[k] = sec
-			}
-		}
-	}
+	classes, errs := merged(s, "GatewayClass", func(o objects) []*gatewayv1.GatewayClass { return o.gateway.classes })
+	gateways, gatewayErrs := merged(s, "Gateway", func(o objects) []*gatewayv1.Gateway { return o.gateway.gateways })
+	secrets, secretErrs := merged(s, "Secret", func(o objects) []*corev1.Secret { return o.gateway.secrets })
 	p := &s.publishedGateway
-	for _, sec := range secrets {
-		s.reg.SetSecret(sec)
-	}
-	for k := range p.secrets {
-		if secrets[k] == nil {
-			s.reg.DeleteSecret(k)
-		}
-	}
-	for _, c := range classes {
-		s.reg.SetGatewayClass(c)
-	}
-	for k := range p.classes {
-		if classes[k] == nil {
-			s.reg.DeleteGatewayClass(k.Name)
-		}
-	}
-	for _, g := range gateways {
-		s.reg.SetGateway(g)
-	}
-	for k := range p.gateways {
-		if gateways[k] == nil {
-			s.reg.DeleteGateway(k)
-		}
-	}
-	p.classes, p.gateways, p.secrets = keySet(classes), keySet(gateways), keySet(secrets)
-	return errs
+	p.secrets = publishAll(secrets, p.secrets, s.reg.SetSecret, s.reg.DeleteSecret)
+	p.classes = publishAll(classes, p.classes, s.reg.SetGatewayClass, func(k discovery.Key) { s.reg.DeleteGatewayClass(k.Name) })
+	p.gateways = publishAll(gateways, p.gateways, s.reg.SetGateway, s.reg.DeleteGateway)
+	return slices.Concat(errs, gatewayErrs, secretErrs)
 }
 
 func keySet[V any](m map[discovery.Key]V) map[discovery.Key]struct{} {
