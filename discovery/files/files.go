@@ -27,6 +27,7 @@ import (
 	"github.com/fsnotify/fsnotify"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayx "sigs.k8s.io/gateway-api/apisx/v1alpha1"
 
@@ -195,10 +196,7 @@ func (s *Source) publish() []error {
 // merged gathers one kind's objects from every file, by key. Of an
 // object two files declare, the file first by name wins; the other
 // declaration is returned as an error naming both.
-func merged[T interface {
-	GetNamespace() string
-	GetName() string
-}](s *Source, kind string, of func(objects) []T) (map[discovery.Key]T, []error) {
+func merged[T metav1.Object](s *Source, kind string, of func(objects) []T) (map[discovery.Key]T, []error) {
 	out := map[discovery.Key]T{}
 	from := map[discovery.Key]string{}
 	var errs []error
