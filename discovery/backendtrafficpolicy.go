@@ -189,12 +189,7 @@ func (r *Registry) BackendPolicyStatus(k Key) (p *gatewayx.XBackendTrafficPolicy
 	}
 	p = e.current
 	cond := func(ok bool, reason gatewayv1.PolicyConditionReason, msg string) metav1.Condition {
-		status := metav1.ConditionTrue
-		if !ok {
-			status = metav1.ConditionFalse
-		}
-		return metav1.Condition{Type: string(gatewayv1.PolicyConditionAccepted), Status: status, Reason: string(reason),
-			Message: truncate(msg), ObservedGeneration: p.Generation}
+		return policyAccepted(ok, reason, msg, p.Generation)
 	}
 	seen := map[gatewayv1.LocalPolicyTargetReference]bool{}
 	for _, ref := range p.Spec.TargetRefs {
@@ -211,10 +206,7 @@ func (r *Registry) BackendPolicyStatus(k Key) (p *gatewayx.XBackendTrafficPolicy
 		var c metav1.Condition
 		switch winner := r.backendAttached[svc]; {
 		case e.invalid != nil:
-			msg := e.invalid.Error()
-			if e.served != nil {
-				msg += fmt.Sprintf("; clients keep generation %d", e.served.Generation)
-			}
+			msg := e.invalidMessage("clients keep")
 			c = cond(false, gatewayv1.PolicyReasonInvalid, msg)
 		case !isService:
 			c = cond(false, gatewayv1.PolicyReasonTargetNotFound, fmt.Sprintf(

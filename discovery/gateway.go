@@ -164,7 +164,7 @@ func gatewayParent(e *versioned[*gatewayv1.GRPCRoute], p gatewayv1.ParentReferen
 	}
 	msg := "accepted"
 	if e.invalid != nil {
-		msg = fmt.Sprintf("%v; the gateway keeps generation %d", e.invalid, e.served.Generation)
+		msg = e.invalidMessage("the gateway keeps")
 		return condition(rt, gatewayv1.RouteConditionAccepted, false, gatewayv1.RouteReasonUnsupportedValue, msg)
 	}
 	return condition(rt, gatewayv1.RouteConditionAccepted, true, gatewayv1.RouteReasonAccepted, msg)

@@ -39,10 +39,7 @@ func routeStatus(e *versioned[*gatewayv1.GRPCRoute], v routeView) []gatewayv1.Ro
 		svc, exists := v.service(k)
 		switch {
 		case e.invalid != nil:
-			msg := e.invalid.Error()
-			if e.served != nil {
-				msg += fmt.Sprintf("; clients keep generation %d", e.served.Generation)
-			}
+			msg := e.invalidMessage("clients keep")
 			accepted = condition(rt, gatewayv1.RouteConditionAccepted, false, gatewayv1.RouteReasonUnsupportedValue, msg)
 		case k.Namespace != rt.Namespace:
 			accepted = condition(rt, gatewayv1.RouteConditionAccepted, false, gatewayv1.RouteReasonUnsupportedValue,

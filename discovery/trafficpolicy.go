@@ -9,9 +9,10 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
+	"google.golang.org/grpc/codes"
+
 	"github.com/ballast-dev/ballast/api/v1alpha1"
 	"github.com/ballast-dev/ballast/policy"
-	"google.golang.org/grpc/codes"
 )
 
 // The TrafficPolicy semantics (GEP-713 direct attachment), in one place:
@@ -206,6 +207,16 @@ func policyNotices(s *v1alpha1.TrafficPolicySpec) []string {
 	return notes
 }
 
+// policyAccepted is a policy's Accepted condition, of generation gen.
+func policyAccepted(ok bool, reason gatewayv1.PolicyConditionReason, msg string, gen int64) metav1.Condition {
+	status := metav1.ConditionTrue
+	if !ok {
+		status = metav1.ConditionFalse
+	}
+	return metav1.Condition{Type: string(gatewayv1.PolicyConditionAccepted), Status: status, Reason: string(reason),
+		Message: truncate(msg), ObservedGeneration: gen}
+}
+
 // PolicyStatus is what Ballast says of the TrafficPolicy k: the version
 // its source last wrote, and a PolicyAncestorStatus under ControllerName
 // for each of its targetRefs (the target as ancestorRef), with condition
@@ -221,12 +232,7 @@ func (r *Registry) PolicyStatus(k Key) (p *v1alpha1.TrafficPolicy, ancestors []g
 	}
 	p = e.current
 	cond := func(ok bool, reason gatewayv1.PolicyConditionReason, msg string) metav1.Condition {
-		status := metav1.ConditionTrue
-		if !ok {
-			status = metav1.ConditionFalse
-		}
-		return metav1.Condition{Type: string(gatewayv1.PolicyConditionAccepted), Status: status, Reason: string(reason),
-			Message: truncate(msg), ObservedGeneration: p.Generation}
+		return policyAccepted(ok, reason, msg, p.Generation)
 	}
 	seen := map[policyTarget]bool{}
 	for _, ref := range p.Spec.TargetRefs {
@@ -243,10 +249,7 @@ func (r *Registry) PolicyStatus(k Key) (p *v1alpha1.TrafficPolicy, ancestors []g
 		var c metav1.Condition
 		switch winner := r.attached[t]; {
 		case e.invalid != nil:
-			msg := e.invalid.Error()
-			if e.served != nil {
-				msg += fmt.Sprintf("; clients keep generation %d", e.served.Generation)
-			}
+			msg := e.invalidMessage("clients keep")
 			c = cond(false, gatewayv1.PolicyReasonInvalid, msg)
 		case !r.targetExistsLocked(t):
 			c = cond(false, gatewayv1.PolicyReasonTargetNotFound, fmt.Sprintf("target %s does not exist", t))

@@ -1,6 +1,7 @@
 package discovery
 
 import (
+	"fmt"
 	"slices"
 
 	"k8s.io/apimachinery/pkg/api/equality"
@@ -17,6 +18,17 @@ type versioned[T metav1.Object] struct {
 	invalid error
 	// served is the zero T while no version has been valid.
 	served T
+}
+
+// invalidMessage says why current is not served and, when an earlier
+// version is, which: "<why>; <who> generation <n>" (who is, say,
+// "clients keep").
+func (e *versioned[T]) invalidMessage(who string) string {
+	var none T
+	if any(e.served) == any(none) {
+		return e.invalid.Error()
+	}
+	return fmt.Sprintf("%v; %s generation %d", e.invalid, who, e.served.GetGeneration())
 }
 
 // nextVersion is the entry once the source writes obj over old (nil if
