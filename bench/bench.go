@@ -40,6 +40,11 @@ type Options struct {
 	// Binary (same control plane, but its RSS includes the pages of the
 	// code it links and never runs).
 	ControlBinary string
+	// GatewayBinary is the ballast-gateway binary, the gateway alone, as
+	// the ballast-gateway:dev image runs it; empty runs `ballast gateway`
+	// from Binary (same data path, but its RSS includes the pages of the
+	// code it links and never runs).
+	GatewayBinary string
 	// Greeter starts the pods.
 	Greeter GreeterCommand
 	// InstallPeers lets the benchmark apt-get install nginx and haproxy

@@ -15,6 +15,7 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strings"
 	"text/template"
 	"time"
@@ -101,8 +102,9 @@ func (c *ingressCert) dialOptions() []grpc.DialOption {
 // gatewayIngressName is the row of the gateway as a TLS ingress.
 const gatewayIngressName = "gateway (TLS ingress)"
 
-// gatewayIngress is `ballast gateway --files` with one HTTPS listener and
-// a GRPCRoute to the pods' Service.
+// gatewayIngress is ballast-gateway --files (Options.GatewayBinary), or
+// else `ballast gateway --files`, with one HTTPS listener and a GRPCRoute
+// to the pods' Service.
 func gatewayIngress() path { return gatewayIngressPath{} }
 
 type gatewayIngressPath struct{}
@@ -110,8 +112,12 @@ type gatewayIngressPath struct{}
 func (gatewayIngressPath) Name() string { return gatewayIngressName }
 
 func (gatewayIngressPath) Open(ctx context.Context, b *Bench, pods []*pod) (*route, error) {
-	if err := b.hasCommand("gateway", "the gateway (issue 16)"); err != nil {
-		return nil, err
+	bin, args, name := b.opts.GatewayBinary, []string(nil), "ballast-gateway"
+	if bin == "" {
+		if err := b.hasCommand("gateway", "the gateway (issue 16)"); err != nil {
+			return nil, err
+		}
+		bin, args, name = b.opts.Binary, []string{"gateway"}, "ballast gateway"
 	}
 	dir, err := os.MkdirTemp(b.dir, "gateway-")
 	if err != nil {
@@ -133,8 +139,8 @@ func (gatewayIngressPath) Open(ctx context.Context, b *Bench, pods []*pod) (*rou
 			if err := os.WriteFile(filepath.Join(dir, "gateway.yaml"), gatewayManifest(ports[0].Port(), cert), 0o644); err != nil {
 				return nil, err
 			}
-			return startProcess(exec.Command(b.opts.Binary, "gateway", "--files", dir, "--host", "127.0.0.1",
-				"--admin-address", ports[1].String()), "ballast gateway")
+			return startProcess(exec.Command(bin, slices.Concat(args, []string{"--files", dir, "--host", "127.0.0.1",
+				"--admin-address", ports[1].String()})...), name)
 		},
 		func(proc *process, ports []netip.AddrPort) error {
 			return waitServing(ctx, "passthrough:///"+ports[0].String(), proc, 15*time.Second, cert.dialOptions()...)

@@ -141,7 +141,8 @@ func (b *Bench) dataPath(ctx context.Context, c dataPathConfig) *Section {
 	}
 	s.Description += " \"" + gatewayIngressName + "\", \"" + nginxTLS().Name() + "\", \"" + haproxyTLS().Name() + "\": the client speaks TLS " +
 		"(1.2 or later, h2 by ALPN, the same ECDSA P-256 certificate for all three), which each terminates, speaking h2c to the pods: " +
-		"`ballast gateway --files` with its defaults (one thread, --procs 1), an HTTPS listener and a GRPCRoute to the pods' Service; nginx and haproxy with one worker, as above."
+		"`ballast-gateway --files` with its defaults (one thread, --procs 1), an HTTPS listener and a GRPCRoute to the pods' Service, the binary built static as the ballast-gateway image holds it " +
+		"(without it, `ballast gateway` from the full binary); nginx and haproxy with one worker, as above."
 	if !c.Stream {
 		s.Description += " \"" + routedSidecarName + "\": the explicit-listener sidecar with a GRPCRoute of five rules attached to the Service, " +
 			"which each call is compared with in turn, matching only the last (a header with a method, two other methods, a method regular expression, then the whole service)."

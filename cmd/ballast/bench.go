@@ -28,7 +28,7 @@ func newBenchCmd() *cobra.Command {
 		out                     string
 		only, faults            []string
 		modesBinary, proxyBin   string
-		controlBin              string
+		controlBin, gatewayBin  string
 	)
 	cmd := &cobra.Command{
 		Use:   "bench",
@@ -81,12 +81,15 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 			defer cleanupProxy()
 			controlPath, cleanupControl := slimBinary(cmd.Context(), "ballast-control", "the control-plane rows", controlBin, cmd.ErrOrStderr())
 			defer cleanupControl()
+			gatewayPath, cleanupGateway := slimBinary(cmd.Context(), "ballast-gateway", "the gateway rows", gatewayBin, cmd.ErrOrStderr())
+			defer cleanupGateway()
 			b, err := bench.New(bench.Options{
 				Quick:         quick,
 				Runs:          runs,
 				Binary:        cmp.Or(modesBinary, exe),
 				ProxyBinary:   proxyPath,
 				ControlBinary: controlPath,
+				GatewayBinary: gatewayPath,
 				Greeter:       bench.BinaryGreeter(exe),
 				InstallPeers:  install,
 				Progress:      cmd.ErrOrStderr(),
@@ -161,6 +164,7 @@ Progress goes to stderr. --quick finishes in a few minutes on a 2-core machine.`
 	cmd.Flags().StringSliceVar(&faults, "faults", nil, "reliability: run only these faults, in the scenario's order: "+strings.Join(bench.FaultIDs(), ", "))
 	cmd.Flags().BoolVar(&short, "short", false, "reliability: the CI-sized scenario (short outages, a smaller scale-out)")
 	cmd.Flags().StringVar(&controlBin, "control-binary", "", "the ballast-control binary the control-plane rows run (default: next to this binary, on $PATH, or built from this checkout)")
+	cmd.Flags().StringVar(&gatewayBin, "gateway-binary", "", "the ballast-gateway binary the gateway rows run (default: next to this binary, on $PATH, or built from this checkout)")
 	cmd.Flags().StringVar(&proxyBin, "proxy-binary", "", "the ballast-proxy binary the sidecar rows run (default: next to this binary, on $PATH, or built from this checkout)")
 	return cmd
 }
@@ -171,7 +175,8 @@ type benchReport interface {
 	Write(dir string) error
 }
 
-// slimBinary finds the binary name (ballast-proxy, ballast-control) that
+// slimBinary finds the binary name (ballast-proxy, ballast-control,
+// ballast-gateway) that
 // the rows of what run, as a pod would: the flag's, one next to this binary
 // or on $PATH, or one built (static, as its image holds it) from the
 // checkout in the working directory, removed by cleanup. Empty means none:
@@ -210,8 +215,8 @@ func slimBinary(ctx context.Context, name, what, flag string, progress io.Writer
 	return out, cleanup
 }
 
-// slimBuildTags are the tags ballast-proxy and ballast-control are built
-// with. grpcnotrace leaves out golang.org/x/net/trace (off unless
+// slimBuildTags are the tags the slim binaries are built with, as their
+// images are (image.go). grpcnotrace leaves out golang.org/x/net/trace (off unless
 // grpc.EnableTracing is set); through html/template it links reflection
 // that keeps every exported method of every reachable type, so without it
 // the binaries, and their idle RSS, are larger.
