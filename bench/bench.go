@@ -139,7 +139,7 @@ func DefaultScenarios(quick bool) Scenarios {
 			nginx(),
 			haproxy(),
 		}},
-		dataPath: dataPathConfig{Calls: 100_000, Warmup: 2000, Concurrency: 16, Pods: 3, Paths: []path{
+		dataPath: dataPathConfig{Calls: 100_000, Warmup: 2000, Concurrency: 16, Pods: 3, Turns: 40, Paths: []path{
 			direct(), nginx(), haproxy(), sidecar("round_robin"), routedSidecar(), transparentSidecar("round_robin"),
 			gatewayIngress(), nginxTLS(), haproxyTLS(),
 		}},
@@ -175,7 +175,7 @@ func DefaultScenarios(quick bool) Scenarios {
 		s.controlPlanes.Scale.Changes = 100
 		s.controlPlanes.Scale.LoneChanges = 3
 		s.balance.Calls = 300
-		s.dataPath.Calls, s.dataPath.Warmup = 20_000, 1000
+		s.dataPath.Calls, s.dataPath.Warmup = 40_000, 1000
 		s.latency.Calls, s.latency.Settle = 1500, 5*time.Second
 		s.trafficPolicy.Calls, s.trafficPolicy.RateWindow = 2000, 2*time.Second
 	}

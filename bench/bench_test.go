@@ -7,6 +7,7 @@ import (
 	"os"
 	"os/exec"
 	"os/signal"
+	"slices"
 	"strings"
 	"syscall"
 	"testing"
@@ -127,6 +128,38 @@ func TestLoadCountsCallsDirect(t *testing.T) {
 	if answered != 20 || res.Pods[""] != 0 {
 		t.Errorf("stream: pods answered %v, want 20 calls from named pods", res.Pods)
 	}
+
+	// Streams held in a set stay open from one run to the next: the
+	// second run sends its round trips on the streams the first opened.
+	set := &streamSet{}
+	defer set.Close()
+	var total loadResult
+	for run := range 2 {
+		res := load{Calls: 20, Concurrency: 4, Duration: time.Minute, Stream: true, Streams: set}.Run(context.Background(), conn)
+		if res.Calls != 20 || res.Errors != 0 {
+			t.Fatalf("held streams, run %d: calls %d errors %d (%s), want 20, 0", run, res.Calls, res.Errors, res.LastError)
+		}
+		total.merge(res)
+	}
+	// A worker that found no call left opened no stream: its slot may be
+	// empty, or filled by this run; every stream open stays the same.
+	opened := slices.Clone(set.held)
+	if len(opened) != 4 || !slices.ContainsFunc(opened, func(h *heldStream) bool { return h != nil }) {
+		t.Fatalf("held streams %v, want 4 slots, some open", opened)
+	}
+	load{Calls: 20, Concurrency: 4, Duration: time.Minute, Stream: true, Streams: set}.Run(context.Background(), conn)
+	for i, h := range opened {
+		if h != nil && set.held[i] != h {
+			t.Errorf("worker %d's stream %p replaced by %p after another run, want it kept", i, h, set.held[i])
+		}
+	}
+	if total.Calls != 40 || len(total.Latencies) != 40 || total.Pods["pod-a"]+total.Pods["pod-b"] != 40 {
+		t.Errorf("two runs merged: %d calls, %d latencies, pods %v; want 40 of each", total.Calls, len(total.Latencies), total.Pods)
+	}
+	set.Close()
+	if slices.ContainsFunc(set.held, func(h *heldStream) bool { return h != nil }) {
+		t.Errorf("held streams after Close: %v, want none", set.held)
+	}
 }
 
 // A tiny run of the scenarios fills every row it can and explains every
@@ -148,10 +181,16 @@ func TestScenariosSmoke(t *testing.T) {
 
 	dp := b.dataPath(ctx, dataPathConfig{Calls: 20, Warmup: 5, Concurrency: 4, Pods: 2, Paths: []path{direct()}})
 	wantRows(t, dp, map[string]string{"direct": ""})
-	dp = b.dataPath(ctx, dataPathConfig{Calls: 20, Warmup: 5, Concurrency: 4, Pods: 2, Paths: []path{direct()}, Stream: true})
-	wantRows(t, dp, map[string]string{"direct": ""})
-	if got := dp.find("direct").Values[colErrors]; len(got) != 1 || got[0] != 0 {
-		t.Errorf("direct errors %v, want [0]", got)
+	// In turns, each path's turns add up to one value per run.
+	dp = b.dataPath(ctx, dataPathConfig{Calls: 20, Warmup: 5, Concurrency: 4, Pods: 2, Paths: []path{direct(), clientSide("round_robin", "round_robin")}, Stream: true, Turns: 3})
+	wantRows(t, dp, map[string]string{"direct": "", "round_robin": ""})
+	for _, r := range dp.Rows {
+		if got := r.Values[colErrors]; len(got) != 1 || got[0] != 0 {
+			t.Errorf("%s errors %v, want [0]", r.Path, got)
+		}
+		if got := r.Values[colP99]; len(got) != 1 || !(got[0] > 0) {
+			t.Errorf("%s p99 %v, want one value above 0", r.Path, got)
+		}
 	}
 
 	lat := b.latency(ctx, latencyConfig{Calls: 20, Concurrency: 2, SlowDelay: time.Millisecond, Settle: 50 * time.Millisecond, Paths: []path{clientSide("round_robin", "round_robin")}})
@@ -251,6 +290,7 @@ func TestEveryPathSmoke(t *testing.T) {
 	b.opts.Binary = ballastBinary(t)
 	b.opts.ProxyBinary = buildBinary(t, "ballast-proxy", true)
 	b.opts.ControlBinary = buildBinary(t, "ballast-control", true)
+	b.opts.GatewayBinary = buildBinary(t, "ballast-gateway", true)
 	ctx, cancel := context.WithTimeout(t.Context(), 5*time.Minute)
 	defer cancel()
 	def := DefaultScenarios(true)
@@ -274,7 +314,7 @@ func TestEveryPathSmoke(t *testing.T) {
 		if stream {
 			paths = def.dataPathStream.Paths
 		}
-		dp := b.dataPath(ctx, dataPathConfig{Calls: 200, Warmup: 20, Concurrency: 4, Pods: 2, Paths: paths, Stream: stream})
+		dp := b.dataPath(ctx, dataPathConfig{Calls: 200, Warmup: 20, Concurrency: 4, Pods: 2, Paths: paths, Stream: stream, Turns: 2})
 		for _, r := range measuredRows(t, dp, len(paths)) {
 			if r.Path == "direct" {
 				continue

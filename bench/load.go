@@ -34,6 +34,10 @@ type load struct {
 	// of making unary calls. A failed stream is counted as one error and
 	// opened again.
 	Stream bool
+	// Streams, with Stream, holds the workers' streams open when Run
+	// returns, for the next Run given the same Streams to go on with; nil
+	// opens streams for this Run alone.
+	Streams *streamSet
 }
 
 // loadResult is what a load measured.
@@ -95,6 +99,9 @@ func (l load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) loadRe
 	defer cancel()
 	timeout := cmp.Or(l.Timeout, 5*time.Second)
 
+	if l.Stream && l.Streams != nil {
+		l.Streams.reserve(workers)
+	}
 	tallies := make([]tally, workers)
 	var next atomic.Int64
 	var wg sync.WaitGroup
@@ -107,7 +114,11 @@ func (l load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) loadRe
 			t.pods = map[string]int{}
 			t.lat = make([]time.Duration, 0, min(l.Calls/workers+1, 1<<16))
 			if l.Stream {
-				l.streamWorker(runCtx, conns[w%len(conns)], &next, t.record)
+				var held **heldStream
+				if l.Streams != nil {
+					held = l.Streams.slot(w)
+				}
+				l.streamWorker(ctx, runCtx, conns[w%len(conns)], held, &next, t.record)
 				return
 			}
 			client := pb.NewGreeterClient(conns[w%len(conns)])
@@ -142,6 +153,24 @@ func (l load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) loadRe
 	return r
 }
 
+// merge adds o, a later load on the same path, to r; r.Latencies are
+// left unsorted.
+func (r *loadResult) merge(o loadResult) {
+	r.Calls += o.Calls
+	r.Errors += o.Errors
+	if o.LastError != "" {
+		r.LastError = o.LastError
+	}
+	r.Elapsed += o.Elapsed
+	r.Latencies = append(r.Latencies, o.Latencies...)
+	if r.Pods == nil {
+		r.Pods = map[string]int{}
+	}
+	for pod, n := range o.Pods {
+		r.Pods[pod] += n
+	}
+}
+
 // tally is one worker's count.
 type tally struct {
 	calls, errors int
@@ -163,41 +192,100 @@ func (t *tally) record(reply string, took time.Duration, err error) {
 }
 
 // streamWorker takes call tokens from next and spends each on one message
-// round trip over its stream.
-func (l load) streamWorker(ctx context.Context, conn grpc.ClientConnInterface, next *atomic.Int64, record func(string, time.Duration, error)) {
+// round trip over its stream. With held, the stream is the one held there
+// (opened if there is none) and is left there open when the run ends; it
+// lives on ctx, the caller's, rather than runCtx, which only bounds when
+// round trips start, and is cancelled if runCtx ends with a round trip
+// under way, so that a stuck stream cannot hold the run.
+func (l load) streamWorker(ctx, runCtx context.Context, conn grpc.ClientConnInterface, held **heldStream, next *atomic.Int64, record func(string, time.Duration, error)) {
 	client := echopb.NewEchoClient(conn)
 	req := &echopb.EchoRequest{Message: "bench"}
-	for ctx.Err() == nil && next.Load() < int64(l.Calls) {
-		streamCtx, cancel := context.WithCancel(ctx)
-		stream, err := client.BidirectionalStreamingEcho(streamCtx)
-		if err != nil {
-			cancel()
-			if ctx.Err() != nil {
-				return
-			}
-			next.Add(1)
-			record("", 0, err)
-			continue
+	for runCtx.Err() == nil && next.Load() < int64(l.Calls) {
+		var h *heldStream
+		if held != nil {
+			h = *held
 		}
-		for next.Add(1) <= int64(l.Calls) && ctx.Err() == nil {
+		if h == nil {
+			streamCtx, cancel := context.WithCancel(ctx)
+			stream, err := client.BidirectionalStreamingEcho(streamCtx)
+			if err != nil {
+				cancel()
+				if runCtx.Err() != nil {
+					return
+				}
+				next.Add(1)
+				record("", 0, err)
+				continue
+			}
+			h = &heldStream{stream: stream, cancel: cancel}
+		}
+		stop := context.AfterFunc(runCtx, h.cancel)
+		failed := false
+		for next.Add(1) <= int64(l.Calls) && runCtx.Err() == nil {
 			began := time.Now()
-			err := stream.Send(req)
+			err := h.stream.Send(req)
 			var resp *echopb.EchoResponse
 			if err == nil {
-				resp, err = stream.Recv()
+				resp, err = h.stream.Recv()
 			}
 			took := time.Since(began)
-			if err != nil && ctx.Err() != nil {
+			if err != nil && runCtx.Err() != nil {
+				failed = true
 				break
 			}
 			record(resp.GetMessage(), took, err)
 			if err != nil {
+				failed = true
 				break // open a new stream
 			}
 		}
-		stream.CloseSend()
-		cancel()
+		if stop() && !failed && held != nil {
+			*held = h
+			return
+		}
+		h.close()
+		if held != nil {
+			*held = nil
+		}
 	}
+}
+
+// streamSet is one stream per worker of a streaming load, held open from
+// one load.Run to the next: a measurement taken in turns sends every turn's
+// messages on streams already open, as one long run would.
+type streamSet struct {
+	held []*heldStream
+}
+
+// reserve makes a slot for each of n workers, before they start.
+func (s *streamSet) reserve(n int) {
+	if len(s.held) < n {
+		s.held = append(s.held, make([]*heldStream, n-len(s.held))...)
+	}
+}
+
+// slot is worker w's place in the set. Runs given the set must not
+// overlap: each worker uses its own slot, without a lock.
+func (s *streamSet) slot(w int) **heldStream { return &s.held[w] }
+
+// Close ends every stream held.
+func (s *streamSet) Close() {
+	for i, h := range s.held {
+		if h != nil {
+			h.close()
+			s.held[i] = nil
+		}
+	}
+}
+
+type heldStream struct {
+	stream echopb.Echo_BidirectionalStreamingEchoClient
+	cancel context.CancelFunc
+}
+
+func (h *heldStream) close() {
+	h.stream.CloseSend()
+	h.cancel()
 }
 
 // share is the fraction of counted calls that pod answered.

@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"maps"
 	"math"
+	"runtime/debug"
 	"slices"
 	"strings"
 	"time"
@@ -33,6 +34,14 @@ type dataPathConfig struct {
 	// Stream sends messages on Concurrency long-lived bidirectional
 	// streams instead of unary calls; a "call" is one message round trip.
 	Stream bool
+	// Turns splits each run's calls into this many turns, the paths
+	// taking turns (zero means one: each path's calls in one go). The
+	// client, the pods and the proxy share the machine's cores with
+	// whatever else runs on it, whose load comes and goes: measured one
+	// after another, each path's tail would meet a different moment of it.
+	// In turns, every path's calls are spread over the same stretch of the
+	// run.
+	Turns int
 }
 
 // latencyConfig sizes scenario 3: two pods answer at once, a third holds
@@ -121,14 +130,14 @@ func (b *Bench) dataPath(ctx context.Context, c dataPathConfig) *Section {
 		ID:    id,
 		Title: title,
 		Description: fmt.Sprintf("%d %s per run (after %d warm-up), %d at a time over one client connection, "+
-			"%d pods. Proxy CPU is utime+stime of the proxy's processes from /proc over the measured calls, per call; "+
+			"%d pods. %s The load generator, a Go process, collects its garbage less often while it measures (GOGC %d), so that its collector adds less of the same tail to every path. Proxy CPU is utime+stime of the proxy's processes from /proc over the measured calls, per call; "+
 			"RSS idle is VmRSS once the proxy has served its first call, one sample per proxy (it serves every run), and its anonymous part (RssAnon: heap and stacks; the rest is pages of the proxy's binary mapped from the page cache), RSS under load the highest VmRSS sampled during the calls. "+
 			"\"p99 added\" is the path's p99 minus direct's in the same run; below zero it is noise. The client, the pods and the proxy share the machine's cores. "+
 			"The sidecar is the ballast-proxy binary, built static as a sidecar image holds it (without it, `ballast proxy`: the same data path in the full binary, whose RSS includes the control plane and Kubernetes client it links). "+
 			"\"sidecar (explicit listener)\": the client dials the proxy's own port. \"sidecar (iptables)\": as in an injected pod, the client dials the Service's ClusterIP "+
 			"and `ballast-proxy init`'s rules redirect the connection to the proxy (running as uid %d), all in a network namespace the benchmark makes, "+
 			"with its own pods (the same greeters) and control plane inside.",
-			c.Calls, what, c.Warmup, c.Concurrency, c.Pods, netnsProxyUID),
+			c.Calls, what, c.Warmup, c.Concurrency, c.Pods, inTurns(c), loadGCPercent, netnsProxyUID),
 		Columns: []column{
 			{colCPU, "proxy CPU µs/call", 1}, {colP50, "p50 ms", 3}, {colP99, "p99 ms", 3}, {colP999, "p99.9 ms", 3},
 			{colP99Added, "p99 added ms", 3}, {colRPS, "calls/s", 0}, {colRSSIdle, "RSS idle MiB", 1},
@@ -151,8 +160,16 @@ func (b *Bench) dataPath(ctx context.Context, c dataPathConfig) *Section {
 	for i := range specs {
 		specs[i] = podSpec{Name: fmt.Sprintf("pod-%c", 'a'+i)}
 	}
-	directP99 := map[int]float64{} // run → direct's p99
-	b.withPaths(ctx, s, specs, c.Paths, func(run int, o *opened, _ []*pod) error {
+	turns := min(max(c.Turns, 1), max(c.Calls, 1))
+	// The load generator is a Go process: at the default GOGC its
+	// collector marks every few hundred milliseconds under this load (the
+	// TLS clients allocate on every call), slowing every call in flight
+	// on whichever path, which adds the same tail to every row and
+	// narrows the differences the rows are for. It collects less often
+	// while it measures; its heap is a few tens of MiB.
+	defer debug.SetGCPercent(debug.SetGCPercent(loadGCPercent))
+	current := map[*opened]*dataPathRun{} // each path's run so far
+	b.withPathsInTurns(ctx, s, specs, c.Paths, turns, func(run, turn int, o *opened, _ []*pod) (err error) {
 		if o.conn == nil { // one connection for every run, as a long-lived client has
 			conn, err := dial(o.route)
 			if err != nil {
@@ -171,54 +188,87 @@ func (b *Bench) dataPath(ctx context.Context, c dataPathConfig) *Section {
 				o.row.add(colAnonIdle, mib(m.Anon))
 			}
 		}
-		load{Calls: c.Warmup, Concurrency: c.Concurrency, Duration: time.Minute, Stream: c.Stream}.Run(ctx, o.conn)
-
-		var tree []int
-		var before usage
-		if o.route.Proxy != nil {
-			var err error
-			if tree, err = processTree(o.route.Proxy.pid()); err != nil {
-				return err
+		if turn == 1 {
+			current[o] = &dataPathRun{}
+			if c.Stream {
+				current[o].streams = &streamSet{}
 			}
-			if before, err = usageOf(tree); err != nil {
+		}
+		acc := current[o]
+		defer func() {
+			if (err != nil || turn == turns) && acc.streams != nil {
+				acc.streams.Close()
+			}
+		}()
+		if turn == 1 {
+			load{Calls: c.Warmup, Concurrency: c.Concurrency, Duration: time.Minute, Stream: c.Stream, Streams: acc.streams}.Run(ctx, o.conn)
+			if o.route.Proxy != nil {
+				if acc.tree, err = processTree(o.route.Proxy.pid()); err != nil {
+					return err
+				}
+			}
+		}
+
+		var before usage
+		if acc.tree != nil {
+			if before, err = usageOf(acc.tree); err != nil {
 				return err
 			}
 		}
-		peak := sampleRSS(ctx, tree)
-		res := load{Calls: c.Calls, Concurrency: c.Concurrency, Duration: 2 * time.Minute, Stream: c.Stream}.Run(ctx, o.conn)
+		// This turn's share of the run's calls, and of its time bound.
+		calls := c.Calls / turns
+		if turn <= c.Calls%turns {
+			calls++
+		}
+		peak := sampleRSS(ctx, acc.tree)
+		res := load{Calls: calls, Concurrency: c.Concurrency, Duration: 2 * time.Minute / time.Duration(turns),
+			Stream: c.Stream, Streams: acc.streams}.Run(ctx, o.conn)
 		peakRSS := peak()
 		if err := res.failed(); err != nil {
 			return err
 		}
+		acc.res.merge(res)
+		if acc.tree != nil {
+			after, err := usageOf(acc.tree)
+			if err != nil {
+				return err
+			}
+			acc.cpu += after.CPU - before.CPU
+			acc.peakRSS = max(acc.peakRSS, peakRSS, after.RSS)
+		}
+		if turn < turns {
+			return nil
+		}
+
+		res = acc.res
+		slices.Sort(res.Latencies)
 		o.row.add(colP50, ms(res.Quantile(0.50)))
 		o.row.add(colP99, ms(res.Quantile(0.99)))
 		o.row.add(colP999, ms(res.Quantile(0.999)))
 		o.row.add(colRPS, res.Throughput())
 		o.row.add(colErrors, float64(res.Errors))
-		if o.path.Name() == "direct" {
-			directP99[run] = ms(res.Quantile(0.99))
-		}
-		if d, ok := directP99[run]; ok {
-			o.row.add(colP99Added, ms(res.Quantile(0.99))-d)
-		}
 		line := fmt.Sprintf("%s run %d/%d: %-8s %6d calls, %6.0f calls/s, p99 %.3f ms", id, run, b.opts.Runs, o.path.Name(),
 			res.Calls, res.Throughput(), ms(res.Quantile(0.99)))
-		if o.route.Proxy != nil {
-			after, err := usageOf(tree)
-			if err != nil {
-				return err
-			}
-			ok := res.Calls - res.Errors
-			if ok > 0 {
-				cpu := float64((after.CPU - before.CPU).Microseconds()) / float64(ok)
+		if acc.tree != nil {
+			if ok := res.Calls - res.Errors; ok > 0 {
+				cpu := float64(acc.cpu.Microseconds()) / float64(ok)
 				o.row.add(colCPU, cpu)
 				line += fmt.Sprintf(", proxy CPU %.1f µs/call", cpu)
 			}
-			o.row.add(colRSSLoad, mib(max(peakRSS, after.RSS)))
+			o.row.add(colRSSLoad, mib(acc.peakRSS))
 		}
 		b.progress("%s", line)
 		return nil
 	})
+	// p99 added: each run's p99 minus direct's in the same run.
+	if direct := s.find("direct"); direct != nil {
+		for _, r := range s.Rows {
+			p99, base := r.Values[colP99], direct.Values[colP99]
+			for run := range min(len(p99), len(base)) {
+				r.add(colP99Added, p99[run]-base[run])
+			}
+		}
+	}
 	for _, capture := range []capture{iptablesCapture, explicitListener} {
 		name := sidecarName("round_robin", capture)
 		s.ratio(name+" proxy CPU per call ÷ haproxy's", colCPU, name, "haproxy", goalSidecarCPU).Top = true
@@ -239,6 +289,35 @@ func (b *Bench) dataPath(ctx context.Context, c dataPathConfig) *Section {
 	s.ratio("nginx p99 ÷ haproxy's", colP99, "nginx", "haproxy", 0)
 	s.ratio("direct p99 ÷ haproxy's", colP99, "direct", "haproxy", 0)
 	return s
+}
+
+// loadGCPercent is the load generator's GOGC while scenario 2 measures.
+const loadGCPercent = 1000
+
+// inTurns says how c's runs take turns, for the description.
+func inTurns(c dataPathConfig) string {
+	if c.Turns <= 1 {
+		return "Each path makes a run's calls in one go, one path after another."
+	}
+	d := fmt.Sprintf("Each run's calls are made in %d turns of %d, the paths taking turns (each turn led by the next path), so that every path's calls spread over the same stretch of the run "+
+		"and meet the same load from the rest of the machine (measured one after another, each path's tail would meet a different moment of it).", c.Turns, c.Calls/c.Turns)
+	if c.Stream {
+		d += " The streams stay open from the run's warm-up to its last turn."
+	}
+	return d
+}
+
+// dataPathRun is what one path's turns in a run of scenario 2 add up to.
+type dataPathRun struct {
+	res     loadResult
+	cpu     time.Duration
+	peakRSS int64
+	// tree is the proxy's processes, listed when the run starts; nil
+	// for a path without a proxy.
+	tree []int
+	// streams, on a streaming run, are the workers' streams, open from
+	// the warm-up to the run's last turn.
+	streams *streamSet
 }
 
 // latency is scenario 3: one of three pods is slow; how much of the load
@@ -324,6 +403,15 @@ type opened struct {
 // conditions. Everything started is stopped before it returns.
 func (b *Bench) withPaths(ctx context.Context, s *Section, specs []podSpec, paths []path,
 	measure func(run int, o *opened, pods []*pod) error) {
+	b.withPathsInTurns(ctx, s, specs, paths, 1, func(run, _ int, o *opened, pods []*pod) error { return measure(run, o, pods) })
+}
+
+// withPathsInTurns is withPaths with each run in turns (1 to turns): in
+// every turn, measure is called once for each open path, the first path
+// of a turn moving one along each turn, so that no path always follows
+// the same other path (whose wake or wind-down would then fall on it).
+func (b *Bench) withPathsInTurns(ctx context.Context, s *Section, specs []podSpec, paths []path, turns int,
+	measure func(run, turn int, o *opened, pods []*pod) error) {
 	for _, p := range paths {
 		s.row(p.Name())
 	}
@@ -354,14 +442,17 @@ func (b *Bench) withPaths(ctx context.Context, s *Section, specs []podSpec, path
 		open = append(open, &opened{path: p, row: row, route: route})
 	}
 	for run := 1; run <= b.opts.Runs && ctx.Err() == nil; run++ {
-		for _, o := range open {
-			if o.row.Note != "" {
-				continue // failed in an earlier run
-			}
-			if err := measure(run, o, pods); err != nil {
-				o.row.Note = "failed: " + err.Error()
-				o.row.Values = nil
-				b.progress("%s: %s: %s", s.ID, o.path.Name(), o.row.Note)
+		for turn := 1; turn <= turns && ctx.Err() == nil; turn++ {
+			for i := range open {
+				o := open[(i+turn-1)%len(open)]
+				if o.row.Note != "" {
+					continue // failed earlier
+				}
+				if err := measure(run, turn, o, pods); err != nil {
+					o.row.Note = "failed: " + err.Error()
+					o.row.Values = nil
+					b.progress("%s: %s: %s", s.ID, o.path.Name(), o.row.Note)
+				}
 			}
 		}
 	}
