@@ -73,7 +73,11 @@ type SoakReport struct {
 	// histograms aside) at the end of a soak with failed calls: what the
 	// sidecar saw of them.
 	SidecarCounters []string `json:"sidecar_counters,omitempty"`
-	DataPath        string   `json:"data_path,omitempty"`
+	// SpentOnArrival counts, per greeter, the calls it warned arrived
+	// with their deadline already passed (it answers those at once with
+	// DEADLINE_EXCEEDED), with the first such warning.
+	SpentOnArrival []string `json:"spent_on_arrival,omitempty"`
+	DataPath       string   `json:"data_path,omitempty"`
 }
 
 // Soak runs pods on loopback, the control plane over a folder whose
@@ -180,6 +184,11 @@ func (b *Bench) Soak(ctx context.Context, c SoakConfig) *SoakReport {
 	}
 	sample()
 	if rep.Errors > 0 {
+		for _, p := range pods {
+			if n, first := spentOnArrival(p.proc.output()); n > 0 {
+				rep.SpentOnArrival = append(rep.SpentOnArrival, fmt.Sprintf("%s: %d, the first: %s", p.Name, n, first))
+			}
+		}
 		for _, line := range metricLines(ctx, ports[1], "ballast_proxy_") {
 			if !strings.Contains(line, "_bucket{") {
 				rep.SidecarCounters = append(rep.SidecarCounters, line)
@@ -187,6 +196,20 @@ func (b *Bench) Soak(ctx context.Context, c SoakConfig) *SoakReport {
 		}
 	}
 	return rep
+}
+
+// spentOnArrival counts a greeter's warnings of calls that arrived out of
+// time (greeter.Server's tap) in its output, and returns the first.
+func spentOnArrival(output string) (n int, first string) {
+	for line := range strings.Lines(output) {
+		if strings.Contains(line, "call arrived with its deadline already passed") {
+			if n == 0 {
+				first = strings.TrimSpace(line)
+			}
+			n++
+		}
+	}
+	return n, first
 }
 
 // writeAtomic replaces file with data in one rename, so the control
@@ -306,6 +329,12 @@ func (r *SoakReport) WriteText(w io.Writer) {
 	for _, f := range r.Failures {
 		fmt.Fprintf(w, "  at %s (%s after an endpoint change): %d failed; the last after %s: %s\n",
 			f.At.Round(time.Millisecond), f.SinceChurn.Round(time.Millisecond), f.Errors, f.After.Round(time.Millisecond), f.Err)
+	}
+	if len(r.SpentOnArrival) > 0 {
+		fmt.Fprintf(w, "  calls the greeters got with their deadline already passed:\n")
+		for _, line := range r.SpentOnArrival {
+			fmt.Fprintf(w, "    %s\n", line)
+		}
 	}
 	if len(r.SidecarCounters) > 0 {
 		fmt.Fprintf(w, "  the sidecar's counters at the end:\n")

@@ -64,3 +64,16 @@ func TestPerHour(t *testing.T) {
 		t.Errorf("one sample: growth %v, want NaN", got)
 	}
 }
+
+func TestSpentOnArrival(t *testing.T) {
+	out := "time=1 level=INFO msg=serving\n" +
+		"time=2 level=WARN msg=\"call arrived with its deadline already passed\" method=/helloworld.Greeter/SayHello left=-1ms peer=127.0.0.1:5\n" +
+		"time=3 level=WARN msg=\"call arrived with its deadline already passed\" method=/helloworld.Greeter/SayHello left=-2ms peer=127.0.0.1:5\n"
+	n, first := spentOnArrival(out)
+	if n != 2 || !strings.Contains(first, "left=-1ms") {
+		t.Errorf("spentOnArrival: %d, %q; want 2, the first with left=-1ms", n, first)
+	}
+	if n, _ := spentOnArrival("time=1 level=INFO msg=serving\n"); n != 0 {
+		t.Errorf("spentOnArrival of a quiet greeter: %d, want 0", n)
+	}
+}

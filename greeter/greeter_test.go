@@ -1,15 +1,21 @@
 package greeter
 
 import (
+	"bytes"
 	"context"
+	"crypto/tls"
 	"io"
+	"log/slog"
 	"net"
 	"net/http"
 	"net/http/httptest"
 	"slices"
+	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"golang.org/x/net/http2"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
@@ -210,4 +216,85 @@ func TestServerEchoStream(t *testing.T) {
 	if _, err := stream.Recv(); err != io.EOF {
 		t.Errorf("after CloseSend: %v, want io.EOF", err)
 	}
+}
+
+// TestServerWarnsOfSpentDeadline: a call whose grpc-timeout leaves it no
+// time gets DEADLINE_EXCEEDED from grpc-go at once, and the greeter warns
+// of it, naming the method and the peer; a call with time left does not
+// warn. A grpc-go client never sends a spent timeout, so the calls are
+// raw HTTP/2 requests.
+func TestServerWarnsOfSpentDeadline(t *testing.T) {
+	for _, tc := range []struct {
+		timeout  string
+		wantCode string
+		warned   bool
+	}{
+		{timeout: "1n", wantCode: "4", warned: true},
+		{timeout: "5S", wantCode: "0", warned: false},
+	} {
+		t.Run(tc.timeout, func(t *testing.T) {
+			var log syncBuffer
+			lis, err := net.Listen("tcp", "127.0.0.1:0")
+			if err != nil {
+				t.Fatal(err)
+			}
+			ctx, cancel := context.WithCancel(context.Background())
+			done := make(chan error, 1)
+			go func() {
+				done <- (&Server{Pod: "p", Log: slog.New(slog.NewTextHandler(&log, nil))}).Serve(ctx, lis)
+			}()
+			defer func() { cancel(); <-done }()
+
+			h2c := &http.Client{Transport: &http2.Transport{
+				AllowHTTP: true,
+				DialTLSContext: func(ctx context.Context, network, addr string, _ *tls.Config) (net.Conn, error) {
+					return (&net.Dialer{}).DialContext(ctx, network, addr)
+				},
+			}}
+			// An empty HelloRequest: the 5-byte gRPC message header alone.
+			req, err := http.NewRequest(http.MethodPost, "http://"+lis.Addr().String()+"/helloworld.Greeter/SayHello", bytes.NewReader(make([]byte, 5)))
+			if err != nil {
+				t.Fatal(err)
+			}
+			req.Header.Set("content-type", "application/grpc")
+			req.Header.Set("te", "trailers")
+			req.Header.Set("grpc-timeout", tc.timeout)
+			resp, err := h2c.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			io.Copy(io.Discard, resp.Body)
+			resp.Body.Close()
+			h2c.CloseIdleConnections() // so that the server's graceful stop need not wait for it
+			code := resp.Trailer.Get("grpc-status")
+			if code == "" {
+				code = resp.Header.Get("grpc-status") // trailers-only
+			}
+			if code != tc.wantCode {
+				t.Errorf("grpc-timeout %s: grpc-status %q, want %s", tc.timeout, code, tc.wantCode)
+			}
+			warned := strings.Contains(log.String(), "call arrived with its deadline already passed")
+			if warned != tc.warned || warned && !strings.Contains(log.String(), "method=/helloworld.Greeter/SayHello") {
+				t.Errorf("grpc-timeout %s: log %q, want a warning naming the method: %v", tc.timeout, log.String(), tc.warned)
+			}
+		})
+	}
+}
+
+// syncBuffer is a bytes.Buffer the server's goroutines may log to.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

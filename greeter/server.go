@@ -16,8 +16,10 @@ import (
 	pb "google.golang.org/grpc/examples/helloworld/helloworld"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+	"google.golang.org/grpc/peer"
 	"google.golang.org/grpc/reflection"
 	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/tap"
 )
 
 // PodName is the name a greeter reports: $POD_NAME, else the hostname.
@@ -63,6 +65,24 @@ func (s *Server) SayHello(ctx context.Context, in *pb.HelloRequest) (*pb.HelloRe
 	return &pb.HelloReply{Message: Reply(s.Pod, in.GetName())}, nil
 }
 
+// warnSpent warns of a call whose deadline has passed as it arrives: its
+// grpc-timeout left it no time, so grpc-go answers DEADLINE_EXCEEDED at
+// once, and neither the caller nor any proxy on the way says why. A
+// client sets its timeout from a deadline still ahead, so the time was
+// spent, or the header garbled, on the way.
+func (s *Server) warnSpent(ctx context.Context, info *tap.Info) (context.Context, error) {
+	if d, ok := ctx.Deadline(); ok {
+		if left := time.Until(d); left <= 0 {
+			from := "unknown"
+			if p, ok := peer.FromContext(ctx); ok {
+				from = p.Addr.String()
+			}
+			s.logger().Warn("call arrived with its deadline already passed", "method", info.FullMethodName, "left", left, "peer", from)
+		}
+	}
+	return ctx, nil
+}
+
 func (s *Server) logger() *slog.Logger {
 	if s.Log != nil {
 		return s.Log
@@ -72,8 +92,11 @@ func (s *Server) logger() *slog.Logger {
 
 // Serve runs the greeter on lis until ctx ends, then stops taking calls,
 // lets in-flight calls finish (health turns NOT_SERVING first) and returns.
+//
+// Serve sets the server's tap handle (grpc.InTapHandle), to warn of calls
+// that arrive already out of time.
 func (s *Server) Serve(ctx context.Context, lis net.Listener, opts ...grpc.ServerOption) error {
-	gs := grpc.NewServer(opts...)
+	gs := grpc.NewServer(append(opts, grpc.InTapHandle(s.warnSpent))...)
 	pb.RegisterGreeterServer(gs, s)
 	echopb.RegisterEchoServer(gs, echo{pod: s.Pod})
 	hs := health.NewServer()
