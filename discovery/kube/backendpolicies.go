@@ -92,20 +92,7 @@ func (s *Source) watchBackendPolicies(ctx context.Context, gc gatewayclient.Inte
 	factory := gatewayinformers.NewSharedInformerFactoryWithOptions(gc, 0,
 		gatewayinformers.WithNamespace(s.opts.Namespace),
 		gatewayinformers.WithTransform(trimBackendPolicy))
-	set := func(obj any) {
-		if p, ok := obj.(*gatewayx.XBackendTrafficPolicy); ok {
-			s.reg.SetBackendPolicy(p)
-		}
-	}
-	h, err := factory.Experimental().V1alpha1().XBackendTrafficPolicies().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    set,
-		UpdateFunc: func(_, obj any) { set(obj) },
-		DeleteFunc: func(obj any) {
-			if k, err := cache.DeletionHandlingObjectToName(obj); err == nil {
-				s.reg.DeleteBackendPolicy(discovery.Key{Namespace: k.Namespace, Name: k.Name})
-			}
-		},
-	})
+	h, err := factory.Experimental().V1alpha1().XBackendTrafficPolicies().Informer().AddEventHandler(mirror(s.reg.SetBackendPolicy, s.reg.DeleteBackendPolicy))
 	if err != nil {
 		return nil, fmt.Errorf("watch %s: %w", backendPolicyResource, err)
 	}

@@ -38,27 +38,11 @@ func (s *Source) gatewayInformers(ctx context.Context, c *client, start func(fun
 		gatewayinformers.WithNamespace(s.opts.Namespace),
 		gatewayinformers.WithTransform(trimGatewayObject))
 	var synced []cache.InformerSynced
-	classes, err := factory.Gateway().V1().GatewayClasses().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { s.setClass(obj) },
-		UpdateFunc: func(_, obj any) { s.setClass(obj) },
-		DeleteFunc: func(obj any) {
-			if k, err := cache.DeletionHandlingObjectToName(obj); err == nil {
-				s.reg.DeleteGatewayClass(k.Name)
-			}
-		},
-	})
+	classes, err := factory.Gateway().V1().GatewayClasses().Informer().AddEventHandler(mirror(s.setClass, func(k discovery.Key) { s.reg.DeleteGatewayClass(k.Name) }))
 	if err != nil {
 		return nil, fmt.Errorf("watch gatewayclasses: %w", err)
 	}
-	gateways, err := factory.Gateway().V1().Gateways().Informer().AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { s.setGateway(obj) },
-		UpdateFunc: func(_, obj any) { s.setGateway(obj) },
-		DeleteFunc: func(obj any) {
-			if k, err := cache.DeletionHandlingObjectToName(obj); err == nil {
-				s.reg.DeleteGateway(discovery.Key{Namespace: k.Namespace, Name: k.Name})
-			}
-		},
-	})
+	gateways, err := factory.Gateway().V1().Gateways().Informer().AddEventHandler(mirror(s.setGateway, s.reg.DeleteGateway))
 	if err != nil {
 		return nil, fmt.Errorf("watch gateways: %w", err)
 	}
@@ -71,15 +55,7 @@ func (s *Source) gatewayInformers(ctx context.Context, c *client, start func(fun
 	if err := secrets.SetTransform(trimSecret); err != nil {
 		return nil, err
 	}
-	sh, err := secrets.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { s.setSecret(obj) },
-		UpdateFunc: func(_, obj any) { s.setSecret(obj) },
-		DeleteFunc: func(obj any) {
-			if k, err := cache.DeletionHandlingObjectToName(obj); err == nil {
-				s.reg.DeleteSecret(discovery.Key{Namespace: k.Namespace, Name: k.Name})
-			}
-		},
-	})
+	sh, err := secrets.AddEventHandler(mirror(s.setSecret, s.reg.DeleteSecret))
 	if err != nil {
 		return nil, fmt.Errorf("watch secrets: %w", err)
 	}

@@ -14,7 +14,6 @@ import (
 	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/ballast-dev/ballast/api/v1alpha1"
-	"github.com/ballast-dev/ballast/discovery"
 )
 
 // policyResource is TrafficPolicy's resource name.
@@ -94,20 +93,7 @@ func (s *Source) watchPolicies(ctx context.Context, start func(func())) ([]cache
 	if err := inf.SetTransform(trimPolicy); err != nil {
 		return nil, fmt.Errorf("informer on %s: %w", policyResource, err)
 	}
-	set := func(obj any) {
-		if p, ok := obj.(*v1alpha1.TrafficPolicy); ok {
-			s.reg.SetPolicy(p)
-		}
-	}
-	h, err := inf.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    set,
-		UpdateFunc: func(_, obj any) { set(obj) },
-		DeleteFunc: func(obj any) {
-			if k, err := cache.DeletionHandlingObjectToName(obj); err == nil {
-				s.reg.DeletePolicy(discovery.Key{Namespace: k.Namespace, Name: k.Name})
-			}
-		},
-	})
+	h, err := inf.AddEventHandler(mirror(s.reg.SetPolicy, s.reg.DeletePolicy))
 	if err != nil {
 		return nil, fmt.Errorf("watch %s: %w", policyResource, err)
 	}

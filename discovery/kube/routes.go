@@ -74,30 +74,14 @@ func (s *Source) watchRoutes(ctx context.Context, gc gatewayclient.Interface, st
 		gatewayinformers.WithNamespace(s.opts.Namespace),
 		gatewayinformers.WithTransform(trimGateway))
 	routes := factory.Gateway().V1().GRPCRoutes().Informer()
-	rh, err := routes.AddEventHandler(cache.ResourceEventHandlerFuncs{
-		AddFunc:    func(obj any) { s.setRoute(obj) },
-		UpdateFunc: func(_, obj any) { s.setRoute(obj) },
-		DeleteFunc: func(obj any) {
-			if k, err := cache.DeletionHandlingObjectToName(obj); err == nil {
-				s.reg.DeleteRoute(discovery.Key{Namespace: k.Namespace, Name: k.Name})
-			}
-		},
-	})
+	rh, err := routes.AddEventHandler(mirror(s.setRoute, s.reg.DeleteRoute))
 	if err != nil {
 		return nil, fmt.Errorf("watch grpcroutes: %w", err)
 	}
 	synced := []cache.InformerSynced{rh.HasSynced}
 	if grants {
 		gi := factory.Gateway().V1beta1().ReferenceGrants().Informer()
-		gh, err := gi.AddEventHandler(cache.ResourceEventHandlerFuncs{
-			AddFunc:    func(obj any) { s.setGrant(obj) },
-			UpdateFunc: func(_, obj any) { s.setGrant(obj) },
-			DeleteFunc: func(obj any) {
-				if k, err := cache.DeletionHandlingObjectToName(obj); err == nil {
-					s.reg.DeleteGrant(discovery.Key{Namespace: k.Namespace, Name: k.Name})
-				}
-			},
-		})
+		gh, err := gi.AddEventHandler(mirror(s.setGrant, s.reg.DeleteGrant))
 		if err != nil {
 			return nil, fmt.Errorf("watch referencegrants: %w", err)
 		}
@@ -151,4 +135,24 @@ func trimGateway(obj any) (any, error) {
 		o.ObjectMeta = trimMeta(o.ObjectMeta)
 	}
 	return obj, nil
+}
+
+// mirror is the event handler that keeps the registry in step with one
+// kind of object: set on add and update (an object of another type is
+// ignored), del with its key on delete, tombstones included.
+func mirror[T any](set func(T), del func(discovery.Key)) cache.ResourceEventHandlerFuncs {
+	put := func(obj any) {
+		if o, ok := obj.(T); ok {
+			set(o)
+		}
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc:    put,
+		UpdateFunc: func(_, obj any) { put(obj) },
+		DeleteFunc: func(obj any) {
+			if k, err := cache.DeletionHandlingObjectToName(obj); err == nil {
+				del(discovery.Key{Namespace: k.Namespace, Name: k.Name})
+			}
+		},
+	}
 }
