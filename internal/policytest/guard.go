@@ -105,6 +105,9 @@ func CheckEjection(t *testing.T, client pb.GreeterClient) {
 			t.Fatal("no call reached the broken pod")
 		}
 	}
+	// Each call is timed from when it began, close to its pick: its
+	// return can lag the balancer by the test's scheduling, enough for the
+	// ejection to start between the last failure and the test noting it.
 	var failures []time.Duration // since the first call, of the calls the broken pod took
 	start := time.Now()
 	deadline = start.Add(EjectionTime + 10*Interval + 20*time.Second)
@@ -112,8 +115,8 @@ func CheckEjection(t *testing.T, client pb.GreeterClient) {
 		if time.Now().After(deadline) {
 			t.Fatalf("the broken pod was not ejected and back within the deadline; failed calls at %v", failures)
 		}
-		err := call()
 		at := time.Since(start)
+		err := call()
 		if err == nil {
 			continue
 		}
