@@ -248,18 +248,13 @@ func TestAuthenticatedXDS(t *testing.T) {
 	}
 
 	// The two names team-a asked for above and may not read were counted.
-	res, err := http.Get("http://" + httpAddr + "/metrics")
-	if err != nil {
-		t.Fatal(err)
-	}
-	body, _ := io.ReadAll(res.Body)
-	res.Body.Close()
-	if want := `ballast_xds_forbidden_requests_total{type="listener"} 2`; !strings.Contains(string(body), want) {
-		t.Errorf("metrics lack %s:\n%s", want, grep(string(body), "ballast_xds_"))
+	body := scrape(t, httpAddr)
+	if want := `ballast_xds_forbidden_requests_total{type="listener"} 2`; !strings.Contains(body, want) {
+		t.Errorf("metrics lack %s:\n%s", want, grep(body, "ballast_xds_"))
 	}
 	for _, want := range []string{`ballast_xds_auth_failures_total{reason="no_token"} 1`, `ballast_xds_auth_failures_total{reason="refused"} 2`} {
-		if !strings.Contains(string(body), want) {
-			t.Errorf("metrics lack %s:\n%s", want, grep(string(body), "ballast_xds_"))
+		if !strings.Contains(body, want) {
+			t.Errorf("metrics lack %s:\n%s", want, grep(body, "ballast_xds_"))
 		}
 	}
 }
@@ -301,6 +296,21 @@ func TestSidecarClientAuthenticates(t *testing.T) {
 	if target, ok := c.Target(netip.MustParseAddrPort("10.96.1.11:50051")); ok {
 		t.Errorf("bank's Service is known to shop's sidecar as %s", target)
 	}
+}
+
+// scrape returns the control plane's /metrics page.
+func scrape(t *testing.T, httpAddr string) string {
+	t.Helper()
+	res, err := http.Get("http://" + httpAddr + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer res.Body.Close()
+	body, err := io.ReadAll(res.Body)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return string(body)
 }
 
 func grep(s, sub string) string {
