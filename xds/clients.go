@@ -63,6 +63,7 @@ type clientState struct {
 	Types     map[string]*typeState `json:"types"`
 
 	node *corev3.Node
+	ctx  context.Context // the stream's
 }
 
 // typeState is what one client holds of one resource type.
@@ -87,7 +88,7 @@ type sentResource struct {
 }
 
 func (t *clientTable) open(ctx context.Context, id int64, mode string) {
-	c := &clientState{Stream: id, Mode: mode, Connected: time.Now(), Types: map[string]*typeState{}}
+	c := &clientState{Stream: id, Mode: mode, Connected: time.Now(), Types: map[string]*typeState{}, ctx: ctx}
 	if p, ok := peer.FromContext(ctx); ok && p.Addr != nil {
 		c.Peer = p.Addr.String()
 	}
@@ -187,19 +188,46 @@ func (t *clientTable) OnDeltaStreamOpen(ctx context.Context, id int64, _ string)
 // OnDeltaStreamClosed is called when a delta stream ends.
 func (t *clientTable) OnDeltaStreamClosed(id int64, _ *corev3.Node) { t.close(id, "delta") }
 
-// OnStreamRequest records a state-of-the-world request; one carrying
-// error_detail is a NACK of the response its nonce names.
-//
-// A wildcard request before the server is ready is refused: the answer
-// would be an incomplete world, and a sidecar would take the Services
-// missing from it for unknown destinations. Named requests just wait for
-// their resources, so they need no such guard.
+// awaitReady holds a stream's request until the server is ready, for at
+// most ReadyWait, then refuses it (Unavailable; the client retries). An
+// answer before then would come from an incomplete world: a sidecar would
+// take the Services missing from it for unknown destinations, and a
+// proxyless client back from a restarted control plane, whose version is
+// another instance's, is answered at once with whatever the caches hold,
+// so a Listener not yet in them reads as deleted and its calls fail.
+func (t *clientTable) awaitReady(k streamKey) error {
+	if t.s.Ready() {
+		return nil
+	}
+	t.mu.Lock()
+	c := t.streams[k]
+	t.mu.Unlock()
+	if c == nil {
+		return status.Error(codes.Unavailable, "control plane not ready: discovery has not synced")
+	}
+	t.s.metrics.waiting.Inc()
+	defer t.s.metrics.waiting.Dec()
+	timer := time.NewTimer(t.s.cfg.ReadyWait)
+	defer timer.Stop()
+	select {
+	case <-t.s.readyCh:
+		return nil
+	case <-c.ctx.Done():
+		return c.ctx.Err()
+	case <-timer.C:
+		return status.Errorf(codes.Unavailable, "control plane not ready: discovery has not synced in %v", t.s.cfg.ReadyWait)
+	}
+}
+
+// OnStreamRequest records a state-of-the-world request, once the server is
+// ready (awaitReady); one carrying error_detail is a NACK of the response
+// its nonce names.
 func (t *clientTable) OnStreamRequest(id int64, req *discoveryv3.DiscoveryRequest) error {
 	if err := checkRequest(req.GetTypeUrl(), len(req.GetResourceNames())); err != nil {
 		return err
 	}
-	if classify(req) == sidecarListenerCache && !t.s.Ready() {
-		return status.Error(codes.Unavailable, "control plane not ready: discovery has not synced")
+	if err := t.awaitReady(streamKey{"sotw", id}); err != nil {
+		return err
 	}
 	t.mu.Lock()
 	if err := t.checkNodeLocked(streamKey{"sotw", id}, req.GetNode()); err != nil {
@@ -278,10 +306,14 @@ func (t *clientTable) OnStreamResponse(_ context.Context, id int64, req *discove
 	t.sentLocked(c, resp.GetTypeUrl(), resp.GetVersionInfo(), resp.GetNonce(), sent, removed, full)
 }
 
-// OnStreamDeltaRequest records a delta request; one carrying error_detail
-// is a NACK of the response its nonce names.
+// OnStreamDeltaRequest records a delta request, once the server is ready
+// (awaitReady); one carrying error_detail is a NACK of the response its
+// nonce names.
 func (t *clientTable) OnStreamDeltaRequest(id int64, req *discoveryv3.DeltaDiscoveryRequest) error {
 	if err := checkRequest(req.GetTypeUrl(), len(req.GetResourceNamesSubscribe())); err != nil {
+		return err
+	}
+	if err := t.awaitReady(streamKey{"delta", id}); err != nil {
 		return err
 	}
 	t.mu.Lock()

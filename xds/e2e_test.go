@@ -25,6 +25,7 @@ import (
 	statusv3 "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	dto "github.com/prometheus/client_model/go"
 	statuspb "google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
@@ -641,15 +642,7 @@ func TestSidecarListenersByWildcard(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			var got []string
-			for _, a := range resp.GetResources() {
-				l := &listenerv3.Listener{}
-				if err := a.UnmarshalTo(l); err != nil {
-					t.Fatal(err)
-				}
-				got = append(got, l.GetName())
-			}
-			slices.Sort(got)
+			got := listenerNames(t, resp)
 			if strings.Join(got, " ") != tt.want {
 				t.Fatalf("listeners %q, want %q", got, tt.want)
 			}
@@ -657,15 +650,102 @@ func TestSidecarListenersByWildcard(t *testing.T) {
 	}
 }
 
-// Before discovery has synced the world is incomplete; a sidecar given it
-// would treat the missing Services as unknown destinations, so its wildcard
-// request is refused and it retries.
-func TestWildcardRefusedUntilReady(t *testing.T) {
-	srv, err := NewServer(Config{Registry: discovery.NewRegistry(), Synced: func() bool { return false },
-		Log: slog.New(slog.NewTextHandler(io.Discard, nil)), Metrics: prometheus.NewRegistry()})
+// TestRequestsWaitUntilReady: before discovery has synced, the caches
+// hold an incomplete world: a sidecar would take the Services missing from
+// it for unknown destinations, and a proxyless client back from another
+// replica (its version not this server's) would be answered at once
+// without them, which deletes their Listeners. So requests wait, counted in
+// ballast_xds_requests_waiting_for_sync, and the first answer is the one a
+// request gets once the server is ready; one still waiting after ReadyWait
+// is refused Unavailable, and the client retries.
+func TestRequestsWaitUntilReady(t *testing.T) {
+	ips := map[string]netip.Addr{"a": netip.MustParseAddr("10.96.0.10"), "b": netip.MustParseAddr("10.96.0.11")}
+	svc := func(name string) *discovery.Service {
+		return &discovery.Service{Key: discovery.Key{Namespace: "default", Name: name}, ClusterIPs: []netip.Addr{ips[name]},
+			Ports: []discovery.Port{{Name: "grpc", Port: 80, Protocol: "TCP"}}}
+	}
+	cases := []struct {
+		name string
+		req  *discoveryv3.DiscoveryRequest
+		b    string // b's Listener, which only the synced world has
+	}{
+		{"a sidecar's wildcard request", &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "ballast-proxy~default~c"}, TypeUrl: resourcev3.ListenerType},
+			"10.96.0.11:80"},
+		{"a proxyless client back from another replica", &discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "ballast~client.default"},
+			TypeUrl: resourcev3.ListenerType, VersionInfo: "another-replica-7", ResourceNames: []string{"a.default:80", "b.default:80"}},
+			"b.default:80"},
+	}
+	for _, tc := range cases {
+		t.Run(tc.name, func(t *testing.T) {
+			reg := discovery.NewRegistry()
+			reg.Set(svc("a"))
+			var synced atomic.Bool
+			srv, addr := serveUnsynced(t, Config{Registry: reg, Synced: synced.Load, ReadyWait: time.Minute})
+			s := adsStream(t, addr)
+			if err := s.Send(tc.req); err != nil {
+				t.Fatal(err)
+			}
+			eventually(t, "the request waiting for the sync", func() bool { return testutil.ToFloat64(srv.metrics.waiting) == 1 })
+			reg.Set(svc("b"))
+			synced.Store(true)
+			first, err := s.Recv()
+			if err != nil {
+				t.Fatalf("the waiting request: %v", err)
+			}
+			// What the same request gets from the ready server.
+			fresh := adsStream(t, addr)
+			if err := fresh.Send(tc.req); err != nil {
+				t.Fatal(err)
+			}
+			ready, err := fresh.Recv()
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got, want := listenerNames(t, first), listenerNames(t, ready); len(want) == 0 || !slices.Equal(got, want) || !slices.Contains(got, tc.b) {
+				t.Fatalf("first answer %q; want what the ready server answers, %q, with %s", got, want, tc.b)
+			}
+		})
+	}
+	t.Run("never synced", func(t *testing.T) {
+		_, addr := serveUnsynced(t, Config{Registry: discovery.NewRegistry(), Synced: func() bool { return false }, ReadyWait: 100 * time.Millisecond})
+		s := adsStream(t, addr)
+		if err := s.Send(cases[1].req); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Recv(); status.Code(err) != codes.Unavailable || !strings.Contains(err.Error(), "not synced") {
+			t.Fatalf("a request to a server that never syncs: %v, want Unavailable saying it has not synced", err)
+		}
+	})
+}
+
+// listenerNames are the names of a response's Listeners, sorted.
+func listenerNames(t *testing.T, resp *discoveryv3.DiscoveryResponse) []string {
+	t.Helper()
+	var names []string
+	for _, a := range resp.GetResources() {
+		l := &listenerv3.Listener{}
+		if err := a.UnmarshalTo(l); err != nil {
+			t.Fatal(err)
+		}
+		names = append(names, l.GetName())
+	}
+	slices.Sort(names)
+	return names
+}
+
+// serveUnsynced runs a Server of cfg, whose discovery may not have synced,
+// on a loopback gRPC server for the test's duration.
+func serveUnsynced(t *testing.T, cfg Config) (*Server, string) {
+	t.Helper()
+	cfg.Log = slog.New(slog.NewTextHandler(io.Discard, nil))
+	cfg.Metrics = prometheus.NewRegistry()
+	srv, err := NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
+	ctx, cancel := context.WithCancel(context.Background())
+	ran := make(chan struct{})
+	go func() { defer close(ran); srv.Run(ctx) }()
 	lis, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
@@ -673,15 +753,8 @@ func TestWildcardRefusedUntilReady(t *testing.T) {
 	gs := grpc.NewServer()
 	srv.Register(gs)
 	go gs.Serve(lis)
-	defer gs.Stop()
-	s := adsStream(t, lis.Addr().String())
-	if err := s.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "ballast-proxy~default~c"}, TypeUrl: resourcev3.ListenerType}); err != nil {
-		t.Fatal(err)
-	}
-	_, err = s.Recv()
-	if status.Code(err) != codes.Unavailable {
-		t.Fatalf("wildcard request before sync: %v, want Unavailable", err)
-	}
+	t.Cleanup(func() { gs.Stop(); cancel(); <-ran })
+	return srv, lis.Addr().String()
 }
 
 // adsService dials the server at addr for a test that speaks the

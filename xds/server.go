@@ -41,6 +41,10 @@ type Config struct {
 	// once; /readyz fails until it does, so a new replica takes no clients
 	// before it knows every Service. Nil means synced.
 	Synced func() bool
+	// ReadyWait bounds how long a request that arrives before the server is
+	// ready waits for it (see clientTable.awaitReady) before it is refused
+	// Unavailable; zero means 10 seconds.
+	ReadyWait time.Duration
 	// Log receives the server's structured logs; nil means slog.Default().
 	Log *slog.Logger
 	// Metrics is where the server registers its metrics and what /metrics
@@ -172,6 +176,8 @@ type Server struct {
 
 	started atomic.Bool // the first full translation is in the caches
 	ready   atomic.Bool // the caches hold everything discovery listed at sync
+	// readyCh is closed when ready is set, for requests waiting on it.
+	readyCh chan struct{}
 }
 
 // servedResource is one resource of a Service, with the cache it is in.
@@ -233,7 +239,9 @@ func NewServer(cfg Config) (*Server, error) {
 		caches:  map[string]*cachev3.LinearCache{},
 		served:  map[discovery.Key]servedService{},
 		changes: map[string]time.Time{},
+		readyCh: make(chan struct{}),
 	}
+	s.cfg.ReadyWait = cmp.Or(s.cfg.ReadyWait, 10*time.Second)
 	m, err := newMetrics(cfg.Metrics, s)
 	if err != nil {
 		return nil, fmt.Errorf("xds server: %w", err)
@@ -281,6 +289,13 @@ func (s *Server) Ready() bool { return s.ready.Load() }
 
 func (s *Server) synced() bool { return s.cfg.Synced == nil || s.cfg.Synced() }
 
+// markReady sets ready and wakes the requests waiting for it.
+func (s *Server) markReady() {
+	if !s.ready.Swap(true) {
+		close(s.readyCh)
+	}
+}
+
 // syncPoll is how often Run asks an unsynced discovery whether it has
 // synced; it stops asking once it has.
 const syncPoll = 20 * time.Millisecond
@@ -304,7 +319,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.log.Info("initial translation done", "services", len(keys), "synced", synced)
 	var syncTick <-chan time.Time
 	if synced {
-		s.ready.Store(true)
+		s.markReady()
 	} else {
 		t := time.NewTicker(syncPoll)
 		defer t.Stop()
@@ -322,7 +337,7 @@ func (s *Server) Run(ctx context.Context) error {
 				continue
 			}
 			s.apply(sub.Drain(), time.Now())
-			s.ready.Store(true)
+			s.markReady()
 			syncTick = nil
 			s.log.Info("discovery synced; ready")
 		}
@@ -573,6 +588,7 @@ type metrics struct {
 	pushLatency     *prometheus.HistogramVec
 	nacks           *prometheus.CounterVec
 	translateErrors prometheus.Counter
+	waiting         prometheus.Gauge
 	authFailures    *prometheus.CounterVec
 	forbidden       *prometheus.CounterVec
 }
@@ -583,6 +599,10 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 			Name: "ballast_xds_connected_clients",
 			Help: "xDS streams open now, by protocol variant (sotw or delta).",
 		}, []string{"mode"}),
+		waiting: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "ballast_xds_requests_waiting_for_sync",
+			Help: "xDS requests held until discovery has synced, so that none is answered from an incomplete world.",
+		}),
 		pushes: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "ballast_xds_pushes_total",
 			Help: "xDS responses sent, by resource type and protocol variant.",
@@ -614,7 +634,7 @@ func newMetrics(reg prometheus.Registerer, s *Server) (*metrics, error) {
 		m.nacks.WithLabelValues(typeName(t))
 		m.pushLatency.WithLabelValues(typeName(t))
 	}
-	for _, c := range []prometheus.Collector{m.clients, m.pushes, m.pushLatency, m.nacks, m.translateErrors, m.authFailures, m.forbidden, &resourceCollector{s: s}} {
+	for _, c := range []prometheus.Collector{m.clients, m.waiting, m.pushes, m.pushLatency, m.nacks, m.translateErrors, m.authFailures, m.forbidden, &resourceCollector{s: s}} {
 		if err := reg.Register(c); err != nil {
 			return nil, fmt.Errorf("register metrics: %w", err)
 		}
