@@ -35,7 +35,7 @@ func TestWindowSurvivesAbandonedCalls(t *testing.T) {
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) {
 			svc := &creditService{}
-			_, proxyAddr := startOutbound(t, startCreditService(t, svc), Options{})
+			_, proxyAddr := startOutbound(t, startTestService(t, svc), Options{})
 			conn := dial(t, proxyAddr, grpc.WithDefaultCallOptions(grpc.MaxCallRecvMsgSize(2*bigMessage), grpc.MaxCallSendMsgSize(2*bigMessage)))
 			client := testpb.NewTestServiceClient(conn)
 			// Each round's calls hold up to a stream window each, in all
@@ -99,17 +99,6 @@ func (s *creditService) FullDuplexCall(stream grpc.BidiStreamingServer[testpb.St
 		}
 		return stream.Context().Err()
 	}
-}
-
-func startCreditService(t *testing.T, s *creditService) string {
-	t.Helper()
-	lis := listen(t)
-	gs := grpc.NewServer(grpc.MaxRecvMsgSize(2*bigMessage), grpc.MaxSendMsgSize(2*bigMessage))
-	testpb.RegisterTestServiceServer(gs, s)
-	done := make(chan struct{})
-	go func() { defer close(done); gs.Serve(lis) }()
-	t.Cleanup(func() { gs.Stop(); <-done })
-	return lis.Addr().String()
 }
 
 // creditRound is one round of calls left stalled holding data.

@@ -144,7 +144,7 @@ func (s *testService) FullDuplexCall(stream grpc.BidiStreamingServer[testpb.Stre
 const bigMessage = 8 << 20
 
 // startTestService serves s on loopback and returns its address.
-func startTestService(t testing.TB, s *testService) string {
+func startTestService(t testing.TB, s testpb.TestServiceServer) string {
 	t.Helper()
 	lis := listen(t)
 	gs := grpc.NewServer(grpc.MaxRecvMsgSize(2*bigMessage), grpc.MaxSendMsgSize(2*bigMessage))

@@ -799,17 +799,6 @@ func TestSidecarListenerFollowsClusterIP(t *testing.T) {
 	waitResources(t, p, sidecarListenerCache, 1)
 	s := adsStream(t, p.addr)
 	defer s.CloseSend()
-	names := func(resp *discoveryv3.DiscoveryResponse) string {
-		var out []string
-		for _, a := range resp.GetResources() {
-			l := &listenerv3.Listener{}
-			if err := a.UnmarshalTo(l); err != nil {
-				t.Fatal(err)
-			}
-			out = append(out, l.GetName())
-		}
-		return strings.Join(out, " ")
-	}
 	if err := s.Send(&discoveryv3.DiscoveryRequest{Node: &corev3.Node{Id: "ballast-proxy~default~c"}, TypeUrl: resourcev3.ListenerType}); err != nil {
 		t.Fatal(err)
 	}
@@ -817,7 +806,7 @@ func TestSidecarListenerFollowsClusterIP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := names(resp); got != "10.96.0.10:50051" {
+	if got := strings.Join(listenerNames(t, resp), " "); got != "10.96.0.10:50051" {
 		t.Fatalf("listeners %q, want 10.96.0.10:50051", got)
 	}
 	if err := s.Send(&discoveryv3.DiscoveryRequest{TypeUrl: resourcev3.ListenerType, VersionInfo: resp.GetVersionInfo(), ResponseNonce: resp.GetNonce()}); err != nil {
@@ -828,7 +817,7 @@ func TestSidecarListenerFollowsClusterIP(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got := names(resp); got != "10.96.0.20:50051" {
+	if got := strings.Join(listenerNames(t, resp), " "); got != "10.96.0.20:50051" {
 		t.Fatalf("after the ClusterIP changed: listeners %q, want 10.96.0.20:50051", got)
 	}
 }
