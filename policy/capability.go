@@ -49,7 +49,8 @@ const (
 	// SuccessRateFeature, FailurePercentageFeature and
 	// ConsecutiveErrors are a TrafficPolicy's outlierDetection
 	// algorithms; every mode honours the first two (grpc-go's outlier
-	// detection balancer, in the sidecar and the library too).
+	// detection balancer in proxyless clients, balancer/ejection in the
+	// sidecar and the library).
 	SuccessRateFeature       Feature = "OutlierSuccessRateEjection"
 	FailurePercentageFeature Feature = "OutlierFailurePercentageEjection"
 	ConsecutiveErrors        Feature = "OutlierConsecutiveErrors"

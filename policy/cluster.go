@@ -1,10 +1,8 @@
 package policy
 
 import (
-	"encoding/json"
 	"fmt"
 	"math"
-	"strconv"
 	"time"
 )
 
@@ -77,55 +75,6 @@ var (
 // DefaultMaxRequests is what gRPC's xDS clients bound a Cluster's calls in
 // flight to when its circuit_breakers say nothing (gRFC A32).
 const DefaultMaxRequests = 1024
-
-// OutlierDetectionBalancer is grpc-go's outlier detection balancer (gRFC
-// A50), by registered name. It is registered only where grpc-go's xDS
-// package (google.golang.org/grpc/xds) is linked in.
-const OutlierDetectionBalancer = "outlier_detection_experimental"
-
-// LBConfig is o as the JSON config of OutlierDetectionBalancer wrapping
-// child: the sidecar and the library run grpc-go's own implementation of
-// the algorithms rather than another. Consecutive errors are not in it
-// (gRFC A50 has none).
-func (o *OutlierDetection) LBConfig(child Balancer) json.RawMessage {
-	type sr struct {
-		StdevFactor           uint32 `json:"stdevFactor"`
-		EnforcementPercentage uint32 `json:"enforcementPercentage"`
-		MinimumHosts          uint32 `json:"minimumHosts"`
-		RequestVolume         uint32 `json:"requestVolume"`
-	}
-	type fp struct {
-		Threshold             uint32 `json:"threshold"`
-		EnforcementPercentage uint32 `json:"enforcementPercentage"`
-		MinimumHosts          uint32 `json:"minimumHosts"`
-		RequestVolume         uint32 `json:"requestVolume"`
-	}
-	seconds := func(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', -1, 64) + "s" }
-	cfg := struct {
-		Interval           string                       `json:"interval"`
-		BaseEjectionTime   string                       `json:"baseEjectionTime"`
-		MaxEjectionTime    string                       `json:"maxEjectionTime"`
-		MaxEjectionPercent uint32                       `json:"maxEjectionPercent"`
-		SuccessRate        *sr                          `json:"successRateEjection,omitempty"`
-		FailurePercentage  *fp                          `json:"failurePercentageEjection,omitempty"`
-		ChildPolicy        []map[string]json.RawMessage `json:"childPolicy"`
-	}{
-		Interval: seconds(o.Interval), BaseEjectionTime: seconds(o.BaseEjectionTime), MaxEjectionTime: seconds(o.MaxEjectionTime),
-		MaxEjectionPercent: o.MaxEjectionPercent,
-		ChildPolicy:        []map[string]json.RawMessage{{child.Name: child.Config}},
-	}
-	if s := o.SuccessRate; s != nil {
-		cfg.SuccessRate = &sr{s.StdevFactor, s.EnforcementPercentage, s.MinimumHosts, s.RequestVolume}
-	}
-	if f := o.FailurePercentage; f != nil {
-		cfg.FailurePercentage = &fp{f.Threshold, f.EnforcementPercentage, f.MinimumHosts, f.RequestVolume}
-	}
-	b, err := json.Marshal(cfg)
-	if err != nil {
-		panic(fmt.Sprintf("policy: outlier detection config: %v", err)) // plain data: a bug, not an input
-	}
-	return b
-}
 
 // CircuitBreakerOpen is the error message of a call the sidecar or the
 // library fails because maxRequests calls are in flight to its Cluster.

@@ -49,8 +49,8 @@ func sidecarPolicy(t *testing.T, fields string, addrs ...string) pb.GreeterClien
 }
 
 // TestSidecarOutlierDetection: of three pods one fails every call; the
-// sidecar (grpc-go's outlier detection balancer over its round_robin, from
-// the Cluster's outlier_detection) ejects it within two intervals and
+// sidecar (balancer/ejection's outlier detection over its round_robin,
+// from the Cluster's outlier_detection) ejects it within two intervals and
 // sends it calls again after the ejection time.
 func TestSidecarOutlierDetection(t *testing.T) {
 	policy := "outlierDetection:" + policytest.Policy[len("  outlierDetection:"):]
@@ -59,8 +59,7 @@ func TestSidecarOutlierDetection(t *testing.T) {
 
 // TestSidecarConsecutiveErrors: of three pods one fails every call; the
 // sidecar ejects it after outlierDetection.consecutiveErrors failed calls
-// in a row (balancer/ejection, under grpc-go's outlier detection balancer,
-// over its round_robin) and sends it calls again after the ejection time.
+// in a row (balancer/ejection, over its round_robin) and sends it calls again after the ejection time.
 func TestSidecarConsecutiveErrors(t *testing.T) {
 	policy := "outlierDetection:" + policytest.ConsecutivePolicy[len("  outlierDetection:"):]
 	policytest.CheckConsecutiveEjection(t, sidecarGuarded(t, policy, &policytest.Server{Broken: true}, &policytest.Server{}, &policytest.Server{}))

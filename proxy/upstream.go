@@ -241,8 +241,7 @@ type lbChoice struct {
 }
 
 // updatePolicy hands h endpoints, the balancer of the Cluster's policy
-// (under grpc-go's outlier detection balancer if it has outlier
-// detection) and its circuit breaker's bounds.
+// (under balancer/ejection's outlier detection if it has some) and its circuit breaker's bounds.
 func (h *host) updatePolicy(cl policy.Cluster, state resolver.State) {
 	name, cfg, err := ejection.Balancer(cl, cl.Outlier)
 	if err != nil {

@@ -1,25 +1,30 @@
 // Package ejection takes failing endpoints of a Cluster out of balancing
 // in the sidecar and the Go library, from a TrafficPolicy's
-// outlierDetection (policy.OutlierDetection): gRFC A50's success-rate and
-// failure-percentage ejection by grpc-go's own outlier detection balancer,
-// and ejection after consecutive errors, which gRFC A50 (and so grpc-go)
-// lacks, by this package's balancer, ConsecutiveName. Balancer assembles
-// the chain both clients run for a Cluster.
+// outlierDetection (policy.OutlierDetection), with one balancer over the
+// Cluster's: gRFC A50's success-rate and failure-percentage ejection,
+// decided every interval from the calls' outcomes, and ejection after
+// consecutive errors, which gRFC A50 lacks, decided at each failed call.
+// Balancer assembles the chain both clients run for a Cluster.
 //
-// The consecutive-errors balancer ejects as grpc-go's does: it wraps the
-// SubConns its child makes and, while an endpoint is ejected, tells the
-// child's health listener that its SubConns are in TRANSIENT_FAILURE, so
-// the child balances over the others (round_robin, least_request, p2c,
-// peak-EWMA and ring_hash alike); when the ejection ends, the SubConns'
-// real health goes back to the child.
+// It is Ballast's own rather than grpc-go's outlier detection balancer,
+// which is internal to grpc-go and registered only by its xDS package
+// (google.golang.org/grpc/xds): linking that package for one balancer
+// would put grpc-go's whole xDS client, its credentials (OAuth2, JOSE,
+// SPIFFE, ALTS) and their protobuf registrations into every sidecar, whose
+// idle memory is mostly the pages of its binary.
+//
+// The balancer ejects as grpc-go's does: it wraps the SubConns its child
+// makes and, while an endpoint is ejected, tells the child's health
+// listener that its SubConns are in TRANSIENT_FAILURE, so the child
+// balances over the others (round_robin, least_request, p2c, peak-EWMA
+// and ring_hash alike); when the ejection ends, the SubConns' real health
+// goes back to the child.
 package ejection
 
 import (
-	"bytes"
-	"encoding/json"
 	"errors"
 	"fmt"
-	"strconv"
+	"math/rand/v2"
 	"sync/atomic"
 	"time"
 
@@ -27,174 +32,132 @@ import (
 	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/resolver"
 	"google.golang.org/grpc/serviceconfig"
-	// grpc-go's xDS package registers its outlier detection balancer
-	// (internal to grpc-go), which Balancer puts over a Cluster's.
-	_ "google.golang.org/grpc/xds"
 
 	"github.com/ballast-dev/ballast/internal/serializer"
 	"github.com/ballast-dev/ballast/policy"
 )
 
-// ConsecutiveName is the consecutive-errors balancer's registered name.
-const ConsecutiveName = "ballast_consecutive_errors"
+// Name is the balancer's registered name.
+const Name = "ballast_outlier_detection"
 
 func init() { balancer.Register(builder{}) }
 
 // Balancer is the balancer a Cluster's calls run in the sidecar and the
-// library, by registered name, with its parsed config: the first balancer
-// of the Cluster's policy that grpc-go has registered, as a channel picks
-// it; with outlier detection, grpc-go's outlier detection balancer over
-// it, and with consecutive errors this package's in between.
+// library, by registered name, with its config: the first balancer of the
+// Cluster's policy that grpc-go has registered, as a channel picks it;
+// with outlier detection that asks for any ejection, this package's
+// balancer over it.
 func Balancer(cl policy.Cluster, od *policy.OutlierDetection) (string, serviceconfig.LoadBalancingConfig, error) {
 	for _, bc := range cl.Balancers() {
-		if balancer.Get(bc.Name) == nil {
-			continue
-		}
-		if od != nil {
-			if od.ConsecutiveErrors > 0 {
-				bc = policy.Balancer{Name: ConsecutiveName, Config: consecutiveConfig(od, bc)}
-			}
-			bc = policy.Balancer{Name: policy.OutlierDetectionBalancer, Config: od.LBConfig(bc)}
-		}
 		bb := balancer.Get(bc.Name)
 		if bb == nil {
-			return "", nil, fmt.Errorf("balancer %s is not registered", bc.Name)
+			continue
 		}
-		p, ok := bb.(balancer.ConfigParser)
-		if !ok {
-			return bc.Name, nil, nil
+		var cfg serviceconfig.LoadBalancingConfig
+		if p, ok := bb.(balancer.ConfigParser); ok {
+			var err error
+			if cfg, err = p.ParseConfig(bc.Config); err != nil {
+				return "", nil, fmt.Errorf("balancer %s config: %w", bc.Name, err)
+			}
 		}
-		cfg, err := p.ParseConfig(bc.Config)
+		if od == nil || (od.ConsecutiveErrors == 0 && od.SuccessRate == nil && od.FailurePercentage == nil) {
+			return bc.Name, cfg, nil
+		}
+		c, err := newConfig(od, bc.Name, cfg)
 		if err != nil {
-			return "", nil, fmt.Errorf("balancer %s config: %w", bc.Name, err)
+			return "", nil, err
 		}
-		return bc.Name, cfg, nil
+		return Name, c, nil
 	}
 	return "", nil, fmt.Errorf("no balancer of policy %s is registered", cl.LB)
 }
 
-// jsonConfig is the consecutive-errors balancer's JSON config.
-type jsonConfig struct {
-	ConsecutiveErrors  uint32                       `json:"consecutiveErrors"`
-	BaseEjectionTime   string                       `json:"baseEjectionTime"`
-	MaxEjectionTime    string                       `json:"maxEjectionTime"`
-	MaxEjectionPercent uint32                       `json:"maxEjectionPercent"`
-	ChildPolicy        []map[string]json.RawMessage `json:"childPolicy"`
-}
-
-// consecutiveConfig is od's consecutive errors as the balancer's JSON
-// config over child.
-func consecutiveConfig(od *policy.OutlierDetection, child policy.Balancer) json.RawMessage {
-	seconds := func(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', -1, 64) + "s" }
-	b, err := json.Marshal(jsonConfig{
-		ConsecutiveErrors: od.ConsecutiveErrors, MaxEjectionPercent: od.MaxEjectionPercent,
-		BaseEjectionTime: seconds(od.BaseEjectionTime), MaxEjectionTime: seconds(od.MaxEjectionTime),
-		ChildPolicy: []map[string]json.RawMessage{{child.Name: child.Config}},
-	})
-	if err != nil {
-		panic(fmt.Sprintf("ejection: config: %v", err)) // plain data: a bug, not an input
-	}
-	return b
-}
-
-// config is the parsed config.
+// config is the balancer's config: the outlier detection and the child
+// balancer it runs over.
 type config struct {
-	serviceconfig.LoadBalancingConfig `json:"-"`
-	consecutive                       uint32
-	base, max                         time.Duration
-	maxPercent                        uint32
-	child                             string
-	childConfig                       serviceconfig.LoadBalancingConfig
+	serviceconfig.LoadBalancingConfig
+	od          policy.OutlierDetection
+	child       string
+	childConfig serviceconfig.LoadBalancingConfig
+}
+
+// newConfig checks od, as a bad one would eject nothing or everything.
+func newConfig(od *policy.OutlierDetection, child string, childConfig serviceconfig.LoadBalancingConfig) (*config, error) {
+	switch {
+	case od.BaseEjectionTime <= 0 || od.MaxEjectionTime <= 0:
+		return nil, fmt.Errorf("%s: baseEjectionTime %v, maxEjectionTime %v: want durations above 0", Name, od.BaseEjectionTime, od.MaxEjectionTime)
+	case od.MaxEjectionPercent > 100:
+		return nil, fmt.Errorf("%s: maxEjectionPercent %d: want at most 100", Name, od.MaxEjectionPercent)
+	case (od.SuccessRate != nil || od.FailurePercentage != nil) && od.Interval <= 0:
+		return nil, fmt.Errorf("%s: interval %v: want a duration above 0", Name, od.Interval)
+	case od.SuccessRate != nil && od.SuccessRate.EnforcementPercentage > 100:
+		return nil, fmt.Errorf("%s: successRateEjection.enforcementPercentage %d: want at most 100", Name, od.SuccessRate.EnforcementPercentage)
+	case od.FailurePercentage != nil && (od.FailurePercentage.EnforcementPercentage > 100 || od.FailurePercentage.Threshold > 100):
+		return nil, fmt.Errorf("%s: failurePercentageEjection threshold %d, enforcementPercentage %d: want at most 100", Name, od.FailurePercentage.Threshold, od.FailurePercentage.EnforcementPercentage)
+	}
+	return &config{od: *od, child: child, childConfig: childConfig}, nil
 }
 
 type builder struct{}
 
-func (builder) Name() string { return ConsecutiveName }
-
-func (builder) ParseConfig(js json.RawMessage) (serviceconfig.LoadBalancingConfig, error) {
-	var jc jsonConfig
-	dec := json.NewDecoder(bytes.NewReader(js))
-	dec.DisallowUnknownFields()
-	if err := dec.Decode(&jc); err != nil {
-		return nil, fmt.Errorf("%s: config %s: %w", ConsecutiveName, js, err)
-	}
-	cfg := &config{consecutive: jc.ConsecutiveErrors, maxPercent: jc.MaxEjectionPercent}
-	var err error
-	if cfg.base, err = time.ParseDuration(jc.BaseEjectionTime); err != nil || cfg.base <= 0 {
-		return nil, fmt.Errorf("%s: baseEjectionTime %q: want a duration above 0", ConsecutiveName, jc.BaseEjectionTime)
-	}
-	if cfg.max, err = time.ParseDuration(jc.MaxEjectionTime); err != nil || cfg.max <= 0 {
-		return nil, fmt.Errorf("%s: maxEjectionTime %q: want a duration above 0", ConsecutiveName, jc.MaxEjectionTime)
-	}
-	if cfg.consecutive == 0 || cfg.maxPercent > 100 {
-		return nil, fmt.Errorf("%s: consecutiveErrors %d, maxEjectionPercent %d: want at least 1 and at most 100", ConsecutiveName, cfg.consecutive, cfg.maxPercent)
-	}
-	for _, m := range jc.ChildPolicy {
-		for name, raw := range m {
-			bb := balancer.Get(name)
-			if bb == nil {
-				continue
-			}
-			cfg.child = name
-			if p, ok := bb.(balancer.ConfigParser); ok {
-				if cfg.childConfig, err = p.ParseConfig(raw); err != nil {
-					return nil, fmt.Errorf("%s: child %s: %w", ConsecutiveName, name, err)
-				}
-			}
-			return cfg, nil
-		}
-	}
-	return nil, fmt.Errorf("%s: no registered balancer in childPolicy %s", ConsecutiveName, js)
-}
+func (builder) Name() string { return Name }
 
 func (builder) Build(cc balancer.ClientConn, opts balancer.BuildOptions) balancer.Balancer {
-	b := &consecutive{cc: cc, opts: opts, work: serializer.New(), endpoints: map[string]*endpoint{}}
-	return b
+	return &outlier{cc: cc, opts: opts, work: serializer.New(), endpoints: map[string]*endpoint{}}
 }
 
-// consecutive is the balancer. Every call into its child, and every
-// change of the endpoints' ejection, runs on work, one at a time (as
-// grpc-go promises a balancer); the calls' outcomes are counted from the
-// picks' Done, on any goroutine, with atomics.
-type consecutive struct {
+// outlier is the balancer. Every call into its child, and every change
+// of the endpoints' ejection, runs on work, one at a time (as grpc-go
+// promises a balancer); the calls' outcomes are counted from the picks'
+// Done, on any goroutine, with atomics.
+type outlier struct {
 	cc   balancer.ClientConn
 	opts balancer.BuildOptions
 	work *serializer.Serializer
 
+	// cfg is read by done, on any goroutine.
+	cfg atomic.Pointer[config]
 	// On work:
 	child     balancer.Balancer
 	childName string
-	cfg       atomic.Pointer[config]
 	endpoints map[string]*endpoint // by address
 	resolved  int                  // endpoints in the last resolver state
 	ejected   int
-	closed    bool
+	// interval ends the current interval, every so often; generation
+	// counts the timers started.
+	interval   *time.Timer
+	every      time.Duration
+	generation int
+	closed     bool
 }
 
 // endpoint is one address's record, which outlives its SubConns.
 type endpoint struct {
-	// failures counts the calls failed in a row (Done, any goroutine).
-	failures atomic.Uint32
+	// Counted at Done, on any goroutine: the calls failed in a row, and
+	// the calls that succeeded and failed in this interval.
+	inARow, succeeded, failed atomic.Uint32
 	// On work:
 	subConns []*subConn
 	ejected  bool
-	// times is how many ejections in a row it had: the n-th lasts n ×
-	// the base time, at most the max.
+	why      string // the ejection's reason, while ejected
+	// times is gRFC A50's ejection time multiplier: the n-th ejection
+	// lasts n × the base time, at most the max; each interval the
+	// endpoint spends in balancing takes one off.
 	times int
 	timer *time.Timer
 }
 
 // UpdateClientConnState hands the child its endpoints and config, and
 // returns its answer.
-func (b *consecutive) UpdateClientConnState(s balancer.ClientConnState) error {
+func (b *outlier) UpdateClientConnState(s balancer.ClientConnState) error {
 	cfg, ok := s.BalancerConfig.(*config)
 	if !ok {
-		return fmt.Errorf("%s: config %T, want its own", ConsecutiveName, s.BalancerConfig)
+		return fmt.Errorf("%s: config %T, want its own", Name, s.BalancerConfig)
 	}
 	errc := make(chan error, 1)
 	if !b.work.Schedule(func() {
 		if b.closed {
-			errc <- errors.New(ConsecutiveName + ": closed")
+			errc <- errors.New(Name + ": closed")
 			return
 		}
 		b.cfg.Store(cfg)
@@ -206,16 +169,80 @@ func (b *consecutive) UpdateClientConnState(s balancer.ClientConnState) error {
 			b.childName = cfg.child
 		}
 		b.forgetGone(s.ResolverState)
+		b.schedule(cfg)
 		errc <- b.child.UpdateClientConnState(balancer.ClientConnState{ResolverState: s.ResolverState, BalancerConfig: cfg.childConfig})
 	}) {
-		return errors.New(ConsecutiveName + ": closed")
+		return errors.New(Name + ": closed")
 	}
 	return <-errc
 }
 
+// schedule (re)starts the interval's timer when the config's interval
+// changed, or stops it when the config has none. Ejection times shrink
+// with intervals, so consecutive errors alone have one too.
+func (b *outlier) schedule(cfg *config) {
+	every := cfg.od.Interval
+	if every == b.every {
+		return
+	}
+	if b.interval != nil {
+		b.interval.Stop()
+		b.interval = nil
+	}
+	b.every = every
+	b.generation++
+	if every <= 0 {
+		return
+	}
+	gen := b.generation
+	var tick func()
+	tick = func() {
+		b.work.Schedule(func() {
+			if b.closed || b.generation != gen {
+				return // a timer stopped too late
+			}
+			b.detect()
+			b.interval = time.AfterFunc(every, tick)
+		})
+	}
+	b.interval = time.AfterFunc(every, tick)
+}
+
+// detect ends an interval: it ejects the outliers by the calls of the
+// interval (gRFC A50's success rate, then failure percentage), and takes
+// one off the ejection multiplier of each endpoint in balancing.
+func (b *outlier) detect() {
+	cfg := b.cfg.Load()
+	eps := make([]*endpoint, 0, len(b.endpoints))
+	tallies := make([]tally, 0, len(b.endpoints))
+	for _, ep := range b.endpoints {
+		eps = append(eps, ep)
+		tallies = append(tallies, tally{succeeded: ep.succeeded.Swap(0), failed: ep.failed.Swap(0)})
+	}
+	if sr := cfg.od.SuccessRate; sr != nil {
+		for _, i := range successRateOutliers(*sr, tallies) {
+			if rand.Uint32N(100) < sr.EnforcementPercentage {
+				b.eject(eps[i], "ejected by outlier detection: success rate below its peers' (outlierDetection.successRateEjection)")
+			}
+		}
+	}
+	if fp := cfg.od.FailurePercentage; fp != nil {
+		for _, i := range failurePercentageOutliers(*fp, tallies) {
+			if rand.Uint32N(100) < fp.EnforcementPercentage {
+				b.eject(eps[i], "ejected by outlier detection: too many failed calls (outlierDetection.failurePercentageEjection)")
+			}
+		}
+	}
+	for _, ep := range eps {
+		if !ep.ejected && ep.times > 0 {
+			ep.times--
+		}
+	}
+}
+
 // forgetGone drops the records of the endpoints the resolver no longer
 // lists, and counts the ones it does.
-func (b *consecutive) forgetGone(s resolver.State) {
+func (b *outlier) forgetGone(s resolver.State) {
 	listed := map[string]bool{}
 	for _, ep := range s.Endpoints {
 		for _, a := range ep.Addresses {
@@ -240,7 +267,7 @@ func (b *consecutive) forgetGone(s resolver.State) {
 	}
 }
 
-func (b *consecutive) ResolverError(err error) {
+func (b *outlier) ResolverError(err error) {
 	b.work.Schedule(func() {
 		if b.child != nil && !b.closed {
 			b.child.ResolverError(err)
@@ -249,9 +276,9 @@ func (b *consecutive) ResolverError(err error) {
 }
 
 // UpdateSubConnState is never called: SubConns report to their listeners.
-func (b *consecutive) UpdateSubConnState(balancer.SubConn, balancer.SubConnState) {}
+func (b *outlier) UpdateSubConnState(balancer.SubConn, balancer.SubConnState) {}
 
-func (b *consecutive) ExitIdle() {
+func (b *outlier) ExitIdle() {
 	b.work.Schedule(func() {
 		if b.child != nil && !b.closed {
 			b.child.ExitIdle()
@@ -259,11 +286,14 @@ func (b *consecutive) ExitIdle() {
 	})
 }
 
-// Close closes the child and stops the ejection timers; it returns once
-// nothing of the balancer runs.
-func (b *consecutive) Close() {
+// Close closes the child and stops the timers; it returns once nothing
+// of the balancer runs.
+func (b *outlier) Close() {
 	b.work.Schedule(func() {
 		b.closed = true
+		if b.interval != nil {
+			b.interval.Stop()
+		}
 		for _, ep := range b.endpoints {
 			if ep.timer != nil {
 				ep.timer.Stop()
@@ -277,35 +307,43 @@ func (b *consecutive) Close() {
 }
 
 // done counts one call's outcome at ep, and ejects it (on work) when
-// the failures in a row reach the bound.
-func (b *consecutive) done(ep *endpoint, di balancer.DoneInfo) {
+// the failures in a row reach the config's consecutive errors.
+func (b *outlier) done(ep *endpoint, di balancer.DoneInfo) {
 	if di.Err == nil {
-		ep.failures.Store(0)
+		ep.succeeded.Add(1)
+		ep.inARow.Store(0)
 		return
 	}
+	ep.failed.Add(1)
 	cfg := b.cfg.Load()
-	if cfg == nil || ep.failures.Add(1) != cfg.consecutive {
+	if cfg == nil || cfg.od.ConsecutiveErrors == 0 || ep.inARow.Add(1) != cfg.od.ConsecutiveErrors {
 		return
 	}
-	b.work.Schedule(func() { b.eject(ep) })
+	b.work.Schedule(func() {
+		b.eject(ep, "ejected after consecutive errors (outlierDetection.consecutiveErrors)")
+	})
 }
 
 // eject takes ep out of balancing for its ejection time, unless that
 // would eject more than the max percent of the endpoints (as in gRFC A50:
-// an ejection is allowed while the share ejected is below it).
-func (b *consecutive) eject(ep *endpoint) {
+// an ejection is allowed while the share ejected is below it). It ends
+// with a timer of its own rather than at an interval's end, so an
+// endpoint is never back before its time.
+func (b *outlier) eject(ep *endpoint, why string) {
 	cfg := b.cfg.Load()
 	if b.closed || ep.ejected || len(ep.subConns) == 0 {
 		return
 	}
-	if n := max(b.resolved, 1); uint64(b.ejected)*100 >= uint64(cfg.maxPercent)*uint64(n) {
-		ep.failures.Store(0) // counted again from here
+	if n := max(b.resolved, 1); uint64(b.ejected)*100 >= uint64(cfg.od.MaxEjectionPercent)*uint64(n) {
+		ep.inARow.Store(0) // counted again from here
 		return
 	}
 	ep.ejected = true
+	ep.why = why
 	b.ejected++
 	ep.times++
-	d := min(cfg.base*time.Duration(ep.times), max(cfg.base, cfg.max))
+	base := cfg.od.BaseEjectionTime
+	d := min(base*time.Duration(ep.times), max(base, cfg.od.MaxEjectionTime))
 	ep.timer = time.AfterFunc(d, func() { b.work.Schedule(func() { b.uneject(ep) }) })
 	for _, sc := range ep.subConns {
 		sc.report()
@@ -313,14 +351,14 @@ func (b *consecutive) eject(ep *endpoint) {
 }
 
 // uneject puts ep back, with its SubConns' real health.
-func (b *consecutive) uneject(ep *endpoint) {
+func (b *outlier) uneject(ep *endpoint) {
 	if b.closed || !ep.ejected {
 		return
 	}
 	ep.ejected = false
 	b.ejected--
 	ep.timer = nil
-	ep.failures.Store(0)
+	ep.inARow.Store(0)
 	for _, sc := range ep.subConns {
 		sc.report()
 	}
@@ -330,7 +368,7 @@ func (b *consecutive) uneject(ep *endpoint) {
 // pickers count the calls' outcomes.
 type childConn struct {
 	balancer.ClientConn
-	b *consecutive
+	b *outlier
 }
 
 func (c *childConn) NewSubConn(addrs []resolver.Address, opts balancer.NewSubConnOptions) (balancer.SubConn, error) {
@@ -376,7 +414,7 @@ func (c *childConn) UpdateState(s balancer.State) {
 // through it, TRANSIENT_FAILURE while its endpoint is ejected.
 type subConn struct {
 	balancer.SubConn
-	b  *consecutive
+	b  *outlier
 	ep *endpoint // nil for a SubConn of several addresses: never ejected
 	// On work:
 	listener func(balancer.SubConnState)
@@ -406,8 +444,7 @@ func (sc *subConn) report() {
 		return
 	}
 	if sc.ep != nil && sc.ep.ejected {
-		sc.listener(balancer.SubConnState{ConnectivityState: connectivity.TransientFailure,
-			ConnectionError: errors.New("ejected after consecutive errors (outlierDetection.consecutiveErrors)")})
+		sc.listener(balancer.SubConnState{ConnectivityState: connectivity.TransientFailure, ConnectionError: errors.New(sc.ep.why)})
 		return
 	}
 	sc.listener(sc.health)
@@ -434,7 +471,7 @@ func (sc *subConn) forget() {
 // made.
 type picker struct {
 	child balancer.Picker
-	b     *consecutive
+	b     *outlier
 }
 
 func (p *picker) Pick(info balancer.PickInfo) (balancer.PickResult, error) {

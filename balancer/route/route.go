@@ -72,8 +72,8 @@ type Cluster struct {
 	// CircuitBreaker bounds the calls in flight to the Cluster
 	// (MaxRequests; a call beyond it fails UNAVAILABLE at once).
 	CircuitBreaker policy.CircuitBreaker
-	// Outlier, if set, runs the Cluster's balancer under grpc-go's outlier
-	// detection balancer (policy.OutlierDetectionBalancer).
+	// Outlier, if set, runs the Cluster's balancer under the outlier
+	// detection balancer (package ejection).
 	Outlier *policy.OutlierDetection
 }
 

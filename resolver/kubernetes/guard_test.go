@@ -28,8 +28,8 @@ func dialGuarded(t *testing.T, fields string, servers ...*policytest.Server) pb.
 }
 
 // TestLibraryOutlierDetection: of three pods one fails every call; the
-// library (balancer/route running grpc-go's outlier detection balancer
-// over the Service's) ejects it within two intervals and sends it calls
+// library (balancer/route running balancer/ejection's outlier detection
+// over the Service's balancer) ejects it within two intervals and sends it calls
 // again after the ejection time.
 func TestLibraryOutlierDetection(t *testing.T) {
 	policy := "outlierDetection:" + policytest.Policy[len("  outlierDetection:"):]
