@@ -76,6 +76,36 @@ type testWriter struct{ t *testing.T }
 
 func (w testWriter) Write(p []byte) (int, error) { w.t.Log(string(p)); return len(p), nil }
 
+// lateTimer is a context whose deadline is d but whose Err stays nil, as
+// a context's does between its deadline and its timer firing.
+type lateTimerCtx struct {
+	context.Context
+	d time.Time
+}
+
+func lateTimer(d time.Time) context.Context { return lateTimerCtx{context.Background(), d} }
+
+func (c lateTimerCtx) Deadline() (time.Time, bool) { return c.d, true }
+
+func TestStopped(t *testing.T) {
+	cancelled, cancel := context.WithCancel(context.Background())
+	cancel()
+	for _, tc := range []struct {
+		name string
+		ctx  context.Context
+		want bool
+	}{
+		{"no deadline", context.Background(), false},
+		{"cancelled", cancelled, true},
+		{"deadline ahead", lateTimer(time.Now().Add(time.Hour)), false},
+		{"deadline passed, its timer not fired", lateTimer(time.Now().Add(-time.Millisecond)), true},
+	} {
+		if got := stopped(tc.ctx); got != tc.want {
+			t.Errorf("%s: stopped = %v, want %v", tc.name, got, tc.want)
+		}
+	}
+}
+
 // The load generator makes exactly the calls it is asked for, over one
 // connection straight to the pods, and counts each pod's answers.
 func TestLoadCountsCallsDirect(t *testing.T) {
@@ -113,6 +143,16 @@ func TestLoadCountsCallsDirect(t *testing.T) {
 	for i := 1; i < len(res.Latencies); i++ {
 		if res.Latencies[i] < res.Latencies[i-1] {
 			t.Fatal("latencies not sorted")
+		}
+	}
+
+	// A caller whose deadline has passed, its timer not yet fired (late,
+	// on a loaded machine): its calls would fail at once; none is made or
+	// counted.
+	for _, stream := range []bool{false, true} {
+		res := load{Calls: 20, Concurrency: 4, Duration: time.Minute, Stream: stream}.Run(lateTimer(time.Now().Add(-time.Millisecond)), conn)
+		if res.Errors != 0 {
+			t.Fatalf("stream %v, the caller's deadline passed: %d of %d calls counted failed (%s), want none", stream, res.Errors, res.Calls, res.LastError)
 		}
 	}
 

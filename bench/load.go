@@ -123,13 +123,13 @@ func (l load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) loadRe
 			}
 			client := pb.NewGreeterClient(conns[w%len(conns)])
 			req := &pb.HelloRequest{Name: "bench"}
-			for next.Add(1) <= int64(l.Calls) && runCtx.Err() == nil {
+			for next.Add(1) <= int64(l.Calls) && !stopped(runCtx) {
 				callCtx, callCancel := context.WithTimeout(ctx, timeout)
 				began := time.Now()
 				reply, err := client.SayHello(callCtx, req)
 				took := time.Since(began)
 				callCancel()
-				if err != nil && ctx.Err() != nil {
+				if err != nil && stopped(ctx) {
 					return // the caller stopped: the call was cut short, not failed
 				}
 				t.record(reply.GetMessage(), took, err)
@@ -151,6 +151,18 @@ func (l load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) loadRe
 	}
 	slices.Sort(r.Latencies)
 	return r
+}
+
+// stopped reports whether ctx is done or its deadline has passed. A call
+// made as the deadline passes fails at once (DEADLINE_EXCEEDED, before it
+// leaves the process), often before ctx's own timer has fired and set its
+// Err: judged by Err alone, such calls would count as failures of the path.
+func stopped(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return true
+	}
+	d, ok := ctx.Deadline()
+	return ok && !time.Now().Before(d)
 }
 
 // merge adds o, a later load on the same path, to r; r.Latencies are
@@ -200,7 +212,7 @@ func (t *tally) record(reply string, took time.Duration, err error) {
 func (l load) streamWorker(ctx, runCtx context.Context, conn grpc.ClientConnInterface, held **heldStream, next *atomic.Int64, record func(string, time.Duration, error)) {
 	client := echopb.NewEchoClient(conn)
 	req := &echopb.EchoRequest{Message: "bench"}
-	for runCtx.Err() == nil && next.Load() < int64(l.Calls) {
+	for !stopped(runCtx) && next.Load() < int64(l.Calls) {
 		var h *heldStream
 		if held != nil {
 			h = *held
@@ -210,7 +222,7 @@ func (l load) streamWorker(ctx, runCtx context.Context, conn grpc.ClientConnInte
 			stream, err := client.BidirectionalStreamingEcho(streamCtx)
 			if err != nil {
 				cancel()
-				if runCtx.Err() != nil {
+				if stopped(runCtx) {
 					return
 				}
 				next.Add(1)
@@ -221,7 +233,7 @@ func (l load) streamWorker(ctx, runCtx context.Context, conn grpc.ClientConnInte
 		}
 		stop := context.AfterFunc(runCtx, h.cancel)
 		failed := false
-		for next.Add(1) <= int64(l.Calls) && runCtx.Err() == nil {
+		for next.Add(1) <= int64(l.Calls) && !stopped(runCtx) {
 			began := time.Now()
 			err := h.stream.Send(req)
 			var resp *echopb.EchoResponse
@@ -229,7 +241,7 @@ func (l load) streamWorker(ctx, runCtx context.Context, conn grpc.ClientConnInte
 				resp, err = h.stream.Recv()
 			}
 			took := time.Since(began)
-			if err != nil && runCtx.Err() != nil {
+			if err != nil && stopped(runCtx) {
 				failed = true
 				break
 			}

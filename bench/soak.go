@@ -118,8 +118,9 @@ func (b *Bench) Soak(ctx context.Context, c SoakConfig) *SoakReport {
 	}
 	defer conn.Close()
 
-	ctx, cancel := context.WithTimeout(ctx, c.Duration)
-	defer cancel()
+	// The soak's end bounds when slices of load start; no call carries it
+	// as its deadline (see stopped).
+	end := time.Now().Add(c.Duration)
 	sample := func() {
 		s := soakSample{At: time.Since(start)}
 		if u, err := treeUsage(control.proc.pid()); err == nil {
@@ -145,7 +146,7 @@ func (b *Bench) Soak(ctx context.Context, c SoakConfig) *SoakReport {
 	const slice = 100 * time.Millisecond
 	perSlice := max(1, c.Rate/10)
 	lastChurn := time.Now()
-	for ctx.Err() == nil {
+	for ctx.Err() == nil && time.Now().Before(end) {
 		began := time.Now()
 		res := load{Calls: perSlice, Concurrency: c.Concurrency, Duration: slice}.Run(ctx, conn)
 		rep.Calls += res.Calls
