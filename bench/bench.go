@@ -141,7 +141,7 @@ func DefaultScenarios(quick bool) Scenarios {
 		}},
 		dataPath: dataPathConfig{Calls: 100_000, Warmup: 2000, Concurrency: 16, Pods: 3, Turns: 40, Paths: []path{
 			direct(), nginx(), haproxy(), sidecar("round_robin"), routedSidecar(), transparentSidecar("round_robin"),
-			gatewayIngress(), nginxTLS(), haproxyTLS(),
+			gatewayIngress(), nginxTLS(), haproxyTLS(), secondHaproxyTLS(),
 		}},
 		latency: latencyConfig{Calls: 5000, Concurrency: 8, SlowDelay: 20 * time.Millisecond, Settle: 15 * time.Second, Paths: []path{
 			clientSide("round_robin", "round_robin"),

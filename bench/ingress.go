@@ -278,3 +278,13 @@ func haproxyTLS() path {
 	p.name, p.template, p.tls = "haproxy (TLS ingress)", haproxyTLSTemplate, true
 	return p
 }
+
+// secondHaproxyTLS is another haproxyTLS(), configured the same, run
+// beside the first as a control: how far its p99 lands from the first's
+// in the same run is how far two identical ingresses differ on this
+// machine, the noise under every p99 ratio to haproxy.
+func secondHaproxyTLS() path {
+	p := haproxyTLS().(peerPath)
+	p.name = "second haproxy (TLS ingress)"
+	return p
+}

@@ -151,7 +151,8 @@ func (b *Bench) dataPath(ctx context.Context, c dataPathConfig) *Section {
 	s.Description += " \"" + gatewayIngressName + "\", \"" + nginxTLS().Name() + "\", \"" + haproxyTLS().Name() + "\": the client speaks TLS " +
 		"(1.2 or later, h2 by ALPN, the same ECDSA P-256 certificate for all three), which each terminates, speaking h2c to the pods: " +
 		"`ballast-gateway --files` with its defaults (one thread, --procs 1), an HTTPS listener and a GRPCRoute to the pods' Service, the binary built static as the ballast-gateway image holds it " +
-		"(without it, `ballast gateway` from the full binary); nginx and haproxy with one worker, as above."
+		"(without it, `ballast gateway` from the full binary); nginx and haproxy with one worker, as above. " +
+		"\"" + secondHaproxyTLS().Name() + "\" is a control: a second haproxy configured as the first, whose p99 over the first's says how far two identical ingresses differ in one run here."
 	if !c.Stream {
 		s.Description += " \"" + routedSidecarName + "\": the explicit-listener sidecar with a GRPCRoute of five rules attached to the Service, " +
 			"which each call is compared with in turn, matching only the last (a header with a method, two other methods, a method regular expression, then the whole service)."
@@ -284,6 +285,8 @@ func (b *Bench) dataPath(ctx context.Context, c dataPathConfig) *Section {
 	haproxyIngress := haproxyTLS().Name()
 	s.ratio(gatewayIngressName+" CPU per call ÷ "+haproxyIngress+"'s", colCPU, gatewayIngressName, haproxyIngress, goalGatewayCPU).Top = true
 	s.ratio(gatewayIngressName+" p99 ÷ "+haproxyIngress+"'s", colP99, gatewayIngressName, haproxyIngress, goalGatewayP99).Top = !c.Stream
+	second := secondHaproxyTLS().Name()
+	s.ratio(second+" p99 ÷ "+haproxyIngress+"'s (two identical ingresses, same run)", colP99, second, haproxyIngress, 0).Top = !c.Stream
 	s.ratio(nginxTLS().Name()+" CPU per call ÷ "+haproxyIngress+"'s", colCPU, nginxTLS().Name(), haproxyIngress, 0)
 	s.ratio("nginx proxy CPU per call ÷ haproxy's", colCPU, "nginx", "haproxy", 0).Top = !c.Stream
 	s.ratio("nginx p99 ÷ haproxy's", colP99, "nginx", "haproxy", 0)
