@@ -77,7 +77,10 @@ type SoakReport struct {
 	// with their deadline already passed (it answers those at once with
 	// DEADLINE_EXCEEDED), with the first such warning.
 	SpentOnArrival []string `json:"spent_on_arrival,omitempty"`
-	DataPath       string   `json:"data_path,omitempty"`
+	// SidecarWarnings are the first of the sidecar's own warnings and
+	// errors (an upstream that broke HTTP/2, say), with their count.
+	SidecarWarnings []string `json:"sidecar_warnings,omitempty"`
+	DataPath        string   `json:"data_path,omitempty"`
 }
 
 // Soak runs pods on loopback, the control plane over a folder whose
@@ -186,9 +189,12 @@ func (b *Bench) Soak(ctx context.Context, c SoakConfig) *SoakReport {
 	sample()
 	if rep.Errors > 0 {
 		for _, p := range pods {
-			if n, first := spentOnArrival(p.proc.output()); n > 0 {
-				rep.SpentOnArrival = append(rep.SpentOnArrival, fmt.Sprintf("%s: %d, the first: %s", p.Name, n, first))
+			if n, first := logLines(p.proc.output(), isSpentOnArrival, 1); n > 0 {
+				rep.SpentOnArrival = append(rep.SpentOnArrival, fmt.Sprintf("%s: %d, the first: %s", p.Name, n, first[0]))
 			}
+		}
+		if n, first := logLines(proxy.output(), isWarning, maxSoakFailures); n > 0 {
+			rep.SidecarWarnings = append([]string{fmt.Sprintf("%d, the first:", n)}, first...)
 		}
 		for _, line := range metricLines(ctx, ports[1], "ballast_proxy_") {
 			if !strings.Contains(line, "_bucket{") {
@@ -199,18 +205,29 @@ func (b *Bench) Soak(ctx context.Context, c SoakConfig) *SoakReport {
 	return rep
 }
 
-// spentOnArrival counts a greeter's warnings of calls that arrived out of
-// time (greeter.Server's tap) in its output, and returns the first.
-func spentOnArrival(output string) (n int, first string) {
+// logLines counts the lines of a process's output that match, and returns
+// the first keep of them.
+func logLines(output string, match func(line string) bool, keep int) (n int, first []string) {
 	for line := range strings.Lines(output) {
-		if strings.Contains(line, "call arrived with its deadline already passed") {
-			if n == 0 {
-				first = strings.TrimSpace(line)
+		if match(line) {
+			if n < keep {
+				first = append(first, strings.TrimSpace(line))
 			}
 			n++
 		}
 	}
 	return n, first
+}
+
+// isSpentOnArrival matches a greeter's warning of a call that arrived out
+// of time (greeter.Server's tap).
+func isSpentOnArrival(line string) bool {
+	return strings.Contains(line, "call arrived with its deadline already passed")
+}
+
+// isWarning matches a warning or an error of slog's text format.
+func isWarning(line string) bool {
+	return strings.Contains(line, "level=WARN") || strings.Contains(line, "level=ERROR")
 }
 
 // writeAtomic replaces file with data in one rename, so the control
@@ -334,6 +351,12 @@ func (r *SoakReport) WriteText(w io.Writer) {
 	if len(r.SpentOnArrival) > 0 {
 		fmt.Fprintf(w, "  calls the greeters got with their deadline already passed:\n")
 		for _, line := range r.SpentOnArrival {
+			fmt.Fprintf(w, "    %s\n", line)
+		}
+	}
+	if len(r.SidecarWarnings) > 0 {
+		fmt.Fprintf(w, "  the sidecar's warnings and errors: %s\n", r.SidecarWarnings[0])
+		for _, line := range r.SidecarWarnings[1:] {
 			fmt.Fprintf(w, "    %s\n", line)
 		}
 	}

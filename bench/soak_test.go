@@ -65,15 +65,35 @@ func TestPerHour(t *testing.T) {
 	}
 }
 
-func TestSpentOnArrival(t *testing.T) {
+func TestLogLines(t *testing.T) {
 	out := "time=1 level=INFO msg=serving\n" +
 		"time=2 level=WARN msg=\"call arrived with its deadline already passed\" method=/helloworld.Greeter/SayHello left=-1ms peer=127.0.0.1:5\n" +
-		"time=3 level=WARN msg=\"call arrived with its deadline already passed\" method=/helloworld.Greeter/SayHello left=-2ms peer=127.0.0.1:5\n"
-	n, first := spentOnArrival(out)
-	if n != 2 || !strings.Contains(first, "left=-1ms") {
-		t.Errorf("spentOnArrival: %d, %q; want 2, the first with left=-1ms", n, first)
+		"time=3 level=WARN msg=\"call arrived with its deadline already passed\" method=/helloworld.Greeter/SayHello left=-2ms peer=127.0.0.1:5\n" +
+		"time=4 level=ERROR msg=\"upstream broke HTTP/2; its connection is closed\"\n"
+	for _, tc := range []struct {
+		name      string
+		match     func(string) bool
+		keep      int
+		wantN     int
+		wantFirst []string // substrings, one per kept line
+	}{
+		{"spent on arrival", isSpentOnArrival, 1, 2, []string{"left=-1ms"}},
+		{"warnings and errors", isWarning, 5, 3, []string{"left=-1ms", "left=-2ms", "upstream broke"}},
+		{"none kept", isWarning, 0, 3, nil},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			n, first := logLines(out, tc.match, tc.keep)
+			if n != tc.wantN || len(first) != len(tc.wantFirst) {
+				t.Fatalf("logLines: %d, %q; want %d, %d lines", n, first, tc.wantN, len(tc.wantFirst))
+			}
+			for i, want := range tc.wantFirst {
+				if !strings.Contains(first[i], want) {
+					t.Errorf("line %d %q; want it to say %q", i, first[i], want)
+				}
+			}
+		})
 	}
-	if n, _ := spentOnArrival("time=1 level=INFO msg=serving\n"); n != 0 {
-		t.Errorf("spentOnArrival of a quiet greeter: %d, want 0", n)
+	if n, _ := logLines("time=1 level=INFO msg=serving\n", isWarning, 1); n != 0 {
+		t.Errorf("a quiet process: %d warnings, want 0", n)
 	}
 }

@@ -122,7 +122,8 @@ type h2conn struct {
 	recvUnacked int64
 	recvWindow  int64
 	// goingAway: no new streams. A server conn sent GOAWAY; a client conn
-	// got one, or ran out of stream ids.
+	// got one, sent one for the peer's protocol error, or ran out of
+	// stream ids.
 	goingAway bool
 	// draining: a server conn sent the first GOAWAY of a drain.
 	draining bool
@@ -583,6 +584,12 @@ func (c *h2conn) writeGoAwayError(e connError) bool {
 	}
 	c.clientError("connection", e.code.String())
 	c.goingAway = true
+	// An upstream connection's SubConn stops taking streams now, not
+	// once the linger after this GOAWAY ends: calls picked meanwhile would
+	// wait for the next picker.
+	if c.onGoingAway != nil {
+		c.onGoingAway()
+	}
 	c.fr.WriteGoAway(c.lastPeerID, e.code, []byte(e.reason))
 	if err := c.bw.Flush(); err != nil {
 		c.failLocked()

@@ -2,6 +2,7 @@ package proxy
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net"
 	"sync"
@@ -124,6 +125,9 @@ func (sc *subConn) connect(addr string) (*h2conn, error) {
 	ended := make(chan error, 1)
 	sc.h.conns.Go(func() {
 		err := c.readLoop(h)
+		if ce := (connError{}); errors.As(err, &ce) {
+			sc.h.log.Warn("upstream broke HTTP/2; its connection is closed", "target", sc.h.target, "addr", addr, "err", ce)
+		}
 		sc.lost(c)
 		sc.h.untrack(c)
 		ended <- err
