@@ -98,6 +98,10 @@ type h2conn struct {
 	// that fires before then closes the connection without a GOAWAY,
 	// which may not precede the SETTINGS.
 	started bool
+	// ackTimer flushes a PING ack that no other write took along within
+	// pingAckDelay; ackArmed says it is set (both guarded by mu).
+	ackTimer *time.Timer
+	ackArmed bool
 
 	mu sync.Mutex
 	bw *bufio.Writer
@@ -332,15 +336,58 @@ func (b *batch) flush() {
 	b.settle()
 	for i, c := range b.dirty {
 		c.mu.Lock()
-		if !c.closed && c.bw.Buffered() > 0 {
-			if err := c.bw.Flush(); err != nil {
-				c.failLocked()
-			}
-		}
+		c.flushLocked()
 		c.mu.Unlock()
 		b.dirty[i] = nil
 	}
 	b.dirty = b.dirty[:0]
+}
+
+// flushLocked writes out c's buffer, PING acks waiting in it included.
+func (c *h2conn) flushLocked() {
+	if c.ackArmed {
+		c.ackArmed = false
+		c.ackTimer.Stop()
+	}
+	if !c.closed && c.bw.Buffered() > 0 {
+		if err := c.bw.Flush(); err != nil {
+			c.failLocked()
+		}
+	}
+}
+
+// pingAckDelay bounds how long a PING ack waits in a connection's buffer
+// for other frames to leave with. A gRPC peer pings about once a round
+// trip while its calls send data (grpc-go's BDP estimator), so flushed at
+// once the acks are a third of the proxy's writes under load, each a
+// system call and a trip through the loopback stack for a 17-byte frame;
+// waiting, they leave with the next call's frames. Data flowing to the
+// peer takes an ack along at once, so the wait only stretches the peer's
+// round-trip sample of a connection going quiet, and stays far below any
+// keepalive's timeout.
+const pingAckDelay = 5 * time.Millisecond
+
+// deferFlushLocked leaves what c's buffer holds (a PING ack) for the next
+// flush of c, making sure one happens within pingAckDelay.
+func (c *h2conn) deferFlushLocked() {
+	if c.ackArmed {
+		return
+	}
+	c.ackArmed = true
+	if c.ackTimer == nil {
+		c.ackTimer = time.AfterFunc(pingAckDelay, c.flushAck)
+		return
+	}
+	c.ackTimer.Reset(pingAckDelay)
+}
+
+// flushAck is ackTimer's: no other write took the ack along in time.
+func (c *h2conn) flushAck() {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.ackArmed {
+		c.flushLocked()
+	}
 }
 
 // giveCredit records n bytes received on l (of c) as forwarded or dropped,
@@ -396,6 +443,12 @@ func (c *h2conn) readLoop(h peerHandler) (err error) {
 		b.flush()
 		c.closeStreams(&b)
 		b.flush()
+		c.mu.Lock()
+		if c.ackArmed {
+			c.ackArmed = false
+			c.ackTimer.Stop()
+		}
+		c.mu.Unlock()
 		if goAway {
 			c.linger()
 		}
@@ -490,7 +543,7 @@ func (c *h2conn) onFrame(f http2.Frame, h peerHandler, b *batch) error {
 		c.mu.Lock()
 		if !f.IsAck() {
 			c.fr.WritePing(true, f.Data)
-			b.markDirty(c)
+			c.deferFlushLocked()
 		} else if f.Data == drainPing && c.draining {
 			c.goAwayLocked()
 		}
