@@ -67,12 +67,30 @@ func benchmarkUnary(b *testing.B, conn *grpc.ClientConn) {
 // reportCPU reports, when the returned func runs, the process's CPU time
 // per op since reportCPU was called (cpu-ns/op): the clock's ns/op
 // stretches with other load on the machine, CPU time much less, so two
-// runs' cpu-ns/op compare where their ns/op do not.
+// runs' cpu-ns/op compare where their ns/op do not. With it go the
+// process's read and write system calls per op (reads/op, writes/op,
+// those that found nothing to read included) and its threads' context
+// switches (switches/op): on loopback, where a write runs the receiver's
+// TCP input too, these are most of a proxy's cost. They count client and
+// servers too, whose own PINGs and acks change when a proxy sits between
+// them, so they compare a path across two versions of the proxy rather
+// than proxied with direct.
 func reportCPU(b *testing.B) func() {
-	start := cpuTime()
+	start, switches := cpuTime()
+	reads, writes, io := ioCalls()
 	return func() {
-		if used := cpuTime() - start; used > 0 && b.N > 0 {
-			b.ReportMetric(float64(used.Nanoseconds())/float64(b.N), "cpu-ns/op")
+		if b.N == 0 {
+			return
+		}
+		n := float64(b.N)
+		used, nowSwitches := cpuTime()
+		if used -= start; used > 0 {
+			b.ReportMetric(float64(used.Nanoseconds())/n, "cpu-ns/op")
+			b.ReportMetric(float64(nowSwitches-switches)/n, "switches/op")
+		}
+		if nowReads, nowWrites, ok := ioCalls(); ok && io {
+			b.ReportMetric(float64(nowReads-reads)/n, "reads/op")
+			b.ReportMetric(float64(nowWrites-writes)/n, "writes/op")
 		}
 	}
 }
@@ -118,6 +136,7 @@ func benchmarkStreamParallel(b *testing.B, conn *grpc.ClientConn) {
 		Payload:            &testpb.Payload{Body: make([]byte, 16)},
 	}
 	b.ReportAllocs()
+	defer reportCPU(b)()
 	b.SetParallelism(8) // 16 streams on 2 CPUs
 	b.RunParallel(func(pb *testing.PB) {
 		stream, err := client.FullDuplexCall(b.Context())
