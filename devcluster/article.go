@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"net/http"
+	"net/netip"
 	"strings"
 	"time"
 
@@ -228,10 +229,41 @@ func (c *Cluster) RunArticle(ctx context.Context, image string, replicas, n int,
 	if err := c.WaitReadyEndpoints(ctx, ArticleNamespace, "native-tools-2", "grpc", replicas, 2*time.Minute); err != nil {
 		return nil, err
 	}
+	if err := c.WaitClusterIPEndpoints(ctx, ArticleNamespace, "native-tools-2", "grpc", replicas, 2*time.Minute); err != nil {
+		return nil, err
+	}
 	if err := c.WaitPodReady(ctx, ArticleNamespace, "native-tools", 2*time.Minute); err != nil {
 		return nil, err
 	}
 	return c.ArticleCalls(ctx, n)
+}
+
+// WaitClusterIPEndpoints waits until connections to a Service port's
+// ClusterIP reach want endpoints: its EndpointSlices are written before the
+// dev cluster's kube-proxy applies them, as in a real cluster.
+func (c *Cluster) WaitClusterIPEndpoints(ctx context.Context, namespace, service, port string, want int, timeout time.Duration) error {
+	var got int
+	err := Poll(ctx, timeout, func(ctx context.Context) (bool, error) {
+		svc, err := c.Client.CoreV1().Services(namespace).Get(ctx, service, metav1.GetOptions{})
+		if err != nil {
+			return false, nil
+		}
+		ip, err := netip.ParseAddr(svc.Spec.ClusterIP)
+		if err != nil {
+			return false, fmt.Errorf("service %s/%s has no ClusterIP (%q)", namespace, service, svc.Spec.ClusterIP)
+		}
+		for _, p := range svc.Spec.Ports {
+			if p.Name == port {
+				got = c.proxy.endpointsProgrammed(ip, p.Port)
+				return got == want, nil
+			}
+		}
+		return false, fmt.Errorf("service %s/%s has no port %q", namespace, service, port)
+	})
+	if err != nil {
+		return fmt.Errorf("%s/%s port %s: %d endpoints behind its ClusterIP, want %d: %w", namespace, service, port, got, want, err)
+	}
+	return nil
 }
 
 // WaitPodReady waits for the pod's Ready condition.

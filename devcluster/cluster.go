@@ -85,6 +85,7 @@ type Cluster struct {
 	slot     *os.File
 	net      *network
 	cp       *controlPlane
+	proxy    *proxy
 	agent    *agent
 	registry *imageRegistry
 	nodes    []*nodeAgent
@@ -268,6 +269,7 @@ func Start(ctx context.Context, opts Options) (_ *Cluster, err error) {
 		}
 	}()
 	px := &proxy{net: c.net, log: log.With("component", "proxy"), synced: make(chan struct{})}
+	c.proxy = px
 	c.wg.Add(1)
 	go func() {
 		defer c.wg.Done()

@@ -9,6 +9,7 @@ import (
 	"net/netip"
 	"slices"
 	"strings"
+	"sync"
 	"time"
 
 	corev1 "k8s.io/api/core/v1"
@@ -30,6 +31,38 @@ type proxy struct {
 	log     *slog.Logger
 	applied string
 	synced  chan struct{} // closed after the first successful apply
+
+	// mu guards programmed, the rules in the router now, for callers
+	// waiting for a Service's endpoints to be reachable by its ClusterIP.
+	mu         sync.Mutex
+	programmed string
+}
+
+// endpointsProgrammed counts the endpoints the rules in the router DNAT
+// ip:port (TCP) to: the endpointslice controller writes a Service's ready
+// endpoints before this proxy applies them, and until then a connection to
+// the ClusterIP is unreachable.
+func (p *proxy) endpointsProgrammed(ip netip.Addr, port int32) int {
+	p.mu.Lock()
+	rules := p.programmed
+	p.mu.Unlock()
+	jump := fmt.Sprintf("-A BLST-SERVICES -d %s/32 -p tcp -m tcp --dport %d -j ", ip, port)
+	var chain string
+	for line := range strings.Lines(rules) {
+		if rest, ok := strings.CutPrefix(line, jump); ok {
+			chain = strings.TrimSpace(rest)
+		}
+	}
+	if chain == "" {
+		return 0
+	}
+	n := 0
+	for line := range strings.Lines(rules) {
+		if strings.HasPrefix(line, "-A "+chain+" ") {
+			n++
+		}
+	}
+	return n
 }
 
 const (
@@ -91,6 +124,9 @@ func (p *proxy) run(ctx context.Context, client kubernetes.Interface) error {
 			continue
 		}
 		p.applied = rules
+		p.mu.Lock()
+		p.programmed = rules
+		p.mu.Unlock()
 		p.log.Debug("ClusterIP rules applied", "services", len(services), "slices", len(eps))
 		select {
 		case <-p.synced:

@@ -50,6 +50,9 @@ func TestNatRules(t *testing.T) {
 		slices   []*discoveryv1.EndpointSlice
 		want     []string // lines that must appear
 		notWant  []string // substrings that must not appear
+		// reached is how many endpoints the first Service's ClusterIP and
+		// first port reach once the rules are applied.
+		reached int
 	}{{
 		name:     "three ready endpoints split 1/3, 1/2, rest",
 		services: []*corev1.Service{service("greeter", "10.128.0.10", grpc)},
@@ -62,6 +65,7 @@ func TestNatRules(t *testing.T) {
 			"-A " + chainName("BLST-SVC-", "default", "greeter", "grpc", "tcp") + " -j " + chainName("BLST-SEP-", "default", "greeter", "grpc", "tcp", "10.64.2.2:50051"),
 			"-j DNAT --to-destination 10.64.2.2:50051",
 		},
+		reached: 3,
 	}, {
 		name:     "not ready and terminating endpoints are skipped while a ready one exists",
 		services: []*corev1.Service{service("greeter", "10.128.0.10", grpc)},
@@ -69,11 +73,13 @@ func TestNatRules(t *testing.T) {
 			ep{"10.64.1.2", true, true, false}, ep{"10.64.1.3", false, false, false}, ep{"10.64.1.4", false, true, true})},
 		want:    []string{"-j DNAT --to-destination 10.64.1.2:50051"},
 		notWant: []string{"10.64.1.3", "10.64.1.4", "statistic"},
+		reached: 1,
 	}, {
 		name:     "only serving terminating endpoints: use them",
 		services: []*corev1.Service{service("greeter", "10.128.0.10", grpc)},
 		slices:   []*discoveryv1.EndpointSlice{slice("greeter", "grpc", 50051, ep{"10.64.1.4", false, true, true})},
 		want:     []string{"-j DNAT --to-destination 10.64.1.4:50051"},
+		reached:  1,
 	}, {
 		name:     "addresses outside the pod CIDR are never targets",
 		services: []*corev1.Service{service("kubernetes", "10.128.0.1", corev1.ServicePort{Name: "https", Port: 443})},
@@ -99,6 +105,13 @@ func TestNatRules(t *testing.T) {
 			for _, nw := range tt.notWant {
 				if strings.Contains(got, nw) {
 					t.Errorf("unexpected %q in\n%s", nw, got)
+				}
+			}
+			p := &proxy{programmed: got}
+			svc := tt.services[0]
+			if ip, err := netip.ParseAddr(svc.Spec.ClusterIP); err == nil {
+				if n := p.endpointsProgrammed(ip, svc.Spec.Ports[0].Port); n != tt.reached {
+					t.Errorf("%s:%d reaches %d endpoints, want %d", ip, svc.Spec.Ports[0].Port, n, tt.reached)
 				}
 			}
 		})
