@@ -1,9 +1,9 @@
 package main
 
 import (
-	"os/exec"
-	"strings"
 	"testing"
+
+	"github.com/ballast-dev/ballast/internal/linktest"
 )
 
 // Every replica runs this binary, and most of an idle Go process's memory
@@ -14,22 +14,11 @@ import (
 // and ALTS credentials of its bootstrap), which only the plane's tests
 // run against it.
 func TestLinksOnlyTheControlPlane(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", "-tags", "grpcnotrace", ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go list: %v: %s", err, out)
-	}
-	forbidden := []string{
+	linktest.Forbid(t, "ballast-control",
 		"github.com/ballast-dev/ballast/proxy", "github.com/ballast-dev/ballast/gateway",
 		"github.com/ballast-dev/ballast/bench", "github.com/ballast-dev/ballast/devcluster",
 		"github.com/ballast-dev/ballast/demo",
 		"google.golang.org/grpc/xds", "google.golang.org/grpc/internal/xds",
 		"google.golang.org/grpc/credentials/alts", "github.com/go-jose/", "github.com/spiffe/",
-	}
-	for _, pkg := range strings.Fields(string(out)) {
-		for _, prefix := range forbidden {
-			if pkg == prefix || strings.HasPrefix(pkg, prefix+"/") || (strings.HasSuffix(prefix, "/") && strings.HasPrefix(pkg, prefix)) {
-				t.Errorf("ballast-control links %s", pkg)
-			}
-		}
-	}
+	)
 }

@@ -1,9 +1,9 @@
 package main
 
 import (
-	"os/exec"
-	"strings"
 	"testing"
+
+	"github.com/ballast-dev/ballast/internal/linktest"
 )
 
 // Every meshed pod runs this binary, and most of an idle Go process's
@@ -18,21 +18,10 @@ import (
 //     speaks xDS with its own client (xds/client), and its outlier
 //     detection is balancer/ejection's.
 func TestLinksOnlyTheSidecar(t *testing.T) {
-	out, err := exec.Command("go", "list", "-deps", "-tags", "grpcnotrace", ".").CombinedOutput()
-	if err != nil {
-		t.Fatalf("go list: %v: %s", err, out)
-	}
-	forbidden := []string{
+	linktest.Forbid(t, "ballast-proxy",
 		"k8s.io/", "sigs.k8s.io/",
 		"google.golang.org/grpc/xds", "google.golang.org/grpc/internal/xds",
 		"google.golang.org/grpc/credentials/alts", "google.golang.org/grpc/credentials/google",
 		"golang.org/x/oauth2", "github.com/go-jose/", "github.com/spiffe/", "cloud.google.com/",
-	}
-	for _, pkg := range strings.Fields(string(out)) {
-		for _, prefix := range forbidden {
-			if strings.HasPrefix(pkg, prefix) {
-				t.Errorf("ballast-proxy links %s", pkg)
-			}
-		}
-	}
+	)
 }
