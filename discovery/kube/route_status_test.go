@@ -231,7 +231,12 @@ func TestRouteStatusAndProxyless(t *testing.T) {
 	}
 	// A canary edit reaches the client.
 	gen := update(routeSpec(t, "[{name: greeter, port: 50051, weight: 0}, {name: greeter-v2, port: 50051, weight: 1}]", "tester-[0-9]+"))
-	eventuallyTrue(t, "every call goes to greeter-v2", func() bool { v2, _ := share(20); return v2 == 1 })
+	poll(t, "every call to greeter-v2", func() error {
+		if v2, failed := share(20); v2 != 1 {
+			return fmt.Errorf("%.0f%% of calls to greeter-v2, failed %v", 100*v2, failed)
+		}
+		return nil
+	})
 	conditions("edit accepted", gen, func(acc, res metav1.Condition) error { return is(acc, "Accepted", "True", "Accepted", "") })
 
 	// A missing backend: ResolvedRefs False, BackendNotFound, naming the
@@ -240,7 +245,12 @@ func TestRouteStatusAndProxyless(t *testing.T) {
 	conditions("missing backend", gen, func(acc, res metav1.Condition) error {
 		return is(res, "ResolvedRefs", "False", "BackendNotFound", "rule 0 (canary): backendRefs[1]: Service "+ns+"/greeter-v3 does not exist")
 	})
-	eventuallyTrue(t, "some calls fail UNAVAILABLE", func() bool { _, f := share(20); return f[codes.Unavailable] > 0 })
+	poll(t, "some calls UNAVAILABLE", func() error {
+		if _, failed := share(20); failed[codes.Unavailable] == 0 {
+			return fmt.Errorf("failed %v", failed)
+		}
+		return nil
+	})
 	if v2, failed := share(400); len(failed) != 1 || failed[codes.Unavailable] < 120 || failed[codes.Unavailable] > 280 || v2 == 0 {
 		t.Errorf("half to a missing backend: greeter-v2 took %.0f%%, failed %v; want the rest UNAVAILABLE", 100*v2, failed)
 	}
@@ -255,16 +265,5 @@ func TestRouteStatusAndProxyless(t *testing.T) {
 	})
 	if v2, failed := share(100); failed[codes.Unavailable] == 0 || v2 == 0 {
 		t.Errorf("after an invalid edit calls went %.0f%% to greeter-v2, failed %v: want the last good route (half UNAVAILABLE)", 100*v2, failed)
-	}
-}
-
-func eventuallyTrue(t *testing.T, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(waitTimeout)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting until %s", what)
-		}
-		time.Sleep(20 * time.Millisecond) // polling interval, not synchronisation
 	}
 }
