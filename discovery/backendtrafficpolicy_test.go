@@ -7,7 +7,6 @@ import (
 
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	gatewayx "sigs.k8s.io/gateway-api/apisx/v1alpha1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/ballast-dev/ballast/policy"
 )
@@ -16,12 +15,8 @@ import (
 // age of 2026, with the given spec (YAML).
 func backendPolicy(t *testing.T, name string, minute int, spec string) *gatewayx.XBackendTrafficPolicy {
 	t.Helper()
-	p := &gatewayx.XBackendTrafficPolicy{}
-	if err := yaml.UnmarshalStrict([]byte(spec), &p.Spec); err != nil {
-		t.Fatalf("policy %s: %v", name, err)
-	}
-	p.Name, p.Namespace, p.Generation = name, "default", 1
-	p.CreationTimestamp = metav1.NewTime(time.Date(2026, 1, 1, 0, minute, 0, 0, time.UTC))
+	p := &gatewayx.XBackendTrafficPolicy{ObjectMeta: policyMeta(name, minute)}
+	unmarshalSpec(t, name, spec, &p.Spec)
 	return p
 }
 
@@ -74,15 +69,7 @@ func TestValidateBackendPolicy(t *testing.T) {
 // TrafficPolicy has a budget of its own, which wins; of two on one Service
 // the older applies; the status says so, and which modes honour what.
 func TestBackendPolicyAttachment(t *testing.T) {
-	r := NewRegistry()
-	r.Set(svcWithPorts("default", "greeter", 50051))
-	r.Set(svcWithPorts("default", "greeter-v2", 50051))
-	r.SetRoute(grpcRoute(t, "r", `- name: slow
-  matches: [{method: {service: helloworld.Greeter, method: SayHello}}]
-  backendRefs: [{name: greeter-v2, port: 50051}]
-- name: rest
-  backendRefs: [{name: greeter, port: 50051}]
-`))
+	r := policyRegistry(t)
 	sub := r.SubscribeBackendPolicies()
 	defer sub.Close()
 	status := func(k string) []metav1.Condition {

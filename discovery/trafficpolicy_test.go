@@ -19,13 +19,40 @@ import (
 // 2026, with the given spec (YAML).
 func trafficPolicy(t *testing.T, name string, minute int, spec string) *v1alpha1.TrafficPolicy {
 	t.Helper()
-	p := &v1alpha1.TrafficPolicy{}
-	if err := yaml.UnmarshalStrict([]byte(spec), &p.Spec); err != nil {
+	p := &v1alpha1.TrafficPolicy{ObjectMeta: policyMeta(name, minute)}
+	unmarshalSpec(t, name, spec, &p.Spec)
+	return p
+}
+
+// policyMeta is the metadata of policy default/name at generation 1,
+// created at minute age of 2026.
+func policyMeta(name string, minute int) metav1.ObjectMeta {
+	return metav1.ObjectMeta{Name: name, Namespace: "default", Generation: 1,
+		CreationTimestamp: metav1.NewTime(time.Date(2026, 1, 1, 0, minute, 0, 0, time.UTC))}
+}
+
+func unmarshalSpec(t *testing.T, name, spec string, into any) {
+	t.Helper()
+	if err := yaml.UnmarshalStrict([]byte(spec), into); err != nil {
 		t.Fatalf("policy %s: %v", name, err)
 	}
-	p.Name, p.Namespace, p.Generation = name, "default", 1
-	p.CreationTimestamp = metav1.NewTime(time.Date(2026, 1, 1, 0, minute, 0, 0, time.UTC))
-	return p
+}
+
+// policyRegistry holds the Services greeter and greeter-v2 and the
+// GRPCRoute r, whose rule slow sends SayHello to greeter-v2 and rule rest
+// the other calls to greeter: the policy tests attach to these.
+func policyRegistry(t *testing.T) *Registry {
+	t.Helper()
+	r := NewRegistry()
+	r.Set(svcWithPorts("default", "greeter", 50051))
+	r.Set(svcWithPorts("default", "greeter-v2", 50051))
+	r.SetRoute(grpcRoute(t, "r", `- name: slow
+  matches: [{method: {service: helloworld.Greeter, method: SayHello}}]
+  backendRefs: [{name: greeter-v2, port: 50051}]
+- name: rest
+  backendRefs: [{name: greeter, port: 50051}]
+`))
+	return r
 }
 
 const (
@@ -77,15 +104,7 @@ func equalCall(a, b policy.CallPolicy) bool { return equality.Semantic.DeepEqual
 // naming nothing is TargetNotFound; an invalid edit keeps the last good
 // version and says so.
 func TestPolicyAttachment(t *testing.T) {
-	r := NewRegistry()
-	r.Set(svcWithPorts("default", "greeter", 50051))
-	r.Set(svcWithPorts("default", "greeter-v2", 50051))
-	r.SetRoute(grpcRoute(t, "r", `- name: slow
-  matches: [{method: {service: helloworld.Greeter, method: SayHello}}]
-  backendRefs: [{name: greeter-v2, port: 50051}]
-- name: rest
-  backendRefs: [{name: greeter, port: 50051}]
-`))
+	r := policyRegistry(t)
 	sub := r.SubscribePolicies()
 	defer sub.Close()
 
