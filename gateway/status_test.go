@@ -13,13 +13,13 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
-	"net/netip"
 	"os"
-	"path/filepath"
 	"slices"
 	"sync"
 	"testing"
 	"time"
+
+	"github.com/ballast-dev/ballast/internal/greetertest"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -37,7 +37,6 @@ import (
 	"github.com/ballast-dev/ballast/discovery/files"
 	"github.com/ballast-dev/ballast/discovery/kube"
 	"github.com/ballast-dev/ballast/gateway"
-	"github.com/ballast-dev/ballast/greeter"
 	"github.com/ballast-dev/ballast/internal/testapi"
 )
 
@@ -83,7 +82,7 @@ func TestStatus(t *testing.T) {
 	// The greeters' endpoints are on loopback, which the API server
 	// refuses: they come from a file, beside the cluster's objects.
 	dir := t.TempDir()
-	greeterFiles(t, dir, ns, "greeter", "greeter-0", "greeter-1")
+	greetertest.WriteService(t, dir, ns, "greeter", greetertest.Pods(t, greetertest.Names("greeter", 2)...))
 
 	secret := func(ns, name string, data map[string][]byte) {
 		t.Helper()
@@ -506,35 +505,6 @@ func newNamespace(t *testing.T) string {
 	// stay, harmless in a namespace of its own.
 	t.Cleanup(func() { env.Client.CoreV1().Namespaces().Delete(context.Background(), ns.Name, metav1.DeleteOptions{}) })
 	return ns.Name
-}
-
-// greeterFiles serves a greeter per name on loopback and writes the YAML
-// of Service svc in ns (port 50051) and its EndpointSlices to dir.
-func greeterFiles(t *testing.T, dir, ns, svc string, names ...string) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	var pods []files.Pod
-	for _, name := range names {
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		pods = append(pods, files.Pod{Name: name, Addr: netip.MustParseAddrPort(lis.Addr().String())})
-		g := &greeter.Server{Pod: name, Log: slog.New(slog.DiscardHandler)}
-		wg.Go(func() { g.Serve(ctx, lis) })
-	}
-	y, err := files.Manifest(&corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: svc, Namespace: ns},
-		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "grpc", Port: 50051}}},
-	}, "grpc", pods)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, svc+".yaml"), y, 0o600); err != nil {
-		t.Fatal(err)
-	}
 }
 
 // freePorts are loopback ports nothing listens on now, for listeners.

@@ -7,6 +7,8 @@ import (
 	"strconv"
 	"testing"
 
+	"github.com/ballast-dev/ballast/internal/greetertest"
+
 	pb "google.golang.org/grpc/examples/helloworld/helloworld"
 
 	"github.com/ballast-dev/ballast/discovery/files"
@@ -22,7 +24,7 @@ func guardedService(t *testing.T, p *plane, name, fields string, servers ...*pol
 	for i, a := range policytest.Serve(t, servers...) {
 		pods = append(pods, files.Pod{Name: name + "-" + strconv.Itoa(i), Addr: a})
 	}
-	manifest := serviceYAML(t, name, pods) + `---
+	manifest := string(greetertest.ServiceYAML(t, "default", name, pods)) + `---
 apiVersion: ballast.dev/v1alpha1
 kind: TrafficPolicy
 metadata: {name: ` + name + `, namespace: default}

@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ballast-dev/ballast/internal/greetertest"
+
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -109,22 +111,9 @@ func startPlaneAt(t *testing.T, addr string) *plane {
 // greeters runs n greeter servers on loopback, named greeter-0..n-1.
 func greeters(t *testing.T, n int) []netip.AddrPort {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
 	var addrs []netip.AddrPort
-	for i := range n {
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addrs = append(addrs, netip.MustParseAddrPort(lis.Addr().String()))
-		s := &greeter.Server{Pod: fmt.Sprintf("greeter-%d", i), Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-		wg.Add(1)
-		go func() {
-			defer wg.Done()
-			s.Serve(ctx, lis)
-		}()
+	for _, p := range greetertest.Pods(t, greetertest.Names("greeter", n)...) {
+		addrs = append(addrs, p.Addr)
 	}
 	return addrs
 }

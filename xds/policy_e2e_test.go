@@ -12,6 +12,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ballast-dev/ballast/internal/greetertest"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	echopb "google.golang.org/grpc/examples/features/proto/echo"
@@ -112,7 +114,7 @@ func TestProxylessTrafficPolicyRetry(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("greeter.yaml", serviceYAML(t, "greeter", serve(t, "greeter", &testServer{flaky: true}, &testServer{}, &testServer{})))
+	write("greeter.yaml", string(greetertest.ServiceYAML(t, "default", "greeter", serve(t, "greeter", &testServer{flaky: true}, &testServer{}, &testServer{}))))
 	src := files.New(dir, p.reg, files.Options{Logger: slog.New(slog.DiscardHandler)})
 	if err := src.Load(); err != nil {
 		t.Fatal(err)
@@ -168,7 +170,7 @@ func TestProxylessTrafficPolicyTimeout(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("slow.yaml", serviceYAML(t, "slow", serve(t, "slow", &testServer{delay: time.Second})))
+	write("slow.yaml", string(greetertest.ServiceYAML(t, "default", "slow", serve(t, "slow", &testServer{delay: time.Second}))))
 	write("route.yaml", `apiVersion: gateway.networking.k8s.io/v1
 kind: GRPCRoute
 metadata: {name: slow, namespace: default}

@@ -2,10 +2,7 @@ package xds
 
 import (
 	"context"
-	"io"
 	"log/slog"
-	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"strings"
@@ -13,51 +10,17 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ballast-dev/ballast/internal/greetertest"
+
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	pb "google.golang.org/grpc/examples/helloworld/helloworld"
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
-	corev1 "k8s.io/api/core/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ballast-dev/ballast/discovery/files"
 	"github.com/ballast-dev/ballast/greeter"
 )
-
-// pods runs a greeter server per name on loopback.
-func pods(t *testing.T, names ...string) []files.Pod {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	var out []files.Pod
-	for _, name := range names {
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, files.Pod{Name: name, Addr: netip.MustParseAddrPort(lis.Addr().String())})
-		s := &greeter.Server{Pod: name, Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-		wg.Go(func() { s.Serve(ctx, lis) })
-	}
-	return out
-}
-
-// serviceYAML is a Service of default on port 50051 and the slices of its
-// pods, as `ballast control --files` reads them.
-func serviceYAML(t *testing.T, name string, ps []files.Pod) string {
-	t.Helper()
-	svc := &corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: name, Namespace: "default"},
-		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "grpc", Port: 50051}}},
-	}
-	b, err := files.Manifest(svc, "grpc", ps)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return string(b)
-}
 
 // routeYAML is GRPCRoute default/greeter on Service greeter: calls with
 // x-canary: always, or to a Say* method with an x-user of tester-<n>, go
@@ -155,8 +118,8 @@ func TestProxylessGRPCRoute(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("greeter.yaml", serviceYAML(t, "greeter", pods(t, "greeter-v1-0", "greeter-v1-1")))
-	write("greeter-v2.yaml", serviceYAML(t, "greeter-v2", pods(t, "greeter-v2-0")))
+	write("greeter.yaml", string(greetertest.ServiceYAML(t, "default", "greeter", greetertest.Pods(t, "greeter-v1-0", "greeter-v1-1"))))
+	write("greeter-v2.yaml", string(greetertest.ServiceYAML(t, "default", "greeter-v2", greetertest.Pods(t, "greeter-v2-0"))))
 	write("route.yaml", routeYAML("[{name: greeter, port: 50051, weight: 90}, {name: greeter-v2, port: 50051, weight: 10}]"))
 	src := files.New(dir, p.reg, files.Options{Logger: slog.New(slog.DiscardHandler)})
 	if err := src.Load(); err != nil {

@@ -6,9 +6,6 @@ import (
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
-	"os"
-	"path/filepath"
 	"strings"
 	"sync"
 	"testing"
@@ -20,7 +17,6 @@ import (
 	pb "google.golang.org/grpc/examples/helloworld/helloworld"
 	"google.golang.org/grpc/status"
 	grpcxds "google.golang.org/grpc/xds"
-	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"sigs.k8s.io/controller-runtime/pkg/envtest"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
@@ -32,40 +28,9 @@ import (
 	"github.com/ballast-dev/ballast/discovery/files"
 	"github.com/ballast-dev/ballast/discovery/kube"
 	"github.com/ballast-dev/ballast/greeter"
+	"github.com/ballast-dev/ballast/internal/greetertest"
 	"github.com/ballast-dev/ballast/xds"
 )
-
-// greeterPods serves a greeter per name on loopback and writes the YAML
-// of Service svc in ns (port 50051) and its EndpointSlices to dir. The
-// API server refuses loopback endpoints, so the pods reach the registry
-// through --files, beside the cluster's routes, as `ballast control
-// --kubeconfig --files` reads both.
-func greeterPods(t *testing.T, dir, ns, svc string, names ...string) {
-	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
-	var pods []files.Pod
-	for _, name := range names {
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		pods = append(pods, files.Pod{Name: name, Addr: netip.MustParseAddrPort(lis.Addr().String())})
-		g := &greeter.Server{Pod: name, Log: slog.New(slog.DiscardHandler)}
-		wg.Go(func() { g.Serve(ctx, lis) })
-	}
-	y, err := files.Manifest(&corev1.Service{
-		ObjectMeta: metav1.ObjectMeta{Name: svc, Namespace: ns},
-		Spec:       corev1.ServiceSpec{Ports: []corev1.ServicePort{{Name: "grpc", Port: 50051}}},
-	}, "grpc", pods)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if err := os.WriteFile(filepath.Join(dir, svc+".yaml"), y, 0o644); err != nil {
-		t.Fatal(err)
-	}
-}
 
 // routeSpec is GRPCRoute greeter's spec on Service greeter, with one rule
 // "canary" of the given backendRefs and one "testers" sending x-user
@@ -102,8 +67,8 @@ func TestRouteStatusAndProxyless(t *testing.T) {
 	}
 	ns := newNamespace(t)
 	dir := t.TempDir()
-	greeterPods(t, dir, ns, "greeter", "greeter-v1-0")
-	greeterPods(t, dir, ns, "greeter-v2", "greeter-v2-0")
+	greetertest.WriteService(t, dir, ns, "greeter", greetertest.Pods(t, "greeter-v1-0"))
+	greetertest.WriteService(t, dir, ns, "greeter-v2", greetertest.Pods(t, "greeter-v2-0"))
 	gc, err := gatewayclient.NewForConfig(env.Config)
 	if err != nil {
 		t.Fatal(err)

@@ -8,15 +8,15 @@ package customlb_test
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
-	"net/netip"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/ballast-dev/ballast/internal/greetertest"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -85,15 +85,8 @@ func TestPeakEWMAPolicyReachesGoClients(t *testing.T) {
 	defer gs.Stop()
 
 	var eps []discovery.Endpoint
-	for i := range 2 {
-		glis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		eps = append(eps, discovery.Endpoint{Address: netip.MustParseAddrPort(glis.Addr().String()), Ready: true, Serving: true})
-		s := &greeter.Server{Pod: fmt.Sprintf("greeter-%d", i), Log: quiet}
-		wg.Add(1)
-		go func() { defer wg.Done(); s.Serve(ctx, glis) }()
+	for _, p := range greetertest.Pods(t, greetertest.Names("greeter", 2)...) {
+		eps = append(eps, discovery.Endpoint{Address: p.Addr, Ready: true, Serving: true})
 	}
 	reg.Set(&discovery.Service{
 		Key:         discovery.Key{Namespace: "default", Name: "greeter"},

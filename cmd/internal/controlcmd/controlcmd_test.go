@@ -17,6 +17,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/ballast-dev/ballast/internal/greetertest"
+
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
@@ -237,15 +239,8 @@ func TestControlServesFiles(t *testing.T) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 
 	var ports []int
-	for i := range 3 {
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		ports = append(ports, lis.Addr().(*net.TCPAddr).Port)
-		s := &greeter.Server{Pod: fmt.Sprintf("greeter-%d", i), Log: quiet}
-		wg.Add(1)
-		go func() { defer wg.Done(); s.Serve(ctx, lis) }()
+	for _, p := range greetertest.Pods(t, greetertest.Names("greeter", 3)...) {
+		ports = append(ports, int(p.Addr.Port()))
 	}
 	dir := t.TempDir()
 	write := func(n int) {

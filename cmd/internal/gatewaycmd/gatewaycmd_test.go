@@ -17,11 +17,12 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"text/template"
 	"time"
+
+	"github.com/ballast-dev/ballast/internal/greetertest"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -238,18 +239,9 @@ type backend struct{ Port int }
 // greeters runs n greeter servers on loopback, named greeter-0..n-1.
 func greeters(t *testing.T, n int) []backend {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
 	var out []backend
-	for i := range n {
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, backend{Port: lis.Addr().(*net.TCPAddr).Port})
-		s := &greeter.Server{Pod: fmt.Sprintf("greeter-%d", i), Log: slog.New(slog.NewTextHandler(io.Discard, nil))}
-		wg.Go(func() { s.Serve(ctx, lis) })
+	for _, p := range greetertest.Pods(t, greetertest.Names("greeter", n)...) {
+		out = append(out, backend{Port: int(p.Addr.Port())})
 	}
 	return out
 }
