@@ -165,7 +165,7 @@ func TestProxylessOnKubernetes(t *testing.T) {
 		for _, c := range clients {
 			// The channel connects to each pod on its own; count once
 			// every pod has answered this client.
-			warm := callUntilAnswered(t, ctx, c, greeters)
+			warm := callUntilAnswered(t, ctx, "default", c, greeters)
 			counts := calls(t, ctx, c, 30)
 			t.Logf("client %s: every pod answered within %d calls; then 30 calls: %v", c, warm, counts)
 			checkSpread(t, counts, greeters, 30)
@@ -181,7 +181,7 @@ func TestProxylessOnKubernetes(t *testing.T) {
 		endpoints := time.Since(began)
 		five := podNames(waitReadyPods(t, ctx, "default", "native-tools-2", 5))
 		for _, c := range clients {
-			callUntilAnswered(t, ctx, c, five)
+			callUntilAnswered(t, ctx, "default", c, five)
 		}
 		t.Logf("3 → 5: 5 ready endpoints after %s; both clients had calls answered by all 5 pods after %s",
 			endpoints.Round(time.Millisecond), time.Since(began).Round(time.Millisecond))
@@ -379,13 +379,13 @@ func calls(t *testing.T, ctx context.Context, client string, n int) map[string]i
 	return counts
 }
 
-// callUntilAnswered calls through a client pod, at most 300 times in two
-// minutes, until every one of pods has answered, and returns the number of
-// calls it took. Calls fail while the client's channel waits for its first
-// xDS config; those are retried.
-func callUntilAnswered(t *testing.T, ctx context.Context, client string, pods []string) int {
+// callUntilAnswered calls through client pod ns/client, at most 300 times
+// in two minutes, until every one of pods has answered, and returns the
+// number of calls it took. Calls fail while the client's channel waits for
+// its first xDS config; those are retried.
+func callUntilAnswered(t *testing.T, ctx context.Context, ns, client string, pods []string) int {
 	t.Helper()
-	hc, err := cluster.PodHTTPClient("default", client)
+	hc, err := cluster.PodHTTPClient(ns, client)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -761,7 +761,7 @@ func nackOnTheHarness(t *testing.T, ctx context.Context, from string) {
 	// every pod.
 	greeters := podNames(readyPods(t, ctx, "default", "native-tools-2"))
 	for _, c := range podNames(readyPods(t, ctx, "default", xdsClients)) {
-		callUntilAnswered(t, ctx, c, greeters)
+		callUntilAnswered(t, ctx, "default", c, greeters)
 	}
 }
 

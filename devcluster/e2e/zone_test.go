@@ -232,7 +232,8 @@ func TestZonePreference(t *testing.T) {
 		// Warm up: each client's first calls may fail while it learns the
 		// endpoints (the proxyless and sidecar clients wait for xDS).
 		for _, c := range zoneClients {
-			zoneWarmUp(t, ctx, c, home)
+			n := callUntilAnswered(t, ctx, zoneNS, c, home)
+			t.Logf("%s warmed up in %d calls", c, n)
 		}
 		l := startLoadIn(t, ctx, zoneNS, zoneClients)
 		calls, answered := l.waitCalls(t, ctx, inZoneCalls)
@@ -333,41 +334,6 @@ func podZones(t *testing.T, ctx context.Context) map[string]string {
 		out[p.Name] = zone
 	}
 	return out
-}
-
-// zoneWarmUp calls through a client pod in zoneNS, at most 300 times in two
-// minutes, until every one of pods has answered; failed calls are retried.
-func zoneWarmUp(t *testing.T, ctx context.Context, client string, pods []string) {
-	t.Helper()
-	hc, err := cluster.PodHTTPClient(zoneNS, client)
-	if err != nil {
-		t.Fatal(err)
-	}
-	seen := map[string]int{}
-	n := 0
-	var last error
-	err = devcluster.Poll(ctx, 2*time.Minute, func(ctx context.Context) (bool, error) {
-		for range 30 {
-			if n >= 300 {
-				return false, fmt.Errorf("300 calls")
-			}
-			n++
-			pod, err := devcluster.Greet(ctx, hc)
-			if err != nil {
-				last = err
-				return false, nil
-			}
-			seen[pod]++
-			if !slices.ContainsFunc(pods, func(p string) bool { return seen[p] == 0 }) {
-				return true, nil
-			}
-		}
-		return false, nil
-	})
-	if err != nil {
-		t.Fatalf("client %s: not every one of %v answered (answered: %v; last error: %v): %v", client, pods, seen, last, err)
-	}
-	t.Logf("%s warmed up in %d calls: %v", client, n, seen)
 }
 
 // waitCalls waits until every client of l has made at least n calls and
