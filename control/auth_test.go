@@ -2,7 +2,6 @@ package control_test
 
 import (
 	"context"
-	"fmt"
 	"io"
 	"log/slog"
 	"net"
@@ -43,20 +42,7 @@ func TestMain(m *testing.M) {
 		// The client process of TestProxylessClientOverTLS needs no API server.
 		os.Exit(m.Run())
 	}
-	e, err := testapi.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "control tests need a kube-apiserver:", err)
-		os.Exit(1)
-	}
-	env = e
-	code := m.Run()
-	if err := env.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "stop kube-apiserver:", err)
-		if code == 0 {
-			code = 1
-		}
-	}
-	os.Exit(code)
+	testapi.Main(m, "control", &env)
 }
 
 // token is a real ServiceAccount token from the API server's TokenRequest,

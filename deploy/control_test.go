@@ -10,7 +10,6 @@ import (
 	"errors"
 	"fmt"
 	"io"
-	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -30,15 +29,7 @@ import (
 var api *testapi.Env
 
 func TestMain(m *testing.M) {
-	var err error
-	api, err = testapi.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "deploy tests:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	api.Stop()
-	os.Exit(code)
+	testapi.Main(m, "deploy", &api)
 }
 
 // render runs kubectl kustomize (the kubectl built beside the API server)

@@ -35,7 +35,7 @@ func TestProvisioner(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns, system := newNamespace(t), newNamespace(t)
+	ns, system := env.Namespace(t, "gateway"), env.Namespace(t, "gateway")
 	classes := map[string]gatewayv1.GatewayController{ns: gateway.ControllerName, ns + "-other": "example.com/other"}
 	for name, ctrl := range classes {
 		if _, err := gc.GatewayV1().GatewayClasses().Create(ctx, &gatewayv1.GatewayClass{ObjectMeta: metav1.ObjectMeta{Name: name},

@@ -13,7 +13,6 @@ import (
 	"log/slog"
 	"math/big"
 	"net"
-	"os"
 	"slices"
 	"sync"
 	"testing"
@@ -43,17 +42,7 @@ import (
 var env *testapi.Env
 
 func TestMain(m *testing.M) {
-	e, err := testapi.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "gateway tests need a kube-apiserver:", err)
-		os.Exit(1)
-	}
-	env = e
-	code := m.Run()
-	if err := env.Stop(); err != nil && code == 0 {
-		code = 1
-	}
-	os.Exit(code)
+	testapi.Main(m, "gateway", &env)
 }
 
 const waitTimeout = 60 * time.Second
@@ -76,7 +65,7 @@ func TestStatus(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	ns, other := newNamespace(t), newNamespace(t)
+	ns, other := env.Namespace(t, "gateway"), env.Namespace(t, "gateway")
 	caPool, certPEM, keyPEM := testCert(t, "grpc.example.com")
 
 	// The greeters' endpoints are on loopback, which the API server
@@ -492,19 +481,6 @@ func eventually(t *testing.T, what string, check func() string) {
 		}
 		time.Sleep(50 * time.Millisecond) // polling interval, not synchronisation
 	}
-}
-
-func newNamespace(t *testing.T) string {
-	t.Helper()
-	ns, err := env.Client.CoreV1().Namespaces().Create(context.Background(),
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "gateway-"}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	// envtest runs no namespace controller: a deleted namespace's objects
-	// stay, harmless in a namespace of its own.
-	t.Cleanup(func() { env.Client.CoreV1().Namespaces().Delete(context.Background(), ns.Name, metav1.DeleteOptions{}) })
-	return ns.Name
 }
 
 // freePorts are loopback ports nothing listens on now, for listeners.

@@ -26,15 +26,7 @@ func TestMain(m *testing.M) {
 	if flag.Lookup("test.fuzz").Value.String() != "" || flag.Lookup("test.fuzzworker").Value.String() == "true" {
 		os.Exit(m.Run())
 	}
-	var err error
-	api, err = testapi.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "inject tests:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	api.Stop()
-	os.Exit(code)
+	testapi.Main(m, "inject", &api)
 }
 
 func needAPI(t *testing.T) {

@@ -3,8 +3,6 @@ package install
 import (
 	"bytes"
 	"context"
-	"fmt"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -21,15 +19,7 @@ import (
 var api *testapi.Env
 
 func TestMain(m *testing.M) {
-	var err error
-	api, err = testapi.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "install tests:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	api.Stop()
-	os.Exit(code)
+	testapi.Main(m, "install", &api)
 }
 
 // oldGRPCRoute is a GRPCRoute CRD as Gateway API v1.0 had it: v1alpha2 only.

@@ -30,7 +30,7 @@ func TestBackendPolicy(t *testing.T) {
 		t.Fatal("the API server already serves XBackendTrafficPolicies: this test starts without their CRD")
 	}
 	installTrafficPolicyCRD(t)
-	ns := newNamespace(t)
+	ns := env.Namespace(t, "discovery")
 	ctx := context.Background()
 	greeter := createGreeter(t, ns)
 	trafficPolicies := newTrafficPolicies(t, ns)
@@ -123,7 +123,7 @@ func TestBackendPolicy(t *testing.T) {
 func TestBackendPolicyForbidden(t *testing.T) {
 	installTrafficPolicyCRD(t)
 	installBackendPolicyCRD(t)
-	ns := newNamespace(t)
+	ns := env.Namespace(t, "discovery")
 	ctx := context.Background()
 	greeter := createGreeter(t, ns)
 	newTrafficPolicies(t, ns).create("retry", "targetRefs: [{group: '', kind: Service, name: greeter}]\nretry: {attempts: 2}")

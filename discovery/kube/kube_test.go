@@ -9,7 +9,6 @@ import (
 	"net"
 	"net/netip"
 	"net/url"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -36,41 +35,13 @@ import (
 var env *testapi.Env
 
 func TestMain(m *testing.M) {
-	e, err := testapi.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "discovery/kube tests need a kube-apiserver:", err)
-		os.Exit(1)
-	}
-	env = e
-	code := m.Run()
-	if err := env.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "stop kube-apiserver:", err)
-		if code == 0 {
-			code = 1
-		}
-	}
-	os.Exit(code)
+	testapi.Main(m, "discovery/kube", &env)
 }
 
 // waitTimeout bounds every wait for convergence; a healthy run takes far less.
 const waitTimeout = 60 * time.Second
 
 func ptr[T any](v T) *T { return &v }
-
-func newNamespace(t *testing.T) string {
-	t.Helper()
-	ns, err := env.Client.CoreV1().Namespaces().Create(context.Background(),
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "discovery-"}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("create namespace: %v", err)
-	}
-	t.Cleanup(func() {
-		// envtest runs no namespace controller, so the namespace stays
-		// terminating; its objects are removed with the API server.
-		_ = env.Client.CoreV1().Namespaces().Delete(context.Background(), ns.Name, metav1.DeleteOptions{})
-	})
-	return ns.Name
-}
 
 // run starts a Source on client for namespace ns and stops it, checking that
 // it returns and leaves no goroutine behind, when the test ends.
@@ -232,7 +203,7 @@ func greeterSnapshot(ns string, grpc map[string]conds, pods map[string]string) *
 // TestServiceLifecycle walks one Service through the changes a cluster makes
 // and checks that the registry converges to the right snapshot after each.
 func TestServiceLifecycle(t *testing.T) {
-	ns := newNamespace(t)
+	ns := env.Namespace(t, "discovery")
 	reg, _ := run(t, env.Config, ns)
 	ctx := context.Background()
 	services := env.Client.CoreV1().Services(ns)
@@ -364,7 +335,7 @@ func checkNamedPort(t *testing.T, reg *discovery.Registry, key discovery.Key) {
 // TestHasSyncedMeansInitialStateWritten checks that once HasSynced reports
 // true, everything that existed at start is already in the registry.
 func TestHasSyncedMeansInitialStateWritten(t *testing.T) {
-	ns := newNamespace(t)
+	ns := env.Namespace(t, "discovery")
 	ctx := context.Background()
 	const count = 5
 	for i := range count {
@@ -409,7 +380,7 @@ func TestHasSyncedMeansInitialStateWritten(t *testing.T) {
 // TestNamespaceOption checks that a source restricted to one namespace does
 // not see Services of another.
 func TestNamespaceOption(t *testing.T) {
-	watched, other := newNamespace(t), newNamespace(t)
+	watched, other := env.Namespace(t, "discovery"), env.Namespace(t, "discovery")
 	ctx := context.Background()
 	reg, _ := run(t, env.Config, watched)
 	for _, ns := range []string{other, watched} {
@@ -432,7 +403,7 @@ func TestNamespaceOption(t *testing.T) {
 // API server, checks that the registry keeps its entries while the informers
 // fail, and that changes made meanwhile arrive once the connection returns.
 func TestKeepsStateWhileAPIServerUnreachable(t *testing.T) {
-	ns := newNamespace(t)
+	ns := env.Namespace(t, "discovery")
 	ctx := context.Background()
 	proxy := newCuttableProxy(t, env.Config.Host)
 	cfg := rest.CopyConfig(env.Config)
@@ -585,7 +556,7 @@ func TestUnreachableAtStart(t *testing.T) {
 	cfg := rest.CopyConfig(env.Config)
 	cfg.Host = "https://" + proxy.addr()
 	cfg.TLSClientConfig.ServerName = "localhost"
-	reg, src := run(t, cfg, newNamespace(t))
+	reg, src := run(t, cfg, env.Namespace(t, "discovery"))
 	deadline := time.After(waitTimeout)
 	for proxy.refusals() < 2 {
 		select {

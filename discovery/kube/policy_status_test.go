@@ -16,7 +16,7 @@ import (
 // is TargetNotFound; deleting the older hands the Service to the younger.
 func TestPolicyStatus(t *testing.T) {
 	installTrafficPolicyCRD(t)
-	ns := newNamespace(t)
+	ns := env.Namespace(t, "discovery")
 	greeter := createGreeter(t, ns)
 	policies := newTrafficPolicies(t, ns)
 	policies.create("older", "targetRefs: [{group: '', kind: Service, name: greeter}]\ntimeouts: {request: 200ms, backendRequest: 100ms}")

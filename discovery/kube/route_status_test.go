@@ -65,7 +65,7 @@ func TestRouteStatusAndProxyless(t *testing.T) {
 	if _, err := envtest.InstallCRDs(env.Config, envtest.CRDInstallOptions{Paths: []string{"../../deploy/control/gateway-api"}}); err != nil {
 		t.Fatalf("install the Gateway API CRDs of deploy/: %v", err)
 	}
-	ns := newNamespace(t)
+	ns := env.Namespace(t, "discovery")
 	dir := t.TempDir()
 	greetertest.WriteService(t, dir, ns, "greeter", greetertest.Pods(t, "greeter-v1-0"))
 	greetertest.WriteService(t, dir, ns, "greeter-v2", greetertest.Pods(t, "greeter-v2-0"))

@@ -48,15 +48,7 @@ var (
 )
 
 func TestMain(m *testing.M) {
-	var err error
-	api, err = testapi.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "cmd/ballast tests:", err)
-		os.Exit(1)
-	}
-	code := m.Run()
-	api.Stop()
-	os.Exit(code)
+	testapi.Main(m, "cmd/internal/controlcmd", &api)
 }
 
 // kubeconfig writes a kubeconfig for the test API server.

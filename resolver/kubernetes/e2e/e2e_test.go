@@ -9,7 +9,6 @@ import (
 	"fmt"
 	"net"
 	"net/netip"
-	"os"
 	"strings"
 	"testing"
 	"time"
@@ -37,36 +36,12 @@ import (
 var env *testapi.Env
 
 func TestMain(m *testing.M) {
-	e, err := testapi.Start()
-	if err != nil {
-		fmt.Fprintln(os.Stderr, "resolver/kubernetes/e2e tests need a kube-apiserver:", err)
-		os.Exit(1)
-	}
-	env = e
-	code := m.Run()
-	if err := env.Stop(); err != nil {
-		fmt.Fprintln(os.Stderr, "stop kube-apiserver:", err)
-		code = max(code, 1)
-	}
-	os.Exit(code)
+	testapi.Main(m, "resolver/kubernetes/e2e", &env)
 }
 
 const waitTimeout = 60 * time.Second
 
 func ptr[T any](v T) *T { return &v }
-
-func newNamespace(t *testing.T) string {
-	t.Helper()
-	ns, err := env.Client.CoreV1().Namespaces().Create(context.Background(),
-		&corev1.Namespace{ObjectMeta: metav1.ObjectMeta{GenerateName: "resolver-"}}, metav1.CreateOptions{})
-	if err != nil {
-		t.Fatalf("create namespace: %v", err)
-	}
-	t.Cleanup(func() {
-		_ = env.Client.CoreV1().Namespaces().Delete(context.Background(), ns.Name, metav1.DeleteOptions{})
-	})
-	return ns.Name
-}
 
 // The API server refuses loopback addresses in EndpointSlices, so each pod
 // is published under a TEST-NET-1 address (RFC 5737, never routed) with its
@@ -121,7 +96,7 @@ func TestResolverFollowsEndpointSlices(t *testing.T) {
 		goleak.VerifyNone(t, ignore, goleak.IgnoreAnyFunction("golang.org/x/net/http2.(*ClientConn).readLoop"))
 	})
 	ctx := context.Background()
-	ns := newNamespace(t)
+	ns := env.Namespace(t, "resolver")
 	api := env.Client
 	pods := []*greetertest.Pod{
 		greetertest.Start(t, "a", greetertest.Options{}),
