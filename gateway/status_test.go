@@ -18,7 +18,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ballast-dev/ballast/internal/greetertest"
+	"github.com/ballast-dev/ballast/greeter/greetertest"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials"
@@ -71,7 +71,7 @@ func TestStatus(t *testing.T) {
 	// The greeters' endpoints are on loopback, which the API server
 	// refuses: they come from a file, beside the cluster's objects.
 	dir := t.TempDir()
-	greetertest.WriteService(t, dir, ns, "greeter", greetertest.Pods(t, greetertest.Names("greeter", 2)...))
+	greetertest.WriteService(t, dir, ns, "greeter", greetertest.Serve(t, greetertest.Names("greeter", 2)...))
 
 	secret := func(ns, name string, data map[string][]byte) {
 		t.Helper()

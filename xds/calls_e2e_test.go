@@ -7,7 +7,7 @@ import (
 	"strings"
 	"testing"
 
-	"github.com/ballast-dev/ballast/internal/greetertest"
+	"github.com/ballast-dev/ballast/greeter/greetertest"
 
 	"google.golang.org/grpc/codes"
 
@@ -50,7 +50,7 @@ func noNACKs(t *testing.T, p *plane) {
 // limited.
 func TestProxylessTrafficPolicyFault(t *testing.T) {
 	p, write := filesPlane(t)
-	write("greeter.yaml", string(greetertest.ServiceYAML(t, "default", "greeter", greetertest.Pods(t, "greeter-0", "greeter-1"))))
+	write("greeter.yaml", string(greetertest.ServiceYAML(t, "default", "greeter", greetertest.Serve(t, "greeter-0", "greeter-1"))))
 	conn := dialXDS(t, p, "xds:///greeter.default:50051")
 	eventually(t, "calls succeed", func() bool { return len(calls(conn, 10).codes) == 0 })
 
@@ -82,7 +82,7 @@ spec:
 // to more than one.
 func TestProxylessTrafficPolicyRingHash(t *testing.T) {
 	p, write := filesPlane(t)
-	write("greeter.yaml", string(greetertest.ServiceYAML(t, "default", "greeter", greetertest.Pods(t, "greeter-0", "greeter-1", "greeter-2"))))
+	write("greeter.yaml", string(greetertest.ServiceYAML(t, "default", "greeter", greetertest.Serve(t, "greeter-0", "greeter-1", "greeter-2"))))
 	conn := dialXDS(t, p, "xds:///greeter.default:50051")
 	eventually(t, "one user's calls reach every pod", func() bool { return len(calls(conn, 60, "x-user", "u0").pods) == 3 })
 

@@ -7,7 +7,7 @@ import (
 	"strconv"
 	"testing"
 
-	"github.com/ballast-dev/ballast/internal/greetertest"
+	"github.com/ballast-dev/ballast/greeter/greetertest"
 
 	pb "google.golang.org/grpc/examples/helloworld/helloworld"
 

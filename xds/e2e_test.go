@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ballast-dev/ballast/internal/greetertest"
+	"github.com/ballast-dev/ballast/greeter/greetertest"
 
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
@@ -112,7 +112,7 @@ func startPlaneAt(t *testing.T, addr string) *plane {
 func greeters(t *testing.T, n int) []netip.AddrPort {
 	t.Helper()
 	var addrs []netip.AddrPort
-	for _, p := range greetertest.Pods(t, greetertest.Names("greeter", n)...) {
+	for _, p := range greetertest.Serve(t, greetertest.Names("greeter", n)...) {
 		addrs = append(addrs, p.Addr)
 	}
 	return addrs

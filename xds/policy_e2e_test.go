@@ -12,7 +12,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ballast-dev/ballast/internal/greetertest"
+	"github.com/ballast-dev/ballast/greeter/greetertest"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"

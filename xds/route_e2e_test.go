@@ -10,7 +10,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ballast-dev/ballast/internal/greetertest"
+	"github.com/ballast-dev/ballast/greeter/greetertest"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -118,8 +118,8 @@ func TestProxylessGRPCRoute(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	write("greeter.yaml", string(greetertest.ServiceYAML(t, "default", "greeter", greetertest.Pods(t, "greeter-v1-0", "greeter-v1-1"))))
-	write("greeter-v2.yaml", string(greetertest.ServiceYAML(t, "default", "greeter-v2", greetertest.Pods(t, "greeter-v2-0"))))
+	write("greeter.yaml", string(greetertest.ServiceYAML(t, "default", "greeter", greetertest.Serve(t, "greeter-v1-0", "greeter-v1-1"))))
+	write("greeter-v2.yaml", string(greetertest.ServiceYAML(t, "default", "greeter-v2", greetertest.Serve(t, "greeter-v2-0"))))
 	write("route.yaml", routeYAML("[{name: greeter, port: 50051, weight: 90}, {name: greeter-v2, port: 50051, weight: 10}]"))
 	src := files.New(dir, p.reg, files.Options{Logger: slog.New(slog.DiscardHandler)})
 	if err := src.Load(); err != nil {

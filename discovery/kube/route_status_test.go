@@ -28,7 +28,7 @@ import (
 	"github.com/ballast-dev/ballast/discovery/files"
 	"github.com/ballast-dev/ballast/discovery/kube"
 	"github.com/ballast-dev/ballast/greeter"
-	"github.com/ballast-dev/ballast/internal/greetertest"
+	"github.com/ballast-dev/ballast/greeter/greetertest"
 	"github.com/ballast-dev/ballast/xds"
 )
 
@@ -67,8 +67,8 @@ func TestRouteStatusAndProxyless(t *testing.T) {
 	}
 	ns := env.Namespace(t, "discovery")
 	dir := t.TempDir()
-	greetertest.WriteService(t, dir, ns, "greeter", greetertest.Pods(t, "greeter-v1-0"))
-	greetertest.WriteService(t, dir, ns, "greeter-v2", greetertest.Pods(t, "greeter-v2-0"))
+	greetertest.WriteService(t, dir, ns, "greeter", greetertest.Serve(t, "greeter-v1-0"))
+	greetertest.WriteService(t, dir, ns, "greeter-v2", greetertest.Serve(t, "greeter-v2-0"))
 	gc, err := gatewayclient.NewForConfig(env.Config)
 	if err != nil {
 		t.Fatal(err)

@@ -16,7 +16,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ballast-dev/ballast/internal/greetertest"
+	"github.com/ballast-dev/ballast/greeter/greetertest"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
@@ -85,7 +85,7 @@ func TestPeakEWMAPolicyReachesGoClients(t *testing.T) {
 	defer gs.Stop()
 
 	var eps []discovery.Endpoint
-	for _, p := range greetertest.Pods(t, greetertest.Names("greeter", 2)...) {
+	for _, p := range greetertest.Serve(t, greetertest.Names("greeter", 2)...) {
 		eps = append(eps, discovery.Endpoint{Address: p.Addr, Ready: true, Serving: true})
 	}
 	reg.Set(&discovery.Service{

@@ -17,7 +17,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/ballast-dev/ballast/internal/greetertest"
+	"github.com/ballast-dev/ballast/greeter/greetertest"
 
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -231,7 +231,7 @@ func TestControlServesFiles(t *testing.T) {
 	quiet := slog.New(slog.NewTextHandler(io.Discard, nil))
 
 	var ports []int
-	for _, p := range greetertest.Pods(t, greetertest.Names("greeter", 3)...) {
+	for _, p := range greetertest.Serve(t, greetertest.Names("greeter", 3)...) {
 		ports = append(ports, int(p.Addr.Port()))
 	}
 	dir := t.TempDir()

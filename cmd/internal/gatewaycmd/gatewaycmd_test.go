@@ -22,7 +22,7 @@ import (
 	"text/template"
 	"time"
 
-	"github.com/ballast-dev/ballast/internal/greetertest"
+	"github.com/ballast-dev/ballast/greeter/greetertest"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -240,7 +240,7 @@ type backend struct{ Port int }
 func greeters(t *testing.T, n int) []backend {
 	t.Helper()
 	var out []backend
-	for _, p := range greetertest.Pods(t, greetertest.Names("greeter", n)...) {
+	for _, p := range greetertest.Serve(t, greetertest.Names("greeter", n)...) {
 		out = append(out, backend{Port: int(p.Addr.Port())})
 	}
 	return out

@@ -1,43 +1,29 @@
-// Package greetertest runs the article's greeter as pods on loopback for
-// tests, and writes them as the Service and EndpointSlices `--files`
-// reads: the API server refuses loopback endpoint addresses, so tests whose
-// pods are local servers hand them to discovery this way.
 package greetertest
 
 import (
-	"context"
 	"fmt"
-	"log/slog"
-	"net"
-	"net/netip"
 	"os"
 	"path/filepath"
-	"sync"
 	"testing"
 
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/ballast-dev/ballast/discovery/files"
-	"github.com/ballast-dev/ballast/greeter"
 )
 
-// Pods serves a greeter per name on 127.0.0.1, each replying with its
-// name, until the test ends.
-func Pods(t testing.TB, names ...string) []files.Pod {
+// The API server refuses loopback endpoint addresses, so tests whose pods
+// are greeters on loopback hand them to discovery as the Service and
+// EndpointSlices `--files` reads.
+
+// Serve starts a greeter per name, as Start does, and returns them as the
+// pods of an EndpointSlice.
+func Serve(t testing.TB, names ...string) []files.Pod {
 	t.Helper()
-	ctx, cancel := context.WithCancel(context.Background())
-	var wg sync.WaitGroup
-	t.Cleanup(func() { cancel(); wg.Wait() })
 	out := make([]files.Pod, 0, len(names))
 	for _, name := range names {
-		lis, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		out = append(out, files.Pod{Name: name, Addr: netip.MustParseAddrPort(lis.Addr().String())})
-		g := &greeter.Server{Pod: name, Log: slog.New(slog.DiscardHandler)}
-		wg.Go(func() { g.Serve(ctx, lis) })
+		p := Start(t, name, Options{})
+		out = append(out, files.Pod{Name: p.Name, Addr: p.Addr})
 	}
 	return out
 }
