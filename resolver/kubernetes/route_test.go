@@ -14,9 +14,6 @@ import (
 	"google.golang.org/grpc/metadata"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/emptypb"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
-	"sigs.k8s.io/yaml"
 
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/greeter/greetertest"
@@ -260,20 +257,6 @@ func TestRouteFilters(t *testing.T) {
 	check("stream", hdr)
 }
 
-// grpcRoute is GRPCRoute default/name attached to Service greeter, with
-// the given spec.rules (YAML).
-func grpcRoute(t *testing.T, name string, generation int64, rules string) *gatewayv1.GRPCRoute {
-	t.Helper()
-	rt := &gatewayv1.GRPCRoute{}
-	spec := "parentRefs: [{group: \"\", kind: Service, name: greeter}]\nrules:\n" + rules
-	if err := yaml.UnmarshalStrict([]byte(spec), &rt.Spec); err != nil {
-		t.Fatalf("route %s: %v", name, err)
-	}
-	rt.Name, rt.Namespace, rt.Generation = name, "default", generation
-	rt.CreationTimestamp = metav1.NewTime(time.Date(2026, 1, 1, 0, 0, 0, 0, time.UTC))
-	return rt
-}
-
 // TestRegistryGRPCRoute: the GRPCRoutes the registry holds route a
 // DialOptions client with no option: a method and header match with its
 // filters, the canary split, a backend that does not exist failing its
@@ -282,67 +265,16 @@ func TestRegistryGRPCRoute(t *testing.T) {
 	reg := discovery.NewRegistry()
 	reg.Set(service("greeter", policytest.StartEcho(t, "v1")))
 	reg.Set(service("greeter-v2", policytest.StartEcho(t, "v2")))
-	reg.SetRoute(grpcRoute(t, "canary", 1, `
-- matches: [{method: {service: helloworld.Greeter, method: SayHello}, headers: [{name: x-canary, value: "yes"}]}]
-  filters:
-  - {type: RequestHeaderModifier, requestHeaderModifier: {set: [{name: x-route, value: canary}], remove: [x-gone]}}
-  - {type: ResponseHeaderModifier, responseHeaderModifier: {add: [{name: x-resp, value: r}]}}
-  backendRefs: [{name: greeter-v2, port: 50051}]
-- matches: [{method: {service: helloworld.Greeter, method: Split}}]
-  backendRefs: [{name: greeter, port: 50051, weight: 90}, {name: greeter-v2, port: 50051, weight: 10}]
-- matches: [{method: {service: helloworld.Greeter, method: Half}}]
-  backendRefs: [{name: greeter, port: 50051}, {name: missing, port: 50051}]
-- backendRefs: [{name: greeter, port: 50051}]
-`))
+	reg.SetRoute(policytest.GRPCRoute(t, "canary", 1, policytest.CanaryRules))
 	conn, err := grpc.NewClient(target, append(kubernetes.DialOptions(reg), grpc.WithTransportCredentials(insecure.NewCredentials()))...)
 	if err != nil {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close() })
 
-	hdr, err := policytest.Echo(context.Background(), conn, "/helloworld.Greeter/SayHello", "x-canary", "yes", "x-gone", "1")
-	if err != nil {
-		t.Fatal(err)
-	}
-	for k, want := range map[string]string{"x-backend": "v2", "seen-x-route": "canary", "seen-x-gone": "", "x-resp": "r"} {
-		if got := strings.Join(hdr.Get(k), ","); got != want {
-			t.Errorf("canary call: response header %s = %q, want %q (all: %v)", k, got, want, hdr)
-		}
-	}
-	if hdr, err := policytest.Echo(context.Background(), conn, "/helloworld.Greeter/SayHello"); err != nil || hdr.Get("x-backend")[0] != "v1" {
-		t.Fatalf("call without the header: %v %v, want v1", hdr, err)
-	}
+	policytest.CheckRoute(t, conn)
 
-	counts := map[string]int{}
-	for range 2000 {
-		hdr, err := policytest.Echo(context.Background(), conn, "/helloworld.Greeter/Split")
-		if err != nil {
-			t.Fatal(err)
-		}
-		counts[hdr.Get("x-backend")[0]]++
-	}
-	// 10% of 2,000 is 200, with a standard deviation of 13.4.
-	if counts["v2"] < 140 || counts["v2"] > 260 {
-		t.Fatalf("split calls by backend %v, want v2 at 10%% (140..260 of 2000)", counts)
-	}
-
-	ok, failed := 0, 0
-	for range 400 {
-		_, err := policytest.Echo(context.Background(), conn, "/helloworld.Greeter/Half")
-		switch {
-		case err == nil:
-			ok++
-		case status.Code(err) == codes.Unavailable && strings.Contains(err.Error(), "missing"):
-			failed++
-		default:
-			t.Fatalf("call with half to a missing backend: %v", err)
-		}
-	}
-	if ok < 140 || failed < 140 {
-		t.Fatalf("%d calls went through and %d failed, want about half each", ok, failed)
-	}
-
-	reg.SetRoute(grpcRoute(t, "canary", 2, "- backendRefs: [{name: greeter-v2, port: 50051}]\n"))
+	reg.SetRoute(policytest.GRPCRoute(t, "canary", 2, "- backendRefs: [{name: greeter-v2, port: 50051}]\n"))
 	greetertest.Eventually(t, 10*time.Second, func() bool {
 		hdr, err := policytest.Echo(context.Background(), conn, "/helloworld.Greeter/SayHello")
 		return err == nil && hdr.Get("x-backend")[0] == "v2"
