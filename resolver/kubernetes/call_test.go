@@ -5,7 +5,6 @@ import (
 	"errors"
 	"io"
 	"net/netip"
-	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -124,52 +123,9 @@ func TestCallRetryBudget(t *testing.T) {
 // cancellation; a caller's sooner deadline stays; other rules' calls are
 // not bounded by it.
 func TestCallTimeout(t *testing.T) {
-	type seen struct {
-		left      time.Duration
-		cancelled bool
-	}
-	seenc := make(chan seen, 10)
-	slow := policytest.StartBackend(t, func(ctx context.Context, _ string, _ int64) error {
-		if md, _ := metadata.FromIncomingContext(ctx); len(md.Get("x-slow")) == 0 {
-			return nil // dialCalls' first calls
-		}
-		var s seen
-		if d, ok := ctx.Deadline(); ok {
-			s.left = time.Until(d)
-		}
-		select {
-		case <-ctx.Done():
-			s.cancelled = true
-		case <-time.After(time.Second):
-		}
-		seenc <- s
-		return status.FromContextError(ctx.Err()).Err()
-	})
-	conn := dialCalls(t, policy.CallPolicy{Timeout: 200 * time.Millisecond}, slow)
-	call := func(timeout time.Duration, md ...string) error {
-		ctx, cancel := context.WithTimeout(context.Background(), timeout)
-		defer cancel()
-		return conn.Invoke(metadata.AppendToOutgoingContext(ctx, append(md, "x-slow", "yes")...), helloMethod, &emptypb.Empty{}, &emptypb.Empty{})
-	}
-	err := call(10*time.Second, "x-policy", "yes")
-	if status.Code(err) != codes.DeadlineExceeded || !strings.Contains(err.Error(), "the call's timeout (200ms) elapsed") {
-		t.Fatalf("slow call with a 200ms timeout: %v, want DEADLINE_EXCEEDED naming the rule's timeout", err)
-	}
-	if s := <-seenc; !s.cancelled || s.left <= 0 || s.left > 200*time.Millisecond {
-		t.Errorf("server saw deadline %v from the start, cancelled=%v; want at most 200ms, cancelled", s.left, s.cancelled)
-	}
-	if err := call(100*time.Millisecond, "x-policy", "yes"); status.Code(err) != codes.DeadlineExceeded {
-		t.Fatalf("slow call with the caller's 100ms deadline: %v, want DEADLINE_EXCEEDED", err)
-	}
-	if s := <-seenc; s.left > 100*time.Millisecond || !s.cancelled {
-		t.Errorf("server saw deadline %v (cancelled=%v), want the caller's 100ms", s.left, s.cancelled)
-	}
-	if err := call(10 * time.Second); err != nil {
-		t.Fatalf("slow call of a rule without a timeout: %v, want OK", err)
-	}
-	if s := <-seenc; s.cancelled || s.left < 5*time.Second {
-		t.Errorf("call without a timeout: server saw deadline %v, cancelled=%v; want the caller's 10s, not cancelled", s.left, s.cancelled)
-	}
+	slow := policytest.StartSlowBackend(t)
+	conn := dialCalls(t, policy.CallPolicy{Timeout: 200 * time.Millisecond}, slow.Backend)
+	policytest.CheckCallTimeout(t, conn, helloMethod, slow)
 }
 
 // TestCallTryTimeout: a try that outlives the per-try timeout is given up
