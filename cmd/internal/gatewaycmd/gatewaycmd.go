@@ -228,16 +228,7 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 		}
 		g.Go(func() error { return watchAddresses(ctx, restCfg, *cfg.StatusService, gw.SetAddresses) })
 	}
-	g.Go(func() error {
-		if err := admin.Serve(adminLis); !errors.Is(err, http.ErrServerClosed) {
-			return err
-		}
-		return nil
-	})
-	g.Go(func() error {
-		<-ctx.Done()
-		return admin.Close()
-	})
+	serveAdmin(ctx, g, admin, adminLis)
 	return g.Wait()
 }
 
@@ -327,8 +318,14 @@ func RunProvisioner(ctx context.Context, cfg Config, log *slog.Logger) error {
 	admin := &http.Server{Handler: mux, ReadHeaderTimeout: 5 * time.Second}
 	g, ctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return p.Run(ctx) })
+	serveAdmin(ctx, g, admin, adminLis)
+	return g.Wait()
+}
+
+// serveAdmin serves admin on lis in g, until ctx ends.
+func serveAdmin(ctx context.Context, g *errgroup.Group, admin *http.Server, lis net.Listener) {
 	g.Go(func() error {
-		if err := admin.Serve(adminLis); !errors.Is(err, http.ErrServerClosed) {
+		if err := admin.Serve(lis); !errors.Is(err, http.ErrServerClosed) {
 			return err
 		}
 		return nil
@@ -337,5 +334,4 @@ func RunProvisioner(ctx context.Context, cfg Config, log *slog.Logger) error {
 		<-ctx.Done()
 		return admin.Close()
 	})
-	return g.Wait()
 }
