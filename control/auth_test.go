@@ -30,6 +30,7 @@ import (
 	"github.com/ballast-dev/ballast/control"
 	"github.com/ballast-dev/ballast/control/tokenreview"
 	"github.com/ballast-dev/ballast/discovery"
+	"github.com/ballast-dev/ballast/internal/kubeclient"
 	"github.com/ballast-dev/ballast/internal/testapi"
 	"github.com/ballast-dev/ballast/xds"
 	"github.com/ballast-dev/ballast/xds/client"
@@ -77,12 +78,32 @@ func service(ns, name, ip string, annotations map[string]string) *discovery.Serv
 	}
 }
 
+// apiClient is the control plane's own client of the test's API server.
+func apiClient(t *testing.T) *kubeclient.Client {
+	t.Helper()
+	c, err := kubeclient.New(env.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return c
+}
+
+// apiReviewer is the test API server's TokenReview.
+func apiReviewer(t *testing.T) tokenreview.Reviewer {
+	t.Helper()
+	r, err := tokenreview.APIReviewer(apiClient(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r
+}
+
 // serveAuthenticated runs the control plane as `ballast control` runs it
 // in a cluster: TokenReview against the API server, clients of
 // ballast-system reading everything. It returns the xDS and HTTP addresses.
 func serveAuthenticated(t *testing.T, reg *discovery.Registry) (string, string) {
 	t.Helper()
-	authn, err := tokenreview.New(tokenreview.Config{Client: env.Client})
+	authn, err := tokenreview.New(tokenreview.Config{Client: apiReviewer(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

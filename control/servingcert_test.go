@@ -28,7 +28,7 @@ func TestServingCertificate(t *testing.T) {
 			t.Fatal(err)
 		}
 	}
-	cfg := servingcert.Config{Client: env.Client, Namespace: sys, Secret: "ballast-control-ca", ConfigMap: "ballast-control-ca.crt",
+	cfg := servingcert.Config{Client: apiClient(t), Namespace: sys, Secret: "ballast-control-ca", ConfigMap: "ballast-control-ca.crt",
 		Hosts: []string{"ballast-control." + sys + ".svc"}, Log: quiet()}
 	one, err := servingcert.New(ctx, cfg)
 	if err != nil {

@@ -134,7 +134,7 @@ type tlsPlane struct {
 // p's ca.crt, tokens checked by TokenReview.
 func serveTLS(t *testing.T, reg *discovery.Registry, p *pki) tlsPlane {
 	t.Helper()
-	authn, err := tokenreview.New(tokenreview.Config{Client: env.Client})
+	authn, err := tokenreview.New(tokenreview.Config{Client: apiReviewer(t)})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -382,7 +382,7 @@ func TestDebugEndpointsGuarded(t *testing.T) {
 
 func mustAuthn(t *testing.T) xds.Authenticator {
 	t.Helper()
-	a, err := tokenreview.New(tokenreview.Config{Client: env.Client})
+	a, err := tokenreview.New(tokenreview.Config{Client: apiReviewer(t)})
 	if err != nil {
 		t.Fatal(err)
 	}

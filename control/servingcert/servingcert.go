@@ -16,6 +16,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -23,13 +24,12 @@ import (
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/informers"
-	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/util/workqueue"
 
 	"github.com/ballast-dev/ballast/internal/keypair"
+	"github.com/ballast-dev/ballast/internal/kubeclient"
 )
 
 // CAFile is the key of the CA certificate in the Secret and the
@@ -41,7 +41,7 @@ const caKeyFile = "ca.key"
 
 // Config says where the CA lives and what the serving certificate names.
 type Config struct {
-	Client kubernetes.Interface
+	Client *kubeclient.Client
 	// Namespace holds the Secret: the control plane's own.
 	Namespace string
 	// Secret is the name of the Secret holding the CA (ca.crt, ca.key).
@@ -62,10 +62,13 @@ type Config struct {
 
 // Issuer holds the CA and serves the current certificate.
 type Issuer struct {
-	cfg  Config
-	log  *slog.Logger
-	ca   *keypair.CA
-	cert atomic.Pointer[tls.Certificate]
+	cfg        Config
+	log        *slog.Logger
+	secrets    kubeclient.Resource[*corev1.Secret]
+	configMaps kubeclient.Resource[*corev1.ConfigMap]
+	namespaces kubeclient.Resource[*corev1.Namespace]
+	ca         *keypair.CA
+	cert       atomic.Pointer[tls.Certificate]
 }
 
 // New loads the CA from the Secret, making it if there is none yet, and
@@ -77,7 +80,15 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 	}
 	cfg.CAValidity = cmp.Or(cfg.CAValidity, 10*365*24*time.Hour)
 	cfg.Validity = cmp.Or(cfg.Validity, 24*time.Hour)
-	i := &Issuer{cfg: cfg, log: cmp.Or(cfg.Log, slog.Default()).With("component", "servingcert", "secret", cfg.Namespace+"/"+cfg.Secret)}
+	core, err := cfg.Client.Group(corev1.SchemeGroupVersion)
+	if err != nil {
+		return nil, err
+	}
+	i := &Issuer{cfg: cfg, log: cmp.Or(cfg.Log, slog.Default()).With("component", "servingcert", "secret", cfg.Namespace+"/"+cfg.Secret),
+		secrets:    kubeclient.NewResource(core, "secrets", func() *corev1.Secret { return &corev1.Secret{} }),
+		configMaps: kubeclient.NewResource(core, "configmaps", func() *corev1.ConfigMap { return &corev1.ConfigMap{} }),
+		namespaces: kubeclient.NewResource(core, "namespaces", func() *corev1.Namespace { return &corev1.Namespace{} }),
+	}
 	ca, err := i.loadCA(ctx)
 	if err != nil {
 		return nil, err
@@ -90,9 +101,8 @@ func New(ctx context.Context, cfg Config) (*Issuer, error) {
 }
 
 func (i *Issuer) loadCA(ctx context.Context) (*keypair.CA, error) {
-	secrets := i.cfg.Client.CoreV1().Secrets(i.cfg.Namespace)
 	for range 3 {
-		s, err := secrets.Get(ctx, i.cfg.Secret, metav1.GetOptions{})
+		s, err := i.secrets.Get(ctx, i.cfg.Namespace, i.cfg.Secret)
 		if err == nil {
 			ca, err := keypair.ParseCA(s.Data[CAFile], s.Data[caKeyFile])
 			if err != nil {
@@ -107,12 +117,12 @@ func (i *Issuer) loadCA(ctx context.Context) (*keypair.CA, error) {
 		if err != nil {
 			return nil, err
 		}
-		_, err = secrets.Create(ctx, &corev1.Secret{
+		_, err = i.secrets.Create(ctx, i.cfg.Namespace, &corev1.Secret{
 			ObjectMeta: metav1.ObjectMeta{Name: i.cfg.Secret, Namespace: i.cfg.Namespace,
 				Labels: map[string]string{"app.kubernetes.io/part-of": "ballast"}},
 			Type: corev1.SecretTypeOpaque,
 			Data: map[string][]byte{CAFile: ca.CertPEM, caKeyFile: ca.KeyPEM},
-		}, metav1.CreateOptions{})
+		})
 		if err == nil {
 			i.log.Info("made the control plane's CA", "not_after", ca.Cert.NotAfter)
 			return ca, nil
@@ -177,10 +187,16 @@ func (i *Issuer) Run(ctx context.Context) error {
 func (i *Issuer) publish(ctx context.Context) error {
 	queue := workqueue.NewTypedRateLimitingQueue(workqueue.DefaultTypedControllerRateLimiter[string]())
 	defer queue.ShutDown()
-	nsFactory := informers.NewSharedInformerFactory(i.cfg.Client, 0)
-	cmFactory := informers.NewSharedInformerFactoryWithOptions(i.cfg.Client, 0, informers.WithTweakListOptions(func(o *metav1.ListOptions) {
+	nsInformer, err := i.namespaces.Informer("", nil, nil)
+	if err != nil {
+		return err
+	}
+	cmInformer, err := i.configMaps.Informer("", func(o *metav1.ListOptions) {
 		o.FieldSelector = fields.OneTermEqualSelector("metadata.name", i.cfg.ConfigMap).String()
-	}))
+	}, nil)
+	if err != nil {
+		return err
+	}
 	enqueueNS := cache.ResourceEventHandlerFuncs{
 		AddFunc:    func(obj any) { enqueue(queue, obj, true) },
 		UpdateFunc: func(_, obj any) { enqueue(queue, obj, true) },
@@ -190,28 +206,30 @@ func (i *Issuer) publish(ctx context.Context) error {
 		UpdateFunc: func(_, obj any) { enqueue(queue, obj, false) },
 		DeleteFunc: func(obj any) { enqueue(queue, obj, false) },
 	}
-	nsInformer := nsFactory.Core().V1().Namespaces()
-	cmInformer := cmFactory.Core().V1().ConfigMaps()
-	if _, err := nsInformer.Informer().AddEventHandler(enqueueNS); err != nil {
+	if _, err := nsInformer.AddEventHandler(enqueueNS); err != nil {
 		return err
 	}
-	if _, err := cmInformer.Informer().AddEventHandler(enqueueCM); err != nil {
+	if _, err := cmInformer.AddEventHandler(enqueueCM); err != nil {
 		return err
 	}
-	nsFactory.Start(ctx.Done())
-	cmFactory.Start(ctx.Done())
-	defer nsFactory.Shutdown()
-	defer cmFactory.Shutdown()
+	var running sync.WaitGroup
+	defer running.Wait()
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	running.Go(func() { nsInformer.RunWithContext(ctx) })
+	running.Go(func() { cmInformer.RunWithContext(ctx) })
 	go func() { <-ctx.Done(); queue.ShutDown() }()
-	if !cache.WaitForCacheSync(ctx.Done(), nsInformer.Informer().HasSynced, cmInformer.Informer().HasSynced) {
+	if !cache.WaitForCacheSync(ctx.Done(), nsInformer.HasSynced, cmInformer.HasSynced) {
 		return nil
 	}
+	nsLister := corelisters.NewNamespaceLister(nsInformer.GetIndexer())
+	cmLister := corelisters.NewConfigMapLister(cmInformer.GetIndexer())
 	for {
 		ns, shutdown := queue.Get()
 		if shutdown {
 			return nil
 		}
-		err := i.ensure(ctx, ns, nsInformer.Lister(), cmInformer.Lister())
+		err := i.ensure(ctx, ns, nsLister, cmLister)
 		if err != nil && ctx.Err() == nil {
 			i.log.Warn("publishing the CA failed; retrying", "namespace", ns, "err", err)
 			queue.AddRateLimited(ns)
@@ -249,13 +267,12 @@ func (i *Issuer) ensure(ctx context.Context, ns string, nsl corelisters.Namespac
 	}
 	want := map[string]string{CAFile: string(i.ca.CertPEM)}
 	cm, err := cml.ConfigMaps(ns).Get(i.cfg.ConfigMap)
-	cms := i.cfg.Client.CoreV1().ConfigMaps(ns)
 	switch {
 	case apierrors.IsNotFound(err):
-		_, err = cms.Create(ctx, &corev1.ConfigMap{
+		_, err = i.configMaps.Create(ctx, ns, &corev1.ConfigMap{
 			ObjectMeta: metav1.ObjectMeta{Name: i.cfg.ConfigMap, Namespace: ns, Labels: map[string]string{"app.kubernetes.io/part-of": "ballast"}},
 			Data:       want,
-		}, metav1.CreateOptions{})
+		})
 		if apierrors.IsAlreadyExists(err) {
 			return nil // another replica's; its event brings it back here
 		}
@@ -267,6 +284,6 @@ func (i *Issuer) ensure(ctx context.Context, ns string, nsl corelisters.Namespac
 	}
 	cm = cm.DeepCopy()
 	cm.Data = want
-	_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
+	_, err = i.configMaps.Update(ctx, ns, cm.Name, cm)
 	return err
 }

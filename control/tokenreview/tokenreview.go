@@ -21,10 +21,9 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	authenticationv1 "k8s.io/api/authentication/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/utils/clock"
 
+	"github.com/ballast-dev/ballast/internal/kubeclient"
 	"github.com/ballast-dev/ballast/xds"
 )
 
@@ -38,7 +37,7 @@ const DefaultAudience = "ballast-control"
 type Config struct {
 	// Client reviews tokens. Required; it needs create on
 	// authentication.k8s.io tokenreviews (the system:auth-delegator role).
-	Client kubernetes.Interface
+	Client Reviewer
 	// Audience the tokens must be for; empty means DefaultAudience.
 	Audience string
 	// TTL is how long a valid token's verdict is kept; never past the
@@ -52,6 +51,21 @@ type Config struct {
 	MaxEntries int
 	// Clock is the cache's time; nil means the real one.
 	Clock clock.PassiveClock
+}
+
+// Reviewer creates TokenReviews (cluster-scoped: namespace ""), as
+// kubeclient's handle on tokenreviews does.
+type Reviewer interface {
+	Create(ctx context.Context, namespace string, tr *authenticationv1.TokenReview) (*authenticationv1.TokenReview, error)
+}
+
+// APIReviewer is the API server's TokenReview, through c.
+func APIReviewer(c *kubeclient.Client) (Reviewer, error) {
+	auth, err := c.Group(authenticationv1.SchemeGroupVersion)
+	if err != nil {
+		return nil, err
+	}
+	return kubeclient.NewResource(auth, "tokenreviews", func() *authenticationv1.TokenReview { return &authenticationv1.TokenReview{} }), nil
 }
 
 // Authenticator reviews bearer tokens through the API server.
@@ -123,9 +137,9 @@ func (a *Authenticator) Authenticate(ctx context.Context, token string) (xds.Ide
 
 // review asks the API server, and caches the verdict.
 func (a *Authenticator) review(ctx context.Context, token string, key [sha256.Size]byte) (verdict, error) {
-	tr, err := a.cfg.Client.AuthenticationV1().TokenReviews().Create(ctx, &authenticationv1.TokenReview{
+	tr, err := a.cfg.Client.Create(ctx, "", &authenticationv1.TokenReview{
 		Spec: authenticationv1.TokenReviewSpec{Token: token, Audiences: []string{a.cfg.Audience}},
-	}, metav1.CreateOptions{})
+	})
 	if err != nil {
 		return verdict{}, status.Errorf(codes.Unavailable, "could not review the token with the Kubernetes API: %v", err)
 	}

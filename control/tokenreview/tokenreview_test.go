@@ -11,9 +11,6 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	authenticationv1 "k8s.io/api/authentication/v1"
-	"k8s.io/apimachinery/pkg/runtime"
-	"k8s.io/client-go/kubernetes/fake"
-	k8stesting "k8s.io/client-go/testing"
 	testclock "k8s.io/utils/clock/testing"
 
 	"github.com/ballast-dev/ballast/xds"
@@ -23,23 +20,27 @@ import (
 // shop/cart's for the audience asked, "user" is a person's, "down" fails
 // the call, anything else is refused. The API server itself is tested in
 // control's TestAuthenticatedXDS; this is the cache's logic.
-func reviewer(calls *int) *fake.Clientset {
-	c := fake.NewClientset()
-	c.PrependReactor("create", "tokenreviews", func(a k8stesting.Action) (bool, runtime.Object, error) {
+func reviewer(calls *int) Reviewer {
+	return reviewFunc(func(tr *authenticationv1.TokenReview) (*authenticationv1.TokenReview, error) {
 		*calls++
-		tr := a.(k8stesting.CreateAction).GetObject().(*authenticationv1.TokenReview)
+		tr = tr.DeepCopy()
 		switch tok := tr.Spec.Token; {
 		case tok == "down":
-			return true, nil, fmt.Errorf("connection refused")
+			return nil, fmt.Errorf("connection refused")
 		case tok == "user":
 			tr.Status = authenticationv1.TokenReviewStatus{Authenticated: true, Audiences: tr.Spec.Audiences, User: authenticationv1.UserInfo{Username: "alice"}}
 		case strings.HasPrefix(tok, "ok-"):
 			tr.Status = authenticationv1.TokenReviewStatus{Authenticated: true, Audiences: tr.Spec.Audiences,
 				User: authenticationv1.UserInfo{Username: "system:serviceaccount:shop:cart"}}
 		}
-		return true, tr, nil
+		return tr, nil
 	})
-	return c
+}
+
+type reviewFunc func(*authenticationv1.TokenReview) (*authenticationv1.TokenReview, error)
+
+func (f reviewFunc) Create(_ context.Context, _ string, tr *authenticationv1.TokenReview) (*authenticationv1.TokenReview, error) {
+	return f(tr)
 }
 
 func TestAuthenticateCaches(t *testing.T) {

@@ -8,12 +8,9 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayx "sigs.k8s.io/gateway-api/apisx/v1alpha1"
-	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
-	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 
 	"github.com/ballast-dev/ballast/discovery"
 )
@@ -31,32 +28,28 @@ const backendPolicyResource = "xbackendtrafficpolicies"
 // Either way the source reads everything else as before and looks again
 // every crdPoll, so a CRD (or a permission) that comes later is picked up.
 // It returns the informer's sync check; none while it cannot read them.
-func (s *Source) backendPolicyInformer(ctx context.Context, start func(func())) ([]cache.InformerSynced, error) {
-	gc, err := gatewayclient.NewForConfig(rest.CopyConfig(s.cfg))
-	if err != nil {
-		return nil, fmt.Errorf("gateway api client: %w", err)
-	}
-	if why, err := s.backendPoliciesReadable(ctx, gc); err != nil {
+func (s *Source) backendPolicyInformer(ctx context.Context, c *client, start func(func())) ([]cache.InformerSynced, error) {
+	if why, err := s.backendPoliciesReadable(ctx, c); err != nil {
 		return nil, err
 	} else if why != "" {
 		s.log.Info("not reading XBackendTrafficPolicies until this changes", "reason", why, "group", gatewayx.GroupVersion.String())
-		start(func() { s.awaitBackendPolicies(ctx, gc, start) })
+		start(func() { s.awaitBackendPolicies(ctx, c, start) })
 		return nil, nil
 	}
-	return s.watchBackendPolicies(ctx, gc, start)
+	return s.watchBackendPolicies(ctx, c, start)
 }
 
 // backendPoliciesReadable says why the source cannot read
 // XBackendTrafficPolicies now: the API server does not serve them, or the
 // source may not (or cannot) list them; empty when it can. Only a failed
 // discovery is an error, as it is for every other kind the source reads.
-func (s *Source) backendPoliciesReadable(ctx context.Context, gc gatewayclient.Interface) (string, error) {
-	if ok, err := served(gc, gatewayx.GroupVersion.String(), backendPolicyResource); err != nil {
+func (s *Source) backendPoliciesReadable(ctx context.Context, c *client) (string, error) {
+	if ok, err := c.Served(ctx, gatewayx.SchemeGroupVersion, backendPolicyResource); err != nil {
 		return "", err
 	} else if !ok {
 		return "the XBackendTrafficPolicy CRD is not installed", nil
 	}
-	_, err := gc.ExperimentalV1alpha1().XBackendTrafficPolicies(s.opts.Namespace).List(ctx, metav1.ListOptions{Limit: 1})
+	err := c.backendPolicies.List(ctx, s.opts.Namespace, metav1.ListOptions{Limit: 1}, &gatewayx.XBackendTrafficPolicyList{})
 	switch {
 	case apierrors.IsForbidden(err):
 		return "forbidden to list them (RBAC: get, list and watch on xbackendtrafficpolicies." + gatewayx.GroupName + ")", nil
@@ -68,7 +61,7 @@ func (s *Source) backendPoliciesReadable(ctx context.Context, gc gatewayclient.I
 
 // awaitBackendPolicies watches XBackendTrafficPolicies once the source
 // can read them.
-func (s *Source) awaitBackendPolicies(ctx context.Context, gc gatewayclient.Interface, start func(func())) {
+func (s *Source) awaitBackendPolicies(ctx context.Context, c *client, start func(func())) {
 	t := time.NewTicker(crdPoll)
 	defer t.Stop()
 	for {
@@ -77,26 +70,27 @@ func (s *Source) awaitBackendPolicies(ctx context.Context, gc gatewayclient.Inte
 			return
 		case <-t.C:
 		}
-		if why, err := s.backendPoliciesReadable(ctx, gc); err != nil || why != "" {
+		if why, err := s.backendPoliciesReadable(ctx, c); err != nil || why != "" {
 			continue
 		}
 		s.log.Info("reading XBackendTrafficPolicies")
-		if _, err := s.watchBackendPolicies(ctx, gc, start); err != nil {
+		if _, err := s.watchBackendPolicies(ctx, c, start); err != nil {
 			s.log.Error("cannot watch XBackendTrafficPolicies", "err", err)
 		}
 		return
 	}
 }
 
-func (s *Source) watchBackendPolicies(ctx context.Context, gc gatewayclient.Interface, start func(func())) ([]cache.InformerSynced, error) {
-	factory := gatewayinformers.NewSharedInformerFactoryWithOptions(gc, 0,
-		gatewayinformers.WithNamespace(s.opts.Namespace),
-		gatewayinformers.WithTransform(trimBackendPolicy))
-	h, err := factory.Experimental().V1alpha1().XBackendTrafficPolicies().Informer().AddEventHandler(mirror(s.reg.SetBackendPolicy, s.reg.DeleteBackendPolicy))
+func (s *Source) watchBackendPolicies(ctx context.Context, c *client, start func(func())) ([]cache.InformerSynced, error) {
+	inf, err := c.backendPolicies.Informer(s.opts.Namespace, nil, trimBackendPolicy)
+	if err != nil {
+		return nil, err
+	}
+	h, err := inf.AddEventHandler(mirror(s.reg.SetBackendPolicy, s.reg.DeleteBackendPolicy))
 	if err != nil {
 		return nil, fmt.Errorf("watch %s: %w", backendPolicyResource, err)
 	}
-	start(func() { factory.Start(ctx.Done()); <-ctx.Done(); factory.Shutdown() })
+	start(func() { inf.RunWithContext(ctx) })
 	return []cache.InformerSynced{h.HasSynced}, nil
 }
 
@@ -116,13 +110,12 @@ func trimBackendPolicy(obj any) (any, error) {
 // syncBackendPolicy writes one XBackendTrafficPolicy's status.ancestors
 // if it differs from what the API holds, as syncPolicy does a
 // TrafficPolicy's.
-func (w *StatusWriter) syncBackendPolicy(ctx context.Context, gc gatewayclient.Interface, k discovery.Key) error {
+func (w *StatusWriter) syncBackendPolicy(ctx context.Context, c *client, k discovery.Key) error {
 	_, ancestors, ok := w.reg.BackendPolicyStatus(k)
 	if !ok {
 		return nil // deleted
 	}
-	c := gc.ExperimentalV1alpha1().XBackendTrafficPolicies(k.Namespace)
-	p, err := c.Get(ctx, k.Name, metav1.GetOptions{})
+	p, err := c.backendPolicies.Get(ctx, k.Namespace, k.Name)
 	if apierrors.IsNotFound(err) {
 		return nil // not from the API (a file), or deleted meanwhile
 	}
@@ -134,7 +127,7 @@ func (w *StatusWriter) syncBackendPolicy(ctx context.Context, gc gatewayclient.I
 		return nil
 	}
 	p.Status.Ancestors = next
-	if _, err := c.UpdateStatus(ctx, p, metav1.UpdateOptions{}); err != nil {
+	if _, err := c.backendPolicies.UpdateStatus(ctx, k.Namespace, k.Name, p); err != nil {
 		return fmt.Errorf("update status: %w", err)
 	}
 	w.log.Debug("policy status written", "xbackendtrafficpolicy", k.String(), "generation", p.Generation)

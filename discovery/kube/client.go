@@ -1,88 +1,65 @@
 package kube
 
 import (
-	"fmt"
-
+	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	discoveryv1 "k8s.io/api/discovery/v1"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
-	"k8s.io/apimachinery/pkg/runtime/serializer"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/cache"
+	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
+	gatewayv1beta1 "sigs.k8s.io/gateway-api/apis/v1beta1"
+	gatewayx "sigs.k8s.io/gateway-api/apisx/v1alpha1"
+
+	"github.com/ballast-dev/ballast/api/v1alpha1"
+	"github.com/ballast-dev/ballast/internal/kubeclient"
 )
 
-// client reads the two API groups discovery needs, and only those. It
-// stands in for client-go's clientset on purpose: the clientset's scheme
-// registers every built-in API group at init, which links all of their
-// types (most of a control-plane binary's code) and keeps their
-// registration in memory in every process that imports this package.
-// The objects come as protobuf, as kube-controller-manager reads them:
-// smaller on the wire and cheaper to decode than JSON.
+// client reads (and, for status, writes) the kinds discovery needs, and
+// only those, through kubeclient rather than a generated clientset (see
+// kubeclient for why).
 type client struct {
-	core, discovery rest.Interface
+	*kubeclient.Client
+	services        kubeclient.Resource[*corev1.Service]
+	slices          kubeclient.Resource[*discoveryv1.EndpointSlice]
+	secrets         kubeclient.Resource[*corev1.Secret]
+	leases          kubeclient.Resource[*coordinationv1.Lease]
+	routes          kubeclient.Resource[*gatewayv1.GRPCRoute]
+	grants          kubeclient.Resource[*gatewayv1beta1.ReferenceGrant]
+	classes         kubeclient.Resource[*gatewayv1.GatewayClass]
+	gateways        kubeclient.Resource[*gatewayv1.Gateway]
+	policies        kubeclient.Resource[*v1alpha1.TrafficPolicy]
+	backendPolicies kubeclient.Resource[*gatewayx.XBackendTrafficPolicy]
 }
-
-// scheme holds the types the client decodes: Services and EndpointSlices
-// with their lists, and the meta types (watch events, list options, status
-// errors) each group version registers alongside.
-var scheme = func() *runtime.Scheme {
-	s := runtime.NewScheme()
-	for _, add := range []func(*runtime.Scheme) error{corev1.AddToScheme, discoveryv1.AddToScheme} {
-		if err := add(s); err != nil {
-			panic(fmt.Sprintf("kube: register API types: %v", err)) // static data: a bug, not an input
-		}
-	}
-	return s
-}()
 
 func newClient(cfg *rest.Config) (*client, error) {
-	if cfg == nil {
-		return nil, fmt.Errorf("kubernetes client: no rest.Config")
-	}
-	hc, err := rest.HTTPClientFor(cfg)
-	if err != nil {
-		return nil, fmt.Errorf("kubernetes client: %w", err)
-	}
-	codecs := serializer.NewCodecFactory(scheme)
-	group := func(apiPath string, gv *schema.GroupVersion) (rest.Interface, error) {
-		c := rest.CopyConfig(cfg)
-		c.APIPath = apiPath
-		c.GroupVersion = gv
-		c.NegotiatedSerializer = codecs.WithoutConversion()
-		c.ContentType = runtime.ContentTypeProtobuf
-		c.AcceptContentTypes = runtime.ContentTypeProtobuf + "," + runtime.ContentTypeJSON
-		if c.UserAgent == "" {
-			c.UserAgent = rest.DefaultKubernetesUserAgent()
-		}
-		rc, err := rest.RESTClientForConfigAndClient(c, hc)
-		if err != nil {
-			return nil, fmt.Errorf("kubernetes client for %s: %w", gv, err)
-		}
-		return rc, nil
-	}
-	core, err := group("/api", &corev1.SchemeGroupVersion)
+	kc, err := kubeclient.New(cfg)
 	if err != nil {
 		return nil, err
 	}
-	disc, err := group("/apis", &discoveryv1.SchemeGroupVersion)
-	if err != nil {
-		return nil, err
+	groups := map[schema.GroupVersion]rest.Interface{}
+	for _, gv := range []schema.GroupVersion{corev1.SchemeGroupVersion, discoveryv1.SchemeGroupVersion, coordinationv1.SchemeGroupVersion,
+		gatewayv1.SchemeGroupVersion, gatewayv1beta1.SchemeGroupVersion, gatewayx.SchemeGroupVersion, v1alpha1.GroupVersion} {
+		if groups[gv], err = kc.Group(gv); err != nil {
+			return nil, err
+		}
 	}
-	return &client{core: core, discovery: disc}, nil
-}
-
-// informer is an informer on resource (in namespace; "" for all) of the
-// group rc serves, holding objects like example, indexed by namespace as
-// listers need, its objects trimmed of what discovery never reads.
-func (c *client) informer(example runtime.Object, rc rest.Interface, resource, namespace string) (cache.SharedIndexInformer, error) {
-	lw := cache.NewFilteredListWatchFromClient(rc, resource, namespace, func(*metav1.ListOptions) {})
-	inf := cache.NewSharedIndexInformerWithOptions(lw, example, cache.SharedIndexInformerOptions{
-		Indexers: cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc},
-	})
-	if err := inf.SetTransform(trim); err != nil {
-		return nil, fmt.Errorf("informer on %s: %w", resource, err)
-	}
-	return inf, nil
+	return &client{
+		Client:   kc,
+		services: kubeclient.NewResource(groups[corev1.SchemeGroupVersion], "services", func() *corev1.Service { return &corev1.Service{} }),
+		slices: kubeclient.NewResource(groups[discoveryv1.SchemeGroupVersion], "endpointslices",
+			func() *discoveryv1.EndpointSlice { return &discoveryv1.EndpointSlice{} }),
+		secrets: kubeclient.NewResource(groups[corev1.SchemeGroupVersion], "secrets", func() *corev1.Secret { return &corev1.Secret{} }),
+		leases: kubeclient.NewResource(groups[coordinationv1.SchemeGroupVersion], "leases",
+			func() *coordinationv1.Lease { return &coordinationv1.Lease{} }),
+		routes: kubeclient.NewResource(groups[gatewayv1.SchemeGroupVersion], "grpcroutes", func() *gatewayv1.GRPCRoute { return &gatewayv1.GRPCRoute{} }),
+		grants: kubeclient.NewResource(groups[gatewayv1beta1.SchemeGroupVersion], "referencegrants",
+			func() *gatewayv1beta1.ReferenceGrant { return &gatewayv1beta1.ReferenceGrant{} }),
+		classes: kubeclient.NewResource(groups[gatewayv1.SchemeGroupVersion], "gatewayclasses",
+			func() *gatewayv1.GatewayClass { return &gatewayv1.GatewayClass{} }),
+		gateways: kubeclient.NewResource(groups[gatewayv1.SchemeGroupVersion], "gateways", func() *gatewayv1.Gateway { return &gatewayv1.Gateway{} }),
+		policies: kubeclient.NewResource(groups[v1alpha1.GroupVersion], policyResource,
+			func() *v1alpha1.TrafficPolicy { return &v1alpha1.TrafficPolicy{} }),
+		backendPolicies: kubeclient.NewResource(groups[gatewayx.SchemeGroupVersion], backendPolicyResource,
+			func() *gatewayx.XBackendTrafficPolicy { return &gatewayx.XBackendTrafficPolicy{} }),
+	}, nil
 }

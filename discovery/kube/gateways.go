@@ -7,11 +7,8 @@ import (
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
-	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
-	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 
 	"github.com/ballast-dev/ballast/discovery"
 )
@@ -23,44 +20,45 @@ import (
 // ever read). It returns the informers' sync checks; it fails when the
 // Gateway CRDs are not installed, which a gateway cannot run without.
 func (s *Source) gatewayInformers(ctx context.Context, c *client, start func(func())) ([]cache.InformerSynced, error) {
-	gc, err := gatewayclient.NewForConfig(rest.CopyConfig(s.cfg))
-	if err != nil {
-		return nil, fmt.Errorf("gateway api client: %w", err)
-	}
 	for _, r := range []string{"gatewayclasses", "gateways"} {
-		if ok, err := served(gc, gatewayv1.GroupVersion.String(), r); err != nil {
+		if ok, err := c.Served(ctx, gatewayv1.SchemeGroupVersion, r); err != nil {
 			return nil, err
 		} else if !ok {
 			return nil, fmt.Errorf("the cluster does not serve %s.%s: install Gateway API's CRDs (deploy/gateway/gateway-api)", r, gatewayv1.GroupName)
 		}
 	}
-	factory := gatewayinformers.NewSharedInformerFactoryWithOptions(gc, 0,
-		gatewayinformers.WithNamespace(s.opts.Namespace),
-		gatewayinformers.WithTransform(trimGatewayObject))
-	var synced []cache.InformerSynced
-	classes, err := factory.Gateway().V1().GatewayClasses().Informer().AddEventHandler(mirror(s.setClass, func(k discovery.Key) { s.reg.DeleteGatewayClass(k.Name) }))
+	// GatewayClasses are cluster-scoped: a namespaced source still reads
+	// all of them, as Gateway API's informer factory did.
+	classes, err := c.classes.Informer("", nil, trimGatewayObject)
 	if err != nil {
-		return nil, fmt.Errorf("watch gatewayclasses: %w", err)
-	}
-	gateways, err := factory.Gateway().V1().Gateways().Informer().AddEventHandler(mirror(s.setGateway, s.reg.DeleteGateway))
-	if err != nil {
-		return nil, fmt.Errorf("watch gateways: %w", err)
-	}
-	synced = append(synced, classes.HasSynced, gateways.HasSynced)
-	start(func() { factory.Start(ctx.Done()); <-ctx.Done(); factory.Shutdown() })
-
-	tlsOnly := fields.OneTermEqualSelector("type", string(corev1.SecretTypeTLS)).String()
-	lw := cache.NewFilteredListWatchFromClient(c.core, "secrets", s.opts.Namespace, func(o *metav1.ListOptions) { o.FieldSelector = tlsOnly })
-	secrets := cache.NewSharedIndexInformerWithOptions(lw, &corev1.Secret{}, cache.SharedIndexInformerOptions{})
-	if err := secrets.SetTransform(trimSecret); err != nil {
 		return nil, err
 	}
-	sh, err := secrets.AddEventHandler(mirror(s.setSecret, s.reg.DeleteSecret))
+	gateways, err := c.gateways.Informer(s.opts.Namespace, nil, trimGatewayObject)
 	if err != nil {
-		return nil, fmt.Errorf("watch secrets: %w", err)
+		return nil, err
 	}
-	synced = append(synced, sh.HasSynced)
-	start(func() { secrets.RunWithContext(ctx) })
+	tlsOnly := fields.OneTermEqualSelector("type", string(corev1.SecretTypeTLS)).String()
+	secrets, err := c.secrets.Informer(s.opts.Namespace, func(o *metav1.ListOptions) { o.FieldSelector = tlsOnly }, trimSecret)
+	if err != nil {
+		return nil, err
+	}
+	var synced []cache.InformerSynced
+	for _, w := range []struct {
+		resource string
+		inf      cache.SharedIndexInformer
+		handler  cache.ResourceEventHandler
+	}{
+		{"gatewayclasses", classes, mirror(s.setClass, func(k discovery.Key) { s.reg.DeleteGatewayClass(k.Name) })},
+		{"gateways", gateways, mirror(s.setGateway, s.reg.DeleteGateway)},
+		{"secrets", secrets, mirror(s.setSecret, s.reg.DeleteSecret)},
+	} {
+		h, err := w.inf.AddEventHandler(w.handler)
+		if err != nil {
+			return nil, fmt.Errorf("watch %s: %w", w.resource, err)
+		}
+		synced = append(synced, h.HasSynced)
+		start(func() { w.inf.RunWithContext(ctx) })
+	}
 	return synced, nil
 }
 

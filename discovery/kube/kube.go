@@ -109,11 +109,11 @@ func (s *Source) Run(ctx context.Context) error {
 	stop := context.AfterFunc(ctx, queue.ShutDown)
 	defer stop()
 
-	svcs, err := c.informer(&corev1.Service{}, c.core, "services", s.opts.Namespace)
+	svcs, err := c.services.Informer(s.opts.Namespace, nil, trim)
 	if err != nil {
 		return err
 	}
-	slices, err := c.informer(&discoveryv1.EndpointSlice{}, c.discovery, "endpointslices", s.opts.Namespace)
+	slices, err := c.slices.Informer(s.opts.Namespace, nil, trim)
 	if err != nil {
 		return err
 	}
@@ -190,7 +190,7 @@ func (s *Source) Run(ctx context.Context) error {
 	if s.opts.Routes {
 		// Routes first, so that the Services written at sync arrive with
 		// their routes.
-		if routesSynced, err = s.routeInformers(ctx, running.Go); err != nil {
+		if routesSynced, err = s.routeInformers(ctx, c, running.Go); err != nil {
 			return err
 		}
 		if len(routesSynced) > 0 && !cache.WaitForCacheSync(ctx.Done(), routesSynced...) {
@@ -208,11 +208,11 @@ func (s *Source) Run(ctx context.Context) error {
 	}
 	if s.opts.Policies {
 		// Policies before Services too, for the same reason.
-		synced, err := s.policyInformer(ctx, running.Go)
+		synced, err := s.policyInformer(ctx, c, running.Go)
 		if err != nil {
 			return err
 		}
-		backend, err := s.backendPolicyInformer(ctx, running.Go)
+		backend, err := s.backendPolicyInformer(ctx, c, running.Go)
 		if err != nil {
 			return err
 		}

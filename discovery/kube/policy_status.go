@@ -7,22 +7,19 @@ import (
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 
-	"github.com/ballast-dev/ballast/api/v1alpha1"
 	"github.com/ballast-dev/ballast/discovery"
 )
 
 // syncPolicy writes one TrafficPolicy's status.ancestors if it differs
 // from what the API holds, as sync does a route's.
-func (w *StatusWriter) syncPolicy(ctx context.Context, pc rest.Interface, k discovery.Key) error {
+func (w *StatusWriter) syncPolicy(ctx context.Context, c *client, k discovery.Key) error {
 	_, ancestors, ok := w.reg.PolicyStatus(k)
 	if !ok {
 		return nil // deleted
 	}
-	p := &v1alpha1.TrafficPolicy{}
-	err := pc.Get().Namespace(k.Namespace).Resource(policyResource).Name(k.Name).Do(ctx).Into(p)
+	p, err := c.policies.Get(ctx, k.Namespace, k.Name)
 	if apierrors.IsNotFound(err) {
 		return nil // not from the API (a file), or deleted meanwhile
 	}
@@ -34,7 +31,7 @@ func (w *StatusWriter) syncPolicy(ctx context.Context, pc rest.Interface, k disc
 		return nil
 	}
 	p.Status.Ancestors = next
-	if err := pc.Put().Namespace(k.Namespace).Resource(policyResource).Name(k.Name).SubResource("status").Body(p).Do(ctx).Error(); err != nil {
+	if _, err := c.policies.UpdateStatus(ctx, k.Namespace, k.Name, p); err != nil {
 		return fmt.Errorf("update status: %w", err)
 	}
 	w.log.Debug("policy status written", "trafficpolicy", k.String(), "generation", p.Generation)

@@ -5,14 +5,10 @@ import (
 	"fmt"
 	"time"
 
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
 	gatewayv1beta1 "sigs.k8s.io/gateway-api/apis/v1beta1"
-	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
-	gatewayinformers "sigs.k8s.io/gateway-api/pkg/client/informers/externalversions"
 
 	"github.com/ballast-dev/ballast/discovery"
 )
@@ -25,26 +21,22 @@ import (
 // and looks for the CRDs again every crdPoll, since they are often
 // installed with the control plane, in the same apply. It returns the
 // informers' sync checks; none when the CRDs are missing.
-func (s *Source) routeInformers(ctx context.Context, start func(func())) ([]cache.InformerSynced, error) {
-	gc, err := gatewayclient.NewForConfig(rest.CopyConfig(s.cfg))
-	if err != nil {
-		return nil, fmt.Errorf("gateway api client: %w", err)
-	}
-	if ok, err := served(gc, gatewayv1.GroupVersion.String(), "grpcroutes"); err != nil {
+func (s *Source) routeInformers(ctx context.Context, c *client, start func(func())) ([]cache.InformerSynced, error) {
+	if ok, err := c.Served(ctx, gatewayv1.SchemeGroupVersion, "grpcroutes"); err != nil {
 		return nil, err
 	} else if !ok {
 		s.log.Info("the GRPCRoute CRD is not installed: no routes until it is", "group", gatewayv1.GroupVersion.String())
-		start(func() { s.awaitRoutes(ctx, gc, start) })
+		start(func() { s.awaitRoutes(ctx, c, start) })
 		return nil, nil
 	}
-	return s.watchRoutes(ctx, gc, start)
+	return s.watchRoutes(ctx, c, start)
 }
 
 // crdPoll is how often a source without the GRPCRoute CRD looks for it.
 const crdPoll = 5 * time.Second
 
 // awaitRoutes watches routes once the GRPCRoute CRD is served.
-func (s *Source) awaitRoutes(ctx context.Context, gc gatewayclient.Interface, start func(func())) {
+func (s *Source) awaitRoutes(ctx context.Context, c *client, start func(func())) {
 	t := time.NewTicker(crdPoll)
 	defer t.Stop()
 	for {
@@ -53,11 +45,11 @@ func (s *Source) awaitRoutes(ctx context.Context, gc gatewayclient.Interface, st
 			return
 		case <-t.C:
 		}
-		if ok, err := served(gc, gatewayv1.GroupVersion.String(), "grpcroutes"); err != nil || !ok {
+		if ok, err := c.Served(ctx, gatewayv1.SchemeGroupVersion, "grpcroutes"); err != nil || !ok {
 			continue
 		}
 		s.log.Info("the GRPCRoute CRD is installed: reading routes")
-		if _, err := s.watchRoutes(ctx, gc, start); err != nil {
+		if _, err := s.watchRoutes(ctx, c, start); err != nil {
 			s.log.Error("cannot watch routes", "err", err)
 		}
 		return
@@ -65,29 +57,33 @@ func (s *Source) awaitRoutes(ctx context.Context, gc gatewayclient.Interface, st
 }
 
 // watchRoutes starts the informers on GRPCRoutes and ReferenceGrants.
-func (s *Source) watchRoutes(ctx context.Context, gc gatewayclient.Interface, start func(func())) ([]cache.InformerSynced, error) {
-	grants, err := served(gc, gatewayv1beta1.GroupVersion.String(), "referencegrants")
+func (s *Source) watchRoutes(ctx context.Context, c *client, start func(func())) ([]cache.InformerSynced, error) {
+	grants, err := c.Served(ctx, gatewayv1beta1.SchemeGroupVersion, "referencegrants")
 	if err != nil {
 		return nil, err
 	}
-	factory := gatewayinformers.NewSharedInformerFactoryWithOptions(gc, 0,
-		gatewayinformers.WithNamespace(s.opts.Namespace),
-		gatewayinformers.WithTransform(trimGateway))
-	routes := factory.Gateway().V1().GRPCRoutes().Informer()
+	routes, err := c.routes.Informer(s.opts.Namespace, nil, trimGateway)
+	if err != nil {
+		return nil, err
+	}
 	rh, err := routes.AddEventHandler(mirror(s.setRoute, s.reg.DeleteRoute))
 	if err != nil {
 		return nil, fmt.Errorf("watch grpcroutes: %w", err)
 	}
 	synced := []cache.InformerSynced{rh.HasSynced}
+	start(func() { routes.RunWithContext(ctx) })
 	if grants {
-		gi := factory.Gateway().V1beta1().ReferenceGrants().Informer()
+		gi, err := c.grants.Informer(s.opts.Namespace, nil, trimGateway)
+		if err != nil {
+			return nil, err
+		}
 		gh, err := gi.AddEventHandler(mirror(s.setGrant, s.reg.DeleteGrant))
 		if err != nil {
 			return nil, fmt.Errorf("watch referencegrants: %w", err)
 		}
 		synced = append(synced, gh.HasSynced)
+		start(func() { gi.RunWithContext(ctx) })
 	}
-	start(func() { factory.Start(ctx.Done()); <-ctx.Done(); factory.Shutdown() })
 	return synced, nil
 }
 
@@ -102,23 +98,6 @@ func (s *Source) setGrant(obj any) {
 		v1 := gatewayv1.ReferenceGrant(*g)
 		s.reg.SetGrant(&v1)
 	}
-}
-
-// served reports whether the API server serves resource in groupVersion.
-func served(gc gatewayclient.Interface, groupVersion, resource string) (bool, error) {
-	list, err := gc.Discovery().ServerResourcesForGroupVersion(groupVersion)
-	if apierrors.IsNotFound(err) {
-		return false, nil
-	}
-	if err != nil {
-		return false, fmt.Errorf("discover %s: %w", groupVersion, err)
-	}
-	for _, r := range list.APIResources {
-		if r.Name == resource {
-			return true, nil
-		}
-	}
-	return false, nil
 }
 
 // trimGateway keeps of GRPCRoutes and ReferenceGrants what the registry

@@ -10,19 +10,13 @@ import (
 	"sync"
 	"time"
 
-	"github.com/go-logr/logr"
 	"k8s.io/apimachinery/pkg/api/equality"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/meta"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
-	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/rest"
-	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/util/workqueue"
-	"k8s.io/klog/v2"
 	gatewayv1 "sigs.k8s.io/gateway-api/apis/v1"
-	gatewayclient "sigs.k8s.io/gateway-api/pkg/client/clientset/versioned"
 
 	"github.com/ballast-dev/ballast/discovery"
 )
@@ -74,44 +68,22 @@ func NewStatusWriter(cfg *rest.Config, reg *discovery.Registry, opts StatusOptio
 
 // Run writes status while this replica holds the Lease, until ctx ends.
 func (w *StatusWriter) Run(ctx context.Context) error {
-	gc, err := gatewayclient.NewForConfig(rest.CopyConfig(w.cfg))
+	c, err := newClient(w.cfg)
 	if err != nil {
 		return fmt.Errorf("route status: %w", err)
 	}
-	kc, err := kubernetes.NewForConfig(rest.CopyConfig(w.cfg))
-	if err != nil {
-		return fmt.Errorf("route status: %w", err)
-	}
-	lock := &resourcelock.LeaseLock{
-		LeaseMeta:  metav1.ObjectMeta{Namespace: w.opts.LeaseNamespace, Name: leaseName},
-		Client:     kc.CoordinationV1(),
-		LockConfig: resourcelock.ResourceLockConfig{Identity: w.opts.Identity},
-	}
-	// client-go logs through klog; route its contextual logger to ours.
-	ctx = klog.NewContext(ctx, logr.FromSlogHandler(w.log.Handler()))
-	for ctx.Err() == nil {
-		leaderelection.RunOrDie(ctx, leaderelection.LeaderElectionConfig{
-			Lock:            lock,
-			LeaseDuration:   15 * time.Second,
-			RenewDeadline:   10 * time.Second,
-			RetryPeriod:     2 * time.Second,
-			ReleaseOnCancel: true,
-			Name:            leaseName,
-			Callbacks: leaderelection.LeaderCallbacks{
-				OnStartedLeading: func(ctx context.Context) {
-					w.log.Info("writing route status", "identity", w.opts.Identity)
-					w.write(ctx, gc)
-				},
-				OnStoppedLeading: func() { w.log.Debug("no longer writing route status") },
-			},
-		})
-	}
+	e := &elector{leases: c.leases, namespace: w.opts.LeaseNamespace, name: leaseName, identity: w.opts.Identity, log: w.log}
+	e.run(ctx, func(ctx context.Context) {
+		w.log.Info("writing route status", "identity", w.opts.Identity)
+		w.write(ctx, c)
+		w.log.Debug("no longer writing route status")
+	})
 	return nil
 }
 
 // write keeps the status of every route, TrafficPolicy and
 // XBackendTrafficPolicy up to date until ctx ends.
-func (w *StatusWriter) write(ctx context.Context, gc gatewayclient.Interface) {
+func (w *StatusWriter) write(ctx context.Context, c *client) {
 	for w.opts.Synced != nil && !w.opts.Synced() {
 		select {
 		case <-ctx.Done():
@@ -119,29 +91,23 @@ func (w *StatusWriter) write(ctx context.Context, gc gatewayclient.Interface) {
 		case <-time.After(50 * time.Millisecond):
 		}
 	}
-	pc, err := policyClient(w.cfg)
-	if err != nil {
-		w.log.Error("TrafficPolicy status not written", "err", err)
-	}
 	var wg sync.WaitGroup
-	if pc != nil {
-		wg.Go(func() {
-			var keys []discovery.Key
-			for _, p := range w.reg.Policies() {
-				keys = append(keys, discovery.Key{Namespace: p.Namespace, Name: p.Name})
-			}
-			w.loop(ctx, "trafficpolicy", keys, w.reg.SubscribePolicies(), func(ctx context.Context, k discovery.Key) error {
-				return w.syncPolicy(ctx, pc, k)
-			})
+	wg.Go(func() {
+		var keys []discovery.Key
+		for _, p := range w.reg.Policies() {
+			keys = append(keys, discovery.Key{Namespace: p.Namespace, Name: p.Name})
+		}
+		w.loop(ctx, "trafficpolicy", keys, w.reg.SubscribePolicies(), func(ctx context.Context, k discovery.Key) error {
+			return w.syncPolicy(ctx, c, k)
 		})
-	}
+	})
 	wg.Go(func() {
 		var keys []discovery.Key
 		for _, p := range w.reg.BackendPolicies() {
 			keys = append(keys, discovery.Key{Namespace: p.Namespace, Name: p.Name})
 		}
 		w.loop(ctx, "xbackendtrafficpolicy", keys, w.reg.SubscribeBackendPolicies(), func(ctx context.Context, k discovery.Key) error {
-			return w.syncBackendPolicy(ctx, gc, k)
+			return w.syncBackendPolicy(ctx, c, k)
 		})
 	})
 	var keys []discovery.Key
@@ -149,7 +115,7 @@ func (w *StatusWriter) write(ctx context.Context, gc gatewayclient.Interface) {
 		keys = append(keys, discovery.Key{Namespace: rt.Namespace, Name: rt.Name})
 	}
 	w.loop(ctx, "grpcroute", keys, w.reg.SubscribeRoutes(), func(ctx context.Context, k discovery.Key) error {
-		return w.sync(ctx, gc, k)
+		return w.sync(ctx, c, k)
 	})
 	wg.Wait()
 }
@@ -198,12 +164,12 @@ func (w *StatusWriter) loop(ctx context.Context, kind string, keys []discovery.K
 }
 
 // sync writes one route's status if it differs from what the API holds.
-func (w *StatusWriter) sync(ctx context.Context, gc gatewayclient.Interface, k discovery.Key) error {
+func (w *StatusWriter) sync(ctx context.Context, c *client, k discovery.Key) error {
 	_, parents, ok := w.reg.RouteStatus(k)
 	if !ok {
 		return nil // deleted
 	}
-	rt, err := gc.GatewayV1().GRPCRoutes(k.Namespace).Get(ctx, k.Name, metav1.GetOptions{})
+	rt, err := c.routes.Get(ctx, k.Namespace, k.Name)
 	if apierrors.IsNotFound(err) {
 		return nil // not from the API (a file), or deleted meanwhile
 	}
@@ -215,7 +181,7 @@ func (w *StatusWriter) sync(ctx context.Context, gc gatewayclient.Interface, k d
 		return nil
 	}
 	rt.Status.Parents = next
-	if _, err := gc.GatewayV1().GRPCRoutes(k.Namespace).UpdateStatus(ctx, rt, metav1.UpdateOptions{}); err != nil {
+	if _, err := c.routes.UpdateStatus(ctx, k.Namespace, k.Name, rt); err != nil {
 		return fmt.Errorf("update status: %w", err)
 	}
 	w.log.Debug("route status written", "grpcroute", k.String(), "generation", rt.Generation)

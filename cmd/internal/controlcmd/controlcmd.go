@@ -16,7 +16,6 @@ import (
 
 	"github.com/spf13/cobra"
 	"golang.org/x/sync/errgroup"
-	"k8s.io/client-go/kubernetes"
 
 	"github.com/ballast-dev/ballast/control"
 	"github.com/ballast-dev/ballast/control/servingcert"
@@ -24,6 +23,7 @@ import (
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/discovery/kube"
 	"github.com/ballast-dev/ballast/discovery/source"
+	"github.com/ballast-dev/ballast/internal/kubeclient"
 	"github.com/ballast-dev/ballast/policy"
 	"github.com/ballast-dev/ballast/xds"
 )
@@ -207,12 +207,16 @@ func Run(ctx context.Context, cfg Config, log *slog.Logger) error {
 			return err
 		}
 		status = kube.NewStatusWriter(restCfg, reg, kube.StatusOptions{Synced: sources.Synced, Logger: log})
-		client, err := kubernetes.NewForConfig(restCfg)
+		client, err := kubeclient.New(restCfg)
 		if err != nil {
 			return err
 		}
 		if !cfg.Insecure {
-			if authn, err = tokenreview.New(tokenreview.Config{Client: client, Audience: cfg.TokenAudience}); err != nil {
+			reviews, err := tokenreview.APIReviewer(client)
+			if err != nil {
+				return err
+			}
+			if authn, err = tokenreview.New(tokenreview.Config{Client: reviews, Audience: cfg.TokenAudience}); err != nil {
 				return err
 			}
 		}
