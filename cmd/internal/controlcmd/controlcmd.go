@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"os"
+	"runtime"
 	"time"
 
 	"github.com/spf13/cobra"
@@ -121,6 +122,12 @@ See docs/security.md.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			cfg.InCluster = cfg.Kubeconfig == "" && cfg.Files == ""
+			if !cfg.Pprof {
+				// No heap profile can be read without --pprof, so none is
+				// sampled: the sampled stacks' records (and the hash table
+				// the first sample allocates) would only hold memory.
+				runtime.MemProfileRate = 0
+			}
 			return Run(cmd.Context(), cfg, slog.Default())
 		},
 	}
