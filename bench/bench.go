@@ -111,6 +111,7 @@ type Scenarios struct {
 	balance        balanceConfig
 	dataPath       dataPathConfig
 	dataPathStream dataPathConfig
+	ingressRate    ingressRateConfig
 	latency        latencyConfig
 	// controlPlanes sizes scenarios 4 (convergence) and 5
 	// (control-plane-scale).
@@ -122,7 +123,7 @@ type Scenarios struct {
 }
 
 // ScenarioIDs are the IDs Scenarios.Only accepts.
-var ScenarioIDs = []string{"balance", "data-path", "data-path-stream", "latency-aware", "convergence", "control-plane-scale", "traffic-policy"}
+var ScenarioIDs = []string{"balance", "data-path", "data-path-stream", "ingress-rate", "latency-aware", "convergence", "control-plane-scale", "traffic-policy"}
 
 // DefaultScenarios are the scenarios `ballast bench` runs, with every path
 // known to this build.
@@ -142,6 +143,9 @@ func DefaultScenarios(quick bool) Scenarios {
 		dataPath: dataPathConfig{Calls: 100_000, Warmup: 2000, Concurrency: 16, Pods: 3, Turns: 40, Paths: []path{
 			direct(), nginx(), haproxy(), sidecar("round_robin"), routedSidecar(), transparentSidecar("round_robin"),
 			gatewayIngress(), nginxTLS(), haproxyTLS(), secondHaproxyTLS(),
+		}},
+		ingressRate: ingressRateConfig{Calls: 100_000, Turns: 500, Warmup: 4000, Concurrency: 16, Load: 0.5, InFlight: 64, Pods: 3, Paths: []path{
+			direct(), gatewayIngress(), nginxTLS(), haproxyTLS(), secondHaproxyTLS(),
 		}},
 		latency: latencyConfig{Calls: 5000, Concurrency: 8, SlowDelay: 20 * time.Millisecond, Settle: 15 * time.Second, Paths: []path{
 			clientSide("round_robin", "round_robin"),
@@ -176,6 +180,7 @@ func DefaultScenarios(quick bool) Scenarios {
 		s.controlPlanes.Scale.LoneChanges = 3
 		s.balance.Calls = 300
 		s.dataPath.Calls, s.dataPath.Warmup = 40_000, 1000
+		s.ingressRate.Calls, s.ingressRate.Turns, s.ingressRate.Warmup = 20_000, 200, 2000
 		s.latency.Calls, s.latency.Settle = 1500, 5*time.Second
 		s.trafficPolicy.Calls, s.trafficPolicy.RateWindow = 2000, 2*time.Second
 	}
@@ -212,6 +217,7 @@ func (b *Bench) Run(ctx context.Context, sc Scenarios) *Report {
 	r.Sections = append(r.Sections,
 		run("data-path", "2. Data-path cost (unary)", func() *Section { return b.dataPath(ctx, sc.dataPath) }),
 		run("data-path-stream", "2b. Data-path cost (streaming)", func() *Section { return b.dataPath(ctx, sc.dataPathStream) }),
+		run("ingress-rate", "2c. TLS ingress latency at one offered rate (unary)", func() *Section { return b.ingressRate(ctx, sc.ingressRate) }),
 		run("latency-aware", "3. Latency-aware balancing", func() *Section { return b.latency(ctx, sc.latency) }),
 	)
 	var conv, scale *Section

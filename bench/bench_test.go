@@ -146,6 +146,12 @@ func TestLoadCountsCallsDirect(t *testing.T) {
 		}
 	}
 
+	// Paced: every call made and counted, each with how late it was sent.
+	res = load{Calls: 20, Concurrency: 4, Duration: time.Minute, Rate: 2000}.Run(context.Background(), conn)
+	if res.Calls != 20 || res.Errors != 0 || len(res.Latencies) != 20 || len(res.Lag) != 20 {
+		t.Fatalf("paced: calls %d errors %d (%s) latencies %d lags %d, want 20, 0, 20, 20", res.Calls, res.Errors, res.LastError, len(res.Latencies), len(res.Lag))
+	}
+
 	// A caller whose deadline has passed, its timer not yet fired (late,
 	// on a loaded machine): its calls would fail at once; none is made or
 	// counted.
@@ -294,6 +300,7 @@ func TestRunReportsEveryScenario(t *testing.T) {
 		"balance":             "",
 		"data-path":           "skipped",
 		"data-path-stream":    "skipped",
+		"ingress-rate":        "skipped",
 		"latency-aware":       "skipped",
 		"convergence":         "skipped",
 		"control-plane-scale": "skipped",
@@ -369,6 +376,16 @@ func TestEveryPathSmoke(t *testing.T) {
 					t.Errorf("%s: %s: %s %v, want one value above 0", dp.ID, r.Path, col, v)
 				}
 			}
+		}
+	}
+
+	ir := b.ingressRate(ctx, ingressRateConfig{Calls: 100, Turns: 2, Warmup: 20, Concurrency: 4, Load: 0.5, InFlight: 8, Pods: 2, Paths: def.ingressRate.Paths})
+	for _, r := range measuredRows(t, ir, len(def.ingressRate.Paths)) {
+		if v := r.Values[colOffered]; len(v) != 1 || !(v[0] > 0) {
+			t.Errorf("%s: %s: %s %v, want one value above 0", ir.ID, r.Path, colOffered, v)
+		}
+		if v := r.Values[colCPU]; r.Path != "direct" && (len(v) != 1 || v[0] < 0) {
+			t.Errorf("%s: %s: %s %v, want one value, not negative", ir.ID, r.Path, colCPU, v)
 		}
 	}
 

@@ -6,11 +6,13 @@ import (
 	"errors"
 	"fmt"
 	"maps"
+	"runtime"
 	"slices"
 	"sync"
 	"sync/atomic"
 	"time"
 
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc"
 	echopb "google.golang.org/grpc/examples/features/proto/echo"
 	pb "google.golang.org/grpc/examples/helloworld/helloworld"
@@ -38,6 +40,15 @@ type load struct {
 	// returns, for the next Run given the same Streams to go on with; nil
 	// opens streams for this Run alone.
 	Streams *streamSet
+	// Rate, when above zero, paces unary calls at Rate a second (open
+	// loop): call i is due at the run's start plus i/Rate whether or not
+	// the calls before it have come back, Concurrency bounds how many are
+	// in flight, and a call's latency runs from when it was due, not from
+	// when it was sent. A path that stalls is then charged for the calls
+	// its stall held up, as it would be by clients that do not wait for
+	// each other (a closed loop sends fewer calls while a path stalls and
+	// so counts fewer slow ones: coordinated omission).
+	Rate float64
 }
 
 // loadResult is what a load measured.
@@ -52,6 +63,10 @@ type loadResult struct {
 	Latencies []time.Duration
 	// Pods counts the calls each pod answered.
 	Pods map[string]int
+	// Lag, of a paced load, is how late each call was sent after it was
+	// due, sorted ascending: the load generator's own delay (its timers,
+	// its scheduling, all workers busy), included in Latencies.
+	Lag []time.Duration
 }
 
 // Throughput is successful calls per second.
@@ -106,6 +121,10 @@ func (l load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) loadRe
 	var next atomic.Int64
 	var wg sync.WaitGroup
 	start := time.Now()
+	var due <-chan int64 // paced: the calls due, by number from 0
+	if l.Rate > 0 && !l.Stream {
+		due = pace(runCtx, start, l.Rate, l.Calls, workers)
+	}
 	for w := range workers {
 		wg.Add(1)
 		go func() {
@@ -113,6 +132,9 @@ func (l load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) loadRe
 			t := &tallies[w]
 			t.pods = map[string]int{}
 			t.lat = make([]time.Duration, 0, min(l.Calls/workers+1, 1<<16))
+			if l.Rate > 0 {
+				t.lag = make([]time.Duration, 0, cap(t.lat))
+			}
 			if l.Stream {
 				var held **heldStream
 				if l.Streams != nil {
@@ -123,9 +145,19 @@ func (l load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) loadRe
 			}
 			client := pb.NewGreeterClient(conns[w%len(conns)])
 			req := &pb.HelloRequest{Name: "bench"}
-			for next.Add(1) <= int64(l.Calls) && !stopped(runCtx) {
-				callCtx, callCancel := context.WithTimeout(ctx, timeout)
+			for {
 				began := time.Now()
+				if due != nil {
+					i, ok := <-due
+					if !ok {
+						return
+					}
+					began = start.Add(dueAfter(i, l.Rate))
+					t.lag = append(t.lag, time.Since(began))
+				} else if next.Add(1) > int64(l.Calls) || stopped(runCtx) {
+					return
+				}
+				callCtx, callCancel := context.WithTimeout(ctx, timeout)
 				reply, err := client.SayHello(callCtx, req)
 				took := time.Since(began)
 				callCancel()
@@ -145,12 +177,63 @@ func (l load) Run(ctx context.Context, conns ...grpc.ClientConnInterface) loadRe
 			r.LastError, r.LastErrorAfter = t.lastErr.Error(), t.lastErrAfter
 		}
 		r.Latencies = append(r.Latencies, t.lat...)
+		r.Lag = append(r.Lag, t.lag...)
 		for pod, n := range t.pods {
 			r.Pods[pod] += n
 		}
 	}
 	slices.Sort(r.Latencies)
+	slices.Sort(r.Lag)
 	return r
+}
+
+// dueAfter is when call i (from 0) of a load paced at rate calls a second
+// is due, after the load's start.
+func dueAfter(i int64, rate float64) time.Duration {
+	return time.Duration(float64(i) * float64(time.Second) / rate)
+}
+
+// pace hands out the numbers of calls 0 to calls-1, each when it is due
+// (dueAfter start), until ctx ends; the channel, buffered for the workers
+// that take from it, is closed after the last. When every worker is busy
+// a call waits its turn, late: the latency measured from when it was due
+// includes the wait.
+//
+// It sleeps on a thread of its own with nanosleep(2) and 1 ns of timer
+// slack: a Go timer, on a process with nothing else to run, wakes from the
+// network poller, whose timeout is whole milliseconds, so calls would be
+// sent up to a millisecond late, in bunches.
+func pace(ctx context.Context, start time.Time, rate float64, calls, workers int) <-chan int64 {
+	due := make(chan int64, workers)
+	deadline, hasDeadline := ctx.Deadline()
+	go func() {
+		defer close(due)
+		// The thread's slack is its own while this goroutine holds it,
+		// and back to the default before it runs others. It must not end
+		// with the goroutine instead (left locked): the children the
+		// benchmark started from it (Pdeathsig) would be killed.
+		runtime.LockOSThread()
+		defer runtime.UnlockOSThread()
+		if unix.Prctl(unix.PR_SET_TIMERSLACK, 1, 0, 0, 0) == nil {
+			defer unix.Prctl(unix.PR_SET_TIMERSLACK, 0, 0, 0, 0)
+		}
+		for i := range int64(calls) {
+			at := start.Add(dueAfter(i, rate))
+			if hasDeadline && !at.Before(deadline) {
+				return
+			}
+			for d := time.Until(at); d > 0 && ctx.Err() == nil; d = time.Until(at) {
+				ts := unix.NsecToTimespec(int64(min(d, 10*time.Millisecond)))
+				unix.Nanosleep(&ts, nil)
+			}
+			select {
+			case due <- i:
+			case <-ctx.Done():
+				return
+			}
+		}
+	}()
+	return due
 }
 
 // stopped reports whether ctx is done or its deadline has passed. A call
@@ -165,8 +248,8 @@ func stopped(ctx context.Context) bool {
 	return ok && !time.Now().Before(d)
 }
 
-// merge adds o, a later load on the same path, to r; r.Latencies are
-// left unsorted.
+// merge adds o, a later load on the same path, to r; r.Latencies and
+// r.Lag are left unsorted.
 func (r *loadResult) merge(o loadResult) {
 	r.Calls += o.Calls
 	r.Errors += o.Errors
@@ -175,6 +258,7 @@ func (r *loadResult) merge(o loadResult) {
 	}
 	r.Elapsed += o.Elapsed
 	r.Latencies = append(r.Latencies, o.Latencies...)
+	r.Lag = append(r.Lag, o.Lag...)
 	if r.Pods == nil {
 		r.Pods = map[string]int{}
 	}
@@ -189,6 +273,7 @@ type tally struct {
 	lastErr       error
 	lastErrAfter  time.Duration
 	lat           []time.Duration
+	lag           []time.Duration
 	pods          map[string]int
 }
 

@@ -14,7 +14,7 @@ func TestBenchFlagErrors(t *testing.T) {
 	}{
 		{[]string{"bench", "--runs", "0"}, "--runs 0: want 1 to 100"},
 		{[]string{"bench", "--runs", "101"}, "--runs 101: want 1 to 100"},
-		{[]string{"bench", "--only", "balance,speed"}, `--only "speed": want one of balance, data-path, data-path-stream, latency-aware, convergence, control-plane-scale, traffic-policy, reliability`},
+		{[]string{"bench", "--only", "balance,speed"}, `--only "speed": want one of balance, data-path, data-path-stream, ingress-rate, latency-aware, convergence, control-plane-scale, traffic-policy, reliability`},
 		{[]string{"bench", "--soak", "1m", "--only", "balance"}, "--soak 1m0s: want a duration above zero, without --only"},
 		{[]string{"bench", "--only", "balance,reliability"}, "--only reliability runs on a dev cluster of its own: give it alone"},
 	}
