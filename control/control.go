@@ -67,10 +67,15 @@ type Config struct {
 	Log *slog.Logger
 }
 
-// connBufferSize is the read and write buffer of each client connection.
-// Every client holds a connection, and gRPC's default 32 KiB buffers per
-// connection dominate the heap with many clients; xDS messages are small,
-// and a large response is only written in more chunks.
+// connBufferSize is the write buffer of each client connection, which
+// gRPC takes from a pool for each flush and gives back after. Every client
+// holds a connection, and gRPC's default 32 KiB buffers per connection
+// dominate the heap with many clients; xDS messages are small, and a large
+// response is only written in more chunks. A connection reads with no
+// buffer of its own (ReadBufferSize 0): a buffer would be held for as long
+// as the client stays connected, mostly idle, while reading a frame's
+// header and payload apart costs a system call more per request, and a
+// client sends one request per response it acknowledges.
 const connBufferSize = 8 << 10
 
 // Serve serves until ctx ends, then drains, and closes both listeners.
@@ -94,7 +99,7 @@ func Serve(ctx context.Context, cfg Config) error {
 		// alive through idle periods without being disconnected.
 		grpc.KeepaliveEnforcementPolicy(keepalive.EnforcementPolicy{MinTime: 10 * time.Second, PermitWithoutStream: true}),
 		grpc.KeepaliveParams(keepalive.ServerParameters{Time: 30 * time.Second, Timeout: 10 * time.Second}),
-		grpc.ReadBufferSize(connBufferSize),
+		grpc.ReadBufferSize(0),
 		grpc.WriteBufferSize(connBufferSize),
 	)...)
 	srv.Register(gs)
