@@ -384,8 +384,10 @@ func TestEveryPathSmoke(t *testing.T) {
 		if v := r.Values[colOffered]; len(v) != 1 || !(v[0] > 0) {
 			t.Errorf("%s: %s: %s %v, want one value above 0", ir.ID, r.Path, colOffered, v)
 		}
-		if v := r.Values[colCPU]; r.Path != "direct" && (len(v) != 1 || v[0] < 0) {
-			t.Errorf("%s: %s: %s %v, want one value, not negative", ir.ID, r.Path, colCPU, v)
+		for _, col := range []string{colCPU, colRunWait} {
+			if v := r.Values[col]; r.Path != "direct" && (len(v) != 1 || v[0] < 0) {
+				t.Errorf("%s: %s: %s %v, want one value, not negative", ir.ID, r.Path, col, v)
+			}
 		}
 	}
 

@@ -32,6 +32,7 @@ const (
 	colOffered  = "offered_rps"
 	colCapacity = "capacity_rps"
 	colLagP99   = "lag_p99_ms"
+	colRunWait  = "run_wait_us"
 )
 
 // ingressRate is scenario 2c. Scenario 2 runs each path as fast as 16
@@ -58,11 +59,12 @@ func (b *Bench) ingressRate(ctx context.Context, c ingressRateConfig) *Section {
 			"call i is due i/rate after the turn starts, whether or not the calls before it are back, and its latency runs from when it was due, "+
 			"so a path that stalls is charged for every call its stall held up (coordinated omission: a closed loop sends fewer calls while a path stalls, and counts fewer slow ones). "+
 			"\"send lag p99\" is how late the load generator sent calls after they were due (its timers and scheduling), which is in every path's latency alike. "+
-			"Proxy CPU is utime+stime of the proxy's processes over the paced calls, per call. The load generator collects its garbage less often while it measures (GOGC %d).",
+			"Proxy CPU is utime+stime of the proxy's processes over the paced calls, per call; \"run-queue wait\" is how long their threads waited, runnable, for a CPU (schedstat), per call: "+
+			"the time the proxy lost to the other processes on the machine, which is where a tail many times its p50 comes from. The load generator collects its garbage less often while it measures (GOGC %d).",
 			c.Pods, c.Warmup, c.Concurrency, 100*c.Load, c.Calls, c.Turns, c.InFlight, loadGCPercent),
 		Columns: []column{
 			{colCPU, "proxy CPU µs/call", 1}, {colP50, "p50 ms", 3}, {colP99, "p99 ms", 3}, {colP999, "p99.9 ms", 3},
-			{colOffered, "offered calls/s", 0}, {colRPS, "calls/s", 0}, {colCapacity, "closed-loop calls/s", 0},
+			{colRunWait, "run-queue wait µs/call", 1}, {colOffered, "offered calls/s", 0}, {colRPS, "calls/s", 0}, {colCapacity, "closed-loop calls/s", 0},
 			{colLagP99, "send lag p99 ms", 3}, {colErrors, "errors", 0},
 		},
 		Charts: []chart{{File: "bench-ingress-rate-p99.png", Column: colP99, Title: "p99 latency, TLS ingresses at one offered rate",
@@ -81,7 +83,7 @@ func (b *Bench) ingressRate(ctx context.Context, c ingressRateConfig) *Section {
 		capacity = map[*opened]float64{}
 		runOf    int
 		rate     float64
-		current  = map[*opened]*dataPathRun{}
+		current  = map[*opened]*pacedRun{}
 	)
 	b.withPathsInTurns(ctx, s, specs, c.Paths, turns+1, func(run, turn int, o *opened, _ []*pod) (err error) {
 		turn-- // 0: capacity
@@ -102,7 +104,7 @@ func (b *Bench) ingressRate(ctx context.Context, c ingressRateConfig) *Section {
 			}
 			capacity[o] = res.Throughput()
 			o.row.add(colCapacity, res.Throughput())
-			current[o] = &dataPathRun{}
+			current[o] = &pacedRun{}
 			if o.route.Proxy != nil {
 				if current[o].tree, err = processTree(o.route.Proxy.pid()); err != nil {
 					return err
@@ -135,8 +137,12 @@ func (b *Bench) ingressRate(ctx context.Context, c ingressRateConfig) *Section {
 		}
 		acc := current[o]
 		var before usage
+		var waitBefore time.Duration
 		if acc.tree != nil {
 			if before, err = usageOf(acc.tree); err != nil {
+				return err
+			}
+			if waitBefore, err = runQueueWait(acc.tree); err != nil {
 				return err
 			}
 		}
@@ -159,6 +165,11 @@ func (b *Bench) ingressRate(ctx context.Context, c ingressRateConfig) *Section {
 				return err
 			}
 			acc.cpu += after.CPU - before.CPU
+			waitAfter, err := runQueueWait(acc.tree)
+			if err != nil {
+				return err
+			}
+			acc.wait += waitAfter - waitBefore
 		}
 		if turn < turns {
 			return nil
@@ -180,7 +191,9 @@ func (b *Bench) ingressRate(ctx context.Context, c ingressRateConfig) *Section {
 			if ok := res.Calls - res.Errors; ok > 0 {
 				cpu := float64(acc.cpu.Microseconds()) / float64(ok)
 				o.row.add(colCPU, cpu)
-				line += fmt.Sprintf(", proxy CPU %.1f µs/call", cpu)
+				wait := float64(acc.wait.Microseconds()) / float64(ok)
+				o.row.add(colRunWait, wait)
+				line += fmt.Sprintf(", proxy CPU %.1f µs/call, run-queue wait %.1f µs/call", cpu, wait)
 			}
 		}
 		b.progress("%s", line)
@@ -193,9 +206,22 @@ func (b *Bench) ingressRate(ctx context.Context, c ingressRateConfig) *Section {
 	s.ratio(gatewayIngressName+" p99.9 ÷ "+haproxyIngress+"'s", colP999, gatewayIngressName, haproxyIngress, 0)
 	s.ratio(gatewayIngressName+" p50 ÷ "+haproxyIngress+"'s", colP50, gatewayIngressName, haproxyIngress, 0)
 	s.ratio(gatewayIngressName+" CPU per call ÷ "+haproxyIngress+"'s, same offered rate", colCPU, gatewayIngressName, haproxyIngress, 0)
+	s.ratio(gatewayIngressName+" run-queue wait per call ÷ "+haproxyIngress+"'s", colRunWait, gatewayIngressName, haproxyIngress, 0)
 	s.ratio(nginxTLS().Name()+" p99 ÷ "+haproxyIngress+"'s", colP99, nginxTLS().Name(), haproxyIngress, 0)
 	s.ratio("direct p99 ÷ "+haproxyIngress+"'s", colP99, "direct", haproxyIngress, 0)
 	return s
+}
+
+// pacedRun is what one path's paced turns in a run of scenario 2c add up
+// to.
+type pacedRun struct {
+	res loadResult
+	// cpu and wait are the proxy's CPU time and its threads' run-queue
+	// wait over the turns.
+	cpu, wait time.Duration
+	// tree is the proxy's processes, listed when the run starts; nil for
+	// a path without a proxy.
+	tree []int
 }
 
 // pacedRate is the rate offered to every path: load times the lowest of

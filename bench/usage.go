@@ -266,3 +266,46 @@ func samplePeak[T any](ctx context.Context, sample func(peak *T)) func() T {
 		return peak
 	}
 }
+
+// runQueueWait sums how long every thread of pids has waited on a run
+// queue, runnable but not running, from /proc/<pid>/task/*/schedstat: the
+// time a process lost to others for a CPU. A process or thread that ended
+// since pids were listed is skipped (its wait with it).
+func runQueueWait(pids []int) (time.Duration, error) {
+	var total time.Duration
+	for _, p := range pids {
+		stats, err := filepath.Glob(filepath.Join("/proc", strconv.Itoa(p), "task", "*", "schedstat"))
+		if err != nil {
+			return 0, err
+		}
+		for _, f := range stats {
+			b, err := os.ReadFile(f)
+			if errors.Is(err, os.ErrNotExist) {
+				continue
+			}
+			if err != nil {
+				return 0, err
+			}
+			w, err := schedWait(b)
+			if err != nil {
+				return 0, fmt.Errorf("%s: %w", f, err)
+			}
+			total += w
+		}
+	}
+	return total, nil
+}
+
+// schedWait is the run-queue wait of one schedstat line: "<ns on a CPU>
+// <ns waiting on a run queue> <timeslices>".
+func schedWait(line []byte) (time.Duration, error) {
+	f := strings.Fields(string(line))
+	if len(f) < 2 {
+		return 0, fmt.Errorf("schedstat %.40q: want at least 2 fields", line)
+	}
+	ns, err := strconv.ParseInt(f[1], 10, 64)
+	if err != nil {
+		return 0, fmt.Errorf("schedstat wait: %w", err)
+	}
+	return time.Duration(ns), nil
+}

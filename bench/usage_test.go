@@ -117,3 +117,33 @@ func TestStatusKB(t *testing.T) {
 		t.Errorf("bad unit: error %v, want one naming VmRSS", err)
 	}
 }
+
+func TestSchedWait(t *testing.T) {
+	for _, tc := range []struct {
+		line string
+		want time.Duration
+		err  bool
+	}{
+		{"5480000000 10680000000 118360\n", 10680 * time.Millisecond, false},
+		{"12 0 3", 0, false},
+		{"12", 0, true},
+		{"", 0, true},
+		{"12 x 3", 0, true},
+	} {
+		got, err := schedWait([]byte(tc.line))
+		if (err != nil) != tc.err || got != tc.want {
+			t.Errorf("schedWait(%q) = %v, %v; want %v, error %v", tc.line, got, err, tc.want, tc.err)
+		}
+	}
+}
+
+// This process's threads, read from /proc, have waited some time, not
+// below zero.
+func TestRunQueueWait(t *testing.T) {
+	if _, err := os.Stat("/proc/self/task"); err != nil {
+		t.Skip("no /proc here")
+	}
+	if w, err := runQueueWait([]int{os.Getpid()}); err != nil || w < 0 {
+		t.Errorf("runQueueWait(this process) = %v, %v; want a wait not below 0", w, err)
+	}
+}
