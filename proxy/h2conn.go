@@ -52,7 +52,10 @@ const (
 // writing goroutine flushes once it has nothing more to read (batch), so
 // a burst of frames costs one write system call.
 type h2conn struct {
-	nc     net.Conn
+	nc net.Conn
+	// sock, if set, runs the read loop (pump) over the socket's raw
+	// reads; the connection is then closed with closeConn while it runs.
+	sock   readPump
 	br     *bufio.Reader
 	fr     *http2.Framer
 	client bool // the proxy opened it (upstream)
@@ -157,6 +160,9 @@ func newH2Conn(nc net.Conn, r io.Reader, client bool) *h2conn {
 		nextID:         1,
 		recvWindow:     connWindow,
 	}
+	if p, ok := rd.(readPump); ok {
+		c.sock = p
+	}
 	c.fr = http2.NewFramer(c.bw, c.br)
 	c.fr.SetReuseFrames()
 	// Peers may send frames no larger than the default the proxy keeps,
@@ -209,7 +215,7 @@ func (c *h2conn) onIdle() {
 		}
 		if !c.closed {
 			c.closed = true
-			c.nc.Close()
+			c.closeConn()
 		}
 	}
 }
@@ -244,7 +250,7 @@ func (c *h2conn) onAge() {
 	default:
 		if !c.closed {
 			c.closed = true
-			c.nc.Close()
+			c.closeConn()
 		}
 	}
 }
@@ -454,32 +460,56 @@ func (c *h2conn) readLoop(h peerHandler) (err error) {
 		}
 		c.nc.Close()
 	}()
+	if c.sock != nil {
+		return c.sock.pump(c.br, func() error {
+			for c.frameBuffered() {
+				if err := c.readFrame(h, &b); err != nil {
+					return err
+				}
+			}
+			c.flushBatch(&b)
+			return nil
+		})
+	}
 	for {
 		if !c.frameBuffered() {
-			if len(b.dirty) > 0 {
-				// Yield once before writing: the read loops the
-				// netpoller woke with this one run first, and what they
-				// forward to the same connections (responses from several
-				// upstreams to one client) leaves in this flush, one
-				// write instead of one per read loop.
-				runtime.Gosched()
-			}
-			b.flush()
+			c.flushBatch(&b)
 		}
-		f, err := c.fr.ReadFrame()
-		if err != nil {
-			var se http2.StreamError
-			if errors.As(err, &se) {
-				c.resetStream(se.StreamID, se.Code, &b)
-				continue
-			}
-			return c.framerError(err)
-		}
-		if err := c.onFrame(f, h, &b); err != nil {
+		if err := c.readFrame(h, &b); err != nil {
 			return err
 		}
-		b.settle()
 	}
+}
+
+// flushBatch writes out what the read loop forwarded, once no further
+// whole frame is buffered.
+func (c *h2conn) flushBatch(b *batch) {
+	if len(b.dirty) > 0 {
+		// Yield once before writing: the read loops the netpoller woke
+		// with this one run first, and what they forward to the same
+		// connections (responses from several upstreams to one client)
+		// leaves in this flush, one write instead of one per read loop.
+		runtime.Gosched()
+	}
+	b.flush()
+}
+
+// readFrame reads one frame and handles it.
+func (c *h2conn) readFrame(h peerHandler, b *batch) error {
+	f, err := c.fr.ReadFrame()
+	if err != nil {
+		var se http2.StreamError
+		if errors.As(err, &se) {
+			c.resetStream(se.StreamID, se.Code, b)
+			return nil
+		}
+		return c.framerError(err)
+	}
+	if err := c.onFrame(f, h, b); err != nil {
+		return err
+	}
+	b.settle()
+	return nil
 }
 
 // onFrame handles one frame read from the peer.
@@ -802,8 +832,9 @@ func (c *h2conn) headerListError(what string) string {
 	return fmt.Sprintf("ballast proxy: %s of %d bytes, over the limit of %d", what, c.fieldSize, c.maxHeaderList)
 }
 
-// frameBuffered says whether a whole frame is already in the read buffer,
-// so reading it will not block.
+// frameBuffered says whether reading the next frame takes only what the
+// read buffer holds: a whole frame, or the header of one over frameSize,
+// which the framer refuses without reading on.
 func (c *h2conn) frameBuffered() bool {
 	n := c.br.Buffered()
 	if n < 9 {
@@ -811,7 +842,7 @@ func (c *h2conn) frameBuffered() bool {
 	}
 	hdr, _ := c.br.Peek(3)
 	length := int(hdr[0])<<16 | int(hdr[1])<<8 | int(hdr[2])
-	return n >= 9+length
+	return n >= 9+length || length > frameSize
 }
 
 // maxWindow is the largest flow-control window HTTP/2 allows.
@@ -985,6 +1016,25 @@ func (c *h2conn) closeStreams(b *batch) {
 // loop then fails and ends its streams.
 func (c *h2conn) failLocked() {
 	c.closed = true
+	c.closeConn()
+}
+
+// readPump is a reader that runs a connection's read loop itself
+// (rawSocket.pump), and can shut the connection down meanwhile.
+type readPump interface {
+	pump(br *bufio.Reader, handle func() error) error
+	shutdown() error
+}
+
+// closeConn closes the connection from any goroutine, under any lock. A
+// connection read by a pump is shut down, which ends the pump without
+// waiting for it (a Close would wait for the pump, which may wait for the
+// lock the caller holds); its read loop closes it when it ends.
+func (c *h2conn) closeConn() {
+	if c.sock != nil {
+		c.sock.shutdown()
+		return
+	}
 	c.nc.Close()
 }
 
@@ -1057,7 +1107,7 @@ func (c *h2conn) idleCheckLocked() {
 	if c.goingAway && len(c.legs) == 0 && !c.closed {
 		c.bw.Flush()
 		c.closed = true
-		c.nc.Close()
+		c.closeConn()
 	}
 }
 

@@ -228,7 +228,7 @@ func (h *host) closeLive() {
 	h.mu.Lock()
 	h.closed = true
 	for c := range h.live {
-		c.nc.Close()
+		c.closeConn()
 	}
 	h.mu.Unlock()
 }

@@ -362,7 +362,7 @@ func (p *Proxy) drain(serving *sync.WaitGroup) {
 		p.log.Warn("drain timeout: closing client connections", "timeout", p.opts.DrainTimeout)
 		p.downMu.Lock()
 		for c := range p.down {
-			c.nc.Close()
+			c.closeConn()
 		}
 		p.downMu.Unlock()
 		p.passthrough.CloseAll()

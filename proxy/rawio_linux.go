@@ -1,11 +1,16 @@
 package proxy
 
 import (
+	"bufio"
+	"errors"
 	"io"
 	"net"
 	"os"
+	"sync/atomic"
 	"syscall"
 	"unsafe"
+
+	"golang.org/x/sys/unix"
 )
 
 // socketIO returns the reader and writer an h2conn uses for nc (reading
@@ -26,8 +31,9 @@ func socketIO(nc net.Conn, r io.Reader) (io.Reader, io.Writer) {
 	if !ok {
 		if pc, isPrefix := nc.(*prefixConn); isPrefix && r == nc {
 			rd, w := socketIO(pc.Conn, pc.Conn)
-			if _, raw := w.(*rawSocket); raw {
-				return io.MultiReader(&prefixReader{pc}, rd), w
+			if s, raw := w.(*rawSocket); raw {
+				s.prefix, pc.prefix = pc.prefix, nil
+				return rd, w
 			}
 		}
 		return r, nc
@@ -69,18 +75,6 @@ type rawConn struct {
 func (c *rawConn) Read(b []byte) (int, error)  { return c.s.Read(b) }
 func (c *rawConn) Write(b []byte) (int, error) { return c.s.Write(b) }
 
-// prefixReader reads what a prefixConn replays, then ends.
-type prefixReader struct{ c *prefixConn }
-
-func (p *prefixReader) Read(b []byte) (int, error) {
-	if len(p.c.prefix) == 0 {
-		return 0, io.EOF
-	}
-	n := copy(b, p.c.prefix)
-	p.c.prefix = p.c.prefix[n:]
-	return n, nil
-}
-
 // rawSocket reads and writes a socket with raw system calls. Reads come
 // from one goroutine at a time (the read loop), writes too (under the
 // conn's lock); each side keeps its call's state here and its callback is
@@ -91,6 +85,20 @@ func (p *prefixReader) Read(b []byte) (int, error) {
 // conn's bufio buffers, used only under the read loop or the conn's lock.
 type rawSocket struct {
 	rc syscall.RawConn
+	// prefix is what a sniffed connection already read, read first.
+	prefix []byte
+	// closing says shutdown was called: pump stops.
+	closing atomic.Bool
+	// In pump, reads make their system call on fd directly (direct),
+	// with recvmsg, which says how many bytes the socket still holds
+	// (TCP_INQ); drained says the last read left it empty, with no
+	// end of stream left to read either.
+	fd      uintptr
+	direct  bool
+	drained bool
+	msg     unix.Msghdr
+	iov     unix.Iovec
+	control [32]byte
 
 	rbuf    []byte
 	rn      int
@@ -113,8 +121,21 @@ func (s *rawSocket) Read(b []byte) (int, error) {
 	if len(b) == 0 {
 		return 0, nil
 	}
+	if len(s.prefix) > 0 {
+		n := copy(b, s.prefix)
+		s.prefix = s.prefix[n:]
+		s.drained = false
+		return n, nil
+	}
 	s.rbuf, s.rn, s.rerrno = b, 0, 0
-	err := s.rc.Read(s.readFn)
+	var err error
+	if s.direct {
+		if !s.recv(s.fd) {
+			err = errWouldBlock
+		}
+	} else {
+		err = s.rc.Read(s.readFn)
+	}
 	n, errno := s.rn, s.rerrno
 	s.rbuf = nil
 	switch {
@@ -145,6 +166,120 @@ func (s *rawSocket) read(fd uintptr) bool {
 			return true
 		}
 	}
+}
+
+// errWouldBlock is a read in pump that found nothing to read yet.
+var errWouldBlock = errors.New("proxy: nothing to read yet")
+
+// pump is a connection's read loop on a raw socket. It reads into br and
+// calls handle after each read that got bytes; handle takes every whole
+// frame br holds and must not read further. It runs inside one
+// RawConn.Read, waiting on the poller as that does, for one reason: after
+// a read that left the socket empty (the kernel says so, TCP_INQ, and
+// counts an end of stream still to read as a byte), the next read can wait
+// for the poller's word that more arrived, instead of making a system call
+// that finds nothing (EAGAIN) before waiting anyway. That word may come
+// while handle runs, before the wait; the poller keeps it for the wait, but
+// only within one RawConn.Read (a new one forgets it), hence the one call.
+// Under load, half of a sidecar's reads found nothing before.
+//
+// While pump runs, net.Conn.Close of the socket blocks until it returns
+// (Close waits for the I/O under way to end): the connection must be
+// closed with shutdown, which pump notices, and closed for good once pump
+// has returned.
+func (s *rawSocket) pump(br *bufio.Reader, handle func() error) error {
+	var err error
+	handled, drained := false, false
+	// Without TCP_INQ no read reports drained, and the loop reads until
+	// it finds nothing, as a plain read loop does.
+	s.rc.Control(func(fd uintptr) { syscall.SetsockoptInt(int(fd), syscall.SOL_TCP, unix.TCP_INQ, 1) })
+	rerr := s.rc.Read(func(fd uintptr) bool {
+		for {
+			if s.closing.Load() {
+				err = net.ErrClosed
+				return true
+			}
+			if !handled {
+				if err = handle(); err != nil {
+					return true
+				}
+				handled = true
+				if drained {
+					return false
+				}
+				continue
+			}
+			s.fd, s.direct = fd, true
+			_, err = br.Peek(br.Buffered() + 1)
+			s.direct = false
+			if err == errWouldBlock {
+				err = nil
+				return false
+			}
+			if err != nil {
+				return true
+			}
+			handled, drained = false, s.drained
+		}
+	})
+	if err != nil {
+		return err
+	}
+	return rerr
+}
+
+// shutdown shuts the socket down both ways without waiting for a pump in
+// progress, which it wakes; pump then returns net.ErrClosed.
+func (s *rawSocket) shutdown() error {
+	s.closing.Store(true)
+	var err error
+	if cerr := s.rc.Control(func(fd uintptr) { err = syscall.Shutdown(int(fd), syscall.SHUT_RDWR) }); cerr != nil {
+		return cerr
+	}
+	return err
+}
+
+// recv makes one recvmsg(2) call into rbuf (false: nothing to read yet)
+// and sets drained from the TCP_INQ the kernel reports with it: the bytes
+// left in the socket, or 1 if only the end of the stream is (a short read
+// alone does not say the peer has not closed). No report, no drained.
+func (s *rawSocket) recv(fd uintptr) bool {
+	b := s.rbuf
+	s.iov.Base = &b[0]
+	s.iov.SetLen(len(b))
+	s.msg.Iov = &s.iov
+	s.msg.SetIovlen(1)
+	s.msg.Control = &s.control[0]
+	s.msg.SetControllen(len(s.control))
+	s.drained = false
+	for {
+		r, _, e := syscall.RawSyscall(syscall.SYS_RECVMSG, fd, uintptr(unsafe.Pointer(&s.msg)), 0)
+		switch e {
+		case 0:
+			s.rn = int(r)
+			s.drained = r > 0 && s.inq() == 0
+			return true
+		case syscall.EINTR:
+		case syscall.EAGAIN:
+			return false
+		default:
+			s.rerrno = e
+			return true
+		}
+	}
+}
+
+// inq is the TCP_INQ control message of the last recvmsg, -1 if none.
+func (s *rawSocket) inq() int {
+	n := int(s.msg.Controllen)
+	if n < unix.CmsgSpace(4) || n > len(s.control) {
+		return -1
+	}
+	h := (*unix.Cmsghdr)(unsafe.Pointer(&s.control[0]))
+	if h.Level != syscall.SOL_TCP || h.Type != unix.TCP_CM_INQ || int(h.Len) < unix.CmsgLen(4) {
+		return -1
+	}
+	return int(*(*int32)(unsafe.Pointer(&s.control[unix.CmsgLen(0)])))
 }
 
 func (s *rawSocket) Write(b []byte) (int, error) {

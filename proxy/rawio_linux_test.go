@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/ecdsa"
 	"crypto/elliptic"
@@ -12,8 +13,11 @@ import (
 	"math/big"
 	"net"
 	"os"
+	"syscall"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // tcpPair returns both ends of a loopback TCP connection.
@@ -182,4 +186,88 @@ func TestSocketConnUnderTLS(t *testing.T) {
 	if err := <-sent; err != nil {
 		t.Fatalf("server write: %v", err)
 	}
+}
+
+// TestPump: the read loop of a raw socket reads what the peer sends and
+// ends at its end of stream even when the end came in with the last bytes
+// (a read that leaves the socket empty but for the end of stream must not
+// wait for word of more), and ends when the socket is shut down meanwhile.
+func TestPump(t *testing.T) {
+	tests := []struct {
+		name string
+		// peer acts on the other end; it may stop the pump with s.
+		peer    func(t *testing.T, nc, peer net.Conn, s *rawSocket)
+		want    string
+		wantErr error
+	}{
+		{"end of stream already in with the last bytes", func(t *testing.T, nc, peer net.Conn, _ *rawSocket) {
+			// A goroutine waiting on the poller for another socket has
+			// the runtime poll, as it does in a proxy: the word that
+			// the bytes and the FIN came is taken before the pump runs.
+			waiting, other := tcpPair(t)
+			go waiting.Read(make([]byte, 1))
+			t.Cleanup(func() { other.Close() })
+			peer.Write([]byte("last words"))
+			peer.Close()
+			eventually(t, "the peer's FIN", func() bool { return tcpState(t, nc) == tcpCloseWait })
+		}, "last words", io.EOF},
+		{"bytes then end of stream while the pump waits", func(t *testing.T, _, peer net.Conn, _ *rawSocket) {
+			go func() {
+				peer.Write([]byte("one"))
+				peer.Write([]byte("two"))
+				peer.Close()
+			}()
+		}, "onetwo", io.EOF},
+		{"shut down while it waits", func(t *testing.T, _, peer net.Conn, s *rawSocket) {
+			go func() {
+				peer.Write([]byte("hi"))
+				s.shutdown()
+			}()
+		}, "", net.ErrClosed},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			nc, peer := tcpPair(t)
+			r, _ := socketIO(nc, nc)
+			s := r.(*rawSocket)
+			br := bufio.NewReader(s)
+			var got []byte
+			tt.peer(t, nc, peer, s)
+			ended := make(chan error, 1)
+			go func() {
+				ended <- s.pump(br, func() error {
+					b, _ := br.Peek(br.Buffered())
+					got = append(got, b...)
+					br.Discard(len(b))
+					return nil
+				})
+			}()
+			var err error
+			select {
+			case err = <-ended:
+			case <-time.After(10 * time.Second):
+				t.Fatal("pump still running 10s after the peer was done")
+			}
+			if !errors.Is(err, tt.wantErr) || (tt.want != "" && string(got) != tt.want) {
+				t.Fatalf("pump read %q and ended with %v; want %q and %v", got, err, tt.want, tt.wantErr)
+			}
+		})
+	}
+}
+
+// tcpCloseWait is TCP_CLOSE_WAIT of Linux's tcp_states.h: the peer closed.
+const tcpCloseWait = 8
+
+// tcpState is the TCP state of nc (tcp_states.h).
+func tcpState(t *testing.T, nc net.Conn) int {
+	rc, err := nc.(syscall.Conn).SyscallConn()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var info *unix.TCPInfo
+	rc.Control(func(fd uintptr) { info, err = unix.GetsockoptTCPInfo(int(fd), unix.IPPROTO_TCP, unix.TCP_INFO) })
+	if err != nil {
+		t.Fatal(err)
+	}
+	return int(info.State)
 }
