@@ -17,7 +17,6 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
-	"text/template"
 	"time"
 
 	"google.golang.org/grpc"
@@ -195,87 +194,17 @@ spec:
 `, benchNamespace, port, benchService, indent(cert.certPEM), indent(cert.keyPEM), ingressHost, benchPort))
 }
 
-// The peers as TLS-terminating ingresses: their data-path configuration
-// with TLS on the client's side.
-var nginxTLSTemplate = template.Must(template.New("nginx-tls").Parse(`# Rendered by ballast bench; runs in the foreground with everything under {{.Dir}}.
-daemon off;
-worker_processes 1;
-pid {{.Dir}}/nginx.pid;
-error_log {{.Dir}}/error.log warn;
-
-events {
-    worker_connections 4096;
-}
-
-http {
-    access_log off;
-    client_body_temp_path {{.Dir}}/client_body;
-    proxy_temp_path {{.Dir}}/proxy;
-    fastcgi_temp_path {{.Dir}}/fastcgi;
-    uwsgi_temp_path {{.Dir}}/uwsgi;
-    scgi_temp_path {{.Dir}}/scgi;
-
-    keepalive_requests 1000000;
-    keepalive_timeout 300s;
-
-    upstream greeters {
-{{- range .Backends}}
-        server {{.}};
-{{- end}}
-        keepalive 32;
-        keepalive_requests 1000000;
-        keepalive_timeout 300s;
-    }
-
-    server {
-        # "listen ... http2": Debian 12's nginx (1.22) has no "http2 on".
-        listen {{.Listen}} ssl http2;
-        server_name {{.Host}};
-        ssl_certificate {{.CertFile}};
-        ssl_certificate_key {{.KeyFile}};
-        ssl_protocols TLSv1.2 TLSv1.3;
-        location / {
-            grpc_pass grpc://greeters;
-        }
-    }
-}
-`))
-
-var haproxyTLSTemplate = template.Must(template.New("haproxy-tls").Parse(`# Rendered by ballast bench; runs in the foreground (-db), nothing written outside {{.Dir}}.
-global
-    nbthread 1
-    maxconn 4096
-    ssl-default-bind-options ssl-min-ver TLSv1.2
-
-defaults
-    mode http
-    timeout connect 5s
-    timeout client 300s
-    timeout server 300s
-
-frontend grpc
-    bind {{.Listen}} ssl crt {{.PEMFile}} alpn h2
-    default_backend greeters
-
-backend greeters
-    balance roundrobin
-    http-reuse always
-{{- range $i, $b := .Backends}}
-    server pod{{$i}} {{$b}} proto h2
-{{- end}}
-`))
-
 // nginxTLS is nginx() terminating TLS.
 func nginxTLS() path {
 	p := nginx().(peerPath)
-	p.name, p.template, p.tls = "nginx (TLS ingress)", nginxTLSTemplate, true
+	p.name, p.tls = "nginx (TLS ingress)", true
 	return p
 }
 
 // haproxyTLS is haproxy() terminating TLS.
 func haproxyTLS() path {
 	p := haproxy().(peerPath)
-	p.name, p.template, p.tls = "haproxy (TLS ingress)", haproxyTLSTemplate, true
+	p.name, p.tls = "haproxy (TLS ingress)", true
 	return p
 }
 

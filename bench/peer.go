@@ -27,8 +27,8 @@ type proxyConfig struct {
 	Dir      string
 	Listen   netip.AddrPort
 	Backends []netip.AddrPort
-	// For a TLS ingress: the name served, the certificate and key files,
-	// and both in one file.
+	// For a TLS ingress (and only then): the name served, the certificate
+	// and key files, and both in one file.
 	Host                       string
 	CertFile, KeyFile, PEMFile string
 }
@@ -66,7 +66,16 @@ http {
     }
 
     server {
+{{- if .CertFile}}
+        # "listen ... http2": Debian 12's nginx (1.22) has no "http2 on".
+        listen {{.Listen}} ssl http2;
+        server_name {{.Host}};
+        ssl_certificate {{.CertFile}};
+        ssl_certificate_key {{.KeyFile}};
+        ssl_protocols TLSv1.2 TLSv1.3;
+{{- else}}
         listen {{.Listen}} http2;
+{{- end}}
         location / {
             grpc_pass grpc://greeters;
         }
@@ -78,6 +87,9 @@ var haproxyTemplate = template.Must(template.New("haproxy").Parse(`# Rendered by
 global
     nbthread 1
     maxconn 4096
+{{- if .PEMFile}}
+    ssl-default-bind-options ssl-min-ver TLSv1.2
+{{- end}}
 
 defaults
     mode http
@@ -86,7 +98,11 @@ defaults
     timeout server 300s
 
 frontend grpc
+{{- if .PEMFile}}
+    bind {{.Listen}} ssl crt {{.PEMFile}} alpn h2
+{{- else}}
     bind {{.Listen}} proto h2
+{{- end}}
     default_backend greeters
 
 backend greeters

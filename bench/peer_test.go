@@ -10,6 +10,14 @@ import (
 	"text/template"
 )
 
+// testTLSConfig is testConfig as a TLS ingress.
+var testTLSConfig = func() proxyConfig {
+	c := testConfig
+	c.Host, c.CertFile, c.KeyFile, c.PEMFile = "greeter.example", "/tmp/ballast-bench-test/cert.pem",
+		"/tmp/ballast-bench-test/key.pem", "/tmp/ballast-bench-test/both.pem"
+	return c
+}()
+
 var testConfig = proxyConfig{
 	Dir:    "/tmp/ballast-bench-test",
 	Listen: netip.MustParseAddrPort("127.0.0.1:18080"),
@@ -27,12 +35,14 @@ func TestPeerConfigs(t *testing.T) {
 	tests := []struct {
 		name     string
 		template *template.Template
+		config   proxyConfig
 		want     []string
 		wantNot  []string
 	}{
 		{
 			name:     "nginx",
 			template: nginxTemplate,
+			config:   testConfig,
 			want: []string{
 				"daemon off;", "worker_processes 1;", "pid /tmp/ballast-bench-test/nginx.pid;",
 				"error_log /tmp/ballast-bench-test/error.log", "access_log off;",
@@ -40,22 +50,45 @@ func TestPeerConfigs(t *testing.T) {
 				"server 127.0.0.20:40001;", "server 127.0.0.21:40002;", "server 127.0.0.22:40003;",
 				"keepalive 32;", "keepalive_requests 1000000;", "keepalive_timeout 300s;",
 			},
-			wantNot: []string{"0.0.0.0", "/var/"},
+			wantNot: []string{"0.0.0.0", "/var/", "ssl"},
+		},
+		{
+			name:     "nginx as TLS ingress",
+			template: nginxTemplate,
+			config:   testTLSConfig,
+			want: []string{
+				"worker_processes 1;", "listen 127.0.0.1:18080 ssl http2;", "server_name greeter.example;",
+				"ssl_certificate /tmp/ballast-bench-test/cert.pem;", "ssl_certificate_key /tmp/ballast-bench-test/key.pem;",
+				"ssl_protocols TLSv1.2 TLSv1.3;", "grpc_pass grpc://greeters;", "keepalive 32;",
+			},
+			wantNot: []string{"0.0.0.0", "/var/", "listen 127.0.0.1:18080 http2;"},
 		},
 		{
 			name:     "haproxy",
 			template: haproxyTemplate,
+			config:   testConfig,
 			want: []string{
 				"nbthread 1", "mode http", "bind 127.0.0.1:18080 proto h2", "balance roundrobin",
 				"server pod0 127.0.0.20:40001 proto h2", "server pod1 127.0.0.21:40002 proto h2",
 				"server pod2 127.0.0.22:40003 proto h2", "http-reuse always",
 			},
-			wantNot: []string{"0.0.0.0", "/var/", "daemon"},
+			wantNot: []string{"0.0.0.0", "/var/", "daemon", "ssl"},
+		},
+		{
+			name:     "haproxy as TLS ingress",
+			template: haproxyTemplate,
+			config:   testTLSConfig,
+			want: []string{
+				"nbthread 1", "ssl-default-bind-options ssl-min-ver TLSv1.2",
+				"bind 127.0.0.1:18080 ssl crt /tmp/ballast-bench-test/both.pem alpn h2",
+				"server pod0 127.0.0.20:40001 proto h2", "http-reuse always",
+			},
+			wantNot: []string{"0.0.0.0", "/var/", "daemon", "bind 127.0.0.1:18080 proto h2"},
 		},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			conf, err := render(tt.template, testConfig)
+			conf, err := render(tt.template, tt.config)
 			if err != nil {
 				t.Fatal(err)
 			}
