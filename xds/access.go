@@ -10,6 +10,7 @@ import (
 
 	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	statusv3 "github.com/envoyproxy/go-control-plane/envoy/service/status/v3"
+	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials"
 	"google.golang.org/grpc/metadata"
@@ -188,6 +189,12 @@ func (c *caller) readable(typeURL, name string) bool {
 func (c *caller) checkRequested(typeURL string, names []string) {
 	if c.all {
 		return
+	}
+	if typeURL == resourcev3.ListenerType {
+		// An alias Listener asked for is known once built.
+		if unlock := c.s.buildAliasNames(names); unlock != nil {
+			unlock()
+		}
 	}
 	var forbidden []string
 	for _, n := range names {

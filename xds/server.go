@@ -213,6 +213,9 @@ type servedService struct {
 	// svc is the snapshot translated, from which a new zone's endpoints
 	// are made.
 	svc *discovery.Service
+	// aliases are the alias Listeners of the Service that clients have
+	// asked for (see aliases.go), which resources holds.
+	aliases []string
 }
 
 // NewServer builds a Server; nothing runs until Run.
@@ -261,6 +264,7 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	s.endpoints = newZonedCache(s.caches[resourcev3.EndpointType], s.zoneCache)
 	mux.Caches[resourcev3.EndpointType] = s.endpoints
+	mux.Caches[resourcev3.ListenerType] = &listenerCache{s: s, next: s.caches[resourcev3.ListenerType]}
 	s.clients = newClientTable(s)
 	if cfg.Authenticator != nil || cfg.TrustDomain != "" {
 		s.access = newAccessIndex()
@@ -350,6 +354,11 @@ func (s *Server) Run(ctx context.Context) error {
 func (s *Server) apply(keys []discovery.Key, noticed time.Time) {
 	s.zoneMu.Lock()
 	defer s.zoneMu.Unlock()
+	s.applyLocked(keys, noticed)
+}
+
+// applyLocked is apply, for callers that hold zoneMu.
+func (s *Server) applyLocked(keys []discovery.Key, noticed time.Time) {
 	zones := s.endpoints.zoneList()
 	caches := s.cacheKeys(zones)
 	toUpdate := map[string]map[string]types.Resource{}
@@ -454,16 +463,22 @@ func (s *Server) cache(key string) *cachev3.LinearCache {
 	return s.caches[key]
 }
 
-// translate turns a Service into its resources. When its shape is the
-// one prev was made from, only the endpoints have changed: the Listeners,
+// translate turns a Service into the resources the server holds: all but
+// the alias Listeners no client has asked for (see aliases.go). When its
+// shape is the one prev was made from, and prev holds every alias asked
+// for, only the endpoints have changed: the Listeners,
 // RouteConfigurations and Clusters of prev are kept as they are (the same
 // objects, never modified once built) and only the ClusterLoadAssignments
 // are rebuilt, which is most of what an endpoint change would otherwise
-// cost before it can be pushed.
+// cost before it can be pushed. Callers hold zoneMu.
 func (s *Server) translate(svc *discovery.Service, prev servedService, zones []string) (servedService, error) {
 	sh := shapeOf(svc)
 	var next serviceResources
-	if len(prev.resources) > 0 && prev.shape == sh {
+	aliases := prev.aliases
+	if len(prev.resources) > 0 && prev.shape == sh && !slices.ContainsFunc(prev.aliases, func(name string) bool {
+		_, ok := prev.resources.get(resourcev3.ListenerType, name)
+		return !ok
+	}) {
 		endpoints := translateEndpoints(svc, "", s.cfg.Translate)
 		next = make(serviceResources, 0, len(prev.resources))
 		for _, r := range prev.resources {
@@ -483,6 +498,7 @@ func (s *Server) translate(svc *discovery.Service, prev servedService, zones []s
 		if err != nil {
 			return servedService{}, err
 		}
+		res.Listeners, aliases = s.servedListeners(res, prev.aliases)
 		if next, err = packAll(byType(res)); err != nil {
 			return servedService{}, fmt.Errorf("service %s: %w", svc.Key, err)
 		}
@@ -496,7 +512,7 @@ func (s *Server) translate(svc *discovery.Service, prev servedService, zones []s
 		next = append(next, zr...)
 	}
 	slices.SortFunc(next, compareServed)
-	return servedService{shape: sh, resources: next, svc: svc}, nil
+	return servedService{shape: sh, resources: next, svc: svc, aliases: aliases}, nil
 }
 
 // pack turns a resource into what the caches hold: its wire encoding

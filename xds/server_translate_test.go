@@ -4,8 +4,11 @@ import (
 	"io"
 	"log/slog"
 	"net/netip"
+	"slices"
 	"testing"
 
+	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
+	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
 	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/protobuf/proto"
@@ -15,9 +18,10 @@ import (
 )
 
 // The server's translation of a changed Service is always what
-// TranslateService says; when only the endpoints changed, it keeps the
-// Listeners, Routes and Clusters it already serves (the same objects, so
-// nothing but the ClusterLoadAssignments is compared or re-sent).
+// TranslateService says, but for the alias Listeners no client asked for;
+// when only the endpoints changed, it keeps the Listeners, Routes and
+// Clusters it already serves (the same objects, so nothing but the
+// ClusterLoadAssignments is compared or re-sent).
 func TestServerTranslateKeepsShape(t *testing.T) {
 	base := func() *discovery.Service {
 		return &discovery.Service{
@@ -58,7 +62,10 @@ func TestServerTranslateKeepsShape(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			before, err := srv.translate(base(), servedService{}, nil)
+			// A client asked for one alias of the port, which is built
+			// while the port is there.
+			asked := "svc.ns:50051"
+			before, err := srv.translate(base(), servedService{aliases: []string{asked}}, nil)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -71,6 +78,17 @@ func TestServerTranslateKeepsShape(t *testing.T) {
 			want, err := TranslateService(svc, Options{})
 			if err != nil {
 				t.Fatal(err)
+			}
+			var wantAliases []string
+			want.Listeners = slices.DeleteFunc(want.Listeners, func(l *listenerv3.Listener) bool {
+				if l.Name == asked {
+					wantAliases = append(wantAliases, asked)
+					return false
+				}
+				return !slices.ContainsFunc(want.Routes, func(rc *routev3.RouteConfiguration) bool { return rc.Name == l.Name })
+			})
+			if !slices.Equal(got.aliases, wantAliases) {
+				t.Errorf("aliases %q, want %q", got.aliases, wantAliases)
 			}
 			wantByType, err := packAll(byType(want))
 			if err != nil {
