@@ -5,27 +5,18 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
 	"net/netip"
 	"os/exec"
 	"strings"
 	"sync"
 	"syscall"
 	"time"
+
+	"github.com/ballast-dev/ballast/internal/freeport"
 )
 
-// freePort asks the kernel for a free port on ip.
-func freePort(ip netip.Addr) (netip.AddrPort, error) {
-	lis, err := net.Listen("tcp", netip.AddrPortFrom(ip, 0).String())
-	if err != nil {
-		return netip.AddrPort{}, fmt.Errorf("find a free port on %s: %w", ip, err)
-	}
-	defer lis.Close()
-	return netip.MustParseAddrPort(lis.Addr().String()), nil
-}
-
 // onFreePorts starts a child process on n free ports of ip (start) and
-// waits until it serves (ready). A port the kernel picked can be taken by
+// waits until it serves (ready). A port found free can be taken by
 // someone else before the child binds it, so a child that exits before it
 // is ready is tried again on other ports, three tries in all; one that
 // runs but never serves is not (another port will not help). A child that
@@ -33,12 +24,9 @@ func freePort(ip netip.Addr) (netip.AddrPort, error) {
 func onFreePorts(ip netip.Addr, n int, start func(ports []netip.AddrPort) (*process, error), ready func(*process, []netip.AddrPort) error) (*process, []netip.AddrPort, error) {
 	var lastErr error
 	for range 3 {
-		ports := make([]netip.AddrPort, n)
-		for i := range ports {
-			var err error
-			if ports[i], err = freePort(ip); err != nil {
-				return nil, nil, err
-			}
+		ports, err := freeport.N(ip, n)
+		if err != nil {
+			return nil, nil, err
 		}
 		proc, err := start(ports)
 		if err != nil {

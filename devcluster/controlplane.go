@@ -10,7 +10,6 @@ import (
 	"encoding/pem"
 	"fmt"
 	"log/slog"
-	"net"
 	"net/http"
 	"net/netip"
 	"os"
@@ -21,6 +20,8 @@ import (
 	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/clientcmd"
 	clientcmdapi "k8s.io/client-go/tools/clientcmd/api"
+
+	"github.com/ballast-dev/ballast/internal/freeport"
 )
 
 // controlPlane is etcd, kube-apiserver, kube-controller-manager and
@@ -35,14 +36,13 @@ type controlPlane struct {
 	procs      []*process // in start order
 }
 
-// freePort asks the kernel for an unused loopback port.
+// freePort is an unused loopback port for a child to listen on.
 func freePort() (int, error) {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
+	ports, err := freeport.Loopback(1)
 	if err != nil {
 		return 0, err
 	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port, nil
+	return ports[0], nil
 }
 
 func randomHex(n int) string {

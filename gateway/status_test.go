@@ -36,6 +36,7 @@ import (
 	"github.com/ballast-dev/ballast/discovery/files"
 	"github.com/ballast-dev/ballast/discovery/kube"
 	"github.com/ballast-dev/ballast/gateway"
+	"github.com/ballast-dev/ballast/internal/freeport"
 	"github.com/ballast-dev/ballast/internal/testapi"
 )
 
@@ -483,23 +484,15 @@ func eventually(t *testing.T, what string, check func() string) {
 	}
 }
 
-// freePorts are loopback ports nothing listens on now, for listeners.
+// freePorts are loopback ports nothing listens on now, for listeners
+// (which the gateway binds by number).
 func freePorts(t *testing.T, n int) []int {
 	t.Helper()
-	var out []int
-	var open []net.Listener
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		open = append(open, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
+	ports, err := freeport.Loopback(n)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, l := range open {
-		l.Close()
-	}
-	return out
+	return ports
 }
 
 // testCert is a CA pool and a certificate it signed for host, with its

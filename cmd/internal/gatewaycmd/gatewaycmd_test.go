@@ -23,6 +23,7 @@ import (
 	"time"
 
 	"github.com/ballast-dev/ballast/greeter/greetertest"
+	"github.com/ballast-dev/ballast/internal/freeport"
 
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
@@ -246,24 +247,15 @@ func greeters(t *testing.T, n int) []backend {
 	return out
 }
 
-// freePorts are loopback ports nothing listens on now, for the Gateway's
-// listeners (which the gateway binds by number).
+// freePorts are loopback ports nothing listens on now, for listeners
+// (which the gateway binds by number).
 func freePorts(t *testing.T, n int) []int {
 	t.Helper()
-	var out []int
-	var open []net.Listener
-	for range n {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		open = append(open, l)
-		out = append(out, l.Addr().(*net.TCPAddr).Port)
+	ports, err := freeport.Loopback(n)
+	if err != nil {
+		t.Fatal(err)
 	}
-	for _, l := range open {
-		l.Close()
-	}
-	return out
+	return ports
 }
 
 func writeTemplate(t *testing.T, path, text string, data any) {
