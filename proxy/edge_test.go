@@ -3,6 +3,7 @@ package proxy
 import (
 	"bytes"
 	"context"
+	"encoding/binary"
 	"fmt"
 	"io"
 	"net"
@@ -51,6 +52,9 @@ type wireRecorder struct {
 	mu      sync.Mutex
 	streams map[wireStream]*streamSeen
 	conns   int
+	// protocolErrors are the upstream's answers that say the proxy
+	// broke HTTP/2 (recordedConn.Write).
+	protocolErrors []string
 }
 
 type wireStream struct {
@@ -108,8 +112,9 @@ type recordedConn struct {
 	net.Conn
 	r    *wireRecorder
 	conn int
-	skip int // preface bytes still to skip
-	buf  []byte
+	skip int    // preface bytes still to skip
+	buf  []byte // read, not yet a whole frame
+	out  []byte // written, not yet a whole frame
 	dec  *hpack.Decoder
 	path string
 }
@@ -129,14 +134,7 @@ func (c *recordedConn) record(b []byte) {
 	c.buf = append(c.buf, b...)
 	c.r.mu.Lock()
 	defer c.r.mu.Unlock()
-	for len(c.buf) >= 9 {
-		length := int(c.buf[0])<<16 | int(c.buf[1])<<8 | int(c.buf[2])
-		if len(c.buf) < 9+length {
-			return
-		}
-		typ, flags := http2.FrameType(c.buf[3]), http2.Flags(c.buf[4])
-		id := uint32(c.buf[5]&0x7f)<<24 | uint32(c.buf[6])<<16 | uint32(c.buf[7])<<8 | uint32(c.buf[8])
-		payload := c.buf[9 : 9+length]
+	c.buf = eachFrame(c.buf, func(typ http2.FrameType, flags http2.Flags, id uint32, payload []byte) {
 		key := wireStream{c.conn, id}
 		st := c.r.streams[key]
 		if st == nil && (typ == http2.FrameHeaders || typ == http2.FrameData) {
@@ -164,8 +162,59 @@ func (c *recordedConn) record(b []byte) {
 		case http2.FrameData:
 			st.data++
 		}
-		c.buf = c.buf[9+length:]
+	})
+}
+
+// Write notes the upstream's answers that say the proxy broke the
+// protocol: a GOAWAY with an error, or a RST_STREAM with a code that
+// names a violation (not CANCEL, REFUSED_STREAM or the like, which a
+// server sends for its own reasons).
+func (c *recordedConn) Write(b []byte) (int, error) {
+	c.r.mu.Lock()
+	c.out = eachFrame(append(c.out, b...), func(typ http2.FrameType, _ http2.Flags, id uint32, payload []byte) {
+		var code http2.ErrCode
+		switch {
+		case typ == http2.FrameGoAway && len(payload) >= 8:
+			code = http2.ErrCode(binary.BigEndian.Uint32(payload[4:8]))
+		case typ == http2.FrameRSTStream && len(payload) == 4:
+			code = http2.ErrCode(binary.BigEndian.Uint32(payload))
+			if !violation[code] {
+				return
+			}
+		default:
+			return
+		}
+		if code != http2.ErrCodeNo {
+			c.r.protocolErrors = append(c.r.protocolErrors, fmt.Sprintf("%s %s on stream %d of connection %d", typ, code, id, c.conn))
+		}
+	})
+	c.r.mu.Unlock()
+	return c.Conn.Write(b)
+}
+
+// violation are the RST_STREAM codes by which a server says its peer
+// broke the protocol.
+var violation = map[http2.ErrCode]bool{
+	http2.ErrCodeProtocol:     true,
+	http2.ErrCodeFlowControl:  true,
+	http2.ErrCodeStreamClosed: true,
+	http2.ErrCodeFrameSize:    true,
+	http2.ErrCodeCompression:  true,
+}
+
+// eachFrame calls fn for each whole frame at the start of buf and returns
+// what is left of buf.
+func eachFrame(buf []byte, fn func(typ http2.FrameType, flags http2.Flags, id uint32, payload []byte)) []byte {
+	for len(buf) >= 9 {
+		length := int(buf[0])<<16 | int(buf[1])<<8 | int(buf[2])
+		if len(buf) < 9+length {
+			break
+		}
+		id := uint32(buf[5]&0x7f)<<24 | uint32(buf[6])<<16 | uint32(buf[7])<<8 | uint32(buf[8])
+		fn(http2.FrameType(buf[3]), http2.Flags(buf[4]), id, buf[9:9+length])
+		buf = buf[9+length:]
 	}
+	return buf
 }
 
 // startRecordedUpstream serves blockingHandler behind a recorder.
@@ -197,14 +246,21 @@ type edgeListener struct {
 
 func startEdge(t testing.TB, opts Options) *edge {
 	t.Helper()
+	return startEdgeOn(t, opts, func(l net.Listener) net.Listener { return l })
+}
+
+// startEdgeOn is startEdge with each listener the proxy takes wrapped by
+// wrap.
+func startEdgeOn(t testing.TB, opts Options, wrap func(net.Listener) net.Listener) *edge {
+	t.Helper()
 	e := &edge{}
 	e.upstream, e.rec = startRecordedUpstream(t)
 	dst := netip.MustParseAddrPort(e.upstream)
 	explicit, transparent, inbound := listen(t), listen(t), listen(t)
-	opts.Outbound = append(opts.Outbound, Outbound{Listener: explicit, Target: e.upstream})
-	opts.Transparent = transparent
+	opts.Outbound = append(opts.Outbound, Outbound{Listener: wrap(explicit), Target: e.upstream})
+	opts.Transparent = wrap(transparent)
 	opts.Destinations = StaticDestinations{dst: e.upstream}
-	opts.Inbound = inbound
+	opts.Inbound = wrap(inbound)
 	opts.OriginalDst = func(net.Conn) (netip.AddrPort, error) { return dst, nil }
 	p, err := New(opts)
 	if err != nil {
