@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"strconv"
 
+	"golang.org/x/net/http/httpguts"
 	"golang.org/x/net/http2/hpack"
 )
 
@@ -104,16 +105,17 @@ func checkTrailers(fields []hpack.HeaderField, end bool) error {
 	return nil
 }
 
-// checkRegular validates a regular field: its name (lowercase, no
-// separators or controls), its value, and that it is not one of the
-// HTTP/1 connection-specific fields HTTP/2 forbids (§8.2.2).
+// checkRegular validates a regular field: its name (a lowercase token,
+// RFC 9110 §5.1, as x/net's framer and so grpc-go servers require), its
+// value, and that it is not one of the HTTP/1 connection-specific fields
+// HTTP/2 forbids (§8.2.2).
 func checkRegular(hf hpack.HeaderField) error {
-	if hf.Name == "" {
-		return errors.New("empty field name")
+	if !httpguts.ValidHeaderFieldName(hf.Name) {
+		return fmt.Errorf("field name %q is not a token (empty, or a separator, space or control in it)", hf.Name)
 	}
 	for i := 0; i < len(hf.Name); i++ {
-		if c := hf.Name[i]; c <= ' ' || c >= 0x7f || c == ':' || ('A' <= c && c <= 'Z') {
-			return fmt.Errorf("field name %q has a character HTTP/2 forbids (uppercase, separator or control)", hf.Name)
+		if c := hf.Name[i]; 'A' <= c && c <= 'Z' {
+			return fmt.Errorf("field name %q has an uppercase character", hf.Name)
 		}
 	}
 	switch hf.Name {
@@ -127,14 +129,14 @@ func checkRegular(hf hpack.HeaderField) error {
 	return checkValue(hf)
 }
 
-// checkValue rejects values with NUL, CR or LF, or with whitespace at
-// either end (§8.2.1).
+// checkValue rejects values with a control character other than tab:
+// NUL, CR and LF, which §8.2.1 forbids, and the others, which RFC 9110
+// §5.5 does and grpc-go servers reset a stream for. It also rejects
+// whitespace at either end of a value (§8.2.1).
 func checkValue(hf hpack.HeaderField) error {
 	v := hf.Value
-	for i := 0; i < len(v); i++ {
-		if c := v[i]; c == 0 || c == '\r' || c == '\n' {
-			return fmt.Errorf("field %s has a NUL, CR or LF in its value", hf.Name)
-		}
+	if !httpguts.ValidHeaderFieldValue(v) {
+		return fmt.Errorf("field %s has a control character in its value", hf.Name)
 	}
 	if v != "" && (isSpace(v[0]) || isSpace(v[len(v)-1])) {
 		return fmt.Errorf("field %s has whitespace at an end of its value", hf.Name)
