@@ -108,10 +108,9 @@ type h2conn struct {
 
 	mu sync.Mutex
 	bw *bufio.Writer
-	// henc encodes header blocks into hbuf; its dynamic table is this
+	// henc encodes header blocks; its dynamic table is this
 	// connection's, so blocks are encoded in the order they are written.
-	henc *hpack.Encoder
-	hbuf bytes.Buffer
+	henc *headerEncoder
 	// sendWindow is the connection-level window the peer gave us;
 	// peerWindow the initial window of each new stream.
 	sendWindow     int64
@@ -175,7 +174,7 @@ func newH2Conn(nc net.Conn, r io.Reader, client bool) *h2conn {
 		}
 	})
 	c.hdec.SetMaxStringLength(c.maxBlockRaw())
-	c.henc = hpack.NewEncoder(&c.hbuf)
+	c.henc = newHeaderEncoder()
 	return c
 }
 
@@ -876,7 +875,7 @@ func (c *h2conn) onSettings(f *http2.SettingsFrame, b *batch) error {
 		case http2.SettingMaxConcurrentStreams:
 			c.peerMaxStreams = s.Val
 		case http2.SettingHeaderTableSize:
-			c.henc.SetMaxDynamicTableSizeLimit(s.Val)
+			c.henc.setMaxDynamicTableSizeLimit(s.Val)
 		}
 		return nil
 	})
@@ -1041,11 +1040,7 @@ func (c *h2conn) closeConn() {
 // writeHeadersLocked encodes fields and writes them as HEADERS (and
 // CONTINUATION) frames.
 func (c *h2conn) writeHeadersLocked(id uint32, fields []hpack.HeaderField, end bool) {
-	c.hbuf.Reset()
-	for _, hf := range fields {
-		c.henc.WriteField(hf)
-	}
-	block := c.hbuf.Bytes()
+	block := c.henc.encode(fields)
 	first := block
 	if len(first) > frameSize {
 		first = first[:frameSize]
