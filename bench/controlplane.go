@@ -13,11 +13,9 @@ import (
 	"strings"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	"google.golang.org/protobuf/types/known/structpb"
-
 	"github.com/ballast-dev/ballast/internal/toolcache"
 	ballastxds "github.com/ballast-dev/ballast/xds"
+	xdsclient "github.com/ballast-dev/ballast/xds/client"
 )
 
 // A controlPlane is one xDS control plane under comparison, run as a
@@ -58,13 +56,9 @@ type clientNode struct {
 	Metadata map[string]string
 }
 
-// proto is the node as sent on an ADS stream.
-func (n clientNode) proto() *corev3.Node {
-	fields := map[string]*structpb.Value{}
-	for k, v := range n.Metadata {
-		fields[k] = structpb.NewStringValue(v)
-	}
-	return &corev3.Node{Id: n.ID, Metadata: &structpb.Struct{Fields: fields}, UserAgentName: "ballast-bench"}
+// xdsNode is the node as an xDS client sends it.
+func (n clientNode) xdsNode() xdsclient.Node {
+	return xdsclient.Node{ID: n.ID, Metadata: n.Metadata, UserAgent: "ballast-bench"}
 }
 
 // bootstrap is the gRPC xDS bootstrap (gRFC A27) for a real grpc-go

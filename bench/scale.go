@@ -327,7 +327,7 @@ func (cs *clientSet) start(ctx context.Context) {
 		answered := false
 		cl, err := xdsclient.New(xdsclient.Config{
 			Server: "passthrough:///" + cs.control.xds.String(),
-			Node:   cs.control.node(fmt.Sprintf("client-%d", i), scaleNamespace).proto(),
+			Node:   cs.control.node(fmt.Sprintf("client-%d", i), scaleNamespace).xdsNode(),
 			Log:    slog.New(slog.DiscardHandler),
 			OnResponse: func() {
 				if !answered {

@@ -280,7 +280,7 @@ func TestSidecarClientAuthenticates(t *testing.T) {
 		t.Fatal(err)
 	}
 	c, err := client.New(client.Config{
-		Server: addr, Node: &corev3.Node{Id: "ballast~sidecar.shop"}, SidecarListeners: true, TokenFile: file,
+		Server: addr, Node: client.Node{ID: "ballast~sidecar.shop"}, SidecarListeners: true, TokenFile: file,
 		Log: slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})
 	if err != nil {

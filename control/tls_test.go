@@ -521,7 +521,7 @@ func TestCertificateRotation(t *testing.T) {
 
 	var streamEnds atomic.Int32
 	c, err := client.New(client.Config{
-		Server: plane.addr, Node: &corev3.Node{Id: "ballast~sidecar.team-a"}, SidecarListeners: true,
+		Server: plane.addr, Node: client.Node{ID: "ballast~sidecar.team-a"}, SidecarListeners: true,
 		CAFile: p.path("client-ca.crt"), CertFile: p.path("team-a.crt"), KeyFile: p.path("team-a.key"),
 		OnStreamEnd: func(error) { streamEnds.Add(1) },
 		Log:         quiet(),

@@ -18,8 +18,6 @@ import (
 	"slices"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/resolver"
@@ -317,7 +315,7 @@ func startWorld(ctx context.Context, n int, c *canary, log *slog.Logger) (_ *wor
 	}
 	sidecarXDS, err := xdsclient.New(xdsclient.Config{
 		Server: controlAddr,
-		Node:   &corev3.Node{Id: xds.Bootstrap{Pod: "native-tools-65c5bd87fc-2fsmc", Namespace: Namespace}.NodeID()},
+		Node:   xdsclient.Node{ID: xds.Bootstrap{Pod: "native-tools-65c5bd87fc-2fsmc", Namespace: Namespace}.NodeID()},
 		Log:    log,
 	})
 	if err != nil {

@@ -232,7 +232,7 @@ func TestXDSPolicy(t *testing.T) {
 // the test ends.
 func runXDSClient(t *testing.T, server, nodeID string) *client.Client {
 	t.Helper()
-	c, err := client.New(client.Config{Server: server, Node: &corev3.Node{Id: nodeID}, Log: quiet})
+	c, err := client.New(client.Config{Server: server, Node: client.Node{ID: nodeID}, Log: quiet})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -8,7 +8,6 @@ import (
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	pb "google.golang.org/grpc/examples/helloworld/helloworld"
@@ -70,7 +69,7 @@ func TestXDSZonePreference(t *testing.T) {
 	reg.Set(service("ready"))
 	cp := startXDSServer(t, reg)
 	c, err := client.New(client.Config{Server: cp, Log: quiet,
-		Node: &corev3.Node{Id: "ballast~client-0.default", Locality: &corev3.Locality{Zone: "zone-a"}}})
+		Node: client.Node{ID: "ballast~client-0.default", Zone: "zone-a"}})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -4,8 +4,6 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
-
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 )
 
 // ConfigFromBootstrap reads the control plane's address and the node (its
@@ -48,10 +46,7 @@ func ConfigFromBootstrap(bootstrap []byte) (Config, error) {
 	if len(b.XDSServers) == 0 || b.XDSServers[0].ServerURI == "" {
 		return Config{}, errors.New("xds bootstrap: no xds_servers[0].server_uri")
 	}
-	cfg := Config{Server: b.XDSServers[0].ServerURI, Node: &corev3.Node{Id: b.Node.ID}}
-	if z := b.Node.Locality.Zone; z != "" {
-		cfg.Node.Locality = &corev3.Locality{Zone: z}
-	}
+	cfg := Config{Server: b.XDSServers[0].ServerURI, Node: Node{ID: b.Node.ID, Zone: b.Node.Locality.Zone}}
 	for _, cc := range b.XDSServers[0].ChannelCreds {
 		if cc.Type == "insecure" {
 			break

@@ -1,11 +1,9 @@
 package client
 
 import (
+	"reflect"
 	"strings"
 	"testing"
-
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	"google.golang.org/protobuf/proto"
 
 	"github.com/ballast-dev/ballast/xds"
 )
@@ -33,13 +31,13 @@ func TestConfigFromBootstrap(t *testing.T) {
 		want    Config
 		wantErr string
 	}{
-		{name: "ours", json: string(good), want: Config{Server: "127.0.0.1:18000", Node: &corev3.Node{Id: "ballast-proxy~ns~pod"}}},
-		{name: "zone", json: string(zoned), want: Config{Server: "127.0.0.1:18000", Node: &corev3.Node{Id: "n", Locality: &corev3.Locality{Zone: "zone-a"}}}},
-		{name: "token file", json: string(withToken), want: Config{Server: "127.0.0.1:18000", Node: &corev3.Node{Id: "n"}, TokenFile: "/run/token"}},
-		{name: "mTLS", json: string(mtls), want: Config{Server: "ballast-control.ballast-system.svc:15010", Node: &corev3.Node{Id: "n"},
+		{name: "ours", json: string(good), want: Config{Server: "127.0.0.1:18000", Node: Node{ID: "ballast-proxy~ns~pod"}}},
+		{name: "zone", json: string(zoned), want: Config{Server: "127.0.0.1:18000", Node: Node{ID: "n", Zone: "zone-a"}}},
+		{name: "token file", json: string(withToken), want: Config{Server: "127.0.0.1:18000", Node: Node{ID: "n"}, TokenFile: "/run/token"}},
+		{name: "mTLS", json: string(mtls), want: Config{Server: "ballast-control.ballast-system.svc:15010", Node: Node{ID: "n"},
 			CAFile: "/ca/ca.crt", CertFile: "/tls/tls.crt", KeyFile: "/tls/tls.key"}},
 		{name: "first known creds: insecure", json: `{"xds_servers":[{"server_uri":"a:1","channel_creds":[{"type":"google_default"},{"type":"insecure"},{"type":"tls","config":{"ca_certificate_file":"/ca"}}]}],"node":{"id":"n"}}`,
-			want: Config{Server: "a:1", Node: &corev3.Node{Id: "n"}}},
+			want: Config{Server: "a:1", Node: Node{ID: "n"}}},
 		{name: "tls without a CA file", json: `{"xds_servers":[{"server_uri":"a:1","channel_creds":[{"type":"tls"}]}],"node":{"id":"n"}}`, wantErr: "ca_certificate_file"},
 		{name: "no server", json: `{"node":{"id":"x"}}`, wantErr: "xds_servers"},
 		{name: "not json", json: `{`, wantErr: "xds bootstrap"},
@@ -53,7 +51,7 @@ func TestConfigFromBootstrap(t *testing.T) {
 				}
 				return
 			}
-			if err != nil || got.Server != tc.want.Server || got.TokenFile != tc.want.TokenFile || !proto.Equal(got.Node, tc.want.Node) ||
+			if err != nil || got.Server != tc.want.Server || got.TokenFile != tc.want.TokenFile || !reflect.DeepEqual(got.Node, tc.want.Node) ||
 				got.CAFile != tc.want.CAFile || got.CertFile != tc.want.CertFile || got.KeyFile != tc.want.KeyFile {
 				t.Fatalf("got %+v, %v; want %+v", got, err, tc.want)
 			}

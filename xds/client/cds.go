@@ -5,16 +5,16 @@ import (
 	"strings"
 	"time"
 
-	xdstypev3 "github.com/cncf/xds/go/xds/type/v3"
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	ringhashv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/load_balancing_policies/ring_hash/v3"
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/types/known/anypb"
 	"google.golang.org/protobuf/types/known/durationpb"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 
 	"github.com/ballast-dev/ballast/policy"
+	clusterv3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/config/cluster/v3"
+	corev3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/config/core/v3"
+	ringhashv3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/extensions/load_balancing_policies/ring_hash/v3"
+	xdstypev3 "github.com/ballast-dev/ballast/xds/client/internal/wire/xds/type/v3"
 )
 
 // cluster is a decoded Cluster: the policy, and the name of its
@@ -185,7 +185,7 @@ func clusterLB(c *clusterv3.Cluster) (policy.LB, string, error) {
 			return lb, "", nil
 		}
 		var rh ringhashv3.RingHash
-		if err := tc.UnmarshalTo(&rh); err != nil {
+		if err := unmarshalAny(tc, ringHashType, &rh); err != nil {
 			return "", "", fmt.Errorf("ring_hash: %w", err)
 		}
 		for _, hp := range rh.GetConsistentHashingLbConfig().GetHashPolicy() {

@@ -11,17 +11,17 @@ import (
 	"sync/atomic"
 	"time"
 
-	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-	listenerv3 "github.com/envoyproxy/go-control-plane/envoy/config/listener/v3"
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/types/known/anypb"
+	"google.golang.org/protobuf/types/known/structpb"
 
 	"github.com/ballast-dev/ballast/policy"
+	clusterv3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/config/cluster/v3"
+	corev3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/config/core/v3"
+	endpointv3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/config/endpoint/v3"
+	listenerv3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/config/listener/v3"
+	routev3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/config/route/v3"
 )
 
 // Config configures a Client.
@@ -29,8 +29,8 @@ type Config struct {
 	// Server is the control plane's address, host:port, or any gRPC
 	// target.
 	Server string
-	// Node is sent on each stream's first request.
-	Node *corev3.Node
+	// Node is who the client is, sent on each stream's first request.
+	Node Node
 	// SidecarListeners subscribes to every sidecar listener (a wildcard
 	// Listener subscription), which Target reads: the ClusterIP:port pairs
 	// a transparent sidecar may intercept and the route of each.
@@ -57,6 +57,33 @@ type Config struct {
 	OnResponse  func()
 	OnReject    func(typeURL string, err error)
 	OnStreamEnd func(err error)
+}
+
+// Node is the xDS node the client says it is.
+type Node struct {
+	ID string
+	// Zone is the node's locality: Services with a trafficDistribution
+	// send its calls to endpoints in the same zone. Empty: none.
+	Zone string
+	// UserAgent names the client's program (user_agent_name).
+	UserAgent string
+	// Metadata are the node's metadata fields, as strings.
+	Metadata map[string]string
+}
+
+// proto is n as it goes on the wire.
+func (n Node) proto() *corev3.Node {
+	out := &corev3.Node{Id: n.ID, UserAgentName: n.UserAgent}
+	if n.Zone != "" {
+		out.Locality = &corev3.Locality{Zone: n.Zone}
+	}
+	if len(n.Metadata) > 0 {
+		out.Metadata = &structpb.Struct{Fields: make(map[string]*structpb.Value, len(n.Metadata))}
+		for k, v := range n.Metadata {
+			out.Metadata.Fields[k] = structpb.NewStringValue(v)
+		}
+	}
+	return out
 }
 
 // Client follows a control plane over one ADS stream. Create it with New,
@@ -152,7 +179,7 @@ func (c *Client) Run(ctx context.Context) error {
 func (c *Client) follow(ctx context.Context, conn grpc.ClientConnInterface) (answered bool, _ error) {
 	ctx, cancel := context.WithCancel(ctx)
 	defer cancel()
-	s, err := openStream(ctx, conn, c.cfg.Node)
+	s, err := openStream(ctx, conn, c.cfg.Node.proto())
 	if err != nil {
 		return false, err
 	}
@@ -220,7 +247,7 @@ func (c *Client) resubscribe(s *adsStream) error {
 	c.mu.Lock()
 	want := c.subscriptionsLocked()
 	c.mu.Unlock()
-	for _, typeURL := range []string{resourcev3.ListenerType, resourcev3.RouteType, resourcev3.ClusterType, resourcev3.EndpointType} {
+	for _, typeURL := range []string{listenerType, routeType, clusterType, endpointType} {
 		if err := s.subscribe(typeURL, want[typeURL]); err != nil {
 			return err
 		}
@@ -248,20 +275,20 @@ func (c *Client) accept(typeURL string, resources []*anypb.Any) error {
 	c.mu.Lock()
 	defer c.mu.Unlock()
 	switch typeURL {
-	case resourcev3.ListenerType:
+	case listenerType:
 		c.storeListenersLocked(decoded)
-	case resourcev3.RouteType:
+	case routeType:
 		for _, v := range decoded {
 			rc := v.(*routeConfig)
 			c.routes[rc.name] = rc
 		}
-	case resourcev3.ClusterType:
+	case clusterType:
 		c.clusters = make(map[string]*cluster, len(decoded))
 		for _, v := range decoded {
 			cl := v.(*cluster)
 			c.clusters[cl.policy.Name] = cl
 		}
-	case resourcev3.EndpointType:
+	case endpointType:
 		for _, v := range decoded {
 			e := v.(*policy.Endpoints)
 			c.endpoints[e.Cluster] = e
@@ -274,27 +301,27 @@ func (c *Client) accept(typeURL string, resources []*anypb.Any) error {
 // decode reads one resource of typeURL into its decoded form.
 func decode(typeURL string, a *anypb.Any) (any, error) {
 	switch typeURL {
-	case resourcev3.ListenerType:
+	case listenerType:
 		l := &listenerv3.Listener{}
-		if err := a.UnmarshalTo(l); err != nil {
+		if err := unmarshalAny(a, listenerType, l); err != nil {
 			return nil, err
 		}
 		return decodeListener(l)
-	case resourcev3.RouteType:
+	case routeType:
 		rc := &routev3.RouteConfiguration{}
-		if err := a.UnmarshalTo(rc); err != nil {
+		if err := unmarshalAny(a, routeType, rc); err != nil {
 			return nil, err
 		}
 		return decodeRouteConfig(rc)
-	case resourcev3.ClusterType:
+	case clusterType:
 		cl := &clusterv3.Cluster{}
-		if err := a.UnmarshalTo(cl); err != nil {
+		if err := unmarshalAny(a, clusterType, cl); err != nil {
 			return nil, err
 		}
 		return decodeCluster(cl)
-	case resourcev3.EndpointType:
+	case endpointType:
 		cla := &endpointv3.ClusterLoadAssignment{}
-		if err := a.UnmarshalTo(cla); err != nil {
+		if err := unmarshalAny(a, endpointType, cla); err != nil {
 			return nil, err
 		}
 		e, err := decodeEndpoints(cla)

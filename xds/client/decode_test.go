@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	wclusterv3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/config/cluster/v3"
+
 	clusterv3 "github.com/envoyproxy/go-control-plane/envoy/config/cluster/v3"
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
@@ -147,7 +149,7 @@ func TestDecodeClusterPolicies(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			c, err := decodeCluster(tt.cluster)
+			c, err := decodeCluster(onWire[wclusterv3.Cluster](t, tt.cluster))
 			if err != nil || c.policy.LB != tt.want || c.eds != "c" {
 				t.Fatalf("got %+v, %v; want %s with endpoints c", c, err, tt.want)
 			}
@@ -193,7 +195,7 @@ func TestDecodeClusterGuards(t *testing.T) {
 		t.Run(tt.name, func(t *testing.T) {
 			c := edsCluster(clusterv3.Cluster_ROUND_ROBIN, nil)
 			tt.edit(c)
-			got, err := decodeCluster(c)
+			got, err := decodeCluster(onWire[wclusterv3.Cluster](t, c))
 			if err != nil {
 				t.Fatal(err)
 			}

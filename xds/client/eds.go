@@ -4,10 +4,9 @@ import (
 	"fmt"
 	"net/netip"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
-
 	"github.com/ballast-dev/ballast/policy"
+	corev3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/config/core/v3"
+	endpointv3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/config/endpoint/v3"
 )
 
 // decodeEndpoints reads a ClusterLoadAssignment: its endpoints with their

@@ -4,6 +4,8 @@ import (
 	"slices"
 	"testing"
 
+	wendpointv3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/config/endpoint/v3"
+
 	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	endpointv3 "github.com/envoyproxy/go-control-plane/envoy/config/endpoint/v3"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -41,7 +43,7 @@ func TestDecodeEndpointPriorities(t *testing.T) {
 		}, []string{"10.0.0.1:80", "10.0.1.1:80"}},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			got, err := decodeEndpoints(&endpointv3.ClusterLoadAssignment{ClusterName: "c", Endpoints: tc.locs})
+			got, err := decodeEndpoints(onWire[wendpointv3.ClusterLoadAssignment](t, &endpointv3.ClusterLoadAssignment{ClusterName: "c", Endpoints: tc.locs}))
 			if err != nil {
 				t.Fatal(err)
 			}

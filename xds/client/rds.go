@@ -7,15 +7,15 @@ import (
 	"strings"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	routev3 "github.com/envoyproxy/go-control-plane/envoy/config/route/v3"
-	faultv3 "github.com/envoyproxy/go-control-plane/envoy/extensions/filters/http/fault/v3"
-	matcherv3 "github.com/envoyproxy/go-control-plane/envoy/type/matcher/v3"
-	typev3 "github.com/envoyproxy/go-control-plane/envoy/type/v3"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/protobuf/types/known/anypb"
 
 	"github.com/ballast-dev/ballast/policy"
+	corev3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/config/core/v3"
+	routev3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/config/route/v3"
+	faultv3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/extensions/filters/http/fault/v3"
+	matcherv3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/type/matcher/v3"
+	typev3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/type/v3"
 	"github.com/ballast-dev/ballast/xds/internal/retryon"
 )
 
@@ -202,13 +202,13 @@ func decodeFault(configs map[string]*anypb.Any) (*policy.Fault, error) {
 	}
 	if a.GetTypeUrl() == filterConfigType {
 		var fc routev3.FilterConfig
-		if err := a.UnmarshalTo(&fc); err != nil {
+		if err := unmarshalAny(a, filterConfigType, &fc); err != nil {
 			return nil, fmt.Errorf("%s: %w", faultFilter, err)
 		}
 		a = fc.GetConfig()
 	}
 	var hf faultv3.HTTPFault
-	if err := a.UnmarshalTo(&hf); err != nil {
+	if err := unmarshalAny(a, httpFaultType, &hf); err != nil {
 		return nil, fmt.Errorf("%s: %w", faultFilter, err)
 	}
 	if hf.GetResponseRateLimit() != nil || len(hf.GetHeaders()) > 0 || len(hf.GetDownstreamNodes()) > 0 || hf.GetUpstreamCluster() != "" {

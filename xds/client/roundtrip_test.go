@@ -7,6 +7,10 @@ import (
 	"testing"
 
 	"github.com/ballast-dev/ballast/xds"
+	wclusterv3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/config/cluster/v3"
+	wendpointv3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/config/endpoint/v3"
+	wlistenerv3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/config/listener/v3"
+	wroutev3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/config/route/v3"
 	"github.com/ballast-dev/ballast/xds/internal/cases"
 )
 
@@ -29,7 +33,7 @@ func TestRoundTrip(t *testing.T) {
 				}
 				listeners := map[string]*listener{}
 				for _, l := range append(res.Listeners, res.SidecarListeners...) {
-					d, err := decodeListener(l)
+					d, err := decodeListener(onWire[wlistenerv3.Listener](t, l))
 					if err != nil {
 						t.Fatalf("listener %s: %v", l.GetName(), err)
 					}
@@ -37,7 +41,7 @@ func TestRoundTrip(t *testing.T) {
 				}
 				routes := map[string]*routeConfig{}
 				for _, r := range res.Routes {
-					d, err := decodeRouteConfig(r)
+					d, err := decodeRouteConfig(onWire[wroutev3.RouteConfiguration](t, r))
 					if err != nil {
 						t.Fatal(err)
 					}
@@ -45,14 +49,14 @@ func TestRoundTrip(t *testing.T) {
 				}
 				clusters := map[string]*cluster{}
 				for _, c := range res.Clusters {
-					d, err := decodeCluster(c)
+					d, err := decodeCluster(onWire[wclusterv3.Cluster](t, c))
 					if err != nil {
 						t.Fatal(err)
 					}
 					clusters[d.policy.Name] = d
 				}
 				for _, cla := range res.Endpoints {
-					got, err := decodeEndpoints(cla)
+					got, err := decodeEndpoints(onWire[wendpointv3.ClusterLoadAssignment](t, cla))
 					if err != nil {
 						t.Fatal(err)
 					}

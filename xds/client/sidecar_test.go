@@ -11,7 +11,6 @@ import (
 	"testing"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 
@@ -62,8 +61,8 @@ func listen(t *testing.T) net.Listener {
 func runClient(t *testing.T, cfg Config) *Client {
 	t.Helper()
 	cfg.Log = quiet
-	if cfg.Node == nil {
-		cfg.Node = &corev3.Node{Id: "ballast~client.default"}
+	if cfg.Node.ID == "" {
+		cfg.Node = Node{ID: "ballast~client.default"}
 	}
 	c, err := New(cfg)
 	if err != nil {

@@ -8,18 +8,19 @@ import (
 	"sync"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-	discoveryv3 "github.com/envoyproxy/go-control-plane/envoy/service/discovery/v3"
 	"google.golang.org/genproto/googleapis/rpc/status"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/backoff"
 	"google.golang.org/grpc/codes"
+
+	corev3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/config/core/v3"
+	discoveryv3 "github.com/ballast-dev/ballast/xds/client/internal/wire/envoy/service/discovery/v3"
 )
 
 // adsStream is one state-of-the-world ADS stream: what it has asked for
 // of each type, and what it last accepted, which every request repeats.
 type adsStream struct {
-	st   discoveryv3.AggregatedDiscoveryService_StreamAggregatedResourcesClient
+	st   grpc.BidiStreamingClient[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]
 	node *corev3.Node // sent on the first request only, as grpc-go does
 
 	mu   sync.Mutex // sends come from the receiving and the subscribing goroutine
@@ -33,12 +34,21 @@ type subscription struct {
 }
 
 func openStream(ctx context.Context, conn grpc.ClientConnInterface, node *corev3.Node) (*adsStream, error) {
-	st, err := discoveryv3.NewAggregatedDiscoveryServiceClient(conn).StreamAggregatedResources(ctx)
+	st, err := conn.NewStream(ctx, &adsStreamDesc, adsMethod)
 	if err != nil {
 		return nil, err
 	}
-	return &adsStream{st: st, node: node, subs: map[string]*subscription{}}, nil
+	return &adsStream{
+		st:   &grpc.GenericClientStream[discoveryv3.DiscoveryRequest, discoveryv3.DiscoveryResponse]{ClientStream: st},
+		node: node, subs: map[string]*subscription{},
+	}, nil
 }
+
+// The ADS method, as Envoy's generated client calls it (the messages the
+// client sends and reads are package wire's, not that client's).
+const adsMethod = "/envoy.service.discovery.v3.AggregatedDiscoveryService/StreamAggregatedResources"
+
+var adsStreamDesc = grpc.StreamDesc{StreamName: "StreamAggregatedResources", ServerStreams: true, ClientStreams: true}
 
 // subscribe asks for names of typeURL if they differ from what the stream
 // asked for last. An empty list withdraws the subscription.

@@ -6,8 +6,6 @@ import (
 	"slices"
 	"strings"
 
-	resourcev3 "github.com/envoyproxy/go-control-plane/pkg/resource/v3"
-
 	"github.com/ballast-dev/ballast/policy"
 )
 
@@ -144,12 +142,12 @@ func (c *Client) subscriptionsLocked() map[string][]string {
 		}
 	}
 	if c.cfg.SidecarListeners {
-		add(resourcev3.ListenerType, "*")
+		add(listenerType, "*")
 	}
 	for w := range c.watches {
 		listenerName, routeName, rc := c.chainLocked(w.target)
-		add(resourcev3.ListenerType, listenerName)
-		add(resourcev3.RouteType, routeName)
+		add(listenerType, listenerName)
+		add(routeType, routeName)
 		if rc == nil {
 			continue
 		}
@@ -158,9 +156,9 @@ func (c *Client) subscriptionsLocked() map[string][]string {
 			continue
 		}
 		for _, name := range route.Clusters() {
-			add(resourcev3.ClusterType, name)
+			add(clusterType, name)
 			if cl := c.clusters[name]; cl != nil {
-				add(resourcev3.EndpointType, cl.eds)
+				add(endpointType, cl.eds)
 			}
 		}
 	}
@@ -169,12 +167,12 @@ func (c *Client) subscriptionsLocked() map[string][]string {
 	}
 	// Routes and endpoints no longer asked for are forgotten.
 	for name := range c.routes {
-		if !slices.Contains(want[resourcev3.RouteType], name) {
+		if !slices.Contains(want[routeType], name) {
 			delete(c.routes, name)
 		}
 	}
 	for name := range c.endpoints {
-		if !slices.Contains(want[resourcev3.EndpointType], name) {
+		if !slices.Contains(want[endpointType], name) {
 			delete(c.endpoints, name)
 		}
 	}

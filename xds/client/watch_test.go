@@ -7,8 +7,6 @@ import (
 	"sync"
 	"testing"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-
 	"github.com/ballast-dev/ballast/discovery"
 	"github.com/ballast-dev/ballast/policy"
 )
@@ -91,7 +89,7 @@ func TestOneStreamCarriesSidecarListenersAndTargets(t *testing.T) {
 	reg.Set(greeterService("", "127.0.0.1:1001", "127.0.0.1:1002"))
 	cp := servePlane(t, reg, listen(t))
 	const id = "ballast~sidecar.default"
-	c := runClient(t, Config{Server: cp.addr, SidecarListeners: true, Node: &corev3.Node{Id: id}})
+	c := runClient(t, Config{Server: cp.addr, SidecarListeners: true, Node: Node{ID: id}})
 
 	eventually(t, "sidecar listeners", c.SidecarListenersSynced)
 	target, ok := c.Target(netip.MustParseAddrPort("10.96.0.10:50051"))

@@ -3,8 +3,10 @@
 // on it, whose HttpConnectionManager names the port's RouteConfiguration.
 // The control plane builds them and `ballast proxy` reads them, to map an
 // intercepted connection's original destination to its Service without
-// reading the Kubernetes API itself. It depends on Envoy's protos only, so
-// the sidecar binary stays small.
+// reading the Kubernetes API itself. The proxy's xDS client reads them
+// with its own cut-down copy of Envoy's messages (xds/client's
+// sidecarRoute, Route's twin), so the sidecar binary links neither this
+// package nor go-control-plane.
 package sidecar
 
 import (

@@ -20,8 +20,6 @@ import (
 	"strings"
 	"time"
 
-	corev3 "github.com/envoyproxy/go-control-plane/envoy/config/core/v3"
-
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/spf13/cobra"
@@ -276,14 +274,6 @@ func runProxy(ctx context.Context, c proxyConfig, sources []Source) error {
 	return err
 }
 
-// locality is the xDS node locality of a zone; nil for none.
-func locality(zone string) *corev3.Locality {
-	if zone == "" {
-		return nil
-	}
-	return &corev3.Locality{Zone: zone}
-}
-
 // xdsConfig is the control plane the proxy follows: --xds-address, else
 // the one in the grpc-go bootstrap a proxyless client would use
 // (GRPC_XDS_BOOTSTRAP names a file, GRPC_XDS_BOOTSTRAP_CONFIG holds the
@@ -296,7 +286,7 @@ func xdsConfig(c proxyConfig) (*client.Config, error) {
 		return nil, errors.New("--xds-cert-file is for TLS: give --xds-ca-file too")
 	}
 	if c.xdsAddress != "" {
-		return &client.Config{Server: c.xdsAddress, Node: &corev3.Node{Id: c.nodeID, UserAgentName: "ballast-proxy", Locality: locality(c.zone)}, TokenFile: c.xdsTokenFile,
+		return &client.Config{Server: c.xdsAddress, Node: client.Node{ID: c.nodeID, UserAgent: "ballast-proxy", Zone: c.zone}, TokenFile: c.xdsTokenFile,
 			CAFile: c.xdsCAFile, CertFile: c.xdsCertFile, KeyFile: c.xdsKeyFile}, nil
 	}
 	data := []byte(os.Getenv("GRPC_XDS_BOOTSTRAP_CONFIG"))
@@ -313,9 +303,9 @@ func xdsConfig(c proxyConfig) (*client.Config, error) {
 	if err != nil {
 		return nil, fmt.Errorf("GRPC_XDS_BOOTSTRAP: %w", err)
 	}
-	cfg.Node.UserAgentName = "ballast-proxy"
+	cfg.Node.UserAgent = "ballast-proxy"
 	if c.zone != "" {
-		cfg.Node.Locality = locality(c.zone)
+		cfg.Node.Zone = c.zone
 	}
 	if c.xdsTokenFile != "" {
 		cfg.TokenFile = c.xdsTokenFile
