@@ -45,7 +45,6 @@ const (
 	protoPrefix = "ballast.wire." // of each package: the copies must not collide with Envoy's in one binary
 	filePrefix  = "ballast/wire/" // of each file path, likewise
 	sources     = "../../*.go"    // xds/client, from this package's directory
-	outDir      = "."             // wire's directory
 )
 
 // roots are the messages the client decodes or sends.
@@ -57,13 +56,15 @@ var roots = []proto.Message{
 }
 
 func main() {
-	if err := run(); err != nil {
+	if err := generate("."); err != nil {
 		fmt.Fprintln(os.Stderr, "gen:", err)
 		os.Exit(1)
 	}
 }
 
-func run() error {
+// generate writes the trees into dir, from the working directory of
+// package wire.
+func generate(dir string) error {
 	named, err := namedFields()
 	if err != nil {
 		return err
@@ -102,7 +103,7 @@ func run() error {
 		return fmt.Errorf("protoc-gen-go: %s", resp.GetError())
 	}
 	for _, f := range resp.File {
-		p := filepath.Join(outDir, strings.TrimPrefix(f.GetName(), goPrefix))
+		p := filepath.Join(dir, strings.TrimPrefix(f.GetName(), goPrefix))
 		if err := os.MkdirAll(filepath.Dir(p), 0o755); err != nil {
 			return err
 		}
